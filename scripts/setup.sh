@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Prepares a checkout: a virtualenv in .venv with the project and its dev tools, plus the system tools the
+# tests use (tmux). Safe to run again: it only does what is missing. Sourced by run.sh and test.sh.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+PYTHON=${PYTHON:-python3}
+apt_install() {
+  # Installs Debian packages when we may (root, or passwordless sudo); otherwise says what is missing.
+  local sudo=""
+  if [ "$(id -u)" != 0 ]; then
+    if command -v sudo >/dev/null && sudo -n true 2>/dev/null; then sudo="sudo -n"; else
+      echo "setup: please install these packages: $*" >&2; return 1; fi
+  fi
+  $sudo apt-get update -qq >/dev/null
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$@" >/dev/null
+}
+
+if [ ! -x .venv/bin/python ]; then
+  if ! "$PYTHON" -m venv .venv 2>/dev/null; then
+    rm -rf .venv
+    apt_install python3-venv
+    "$PYTHON" -m venv .venv
+  fi
+fi
+stamp=.venv/.installed
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  .venv/bin/python -m pip install -q --upgrade pip >/dev/null
+  .venv/bin/python -m pip install -q -e ".[dev]"
+  touch "$stamp"
+fi
+if [ "${SUPERVISOR_TUI_SETUP_SYSTEM:-1}" = 1 ] && ! command -v tmux >/dev/null; then
+  apt_install tmux || true
+fi

@@ -1,0 +1,155 @@
+"""The one SQLite database (data/supervisor.db): schema, versioned migrations, one writer, one reader.
+
+All writes go through ``Store.writer`` (a single aiosqlite connection, so a single thread); reads that may be
+slow (lists over 100k consoles) use ``Store.reader`` so they never stall the writer (WAL allows both).
+Durability: WAL with synchronous=FULL; callers batch rows into one transaction to keep that cheap.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import aiosqlite
+
+# Each entry moves the schema from version i to i+1. Never edit a released entry: append a new one.
+MIGRATIONS: tuple[str, ...] = (
+    # 1: plugins' desired state and the pids of what we spawned (orphan cleanup after a crash).
+    """
+    CREATE TABLE plugin_state (
+        key TEXT PRIMARY KEY,
+        desired TEXT NOT NULL CHECK (desired IN ('running', 'stopped')),
+        pid INTEGER,
+        pid_started REAL,
+        updated_at REAL NOT NULL
+    );
+    CREATE TABLE plugin_overrides (
+        key TEXT PRIMARY KEY,
+        env TEXT NOT NULL DEFAULT '{}',
+        updated_at REAL NOT NULL
+    );
+    """,
+    # 2: consoles (seed 004), their heartbeat history and state transitions.
+    """
+    CREATE TABLE consoles (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        state TEXT NOT NULL,
+        reported_state TEXT NOT NULL,
+        system TEXT,
+        last_activity REAL,
+        last_error TEXT,
+        current_job TEXT,
+        token_hash TEXT,
+        first_seen REAL NOT NULL,
+        last_seen REAL NOT NULL,
+        heartbeats INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX idx_consoles_state ON consoles(state);
+    CREATE INDEX idx_consoles_last_seen ON consoles(last_seen DESC);
+    CREATE INDEX idx_consoles_last_activity ON consoles(last_activity DESC);
+    CREATE INDEX idx_consoles_name ON consoles(name);
+    CREATE TABLE heartbeats (
+        id INTEGER PRIMARY KEY,
+        console_id TEXT NOT NULL REFERENCES consoles(id) ON DELETE CASCADE,
+        received_at REAL NOT NULL,
+        state TEXT NOT NULL,
+        last_activity REAL,
+        last_error TEXT,
+        current_job TEXT,
+        system TEXT
+    );
+    CREATE INDEX idx_heartbeats_console ON heartbeats(console_id, received_at);
+    CREATE INDEX idx_heartbeats_received ON heartbeats(received_at);
+    CREATE TABLE transitions (
+        id INTEGER PRIMARY KEY,
+        console_id TEXT NOT NULL REFERENCES consoles(id) ON DELETE CASCADE,
+        from_state TEXT,
+        to_state TEXT NOT NULL,
+        at REAL NOT NULL,
+        reason TEXT NOT NULL CHECK (reason IN ('heartbeat', 'timeout', 'register'))
+    );
+    CREATE INDEX idx_transitions_console ON transitions(console_id, at);
+    CREATE INDEX idx_transitions_at ON transitions(at);
+    """,
+)
+
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+class StoreError(Exception):
+    """The database cannot be opened or is newer than this program."""
+
+
+class Store:
+    """Owns the SQLite file: opens it, migrates it, and hands out the writer and reader connections."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._writer: aiosqlite.Connection | None = None
+        self._reader: aiosqlite.Connection | None = None
+
+    @property
+    def writer(self) -> aiosqlite.Connection:
+        if self._writer is None:
+            raise StoreError("store is not open")
+        return self._writer
+
+    @property
+    def reader(self) -> aiosqlite.Connection:
+        if self._reader is None:
+            raise StoreError("store is not open")
+        return self._reader
+
+    @property
+    def is_open(self) -> bool:
+        return self._writer is not None
+
+    async def open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            writer = await aiosqlite.connect(self.path, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open database {self.path}: {exc}") from exc
+        self._writer = writer
+        try:
+            await writer.execute("PRAGMA journal_mode=WAL")
+            await writer.execute("PRAGMA synchronous=FULL")
+            await writer.execute("PRAGMA foreign_keys=ON")
+            await writer.execute("PRAGMA busy_timeout=5000")
+            await self._migrate(writer)
+            reader = await aiosqlite.connect(self.path, isolation_level=None)
+            self._reader = reader
+            await reader.execute("PRAGMA busy_timeout=5000")
+            await reader.execute("PRAGMA query_only=ON")
+        except BaseException:
+            await self.close()
+            raise
+
+    async def _migrate(self, conn: aiosqlite.Connection) -> None:
+        async with conn.execute("PRAGMA user_version") as cur:
+            row = await cur.fetchone()
+        version = int(row[0]) if row else 0
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"database {self.path} has schema version {version}, newer than this program's "
+                f"{SCHEMA_VERSION}: upgrade supervisor-tui"
+            )
+        for target in range(version + 1, SCHEMA_VERSION + 1):
+            script = MIGRATIONS[target - 1]
+            await conn.executescript(f"BEGIN;\n{script}\nPRAGMA user_version={target};\nCOMMIT;")
+
+    async def schema_version(self) -> int:
+        async with self.reader.execute("PRAGMA user_version") as cur:
+            row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
+    async def close(self) -> None:
+        """Close both connections (aiosqlite's thread is not a daemon: a leaked one keeps the process alive)."""
+        for conn in (self._reader, self._writer):
+            if conn is not None:
+                try:
+                    await conn.close()
+                except Exception:  # closing must always finish
+                    pass
+        self._reader = self._writer = None
