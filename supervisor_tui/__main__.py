@@ -1,0 +1,3 @@
+from supervisor_tui.cli import main
+
+raise SystemExit(main())
