@@ -72,6 +72,15 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX idx_transitions_console ON transitions(console_id, at);
     CREATE INDEX idx_transitions_at ON transitions(at);
     """,
+    # 3: consoles: the reported host name (search by name or host), and composite indices so a state filter
+    # sorted by last seen and seed 004's stats query (count and latest activity by state) read only an index.
+    # idx_consoles_state is a prefix of the new state indices, so it goes.
+    """
+    ALTER TABLE consoles ADD COLUMN hostname TEXT;
+    DROP INDEX idx_consoles_state;
+    CREATE INDEX idx_consoles_state_seen ON consoles(state, last_seen DESC);
+    CREATE INDEX idx_consoles_state_activity ON consoles(state, last_activity);
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
