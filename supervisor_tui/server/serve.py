@@ -1,0 +1,141 @@
+"""Run an ASGI app with uvicorn inside an event loop that is already running (the supervisor's).
+
+``HttpServer``: ``bound = await server.start(app, host, port)`` binds the socket first (a bind failure raises
+``BindError``, which the caller turns into one line and exit 2, instead of uvicorn's ``sys.exit(1)``), then
+serves in a background task with uvicorn's signal capture off, no logging configuration, no access log, and
+uvloop's/httptools' fast paths where installed. ``await server.stop()`` shuts down gracefully within
+``shutdown_timeout`` seconds, then cancels what is left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from collections.abc import Generator
+from typing import Any
+
+import uvicorn
+
+
+class BindError(OSError):
+    """The address could not be bound (in use, not permitted, not available)."""
+
+    def __init__(self, host: str, port: int, cause: OSError) -> None:
+        self.host, self.port = host, port
+        super().__init__(cause.errno, f"cannot listen on {host}:{port}: {cause.strerror or cause}")
+
+
+def _http_implementation() -> str:
+    try:
+        import httptools  # noqa: F401
+    except ImportError:
+        return "h11"
+    return "httptools"
+
+
+def bind_socket(host: str, port: int, backlog: int = 2048) -> socket.socket:
+    """A listening TCP socket on (host, port); port 0 picks a free port. Raises BindError."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise BindError(host, port, OSError(exc.errno, exc.strerror)) from exc
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind(address)
+        sock.listen(backlog)
+        sock.setblocking(False)
+    except OSError as exc:
+        sock.close()
+        raise BindError(host, port, exc) from exc
+    return sock
+
+
+class _EmbeddedServer(uvicorn.Server):
+    """A uvicorn server that leaves signals to its host process."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+    # Older uvicorn versions install handlers through this method instead.
+    def install_signal_handlers(self) -> None:
+        return None
+
+
+class HttpServer:
+    """One uvicorn server in the current event loop, on a socket bound before uvicorn sees it."""
+
+    def __init__(self, shutdown_timeout: float = 5.0, **uvicorn_options: Any) -> None:
+        self.shutdown_timeout = shutdown_timeout
+        self._options = uvicorn_options
+        self._server: _EmbeddedServer | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._socket: socket.socket | None = None
+        self.bound: tuple[str, int] | None = None
+
+    async def start(self, app: Any, host: str = "127.0.0.1", port: int = 4000) -> tuple[str, int]:
+        """Bind, start serving ``app`` and return the bound (host, port) once the server accepts connections."""
+        if self._task is not None:
+            raise RuntimeError("server already started")
+        sock = bind_socket(host, port)
+        # Without a configured handler uvicorn's errors would reach Python's last-resort stderr printer,
+        # which scribbles over a terminal UI; the host process decides where logs go.
+        uvicorn_logger = logging.getLogger("uvicorn")
+        if not uvicorn_logger.handlers:
+            uvicorn_logger.addHandler(logging.NullHandler())
+        options: dict[str, Any] = {
+            "log_config": None,
+            "access_log": False,
+            "http": _http_implementation(),
+            "lifespan": "off",
+            "server_header": False,
+            # The gateway sets X-Forwarded-* itself; uvicorn's middleware would only cost time on every request.
+            "proxy_headers": False,
+            "date_header": True,
+            "timeout_graceful_shutdown": self.shutdown_timeout,
+        }
+        options.update(self._options)
+        config = uvicorn.Config(app, **options)
+        server = _EmbeddedServer(config)
+        self._server, self._socket = server, sock
+        self._task = asyncio.get_running_loop().create_task(self._serve(server, sock), name="http-server")
+        while not server.started:
+            if self._task.done():
+                self._task.result()  # re-raise why it stopped
+                raise RuntimeError("HTTP server stopped during startup")
+            await asyncio.sleep(0.005)
+        name = sock.getsockname()
+        self.bound = (name[0], name[1])
+        return self.bound
+
+    @staticmethod
+    async def _serve(server: _EmbeddedServer, sock: socket.socket) -> None:
+        try:
+            await server.serve(sockets=[sock])
+        except SystemExit as exc:  # uvicorn exits on startup failures; keep the host process alive
+            raise RuntimeError(f"HTTP server failed to start (exit {exc.code})") from None
+
+    async def stop(self) -> None:
+        """Stop accepting, let running requests finish within ``shutdown_timeout``, then cancel the rest."""
+        server, task = self._server, self._task
+        if server is None or task is None:
+            return
+        server.should_exit = True
+        try:
+            await asyncio.wait_for(asyncio.shield(task), self.shutdown_timeout + 2.0)
+        except TimeoutError:
+            server.force_exit = True
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        except Exception:
+            pass
+        if self._socket is not None:
+            self._socket.close()
+        self._server = self._task = self._socket = None

@@ -1,0 +1,282 @@
+"""The gateway against a real upstream process: routing, status paths, headers, bodies, health reports."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import time
+from collections.abc import AsyncIterator, Iterator
+
+import httpx
+import pytest
+from fixtures.gateway.harness import fixture_process, served_gateway
+
+from supervisor_tui.server.gateway import PluginRoute, RouteTable
+from supervisor_tui.server.serve import BindError, HttpServer
+
+ENDPOINTS = (
+    ("GET", "/hello"),
+    ("GET", "/items/{item_id}"),
+    ("PUT", "/items/{item_id}"),
+    ("GET", "/echo-request"),
+    ("POST", "/upload"),
+    ("GET", "/slow"),
+    ("GET", "/fail"),
+    ("GET", "/hop"),
+)
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[str]:
+    with fixture_process("upstream.py") as (_, port):
+        yield f"http://127.0.0.1:{port}"
+
+
+def refused_url() -> str:
+    """A URL nothing listens on: bind a port, then free it."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{s.getsockname()[1]}"
+
+
+def error_code(resp: httpx.Response) -> str:
+    assert resp.headers["content-type"] == "application/json"
+    body = resp.json()
+    assert set(body["error"]) == {"code", "message"} and body["error"]["message"]
+    return str(body["error"]["code"])
+
+
+@pytest.fixture
+async def gw(upstream: str) -> AsyncIterator[tuple[httpx.AsyncClient, RouteTable, list[tuple[str, bool]]]]:
+    table = RouteTable([PluginRoute("demo", upstream, ENDPOINTS, max_body=4 * 1024**2)])
+    reports: list[tuple[str, bool]] = []
+    async with served_gateway(table, lambda key, ok: reports.append((key, ok))) as base:
+        async with httpx.AsyncClient(base_url=base, timeout=20) as client:
+            yield client, table, reports
+
+
+async def test_declared_endpoint_is_proxied(gw) -> None:
+    client, _, _ = gw
+    resp = await client.get("/api/plugins/demo/hello")
+    assert resp.status_code == 200 and resp.text == "hello"
+
+
+async def test_path_params_and_query_string_pass_through_unchanged(gw) -> None:
+    client, _, _ = gw
+    resp = await client.get("/api/plugins/demo/items/a%20b?x=1&x=2&y=%2F%20&empty=")
+    seen = resp.json()
+    assert seen["path"] == "/items/a b"
+    assert seen["raw_path"] == "/items/a%20b"
+    assert seen["query_string"] == "x=1&x=2&y=%2F%20&empty="
+    resp = await client.put("/api/plugins/demo/items/42")
+    assert resp.json()["method"] == "PUT"
+
+
+async def test_undeclared_path_and_unknown_plugin_are_404(gw) -> None:
+    client, _, _ = gw
+    for path in ("/api/plugins/demo/nope", "/api/plugins/demo/items/1/extra", "/api/plugins/demo", "/api/plugins/x/a"):
+        resp = await client.get(path)
+        assert resp.status_code == 404, path
+        assert error_code(resp) in ("endpoint_not_found", "plugin_not_found")
+
+
+async def test_other_method_is_405_with_allow(gw) -> None:
+    client, _, _ = gw
+    resp = await client.delete("/api/plugins/demo/items/7")
+    assert resp.status_code == 405
+    assert resp.headers["allow"] == "GET, PUT"
+    assert error_code(resp) == "method_not_allowed"
+    resp = await client.post("/api/plugins/demo/hello")
+    assert resp.status_code == 405 and resp.headers["allow"] == "GET"
+
+
+async def test_unavailable_plugin_is_503_with_retry_after(gw, upstream: str) -> None:
+    client, table, reports = gw
+    table.set(PluginRoute("demo", upstream, ENDPOINTS, available=False, unavailable_reason="state is BACKOFF"))
+    resp = await client.get("/api/plugins/demo/hello")
+    assert resp.status_code == 503
+    assert int(resp.headers["retry-after"]) > 0
+    assert error_code(resp) == "plugin_unavailable"
+    assert "BACKOFF" in resp.json()["error"]["message"]
+    assert reports == []  # nothing reached an upstream
+
+
+async def test_refused_upstream_is_502_and_reported(gw) -> None:
+    client, table, reports = gw
+    table.set(PluginRoute("demo", refused_url(), ENDPOINTS))
+    resp = await client.get("/api/plugins/demo/hello")
+    assert resp.status_code == 502
+    assert error_code(resp) == "upstream_unreachable"
+    assert reports == [("demo", False)]
+
+
+async def test_passive_health_reports_failures_and_the_recovery(gw) -> None:
+    client, _, reports = gw
+    for _ in range(3):
+        assert (await client.get("/api/plugins/demo/fail")).status_code == 500
+    assert reports == [("demo", False)] * 3
+    assert (await client.get("/api/plugins/demo/hello")).status_code == 200
+    assert (await client.get("/api/plugins/demo/hello")).status_code == 200
+    assert reports == [("demo", False)] * 3 + [("demo", True)]  # successes only after a failure
+
+
+async def test_slow_upstream_is_504(gw, upstream: str) -> None:
+    client, table, reports = gw
+    table.set(PluginRoute("demo", upstream, ENDPOINTS, timeout=0.3))
+    resp = await client.get("/api/plugins/demo/slow", params={"wait": "20"})
+    assert resp.status_code == 504
+    assert error_code(resp) == "upstream_timeout"
+    assert reports == [("demo", False)]
+
+
+async def test_content_length_over_limit_is_413_before_the_body(gw) -> None:
+    client, _, _ = gw
+    port = client.base_url.port
+    assert port is not None
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    # Only the head: the answer must come without the gateway reading a byte of the 20 MB body.
+    writer.write(
+        b"POST /api/plugins/demo/upload HTTP/1.1\r\nHost: t\r\nContent-Length: 20000000\r\n"
+        b"Content-Type: application/octet-stream\r\n\r\n"
+    )
+    await writer.drain()
+    status = await asyncio.wait_for(reader.readline(), 10)
+    assert status.startswith(b"HTTP/1.1 413")
+    writer.close()
+
+
+async def test_chunked_body_over_limit_is_cut_with_413(gw, upstream: str) -> None:
+    client, _, _ = gw
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for _ in range(12):
+            yield b"z" * 1024**2
+
+    resp = await client.post("/api/plugins/demo/upload", content=chunks())
+    assert resp.status_code == 413
+    assert error_code(resp) == "body_too_large"
+    async with httpx.AsyncClient() as direct:
+        uploads = (await direct.get(f"{upstream}/uploads")).json()
+    assert all(n < 12 * 1024**2 for n in uploads)
+
+
+async def test_streamed_upload_within_limit_arrives_whole(gw) -> None:
+    client, _, _ = gw
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for _ in range(3):
+            yield b"u" * 1024**2
+
+    resp = await client.post("/api/plugins/demo/upload", content=chunks())
+    assert resp.status_code == 200 and resp.json() == {"received": 3 * 1024**2}
+    resp = await client.post("/api/plugins/demo/upload", content=b"k" * 1000)
+    assert resp.json() == {"received": 1000}
+
+
+async def test_request_headers_hop_by_hop_dropped_and_forwarded_set(gw, upstream: str) -> None:
+    client, _, _ = gw
+    resp = await client.get(
+        "/api/plugins/demo/echo-request",
+        headers={
+            "Connection": "keep-alive, X-Drop-Me",
+            "X-Drop-Me": "1",
+            "Keep-Alive": "timeout=5",
+            "Proxy-Authorization": "Basic eDp5",
+            "TE": "trailers",
+            "Trailer": "X-Sum",
+            "Upgrade": "h2c",
+            "X-Keep": "yes",
+            "X-Forwarded-For": "10.0.0.9",
+            "Host": "public.example:8443",
+        },
+    )
+    seen = {k: v for k, v in resp.json()["headers"]}
+    for dropped in ("connection", "x-drop-me", "keep-alive", "proxy-authorization", "te", "trailer", "upgrade"):
+        assert dropped not in seen, dropped
+    assert seen["x-keep"] == "yes"
+    assert seen["x-forwarded-for"] == "10.0.0.9, 127.0.0.1"
+    assert seen["x-forwarded-proto"] == "http"
+    assert seen["x-forwarded-host"] == "public.example:8443"
+    assert seen["x-forwarded-prefix"] == "/api/plugins/demo"
+    # The connection went to the registered upstream, whatever Host the client sent.
+    assert seen["host"] == upstream.removeprefix("http://")
+    assert seen["x-request-id"] and resp.headers["x-request-id"] == seen["x-request-id"]
+
+
+async def test_request_id_is_passed_through_and_generated_ids_differ(gw) -> None:
+    client, _, _ = gw
+    resp = await client.get("/api/plugins/demo/echo-request", headers={"X-Request-ID": "abc-123"})
+    assert dict(resp.json()["headers"])["x-request-id"] == "abc-123"
+    assert resp.headers["x-request-id"] == "abc-123"
+    ids = {(await client.get("/api/plugins/demo/hello")).headers["x-request-id"] for _ in range(3)}
+    assert len(ids) == 3
+
+
+async def test_response_hop_by_hop_headers_are_dropped(gw) -> None:
+    client, _, _ = gw
+    resp = await client.get("/api/plugins/demo/hop", headers={"X-Request-ID": "rid-1"})
+    assert resp.headers["x-public"] == "ok"
+    for dropped in ("x-private", "keep-alive", "proxy-authenticate", "trailer", "upgrade"):
+        assert dropped not in resp.headers, dropped
+    assert resp.headers.get("connection", "keep-alive") == "keep-alive"
+    assert resp.headers.get_list("x-request-id") == ["rid-1"]
+
+
+async def test_client_disconnect_cancels_the_upstream_request(gw, upstream: str) -> None:
+    client, _, _ = gw
+    async with httpx.AsyncClient(base_url=upstream) as direct:
+        before = (await direct.get("/slow/stats")).json()
+        task = asyncio.create_task(client.get("/api/plugins/demo/slow", params={"wait": "30"}))
+        deadline = time.monotonic() + 10
+        while (await direct.get("/slow/stats")).json()["slow_started"] == before["slow_started"]:
+            assert time.monotonic() < deadline, "the request never reached the upstream"
+        task.cancel()  # closes the client's connection mid-request
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        while (await direct.get("/slow/stats")).json()["slow_cancelled"] == before["slow_cancelled"]:
+            assert time.monotonic() < deadline, "the upstream never saw the request go away"
+
+
+async def test_stats_snapshot(upstream: str) -> None:
+    from supervisor_tui.server.gateway import Gateway
+
+    table = RouteTable([PluginRoute("demo", upstream, ENDPOINTS)])
+    gateway = Gateway(table)
+    server = HttpServer(shutdown_timeout=1.0)
+    host, port = await server.start(gateway, "127.0.0.1", 0)
+    try:
+        async with httpx.AsyncClient(base_url=f"http://{host}:{port}") as client:
+            for _ in range(3):
+                await client.get("/api/plugins/demo/hello")
+            await client.get("/api/plugins/demo/fail")
+            await client.get("/api/plugins/nobody/x")
+    finally:
+        await server.stop()
+        await gateway.close()
+    stats = gateway.stats()
+    assert stats.requests == {"demo": 4}
+    series = {(s.plugin, s.method, s.status_class): s for s in stats.series}
+    ok = series[("demo", "GET", "2xx")]
+    assert ok.count == 3 and ok.bucket_counts[-1] == 3 and len(ok.bucket_counts) == len(stats.buckets) + 1
+    assert series[("demo", "GET", "5xx")].count == 1
+    assert series[("", "GET", "4xx")].count == 1
+    assert stats.in_flight == 0
+
+
+async def test_bind_failure_is_a_clean_exception() -> None:
+    first = HttpServer(shutdown_timeout=1.0)
+    host, port = await first.start(lambda *a: None, "127.0.0.1", 0)
+    try:
+        with pytest.raises(BindError, match=f"{port}"):
+            await HttpServer().start(lambda *a: None, host, port)
+    finally:
+        await first.stop()
+
+
+def test_error_bodies_are_json() -> None:
+    from supervisor_tui.server.gateway import _error_body
+
+    assert json.loads(_error_body("x", 'quote " and \\ and \n')) == {
+        "error": {"code": "x", "message": 'quote " and \\ and \n'}
+    }
