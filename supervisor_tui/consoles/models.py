@@ -1,0 +1,307 @@
+"""Console payloads in both dialects (seed 004's Spanish, and English), the state vocabulary, and timestamps.
+
+Both dialects decode into the same ``HeartbeatInput`` / ``RegistrationInput``; everything after decoding
+speaks English. Timestamps arrive as ISO-8601 strings ("2025-12-03T10:30:00.000Z"), are stored as Unix
+floats, and are answered as ISO-8601 UTC.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+import msgspec
+
+from supervisor_tui.core.logs import format_ts
+
+
+class ConsoleState(StrEnum):
+    """A console's state; the first four are reported by the console, INACTIVE is decided by the server."""
+
+    ACTIVE = "active"
+    BUSY = "busy"
+    IDLE = "idle"
+    ERROR = "error"
+    INACTIVE = "inactive"
+
+
+REPORTED_STATES: tuple[str, ...] = ("active", "busy", "idle", "error")
+ALL_STATES: tuple[str, ...] = (*REPORTED_STATES, "inactive")
+SPANISH_TO_ENGLISH: dict[str, str] = {
+    "activa": "active",
+    "ocupada": "busy",
+    "esperando": "idle",
+    "error": "error",
+    "inactiva": "inactive",
+}
+ENGLISH_TO_SPANISH: dict[str, str] = {v: k for k, v in SPANISH_TO_ENGLISH.items()}
+SPANISH_REPORTED_STATES: tuple[str, ...] = ("activa", "ocupada", "esperando", "error")
+
+CONSOLE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
+_CONSOLE_ID = re.compile(CONSOLE_ID_PATTERN)
+MAX_NAME = 255  # seed 004: nombre VARCHAR(255)
+MAX_JOB = 500  # seed 004: video_en_proceso VARCHAR(500)
+MAX_TIMESTAMP = 253402300799.0  # 9999-12-31T23:59:59Z
+
+
+class InvalidField(Exception):
+    """A payload field has a value that is not allowed; ``field`` is its name in the client's dialect."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+        self.message = message
+
+
+def valid_console_id(console_id: str) -> bool:
+    return bool(_CONSOLE_ID.match(console_id))
+
+
+def parse_timestamp(value: str | float | int | None, field: str) -> float | None:
+    """Unix seconds from an ISO-8601 string (a trailing Z or an offset; no offset means UTC) or a number."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise InvalidField(field, f"`{field}` must be an ISO-8601 timestamp like 2025-12-03T10:30:00.000Z")
+    if isinstance(value, int | float):
+        ts = float(value)
+    else:
+        try:
+            dt = datetime.fromisoformat(value)
+            if dt.tzinfo is None:
+                dt = dt.replace(tzinfo=UTC)
+            ts = dt.timestamp()
+        except (ValueError, OverflowError):
+            raise InvalidField(
+                field, f"`{field}` must be an ISO-8601 timestamp like 2025-12-03T10:30:00.000Z, got {value[:64]!r}"
+            ) from None
+    if not 0.0 <= ts <= MAX_TIMESTAMP:
+        raise InvalidField(field, f"`{field}` must be a timestamp between 1970 and 9999")
+    return ts
+
+
+def iso(ts: float | None) -> str | None:
+    """ISO-8601 UTC with milliseconds, or None."""
+    return None if ts is None else format_ts(ts)
+
+
+# -- wire formats --------------------------------------------------------------------------------------------
+# Loose types where clients differ (numbers or strings for timestamps, a string or an object for the error);
+# unknown fields are ignored so newer clients keep working.
+
+Timestamp = str | float | None
+
+
+class HeartbeatES(msgspec.Struct):
+    """Seed 004's heartbeat body."""
+
+    estado: str
+    sistema: dict[str, Any] | None = None
+    ultimaActividad: Timestamp = None
+    ultimoError: str | dict[str, Any] | None = None
+    videoEnProceso: str | None = None
+
+
+class RegistrationES(msgspec.Struct):
+    """Seed 004's registration body."""
+
+    id: str
+    nombre: str
+    estado: str = "esperando"
+    sistema: dict[str, Any] | None = None
+    ultimaActividad: Timestamp = None
+
+
+class HeartbeatEN(msgspec.Struct):
+    """The English heartbeat body."""
+
+    state: str
+    system: dict[str, Any] | None = None
+    last_activity: Timestamp = None
+    last_error: str | dict[str, Any] | None = None
+    current_job: str | None = None
+
+
+class RegistrationEN(msgspec.Struct):
+    """The English registration body."""
+
+    id: str
+    name: str
+    state: str = "idle"
+    system: dict[str, Any] | None = None
+    last_activity: Timestamp = None
+
+
+@dataclass(slots=True)
+class HeartbeatInput:
+    """A validated heartbeat, in English, whatever dialect it came in."""
+
+    state: str
+    system_json: str | None
+    hostname: str | None
+    last_activity: float | None
+    last_error_json: str | None
+    current_job: str | None
+
+
+@dataclass(slots=True)
+class RegistrationInput:
+    """A validated registration, in English."""
+
+    id: str
+    name: str
+    state: str
+    system_json: str | None
+    hostname: str | None
+    last_activity: float | None
+
+
+_json_encoder = msgspec.json.Encoder()
+_DECODERS: dict[type, msgspec.json.Decoder[Any]] = {
+    t: msgspec.json.Decoder(t) for t in (HeartbeatES, RegistrationES, HeartbeatEN, RegistrationEN)
+}
+
+
+def _check_state(value: str, spanish: bool, field: str) -> str:
+    if spanish:
+        english = SPANISH_TO_ENGLISH.get(value)
+        if english is None or english == "inactive":
+            raise InvalidField(
+                field, f"`{field}` must be one of {', '.join(SPANISH_REPORTED_STATES)}; got {value[:64]!r}"
+            )
+        return english
+    if value not in REPORTED_STATES or value == "inactive":
+        raise InvalidField(field, f"`{field}` must be one of {', '.join(REPORTED_STATES)}; got {value[:64]!r}")
+    return value
+
+
+def _check_len(value: str | None, limit: int, field: str) -> str | None:
+    if value is not None and len(value) > limit:
+        raise InvalidField(field, f"`{field}` is longer than {limit} characters")
+    return value
+
+
+def _system(system: dict[str, Any] | None) -> tuple[str | None, str | None]:
+    if system is None:
+        return None, None
+    host = system.get("hostname")
+    return _json_encoder.encode(system).decode(), (str(host)[:255] if host is not None else None)
+
+
+def _error_json(value: str | dict[str, Any] | None) -> str | None:
+    return None if value is None else _json_encoder.encode(value).decode()
+
+
+def _decode(kind: type, body: bytes) -> Any:
+    """Decode or raise: msgspec.DecodeError for malformed JSON, InvalidField for a wrong type or a missing field."""
+    try:
+        return _DECODERS[kind].decode(body)
+    except msgspec.ValidationError as exc:
+        text = str(exc)
+        m = re.search(r"at `\$\.?([^`\[]*)", text)
+        field = m.group(1) if m and m.group(1) else ""
+        missing = re.search(r"missing required field `([^`]+)`", text)
+        if missing:
+            field = missing.group(1)
+        detail = text.split(" - at ")[0]
+        allowed = _ALLOWED_TYPES.get(kind, {}).get(field.split(".")[0])
+        hint = f" ({field.split('.')[0]} must be {allowed})" if allowed else ""
+        raise InvalidField(field or "body", f"{detail}{' at `' + field + '`' if field else ''}{hint}") from None
+
+
+_ALLOWED_TYPES: dict[type, dict[str, str]] = {
+    HeartbeatES: {
+        "estado": "one of " + ", ".join(SPANISH_REPORTED_STATES),
+        "sistema": "an object or null",
+        "ultimaActividad": "an ISO-8601 timestamp string or null",
+        "ultimoError": "a string, an object or null",
+        "videoEnProceso": "a string or null",
+    },
+    RegistrationES: {
+        "id": "a string like a UUID",
+        "nombre": "a string",
+        "estado": "one of " + ", ".join(SPANISH_REPORTED_STATES),
+        "sistema": "an object or null",
+        "ultimaActividad": "an ISO-8601 timestamp string or null",
+    },
+    HeartbeatEN: {
+        "state": "one of " + ", ".join(REPORTED_STATES),
+        "system": "an object or null",
+        "last_activity": "an ISO-8601 timestamp string or null",
+        "last_error": "a string, an object or null",
+        "current_job": "a string or null",
+    },
+    RegistrationEN: {
+        "id": "a string like a UUID",
+        "name": "a string",
+        "state": "one of " + ", ".join(REPORTED_STATES),
+        "system": "an object or null",
+        "last_activity": "an ISO-8601 timestamp string or null",
+    },
+}
+
+
+def decode_heartbeat(body: bytes, spanish: bool) -> HeartbeatInput:
+    """Validate a heartbeat body of either dialect (raises msgspec.DecodeError or InvalidField)."""
+    if spanish:
+        es: HeartbeatES = _decode(HeartbeatES, body)
+        system_json, host = _system(es.sistema)
+        return HeartbeatInput(
+            _check_state(es.estado, True, "estado"),
+            system_json,
+            host,
+            parse_timestamp(es.ultimaActividad, "ultimaActividad"),
+            _error_json(es.ultimoError),
+            _check_len(es.videoEnProceso, MAX_JOB, "videoEnProceso"),
+        )
+    en: HeartbeatEN = _decode(HeartbeatEN, body)
+    system_json, host = _system(en.system)
+    return HeartbeatInput(
+        _check_state(en.state, False, "state"),
+        system_json,
+        host,
+        parse_timestamp(en.last_activity, "last_activity"),
+        _error_json(en.last_error),
+        _check_len(en.current_job, MAX_JOB, "current_job"),
+    )
+
+
+def decode_registration(body: bytes, spanish: bool) -> RegistrationInput:
+    """Validate a registration body of either dialect (raises msgspec.DecodeError or InvalidField)."""
+    if spanish:
+        es: RegistrationES = _decode(RegistrationES, body)
+        cid, name, state, system, last, names = (
+            es.id,
+            es.nombre,
+            _check_state(es.estado, True, "estado"),
+            es.sistema,
+            parse_timestamp(es.ultimaActividad, "ultimaActividad"),
+            ("id", "nombre"),
+        )
+    else:
+        en: RegistrationEN = _decode(RegistrationEN, body)
+        cid, name, state, system, last, names = (
+            en.id,
+            en.name,
+            _check_state(en.state, False, "state"),
+            en.system,
+            parse_timestamp(en.last_activity, "last_activity"),
+            ("id", "name"),
+        )
+    if not valid_console_id(cid):
+        raise InvalidField(
+            names[0], f"`{names[0]}` must be 1-128 letters, digits or . _ : - (a UUID v4 is usual); got {cid[:64]!r}"
+        )
+    if not name.strip():
+        raise InvalidField(names[1], f"`{names[1]}` must not be empty")
+    _check_len(name, MAX_NAME, names[1])
+    system_json, host = _system(system)
+    return RegistrationInput(cid, name, state, system_json, host, last)
+
+
+def decode_json_text(text: str | None) -> Any:
+    """A JSON column back to a value (None stays None)."""
+    return None if text is None else msgspec.json.decode(text)

@@ -1,0 +1,127 @@
+"""Reads of consoles, heartbeats and transitions on the store's reader connection (never the writer).
+
+Every record is English; timestamps are ISO-8601 UTC strings.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aiosqlite
+
+from supervisor_tui.consoles.models import ALL_STATES, decode_json_text, iso
+
+SORTS: dict[str, str] = {
+    "-last_seen": "last_seen DESC, id",
+    "last_seen": "last_seen ASC, id",
+    "name": "name ASC, id",
+    "-name": "name DESC, id",
+}
+CONSOLE_COLUMNS = (
+    "id, name, state, reported_state, system, hostname, last_activity, last_error, current_job, "
+    "first_seen, last_seen, heartbeats"
+)
+
+
+def console_record(row: tuple[Any, ...], inactive_after: float) -> dict[str, Any]:
+    """A consoles row (CONSOLE_COLUMNS order) as the API's English record."""
+    (cid, name, state, reported, system, host, last_activity, last_error, job, first, last, count) = row
+    return {
+        "id": cid,
+        "name": name,
+        "state": state,
+        "reported_state": reported,
+        "system": decode_json_text(system),
+        "hostname": host,
+        "last_activity": iso(last_activity),
+        "last_error": decode_json_text(last_error),
+        "current_job": job,
+        "first_seen": iso(first),
+        "last_seen": iso(last),
+        "heartbeats": count,
+        "inactive_at": None if state == "inactive" else iso(last + inactive_after),
+    }
+
+
+def _like(text: str) -> str:
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+async def list_consoles(
+    db: aiosqlite.Connection,
+    inactive_after: float,
+    state: str | None = None,
+    search: str | None = None,
+    limit: int = 100,
+    offset: int = 0,
+    sort: str = "-last_seen",
+) -> tuple[list[dict[str, Any]], int]:
+    """One page of consoles and the total that match the filter."""
+    where: list[str] = []
+    params: list[Any] = []
+    if state is not None:
+        where.append("state = ?")
+        params.append(state)
+    if search:
+        where.append("(name LIKE ? ESCAPE '\\' OR hostname LIKE ? ESCAPE '\\' OR id = ?)")
+        params += [_like(search), _like(search), search]
+    clause = (" WHERE " + " AND ".join(where)) if where else ""
+    async with db.execute(f"SELECT COUNT(*) FROM consoles{clause}", params) as cur:
+        row = await cur.fetchone()
+    total = int(row[0]) if row else 0
+    sql = f"SELECT {CONSOLE_COLUMNS} FROM consoles{clause} ORDER BY {SORTS[sort]} LIMIT ? OFFSET ?"
+    async with db.execute(sql, [*params, limit, offset]) as cur:
+        rows = await cur.fetchall()
+    return [console_record(tuple(r), inactive_after) for r in rows], total
+
+
+async def get_console(db: aiosqlite.Connection, console_id: str, inactive_after: float) -> dict[str, Any] | None:
+    async with db.execute(f"SELECT {CONSOLE_COLUMNS} FROM consoles WHERE id = ?", (console_id,)) as cur:
+        row = await cur.fetchone()
+    return None if row is None else console_record(tuple(row), inactive_after)
+
+
+async def heartbeats(db: aiosqlite.Connection, console_id: str, limit: int) -> list[dict[str, Any]]:
+    """The console's latest heartbeats, newest first."""
+    sql = (
+        "SELECT received_at, state, last_activity, last_error, current_job, system FROM heartbeats "
+        "WHERE console_id = ? ORDER BY received_at DESC, id DESC LIMIT ?"
+    )
+    async with db.execute(sql, (console_id, limit)) as cur:
+        rows = await cur.fetchall()
+    return [
+        {
+            "received_at": iso(r[0]),
+            "state": r[1],
+            "last_activity": iso(r[2]),
+            "last_error": decode_json_text(r[3]),
+            "current_job": r[4],
+            "system": decode_json_text(r[5]),
+        }
+        for r in rows
+    ]
+
+
+async def transitions(db: aiosqlite.Connection, console_id: str, limit: int) -> list[dict[str, Any]]:
+    """The console's latest state transitions, newest first."""
+    sql = (
+        "SELECT from_state, to_state, at, reason FROM transitions WHERE console_id = ? "
+        "ORDER BY at DESC, id DESC LIMIT ?"
+    )
+    async with db.execute(sql, (console_id, limit)) as cur:
+        rows = await cur.fetchall()
+    return [{"from": r[0], "to": r[1], "at": iso(r[2]), "reason": r[3]} for r in rows]
+
+
+async def stats(db: aiosqlite.Connection) -> dict[str, Any]:
+    """Seed 004's statistics: count and latest activity per state (every state listed, zero when none)."""
+    sql = "SELECT state, COUNT(*), MAX(last_activity) FROM consoles GROUP BY state"
+    async with db.execute(sql) as cur:
+        rows = await cur.fetchall()
+    found = {r[0]: (int(r[1]), r[2]) for r in rows}
+    states = [
+        {"state": s, "count": found.get(s, (0, None))[0], "last_activity": iso(found.get(s, (0, None))[1])}
+        for s in ALL_STATES
+    ]
+    return {"total": sum(c for c, _ in found.values()), "states": states}

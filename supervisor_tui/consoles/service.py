@@ -1,0 +1,797 @@
+"""ConsoleService: registrations, heartbeats, inactivity, retention and reads for remote consoles (seed 004).
+
+The current state of every console lives in memory (loaded at start), so the ingest path never reads SQLite:
+it checks the console and its token in a dict, queues the heartbeat for the group-commit writer and waits for
+the COMMIT. Memory is changed only after a commit, by the writer's planner, so memory and database agree.
+
+    consoles = ConsoleService(store, bus, settings, logs)
+    await consoles.start()      # after store.open()
+    ...
+    await consoles.stop()       # before store.close(): writes everything queued, then stops
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import secrets
+import sqlite3
+import time
+from collections import Counter
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from supervisor_tui.config import Settings
+from supervisor_tui.consoles import queries
+from supervisor_tui.consoles.errors import (
+    ConsoleForbidden,
+    ConsoleNotFound,
+    ConsoleUnauthorized,
+    ConsoleUnavailable,
+)
+from supervisor_tui.consoles.models import ALL_STATES, HeartbeatInput, RegistrationInput, iso
+from supervisor_tui.consoles.sweeper import Deadlines
+from supervisor_tui.consoles.writer import GroupCommitWriter, Op, Plan, WriteFailed, WriterClosed
+from supervisor_tui.core.events import (
+    ConsoleHeartbeats,
+    ConsoleRegistered,
+    ConsoleRemoved,
+    ConsoleStateChanged,
+    EventBus,
+)
+from supervisor_tui.core.logs import LogHub
+from supervisor_tui.core.store import Store
+
+REJECT_REASONS = (
+    "invalid_json",
+    "invalid_field",
+    "too_large",
+    "unsupported_encoding",
+    "console_not_found",
+    "unauthorized",
+    "forbidden",
+    "unavailable",
+)
+
+_INSERT_HEARTBEAT = (
+    "INSERT INTO heartbeats (console_id, received_at, state, last_activity, last_error, current_job, system) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+_UPDATE_FROM_HEARTBEAT = (
+    "UPDATE consoles SET state = ?, reported_state = ?, system = COALESCE(?, system), "
+    "hostname = COALESCE(?, hostname), last_activity = COALESCE(?, last_activity), last_error = ?, "
+    "current_job = ?, last_seen = ?, heartbeats = heartbeats + ? WHERE id = ?"
+)
+_UPDATE_TIMEOUT = "UPDATE consoles SET state = 'inactive' WHERE id = ?"
+_INSERT_TRANSITION = "INSERT INTO transitions (console_id, from_state, to_state, at, reason) VALUES (?, ?, ?, ?, ?)"
+_INSERT_CONSOLE = (
+    "INSERT INTO consoles (id, name, state, reported_state, system, hostname, last_activity, last_error, "
+    "current_job, token_hash, first_seen, last_seen, heartbeats) VALUES (?, ?, ?, ?, ?, ?, ?, NULL, NULL, ?, ?, ?, 0)"
+)
+_UPDATE_REGISTRATION = (
+    "UPDATE consoles SET name = ?, state = ?, reported_state = ?, system = COALESCE(?, system), "
+    "hostname = COALESCE(?, hostname), last_activity = COALESCE(?, last_activity), last_error = NULL, "
+    "current_job = NULL, token_hash = ?, last_seen = ? WHERE id = ?"
+)
+_DELETE_CONSOLE = "DELETE FROM consoles WHERE id = ?"
+
+
+def hash_console_token(token: str) -> str:
+    """What is stored for a console's token (the same SHA-256 hex the server uses for every token)."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+@dataclass(slots=True)
+class ConsoleEntry:
+    """What the ingest path needs to know about a console, kept in memory."""
+
+    id: str
+    name: str
+    state: str
+    reported_state: str
+    token_hash: str | None
+    first_seen: float
+    last_seen: float
+    stored_heartbeats: int = 0  # rows in the heartbeats table (for the per-console retention limit)
+
+
+@dataclass(frozen=True, slots=True)
+class HeartbeatAck:
+    """A committed heartbeat."""
+
+    console_id: str
+    state: str
+    received_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Registration:
+    """A committed registration: the record, the console's token, and whether the console is new."""
+
+    console: dict[str, Any]
+    token: str
+    created: bool
+
+
+@dataclass(slots=True)
+class ConsoleMetrics:
+    """Figures for /metrics: heartbeat counters and console counts by state."""
+
+    heartbeats_accepted: int
+    heartbeats_rejected: dict[str, int]
+    registrations: int
+    consoles_by_state: dict[str, int]
+    write_batches: int
+    write_failures: int
+
+    def to_prometheus(self) -> str:
+        """Prometheus text exposition of these figures (HELP/TYPE included)."""
+        lines = [
+            "# HELP supervisor_console_heartbeats_accepted_total Console heartbeats committed.",
+            "# TYPE supervisor_console_heartbeats_accepted_total counter",
+            f"supervisor_console_heartbeats_accepted_total {self.heartbeats_accepted}",
+            "# HELP supervisor_console_heartbeats_rejected_total Console heartbeats refused, by reason.",
+            "# TYPE supervisor_console_heartbeats_rejected_total counter",
+        ]
+        lines += [
+            f'supervisor_console_heartbeats_rejected_total{{reason="{r}"}} {n}'
+            for r, n in sorted(self.heartbeats_rejected.items())
+        ]
+        lines += [
+            "# HELP supervisor_console_registrations_total Console registrations committed.",
+            "# TYPE supervisor_console_registrations_total counter",
+            f"supervisor_console_registrations_total {self.registrations}",
+            "# HELP supervisor_consoles Consoles by state.",
+            "# TYPE supervisor_consoles gauge",
+        ]
+        lines += [f'supervisor_consoles{{state="{s}"}} {n}' for s, n in self.consoles_by_state.items()]
+        lines += [
+            "# HELP supervisor_console_write_batches_total Group-commit transactions written.",
+            "# TYPE supervisor_console_write_batches_total counter",
+            f"supervisor_console_write_batches_total {self.write_batches}",
+            "# HELP supervisor_console_write_failures_total Group-commit transactions that failed.",
+            "# TYPE supervisor_console_write_failures_total counter",
+            f"supervisor_console_write_failures_total {self.write_failures}",
+        ]
+        return "\n".join(lines) + "\n"
+
+
+@dataclass(frozen=True, slots=True)
+class HeartbeatCounters:
+    """Heartbeats committed and refused (by reason, every reason listed), registrations committed."""
+
+    accepted: int
+    rejected: dict[str, int]
+    registrations: int
+
+
+@dataclass
+class _Counters:
+    accepted: int = 0
+    registrations: int = 0
+    rejected: Counter[str] = field(default_factory=Counter)
+
+
+@dataclass(slots=True)
+class _HeartbeatOp:
+    console_id: str
+    hb: HeartbeatInput
+    received_at: float
+
+
+@dataclass(slots=True)
+class _RegisterOp:
+    reg: RegistrationInput
+    token: str | None
+    enrollment: str | None
+    received_at: float
+
+
+class ConsoleService:
+    """The consoles domain: see the module docstring for the life cycle."""
+
+    def __init__(
+        self,
+        store: Store,
+        bus: EventBus,
+        settings: Settings,
+        logs: LogHub | None = None,
+        sweep_interval: float = 1.0,
+        retention_interval: float = 60.0,
+    ) -> None:
+        self.store = store
+        self.bus = bus
+        self.settings = settings
+        self.logs = logs
+        self.inactive_after = float(settings.get("consoles.inactive_after"))
+        self.auth_mode = str(settings.get("consoles.auth"))
+        self.enrollment_token = str(settings.get("consoles.enrollment_token") or "")
+        self.heartbeat_retention = float(settings.get("consoles.heartbeat_retention"))
+        self.heartbeats_per_console = int(settings.get("consoles.heartbeats_per_console"))
+        self.transition_retention = float(settings.get("consoles.transition_retention"))
+        self.sweep_interval = sweep_interval
+        self.retention_interval = retention_interval
+        self._entries: dict[str, ConsoleEntry] = {}
+        self._by_state: Counter[str] = Counter()
+        self._deadlines = Deadlines(self.inactive_after)
+        self._timeout_retry: dict[str, float] = {}
+        self._writer = GroupCommitWriter(store, self._plan)
+        self._tasks: list[asyncio.Task[None]] = []
+        self._counters = _Counters()
+        self.started = False
+
+    # -- life cycle --------------------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Load every console into memory, then start the writer, the inactivity sweeper and retention."""
+        db = self.store.writer
+        async with db.execute(
+            "SELECT id, name, state, reported_state, token_hash, first_seen, last_seen FROM consoles ORDER BY last_seen"
+        ) as cur:
+            rows = await cur.fetchall()
+        async with db.execute("SELECT console_id, COUNT(*) FROM heartbeats GROUP BY console_id") as cur:
+            counts = {r[0]: int(r[1]) for r in await cur.fetchall()}
+        self._entries.clear()
+        self._by_state.clear()
+        for cid, name, state, reported, token_hash, first, last in rows:
+            e = ConsoleEntry(cid, name, state, reported, token_hash, first, last, counts.get(cid, 0))
+            self._entries[cid] = e
+            self._by_state[state] += 1
+            if state != "inactive":
+                self._deadlines.touch(cid, last)
+        self._writer.start()
+        loop = asyncio.get_running_loop()
+        self._tasks = [
+            loop.create_task(self._sweep_loop(), name="consoles-sweeper"),
+            loop.create_task(self._retention_loop(), name="consoles-retention"),
+        ]
+        self.started = True
+
+    async def stop(self) -> None:
+        """Stop the sweeper and retention, then write everything already queued (nothing acknowledged is lost)."""
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+        await self._writer.stop()
+        self.started = False
+
+    # -- the ingest path ---------------------------------------------------------------------------------
+    def authorize_heartbeat(self, console_id: str, token: str | None) -> None:
+        """Raise unless ``console_id`` is registered and (in token mode) ``token`` is its token."""
+        entry = self._entries.get(console_id)
+        if entry is None:
+            raise ConsoleNotFound(f"console {console_id!r} is not registered: register it first, then send heartbeats")
+        if self.auth_mode == "none":
+            return
+        if token is None:
+            raise ConsoleUnauthorized(
+                f"heartbeats for console {console_id!r} must carry its token (Authorization: Bearer <token> "
+                "from the registration answer)"
+            )
+        if entry.token_hash is None or not hmac.compare_digest(hash_console_token(token), entry.token_hash):
+            raise ConsoleForbidden(f"that token is not the token of console {console_id!r}")
+
+    async def heartbeat(self, console_id: str, hb: HeartbeatInput) -> HeartbeatAck:
+        """Record one heartbeat; returns once it is committed (ConsoleNotFound, ConsoleUnavailable)."""
+        fut = self._submit("heartbeat", _HeartbeatOp(console_id, hb, time.time()))
+        result: HeartbeatAck = await self._wait(fut)
+        return result
+
+    async def register(
+        self, reg: RegistrationInput, token: str | None = None, enrollment_token: str | None = None
+    ) -> Registration:
+        """Register a console or re-register it (which needs its token: one console cannot take another's id).
+
+        A new console needs ``consoles.enrollment_token`` when that is set (``enrollment_token``, or ``token``).
+        """
+        fut = self._submit("register", _RegisterOp(reg, token, enrollment_token, time.time()))
+        result: Registration = await self._wait(fut)
+        return result
+
+    async def remove(self, console_id: str) -> bool:
+        """Delete a console with its heartbeats and transitions; False when there was no such console."""
+        fut = self._submit("remove", console_id)
+        removed: bool = await self._wait(fut)
+        return removed
+
+    def _submit(self, kind: str, payload: Any) -> asyncio.Future[Any]:
+        try:
+            fut = self._writer.submit(kind, payload)
+        except WriterClosed as exc:
+            raise ConsoleUnavailable(str(exc)) from None
+        assert fut is not None
+        return fut
+
+    async def _wait(self, fut: asyncio.Future[Any]) -> Any:
+        try:
+            return await fut
+        except WriteFailed as exc:
+            raise ConsoleUnavailable(f"{exc}; nothing was recorded, retry later") from None
+
+    # -- the writer's planner: runs in the event loop, turns a batch of ops into SQL steps ----------------
+    def _plan(self, ops: list[Op]) -> Plan:
+        plan = Plan()
+        work: dict[str, ConsoleEntry | None] = {}
+        hb_rows: list[tuple[Any, ...]] = []
+        updates: dict[str, list[Any]] = {}
+        timeouts: list[tuple[Any, ...]] = []
+        trans: list[tuple[Any, ...]] = []
+        events: list[Any] = []
+        answers: list[tuple[asyncio.Future[Any] | None, Any]] = []
+        registrations = 0
+        beats = 0
+        beat_ids: dict[str, None] = {}
+        removed: list[str] = []
+
+        def current(cid: str) -> ConsoleEntry | None:
+            if cid in work:
+                return work[cid]
+            e = self._entries.get(cid)
+            work[cid] = e2 = replace(e) if e is not None else None
+            return e2
+
+        def flush() -> None:
+            # Timeouts before heartbeat updates: a console that timed out and then spoke in the same batch
+            # must end in its reported state.
+            plan.many(_UPDATE_TIMEOUT, timeouts[:])
+            plan.many(_INSERT_HEARTBEAT, hb_rows[:])
+            plan.many(_UPDATE_FROM_HEARTBEAT, [tuple(u) for u in updates.values()])
+            plan.many(_INSERT_TRANSITION, trans[:])
+            timeouts.clear()
+            hb_rows.clear()
+            updates.clear()
+            trans.clear()
+
+        def fail(fut: asyncio.Future[Any] | None, exc: Exception) -> None:
+            if fut is not None and not fut.done():
+                fut.set_exception(exc)
+                fut.exception()
+
+        def transition(cid: str, old: str | None, new: str, at: float, reason: str) -> None:
+            trans.append((cid, old, new, at, reason))
+            events.append(ConsoleStateChanged(console_id=cid, from_state=old, to_state=new, reason=reason, at=at))
+
+        for op in ops:
+            if op.kind == "heartbeat":
+                p: _HeartbeatOp = op.payload
+                e = current(p.console_id)
+                if e is None:
+                    fail(op.future, ConsoleNotFound(f"console {p.console_id!r} is not registered: register it first"))
+                    continue
+                hb = p.hb
+                if e.state != hb.state:
+                    transition(e.id, e.state, hb.state, p.received_at, "heartbeat")
+                e.state = e.reported_state = hb.state
+                e.last_seen = p.received_at
+                e.stored_heartbeats += 1
+                hb_rows.append(
+                    (
+                        e.id,
+                        p.received_at,
+                        hb.state,
+                        hb.last_activity,
+                        hb.last_error_json,
+                        hb.current_job,
+                        hb.system_json,
+                    )
+                )
+                u = updates.get(e.id)
+                if u is None:
+                    updates[e.id] = [
+                        hb.state,
+                        hb.state,
+                        hb.system_json,
+                        hb.hostname,
+                        hb.last_activity,
+                        hb.last_error_json,
+                        hb.current_job,
+                        p.received_at,
+                        1,
+                        e.id,
+                    ]
+                else:
+                    u[0] = u[1] = hb.state
+                    if hb.system_json is not None:
+                        u[2], u[3] = hb.system_json, hb.hostname
+                    if hb.last_activity is not None:
+                        u[4] = hb.last_activity
+                    u[5], u[6], u[7] = hb.last_error_json, hb.current_job, p.received_at
+                    u[8] += 1
+                beats += 1
+                beat_ids[e.id] = None
+                answers.append((op.future, HeartbeatAck(e.id, hb.state, p.received_at)))
+            elif op.kind == "timeout":
+                cid, deadline = op.payload
+                e = current(cid)
+                if e is None or e.state == "inactive" or e.last_seen + self.inactive_after > deadline + 1e-6:
+                    continue  # removed, already inactive, or heard from since the deadline was taken
+                transition(cid, e.state, "inactive", deadline, "timeout")
+                e.state = "inactive"
+                timeouts.append((cid,))
+            elif op.kind == "register":
+                r: _RegisterOp = op.payload
+                e = current(r.reg.id)
+                try:
+                    token = self._registration_token(e, r)
+                except (ConsoleUnauthorized, ConsoleForbidden) as exc:
+                    fail(op.future, exc)
+                    continue
+                flush()
+                reg, now = r.reg, r.received_at
+                th = hash_console_token(token)
+                if e is None:
+                    plan.many(
+                        _INSERT_CONSOLE,
+                        [
+                            (
+                                reg.id,
+                                reg.name,
+                                reg.state,
+                                reg.state,
+                                reg.system_json,
+                                reg.hostname,
+                                reg.last_activity,
+                                th,
+                                now,
+                                now,
+                            )
+                        ],
+                    )
+                    transition(reg.id, None, reg.state, now, "register")
+                    e = work[reg.id] = ConsoleEntry(reg.id, reg.name, reg.state, reg.state, th, now, now, 0)
+                    created = True
+                else:
+                    plan.many(
+                        _UPDATE_REGISTRATION,
+                        [
+                            (
+                                reg.name,
+                                reg.state,
+                                reg.state,
+                                reg.system_json,
+                                reg.hostname,
+                                reg.last_activity,
+                                th,
+                                now,
+                                reg.id,
+                            )
+                        ],
+                    )
+                    if e.state != reg.state:
+                        transition(reg.id, e.state, reg.state, now, "register")
+                    e.name, e.state, e.reported_state, e.token_hash, e.last_seen = (
+                        reg.name,
+                        reg.state,
+                        reg.state,
+                        th,
+                        now,
+                    )
+                    created = False
+                plan.many(_INSERT_TRANSITION, trans[:])
+                trans.clear()
+                registrations += 1
+                events.append(ConsoleRegistered(console_id=reg.id, name=reg.name, state=reg.state))
+                record = {
+                    "id": reg.id,
+                    "name": reg.name,
+                    "state": reg.state,
+                    "hostname": reg.hostname,
+                    "last_activity": iso(reg.last_activity),
+                    "first_seen": iso(e.first_seen),
+                    "last_seen": iso(now),
+                    "inactive_at": iso(now + self.inactive_after),
+                }
+                answers.append((op.future, Registration(record, token, created)))
+            elif op.kind == "remove":
+                cid = op.payload
+                e = current(cid)
+                if e is None:
+                    answers.append((op.future, False))
+                    continue
+                flush()
+                plan.many(_DELETE_CONSOLE, [(cid,)])
+                work[cid] = None
+                beat_ids.pop(cid, None)
+                removed.append(cid)
+                events.append(ConsoleRemoved(console_id=cid))
+                answers.append((op.future, True))
+            elif op.kind == "maintenance":
+                flush()
+                index = plan.call(op.payload)
+                answers.append((op.future, ("result", index)))
+        flush()
+
+        def on_commit(results: list[Any]) -> None:
+            self._apply(work)
+            self._counters.accepted += beats
+            self._counters.registrations += registrations
+            for fut, value in answers:
+                if fut is None or fut.done():
+                    continue
+                if isinstance(value, tuple) and len(value) == 2 and value[0] == "result":
+                    value = results[value[1]]
+                fut.set_result(value)
+            for event in events:
+                self.bus.publish(event)
+                self._log_event(event)
+            if beats:
+                self.bus.publish(ConsoleHeartbeats(count=beats, console_ids=tuple(beat_ids)))
+
+        def on_fail(exc: BaseException) -> None:
+            # Timeouts that could not be written are retried by the next sweep.
+            for op in ops:
+                if op.kind == "timeout":
+                    cid, deadline = op.payload
+                    self._timeout_retry[cid] = deadline
+
+        plan.on_commit = on_commit
+        plan.on_fail = on_fail
+        return plan
+
+    def _registration_token(self, e: ConsoleEntry | None, r: _RegisterOp) -> str:
+        """The token the console will use from now on, or raise when it may not (re-)register."""
+        presented = r.token
+        if e is not None:
+            valid = (
+                presented is not None
+                and e.token_hash is not None
+                and hmac.compare_digest(hash_console_token(presented), e.token_hash)
+            )
+            if valid:
+                assert presented is not None
+                return presented
+            if self.auth_mode == "none":
+                return secrets.token_urlsafe(32)
+            if presented is None:
+                raise ConsoleUnauthorized(
+                    f"console {e.id!r} is already registered: re-registering needs its token (Authorization: Bearer)"
+                )
+            raise ConsoleForbidden(f"console {e.id!r} is already registered with a different token")
+        if self.enrollment_token:
+            offered = r.enrollment if r.enrollment is not None else presented
+            if offered is None:
+                raise ConsoleUnauthorized(
+                    "registering a new console needs the enrollment token "
+                    "(X-Enrollment-Token header or Authorization: Bearer)"
+                )
+            if not hmac.compare_digest(offered.encode(), self.enrollment_token.encode()):
+                raise ConsoleForbidden("that is not the enrollment token")
+        return secrets.token_urlsafe(32)
+
+    def _apply(self, work: dict[str, ConsoleEntry | None]) -> None:
+        """Make committed changes visible: entries, counts by state, deadlines (in last-seen order)."""
+        touched: list[ConsoleEntry] = []
+        for cid, new in work.items():
+            old = self._entries.get(cid)
+            if old is not None:
+                self._by_state[old.state] -= 1
+            if new is None:
+                self._entries.pop(cid, None)
+                self._deadlines.discard(cid)
+                self._timeout_retry.pop(cid, None)
+                continue
+            self._entries[cid] = new
+            self._by_state[new.state] += 1
+            if new.state == "inactive":
+                self._deadlines.discard(cid)
+                self._timeout_retry.pop(cid, None)
+            elif old is None or new.last_seen != old.last_seen:
+                touched.append(new)
+        touched.sort(key=lambda e: e.last_seen)
+        for e in touched:
+            self._deadlines.touch(e.id, e.last_seen)
+            self._timeout_retry.pop(e.id, None)
+
+    # -- inactivity --------------------------------------------------------------------------------------
+    async def _sweep_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.sweep_interval)
+            try:
+                self.sweep()
+            except ConsoleUnavailable:
+                return
+
+    def sweep(self, now: float | None = None) -> int:
+        """Queue an inactivity for every console whose deadline has passed; returns how many were queued."""
+        now = time.time() if now is None else now
+        due = self._deadlines.due(now)
+        if self._timeout_retry:
+            due += list(self._timeout_retry.items())
+            self._timeout_retry.clear()
+        for cid, deadline in due:
+            try:
+                self._writer.submit("timeout", (cid, deadline), wait=False)
+            except WriterClosed:
+                raise ConsoleUnavailable("the console store is shutting down") from None
+        return len(due)
+
+    # -- retention ---------------------------------------------------------------------------------------
+    async def _retention_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.retention_interval)
+            try:
+                await self.prune()
+            except ConsoleUnavailable:
+                if not self._writer.accepting:
+                    return
+            except Exception as exc:  # retention must never stop ingest; say so and try again later
+                self._log("warning", f"console history pruning failed: {exc}", "consoles_retention_failed")
+
+    async def prune(self, now: float | None = None, chunk: int = 5000) -> dict[str, int]:
+        """Delete heartbeats older than the retention or beyond the per-console count, and old transitions.
+
+        Works in chunks through the writer so ingest never waits behind one huge delete.
+        """
+        now = time.time() if now is None else now
+        hb_cutoff = now - self.heartbeat_retention
+        tr_cutoff = now - self.transition_retention
+        done = {"heartbeats_by_age": 0, "heartbeats_by_count": 0, "transitions": 0}
+
+        def by_age(conn: sqlite3.Connection) -> list[str]:
+            rows = conn.execute(
+                "DELETE FROM heartbeats WHERE id IN (SELECT id FROM heartbeats WHERE received_at < ? "
+                "ORDER BY received_at LIMIT ?) RETURNING console_id",
+                (hb_cutoff, chunk),
+            ).fetchall()
+            return [r[0] for r in rows]
+
+        while True:
+            ids: list[str] = await self._maintenance(by_age)
+            self._forget_rows(ids)
+            done["heartbeats_by_age"] += len(ids)
+            if len(ids) < chunk:
+                break
+        limit = self.heartbeats_per_console
+        over = [(e.id, e.stored_heartbeats - limit) for e in self._entries.values() if e.stored_heartbeats > limit]
+        for i in range(0, len(over), 100):
+            group = over[i : i + 100]
+
+            def by_count(conn: sqlite3.Connection, group: list[tuple[str, int]] = group) -> list[str]:
+                out: list[str] = []
+                for cid, excess in group:
+                    rows = conn.execute(
+                        "DELETE FROM heartbeats WHERE id IN (SELECT id FROM heartbeats WHERE console_id = ? "
+                        "ORDER BY received_at, id LIMIT ?) RETURNING console_id",
+                        (cid, excess),
+                    ).fetchall()
+                    out += [r[0] for r in rows]
+                return out
+
+            ids = await self._maintenance(by_count)
+            self._forget_rows(ids)
+            done["heartbeats_by_count"] += len(ids)
+
+        def transitions(conn: sqlite3.Connection) -> int:
+            cur = conn.execute(
+                "DELETE FROM transitions WHERE id IN (SELECT id FROM transitions WHERE at < ? ORDER BY at LIMIT ?)",
+                (tr_cutoff, chunk),
+            )
+            return int(cur.rowcount)
+
+        while True:
+            n: int = await self._maintenance(transitions)
+            done["transitions"] += n
+            if n < chunk:
+                break
+        return done
+
+    async def _maintenance(self, fn: Any) -> Any:
+        return await self._wait(self._submit("maintenance", fn))
+
+    def _forget_rows(self, console_ids: list[str]) -> None:
+        for cid in console_ids:
+            e = self._entries.get(cid)
+            if e is not None and e.stored_heartbeats > 0:
+                e.stored_heartbeats -= 1
+
+    # -- reads -------------------------------------------------------------------------------------------
+    def exists(self, console_id: str) -> bool:
+        return console_id in self._entries
+
+    def state_of(self, console_id: str) -> str | None:
+        """The console's current state from memory (None when unknown)."""
+        e = self._entries.get(console_id)
+        return None if e is None else e.state
+
+    def deadline_of(self, console_id: str) -> float | None:
+        """When the console goes inactive unless it is heard from (None when inactive or unknown)."""
+        return self._deadlines.deadline(console_id)
+
+    def counts_by_state(self) -> dict[str, int]:
+        return {s: self._by_state.get(s, 0) for s in ALL_STATES}
+
+    def count_rejection(self, reason: str) -> None:
+        """The HTTP layer reports every heartbeat it refused, by reason (REJECT_REASONS)."""
+        self._counters.rejected[reason] += 1
+
+    def counters(self) -> HeartbeatCounters:
+        """A snapshot of the heartbeat counters (for /metrics)."""
+        c = self._counters
+        return HeartbeatCounters(c.accepted, {r: c.rejected.get(r, 0) for r in REJECT_REASONS}, c.registrations)
+
+    def metrics(self) -> ConsoleMetrics:
+        """Counters and gauges for /metrics."""
+        return ConsoleMetrics(
+            heartbeats_accepted=self._counters.accepted,
+            heartbeats_rejected={r: self._counters.rejected.get(r, 0) for r in REJECT_REASONS},
+            registrations=self._counters.registrations,
+            consoles_by_state=self.counts_by_state(),
+            write_batches=self._writer.batches,
+            write_failures=self._writer.failed_batches,
+        )
+
+    async def list_consoles(
+        self,
+        state: str | None = None,
+        search: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+        sort: str = "-last_seen",
+    ) -> tuple[list[dict[str, Any]], int]:
+        """One page of console records (newest seen first by default) and the total matching."""
+        return await queries.list_consoles(self.store.reader, self.inactive_after, state, search, limit, offset, sort)
+
+    async def get(self, console_id: str) -> dict[str, Any]:
+        """One console record (ConsoleNotFound)."""
+        record = await queries.get_console(self.store.reader, console_id, self.inactive_after)
+        if record is None:
+            raise ConsoleNotFound(f"no console {console_id!r}")
+        return record
+
+    async def heartbeats(self, console_id: str, limit: int = 100) -> list[dict[str, Any]]:
+        """The console's latest heartbeats, newest first (ConsoleNotFound)."""
+        if console_id not in self._entries:
+            raise ConsoleNotFound(f"no console {console_id!r}")
+        return await queries.heartbeats(self.store.reader, console_id, limit)
+
+    async def transitions(self, console_id: str, limit: int = 100) -> list[dict[str, Any]]:
+        """The console's latest state transitions, newest first (ConsoleNotFound)."""
+        if console_id not in self._entries:
+            raise ConsoleNotFound(f"no console {console_id!r}")
+        return await queries.transitions(self.store.reader, console_id, limit)
+
+    async def stats(self) -> dict[str, Any]:
+        """Count and latest activity by state (seed 004's statistics query)."""
+        return await queries.stats(self.store.reader)
+
+    # -- logging -----------------------------------------------------------------------------------------
+    def _log(self, level: str, message: str, event: str, **fields: Any) -> None:
+        if self.logs is not None:
+            self.logs.write("supervisor", "supervisor", message, level, event=event, **fields)
+
+    def _log_event(self, event: Any) -> None:
+        if self.logs is None:
+            return
+        if isinstance(event, ConsoleRegistered):
+            self._log(
+                "info",
+                f"console {event.console_id} ({event.name}) registered, {event.state}",
+                "console_registered",
+                console=event.console_id,
+            )
+        elif isinstance(event, ConsoleRemoved):
+            self._log("info", f"console {event.console_id} removed", "console_removed", console=event.console_id)
+        elif isinstance(event, ConsoleStateChanged) and event.reason != "register":
+            if event.to_state == "inactive":
+                self._log(
+                    "warning",
+                    f"console {event.console_id} inactive: no heartbeat for {self.inactive_after:g}s "
+                    f"(since {iso(event.at - self.inactive_after)})",
+                    "console_inactive",
+                    console=event.console_id,
+                )
+            elif event.from_state == "inactive":
+                self._log(
+                    "info",
+                    f"console {event.console_id} is back, {event.to_state}",
+                    "console_back",
+                    console=event.console_id,
+                )
+            elif event.to_state == "error":
+                self._log(
+                    "warning", f"console {event.console_id} reports an error", "console_error", console=event.console_id
+                )

@@ -1,0 +1,172 @@
+"""Group commit: one task writes every console change, one transaction (one fsync) per wake-up.
+
+Requests put an operation on the queue and wait for its future; the writer takes everything queued since its
+last commit, has the service turn it into SQL steps (``plan``), runs them in one transaction on the store's
+writer connection, and only after COMMIT resolves the futures. With synchronous=FULL that makes every 2xx
+durable while paying for one fsync per batch instead of one per heartbeat. A failed transaction is rolled back
+and every future of the batch gets the error (the API answers 503, never 2xx).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from supervisor_tui.core.store import Store
+
+# One step of a batch: ("many", sql, rows) runs executemany; ("call", fn, None) runs fn(connection) and keeps
+# its result (maintenance deletes that need RETURNING).
+Step = tuple[str, Any, Any]
+
+
+class WriteFailed(Exception):
+    """The batch holding this operation could not be committed; nothing of it was written."""
+
+
+class WriterClosed(Exception):
+    """The writer is stopping or stopped and accepts no more operations."""
+
+
+@dataclass(slots=True)
+class Op:
+    """One queued change; ``payload`` is interpreted by the planner, ``future`` answers the caller."""
+
+    kind: str
+    payload: Any
+    future: asyncio.Future[Any] | None = None
+
+
+@dataclass
+class Plan:
+    """What a batch writes, and what to do once it is committed or has failed."""
+
+    steps: list[Step] = field(default_factory=list)
+    on_commit: Callable[[list[Any]], None] = lambda results: None
+    on_fail: Callable[[BaseException], None] = lambda exc: None
+
+    def many(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
+        if rows:
+            self.steps.append(("many", sql, rows))
+
+    def call(self, fn: Callable[[sqlite3.Connection], Any]) -> int:
+        """Run ``fn`` inside the transaction; returns the index of its result in ``on_commit``'s list."""
+        self.steps.append(("call", fn, None))
+        return sum(1 for s in self.steps if s[0] == "call") - 1
+
+
+Planner = Callable[[list[Op]], Plan]
+
+
+def _run_steps(conn: sqlite3.Connection, steps: list[Step]) -> list[Any]:
+    """Runs in the connection's thread: the whole batch in one hop, so no other user of the shared writer
+    connection can slip a statement into (or a BEGIN before) our transaction."""
+    results: list[Any] = []
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for kind, what, rows in steps:
+            if kind == "many":
+                conn.executemany(what, rows)
+            else:
+                results.append(what(conn))
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+        raise
+    return results
+
+
+class GroupCommitWriter:
+    """The single writer task of the consoles domain (see the module docstring)."""
+
+    def __init__(self, store: Store, planner: Planner, max_batch: int = 5000) -> None:
+        self._store = store
+        self._planner = planner
+        self._max_batch = max_batch
+        self._queue: list[Op] = []
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self.batches = 0
+        self.committed_ops = 0
+        self.failed_batches = 0
+
+    def start(self) -> None:
+        self._closing = False
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="consoles-writer")
+
+    @property
+    def accepting(self) -> bool:
+        return self._task is not None and not self._closing
+
+    def submit(self, kind: str, payload: Any, wait: bool = True) -> asyncio.Future[Any] | None:
+        """Queue one change; returns the future that is resolved after its COMMIT (None when not waited for)."""
+        if not self.accepting:
+            raise WriterClosed("the console store is shutting down")
+        fut = asyncio.get_running_loop().create_future() if wait else None
+        self._queue.append(Op(kind, payload, fut))
+        self._wake.set()
+        return fut
+
+    async def stop(self) -> None:
+        """Stop accepting, write everything already queued, then end the task."""
+        self._closing = True
+        self._wake.set()
+        if self._task is not None:
+            await self._task
+            self._task = None
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    async def _run(self) -> None:
+        while True:
+            if not self._queue:
+                if self._closing:
+                    return
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            ops, self._queue = self._queue[: self._max_batch], self._queue[self._max_batch :]
+            await self._write(ops)
+
+    async def _write(self, ops: list[Op]) -> None:
+        try:
+            plan = self._planner(ops)
+        except Exception as exc:  # a planning bug must not kill the writer or leave callers waiting
+            _fail_all(ops, WriteFailed(f"cannot plan console write: {exc}"))
+            self.failed_batches += 1
+            return
+        try:
+            if plan.steps:
+                writer = self._store.writer
+                # aiosqlite's _execute runs a function in its connection thread: one hop per batch.
+                results = await writer._execute(_run_steps, writer._conn, plan.steps)
+            else:
+                results = []
+        except Exception as exc:
+            self.failed_batches += 1
+            err = WriteFailed(f"database write failed: {exc}")
+            try:
+                plan.on_fail(err)
+            finally:
+                _fail_all(ops, err)
+            return
+        self.batches += 1
+        self.committed_ops += len(ops)
+        plan.on_commit(results)
+
+
+def _fail_all(ops: list[Op], exc: BaseException) -> None:
+    for op in ops:
+        if op.future is not None and not op.future.done():
+            op.future.set_exception(exc)
+            # Nobody may be waiting any more (a disconnected client); don't log "exception never retrieved".
+            op.future.exception()
