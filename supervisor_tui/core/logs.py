@@ -104,6 +104,7 @@ class LogHub:
         self.echo = echo
         self.echo_format = echo_format
         self.echo_level = LEVELS.get(echo_level, 20)
+        self.echo_output = False  # also echo plugin output lines (headless: everything goes to stdout)
         self.secrets: list[str] = []  # values that must never be written anywhere
         self.on_record: list[Callable[[LogRecord], None]] = []
 
@@ -118,7 +119,11 @@ class LogHub:
             ring = self._rings[source] = deque(maxlen=self.ring_lines)
         ring.append(rec)
         self._to_file(rec)
-        if stream == "supervisor" and self.echo is not None and LEVELS.get(level, 20) >= self.echo_level:
+        if (
+            self.echo is not None
+            and (stream == "supervisor" or self.echo_output)
+            and LEVELS.get(level, 20) >= self.echo_level
+        ):
             self._echo(rec)
         self.bus.publish(LogLine(source=source, stream=stream, level=level, message=message, ts=rec.ts))
         for callback in self.on_record:
@@ -138,12 +143,12 @@ class LogHub:
     def _to_file(self, rec: LogRecord) -> None:
         if self.logs_dir is None:
             return
-        f = self._files.get(rec.source)
-        if f is None:
-            f = self._files[rec.source] = _RotatingFile(
-                self.logs_dir / f"{rec.source}.log", self.max_bytes, self.backups
-            )
         try:
+            f = self._files.get(rec.source)
+            if f is None:
+                f = self._files[rec.source] = _RotatingFile(
+                    self.logs_dir / f"{rec.source}.log", self.max_bytes, self.backups
+                )
             f.write(f"{format_ts(rec.ts)} {rec.stream} {rec.message}\n")
         except OSError:  # a full disk must not stop supervision; the ring still has the line
             pass
@@ -155,15 +160,19 @@ class LogHub:
                 "ts": format_ts(rec.ts),
                 "level": rec.level,
                 "source": rec.fields.get("plugin", rec.source),
-                "event": rec.fields.get("event", "message"),
+                "event": rec.fields.get("event", "message" if rec.stream == "supervisor" else "output"),
                 "message": rec.message,
             }
+            if rec.stream != "supervisor":
+                d["stream"] = rec.stream
             for k, v in rec.fields.items():
                 if k not in d:
                     d[k] = v
             line = json.dumps(d, default=str)
         else:
             line = f"{format_ts(rec.ts)} {rec.level.upper():7} {rec.message}"
+            if rec.stream != "supervisor":
+                line = f"{format_ts(rec.ts)} {rec.level.upper():7} {rec.source}[{rec.stream}] {rec.message}"
         try:
             self.echo.write(line + "\n")
             self.echo.flush()

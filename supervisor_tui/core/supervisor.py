@@ -1,0 +1,717 @@
+"""The supervisor: composition root of the core and its Python API (see docs/architecture.md).
+
+    async with Supervisor(settings) as sup:
+        await sup.start_all()
+        snap = await sup.start("echo")
+
+It owns the data-dir lock, the store, the event bus, the log hub, the port allocator and one plugin object per
+key in ``registry`` (``ProcessRunner`` for folders under plugins/; other kinds register through ``register``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, Protocol, TextIO
+
+import httpx
+
+from supervisor_tui.config import Settings
+from supervisor_tui.core.events import (
+    EventBus,
+    MetricsSample,
+    PluginHealthChanged,
+    PluginRegistered,
+    PluginStateChanged,
+    PluginUnregistered,
+)
+from supervisor_tui.core.lock import DataDirLock, LockError
+from supervisor_tui.core.logs import SUPERVISOR_SOURCE, LogHub
+from supervisor_tui.core.store import Store, StoreError
+from supervisor_tui.plugins.health import make_client
+from supervisor_tui.plugins.manifest import (
+    MANIFEST_FILE,
+    Endpoint,
+    Manifest,
+    ManifestError,
+    check_graph,
+    discover,
+    parse_env,
+    parse_manifest,
+    start_order,
+)
+from supervisor_tui.plugins.metrics import SAMPLE_INTERVAL
+from supervisor_tui.plugins.model import PluginActionError, PluginNotFound, PluginSnapshot, PluginState
+from supervisor_tui.plugins.ports import PortAllocator
+from supervisor_tui.plugins.process import ProcessRunner, RunnerContext, kill_orphans
+
+__all__ = [
+    "Endpoint",
+    "LockError",
+    "ManagedPlugin",
+    "ManifestError",
+    "PluginActionError",
+    "PluginNotFound",
+    "PluginSnapshot",
+    "PluginState",
+    "ReloadResult",
+    "StoreError",
+    "Supervisor",
+]
+
+PLUGIN_HOST = "127.0.0.1"  # plugins listen on loopback; the gateway is the way in
+_LEVELS = {"FATAL": "error", "BACKOFF": "warning", "EXITED": "warning"}
+
+
+class ManagedPlugin(Protocol):
+    """What the supervisor needs from any kind of plugin (process, external, in-process)."""
+
+    key: str
+    kind: str
+
+    def snapshot(self) -> PluginSnapshot: ...
+
+    async def start(self, reason: str = ...) -> None: ...
+
+    async def stop(self, reason: str = ...) -> None: ...
+
+    async def wait_for(self, states: set[PluginState] | None = None, timeout: float | None = None) -> PluginState: ...
+
+    def report_upstream(self, ok: bool, detail: str = "") -> None: ...
+
+    def history(self) -> list[MetricsSample]: ...
+
+
+ReloadResult = dict[str, list[str]]  # "added", "removed", "changed", "unchanged", "invalid" -> keys
+
+
+class Supervisor:
+    """Supervises every plugin; usable as ``async with Supervisor(settings) as sup``."""
+
+    def __init__(self, settings: Settings, echo: TextIO | None = None, echo_output: bool = False) -> None:
+        self.settings = settings
+        self.bus = EventBus()
+        self.logs = LogHub(
+            self.bus,
+            settings.logs_dir,
+            ring_lines=int(settings.get("data.log_ring_lines")),
+            max_bytes=int(settings.get("data.log_max_bytes")),
+            backups=int(settings.get("data.log_backups")),
+            echo=echo,
+            echo_format=str(settings.get("log.format")),
+            echo_level=str(settings.get("log.level")),
+        )
+        self.logs.echo_output = echo_output
+        self.store = Store(settings.db_path)
+        self.lock = DataDirLock(settings.data_dir)
+        start, end = settings.port_range
+        self.ports = PortAllocator(start, end, PLUGIN_HOST, reserved=(settings.port,))
+        self.registry: dict[str, ManagedPlugin] = {}
+        self.opened = False
+        # Set by whoever runs the HTTP server: the API's real URL (plugins get it as SUPERVISOR_URL), consoles.
+        self.settings_api_url: str | None = None
+        self.consoles: Any = None
+        self._desired: dict[str, str] = {}  # persisted desired state by key
+        self._overrides: dict[str, dict[str, str]] = {}  # persisted env overrides by key
+        self._removed: set[str] = set()  # removed without purge: a reload does not bring them back
+        self._starting: dict[str, asyncio.Task[None]] = {}
+        self._stop_gen: dict[str, int] = {}
+        self._background: set[asyncio.Task[Any]] = set()
+        self._metrics_task: asyncio.Task[None] | None = None
+        self._http: httpx.AsyncClient | None = None
+        self._lifecycle = asyncio.Lock()
+
+    # -- lifecycle -----------------------------------------------------------------------------------------------
+    async def __aenter__(self) -> Supervisor:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def open(self) -> None:
+        """Take the data-dir lock, open the store, clean up a previous run's orphans, load the manifests."""
+        if self.opened:
+            return
+        self.lock.acquire()
+        try:
+            await self.store.open()
+            await self._load_persisted()
+            await self._clean_orphans()
+            self._http = make_client()
+            found = discover(self.settings.plugins_dir)
+            for key, err in found.invalid.items():
+                self._add_runner(key, None, err)
+            for key in start_order(found.manifests):
+                self._add_runner(key, found.manifests[key])
+            self._metrics_task = asyncio.create_task(self._sample_metrics(), name="metrics")
+            self.opened = True
+        except BaseException:
+            await self._release()
+            raise
+        self.logs.info(
+            f"supervisor started (pid {os.getpid()}): {len(found.manifests)} plugins loaded, "
+            f"{len(found.invalid)} invalid, plugins from {self.settings.plugins_dir}, data in {self.settings.data_dir}",
+            event="supervisor_started",
+        )
+        for key, err in found.invalid.items():
+            self.logs.error(f"{key}: INVALID: {err}", event="plugin_invalid", plugin=key, reason=str(err))
+
+    async def close(self) -> None:
+        """Stop every plugin (reverse dependency order), then close the store and release the lock."""
+        if not self.opened:
+            return
+        self.opened = False
+        try:
+            await self.stop_all("supervisor shutting down")
+        finally:
+            self.logs.info("supervisor stopped", event="supervisor_stopped")
+            await self._release()
+
+    async def _release(self) -> None:
+        pending = [t for t in [*self._background, self._metrics_task] if t is not None]
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending, timeout=5)
+        self._background.clear()
+        self._metrics_task = None
+        if self._http is not None:
+            with contextlib.suppress(Exception):
+                await self._http.aclose()
+            self._http = None
+        await self.store.close()
+        self.logs.close()
+        self.lock.release()
+
+    # -- registry (open to other kinds of plugins) ---------------------------------------------------------------
+    def register(self, plugin: ManagedPlugin) -> None:
+        """Add a plugin object under its key (external and in-process kinds use this)."""
+        if plugin.key in self.registry:
+            raise PluginActionError(plugin.key, "a plugin with this key already exists")
+        self.registry[plugin.key] = plugin
+        self.bus.publish(PluginRegistered(key=plugin.key, kind=plugin.kind))
+
+    def unregister(self, key: str, reason: str) -> None:
+        """Drop a plugin object (it must already be stopped)."""
+        if self.registry.pop(key, None) is not None:
+            self.bus.publish(PluginUnregistered(key=key, reason=reason))
+
+    def record_state_change(self, plugin: ManagedPlugin, old: str, new: str, reason: str) -> None:
+        """Publish a state change on the bus and in the logs (every kind reports through here)."""
+        snap = plugin.snapshot()
+        self.bus.publish(PluginStateChanged(plugin.key, old, new, reason, snap.pid, snap.port))
+        fields: dict[str, Any] = {"plugin": plugin.key, "from": old, "to": new, "reason": reason}
+        message = f"{plugin.key}: {old} -> {new}: {reason}"
+        if new in ("STARTING", "RUNNING"):
+            fields["pid"], fields["port"] = snap.pid, snap.port
+            if new == "RUNNING":
+                message += f" (pid {snap.pid}, port {snap.port})"
+        self.logs.write(
+            SUPERVISOR_SOURCE, "supervisor", message, _LEVELS.get(new, "info"), event="plugin_state", **fields
+        )
+
+    def _add_runner(self, key: str, manifest: Manifest | None, error: ManifestError | None = None) -> ProcessRunner:
+        runner = ProcessRunner(key, manifest, self._runner_context(), error, self._overrides.get(key))
+        if manifest is not None:
+            runner.desired = self._desired.get(key) or ("running" if manifest.autostart else "stopped")
+            self.ports.declare_fixed(key, manifest.port)
+        self.register(runner)
+        return runner
+
+    def _runner_context(self) -> RunnerContext:
+        assert self._http is not None
+        return RunnerContext(
+            logs=self.logs,
+            ports=self.ports,
+            http=self._http,
+            host=PLUGIN_HOST,
+            supervisor_url=self._supervisor_url,
+            default_timeout=float(self.settings.get("gateway.timeout")),
+            default_max_body=int(self.settings.get("gateway.max_body")),
+            on_state=self.record_state_change,
+            on_health=self._on_health,
+            on_spawn=self._on_spawn,
+            on_exit=self._on_exit,
+        )
+
+    def _supervisor_url(self) -> str:
+        return self.settings_api_url or f"http://{_url_host(self.settings.host)}:{self.settings.port}"
+
+    def _on_health(self, runner: ProcessRunner, healthy: bool, detail: str) -> None:
+        self.bus.publish(PluginHealthChanged(key=runner.key, healthy=healthy, detail=detail))
+        word = "healthy" if healthy else "UNHEALTHY"
+        self.logs.write(
+            SUPERVISOR_SOURCE,
+            "supervisor",
+            f"{runner.key}: {word}: {detail}",
+            "info" if healthy else "warning",
+            event="plugin_health",
+            plugin=runner.key,
+            healthy=healthy,
+            reason=detail,
+        )
+
+    async def _on_spawn(self, runner: ProcessRunner, pid: int, created: float) -> None:
+        self.logs.info(
+            f"{runner.key}: spawned pid {pid} on port {runner.port}",
+            event="plugin_spawned",
+            plugin=runner.key,
+            pid=pid,
+            port=runner.port,
+        )
+        await self.store.writer.execute(
+            "INSERT INTO plugin_state (key, desired, pid, pid_started, updated_at) VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT(key) DO UPDATE SET pid = excluded.pid, pid_started = excluded.pid_started, "
+            "updated_at = excluded.updated_at",
+            (runner.key, runner.desired, pid, created, time.time()),
+        )
+
+    async def _on_exit(self, runner: ProcessRunner) -> None:
+        if self.store.is_open:
+            await self.store.writer.execute(
+                "UPDATE plugin_state SET pid = NULL, pid_started = NULL, updated_at = ? WHERE key = ?",
+                (time.time(), runner.key),
+            )
+
+    # -- persisted state -----------------------------------------------------------------------------------------
+    async def _load_persisted(self) -> None:
+        self._overrides = {}
+        async with self.store.reader.execute("SELECT key, desired FROM plugin_state") as cur:
+            self._desired = {str(k): str(d) for k, d in await cur.fetchall()}
+        async with self.store.reader.execute("SELECT key, env FROM plugin_overrides") as cur:
+            for key, env in await cur.fetchall():
+                try:
+                    value = json.loads(env)
+                    self._overrides[str(key)] = {str(k): str(v) for k, v in value.items()}
+                except (ValueError, AttributeError):
+                    continue
+
+    async def _set_desired(self, key: str, desired: str) -> None:
+        plugin = self.registry.get(key)
+        if isinstance(plugin, ProcessRunner):
+            plugin.desired = desired
+        if self._desired.get(key) == desired:
+            return
+        self._desired[key] = desired
+        await self.store.writer.execute(
+            "INSERT INTO plugin_state (key, desired, updated_at) VALUES (?, ?, ?) "
+            "ON CONFLICT(key) DO UPDATE SET desired = excluded.desired, updated_at = excluded.updated_at",
+            (key, desired, time.time()),
+        )
+
+    async def _clean_orphans(self) -> None:
+        """Processes a previous run spawned (it was killed before it could stop them) are stopped now."""
+        async with self.store.reader.execute(
+            "SELECT key, pid, pid_started FROM plugin_state WHERE pid IS NOT NULL"
+        ) as cur:
+            rows = await cur.fetchall()
+        for key, pid, started in rows:
+            killed = await asyncio.to_thread(kill_orphans, int(pid), float(started) if started else None)
+            if killed:
+                self.logs.warning(
+                    f"{key}: stopped {len(killed)} process(es) left over from a previous run (pids "
+                    f"{', '.join(map(str, killed))})",
+                    event="orphans_killed",
+                    plugin=key,
+                    pids=killed,
+                )
+        if rows:
+            await self.store.writer.execute("UPDATE plugin_state SET pid = NULL, pid_started = NULL")
+
+    # -- queries -------------------------------------------------------------------------------------------------
+    def plugins(self) -> list[PluginSnapshot]:
+        """Every plugin's snapshot, sorted by key."""
+        return [self.registry[k].snapshot() for k in sorted(self.registry)]
+
+    def plugin(self, key: str) -> PluginSnapshot:
+        """One plugin's snapshot; raises PluginNotFound."""
+        return self._get(key).snapshot()
+
+    def metrics(self, key: str) -> list[MetricsSample]:
+        """The plugin's metrics history (2 s samples, the last 6 minutes); raises PluginNotFound."""
+        return self._get(key).history()
+
+    def _get(self, key: str) -> ManagedPlugin:
+        plugin = self.registry.get(key)
+        if plugin is None:
+            raise PluginNotFound(key)
+        return plugin
+
+    def _runner(self, key: str) -> ProcessRunner:
+        plugin = self._get(key)
+        if not isinstance(plugin, ProcessRunner):
+            raise PluginActionError(key, f"not a local process plugin (kind {plugin.kind})")
+        return plugin
+
+    def _process_runners(self) -> dict[str, ProcessRunner]:
+        return {k: p for k, p in self.registry.items() if isinstance(p, ProcessRunner)}
+
+    def _should_autostart(self, runner: ProcessRunner) -> bool:
+        if runner.manifest is None:
+            return False
+        desired = self._desired.get(runner.key)
+        return desired == "running" if desired else runner.manifest.autostart
+
+    # -- actions -------------------------------------------------------------------------------------------------
+    async def start_all(self) -> None:
+        """Start every plugin that should run (autostart, or last started by the operator), dependencies first.
+
+        A plugin that fails to start is logged (it shows FATAL); the others start regardless."""
+        runners = self._process_runners()
+        keys = [k for k in start_order(_manifests(runners)) if self._should_autostart(runners[k])]
+        await self._start_many(keys, "autostart")
+
+    async def _start_many(self, keys: Iterable[str], reason: str) -> None:
+        async def one(key: str) -> None:
+            try:
+                await self._ensure_running(key, reason)
+            except PluginActionError as exc:
+                if self.registry[key].snapshot().state != PluginState.FATAL:  # FATAL was logged already
+                    self.logs.error(f"{exc}", event="start_failed", plugin=key)
+
+        await asyncio.gather(*(one(k) for k in keys))
+
+    async def start(self, key: str, wait: bool = True) -> PluginSnapshot:
+        """Start a plugin (its dependencies first). ``wait``: until RUNNING, else PluginActionError."""
+        plugin = self._get(key)
+        if isinstance(plugin, ProcessRunner) and plugin.manifest is None:
+            raise PluginActionError(key, f"cannot start an INVALID plugin: {plugin.error}")
+        await self._set_desired(key, "running")
+        if wait:
+            await self._ensure_running(key, "started by operator")
+        else:
+            self._spawn_background(self._ensure_running(key, "started by operator"), key)
+        return plugin.snapshot()
+
+    async def stop(self, key: str, wait: bool = True) -> PluginSnapshot:
+        """Stop a plugin; it stays stopped across supervisor restarts until started again."""
+        plugin = self._get(key)
+        await self._set_desired(key, "stopped")
+        self._stop_gen[key] = self._stop_gen.get(key, 0) + 1
+        if wait:
+            await plugin.stop("stopped by operator")
+        else:
+            self._spawn_background(plugin.stop("stopped by operator"), key)
+        return plugin.snapshot()
+
+    async def restart(self, key: str, wait: bool = True) -> PluginSnapshot:
+        """Stop then start a plugin."""
+        plugin = self._get(key)
+        if isinstance(plugin, ProcessRunner) and plugin.manifest is None:
+            raise PluginActionError(key, f"cannot restart an INVALID plugin: {plugin.error}")
+        await self._set_desired(key, "running")
+
+        async def run() -> None:
+            self._stop_gen[key] = self._stop_gen.get(key, 0) + 1
+            await plugin.stop("restart requested by operator")
+            await self._ensure_running(key, "restarted by operator")
+
+        if wait:
+            await run()
+        else:
+            self._spawn_background(run(), key)
+        return plugin.snapshot()
+
+    async def stop_all(self, reason: str = "stopping all plugins") -> None:
+        """Stop every plugin, dependents before their dependencies, independent ones in parallel."""
+        plugins = dict(self.registry)
+        runners = {k: p for k, p in plugins.items() if isinstance(p, ProcessRunner)}
+        dependents: dict[str, list[str]] = {k: [] for k in plugins}
+        for key, runner in runners.items():
+            if runner.manifest is not None:
+                for dep in runner.manifest.depends_on:
+                    if dep in dependents:
+                        dependents[dep].append(key)
+        tasks: dict[str, asyncio.Task[None]] = {}
+
+        async def stop_one(key: str) -> None:
+            waits = [tasks[d] for d in dependents[key] if d in tasks]
+            if waits:
+                await asyncio.wait(waits)
+            try:
+                await plugins[key].stop(reason)
+            except Exception as exc:  # keep stopping the others
+                self.logs.error(f"{key}: stop failed: {exc!r}", event="stop_failed", plugin=key)
+
+        for key in plugins:
+            tasks[key] = asyncio.create_task(stop_one(key))
+        if tasks:
+            await asyncio.wait(tasks.values())
+
+    async def _ensure_running(self, key: str, reason: str) -> None:
+        """Start ``key`` after its dependencies are RUNNING; concurrent callers share one attempt."""
+        plugin = self._get(key)
+        if plugin.snapshot().state == PluginState.RUNNING:
+            return
+        task = self._starting.get(key)
+        if task is None:
+            task = asyncio.create_task(self._start_with_deps(key, reason), name=f"start:{key}")
+            self._starting[key] = task
+            task.add_done_callback(self._forget_start)
+        await asyncio.shield(task)
+
+    def _forget_start(self, task: asyncio.Task[None]) -> None:
+        for key, t in list(self._starting.items()):
+            if t is task:
+                del self._starting[key]
+        if not task.cancelled():
+            task.exception()  # retrieved here; every waiter got it through its shield
+
+    async def _start_with_deps(self, key: str, reason: str) -> None:
+        plugin = self._get(key)
+        generation = self._stop_gen.get(key, 0)
+        deps: tuple[str, ...] = ()
+        if isinstance(plugin, ProcessRunner):
+            if plugin.manifest is None:
+                raise PluginActionError(key, f"cannot start an INVALID plugin: {plugin.error}")
+            deps = plugin.manifest.depends_on
+        results = await asyncio.gather(
+            *(self._ensure_running(dep, f"needed by {key}") for dep in deps), return_exceptions=True
+        )
+        for dep, result in zip(deps, results, strict=True):
+            if isinstance(result, BaseException):
+                message = result.message if isinstance(result, PluginActionError) else repr(result)
+                raise PluginActionError(key, f"dependency {dep!r} did not start: {message}")
+        if self._stop_gen.get(key, 0) != generation:
+            raise PluginActionError(key, "stopped while waiting for its dependencies")
+        await plugin.start(reason)
+        state = await plugin.wait_for()
+        if state != PluginState.RUNNING:
+            snap = plugin.snapshot()
+            raise PluginActionError(key, f"did not start: {state}: {snap.detail}")
+
+    def _spawn_background(self, coro: Any, key: str) -> None:
+        task = asyncio.create_task(coro)
+        self._background.add(task)
+
+        def done(t: asyncio.Task[Any]) -> None:
+            self._background.discard(t)
+            if not t.cancelled() and t.exception() is not None:
+                self.logs.error(f"{key}: {t.exception()}", event="action_failed", plugin=key)
+
+        task.add_done_callback(done)
+
+    def report_upstream(self, key: str, ok: bool) -> None:
+        """Passive health from the gateway: N failures in a row -> unhealthy, a success -> healthy again."""
+        plugin = self.registry.get(key)
+        if plugin is not None:
+            plugin.report_upstream(ok)
+
+    # -- reload, install, remove, config -------------------------------------------------------------------------
+    async def reload(self) -> ReloadResult:
+        """Re-read the plugins folder and apply the difference plugin by plugin (SIGHUP)."""
+        async with self._lifecycle:
+            return await self._reload()
+
+    async def _reload(self) -> ReloadResult:
+        found = discover(self.settings.plugins_dir, skip=self._removed)
+        current = self._process_runners()
+        others = {k for k, p in self.registry.items() if not isinstance(p, ProcessRunner)}
+        result: ReloadResult = {"added": [], "removed": [], "changed": [], "unchanged": [], "invalid": []}
+        wanted = set(found.manifests) | set(found.invalid)
+        for key in sorted(set(current) - wanted):
+            await current[key].stop("removed from the plugins folder")
+            self.ports.declare_fixed(key, None)
+            self.unregister(key, "removed from the plugins folder")
+            result["removed"].append(key)
+        for key, err in found.invalid.items():
+            result["invalid"].append(key)
+            if key in others:
+                continue
+            runner = current.get(key)
+            if runner is None:
+                self._add_runner(key, None, err)
+                result["added"].append(key)
+                self.logs.error(f"{key}: INVALID: {err}", event="plugin_invalid", plugin=key, reason=str(err))
+            elif runner.manifest is None and str(runner.error) == str(err):
+                result["unchanged"].append(key)
+            else:
+                await runner.stop("manifest became invalid")
+                runner.replace_manifest(None, err)
+                self.ports.declare_fixed(key, None)
+                result["changed"].append(key)
+        to_start: list[str] = []
+        for key in start_order(found.manifests):
+            manifest = found.manifests[key]
+            if key in others:
+                continue
+            runner = current.get(key)
+            if runner is None:
+                runner = self._add_runner(key, manifest)
+                result["added"].append(key)
+                if self._should_autostart(runner):
+                    to_start.append(key)
+            elif runner.manifest == manifest:
+                result["unchanged"].append(key)
+            else:
+                was_up = runner.active or runner.state == PluginState.RUNNING
+                if was_up:
+                    await runner.stop("manifest changed")
+                runner.replace_manifest(manifest)
+                self.ports.declare_fixed(key, manifest.port)
+                result["changed"].append(key)
+                if was_up or self._should_autostart(runner):
+                    to_start.append(key)
+        self.logs.info(
+            "reloaded plugins: "
+            + ", ".join(f"{name} {','.join(keys) or '-'}" for name, keys in result.items() if name != "unchanged")
+            + f"; {len(result['unchanged'])} unchanged",
+            event="reload",
+            **{name: keys for name, keys in result.items()},
+        )
+        await self._start_many(to_start, "loaded by reload")
+        return result
+
+    async def install(self, manifest: dict[str, Any], autostart: bool) -> PluginSnapshot:
+        """Validate ``manifest``, write plugins/<key>/manifest.json, load it, start it when ``autostart``.
+
+        ManifestError on bad input and PluginActionError for an existing key; nothing is written then."""
+        if not isinstance(manifest, dict):
+            raise ManifestError("", "manifest", "must be a JSON object")
+        raw_key = manifest.get("key", manifest.get("id"))
+        folder_name = raw_key if isinstance(raw_key, str) and raw_key else "<key>"
+        path = self.settings.plugins_dir / folder_name / MANIFEST_FILE
+        parsed = parse_manifest(manifest, path)
+        key = parsed.key
+        async with self._lifecycle:
+            if key in self.registry:
+                raise PluginActionError(key, "a plugin with this key already exists")
+            folder = self.settings.plugins_dir / key
+            if folder.exists():
+                raise PluginActionError(key, f"folder {folder} already exists (remove it or use another key)")
+            runners = self._process_runners()
+            graph = {**_manifests(runners), key: parsed}
+            others = {k for k, p in self.registry.items() if not isinstance(p, ProcessRunner)}
+            problems = check_graph(graph, others)
+            if key in problems:
+                raise problems[key]
+            data = {("key" if k == "id" else k): v for k, v in manifest.items()}
+            try:
+                folder.mkdir(parents=True)
+                tmp = folder / (MANIFEST_FILE + ".tmp")
+                tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+                tmp.replace(folder / MANIFEST_FILE)
+            except OSError as exc:
+                shutil.rmtree(folder, ignore_errors=True)
+                raise PluginActionError(key, f"cannot write {folder / MANIFEST_FILE}: {exc.strerror}") from None
+            self._removed.discard(key)
+            runner = self._add_runner(key, parsed)
+            await self._set_desired(key, "running" if autostart else "stopped")
+            self.logs.info(f"{key}: installed in {folder}", event="plugin_installed", plugin=key)
+        if autostart:
+            try:
+                await self._ensure_running(key, "installed")
+            except PluginActionError as exc:
+                self.logs.error(str(exc), event="start_failed", plugin=key)
+        return runner.snapshot()
+
+    async def remove(self, key: str, purge: bool = False) -> None:
+        """Stop and unload a plugin; its folder is deleted only with ``purge``.
+
+        Without purge the folder stays and a reload does not bring the plugin back (a supervisor restart shows it
+        again, stopped). Refused while other plugins depend on it."""
+        async with self._lifecycle:
+            plugin = self._get(key)
+            dependents = sorted(
+                k
+                for k, r in self._process_runners().items()
+                if r.manifest is not None and key in r.manifest.depends_on and k != key
+            )
+            if dependents:
+                raise PluginActionError(key, f"{', '.join(dependents)} depend on it: remove those first")
+            self._stop_gen[key] = self._stop_gen.get(key, 0) + 1
+            await plugin.stop("removed by operator")
+            folder: Path | None = None
+            if isinstance(plugin, ProcessRunner):
+                if plugin.manifest is not None:
+                    folder = plugin.manifest.folder
+                elif plugin.error is not None and plugin.error.path:
+                    folder = Path(plugin.error.path).parent
+            self.ports.declare_fixed(key, None)
+            self.unregister(key, "removed by operator")
+            if purge:
+                if folder is not None and _inside(folder, self.settings.plugins_dir):
+                    try:
+                        shutil.rmtree(folder)
+                    except OSError as exc:
+                        raise PluginActionError(key, f"unloaded, but cannot delete {folder}: {exc.strerror}") from None
+                await self.store.writer.execute("DELETE FROM plugin_state WHERE key = ?", (key,))
+                await self.store.writer.execute("DELETE FROM plugin_overrides WHERE key = ?", (key,))
+                self._desired.pop(key, None)
+                self._overrides.pop(key, None)
+            else:
+                await self._set_desired(key, "stopped")
+                self._removed.add(key)
+            self.logs.info(
+                f"{key}: removed" + (f" and {folder} deleted" if purge and folder else ""),
+                event="plugin_removed",
+                plugin=key,
+            )
+
+    async def set_config(self, key: str, env: dict[str, str]) -> PluginSnapshot:
+        """Set a plugin's environment overrides (persisted, merged over the manifest's env) and restart it."""
+        runner = self._runner(key)
+        path = runner.manifest.path if runner.manifest else (runner.error.path if runner.error else "")
+        try:
+            parsed = parse_env(env)
+        except ValueError as exc:
+            raise ManifestError(path, "env", str(exc)) from None
+        if runner.manifest is None:
+            raise PluginActionError(key, f"cannot configure an INVALID plugin: {runner.error}")
+        await self.store.writer.execute(
+            "INSERT INTO plugin_overrides (key, env, updated_at) VALUES (?, ?, ?) "
+            "ON CONFLICT(key) DO UPDATE SET env = excluded.env, updated_at = excluded.updated_at",
+            (key, json.dumps(parsed, sort_keys=True), time.time()),
+        )
+        self._overrides[key] = parsed
+        runner.env_overrides = dict(parsed)
+        self.logs.info(
+            f"{key}: environment overrides set ({', '.join(sorted(parsed)) or 'none'})",
+            event="plugin_config",
+            plugin=key,
+        )
+        if runner.active or runner.state == PluginState.RUNNING:
+            self._stop_gen[key] = self._stop_gen.get(key, 0) + 1
+            await runner.stop("configuration changed")
+            await self._ensure_running(key, "restarted with new configuration")
+        return runner.snapshot()
+
+    # -- metrics -------------------------------------------------------------------------------------------------
+    async def _sample_metrics(self) -> None:
+        while True:
+            await asyncio.sleep(SAMPLE_INTERVAL)
+            for runner in list(self._process_runners().values()):
+                try:
+                    sample = runner.sample()
+                except Exception as exc:  # psutil surprises must not stop sampling
+                    self.logs.warning(f"{runner.key}: metrics sample failed: {exc!r}", plugin=runner.key)
+                    continue
+                if sample is not None:
+                    self.bus.publish(sample)
+
+
+def _manifests(runners: dict[str, ProcessRunner]) -> dict[str, Manifest]:
+    return {k: r.manifest for k, r in runners.items() if r.manifest is not None}
+
+
+def _inside(path: Path, parent: Path) -> bool:
+    try:
+        path.resolve().relative_to(parent.resolve())
+    except ValueError:
+        return False
+    return path.resolve() != parent.resolve()
+
+
+def _url_host(host: str) -> str:
+    if host in ("0.0.0.0", ""):
+        return "127.0.0.1"
+    if host == "::":
+        return "[::1]"
+    return f"[{host}]" if ":" in host else host

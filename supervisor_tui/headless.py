@@ -1,0 +1,107 @@
+"""Headless mode: the supervisor without a UI, for servers and systemd.
+
+Starts every autostart plugin, logs to stdout (human or JSON lines), and runs until SIGTERM/SIGINT, then stops
+every plugin in reverse dependency order and exits 0. SIGHUP re-reads the manifests and applies the difference.
+
+Exit codes: 0 after SIGTERM/SIGINT; 1 when the supervisor cannot start (another one holds the data dir, the
+database cannot be opened); 3 with ``--exit-on-fatal`` when a plugin went FATAL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+
+from supervisor_tui.config import Settings
+from supervisor_tui.core.events import PluginStateChanged
+from supervisor_tui.core.lock import LockError
+from supervisor_tui.core.logs import stderr_line
+from supervisor_tui.core.store import StoreError
+from supervisor_tui.core.supervisor import PluginState, Supervisor
+
+EXIT_OK = 0
+EXIT_CANNOT_START = 1
+EXIT_FATAL = 3
+
+# Something that runs next to the supervisor until cancelled (e.g. the HTTP server): given the open supervisor.
+Service = Callable[[Supervisor], Awaitable[None]]
+
+
+def run_headless(settings: Settings, exit_on_fatal: bool) -> int:
+    """Entry point from the CLI: run until a stop signal; returns the process exit code."""
+    try:
+        return asyncio.run(serve(settings, exit_on_fatal))
+    except (LockError, StoreError) as exc:
+        stderr_line(f"supervisor-tui: {exc}")
+        return EXIT_CANNOT_START
+    except KeyboardInterrupt:  # a signal before the handlers were installed
+        return EXIT_OK
+
+
+async def serve(settings: Settings, exit_on_fatal: bool = False, services: Sequence[Service] = ()) -> int:
+    """Open the supervisor, start its plugins and ``services``, run until SIGTERM/SIGINT, then close it all."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    outcome = {"code": EXIT_OK}
+    sup = Supervisor(settings, echo=sys.stdout, echo_output=True)
+
+    def request_stop(code: int = EXIT_OK) -> None:
+        if not stop.is_set():
+            outcome["code"] = code
+            stop.set()
+
+    tasks: list[asyncio.Task[object]] = []
+
+    def reload() -> None:
+        sup.logs.info("SIGHUP: reloading plugin manifests", event="reload_requested")
+        tasks.append(asyncio.create_task(_guarded(sup, sup.reload(), "reload")))
+
+    signals = {signal.SIGTERM: request_stop, signal.SIGINT: request_stop, signal.SIGHUP: reload}
+    for sig, handler in signals.items():
+        loop.add_signal_handler(sig, handler)
+    try:
+        await sup.open()
+        try:
+            if exit_on_fatal:
+                tasks.append(asyncio.create_task(_watch_fatal(sup, lambda: request_stop(EXIT_FATAL))))
+            for service in services:
+                tasks.append(asyncio.create_task(_guarded(sup, service(sup), "service")))
+            tasks.append(asyncio.create_task(_guarded(sup, sup.start_all(), "start")))
+            await stop.wait()
+            sup.logs.info("stop requested: stopping all plugins", event="shutdown")
+        finally:
+            for task in tasks:
+                task.cancel()
+            if tasks:
+                await asyncio.wait(tasks, timeout=10)
+            await sup.close()
+    finally:
+        for sig in signals:
+            loop.remove_signal_handler(sig)
+    return outcome["code"]
+
+
+async def _guarded(sup: Supervisor, work: Awaitable[object], what: str) -> None:
+    try:
+        await work
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:  # log it; the supervisor keeps running
+        sup.logs.error(f"{what} failed: {exc!r}", event="internal_error")
+
+
+async def _watch_fatal(sup: Supervisor, on_fatal: Callable[[], None]) -> None:
+    with sup.bus.subscribe(["plugin.state"]) as sub:
+        for snap in sup.plugins():
+            if snap.state == PluginState.FATAL:
+                break
+        else:
+            async for event in sub:
+                if isinstance(event, PluginStateChanged) and event.to_state == PluginState.FATAL:
+                    break
+            else:  # pragma: no cover - the subscription only ends when closed
+                return
+    sup.logs.error("a plugin is FATAL and --exit-on-fatal is set: exiting", event="exit_on_fatal")
+    on_fatal()

@@ -1,0 +1,129 @@
+"""psutil sampling of a plugin's whole process tree, and finding/killing what a plugin left behind."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import psutil
+
+from supervisor_tui.core.events import MetricsSample
+
+SAMPLE_INTERVAL = 2.0
+HISTORY = 180  # samples: 6 minutes at one every 2 s
+
+
+class TreeSampler:
+    """Samples one root process and all its descendants; keeps psutil objects between samples so CPU % is
+    measured over the interval, and remembers the tree so leftovers can be found after the root died."""
+
+    def __init__(self, key: str, pid: int) -> None:
+        self.key, self.pid = key, pid
+        self._procs: dict[int, psutil.Process] = {}
+        try:
+            self._root: psutil.Process | None = psutil.Process(pid)
+            self._root.cpu_percent(None)
+            self._procs[pid] = self._root
+        except psutil.Error:
+            self._root = None
+
+    def known_tree(self) -> list[psutil.Process]:
+        """Processes seen in the tree at the last sample (some may be gone)."""
+        return list(self._procs.values())
+
+    def sample(self) -> MetricsSample | None:
+        """One sample of the tree, or None when the root is gone."""
+        root = self._root
+        if root is None:
+            return None
+        try:
+            children = root.children(recursive=True)
+        except psutil.Error:
+            return None
+        current: dict[int, psutil.Process] = {self.pid: root}
+        for child in children:
+            known = self._procs.get(child.pid)
+            if known is not None and known.is_running():
+                current[child.pid] = known
+            else:
+                try:
+                    child.cpu_percent(None)  # first call primes the counter
+                except psutil.Error:
+                    continue
+                current[child.pid] = child
+        self._procs = current
+        cpu = 0.0
+        rss = threads = fds = count = 0
+        for proc in current.values():
+            try:
+                with proc.oneshot():
+                    cpu += proc.cpu_percent(None)
+                    rss += proc.memory_info().rss
+                    threads += proc.num_threads()
+                    fds += proc.num_fds()
+                    count += 1
+            except psutil.Error:
+                continue
+        if count == 0:
+            return None
+        sample = MetricsSample(
+            key=self.key, cpu_percent=round(cpu, 1), rss=rss, threads=threads, fds=fds, processes=count, ts=time.time()
+        )
+        return sample
+
+
+def process_tree(pid: int) -> list[psutil.Process]:
+    """``pid`` and its descendants now (empty when ``pid`` is gone)."""
+    try:
+        root = psutil.Process(pid)
+        return [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return []
+
+
+def alive(procs: list[psutil.Process]) -> list[psutil.Process]:
+    """Those still running and not zombies (a zombie holds no resources and cannot be killed)."""
+    out = []
+    for p in procs:
+        try:
+            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                out.append(p)
+        except psutil.Error:
+            continue
+    return out
+
+
+def group_members(pgid: int, not_before: float | None = None) -> list[psutil.Process]:
+    """Live processes of process group ``pgid`` (created at or after ``not_before``, to skip recycled ids)."""
+    out = []
+    for p in psutil.process_iter(["create_time"]):
+        try:
+            if os.getpgid(p.pid) != pgid:
+                continue
+            if not_before is not None and p.info["create_time"] < not_before - 1.0:
+                continue
+            if p.status() != psutil.STATUS_ZOMBIE:
+                out.append(p)
+        except (psutil.Error, ProcessLookupError, PermissionError):
+            continue
+    return out
+
+
+def kill_all(procs: list[psutil.Process], sig: int = signal.SIGKILL) -> None:
+    for p in procs:
+        try:
+            p.send_signal(sig)
+        except psutil.Error:
+            continue
+
+
+def signal_group(pgid: int, sig: int) -> bool:
+    """Send ``sig`` to process group ``pgid``; False when the group no longer exists."""
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return False
+    return True

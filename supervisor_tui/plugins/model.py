@@ -1,0 +1,81 @@
+"""What every kind of plugin shares: its states, the snapshot views read, and the errors actions raise.
+
+Re-exported by ``supervisor_tui.core.supervisor``, which is where callers import them from.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from enum import StrEnum
+from typing import Any
+
+from supervisor_tui.core.events import MetricsSample
+from supervisor_tui.plugins.manifest import Endpoint
+
+
+class PluginState(StrEnum):
+    """supervisord's process states, plus INVALID (manifest rejected) and LOST (external plugin gone silent)."""
+
+    STOPPED = "STOPPED"
+    STARTING = "STARTING"
+    RUNNING = "RUNNING"
+    BACKOFF = "BACKOFF"
+    STOPPING = "STOPPING"
+    EXITED = "EXITED"
+    FATAL = "FATAL"
+    INVALID = "INVALID"
+    LOST = "LOST"
+
+
+class PluginNotFound(KeyError):
+    """No plugin with this key."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+    def __str__(self) -> str:
+        return f"no plugin with key {self.key!r}"
+
+
+class PluginActionError(Exception):
+    """An action on a plugin could not be done (e.g. start of an INVALID plugin, a start that ended FATAL)."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"{key}: {message}")
+        self.key, self.message = key, message
+
+
+@dataclass(frozen=True, slots=True)
+class PluginSnapshot:
+    """A plugin as views see it at one moment; ``to_dict()`` gives plain JSON-ready values."""
+
+    key: str
+    name: str
+    version: str
+    description: str
+    kind: str  # "process" | "external" | "inprocess"
+    state: str
+    detail: str
+    pid: int | None
+    host: str | None
+    port: int | None
+    upstream: str | None  # base URL the gateway forwards to, None when not routable
+    started_at: float | None
+    restarts: int
+    healthy: bool | None  # None = not probed yet
+    health_detail: str
+    last_error: str
+    endpoints: tuple[Endpoint, ...]
+    autostart: bool
+    desired: str  # "running" | "stopped"
+    timeout: float
+    max_body: int
+    last_metrics: MetricsSample | None
+    manifest_path: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["endpoints"] = [{"method": e.method, "path": e.path, "description": e.description} for e in self.endpoints]
+        d["last_metrics"] = self.last_metrics.to_dict() if self.last_metrics is not None else None
+        return d

@@ -1,0 +1,571 @@
+"""ProcessRunner: one supervised plugin process and its state machine (supervisord's, with bounded restarts).
+
+STOPPED -> STARTING -> RUNNING once the process stayed up ``startsecs`` and (when the manifest has a health path)
+a probe succeeded. An exit while STARTING -> BACKOFF -> STARTING ..., FATAL after ``startretries`` failed retries.
+An exit while RUNNING -> EXITED -> STARTING again (restart policy permitting), with an exponential backoff when
+it keeps crashing that resets after ``STABLE_AFTER`` seconds of running. Stop signals the whole process group,
+waits ``stopwaitsecs`` and SIGKILLs what is left, so nothing a plugin spawned outlives it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+
+import httpx
+import psutil
+
+from supervisor_tui.core.events import MetricsSample
+from supervisor_tui.core.logs import LogHub
+from supervisor_tui.plugins.health import HealthTracker, probe
+from supervisor_tui.plugins.manifest import Manifest, ManifestError
+from supervisor_tui.plugins.metrics import (
+    HISTORY,
+    TreeSampler,
+    alive,
+    group_members,
+    kill_all,
+    process_tree,
+    signal_group,
+)
+from supervisor_tui.plugins.model import PluginActionError, PluginSnapshot, PluginState
+from supervisor_tui.plugins.ports import PortAllocator, PortUnavailable
+
+STABLE_AFTER = 60.0  # seconds of RUNNING after which the crash backoff starts over
+FIRST_BACKOFF = 1.0  # seconds before the first retry (doubles each time, capped by backoff_max_s)
+PASSIVE_FAILURES = 3  # gateway failures in a row that make a plugin without a health check unhealthy
+
+S = PluginState
+
+
+@dataclass
+class RunnerContext:
+    """What a runner needs from the supervisor that owns it."""
+
+    logs: LogHub
+    ports: PortAllocator
+    http: httpx.AsyncClient
+    host: str
+    supervisor_url: Callable[[], str]
+    default_timeout: float
+    default_max_body: int
+    on_state: Callable[[ProcessRunner, str, str, str], None]
+    on_health: Callable[[ProcessRunner, bool, str], None]
+    on_spawn: Callable[[ProcessRunner, int, float], Awaitable[None]]
+    on_exit: Callable[[ProcessRunner], Awaitable[None]]
+
+
+def describe_exit(code: int | None) -> str:
+    if code is None:
+        return "exited"
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exited with code {code}"
+
+
+class ProcessRunner:
+    """Runs one plugin's command under supervision; every state change goes through ``ctx.on_state``."""
+
+    kind = "process"
+
+    def __init__(
+        self,
+        key: str,
+        manifest: Manifest | None,
+        ctx: RunnerContext,
+        error: ManifestError | None = None,
+        env_overrides: Mapping[str, str] | None = None,
+    ) -> None:
+        self.key = key
+        self.manifest = manifest
+        self.error = error
+        self.ctx = ctx
+        self.env_overrides: dict[str, str] = dict(env_overrides or {})
+        self.state: PluginState = S.INVALID if manifest is None else S.STOPPED
+        self.detail = str(error) if error else ""
+        self.since = time.time()
+        self.pid: int | None = None
+        self.port: int | None = None
+        self._last_port: int | None = None  # offered again on the next start, so a plugin keeps its port
+        self.started_at: float | None = None
+        self.restarts = 0
+        self.last_error = str(error) if error else ""
+        self.desired = "stopped"
+        self.tracker = HealthTracker(self._failures_threshold())
+        self.sampler: TreeSampler | None = None
+        self.last_sample: MetricsSample | None = None
+        self.metrics_history: deque[MetricsSample] = deque(maxlen=HISTORY)
+        self._proc: asyncio.subprocess.Process | None = None
+        self._pumps: list[asyncio.Task[None]] = []
+        self._task: asyncio.Task[None] | None = None
+        self._health_task: asyncio.Task[None] | None = None
+        self._restart_task: asyncio.Task[None] | None = None
+        self._restart_reason = ""
+        self._wake = asyncio.Event()
+        self._changed = asyncio.Event()
+        self._stop_lock = asyncio.Lock()
+
+    # -- views ---------------------------------------------------------------------------------------------------
+    @property
+    def active(self) -> bool:
+        """True while the supervision loop runs (STARTING, RUNNING, BACKOFF, or EXITED on the way back)."""
+        return self._task is not None and not self._task.done()
+
+    def snapshot(self) -> PluginSnapshot:
+        m = self.manifest
+        running = self.state == S.RUNNING
+        return PluginSnapshot(
+            key=self.key,
+            name=m.name if m else self.key,
+            version=m.version if m else "",
+            description=m.description if m else "",
+            kind=self.kind,
+            state=str(self.state),
+            detail=self.detail,
+            pid=self.pid,
+            host=self.ctx.host if self.port is not None else None,
+            port=self.port,
+            upstream=f"http://{_url_host(self.ctx.host)}:{self.port}" if running and self.port else None,
+            started_at=self.started_at,
+            restarts=self.restarts,
+            healthy=self.tracker.healthy,
+            health_detail=self.tracker.detail,
+            last_error=self.last_error,
+            endpoints=m.endpoints if m else (),
+            autostart=m.autostart if m else False,
+            desired=self.desired,
+            timeout=(m.timeout if m and m.timeout is not None else self.ctx.default_timeout),
+            max_body=(m.max_body if m and m.max_body is not None else self.ctx.default_max_body),
+            last_metrics=self.last_sample,
+            manifest_path=str(m.path) if m else (self.error.path if self.error else None),
+        )
+
+    async def wait_for(self, states: set[PluginState] | None = None, timeout: float | None = None) -> PluginState:
+        """Wait until the state is one of ``states`` (default: settled: RUNNING, or the loop ended)."""
+
+        def settled() -> bool:
+            if states is not None:
+                return self.state in states
+            return self.state == S.RUNNING or not self.active
+
+        async def wait() -> None:
+            while not settled():
+                await self._changed.wait()
+
+        await asyncio.wait_for(wait(), timeout)
+        return self.state
+
+    # -- state ---------------------------------------------------------------------------------------------------
+    def _set(self, state: PluginState, reason: str) -> None:
+        old = self.state
+        self.state, self.detail, self.since = state, reason, time.time()
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+        try:
+            self.ctx.on_state(self, str(old), str(state), reason)
+        except Exception as exc:  # a broken listener must not break supervision
+            self.ctx.logs.error(f"{self.key}: state listener failed: {exc!r}", event="internal_error", plugin=self.key)
+
+    def _failures_threshold(self) -> int:
+        m = self.manifest
+        return m.health.failures if m and m.health else PASSIVE_FAILURES
+
+    def replace_manifest(self, manifest: Manifest | None, error: ManifestError | None = None) -> None:
+        """Swap in a new manifest (the caller stops/restarts as needed); None + error makes it INVALID."""
+        self.manifest, self.error = manifest, error
+        self.tracker.failures = self._failures_threshold()
+        if manifest is None:
+            self.last_error = str(error) if error else ""
+            self._set(S.INVALID, str(error) if error else "manifest rejected")
+        elif self.state == S.INVALID:
+            self.last_error = ""
+            self._set(S.STOPPED, "manifest is valid again")
+
+    # -- actions -------------------------------------------------------------------------------------------------
+    async def start(self, reason: str = "started by operator") -> None:
+        """Begin supervision (returns once STARTING, or FATAL when no port); a no-op while already active."""
+        if self.manifest is None or self.state == S.INVALID:
+            raise PluginActionError(self.key, f"cannot start an INVALID plugin: {self.error}")
+        async with self._stop_lock:  # a stop in progress finishes first
+            pass
+        if self.active:
+            if self.state == S.BACKOFF:
+                self._wake.set()  # the operator asked: retry now
+            return
+        self._wake.clear()
+        if self._prepare(reason):
+            self._task = asyncio.create_task(self._supervise(reason), name=f"plugin:{self.key}")
+
+    async def stop(self, reason: str = "stopped by operator") -> None:
+        """Stop supervision and the process group: stopsignal, ``stopwaitsecs``, then SIGKILL."""
+        if self.state == S.INVALID and self._proc is None:
+            return
+        async with self._stop_lock:
+            task, self._task = self._task, None
+            was_active = task is not None and not task.done()
+            if task is not None and was_active:
+                task.cancel()
+                await asyncio.wait([task])
+            proc = self._proc
+            if proc is not None:
+                if proc.returncode is None:
+                    self._set(S.STOPPING, reason)
+                    await self._kill_tree(proc, graceful=True)
+                await self._after_exit(proc)
+                self._set(S.STOPPED, reason)
+            elif was_active and self.state not in (S.STOPPED, S.INVALID):
+                self.ctx.ports.release(self.key)
+                self.port = None
+                self._set(S.STOPPED, reason)  # e.g. stopped while in BACKOFF
+
+    def report_upstream(self, ok: bool, detail: str = "") -> None:
+        """Passive health from the gateway: failures in a row mark it unhealthy, one success healthy again."""
+        if self.state != S.RUNNING:
+            return
+        self._record_health(ok, detail or ("gateway: upstream answered" if ok else "gateway: upstream failed"))
+
+    # -- supervision loop ----------------------------------------------------------------------------------------
+    def _prepare(self, reason: str) -> bool:
+        """Take a port and enter STARTING; a fixed port that is taken makes the plugin FATAL."""
+        m = self.manifest
+        assert m is not None
+        try:
+            self.port = self._last_port = self.ctx.ports.acquire(self.key, m.port, prefer=self._last_port)
+        except PortUnavailable as exc:
+            self.port = None
+            self.last_error = str(exc)
+            self._set(S.FATAL, str(exc))
+            return False
+        self._set(S.STARTING, reason)
+        return True
+
+    async def _supervise(self, reason: str) -> None:
+        m = self.manifest
+        assert m is not None
+        failed = 0
+        streak = 0
+        try:
+            while True:
+                proc = await self._spawn_shielded()
+                if proc is None:
+                    ok, why = False, self.last_error
+                else:
+                    ok, why = await self._wait_ready(proc)
+                if not ok:
+                    if proc is not None:
+                        await self._after_exit(proc)
+                    self.last_error = why
+                    failed += 1
+                    if failed > m.startretries:
+                        self._set(S.FATAL, f"{why}; gave up after {failed} attempts")
+                        return
+                    delay = min(m.backoff_max_s, FIRST_BACKOFF * 2 ** (failed - 1))
+                    self._set(S.BACKOFF, f"{why}; retry {failed}/{m.startretries} in {delay:g}s")
+                    await self._backoff(delay)
+                    self.restarts += 1
+                    if not self._prepare(f"retry {failed}/{m.startretries}"):
+                        return
+                    continue
+                assert proc is not None
+                failed = 0
+                running_since = time.monotonic()
+                ready_detail = self.tracker.detail
+                self.tracker.reset()
+                if m.health is not None:
+                    self._record_health(True, f"probe: {ready_detail}")
+                self._set(S.RUNNING, reason)
+                if m.health is not None:
+                    self._health_task = asyncio.create_task(self._health_loop(proc), name=f"health:{self.key}")
+                code = await proc.wait()
+                await self._cancel_health()
+                uptime = time.monotonic() - running_since
+                why = describe_exit(code)
+                forced = self._restart_reason
+                self._restart_reason = ""
+                if forced:
+                    why = f"{forced} ({why})"
+                elif code != 0:
+                    self.last_error = why
+                self._set(S.EXITED, why)
+                await self._after_exit(proc)
+                if m.restart == "never" or (m.restart == "on-failure" and code == 0 and not forced):
+                    return
+                if uptime >= STABLE_AFTER:
+                    streak = 0
+                streak += 1
+                self.restarts += 1
+                delay = 0.0 if streak == 1 else min(m.backoff_max_s, FIRST_BACKOFF * 2 ** (streak - 2))
+                if delay > 0:
+                    self._set(S.BACKOFF, f"{why}; restart in {delay:g}s ({streak} exits in a row)")
+                    await self._backoff(delay)
+                reason = f"restart after: {why}"
+                if not self._prepare(reason):
+                    return
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the supervisor must never fall over because of one plugin
+            self.last_error = f"internal error: {exc!r}"
+            self.ctx.logs.error(f"{self.key}: supervision failed: {exc!r}", event="internal_error", plugin=self.key)
+            if self._proc is not None and self._proc.returncode is None:
+                await self._kill_tree(self._proc, graceful=False)
+                await self._after_exit(self._proc)
+            self._set(S.FATAL, f"internal error: {exc!r}")
+
+    async def _backoff(self, delay: float) -> None:
+        self._wake.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), delay)
+
+    async def _spawn_shielded(self) -> asyncio.subprocess.Process | None:
+        # Shielded so that a stop arriving mid-spawn still finds the process in self._proc and kills it.
+        spawn = asyncio.ensure_future(self._spawn())
+        try:
+            return await asyncio.shield(spawn)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                await spawn
+            raise
+
+    async def _spawn(self) -> asyncio.subprocess.Process | None:
+        m = self.manifest
+        assert m is not None and self.port is not None
+        env = dict(os.environ)
+        env.setdefault("PYTHONUNBUFFERED", "1")  # Python plugins: lines reach the log hub as they are printed
+        env.update(m.env)
+        env.update(self.env_overrides)
+        env["PORT"] = str(self.port)
+        env["PLUGIN_KEY"] = self.key
+        env["SUPERVISOR_URL"] = self.ctx.supervisor_url()
+        argv = m.argv()
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv,
+                cwd=m.folder,
+                env=env,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                start_new_session=True,
+            )
+        except (OSError, ValueError) as exc:
+            self.last_error = (
+                f"cannot run {argv[0]!r} in {m.folder}: {exc.strerror if isinstance(exc, OSError) else exc}"
+            )
+            self.ctx.logs.error(f"{self.key}: {self.last_error}", event="spawn_failed", plugin=self.key)
+            return None
+        self._proc = proc
+        self.pid = proc.pid
+        self.started_at = time.time()
+        assert proc.stdout is not None and proc.stderr is not None
+        self._pumps = [
+            asyncio.create_task(self.ctx.logs.pump(self.key, "stdout", proc.stdout), name=f"stdout:{self.key}"),
+            asyncio.create_task(self.ctx.logs.pump(self.key, "stderr", proc.stderr), name=f"stderr:{self.key}"),
+        ]
+        self.sampler = TreeSampler(self.key, proc.pid)
+        try:
+            created = psutil.Process(proc.pid).create_time()
+        except psutil.Error:
+            created = time.time()
+        try:
+            await self.ctx.on_spawn(self, proc.pid, created)
+        except Exception as exc:
+            self.ctx.logs.warning(f"{self.key}: cannot record pid {proc.pid}: {exc!r}", plugin=self.key)
+        return proc
+
+    async def _wait_ready(self, proc: asyncio.subprocess.Process) -> tuple[bool, str]:
+        """Readiness gating: up for ``startsecs`` and, with a health path, one successful probe."""
+        m = self.manifest
+        assert m is not None
+        t0 = time.monotonic()
+        ready_at = t0 + m.startsecs
+        health = m.health
+        need_probe = health is not None
+        give_up = ready_at + health.start_timeout_s if health is not None else 0.0
+        exited = asyncio.ensure_future(proc.wait())
+        interval = 0.05
+        try:
+            while True:
+                if exited.done():
+                    return False, f"{describe_exit(proc.returncode)} while starting"
+                now = time.monotonic()
+                if not need_probe and now >= ready_at:
+                    return True, ""
+                if need_probe:
+                    assert health is not None
+                    if now > give_up:
+                        await self._kill_tree(proc, graceful=True)
+                        return False, (
+                            f"not healthy within {m.startsecs + health.start_timeout_s:g}s "
+                            f"(last probe: {self.tracker.detail})"
+                        )
+                    ok, detail = await probe(self.ctx.http, self._health_url(health.path), health.timeout_s)
+                    self.tracker.detail = detail
+                    if ok:
+                        need_probe = False
+                        continue
+                    timeout = interval
+                    interval = min(interval * 1.5, 0.5)
+                else:
+                    timeout = ready_at - now
+                await asyncio.wait([exited], timeout=max(timeout, 0.0))
+        finally:
+            if not exited.done():
+                exited.cancel()
+
+    def _health_url(self, path: str) -> str:
+        return f"http://{_url_host(self.ctx.host)}:{self.port}{path}"
+
+    async def _health_loop(self, proc: asyncio.subprocess.Process) -> None:
+        m = self.manifest
+        assert m is not None and m.health is not None
+        health = m.health
+        while proc.returncode is None:
+            await asyncio.sleep(health.interval_s)
+            if proc.returncode is not None or self.state != S.RUNNING:
+                return
+            ok, detail = await probe(self.ctx.http, self._health_url(health.path), health.timeout_s)
+            if proc.returncode is None and self.state == S.RUNNING:
+                self._record_health(ok, f"probe: {detail}")
+
+    def _record_health(self, ok: bool, detail: str) -> None:
+        flip = self.tracker.record(ok, detail)
+        if flip is None:
+            return
+        if flip is False:
+            self.last_error = f"unhealthy: {detail}"
+        try:
+            self.ctx.on_health(self, flip, detail)
+        except Exception as exc:
+            self.ctx.logs.error(f"{self.key}: health listener failed: {exc!r}", event="internal_error")
+        m = self.manifest
+        if flip is False and m is not None and m.health is not None and m.health.restart:
+            proc = self._proc
+            if proc is not None and proc.returncode is None and self._restart_task is None:
+                self._restart_reason = f"restarted: unhealthy ({detail})"
+                self._restart_task = asyncio.create_task(self._kill_tree(proc, graceful=True))
+
+    async def _cancel_health(self) -> None:
+        task, self._health_task = self._health_task, None
+        if task is not None and not task.done():
+            task.cancel()
+            await asyncio.wait([task])
+
+    async def _kill_tree(self, proc: asyncio.subprocess.Process, graceful: bool) -> None:
+        """Signal the plugin's process group (and descendants that left it), wait, then SIGKILL what is left."""
+        m = self.manifest
+        wait_s = m.stopwaitsecs if m is not None else 10.0
+        sig = m.stop_signal if (m is not None and graceful) else signal.SIGKILL
+        pgid = proc.pid
+        tree = process_tree(proc.pid)
+        if self.sampler is not None:
+            tree.extend(p for p in self.sampler.known_tree() if p.pid not in {t.pid for t in tree})
+        signal_group(pgid, sig)
+        kill_all([p for p in tree if _pgid(p) != pgid], sig)  # descendants that made their own group
+        deadline = time.monotonic() + wait_s
+        try:
+            await asyncio.wait_for(proc.wait(), wait_s)
+        except TimeoutError:
+            self.ctx.logs.warning(
+                f"{self.key}: pid {proc.pid} ignored {sig.name} for {wait_s:g}s: sending SIGKILL",
+                event="sigkill",
+                plugin=self.key,
+            )
+            signal_group(pgid, signal.SIGKILL)
+            kill_all(tree)
+            await proc.wait()
+        # Whatever the plugin left behind gets the rest of the wait, then SIGKILL.
+        while alive(tree) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        signal_group(pgid, signal.SIGKILL)
+        kill_all(alive(tree))
+
+    async def _after_exit(self, proc: asyncio.subprocess.Process) -> None:
+        """After the main process ended: kill leftovers of its group, drain output, free port and pid."""
+        if proc.returncode is None:
+            return
+        if signal_group(proc.pid, 0) or (self.sampler is not None and alive(self.sampler.known_tree())):
+            tree = self.sampler.known_tree() if self.sampler is not None else []
+            signal_group(proc.pid, signal.SIGTERM)
+            kill_all(alive(tree), signal.SIGTERM)
+            deadline = time.monotonic() + min(self.manifest.stopwaitsecs if self.manifest else 1.0, 2.0)
+            while alive(tree) and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            signal_group(proc.pid, signal.SIGKILL)
+            kill_all(alive(tree))
+        pumps, self._pumps = self._pumps, []
+        if pumps:
+            _, pending = await asyncio.wait(pumps, timeout=2.0)
+            for task in pending:
+                task.cancel()
+        if self._restart_task is not None:
+            await asyncio.wait([self._restart_task])
+            self._restart_task = None
+        self._proc = None
+        self.pid = None
+        self.sampler = None
+        self.port = None
+        self.tracker.reset()
+        self.ctx.ports.release(self.key)
+        try:
+            await self.ctx.on_exit(self)
+        except Exception as exc:
+            self.ctx.logs.warning(f"{self.key}: cannot clear recorded pid: {exc!r}", plugin=self.key)
+
+    def sample(self) -> MetricsSample | None:
+        """One metrics sample of the process tree (None when not running)."""
+        if self.sampler is None:
+            return None
+        sample = self.sampler.sample()
+        if sample is not None:
+            self.last_sample = sample
+            self.metrics_history.append(sample)
+        return sample
+
+    def history(self) -> list[MetricsSample]:
+        """Samples of the last minutes (kept across restarts)."""
+        return list(self.metrics_history)
+
+
+def _pgid(p: psutil.Process) -> int | None:
+    try:
+        return os.getpgid(p.pid)
+    except (ProcessLookupError, PermissionError):
+        return None
+
+
+def _url_host(host: str) -> str:
+    if host in ("0.0.0.0", ""):
+        return "127.0.0.1"
+    if host == "::":
+        return "[::1]"
+    return f"[{host}]" if ":" in host else host
+
+
+def kill_orphans(pid: int, started: float | None, grace: float = 3.0) -> list[int]:
+    """Kill what a previous supervisor run left behind: the process group led by ``pid`` (members created no
+    earlier than ``started``, so a recycled pid is left alone). Blocking; returns the pids that were signalled."""
+    members = group_members(pid, not_before=started)
+    try:
+        root = psutil.Process(pid)
+        if started is None or abs(root.create_time() - started) < 1.0:
+            for child in root.children(recursive=True):
+                if child.pid not in {p.pid for p in members}:
+                    members.append(child)
+    except psutil.Error:
+        pass
+    if not members:
+        return []
+    kill_all(members, signal.SIGTERM)
+    _, remaining = psutil.wait_procs(members, timeout=grace)
+    kill_all(remaining, signal.SIGKILL)
+    psutil.wait_procs(remaining, timeout=grace)
+    return [p.pid for p in members]

@@ -1,0 +1,297 @@
+"""Shared test fixtures: settings in a tmp dir, plugin folders, a running Supervisor, a headless process.
+
+Fixtures (all function-scoped, everything under ``tmp_path``):
+
+- ``make_settings(**overrides)`` -> Settings with plugins/ and data/ in tmp_path, a private plugin port range and
+  ``server.port`` 0; ``overrides`` map "section.key" to values. The ``settings`` fixture is ``make_settings()``.
+- ``make_plugin(key, script, **manifest_fields)`` -> the plugin folder. ``script`` is a file name from
+  tests/fixtures/plugins/ ("sleeper.py", "crash_at_start.py", "crash_after.py", "ignore_term.py", "grandchild.py",
+  "http_server.py") or Python source (written as plugin.py). The manifest gets ``command: ["python", <script>]``,
+  fast test timings (startsecs 0.3, backoff_max_s 0.2, stopwaitsecs 3) and ``env.SPAWN_LOG`` (see ``spawns``),
+  then ``manifest_fields`` on top (``env`` is merged). The module-level ``write_plugin(plugins_dir, key, script,
+  **fields)`` does the same for any folder.
+- ``supervisor`` -> an open ``Supervisor`` on ``settings`` (closed after the test); ``open_supervisor(settings)``
+  is the async context manager behind it.
+- ``headless`` -> a factory: ``headless(*extra_args, settings=None)`` starts ``python -m supervisor_tui --headless
+  --log-format json`` on the settings' dirs and returns a ``HeadlessProcess`` (JSON lines parsed as they come;
+  ``wait_for(predicate)``, ``signal(sig)``, ``wait(timeout)``); every one still running is killed at teardown.
+- ``spawns(folder)`` -> pids the fixture plugin in ``folder`` recorded, one per spawn.
+- ``plugin_processes(path)`` -> live (non-zombie) processes whose working directory is under ``path``: plugins
+  run in their folder and their children inherit it, so this finds orphans.
+- ``no_plugin_leftovers`` -> fails a test that leaves processes running under its tmp dir (and kills them).
+- ``wait_until(predicate, timeout)`` -> polls a condition with a deadline (sync or async predicate).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from supervisor_tui.config import Settings, load_settings
+from supervisor_tui.core.supervisor import Supervisor
+
+FIXTURE_PLUGINS = Path(__file__).parent / "fixtures" / "plugins"
+REPO = Path(__file__).resolve().parent.parent
+
+FAST = {"startsecs": 0.3, "backoff_max_s": 0.2, "stopwaitsecs": 3}
+
+
+def make_test_settings(root: Path, **overrides: Any) -> Settings:
+    """Settings rooted in ``root`` with a private plugin port range; ``overrides`` use "section.key" names
+    (or section_key, e.g. plugins_dir=...)."""
+    start = random.randrange(20000, 29000, 100)
+    values: dict[str, Any] = {
+        "plugins.dir": str(root / "plugins"),
+        "data.dir": str(root / "data"),
+        "plugins.port_range_start": start,
+        "plugins.port_range_end": start + 99,
+        "server.port": 0,
+    }
+    for name, value in overrides.items():
+        values[name if "." in name else name.replace("_", ".", 1)] = value
+    (root / "plugins").mkdir(parents=True, exist_ok=True)
+    return load_settings(env={}, overrides=values, base_dir=root)
+
+
+def write_plugin(plugins_dir: Path, key: str, script: str, **fields: Any) -> Path:
+    """Write plugins_dir/key/manifest.json for a fixture script (or Python source); returns the folder."""
+    folder = plugins_dir / key
+    folder.mkdir(parents=True, exist_ok=True)
+    if "\n" in script:
+        (folder / "plugin.py").write_text(script, encoding="utf-8")
+        script_path = "plugin.py"
+    else:
+        script_path = str(FIXTURE_PLUGINS / script)
+        assert Path(script_path).is_file(), f"no fixture plugin {script}"
+    env = {"SPAWN_LOG": str(folder / "spawns.log")}
+    env.update(fields.pop("env", {}))
+    manifest: dict[str, Any] = {"key": key, "command": ["python", script_path], **FAST, "env": env}
+    manifest.update(fields)
+    (folder / "manifest.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+    return folder
+
+
+def spawns(folder: Path) -> list[int]:
+    """Pids recorded by a fixture plugin, one per spawn."""
+    path = folder / "spawns.log"
+    if not path.exists():
+        return []
+    return [int(line) for line in path.read_text().split()]
+
+
+def plugin_processes(path: Path) -> list[psutil.Process]:
+    """Live processes (zombies excluded) whose working directory is inside ``path``."""
+    root = str(path.resolve())
+    found = []
+    for p in psutil.process_iter(["cwd", "status"]):
+        try:
+            cwd = p.info["cwd"]
+            if cwd and (cwd == root or cwd.startswith(root + os.sep)) and p.info["status"] != psutil.STATUS_ZOMBIE:
+                found.append(p)
+        except psutil.Error:
+            continue
+    return found
+
+
+async def wait_until(predicate: Callable[[], Any], timeout: float = 30.0, interval: float = 0.05) -> Any:
+    """Poll ``predicate`` (sync or async) until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if inspect.isawaitable(value):
+            value = await value
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s: {predicate}")
+        await asyncio.sleep(interval)
+
+
+@contextlib.asynccontextmanager
+async def open_supervisor(settings: Settings) -> AsyncIterator[Supervisor]:
+    """An open Supervisor that is always closed (plugins stopped) afterwards."""
+    sup = Supervisor(settings)
+    await sup.open()
+    try:
+        yield sup
+    finally:
+        await sup.close()
+
+
+@pytest.fixture
+def make_settings(tmp_path: Path) -> Callable[..., Settings]:
+    return lambda **overrides: make_test_settings(tmp_path, **overrides)
+
+
+@pytest.fixture
+def settings(make_settings: Callable[..., Settings]) -> Settings:
+    return make_settings()
+
+
+@pytest.fixture
+def make_plugin(settings: Settings) -> Callable[..., Path]:
+    return lambda key, script, **fields: write_plugin(settings.plugins_dir, key, script, **fields)
+
+
+@pytest.fixture
+async def supervisor(settings: Settings) -> AsyncIterator[Supervisor]:
+    async with open_supervisor(settings) as sup:
+        yield sup
+
+
+@pytest.fixture
+def no_plugin_leftovers(tmp_path: Path) -> Iterator[None]:
+    """Whatever a test leaves running under its tmp dir is killed, and the test fails for it. Use it with
+    ``pytestmark = pytest.mark.usefixtures("no_plugin_leftovers")``."""
+    yield
+    leftovers = plugin_processes(tmp_path)
+    for p in leftovers:
+        with contextlib.suppress(psutil.Error):
+            p.kill()
+    assert not leftovers, f"processes outlived the test: {[(p.pid, p.info.get('cwd')) for p in leftovers]}"
+
+
+class HeadlessProcess:
+    """``supervisor-tui --headless --log-format json`` as a child process, its stdout parsed line by line."""
+
+    def __init__(self, settings: Settings, extra_args: tuple[str, ...]) -> None:
+        start, end = settings.port_range
+        env = dict(os.environ)
+        env.update(
+            {
+                "PYTHONUNBUFFERED": "1",
+                "SUPERVISOR_TUI_PLUGINS_PORT_RANGE_START": str(start),
+                "SUPERVISOR_TUI_PLUGINS_PORT_RANGE_END": str(end),
+            }
+        )
+        args = [
+            sys.executable,
+            "-m",
+            "supervisor_tui",
+            "--headless",
+            "--plugins-dir",
+            str(settings.plugins_dir),
+            "--data-dir",
+            str(settings.data_dir),
+            "--port",
+            "0",
+            "--log-format",
+            "json",
+            *extra_args,
+        ]
+        self.proc = subprocess.Popen(
+            args,
+            cwd=settings.base_dir,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.lines: list[str] = []
+        self.records: list[dict[str, Any]] = []
+        self.stderr = ""
+        self._cond = threading.Condition()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        self._err_reader = threading.Thread(target=self._read_err, daemon=True)
+        self._err_reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            with self._cond:
+                self.lines.append(line.rstrip("\n"))
+                with contextlib.suppress(ValueError):
+                    self.records.append(json.loads(line))
+                self._cond.notify_all()
+
+    def _read_err(self) -> None:
+        assert self.proc.stderr is not None
+        self.stderr = self.proc.stderr.read()
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def find(self, predicate: Callable[[dict[str, Any]], bool]) -> list[dict[str, Any]]:
+        with self._cond:
+            return [r for r in self.records if predicate(r)]
+
+    async def wait_for(self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 30.0) -> dict[str, Any]:
+        """The first JSON record matching ``predicate`` (waiting up to ``timeout`` seconds for it)."""
+
+        def found() -> dict[str, Any] | None:
+            matches = self.find(predicate)
+            if matches:
+                return matches[0]
+            if self.proc.poll() is not None and not self._reader.is_alive():
+                raise AssertionError(f"headless exited with {self.proc.returncode}; stderr: {self.stderr}")
+            return None
+
+        return await wait_until(found, timeout)
+
+    async def wait_state(self, key: str, state: str, timeout: float = 30.0, after: int = 0) -> dict[str, Any]:
+        """The first state-change record of ``key`` to ``state`` at or after record index ``after``."""
+
+        def match(r: dict[str, Any]) -> bool:
+            return r.get("plugin") == key and r.get("to") == state and r.get("event") == "plugin_state"
+
+        def found() -> dict[str, Any] | None:
+            with self._cond:
+                hits = [r for r in self.records[after:] if match(r)]
+            if hits:
+                return hits[0]
+            if self.proc.poll() is not None and not self._reader.is_alive():
+                raise AssertionError(f"headless exited with {self.proc.returncode}; stderr: {self.stderr}")
+            return None
+
+        return await wait_until(found, timeout)
+
+    def signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    async def wait(self, timeout: float = 30.0) -> int:
+        await wait_until(lambda: self.proc.poll() is not None, timeout)
+        self._reader.join(5)
+        self._err_reader.join(5)
+        return int(self.proc.returncode)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+@pytest.fixture
+def headless(settings: Settings) -> Iterator[Callable[..., HeadlessProcess]]:
+    started: list[HeadlessProcess] = []
+
+    def start(*extra_args: str, settings_: Settings | None = None) -> HeadlessProcess:
+        proc = HeadlessProcess(settings_ or settings, extra_args)
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        if proc.proc.poll() is None:
+            proc.signal(signal.SIGTERM)
+            try:
+                proc.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
