@@ -1,0 +1,363 @@
+"""The one interface the TUI talks to: a supervisor seen through snapshots, queries, events and actions.
+
+Two implementations behave the same for the UI: ``InProcessClient`` (embedded mode, over the core Supervisor
+object) and ``RemoteClient`` (attach mode, over the admin API and ``/ws/events``); ``DemoClient`` serves a
+deterministic supervisor for snapshots, screenshots and the load benchmark. Everything crosses this boundary
+as the JSON shapes of the admin API, parsed here into small view records, so both modes render identically.
+"""
+
+from __future__ import annotations
+
+import abc
+import time
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+PLUGIN_STATES = ("STOPPED", "STARTING", "RUNNING", "BACKOFF", "STOPPING", "EXITED", "FATAL", "INVALID", "LOST")
+CONSOLE_STATES = ("active", "busy", "idle", "error", "inactive")
+# The seed's Spanish words, accepted wherever a console state is read.
+_CONSOLE_STATE_ALIASES = {"activa": "active", "ocupada": "busy", "esperando": "idle", "inactiva": "inactive"}
+
+# A synthetic event topic the clients emit when the link to the supervisor drops or comes back.
+CONNECTION_TOPIC = "client.connection"
+
+
+class ClientError(Exception):
+    """An action or query failed; ``message`` is what the operator reads."""
+
+    def __init__(self, message: str, code: str = "error") -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+
+
+def _float(value: Any) -> float | None:
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return float(value)
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        pass
+    # ISO-8601 timestamps (the console API may send them as strings).
+    from datetime import datetime
+
+    try:
+        text = str(value).replace("Z", "+00:00")
+        return datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        return None
+
+
+def _int(value: Any) -> int | None:
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointInfo:
+    """One endpoint a plugin serves, with its address behind the gateway."""
+
+    method: str
+    path: str
+    description: str = ""
+    gateway_url: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class PluginInfo:
+    """A plugin as the TUI shows it (the fields of PluginSnapshot.to_dict())."""
+
+    key: str
+    name: str = ""
+    version: str = ""
+    description: str = ""
+    kind: str = "process"
+    state: str = "STOPPED"
+    detail: str = ""
+    pid: int | None = None
+    host: str | None = None
+    port: int | None = None
+    upstream: str | None = None
+    started_at: float | None = None
+    restarts: int = 0
+    healthy: bool | None = None
+    health_detail: str = ""
+    last_error: str = ""
+    endpoints: tuple[EndpointInfo, ...] = ()
+    autostart: bool = False
+    desired: str = ""
+    cpu_percent: float | None = None
+    rss: int | None = None
+    requests_per_s: float | None = None
+    manifest_path: str = ""
+    timeout: float | None = None
+    max_body: int | None = None
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> PluginInfo:
+        metrics = d.get("last_metrics") or {}
+        endpoints = tuple(
+            EndpointInfo(
+                method=str(e.get("method", "")),
+                path=str(e.get("path", "")),
+                description=str(e.get("description") or ""),
+                gateway_url=str(e.get("gateway_url") or ""),
+            )
+            for e in (d.get("endpoints") or [])
+            if isinstance(e, Mapping)
+        )
+        healthy = d.get("healthy")
+        return cls(
+            key=str(d.get("key", "")),
+            name=str(d.get("name") or d.get("key") or ""),
+            version=str(d.get("version") or ""),
+            description=str(d.get("description") or ""),
+            kind=str(d.get("kind") or "process"),
+            state=str(d.get("state") or "STOPPED").upper(),
+            detail=str(d.get("detail") or ""),
+            pid=_int(d.get("pid")),
+            host=d.get("host"),
+            port=_int(d.get("port")),
+            upstream=d.get("upstream"),
+            started_at=_float(d.get("started_at")),
+            restarts=_int(d.get("restarts")) or 0,
+            healthy=healthy if isinstance(healthy, bool) else None,
+            health_detail=str(d.get("health_detail") or ""),
+            last_error=str(d.get("last_error") or ""),
+            endpoints=endpoints,
+            autostart=bool(d.get("autostart", False)),
+            desired=str(d.get("desired") or ""),
+            cpu_percent=_float(metrics.get("cpu_percent")) if isinstance(metrics, Mapping) else None,
+            rss=_int(metrics.get("rss")) if isinstance(metrics, Mapping) else None,
+            requests_per_s=_float(d.get("requests_per_s", d.get("rps"))),
+            manifest_path=str(d.get("manifest_path") or ""),
+            timeout=_float(d.get("timeout")),
+            max_body=_int(d.get("max_body")),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ConsoleInfo:
+    """A console (remote worker machine) as the TUI shows it."""
+
+    id: str
+    name: str = ""
+    state: str = "idle"
+    host: str = ""
+    current_job: str = ""
+    last_seen: float | None = None
+    last_error: str = ""
+    registered_at: float | None = None
+    system: Mapping[str, Any] = field(default_factory=dict)
+    last_activity: float | None = None
+
+    @property
+    def short_id(self) -> str:
+        return self.id[:8]
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ConsoleInfo:
+        system = d.get("system") or d.get("sistema") or {}
+        if not isinstance(system, Mapping):
+            system = {}
+        state = str(d.get("state") or d.get("estado") or "idle").lower()
+        state = _CONSOLE_STATE_ALIASES.get(state, state)
+        err = d.get("last_error", d.get("ultimo_error"))
+        if isinstance(err, Mapping):
+            err = err.get("message") or err.get("mensaje") or str(dict(err))
+        job = d.get("current_job", d.get("job", d.get("video_en_proceso")))
+        return cls(
+            id=str(d.get("id") or d.get("console_id") or ""),
+            name=str(d.get("name") or d.get("nombre") or ""),
+            state=state,
+            host=str(d.get("host") or d.get("hostname") or system.get("hostname") or ""),
+            current_job=str(job or ""),
+            last_seen=_float(d.get("last_seen", d.get("last_heartbeat_at", d.get("last_heartbeat")))),
+            last_error=str(err or ""),
+            registered_at=_float(d.get("registered_at", d.get("created_at"))),
+            system=system,
+            last_activity=_float(d.get("last_activity", d.get("ultima_actividad"))),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ConsolePage:
+    """One page of a console query and how many consoles matched in all."""
+
+    consoles: list[ConsoleInfo]
+    total: int
+
+
+@dataclass(frozen=True, slots=True)
+class LogEntry:
+    """One log line from any source."""
+
+    ts: float
+    source: str
+    stream: str
+    level: str
+    message: str
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> LogEntry:
+        return cls(
+            ts=_float(d.get("ts")) or 0.0,
+            source=str(d.get("source") or ""),
+            stream=str(d.get("stream") or ""),
+            level=str(d.get("level") or "info"),
+            message=str(d.get("message") or ""),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class MetricPoint:
+    """One resource sample of a plugin (and its request rate when the gateway reports it)."""
+
+    ts: float
+    cpu_percent: float
+    rss: int
+    requests_per_s: float | None = None
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> MetricPoint:
+        return cls(
+            ts=_float(d.get("ts")) or 0.0,
+            cpu_percent=_float(d.get("cpu_percent")) or 0.0,
+            rss=_int(d.get("rss")) or 0,
+            requests_per_s=_float(d.get("requests_per_s", d.get("rps"))),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class HeartbeatInfo:
+    """One received heartbeat of a console."""
+
+    ts: float
+    state: str
+    job: str = ""
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> HeartbeatInfo:
+        state = str(d.get("state") or d.get("estado") or "").lower()
+        return cls(
+            ts=_float(d.get("ts", d.get("received_at", d.get("at")))) or 0.0,
+            state=_CONSOLE_STATE_ALIASES.get(state, state),
+            job=str(d.get("current_job", d.get("job", d.get("video_en_proceso"))) or ""),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class TransitionInfo:
+    """One state change of a console."""
+
+    at: float
+    from_state: str
+    to_state: str
+    reason: str = ""
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> TransitionInfo:
+        return cls(
+            at=_float(d.get("at", d.get("ts"))) or 0.0,
+            from_state=str(d.get("from_state") or d.get("from") or ""),
+            to_state=str(d.get("to_state") or d.get("to") or ""),
+            reason=str(d.get("reason") or ""),
+        )
+
+
+@dataclass(slots=True)
+class ClientInfo:
+    """What the header shows about the connection itself."""
+
+    mode: str  # "embedded" | "attached" | "demo"
+    api_url: str
+    read_only: bool = False
+    version: str = ""
+    inactive_after: float = 600.0
+    keymap: dict[str, str] = field(default_factory=dict)
+
+
+class SupervisorClient(abc.ABC):
+    """A supervisor as the TUI sees it; implementations must never block the event loop for long."""
+
+    info: ClientInfo
+
+    # -- connection ----------------------------------------------------------------------------------
+    async def connect(self) -> None:  # noqa: B027 - optional hook
+        """Check the supervisor is reachable (raises ClientError when not)."""
+
+    @property
+    def connected(self) -> bool:
+        return True
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections and subscriptions."""
+
+    def now(self) -> float:
+        """The clock the UI uses for ages and uptimes (fixed in the demo)."""
+        return time.time()
+
+    # -- plugins -------------------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def plugins(self) -> list[PluginInfo]:
+        """Every plugin, in the supervisor's order."""
+
+    @abc.abstractmethod
+    async def plugin(self, key: str) -> PluginInfo:
+        """One plugin with its endpoints' gateway URLs (ClientError when unknown)."""
+
+    @abc.abstractmethod
+    async def start(self, key: str) -> PluginInfo:
+        """Start and wait for RUNNING; ClientError with the reason otherwise."""
+
+    @abc.abstractmethod
+    async def stop(self, key: str) -> PluginInfo:
+        """Stop and wait for the process to be gone."""
+
+    @abc.abstractmethod
+    async def restart(self, key: str) -> PluginInfo:
+        """Stop then start, waiting for RUNNING."""
+
+    @abc.abstractmethod
+    async def metrics(self, key: str) -> list[MetricPoint]:
+        """Resource samples of the last minutes, oldest first."""
+
+    # -- logs ----------------------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def logs(self, source: str | None = None, lines: int = 200) -> list[LogEntry]:
+        """The last lines of one source, or of all sources merged by time."""
+
+    # -- consoles ------------------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def consoles(
+        self, q: str = "", state: str = "", limit: int = 500, offset: int = 0, sort: str = "name"
+    ) -> ConsolePage:
+        """Consoles matching a text query and/or state, one page of them."""
+
+    @abc.abstractmethod
+    async def console(self, console_id: str) -> ConsoleInfo:
+        """One console (ClientError when unknown)."""
+
+    @abc.abstractmethod
+    async def console_heartbeats(self, console_id: str, limit: int = 120) -> list[HeartbeatInfo]:
+        """The last heartbeats of a console, oldest first."""
+
+    @abc.abstractmethod
+    async def console_transitions(self, console_id: str, limit: int = 50) -> list[TransitionInfo]:
+        """The last state changes of a console, oldest first."""
+
+    @abc.abstractmethod
+    async def console_stats(self) -> dict[str, int]:
+        """How many consoles are in each state."""
+
+    # -- events --------------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def events(self) -> AsyncIterator[list[dict[str, Any]]]:
+        """Batches of events (Event.to_dict() shapes), as they arrive; ends when the client closes."""

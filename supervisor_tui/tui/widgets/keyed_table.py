@@ -1,0 +1,125 @@
+"""A DataTable updated by keyed reconcile: stale rows removed, changed cells updated, new rows added.
+
+Rows are never cleared and refilled, so the cursor and scroll position survive every update, and each
+update touches only what changed (every DataTable mutation invalidates its row caches, so fewer is faster).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from rich.text import Text
+from textual._two_way_dict import TwoWayDict
+from textual.binding import Binding
+from textual.widgets import DataTable
+
+# A cell as the panes describe it: (text, style). Compared as plain tuples, turned into Text only on change.
+Cell = tuple[str, str]
+
+
+class KeyedTable(DataTable[Text]):
+    """DataTable whose rows are identified by domain keys (plugin key, console id)."""
+
+    BINDINGS = [
+        Binding("j", "cursor_down", "Down", show=False, id="down"),
+        Binding("k", "cursor_up", "Up", show=False, id="up"),
+    ]
+
+    def __init__(self, columns: Sequence[tuple[str, str, int | None]], *, id: str | None = None) -> None:
+        super().__init__(id=id, cursor_type="row", zebra_stripes=False)
+        self._all_columns = list(columns)
+        self._column_spec = list(columns)
+        self._shown: list[int] = list(range(len(columns)))
+        self._cells: dict[str, tuple[Cell, ...]] = {}
+        self.order: list[str] = []
+
+    def on_mount(self) -> None:
+        self._add_columns()
+
+    def _add_columns(self) -> None:
+        for key, label, width in self._column_spec:
+            self.add_column(label, key=key, width=width)
+
+    def show_columns(self, columns: Sequence[tuple[str, str, int | None]]) -> None:
+        """Show only these columns (keys from the full set, widths may differ); rows come back on reconcile."""
+        wanted = list(columns)
+        if wanted == self._column_spec:
+            return
+        index = {key: i for i, (key, _, _) in enumerate(self._all_columns)}
+        self._column_spec = wanted
+        self._shown = [index[key] for key, _, _ in wanted]
+        self.clear(columns=True)
+        self._cells.clear()
+        self.order = []
+        self._add_columns()
+
+    @property
+    def column_keys(self) -> list[str]:
+        return [key for key, _, _ in self._column_spec]
+
+    @property
+    def selected_key(self) -> str | None:
+        """The key of the row under the cursor."""
+        if not self.row_count:
+            return None
+        try:
+            row_key, _ = self.coordinate_to_cell_key(self.cursor_coordinate)
+        except Exception:  # the cursor is outside the table while rows are being replaced
+            return None
+        return str(row_key.value) if row_key.value is not None else None
+
+    def reconcile(self, rows: Mapping[str, Sequence[Cell]], order: Sequence[str] | None = None) -> int:
+        """Make the table show ``rows`` (in ``order`` if given); returns how many cells changed.
+
+        Each row holds a cell for every column of the full set; hidden columns are skipped.
+
+        Call inside ``app.batch_update()``.
+        """
+        selected = self.selected_key
+        changes = 0
+        for stale in [k for k in self._cells if k not in rows]:
+            self.remove_row(stale)
+            del self._cells[stale]
+            changes += 1
+        columns = self.column_keys
+        added = False
+        shown = self._shown
+        for key, cells in rows.items():
+            new = tuple(cells[i] for i in shown)
+            old = self._cells.get(key)
+            if old is None:
+                self.add_row(*(Text(t, style=s) for t, s in new), key=key)
+                added = True
+                changes += len(new)
+            elif old != new:
+                for col, before, after in zip(columns, old, new, strict=False):
+                    if before != after:
+                        self.update_cell(key, col, Text(after[0], style=after[1]))
+                        changes += 1
+            self._cells[key] = new
+        wanted = list(order) if order is not None else list(rows)
+        if wanted != self.order and (added or order is not None):
+            self._apply_order(wanted)
+        if selected is not None and selected in self._cells:
+            self._keep_cursor_on(selected)
+        return changes
+
+    def _apply_order(self, wanted: list[str]) -> None:
+        current = [str(r.key.value) for r in self.ordered_rows]
+        if current != wanted:
+            rank = {k: i for i, k in enumerate(wanted)}
+            ordered = sorted(self._row_locations, key=lambda rk: rank.get(str(rk.value), len(rank)))
+            # DataTable.sort only hands row data to its key function; ordering by row key means
+            # rebuilding the location map the same way it does.
+            self._row_locations = TwoWayDict({rk: i for i, rk in enumerate(ordered)})
+            self._update_count += 1
+            self.refresh()
+        self.order = wanted
+
+    def _keep_cursor_on(self, key: str) -> None:
+        try:
+            index = self.get_row_index(key)
+        except Exception:
+            return
+        if index != self.cursor_row:
+            self.move_cursor(row=index, animate=False, scroll=False)
