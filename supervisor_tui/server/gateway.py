@@ -7,9 +7,9 @@ Public interface:
   ``{name}`` matches one non-empty path segment.
 - ``RouteTable``: ``set(route)``, ``remove(key)``, ``get(key)``, ``keys()``, ``clear()``. Routes are compiled once
   when set (static paths in a dict, templates as regexes), so the request path does no parsing of manifests.
-- ``Gateway(table, on_result=None, connector_limit=..., connector_limit_per_host=..., keepalive_timeout=...)``:
+- ``Gateway(table, on_result=None, max_idle_per_upstream=256, keepalive_timeout=30.0)``:
   an ASGI callable for paths under ``/api/plugins/`` (the top-level app dispatches to it by prefix; it also
-  serves alone, lifespan included). ``await gateway.close()`` closes the upstream client session.
+  serves alone, lifespan included). ``await gateway.close()`` closes the pooled upstream connections.
   ``gateway.stats()`` returns a ``GatewayStats`` snapshot (requests per plugin, latency histograms by plugin,
   method and status class) for ``/metrics`` and the TUI.
 
@@ -29,6 +29,7 @@ timeout or a 5xx answer) and for the first success after a failure; the callee c
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -39,8 +40,9 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
-import aiohttp
 from yarl import URL
+
+from supervisor_tui.server.gateway_upstream import UpstreamConnection, UpstreamError, UpstreamPool
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -56,6 +58,9 @@ RETRY_AFTER = b"5"
 LATENCY_BUCKETS: tuple[float, ...] = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 # The disconnect watcher costs a task, so it only starts for exchanges still running after this delay.
 WATCH_DELAY = 0.05
+# How often deadlines and watchers are looked at: upstream timeouts are this precise.
+TICK = 0.05
+_METHOD_BYTES = {m: m.encode() for m in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")}
 
 _HOP_BY_HOP = frozenset(
     (
@@ -83,8 +88,8 @@ _REQUEST_DROP = _HOP_BY_HOP | {
 _RESPONSE_DROP = _HOP_BY_HOP | {b"x-request-id"}
 _REQUEST_ID_OK = re.compile(rb"^[\x21-\x7e]{1,200}$")
 _TEMPLATE_PARAM = re.compile(r"\{[A-Za-z_][A-Za-z0-9_]*\}")
+_LAST_CHUNK = b"0\r\n\r\n"
 _STATUS_CLASS = ("1xx", "1xx", "2xx", "3xx", "4xx", "5xx")
-_JSON_HEADERS = [(b"content-type", b"application/json")]
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +113,7 @@ class _CompiledRoute:
         "available",
         "base_path",
         "forwarded_prefix",
+        "host_header",
         "key",
         "last_ok",
         "max_body",
@@ -125,7 +131,7 @@ class _CompiledRoute:
     def __init__(self, route: PluginRoute) -> None:
         self.route = route
         self.key = route.key
-        self.timeout = route.timeout if route.timeout > 0 else None
+        self.timeout = route.timeout if route.timeout > 0 else 0.0
         self.max_body = route.max_body
         self.forwarded_prefix = (PREFIX + route.key).encode("latin-1")
         self.requests = 0
@@ -144,15 +150,18 @@ class _CompiledRoute:
             else:
                 self.static[template] = frozen
         self.upstream_scheme = self.upstream_host = ""
-        self.upstream_port: int | None = None
-        self.base_path = ""
+        self.upstream_port = 0
+        self.base_path = b""
+        self.host_header = b""
         available = route.available and route.upstream_base_url is not None
         if route.upstream_base_url is not None:
             url = URL(route.upstream_base_url)
             if url.scheme not in ("http", "https") or not url.host:
                 raise ValueError(f"upstream for {route.key!r} must be an http(s) URL, not {route.upstream_base_url!r}")
-            self.upstream_scheme, self.upstream_host, self.upstream_port = url.scheme, url.host, url.port
-            self.base_path = url.raw_path.rstrip("/")
+            self.upstream_scheme, self.upstream_host = url.scheme, url.host
+            self.upstream_port = url.port or (443 if url.scheme == "https" else 80)
+            self.base_path = url.raw_path.rstrip("/").encode("latin-1")
+            self.host_header = url.raw_authority.encode("latin-1")
         self.available = available
         reason = route.unavailable_reason or "the plugin is not running"
         self.unavailable_body = _error_body("plugin_unavailable", f"plugin {route.key!r} is unavailable: {reason}")
@@ -246,7 +255,19 @@ class _ClientGone(Exception):
 class _Exchange:
     """Per-request state shared with the body reader and the disconnect watcher."""
 
-    __slots__ = ("body_done", "client_gone", "finished", "receive", "task", "too_large", "watcher")
+    __slots__ = (
+        "body_done",
+        "client_gone",
+        "conn",
+        "deadline",
+        "finished",
+        "receive",
+        "seen",
+        "started",
+        "task",
+        "timed_out",
+        "watcher",
+    )
 
     def __init__(self, receive: Receive, task: asyncio.Task[Any] | None, body_done: bool) -> None:
         self.receive = receive
@@ -254,7 +275,11 @@ class _Exchange:
         self.body_done = body_done
         self.client_gone = False
         self.finished = False
-        self.too_large = False
+        self.timed_out = False
+        self.deadline = 0.0  # perf_counter time by which the response head must have arrived; 0 = none
+        self.started = time.perf_counter()
+        self.seen = 0
+        self.conn: UpstreamConnection | None = None
         self.watcher: asyncio.Task[None] | None = None
 
 
@@ -266,24 +291,21 @@ _NOT_FOUND_PREFIX = _error_body("not_found", "no such gateway path; use /api/plu
 
 
 class Gateway:
-    """ASGI reverse proxy for ``/api/plugins/{key}/...`` over a RouteTable, with one pooled aiohttp client."""
+    """ASGI reverse proxy for ``/api/plugins/{key}/...`` over a RouteTable, with pooled upstream connections."""
 
     def __init__(
         self,
         table: RouteTable,
         on_result: ResultCallback | None = None,
         *,
-        connector_limit: int = 1024,
-        connector_limit_per_host: int = 256,
+        max_idle_per_upstream: int = 256,
         keepalive_timeout: float = 30.0,
     ) -> None:
         self.table = table
         self.on_result = on_result
-        self._connector_limit = connector_limit
-        self._connector_limit_per_host = connector_limit_per_host
-        self._keepalive_timeout = keepalive_timeout
-        self._session: aiohttp.ClientSession | None = None
-        self._closed = False
+        self._pool = UpstreamPool(max_idle_per_host=max_idle_per_upstream, keepalive_timeout=keepalive_timeout)
+        self._inflight: set[_Exchange] = set()
+        self._ticker: asyncio.Task[None] | None = None
         self._histograms: dict[tuple[str, str, str], list[float]] = {}
         self._in_flight = 0
         self._rid_prefix = os.urandom(6).hex().encode()
@@ -291,31 +313,14 @@ class Gateway:
 
     # -- lifecycle -----------------------------------------------------------------------------------------------
 
-    def _open_session(self) -> aiohttp.ClientSession:
-        connector = aiohttp.TCPConnector(
-            limit=self._connector_limit,
-            limit_per_host=self._connector_limit_per_host,
-            keepalive_timeout=self._keepalive_timeout,
-            ttl_dns_cache=300,
-        )
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            # Each client's cookies belong to that client: never store or replay them across requests.
-            cookie_jar=aiohttp.DummyCookieJar(),
-            auto_decompress=False,
-            trust_env=False,
-            timeout=aiohttp.ClientTimeout(total=None, connect=None, sock_read=None, sock_connect=None),
-            skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
-            requote_redirect_url=False,
-        )
-        return self._session
-
     async def close(self) -> None:
-        """Close the upstream client session and its pooled connections."""
-        self._closed = True
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        """Close the pooled upstream connections and stop the deadline ticker."""
+        ticker, self._ticker = self._ticker, None
+        if ticker is not None:
+            ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await ticker
+        self._pool.close()
 
     # -- metrics -------------------------------------------------------------------------------------------------
 
@@ -420,8 +425,8 @@ class Gateway:
     async def _proxy(
         self, scope: Scope, receive: Receive, send: Send, route: _CompiledRoute, method: str, sub: str
     ) -> int:
-        # Request headers: one pass over the client's byte pairs.
-        headers: list[tuple[str, str]] = []
+        # The request head, built as bytes straight from the client's header pairs in one pass.
+        parts: list[bytes] = []
         request_id: bytes | None = None
         host: bytes | None = None
         forwarded_for: bytes | None = None
@@ -449,24 +454,14 @@ class Gateway:
                 except ValueError:
                     await _send_error(send, 400, _error_body("bad_request", "invalid Content-Length"))
                     return 400
-            headers.append((name.decode("latin-1"), value.decode("latin-1")))
+                if chunked:
+                    continue
+            parts += (name, b": ", value, b"\r\n")
         if connection_tokens:
-            drop = {t.decode("latin-1") for t in connection_tokens}
-            headers = [(n, v) for n, v in headers if n not in drop]
+            parts = _without_headers(parts, connection_tokens)
         if request_id is None:
             self._rid_counter += 1
             request_id = b"%s-%x" % (self._rid_prefix, self._rid_counter)
-        client = scope.get("client")
-        client_ip = client[0] if client else ""
-        headers.append(
-            ("X-Forwarded-For", f"{forwarded_for.decode('latin-1')}, {client_ip}" if forwarded_for else client_ip)
-        )
-        headers.append(("X-Forwarded-Proto", scope.get("scheme", "http")))
-        if host is not None:
-            headers.append(("X-Forwarded-Host", host.decode("latin-1")))
-        headers.append(("X-Forwarded-Prefix", route.forwarded_prefix.decode("latin-1")))
-        headers.append(("X-Request-ID", request_id.decode("latin-1")))
-
         if content_length > route.max_body:
             await _send_error(
                 send,
@@ -475,70 +470,115 @@ class Gateway:
                 [(b"x-request-id", request_id)],
             )
             return 413
+        client = scope.get("client")
+        client_ip = client[0].encode("latin-1") if client else b""
+        parts += (
+            b"x-forwarded-for: ",
+            forwarded_for + b", " + client_ip if forwarded_for else client_ip,
+            b"\r\nx-forwarded-proto: ",
+            b"https" if scope.get("scheme") == "https" else b"http",
+            b"\r\nx-forwarded-prefix: ",
+            route.forwarded_prefix,
+            b"\r\nx-request-id: ",
+            request_id,
+            b"\r\n",
+        )
+        if host is not None:
+            parts += (b"x-forwarded-host: ", host, b"\r\n")
+        if chunked:
+            parts.append(b"transfer-encoding: chunked\r\n")
+        parts.append(b"\r\n")
 
         # Forward the path as the client encoded it, unless its key segment was encoded differently.
         raw_path: bytes | None = scope.get("raw_path")
         prefix = route.forwarded_prefix
         if raw_path and raw_path.startswith(prefix) and raw_path[len(prefix) : len(prefix) + 1] in (b"/", b""):
-            upstream_path = raw_path[len(prefix) :].decode("latin-1")
+            target = raw_path[len(prefix) :]
         else:
-            upstream_path = quote(sub, safe="/:@!$&'()*+,;=-._~")
-        url = URL.build(
-            scheme=route.upstream_scheme,
-            host=route.upstream_host,
-            port=route.upstream_port,
-            path=route.base_path + upstream_path,
-            query_string=scope.get("query_string", b"").decode("latin-1"),
-            encoded=True,
+            target = quote(sub, safe="/:@!$&'()*+,;=-._~").encode("latin-1")
+        query: bytes = scope.get("query_string", b"")
+        head = b"".join(
+            (
+                _METHOD_BYTES.get(method) or method.encode("latin-1"),
+                b" ",
+                route.base_path,
+                target,
+                b"?" + query if query else b"",
+                b" HTTP/1.1\r\nhost: ",
+                route.host_header,
+                b"\r\n",
+                *parts,
+            )
         )
+
         has_body = chunked or content_length > 0
         task = asyncio.current_task()
         ex = _Exchange(receive, task, not has_body)
-        data = self._body(ex, route.max_body) if has_body else None
-        loop = asyncio.get_running_loop()
-        watch = loop.call_later(WATCH_DELAY, self._arm_watcher, ex)
-        session = self._session or self._open_session()
+        if self._ticker is None:
+            self._ticker = asyncio.get_running_loop().create_task(self._tick(), name="gateway-ticker")
+        inflight = self._inflight
+        inflight.add(ex)
+        conn: UpstreamConnection | None = None
         response_started = False
-        resp: aiohttp.ClientResponse | None = None
+        pool = self._pool
         try:
             try:
-                async with asyncio.timeout(route.timeout):
-                    resp = await session.request(
-                        method, url, headers=headers, data=data, allow_redirects=False, compress=None
-                    )
-            except TimeoutError:
-                self._report(route, False)
-                await _send_error(
-                    send,
-                    504,
-                    _error_body("upstream_timeout", f"plugin {route.key!r} did not answer within {route.timeout} s"),
-                    [(b"x-request-id", request_id)],
-                )
-                return 504
-            except (aiohttp.ClientError, OSError) as exc:
-                if ex.too_large:
-                    await _send_error(
-                        send,
-                        413,
-                        _error_body("body_too_large", f"request body over the limit of {route.max_body} bytes"),
-                        [(b"x-request-id", request_id)],
-                    )
-                    return 413
-                if ex.client_gone:
-                    return 499
+                first = b""
+                if has_body:
+                    first = await self._first_body(ex, route.max_body)
+                for attempt in (0, 1):
+                    conn = await pool.acquire(route.upstream_scheme, route.upstream_host, route.upstream_port)
+                    ex.conn = conn
+                    if chunked:
+                        conn.send_head(
+                            head + _encode_chunk(first) + (_LAST_CHUNK if ex.body_done else b""), method == "HEAD"
+                        )
+                    else:
+                        conn.send_head(head + first, method == "HEAD")
+                    if not ex.body_done:
+                        await self._send_body(ex, conn, route.max_body, chunked)
+                    if route.timeout:
+                        ex.deadline = time.perf_counter() + route.timeout
+                    try:
+                        await conn.wait_headers()
+                        break
+                    except UpstreamError as exc:
+                        # A kept-alive connection the upstream closed just as it was reused: try a fresh one,
+                        # unless a body has been consumed (it cannot be replayed) or the upstream answered.
+                        if attempt or not conn.reused or exc.received_any or has_body:
+                            raise
+                        pool.discard(conn)
+                ex.deadline = 0.0
+            except UpstreamError as exc:
+                if conn is not None:
+                    pool.discard(conn)
                 self._report(route, False)
                 await _send_error(
                     send,
                     502,
-                    _error_body("upstream_unreachable", f"plugin {route.key!r}: {_describe(exc)}"),
+                    _error_body("upstream_unreachable", f"plugin {route.key!r}: {exc}"),
                     [(b"x-request-id", request_id)],
                 )
                 return 502
-            status = resp.status
-            self._report(route, status < 500)
+            except _BodyTooLarge:
+                if conn is not None:
+                    pool.discard(conn)
+                await _send_error(
+                    send,
+                    413,
+                    _error_body("body_too_large", f"request body over the limit of {route.max_body} bytes"),
+                    [(b"x-request-id", request_id)],
+                )
+                return 413
+            except _ClientGone:
+                return 499
+            assert conn is not None
+            status = conn.status
+            if status >= 500 or not route.last_ok:
+                self._report(route, status < 500)
             out: list[tuple[bytes, bytes]] = []
             response_connection: list[bytes] | None = None
-            for name, value in resp.raw_headers:
+            for name, value in conn.headers:
                 lname = name.lower()
                 if lname in _RESPONSE_DROP or lname.startswith(b"proxy-"):
                     if lname == b"connection":
@@ -548,73 +588,115 @@ class Gateway:
             if response_connection:
                 out = [(n, v) for n, v in out if n not in response_connection]
             out.append((b"x-request-id", request_id))
-            content = resp.content
-            chunk = await content.readany()
-            if content.at_eof():
+            if conn.complete:
+                # The whole answer is here: hand the connection back before talking to the client.
+                chunks = conn.chunks
+                body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+                pool.release(conn)
+                conn = None
                 ex.finished = True
                 await send({"type": "http.response.start", "status": status, "headers": out})
                 response_started = True
-                await send({"type": "http.response.body", "body": chunk})
+                await send({"type": "http.response.body", "body": body})
                 return status
             await send({"type": "http.response.start", "status": status, "headers": out})
             response_started = True
-            if ex.body_done and ex.watcher is None:
-                ex.watcher = loop.create_task(self._watch(ex))
-            while chunk:
+            while True:
+                chunk = await conn.read()
+                if not chunk:
+                    break
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
                 if ex.client_gone:
                     return 499
-                chunk = await content.readany()
+            pool.release(conn)
+            conn = None
             ex.finished = True
             await send({"type": "http.response.body", "body": b""})
             return status
         except asyncio.CancelledError:
-            if ex.client_gone and task is not None:
+            if task is not None and (ex.client_gone or ex.timed_out):
                 task.uncancel()
-                return 499
+                if ex.client_gone:
+                    return 499
+                self._report(route, False)
+                if not response_started:
+                    await _send_error(
+                        send,
+                        504,
+                        _error_body(
+                            "upstream_timeout", f"plugin {route.key!r} did not answer within {route.timeout:g} s"
+                        ),
+                        [(b"x-request-id", request_id)],
+                    )
+                return 504
             raise
-        except (aiohttp.ClientError, OSError):
+        except UpstreamError:
             # The upstream broke off in the middle of the body: the client's connection cannot be reused.
             self._report(route, False)
-            if not response_started:
-                await _send_error(send, 502, _error_body("upstream_unreachable", "upstream connection lost"))
-                return 502
             raise
         finally:
             ex.finished = True
-            watch.cancel()
+            inflight.discard(ex)
             if ex.watcher is not None:
                 ex.watcher.cancel()
-            if resp is not None:
-                resp.release()
+            if conn is not None:
+                pool.discard(conn)
 
-    async def _body(self, ex: _Exchange, limit: int) -> Any:
-        """Stream the client's body to the upstream, counting it against the plugin's limit."""
-        seen = 0
+    async def _first_body(self, ex: _Exchange, limit: int) -> bytes:
+        """The first piece of the client's body, sent together with the head."""
+        message = await ex.receive()
+        if message["type"] == "http.disconnect":
+            ex.client_gone = True
+            raise _ClientGone()
+        body: bytes = message.get("body", b"")
+        ex.seen = len(body)
+        if ex.seen > limit:
+            raise _BodyTooLarge()
+        if not message.get("more_body", False):
+            ex.body_done = True
+        return body
+
+    async def _send_body(self, ex: _Exchange, conn: UpstreamConnection, limit: int, chunked: bool) -> None:
+        """Stream the rest of the client's body to the upstream, counting it against the plugin's limit."""
         receive = ex.receive
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
                 ex.client_gone = True
                 raise _ClientGone()
-            body = message.get("body", b"")
-            seen += len(body)
-            if seen > limit:
-                ex.too_large = True
+            body: bytes = message.get("body", b"")
+            ex.seen += len(body)
+            if ex.seen > limit:
                 raise _BodyTooLarge()
-            if body:
-                yield body
-            if not message.get("more_body", False):
+            more = message.get("more_body", False)
+            if chunked:
+                conn.write(_encode_chunk(body) + (b"" if more else _LAST_CHUNK))
+            elif body:
+                conn.write(body)
+            if not more:
                 ex.body_done = True
                 return
+            await conn.drain()
 
-    def _arm_watcher(self, ex: _Exchange) -> None:
-        if ex.finished or ex.watcher is not None:
-            return
-        if not ex.body_done:  # the body reader sees a disconnect itself; look again once it is done
-            asyncio.get_running_loop().call_later(WATCH_DELAY, self._arm_watcher, ex)
-            return
-        ex.watcher = asyncio.get_running_loop().create_task(self._watch(ex))
+    async def _tick(self) -> None:
+        """Deadlines and disconnect watchers for every exchange in flight, without a timer per request."""
+        last_sweep = time.perf_counter()
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(TICK)
+            now = time.perf_counter()
+            for ex in tuple(self._inflight):
+                if ex.finished:
+                    continue
+                if ex.deadline and now >= ex.deadline and not ex.timed_out:
+                    ex.timed_out = True
+                    if ex.task is not None:
+                        ex.task.cancel()
+                elif ex.watcher is None and ex.body_done and now - ex.started >= WATCH_DELAY:
+                    ex.watcher = loop.create_task(self._watch(ex))
+            if now - last_sweep >= 1.0:
+                last_sweep = now
+                self._pool.sweep(time.monotonic())
 
     async def _watch(self, ex: _Exchange) -> None:
         message = await ex.receive()
@@ -624,13 +706,17 @@ class Gateway:
                 ex.task.cancel()
 
 
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        return f"connection to {exc.host}:{exc.port} failed ({exc.os_error.strerror or exc.os_error})"
-    if isinstance(exc, aiohttp.ServerDisconnectedError):
-        return "the upstream closed the connection without answering"
-    text = str(exc)
-    return text or type(exc).__name__
+def _encode_chunk(data: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(data), data) if data else b""
+
+
+def _without_headers(parts: list[bytes], names: list[bytes]) -> list[bytes]:
+    """Drop the headers a Connection header named from a flat [name, ": ", value, CRLF, ...] list."""
+    out: list[bytes] = []
+    for i in range(0, len(parts), 4):
+        if parts[i] not in names:
+            out += parts[i : i + 4]
+    return out
 
 
 async def _send_error(send: Send, status: int, body: bytes, extra: list[tuple[bytes, bytes]] | None = None) -> None:
