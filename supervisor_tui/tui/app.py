@@ -17,6 +17,7 @@ import signal
 import time
 from collections import deque
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any, ClassVar
 
 from rich.table import Table
@@ -62,6 +63,7 @@ FLUSH_HZ = 4
 CONSOLE_ROWS = 500
 LOG_LINES = 10_000
 HISTORY_SECONDS = 300.0
+RATE_SECONDS = 2.0
 PANES = ("plugins", "consoles", "logs")
 # At least this many columns and rows show every pane at once; smaller terminals show one pane at a time.
 WIDE_MIN = (120, 34)
@@ -119,8 +121,11 @@ class MainScreen(Screen[None]):
                     "consoles",
                     "Consoles",
                     KeyedTable(CONSOLE_COLUMNS, id="consoles-table"),
-                    Input(placeholder="filter consoles (name, id, host, job, state)", id="consoles-filter",
-                          classes="filter"),
+                    Input(
+                        placeholder="filter consoles (name, id, host, job, state)",
+                        id="consoles-filter",
+                        classes="filter",
+                    ),
                 )
                 yield PaneBox(
                     "logs",
@@ -329,8 +334,15 @@ class SupervisorApp(App[int]):
     ENABLE_COMMAND_PALETTE = True
     BINDINGS: ClassVar = [
         Binding("question_mark", "help", "Help", id="help", tooltip="Every key and what it does"),
-        Binding("ctrl+p", "command_palette", "Commands", id="palette", show=False, priority=True,
-                tooltip="Start/stop/restart a plugin by name, jump to a console, switch pane"),
+        Binding(
+            "ctrl+p",
+            "command_palette",
+            "Commands",
+            id="palette",
+            show=False,
+            priority=True,
+            tooltip="Start/stop/restart a plugin by name, jump to a console, switch pane",
+        ),
         Binding("ctrl+q", "request_quit", "Quit", show=False, priority=True, id="quit_now"),
     ]
 
@@ -354,6 +366,8 @@ class SupervisorApp(App[int]):
         self.state_history: dict[str, deque[tuple[float, str, str, str]]] = {}
         self.metrics_history: dict[str, deque[MetricPoint]] = {}
         self.pending_actions: dict[str, tuple[str, float]] = {}
+        self.rate_history: dict[str, deque[tuple[float, float]]] = {}
+        self._last_counts: dict[str, tuple[int, float]] = {}
         self.console_stats: dict[str, int] = {}
         self.console_total = 0
         self.console_shown = 0
@@ -403,6 +417,31 @@ class SupervisorApp(App[int]):
         await self._load_initial()
         self.run_worker(self._consume_events(), name="events", group="events", exit_on_error=False)
         self.set_interval(1 / FLUSH_HZ, self._flush, name="flush")
+        self.set_interval(RATE_SECONDS, self._sample_rates, name="rates")
+
+    async def _sample_rates(self) -> None:
+        """Requests/s per plugin from the gateway's cumulative counts."""
+        try:
+            counts = await self.client.request_counts()
+        except ClientError:
+            return
+        if not counts:
+            return
+        now = time.monotonic()
+        wall = self.client.now()
+
+        for key, count in counts.items():
+            before = self._last_counts.get(key)
+            self._last_counts[key] = (count, now)
+            if before is None or now <= before[1]:
+                continue
+            rate = max(0.0, (count - before[0]) / (now - before[1]))
+            self.rate_history.setdefault(key, deque(maxlen=int(HISTORY_SECONDS // RATE_SECONDS) + 5)).append(
+                (wall, rate)
+            )
+            p = self.plugins_by_key.get(key)
+            if p is not None:
+                self.plugins_by_key[key] = replace(p, requests_per_s=rate)
 
     def _install_signal_handlers(self) -> None:
         if not self.handle_signals:
@@ -458,8 +497,12 @@ class SupervisorApp(App[int]):
                 if topic == "plugin.state":
                     key = str(ev.get("key"))
                     self.state_history.setdefault(key, deque(maxlen=100)).append(
-                        (float(ev.get("ts") or self.client.now()), str(ev.get("from_state") or ""),
-                         str(ev.get("to_state") or ""), str(ev.get("reason") or ""))
+                        (
+                            float(ev.get("ts") or self.client.now()),
+                            str(ev.get("from_state") or ""),
+                            str(ev.get("to_state") or ""),
+                            str(ev.get("reason") or ""),
+                        )
                     )
             elif topic.startswith("console"):
                 self._dirty_consoles = True
@@ -476,8 +519,6 @@ class SupervisorApp(App[int]):
         history.append(point)
         p = self.plugins_by_key.get(key)
         if p is not None:
-            from dataclasses import replace
-
             rps = point.requests_per_s if point.requests_per_s is not None else p.requests_per_s
             self.plugins_by_key[key] = replace(p, cpu_percent=point.cpu_percent, rss=point.rss, requests_per_s=rps)
 
@@ -526,10 +567,14 @@ class SupervisorApp(App[int]):
             old = self.plugins_by_key.get(p.key)
             # Live metrics come by event between snapshots; keep them when the snapshot has none.
             if old is not None and p.cpu_percent is None and old.cpu_percent is not None and p.pid == old.pid:
-                from dataclasses import replace
-
-                p = replace(p, cpu_percent=old.cpu_percent, rss=old.rss,
-                            requests_per_s=p.requests_per_s if p.requests_per_s is not None else old.requests_per_s)
+                p = replace(
+                    p,
+                    cpu_percent=old.cpu_percent,
+                    rss=old.rss,
+                    requests_per_s=p.requests_per_s if p.requests_per_s is not None else old.requests_per_s,
+                )
+            elif old is not None and p.requests_per_s is None and old.requests_per_s is not None:
+                p = replace(p, requests_per_s=old.requests_per_s)
             by_key[p.key] = p
         self.plugins_by_key = by_key
         self.plugin_order = [p.key for p in plugins]
@@ -670,8 +715,10 @@ class SupervisorApp(App[int]):
         parts.append(f"[b]consoles[/b] {ctotal:,}" + (f": {states}" if states else ""))
         warnings = []
         if fatal:
-            warnings.append(f"[{PLUGIN_STATE_STYLES['FATAL']}] {len(fatal)} plugin{'s' if len(fatal) > 1 else ''}"
-                            f" {'/'.join(sorted({self.plugins_by_key[k].state for k in fatal}))} [/]")
+            warnings.append(
+                f"[{PLUGIN_STATE_STYLES['FATAL']}] {len(fatal)} plugin{'s' if len(fatal) > 1 else ''}"
+                f" {'/'.join(sorted({self.plugins_by_key[k].state for k in fatal}))} [/]"
+            )
         bad = stats.get("error", 0)
         gone = stats.get("inactive", 0)
         if narrow:
@@ -698,7 +745,7 @@ class SupervisorApp(App[int]):
             self.refresh_consoles_now()
         elif pane == "logs":
             view = self.main.query_one("#log-view", LogView)
-            source: str | None | bool = False
+            source: str | bool | None = False
             words = []
             for w in text.split():
                 if w.startswith("source:"):
@@ -747,7 +794,7 @@ class SupervisorApp(App[int]):
         try:
             call = {"start": self.client.start, "stop": self.client.stop, "restart": self.client.restart}[verb]
             result = await call(key)
-            self.plugins_by_key[key] = result if key in self.plugins_by_key else result
+            self.plugins_by_key[key] = result
             if key not in self.plugin_order:
                 self.plugin_order.append(key)
         except ClientError as exc:
@@ -793,7 +840,8 @@ class SupervisorApp(App[int]):
             names = ", ".join(running[:6]) + ("…" if len(running) > 6 else "")
             message = (
                 f"This supervisor stops with the TUI: {len(running)} running plugin"
-                f"{'s' if len(running) != 1 else ''} will be stopped" + (f" ({names})." if running else ".")
+                f"{'s' if len(running) != 1 else ''} will be stopped"
+                + (f" ({names})." if running else ".")
                 + " Use --headless to keep plugins running without a UI."
             )
 

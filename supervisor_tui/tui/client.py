@@ -51,6 +51,11 @@ def _float(value: Any) -> float | None:
         return None
 
 
+def parse_time(value: Any) -> float | None:
+    """A Unix timestamp from a number or an ISO-8601 string (None when neither)."""
+    return _float(value)
+
+
 def _int(value: Any) -> int | None:
     if value is None or isinstance(value, bool):
         return None
@@ -181,7 +186,7 @@ class ConsoleInfo:
             current_job=str(job or ""),
             last_seen=_float(d.get("last_seen", d.get("last_heartbeat_at", d.get("last_heartbeat")))),
             last_error=str(err or ""),
-            registered_at=_float(d.get("registered_at", d.get("created_at"))),
+            registered_at=_float(d.get("registered_at", d.get("first_seen", d.get("created_at")))),
             system=system,
             last_activity=_float(d.get("last_activity", d.get("ultima_actividad"))),
         )
@@ -328,6 +333,10 @@ class SupervisorClient(abc.ABC):
     @abc.abstractmethod
     async def metrics(self, key: str) -> list[MetricPoint]:
         """Resource samples of the last minutes, oldest first."""
+
+    async def request_counts(self) -> dict[str, int]:
+        """Requests proxied to each plugin since the supervisor started (empty when unknown)."""
+        return {}
 
     # -- logs ----------------------------------------------------------------------------------------
     @abc.abstractmethod

@@ -34,7 +34,8 @@ class SupervisorCommands(Provider):
             if p is None:
                 continue
             if not read_only:
-                out.append((f"start {key}", partial(app.plugin_action, "start", key), f"Start plugin {p.name} ({p.state})"))
+                start = partial(app.plugin_action, "start", key)
+                out.append((f"start {key}", start, f"Start plugin {p.name} ({p.state})"))
                 out.append((f"stop {key}", partial(app.confirm_stop, key), f"Stop plugin {p.name} (asks first)"))
                 out.append((f"restart {key}", partial(app.plugin_action, "restart", key), f"Restart plugin {p.name}"))
             out.append((f"details {key}", partial(app.open_plugin, key), f"Open plugin {p.name}"))

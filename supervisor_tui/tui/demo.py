@@ -405,7 +405,8 @@ class DemoClient(SupervisorClient):
             state = ("idle", "busy", "busy", "active")[phase]
             if c.state == "error" and i > limit - 6:
                 state = "error"
-            out.append(HeartbeatInfo(ts=seen - (limit - 1 - i) * 30.0, state=state, job="" if state == "idle" else "job"))
+            job = "" if state == "idle" else "job"
+            out.append(HeartbeatInfo(ts=seen - (limit - 1 - i) * 30.0, state=state, job=job))
         return out
 
     async def console_transitions(self, console_id: str, limit: int = 50) -> list[TransitionInfo]:

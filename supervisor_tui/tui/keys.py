@@ -32,7 +32,7 @@ class KeySpec:
 
 
 KEYS: tuple[KeySpec, ...] = (
-    KeySpec("start", "s", "start", "Start", "Start the selected plugin and wait for it to be ready", "Plugins", True, True),
+    KeySpec("start", "s", "start", "Start", "Start the selected plugin, wait until ready", "Plugins", True, True),
     KeySpec("stop", "x", "stop", "Stop", "Stop the selected plugin (asks first)", "Plugins", True, True),
     KeySpec("restart", "r", "restart", "Restart", "Restart the selected plugin", "Plugins", True, True),
     KeySpec("details", "enter", "details", "Details", "Open the selected plugin or console", "Plugins"),
@@ -86,7 +86,7 @@ def validate_keymap(keymap: Mapping[str, object]) -> tuple[dict[str, str], list[
         if name not in KEYS_BY_ID:
             problems.append(f"[keys] {name}: unknown action (known: {', '.join(KEYS_BY_ID)})")
         elif not isinstance(value, str) or not value.strip():
-            problems.append(f"[keys] {name}: expected a key like \"S\" or \"ctrl+s\"")
+            problems.append(f'[keys] {name}: expected a key like "S" or "ctrl+s"')
         else:
             good[name] = value.strip()
     return good, problems

@@ -136,7 +136,11 @@ class ConsoleDetailScreen(Screen[None]):
             first = self.beats[-min(len(self.beats), width)].ts
             span = f" — last {len(self.beats[-width:])} heartbeats over {duration(now - first)}"
         self.query_one("#beats", Static).update(
-            Group(Text("Heartbeat history" + span, style="bold"), chart if self.beats else Text("none yet", style=DIM_STYLE), legend)
+            Group(
+                Text("Heartbeat history" + span, style="bold"),
+                chart if self.beats else Text("none yet", style=DIM_STYLE),
+                legend,
+            )
         )
 
         transitions = Table(title="Transitions", title_justify="left", box=None, header_style="bold")

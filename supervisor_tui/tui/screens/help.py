@@ -54,7 +54,7 @@ class HelpScreen(ModalScreen[None]):
             yield Static(table, id="help-table")
             yield Static(
                 Text(
-                    "Remap keys in supervisor.toml under [keys], by id, e.g.  start = \"S\".  "
+                    'Remap keys in supervisor.toml under [keys], by id, e.g.  start = "S".  '
                     "Filters: consoles take a state word (error, inactive…) and text; logs take text and "
                     "source:NAME.",
                     style="#8a8a8a",

@@ -150,7 +150,8 @@ class PluginDetailScreen(Screen[None]):
 
         cpu = [s.cpu_percent for s in self.samples]
         mem = [s.rss / 1024**2 for s in self.samples]
-        rps = [s.requests_per_s or 0.0 for s in self.samples]
+        rates = [r for _, r in app.rate_history.get(self.key, ())]
+        rps = rates or [s.requests_per_s or 0.0 for s in self.samples]
         self.query_one("#cpu", Sparkline).data = cpu or [0.0]
         self.query_one("#mem", Sparkline).data = mem or [0.0]
         self.query_one("#rps", Sparkline).data = rps or [0.0]
@@ -161,7 +162,7 @@ class PluginDetailScreen(Screen[None]):
         self.query_one("#mem-label", Static).update(
             f"[b]Memory[/b] {size(self.samples[-1].rss)} ({span})" if self.samples else f"[b]Memory[/b] - ({span})"
         )
-        has_rps = any(s.requests_per_s is not None for s in self.samples)
+        has_rps = bool(rates) or any(s.requests_per_s is not None for s in self.samples)
         self.query_one("#rps-label", Static).update(
             f"[b]Requests/s[/b] {rps[-1]:.1f} ({span})" if has_rps else "[b]Requests/s[/b] - (no traffic data)"
         )

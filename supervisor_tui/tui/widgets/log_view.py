@@ -148,7 +148,7 @@ class LogView(ScrollView, can_focus=True):
         self.refresh()
         self.post_message(self.StatusChanged())
 
-    def set_filter(self, text: str | None = None, source: str | None | bool = False) -> None:
+    def set_filter(self, text: str | None = None, source: str | bool | None = False) -> None:
         """Change the text filter and/or the source filter (``source=None`` shows all sources)."""
         if text is not None:
             self.text_filter = text.strip().lower()

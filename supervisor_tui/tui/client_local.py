@@ -1,0 +1,168 @@
+"""The in-process client (embedded mode): the core Supervisor object and its console service, no HTTP.
+
+Values cross into the TUI as the same dicts the admin API sends (``to_dict()`` shapes), so the embedded and
+the attached UI cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from supervisor_tui.consoles.errors import ConsoleNotFound
+from supervisor_tui.core.supervisor import Supervisor
+from supervisor_tui.plugins.model import PluginActionError, PluginNotFound
+from supervisor_tui.tui.client import (
+    CONSOLE_STATES,
+    ClientError,
+    ClientInfo,
+    ConsoleInfo,
+    ConsolePage,
+    HeartbeatInfo,
+    LogEntry,
+    MetricPoint,
+    PluginInfo,
+    SupervisorClient,
+    TransitionInfo,
+)
+
+EVENT_TOPICS = ("plugin", "log", "console")
+
+
+class InProcessClient(SupervisorClient):
+    """A SupervisorClient over a Supervisor running in this process and event loop."""
+
+    def __init__(
+        self,
+        sup: Supervisor,
+        api_url: str,
+        *,
+        read_only: bool | None = None,
+        request_counts: Callable[[], dict[str, int]] | None = None,
+        keymap: dict[str, str] | None = None,
+    ) -> None:
+        settings = sup.settings
+        keys = keymap if keymap is not None else settings.tables.get("keys", {})
+        self.info = ClientInfo(
+            mode="embedded",
+            api_url=api_url,
+            read_only=settings.read_only if read_only is None else read_only,
+            inactive_after=float(settings.get("consoles.inactive_after")),
+            keymap={str(k): str(v) for k, v in keys.items()} if isinstance(keys, dict) else {},
+        )
+        self.sup = sup
+        self._request_counts = request_counts
+        self._subscription: Any = None
+        self._closed = False
+
+    # -- plugins -------------------------------------------------------------------------------------
+    def _plugin_dict(self, snap: Any) -> dict[str, Any]:
+        d: dict[str, Any] = snap.to_dict()
+        base = self.info.api_url.rstrip("/")
+        d["endpoints"] = [
+            {**e, "gateway_url": f"{base}/api/plugins/{snap.key}{e['path']}"} for e in d.get("endpoints", [])
+        ]
+        return d
+
+    async def plugins(self) -> list[PluginInfo]:
+        return [PluginInfo.from_dict(self._plugin_dict(s)) for s in self.sup.plugins()]
+
+    async def plugin(self, key: str) -> PluginInfo:
+        try:
+            return PluginInfo.from_dict(self._plugin_dict(self.sup.plugin(key)))
+        except PluginNotFound:
+            raise ClientError(f"no plugin named {key!r}", "plugin_not_found") from None
+
+    async def _act(self, verb: str, key: str) -> PluginInfo:
+        if self.info.read_only:
+            raise ClientError("read-only: actions that change state are disabled", "read_only")
+        action = {"start": self.sup.start, "stop": self.sup.stop, "restart": self.sup.restart}[verb]
+        try:
+            snap = await action(key)
+        except PluginNotFound:
+            raise ClientError(f"no plugin named {key!r}", "plugin_not_found") from None
+        except PluginActionError as exc:
+            raise ClientError(exc.message, "action_failed") from None
+        return PluginInfo.from_dict(self._plugin_dict(snap))
+
+    async def start(self, key: str) -> PluginInfo:
+        return await self._act("start", key)
+
+    async def stop(self, key: str) -> PluginInfo:
+        return await self._act("stop", key)
+
+    async def restart(self, key: str) -> PluginInfo:
+        return await self._act("restart", key)
+
+    async def metrics(self, key: str) -> list[MetricPoint]:
+        try:
+            return [MetricPoint.from_dict(s.to_dict()) for s in self.sup.metrics(key)]
+        except PluginNotFound:
+            raise ClientError(f"no plugin named {key!r}", "plugin_not_found") from None
+
+    async def request_counts(self) -> dict[str, int]:
+        return dict(self._request_counts()) if self._request_counts is not None else {}
+
+    # -- logs ----------------------------------------------------------------------------------------
+    async def logs(self, source: str | None = None, lines: int = 200) -> list[LogEntry]:
+        return [LogEntry.from_dict(r.to_dict()) for r in self.sup.logs.tail(source, lines)]
+
+    # -- consoles ------------------------------------------------------------------------------------
+    @property
+    def _consoles(self) -> Any:
+        service = self.sup.consoles
+        if service is None:
+            raise ClientError("consoles are not enabled in this supervisor", "consoles_unavailable")
+        return service
+
+    async def consoles(
+        self, q: str = "", state: str = "", limit: int = 500, offset: int = 0, sort: str = "name"
+    ) -> ConsolePage:
+        if self.sup.consoles is None:
+            return ConsolePage([], 0)
+        records, total = await self._consoles.list_consoles(
+            state=state or None, search=q or None, limit=limit, offset=offset, sort=sort
+        )
+        return ConsolePage([ConsoleInfo.from_dict(r) for r in records], int(total))
+
+    async def console(self, console_id: str) -> ConsoleInfo:
+        try:
+            return ConsoleInfo.from_dict(await self._consoles.get(console_id))
+        except ConsoleNotFound:
+            raise ClientError(f"no console {console_id!r}", "console_not_found") from None
+
+    async def console_heartbeats(self, console_id: str, limit: int = 120) -> list[HeartbeatInfo]:
+        try:
+            rows = await self._consoles.heartbeats(console_id, limit)
+        except ConsoleNotFound:
+            raise ClientError(f"no console {console_id!r}", "console_not_found") from None
+        return [HeartbeatInfo.from_dict(r) for r in reversed(rows)]
+
+    async def console_transitions(self, console_id: str, limit: int = 50) -> list[TransitionInfo]:
+        try:
+            rows = await self._consoles.transitions(console_id, limit)
+        except ConsoleNotFound:
+            raise ClientError(f"no console {console_id!r}", "console_not_found") from None
+        return [TransitionInfo.from_dict(r) for r in reversed(rows)]
+
+    async def console_stats(self) -> dict[str, int]:
+        if self.sup.consoles is None:
+            return dict.fromkeys(CONSOLE_STATES, 0)
+        return {str(k): int(v) for k, v in self._consoles.counts_by_state().items()}
+
+    # -- events --------------------------------------------------------------------------------------
+    async def events(self) -> AsyncIterator[list[dict[str, Any]]]:
+        sub = self.sup.bus.subscribe(EVENT_TOPICS, maxsize=50_000)
+        self._subscription = sub
+        try:
+            while not self._closed and not sub.closed:
+                batch = await sub.get_batch(1.0)
+                if batch:
+                    yield [e.to_dict() for e in batch]
+        finally:
+            sub.close()
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._subscription is not None:
+            self._subscription.close()

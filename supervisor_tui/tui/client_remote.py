@@ -1,0 +1,240 @@
+"""The remote client (attach mode): the admin API over HTTP and ``/ws/events`` over a websocket.
+
+Every request has a deadline, so an action against a dead supervisor fails with a message instead of hanging.
+The event stream reconnects with backoff and reports the link going down and coming back as
+``client.connection`` events, which the app shows as a banner.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+
+from supervisor_tui.tui.client import (
+    CONNECTION_TOPIC,
+    CONSOLE_STATES,
+    ClientError,
+    ClientInfo,
+    ConsoleInfo,
+    ConsolePage,
+    HeartbeatInfo,
+    LogEntry,
+    MetricPoint,
+    PluginInfo,
+    SupervisorClient,
+    TransitionInfo,
+    parse_time,
+)
+
+QUERY_TIMEOUT = httpx.Timeout(10.0, connect=5.0)
+# start waits for readiness and stop for stopwaitsecs; both are bounded by the supervisor, this is the backstop.
+ACTION_TIMEOUT = httpx.Timeout(120.0, connect=5.0)
+RECONNECT_DELAYS = (0.5, 1.0, 2.0, 3.0, 5.0)
+EVENT_TOPICS = "plugin,log,console"
+
+
+def normalize_url(url: str) -> str:
+    """``host:4000`` or ``http://host:4000/`` -> ``http://host:4000``; raises ValueError when unusable."""
+    text = url.strip()
+    if "://" not in text:
+        text = "http://" + text
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"not an http(s) URL: {url!r}")
+    return urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/"), "", ""))
+
+
+def _error_message(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+        error = body.get("error") if isinstance(body, dict) else None
+        if isinstance(error, dict) and error.get("message"):
+            return str(error["message"])
+    except ValueError:
+        pass
+    return f"HTTP {response.status_code} {response.reason_phrase}".strip()
+
+
+class RemoteClient(SupervisorClient):
+    """A SupervisorClient for a supervisor reached over its admin API (usually ``--headless`` elsewhere)."""
+
+    def __init__(self, url: str, token: str, *, read_only: bool = False, keymap: dict[str, str] | None = None) -> None:
+        self.base = normalize_url(url)
+        self.token = token
+        self.info = ClientInfo(mode="attached", api_url=self.base, read_only=read_only, keymap=dict(keymap or {}))
+        self._forced_read_only = read_only
+        self._http = httpx.AsyncClient(
+            base_url=self.base, headers={"Authorization": f"Bearer {token}"}, timeout=QUERY_TIMEOUT
+        )
+        self._connected = True
+        self._closed = False
+        self._ws: Any = None
+
+    @property
+    def connected(self) -> bool:
+        return self._connected
+
+    # -- transport -----------------------------------------------------------------------------------
+    async def _request(self, method: str, path: str, deadline: httpx.Timeout = QUERY_TIMEOUT, **kw: Any) -> Any:
+        try:
+            response = await self._http.request(method, path, timeout=deadline, **kw)
+        except httpx.TimeoutException:
+            raise ClientError(f"{self.base} did not answer in time ({method} {path})", "timeout") from None
+        except httpx.HTTPError as exc:
+            raise ClientError(f"cannot reach {self.base}: {exc or type(exc).__name__}", "unreachable") from None
+        if response.status_code == 401:
+            raise ClientError(f"{self.base} refused the admin token ({_error_message(response)})", "unauthorized")
+        if response.status_code >= 400:
+            raise ClientError(_error_message(response), f"http_{response.status_code}")
+        try:
+            return response.json()
+        except ValueError:
+            raise ClientError(f"{self.base} answered {path} with something that is not JSON", "bad_response") from None
+
+    async def connect(self) -> None:
+        status = await self._request("GET", "/api/v1/status")
+        if not isinstance(status, dict) or "plugins" not in status:
+            raise ClientError(f"{self.base} does not look like a supervisor-tui API (no /api/v1/status)", "not_api")
+        self.info.version = str(status.get("version") or "")
+        self.info.read_only = self._forced_read_only or bool(status.get("read_only"))
+        remote_mode = str(status.get("mode") or "")
+        if remote_mode and remote_mode != "headless":
+            self.info.mode = f"attached to {remote_mode}"
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._ws is not None:
+            try:
+                await self._ws.close()
+            except Exception:  # closing a dead link is best effort
+                pass
+        await self._http.aclose()
+
+    # -- plugins -------------------------------------------------------------------------------------
+    async def plugins(self) -> list[PluginInfo]:
+        body = await self._request("GET", "/api/v1/plugins")
+        return [PluginInfo.from_dict(d) for d in body.get("plugins", [])]
+
+    async def plugin(self, key: str) -> PluginInfo:
+        return PluginInfo.from_dict(await self._request("GET", f"/api/v1/plugins/{key}"))
+
+    async def _act(self, verb: str, key: str) -> PluginInfo:
+        if self.info.read_only:
+            raise ClientError("read-only: actions that change state are disabled", "read_only")
+        body = await self._request("POST", f"/api/v1/plugins/{key}/{verb}", ACTION_TIMEOUT, params={"wait": "true"})
+        return PluginInfo.from_dict(body.get("plugin", body))
+
+    async def start(self, key: str) -> PluginInfo:
+        return await self._act("start", key)
+
+    async def stop(self, key: str) -> PluginInfo:
+        return await self._act("stop", key)
+
+    async def restart(self, key: str) -> PluginInfo:
+        return await self._act("restart", key)
+
+    async def metrics(self, key: str) -> list[MetricPoint]:
+        body = await self._request("GET", f"/api/v1/plugins/{key}/metrics")
+        return [MetricPoint.from_dict(s) for s in body.get("samples", [])]
+
+    async def request_counts(self) -> dict[str, int]:
+        body = await self._request("GET", "/api/v1/plugins")
+        return {str(d.get("key")): int(d.get("requests") or 0) for d in body.get("plugins", []) if "requests" in d}
+
+    # -- logs ----------------------------------------------------------------------------------------
+    async def logs(self, source: str | None = None, lines: int = 200) -> list[LogEntry]:
+        if source is not None:
+            body = await self._request("GET", f"/api/v1/plugins/{source}/logs", params={"lines": lines})
+        else:
+            body = await self._request("GET", "/api/v1/logs", params={"lines": lines})
+        return [LogEntry.from_dict(d) for d in body.get("lines", [])]
+
+    # -- consoles ------------------------------------------------------------------------------------
+    async def consoles(
+        self, q: str = "", state: str = "", limit: int = 500, offset: int = 0, sort: str = "name"
+    ) -> ConsolePage:
+        params: dict[str, Any] = {"limit": max(1, min(limit, 1000)), "offset": offset, "sort": sort}
+        if q:
+            params["q"] = q
+        if state:
+            params["state"] = state
+        body = await self._request("GET", "/api/consoles", params=params)
+        records = body.get("consoles", [])
+        if records:
+            first = ConsoleInfo.from_dict(records[0])
+            deadline = records[0].get("inactive_at")
+            if deadline and first.last_seen is not None:
+                at = parse_time(deadline)
+                if at is not None and at > first.last_seen:
+                    self.info.inactive_after = at - first.last_seen
+        return ConsolePage([ConsoleInfo.from_dict(r) for r in records], int(body.get("total", len(records))))
+
+    async def console(self, console_id: str) -> ConsoleInfo:
+        return ConsoleInfo.from_dict(await self._request("GET", f"/api/consoles/{console_id}"))
+
+    async def console_heartbeats(self, console_id: str, limit: int = 120) -> list[HeartbeatInfo]:
+        body = await self._request("GET", f"/api/consoles/{console_id}/heartbeats", params={"limit": limit})
+        return [HeartbeatInfo.from_dict(d) for d in reversed(body.get("heartbeats", []))]
+
+    async def console_transitions(self, console_id: str, limit: int = 50) -> list[TransitionInfo]:
+        body = await self._request("GET", f"/api/consoles/{console_id}/transitions", params={"limit": limit})
+        return [TransitionInfo.from_dict(d) for d in reversed(body.get("transitions", []))]
+
+    async def console_stats(self) -> dict[str, int]:
+        body = await self._request("GET", "/api/v1/status")
+        by_state = (body.get("consoles") or {}).get("by_state") or {}
+        counts = dict.fromkeys(CONSOLE_STATES, 0)
+        counts.update({str(k): int(v) for k, v in by_state.items()})
+        return counts
+
+    # -- events --------------------------------------------------------------------------------------
+    def _ws_url(self) -> str:
+        parts = urlsplit(self.base)
+        scheme = "wss" if parts.scheme == "https" else "ws"
+        return urlunsplit((scheme, parts.netloc, parts.path + "/ws/events", f"topics={EVENT_TOPICS}", ""))
+
+    async def events(self) -> AsyncIterator[list[dict[str, Any]]]:
+        from websockets.asyncio.client import connect
+
+        attempt = 0
+        while not self._closed:
+            try:
+                async with connect(
+                    self._ws_url(),
+                    additional_headers={"Authorization": f"Bearer {self.token}"},
+                    open_timeout=5,
+                    ping_interval=5,
+                    ping_timeout=5,
+                    max_size=2**22,
+                ) as ws:
+                    self._ws = ws
+                    if not self._connected or attempt:
+                        self._connected = True
+                        yield [{"topic": CONNECTION_TOPIC, "connected": True, "message": f"reconnected to {self.base}"}]
+                    attempt = 0
+                    async for raw in ws:
+                        try:
+                            event = json.loads(raw)
+                        except ValueError:
+                            continue
+                        if isinstance(event, dict):
+                            yield [event]
+                reason = "the supervisor closed the event stream"
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # any transport failure means: show the banner and try again
+                reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            finally:
+                self._ws = None
+            if self._closed:
+                return
+            if self._connected or attempt == 0:
+                self._connected = False
+                yield [{"topic": CONNECTION_TOPIC, "connected": False, "message": reason}]
+            await asyncio.sleep(RECONNECT_DELAYS[min(attempt, len(RECONNECT_DELAYS) - 1)])
+            attempt += 1
