@@ -280,3 +280,20 @@ def test_error_bodies_are_json() -> None:
     assert json.loads(_error_body("x", 'quote " and \\ and \n')) == {
         "error": {"code": "x", "message": 'quote " and \\ and \n'}
     }
+
+
+async def test_upstream_connections_are_kept_alive_and_reused(upstream: str) -> None:
+    from supervisor_tui.server.gateway import Gateway
+
+    table = RouteTable([PluginRoute("demo", upstream, ENDPOINTS)])
+    gateway = Gateway(table)
+    server = HttpServer(shutdown_timeout=1.0)
+    host, port = await server.start(gateway, "127.0.0.1", 0)
+    try:
+        async with httpx.AsyncClient(base_url=f"http://{host}:{port}") as client:
+            for path in ("/hello", "/items/1", "/hop", "/fail") * 5:
+                assert (await client.get(f"/api/plugins/demo{path}")).status_code in (200, 500)
+    finally:
+        await server.stop()
+        await gateway.close()
+    assert gateway._pool.opened == 1

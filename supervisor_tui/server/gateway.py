@@ -592,6 +592,7 @@ class Gateway:
                 # The whole answer is here: hand the connection back before talking to the client.
                 chunks = conn.chunks
                 body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+                chunks.clear()
                 pool.release(conn)
                 conn = None
                 ex.finished = True
