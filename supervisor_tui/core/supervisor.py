@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -46,10 +47,10 @@ from supervisor_tui.plugins.manifest import (
     parse_manifest,
     start_order,
 )
-from supervisor_tui.plugins.metrics import SAMPLE_INTERVAL
+from supervisor_tui.plugins.metrics import SAMPLE_INTERVAL, marked_processes
 from supervisor_tui.plugins.model import PluginActionError, PluginNotFound, PluginSnapshot, PluginState
 from supervisor_tui.plugins.ports import PortAllocator
-from supervisor_tui.plugins.process import ProcessRunner, RunnerContext, kill_orphans
+from supervisor_tui.plugins.process import ProcessRunner, RunnerContext, kill_orphans, stop_processes
 
 __all__ = [
     "Endpoint",
@@ -113,6 +114,8 @@ class Supervisor:
         start, end = settings.port_range
         self.ports = PortAllocator(start, end, PLUGIN_HOST, reserved=(settings.port,))
         self.registry: dict[str, ManagedPlugin] = {}
+        # In every plugin's environment, so what a plugin spawned is found again, even after a crash of ours.
+        self.owner = hashlib.sha256(str(settings.data_dir).encode()).hexdigest()[:12]
         self.opened = False
         # Set by whoever runs the HTTP server: the API's real URL (plugins get it as SUPERVISOR_URL), consoles.
         self.settings_api_url: str | None = None
@@ -233,6 +236,7 @@ class Supervisor:
             http=self._http,
             host=PLUGIN_HOST,
             supervisor_url=self._supervisor_url,
+            owner=self.owner,
             default_timeout=float(self.settings.get("gateway.timeout")),
             default_max_body=int(self.settings.get("gateway.max_body")),
             on_state=self.record_state_change,
@@ -324,6 +328,16 @@ class Supervisor:
                 )
         if rows:
             await self.store.writer.execute("UPDATE plugin_state SET pid = NULL, pid_started = NULL")
+        # Processes that left their plugin's group and lost their parent still carry the marker.
+        marked = await asyncio.to_thread(marked_processes, f"{self.owner}:", True)
+        if marked:
+            await asyncio.to_thread(stop_processes, marked)
+            self.logs.warning(
+                f"stopped {len(marked)} process(es) spawned by plugins of a previous run (pids "
+                f"{', '.join(str(p.pid) for p in marked)})",
+                event="orphans_killed",
+                pids=[p.pid for p in marked],
+            )
 
     # -- queries -------------------------------------------------------------------------------------------------
     def plugins(self) -> list[PluginSnapshot]:

@@ -395,13 +395,14 @@ def discover(plugins_dir: Path, skip: Iterable[str] = ()) -> Discovery:
             continue
         loaded.append(manifest)
     by_key: dict[str, Manifest] = {}
-    for m in loaded:
+    # On a duplicate key, the folder named after the key keeps it.
+    for m in sorted(loaded, key=lambda m: (m.folder.name != m.key, m.folder.name)):
         if m.key in by_key:
             err = ManifestError(m.path, "key", f"{m.key!r} is already used by {by_key[m.key].path}")
             found.invalid[_invalid_key(m.folder.name, found, by_key)] = err
             continue
         by_key[m.key] = m
-    for key, err in check_graph(by_key).items():
+    for key, err in check_graph(by_key, rejected=found.invalid).items():
         found.invalid[key] = err
         del by_key[key]
     found.manifests = by_key
@@ -416,12 +417,16 @@ def _invalid_key(name: str, found: Discovery, taken: Mapping[str, object] = {}) 
     return key
 
 
-def check_graph(manifests: Mapping[str, Manifest], known: Iterable[str] = ()) -> dict[str, ManifestError]:
+def check_graph(
+    manifests: Mapping[str, Manifest], known: Iterable[str] = (), rejected: Iterable[str] = ()
+) -> dict[str, ManifestError]:
     """Unknown dependencies and dependency cycles; a plugin depending on a rejected one is rejected too.
 
-    ``known`` are keys of other plugins (e.g. external ones) that count as existing.
+    ``known`` are keys of other plugins (e.g. external ones) that count as existing; ``rejected`` are keys of
+    plugins already found invalid.
     """
     bad: dict[str, ManifestError] = {}
+    already_bad = set(rejected)
     others = set(known)
     changed = True
     while changed:  # propagate: depending on a rejected plugin rejects the dependent
@@ -430,7 +435,7 @@ def check_graph(manifests: Mapping[str, Manifest], known: Iterable[str] = ()) ->
             if key in bad:
                 continue
             for dep in m.depends_on:
-                if dep in bad:
+                if dep in bad or dep in already_bad:
                     bad[key] = ManifestError(m.path, "depends_on", f"dependency {dep!r} is invalid")
                 elif dep not in manifests and dep not in others:
                     bad[key] = ManifestError(m.path, "depends_on", f"unknown plugin {dep!r}")
@@ -461,7 +466,7 @@ def check_graph(manifests: Mapping[str, Manifest], known: Iterable[str] = ()) ->
             visit(key, [key])
     if bad:  # dependents of plugins rejected for cycles
         rest = {k: m for k, m in manifests.items() if k not in bad}
-        for key, err in check_graph(rest, set(others) | set(bad)).items():
+        for key, err in check_graph(rest, others, set(bad) | already_bad).items():
             bad.setdefault(key, err)
         for key, m in rest.items():
             if key not in bad and any(d in bad for d in m.depends_on):

@@ -127,3 +127,38 @@ def signal_group(pgid: int, sig: int) -> bool:
     except PermissionError:
         return False
     return True
+
+
+OWNER_ENV = "PLUGIN_SUPERVISOR_ID"  # set in every plugin's environment: "<data dir id>:<plugin key>"
+
+
+def marked_processes(marker: str, prefix: bool = False) -> list[psutil.Process]:
+    """Live processes whose environment has ``OWNER_ENV=<marker>`` (or starting with it when ``prefix``).
+
+    Children inherit the environment, so this finds what a plugin spawned even after it left the process group
+    and lost its parent. Linux: reads /proc/<pid>/environ (processes of other users are skipped). Blocking."""
+    needle = f"{OWNER_ENV}={marker}".encode()
+    own = os.getpid()
+    found: list[psutil.Process] = []
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return found
+    for entry in entries:
+        if not entry.isdigit() or int(entry) == own:
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                environ = f.read()
+        except OSError:
+            continue
+        for var in environ.split(b"\0"):
+            if var == needle or (prefix and var.startswith(needle)):
+                try:
+                    proc = psutil.Process(int(entry))
+                    if proc.status() != psutil.STATUS_ZOMBIE:
+                        found.append(proc)
+                except psutil.Error:
+                    pass
+                break
+    return found

@@ -27,10 +27,12 @@ from supervisor_tui.plugins.health import HealthTracker, probe
 from supervisor_tui.plugins.manifest import Manifest, ManifestError
 from supervisor_tui.plugins.metrics import (
     HISTORY,
+    OWNER_ENV,
     TreeSampler,
     alive,
     group_members,
     kill_all,
+    marked_processes,
     process_tree,
     signal_group,
 )
@@ -53,6 +55,7 @@ class RunnerContext:
     http: httpx.AsyncClient
     host: str
     supervisor_url: Callable[[], str]
+    owner: str  # identifies this supervisor's data dir in the plugins' environment (see metrics.OWNER_ENV)
     default_timeout: float
     default_max_body: int
     on_state: Callable[[ProcessRunner, str, str, str], None]
@@ -113,6 +116,16 @@ class ProcessRunner:
         self._wake = asyncio.Event()
         self._changed = asyncio.Event()
         self._stop_lock = asyncio.Lock()
+
+    @property
+    def _marker(self) -> str:
+        return f"{self.ctx.owner}:{self.key}"
+
+    async def _leftovers(self, known: list[psutil.Process]) -> list[psutil.Process]:
+        """``known`` processes still alive plus every live process carrying this plugin's environment marker."""
+        marked = await asyncio.to_thread(marked_processes, self._marker)
+        pids = {p.pid for p in known}
+        return alive(known) + [p for p in marked if p.pid not in pids]
 
     # -- views ---------------------------------------------------------------------------------------------------
     @property
@@ -285,7 +298,7 @@ class ProcessRunner:
                 self._set(S.RUNNING, reason)
                 if m.health is not None:
                     self._health_task = asyncio.create_task(self._health_loop(proc), name=f"health:{self.key}")
-                code = await proc.wait()
+                code = await wait_exit(proc)
                 await self._cancel_health()
                 uptime = time.monotonic() - running_since
                 why = describe_exit(code)
@@ -345,6 +358,7 @@ class ProcessRunner:
         env["PORT"] = str(self.port)
         env["PLUGIN_KEY"] = self.key
         env["SUPERVISOR_URL"] = self.ctx.supervisor_url()
+        env[OWNER_ENV] = self._marker
         argv = m.argv()
         try:
             proc = await asyncio.create_subprocess_exec(
@@ -390,7 +404,7 @@ class ProcessRunner:
         health = m.health
         need_probe = health is not None
         give_up = ready_at + health.start_timeout_s if health is not None else 0.0
-        exited = asyncio.ensure_future(proc.wait())
+        exited = asyncio.ensure_future(wait_exit(proc))
         interval = 0.05
         try:
             while True:
@@ -468,11 +482,12 @@ class ProcessRunner:
         tree = process_tree(proc.pid)
         if self.sampler is not None:
             tree.extend(p for p in self.sampler.known_tree() if p.pid not in {t.pid for t in tree})
+        tree = await self._leftovers(tree)
         signal_group(pgid, sig)
         kill_all([p for p in tree if _pgid(p) != pgid], sig)  # descendants that made their own group
         deadline = time.monotonic() + wait_s
         try:
-            await asyncio.wait_for(proc.wait(), wait_s)
+            await asyncio.wait_for(wait_exit(proc), wait_s)
         except TimeoutError:
             self.ctx.logs.warning(
                 f"{self.key}: pid {proc.pid} ignored {sig.name} for {wait_s:g}s: sending SIGKILL",
@@ -481,7 +496,7 @@ class ProcessRunner:
             )
             signal_group(pgid, signal.SIGKILL)
             kill_all(tree)
-            await proc.wait()
+            await wait_exit(proc)
         # Whatever the plugin left behind gets the rest of the wait, then SIGKILL.
         while alive(tree) and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
@@ -492,8 +507,8 @@ class ProcessRunner:
         """After the main process ended: kill leftovers of its group, drain output, free port and pid."""
         if proc.returncode is None:
             return
-        if signal_group(proc.pid, 0) or (self.sampler is not None and alive(self.sampler.known_tree())):
-            tree = self.sampler.known_tree() if self.sampler is not None else []
+        tree = await self._leftovers(self.sampler.known_tree() if self.sampler is not None else [])
+        if tree or signal_group(proc.pid, 0):
             signal_group(proc.pid, signal.SIGTERM)
             kill_all(alive(tree), signal.SIGTERM)
             deadline = time.monotonic() + min(self.manifest.stopwaitsecs if self.manifest else 1.0, 2.0)
@@ -535,6 +550,33 @@ class ProcessRunner:
         return list(self.metrics_history)
 
 
+async def wait_exit(proc: asyncio.subprocess.Process) -> int:
+    """The exit code, as soon as the process has exited.
+
+    ``Process.wait()`` (Python 3.11) only returns once every pipe is closed too, which a grandchild holding
+    stdout open delays forever; a pidfd tells us when the process itself is gone, and the event loop's child
+    watcher reaps it (setting ``returncode``) right after."""
+    if proc.returncode is not None:
+        return proc.returncode
+    loop = asyncio.get_running_loop()
+    fd: int | None = None
+    with contextlib.suppress(OSError, AttributeError):
+        fd = os.pidfd_open(proc.pid)
+    if fd is not None:
+        readable = loop.create_future()
+        loop.add_reader(fd, lambda: readable.done() or readable.set_result(None))
+        try:
+            await readable
+        finally:
+            loop.remove_reader(fd)
+            os.close(fd)
+    interval = 0.005 if fd is not None else 0.2  # no pidfd (old kernel): poll
+    while proc.returncode is None:
+        await asyncio.sleep(interval)
+        interval = min(interval * 2, 0.2)
+    return proc.returncode
+
+
 def _pgid(p: psutil.Process) -> int | None:
     try:
         return os.getpgid(p.pid)
@@ -564,8 +606,13 @@ def kill_orphans(pid: int, started: float | None, grace: float = 3.0) -> list[in
         pass
     if not members:
         return []
-    kill_all(members, signal.SIGTERM)
-    _, remaining = psutil.wait_procs(members, timeout=grace)
+    stop_processes(members, grace)
+    return [p.pid for p in members]
+
+
+def stop_processes(procs: list[psutil.Process], grace: float = 3.0) -> None:
+    """SIGTERM, up to ``grace`` seconds, then SIGKILL. Blocking."""
+    kill_all(procs, signal.SIGTERM)
+    _, remaining = psutil.wait_procs(procs, timeout=grace)
     kill_all(remaining, signal.SIGKILL)
     psutil.wait_procs(remaining, timeout=grace)
-    return [p.pid for p in members]
