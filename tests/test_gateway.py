@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 import time
@@ -85,10 +86,10 @@ async def test_other_method_is_405_with_allow(gw) -> None:
     client, _, _ = gw
     resp = await client.delete("/api/plugins/demo/items/7")
     assert resp.status_code == 405
-    assert resp.headers["allow"] == "GET, PUT"
+    assert resp.headers["allow"] == "GET, HEAD, PUT"
     assert error_code(resp) == "method_not_allowed"
     resp = await client.post("/api/plugins/demo/hello")
-    assert resp.status_code == 405 and resp.headers["allow"] == "GET"
+    assert resp.status_code == 405 and resp.headers["allow"] == "GET, HEAD"
 
 
 async def test_unavailable_plugin_is_503_with_retry_after(gw, upstream: str) -> None:
@@ -221,6 +222,7 @@ async def test_response_hop_by_hop_headers_are_dropped(gw) -> None:
         assert dropped not in resp.headers, dropped
     assert resp.headers.get("connection", "keep-alive") == "keep-alive"
     assert resp.headers.get_list("x-request-id") == ["rid-1"]
+    assert len(resp.headers.get_list("date")) == 1
 
 
 async def test_client_disconnect_cancels_the_upstream_request(gw, upstream: str) -> None:
@@ -297,3 +299,64 @@ async def test_upstream_connections_are_kept_alive_and_reused(upstream: str) -> 
         await server.stop()
         await gateway.close()
     assert gateway._pool.opened == 1
+
+
+async def test_head_is_allowed_where_get_is_declared(gw) -> None:
+    client, _, _ = gw
+    resp = await client.head("/api/plugins/demo/echo-request")
+    assert resp.status_code == 200 and resp.content == b""
+    assert int(resp.headers["content-length"]) > 0
+    assert (await client.get("/api/plugins/demo/hello")).text == "hello"
+
+
+@contextlib.asynccontextmanager
+async def raw_upstream(answer: bytes, close_after: bool = True) -> AsyncIterator[str]:
+    """A socket-level upstream that reads one request head and writes ``answer`` byte for byte."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(answer)
+        await writer.drain()
+        if close_after:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    try:
+        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    finally:
+        server.close()
+
+
+@pytest.mark.parametrize(
+    ("answer", "status", "body"),
+    [
+        # Early hints first: only the final answer reaches the client.
+        (
+            b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+            200,
+            b"ok",
+        ),
+        # No Content-Length, no chunking: the body ends with the connection.
+        (b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nuntil the end", 200, b"until the end"),
+        # The upstream hangs up without a word: 502.
+        (b"", 502, None),
+    ],
+)
+async def test_socket_level_upstream_answers(answer: bytes, status: int, body: bytes | None) -> None:
+    async with raw_upstream(answer) as url:
+        table = RouteTable([PluginRoute("raw", url, (("GET", "/x"),))])
+        async with served_gateway(table) as base, httpx.AsyncClient(base_url=base) as client:
+            resp = await client.get("/api/plugins/raw/x")
+    assert resp.status_code == status
+    if body is not None:
+        assert resp.content == body
+    else:
+        assert error_code(resp) == "upstream_unreachable"
+
+
+async def test_upstream_breaking_off_mid_body_breaks_the_client_response() -> None:
+    async with raw_upstream(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n" + b"p" * 1000) as url:
+        table = RouteTable([PluginRoute("raw", url, (("GET", "/x"),))])
+        async with served_gateway(table) as base, httpx.AsyncClient(base_url=base) as client:
+            with pytest.raises(httpx.RemoteProtocolError):
+                await client.get("/api/plugins/raw/x")

@@ -85,7 +85,8 @@ _REQUEST_DROP = _HOP_BY_HOP | {
     b"x-forwarded-prefix",
     b"x-request-id",
 }
-_RESPONSE_DROP = _HOP_BY_HOP | {b"x-request-id"}
+# The server in front adds its own Date; a second one from the upstream would make the header invalid.
+_RESPONSE_DROP = _HOP_BY_HOP | {b"x-request-id", b"date"}
 _REQUEST_ID_OK = re.compile(rb"^[\x21-\x7e]{1,200}$")
 _TEMPLATE_PARAM = re.compile(r"\{[A-Za-z_][A-Za-z0-9_]*\}")
 _LAST_CHUNK = b"0\r\n\r\n"
@@ -143,6 +144,8 @@ class _CompiledRoute:
         self.templates: list[tuple[re.Pattern[str], frozenset[str]]] = []
         self.allow: dict[frozenset[str], bytes] = {}
         for template, methods in by_path.items():
+            if "GET" in methods:  # HEAD is GET without the body, as every HTTP server treats it
+                methods.add("HEAD")
             frozen = frozenset(methods)
             self.allow.setdefault(frozen, ", ".join(sorted(frozen)).encode("latin-1"))
             if "{" in template:
@@ -338,6 +341,8 @@ class Gateway:
 
     def _observe(self, plugin: str, method: str, status: int, started: float) -> None:
         elapsed = time.perf_counter() - started
+        if method not in _METHOD_BYTES:  # keep the label set bounded whatever clients send
+            method = "other"
         k = (plugin, method, _STATUS_CLASS[status // 100] if status < 600 else "5xx")
         h = self._histograms.get(k)
         if h is None:
@@ -454,9 +459,10 @@ class Gateway:
                 except ValueError:
                     await _send_error(send, 400, _error_body("bad_request", "invalid Content-Length"))
                     return 400
-                if chunked:
-                    continue
             parts += (name, b": ", value, b"\r\n")
+        if chunked and content_length >= 0:
+            # Both framings at once is how requests get smuggled: forward the chunked one only.
+            connection_tokens = [*(connection_tokens or ()), b"content-length"]
         if connection_tokens:
             parts = _without_headers(parts, connection_tokens)
         if request_id is None:

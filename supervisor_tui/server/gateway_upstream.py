@@ -47,6 +47,7 @@ class UpstreamConnection(asyncio.Protocol):
         "head_only",
         "headers",
         "headers_done",
+        "informational",
         "keep_alive",
         "last_used",
         "parser",
@@ -80,6 +81,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.keep_alive = True
         self.eof_delimited = True
         self.head_only = False
+        self.informational = False
         self.received_any = False
         self.read_paused = False
         self.error: BaseException | None = None
@@ -129,7 +131,13 @@ class UpstreamConnection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         parser = self.parser
-        self.status = parser.get_status_code()
+        status = parser.get_status_code()
+        if 100 <= status < 200:
+            # An interim answer (100 Continue, 103 Early Hints): not the response, wait for the final one.
+            self.informational = True
+            self.headers = []
+            return
+        self.status = status
         self.keep_alive = parser.should_keep_alive()
         for name, value in self.headers:
             lname = name.lower()
@@ -157,6 +165,9 @@ class UpstreamConnection(asyncio.Protocol):
         self._wake()
 
     def on_message_complete(self) -> None:
+        if self.informational:
+            self.informational = False
+            return
         self.complete = True
         self._wake()
 
