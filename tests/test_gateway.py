@@ -257,10 +257,11 @@ async def test_stats_snapshot(upstream: str) -> None:
         await server.stop()
         await gateway.close()
     stats = gateway.stats()
-    assert stats.requests == {"demo": 4}
-    series = {(s.plugin, s.method, s.status_class): s for s in stats.series}
+    assert stats.requests_by_plugin() == {"demo": 4}
+    series = {(s.plugin, s.method, s.status_class): s for s in stats.series()}
     ok = series[("demo", "GET", "2xx")]
-    assert ok.count == 3 and ok.bucket_counts[-1] == 3 and len(ok.bucket_counts) == len(stats.buckets) + 1
+    assert ok.count == 3 and ok.bucket_counts[-1] == 3 and len(ok.bucket_counts) == len(stats.bucket_bounds) + 1
+    assert ok.buckets()[-1] == ("+Inf", 3.0) and ok.total_seconds > 0
     assert series[("demo", "GET", "5xx")].count == 1
     assert series[("", "GET", "4xx")].count == 1
     assert stats.in_flight == 0

@@ -1,4 +1,4 @@
-"""RoutesSync keeps the gateway's routes in step with the supervisor's plugins and events."""
+"""RouteSync keeps the gateway's routes in step with the supervisor's plugins and events."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from fixtures.gateway.harness import fixture_process, served_gateway
 
 from supervisor_tui.core.events import EventBus, EventsDropped, PluginStateChanged, PluginUnregistered
 from supervisor_tui.server.gateway import RouteTable
-from supervisor_tui.server.routes_sync import RoutesSync, route_for
+from supervisor_tui.server.routes_sync import RouteSync, route_for
 
 
 @dataclass(frozen=True)
@@ -85,7 +85,7 @@ def test_route_for_maps_states_and_limits() -> None:
 async def test_routes_follow_plugin_events(upstream: str) -> None:
     sup = PluginSource({"demo": Snapshot("demo", "RUNNING", upstream)})
     table = RouteTable()
-    sync = RoutesSync(sup, table)
+    sync = RouteSync(sup, table)
     await sync.start()
     try:
         async with served_gateway(table) as base, httpx.AsyncClient(base_url=base, timeout=10) as client:
@@ -118,7 +118,7 @@ async def test_routes_follow_plugin_events(upstream: str) -> None:
 async def test_lost_events_rebuild_everything(upstream: str) -> None:
     sup = PluginSource({"a": Snapshot("a", "RUNNING", upstream), "b": Snapshot("b", "RUNNING", upstream)})
     table = RouteTable()
-    sync = RoutesSync(sup, table)
+    sync = RouteSync(sup, table)
     sync.rebuild_all()
     assert sorted(table.keys()) == ["a", "b"]
     del sup.snapshots["a"]
@@ -132,6 +132,6 @@ async def test_lost_events_rebuild_everything(upstream: str) -> None:
 async def test_unusable_upstream_keeps_the_key_unavailable() -> None:
     sup = PluginSource({"odd": Snapshot("odd", "RUNNING", "ftp://somewhere")})
     table = RouteTable()
-    RoutesSync(sup, table).rebuild_all()
+    RouteSync(sup, table).rebuild_all()
     route = table.get("odd")
     assert route is not None and not route.available and "ftp://" in route.unavailable_reason

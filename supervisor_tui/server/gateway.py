@@ -10,8 +10,10 @@ Public interface:
 - ``Gateway(table, on_result=None, max_idle_per_upstream=256, keepalive_timeout=30.0)``:
   an ASGI callable for paths under ``/api/plugins/`` (the top-level app dispatches to it by prefix; it also
   serves alone, lifespan included). ``await gateway.close()`` closes the pooled upstream connections.
-  ``gateway.stats()`` returns a ``GatewayStats`` snapshot (requests per plugin, latency histograms by plugin,
-  method and status class) for ``/metrics`` and the TUI.
+  ``gateway.stats()`` returns a ``GatewayStats`` snapshot for ``/metrics`` and the TUI: ``requests_by_plugin()``
+  (every request per plugin key since the start, for requests/s), ``series()`` (one ``LatencySeries`` per
+  plugin, method and status class: ``count``, ``total_seconds``, cumulative ``bucket_counts`` and
+  ``buckets()`` in Prometheus form; latency runs until the response head is sent) and ``in_flight``.
 
 Behaviour: an undeclared path is 404, a declared path with another method 405 with ``Allow``, a plugin that is
 not available 503 with ``Retry-After``, a refused/reset upstream 502, an upstream that has not answered within
@@ -227,24 +229,37 @@ class RouteTable:
 
 @dataclass(frozen=True, slots=True)
 class LatencySeries:
-    """One histogram: ``bucket_counts[i]`` counts requests at or below ``LATENCY_BUCKETS[i]`` (cumulative)."""
+    """One latency histogram; ``bucket_counts[i]`` counts requests at or below ``LATENCY_BUCKETS[i]``
+    (cumulative), the last entry is every request (+Inf)."""
 
-    plugin: str
-    method: str
-    status_class: str
+    plugin: str  # "" for requests that named no known plugin
+    method: str  # the request method, "other" for methods outside the usual set or routing refusals
+    status_class: str  # "2xx" ... "5xx"
     count: int
-    sum: float
+    total_seconds: float
     bucket_counts: tuple[int, ...]
+
+    def buckets(self) -> list[tuple[str, float]]:
+        """Prometheus-style cumulative buckets: ``[("0.001", n), ..., ("+Inf", count)]``."""
+        out = [(f"{bound:g}", float(n)) for bound, n in zip(LATENCY_BUCKETS, self.bucket_counts, strict=False)]
+        out.append(("+Inf", float(self.count)))
+        return out
 
 
 @dataclass(frozen=True, slots=True)
 class GatewayStats:
-    """A snapshot of the gateway's counters; ``requests`` counts every request per plugin key."""
+    """A snapshot of the gateway's counters (latency is measured until the response head is sent)."""
 
-    buckets: tuple[float, ...]
-    series: tuple[LatencySeries, ...]
-    requests: dict[str, int]
+    bucket_bounds: tuple[float, ...]
+    latency: tuple[LatencySeries, ...]
+    requests: dict[str, int]  # every request per plugin key since the start: the TUI's requests/s
     in_flight: int
+
+    def series(self) -> tuple[LatencySeries, ...]:
+        return self.latency
+
+    def requests_by_plugin(self) -> dict[str, int]:
+        return dict(self.requests)
 
 
 class _BodyTooLarge(Exception):
@@ -422,14 +437,23 @@ class Gateway:
             return
         self._in_flight += 1
         try:
-            status = await self._proxy(scope, receive, send, route, method, sub)
+            status = await self._proxy(scope, receive, send, route, method, sub, started)
         finally:
             self._in_flight -= 1
-        self._observe(key, method, status, started)
+        if status:  # 0: a streamed answer, observed when its head went out
+            self._observe(key, method, status, started)
 
     async def _proxy(
-        self, scope: Scope, receive: Receive, send: Send, route: _CompiledRoute, method: str, sub: str
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        route: _CompiledRoute,
+        method: str,
+        sub: str,
+        started: float,
     ) -> int:
+        """Forward one exchange; returns the status to record, or 0 when it was recorded already."""
         # The request head, built as bytes straight from the client's header pairs in one pass.
         parts: list[bytes] = []
         request_id: bytes | None = None
@@ -606,6 +630,8 @@ class Gateway:
                 response_started = True
                 await send({"type": "http.response.body", "body": body})
                 return status
+            # A streamed answer (a download, an event stream): its latency is the time to the head.
+            self._observe(route.key, method, status, started)
             await send({"type": "http.response.start", "status": status, "headers": out})
             response_started = True
             while True:
@@ -614,17 +640,17 @@ class Gateway:
                     break
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
                 if ex.client_gone:
-                    return 499
+                    return 0
             pool.release(conn)
             conn = None
             ex.finished = True
             await send({"type": "http.response.body", "body": b""})
-            return status
+            return 0
         except asyncio.CancelledError:
             if task is not None and (ex.client_gone or ex.timed_out):
                 task.uncancel()
                 if ex.client_gone:
-                    return 499
+                    return 0 if response_started else 499
                 self._report(route, False)
                 if not response_started:
                     await _send_error(

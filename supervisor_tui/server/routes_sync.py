@@ -1,6 +1,6 @@
 """Keeps the gateway's RouteTable in step with a Supervisor.
 
-``RoutesSync(sup, table, default_timeout=30.0, default_max_body=10 MiB)``: ``await sync.start()`` subscribes to
+``RouteSync(sup, table, default_timeout=30.0, default_max_body=10 MiB)``: ``await sync.start()`` subscribes to
 ``plugin.*`` events, builds every route from ``sup.plugins()`` and then rebuilds one key from ``sup.plugin(key)``
 whenever an event names it (a key that is gone is removed). ``await sync.stop()`` ends it. ``route_for(snapshot)``
 is the one place that decides how a plugin snapshot becomes a route: it is available only in state RUNNING with an
@@ -25,7 +25,7 @@ _IGNORED_TOPICS = frozenset({"plugin.metrics"})
 
 
 class SupervisorView(Protocol):
-    """What RoutesSync needs from the Supervisor: snapshots and the event bus."""
+    """What RouteSync needs from the Supervisor: snapshots and the event bus."""
 
     bus: EventBus
 
@@ -57,7 +57,7 @@ def route_for(
     )
 
 
-class RoutesSync:
+class RouteSync:
     """Builds the route table from the supervisor, then follows its ``plugin.*`` events."""
 
     def __init__(
