@@ -455,7 +455,7 @@ class SupervisorApp(App[int]):
         """The terminal went away: leave at once (the caller stops plugins in embedded mode)."""
         if self.hangup_reason is None:
             self.hangup_reason = reason
-            self.exit(129)
+            self.exit(129, return_code=129)
 
     async def on_unmount(self) -> None:
         loop = asyncio.get_running_loop()

@@ -81,9 +81,9 @@ class ConsoleDetailScreen(Screen[None]):
             except ClientError as exc:
                 self.query_one("#title", Static).update(Text(f"{self.console_id}: {exc.message}", style=DANGER_STYLE))
                 return
-        self._render()
+        self._show()
 
-    def _render(self) -> None:
+    def _show(self) -> None:
         c = self.console
         if c is None:
             return

@@ -104,9 +104,9 @@ class PluginDetailScreen(Screen[None]):
             self.samples.extend(p for p in live if p.ts > newest)
         horizon = client.now() - 300
         self.samples = [s for s in self.samples if s.ts >= horizon][-200:]
-        self._render()
+        self._show()
 
-    def _render(self) -> None:
+    def _show(self) -> None:
         p = self.plugin
         if p is None:
             return

@@ -63,6 +63,7 @@ class LogView(ScrollView, can_focus=True):
     LogView {
         background: $surface;
         scrollbar-size-vertical: 1;
+        overflow-x: hidden;
     }
     """
 
@@ -81,6 +82,7 @@ class LogView(ScrollView, can_focus=True):
         self.text_filter = ""
         self.source_filter: str | None = None
         self._tag_width = 10
+        self._follow = True  # stick to the tail until the operator scrolls up
 
     # -- state -----------------------------------------------------------------------------------------
     @property
@@ -89,10 +91,15 @@ class LogView(ScrollView, can_focus=True):
 
     @property
     def following(self) -> bool:
-        return not self.paused and self._at_end()
+        return not self.paused and self._follow
 
-    def _at_end(self) -> bool:
-        return self.scroll_y >= self.max_scroll_y
+    def watch_scroll_y(self, old_value: float, new_value: float) -> None:
+        super().watch_scroll_y(old_value, new_value)
+        # Scrolling up stops following; getting back to the end (end key, scrolling down) resumes it.
+        follow = new_value >= self.max_scroll_y - 1
+        if follow != self._follow:
+            self._follow = follow
+            self.post_message(self.StatusChanged())
 
     def visible_entries(self) -> list[LogEntry]:
         """The entries on screen now (top to bottom)."""
@@ -138,13 +145,12 @@ class LogView(ScrollView, can_focus=True):
         self._apply_growth(added, dropped)
 
     def _apply_growth(self, added: int, dropped: int) -> None:
-        was_at_end = self._at_end()
-        self.virtual_size = Size(self.size.width, len(self._view))
-        if not self.paused and was_at_end:
-            self.scroll_end(animate=False, immediate=True, x_axis=False)
+        self.virtual_size = Size(0, len(self._view))
+        if not self.paused and self._follow:
+            self.scroll_end(animate=False, immediate=True, x_axis=False, force=True)
         elif dropped:
             # Keep the lines the operator is reading in place.
-            self.scroll_to(y=max(0, self.scroll_y - dropped), animate=False, immediate=True)
+            self.scroll_to(y=max(0, self.scroll_y - dropped), animate=False, immediate=True, force=True)
         self.refresh()
         self.post_message(self.StatusChanged())
 
@@ -159,9 +165,10 @@ class LogView(ScrollView, can_focus=True):
     def _rebuild(self) -> None:
         self._view = deque(item for item in self._all if self._matches(item[1]))
         self.pending = 0
-        self.virtual_size = Size(self.size.width, len(self._view))
+        self.virtual_size = Size(0, len(self._view))
         self._cache.clear()
-        self.scroll_end(animate=False, immediate=True, x_axis=False)
+        self._follow = True
+        self.scroll_end(animate=False, immediate=True, x_axis=False, force=True)
         self.refresh()
         self.post_message(self.StatusChanged())
 
@@ -180,17 +187,19 @@ class LogView(ScrollView, can_focus=True):
         self._view.clear()
         self._cache.clear()
         self.pending = 0
-        self.virtual_size = Size(self.size.width, 0)
+        self.virtual_size = Size(0, 0)
         self.refresh()
 
     # -- rendering -------------------------------------------------------------------------------------
     def on_resize(self) -> None:
         self._cache.clear()
-        self.virtual_size = Size(self.size.width, len(self._view))
+        self.virtual_size = Size(0, len(self._view))
+        if self._follow and not self.paused:
+            self.scroll_end(animate=False, x_axis=False, force=True)
 
     def render_line(self, y: int) -> Strip:
         index = int(self.scroll_y) + y
-        width = self.size.width
+        width = self.scrollable_content_region.width
         if index >= len(self._view) or index < 0:
             return Strip.blank(width, self.rich_style)
         seq, entry = self._view[index]
