@@ -3,8 +3,9 @@
 ``HttpServer``: ``bound = await server.start(app, host, port)`` binds the socket first (a bind failure raises
 ``BindError``, which the caller turns into one line and exit 2, instead of uvicorn's ``sys.exit(1)``), then
 serves in a background task with uvicorn's signal capture off, no logging configuration, no access log, and
-uvloop's/httptools' fast paths where installed. ``await server.stop()`` shuts down gracefully within
-``shutdown_timeout`` seconds, then cancels what is left.
+httptools' parser where installed. The event loop is the caller's: ``new_event_loop()`` gives a uvloop loop when
+uvloop is installed, for ``asyncio.Runner(loop_factory=new_event_loop)``. ``await server.stop()`` shuts down
+gracefully within ``shutdown_timeout`` seconds, then cancels what is left.
 """
 
 from __future__ import annotations
@@ -33,6 +34,18 @@ def _http_implementation() -> str:
     except ImportError:
         return "h11"
     return "httptools"
+
+
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """A uvloop loop when uvloop is installed, else asyncio's default loop.
+
+    For ``asyncio.Runner(loop_factory=new_event_loop)`` in whatever runs the supervisor and this server.
+    """
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
 
 
 def bind_socket(host: str, port: int, backlog: int = 2048) -> socket.socket:
