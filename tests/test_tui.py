@@ -22,9 +22,9 @@ NARROW = (80, 24)
 WIDE = (160, 48)
 
 
-async def until(pilot: Any, predicate: Callable[[], Any], timeout: float = 5.0) -> None:
+async def until(pilot: Any, predicate: Callable[[], Any], within: float = 5.0) -> None:
     """Let the app run until ``predicate()`` holds (fails the test at the deadline)."""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + within
     while not predicate():
         if time.monotonic() > deadline:
             raise AssertionError("condition not reached before the deadline")
@@ -100,7 +100,7 @@ async def test_long_action_shows_progress_in_the_row_and_keeps_the_ui_responsive
         await pilot.press("2")
         await until(pilot, lambda: app.main.active_pane == "consoles")
         await pilot.press("1")
-        await until(pilot, lambda: client._plugins["search"].state == "RUNNING", timeout=5)
+        await until(pilot, lambda: client._plugins["search"].state == "RUNNING", within=5)
         await until(pilot, lambda: table(app, "plugins").get_row("search")[1].plain == "RUNNING")
 
 

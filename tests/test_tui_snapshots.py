@@ -1,0 +1,64 @@
+"""Pictures of the TUI from the deterministic demo (fixed clock and data), compared with the committed SVGs.
+
+Regenerate after an intended change: ``pytest tests/test_tui_snapshots.py --snapshot-update``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from supervisor_tui.tui.app import SupervisorApp
+from supervisor_tui.tui.demo import DemoClient
+
+
+async def settle(pilot: Any) -> None:
+    await pilot.pause(0.3)
+    await pilot.wait_for_scheduled_animations()
+
+
+def test_main_screen_80x24(snap_compare: Any) -> None:
+    assert snap_compare(SupervisorApp(DemoClient()), terminal_size=(80, 24), run_before=settle)
+
+
+def test_main_screen_80x24_consoles_pane(snap_compare: Any) -> None:
+    assert snap_compare(SupervisorApp(DemoClient()), terminal_size=(80, 24), press=["2"], run_before=settle)
+
+
+def test_main_screen_160x48(snap_compare: Any) -> None:
+    assert snap_compare(SupervisorApp(DemoClient(consoles=40)), terminal_size=(160, 48), run_before=settle)
+
+
+def test_plugin_detail(snap_compare: Any) -> None:
+    async def open_detail(pilot: Any) -> None:
+        await settle(pilot)
+        await pilot.press("enter")
+        await settle(pilot)
+
+    assert snap_compare(SupervisorApp(DemoClient()), terminal_size=(120, 44), run_before=open_detail)
+
+
+def test_console_detail(snap_compare: Any) -> None:
+    async def open_detail(pilot: Any) -> None:
+        await settle(pilot)
+        await pilot.press("2", "down", "down", "down", "enter")
+        await settle(pilot)
+
+    assert snap_compare(SupervisorApp(DemoClient()), terminal_size=(120, 44), run_before=open_detail)
+
+
+def test_help(snap_compare: Any) -> None:
+    async def open_help(pilot: Any) -> None:
+        await settle(pilot)
+        await pilot.press("question_mark")
+        await settle(pilot)
+
+    assert snap_compare(SupervisorApp(DemoClient()), terminal_size=(100, 40), run_before=open_help)
+
+
+def test_stop_confirmation(snap_compare: Any) -> None:
+    async def ask(pilot: Any) -> None:
+        await settle(pilot)
+        await pilot.press("x")
+        await settle(pilot)
+
+    assert snap_compare(SupervisorApp(DemoClient()), terminal_size=(80, 24), run_before=ask)
