@@ -50,10 +50,9 @@ def run_upstream() -> None:
     uvicorn.Server(config).run(sockets=[sock])
 
 
-def run_gateway(upstream: str) -> None:
+def run_gateway(upstream: str, loop: str) -> None:
     """Role: the gateway in front of ``upstream`` with one plugin "hello" (prints PORT n)."""
     sys.path.insert(0, str(ROOT))
-    import uvloop
 
     from supervisor_tui.server.gateway import Gateway, PluginRoute, RouteTable
     from supervisor_tui.server.serve import HttpServer
@@ -72,7 +71,12 @@ def run_gateway(upstream: str) -> None:
         await server.stop()
         await gateway.close()
 
-    uvloop.run(main())
+    if loop == "uvloop":
+        import uvloop
+
+        uvloop.run(main())
+    else:
+        asyncio.run(main())
 
 
 # -- orchestration -----------------------------------------------------------------------------------------------
@@ -206,13 +210,14 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="wrk threads (default 1)")
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds; the best of each is kept (2)")
     parser.add_argument("--load", choices=["auto", "wrk", "python"], default="auto", help="load generator")
+    parser.add_argument("--gateway-loop", choices=["uvloop", "asyncio"], default="uvloop", help="the gateway's loop")
     parser.add_argument("--role", choices=["upstream", "gateway"], help=argparse.SUPPRESS)
     parser.add_argument("--upstream", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.role == "upstream":
         return run_upstream()
     if args.role == "gateway":
-        return run_gateway(args.upstream)
+        return run_gateway(args.upstream, args.gateway_loop)
 
     use_wrk = args.load == "wrk" or (args.load == "auto" and shutil.which("wrk") is not None)
     children: list[subprocess.Popen[str] | subprocess.Popen[bytes]] = []
@@ -221,7 +226,9 @@ def main() -> None:
         try:
             upstream, up_port = spawn_role("--role", "upstream")
             children.append(upstream)
-            gateway, gw_port = spawn_role("--role", "gateway", "--upstream", f"http://127.0.0.1:{up_port}")
+            gateway, gw_port = spawn_role(
+                "--role", "gateway", "--upstream", f"http://127.0.0.1:{up_port}", "--gateway-loop", args.gateway_loop
+            )
             children.append(gateway)
             targets = {"direct": f"http://127.0.0.1:{up_port}{HELLO_PATH}"}
             nginx = start_nginx(up_port, Path(tmp))
@@ -236,7 +243,7 @@ def main() -> None:
             )
             print(f"load: {tool}; {args.rounds} interleaved round(s), best kept")
             nginx_desc = "1 worker, keepalive 64" if nginx else "not installed"
-            print(f"upstream: uvicorn + Starlette hello; nginx: {nginx_desc}")
+            print(f"upstream: uvicorn + Starlette hello; nginx: {nginx_desc}; gateway loop: {args.gateway_loop}")
             for round_no in range(1, args.rounds + 1):
                 for name, url in targets.items():
                     if use_wrk:
