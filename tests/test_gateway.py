@@ -361,3 +361,46 @@ async def test_upstream_breaking_off_mid_body_breaks_the_client_response() -> No
         async with served_gateway(table) as base, httpx.AsyncClient(base_url=base) as client:
             with pytest.raises(httpx.RemoteProtocolError):
                 await client.get("/api/plugins/raw/x")
+
+
+async def test_a_kept_alive_connection_dropped_by_the_upstream_is_retried_once() -> None:
+    """The upstream answers the first request of each connection and hangs up on the second."""
+    answer = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nyes"
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = next(
+            (int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")), 0
+        )
+        await reader.readexactly(length)
+        writer.write(answer)
+        await writer.drain()
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            await reader.readuntil(b"\r\n\r\n")
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    table = RouteTable([PluginRoute("raw", url, (("GET", "/x"), ("POST", "/x")))])
+    try:
+        async with served_gateway(table) as base, httpx.AsyncClient(base_url=base) as client:
+            assert (await client.get("/api/plugins/raw/x")).text == "yes"
+            assert (await client.get("/api/plugins/raw/x")).text == "yes"  # reused, dropped, retried
+            # A body cannot be replayed: the same drop is a 502 for a POST.
+            resp = await client.post("/api/plugins/raw/x", content=b"once")
+            assert resp.status_code == 502
+    finally:
+        server.close()
+
+
+async def test_gateway_served_alone_closes_its_pool_on_lifespan_shutdown(upstream: str) -> None:
+    from supervisor_tui.server.gateway import Gateway
+
+    gateway = Gateway(RouteTable([PluginRoute("demo", upstream, ENDPOINTS)]))
+    server = HttpServer(shutdown_timeout=1.0, lifespan="on")
+    host, port = await server.start(gateway, "127.0.0.1", 0)
+    async with httpx.AsyncClient() as client:
+        assert (await client.get(f"http://{host}:{port}/api/plugins/demo/hello")).text == "hello"
+    assert gateway._pool.idle_count == 1
+    await server.stop()
+    assert gateway._pool.idle_count == 0

@@ -727,6 +727,8 @@ class Gateway:
                         ex.task.cancel()
                 elif ex.watcher is None and ex.body_done and now - ex.started >= WATCH_DELAY:
                     ex.watcher = loop.create_task(self._watch(ex))
+                if ex.watcher is not None and not ex.deadline and not ex.timed_out:
+                    self._inflight.discard(ex)  # nothing left to look at: long streams cost the ticker nothing
             if now - last_sweep >= 1.0:
                 last_sweep = now
                 self._pool.sweep(time.monotonic())
