@@ -108,7 +108,7 @@ def plugin_processes(path: Path) -> list[psutil.Process]:
     return found
 
 
-async def wait_until(predicate: Callable[[], Any], timeout: float = 30.0, interval: float = 0.05) -> Any:
+async def wait_until(predicate: Callable[[], Any], timeout: float = 30.0, interval: float = 0.05) -> Any:  # noqa: ASYNC109
     """Poll ``predicate`` (sync or async) until it returns something truthy; fail after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while True:
@@ -233,7 +233,7 @@ class HeadlessProcess:
         with self._cond:
             return [r for r in self.records if predicate(r)]
 
-    async def wait_for(self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 30.0) -> dict[str, Any]:
+    async def wait_for(self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 30.0) -> dict[str, Any]:  # noqa: ASYNC109
         """The first JSON record matching ``predicate`` (waiting up to ``timeout`` seconds for it)."""
 
         def found() -> dict[str, Any] | None:
@@ -246,7 +246,7 @@ class HeadlessProcess:
 
         return await wait_until(found, timeout)
 
-    async def wait_state(self, key: str, state: str, timeout: float = 30.0, after: int = 0) -> dict[str, Any]:
+    async def wait_state(self, key: str, state: str, timeout: float = 30.0, after: int = 0) -> dict[str, Any]:  # noqa: ASYNC109
         """The first state-change record of ``key`` to ``state`` at or after record index ``after``."""
 
         def match(r: dict[str, Any]) -> bool:
@@ -266,7 +266,7 @@ class HeadlessProcess:
     def signal(self, sig: int) -> None:
         self.proc.send_signal(sig)
 
-    async def wait(self, timeout: float = 30.0) -> int:
+    async def wait(self, timeout: float = 30.0) -> int:  # noqa: ASYNC109
         await wait_until(lambda: self.proc.poll() is not None, timeout)
         self._reader.join(5)
         self._err_reader.join(5)

@@ -58,8 +58,10 @@ def test_full_manifest_and_seed_003_id_alias() -> None:
             "command": ["python", "server.py"],
             "env": {"MODE": "fast"},
             "port": 4001,
-            "endpoints": [{"method": "post", "path": "/hash", "description": "Hash data"}, {"method": "GET",
-                                                                                            "path": "/x/{id}"}],
+            "endpoints": [
+                {"method": "post", "path": "/hash", "description": "Hash data"},
+                {"method": "GET", "path": "/x/{id}"},
+            ],
             "health": {"path": "/health", "interval_s": "5s", "timeout_s": 1, "failures": 2, "restart": True},
             "autostart": False,
             "restart": "always",

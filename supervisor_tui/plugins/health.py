@@ -17,7 +17,7 @@ def make_client() -> httpx.AsyncClient:
     )
 
 
-async def probe(client: httpx.AsyncClient, url: str, timeout: float) -> tuple[bool, str]:
+async def probe(client: httpx.AsyncClient, url: str, timeout: float) -> tuple[bool, str]:  # noqa: ASYNC109
     """GET ``url``: healthy on a 2xx/3xx answer within ``timeout`` seconds. Returns (ok, detail)."""
     started = time.monotonic()
     try:

@@ -162,7 +162,7 @@ class ProcessRunner:
             manifest_path=str(m.path) if m else (self.error.path if self.error else None),
         )
 
-    async def wait_for(self, states: set[PluginState] | None = None, timeout: float | None = None) -> PluginState:
+    async def wait_for(self, states: set[PluginState] | None = None, timeout: float | None = None) -> PluginState:  # noqa: ASYNC109
         """Wait until the state is one of ``states`` (default: settled: RUNNING, or the loop ended)."""
 
         def settled() -> bool:
@@ -498,7 +498,7 @@ class ProcessRunner:
             kill_all(tree)
             await wait_exit(proc)
         # Whatever the plugin left behind gets the rest of the wait, then SIGKILL.
-        while alive(tree) and time.monotonic() < deadline:
+        while alive(tree) and time.monotonic() < deadline:  # noqa: ASYNC110 - polling other processes' exit
             await asyncio.sleep(0.05)
         signal_group(pgid, signal.SIGKILL)
         kill_all(alive(tree))
@@ -512,7 +512,7 @@ class ProcessRunner:
             signal_group(proc.pid, signal.SIGTERM)
             kill_all(alive(tree), signal.SIGTERM)
             deadline = time.monotonic() + min(self.manifest.stopwaitsecs if self.manifest else 1.0, 2.0)
-            while alive(tree) and time.monotonic() < deadline:
+            while alive(tree) and time.monotonic() < deadline:  # noqa: ASYNC110 - polling other processes' exit
                 await asyncio.sleep(0.05)
             signal_group(proc.pid, signal.SIGKILL)
             kill_all(alive(tree))
@@ -564,7 +564,7 @@ async def wait_exit(proc: asyncio.subprocess.Process) -> int:
         fd = os.pidfd_open(proc.pid)
     if fd is not None:
         readable = loop.create_future()
-        loop.add_reader(fd, lambda: readable.done() or readable.set_result(None))
+        loop.add_reader(fd, _resolve, readable)
         try:
             await readable
         finally:
@@ -575,6 +575,11 @@ async def wait_exit(proc: asyncio.subprocess.Process) -> int:
         await asyncio.sleep(interval)
         interval = min(interval * 2, 0.2)
     return proc.returncode
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 def _pgid(p: psutil.Process) -> int | None:
