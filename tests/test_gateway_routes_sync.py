@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import httpx
 import pytest
 from fixtures.gateway.harness import fixture_process, served_gateway
 
 from supervisor_tui.core.events import EventBus, EventsDropped, PluginStateChanged, PluginUnregistered
+from supervisor_tui.core.supervisor import Supervisor
 from supervisor_tui.server.gateway import RouteTable
 from supervisor_tui.server.routes_sync import RouteSync, route_for
 
@@ -135,3 +137,32 @@ async def test_unusable_upstream_keeps_the_key_unavailable() -> None:
     RouteSync(sup, table).rebuild_all()
     route = table.get("odd")
     assert route is not None and not route.available and "ftp://" in route.unavailable_reason
+
+
+async def test_routes_follow_a_real_supervisor(supervisor: Supervisor, make_plugin: Callable[..., Path]) -> None:
+    """The real Supervisor: routes appear when the plugin runs, answer 503 once it is stopped, and the
+    gateway's upstream failures reach its passive health."""
+    make_plugin(
+        "web",
+        "http_server.py",
+        endpoints=[{"method": "GET", "path": "/greet/{name}"}, {"method": "GET", "path": "/health"}],
+        health={"path": "/health"},
+    )
+    await supervisor.reload()
+    table = RouteTable()
+    sync = RouteSync(supervisor, table)
+    await sync.start()
+    try:
+        async with (
+            served_gateway(table, supervisor.report_upstream) as base,
+            httpx.AsyncClient(base_url=base, timeout=10) as client,
+        ):
+            await supervisor.start("web")
+            resp = await wait_status(client, "/api/plugins/web/greet/ana", 200)
+            assert resp.text == "hello from web"
+            assert (await client.get("/api/plugins/web/other")).status_code == 404
+            await supervisor.stop("web")
+            resp = await wait_status(client, "/api/plugins/web/greet/ana", 503)
+            assert "STOPPED" in resp.json()["error"]["message"]
+    finally:
+        await sync.stop()
