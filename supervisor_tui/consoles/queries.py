@@ -63,14 +63,36 @@ async def list_consoles(
     if state is not None:
         where.append("state = ?")
         params.append(state)
+    order = SORTS[sort]
     if search:
-        where.append("(name LIKE ? ESCAPE '\\' OR hostname LIKE ? ESCAPE '\\' OR id = ?)")
-        params += [_like(search), _like(search), search]
+        # One scan of the small (name, hostname, id) index, materialized once for both the total and the page.
+        cond = " AND ".join(["rowid IN matches", *where])
+        sql = (
+            "WITH matches AS MATERIALIZED (SELECT rowid FROM consoles INDEXED BY idx_consoles_search "
+            "WHERE name LIKE ? ESCAPE '\\' OR hostname LIKE ? ESCAPE '\\' OR id = ?) "
+            f"SELECT {CONSOLE_COLUMNS}, (SELECT COUNT(*) FROM consoles WHERE {cond}) FROM consoles "
+            f"WHERE {cond} ORDER BY {order} LIMIT ? OFFSET ?"
+        )
+        args = [_like(search), _like(search), search, *params, *params, limit, offset]
+        async with db.execute(sql, args) as cur:
+            rows = await cur.fetchall()
+        if rows:
+            return [console_record(tuple(r)[:-1], inactive_after) for r in rows], int(rows[0][-1])
+        if offset == 0:
+            return [], 0
+        count_sql = (
+            "WITH matches AS MATERIALIZED (SELECT rowid FROM consoles INDEXED BY idx_consoles_search "
+            "WHERE name LIKE ? ESCAPE '\\' OR hostname LIKE ? ESCAPE '\\' OR id = ?) "
+            f"SELECT COUNT(*) FROM consoles WHERE {cond}"
+        )
+        async with db.execute(count_sql, [_like(search), _like(search), search, *params]) as cur:
+            row = await cur.fetchone()
+        return [], int(row[0]) if row else 0
     clause = (" WHERE " + " AND ".join(where)) if where else ""
     async with db.execute(f"SELECT COUNT(*) FROM consoles{clause}", params) as cur:
         row = await cur.fetchone()
     total = int(row[0]) if row else 0
-    sql = f"SELECT {CONSOLE_COLUMNS} FROM consoles{clause} ORDER BY {SORTS[sort]} LIMIT ? OFFSET ?"
+    sql = f"SELECT {CONSOLE_COLUMNS} FROM consoles{clause} ORDER BY {order} LIMIT ? OFFSET ?"
     async with db.execute(sql, [*params, limit, offset]) as cur:
         rows = await cur.fetchall()
     return [console_record(tuple(r), inactive_after) for r in rows], total

@@ -20,7 +20,7 @@ import secrets
 import sqlite3
 import time
 from collections import Counter
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from supervisor_tui.config import Settings
@@ -59,11 +59,22 @@ _INSERT_HEARTBEAT = (
     "INSERT INTO heartbeats (console_id, received_at, state, last_activity, last_error, current_job, system) "
     "VALUES (?, ?, ?, ?, ?, ?, ?)"
 )
-_UPDATE_FROM_HEARTBEAT = (
-    "UPDATE consoles SET state = ?, reported_state = ?, system = COALESCE(?, system), "
-    "hostname = COALESCE(?, hostname), last_activity = COALESCE(?, last_activity), last_error = ?, "
-    "current_job = ?, last_seen = ?, heartbeats = heartbeats + ? WHERE id = ?"
+# A heartbeat rewrites only the indexed columns that changed (state, last_activity, hostname): most heartbeats
+# repeat them, and every indexed column written costs an index update in the same fsync'd transaction.
+_HEARTBEAT_SET = (
+    "system = COALESCE(?, system), last_error = ?, current_job = ?, last_seen = ?, heartbeats = heartbeats + ?"
 )
+_UPDATE_FROM_HEARTBEAT: dict[tuple[bool, bool, bool], str] = {
+    (state, activity, host): "UPDATE consoles SET "
+    + ("state = ?, reported_state = ?, " if state else "")
+    + ("last_activity = ?, " if activity else "")
+    + ("hostname = ?, " if host else "")
+    + _HEARTBEAT_SET
+    + " WHERE id = ?"
+    for state in (False, True)
+    for activity in (False, True)
+    for host in (False, True)
+}
 _UPDATE_TIMEOUT = "UPDATE consoles SET state = 'inactive' WHERE id = ?"
 _INSERT_TRANSITION = "INSERT INTO transitions (console_id, from_state, to_state, at, reason) VALUES (?, ?, ?, ?, ?)"
 _INSERT_CONSOLE = (
@@ -95,6 +106,22 @@ class ConsoleEntry:
     first_seen: float
     last_seen: float
     stored_heartbeats: int = 0  # rows in the heartbeats table (for the per-console retention limit)
+    last_activity: float | None = None
+    hostname: str | None = None
+
+    def copy(self) -> ConsoleEntry:
+        return ConsoleEntry(
+            self.id,
+            self.name,
+            self.state,
+            self.reported_state,
+            self.token_hash,
+            self.first_seen,
+            self.last_seen,
+            self.stored_heartbeats,
+            self.last_activity,
+            self.hostname,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,6 +216,30 @@ class _RegisterOp:
     received_at: float
 
 
+def _last_id_before(conn: sqlite3.Connection, cutoff: float) -> int | None:
+    """The largest heartbeat id received before ``cutoff``: ids grow with time, so a binary search over rowids
+    finds it without an index on received_at."""
+    first = conn.execute("SELECT id, received_at FROM heartbeats ORDER BY id LIMIT 1").fetchone()
+    if first is None or first[1] >= cutoff:
+        return None
+    last = conn.execute("SELECT id, received_at FROM heartbeats ORDER BY id DESC LIMIT 1").fetchone()
+    if last[1] < cutoff:
+        return int(last[0])
+    lo, hi = int(first[0]), int(last[0])  # received(lo) < cutoff <= received(hi)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        row = conn.execute(
+            "SELECT id, received_at FROM heartbeats WHERE id >= ? ORDER BY id LIMIT 1", (mid,)
+        ).fetchone()
+        if row[0] >= hi:
+            hi = mid
+        elif row[1] < cutoff:
+            lo = int(row[0])
+        else:
+            hi = int(row[0])
+    return lo
+
+
 class ConsoleService:
     """The consoles domain: see the module docstring for the life cycle."""
 
@@ -227,15 +278,17 @@ class ConsoleService:
         """Load every console into memory, then start the writer, the inactivity sweeper and retention."""
         db = self.store.writer
         async with db.execute(
-            "SELECT id, name, state, reported_state, token_hash, first_seen, last_seen FROM consoles ORDER BY last_seen"
+            "SELECT id, name, state, reported_state, token_hash, first_seen, last_seen, last_activity, hostname "
+            "FROM consoles "
+            "ORDER BY last_seen"
         ) as cur:
             rows = await cur.fetchall()
         async with db.execute("SELECT console_id, COUNT(*) FROM heartbeats GROUP BY console_id") as cur:
             counts = {r[0]: int(r[1]) for r in await cur.fetchall()}
         self._entries.clear()
         self._by_state.clear()
-        for cid, name, state, reported, token_hash, first, last in rows:
-            e = ConsoleEntry(cid, name, state, reported, token_hash, first, last, counts.get(cid, 0))
+        for cid, name, state, reported, token_hash, first, last, activity, host in rows:
+            e = ConsoleEntry(cid, name, state, reported, token_hash, first, last, counts.get(cid, 0), activity, host)
             self._entries[cid] = e
             self._by_state[state] += 1
             if state != "inactive":
@@ -331,7 +384,7 @@ class ConsoleService:
             if cid in work:
                 return work[cid]
             e = self._entries.get(cid)
-            work[cid] = e2 = replace(e) if e is not None else None
+            work[cid] = e2 = e.copy() if e is not None else None
             return e2
 
         def flush() -> None:
@@ -339,7 +392,21 @@ class ConsoleService:
             # must end in its reported state.
             plan.many(_UPDATE_TIMEOUT, timeouts[:])
             plan.many(_INSERT_HEARTBEAT, hb_rows[:])
-            plan.many(_UPDATE_FROM_HEARTBEAT, [tuple(u) for u in updates.values()])
+            by_kind: dict[tuple[bool, bool, bool], list[tuple[Any, ...]]] = {}
+            for u in updates.values():
+                state, system, host, activity, error, job, seen, count, cid, old_state, old_activity, old_host = u
+                state_changed = state != old_state
+                activity_changed = activity is not None and activity != old_activity
+                host_changed = host is not None and host != old_host
+                row = (
+                    ((state, state) if state_changed else ())
+                    + ((activity,) if activity_changed else ())
+                    + ((host,) if host_changed else ())
+                    + (system, error, job, seen, count, cid)
+                )
+                by_kind.setdefault((state_changed, activity_changed, host_changed), []).append(row)
+            for kind, rows in by_kind.items():
+                plan.many(_UPDATE_FROM_HEARTBEAT[kind], rows)
             plan.many(_INSERT_TRANSITION, trans[:])
             timeouts.clear()
             hb_rows.clear()
@@ -363,10 +430,38 @@ class ConsoleService:
                     fail(op.future, ConsoleNotFound(f"console {p.console_id!r} is not registered: register it first"))
                     continue
                 hb = p.hb
+                u = updates.get(e.id)
+                if u is None:
+                    u = updates[e.id] = [
+                        hb.state,
+                        hb.system_json,
+                        hb.hostname,
+                        hb.last_activity,
+                        hb.last_error_json,
+                        hb.current_job,
+                        p.received_at,
+                        1,
+                        e.id,
+                        e.state,
+                        e.last_activity,
+                        e.hostname,
+                    ]
+                else:
+                    u[0] = hb.state
+                    if hb.system_json is not None:
+                        u[1], u[2] = hb.system_json, hb.hostname
+                    if hb.last_activity is not None:
+                        u[3] = hb.last_activity
+                    u[4], u[5], u[6] = hb.last_error_json, hb.current_job, p.received_at
+                    u[7] += 1
                 if e.state != hb.state:
                     transition(e.id, e.state, hb.state, p.received_at, "heartbeat")
                 e.state = e.reported_state = hb.state
                 e.last_seen = p.received_at
+                if hb.last_activity is not None:
+                    e.last_activity = hb.last_activity
+                if hb.hostname is not None:
+                    e.hostname = hb.hostname
                 e.stored_heartbeats += 1
                 hb_rows.append(
                     (
@@ -379,28 +474,6 @@ class ConsoleService:
                         hb.system_json,
                     )
                 )
-                u = updates.get(e.id)
-                if u is None:
-                    updates[e.id] = [
-                        hb.state,
-                        hb.state,
-                        hb.system_json,
-                        hb.hostname,
-                        hb.last_activity,
-                        hb.last_error_json,
-                        hb.current_job,
-                        p.received_at,
-                        1,
-                        e.id,
-                    ]
-                else:
-                    u[0] = u[1] = hb.state
-                    if hb.system_json is not None:
-                        u[2], u[3] = hb.system_json, hb.hostname
-                    if hb.last_activity is not None:
-                        u[4] = hb.last_activity
-                    u[5], u[6], u[7] = hb.last_error_json, hb.current_job, p.received_at
-                    u[8] += 1
                 beats += 1
                 beat_ids[e.id] = None
                 answers.append((op.future, HeartbeatAck(e.id, hb.state, p.received_at)))
@@ -442,7 +515,9 @@ class ConsoleService:
                         ],
                     )
                     transition(reg.id, None, reg.state, now, "register")
-                    e = work[reg.id] = ConsoleEntry(reg.id, reg.name, reg.state, reg.state, th, now, now, 0)
+                    e = work[reg.id] = ConsoleEntry(
+                        reg.id, reg.name, reg.state, reg.state, th, now, now, 0, reg.last_activity
+                    )
                     created = True
                 else:
                     plan.many(
@@ -470,6 +545,10 @@ class ConsoleService:
                         th,
                         now,
                     )
+                    if reg.last_activity is not None:
+                        e.last_activity = reg.last_activity
+                    if reg.hostname is not None:
+                        e.hostname = reg.hostname
                     created = False
                 plan.many(_INSERT_TRANSITION, trans[:])
                 trans.clear()
@@ -632,10 +711,13 @@ class ConsoleService:
         done = {"heartbeats_by_age": 0, "heartbeats_by_count": 0, "transitions": 0}
 
         def by_age(conn: sqlite3.Connection) -> list[str]:
+            last = _last_id_before(conn, hb_cutoff)
+            if last is None:
+                return []
             rows = conn.execute(
-                "DELETE FROM heartbeats WHERE id IN (SELECT id FROM heartbeats WHERE received_at < ? "
-                "ORDER BY received_at LIMIT ?) RETURNING console_id",
-                (hb_cutoff, chunk),
+                "DELETE FROM heartbeats WHERE id IN (SELECT id FROM heartbeats WHERE id <= ? ORDER BY id LIMIT ?) "
+                "RETURNING console_id",
+                (last, chunk),
             ).fetchall()
             return [r[0] for r in rows]
 

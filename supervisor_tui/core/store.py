@@ -72,14 +72,20 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX idx_transitions_console ON transitions(console_id, at);
     CREATE INDEX idx_transitions_at ON transitions(at);
     """,
-    # 3: consoles: the reported host name (search by name or host), and composite indices so a state filter
-    # sorted by last seen and seed 004's stats query (count and latest activity by state) read only an index.
-    # idx_consoles_state is a prefix of the new state indices, so it goes.
+    # 3: consoles: the reported host name (search by name or host), and indices that let a state filter sorted
+    # by last seen or name, seed 004's stats query (count and latest activity by state) and a search by
+    # name/host/id read only an index. idx_consoles_state is a prefix of the new state indices and
+    # idx_consoles_name of the search index; idx_heartbeats_received goes because retention finds old
+    # heartbeats by rowid (ids grow with time), which saves an index update on every heartbeat.
     """
     ALTER TABLE consoles ADD COLUMN hostname TEXT;
     DROP INDEX idx_consoles_state;
+    DROP INDEX idx_consoles_name;
+    DROP INDEX idx_heartbeats_received;
     CREATE INDEX idx_consoles_state_seen ON consoles(state, last_seen DESC);
     CREATE INDEX idx_consoles_state_activity ON consoles(state, last_activity);
+    CREATE INDEX idx_consoles_state_name ON consoles(state, name);
+    CREATE INDEX idx_consoles_search ON consoles(name, hostname, id);
     """,
 )
 

@@ -1,0 +1,343 @@
+"""Heartbeat ingest benchmark: durable heartbeats/s and latency against a plain Starlette "hello" in the same run.
+
+    python bench/heartbeats.py [--duration 5] [--connections 32] [--consoles 100000]
+
+Starts the real console ingest (SQLite in WAL with synchronous=FULL, group-commit writer, raw ASGI app on the
+same uvicorn setup the supervisor uses) in its own process, registers consoles (a few over HTTP, the rest
+bulk-loaded into the database before the server starts), drives seed 004's heartbeat body at many console ids
+with wrk (each request carries its console's token), and counts only 2xx answers. Then it measures list,
+filter and stats queries over all registered consoles and the server process's RSS. Loopback only, bounded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+SEED_BODY = {
+    "estado": "ocupada",
+    "sistema": {
+        "hostname": "mi-servidor",
+        "platform": "win32",
+        "arch": "x64",
+        "cpus": 8,
+        "totalMemory": 16,
+        "freeMemory": 8,
+        "uptime": 1440,
+        "nodeVersion": "v18.x.x",
+    },
+    "ultimaActividad": "2025-12-03T10:30:00.000Z",
+    "ultimoError": None,
+    "videoEnProceso": "Video Historia 1 (2/5)",
+}
+ADMIN = "bench-admin-token"
+WRK = shutil.which("wrk") or "/usr/bin/wrk"
+
+
+# -- server processes ------------------------------------------------------------------------------------------
+async def _serve_consoles(data_dir: str, port_file: str) -> None:
+    from supervisor_tui.config import load_settings
+    from supervisor_tui.consoles.service import ConsoleService
+    from supervisor_tui.core.events import EventBus
+    from supervisor_tui.core.logs import LogHub
+    from supervisor_tui.core.store import Store
+    from supervisor_tui.server.consoles_api import ConsolesAPI
+    from supervisor_tui.server.serve import HttpServer
+
+    settings = load_settings(env={}, overrides={"data.dir": data_dir}, base_dir=Path(data_dir))
+    bus = EventBus()
+    store = Store(settings.db_path)
+    await store.open()
+    service = ConsoleService(store, bus, settings, LogHub(bus, None))
+    await service.start()
+    server = HttpServer()
+    _, port = await server.start(ConsolesAPI(service, settings, ADMIN), "127.0.0.1", 0)
+    Path(port_file).write_text(str(port))
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    await stop.wait()
+    await server.stop()
+    await service.stop()
+    await store.close()
+
+
+async def _serve_hello(port_file: str) -> None:
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    from supervisor_tui.server.serve import HttpServer
+
+    async def hello(request: object) -> PlainTextResponse:
+        return PlainTextResponse("hello")
+
+    app = Starlette(routes=[Route("/", hello, methods=["GET", "POST"])])
+    server = HttpServer()
+    _, port = await server.start(app, "127.0.0.1", 0)
+    Path(port_file).write_text(str(port))
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    await stop.wait()
+    await server.stop()
+
+
+def _run_loop(coro: object) -> None:
+    try:
+        import uvloop
+
+        uvloop.run(coro)  # type: ignore[arg-type]
+    except ImportError:
+        asyncio.run(coro)  # type: ignore[arg-type]
+
+
+class Proc:
+    """A server subprocess of this script; knows its port and pid."""
+
+    def __init__(self, *args: str) -> None:
+        self.port_file = tempfile.mktemp(prefix="bench-port-")
+        self.proc = subprocess.Popen([sys.executable, __file__, *args, self.port_file], start_new_session=True)
+        deadline = time.monotonic() + 60
+        while not (os.path.exists(self.port_file) and Path(self.port_file).read_text()):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit("bench: server process did not start")
+            time.sleep(0.05)
+        self.port = int(Path(self.port_file).read_text())
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def rss(self) -> int:
+        import psutil
+
+        return int(psutil.Process(self.proc.pid).memory_info().rss)
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        os.unlink(self.port_file)
+
+
+# -- wrk -------------------------------------------------------------------------------------------------------
+def _wrk(url: str, duration: float, connections: int, script: str | None) -> dict[str, float]:
+    cmd = [WRK, "-t1", f"-c{connections}", f"-d{duration:g}s", "--latency", "--timeout", "5s"]
+    if script:
+        cmd += ["-s", script]
+    out = subprocess.run([*cmd, url], capture_output=True, text=True, check=True).stdout
+    total = int(re.search(r"(\d+) requests in ([\d.]+)(\w+)", out).group(1))  # type: ignore[union-attr]
+    secs_m = re.search(r"requests in ([\d.]+)(m?s)", out)
+    assert secs_m
+    secs = float(secs_m.group(1)) / (1000.0 if secs_m.group(2) == "ms" else 1.0)
+    non2xx_m = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errors_m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    non2xx = int(non2xx_m.group(1)) if non2xx_m else 0
+
+    def pct(p: str) -> float:
+        m = re.search(rf"^\s+{p}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+        if not m:
+            return float("nan")
+        return float(m.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)]
+
+    return {
+        "ok": total - non2xx,
+        "non2xx": non2xx,
+        "socket_errors": sum(int(x) for x in errors_m.groups()) if errors_m else 0,
+        "rate": (total - non2xx) / secs,
+        "p50": pct("50"),
+        "p99": pct("99"),
+    }
+
+
+def _lua(consoles: list[tuple[str, str]], path: str) -> None:
+    body = json.dumps(SEED_BODY).replace("\\", "\\\\").replace("'", "\\'")
+    ids = ",".join(f'"{cid}"' for cid, _ in consoles)
+    toks = ",".join(f'"Bearer {tok}"' for _, tok in consoles)
+    Path(path).write_text(
+        f"""
+local ids = {{{ids}}}
+local toks = {{{toks}}}
+local n = #ids
+local body = '{body}'
+local i = math.random(n)
+request = function()
+  i = (i % n) + 1
+  return wrk.format("POST", "/api/consolas/" .. ids[i] .. "/heartbeat",
+    {{["Content-Type"] = "application/json", ["Authorization"] = toks[i]}}, body)
+end
+"""
+    )
+
+
+# -- setup -----------------------------------------------------------------------------------------------------
+def _bulk_consoles(db_path: Path, start: int, count: int) -> list[tuple[str, str]]:
+    """Insert consoles straight into the (migrated) database; token i is "tok-<i>"."""
+    states = ("active", "busy", "idle", "error", "inactive")
+    now = time.time()
+    rows = []
+    out = []
+    for i in range(start, start + count):
+        cid = f"00000000-0000-4000-8000-{i:012d}"
+        tok = f"tok-{i}"
+        state = states[i % 5]
+        system = json.dumps({**SEED_BODY["sistema"], "hostname": f"host-{i}"})  # type: ignore[dict-item]
+        last = now - (i % 500)
+        rows.append(
+            (cid, f"Consola {i}", state, state, system, f"host-{i}", last - 5, hashlib.sha256(tok.encode()).hexdigest(),
+             now - 86400, last, f"host-{i}")
+        )
+        out.append((cid, tok))
+    conn = sqlite3.connect(db_path)
+    conn.executemany(
+        "INSERT INTO consoles (id, name, state, reported_state, system, hostname, last_activity, token_hash, "
+        "first_seen, last_seen, heartbeats) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0)",
+        [r[:10] for r in rows],
+    )
+    conn.commit()
+    conn.close()
+    return out
+
+
+def _migrate(db_path: Path) -> None:
+    from supervisor_tui.core.store import Store
+
+    async def go() -> None:
+        store = Store(db_path)
+        await store.open()
+        await store.close()
+
+    asyncio.run(go())
+
+
+def _register_http(url: str, n: int) -> list[tuple[str, str]]:
+    import httpx
+
+    out = []
+    with httpx.Client(base_url=url) as c:
+        for i in range(n):
+            cid = f"10000000-0000-4000-8000-{i:012d}"
+            r = c.post(
+                "/api/consolas/registrar",
+                json={"id": cid, "nombre": f"Consola http-{i}", "estado": "esperando", "sistema": SEED_BODY["sistema"]},
+            )
+            r.raise_for_status()
+            out.append((cid, r.json()["token"]))
+    return out
+
+
+def _query_p99(url: str, paths: list[str], rounds: int) -> dict[str, tuple[float, float]]:
+    import httpx
+
+    out = {}
+    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {ADMIN}"}) as c:
+        for path in paths:
+            c.get(path).raise_for_status()  # warm
+            times = []
+            for _ in range(rounds):
+                t = time.perf_counter()
+                c.get(path).raise_for_status()
+                times.append((time.perf_counter() - t) * 1000)
+            times.sort()
+            out[path] = (statistics.median(times), times[int(len(times) * 0.99) - 1])
+    return out
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--duration", type=float, default=5.0)
+    p.add_argument("--connections", type=int, default=32)
+    p.add_argument("--consoles", type=int, default=100_000, help="registered consoles for the query/RSS part")
+    p.add_argument("--hot-consoles", type=int, default=10_000, help="distinct consoles the heartbeat load cycles over")
+    p.add_argument("--http-registrations", type=int, default=500)
+    a = p.parse_args()
+    if not os.path.exists(WRK):
+        raise SystemExit("bench: wrk is not installed")
+    work = Path(tempfile.mkdtemp(prefix="bench-heartbeats-"))
+    try:
+        data = work / "data"
+        data.mkdir()
+        db = data / "supervisor.db"
+        _migrate(db)
+        print(f"loading {a.consoles - a.http_registrations:,} consoles into {db} ...", flush=True)
+        bulk = _bulk_consoles(db, 0, a.consoles - a.http_registrations)
+
+        hello = Proc("--serve-hello")
+        try:
+            _wrk(hello.url + "/", 1, a.connections, None)  # warm
+            h = _wrk(hello.url + "/", a.duration, a.connections, None)
+        finally:
+            hello.stop()
+
+        server = Proc("--serve-consoles", str(data))
+        try:
+            t = time.perf_counter()
+            via_http = _register_http(server.url, a.http_registrations)
+            reg_rate = a.http_registrations / (time.perf_counter() - t)
+            hot = via_http + bulk[: max(0, a.hot_consoles - len(via_http))]
+            script = str(work / "heartbeat.lua")
+            _lua(hot, script)
+            _wrk(server.url, 1, a.connections, script)  # warm
+            hb = _wrk(server.url, a.duration, a.connections, script)
+            rss_after_load = server.rss()
+            queries = _query_p99(
+                server.url,
+                [
+                    "/api/consoles?limit=100",
+                    "/api/consoles?state=busy&limit=100",
+                    "/api/consoles?q=host-4242&limit=100",
+                    "/api/consoles?state=idle&sort=name&limit=50&offset=1000",
+                    "/api/consoles/stats",
+                ],
+                100,
+            )
+            rss = server.rss()
+        finally:
+            server.stop()
+        conn = sqlite3.connect(db)
+        stored = conn.execute("SELECT COUNT(*) FROM heartbeats").fetchone()[0]
+        registered = conn.execute("SELECT COUNT(*) FROM consoles").fetchone()[0]
+        conn.close()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    ratio = hb["rate"] / h["rate"]
+    print()
+    print(f"wrk -t1 -c{a.connections} -d{a.duration:g}s, seed 004 heartbeat body over {len(hot):,} console ids")
+    print(f"{'':34} {'req/s (2xx)':>12} {'p50 ms':>8} {'p99 ms':>8}")
+    print(f"{'Starlette hello (baseline)':34} {h['rate']:>12,.0f} {h['p50']:>8.2f} {h['p99']:>8.2f}")
+    print(f"{'heartbeats (WAL, synchronous=FULL)':34} {hb['rate']:>12,.0f} {hb['p50']:>8.2f} {hb['p99']:>8.2f}")
+    print(f"ratio heartbeats / hello: {ratio:.2f}   (goal >= 0.40, >= 10,000/s, p99 < 25 ms)")
+    print(f"non-2xx answers: {hb['non2xx']}, socket errors: {hb['socket_errors']}")
+    print(f"heartbeat rows in the database: {stored:,} (2xx answers incl. warm-up: >= {hb['ok']:,})")
+    print(f"registrations over HTTP: {reg_rate:,.0f}/s")
+    print()
+    print(f"queries over {registered:,} registered consoles (100 sequential requests each)")
+    for path, (p50, p99) in queries.items():
+        print(f"  {path:58} p50 {p50:6.2f} ms  p99 {p99:6.2f} ms")
+    print(f"server RSS: {rss / 2**20:,.0f} MiB (after the heartbeat load: {rss_after_load / 2**20:,.0f} MiB; goal < 300)")
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--serve-consoles":
+        _run_loop(_serve_consoles(sys.argv[2], sys.argv[3]))
+    elif len(sys.argv) > 1 and sys.argv[1] == "--serve-hello":
+        _run_loop(_serve_hello(sys.argv[2]))
+    else:
+        sys.exit(main())
