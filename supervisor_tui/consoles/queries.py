@@ -75,7 +75,7 @@ async def list_consoles(
         )
         args = [_like(search), _like(search), search, *params, *params, limit, offset]
         async with db.execute(sql, args) as cur:
-            rows = await cur.fetchall()
+            rows = list(await cur.fetchall())
         if rows:
             return [console_record(tuple(r)[:-1], inactive_after) for r in rows], int(rows[0][-1])
         if offset == 0:
