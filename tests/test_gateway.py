@@ -87,6 +87,7 @@ async def test_other_method_is_405_with_allow(gw) -> None:
     resp = await client.delete("/api/plugins/demo/items/7")
     assert resp.status_code == 405
     assert resp.headers["allow"] == "GET, HEAD, PUT"
+    assert resp.headers["x-request-id"]
     assert error_code(resp) == "method_not_allowed"
     resp = await client.post("/api/plugins/demo/hello")
     assert resp.status_code == 405 and resp.headers["allow"] == "GET, HEAD"
@@ -100,6 +101,8 @@ async def test_unavailable_plugin_is_503_with_retry_after(gw, upstream: str) -> 
     assert int(resp.headers["retry-after"]) > 0
     assert error_code(resp) == "plugin_unavailable"
     assert "BACKOFF" in resp.json()["error"]["message"]
+    resp = await client.get("/api/plugins/demo/hello", headers={"X-Request-ID": "r-503"})
+    assert resp.headers["x-request-id"] == "r-503"
     assert reports == []  # nothing reached an upstream
 
 
@@ -404,3 +407,28 @@ async def test_gateway_served_alone_closes_its_pool_on_lifespan_shutdown(upstrea
     assert gateway._pool.idle_count == 1
     await server.stop()
     assert gateway._pool.idle_count == 0
+
+
+async def test_connecting_is_bounded_by_the_timeout_too() -> None:
+    """An upstream whose listen queue is full never completes the handshake: 504, not a hang."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        port = listener.getsockname()[1]
+        # Fill the accept queue so further connection attempts stall in the handshake.
+        fillers = []
+        for _ in range(8):
+            s = socket.socket()
+            s.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                s.connect(("127.0.0.1", port))
+            fillers.append(s)
+        try:
+            table = RouteTable([PluginRoute("stuck", f"http://127.0.0.1:{port}", (("GET", "/x"),), timeout=0.3)])
+            async with served_gateway(table) as base, httpx.AsyncClient(base_url=base, timeout=20) as client:
+                resp = await client.get("/api/plugins/stuck/x")
+        finally:
+            for s in fillers:
+                s.close()
+    assert resp.status_code == 504
+    assert error_code(resp) == "upstream_timeout"

@@ -401,7 +401,7 @@ class Gateway:
         method: str = scope["method"]
         path: str = scope["path"]
         if not path.startswith(PREFIX):
-            await _send_error(send, 404, _NOT_FOUND_PREFIX)
+            await _send_error(send, 404, _NOT_FOUND_PREFIX, [self._request_id(scope)])
             self._observe("", method, 404, started)
             return
         slash = path.find("/", len(PREFIX))
@@ -411,14 +411,22 @@ class Gateway:
             key, sub = path[len(PREFIX) : slash], path[slash:]
         route = self.table._compiled.get(key)
         if route is None:
-            await _send_error(send, 404, _error_body("plugin_not_found", f"no plugin {key!r} behind the gateway"))
+            await _send_error(
+                send,
+                404,
+                _error_body("plugin_not_found", f"no plugin {key!r} behind the gateway"),
+                [self._request_id(scope)],
+            )
             self._observe("", method, 404, started)
             return
         route.requests += 1
         methods = route.match(sub)
         if methods is None:
             await _send_error(
-                send, 404, _error_body("endpoint_not_found", f"plugin {key!r} declares no endpoint {sub or '/'!r}")
+                send,
+                404,
+                _error_body("endpoint_not_found", f"plugin {key!r} declares no endpoint {sub or '/'!r}"),
+                [self._request_id(scope)],
             )
             self._observe(key, "other", 404, started)
             return
@@ -427,12 +435,14 @@ class Gateway:
                 send,
                 405,
                 _error_body("method_not_allowed", f"{method} is not declared for {sub!r} of plugin {key!r}"),
-                [(b"allow", route.allow[methods])],
+                [(b"allow", route.allow[methods]), self._request_id(scope)],
             )
             self._observe(key, "other", 405, started)
             return
         if not route.available:
-            await _send_error(send, 503, route.unavailable_body, [(b"retry-after", RETRY_AFTER)])
+            await _send_error(
+                send, 503, route.unavailable_body, [(b"retry-after", RETRY_AFTER), self._request_id(scope)]
+            )
             self._observe(key, method, 503, started)
             return
         self._in_flight += 1
@@ -442,6 +452,14 @@ class Gateway:
             self._in_flight -= 1
         if status:  # 0: a streamed answer, observed when its head went out
             self._observe(key, method, status, started)
+
+    def _request_id(self, scope: Scope) -> tuple[bytes, bytes]:
+        """The X-Request-ID header for an answer the gateway gives itself: the client's, or a new one."""
+        for name, value in scope["headers"]:
+            if name == b"x-request-id" and _REQUEST_ID_OK.match(value):
+                return (b"x-request-id", value)
+        self._rid_counter += 1
+        return (b"x-request-id", b"%s-%x" % (self._rid_prefix, self._rid_counter))
 
     async def _proxy(
         self,
@@ -557,6 +575,8 @@ class Gateway:
                 if has_body:
                     first = await self._first_body(ex, route.max_body)
                 for attempt in (0, 1):
+                    if route.timeout:  # the timeout covers connecting too
+                        ex.deadline = time.perf_counter() + route.timeout
                     conn = await pool.acquire(route.upstream_scheme, route.upstream_host, route.upstream_port)
                     ex.conn = conn
                     if chunked:
@@ -566,9 +586,10 @@ class Gateway:
                     else:
                         conn.send_head(head + first, method == "HEAD")
                     if not ex.body_done:
+                        ex.deadline = 0.0  # a long upload is the client's pace, not the upstream's
                         await self._send_body(ex, conn, route.max_body, chunked)
-                    if route.timeout:
-                        ex.deadline = time.perf_counter() + route.timeout
+                        if route.timeout:
+                            ex.deadline = time.perf_counter() + route.timeout
                     try:
                         await conn.wait_headers()
                         break
