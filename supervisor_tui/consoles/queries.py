@@ -94,7 +94,7 @@ async def list_consoles(
     total = int(row[0]) if row else 0
     sql = f"SELECT {CONSOLE_COLUMNS} FROM consoles{clause} ORDER BY {order} LIMIT ? OFFSET ?"
     async with db.execute(sql, [*params, limit, offset]) as cur:
-        rows = await cur.fetchall()
+        rows = list(await cur.fetchall())
     return [console_record(tuple(r), inactive_after) for r in rows], total
 
 
