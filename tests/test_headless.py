@@ -146,3 +146,16 @@ def test_bad_config_exits_2_with_one_line(tmp_path: Path) -> None:
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "plugins.port_range_start" in lines[0] and "eighty" in lines[0]
     assert not (tmp_path / "d").exists()
+
+
+async def test_sigterm_during_startup_still_stops_everything(
+    headless: Headless, make_plugin: Callable[..., Path], settings: Settings
+) -> None:
+    make_plugin("base", "http_server.py", env={"HEALTH_DELAY": "3600"}, health={"path": "/health"})
+    make_plugin("waiting", "sleeper.py", depends_on=["base"])
+    proc = headless()
+    await proc.wait_for(lambda r: r.get("event") == "plugin_spawned" and r.get("plugin") == "base")
+    proc.signal(signal.SIGTERM)
+    assert await proc.wait() == 0
+    assert not proc.find(lambda r: r.get("plugin") == "waiting" and r.get("to") == "STARTING")
+    assert plugin_processes(settings.plugins_dir) == []

@@ -129,6 +129,7 @@ class Supervisor:
         self._metrics_task: asyncio.Task[None] | None = None
         self._http: httpx.AsyncClient | None = None
         self._lifecycle = asyncio.Lock()
+        self._closing = False
 
     # -- lifecycle -----------------------------------------------------------------------------------------------
     async def __aenter__(self) -> Supervisor:
@@ -171,6 +172,12 @@ class Supervisor:
         if not self.opened:
             return
         self.opened = False
+        self._closing = True
+        starting = list(self._starting.values())  # starts in flight must not start anything after stop_all
+        for task in starting:
+            task.cancel()
+        if starting:
+            await asyncio.wait(starting)
         try:
             await self.stop_all("supervisor shutting down")
         finally:
@@ -464,12 +471,19 @@ class Supervisor:
         plugin = self._get(key)
         if plugin.snapshot().state == PluginState.RUNNING:
             return
+        if self._closing or not self.opened:
+            raise PluginActionError(key, "the supervisor is shutting down")
         task = self._starting.get(key)
         if task is None:
             task = asyncio.create_task(self._start_with_deps(key, reason), name=f"start:{key}")
             self._starting[key] = task
             task.add_done_callback(self._forget_start)
-        await asyncio.shield(task)
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if task.cancelled() and self._closing:  # close() cancelled the start, not our caller
+                raise PluginActionError(key, "the supervisor is shutting down") from None
+            raise
 
     def _forget_start(self, task: asyncio.Task[None]) -> None:
         for key, t in list(self._starting.items()):
