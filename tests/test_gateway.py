@@ -432,3 +432,18 @@ async def test_connecting_is_bounded_by_the_timeout_too() -> None:
                 s.close()
     assert resp.status_code == 504
     assert error_code(resp) == "upstream_timeout"
+
+
+@pytest.mark.parametrize("hang_up", [False, True])
+async def test_an_upstream_answering_before_the_whole_body_is_relayed(hang_up: bool) -> None:
+    answer = b'HTTP/1.1 401 Unauthorized\r\nContent-Type: application/json\r\nContent-Length: 15\r\n\r\n{"who": "you?"}'
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for _ in range(64):
+            yield b"b" * 65536
+
+    async with raw_upstream(answer, close_after=hang_up) as url:
+        table = RouteTable([PluginRoute("raw", url, (("POST", "/x"),))])
+        async with served_gateway(table) as base, httpx.AsyncClient(base_url=base) as client:
+            resp = await client.post("/api/plugins/raw/x", content=chunks())
+    assert resp.status_code == 401 and resp.json() == {"who": "you?"}

@@ -587,7 +587,15 @@ class Gateway:
                         conn.send_head(head + first, method == "HEAD")
                     if not ex.body_done:
                         ex.deadline = 0.0  # a long upload is the client's pace, not the upstream's
-                        await self._send_body(ex, conn, route.max_body, chunked)
+                        try:
+                            await self._send_body(ex, conn, route.max_body, chunked)
+                        except UpstreamError:
+                            if not conn.headers_done:
+                                raise
+                        if not ex.body_done:
+                            # The upstream answered (a 401, a 413) before taking the whole body: relay its
+                            # answer; the connection is out of step and cannot be reused.
+                            conn.keep_alive = False
                         if route.timeout:
                             ex.deadline = time.perf_counter() + route.timeout
                     try:
@@ -713,7 +721,7 @@ class Gateway:
     async def _send_body(self, ex: _Exchange, conn: UpstreamConnection, limit: int, chunked: bool) -> None:
         """Stream the rest of the client's body to the upstream, counting it against the plugin's limit."""
         receive = ex.receive
-        while True:
+        while not conn.headers_done:
             message = await receive()
             if message["type"] == "http.disconnect":
                 ex.client_gone = True
