@@ -25,7 +25,7 @@ HIGH_WATER = 256 * 1024
 
 
 class UpstreamError(ConnectionError):
-    """The upstream connection failed or broke off; ``sent_nothing`` says no response byte arrived."""
+    """The upstream connection failed or broke off; ``received_any`` says whether any response byte arrived."""
 
     def __init__(self, message: str, received_any: bool = False) -> None:
         super().__init__(message)
@@ -260,9 +260,11 @@ class UpstreamPool:
         idle = self._idle.get(key)
         while idle:
             conn = idle.pop()
-            if not conn.closed:
+            if not conn.closed and not conn.received_any:
                 conn.reused = True
                 return conn
+            # Closed, or the upstream spoke while idle (a 408 before hanging up): not a clean connection.
+            conn.close()
         return await self._open(key)
 
     async def _open(self, key: tuple[str, str, int]) -> UpstreamConnection:
