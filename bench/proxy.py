@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import os
 import re
+import select
 import shutil
 import signal
 import socket
@@ -87,7 +88,9 @@ def spawn_role(*args: str) -> tuple[subprocess.Popen[str], int]:
         [sys.executable, __file__, *args], stdout=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL
     )
     assert proc.stdout is not None
-    line = proc.stdout.readline()
+    # Bounded: a child that never reports its port is killed after 20 s.
+    ready, _, _ = select.select([proc.stdout], [], [], 20.0)
+    line = proc.stdout.readline() if ready else ""
     if not line.startswith("PORT "):
         proc.kill()
         raise SystemExit(f"{args[1]} did not start: {line!r}")
