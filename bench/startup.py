@@ -84,7 +84,9 @@ class Headless:
         args = [sys.executable, "-m", "supervisor_tui", "--headless", "--port", "0", "--log-format", "json"]
         args += ["--plugins-dir", str(root / "plugins"), "--data-dir", str(root / "data")]
         self.t0 = time.perf_counter()
-        self.proc = subprocess.Popen(args, cwd=root, env=env, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+        self.proc = subprocess.Popen(
+            args, cwd=root, env=env, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True
+        )
         self.lines: queue.Queue[tuple[float, dict[str, Any]]] = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()
 
@@ -120,7 +122,9 @@ def main() -> int:
         root = Path(tmp)
         write_plugins(root, n, args.startsecs)
         base = baseline_spawn(root, n)
-        print(f"machine: {os.cpu_count()} cores, python {sys.version.split()[0]}, {n} plugins, startsecs {args.startsecs:g}")
+        print(
+            f"machine: {os.cpu_count()} cores, python {sys.version.split()[0]}, {n} plugins, startsecs {args.startsecs:g}"
+        )
         print(f"baseline: {n} plugin scripts started directly, all printed a line: {base:.3f} s")
 
         sup = Headless(root)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import sqlite3
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 
@@ -35,6 +36,12 @@ def run_headless(settings: Settings, exit_on_fatal: bool) -> int:
         return asyncio.run(serve(settings, exit_on_fatal))
     except (LockError, StoreError) as exc:
         stderr_line(f"supervisor-tui: {exc}")
+        return EXIT_CANNOT_START
+    except sqlite3.Error as exc:  # e.g. data/supervisor.db is not a database
+        stderr_line(f"supervisor-tui: cannot use the database in {settings.data_dir}: {exc}")
+        return EXIT_CANNOT_START
+    except OSError as exc:
+        stderr_line(f"supervisor-tui: cannot start: {exc}")
         return EXIT_CANNOT_START
     except KeyboardInterrupt:  # a signal before the handlers were installed
         return EXIT_OK

@@ -159,3 +159,18 @@ async def test_sigterm_during_startup_still_stops_everything(
     assert await proc.wait() == 0
     assert not proc.find(lambda r: r.get("plugin") == "waiting" and r.get("to") == "STARTING")
     assert plugin_processes(settings.plugins_dir) == []
+
+
+def test_unusable_database_is_one_line_and_exit_1(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "supervisor.db").write_bytes(b"this is not a database, " * 100)
+    result = subprocess.run(
+        [sys.executable, "-m", "supervisor_tui", "--headless", "--port", "0", "--data-dir", str(data)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1 and "not a database" in result.stderr

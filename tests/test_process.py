@@ -275,3 +275,31 @@ async def test_metrics_sample_the_whole_process_tree(supervisor: Supervisor, add
     sample = samples[-1]
     assert sample.rss > 0 and sample.threads >= 3 and sample.fds > 0
     assert supervisor.plugin("tree").last_metrics is not None
+
+
+async def test_stop_during_backoff_and_restart(supervisor: Supervisor, add_plugin: Callable[..., Any]) -> None:
+    folder = await add_plugin("retry", "crash_at_start.py", startretries=50, backoff_max_s=1)
+    await supervisor.start("retry", wait=False)
+    await wait_until(lambda: supervisor.plugin("retry").state == "BACKOFF")
+    stopped = await supervisor.stop("retry")
+    assert stopped.state == "STOPPED" and stopped.desired == "stopped"
+    count = len(spawns(folder))
+    runner = supervisor.registry["retry"]
+    assert not runner.active  # type: ignore[attr-defined]
+    assert len(spawns(folder)) == count
+
+    ok = await add_plugin("ok", "sleeper.py")
+    first = await supervisor.start("ok")
+    again = await supervisor.restart("ok")
+    assert again.state == "RUNNING" and again.pid != first.pid and len(spawns(ok)) == 2
+
+
+async def test_missing_program_goes_fatal_with_a_clear_reason(
+    supervisor: Supervisor, make_plugin: Callable[..., Path]
+) -> None:
+    make_plugin("ghost", "sleeper.py", autostart=False, command=["./no-such-program", "--flag"], startretries=1)
+    await supervisor.reload()
+    with pytest.raises(PluginActionError):
+        await supervisor.start("ghost")
+    snap = supervisor.plugin("ghost")
+    assert snap.state == "FATAL" and "./no-such-program" in snap.last_error and "No such file" in snap.last_error
