@@ -123,7 +123,8 @@ def main() -> int:
         write_plugins(root, n, args.startsecs)
         base = baseline_spawn(root, n)
         print(
-            f"machine: {os.cpu_count()} cores, python {sys.version.split()[0]}, {n} plugins, startsecs {args.startsecs:g}"
+            f"machine: {os.cpu_count()} cores, python {sys.version.split()[0]}, "
+            f"{n} plugins, startsecs {args.startsecs:g}"
         )
         print(f"baseline: {n} plugin scripts started directly, all printed a line: {base:.3f} s")
 
@@ -135,7 +136,8 @@ def main() -> int:
             pids[rec["plugin"]] = rec["pid"]
         launch = last - sup.t0
         print(
-            f"launch -> {n} plugins RUNNING: {launch:.3f} s (goal < 2 s); minus startsecs: {launch - args.startsecs:.3f} s; "
+            f"launch -> {n} plugins RUNNING: {launch:.3f} s (goal < 2 s); "
+            f"minus startsecs: {launch - args.startsecs:.3f} s; "
             f"ratio to baseline + startsecs: {launch / (base + args.startsecs):.2f}"
         )
 
