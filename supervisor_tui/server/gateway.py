@@ -15,14 +15,19 @@ Public interface:
   plugin, method and status class: ``count``, ``total_seconds``, cumulative ``bucket_counts`` and
   ``buckets()`` in Prometheus form; latency runs until the response head is sent) and ``in_flight``.
 
-Behaviour: an undeclared path is 404, a declared path with another method 405 with ``Allow``, a plugin that is
-not available 503 with ``Retry-After``, a refused/reset upstream 502, an upstream that has not answered within
-the plugin's timeout 504 (the timeout bounds the wait for the response headers, so long event streams are not
-cut), a body over the plugin's ``max_body`` 413 (at once for Content-Length, while streaming for chunked
-bodies). Hop-by-hop headers are dropped both ways, ``X-Forwarded-For/Proto/Host/Prefix`` are set and
-``X-Request-ID`` is passed through or generated and returned. Bodies stream both ways with back-pressure. When
-the client goes away the upstream request is cancelled. The gateway only connects to the upstream of a route
-in its table: the authority of the upstream URL always comes from the route, never from the request.
+Behaviour: an undeclared path is 404, a declared path with another method 405 with ``Allow``, a plugin that is not
+available 503 with ``Retry-After``, a refused/reset upstream 502, an upstream that has not answered within the
+plugin's timeout 504 (the timeout bounds the wait for the response headers, so long event streams are not cut; it is
+checked every ``TICK`` seconds and covers connecting), a body over the plugin's ``max_body`` 413 (at once for
+Content-Length, while streaming for chunked bodies). HEAD is allowed wherever GET is declared; an upstream's early
+answer to a half-sent body is relayed. Hop-by-hop headers are dropped both ways,
+``X-Forwarded-For/Proto/Host/Prefix`` are set and ``X-Request-ID`` is passed through or generated and returned.
+Bodies stream both ways with back-pressure. When the client goes away the upstream request is cancelled. The gateway
+only connects to the upstream of a route in its table: the authority of the upstream URL always comes from the
+route, never from the request.
+
+Upstream connections come from ``gateway_upstream.UpstreamPool`` (keep-alive HTTP/1.1 over httptools, no
+per-request client objects); a kept-alive connection the upstream dropped is retried once for bodiless requests.
 
 Passive health: ``on_result(key, ok)`` is called for every failed upstream exchange (connection failure,
 timeout or a 5xx answer) and for the first success after a failure; the callee counts consecutive failures.
