@@ -113,6 +113,7 @@ class ProcessRunner:
         self._health_task: asyncio.Task[None] | None = None
         self._restart_task: asyncio.Task[None] | None = None
         self._restart_reason = ""
+        self._spawned_at = 0.0
         self._wake = asyncio.Event()
         self._changed = asyncio.Event()
         self._stop_lock = asyncio.Lock()
@@ -379,6 +380,7 @@ class ProcessRunner:
         self._proc = proc
         self.pid = proc.pid
         self.started_at = time.time()
+        self._spawned_at = time.monotonic()  # startsecs counts from here, not after the pid is recorded
         assert proc.stdout is not None and proc.stderr is not None
         self._pumps = [
             asyncio.create_task(self.ctx.logs.pump(self.key, "stdout", proc.stdout), name=f"stdout:{self.key}"),
@@ -399,7 +401,7 @@ class ProcessRunner:
         """Readiness gating: up for ``startsecs`` and, with a health path, one successful probe."""
         m = self.manifest
         assert m is not None
-        t0 = time.monotonic()
+        t0 = self._spawned_at
         ready_at = t0 + m.startsecs
         health = m.health
         need_probe = health is not None
