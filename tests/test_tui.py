@@ -39,6 +39,11 @@ def table(app: SupervisorApp, name: str) -> KeyedTable:
     return app.main.query_one(f"#{name}-table", KeyedTable)
 
 
+def cell(app: SupervisorApp, name: str, row: str, column: str) -> str:
+    """The text of one cell, by row key and column key (columns differ between narrow and wide layouts)."""
+    return str(table(app, name).get_cell(row, column).plain)
+
+
 def table_keys(app: SupervisorApp, name: str) -> list[str]:
     return [str(row.key.value) for row in table(app, name).ordered_rows]
 

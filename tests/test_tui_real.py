@@ -1,0 +1,171 @@
+"""The TUI driving real supervisors: s/x/r on real plugin processes, quit in embedded mode, attach to headless."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+from conftest import open_supervisor, wait_until
+from test_tui import cell, screen_text, select_plugin, until
+
+from supervisor_tui.config import Settings
+from supervisor_tui.tui import attach
+from supervisor_tui.tui.app import MainScreen, SupervisorApp
+from supervisor_tui.tui.client_local import InProcessClient
+from supervisor_tui.tui.client_remote import RemoteClient
+from supervisor_tui.tui.screens.confirm import ConfirmScreen
+
+pytestmark = pytest.mark.usefixtures("no_plugin_leftovers")
+
+SIZE = (100, 30)
+
+
+def alive(pid: int | None) -> bool:
+    if pid is None:
+        return False
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+async def test_s_x_r_change_the_real_process(settings: Settings, make_plugin: Callable[..., Path]) -> None:
+    make_plugin("sleepy", "sleeper.py", autostart=False)
+    async with open_supervisor(settings) as sup:
+        app = SupervisorApp(InProcessClient(sup, "http://127.0.0.1:4000"), handle_signals=False)
+        async with app.run_test(size=SIZE) as pilot:
+            await select_plugin(pilot, app, "sleepy")
+            assert sup.plugin("sleepy").state == "STOPPED"
+
+            await pilot.press("s")
+            await until(pilot, lambda: sup.plugin("sleepy").state == "RUNNING", within=20)
+            first = sup.plugin("sleepy").pid
+            assert alive(first)
+            await until(pilot, lambda: cell(app, "plugins", "sleepy", "state") == "RUNNING")
+
+            await pilot.press("r")
+            await until(pilot, lambda: sup.plugin("sleepy").pid not in (None, first), within=20)
+            await until(pilot, lambda: sup.plugin("sleepy").state == "RUNNING", within=20)
+            second = sup.plugin("sleepy").pid
+            assert not alive(first) and alive(second)
+
+            await pilot.press("x")
+            await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+            await pilot.press("y")
+            await until(pilot, lambda: sup.plugin("sleepy").state == "STOPPED", within=20)
+            await wait_until(lambda: not alive(second), 10)
+            await until(pilot, lambda: cell(app, "plugins", "sleepy", "state") == "STOPPED")
+
+
+async def test_cancelled_stop_leaves_the_process_running(settings: Settings, make_plugin: Callable[..., Path]) -> None:
+    make_plugin("sleepy", "sleeper.py", autostart=True)
+    async with open_supervisor(settings) as sup:
+        await sup.start_all()
+        pid = sup.plugin("sleepy").pid
+        app = SupervisorApp(InProcessClient(sup, "http://127.0.0.1:4000"), handle_signals=False)
+        async with app.run_test(size=SIZE) as pilot:
+            await select_plugin(pilot, app, "sleepy")
+            await pilot.press("x")
+            await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+            await pilot.press("escape")
+            await until(pilot, lambda: isinstance(app.screen, MainScreen))
+            await pilot.pause(0.5)
+            assert sup.plugin("sleepy").state == "RUNNING"
+            assert sup.plugin("sleepy").pid == pid and alive(pid)
+
+
+async def test_a_failing_start_notifies_with_the_supervisors_reason(
+    settings: Settings, make_plugin: Callable[..., Path]
+) -> None:
+    make_plugin("broken", "crash_at_start.py", autostart=False, startretries=0)
+    async with open_supervisor(settings) as sup:
+        app = SupervisorApp(InProcessClient(sup, "http://127.0.0.1:4000"), handle_signals=False)
+        async with app.run_test(size=SIZE) as pilot:
+            await select_plugin(pilot, app, "broken")
+            await pilot.press("s")
+            await until(pilot, lambda: any("start broken failed" in str(n.message) for n in app._notifications), 20)
+            await until(pilot, lambda: cell(app, "plugins", "broken", "state") in ("FATAL", "BACKOFF"), 20)
+
+
+async def test_quit_in_embedded_mode_returns_and_the_plugins_stop(
+    settings: Settings, make_plugin: Callable[..., Path]
+) -> None:
+    make_plugin("sleepy", "sleeper.py", autostart=True)
+    async with open_supervisor(settings) as sup:
+        await sup.start_all()
+        pid = sup.plugin("sleepy").pid
+        app = SupervisorApp(InProcessClient(sup, "http://127.0.0.1:4000"), handle_signals=False)
+        async with app.run_test(size=SIZE) as pilot:
+            await pilot.press("q")
+            await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+            assert "1 running plugin will be stopped (sleepy)" in app.screen.message
+            await pilot.press("y")
+            await until(pilot, lambda: not app.is_running)
+        assert app.return_code == 0
+        assert alive(pid)  # the app itself never stops plugins; the embedded runner closes the supervisor next
+    assert not alive(pid)
+
+
+async def test_read_only_embedded_refuses_actions(settings: Settings, make_plugin: Callable[..., Path]) -> None:
+    make_plugin("sleepy", "sleeper.py", autostart=False)
+    async with open_supervisor(settings) as sup:
+        app = SupervisorApp(InProcessClient(sup, "http://127.0.0.1:4000", read_only=True), handle_signals=False)
+        async with app.run_test(size=SIZE) as pilot:
+            await select_plugin(pilot, app, "sleepy")
+            await pilot.press("s")
+            await pilot.pause(0.5)
+            assert sup.plugin("sleepy").state == "STOPPED"
+            assert "read-only" in screen_text(app)
+
+
+def _api_url(record: dict[str, Any]) -> str | None:
+    url = record.get("url")
+    return str(url) if record.get("event") == "api_listening" and url else None
+
+
+async def test_attach_to_a_headless_supervisor(
+    headless: Any, settings: Settings, make_plugin: Callable[..., Path]
+) -> None:
+    make_plugin("sleepy", "sleeper.py", autostart=True)
+    proc = headless()
+    record = await proc.wait_for(lambda r: _api_url(r) is not None, timeout=15)
+    url = _api_url(record)
+    assert url is not None
+    await proc.wait_state("sleepy", "RUNNING")
+    token = (settings.data_dir / "admin.token").read_text().strip()
+
+    client = RemoteClient(url, token)
+    await client.connect()
+    app = SupervisorApp(client, handle_signals=False)
+    try:
+        async with app.run_test(size=SIZE) as pilot:
+            await select_plugin(pilot, app, "sleepy")
+            await until(pilot, lambda: cell(app, "plugins", "sleepy", "state") == "RUNNING", within=10)
+            assert "attached" in screen_text(app)
+            await pilot.press("x")
+            await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+            await pilot.press("y")
+            await until(pilot, lambda: cell(app, "plugins", "sleepy", "state") == "STOPPED", within=20)
+            await pilot.press("s")
+            await until(pilot, lambda: cell(app, "plugins", "sleepy", "state") == "RUNNING", within=20)
+            await pilot.press("q")
+            await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+            assert "keep running" in app.screen.message
+            await pilot.press("y")
+            await until(pilot, lambda: not app.is_running)
+    finally:
+        await client.close()
+    assert proc.proc.poll() is None  # attached quit leaves the supervisor and its plugins running
+
+
+def test_attach_to_an_unreachable_url_is_one_line_and_nonzero(capsys: pytest.CaptureFixture[str]) -> None:
+    args = argparse.Namespace(url="http://127.0.0.1:9", token="x", read_only=False, config=None)
+    code = attach.main(args)
+    err = capsys.readouterr().err
+    assert code != 0
+    assert err.count("\n") == 1 and "cannot reach http://127.0.0.1:9" in err
+    assert "Traceback" not in err
