@@ -1,0 +1,85 @@
+"""Durability: SIGKILL the server in the middle of a heartbeat load; every heartbeat answered 2xx is on disk.
+
+The server is tests/fixtures/consoles/server.py: the same store, service, raw ASGI app and uvicorn setup the
+supervisor composes, in a process of its own so it can be killed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import sqlite3
+from pathlib import Path
+
+import httpx
+from fixtures.consoles.harness import ADMIN_TOKEN, free_port, server_process
+
+CONSOLES = 20
+WORKERS = 48
+
+
+async def test_every_acknowledged_heartbeat_survives_sigkill(tmp_path: Path) -> None:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    acked: set[str] = set()
+    with server_process(tmp_path, port) as proc:
+        limits = httpx.Limits(max_connections=WORKERS, max_keepalive_connections=WORKERS)
+        async with httpx.AsyncClient(base_url=url, limits=limits, timeout=10) as client:
+            tokens = []
+            for i in range(CONSOLES):
+                r = await client.post("/api/consolas/registrar", json={"id": f"k{i}", "nombre": f"K{i}"})
+                assert r.status_code == 201
+                tokens.append(r.json()["token"])
+            killed = asyncio.Event()
+            enough = asyncio.Event()
+
+            async def worker(w: int) -> None:
+                n = 0
+                while not killed.is_set():
+                    i = (w + n) % CONSOLES
+                    job = f"w{w}-{n}"
+                    n += 1
+                    try:
+                        r = await client.post(
+                            f"/api/consolas/k{i}/heartbeat",
+                            json={"estado": "ocupada", "videoEnProceso": job, "sistema": {"hostname": "h"}},
+                            headers={"Authorization": f"Bearer {tokens[i]}"},
+                        )
+                    except httpx.HTTPError:
+                        return  # the server is gone
+                    if 200 <= r.status_code < 300:
+                        acked.add(job)
+                        if len(acked) >= 3000:
+                            enough.set()
+
+            tasks = [asyncio.create_task(worker(w)) for w in range(WORKERS)]
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(enough.wait(), 30)
+            proc.send_signal(signal.SIGKILL)  # mid-load: requests are in flight and batches are being written
+            proc.wait(10)
+            killed.set()
+            await asyncio.gather(*tasks)
+    assert len(acked) >= 500
+
+    db = sqlite3.connect(tmp_path / "supervisor.db")
+    stored = {row[0] for row in db.execute("SELECT current_job FROM heartbeats")}
+    counted = sum(row[0] for row in db.execute("SELECT heartbeats FROM consoles"))
+    db.close()
+    missing = acked - stored
+    assert not missing, f"{len(missing)} acknowledged heartbeats lost, e.g. {sorted(missing)[:5]}"
+    assert counted == len(stored)  # the console rows were committed in the same transactions
+
+    # The restarted server serves what was committed and takes heartbeats again with the same tokens.
+    with server_process(tmp_path, port):
+        async with httpx.AsyncClient(base_url=url) as client:
+            admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+            r = await client.get("/api/consoles?limit=1000", headers=admin)
+            assert r.json()["total"] == CONSOLES
+            assert sum(c["heartbeats"] for c in r.json()["consoles"]) == len(stored)
+            r = await client.post(
+                "/api/consolas/k0/heartbeat",
+                json={"estado": "esperando"},
+                headers={"Authorization": f"Bearer {tokens[0]}"},
+            )
+            assert r.status_code == 200
