@@ -447,3 +447,22 @@ async def test_an_upstream_answering_before_the_whole_body_is_relayed(hang_up: b
         async with served_gateway(table) as base, httpx.AsyncClient(base_url=base) as client:
             resp = await client.post("/api/plugins/raw/x", content=chunks())
     assert resp.status_code == 401 and resp.json() == {"who": "you?"}
+
+
+async def test_absolute_form_targets_still_go_to_the_registered_upstream(gw, upstream: str) -> None:
+    client, _, _ = gw
+    port = client.base_url.port
+    assert port is not None
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(
+        b"GET http://evil.example:9/api/plugins/demo/echo-request?q=1 HTTP/1.1\r\nHost: evil.example:9\r\n"
+        b"Connection: close\r\n\r\n"
+    )
+    await writer.drain()
+    raw = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200")
+    seen = json.loads(body)
+    assert dict(seen["headers"])["host"] == upstream.removeprefix("http://")
+    assert seen["path"] == "/echo-request" and seen["query_string"] == "q=1"
