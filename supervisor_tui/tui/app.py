@@ -442,7 +442,7 @@ class SupervisorApp(App[int]):
             gc.collect()
             gc.freeze()
         self.run_worker(self._consume_events(), name="events", group="events", exit_on_error=False)
-        self.set_interval(1 / FLUSH_HZ, self._flush, name="flush")
+        self.set_interval(1 / FLUSH_HZ, self._apply_pending, name="flush")
         self.set_interval(RATE_SECONDS, self._sample_rates, name="rates")
 
     async def _sample_rates(self) -> None:
@@ -567,7 +567,7 @@ class SupervisorApp(App[int]):
             banner.update(f" ⚠ connection lost: {message or 'reconnecting'} — reconnecting…")
 
     # -- flushing ----------------------------------------------------------------------------------------
-    async def _flush(self) -> None:
+    async def _apply_pending(self) -> None:
         if self._flushing:
             return
         self._flushing = True

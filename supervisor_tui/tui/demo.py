@@ -173,7 +173,7 @@ def _demo_console(i: int, now: float, inactive_after: float) -> ConsoleInfo:
         state = "active"
     else:
         state = "idle"
-    age = (i * 37) % 590 + 2
+    age: float = (i * 37) % 590 + 2
     if state == "inactive":
         age = inactive_after + 60 + (i % 300)
     job = _JOBS[i % len(_JOBS)].format(n=i % 97 + 1, k=i % 5 + 1) if state in ("busy", "active") else ""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from rich.console import Group
 from rich.table import Table
@@ -16,6 +16,9 @@ from textual.widgets import Footer, Static
 
 from supervisor_tui.tui.cells import CONSOLE_STATE_STYLES, DANGER_STYLE, DIM_STYLE, age, duration, seen_style
 from supervisor_tui.tui.client import CONSOLE_STATES, ClientError, ConsoleInfo, HeartbeatInfo, TransitionInfo
+
+if TYPE_CHECKING:
+    from supervisor_tui.tui.app import SupervisorApp
 
 REFRESH_SECONDS = 1.0
 HEARTBEATS_SHOWN = 120
@@ -49,7 +52,7 @@ class ConsoleDetailScreen(Screen[None]):
         self._fetched = 0.0
 
     @property
-    def sup_app(self):  # type: ignore[no-untyped-def]
+    def sup_app(self) -> SupervisorApp:
         from supervisor_tui.tui.app import SupervisorApp
 
         app = self.app

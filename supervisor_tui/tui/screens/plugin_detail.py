@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from rich.console import Group
 from rich.table import Table
@@ -17,6 +17,9 @@ from textual.widgets import Footer, Sparkline, Static
 from supervisor_tui.tui.cells import DANGER_STYLE, DIM_STYLE, PLUGIN_STATE_STYLES, duration, size
 from supervisor_tui.tui.client import ClientError, LogEntry, MetricPoint, PluginInfo
 from supervisor_tui.tui.widgets.log_view import source_colour
+
+if TYPE_CHECKING:
+    from supervisor_tui.tui.app import SupervisorApp
 
 REFRESH_SECONDS = 1.0
 
@@ -48,7 +51,7 @@ class PluginDetailScreen(Screen[None]):
         self.log_lines: list[LogEntry] = []
 
     @property
-    def sup_app(self):  # type: ignore[no-untyped-def]
+    def sup_app(self) -> SupervisorApp:
         from supervisor_tui.tui.app import SupervisorApp
 
         app = self.app
