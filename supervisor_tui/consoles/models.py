@@ -60,8 +60,12 @@ def valid_console_id(console_id: str) -> bool:
     return bool(_CONSOLE_ID.match(console_id))
 
 
+MIN_TIMESTAMP = -62135596800.0  # 0001-01-01T00:00:00Z
+_LEAP_SECOND = re.compile(r"(T\d\d:\d\d):60")
+
+
 def parse_timestamp(value: str | float | int | None, field: str) -> float | None:
-    """Unix seconds from an ISO-8601 string (a trailing Z or an offset; no offset means UTC) or a number."""
+    """Unix seconds from an ISO-8601/RFC 3339 string (Z or an offset; none means UTC) or a number."""
     if value is None:
         return None
     if isinstance(value, bool):
@@ -69,8 +73,10 @@ def parse_timestamp(value: str | float | int | None, field: str) -> float | None
     if isinstance(value, int | float):
         ts = float(value)
     else:
+        # RFC 3339 allows a lower-case t/z and a leap second, which datetime does not read.
+        text = _LEAP_SECOND.sub(r"\1:59", value.strip().upper())
         try:
-            dt = datetime.fromisoformat(value)
+            dt = datetime.fromisoformat(text)
             if dt.tzinfo is None:
                 dt = dt.replace(tzinfo=UTC)
             ts = dt.timestamp()
@@ -78,14 +84,22 @@ def parse_timestamp(value: str | float | int | None, field: str) -> float | None
             raise InvalidField(
                 field, f"`{field}` must be an ISO-8601 timestamp like 2025-12-03T10:30:00.000Z, got {value[:64]!r}"
             ) from None
-    if not 0.0 <= ts <= MAX_TIMESTAMP:
-        raise InvalidField(field, f"`{field}` must be a timestamp between 1970 and 9999")
+    if not MIN_TIMESTAMP <= ts <= MAX_TIMESTAMP:
+        raise InvalidField(field, f"`{field}` must be a timestamp between years 1 and 9999")
     return ts
 
 
 def iso(ts: float | None) -> str | None:
-    """ISO-8601 UTC with milliseconds, or None."""
-    return None if ts is None else format_ts(ts)
+    """ISO-8601 UTC with milliseconds ("2025-12-03T10:30:00.000Z"), or None."""
+    if ts is None:
+        return None
+    if 0 <= ts < 32503680000:  # 1970-3000: the common case, the log hub's formatter
+        return format_ts(ts)
+    dt = datetime.fromtimestamp(ts, UTC)
+    return (
+        f"{dt.year:04d}-{dt.month:02d}-{dt.day:02d}T{dt.hour:02d}:{dt.minute:02d}:{dt.second:02d}"
+        f".{dt.microsecond // 1000:03d}Z"
+    )
 
 
 # -- wire formats --------------------------------------------------------------------------------------------
@@ -295,7 +309,7 @@ def decode_registration(body: bytes, spanish: bool) -> RegistrationInput:
         raise InvalidField(
             names[0], f"`{names[0]}` must be 1-128 letters, digits or . _ : - (a UUID v4 is usual); got {cid[:64]!r}"
         )
-    if not name.strip():
+    if not name.strip(" \t\r\n"):
         raise InvalidField(names[1], f"`{names[1]}` must not be empty")
     _check_len(name, MAX_NAME, names[1])
     system_json, host = _system(system)

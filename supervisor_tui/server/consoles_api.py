@@ -379,6 +379,7 @@ def _int_param(q: dict[str, str], name: str, default: int, lo: int, hi: int) -> 
 _TS = {"type": ["string", "null"], "format": "date-time", "description": "ISO-8601 UTC"}
 _TS_IN = {
     "type": ["string", "null"],
+    "format": "date-time",
     "description": "ISO-8601 timestamp like 2025-12-03T10:30:00.000Z (no offset = UTC)",
     "example": "2025-12-03T10:30:00.000Z",
 }
@@ -388,7 +389,7 @@ _SYSTEM = {
     "additionalProperties": True,
     "example": {"hostname": "worker-1", "platform": "linux", "arch": "x64", "cpus": 8},
 }
-_ERROR_VALUE = {"description": "the last error: a string, an object or null"}
+_ERROR_VALUE = {"type": ["string", "object", "null"], "description": "the last error: a string, an object or null"}
 _ERROR = {
     "type": "object",
     "required": ["error"],
@@ -480,6 +481,8 @@ def _body_schema(fields: dict[str, Any], required: list[str]) -> dict[str, Any]:
     return {"required": True, **_json({"type": "object", "required": required, "properties": fields})}
 
 
+_NEW_ID = {"type": "string", "pattern": CONSOLE_ID_PATTERN, "not": {"enum": sorted(_RESERVED_IDS)}}
+_NAME = {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "[^ \\t\\r\\n]"}
 _ES_STATE = {"type": "string", "enum": list(SPANISH_REPORTED_STATES)}
 _EN_STATE = {"type": "string", "enum": list(REPORTED_STATES)}
 _INGEST_ERRORS = (400, 401, 403, 404, 413, 415, 422, 503)
@@ -495,8 +498,8 @@ OPENAPI_PATHS: dict[str, Any] = {
             "operationId": "consolas_registrar",
             "requestBody": _body_schema(
                 {
-                    "id": {"type": "string", "pattern": CONSOLE_ID_PATTERN},
-                    "nombre": {"type": "string", "minLength": 1, "maxLength": 255},
+                    "id": _NEW_ID,
+                    "nombre": _NAME,
                     "estado": _ES_STATE,
                     "sistema": _SYSTEM,
                     "ultimaActividad": _TS_IN,
@@ -539,8 +542,8 @@ OPENAPI_PATHS: dict[str, Any] = {
             "operationId": "consoles_register",
             "requestBody": _body_schema(
                 {
-                    "id": {"type": "string", "pattern": CONSOLE_ID_PATTERN},
-                    "name": {"type": "string", "minLength": 1, "maxLength": 255},
+                    "id": _NEW_ID,
+                    "name": _NAME,
                     "state": _EN_STATE,
                     "system": _SYSTEM,
                     "last_activity": _TS_IN,
@@ -584,7 +587,7 @@ OPENAPI_PATHS: dict[str, Any] = {
                 {"name": "state", "in": "query", "schema": {"type": "string", "enum": list(ALL_STATES)}},
                 {"name": "q", "in": "query", "schema": {"type": "string"}, "description": "name, host or id"},
                 {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
-                {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0}},
+                {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0, "maximum": 10**9}},
                 {"name": "sort", "in": "query", "schema": {"type": "string", "enum": list(SORTS)}},
             ],
             "responses": {
