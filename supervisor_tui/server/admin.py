@@ -1,0 +1,518 @@
+"""The admin API (`/api/v1/...`, seed 003's shape), liveness/readiness, and the live event stream.
+
+FastAPI gives typed routes and /openapi.json; it is kept off the hot paths (gateway, heartbeat ingest),
+which the top-level app (server/app.py) dispatches before a request ever reaches this app.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import Depends, FastAPI, Query, Request, WebSocket, WebSocketDisconnect
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from supervisor_tui import __version__
+from supervisor_tui.config import Settings
+from supervisor_tui.core.events import LogLine
+from supervisor_tui.core.logs import LogRecord
+from supervisor_tui.core.supervisor import PluginActionError, PluginNotFound, Supervisor
+from supervisor_tui.plugins.manifest import ManifestError
+from supervisor_tui.server import schemas
+from supervisor_tui.server.auth import bearer_from_header, token_matches
+from supervisor_tui.server.errors import ERROR_SCHEMA, ApiError
+
+log = logging.getLogger(__name__)
+
+MAX_LOG_LINES = 10_000
+
+
+@dataclass
+class ApiContext:
+    """What the HTTP surface needs from the running process."""
+
+    sup: Supervisor
+    settings: Settings
+    admin_token: str
+    plugin_token: str
+    mode: str  # "headless" | "embedded"
+    api_url: str  # base URL clients use, for gateway URLs
+    request_counts: Callable[[], dict[str, int]] = dict
+    ready: Callable[[], tuple[bool, str]] = lambda: (True, "")
+    metrics: Callable[[], bytes] | None = None  # renders Prometheus text
+
+
+def _error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    return {c: {"description": "Error", "content": {"application/json": {"schema": ERROR_SCHEMA}}} for c in codes}
+
+
+def _json_error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
+
+
+def create_admin_app(ctx: ApiContext, extra_openapi_paths: dict[str, Any] | None = None) -> FastAPI:
+    """The FastAPI app for everything that is not the gateway or the console ingest.
+
+    ``extra_openapi_paths`` documents the routes served outside FastAPI (the console API) in /openapi.json.
+    """
+    app = FastAPI(
+        title="supervisor-tui",
+        version=__version__,
+        description="Admin API of supervisor-tui. Every `/api/v1` route needs `Authorization: Bearer <admin token>`.",
+        docs_url="/docs",
+        redoc_url=None,
+    )
+    sup = ctx.sup
+
+    @app.exception_handler(ApiError)
+    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
+        return _json_error(exc.status, exc.code, exc.message, exc.headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        message = "no such route" if exc.status_code == 404 else str(exc.detail)
+        return _json_error(exc.status_code, code, message, dict(exc.headers or {}))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = []
+        for err in exc.errors()[:5]:
+            where = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"
+            problems.append(f"{where}: {err.get('msg', 'invalid')}")
+        status = 400 if any(e.get("type") == "json_invalid" for e in exc.errors()) else 422
+        code = "malformed_json" if status == 400 else "validation_error"
+        return _json_error(status, code, "; ".join(problems))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error in the admin API")
+        sup.logs.error(f"admin API error: {type(exc).__name__}: {exc}", event="api_error")
+        return _json_error(500, "internal", f"unexpected error: {type(exc).__name__}")
+
+    def require_admin(request: Request) -> None:
+        if not token_matches(bearer_from_header(request.headers.get("authorization")), ctx.admin_token):
+            raise ApiError(
+                401,
+                "unauthorized",
+                "missing or wrong admin token (send Authorization: Bearer <token>)",
+                {"WWW-Authenticate": "Bearer"},
+            )
+
+    def require_plugin_token(request: Request) -> None:
+        presented = bearer_from_header(request.headers.get("authorization"))
+        if not (token_matches(presented, ctx.plugin_token) or token_matches(presented, ctx.admin_token)):
+            raise ApiError(
+                401,
+                "unauthorized",
+                "missing or wrong plugin token (send Authorization: Bearer <token>)",
+                {"WWW-Authenticate": "Bearer"},
+            )
+
+    def require_writable() -> None:
+        if ctx.settings.read_only:
+            raise ApiError(403, "read_only", "this supervisor is read-only: actions that change state are refused")
+
+    admin = [Depends(require_admin)]
+    control = [Depends(require_admin), Depends(require_writable)]
+
+    def plugin_out(key: str) -> dict[str, Any]:
+        try:
+            snap = sup.plugin(key)
+        except PluginNotFound:
+            raise ApiError(404, "plugin_not_found", f"no plugin with key {key!r}") from None
+        return _plugin_dict(snap, ctx)
+
+    # -- liveness and readiness ----------------------------------------------------------------------------
+    @app.get("/health", response_model=schemas.HealthOut, tags=["health"])
+    async def health() -> dict[str, Any]:
+        """Liveness: the process answers."""
+        return {"status": "ok"}
+
+    @app.get("/ready", response_model=schemas.ReadyOut, tags=["health"], responses={503: {"model": schemas.ReadyOut}})
+    async def ready() -> Response:
+        """Readiness: plugins are loaded and the database is open."""
+        ok, detail = ctx.ready()
+        return JSONResponse({"ready": ok, "detail": detail}, status_code=200 if ok else 503)
+
+    # -- status and plugins ----------------------------------------------------------------------------------
+    @app.get(
+        "/api/v1/status",
+        response_model=schemas.StatusOut,
+        dependencies=admin,
+        tags=["status"],
+        responses=_error_responses(401),
+    )
+    async def status() -> dict[str, Any]:
+        """Counts of plugins and consoles by state, mode and API address."""
+        plugins = sup.plugins()
+        by_state: dict[str, int] = {}
+        for p in plugins:
+            by_state[p.state] = by_state.get(p.state, 0) + 1
+        consoles = await _console_counts(sup)
+        return {
+            "version": __version__,
+            "mode": ctx.mode,
+            "api": ctx.api_url,
+            "read_only": ctx.settings.read_only,
+            "plugins": {"total": len(plugins), "by_state": by_state},
+            "consoles": {"total": sum(consoles.values()), "by_state": consoles},
+        }
+
+    @app.get(
+        "/api/v1/plugins",
+        response_model=schemas.PluginList,
+        dependencies=admin,
+        tags=["plugins"],
+        responses=_error_responses(401),
+    )
+    async def list_plugins() -> dict[str, Any]:
+        """Every plugin: local processes, external (self-registered) and in-process ones."""
+        return {"plugins": [_plugin_dict(s, ctx) for s in sup.plugins()]}
+
+    @app.get(
+        "/api/v1/plugins/{key}",
+        response_model=schemas.PluginOut,
+        dependencies=admin,
+        tags=["plugins"],
+        responses=_error_responses(401, 404),
+    )
+    async def get_plugin(key: str) -> dict[str, Any]:
+        """One plugin: state, pid, port, uptime, restarts, health, last metrics, endpoints and gateway URLs."""
+        return plugin_out(key)
+
+    async def _act(key: str, action: str, wait: bool) -> Response:
+        plugin_out(key)  # 404 first
+        method = getattr(sup, action)
+        try:
+            if wait:
+                snap = await method(key, wait=True)
+                return JSONResponse({"plugin": _plugin_dict(snap, ctx)})
+            await method(key, wait=False)
+        except PluginNotFound:
+            raise ApiError(404, "plugin_not_found", f"no plugin with key {key!r}") from None
+        except PluginActionError as exc:
+            raise ApiError(409, "action_failed", str(exc)) from None
+        return JSONResponse({"plugin": plugin_out(key)}, status_code=202)
+
+    action_responses: dict[int | str, dict[str, Any]] = {
+        202: {"model": schemas.PluginEnvelope, "description": "Accepted (wait=false)"},
+        **_error_responses(401, 403, 404, 409),
+    }
+    wait_q = Query(True, description="Wait for the resulting state (RUNNING or STOPPED); false answers 202 at once")
+
+    @app.post(
+        "/api/v1/plugins/{key}/start",
+        response_model=schemas.PluginEnvelope,
+        dependencies=control,
+        tags=["plugins"],
+        responses=action_responses,
+    )
+    async def start_plugin(key: str, wait: bool = wait_q) -> Response:
+        """Start a plugin (an operator start also leaves FATAL)."""
+        return await _act(key, "start", wait)
+
+    @app.post(
+        "/api/v1/plugins/{key}/stop",
+        response_model=schemas.PluginEnvelope,
+        dependencies=control,
+        tags=["plugins"],
+        responses=action_responses,
+    )
+    async def stop_plugin(key: str, wait: bool = wait_q) -> Response:
+        """Stop a plugin; it stays stopped across supervisor restarts until started again."""
+        return await _act(key, "stop", wait)
+
+    @app.post(
+        "/api/v1/plugins/{key}/restart",
+        response_model=schemas.PluginEnvelope,
+        dependencies=control,
+        tags=["plugins"],
+        responses=action_responses,
+    )
+    async def restart_plugin(key: str, wait: bool = wait_q) -> Response:
+        """Stop then start a plugin."""
+        return await _act(key, "restart", wait)
+
+    @app.post(
+        "/api/v1/plugins/install",
+        response_model=schemas.PluginEnvelope,
+        status_code=201,
+        dependencies=control,
+        tags=["plugins"],
+        responses=_error_responses(400, 401, 403, 409, 422),
+    )
+    async def install_plugin(body: schemas.InstallIn) -> dict[str, Any]:
+        """Validate a manifest, write plugins/<key>/manifest.json, load it, and start it when autoStart."""
+        try:
+            snap = await sup.install(body.manifest, autostart=body.auto_start)
+        except ManifestError as exc:
+            raise ApiError(422, "invalid_manifest", str(exc)) from None
+        except PluginActionError as exc:
+            raise ApiError(409, "conflict", str(exc)) from None
+        return {"plugin": _plugin_dict(snap, ctx)}
+
+    @app.delete(
+        "/api/v1/plugins/{key}",
+        response_model=schemas.RemovedOut,
+        dependencies=control,
+        tags=["plugins"],
+        responses=_error_responses(401, 403, 404, 409),
+    )
+    async def delete_plugin(
+        key: str, purge: bool = Query(False, description="Also delete the plugin folder")
+    ) -> dict[str, Any]:
+        """Stop and unload a plugin; its folder is kept unless purge=true."""
+        plugin_out(key)
+        try:
+            await sup.remove(key, purge=purge)
+        except PluginActionError as exc:
+            raise ApiError(409, "action_failed", str(exc)) from None
+        return {"removed": key, "purged": purge}
+
+    @app.put(
+        "/api/v1/plugins/{key}/config",
+        response_model=schemas.PluginEnvelope,
+        dependencies=control,
+        tags=["plugins"],
+        responses=_error_responses(400, 401, 403, 404, 409, 422),
+    )
+    async def put_config(key: str, body: schemas.ConfigIn) -> dict[str, Any]:
+        """Change a plugin's environment (persisted) and restart that plugin."""
+        plugin_out(key)
+        try:
+            snap = await sup.set_config(key, body.env)
+        except PluginActionError as exc:
+            raise ApiError(409, "action_failed", str(exc)) from None
+        except ManifestError as exc:
+            raise ApiError(422, "invalid_config", str(exc)) from None
+        return {"plugin": _plugin_dict(snap, ctx)}
+
+    @app.get(
+        "/api/v1/plugins/{key}/metrics",
+        response_model=schemas.MetricsHistory,
+        dependencies=admin,
+        tags=["plugins"],
+        responses=_error_responses(401, 404),
+    )
+    async def plugin_metrics(key: str) -> dict[str, Any]:
+        """CPU, memory, threads, fds and process count of the plugin's process tree (2 s samples, >= 5 min)."""
+        plugin_out(key)
+        return {"samples": [_sample_dict(m) for m in sup.metrics(key)]}
+
+    lines_q = Query(200, ge=0, le=MAX_LOG_LINES, description="How many of the newest lines")
+
+    @app.get(
+        "/api/v1/plugins/{key}/logs",
+        response_model=schemas.LogLines,
+        dependencies=admin,
+        tags=["logs"],
+        responses={200: {"content": {"application/x-ndjson": {}}}, **_error_responses(401, 404)},
+    )
+    async def plugin_logs(
+        request: Request,
+        key: str,
+        lines: int = lines_q,
+        follow: bool = Query(False, description="Keep the response open and stream new lines as NDJSON"),
+    ) -> Response:
+        """The plugin's newest log lines; with follow=true, then every new line as it comes."""
+        plugin_out(key)
+        records = sup.logs.tail(key, lines)
+        if not follow:
+            return JSONResponse({"lines": [_log_dict(r) for r in records]})
+        return StreamingResponse(_follow_logs(sup, key, records, request), media_type="application/x-ndjson")
+
+    @app.get(
+        "/api/v1/logs",
+        response_model=schemas.LogLines,
+        dependencies=admin,
+        tags=["logs"],
+        responses=_error_responses(401),
+    )
+    async def all_logs(
+        lines: int = lines_q, source: str | None = Query(None, description="Only this source")
+    ) -> dict[str, Any]:
+        """The newest lines of every source merged by time (or of one source)."""
+        return {"lines": [_log_dict(r) for r in sup.logs.tail(source, lines)]}
+
+    # -- external plugins (seed 000 over HTTP) -------------------------------------------------------------
+    plugin_auth = [Depends(require_plugin_token)]
+
+    @app.post(
+        "/api/v1/plugins/register",
+        response_model=schemas.PluginEnvelope,
+        status_code=201,
+        dependencies=plugin_auth,
+        tags=["external plugins"],
+        responses=_error_responses(400, 401, 403, 409, 422),
+    )
+    async def register_external(body: schemas.RegisterIn) -> dict[str, Any]:
+        """An external plugin announces itself; its declared endpoints join the gateway."""
+        try:
+            snap = await sup.register_external(body.model_dump())
+        except ManifestError as exc:
+            raise ApiError(422, "invalid_registration", str(exc)) from None
+        except PermissionError as exc:
+            raise ApiError(403, "upstream_not_allowed", str(exc)) from None
+        except PluginActionError as exc:
+            raise ApiError(409, "conflict", str(exc)) from None
+        return {"plugin": _plugin_dict(snap, ctx)}
+
+    @app.post(
+        "/api/v1/plugins/{key}/heartbeat",
+        response_model=schemas.PluginEnvelope,
+        dependencies=plugin_auth,
+        tags=["external plugins"],
+        responses=_error_responses(401, 404, 409),
+    )
+    async def external_heartbeat(key: str) -> dict[str, Any]:
+        """An external plugin is alive (a LOST one comes back)."""
+        try:
+            snap = sup.heartbeat_external(key)
+        except PluginNotFound:
+            raise ApiError(404, "plugin_not_found", f"no external plugin {key!r}: register first") from None
+        except PluginActionError as exc:
+            raise ApiError(409, "conflict", str(exc)) from None
+        return {"plugin": _plugin_dict(snap, ctx)}
+
+    @app.post(
+        "/api/v1/plugins/{key}/unregister",
+        response_model=schemas.OkOut,
+        dependencies=plugin_auth,
+        tags=["external plugins"],
+        responses=_error_responses(401, 404, 409),
+    )
+    async def unregister_external(key: str) -> dict[str, Any]:
+        """An external plugin leaves; its routes go away."""
+        try:
+            await sup.unregister_external(key)
+        except PluginNotFound:
+            raise ApiError(404, "plugin_not_found", f"no external plugin {key!r}") from None
+        except PluginActionError as exc:
+            raise ApiError(409, "conflict", str(exc)) from None
+        return {"ok": True}
+
+    # -- metrics -----------------------------------------------------------------------------------------------
+    @app.get(
+        "/metrics",
+        tags=["status"],
+        response_class=Response,
+        responses={200: {"content": {"text/plain": {}}}, **_error_responses(401)},
+    )
+    async def metrics(request: Request) -> Response:
+        """Prometheus text: plugin states, restarts, CPU, RSS, health; gateway traffic; consoles."""
+        if not ctx.settings.get("auth.public_metrics"):
+            require_admin(request)
+        body = ctx.metrics() if ctx.metrics is not None else b""
+        return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    # -- live events -------------------------------------------------------------------------------------------
+    @app.websocket("/ws/events")
+    async def events(ws: WebSocket) -> None:
+        """JSON events as they happen; `?topics=plugin,log,console` filters by topic prefix."""
+        if not token_matches(bearer_from_header(ws.headers.get("authorization")), ctx.admin_token):
+            await ws.close(code=4401, reason="missing or wrong admin token")
+            return
+        raw = ws.query_params.get("topics")
+        topics = [t.strip() for t in raw.split(",") if t.strip()] if raw else None
+        await ws.accept()
+        with sup.bus.subscribe(topics, maxsize=5000) as sub:
+            receiver = asyncio.create_task(_drain_client(ws))
+            try:
+                while not receiver.done():
+                    batch = await sub.get_batch(max_wait=1.0)
+                    for event in batch:
+                        await ws.send_text(json.dumps(event.to_dict(), default=str))
+            except (WebSocketDisconnect, RuntimeError, OSError):
+                pass
+            finally:
+                receiver.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await receiver
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+            schema["paths"].update(extra_openapi_paths or {})
+            schema.setdefault("components", {}).setdefault("securitySchemes", {})["bearer"] = {
+                "type": "http",
+                "scheme": "bearer",
+            }
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    return app
+
+
+async def _drain_client(ws: WebSocket) -> None:
+    """Reads (and ignores) what the client sends, so a close is noticed."""
+    with contextlib.suppress(WebSocketDisconnect, RuntimeError):
+        while True:
+            await ws.receive_text()
+
+
+async def _follow_logs(sup: Supervisor, key: str, first: list[LogRecord], request: Request) -> AsyncIterator[bytes]:
+    with sup.bus.subscribe(["log"], maxsize=5000) as sub:
+        for r in first:
+            yield (json.dumps(_log_dict(r)) + "\n").encode()
+        while not await request.is_disconnected():
+            for event in await sub.get_batch(max_wait=1.0):
+                if isinstance(event, LogLine) and event.source == key:
+                    line = {
+                        "ts": event.ts,
+                        "source": event.source,
+                        "stream": event.stream,
+                        "level": event.level,
+                        "message": event.message,
+                    }
+                    yield (json.dumps(line) + "\n").encode()
+
+
+async def _console_counts(sup: Supervisor) -> dict[str, int]:
+    consoles = getattr(sup, "consoles", None)
+    if consoles is None:
+        return {}
+    counts: dict[str, int] = consoles.counts_by_state()
+    return counts
+
+
+def _log_dict(r: LogRecord) -> dict[str, Any]:
+    return {"ts": r.ts, "source": r.source, "stream": r.stream, "level": r.level, "message": r.message}
+
+
+def _sample_dict(m: Any) -> dict[str, Any]:
+    return {
+        "ts": m.ts,
+        "cpu_percent": m.cpu_percent,
+        "rss": m.rss,
+        "threads": m.threads,
+        "fds": m.fds,
+        "processes": m.processes,
+    }
+
+
+def _plugin_dict(snap: Any, ctx: ApiContext) -> dict[str, Any]:
+    d: dict[str, Any] = snap.to_dict()
+    base = ctx.api_url.rstrip("/")
+    d["endpoints"] = [
+        {
+            "method": e["method"],
+            "path": e["path"],
+            "description": e.get("description", ""),
+            "gateway_url": f"{base}/api/plugins/{snap.key}{e['path']}",
+        }
+        for e in d.get("endpoints", [])
+    ]
+    metrics = d.get("last_metrics")
+    d["last_metrics"] = _sample_dict(snap.last_metrics) if metrics else None
+    d["requests"] = ctx.request_counts().get(snap.key, 0)
+    return d

@@ -1,0 +1,138 @@
+"""Request and response bodies of the admin API (they are what /openapi.json documents)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class EndpointOut(BaseModel):
+    method: str
+    path: str
+    description: str = ""
+    gateway_url: str = Field(description="Where clients call this endpoint through the gateway")
+
+
+class MetricsOut(BaseModel):
+    ts: float
+    cpu_percent: float
+    rss: int
+    threads: int
+    fds: int
+    processes: int
+
+
+class PluginOut(BaseModel):
+    """A plugin as the API shows it (the core's PluginSnapshot plus gateway figures)."""
+
+    key: str
+    name: str
+    version: str
+    description: str = ""
+    kind: str = Field(description="process | external | inprocess")
+    state: str
+    detail: str = ""
+    pid: int | None = None
+    host: str | None = None
+    port: int | None = None
+    upstream: str | None = None
+    started_at: float | None = None
+    uptime: float | None = None
+    restarts: int = 0
+    healthy: bool | None = None
+    health_detail: str = ""
+    last_error: str | None = None
+    autostart: bool = False
+    desired: str = "stopped"
+    endpoints: list[EndpointOut] = []
+    last_metrics: MetricsOut | None = None
+    requests: int = Field(0, description="Requests proxied through the gateway since start")
+
+
+class PluginEnvelope(BaseModel):
+    plugin: PluginOut
+
+
+class PluginList(BaseModel):
+    plugins: list[PluginOut]
+
+
+class Counts(BaseModel):
+    total: int
+    by_state: dict[str, int]
+
+
+class StatusOut(BaseModel):
+    version: str
+    mode: str = Field(description="headless | embedded")
+    api: str
+    read_only: bool
+    plugins: Counts
+    consoles: Counts
+
+
+class LogLineOut(BaseModel):
+    ts: float
+    source: str
+    stream: str
+    level: str
+    message: str
+
+
+class LogLines(BaseModel):
+    lines: list[LogLineOut]
+
+
+class MetricsHistory(BaseModel):
+    samples: list[MetricsOut]
+
+
+class InstallIn(BaseModel):
+    """Seed 003's install body, with `command` in the manifest instead of a container image."""
+
+    model_config = ConfigDict(populate_by_name=True)
+    manifest: dict[str, Any]
+    auto_start: bool = Field(False, alias="autoStart")
+
+
+class ConfigIn(BaseModel):
+    env: dict[str, str] = Field(description="Environment variables merged over the manifest's env")
+
+
+class RemovedOut(BaseModel):
+    removed: str
+    purged: bool
+
+
+class RegisterEndpointIn(BaseModel):
+    method: str = "GET"
+    path: str
+    description: str = ""
+
+
+class RegisterIn(BaseModel):
+    """Seed 000's registration message, over HTTP: where the plugin listens and what it serves."""
+
+    key: str
+    name: str = ""
+    version: str = "0.0.0"
+    port: int | None = Field(None, ge=1, le=65535)
+    host: str | None = None
+    url: str | None = None
+    endpoints: list[RegisterEndpointIn] = []
+    heartbeat_interval: float | None = Field(None, gt=0, description="Seconds between heartbeats (default 30)")
+    timestamp: float | None = None
+
+
+class OkOut(BaseModel):
+    ok: bool = True
+
+
+class HealthOut(BaseModel):
+    status: str
+
+
+class ReadyOut(BaseModel):
+    ready: bool
+    detail: str = ""
