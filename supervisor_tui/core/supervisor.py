@@ -35,6 +35,7 @@ from supervisor_tui.core.events import (
 from supervisor_tui.core.lock import DataDirLock, LockError
 from supervisor_tui.core.logs import SUPERVISOR_SOURCE, LogHub
 from supervisor_tui.core.store import Store, StoreError
+from supervisor_tui.plugins.external import ExternalPlugin, ExternalRegistrations, UpstreamNotAllowed
 from supervisor_tui.plugins.health import make_client
 from supervisor_tui.plugins.manifest import (
     MANIFEST_FILE,
@@ -64,8 +65,10 @@ __all__ = [
     "ReloadResult",
     "StoreError",
     "Supervisor",
+    "UpstreamNotAllowed",
 ]
 
+EXTERNAL_SWEEP_INTERVAL = 1.0  # seconds between checks for silent external plugins
 PLUGIN_HOST = "127.0.0.1"  # plugins listen on loopback; the gateway is the way in
 _LEVELS = {"FATAL": "error", "BACKOFF": "warning", "EXITED": "warning"}
 
@@ -129,6 +132,12 @@ class Supervisor:
         self._metrics_task: asyncio.Task[None] | None = None
         self._http: httpx.AsyncClient | None = None
         self._lifecycle = asyncio.Lock()
+        self.external = ExternalRegistrations(
+            allowlist=settings.get("gateway.upstream_allowlist"),
+            default_interval=float(settings.get("external.heartbeat_interval")),
+            default_timeout=float(settings.get("gateway.timeout")),
+            default_max_body=int(settings.get("gateway.max_body")),
+        )
         self._closing = False
 
     # -- lifecycle -----------------------------------------------------------------------------------------------
@@ -155,6 +164,7 @@ class Supervisor:
             for key in start_order(found.manifests):
                 self._add_runner(key, found.manifests[key])
             self._metrics_task = asyncio.create_task(self._sample_metrics(), name="metrics")
+            self._background.add(asyncio.create_task(self._watch_external(), name="external-plugins"))
             self.opened = True
         except BaseException:
             await self._release()
@@ -256,15 +266,19 @@ class Supervisor:
         return self.settings_api_url or f"http://{_url_host(self.settings.host)}:{self.settings.port}"
 
     def _on_health(self, runner: ProcessRunner, healthy: bool, detail: str) -> None:
-        self.bus.publish(PluginHealthChanged(key=runner.key, healthy=healthy, detail=detail))
+        self._publish_health(runner.key, healthy, detail)
+
+    def _publish_health(self, key: str, healthy: bool, detail: str) -> None:
+        """A health flip of any kind of plugin: on the bus and in the logs."""
+        self.bus.publish(PluginHealthChanged(key=key, healthy=healthy, detail=detail))
         word = "healthy" if healthy else "UNHEALTHY"
         self.logs.write(
             SUPERVISOR_SOURCE,
             "supervisor",
-            f"{runner.key}: {word}: {detail}",
+            f"{key}: {word}: {detail}",
             "info" if healthy else "warning",
             event="plugin_health",
-            plugin=runner.key,
+            plugin=key,
             healthy=healthy,
             reason=detail,
         )
@@ -365,6 +379,13 @@ class Supervisor:
             raise PluginNotFound(key)
         return plugin
 
+    def _controllable(self, key: str) -> ManagedPlugin:
+        """A plugin the supervisor may start and stop (external ones run on their own)."""
+        plugin = self._get(key)
+        if isinstance(plugin, ExternalPlugin):
+            raise PluginActionError(key, "an external plugin runs on its own: it registers and unregisters itself")
+        return plugin
+
     def _runner(self, key: str) -> ProcessRunner:
         plugin = self._get(key)
         if not isinstance(plugin, ProcessRunner):
@@ -401,7 +422,7 @@ class Supervisor:
 
     async def start(self, key: str, wait: bool = True) -> PluginSnapshot:
         """Start a plugin (its dependencies first). ``wait``: until RUNNING, else PluginActionError."""
-        plugin = self._get(key)
+        plugin = self._controllable(key)
         if isinstance(plugin, ProcessRunner) and plugin.manifest is None:
             raise PluginActionError(key, f"cannot start an INVALID plugin: {plugin.error}")
         await self._set_desired(key, "running")
@@ -413,7 +434,7 @@ class Supervisor:
 
     async def stop(self, key: str, wait: bool = True) -> PluginSnapshot:
         """Stop a plugin; it stays stopped across supervisor restarts until started again."""
-        plugin = self._get(key)
+        plugin = self._controllable(key)
         await self._set_desired(key, "stopped")
         self._stop_gen[key] = self._stop_gen.get(key, 0) + 1
         if wait:
@@ -424,7 +445,7 @@ class Supervisor:
 
     async def restart(self, key: str, wait: bool = True) -> PluginSnapshot:
         """Stop then start a plugin."""
-        plugin = self._get(key)
+        plugin = self._controllable(key)
         if isinstance(plugin, ProcessRunner) and plugin.manifest is None:
             raise PluginActionError(key, f"cannot restart an INVALID plugin: {plugin.error}")
         await self._set_desired(key, "running")
@@ -710,6 +731,64 @@ class Supervisor:
             await runner.stop("configuration changed")
             await self._ensure_running(key, "restarted with new configuration")
         return runner.snapshot()
+
+    # -- external plugins (seed 000 over HTTP) --------------------------------------------------------------------
+    async def register_external(self, payload: dict[str, Any]) -> PluginSnapshot:
+        """Register (or re-register) a self-announced plugin; its endpoints join the gateway.
+
+        ManifestError for a bad message, UpstreamNotAllowed (a PermissionError) for an upstream outside the
+        allowlist, PluginActionError when the key belongs to a plugin of another kind."""
+        plugin = self.external.parse(payload)
+        existing = self.registry.get(plugin.key)
+        if existing is not None and existing.kind != ExternalPlugin.kind:
+            raise PluginActionError(plugin.key, f"the key is used by a {existing.kind} plugin and cannot be taken over")
+        old = existing.snapshot().state if existing is not None else str(PluginState.STOPPED)
+        if existing is not None:
+            self.unregister(plugin.key, "re-registered")
+        plugin.on_health = lambda p, healthy, detail: self._publish_health(p.key, healthy, detail)
+        self.register(plugin)
+        self.record_state_change(plugin, old, str(plugin.state), f"registered from {plugin.upstream}")
+        return plugin.snapshot()
+
+    def heartbeat_external(self, key: str) -> PluginSnapshot:
+        """An external plugin is alive; a LOST one is RUNNING again."""
+        plugin = self._external(key)
+        plugin.last_heartbeat = time.time()
+        if plugin.state == PluginState.LOST:
+            plugin.set_state(PluginState.RUNNING, "heartbeat received")
+            self.record_state_change(plugin, str(PluginState.LOST), str(PluginState.RUNNING), "heartbeat received")
+        return plugin.snapshot()
+
+    async def unregister_external(self, key: str) -> None:
+        """An external plugin leaves: it is dropped with its routes."""
+        plugin = self._external(key)
+        old = str(plugin.state)
+        plugin.set_state(PluginState.STOPPED, "unregistered")
+        self.record_state_change(plugin, old, str(PluginState.STOPPED), "unregistered")
+        self.unregister(key, "unregistered")
+
+    def _external(self, key: str) -> ExternalPlugin:
+        plugin = self._get(key)
+        if not isinstance(plugin, ExternalPlugin):
+            raise PluginActionError(key, f"not an external plugin (kind {plugin.kind})")
+        return plugin
+
+    def sweep_external(self, now: float | None = None) -> list[str]:
+        """Mark LOST every external plugin whose heartbeats stopped (2 x its interval); returns their keys."""
+        now = time.time() if now is None else now
+        lost = []
+        for plugin in list(self.registry.values()):
+            if isinstance(plugin, ExternalPlugin) and plugin.state == PluginState.RUNNING and now >= plugin.deadline:
+                silent = now - plugin.last_heartbeat
+                plugin.set_state(PluginState.LOST, f"no heartbeat for {silent:.0f}s (interval {plugin.interval:g}s)")
+                self.record_state_change(plugin, str(PluginState.RUNNING), str(PluginState.LOST), plugin.detail)
+                lost.append(plugin.key)
+        return lost
+
+    async def _watch_external(self) -> None:
+        while True:
+            await asyncio.sleep(EXTERNAL_SWEEP_INTERVAL)
+            self.sweep_external()
 
     # -- metrics -------------------------------------------------------------------------------------------------
     async def _sample_metrics(self) -> None:

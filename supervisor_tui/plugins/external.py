@@ -1,0 +1,214 @@
+"""External plugins: services the supervisor does not start, which register themselves (seed 000, over HTTP).
+
+An external plugin announces where it listens and which endpoints it serves; the gateway then routes to it.
+It must send a heartbeat at least every ``interval`` seconds: after twice that it is LOST (its routes answer
+503) until the next heartbeat. The upstream it announces must be in the allowlist (default: loopback only),
+so nobody can point the gateway at an arbitrary host.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+from urllib.parse import urlsplit
+
+from supervisor_tui.core.events import MetricsSample
+from supervisor_tui.plugins.manifest import KEY_PATTERN, Endpoint, ManifestError, parse_endpoints
+from supervisor_tui.plugins.model import PluginSnapshot, PluginState
+
+SOURCE = "registration"  # what ManifestError names instead of a file
+
+
+class UpstreamNotAllowed(PermissionError):
+    """The announced upstream is outside the allowlist."""
+
+
+PASSIVE_FAILURES = 3  # gateway failures in a row that mark an external plugin unhealthy
+
+
+class ExternalPlugin:
+    """One self-registered plugin (a ManagedPlugin of kind "external"): RUNNING while heartbeats come, else LOST.
+
+    The supervisor neither starts nor stops its process; ``start``/``stop`` only exist for the common protocol.
+    """
+
+    kind = "external"
+
+    def __init__(
+        self,
+        key: str,
+        name: str,
+        version: str,
+        host: str,
+        port: int,
+        endpoints: tuple[Endpoint, ...],
+        interval: float,
+        timeout: float,
+        max_body: int,
+    ) -> None:
+        self.on_health: Callable[[ExternalPlugin, bool, str], None] = lambda plugin, healthy, detail: None
+        self.key, self.name, self.version = key, name, version
+        self.host, self.port, self.endpoints = host, port, endpoints
+        self.interval, self.timeout, self.max_body = interval, timeout, max_body
+        self.registered_at = self.last_heartbeat = time.time()
+        self.state = PluginState.RUNNING
+        self.detail = "registered"
+        self.healthy: bool | None = None
+        self.health_detail = ""
+        self._failures = 0
+        self._changed = asyncio.Event()
+
+    @property
+    def upstream(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    @property
+    def deadline(self) -> float:
+        return self.last_heartbeat + 2 * self.interval
+
+    def snapshot(self) -> PluginSnapshot:
+        return PluginSnapshot(
+            key=self.key,
+            name=self.name,
+            version=self.version,
+            description="external plugin (self-registered)",
+            kind=self.kind,
+            state=str(self.state),
+            detail=self.detail,
+            pid=None,
+            host=self.host,
+            port=self.port,
+            upstream=self.upstream,
+            started_at=self.registered_at,
+            restarts=0,
+            healthy=self.healthy,
+            health_detail=self.health_detail,
+            last_error="",
+            endpoints=self.endpoints,
+            autostart=False,
+            desired="running",
+            timeout=self.timeout,
+            max_body=self.max_body,
+            last_metrics=None,
+            manifest_path=None,
+        )
+
+    async def start(self, reason: str = "") -> None:
+        return None
+
+    async def stop(self, reason: str = "") -> None:
+        return None
+
+    async def wait_for(self, states: set[PluginState] | None = None, timeout: float | None = None) -> PluginState:  # noqa: ASYNC109
+        async def wait() -> None:
+            while states is not None and self.state not in states:
+                await self._changed.wait()
+
+        await asyncio.wait_for(wait(), timeout)
+        return self.state
+
+    def report_upstream(self, ok: bool, detail: str = "") -> None:
+        self._failures = 0 if ok else self._failures + 1
+        if ok and self.healthy is not True:
+            self.healthy, self.health_detail = True, detail or "gateway: upstream answered"
+        elif not ok and self._failures >= PASSIVE_FAILURES and self.healthy is not False:
+            self.healthy = False
+            self.health_detail = detail or f"gateway: {self._failures} upstream failures in a row"
+        else:
+            return
+        self.on_health(self, self.healthy, self.health_detail)
+
+    def history(self) -> list[MetricsSample]:
+        return []
+
+    def set_state(self, state: PluginState, detail: str) -> None:
+        self.state, self.detail = state, detail
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
+
+class Allowlist:
+    """Hosts and networks external plugins may announce; names must be listed by name (no DNS at check time)."""
+
+    def __init__(self, entries: Iterable[str]) -> None:
+        self.names: set[str] = set()
+        self.networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+        for entry in entries:
+            try:
+                self.networks.append(ipaddress.ip_network(entry, strict=False))
+            except ValueError:
+                self.names.add(entry.lower())
+
+    def allows(self, host: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(host)
+        except ValueError:
+            return host.lower() in self.names
+        return any(ip in net for net in self.networks)
+
+
+class ExternalRegistrations:
+    """Validates registrations into ExternalPlugin objects; the supervisor keeps them in its registry."""
+
+    def __init__(
+        self, allowlist: Iterable[str], default_interval: float, default_timeout: float, default_max_body: int
+    ) -> None:
+        self.allowlist = Allowlist(allowlist)
+        self.default_interval = default_interval
+        self.default_timeout = default_timeout
+        self.default_max_body = default_max_body
+
+    def parse(self, payload: dict[str, Any]) -> ExternalPlugin:
+        """An ExternalPlugin from seed 000's message; raises ManifestError or UpstreamNotAllowed."""
+        key = payload.get("key")
+        if not isinstance(key, str) or not KEY_PATTERN.match(key):
+            raise ManifestError(SOURCE, "key", f"must match {KEY_PATTERN.pattern}, got {key!r}")
+        host, port = self._upstream(payload)
+        if not self.allowlist.allows(host):
+            raise UpstreamNotAllowed(
+                f"upstream host {host!r} is not in gateway.upstream_allowlist; ask the operator to allow it"
+            )
+        try:
+            endpoints = parse_endpoints(payload.get("endpoints") or [])
+        except ValueError as exc:
+            raise ManifestError(SOURCE, "endpoints", str(exc)) from None
+        interval = payload.get("heartbeat_interval") or self.default_interval
+        if isinstance(interval, bool) or not isinstance(interval, int | float) or interval <= 0:
+            raise ManifestError(SOURCE, "heartbeat_interval", f"must be a positive number of seconds, got {interval!r}")
+        return ExternalPlugin(
+            key=key,
+            name=str(payload.get("name") or key),
+            version=str(payload.get("version") or "0.0.0"),
+            host=host,
+            port=port,
+            endpoints=endpoints,
+            interval=float(interval),
+            timeout=self.default_timeout,
+            max_body=self.default_max_body,
+        )
+
+    @staticmethod
+    def _upstream(payload: dict[str, Any]) -> tuple[str, int]:
+        url = payload.get("url")
+        if url:
+            parts = urlsplit(str(url))
+            if parts.scheme != "http" or not parts.hostname:
+                raise ManifestError(SOURCE, "url", f"must be an http:// URL with a host, got {url!r}")
+            if parts.path not in ("", "/") or parts.query:
+                raise ManifestError(SOURCE, "url", "must be a base URL without path or query (endpoints carry paths)")
+            try:
+                url_port = parts.port or 80
+            except ValueError:
+                raise ManifestError(SOURCE, "url", f"has an invalid port: {url!r}") from None
+            return parts.hostname, url_port
+        host = payload.get("host") or "127.0.0.1"
+        port = payload.get("port")
+        if not isinstance(host, str) or not host:
+            raise ManifestError(SOURCE, "host", "must be a host name or IP address")
+        if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+            raise ManifestError(SOURCE, "port", f"must be an integer 1-65535 (or give url), got {port!r}")
+        return host.strip("[]"), port
