@@ -1,0 +1,214 @@
+"""`supervisor-tui ctl`: supervisorctl-style control of a running supervisor over its admin API.
+
+    ctl status | start KEY... | stop KEY... | restart KEY... | logs KEY [-f] | install MANIFEST.json
+
+Several keys are handled in parallel. The exit code is non-zero when any action failed, with one line per
+failure on stderr. The token comes from --token, $SUPERVISOR_TUI_AUTH_ADMIN_TOKEN, or <data dir>/admin.token.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from supervisor_tui.config import ConfigError, load_settings
+
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+TOKEN_ENV = "SUPERVISOR_TUI_AUTH_ADMIN_TOKEN"
+
+
+class CtlError(Exception):
+    """One failure to report as one line."""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--url", help="supervisor API (default: http://<server.host>:<server.port> from settings)")
+    parser.add_argument("--token", help=f"admin token (default: ${TOKEN_ENV} or <data dir>/admin.token)")
+    parser.add_argument("--data-dir", help="where to find admin.token (default ./data)")
+    parser.add_argument("--config", help="settings file (for the default URL and data dir)")
+    parser.add_argument("--timeout", type=float, default=120.0, help="seconds to wait per action (default 120)")
+    sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    sub.add_parser("status", help="every plugin's state")
+    for name in ("start", "stop", "restart"):
+        p = sub.add_parser(name, help=f"{name} plugins and wait for the result")
+        p.add_argument("keys", nargs="+", metavar="KEY")
+    p = sub.add_parser("logs", help="a plugin's newest log lines")
+    p.add_argument("key", metavar="KEY")
+    p.add_argument("-n", "--lines", type=int, default=100)
+    p.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
+    p = sub.add_parser("install", help="install a plugin from a manifest file")
+    p.add_argument("manifest", metavar="MANIFEST.json")
+    p.add_argument("--start", action="store_true", help="start it once installed")
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        url, token = _target(args)
+    except (CtlError, ConfigError) as exc:
+        sys.stderr.write(f"supervisor-tui ctl: {exc}\n")
+        return EXIT_USAGE
+    try:
+        return asyncio.run(_run(args, url, token))
+    except KeyboardInterrupt:
+        return 130
+
+
+def _target(args: argparse.Namespace) -> tuple[str, str]:
+    overrides = {"data.dir": args.data_dir}
+    settings = load_settings(args.config, overrides=overrides)
+    url = args.url or f"http://{_url_host(settings.host)}:{settings.port}"
+    token = args.token or os.environ.get(TOKEN_ENV, "") or str(settings.get("auth.admin_token") or "")
+    if not token:
+        path = settings.data_dir / "admin.token"
+        try:
+            token = path.read_text(encoding="utf-8").strip()
+        except OSError:
+            raise CtlError(f"no admin token: pass --token, set ${TOKEN_ENV}, or run next to {path}") from None
+    return url.rstrip("/"), token
+
+
+def _url_host(host: str) -> str:
+    if host in ("0.0.0.0", "::", ""):
+        return "127.0.0.1"
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+async def _run(args: argparse.Namespace, url: str, token: str) -> int:
+    headers = {"Authorization": f"Bearer {token}"}
+    timeout = httpx.Timeout(args.timeout, connect=5.0)
+    async with httpx.AsyncClient(base_url=url, headers=headers, timeout=timeout) as client:
+        try:
+            if args.action == "status":
+                return await _status(client)
+            if args.action in ("start", "stop", "restart"):
+                return await _act(client, args.action, args.keys)
+            if args.action == "logs":
+                return await _logs(client, args.key, args.lines, args.follow)
+            if args.action == "install":
+                return await _install(client, Path(args.manifest), args.start)
+        except CtlError as exc:
+            sys.stderr.write(f"supervisor-tui ctl: {exc}\n")
+            return EXIT_FAILED
+        except httpx.TransportError as exc:
+            sys.stderr.write(f"supervisor-tui ctl: cannot reach {url}: {_transport_reason(exc)}\n")
+            return EXIT_FAILED
+    return EXIT_USAGE
+
+
+def _transport_reason(exc: httpx.TransportError) -> str:
+    if isinstance(exc, httpx.ConnectError):
+        return "connection refused (is the supervisor running?)"
+    if isinstance(exc, httpx.TimeoutException):
+        return "timed out"
+    return type(exc).__name__
+
+
+def _check(resp: httpx.Response, what: str) -> dict[str, Any]:
+    try:
+        body = resp.json()
+    except ValueError:
+        body = {}
+    if resp.status_code >= 400:
+        err = body.get("error", {}) if isinstance(body, dict) else {}
+        message = err.get("message") or resp.reason_phrase
+        raise CtlError(f"{what}: {message} (HTTP {resp.status_code})")
+    return body if isinstance(body, dict) else {}
+
+
+async def _status(client: httpx.AsyncClient) -> int:
+    body = _check(await client.get("/api/v1/plugins"), "status")
+    rows = [("KEY", "STATE", "PID", "PORT", "UPTIME", "RESTARTS", "HEALTH", "DETAIL")]
+    for p in body.get("plugins", []):
+        health = {True: "ok", False: "unhealthy", None: "-"}[p.get("healthy")]
+        rows.append(
+            (
+                p["key"],
+                p["state"],
+                str(p.get("pid") or "-"),
+                str(p.get("port") or "-"),
+                _uptime(p.get("uptime")),
+                str(p.get("restarts", 0)),
+                health,
+                p.get("detail", ""),
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[-1])
+    return 0
+
+
+def _uptime(seconds: float | None) -> str:
+    if not seconds:
+        return "-"
+    s = int(seconds)
+    if s < 3600:
+        return f"{s // 60}:{s % 60:02d}"
+    return f"{s // 3600}h{(s % 3600) // 60:02d}m"
+
+
+async def _act(client: httpx.AsyncClient, action: str, keys: list[str]) -> int:
+    async def one(key: str) -> tuple[str, str | None]:
+        try:
+            body = _check(await client.post(f"/api/v1/plugins/{key}/{action}"), f"{action} {key}")
+            return key, body.get("plugin", {}).get("state", "?")
+        except CtlError as exc:
+            return key, f"!{exc}"
+        except httpx.TransportError as exc:
+            return key, f"!{action} {key}: {_transport_reason(exc)}"
+
+    failed = 0
+    for key, result in await asyncio.gather(*(one(k) for k in dict.fromkeys(keys))):
+        if result and result.startswith("!"):
+            failed += 1
+            sys.stderr.write(f"supervisor-tui ctl: {result[1:]}\n")
+        else:
+            print(f"{key}: {result}")
+    return EXIT_FAILED if failed else 0
+
+
+async def _logs(client: httpx.AsyncClient, key: str, lines: int, follow: bool) -> int:
+    if not follow:
+        body = _check(await client.get(f"/api/v1/plugins/{key}/logs", params={"lines": lines}), f"logs {key}")
+        for line in body.get("lines", []):
+            _print_log(line)
+        return 0
+    params: dict[str, Any] = {"lines": lines, "follow": "true"}
+    async with client.stream("GET", f"/api/v1/plugins/{key}/logs", params=params, timeout=None) as resp:
+        if resp.status_code >= 400:
+            await resp.aread()
+            _check(resp, f"logs {key}")
+        async for raw in resp.aiter_lines():
+            if raw.strip():
+                _print_log(json.loads(raw))
+    return 0
+
+
+def _print_log(line: dict[str, Any]) -> None:
+    ts = time.strftime("%H:%M:%S", time.localtime(line.get("ts", 0)))
+    print(f"{ts} {line.get('stream', '')[:3]} {line.get('message', '')}", flush=True)
+
+
+async def _install(client: httpx.AsyncClient, path: Path, start: bool) -> int:
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))  # noqa: ASYNC240 - one small file, nothing else runs
+    except OSError as exc:
+        raise CtlError(f"install: cannot read {path}: {exc.strerror}") from None
+    except json.JSONDecodeError as exc:
+        raise CtlError(f"install: {path} is not valid JSON: {exc}") from None
+    body = _check(
+        await client.post("/api/v1/plugins/install", json={"manifest": manifest, "autoStart": start}),
+        f"install {path}",
+    )
+    plugin = body.get("plugin", {})
+    print(f"{plugin.get('key')}: installed ({plugin.get('state')})")
+    return 0

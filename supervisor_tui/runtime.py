@@ -1,0 +1,158 @@
+"""A running supervisor and its HTTP server in one event loop: what headless mode and the embedded TUI share.
+
+Start order: the supervisor opens (data-dir lock, database, orphan cleanup, manifests), then the API socket is
+bound (a port in use ends startup with one line and exit 2, before any plugin runs), then the console service,
+the gateway and the server start, and only then the plugins. Stop order is the reverse; the console writer is
+drained before the database closes, so nothing acknowledged is lost.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from typing import TextIO
+
+from supervisor_tui.config import Settings
+from supervisor_tui.consoles.service import ConsoleService
+from supervisor_tui.core.supervisor import Supervisor
+from supervisor_tui.server.admin import ApiContext, create_admin_app
+from supervisor_tui.server.app import RootApp
+from supervisor_tui.server.auth import load_or_create_token
+from supervisor_tui.server.consoles_api import OPENAPI_PATHS, ConsolesAPI
+from supervisor_tui.server.gateway import Gateway, RouteTable
+from supervisor_tui.server.metrics import MetricsEndpoint
+from supervisor_tui.server.routes_sync import RouteSync
+from supervisor_tui.server.serve import BindError, HttpServer
+
+
+class StartupError(Exception):
+    """Startup cannot go on; the message is the one line the operator sees."""
+
+
+@dataclass
+class Tokens:
+    admin: str
+    plugin: str
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def api_url(host: str, port: int) -> str:
+    """The base URL a client on this host uses to reach the API."""
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"http://{host}:{port}"
+
+
+class Runtime:
+    """Owns the Supervisor, the console service and the HTTP surface for one process.
+
+    ``start()`` opens everything but starts no plugin (the caller runs ``sup.start_all()`` when it is ready);
+    ``stop()`` stops the plugins and closes everything, in the order the module docstring gives.
+    """
+
+    def __init__(self, settings: Settings, mode: str, echo: TextIO | None = None, echo_output: bool = False) -> None:
+        self.settings = settings
+        self.mode = mode
+        self.sup = Supervisor(settings, echo=echo, echo_output=echo_output)
+        self.server = HttpServer()
+        self.gateway: Gateway | None = None
+        self.route_sync: RouteSync | None = None
+        self.consoles: ConsoleService | None = None
+        self.tokens: Tokens | None = None
+        self.url = ""
+        self.ready = False
+
+    async def start(self) -> None:
+        """Open the supervisor, then the HTTP surface; raises StartupError (bind failure) with nothing left open."""
+        await self.sup.open()
+        try:
+            await self._start_services()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start_services(self) -> None:
+        sup, settings = self.sup, self.settings
+        self.tokens = self._load_tokens()
+        sup.logs.secrets.extend([self.tokens.admin, self.tokens.plugin])
+        self.consoles = ConsoleService(sup.store, sup.bus, settings, sup.logs)
+        await self.consoles.start()
+        sup.consoles = self.consoles
+        gateway = self.gateway = Gateway(RouteTable(), on_result=sup.report_upstream)
+        self.route_sync = RouteSync(
+            sup,
+            gateway.table,
+            default_timeout=float(settings.get("gateway.timeout")),
+            default_max_body=int(settings.get("gateway.max_body")),
+        )
+        await self.route_sync.start()
+        metrics = MetricsEndpoint(sup, gateway.stats)
+        ctx = ApiContext(
+            sup=sup,
+            settings=settings,
+            admin_token=self.tokens.admin,
+            plugin_token=self.tokens.plugin,
+            mode=self.mode,
+            api_url="",
+            request_counts=lambda: gateway.stats().requests_by_plugin(),
+            ready=self._readiness,
+            metrics=metrics.render,
+        )
+        admin = create_admin_app(ctx, extra_openapi_paths=OPENAPI_PATHS)
+        consoles_api = ConsolesAPI(self.consoles, settings, self.tokens.admin)
+        root = RootApp(admin, gateway, consoles_api, max_body=int(settings.get("server.max_body")))
+        try:
+            _, port = await self.server.start(root, settings.host, settings.port)
+        except BindError as exc:
+            raise StartupError(f"{exc.strerror} (choose another with --port or server.port)") from None
+        self.url = ctx.api_url = api_url(settings.host, port)
+        sup.settings_api_url = self.url  # plugins get it as SUPERVISOR_URL
+        sup.logs.info(f"API listening on {self.url}", event="api_listening", url=self.url)
+        if settings.get("consoles.auth") == "none" and not _is_loopback(settings.host):
+            sup.logs.warning(
+                f"consoles.auth = none while listening on {settings.host}: anyone who can reach this port "
+                "can report heartbeats for any console",
+                event="insecure_consoles_auth",
+            )
+
+    def _load_tokens(self) -> Tokens:
+        """Tokens from settings, else from data/<name>.token (created 0600 on first start)."""
+        found = {}
+        for name in ("admin", "plugin"):
+            token = str(self.settings.get(f"auth.{name}_token") or "")
+            if not token:
+                path = self.settings.data_dir / f"{name}.token"
+                token, created = load_or_create_token(path)
+                if created:
+                    self.sup.logs.info(f"{name} token created in {path} (mode 0600)", event="token_created")
+            found[name] = token
+        return Tokens(admin=found["admin"], plugin=found["plugin"])
+
+    def _readiness(self) -> tuple[bool, str]:
+        if not self.ready:
+            return False, "starting: plugins are being loaded"
+        if not self.sup.store.is_open:
+            return False, "database is closed"
+        return True, ""
+
+    async def stop(self) -> None:
+        """Stop the HTTP surface, drain the console writer, then stop plugins and close the supervisor."""
+        self.ready = False
+        await self.server.stop()
+        if self.route_sync is not None:
+            await self.route_sync.stop()
+        if self.gateway is not None:
+            await self.gateway.close()
+        if self.consoles is not None:
+            await self.consoles.stop()
+        await self.sup.close()
