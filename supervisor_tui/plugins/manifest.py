@@ -96,10 +96,6 @@ class Manifest:
             argv[0] = sys.executable
         return argv
 
-    def same_as(self, other: Manifest) -> bool:
-        """True when nothing that affects the running process or its routes differs."""
-        return self == other
-
 
 # -- field parsers: each returns the parsed value or raises ValueError with the problem -----------------------
 
