@@ -1,0 +1,184 @@
+"""``supervisor-tui`` in a real terminal (tmux): keys reach it, plugins stop and start, quit and hangup clean up.
+
+The screen is read with ``tmux capture-pane``; nothing here talks to the app other than through the terminal.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+from conftest import make_test_settings, write_plugin
+
+REPO = Path(__file__).resolve().parent.parent
+TMUX = shutil.which("tmux")
+
+
+def _embedded_mode_available() -> bool:
+    """The CLI's no-argument mode needs its composition (supervisor + HTTP server + TUI) to be importable."""
+    try:
+        importlib.import_module("supervisor_tui.tui.embedded")
+        return True
+    except ModuleNotFoundError:
+        pass
+    runtime = importlib.import_module("supervisor_tui.runtime")
+    return hasattr(runtime, "run_embedded")
+
+
+pytestmark = [
+    pytest.mark.skipif(TMUX is None, reason="tmux is not installed"),
+    pytest.mark.skipif(
+        not _embedded_mode_available() and "SUPERVISOR_TUI_TEST_COMMAND" not in os.environ,
+        reason="embedded mode is not wired into the CLI yet",
+    ),
+    pytest.mark.usefixtures("no_plugin_leftovers"),
+]
+
+# The command under test; SUPERVISOR_TUI_TEST_COMMAND swaps in another launcher (same flags).
+COMMAND = os.environ.get("SUPERVISOR_TUI_TEST_COMMAND", str(Path(sys.executable).parent / "supervisor-tui"))
+
+
+class Terminal:
+    """One detached tmux session running a command; keys in, screen text out."""
+
+    def __init__(self, command: str, cwd: Path, env: dict[str, str], size: tuple[int, int] = (100, 30)) -> None:
+        self.name = f"suptui-{uuid.uuid4().hex[:8]}"
+        exports = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
+        shell = f"cd {shlex.quote(str(cwd))} && exec env {exports} {command}"
+        subprocess.run(
+            [TMUX or "tmux", "new-session", "-d", "-s", self.name, "-x", str(size[0]), "-y", str(size[1]), shell],
+            check=True,
+        )
+        out = subprocess.run(
+            [TMUX or "tmux", "display-message", "-p", "-t", self.name, "#{pane_pid}"],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        self.pid = int(out.stdout.strip())
+
+    def screen(self) -> str:
+        out = subprocess.run(
+            [TMUX or "tmux", "capture-pane", "-p", "-t", self.name], capture_output=True, text=True, check=False
+        )
+        return out.stdout
+
+    def keys(self, *keys: str) -> None:
+        subprocess.run([TMUX or "tmux", "send-keys", "-t", self.name, *keys], check=True)
+
+    def wait_screen(self, predicate: Callable[[str], bool], timeout: float = 30.0) -> str:
+        deadline = time.monotonic() + timeout
+        text = ""
+        while time.monotonic() < deadline:
+            text = self.screen()
+            if predicate(text):
+                return text
+            time.sleep(0.1)
+        raise AssertionError(f"screen never matched; last screen:\n{text}")
+
+    def kill(self) -> None:
+        subprocess.run([TMUX or "tmux", "kill-session", "-t", self.name], capture_output=True, check=False)
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met before the deadline")
+        time.sleep(0.05)
+
+
+def gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def plugin_pids(folder: Path) -> list[int]:
+    out = []
+    for p in psutil.process_iter(["cwd", "status"]):
+        try:
+            if p.info["cwd"] and Path(p.info["cwd"]) == folder and p.info["status"] != psutil.STATUS_ZOMBIE:
+                out.append(p.pid)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return out
+
+
+@pytest.fixture
+def terminal(tmp_path: Path) -> Iterator[Callable[..., Terminal]]:
+    started: list[Terminal] = []
+
+    def start(term: str = "tmux-256color") -> Terminal:
+        settings = make_test_settings(tmp_path)
+        write_plugin(settings.plugins_dir, "sleepy", "sleeper.py", autostart=True)
+        start_port, end_port = settings.port_range
+        env = {
+            "TERM": term,
+            "SUPERVISOR_TUI_PLUGINS_PORT_RANGE_START": str(start_port),
+            "SUPERVISOR_TUI_PLUGINS_PORT_RANGE_END": str(end_port),
+            "PYTHONPATH": str(REPO),
+        }
+        args = shlex.join(
+            ["--plugins-dir", str(settings.plugins_dir), "--data-dir", str(settings.data_dir), "--port", "0"]
+        )
+        t = Terminal(f"{COMMAND} {args}", tmp_path, env)
+        t.plugin_folder = settings.plugins_dir / "sleepy"  # type: ignore[attr-defined]
+        started.append(t)
+        return t
+
+    yield start
+    for t in started:
+        t.kill()
+        wait_for(lambda t=t: gone(t.pid), 20)
+
+
+@pytest.mark.parametrize("term", ["tmux-256color", "xterm"])
+def test_keys_stop_and_start_a_plugin_then_quit_stops_it(terminal: Callable[..., Terminal], term: str) -> None:
+    t = terminal(term)
+    folder = t.plugin_folder  # type: ignore[attr-defined]
+    t.wait_screen(lambda s: "sleepy" in s and "RUNNING" in s)
+    wait_for(lambda: len(plugin_pids(folder)) == 1)
+    first = plugin_pids(folder)[0]
+
+    t.keys("x")
+    t.wait_screen(lambda s: "Stop plugin sleepy?" in s)
+    t.keys("y")
+    t.wait_screen(lambda s: "STOPPED" in s and "Stop plugin" not in s)
+    wait_for(lambda: gone(first), 15)
+
+    t.keys("s")
+    t.wait_screen(lambda s: "RUNNING" in s)
+    wait_for(lambda: len(plugin_pids(folder)) == 1)
+    second = plugin_pids(folder)[0]
+    assert second != first
+
+    t.keys("q")
+    t.wait_screen(lambda s: "Quit supervisor-tui?" in s and "1 running plugin will" in s)
+    t.keys("y")
+    wait_for(lambda: gone(t.pid), 20)
+    wait_for(lambda: gone(second), 10)
+
+
+def test_closing_the_terminal_stops_plugins_and_exits(terminal: Callable[..., Terminal]) -> None:
+    t = terminal()
+    folder = t.plugin_folder  # type: ignore[attr-defined]
+    t.wait_screen(lambda s: "sleepy" in s and "RUNNING" in s)
+    wait_for(lambda: len(plugin_pids(folder)) == 1)
+    plugin = plugin_pids(folder)[0]
+    proc = psutil.Process(t.pid)
+    t.kill()  # tmux sends SIGHUP to the pane's process, like a dropped SSH session
+    wait_for(lambda: gone(t.pid), 20)
+    wait_for(lambda: gone(plugin), 10)
+    del proc
