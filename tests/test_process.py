@@ -303,3 +303,22 @@ async def test_missing_program_goes_fatal_with_a_clear_reason(
         await supervisor.start("ghost")
     snap = supervisor.plugin("ghost")
     assert snap.state == "FATAL" and "./no-such-program" in snap.last_error and "No such file" in snap.last_error
+
+
+async def test_crash_backoff_starts_over_after_stable_running(
+    supervisor: Supervisor, add_plugin: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from supervisor_tui.plugins import process
+
+    monkeypatch.setattr(process, "STABLE_AFTER", 0.5)  # 60 s in production; the rule, not the number, is tested
+    await add_plugin("steady", "crash_after.py", env={"CRASH_AFTER": "1.2"}, backoff_max_s=0.3)
+    with supervisor.bus.subscribe(["plugin.state"]) as sub:
+        await supervisor.start("steady")
+        seen: list[str] = []
+
+        async def exited_three_times() -> bool:
+            seen.extend(states(sub.get_nowait(), "steady"))
+            return seen.count("EXITED") >= 3 and seen[-1] == "RUNNING"
+
+        await wait_until(exited_three_times, timeout=40)
+    assert "BACKOFF" not in seen  # each run was stable long enough: every crash restarts at once
