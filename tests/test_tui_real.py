@@ -10,7 +10,7 @@ from typing import Any
 import psutil
 import pytest
 from conftest import open_supervisor, wait_until
-from test_tui import cell, screen_text, select_plugin, until
+from test_tui import cell, screen_text, select_plugin, table, until
 
 from supervisor_tui.config import Settings
 from supervisor_tui.tui import attach
@@ -169,3 +169,45 @@ def test_attach_to_an_unreachable_url_is_one_line_and_nonzero(capsys: pytest.Cap
     assert code != 0
     assert err.count("\n") == 1 and "cannot reach http://127.0.0.1:9" in err
     assert "Traceback" not in err
+
+
+async def test_consoles_from_the_real_console_service(settings: Settings) -> None:
+    from supervisor_tui.consoles.models import decode_heartbeat, decode_registration
+    from supervisor_tui.consoles.service import ConsoleService
+    from supervisor_tui.tui.screens.console_detail import ConsoleDetailScreen
+
+    async with open_supervisor(settings) as sup:
+        service = ConsoleService(sup.store, sup.bus, settings, sup.logs)
+        await service.start()
+        sup.consoles = service
+        try:
+            system = b'"sistema": {"hostname": "render-07", "platform": "linux"}'
+            await service.register(
+                decode_registration(b'{"id": "c-one", "nombre": "Consola uno", ' + system + b"}", True)
+            )
+            await service.register(decode_registration(b'{"id": "c-two", "name": "console two"}', False))
+            app = SupervisorApp(InProcessClient(sup, "http://127.0.0.1:4000"), handle_signals=False)
+            async with app.run_test(size=SIZE) as pilot:
+                await pilot.press("2")
+                await until(pilot, lambda: table(app, "consoles").row_count == 2)
+                # A heartbeat arrives: the row changes in place.
+                body = b'{"estado": "ocupada", "videoEnProceso": "Video Historia 1 (2/5)"}'
+                await service.heartbeat("c-one", decode_heartbeat(body, True))
+                await until(pilot, lambda: cell(app, "consoles", "c-one", "state") == "busy", within=10)
+                assert cell(app, "consoles", "c-one", "job") == "Video Historia 1 (2/5)"
+                assert cell(app, "consoles", "c-one", "seen").endswith("s ago")
+                await until(pilot, lambda: "1 busy" in screen_text(app), within=5)
+
+                await pilot.press("slash", *"two")
+                await until(pilot, lambda: table(app, "consoles").row_count == 1)
+                await pilot.press("escape")
+                await until(pilot, lambda: table(app, "consoles").row_count == 2)
+
+                t = table(app, "consoles")
+                t.move_cursor(row=t.get_row_index("c-one"))
+                await pilot.press("enter")
+                await until(pilot, lambda: isinstance(app.screen, ConsoleDetailScreen))
+                await until(pilot, lambda: "render-07" in screen_text(app) and "Transitions" in screen_text(app))
+                assert "Video Historia 1 (2/5)" in screen_text(app)
+        finally:
+            await service.stop()
