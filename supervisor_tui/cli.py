@@ -112,7 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from supervisor_tui.headless import run_headless
 
             return run_headless(settings, exit_on_fatal=args.exit_on_fatal)
-        from supervisor_tui.tui.embedded import run_embedded
+        from supervisor_tui.embedded import run_embedded
 
         return run_embedded(settings)
     except ConfigError as exc:

@@ -33,8 +33,9 @@ class CtlError(Exception):
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--url", help="supervisor API (default: http://<server.host>:<server.port> from settings)")
     parser.add_argument("--token", help=f"admin token (default: ${TOKEN_ENV} or <data dir>/admin.token)")
-    parser.add_argument("--data-dir", help="where to find admin.token (default ./data)")
-    parser.add_argument("--config", help="settings file (for the default URL and data dir)")
+    # SUPPRESS: the same flags given before "ctl" are not reset by these copies.
+    parser.add_argument("--data-dir", default=argparse.SUPPRESS, help="where to find admin.token (default ./data)")
+    parser.add_argument("--config", default=argparse.SUPPRESS, help="settings file (for the default URL and data dir)")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds to wait per action (default 120)")
     sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
     sub.add_parser("status", help="every plugin's state")
@@ -63,8 +64,13 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _target(args: argparse.Namespace) -> tuple[str, str]:
-    overrides = {"data.dir": args.data_dir}
-    settings = load_settings(args.config, overrides=overrides)
+    # --host/--port given before "ctl" (the shared flags) say where the supervisor is, too.
+    overrides = {
+        "data.dir": getattr(args, "data_dir", None),
+        "server.host": getattr(args, "host", None),
+        "server.port": getattr(args, "port", None),
+    }
+    settings = load_settings(getattr(args, "config", None), overrides=overrides)
     url = args.url or f"http://{_url_host(settings.host)}:{settings.port}"
     token = args.token or os.environ.get(TOKEN_ENV, "") or str(settings.get("auth.admin_token") or "")
     if not token:
@@ -195,7 +201,8 @@ async def _logs(client: httpx.AsyncClient, key: str, lines: int, follow: bool) -
 
 def _print_log(line: dict[str, Any]) -> None:
     ts = time.strftime("%H:%M:%S", time.localtime(line.get("ts", 0)))
-    print(f"{ts} {line.get('stream', '')[:3]} {line.get('message', '')}", flush=True)
+    stream = {"stdout": "out", "stderr": "err", "supervisor": "sup"}.get(line.get("stream", ""), "")
+    print(f"{ts} {stream} {line.get('message', '')}", flush=True)
 
 
 async def _install(client: httpx.AsyncClient, path: Path, start: bool) -> int:

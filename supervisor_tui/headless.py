@@ -4,7 +4,8 @@ Starts every autostart plugin, logs to stdout (human or JSON lines), and runs un
 every plugin in reverse dependency order and exits 0. SIGHUP re-reads the manifests and applies the difference.
 
 Exit codes: 0 after SIGTERM/SIGINT; 1 when the supervisor cannot start (another one holds the data dir, the
-database cannot be opened); 3 with ``--exit-on-fatal`` when a plugin went FATAL.
+database cannot be opened); 2 when the API port cannot be bound; 3 with ``--exit-on-fatal`` when a plugin went
+FATAL.
 """
 
 from __future__ import annotations
@@ -21,9 +22,12 @@ from supervisor_tui.core.lock import LockError
 from supervisor_tui.core.logs import stderr_line
 from supervisor_tui.core.store import StoreError
 from supervisor_tui.core.supervisor import PluginState, Supervisor
+from supervisor_tui.runtime import Runtime, StartupError
+from supervisor_tui.server.serve import new_event_loop
 
 EXIT_OK = 0
 EXIT_CANNOT_START = 1
+EXIT_CANNOT_BIND = 2
 EXIT_FATAL = 3
 
 # Something that runs next to the supervisor until cancelled (e.g. the HTTP server): given the open supervisor.
@@ -33,7 +37,11 @@ Service = Callable[[Supervisor], Awaitable[None]]
 def run_headless(settings: Settings, exit_on_fatal: bool) -> int:
     """Entry point from the CLI: run until a stop signal; returns the process exit code."""
     try:
-        return asyncio.run(serve(settings, exit_on_fatal))
+        with asyncio.Runner(loop_factory=new_event_loop) as runner:
+            return runner.run(serve(settings, exit_on_fatal))
+    except StartupError as exc:
+        stderr_line(f"supervisor-tui: {exc}")
+        return EXIT_CANNOT_BIND
     except (LockError, StoreError) as exc:
         stderr_line(f"supervisor-tui: {exc}")
         return EXIT_CANNOT_START
@@ -48,11 +56,13 @@ def run_headless(settings: Settings, exit_on_fatal: bool) -> int:
 
 
 async def serve(settings: Settings, exit_on_fatal: bool = False, services: Sequence[Service] = ()) -> int:
-    """Open the supervisor, start its plugins and ``services``, run until SIGTERM/SIGINT, then close it all."""
+    """Open the supervisor and its HTTP API, start its plugins and ``services``, run until SIGTERM/SIGINT, then
+    close it all."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     outcome = {"code": EXIT_OK}
-    sup = Supervisor(settings, echo=sys.stdout, echo_output=True)
+    runtime = Runtime(settings, "headless", echo=sys.stdout, echo_output=True)
+    sup = runtime.sup
 
     def request_stop(code: int = EXIT_OK) -> None:
         if not stop.is_set():
@@ -69,13 +79,13 @@ async def serve(settings: Settings, exit_on_fatal: bool = False, services: Seque
     for sig, handler in signals.items():
         loop.add_signal_handler(sig, handler)
     try:
-        await sup.open()
+        await runtime.start()
         try:
             if exit_on_fatal:
                 tasks.append(asyncio.create_task(_watch_fatal(sup, lambda: request_stop(EXIT_FATAL))))
             for service in services:
                 tasks.append(asyncio.create_task(_guarded(sup, service(sup), "service")))
-            tasks.append(asyncio.create_task(_guarded(sup, sup.start_all(), "start")))
+            tasks.append(asyncio.create_task(_guarded(sup, _start_all(runtime), "start")))
             await stop.wait()
             sup.logs.info("stop requested: stopping all plugins", event="shutdown")
         finally:
@@ -83,11 +93,16 @@ async def serve(settings: Settings, exit_on_fatal: bool = False, services: Seque
                 task.cancel()
             if tasks:
                 await asyncio.wait(tasks, timeout=10)
-            await sup.close()
+            await runtime.stop()
     finally:
         for sig in signals:
             loop.remove_signal_handler(sig)
     return outcome["code"]
+
+
+async def _start_all(runtime: Runtime) -> None:
+    await runtime.sup.start_all()
+    runtime.ready = True
 
 
 async def _guarded(sup: Supervisor, work: Awaitable[object], what: str) -> None:

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -515,4 +516,6 @@ def _plugin_dict(snap: Any, ctx: ApiContext) -> dict[str, Any]:
     metrics = d.get("last_metrics")
     d["last_metrics"] = _sample_dict(snap.last_metrics) if metrics else None
     d["requests"] = ctx.request_counts().get(snap.key, 0)
+    running = snap.state == "RUNNING" and snap.started_at
+    d["uptime"] = round(time.time() - snap.started_at, 3) if running else None
     return d
