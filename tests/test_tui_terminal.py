@@ -5,7 +5,6 @@ The screen is read with ``tmux capture-pane``; nothing here talks to the app oth
 
 from __future__ import annotations
 
-import importlib
 import os
 import shlex
 import shutil
@@ -24,23 +23,8 @@ REPO = Path(__file__).resolve().parent.parent
 TMUX = shutil.which("tmux")
 
 
-def _embedded_mode_available() -> bool:
-    """The CLI's no-argument mode needs its composition (supervisor + HTTP server + TUI) to be importable."""
-    try:
-        importlib.import_module("supervisor_tui.tui.embedded")
-        return True
-    except ModuleNotFoundError:
-        pass
-    runtime = importlib.import_module("supervisor_tui.runtime")
-    return hasattr(runtime, "run_embedded")
-
-
 pytestmark = [
     pytest.mark.skipif(TMUX is None, reason="tmux is not installed"),
-    pytest.mark.skipif(
-        not _embedded_mode_available() and "SUPERVISOR_TUI_TEST_COMMAND" not in os.environ,
-        reason="embedded mode is not wired into the CLI yet",
-    ),
     pytest.mark.usefixtures("no_plugin_leftovers"),
 ]
 
