@@ -322,3 +322,20 @@ async def test_crash_backoff_starts_over_after_stable_running(
 
         await wait_until(exited_three_times, timeout=40)
     assert "BACKOFF" not in seen  # each run was stable long enough: every crash restarts at once
+
+
+def test_port_allocator_rules(settings: Settings) -> None:
+    from supervisor_tui.plugins.ports import PortAllocator, PortUnavailable
+
+    start, _ = settings.port_range
+    ports = PortAllocator(start, start + 2, reserved=(start + 1,))
+    ports.declare_fixed("fixed", start + 2)
+    assert ports.acquire("a") == start  # the first bindable port
+    with pytest.raises(PortUnavailable, match="range"):
+        ports.acquire("b")  # start+1 is the API's, start+2 is promised to "fixed"
+    assert ports.acquire("fixed", start + 2) == start + 2
+    with pytest.raises(PortUnavailable, match="already used by plugin 'a'"):
+        ports.acquire("c", start)
+    ports.release("a")
+    assert ports.acquire("b") == start
+    assert ports.acquire("b", prefer=start) == start  # a plugin keeps its port across restarts

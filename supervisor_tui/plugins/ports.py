@@ -29,7 +29,6 @@ class PortAllocator:
         self._held: dict[str, int] = {}
         self._reserved = set(reserved)  # e.g. the API's own port
         self._fixed: dict[str, int] = {}  # ports that manifests ask for: kept out of the automatic range
-        self._next = start
 
     def declare_fixed(self, key: str, port: int | None) -> None:
         """Remember that ``key``'s manifest asks for ``port`` so no other plugin is assigned it."""
@@ -61,15 +60,13 @@ class PortAllocator:
             if can_bind(self.host, prefer):
                 self._held[key] = prefer
                 return prefer
-        size = self.end - self.start + 1
-        # Round-robin from the last assignment so a port just released (maybe in TIME_WAIT) is not reused first.
-        for i in range(size):
-            port = self.start + (self._next - self.start + i) % size
+        # The first bindable port: plugins get the same ports run after run (a port in TIME_WAIT still binds,
+        # as the check uses SO_REUSEADDR like the servers plugins run).
+        for port in range(self.start, self.end + 1):
             if port in taken or port in others_fixed:
                 continue
             if can_bind(self.host, port):
                 self._held[key] = port
-                self._next = port + 1 if port < self.end else self.start
                 return port
         raise PortUnavailable(f"no free port in the range {self.start}-{self.end} on {self.host}")
 
