@@ -22,7 +22,7 @@ NARROW = (80, 24)
 WIDE = (160, 48)
 
 
-async def until(pilot: Any, predicate: Callable[[], Any], within: float = 5.0) -> None:
+async def until(pilot: Any, predicate: Callable[[], Any], within: float = 10.0) -> None:
     """Let the app run until ``predicate()`` holds (fails the test at the deadline)."""
     deadline = time.monotonic() + within
     while not predicate():
