@@ -1,7 +1,6 @@
-"""Durability: SIGKILL the server in the middle of a heartbeat load; every heartbeat answered 2xx is on disk.
+"""Durability: SIGKILL the supervisor in the middle of a heartbeat load; every heartbeat answered 2xx is on disk.
 
-The server is tests/fixtures/consoles/server.py: the same store, service, raw ASGI app and uvicorn setup the
-supervisor composes, in a process of its own so it can be killed.
+The server is the real `supervisor-tui --headless` (no plugins), killed with SIGKILL and started again.
 """
 
 from __future__ import annotations
@@ -13,7 +12,7 @@ import sqlite3
 from pathlib import Path
 
 import httpx
-from fixtures.consoles.harness import ADMIN_TOKEN, free_port, server_process
+from fixtures.consoles.harness import ADMIN_TOKEN, free_port, headless_process
 
 CONSOLES = 20
 WORKERS = 48
@@ -23,7 +22,8 @@ async def test_every_acknowledged_heartbeat_survives_sigkill(tmp_path: Path) -> 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     acked: set[str] = set()
-    with server_process(tmp_path, port) as proc:
+    data = tmp_path / "data"
+    with headless_process(data, port) as proc:
         limits = httpx.Limits(max_connections=WORKERS, max_keepalive_connections=WORKERS)
         async with httpx.AsyncClient(base_url=url, limits=limits, timeout=10) as client:
             tokens = []
@@ -62,7 +62,7 @@ async def test_every_acknowledged_heartbeat_survives_sigkill(tmp_path: Path) -> 
             await asyncio.gather(*tasks)
     assert len(acked) >= 500
 
-    db = sqlite3.connect(tmp_path / "supervisor.db")
+    db = sqlite3.connect(data / "supervisor.db")
     stored = {row[0] for row in db.execute("SELECT current_job FROM heartbeats")}
     counted = sum(row[0] for row in db.execute("SELECT heartbeats FROM consoles"))
     db.close()
@@ -71,7 +71,7 @@ async def test_every_acknowledged_heartbeat_survives_sigkill(tmp_path: Path) -> 
     assert counted == len(stored)  # the console rows were committed in the same transactions
 
     # The restarted server serves what was committed and takes heartbeats again with the same tokens.
-    with server_process(tmp_path, port):
+    with headless_process(data, port):
         async with httpx.AsyncClient(base_url=url) as client:
             admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
             r = await client.get("/api/consoles?limit=1000", headers=admin)
