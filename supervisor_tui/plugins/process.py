@@ -297,6 +297,7 @@ class ProcessRunner:
                 if m.health is not None:
                     self._record_health(True, f"probe: {ready_detail}")
                 self._set(S.RUNNING, reason)
+                self.sample()  # a first look at the tree: children spawned while starting are known from now on
                 if m.health is not None:
                     self._health_task = asyncio.create_task(self._health_loop(proc), name=f"health:{self.key}")
                 code = await wait_exit(proc)
@@ -523,6 +524,10 @@ class ProcessRunner:
             _, pending = await asyncio.wait(pumps, timeout=2.0)
             for task in pending:
                 task.cancel()
+            if pending:  # something unknown still holds the output pipes: close our ends, or their fds leak
+                transport = getattr(proc, "_transport", None)
+                if transport is not None:
+                    transport.close()
         if self._restart_task is not None:
             await asyncio.wait([self._restart_task])
             self._restart_task = None
