@@ -77,11 +77,29 @@ def create_admin_app(ctx: ApiContext, extra_openapi_paths: dict[str, Any] | None
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
         return _json_error(exc.status, exc.code, exc.message, exc.headers)
 
+    def allowed_methods(path: str) -> list[str]:
+        """Every method some route serves at ``path``; a literal route (/plugins/install) hides a templated one
+        (/plugins/{key}) that happens to match the same path, as it does when routing."""
+        literal: set[str] = set()
+        templated: set[str] = set()
+        for route in app.routes:
+            regex, methods = getattr(route, "path_regex", None), getattr(route, "methods", None)
+            if regex is not None and methods and regex.match(path):
+                (templated if getattr(route, "param_convertors", None) else literal).update(methods)
+        return sorted(literal or templated)
+
     @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         message = "no such route" if exc.status_code == 404 else str(exc.detail)
-        return _json_error(exc.status_code, code, message, dict(exc.headers or {}))
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            # Starlette names only the first route that matched the path; a client needs all of them.
+            methods = allowed_methods(request.url.path)
+            if methods:
+                headers["Allow"] = ", ".join(methods)
+                message = f"{request.method} is not allowed here (allowed: {', '.join(methods)})"
+        return _json_error(exc.status_code, code, message, headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -138,11 +156,17 @@ def create_admin_app(ctx: ApiContext, extra_openapi_paths: dict[str, Any] | None
         """Liveness: the process answers."""
         return {"status": "ok"}
 
-    @app.get("/ready", response_model=schemas.ReadyOut, tags=["health"], responses={503: {"model": schemas.ReadyOut}})
+    @app.get(
+        "/ready", response_model=schemas.ReadyOut, tags=["health"], responses={503: {"model": schemas.NotReadyOut}}
+    )
     async def ready() -> Response:
         """Readiness: plugins are loaded and the database is open."""
         ok, detail = ctx.ready()
-        return JSONResponse({"ready": ok, "detail": detail}, status_code=200 if ok else 503)
+        if ok:
+            return JSONResponse({"ready": True, "detail": ""})
+        # A 503 is an error like any other: it carries the error object too.
+        not_ready = {"ready": False, "detail": detail, "error": {"code": "not_ready", "message": detail}}
+        return JSONResponse(not_ready, status_code=503)
 
     # -- status and plugins ----------------------------------------------------------------------------------
     @app.get(

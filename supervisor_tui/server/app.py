@@ -41,18 +41,27 @@ class BodyLimit:
                     return
         seen = 0
         started = False
+        too_large = False
 
         async def limited_receive() -> Message:
-            nonlocal seen
+            nonlocal seen, too_large
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.limit:
+                    too_large = True
                     raise _TooLarge
             return message
 
         async def tracking_send(message: Message) -> None:
             nonlocal started
+            if too_large:
+                # The app may have caught _TooLarge (FastAPI turns any body-read failure into its own 400):
+                # whatever it answers, the client gets the 413.
+                if message["type"] == "http.response.start" and not started:
+                    started = True
+                    await send_error(send, 413, "payload_too_large", f"request body over {self.limit} bytes")
+                return
             if message["type"] == "http.response.start":
                 started = True
             await send(message)

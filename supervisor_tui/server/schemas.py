@@ -136,3 +136,14 @@ class HealthOut(BaseModel):
 class ReadyOut(BaseModel):
     ready: bool
     detail: str = ""
+
+
+class ErrorOut(BaseModel):
+    code: str
+    message: str
+
+
+class NotReadyOut(ReadyOut):
+    """/ready's 503: the readiness fields plus the error object every error carries."""
+
+    error: ErrorOut
