@@ -259,6 +259,8 @@ async def test_read_only_refuses_every_change(make_settings: Callable[..., Setti
             ("POST", "/api/v1/plugins/install", {"manifest": {"key": "x", "command": ["true"]}}),
         ]:
             is_error(await api.client.request(method, path, json=body), 403, "read_only")
+        # Refused before the body is judged: the answer does not depend on what was sent.
+        is_error(await api.client.put("/api/v1/plugins/web/config", json={"env": {"A": 1}}), 403, "read_only")
         assert (await api.plugin("web"))["pid"] == pid and alive(pid)
         assert (await api.client.get("/api/v1/status")).json()["read_only"] is True
 

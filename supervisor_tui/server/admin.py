@@ -102,7 +102,17 @@ def create_admin_app(ctx: ApiContext, extra_openapi_paths: dict[str, Any] | None
         return _json_error(exc.status_code, code, message, headers)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI reads and validates the body before it runs a route's dependencies: run the route's token and
+        # read-only checks first, so a client without the token gets its 401, not a description of the body.
+        try:
+            for dep in getattr(request.scope.get("route"), "dependencies", ()):
+                if dep.dependency in (require_admin, require_plugin_token):
+                    dep.dependency(request)
+                elif dep.dependency is require_writable:
+                    require_writable()
+        except ApiError as refused:
+            return _json_error(refused.status, refused.code, refused.message, refused.headers)
         problems = []
         for err in exc.errors()[:5]:
             where = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"
