@@ -238,7 +238,12 @@ def _exec(args: argparse.Namespace) -> int:
         size = 0
         assert proc.stderr is not None
         err_fd = proc.stderr.fileno()
-        forward = {s: signal.signal(s, lambda sig, _f: proc.send_signal(sig)) for s in (signal.SIGINT, signal.SIGTERM)}
+        # The terminal sends Ctrl-C to the whole process group, the command included: ignore it here and
+        # report how the command ended. SIGTERM aimed at us is passed on.
+        forward = {
+            signal.SIGINT: signal.signal(signal.SIGINT, signal.SIG_IGN),
+            signal.SIGTERM: signal.signal(signal.SIGTERM, lambda sig, _f: proc.send_signal(sig)),
+        }
         try:
             for chunk in iter(lambda: os.read(err_fd, 65536), b""):
                 sys.stderr.buffer.write(chunk)

@@ -15,6 +15,7 @@ dispatches ``/api/consolas/...`` and ``/api/consoles...`` here; ``OPENAPI_PATHS`
 
 from __future__ import annotations
 
+import sqlite3
 import zlib
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
@@ -175,6 +176,10 @@ class ConsolesAPI:
             await _respond_error(send, err)
         except ConsoleError as exc:
             await _respond_error(send, _from_console_error(exc))
+        except sqlite3.Error as exc:  # a read the database could not serve: retryable, still in the error shape
+            await _respond_error(
+                send, _HttpError(503, "unavailable", f"database error: {exc}", ((b"retry-after", b"1"),))
+            )
 
     # -- helpers -----------------------------------------------------------------------------------------
     @staticmethod
