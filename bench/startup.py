@@ -52,6 +52,38 @@ def write_plugins(root: Path, count: int, startsecs: float) -> list[str]:
     return keys
 
 
+def core_only(root: Path, count: int) -> float:
+    """Seconds from ``Supervisor.open()`` to ``start_all()`` returning with every plugin RUNNING, in this process
+    (the core alone: no interpreter start, no imports, no HTTP API)."""
+    import asyncio
+
+    from supervisor_tui.config import load_settings
+    from supervisor_tui.core.supervisor import Supervisor
+
+    start = random.randrange(20000, 29000, 100)
+    settings = load_settings(
+        env={},
+        overrides={
+            "plugins.dir": str(root / "plugins"),
+            "data.dir": str(root / "core-data"),
+            "plugins.port_range_start": start,
+            "plugins.port_range_end": start + 99,
+            "server.port": 0,
+        },
+        base_dir=root,
+    )
+
+    async def run() -> float:
+        t0 = time.perf_counter()
+        async with Supervisor(settings) as sup:
+            await sup.start_all()
+            elapsed = time.perf_counter() - t0
+            assert sum(p.state == "RUNNING" for p in sup.plugins()) == count
+        return elapsed
+
+    return asyncio.run(run())
+
+
 def baseline_spawn(root: Path, count: int) -> float:
     """Seconds to start ``count`` plugin scripts directly and see each one's first line."""
     script = root / "plugins" / "p00" / "plugin.py"
@@ -127,6 +159,11 @@ def main() -> int:
             f"{n} plugins, startsecs {args.startsecs:g}"
         )
         print(f"baseline: {n} plugin scripts started directly, all printed a line: {base:.3f} s")
+        core = core_only(root, n)
+        print(
+            f"core only (in-process Supervisor.open + start_all, no imports, no API): {core:.3f} s; "
+            f"minus startsecs: {core - args.startsecs:.3f} s"
+        )
 
         sup = Headless(root)
         pids: dict[str, int] = {}
