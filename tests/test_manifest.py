@@ -87,6 +87,7 @@ def test_full_manifest_and_seed_003_id_alias() -> None:
     [
         ({"key": "Bad Key"}, "key", "must match"),
         ({"key": None}, "key", "is required"),
+        ({"key": "supervisor"}, "key", "reserved"),
         ({"command": []}, "command", "non-empty list"),
         ({"command": "python server.py"}, "command", "list"),
         ({"colour": "red"}, "colour", "unknown field"),

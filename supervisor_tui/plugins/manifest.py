@@ -24,6 +24,7 @@ METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")
 RESTART_POLICIES = ("on-failure", "always", "never")
 # Set by the supervisor for every plugin process; a manifest or an override may not set them.
 RESERVED_ENV = ("PORT", "PLUGIN_KEY", "SUPERVISOR_URL")
+RESERVED_KEYS = ("supervisor",)
 # A command starting with one of these runs with the supervisor's own interpreter (sys.executable).
 PYTHON_NAMES = ("python", "python3")
 _PATH_SEGMENT = re.compile(r"^(\{[A-Za-z_][A-Za-z0-9_]*\}|[A-Za-z0-9._~!$&'()*+,;=:@%-]*)$")
@@ -321,6 +322,8 @@ def parse_manifest(data: Any, path: Path) -> Manifest:
         raise ManifestError(
             path, "key", f"must match {KEY_PATTERN.pattern} (lowercase letters, digits, - and _), got {key!r}"
         )
+    if key in RESERVED_KEYS:
+        raise ManifestError(path, "key", f"{key!r} is reserved (the supervisor's own log source)")
     if "command" not in data:
         raise ManifestError(path, "command", 'is required (argv list, e.g. ["python", "server.py"])')
     kwargs: dict[str, Any] = {}
