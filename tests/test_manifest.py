@@ -168,3 +168,12 @@ def test_shipped_example_plugins_are_valid() -> None:
     assert not found.invalid
     echo = load_manifest(REPO / "plugins" / "echo")
     assert echo.health is not None and echo.health.path == "/health"
+
+
+def test_a_rejected_folder_never_takes_a_valid_plugins_key(tmp_path: Path) -> None:
+    write(tmp_path, "folder-a", {"key": "b", "command": ["true"]})
+    write(tmp_path, "b", "{broken")  # folder named like the valid plugin's key
+    write(tmp_path, "supervisor", "{broken")
+    found = discover(tmp_path)
+    assert set(found.manifests) == {"b"}
+    assert set(found.invalid) == {"b-2", "supervisor-2"}

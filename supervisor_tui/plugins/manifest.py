@@ -380,6 +380,7 @@ def discover(plugins_dir: Path, skip: Iterable[str] = ()) -> Discovery:
     if not plugins_dir.is_dir():
         return found
     loaded: list[Manifest] = []
+    broken: list[tuple[str, ManifestError]] = []  # (folder name, problem): keyed once the valid keys are known
     for folder in sorted(p for p in plugins_dir.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))):
         if not (folder / MANIFEST_FILE).exists():
             continue  # not a plugin folder (e.g. shared code)
@@ -388,7 +389,7 @@ def discover(plugins_dir: Path, skip: Iterable[str] = ()) -> Discovery:
         try:
             manifest = load_manifest(folder)
         except ManifestError as exc:
-            found.invalid[_invalid_key(folder.name, found)] = exc
+            broken.append((folder.name, exc))
             continue
         if manifest.key in skipped:
             continue
@@ -397,13 +398,16 @@ def discover(plugins_dir: Path, skip: Iterable[str] = ()) -> Discovery:
     # On a duplicate key, the folder named after the key keeps it.
     for m in sorted(loaded, key=lambda m: (m.folder.name != m.key, m.folder.name)):
         if m.key in by_key:
-            err = ManifestError(m.path, "key", f"{m.key!r} is already used by {by_key[m.key].path}")
-            found.invalid[_invalid_key(m.folder.name, found, by_key)] = err
+            broken.append(
+                (m.folder.name, ManifestError(m.path, "key", f"{m.key!r} is already used by {by_key[m.key].path}"))
+            )
             continue
         by_key[m.key] = m
-    for key, err in check_graph(by_key, rejected=found.invalid).items():
+    for key, err in check_graph(by_key, rejected={name for name, _ in broken}).items():
         found.invalid[key] = err
         del by_key[key]
+    for name, err in broken:  # a rejected folder is listed under its name, never under a key in use
+        found.invalid[_invalid_key(name, found, by_key)] = err
     found.manifests = by_key
     return found
 
@@ -411,7 +415,7 @@ def discover(plugins_dir: Path, skip: Iterable[str] = ()) -> Discovery:
 def _invalid_key(name: str, found: Discovery, taken: Mapping[str, object] = {}) -> str:
     key = name if KEY_PATTERN.match(name) else re.sub(r"[^a-z0-9_-]", "-", name.lower()).strip("-_")[:63] or "plugin"
     base, n = key, 2
-    while key in found.invalid or key in taken:
+    while key in found.invalid or key in taken or key in RESERVED_KEYS:
         key, n = f"{base}-{n}", n + 1
     return key
 
