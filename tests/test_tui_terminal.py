@@ -104,9 +104,9 @@ def plugin_pids(folder: Path) -> list[int]:
 def terminal(tmp_path: Path) -> Iterator[Callable[..., Terminal]]:
     started: list[Terminal] = []
 
-    def start(term: str = "tmux-256color") -> Terminal:
+    def start(term: str = "tmux-256color", plugin: str = "sleeper.py") -> Terminal:
         settings = make_test_settings(tmp_path)
-        write_plugin(settings.plugins_dir, "sleepy", "sleeper.py", autostart=True)
+        write_plugin(settings.plugins_dir, "sleepy", plugin, autostart=True)
         start_port, end_port = settings.port_range
         env = {
             "TERM": term,
@@ -128,7 +128,7 @@ def terminal(tmp_path: Path) -> Iterator[Callable[..., Terminal]]:
         wait_for(lambda t=t: gone(t.pid), 20)
 
 
-@pytest.mark.parametrize("term", ["tmux-256color", "xterm"])
+@pytest.mark.parametrize("term", ["tmux-256color", "screen", "xterm", "xterm-256color"])
 def test_keys_stop_and_start_a_plugin_then_quit_stops_it(terminal: Callable[..., Terminal], term: str) -> None:
     t = terminal(term)
     folder = t.plugin_folder  # type: ignore[attr-defined]
@@ -166,3 +166,32 @@ def test_closing_the_terminal_stops_plugins_and_exits(terminal: Callable[..., Te
     wait_for(lambda: gone(t.pid), 20)
     wait_for(lambda: gone(plugin), 10)
     del proc
+
+
+NOISY = """\
+import os, sys, time
+for i in range(200):
+    print(f"NOISY-OUT {i}", flush=True)
+    sys.stderr.write(f"NOISY-ERR {i}\\n")
+got = sys.stdin.read()  # a plugin that reads stdin must get EOF, never the operator's keys
+print(f"NOISY-STDIN {len(got)} bytes", flush=True)
+while True:
+    time.sleep(3600)
+"""
+
+
+def test_plugin_output_and_stdin_never_reach_the_terminal(terminal: Callable[..., Terminal]) -> None:
+    t = terminal(plugin=NOISY)
+    screen = t.wait_screen(lambda s: "sleepy" in s and "RUNNING" in s)
+    assert "NOISY" not in screen  # the plugins pane is showing: plugin output only goes to the logs pane
+    t.keys("3", "/")
+    t.keys("-l", "stdin")  # the logs filter: only the line the plugin printed after reading stdin
+    screen = t.wait_screen(lambda s: "NOISY-STDIN 0 bytes" in s)
+    t.keys("Escape")  # alone: tmux would read escape followed at once by "1" as alt+1
+    t.wait_screen(lambda s: "matching" not in s)
+    t.keys("1")
+    screen = t.wait_screen(lambda s: "Key" in s and "NOISY" not in s)
+    t.keys("x")  # keys still reach the TUI, not the plugin
+    t.wait_screen(lambda s: "Stop plugin sleepy?" in s)
+    t.keys("n")
+    t.wait_screen(lambda s: "Stop plugin sleepy?" not in s)

@@ -398,6 +398,7 @@ class SupervisorApp(App[int]):
         self._dirty_plugins = False
         self._dirty_consoles = True
         self._pending_logs: list[LogEntry] = []
+        self._log_horizon = 0.0
         self._console_page: list[ConsoleInfo] = []
         self._consoles_changed = False
         self._last_console_refresh = 0.0
@@ -495,7 +496,7 @@ class SupervisorApp(App[int]):
             plugins = await self.client.plugins()
             self._set_plugins(plugins)
             logs = await self.client.logs(None, 500)
-            self._pending_logs.extend(logs)
+            self._add_logs(logs)
             for p in plugins:
                 self.state_history.setdefault(p.key, deque(maxlen=100)).append(
                     (p.started_at or self.client.now(), "", p.state, p.detail or "current state")
@@ -515,7 +516,11 @@ class SupervisorApp(App[int]):
         for ev in batch:
             topic = str(ev.get("topic", ""))
             if topic == "log":
-                self._pending_logs.append(LogEntry.from_dict(ev))
+                entry = LogEntry.from_dict(ev)
+                # Lines up to the horizon came with a snapshot (initial load, resync after a reconnect).
+                if entry.ts > self._log_horizon:
+                    self._log_horizon = entry.ts
+                    self._pending_logs.append(entry)
             elif topic == "plugin.metrics":
                 self._ingest_metrics(ev)
             elif topic.startswith("plugin"):
@@ -537,6 +542,21 @@ class SupervisorApp(App[int]):
                 if ev.get("connected"):
                     self._dirty_plugins = True
                     self._dirty_consoles = True
+                    self.run_worker(self._resync_logs(), group="logs-resync", exclusive=True, exit_on_error=False)
+
+    def _add_logs(self, entries: list[LogEntry]) -> None:
+        """Queue snapshot lines newer than anything shown, and move the horizon past them."""
+        fresh = [e for e in sorted(entries, key=lambda e: e.ts) if e.ts > self._log_horizon]
+        if fresh:
+            self._log_horizon = fresh[-1].ts
+            self._pending_logs.extend(fresh)
+
+    async def _resync_logs(self) -> None:
+        """After (re)connecting: the lines written while the event stream was down."""
+        try:
+            self._add_logs(await self.client.logs(None, 500))
+        except ClientError:
+            pass
 
     def _ingest_metrics(self, ev: Mapping[str, Any]) -> None:
         key = str(ev.get("key"))

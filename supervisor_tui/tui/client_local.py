@@ -52,7 +52,8 @@ class InProcessClient(SupervisorClient):
         )
         self.sup = sup
         self._request_counts = request_counts
-        self._subscription: Any = None
+        # Subscribed now, before the app takes its first snapshot, so nothing falls between the two.
+        self._subscription = sup.bus.subscribe(EVENT_TOPICS, maxsize=50_000)
         self._closed = False
 
     # -- plugins -------------------------------------------------------------------------------------
@@ -152,8 +153,7 @@ class InProcessClient(SupervisorClient):
 
     # -- events --------------------------------------------------------------------------------------
     async def events(self) -> AsyncIterator[list[dict[str, Any]]]:
-        sub = self.sup.bus.subscribe(EVENT_TOPICS, maxsize=50_000)
-        self._subscription = sub
+        sub = self._subscription
         try:
             while not self._closed and not sub.closed:
                 batch = await sub.get_batch(1.0)
@@ -164,5 +164,4 @@ class InProcessClient(SupervisorClient):
 
     async def close(self) -> None:
         self._closed = True
-        if self._subscription is not None:
-            self._subscription.close()
+        self._subscription.close()

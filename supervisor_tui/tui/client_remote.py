@@ -213,9 +213,10 @@ class RemoteClient(SupervisorClient):
                     max_size=2**22,
                 ) as ws:
                     self._ws = ws
-                    if not self._connected or attempt:
-                        self._connected = True
-                        yield [{"topic": CONNECTION_TOPIC, "connected": True, "message": f"reconnected to {self.base}"}]
+                    # Always said, even the first time: the app then fetches what the stream missed.
+                    message = f"reconnected to {self.base}" if (attempt or not self._connected) else ""
+                    self._connected = True
+                    yield [{"topic": CONNECTION_TOPIC, "connected": True, "message": message}]
                     attempt = 0
                     async for raw in ws:
                         try:
