@@ -211,3 +211,42 @@ async def test_consoles_from_the_real_console_service(settings: Settings) -> Non
                 assert "Video Historia 1 (2/5)" in screen_text(app)
         finally:
             await service.stop()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_attached_tui_shows_a_banner_when_the_supervisor_goes_and_reconnects(
+    headless: Any, settings: Settings, make_plugin: Callable[..., Path]
+) -> None:
+    import signal
+
+    make_plugin("sleepy", "sleeper.py", autostart=True)
+    port = _free_port()
+    first = headless("--port", str(port))
+    await first.wait_state("sleepy", "RUNNING")
+    token = (settings.data_dir / "admin.token").read_text().strip()
+    client = RemoteClient(f"127.0.0.1:{port}", token)
+    await client.connect()
+    app = SupervisorApp(client, handle_signals=False)
+    try:
+        async with app.run_test(size=SIZE) as pilot:
+            await until(pilot, lambda: "sleepy" in screen_text(app))
+            first.signal(signal.SIGTERM)
+            assert await first.wait() == 0
+            await until(pilot, lambda: "connection lost" in screen_text(app), within=20)
+            # An action while the supervisor is away fails with a message instead of hanging.
+            await select_plugin(pilot, app, "sleepy")
+            await pilot.press("r")
+            await until(pilot, lambda: any("restart sleepy failed" in str(n.message) for n in app._notifications))
+            second = headless("--port", str(port))
+            await second.wait_state("sleepy", "RUNNING")
+            await until(pilot, lambda: "connection lost" not in screen_text(app), within=20)
+            await until(pilot, lambda: cell(app, "plugins", "sleepy", "state") == "RUNNING", within=10)
+    finally:
+        await client.close()
