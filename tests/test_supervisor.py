@@ -207,3 +207,22 @@ async def test_snapshot_is_json_ready(supervisor: Supervisor, make_plugin: Calla
         "timeout", "max_body", "last_metrics", "manifest_path",
     }  # fmt: skip
     assert set(d) == expected
+
+
+async def test_reload_turns_a_plugin_invalid_and_back(supervisor: Supervisor, make_plugin: Callable[..., Path]) -> None:
+    folder = make_plugin("flip", "sleeper.py")
+    await supervisor.reload()
+    await wait_until(lambda: supervisor.plugin("flip").state == "RUNNING")
+    good = (folder / "manifest.json").read_text()
+    (folder / "manifest.json").write_text(good.replace('"startsecs": 0.3', '"startsecs": "never"'))
+    with supervisor.bus.subscribe(["plugin.state"]) as sub:
+        result = await supervisor.reload()
+        assert result["changed"] == ["flip"] and result["invalid"] == ["flip"]
+        snap = supervisor.plugin("flip")
+        assert snap.state == "INVALID" and "startsecs" in snap.detail and plugin_processes(folder) == []
+        (folder / "manifest.json").write_text(good)
+        result = await supervisor.reload()
+        assert result["changed"] == ["flip"]
+        await wait_until(lambda: supervisor.plugin("flip").state == "RUNNING")
+        seen = [e.to_state for e in sub.get_nowait() if isinstance(e, PluginStateChanged)]
+    assert seen[:3] == ["STOPPING", "STOPPED", "INVALID"] and seen[3:5] == ["STOPPED", "STARTING"]
