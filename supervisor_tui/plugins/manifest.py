@@ -495,39 +495,3 @@ def start_order(manifests: Mapping[str, Manifest]) -> list[str]:
     for key in sorted(manifests):
         visit(key, frozenset())
     return order
-
-
-def manifest_to_json(m: Manifest) -> dict[str, Any]:
-    """The manifest as it would be written to manifest.json (all fields, defaults included)."""
-    out: dict[str, Any] = {
-        "key": m.key,
-        "name": m.name,
-        "version": m.version,
-        "description": m.description,
-        "command": list(m.command),
-        "env": dict(m.env),
-        "port": m.port,
-        "endpoints": [{"method": e.method, "path": e.path, "description": e.description} for e in m.endpoints],
-        "health": None,
-        "autostart": m.autostart,
-        "restart": m.restart,
-        "startsecs": m.startsecs,
-        "startretries": m.startretries,
-        "backoff_max_s": m.backoff_max_s,
-        "stopsignal": m.stopsignal,
-        "stopwaitsecs": m.stopwaitsecs,
-        "depends_on": list(m.depends_on),
-        "timeout": m.timeout,
-        "max_body": m.max_body,
-    }
-    if m.health is not None:
-        h = m.health
-        out["health"] = {
-            "path": h.path,
-            "interval_s": h.interval_s,
-            "timeout_s": h.timeout_s,
-            "failures": h.failures,
-            "start_timeout_s": h.start_timeout_s,
-            "restart": h.restart,
-        }
-    return out
