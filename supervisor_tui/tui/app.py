@@ -369,7 +369,6 @@ class SupervisorApp(App[int]):
         *,
         keymap: Mapping[str, object] | None = None,
         handle_signals: bool = True,
-        watch_stdin: bool = True,
         freeze_heap: bool = True,
     ) -> None:
         super().__init__()
@@ -378,7 +377,6 @@ class SupervisorApp(App[int]):
         merged: dict[str, object] = {**client.info.keymap, **(keymap or {})}
         self.keymap, self.keymap_problems = validate_keymap(merged)
         self.handle_signals = handle_signals
-        self.watch_stdin = watch_stdin
         self.freeze_heap = freeze_heap
         self.plugins_by_key: dict[str, PluginInfo] = {}
         self.plugin_order: list[str] = []
@@ -932,8 +930,3 @@ class SupervisorApp(App[int]):
 
     async def action_quit(self) -> None:
         self.request_quit()
-
-    async def run_embedded(self) -> int:
-        """Run in the current event loop until the operator quits or the terminal goes away."""
-        result = await self.run_async()
-        return int(result or 0) if self.return_code is None else self.return_code
