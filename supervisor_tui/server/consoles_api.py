@@ -34,6 +34,8 @@ from supervisor_tui.consoles.errors import (
 from supervisor_tui.consoles.models import (
     ALL_STATES,
     CONSOLE_ID_PATTERN,
+    MAX_TIMESTAMP,
+    MIN_TIMESTAMP,
     REPORTED_STATES,
     SPANISH_REPORTED_STATES,
     SPANISH_TO_ENGLISH,
@@ -383,9 +385,12 @@ def _int_param(q: dict[str, str], name: str, default: int, lo: int, hi: int) -> 
 
 _TS = {"type": ["string", "null"], "format": "date-time", "description": "ISO-8601 UTC"}
 _TS_IN = {
-    "type": ["string", "null"],
+    # parse_timestamp also reads Unix seconds, so the schema says so (clients were told "string" only).
+    "type": ["string", "number", "null"],
     "format": "date-time",
-    "description": "ISO-8601 timestamp like 2025-12-03T10:30:00.000Z (no offset = UTC)",
+    "minimum": MIN_TIMESTAMP,
+    "maximum": MAX_TIMESTAMP,
+    "description": "ISO-8601 timestamp like 2025-12-03T10:30:00.000Z (no offset = UTC), or Unix seconds",
     "example": "2025-12-03T10:30:00.000Z",
 }
 _SYSTEM = {

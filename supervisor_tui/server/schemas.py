@@ -6,6 +6,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from supervisor_tui.plugins.manifest import ENV_NAME, KEY_PATTERN
+
 
 class EndpointOut(BaseModel):
     method: str
@@ -97,7 +99,11 @@ class InstallIn(BaseModel):
 
 
 class ConfigIn(BaseModel):
-    env: dict[str, str] = Field(description="Environment variables merged over the manifest's env")
+    # The names' rule is documented here and enforced (with the reserved names) where manifests are parsed.
+    env: dict[str, str] = Field(
+        description="Environment variables merged over the manifest's env",
+        json_schema_extra={"propertyNames": {"pattern": ENV_NAME.pattern}},
+    )
 
 
 class RemovedOut(BaseModel):
@@ -114,7 +120,9 @@ class RegisterEndpointIn(BaseModel):
 class RegisterIn(BaseModel):
     """Seed 000's registration message, over HTTP: where the plugin listens and what it serves."""
 
-    key: str
+    # The upstream is `port` (on `host`, default 127.0.0.1) or `url`; enforced with the allowlist at registration.
+    model_config = ConfigDict(json_schema_extra={"anyOf": [{"required": ["port"]}, {"required": ["url"]}]})
+    key: str = Field(json_schema_extra={"pattern": KEY_PATTERN.pattern})
     name: str = ""
     version: str = "0.0.0"
     port: int | None = Field(None, ge=1, le=65535)
