@@ -27,6 +27,7 @@ from textual import on, work
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import Container, Vertical
+from textual.css.query import NoMatches
 from textual.events import Resize
 from textual.screen import Screen
 from textual.widget import Widget
@@ -673,15 +674,18 @@ class SupervisorApp(App[int]):
             return
         now = self.client.now()
         mono = time.monotonic()
-        with self.batch_update():
-            self._apply_plugins(main, now, mono)
-            if self._consoles_changed:
-                self._consoles_changed = False
-                self._apply_consoles(main, now)
-            if self._pending_logs:
-                logs, self._pending_logs = self._pending_logs, []
-                main.query_one("#log-view", LogView).append(logs)
-            self._apply_header(main)
+        try:
+            with self.batch_update():
+                self._apply_plugins(main, now, mono)
+                if self._consoles_changed:
+                    self._consoles_changed = False
+                    self._apply_consoles(main, now)
+                if self._pending_logs:
+                    logs, self._pending_logs = self._pending_logs, []
+                    main.query_one("#log-view", LogView).append(logs)
+                self._apply_header(main)
+        except NoMatches:  # a last timer tick while the app is closing and its widgets are gone
+            return
 
     def _apply_plugins(self, main: MainScreen, now: float, mono: float) -> None:
         table = main.query_one("#plugins-table", KeyedTable)
@@ -719,9 +723,9 @@ class SupervisorApp(App[int]):
     def update_log_title(self) -> None:
         try:
             main = self.main
-        except LookupError:
+            view = main.query_one("#log-view", LogView)
+        except (LookupError, NoMatches):
             return
-        view = main.query_one("#log-view", LogView)
         title = "Logs"
         if view.source_filter:
             title += f" of {view.source_filter}"
