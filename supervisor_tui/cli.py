@@ -65,7 +65,13 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     return load_settings(getattr(args, "config", None), overrides=overrides)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The full parser. Only the subcommand named in ``argv`` has its module imported (all of them for help):
+    the TUI's imports alone would add a quarter of a second to every headless start."""
+    words = set(sys.argv[1:] if argv is None else argv)
+    wanted = {name for name in SUBCOMMANDS if name in words}
+    if words & {"-h", "--help"} and not wanted:
+        wanted = set(SUBCOMMANDS)
     parser = _Parser(
         prog="supervisor-tui",
         description="Supervise plugins, proxy them behind one gateway, collect console heartbeats, watch it live.",
@@ -79,11 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     config_parser = sub.add_parser("config", help="print the effective settings and where each came from")
     add_supervisor_flags(config_parser)
     for name, (module, help_text) in SUBCOMMANDS.items():
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError:  # TODO(integration): every subcommand module exists before release
-            continue
-        mod.add_arguments(sub.add_parser(name, help=help_text))
+        p = sub.add_parser(name, help=help_text)
+        if name in wanted:
+            importlib.import_module(module).add_arguments(p)
     return parser
 
 
@@ -100,7 +104,7 @@ def print_config(settings: Settings) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     try:
         if args.command in SUBCOMMANDS:
