@@ -98,6 +98,16 @@ async def list_consoles(
     return [console_record(tuple(r), inactive_after) for r in rows], total
 
 
+async def consoles_by_id(db: aiosqlite.Connection, inactive_after: float, ids: list[str]) -> list[dict[str, Any]]:
+    """The records of ``ids`` (at most a page: up to 1,000), in that order; ids no longer stored are skipped."""
+    if not ids:
+        return []
+    sql = f"SELECT {CONSOLE_COLUMNS} FROM consoles WHERE id IN ({', '.join('?' * len(ids))})"
+    async with db.execute(sql, ids) as cur:
+        rows = {r[0]: tuple(r) for r in await cur.fetchall()}
+    return [console_record(rows[cid], inactive_after) for cid in ids if cid in rows]
+
+
 async def get_console(db: aiosqlite.Connection, console_id: str, inactive_after: float) -> dict[str, Any] | None:
     async with db.execute(f"SELECT {CONSOLE_COLUMNS} FROM consoles WHERE id = ?", (console_id,)) as cur:
         row = await cur.fetchone()

@@ -32,6 +32,7 @@ from supervisor_tui.consoles.errors import (
     ConsoleUnavailable,
 )
 from supervisor_tui.consoles.models import ALL_STATES, HeartbeatInput, RegistrationInput, iso
+from supervisor_tui.consoles.recency import Recency
 from supervisor_tui.consoles.sweeper import Deadlines
 from supervisor_tui.consoles.writer import GroupCommitWriter, Op, Plan, WriteFailed, WriterClosed
 from supervisor_tui.core.events import (
@@ -267,6 +268,7 @@ class ConsoleService:
         self._entries: dict[str, ConsoleEntry] = {}
         self._by_state: Counter[str] = Counter()
         self._deadlines = Deadlines(self.inactive_after)
+        self._recency = Recency(self._entries.get)
         self._timeout_retry: dict[str, float] = {}
         self._writer = GroupCommitWriter(store, self._plan)
         self._tasks: list[asyncio.Task[None]] = []
@@ -287,10 +289,12 @@ class ConsoleService:
             counts = {r[0]: int(r[1]) for r in await cur.fetchall()}
         self._entries.clear()
         self._by_state.clear()
+        self._recency.clear()
         for cid, name, state, reported, token_hash, first, last, activity, host in rows:
             e = ConsoleEntry(cid, name, state, reported, token_hash, first, last, counts.get(cid, 0), activity, host)
             self._entries[cid] = e
             self._by_state[state] += 1
+            self._recency.touch(cid, last)
             if state != "inactive":
                 self._deadlines.touch(cid, last)
         self._writer.start()
@@ -644,6 +648,7 @@ class ConsoleService:
     def _apply(self, work: dict[str, ConsoleEntry | None]) -> None:
         """Make committed changes visible: entries, counts by state, deadlines (in last-seen order)."""
         touched: list[ConsoleEntry] = []
+        seen: list[ConsoleEntry] = []
         for cid, new in work.items():
             old = self._entries.get(cid)
             if old is not None:
@@ -651,15 +656,21 @@ class ConsoleService:
             if new is None:
                 self._entries.pop(cid, None)
                 self._deadlines.discard(cid)
+                self._recency.discard(cid)
                 self._timeout_retry.pop(cid, None)
                 continue
             self._entries[cid] = new
             self._by_state[new.state] += 1
+            if old is None or new.last_seen != old.last_seen:
+                seen.append(new)
             if new.state == "inactive":
                 self._deadlines.discard(cid)
                 self._timeout_retry.pop(cid, None)
             elif old is None or new.last_seen != old.last_seen:
                 touched.append(new)
+        seen.sort(key=lambda e: e.last_seen)
+        for e in seen:
+            self._recency.touch(e.id, e.last_seen)
         touched.sort(key=lambda e: e.last_seen)
         for e in touched:
             self._deadlines.touch(e.id, e.last_seen)
@@ -814,7 +825,15 @@ class ConsoleService:
         offset: int = 0,
         sort: str = "-last_seen",
     ) -> tuple[list[dict[str, Any]], int]:
-        """One page of console records (newest seen first by default) and the total matching."""
+        """One page of console records (newest seen first by default) and the total matching.
+
+        Sorted by last seen (and not searching), the page's ids come from the in-memory order (no index on
+        last_seen: see recency.py) and only those rows are read.
+        """
+        if search is None and sort in ("-last_seen", "last_seen"):
+            ids = self._recency.page(state, limit, offset, newest_first=sort == "-last_seen")
+            total = len(self._entries) if state is None else self._by_state.get(state, 0)
+            return await queries.consoles_by_id(self.store.reader, self.inactive_after, ids), total
         return await queries.list_consoles(self.store.reader, self.inactive_after, state, search, limit, offset, sort)
 
     async def get(self, console_id: str) -> dict[str, Any]:

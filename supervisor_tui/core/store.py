@@ -87,6 +87,13 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX idx_consoles_state_name ON consoles(state, name);
     CREATE INDEX idx_consoles_search ON consoles(name, hostname, id);
     """,
+    # 4: consoles: no index on last_seen. Every heartbeat moved the console in both (delete the old entry,
+    # append a new one), most of the pages a group commit wrote; lists sorted by last seen are paged from the
+    # console service's in-memory order instead, and only the page's rows are read.
+    """
+    DROP INDEX idx_consoles_last_seen;
+    DROP INDEX idx_consoles_state_seen;
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
