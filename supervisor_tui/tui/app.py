@@ -166,6 +166,8 @@ class MainScreen(Screen[None]):
         self.set_class(wide, "-wide")
         self.set_class(not wide, "-narrow")
         self.set_class(wide and width >= SIDE_BY_SIDE_MIN_WIDTH, "-side")
+        # At 80 columns the footer has room for the pane's keys only; ctrl+p is in the help screen.
+        self.query_one(Footer).show_command_palette = width >= 100
         self.query_one("#plugins-table", KeyedTable).show_columns(PLUGIN_COLUMNS if wide else PLUGIN_COLUMNS_NARROW)
         self.query_one("#consoles-table", KeyedTable).show_columns(
             CONSOLE_COLUMNS if width >= 110 else CONSOLE_COLUMNS_NARROW

@@ -35,7 +35,7 @@ KEYS: tuple[KeySpec, ...] = (
     KeySpec("start", "s", "start", "Start", "Start the selected plugin, wait until ready", "Plugins", True, True),
     KeySpec("stop", "x", "stop", "Stop", "Stop the selected plugin (asks first)", "Plugins", True, True),
     KeySpec("restart", "r", "restart", "Restart", "Restart the selected plugin", "Plugins", True, True),
-    KeySpec("details", "enter", "details", "Details", "Open the selected plugin or console", "Plugins"),
+    KeySpec("details", "enter", "details", "Open", "Open the selected plugin or console", "Plugins"),
     KeySpec("plugin_logs", "l", "plugin_logs", "Logs", "Show only the selected plugin's logs", "Plugins"),
     KeySpec("filter", "slash", "filter", "Filter", "Filter the focused table or log as you type (esc clears)", "Views"),
     KeySpec("next_pane", "tab", "next_pane", "Pane", "Switch to the next pane", "Views", False),

@@ -24,6 +24,8 @@ class KeyedTable(DataTable[Text]):
     """DataTable whose rows are identified by domain keys (plugin key, console id)."""
 
     BINDINGS = [
+        # Shown in the footer; same id as the screen's binding so remapping "details" moves both.
+        Binding("enter", "select_cursor", "Open", id="details", tooltip="Open the selected plugin or console"),
         Binding("j", "cursor_down", "Down", show=False, id="down"),
         Binding("k", "cursor_up", "Up", show=False, id="up"),
     ]
