@@ -104,7 +104,7 @@ def plugin_pids(folder: Path) -> list[int]:
 def terminal(tmp_path: Path) -> Iterator[Callable[..., Terminal]]:
     started: list[Terminal] = []
 
-    def start(term: str = "tmux-256color", plugin: str = "sleeper.py") -> Terminal:
+    def start(term: str = "tmux-256color", plugin: str = "sleeper.py", stdin: str = "") -> Terminal:
         settings = make_test_settings(tmp_path)
         write_plugin(settings.plugins_dir, "sleepy", plugin, autostart=True)
         start_port, end_port = settings.port_range
@@ -117,7 +117,7 @@ def terminal(tmp_path: Path) -> Iterator[Callable[..., Terminal]]:
         args = shlex.join(
             ["--plugins-dir", str(settings.plugins_dir), "--data-dir", str(settings.data_dir), "--port", "0"]
         )
-        t = Terminal(f"{COMMAND} {args}", tmp_path, env)
+        t = Terminal(f"{COMMAND} {args}{stdin}", tmp_path, env)
         t.plugin_folder = settings.plugins_dir / "sleepy"  # type: ignore[attr-defined]
         started.append(t)
         return t
@@ -195,3 +195,10 @@ def test_plugin_output_and_stdin_never_reach_the_terminal(terminal: Callable[...
     t.wait_screen(lambda s: "Stop plugin sleepy?" in s)
     t.keys("n")
     t.wait_screen(lambda s: "Stop plugin sleepy?" not in s)
+
+
+def test_stdin_at_eof_exits_cleanly_without_spinning(terminal: Callable[..., Terminal], tmp_path: Path) -> None:
+    t = terminal(stdin=" < /dev/null")  # the terminal is there for output, but input is gone from the start
+    wait_for(lambda: gone(t.pid), 30)
+    assert not plugin_pids(t.plugin_folder)  # type: ignore[attr-defined]
+    assert "Traceback" not in t.screen()

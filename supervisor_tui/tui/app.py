@@ -154,8 +154,11 @@ class MainScreen(Screen[None]):
         yield Footer(compact=True)
 
     async def on_mount(self) -> None:
-        self._apply_layout(self.size.width, self.size.height)
-        self.query_one("#plugins-table", KeyedTable).focus()
+        try:
+            self._apply_layout(self.size.width, self.size.height)
+            self.query_one("#plugins-table", KeyedTable).focus()
+        except NoMatches:  # the app is already closing (terminal gone at startup)
+            return
         await self.sup_app.start_live()
 
     def on_resize(self, event: Resize) -> None:
@@ -166,12 +169,16 @@ class MainScreen(Screen[None]):
         self.set_class(wide, "-wide")
         self.set_class(not wide, "-narrow")
         self.set_class(wide and width >= SIDE_BY_SIDE_MIN_WIDTH, "-side")
+        try:
+            plugins = self.query_one("#plugins-table", KeyedTable)
+            consoles = self.query_one("#consoles-table", KeyedTable)
+        except NoMatches:  # a resize before the panes are composed; on_mount lays them out
+            return
         # At 80 columns the footer has room for the pane's keys only; ctrl+p is in the help screen.
-        self.query_one(Footer).show_command_palette = width >= 100
-        self.query_one("#plugins-table", KeyedTable).show_columns(PLUGIN_COLUMNS if wide else PLUGIN_COLUMNS_NARROW)
-        self.query_one("#consoles-table", KeyedTable).show_columns(
-            CONSOLE_COLUMNS if width >= 110 else CONSOLE_COLUMNS_NARROW
-        )
+        for footer in self.query(Footer):
+            footer.show_command_palette = width >= 100
+        plugins.show_columns(PLUGIN_COLUMNS if wide else PLUGIN_COLUMNS_NARROW)
+        consoles.show_columns(CONSOLE_COLUMNS if width >= 110 else CONSOLE_COLUMNS_NARROW)
         if self.is_mounted:
             self.sup_app.layout_changed()
         self._show_active()
