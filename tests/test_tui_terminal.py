@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -202,3 +203,14 @@ def test_stdin_at_eof_exits_cleanly_without_spinning(terminal: Callable[..., Ter
     wait_for(lambda: gone(t.pid), 30)
     assert not plugin_pids(t.plugin_folder)  # type: ignore[attr-defined]
     assert "Traceback" not in t.screen()
+
+
+def test_sigterm_stops_plugins_and_exits(terminal: Callable[..., Terminal]) -> None:
+    t = terminal()
+    folder = t.plugin_folder  # type: ignore[attr-defined]
+    t.wait_screen(lambda s: "sleepy" in s and "RUNNING" in s)
+    wait_for(lambda: len(plugin_pids(folder)) == 1)
+    plugin = plugin_pids(folder)[0]
+    os.kill(t.pid, signal.SIGTERM)
+    wait_for(lambda: gone(t.pid), 20)
+    wait_for(lambda: gone(plugin), 10)

@@ -479,24 +479,32 @@ class SupervisorApp(App[int]):
                 self.plugins_by_key[key] = replace(p, requests_per_s=rate)
 
     def _install_signal_handlers(self) -> None:
+        """SIGHUP (terminal closed) and SIGTERM (kill, service stop) end the app; the caller then cleans up."""
         if not self.handle_signals:
             return
         loop = asyncio.get_running_loop()
-        with contextlib.suppress(ValueError, RuntimeError, NotImplementedError):
-            loop.add_signal_handler(signal.SIGHUP, self.hangup, "terminal closed (SIGHUP)")
-            self._signals_installed.append(signal.SIGHUP)
+        reasons = {signal.SIGHUP: "terminal closed (SIGHUP)", signal.SIGTERM: "asked to stop (SIGTERM)"}
+        codes = {signal.SIGHUP: 129, signal.SIGTERM: 143}
+        for sig, reason in reasons.items():
+            with contextlib.suppress(ValueError, RuntimeError, NotImplementedError):
+                loop.add_signal_handler(sig, self.hangup, reason, codes[sig])
+                self._signals_installed.append(sig)
 
-    def hangup(self, reason: str = "terminal closed") -> None:
-        """The terminal went away: leave at once (the caller stops plugins in embedded mode)."""
+    def hangup(self, reason: str = "terminal closed", code: int = 129) -> None:
+        """The terminal went away (or a stop was asked for): leave at once; the caller stops plugins."""
         if self.hangup_reason is None:
             self.hangup_reason = reason
-            self.exit(129, return_code=129)
+            self.exit(code, return_code=code)
 
     async def on_unmount(self) -> None:
         loop = asyncio.get_running_loop()
         for sig in self._signals_installed:
             with contextlib.suppress(ValueError, RuntimeError):
                 loop.remove_signal_handler(sig)
+            if sig == signal.SIGHUP and self.hangup_reason is not None:
+                # The caller is stopping plugins now; a second SIGHUP must not kill it halfway.
+                with contextlib.suppress(ValueError, OSError):
+                    signal.signal(sig, signal.SIG_IGN)
         self._signals_installed.clear()
 
     async def _load_initial(self) -> None:
