@@ -382,3 +382,17 @@ async def test_events_from_the_supervisor_update_rows_in_place() -> None:
         await until(pilot, lambda: t.get_row("echo")[1].plain == "STOPPED")
         assert t.cursor_row == 2
         assert table_keys(app, "plugins")[0] == "echo"
+
+
+async def test_filters_and_messages_with_brackets_do_not_break_the_screen() -> None:
+    app = SupervisorApp(DemoClient())
+    async with app.run_test(size=NARROW) as pilot:
+        for pane in ("1", "2", "3"):
+            await pilot.press(pane, "slash", "left_square_bracket", "slash", "right_square_bracket")
+            await pilot.pause(0.2)
+            assert "[/]" in screen_text(app)
+            await pilot.press("escape")
+        app.ingest([{"topic": "client.connection", "connected": False, "message": "EOF [/] [b]"}])
+        await pilot.pause(0.2)
+        assert "EOF [/] [b]" in screen_text(app)
+        assert app.is_running

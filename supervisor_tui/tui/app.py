@@ -74,6 +74,11 @@ WIDE_MIN = (120, 34)
 SIDE_BY_SIDE_MIN_WIDTH = 200
 
 
+def escape(text: str) -> str:
+    """Text typed by the operator, safe inside a markup title (every "[" escaped, tag or not)."""
+    return text.replace("[", "\\[")
+
+
 class StatusHeader(Widget):
     """The one-line summary: plugins, consoles by state, warnings. Repaints without a layout pass."""
 
@@ -125,7 +130,7 @@ class MainScreen(Screen[None]):
 
     def compose(self) -> ComposeResult:
         yield StatusHeader(id="status")
-        yield Static("", id="banner")
+        yield Static("", id="banner", markup=False)
         yield Static("", id="tabs")
         with Container(id="panes"):
             yield PaneBox(
@@ -206,7 +211,7 @@ class MainScreen(Screen[None]):
         grid = Table.grid(expand=True)
         grid.add_column(no_wrap=True)
         grid.add_column(justify="right", no_wrap=True, overflow="ellipsis")
-        grid.add_row(Text.from_markup(" ".join(parts)), Text.from_markup(f"[b]{mode}[/b] · API {info.api_url}"))
+        grid.add_row(Text.from_markup(" ".join(parts)), Text.assemble((mode, "bold"), f" · API {info.api_url}"))
         self.query_one("#tabs", Static).update(grid)
 
     def pane_widget(self, name: str) -> KeyedTable | LogView:
@@ -433,7 +438,7 @@ class SupervisorApp(App[int]):
         if self.keymap:
             self.set_keymap(self.keymap)
         for problem in self.keymap_problems:
-            self.notify(problem, severity="warning", timeout=8)
+            self.notify(problem, severity="warning", timeout=8, markup=False)
         if self.client.info.read_only:
             self.sub_title = "read-only"
         self._install_signal_handlers()
@@ -597,7 +602,7 @@ class SupervisorApp(App[int]):
             banner.remove_class("-shown")
             banner.update("")
             if message:
-                self.notify(message, title="Connected")
+                self.notify(message, title="Connected", markup=False)
         else:
             banner.add_class("-shown")
             banner.update(f" ⚠ connection lost: {message or 'reconnecting'} — reconnecting…")
@@ -720,7 +725,7 @@ class SupervisorApp(App[int]):
         running = sum(1 for p in self.plugins_by_key.values() if p.state == "RUNNING")
         title = f"Plugins {running}/{total} running"
         if needle:
-            title += f" — filter: {self.plugin_filter.strip()} ({len(rows)} shown)"
+            title += f" — filter: {escape(self.plugin_filter.strip())} ({len(rows)} shown)"
         main.query_one("#plugins-pane", PaneBox).border_title = title
 
     def _apply_consoles(self, main: MainScreen, now: float) -> None:
@@ -732,7 +737,7 @@ class SupervisorApp(App[int]):
         self.console_shown = len(rows)
         title = f"Consoles {self.console_total:,}"
         if self.console_filter.strip():
-            title += f" matching “{self.console_filter.strip()}”"
+            title += f" matching “{escape(self.console_filter.strip())}”"
         if self.console_total > len(rows):
             title += f" — showing {len(rows):,}, / to narrow"
         main.query_one("#consoles-pane", PaneBox).border_title = title
@@ -745,9 +750,9 @@ class SupervisorApp(App[int]):
             return
         title = "Logs"
         if view.source_filter:
-            title += f" of {view.source_filter}"
+            title += f" of {escape(view.source_filter)}"
         if view.text_filter:
-            title += f" matching “{view.text_filter}”"
+            title += f" matching “{escape(view.text_filter)}”"
         box = main.query_one("#logs-pane", PaneBox)
         box.border_title = title
         if view.paused:
@@ -851,7 +856,7 @@ class SupervisorApp(App[int]):
             self.notify("read-only: actions that change state are disabled", severity="warning")
             return
         if key in self.pending_actions:
-            self.notify(f"{key}: {self.pending_actions[key][0]} already in progress", severity="warning")
+            self.notify(f"{key}: {self.pending_actions[key][0]} already in progress", severity="warning", markup=False)
             return
         label = f"{verb}…"
         self.pending_actions[key] = (label, time.monotonic())
@@ -866,9 +871,11 @@ class SupervisorApp(App[int]):
             if key not in self.plugin_order:
                 self.plugin_order.append(key)
         except ClientError as exc:
-            self.notify(f"{verb} {key} failed: {exc.message}", title="Action failed", severity="error", timeout=8)
+            self.notify(
+                f"{verb} {key} failed: {exc.message}", title="Action failed", severity="error", timeout=8, markup=False
+            )
         except Exception as exc:  # a transport error must never take the UI down
-            self.notify(f"{verb} {key} failed: {exc}", title="Action failed", severity="error", timeout=8)
+            self.notify(f"{verb} {key} failed: {exc}", title="Action failed", severity="error", timeout=8, markup=False)
         finally:
             self.pending_actions.pop(key, None)
             self._dirty_plugins = True

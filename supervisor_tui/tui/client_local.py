@@ -6,10 +6,12 @@ the attached UI cannot drift apart.
 
 from __future__ import annotations
 
+import getpass
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from supervisor_tui.consoles.errors import ConsoleNotFound
+from supervisor_tui.core.actions import acting_as
 from supervisor_tui.core.supervisor import Supervisor
 from supervisor_tui.plugins.model import PluginActionError, PluginNotFound
 from supervisor_tui.tui.client import (
@@ -26,7 +28,14 @@ from supervisor_tui.tui.client import (
     TransitionInfo,
 )
 
-EVENT_TOPICS = ("plugin", "log", "console")
+EVENT_TOPICS = ("plugin", "log", "console", "plugin-loaded", "plugin-failed")
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
 
 
 class InProcessClient(SupervisorClient):
@@ -79,7 +88,8 @@ class InProcessClient(SupervisorClient):
             raise ClientError("read-only: actions that change state are disabled", "read_only")
         action = {"start": self.sup.start, "stop": self.sup.stop, "restart": self.sup.restart}[verb]
         try:
-            snap = await action(key)
+            with acting_as("tui", _user()):  # the audit log says who acted, from where
+                snap = await action(key)
         except PluginNotFound:
             raise ClientError(f"no plugin named {key!r}", "plugin_not_found") from None
         except PluginActionError as exc:

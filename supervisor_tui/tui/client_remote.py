@@ -8,6 +8,7 @@ The event stream reconnects with backoff and reports the link going down and com
 from __future__ import annotations
 
 import asyncio
+import getpass
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -35,7 +36,7 @@ QUERY_TIMEOUT = httpx.Timeout(10.0, connect=5.0)
 # start waits for readiness and stop for stopwaitsecs; both are bounded by the supervisor, this is the backstop.
 ACTION_TIMEOUT = httpx.Timeout(120.0, connect=5.0)
 RECONNECT_DELAYS = (0.5, 1.0, 2.0, 3.0, 5.0)
-EVENT_TOPICS = "plugin,log,console"
+EVENT_TOPICS = "plugin,log,console,plugin-loaded,plugin-failed"
 
 
 def normalize_url(url: str) -> str:
@@ -60,6 +61,13 @@ def _error_message(response: httpx.Response) -> str:
     return f"HTTP {response.status_code} {response.reason_phrase}".strip()
 
 
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
 class RemoteClient(SupervisorClient):
     """A SupervisorClient for a supervisor reached over its admin API (usually ``--headless`` elsewhere)."""
 
@@ -69,7 +77,10 @@ class RemoteClient(SupervisorClient):
         self.info = ClientInfo(mode="attached", api_url=self.base, read_only=read_only, keymap=dict(keymap or {}))
         self._forced_read_only = read_only
         self._http = httpx.AsyncClient(
-            base_url=self.base, headers={"Authorization": f"Bearer {token}"}, timeout=QUERY_TIMEOUT
+            base_url=self.base,
+            # X-Supervisor-*: the audit log records actions as coming from the TUI, by this user.
+            headers={"Authorization": f"Bearer {token}", "X-Supervisor-Origin": "tui", "X-Supervisor-Actor": _user()},
+            timeout=QUERY_TIMEOUT,
         )
         self._connected = True
         self._closed = False
