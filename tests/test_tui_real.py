@@ -186,10 +186,12 @@ async def test_consoles_from_the_real_console_service(settings: Settings) -> Non
                 decode_registration(b'{"id": "c-one", "nombre": "Consola uno", ' + system + b"}", True)
             )
             await service.register(decode_registration(b'{"id": "c-two", "name": "console two"}', False))
+            odd = b'{"id": "c-odd", "nombre": "odd [/] [b]name", "sistema": {"hostname": "h[/]st"}}'
+            await service.register(decode_registration(odd, True))
             app = SupervisorApp(InProcessClient(sup, "http://127.0.0.1:4000"), handle_signals=False)
             async with app.run_test(size=SIZE) as pilot:
                 await pilot.press("2")
-                await until(pilot, lambda: table(app, "consoles").row_count == 2)
+                await until(pilot, lambda: table(app, "consoles").row_count == 3)
                 # A heartbeat arrives: the row changes in place.
                 body = b'{"estado": "ocupada", "videoEnProceso": "Video Historia 1 (2/5)"}'
                 await service.heartbeat("c-one", decode_heartbeat(body, True))
@@ -201,7 +203,19 @@ async def test_consoles_from_the_real_console_service(settings: Settings) -> Non
                 await pilot.press("slash", *"two")
                 await until(pilot, lambda: table(app, "consoles").row_count == 1)
                 await pilot.press("escape")
-                await until(pilot, lambda: table(app, "consoles").row_count == 2)
+                await until(pilot, lambda: table(app, "consoles").row_count == 3)
+
+                # Console-supplied text is never read as markup: table, palette, details.
+                assert cell(app, "consoles", "c-odd", "name") == "odd [/] [b]name"
+                await pilot.press("ctrl+p")
+                await pilot.pause(0.2)
+                await pilot.press(*"odd")
+                await pilot.pause(0.6)
+                await pilot.press("enter")
+                await until(pilot, lambda: isinstance(app.screen, ConsoleDetailScreen))
+                await until(pilot, lambda: "h[/]st" in screen_text(app))
+                await pilot.press("escape")
+                await until(pilot, lambda: not isinstance(app.screen, ConsoleDetailScreen))
 
                 t = table(app, "consoles")
                 t.move_cursor(row=t.get_row_index("c-one"))

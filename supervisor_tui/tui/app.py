@@ -43,6 +43,7 @@ from supervisor_tui.tui.cells import (
     PLUGIN_STATE_STYLES,
     WARNING_STYLE,
     console_cells,
+    escape,
     plugin_cells,
 )
 from supervisor_tui.tui.client import (
@@ -72,11 +73,6 @@ PANES = ("plugins", "consoles", "logs")
 # At least this many columns and rows show every pane at once; smaller terminals show one pane at a time.
 WIDE_MIN = (120, 34)
 SIDE_BY_SIDE_MIN_WIDTH = 200
-
-
-def escape(text: str) -> str:
-    """Text typed by the operator, safe inside a markup title (every "[" escaped, tag or not)."""
-    return text.replace("[", "\\[")
 
 
 class StatusHeader(Widget):

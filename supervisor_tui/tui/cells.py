@@ -71,6 +71,11 @@ CONSOLE_COLUMNS_NARROW: list[tuple[str, str, int | None]] = [
 ]
 
 
+def escape(text: str) -> str:
+    """Text from operators or consoles, safe inside markup (titles, palette help): every "[" escaped."""
+    return text.replace("[", "\\[")
+
+
 def duration(seconds: float | None) -> str:
     """Short human duration: 42s, 3m07s, 2h05m, 3d04h."""
     if seconds is None:

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from textual.command import DiscoveryHit, Hit, Hits, Provider
 
+from supervisor_tui.tui.cells import escape
 from supervisor_tui.tui.client import ClientError
 
 if TYPE_CHECKING:
@@ -57,14 +58,14 @@ class SupervisorCommands(Provider):
     async def discover(self) -> Hits:
         for name, run, help_text in self._commands():
             if name.startswith(("start ", "restart ", "pane:", "logs: toggle")):
-                yield DiscoveryHit(name, run, help=help_text)
+                yield DiscoveryHit(name, run, help=escape(help_text))
 
     async def search(self, query: str) -> Hits:
         matcher = self.matcher(query)
         for name, run, help_text in self._commands():
             score = matcher.match(name)
             if score > 0:
-                yield Hit(score, matcher.highlight(name), run, help=help_text)
+                yield Hit(score, matcher.highlight(escape(name)), run, help=escape(help_text))
         # Consoles: ask the supervisor, so 10,000 consoles never sit in the palette.
         text = query.strip()
         for prefix in ("console ", "console:", "go "):
@@ -81,7 +82,7 @@ class SupervisorCommands(Provider):
             label = f"console {c.name} ({c.short_id}, {c.state})"
             yield Hit(
                 max(matcher.match(label), 0.5),
-                matcher.highlight(label),
+                matcher.highlight(escape(label)),
                 partial(app.open_console, c.id),
-                help=f"Open console {c.name} on {c.host or 'unknown host'}",
+                help=escape(f"Open console {c.name} on {c.host or 'unknown host'}"),
             )

@@ -112,8 +112,8 @@ class ConsoleDetailScreen(Screen[None]):
                 style=DIM_STYLE if left > 0 else DANGER_STYLE,
             )
         facts.add_row("last heartbeat", seen)
-        facts.add_row("host", c.host or "-")
-        facts.add_row("current job", c.current_job or Text("none", style=DIM_STYLE))
+        facts.add_row("host", Text(c.host or "-"))
+        facts.add_row("current job", Text(c.current_job) if c.current_job else Text("none", style=DIM_STYLE))
         facts.add_row("last error", Text(c.last_error or "none", style=DANGER_STYLE if c.last_error else DIM_STYLE))
         if c.registered_at:
             facts.add_row("registered", f"{duration(now - c.registered_at)} ago")
@@ -123,7 +123,7 @@ class ConsoleDetailScreen(Screen[None]):
         system.add_column(style="bold", no_wrap=True)
         system.add_column()
         for key, value in c.system.items():
-            system.add_row(str(key), str(value))
+            system.add_row(Text(str(key)), Text(str(value)))
         if not c.system:
             system.add_row("-", "not reported")
         self.query_one("#system", Static).update(system)
@@ -156,7 +156,7 @@ class ConsoleDetailScreen(Screen[None]):
                 f"{duration(now - t.at)} ago",
                 Text(t.from_state or "-", style=CONSOLE_STATE_STYLES.get(t.from_state, "")),
                 Text(t.to_state, style=CONSOLE_STATE_STYLES.get(t.to_state, "")),
-                t.reason,
+                Text(t.reason),
             )
         if not self.transitions:
             transitions.add_row("-", "", "", "no transitions recorded")

@@ -131,13 +131,13 @@ class PluginDetailScreen(Screen[None]):
         facts.add_column()
         uptime = duration(now - p.started_at) if p.started_at and p.state == "RUNNING" else "-"
         facts.add_row("kind", p.kind, "pid", str(p.pid or "-"))
-        facts.add_row("upstream", p.upstream or "-", "port", str(p.port or "-"))
+        facts.add_row("upstream", Text(p.upstream or "-"), "port", str(p.port or "-"))
         facts.add_row("autostart", "yes" if p.autostart else "no", "uptime", uptime)
         facts.add_row("desired", p.desired or "-", "restarts", str(p.restarts))
         facts.add_row("timeout", f"{p.timeout:g}s" if p.timeout else "-", "max body", size(p.max_body))
-        facts.add_row("manifest", p.manifest_path or "-", "", "")
+        facts.add_row("manifest", Text(p.manifest_path or "-"), "", "")
         if p.description:
-            facts.add_row("about", p.description, "", "")
+            facts.add_row("about", Text(p.description), "", "")
         self.query_one("#facts", Static).update(facts)
 
         endpoints = Table(title="Endpoints", title_justify="left", box=None, header_style="bold", expand=False)
@@ -146,7 +146,7 @@ class PluginDetailScreen(Screen[None]):
         endpoints.add_column("Gateway URL", style="#87d787", no_wrap=True)
         endpoints.add_column("Description", style=DIM_STYLE)
         for e in p.endpoints:
-            endpoints.add_row(e.method, e.path, e.gateway_url or "-", e.description)
+            endpoints.add_row(Text(e.method), Text(e.path), Text(e.gateway_url or "-"), Text(e.description))
         if not p.endpoints:
             endpoints.add_row("-", "no endpoints declared", "", "")
         self.query_one("#endpoints", Static).update(endpoints)
@@ -180,7 +180,7 @@ class PluginDetailScreen(Screen[None]):
         else:
             verdict = Text("failing", style=DANGER_STYLE)
         health.add_row("health", verdict)
-        health.add_row("detail", p.health_detail or "-")
+        health.add_row("detail", Text(p.health_detail or "-"))
         health.add_row("last error", Text(p.last_error or "none", style=DANGER_STYLE if p.last_error else DIM_STYLE))
         self.query_one("#health", Static).update(health)
 
@@ -194,7 +194,7 @@ class PluginDetailScreen(Screen[None]):
                 f"{duration(now - ts)} ago",
                 Text(from_state or "-", style=PLUGIN_STATE_STYLES.get(from_state, "")),
                 Text(to_state, style=PLUGIN_STATE_STYLES.get(to_state, "")),
-                reason,
+                Text(reason),
             )
         self.query_one("#history", Static).update(history)
 
