@@ -15,10 +15,13 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
 from conftest import make_test_settings, write_plugin
+
+from supervisor_tui.config import Settings
 
 REPO = Path(__file__).resolve().parent.parent
 TMUX = shutil.which("tmux")
@@ -214,3 +217,34 @@ def test_sigterm_stops_plugins_and_exits(terminal: Callable[..., Terminal]) -> N
     os.kill(t.pid, signal.SIGTERM)
     wait_for(lambda: gone(t.pid), 20)
     wait_for(lambda: gone(plugin), 10)
+
+
+async def test_attach_in_a_terminal_controls_a_headless_supervisor(
+    headless: Any, settings: Settings, make_plugin: Callable[..., Path], tmp_path: Path
+) -> None:
+    make_plugin("sleepy", "sleeper.py", autostart=True)
+    proc = headless()
+    record = await proc.wait_for(lambda r: r.get("event") == "api_listening" and bool(r.get("url")), timeout=30)
+    await proc.wait_state("sleepy", "RUNNING")
+    token = (settings.data_dir / "admin.token").read_text().strip()
+    t = Terminal(
+        f"{COMMAND} attach {shlex.quote(str(record['url']))} --token {shlex.quote(token)}",
+        tmp_path,
+        {"TERM": "tmux-256color", "PYTHONPATH": str(REPO)},
+    )
+    try:
+        t.wait_screen(lambda s: "sleepy" in s and "RUNNING" in s and "attached" in s)
+        t.keys("x")
+        t.wait_screen(lambda s: "Stop plugin sleepy?" in s)
+        t.keys("y")
+        await proc.wait_state("sleepy", "STOPPED")
+        t.wait_screen(lambda s: "STOPPED" in s)
+        t.keys("s")
+        t.wait_screen(lambda s: "RUNNING" in s)
+        t.keys("q")
+        t.wait_screen(lambda s: "keep running" in s)
+        t.keys("y")
+        wait_for(lambda: gone(t.pid), 20)
+        assert proc.proc.poll() is None  # the supervisor and its plugins keep running
+    finally:
+        t.kill()
