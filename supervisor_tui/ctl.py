@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import json
 import os
 import sys
@@ -19,6 +20,7 @@ from typing import Any
 
 import httpx
 
+from supervisor_tui import __version__
 from supervisor_tui.config import ConfigError, load_settings
 
 EXIT_FAILED = 1
@@ -88,8 +90,21 @@ def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host and not host.startswith("[") else host
 
 
+def _whoami() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
 async def _run(args: argparse.Namespace, url: str, token: str) -> int:
-    headers = {"Authorization": f"Bearer {token}"}
+    headers = {
+        "Authorization": f"Bearer {token}",
+        # The audit log records who acted from where: ctl, run by this user.
+        "User-Agent": f"supervisor-tui-ctl/{__version__}",
+        "X-Supervisor-Origin": "ctl",
+        "X-Supervisor-Actor": _whoami(),
+    }
     timeout = httpx.Timeout(args.timeout, connect=5.0)
     async with httpx.AsyncClient(base_url=url, headers=headers, timeout=timeout) as client:
         try:
@@ -193,10 +208,14 @@ async def _logs(client: httpx.AsyncClient, key: str, lines: int, follow: bool) -
         if resp.status_code >= 400:
             await resp.aread()
             _check(resp, f"logs {key}")
-        async for raw in resp.aiter_lines():
-            if raw.strip():
-                _print_log(json.loads(raw))
-    return 0
+        try:
+            async for raw in resp.aiter_lines():
+                if raw.strip():
+                    _print_log(json.loads(raw))
+        except httpx.TransportError:
+            pass  # the connection went away mid-stream: said below, like an orderly end
+    # Following only ends when the supervisor goes away (it is stopping, or it died).
+    raise CtlError(f"logs {key}: the supervisor ended the stream (it stopped or restarted)")
 
 
 def _print_log(line: dict[str, Any]) -> None:

@@ -14,11 +14,14 @@ from typing import TextIO
 
 from supervisor_tui.config import Settings
 from supervisor_tui.consoles.service import ConsoleService
+from supervisor_tui.core.extensions import ExtensionHost
 from supervisor_tui.core.supervisor import Supervisor
+from supervisor_tui.plugins.watcher import PluginWatcher
 from supervisor_tui.server.admin import ApiContext, create_admin_app
 from supervisor_tui.server.app import RootApp
 from supervisor_tui.server.auth import load_or_create_token
 from supervisor_tui.server.consoles_api import OPENAPI_PATHS, ConsolesAPI
+from supervisor_tui.server.extensions_api import ActionOriginMiddleware, install_extensions_api
 from supervisor_tui.server.gateway import Gateway, RouteTable
 from supervisor_tui.server.metrics import MetricsEndpoint
 from supervisor_tui.server.routes_sync import RouteSync
@@ -68,9 +71,12 @@ class Runtime:
         self.gateway: Gateway | None = None
         self.route_sync: RouteSync | None = None
         self.consoles: ConsoleService | None = None
+        self.extensions: ExtensionHost | None = None
+        self.watcher: PluginWatcher | None = None
         self.tokens: Tokens | None = None
         self.url = ""
         self.ready = False
+        self.closing = False
 
     async def start(self) -> None:
         """Open the supervisor, then the HTTP surface; raises StartupError (bind failure) with nothing left open."""
@@ -107,8 +113,11 @@ class Runtime:
             request_counts=lambda: gateway.stats().requests_by_plugin(),
             ready=self._readiness,
             metrics=metrics.render,
+            closing=lambda: self.closing,
         )
         admin = create_admin_app(ctx, extra_openapi_paths=OPENAPI_PATHS)
+        install_extensions_api(admin, self.tokens.admin, lambda: self.extensions)
+        admin.add_middleware(ActionOriginMiddleware)
         consoles_api = ConsolesAPI(self.consoles, settings, self.tokens.admin)
         root = RootApp(admin, gateway, consoles_api, max_body=int(settings.get("server.max_body")))
         try:
@@ -124,6 +133,12 @@ class Runtime:
                 "can report heartbeats for any console",
                 event="insecure_consoles_auth",
             )
+        # In-process plugins load now: after the supervisor opened, before the other plugins start.
+        self.extensions = ExtensionHost(sup)
+        await self.extensions.load()
+        if settings.get("plugins.watch"):
+            self.watcher = PluginWatcher(settings.plugins_dir, lambda: sup.reload(keep_on_error=True), sup.logs)
+            await self.watcher.start()
 
     def _load_tokens(self) -> Tokens:
         """Tokens from settings, else from data/<name>.token (created 0600 on first start)."""
@@ -148,6 +163,11 @@ class Runtime:
     async def stop(self) -> None:
         """Stop the HTTP surface, drain the console writer, then stop plugins and close the supervisor."""
         self.ready = False
+        self.closing = True  # log followers and event streams end now rather than hold the shutdown
+        if self.watcher is not None:
+            await self.watcher.stop()
+        if self.extensions is not None:
+            await self.extensions.begin_shutdown()
         await self.server.stop()
         if self.route_sync is not None:
             await self.route_sync.stop()
@@ -156,3 +176,5 @@ class Runtime:
         if self.consoles is not None:
             await self.consoles.stop()
         await self.sup.close()
+        if self.extensions is not None:
+            await self.extensions.close()

@@ -19,6 +19,7 @@ from conftest import HeadlessProcess, plugin_processes, spawns, wait_until
 from fixtures.api.harness import REPORTER, REPORTER_ENDPOINTS, Api, bearer, running_api
 
 from supervisor_tui.config import Settings
+from supervisor_tui.runtime import Runtime
 
 pytestmark = pytest.mark.usefixtures("no_plugin_leftovers")
 
@@ -418,3 +419,34 @@ async def test_ws_events_streams_the_topics_asked_for(settings: Settings, make_p
             while not {"plugin.state", "log"} <= topics:
                 topics.add(json.loads(await asyncio.wait_for(ws.recv(), 30))["topic"])
             assert all(t == "log" or t.startswith("plugin") for t in topics)
+
+
+async def test_open_streams_end_when_the_supervisor_stops(settings: Settings, make_plugin: MakePlugin) -> None:
+    reporter(make_plugin, "talk")
+    runtime = Runtime(settings, "headless")
+    await runtime.start()
+    stopping: asyncio.Task[None] | None = None
+    try:
+        await runtime.sup.start_all()
+        assert runtime.tokens is not None
+        token = runtime.tokens.admin
+        ws_url = runtime.url.replace("http://", "ws://") + "/ws/events?topics=log"
+        async with (
+            websockets.connect(ws_url, additional_headers=bearer(token)) as ws,
+            httpx.AsyncClient(base_url=runtime.url, headers=bearer(token), timeout=60) as client,
+            client.stream("GET", "/api/v1/plugins/talk/logs", params={"lines": 1, "follow": "true"}) as resp,
+        ):
+            lines = resp.aiter_lines()
+            assert "reporter listening" in json.loads(await anext(lines))["message"]
+            stopping = asyncio.create_task(runtime.stop())
+            # The log stream ends in good order (no cut connection) and the server closes the WebSocket.
+            rest = [json.loads(line) async for line in lines if line]
+            assert all(r["source"] == "talk" for r in rest)
+            with pytest.raises(websockets.ConnectionClosed) as closed:
+                while True:
+                    await asyncio.wait_for(ws.recv(), 30)
+            assert closed.value.rcvd is not None and closed.value.rcvd.code in (1001, 1012)  # going away, restart
+            await stopping
+    finally:
+        if stopping is None:
+            await runtime.stop()

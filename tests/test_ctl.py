@@ -124,27 +124,42 @@ async def test_logs_and_follow(headless: Headless, settings: Settings, make_plug
     r = ctl("--url", url, "logs", "nope", cwd=cwd)
     assert r.returncode == 1 and "nope" in one_line(r.stderr)
 
-    follow = await asyncio.create_subprocess_exec(
-        *[sys.executable, "-m", "supervisor_tui", "ctl", "--url", url, "logs", "talk", "-n", "1", "-f"],
-        cwd=cwd,
-        env=ctl_env(),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    assert follow.stdout is not None and follow.stderr is not None
+    async def follower() -> asyncio.subprocess.Process:
+        return await asyncio.create_subprocess_exec(
+            *[sys.executable, "-m", "supervisor_tui", "ctl", "--url", url, "logs", "talk", "-n", "1", "-f"],
+            cwd=cwd,
+            env=ctl_env(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+
+    async def line(p: asyncio.subprocess.Process) -> str:
+        assert p.stdout is not None
+        return (await asyncio.wait_for(p.stdout.readline(), 60)).decode().rstrip()
+
+    first, second = await follower(), await follower()
     try:
-        first = await asyncio.wait_for(follow.stdout.readline(), 60)
-        assert first.decode().rstrip().endswith(" out said 2")
+        for p in (first, second):
+            assert (await line(p)).endswith(" out said 2")
         await get(f"{url}/api/plugins/talk/say", text="while following")
-        live = await asyncio.wait_for(follow.stdout.readline(), 60)
-        assert live.decode().rstrip().endswith(" out while following")
+        for p in (first, second):
+            assert (await line(p)).endswith(" out while following")
+        # Ctrl-C ends a follower quietly.
+        first.send_signal(signal.SIGINT)
+        assert await asyncio.wait_for(first.wait(), 30) == 130
+        assert first.stderr is not None and await first.stderr.read() == b""
+        # When the supervisor stops, a follower says so in one line and exits non-zero.
+        proc.signal(signal.SIGTERM)
+        assert await proc.wait() == 0
+        assert await asyncio.wait_for(second.wait(), 30) == 1
+        assert second.stderr is not None
+        assert "ended the stream" in one_line((await second.stderr.read()).decode())
     finally:
-        follow.send_signal(signal.SIGINT)
-        await asyncio.wait_for(follow.wait(), 30)
-    assert b"Traceback" not in await follow.stderr.read()
-    proc.signal(signal.SIGTERM)
-    assert await proc.wait() == 0
+        for p in (first, second):
+            if p.returncode is None:
+                p.kill()
+                await p.wait()
 
 
 async def test_install_from_a_manifest_file(headless: Headless, settings: Settings) -> None:

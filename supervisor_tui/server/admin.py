@@ -49,6 +49,9 @@ class ApiContext:
     request_counts: Callable[[], dict[str, int]] = dict
     ready: Callable[[], tuple[bool, str]] = lambda: (True, "")
     metrics: Callable[[], bytes] | None = None  # renders Prometheus text
+    # True once the server is shutting down: a logs?follow stream ends instead of holding the shutdown for the
+    # server's whole grace period (uvicorn closes WebSockets itself).
+    closing: Callable[[], bool] = lambda: False
 
 
 def _error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
@@ -363,7 +366,9 @@ def create_admin_app(ctx: ApiContext, extra_openapi_paths: dict[str, Any] | None
         records = sup.logs.tail(key, lines)
         if not follow:
             return JSONResponse({"lines": [_log_dict(r) for r in records]})
-        return StreamingResponse(_follow_logs(sup, key, records, request), media_type="application/x-ndjson")
+        return StreamingResponse(
+            _follow_logs(sup, key, records, request, ctx.closing), media_type="application/x-ndjson"
+        )
 
     @app.get(
         "/api/v1/logs",
@@ -495,11 +500,13 @@ async def _drain_client(ws: WebSocket) -> None:
             await ws.receive_text()
 
 
-async def _follow_logs(sup: Supervisor, key: str, first: list[LogRecord], request: Request) -> AsyncIterator[bytes]:
+async def _follow_logs(
+    sup: Supervisor, key: str, first: list[LogRecord], request: Request, closing: Callable[[], bool]
+) -> AsyncIterator[bytes]:
     with sup.bus.subscribe(["log"], maxsize=5000) as sub:
         for r in first:
             yield (json.dumps(_log_dict(r)) + "\n").encode()
-        while not await request.is_disconnected():
+        while not closing() and not await request.is_disconnected():
             for event in await sub.get_batch(max_wait=1.0):
                 if isinstance(event, LogLine) and event.source == key:
                     line = {
