@@ -363,12 +363,9 @@ def create_admin_app(ctx: ApiContext, extra_openapi_paths: dict[str, Any] | None
     ) -> Response:
         """The plugin's newest log lines; with follow=true, then every new line as it comes."""
         plugin_out(key)
-        records = sup.logs.tail(key, lines)
         if not follow:
-            return JSONResponse({"lines": [_log_dict(r) for r in records]})
-        return StreamingResponse(
-            _follow_logs(sup, key, records, request, ctx.closing), media_type="application/x-ndjson"
-        )
+            return JSONResponse({"lines": [_log_dict(r) for r in sup.logs.tail(key, lines)]})
+        return StreamingResponse(_follow_logs(sup, key, lines, request, ctx.closing), media_type="application/x-ndjson")
 
     @app.get(
         "/api/v1/logs",
@@ -501,10 +498,12 @@ async def _drain_client(ws: WebSocket) -> None:
 
 
 async def _follow_logs(
-    sup: Supervisor, key: str, first: list[LogRecord], request: Request, closing: Callable[[], bool]
+    sup: Supervisor, key: str, lines: int, request: Request, closing: Callable[[], bool]
 ) -> AsyncIterator[bytes]:
+    # Subscribe, then read the newest lines, with no await in between: every line is sent once, none is lost
+    # (taking the tail before the response started streaming lost the lines logged meanwhile).
     with sup.bus.subscribe(["log"], maxsize=5000) as sub:
-        for r in first:
+        for r in sup.logs.tail(key, lines):
             yield (json.dumps(_log_dict(r)) + "\n").encode()
         while not closing() and not await request.is_disconnected():
             for event in await sub.get_batch(max_wait=1.0):
