@@ -334,6 +334,43 @@ async def test_install_then_delete_and_purge(settings: Settings) -> None:
         assert r.status_code == 201 and r.json()["plugin"]["state"] == "RUNNING"
 
 
+async def test_install_takes_seed_003s_body_with_a_command(settings: Settings) -> None:
+    with socket.socket() as probe:  # a free port for the manifest's fixed "port"
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    seed_manifest: dict[str, Any] = {
+        "id": "crypto-service",
+        "name": "Crypto Service",
+        "version": "1.0.0",
+        "description": "Cryptographic operations",
+        "image": {"repository": "flowforge/crypto-service", "tag": "1.0.0"},
+        "port": port,
+        "basePath": "/api/v1/crypto",
+        "endpoints": [{"method": "POST", "path": "/hash", "description": "Hash data"}],
+    }
+    async with running_api(settings) as api:
+        # As seed 003 wrote it, with a container image: refused, saying what to give instead.
+        r = await api.client.post("/api/v1/plugins/install", json={"manifest": seed_manifest, "autoStart": True})
+        assert "command" in is_error(r, 422, "invalid_manifest")["message"]
+        assert not (settings.plugins_dir / "crypto-service").exists()
+        seed_manifest.pop("image")
+        seed_manifest["command"] = ["python", str(REPORTER)]
+        r = await api.client.post("/api/v1/plugins/install", json={"manifest": seed_manifest, "autoStart": True})
+        assert r.status_code == 201, r.text
+        plugin = r.json()["plugin"]
+        assert (plugin["key"], plugin["state"], plugin["port"]) == ("crypto-service", "RUNNING", port)
+        assert plugin["endpoints"] == [
+            {
+                "method": "POST",
+                "path": "/hash",
+                "description": "Hash data",
+                "gateway_url": f"{api.url}/api/plugins/crypto-service/hash",
+            }
+        ]
+        written = json.loads((settings.plugins_dir / "crypto-service" / "manifest.json").read_text())
+        assert written["key"] == "crypto-service" and "basePath" not in written and "id" not in written
+
+
 async def test_put_config_reaches_the_process_and_persists(settings: Settings, make_plugin: MakePlugin) -> None:
     reporter(make_plugin, "envy", env={"COLOR": "blue", "KEEP": "yes"})
     async with running_api(settings) as api:

@@ -290,8 +290,16 @@ def create_admin_app(ctx: ApiContext, extra_openapi_paths: dict[str, Any] | None
     )
     async def install_plugin(body: schemas.InstallIn) -> dict[str, Any]:
         """Validate a manifest, write plugins/<key>/manifest.json, load it, and start it when autoStart."""
+        manifest = dict(body.manifest)
+        # Seed 003's body as written: its `basePath` was the prefix of the plugin's routes in Kong; here every
+        # plugin is served under /api/plugins/<key> (see the answer's gateway_url), so it has nothing to say.
+        manifest.pop("basePath", None)
+        if "image" in manifest and "command" not in manifest:
+            raise ApiError(
+                422, "invalid_manifest", "image: container images are not run here; give the plugin's command instead"
+            )
         try:
-            snap = await sup.install(body.manifest, autostart=body.auto_start)
+            snap = await sup.install(manifest, autostart=body.auto_start)
         except ManifestError as exc:
             raise ApiError(422, "invalid_manifest", str(exc)) from None
         except PluginActionError as exc:
