@@ -217,6 +217,10 @@ class _RegisterOp:
     received_at: float
 
 
+def _last_seen(e: ConsoleEntry) -> float:
+    return e.last_seen
+
+
 def _last_id_before(conn: sqlite3.Connection, cutoff: float) -> int | None:
     """The largest heartbeat id received before ``cutoff``: ids grow with time, so a binary search over rowids
     finds it without an index on received_at."""
@@ -647,34 +651,34 @@ class ConsoleService:
 
     def _apply(self, work: dict[str, ConsoleEntry | None]) -> None:
         """Make committed changes visible: entries, counts by state, deadlines (in last-seen order)."""
-        touched: list[ConsoleEntry] = []
         seen: list[ConsoleEntry] = []
+        entries, by_state, retry = self._entries, self._by_state, self._timeout_retry
         for cid, new in work.items():
-            old = self._entries.get(cid)
+            old = entries.get(cid)
             if old is not None:
-                self._by_state[old.state] -= 1
+                by_state[old.state] -= 1
             if new is None:
-                self._entries.pop(cid, None)
+                entries.pop(cid, None)
                 self._deadlines.discard(cid)
                 self._recency.discard(cid)
-                self._timeout_retry.pop(cid, None)
+                retry.pop(cid, None)
                 continue
-            self._entries[cid] = new
-            self._by_state[new.state] += 1
-            if old is None or new.last_seen != old.last_seen:
-                seen.append(new)
+            entries[cid] = new
+            by_state[new.state] += 1
             if new.state == "inactive":
                 self._deadlines.discard(cid)
-                self._timeout_retry.pop(cid, None)
-            elif old is None or new.last_seen != old.last_seen:
-                touched.append(new)
-        seen.sort(key=lambda e: e.last_seen)
+                retry.pop(cid, None)
+            if old is None or new.last_seen != old.last_seen:
+                seen.append(new)
+        if len(seen) > 1:
+            seen.sort(key=_last_seen)
+        recency, deadlines = self._recency, self._deadlines
         for e in seen:
-            self._recency.touch(e.id, e.last_seen)
-        touched.sort(key=lambda e: e.last_seen)
-        for e in touched:
-            self._deadlines.touch(e.id, e.last_seen)
-            self._timeout_retry.pop(e.id, None)
+            recency.touch(e.id, e.last_seen)
+            if e.state != "inactive":
+                deadlines.touch(e.id, e.last_seen)
+                if retry:
+                    retry.pop(e.id, None)
 
     # -- inactivity --------------------------------------------------------------------------------------
     async def _sweep_loop(self) -> None:
