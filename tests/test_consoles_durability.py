@@ -62,13 +62,18 @@ async def test_every_acknowledged_heartbeat_survives_sigkill(tmp_path: Path) -> 
             await asyncio.gather(*tasks)
     assert len(acked) >= 500
 
-    db = sqlite3.connect(data / "supervisor.db")
+    db = sqlite3.connect(data / "supervisor.db", isolation_level=None)
+    db.execute("BEGIN")  # one read transaction: every figure from the same snapshot
     stored = {row[0] for row in db.execute("SELECT current_job FROM heartbeats")}
-    counted = sum(row[0] for row in db.execute("SELECT heartbeats FROM consoles"))
+    rows = dict(db.execute("SELECT console_id, COUNT(*) FROM heartbeats GROUP BY console_id").fetchall())
+    counted = dict(db.execute("SELECT id, heartbeats FROM consoles").fetchall())
+    db.execute("COMMIT")
     db.close()
     missing = acked - stored
     assert not missing, f"{len(missing)} acknowledged heartbeats lost, e.g. {sorted(missing)[:5]}"
-    assert counted == len(stored)  # the console rows were committed in the same transactions
+    # The console rows were committed in the same transactions as their heartbeats, console by console.
+    assert counted == {cid: rows.get(cid, 0) for cid in counted}
+    assert sum(counted.values()) == len(stored)
 
     # The restarted server serves what was committed and takes heartbeats again with the same tokens.
     with headless_process(data, port):
@@ -76,6 +81,7 @@ async def test_every_acknowledged_heartbeat_survives_sigkill(tmp_path: Path) -> 
             admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
             r = await client.get("/api/consoles?limit=1000", headers=admin)
             assert r.json()["total"] == CONSOLES
+            assert {c["id"]: c["heartbeats"] for c in r.json()["consoles"]} == counted
             assert sum(c["heartbeats"] for c in r.json()["consoles"]) == len(stored)
             r = await client.post(
                 "/api/consolas/k0/heartbeat",
