@@ -8,6 +8,7 @@ drained before the database closes, so nothing acknowledged is lost.
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 from dataclasses import dataclass
 from typing import TextIO
@@ -123,7 +124,10 @@ class Runtime:
         try:
             _, port = await self.server.start(root, settings.host, settings.port)
         except BindError as exc:
-            raise StartupError(f"{exc.strerror} (choose another with --port or server.port)") from None
+            # A port in use or privileged is the port's fault; an unknown or foreign address is the host's.
+            port_problem = exc.errno in (errno.EADDRINUSE, errno.EACCES)
+            hint = "choose another with --port or server.port" if port_problem else "check --host or server.host"
+            raise StartupError(f"{exc.strerror} ({hint})") from None
         self.url = ctx.api_url = api_url(settings.host, port)
         sup.settings_api_url = self.url  # plugins get it as SUPERVISOR_URL
         sup.logs.info(f"API listening on {self.url}", event="api_listening", url=self.url)

@@ -127,9 +127,14 @@ async def test_a_port_in_use_is_one_line_exit_2_and_no_plugin_runs(
     assert code == 2
     lines = proc.stderr.splitlines()
     assert len(lines) == 1, proc.stderr
-    assert str(port) in lines[0] and "Traceback" not in proc.stderr
+    assert str(port) in lines[0] and "--port" in lines[0] and "Traceback" not in proc.stderr
     assert spawns(folder) == []  # the plugin never started
     assert plugin_processes(settings.base_dir) == []
+    # An address this host does not have (TEST-NET-1): the same, pointing at the host setting.
+    proc = headless("--host", "192.0.2.1")
+    assert await proc.wait() == 2
+    assert "--host" in proc.stderr and len(proc.stderr.splitlines()) == 1, proc.stderr
+    assert spawns(folder) == []
     # Nothing was left half-started: the data dir is free for the next start.
     proc2 = headless()
     await proc2.wait_state("early", "RUNNING")
