@@ -468,8 +468,9 @@ def create_admin_app(ctx: ApiContext, extra_openapi_paths: dict[str, Any] | None
             return
         raw = ws.query_params.get("topics")
         topics = [t.strip() for t in raw.split(",") if t.strip()] if raw else None
-        await ws.accept()
+        # Subscribed before the handshake completes: whatever the client does once connected, it sees the events.
         with sup.bus.subscribe(topics, maxsize=5000) as sub:
+            await ws.accept()
             receiver = asyncio.create_task(_drain_client(ws))
             try:
                 while not receiver.done():
