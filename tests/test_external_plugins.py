@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 import pytest
+from conftest import wait_until
 from fixtures.api.harness import REPORTER, REPORTER_ENDPOINTS, Api, bearer, running_api, upstream
 
 from supervisor_tui.config import Settings
@@ -79,7 +80,16 @@ async def test_silence_makes_it_lost_and_a_heartbeat_brings_it_back(settings: Se
         with upstream() as up:
             r = await register(api, registration("billing", up.port, heartbeat_interval=0.5))
             assert r.status_code == 201
-            assert (await api.client.get("/api/plugins/billing/invoices/1")).status_code == 200
+
+            async def served_after_a_heartbeat() -> bool:
+                # Heartbeat and request back to back: on a busy machine a second may pass between them, and
+                # after 2 x 0.5 s it is LOST again, so this is retried rather than assumed.
+                r = await api.client.post("/api/v1/plugins/billing/heartbeat", headers=bearer(api.plugin_token))
+                assert r.status_code == 200 and r.json()["plugin"]["state"] == "RUNNING"
+                r = await api.client.get("/api/plugins/billing/invoices/1")
+                return r.status_code == 200 and r.text == "upstream /invoices/1"
+
+            await wait_until(served_after_a_heartbeat)
             lost = await api.wait_state("billing", "LOST", timeout=30)
             assert "no heartbeat" in lost["detail"]
             served = up.connections
@@ -88,10 +98,7 @@ async def test_silence_makes_it_lost_and_a_heartbeat_brings_it_back(settings: Se
             assert up.connections == served  # a LOST plugin's upstream is not even tried
             metrics = (await api.client.get("/metrics")).text
             assert 'supervisor_plugin_state{plugin="billing",state="LOST"} 1.0' in metrics
-            r = await api.client.post("/api/v1/plugins/billing/heartbeat", headers=bearer(api.plugin_token))
-            assert r.status_code == 200 and r.json()["plugin"]["state"] == "RUNNING"
-            r = await api.client.get("/api/plugins/billing/invoices/1")
-            assert r.status_code == 200 and r.text == "upstream /invoices/1"
+            await wait_until(served_after_a_heartbeat)  # a heartbeat brings it back
 
 
 @pytest.mark.parametrize(
