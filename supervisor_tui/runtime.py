@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import ipaddress
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TextIO
 
 from supervisor_tui.config import Settings
@@ -75,6 +76,7 @@ class Runtime:
         self.extensions: ExtensionHost | None = None
         self.watcher: PluginWatcher | None = None
         self.tokens: Tokens | None = None
+        self._created_tokens: list[tuple[str, Path]] = []  # token files this start created: (name, path)
         self.url = ""
         self.ready = False
         self.closing = False
@@ -124,11 +126,17 @@ class Runtime:
         try:
             _, port = await self.server.start(root, settings.host, settings.port)
         except BindError as exc:
+            # Leave nothing of this start behind: the next start creates the tokens and says where.
+            for _, path in self._created_tokens:
+                path.unlink(missing_ok=True)
             # A port in use or privileged is the port's fault; an unknown or foreign address is the host's.
             port_problem = exc.errno in (errno.EADDRINUSE, errno.EACCES)
             hint = "choose another with --port or server.port" if port_problem else "check --host or server.host"
             raise StartupError(f"{exc.strerror} ({hint})") from None
         self.url = ctx.api_url = api_url(settings.host, port)
+        # Said once the start has succeeded, so the operator sees it in the run that works.
+        for name, path in self._created_tokens:
+            sup.logs.info(f"{name} token created in {path} (mode 0600)", event="token_created")
         sup.settings_api_url = self.url  # plugins get it as SUPERVISOR_URL
         sup.logs.info(f"API listening on {self.url}", event="api_listening", url=self.url)
         if settings.get("consoles.auth") == "none" and not _is_loopback(settings.host):
@@ -153,7 +161,7 @@ class Runtime:
                 path = self.settings.data_dir / f"{name}.token"
                 token, created = load_or_create_token(path)
                 if created:
-                    self.sup.logs.info(f"{name} token created in {path} (mode 0600)", event="token_created")
+                    self._created_tokens.append((name, path))
             found[name] = token
         return Tokens(admin=found["admin"], plugin=found["plugin"])
 

@@ -136,8 +136,12 @@ async def test_a_port_in_use_is_one_line_exit_2_and_no_plugin_runs(
     assert "--host" in proc.stderr and len(proc.stderr.splitlines()) == 1, proc.stderr
     assert spawns(folder) == []
     # Nothing was left half-started: the data dir is free for the next start.
+    assert not (settings.data_dir / "admin.token").exists()
     proc2 = headless()
     await proc2.wait_state("early", "RUNNING")
+    # The run that works is the one that says where the new admin token is.
+    created = proc2.find(lambda r: r.get("event") == "token_created")
+    assert any(str(settings.data_dir / "admin.token") in r["message"] for r in created)
     proc2.signal(signal.SIGTERM)
     assert await proc2.wait() == 0
 
