@@ -149,6 +149,20 @@ class ExtensionFailed(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class OperatorAction(Event):
+    """An operator acted on a plugin: what, on which key, from where (tui, api, ctl, reload) and by whom."""
+
+    topic: ClassVar[str] = "operator.action"
+    action: str  # start | stop | restart | install | remove | set_config
+    key: str
+    origin: str
+    actor: str
+    ok: bool
+    detail: str = ""
+    ts: float = field(default_factory=_now)
+
+
+@dataclass(frozen=True, slots=True)
 class EventsDropped(Event):
     """Sent to a subscriber that was too slow: this many events were dropped before this one."""
 

@@ -17,15 +17,17 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any, Protocol, TextIO
 
 import httpx
 
 from supervisor_tui.config import Settings
+from supervisor_tui.core.actions import install_key, operator_action
 from supervisor_tui.core.events import (
     EventBus,
+    ExtensionFailed,
     MetricsSample,
     PluginHealthChanged,
     PluginRegistered,
@@ -37,6 +39,7 @@ from supervisor_tui.core.logs import SUPERVISOR_SOURCE, LogHub
 from supervisor_tui.core.store import Store, StoreError
 from supervisor_tui.plugins.external import ExternalPlugin, ExternalRegistrations, UpstreamNotAllowed
 from supervisor_tui.plugins.health import make_client
+from supervisor_tui.plugins.inprocess import ExtensionSettings, InProcessContext, InProcessPlugin
 from supervisor_tui.plugins.manifest import (
     MANIFEST_FILE,
     Endpoint,
@@ -92,7 +95,8 @@ class ManagedPlugin(Protocol):
     def history(self) -> list[MetricsSample]: ...
 
 
-ReloadResult = dict[str, list[str]]  # "added", "removed", "changed", "unchanged", "invalid" -> keys
+ReloadResult = dict[str, list[str]]  # "added", "removed", "changed", "unchanged", "invalid", "failed" -> keys
+FolderPlugin = ProcessRunner | InProcessPlugin  # plugins that come from a folder under plugins/
 
 
 class Supervisor:
@@ -139,6 +143,11 @@ class Supervisor:
             default_max_body=int(settings.get("gateway.max_body")),
         )
         self._closing = False
+        tables = settings.tables.get("extensions")
+        self.extension_tables: dict[str, Any] = dict(tables) if isinstance(tables, dict) else {}
+        self.extension_settings, self.extension_problems = ExtensionSettings.from_table(self.extension_tables)
+        # Set by the extension host: delivers pending hooks (stop_all calls it before stopping extensions).
+        self.flush_hooks: Callable[[], Awaitable[None]] | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------------------------
     async def __aenter__(self) -> Supervisor:
@@ -237,8 +246,12 @@ class Supervisor:
             SUPERVISOR_SOURCE, "supervisor", message, _LEVELS.get(new, "info"), event="plugin_state", **fields
         )
 
-    def _add_runner(self, key: str, manifest: Manifest | None, error: ManifestError | None = None) -> ProcessRunner:
-        runner = ProcessRunner(key, manifest, self._runner_context(), error, self._overrides.get(key))
+    def _add_runner(self, key: str, manifest: Manifest | None, error: ManifestError | None = None) -> FolderPlugin:
+        runner: FolderPlugin
+        if manifest is not None and manifest.module:
+            runner = InProcessPlugin(key, self.inprocess_context(), manifest=manifest)
+        else:
+            runner = ProcessRunner(key, manifest, self._runner_context(), error, self._overrides.get(key))
         if manifest is not None:
             runner.desired = self._desired.get(key) or ("running" if manifest.autostart else "stopped")
             self.ports.declare_fixed(key, manifest.port)
@@ -260,6 +273,21 @@ class Supervisor:
             on_health=self._on_health,
             on_spawn=self._on_spawn,
             on_exit=self._on_exit,
+        )
+
+    def inprocess_context(self) -> InProcessContext:
+        """What in-process plugins get from this supervisor (folders here, [extensions.*] in core.extensions)."""
+        return InProcessContext(
+            supervisor=self,
+            logs=self.logs,
+            bus=self.bus,
+            settings=self.extension_settings,
+            on_state=self.record_state_change,
+            on_health=self._publish_health,
+            default_timeout=float(self.settings.get("gateway.timeout")),
+            default_max_body=int(self.settings.get("gateway.max_body")),
+            base_dir=self.settings.base_dir,
+            tables=self.extension_tables,
         )
 
     def _supervisor_url(self) -> str:
@@ -320,7 +348,7 @@ class Supervisor:
 
     async def _set_desired(self, key: str, desired: str) -> None:
         plugin = self.registry.get(key)
-        if isinstance(plugin, ProcessRunner):
+        if isinstance(plugin, ProcessRunner | InProcessPlugin):
             plugin.desired = desired
         if self._desired.get(key) == desired:
             return
@@ -392,14 +420,30 @@ class Supervisor:
             raise PluginActionError(key, f"not a local process plugin (kind {plugin.kind})")
         return plugin
 
-    def _process_runners(self) -> dict[str, ProcessRunner]:
-        return {k: p for k, p in self.registry.items() if isinstance(p, ProcessRunner)}
+    def _process_runners(self) -> dict[str, FolderPlugin]:
+        """Every plugin that comes from a folder: processes and in-process plugins with a manifest."""
+        return {
+            k: p
+            for k, p in self.registry.items()
+            if isinstance(p, ProcessRunner) or (isinstance(p, InProcessPlugin) and p.folder is not None)
+        }
 
-    def _should_autostart(self, runner: ProcessRunner) -> bool:
-        if runner.manifest is None:
+    def _should_autostart(self, runner: FolderPlugin) -> bool:
+        if runner.manifest is None and not isinstance(runner, InProcessPlugin):
             return False
         desired = self._desired.get(runner.key)
-        return desired == "running" if desired else runner.manifest.autostart
+        if desired:
+            return desired == "running"
+        return (
+            runner.autostart
+            if isinstance(runner, InProcessPlugin)
+            else bool(runner.manifest and runner.manifest.autostart)
+        )
+
+    def should_run(self, key: str) -> bool:
+        """Whether a plugin is meant to run now (autostart, or last started by the operator)."""
+        plugin = self.registry.get(key)
+        return isinstance(plugin, ProcessRunner | InProcessPlugin) and self._should_autostart(plugin)
 
     # -- actions -------------------------------------------------------------------------------------------------
     async def start_all(self) -> None:
@@ -408,6 +452,13 @@ class Supervisor:
         A plugin that fails to start is logged (it shows FATAL); the others start regardless."""
         runners = self._process_runners()
         keys = [k for k in start_order(_manifests(runners)) if self._should_autostart(runners[k])]
+        keys += [
+            k
+            for k, p in self.registry.items()
+            if isinstance(p, InProcessPlugin) and k not in runners and self._should_autostart(p)
+        ]
+        # In-process plugins the extension host loaded (or failed to load) already are not tried again.
+        keys = [k for k in keys if not _loaded_before(self.registry[k])]
         await self._start_many(keys, "autostart")
 
     async def _start_many(self, keys: Iterable[str], reason: str) -> None:
@@ -420,6 +471,7 @@ class Supervisor:
 
         await asyncio.gather(*(one(k) for k in keys))
 
+    @operator_action("start")
     async def start(self, key: str, wait: bool = True) -> PluginSnapshot:
         """Start a plugin (its dependencies first). ``wait``: until RUNNING, else PluginActionError."""
         plugin = self._controllable(key)
@@ -432,6 +484,7 @@ class Supervisor:
             self._spawn_background(self._ensure_running(key, "started by operator"), key)
         return plugin.snapshot()
 
+    @operator_action("stop")
     async def stop(self, key: str, wait: bool = True) -> PluginSnapshot:
         """Stop a plugin; it stays stopped across supervisor restarts until started again."""
         plugin = self._controllable(key)
@@ -443,6 +496,7 @@ class Supervisor:
             self._spawn_background(plugin.stop("stopped by operator"), key)
         return plugin.snapshot()
 
+    @operator_action("restart")
     async def restart(self, key: str, wait: bool = True) -> PluginSnapshot:
         """Stop then start a plugin."""
         plugin = self._controllable(key)
@@ -464,7 +518,7 @@ class Supervisor:
     async def stop_all(self, reason: str = "stopping all plugins") -> None:
         """Stop every plugin, dependents before their dependencies, independent ones in parallel."""
         plugins = dict(self.registry)
-        runners = {k: p for k, p in plugins.items() if isinstance(p, ProcessRunner)}
+        runners = {k: p for k, p in plugins.items() if isinstance(p, ProcessRunner | InProcessPlugin)}
         dependents: dict[str, list[str]] = {k: [] for k in plugins}
         for key, runner in runners.items():
             if runner.manifest is not None:
@@ -472,11 +526,18 @@ class Supervisor:
                     if dep in dependents:
                         dependents[dep].append(key)
         tasks: dict[str, asyncio.Task[None]] = {}
+        # Extensions ([extensions.*]) stop last, once the hooks about everything else reached them.
+        last = {k for k, p in plugins.items() if isinstance(p, InProcessPlugin) and p.folder is None}
 
         async def stop_one(key: str) -> None:
             waits = [tasks[d] for d in dependents[key] if d in tasks]
+            if key in last:
+                waits = [t for k, t in tasks.items() if k not in last]
             if waits:
                 await asyncio.wait(waits)
+            if key in last and self.flush_hooks is not None:
+                with contextlib.suppress(Exception):
+                    await self.flush_hooks()
             try:
                 await plugins[key].stop(reason)
             except Exception as exc:  # keep stopping the others
@@ -517,7 +578,9 @@ class Supervisor:
         plugin = self._get(key)
         generation = self._stop_gen.get(key, 0)
         deps: tuple[str, ...] = ()
-        if isinstance(plugin, ProcessRunner):
+        if isinstance(plugin, InProcessPlugin) and plugin.manifest is not None:
+            deps = plugin.manifest.depends_on
+        elif isinstance(plugin, ProcessRunner):
             if plugin.manifest is None:
                 raise PluginActionError(key, f"cannot start an INVALID plugin: {plugin.error}")
             deps = plugin.manifest.depends_on
@@ -554,16 +617,29 @@ class Supervisor:
             plugin.report_upstream(ok)
 
     # -- reload, install, remove, config -------------------------------------------------------------------------
-    async def reload(self) -> ReloadResult:
-        """Re-read the plugins folder and apply the difference plugin by plugin (SIGHUP)."""
-        async with self._lifecycle:
-            return await self._reload()
+    async def reload(self, keep_on_error: bool = False) -> ReloadResult:
+        """Re-read the plugins folder and apply the difference plugin by plugin (SIGHUP).
 
-    async def _reload(self) -> ReloadResult:
+        ``keep_on_error`` (live reload): a running plugin whose new manifest or code cannot be loaded keeps its
+        running version, and the failure is reported (listed under "failed")."""
+        async with self._lifecycle:
+            return await self._reload(keep_on_error)
+
+    def _reload_failed(self, runner: FolderPlugin, reason: str) -> None:
+        runner.last_error = f"reload failed: {reason}"
+        self.logs.error(
+            f"{runner.key}: reload failed, the running version is kept: {reason}",
+            event="reload_failed",
+            plugin=runner.key,
+            reason=reason,
+        )
+        self.bus.publish(ExtensionFailed(name=runner.key, phase="reload", error=reason))
+
+    async def _reload(self, keep_on_error: bool = False) -> ReloadResult:
         found = discover(self.settings.plugins_dir, skip=self._removed)
         current = self._process_runners()
-        others = {k for k, p in self.registry.items() if not isinstance(p, ProcessRunner)}
-        result: ReloadResult = {"added": [], "removed": [], "changed": [], "unchanged": [], "invalid": []}
+        others = set(self.registry) - set(current)
+        result: ReloadResult = {"added": [], "removed": [], "changed": [], "unchanged": [], "invalid": [], "failed": []}
         wanted = set(found.manifests) | set(found.invalid)
         for key in sorted(set(current) - wanted):
             await current[key].stop("removed from the plugins folder")
@@ -581,6 +657,9 @@ class Supervisor:
                 self.logs.error(f"{key}: INVALID: {err}", event="plugin_invalid", plugin=key, reason=str(err))
             elif runner.manifest is None and str(runner.error) == str(err):
                 result["unchanged"].append(key)
+            elif keep_on_error and (runner.active or runner.state == PluginState.RUNNING):
+                self._reload_failed(runner, str(err))
+                result["failed"].append(key)
             else:
                 await runner.stop("manifest became invalid")
                 runner.replace_manifest(None, err)
@@ -597,12 +676,27 @@ class Supervisor:
                 result["added"].append(key)
                 if self._should_autostart(runner):
                     to_start.append(key)
-            elif runner.manifest == manifest:
+            elif runner.manifest == manifest and not (isinstance(runner, InProcessPlugin) and runner.source_changed()):
                 result["unchanged"].append(key)
+            elif (manifest.module is not None) != isinstance(runner, InProcessPlugin):
+                was_up = runner.active or runner.state == PluginState.RUNNING
+                await runner.stop("plugin kind changed")
+                self.unregister(key, "plugin kind changed")
+                runner = self._add_runner(key, manifest)
+                result["changed"].append(key)
+                if was_up or self._should_autostart(runner):
+                    to_start.append(key)
             else:
                 was_up = runner.active or runner.state == PluginState.RUNNING
+                if isinstance(runner, InProcessPlugin) and was_up:
+                    try:  # import the new version while the old one runs: a broken one never replaces it
+                        await runner.prepare(manifest)
+                    except PluginActionError as exc:
+                        self._reload_failed(runner, exc.message)
+                        result["failed"].append(key)
+                        continue
                 if was_up:
-                    await runner.stop("manifest changed")
+                    await runner.stop("manifest changed" if runner.manifest != manifest else "source changed")
                 runner.replace_manifest(manifest)
                 self.ports.declare_fixed(key, manifest.port)
                 result["changed"].append(key)
@@ -618,6 +712,7 @@ class Supervisor:
         await self._start_many(to_start, "loaded by reload")
         return result
 
+    @operator_action("install", install_key)
     async def install(self, manifest: dict[str, Any], autostart: bool) -> PluginSnapshot:
         """Validate ``manifest``, write plugins/<key>/manifest.json, load it, start it when ``autostart``.
 
@@ -637,7 +732,7 @@ class Supervisor:
                 raise PluginActionError(key, f"folder {folder} already exists (remove it or use another key)")
             runners = self._process_runners()
             graph = {**_manifests(runners), key: parsed}
-            others = {k for k, p in self.registry.items() if not isinstance(p, ProcessRunner)}
+            others = set(self.registry) - set(runners)
             problems = check_graph(graph, others)
             if key in problems:
                 raise problems[key]
@@ -661,6 +756,7 @@ class Supervisor:
                 self.logs.error(str(exc), event="start_failed", plugin=key)
         return runner.snapshot()
 
+    @operator_action("remove")
     async def remove(self, key: str, purge: bool = False) -> None:
         """Stop and unload a plugin; its folder is deleted only with ``purge``.
 
@@ -678,7 +774,7 @@ class Supervisor:
             self._stop_gen[key] = self._stop_gen.get(key, 0) + 1
             await plugin.stop("removed by operator")
             folder: Path | None = None
-            if isinstance(plugin, ProcessRunner):
+            if isinstance(plugin, ProcessRunner | InProcessPlugin):
                 if plugin.manifest is not None:
                     folder = plugin.manifest.folder
                 elif plugin.error is not None and plugin.error.path:
@@ -704,6 +800,7 @@ class Supervisor:
                 plugin=key,
             )
 
+    @operator_action("set_config")
     async def set_config(self, key: str, env: dict[str, str]) -> PluginSnapshot:
         """Set a plugin's environment overrides (persisted, merged over the manifest's env) and restart it."""
         runner = self._runner(key)
@@ -804,7 +901,11 @@ class Supervisor:
                     self.bus.publish(sample)
 
 
-def _manifests(runners: dict[str, ProcessRunner]) -> dict[str, Manifest]:
+def _loaded_before(plugin: ManagedPlugin) -> bool:
+    return isinstance(plugin, InProcessPlugin) and plugin.counters["loads"] + plugin.counters["load_failures"] > 0
+
+
+def _manifests(runners: dict[str, FolderPlugin]) -> dict[str, Manifest]:
     return {k: r.manifest for k, r in runners.items() if r.manifest is not None}
 
 

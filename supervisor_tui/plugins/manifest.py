@@ -27,6 +27,8 @@ RESERVED_ENV = ("PORT", "PLUGIN_KEY", "SUPERVISOR_URL")
 RESERVED_KEYS = ("supervisor",)
 # A command starting with one of these runs with the supervisor's own interpreter (sys.executable).
 PYTHON_NAMES = ("python", "python3")
+# An in-process plugin's entry point: a module path (dotted, relative to the folder) and a class name.
+MODULE_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$")
 _PATH_SEGMENT = re.compile(r"^(\{[A-Za-z_][A-Za-z0-9_]*\}|[A-Za-z0-9._~!$&'()*+,;=:@%-]*)$")
 
 
@@ -85,6 +87,8 @@ class Manifest:
     depends_on: tuple[str, ...] = ()
     timeout: float | None = None  # gateway: upstream response timeout (None = the gateway's default)
     max_body: int | None = None  # gateway: largest request body (None = the gateway's default)
+    module: str | None = None  # in-process plugin: "file:Class" in the folder (then there is no command)
+    config: Mapping[str, Any] = field(default_factory=dict)  # in-process plugin: passed to initialize()
 
     @property
     def stop_signal(self) -> signal.Signals:
@@ -284,6 +288,18 @@ def _max_body(value: Any) -> int:
         raise ValueError(f'must be a size like 10485760 or "10MiB", got {value!r}') from None
 
 
+def _module(value: Any) -> str:
+    if not isinstance(value, str) or not MODULE_PATTERN.match(value):
+        raise ValueError(f'must name a module and a class like "plugin:StatsPlugin", got {value!r}')
+    return value
+
+
+def _config(value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ValueError(f"must be an object, got {_kind(value)}")
+    return value
+
+
 FIELDS: dict[str, Any] = {
     "name": _str,
     "version": _str,
@@ -303,6 +319,8 @@ FIELDS: dict[str, Any] = {
     "depends_on": _depends_on,
     "timeout": _optional(_seconds(0.001, 86400)),
     "max_body": _optional(_max_body),
+    "module": _module,
+    "config": _config,
 }
 
 
@@ -324,7 +342,10 @@ def parse_manifest(data: Any, path: Path) -> Manifest:
         )
     if key in RESERVED_KEYS:
         raise ManifestError(path, "key", f"{key!r} is reserved (the supervisor's own log source)")
-    if "command" not in data:
+    if "module" in data:  # an in-process plugin runs inside the supervisor: no command
+        if "command" in data:
+            raise ManifestError(path, "command", "give either command (a process) or module (in-process), not both")
+    elif "command" not in data:
         raise ManifestError(path, "command", 'is required (argv list, e.g. ["python", "server.py"])')
     kwargs: dict[str, Any] = {}
     for name in data:
@@ -338,6 +359,7 @@ def parse_manifest(data: Any, path: Path) -> Manifest:
     if key in kwargs.get("depends_on", ()):
         raise ManifestError(path, "depends_on", f"{key} cannot depend on itself")
     kwargs.setdefault("name", key)
+    kwargs.setdefault("command", ())
     return Manifest(key=key, folder=path.parent, path=path, **kwargs)
 
 
