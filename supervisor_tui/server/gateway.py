@@ -49,6 +49,7 @@ from urllib.parse import quote
 
 from yarl import URL
 
+from supervisor_tui.server.gateway_inprocess import call_plugin_app
 from supervisor_tui.server.gateway_upstream import UpstreamConnection, UpstreamError, UpstreamPool
 
 Scope = MutableMapping[str, Any]
@@ -111,6 +112,7 @@ class PluginRoute:
     unavailable_reason: str = ""
     timeout: float = DEFAULT_TIMEOUT
     max_body: int = DEFAULT_MAX_BODY
+    app: Any = None  # an in-process plugin's ASGI app: called directly instead of proxying
 
 
 class _CompiledRoute:
@@ -163,7 +165,7 @@ class _CompiledRoute:
         self.upstream_port = 0
         self.base_path = b""
         self.host_header = b""
-        available = route.available and route.upstream_base_url is not None
+        available = route.available and (route.upstream_base_url is not None or route.app is not None)
         if route.upstream_base_url is not None:
             url = URL(route.upstream_base_url)
             if url.scheme not in ("http", "https") or not url.host:
@@ -452,7 +454,11 @@ class Gateway:
             return
         self._in_flight += 1
         try:
-            status = await self._proxy(scope, receive, send, route, method, sub, started)
+            if route.route.app is not None:
+                status = await call_plugin_app(route.route.app, scope, receive, send, route.key, sub, route.max_body)
+                self._report(route, status < 500)
+            else:
+                status = await self._proxy(scope, receive, send, route, method, sub, started)
         finally:
             self._in_flight -= 1
         if status:  # 0: a streamed answer, observed when its head went out

@@ -35,12 +35,12 @@ class SupervisorView(Protocol):
 
 
 def route_for(
-    snapshot: Any, default_timeout: float = DEFAULT_TIMEOUT, default_max_body: int = DEFAULT_MAX_BODY
+    snapshot: Any, default_timeout: float = DEFAULT_TIMEOUT, default_max_body: int = DEFAULT_MAX_BODY, app: Any = None
 ) -> PluginRoute:
-    """The gateway route for one PluginSnapshot."""
+    """The gateway route for one PluginSnapshot (``app``: an in-process plugin's ASGI app, served directly)."""
     state = str(snapshot.state)
     upstream = snapshot.upstream
-    available = state == "RUNNING" and bool(upstream)
+    available = state == "RUNNING" and (bool(upstream) or app is not None)
     reason = ""
     if not available:
         reason = f"state is {state}" if upstream or state != "RUNNING" else "it has no upstream address"
@@ -54,6 +54,7 @@ def route_for(
         unavailable_reason=reason,
         timeout=float(snapshot.timeout or default_timeout),
         max_body=int(snapshot.max_body or default_max_body),
+        app=app if available else None,
     )
 
 
@@ -76,7 +77,9 @@ class RouteSync:
         self.rebuilds = 0  # how many single-key rebuilds ran (for tests and diagnostics)
 
     def _set(self, snapshot: Any) -> None:
-        route = route_for(snapshot, self.default_timeout, self.default_max_body)
+        plugin = getattr(self.sup, "registry", {}).get(snapshot.key)  # in-process plugins expose their app
+        app = getattr(plugin, "asgi_app", None) if snapshot.kind == "inprocess" else None
+        route = route_for(snapshot, self.default_timeout, self.default_max_body, app)
         try:
             self.table.set(route)
         except ValueError as exc:  # an upstream URL the gateway cannot use: keep the routes, answer 503
