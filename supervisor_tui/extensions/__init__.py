@@ -1,0 +1,1 @@
+"""Extensions shipped with supervisor-tui: in-process plugins enabled through [extensions.<name>] settings."""
