@@ -1,12 +1,17 @@
 """Heartbeat ingest benchmark: durable heartbeats/s and latency against a plain Starlette "hello" in the same run.
 
-    python bench/heartbeats.py [--duration 5] [--connections 32] [--consoles 100000]
+    python bench/heartbeats.py [--duration 5] [--connections 32] [--consoles 100000] [--rounds 3]
+    python bench/heartbeats.py --rounds 4 --against /tmp/old-checkout     # before/after, interleaved
 
 Starts the real console ingest (SQLite in WAL with synchronous=FULL, group-commit writer, raw ASGI app on the
 same uvicorn setup the supervisor uses) in its own process, registers consoles (a few over HTTP, the rest
 bulk-loaded into the database before the server starts), drives seed 004's heartbeat body at many console ids
 with wrk (each request carries its console's token), and counts only 2xx answers. Then it measures list,
 filter and stats queries over all registered consoles and the server process's RSS. Loopback only, bounded.
+
+With ``--rounds N`` the hello and heartbeat runs alternate N times (ratios per round, then medians): on a shared
+machine one pair of runs says little. ``--against DIR`` adds a second heartbeat server from another checkout of
+the project (e.g. ``git archive <commit> | tar -x -C DIR``), with its own database, in the same rounds.
 """
 
 from __future__ import annotations
@@ -113,11 +118,11 @@ def _run_loop(coro: object) -> None:
 
 
 class Proc:
-    """A server subprocess of this script; knows its port and pid."""
+    """A server subprocess of this script (or of ``script``: the same file in another checkout)."""
 
-    def __init__(self, *args: str) -> None:
+    def __init__(self, *args: str, script: str = __file__) -> None:
         self.port_file = tempfile.mktemp(prefix="bench-port-")
-        self.proc = subprocess.Popen([sys.executable, __file__, *args, self.port_file], start_new_session=True)
+        self.proc = subprocess.Popen([sys.executable, script, *args, self.port_file], start_new_session=True)
         deadline = time.monotonic() + 60
         while not (os.path.exists(self.port_file) and Path(self.port_file).read_text()):
             if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -231,15 +236,19 @@ def _bulk_consoles(db_path: Path, start: int, count: int) -> list[tuple[str, str
     return out
 
 
-def _migrate(db_path: Path) -> None:
-    from supervisor_tui.core.store import Store
-
-    async def go() -> None:
-        store = Store(db_path)
-        await store.open()
-        await store.close()
-
-    asyncio.run(go())
+def _migrate(db_path: Path, root: Path = ROOT) -> None:
+    """Create the database with the schema of the checkout at ``root`` (in a child: its own imports)."""
+    code = (
+        "import asyncio, sys\n"
+        f"sys.path.insert(0, {str(root)!r})\n"
+        "from supervisor_tui.core.store import Store\n"
+        "async def go():\n"
+        f"    store = Store(__import__('pathlib').Path({str(db_path)!r}))\n"
+        "    await store.open()\n"
+        "    await store.close()\n"
+        "asyncio.run(go())\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def _register_http(url: str, n: int) -> list[tuple[str, str]]:
@@ -275,6 +284,31 @@ def _query_p99(url: str, paths: list[str], rounds: int) -> dict[str, tuple[float
     return out
 
 
+class _Target:
+    """One heartbeat server under test: its checkout, database, process and wrk script."""
+
+    def __init__(self, name: str, root: Path, work: Path, a: argparse.Namespace) -> None:
+        self.name = name
+        data = work / name / "data"
+        data.mkdir(parents=True)
+        self.db = data / "supervisor.db"
+        _migrate(self.db, root)
+        print(f"{name}: loading {a.consoles - a.http_registrations:,} consoles into {self.db} ...", flush=True)
+        bulk = _bulk_consoles(self.db, 0, a.consoles - a.http_registrations)
+        self.server = Proc("--serve-consoles", str(data), script=str(root / "bench" / "heartbeats.py"))
+        t = time.perf_counter()
+        via_http = _register_http(self.server.url, a.http_registrations)
+        self.reg_rate = a.http_registrations / (time.perf_counter() - t)
+        self.hot = via_http + bulk[: max(0, a.hot_consoles - len(via_http))]
+        self.script = str(work / name / "heartbeat.lua")
+        _lua(self.hot, self.script)
+        self.runs: list[dict[str, float]] = []
+
+
+def _median(runs: list[dict[str, float]], key: str) -> float:
+    return statistics.median(r[key] for r in runs)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--duration", type=float, default=5.0)
@@ -282,69 +316,87 @@ def main() -> int:
     p.add_argument("--consoles", type=int, default=100_000, help="registered consoles for the query/RSS part")
     p.add_argument("--hot-consoles", type=int, default=10_000, help="distinct consoles the heartbeat load cycles over")
     p.add_argument("--http-registrations", type=int, default=500)
+    p.add_argument("--rounds", type=int, default=1, help="hello/heartbeat runs, alternating; medians are reported")
+    p.add_argument("--against", type=Path, help="another checkout of the project, measured in the same rounds")
     a = p.parse_args()
     if not os.path.exists(WRK):
         raise SystemExit("bench: wrk is not installed")
+    if a.against is not None and not (a.against / "bench" / "heartbeats.py").exists():
+        raise SystemExit(f"bench: {a.against} has no bench/heartbeats.py")
     work = Path(tempfile.mkdtemp(prefix="bench-heartbeats-"))
+    targets: list[_Target] = []
+    hello: Proc | None = None
+    hello_runs: list[dict[str, float]] = []
     try:
-        data = work / "data"
-        data.mkdir()
-        db = data / "supervisor.db"
-        _migrate(db)
-        print(f"loading {a.consoles - a.http_registrations:,} consoles into {db} ...", flush=True)
-        bulk = _bulk_consoles(db, 0, a.consoles - a.http_registrations)
-
-        server = Proc("--serve-consoles", str(data))
-        try:
-            t = time.perf_counter()
-            via_http = _register_http(server.url, a.http_registrations)
-            reg_rate = a.http_registrations / (time.perf_counter() - t)
-            hot = via_http + bulk[: max(0, a.hot_consoles - len(via_http))]
-            script = str(work / "heartbeat.lua")
-            _lua(hot, script)
-
-            # The baseline in the same run, driven by the same wrk script (same bodies, paths and headers).
-            hello = Proc("--serve-hello")
-            try:
-                _wrk(hello.url, 1, a.connections, script)  # warm
-                h = _wrk(hello.url, a.duration, a.connections, script)
-            finally:
-                hello.stop()
-
-            _wrk(server.url, 1, a.connections, script)  # warm
-            hb = _wrk(server.url, a.duration, a.connections, script)
-            rss_after_load = server.rss()
-            queries = _query_p99(
-                server.url,
-                [
-                    "/api/consoles?limit=100",
-                    "/api/consoles?state=busy&limit=100",
-                    "/api/consoles?q=host-4242&limit=100",
-                    "/api/consoles?state=idle&sort=name&limit=50&offset=1000",
-                    "/api/consoles/stats",
-                ],
-                100,
-            )
-            rss = server.rss()
-        finally:
-            server.stop()
-        conn = sqlite3.connect(db)
+        targets.append(_Target("this", ROOT, work, a))
+        if a.against is not None:
+            targets.append(_Target("against", a.against.resolve(), work, a))
+        this = targets[0]
+        # The baseline in the same run, driven by the same wrk script (same bodies, paths and headers).
+        hello = Proc("--serve-hello")
+        _wrk(hello.url, 1, a.connections, this.script)  # warm
+        for t in targets:
+            _wrk(t.server.url, 1, a.connections, t.script)  # warm
+        for i in range(a.rounds):
+            hello_runs.append(_wrk(hello.url, a.duration, a.connections, this.script))
+            order = targets if i % 2 == 0 else targets[::-1]
+            for t in order:
+                t.runs.append(_wrk(t.server.url, a.duration, a.connections, t.script))
+            if a.rounds > 1:
+                line = f"round {i + 1}: hello {hello_runs[-1]['rate']:,.0f}/s"
+                for t in targets:
+                    r = t.runs[-1]
+                    ratio = r["rate"] / hello_runs[-1]["rate"]
+                    line += f", {t.name} {r['rate']:,.0f}/s (p99 {r['p99']:.1f} ms, ratio {ratio:.2f})"
+                print(line, flush=True)
+        hello.stop()
+        hello = None
+        rss_after_load = this.server.rss()
+        queries = _query_p99(
+            this.server.url,
+            [
+                "/api/consoles?limit=100",
+                "/api/consoles?state=busy&limit=100",
+                "/api/consoles?q=host-4242&limit=100",
+                "/api/consoles?state=idle&sort=name&limit=50&offset=1000",
+                "/api/consoles/stats",
+            ],
+            100,
+        )
+        rss = this.server.rss()
+        for t in targets:
+            t.server.stop()
+        conn = sqlite3.connect(this.db)
         stored = conn.execute("SELECT COUNT(*) FROM heartbeats").fetchone()[0]
         registered = conn.execute("SELECT COUNT(*) FROM consoles").fetchone()[0]
         conn.close()
     finally:
+        if hello is not None:
+            hello.stop()
+        for t in targets:
+            if t.server.proc.poll() is None:
+                t.server.stop()
         shutil.rmtree(work, ignore_errors=True)
 
-    ratio = hb["rate"] / h["rate"]
+    h = {k: _median(hello_runs, k) for k in ("rate", "p50", "p99")}
     print()
-    print(f"wrk -t1 -c{a.connections} -d{a.duration:g}s, seed 004 heartbeat body over {len(hot):,} console ids")
-    print(f"{'':34} {'req/s (2xx)':>12} {'p50 ms':>8} {'p99 ms':>8}")
-    print(f"{'Starlette hello, same requests':34} {h['rate']:>12,.0f} {h['p50']:>8.2f} {h['p99']:>8.2f}")
-    print(f"{'heartbeats (WAL, synchronous=FULL)':34} {hb['rate']:>12,.0f} {hb['p50']:>8.2f} {hb['p99']:>8.2f}")
-    print(f"ratio heartbeats / hello: {ratio:.2f}   (goal >= 0.40, >= 10,000/s, p99 < 25 ms)")
-    print(f"non-2xx answers: {hb['non2xx']}, socket errors: {hb['socket_errors']}")
-    print(f"heartbeat rows in the database: {stored:,} (2xx answers incl. warm-up: >= {hb['ok']:,})")
-    print(f"registrations over HTTP: {reg_rate:,.0f}/s")
+    what = f", medians of {a.rounds} alternating rounds" if a.rounds > 1 else ""
+    print(
+        f"wrk -t1 -c{a.connections} -d{a.duration:g}s, seed 004 heartbeat body over {len(this.hot):,} console ids{what}"
+    )
+    print(f"{'':42} {'req/s (2xx)':>12} {'p50 ms':>8} {'p99 ms':>8} {'ratio':>6}")
+    print(f"{'Starlette hello, same requests':42} {h['rate']:>12,.0f} {h['p50']:>8.2f} {h['p99']:>8.2f}")
+    for t in targets:
+        hb = {k: _median(t.runs, k) for k in ("rate", "p50", "p99")}
+        ratios = [r["rate"] / x["rate"] for r, x in zip(t.runs, hello_runs, strict=True)]
+        label = "heartbeats (WAL, synchronous=FULL)" + ("" if t is this else ", against")
+        print(f"{label:42} {hb['rate']:>12,.0f} {hb['p50']:>8.2f} {hb['p99']:>8.2f} {statistics.median(ratios):>6.2f}")
+    print("goal: ratio >= 0.40, >= 10,000/s, p99 < 25 ms")
+    non2xx = sum(r["non2xx"] for r in this.runs)
+    print(f"non-2xx answers: {non2xx}, socket errors: {sum(r['socket_errors'] for r in this.runs)}")
+    ok = sum(r["ok"] for r in this.runs)
+    print(f"heartbeat rows in the database: {stored:,} (2xx answers incl. warm-up: >= {ok:,})")
+    print(f"registrations over HTTP: {this.reg_rate:,.0f}/s")
     print()
     print(f"queries over {registered:,} registered consoles (100 sequential requests each)")
     for path, (p50, p99) in queries.items():
