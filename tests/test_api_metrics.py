@@ -54,6 +54,11 @@ async def test_plugin_figures(settings: Settings, make_plugin: Callable[..., Pat
         assert value(m, "supervisor_plugin_rss_bytes", plugin="web") > 1024 * 1024  # a Python process
         assert value(m, "supervisor_plugin_cpu_percent", plugin="web") >= 0
         assert value(m, "supervisor_plugin_rss_bytes", plugin="idle") is None  # not running, nothing sampled
+        # The admin API's history has the same samples.
+        samples = (await api.client.get("/api/v1/plugins/web/metrics")).json()["samples"]
+        assert samples and samples[-1]["rss"] > 1024 * 1024 and samples[-1]["processes"] >= 1
+        assert (await api.client.get("/api/v1/plugins/idle/metrics")).json() == {"samples": []}
+        assert (await api.client.get("/api/v1/plugins/nope/metrics")).status_code == 404
 
         async def restarted() -> bool:
             return (value(await scrape(api), "supervisor_plugin_restarts_total", plugin="flaky") or 0) >= 1
