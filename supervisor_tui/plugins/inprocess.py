@@ -199,6 +199,7 @@ class InProcessPlugin:
         )
         self.endpoints: tuple[Endpoint, ...] = manifest.endpoints if manifest is not None else ()
         self._version: _Version | None = None
+        self._seen: tuple[tuple[str, int, int], ...] | None = None  # the files as last imported (even if it failed)
         self._pending: tuple[Manifest, _Version] | None = None  # imported by prepare(), used by the next start
         self._previous: tuple[Manifest | None, _Version | None] | None = None  # kept running if a reload fails
         self._task: asyncio.Task[None] | None = None
@@ -303,9 +304,9 @@ class InProcessPlugin:
 
     def source_changed(self) -> bool:
         """True when the Python files of a folder plugin differ from the imported version."""
-        if self.folder is None or self._version is None:
+        if self.folder is None or self._seen is None:
             return False
-        return _fingerprint(self.folder) != self._version.fingerprint
+        return _fingerprint(self.folder) != self._seen
 
     # -- state ---------------------------------------------------------------------------------------------
     def _set(self, state: PluginState, reason: str) -> None:
@@ -461,6 +462,7 @@ class InProcessPlugin:
         module_name, class_name = module.split(":", 1)
         package = f"_supervisor_plugin_{re.sub(r'[^a-zA-Z0-9_]', '_', self.key)}_{next(_gen)}" if folder else None
         fingerprint = _fingerprint(folder) if folder is not None else ()
+        self._seen = fingerprint if folder is not None else None
         try:
             loaded = await asyncio.to_thread(_import_module, module_name, folder, package)
         except Exception as exc:
