@@ -16,6 +16,8 @@ stalls longer than ``block_threshold`` inside plugin code, the plugin and the ho
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import inspect
 import sys
 import threading
 import time
@@ -321,6 +323,13 @@ def _plugin_on_stack(frame: FrameType | None, plugins: list[InProcessPlugin]) ->
     or a frame in a plugin folder's files (its routes, its own tasks)."""
     call_code = InProcessPlugin._call.__code__
     folders = {str(p.folder): p.key for p in plugins if p.folder is not None}
+    for p in plugins:  # an extension configured in settings: its class's own file
+        cls = p._version.cls if p.folder is None and p._version is not None else None
+        source = None
+        with contextlib.suppress(TypeError):
+            source = inspect.getsourcefile(cls) if cls is not None else None
+        if source:
+            folders[source] = p.key
     found: tuple[str, str] | None = None
     while frame is not None:
         if frame.f_code is call_code:
