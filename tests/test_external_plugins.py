@@ -173,6 +173,11 @@ async def test_bad_registrations_are_refused_with_the_reason(settings: Settings)
             ({"key": "nop", "url": "http://127.0.0.1:3000/base"}, 422, "url"),
             ({"key": "nop", "port": 3010, "endpoints": [{"method": "BREW", "path": "/pot"}]}, 422, "endpoints"),
             ({"key": "nop", "port": 3010, "heartbeat_interval": 0}, 422, "heartbeat_interval"),
+            # JSON true is not the number 1, nor "3010" a port.
+            ({"key": "nop", "port": True}, 422, "port"),
+            ({"key": "nop", "port": "3010"}, 422, "port"),
+            ({"key": "nop", "port": 3010, "heartbeat_interval": True}, 422, "heartbeat_interval"),
+            ({"key": "nop", "port": 3010, "timestamp": False}, 422, "timestamp"),
         ]
         for body, status, field in cases:
             r = await register(api, body)

@@ -125,12 +125,15 @@ class RegisterIn(BaseModel):
     key: str = Field(json_schema_extra={"pattern": KEY_PATTERN.pattern})
     name: str = ""
     version: str = "0.0.0"
-    port: int | None = Field(None, ge=1, le=65535)
+    # strict: true/false must not pass as 1/0 (a port of 1, an interval of 1 s, a timestamp of 0)
+    port: int | None = Field(None, ge=1, le=65535, strict=True)
     host: str | None = None
     url: str | None = None
     endpoints: list[RegisterEndpointIn] = []
-    heartbeat_interval: float | None = Field(None, gt=0, description="Seconds between heartbeats (default 30)")
-    timestamp: float | None = None
+    heartbeat_interval: float | None = Field(
+        None, gt=0, strict=True, description="Seconds between heartbeats (default 30)"
+    )
+    timestamp: float | None = Field(None, strict=True)
 
 
 class OkOut(BaseModel):
