@@ -280,8 +280,11 @@ class ExtensionHost:
             stalled_since = self._beat
             if time.monotonic() - stalled_since < threshold or self._stall is not None:
                 continue
-            frame = sys._current_frames().get(self._loop_thread)
-            culprit = _plugin_on_stack(frame, self.plugins())
+            try:  # the loop may resume (and change the registry) while we look: try again next time
+                frame = sys._current_frames().get(self._loop_thread)
+                culprit = _plugin_on_stack(frame, list(self.plugins()))
+            except Exception:
+                continue
             if culprit is not None:
                 self._stall = (stalled_since, *culprit)
 
