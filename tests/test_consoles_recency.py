@@ -4,6 +4,7 @@ also after an upgrade from a database that still had the indices."""
 
 from __future__ import annotations
 
+import random
 import sqlite3
 import time
 from dataclasses import dataclass
@@ -32,18 +33,29 @@ def _expected(consoles: list[_Console], state: str | None, limit: int, offset: i
 def test_pages_match_sql_order_with_ties_filters_offsets_and_a_clock_set_back() -> None:
     states = ("active", "busy", "idle", "error", "inactive")
     consoles = {f"c{i:03d}": _Console(f"c{i:03d}", states[i % 5], float(i // 7)) for i in range(300)}
-    rec = Recency(consoles.get)
+    rec = Recency()
     for c in sorted(consoles.values(), key=lambda c: c.last_seen):
-        rec.touch(c.id, c.last_seen)
-    # Heartbeats move consoles to the end; one arrives with an older clock (set back), one console goes away.
-    for cid, seen in (("c005", 100.0), ("c100", 100.0), ("c007", 101.0), ("c200", 50.5)):
-        consoles[cid].last_seen = seen
-        rec.touch(cid, seen)
+        rec.touch(c.id, c.last_seen, c.state)
+    # Heartbeats move consoles to the end (one changes state); one arrives with an older clock (set back);
+    # two time out (state only, last_seen kept); one console goes away.
+    for cid, seen, state in (
+        ("c005", 100.0, "busy"),
+        ("c100", 100.0, "active"),
+        ("c007", 101.0, "error"),
+        ("c200", 50.5, "active"),
+        ("c011", 1.0, "inactive"),
+        ("c012", 1.0, "inactive"),
+    ):
+        consoles[cid].last_seen, consoles[cid].state = seen, state
+        rec.touch(cid, seen, state)
     del consoles["c150"]
     rec.discard("c150")
     values = list(consoles.values())
-    for state in (None, "busy", "error"):
-        for limit, offset in ((1, 0), (5, 0), (7, 3), (100, 40), (1000, 0), (10, 10**9)):
+    assert len(rec) == len(values)
+    for state in (None, "busy", "error", "inactive", "unknown"):
+        total = len([c for c in values if state is None or c.state == state])
+        pages = [(1, 0), (5, 0), (7, 3), (100, 40), (1000, 0), (10, 10**9), (3, total - 2), (50, total // 2)]
+        for limit, offset in pages:
             for newest in (True, False):
                 assert rec.page(state, limit, offset, newest) == _expected(values, state, limit, offset, newest), (
                     state,
@@ -81,3 +93,29 @@ async def test_upgrade_from_schema_3_keeps_every_console_and_lists_them_by_last_
             assert r.json()["total"] == 4
             assert [c["id"] for c in r.json()["consoles"]] == ["u1", "u7"]
             assert sum(c["heartbeats"] for c in (await client.get("/api/consoles")).json()["consoles"]) == 36
+
+
+def test_pages_match_sql_order_after_random_heartbeats_and_timeouts() -> None:
+    rng = random.Random(4)
+    states = ("active", "busy", "idle", "error")
+    consoles: dict[str, _Console] = {}
+    rec = Recency()
+    now = 0.0
+    for _ in range(3000):
+        now += rng.choice((0.0, 0.0, 1.0))  # many ties
+        cid = f"k{rng.randrange(200):03d}"
+        c = consoles.get(cid)
+        if c is not None and c.state != "inactive" and rng.random() < 0.1:
+            c.state = "inactive"  # a timeout: the state changes, last_seen stays
+        elif c is not None and rng.random() < 0.02:
+            del consoles[cid]
+            rec.discard(cid)
+            continue
+        else:
+            c = consoles[cid] = _Console(cid, rng.choice(states), now)
+        rec.touch(cid, c.last_seen, c.state)
+    values = list(consoles.values())
+    for state in (None, "busy", "inactive"):
+        for _ in range(40):
+            limit, offset, newest = rng.randrange(1, 60), rng.randrange(0, 220), rng.random() < 0.5
+            assert rec.page(state, limit, offset, newest) == _expected(values, state, limit, offset, newest)

@@ -217,8 +217,8 @@ class _RegisterOp:
     received_at: float
 
 
-def _last_seen(e: ConsoleEntry) -> float:
-    return e.last_seen
+def _first(item: tuple[float, ConsoleEntry, bool]) -> float:
+    return item[0]
 
 
 def _last_id_before(conn: sqlite3.Connection, cutoff: float) -> int | None:
@@ -272,7 +272,7 @@ class ConsoleService:
         self._entries: dict[str, ConsoleEntry] = {}
         self._by_state: Counter[str] = Counter()
         self._deadlines = Deadlines(self.inactive_after)
-        self._recency = Recency(self._entries.get)
+        self._recency = Recency()
         self._timeout_retry: dict[str, float] = {}
         self._writer = GroupCommitWriter(store, self._plan)
         self._tasks: list[asyncio.Task[None]] = []
@@ -298,7 +298,7 @@ class ConsoleService:
             e = ConsoleEntry(cid, name, state, reported, token_hash, first, last, counts.get(cid, 0), activity, host)
             self._entries[cid] = e
             self._by_state[state] += 1
-            self._recency.touch(cid, last)
+            self._recency.touch(cid, last, state)
             if state != "inactive":
                 self._deadlines.touch(cid, last)
         self._writer.start()
@@ -651,7 +651,7 @@ class ConsoleService:
 
     def _apply(self, work: dict[str, ConsoleEntry | None]) -> None:
         """Make committed changes visible: entries, counts by state, deadlines (in last-seen order)."""
-        seen: list[ConsoleEntry] = []
+        seen: list[tuple[float, ConsoleEntry, bool]] = []  # (last_seen, console, last_seen changed)
         entries, by_state, retry = self._entries, self._by_state, self._timeout_retry
         for cid, new in work.items():
             old = entries.get(cid)
@@ -668,14 +668,15 @@ class ConsoleService:
             if new.state == "inactive":
                 self._deadlines.discard(cid)
                 retry.pop(cid, None)
-            if old is None or new.last_seen != old.last_seen:
-                seen.append(new)
+            moved = old is None or new.last_seen != old.last_seen
+            if moved or (old is not None and new.state != old.state):
+                seen.append((new.last_seen, new, moved))
         if len(seen) > 1:
-            seen.sort(key=_last_seen)
+            seen.sort(key=_first)
         recency, deadlines = self._recency, self._deadlines
-        for e in seen:
-            recency.touch(e.id, e.last_seen)
-            if e.state != "inactive":
+        for _, e, moved in seen:
+            recency.touch(e.id, e.last_seen, e.state)
+            if moved and e.state != "inactive":
                 deadlines.touch(e.id, e.last_seen)
                 if retry:
                     retry.pop(e.id, None)
