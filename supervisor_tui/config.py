@@ -75,6 +75,17 @@ def parse_size(value: object) -> int:
     return int(m.group(1)) * _SIZE_UNITS[unit]
 
 
+def local_url(host: str, port: int) -> str:
+    """The http:// base URL a client on this host uses to reach a server bound to (host, port)."""
+    if host in ("0.0.0.0", ""):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"http://{host}:{port}"
+
+
 def _parse_bool(value: object) -> bool:
     if isinstance(value, bool):
         return value

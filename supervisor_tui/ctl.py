@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 
 from supervisor_tui import __version__
-from supervisor_tui.config import ConfigError, load_settings
+from supervisor_tui.config import ConfigError, load_settings, local_url
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -73,7 +73,7 @@ def _target(args: argparse.Namespace) -> tuple[str, str]:
         "server.port": getattr(args, "port", None),
     }
     settings = load_settings(getattr(args, "config", None), overrides=overrides)
-    url = args.url or f"http://{_url_host(settings.host)}:{settings.port}"
+    url = args.url or local_url(settings.host, settings.port)
     token = args.token or os.environ.get(TOKEN_ENV, "") or str(settings.get("auth.admin_token") or "")
     if not token:
         path = settings.data_dir / "admin.token"
@@ -82,12 +82,6 @@ def _target(args: argparse.Namespace) -> tuple[str, str]:
         except OSError:
             raise CtlError(f"no admin token: pass --token, set ${TOKEN_ENV}, or run next to {path}") from None
     return url.rstrip("/"), token
-
-
-def _url_host(host: str) -> str:
-    if host in ("0.0.0.0", "::", ""):
-        return "127.0.0.1"
-    return f"[{host}]" if ":" in host and not host.startswith("[") else host
 
 
 def _whoami() -> str:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from supervisor_tui.config import Settings
+from supervisor_tui.config import Settings, local_url
 from supervisor_tui.consoles.service import ConsoleService
 from supervisor_tui.core.extensions import ExtensionHost
 from supervisor_tui.core.supervisor import Supervisor
@@ -47,15 +47,6 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
-
-
-def api_url(host: str, port: int) -> str:
-    """The base URL a client on this host uses to reach the API."""
-    if host in ("0.0.0.0", "::", ""):
-        host = "127.0.0.1"
-    if ":" in host and not host.startswith("["):
-        host = f"[{host}]"
-    return f"http://{host}:{port}"
 
 
 class Runtime:
@@ -133,7 +124,7 @@ class Runtime:
             port_problem = exc.errno in (errno.EADDRINUSE, errno.EACCES)
             hint = "choose another with --port or server.port" if port_problem else "check --host or server.host"
             raise StartupError(f"{exc.strerror} ({hint})") from None
-        self.url = ctx.api_url = api_url(settings.host, port)
+        self.url = ctx.api_url = local_url(settings.host, port)
         # Said once the start has succeeded, so the operator sees it in the run that works.
         for name, path in self._created_tokens:
             sup.logs.info(f"{name} token created in {path} (mode 0600)", event="token_created")

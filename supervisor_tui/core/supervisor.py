@@ -23,7 +23,7 @@ from typing import Any, Protocol, TextIO
 
 import httpx
 
-from supervisor_tui.config import Settings
+from supervisor_tui.config import Settings, local_url
 from supervisor_tui.core.actions import install_key, operator_action
 from supervisor_tui.core.events import (
     EventBus,
@@ -291,7 +291,7 @@ class Supervisor:
         )
 
     def _supervisor_url(self) -> str:
-        return self.settings_api_url or f"http://{_url_host(self.settings.host)}:{self.settings.port}"
+        return self.settings_api_url or local_url(self.settings.host, self.settings.port)
 
     def _on_health(self, runner: ProcessRunner, healthy: bool, detail: str) -> None:
         self._publish_health(runner.key, healthy, detail)
@@ -915,11 +915,3 @@ def _inside(path: Path, parent: Path) -> bool:
     except ValueError:
         return False
     return path.resolve() != parent.resolve()
-
-
-def _url_host(host: str) -> str:
-    if host in ("0.0.0.0", ""):
-        return "127.0.0.1"
-    if host == "::":
-        return "[::1]"
-    return f"[{host}]" if ":" in host else host

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import httpx
 import psutil
 
+from supervisor_tui.config import local_url
 from supervisor_tui.core.events import MetricsSample
 from supervisor_tui.core.logs import LogHub
 from supervisor_tui.plugins.health import HealthTracker, probe
@@ -148,7 +149,7 @@ class ProcessRunner:
             pid=self.pid,
             host=self.ctx.host if self.port is not None else None,
             port=self.port,
-            upstream=f"http://{_url_host(self.ctx.host)}:{self.port}" if running and self.port else None,
+            upstream=local_url(self.ctx.host, self.port) if running and self.port else None,
             started_at=self.started_at,
             restarts=self.restarts,
             healthy=self.tracker.healthy,
@@ -439,7 +440,8 @@ class ProcessRunner:
                 exited.cancel()
 
     def _health_url(self, path: str) -> str:
-        return f"http://{_url_host(self.ctx.host)}:{self.port}{path}"
+        assert self.port is not None, "health is only probed while the plugin holds a port"
+        return local_url(self.ctx.host, self.port) + path
 
     async def _health_loop(self, proc: asyncio.subprocess.Process) -> None:
         m = self.manifest
@@ -594,14 +596,6 @@ def _pgid(p: psutil.Process) -> int | None:
         return os.getpgid(p.pid)
     except (ProcessLookupError, PermissionError):
         return None
-
-
-def _url_host(host: str) -> str:
-    if host in ("0.0.0.0", ""):
-        return "127.0.0.1"
-    if host == "::":
-        return "[::1]"
-    return f"[{host}]" if ":" in host else host
 
 
 def kill_orphans(pid: int, started: float | None, grace: float = 3.0) -> list[int]:
