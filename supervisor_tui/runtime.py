@@ -2,8 +2,9 @@
 
 Start order: the supervisor opens (data-dir lock, database, orphan cleanup, manifests), then the API socket is
 bound (a port in use ends startup with one line and exit 2, before any plugin runs), then the console service,
-the gateway and the server start, and only then the plugins. Stop order is the reverse; the console writer is
-drained before the database closes, so nothing acknowledged is lost.
+the gateway and the server start, extensions load and the plugins folder watcher starts, and only then (by the
+caller) the plugins. Stop order is the reverse; the console writer is drained before the database closes, so
+nothing acknowledged is lost, and extensions close last so they see the shutdown.
 """
 
 from __future__ import annotations
