@@ -79,13 +79,12 @@ async def serve(settings: Settings, exit_on_fatal: bool = False, services: Seque
     for sig, handler in signals.items():
         loop.add_signal_handler(sig, handler)
     try:
-        await runtime.start()
+        await runtime.start(start_plugins=True)
         try:
             if exit_on_fatal:
                 tasks.append(asyncio.create_task(_watch_fatal(sup, lambda: request_stop(EXIT_FATAL))))
             for service in services:
                 tasks.append(asyncio.create_task(_guarded(sup, service(sup), "service")))
-            tasks.append(asyncio.create_task(_guarded(sup, _start_all(runtime), "start")))
             await stop.wait()
             sup.logs.info("stop requested: stopping all plugins", event="shutdown")
         finally:
@@ -98,11 +97,6 @@ async def serve(settings: Settings, exit_on_fatal: bool = False, services: Seque
         for sig in signals:
             loop.remove_signal_handler(sig)
     return outcome["code"]
-
-
-async def _start_all(runtime: Runtime) -> None:
-    await runtime.sup.start_all()
-    runtime.ready = True
 
 
 async def _guarded(sup: Supervisor, work: Awaitable[object], what: str) -> None:

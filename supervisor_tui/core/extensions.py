@@ -42,7 +42,9 @@ from supervisor_tui.plugins.inprocess import InProcessPlugin
 from supervisor_tui.plugins.manifest import KEY_PATTERN, MODULE_PATTERN
 
 HOOK_TOPICS = ("plugin", "console", "operator", "plugin-failed")
-WATCH_INTERVAL = 0.05  # how often the loop's heartbeat is taken (and looked at by the watchdog thread)
+# The loop's heartbeat (and the watchdog thread's look at it) comes this many times per block_threshold: often
+# enough to name a stall soon after the threshold, rarely enough to cost nothing measurable while idle.
+BEATS_PER_THRESHOLD = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +124,7 @@ class ExtensionHost:
         self._watchdog: threading.Thread | None = None
         self._stop_watchdog = threading.Event()
         self._beat = time.monotonic()
+        self._beat_interval = max(0.02, self.settings.block_threshold / BEATS_PER_THRESHOLD)
         self._stall: tuple[float, str, str] | None = None  # (since, plugin key, what) seen by the watchdog
         self._loop_thread = threading.get_ident()
         sup.flush_hooks = self.flush
@@ -264,19 +267,19 @@ class ExtensionHost:
 
     # -- the loop watchdog ---------------------------------------------------------------------------------
     async def _heartbeat(self) -> None:
-        """Beats every WATCH_INTERVAL; after a stall the watchdog saw, reports it once the loop is back."""
+        """Beats every ``_beat_interval``; after a stall the watchdog saw, reports it once the loop is back."""
         while True:
             self._beat = time.monotonic()
             stall, self._stall = self._stall, None
             if stall is not None:
                 since, key, what = stall
                 self._report_block(key, what, time.monotonic() - since)
-            await asyncio.sleep(WATCH_INTERVAL)
+            await asyncio.sleep(self._beat_interval)
 
     def _watch(self) -> None:
         """Watchdog thread: when the loop has not beaten for ``block_threshold``, find plugin code on its stack."""
         threshold = self.settings.block_threshold
-        while not self._stop_watchdog.wait(WATCH_INTERVAL):
+        while not self._stop_watchdog.wait(self._beat_interval):
             stalled_since = self._beat
             if time.monotonic() - stalled_since < threshold or self._stall is not None:
                 continue

@@ -92,11 +92,15 @@ class HttpServer:
         self._socket: socket.socket | None = None
         self.bound: tuple[str, int] | None = None
 
-    async def start(self, app: Any, host: str = "127.0.0.1", port: int = 4000) -> tuple[str, int]:
-        """Bind, start serving ``app`` and return the bound (host, port) once the server accepts connections."""
+    async def start(
+        self, app: Any, host: str = "127.0.0.1", port: int = 4000, sock: socket.socket | None = None
+    ) -> tuple[str, int]:
+        """Bind (or take ``sock``, already bound and listening), start serving ``app`` and return the bound
+        (host, port) once the server accepts connections."""
         if self._task is not None:
             raise RuntimeError("server already started")
-        sock = bind_socket(host, port)
+        if sock is None:
+            sock = bind_socket(host, port)
         # Without a configured handler uvicorn's errors would reach Python's last-resort stderr printer,
         # which scribbles over a terminal UI; the host process decides where logs go.
         uvicorn_logger = logging.getLogger("uvicorn")
