@@ -136,6 +136,9 @@ class Runtime:
         sup, settings = self.sup, self.settings
         self.tokens = self._load_tokens()
         sup.logs.secrets.extend([self.tokens.admin, self.tokens.plugin])
+        # The socket is bound by now, so this is the run that works: it says where the new tokens are.
+        for name, path in self._created_tokens:
+            sup.logs.info(f"{name} token created in {path} (mode 0600)", event="token_created")
         self.consoles = ConsoleService(sup.store, sup.bus, settings, sup.logs)
         await self.consoles.start()
         sup.consoles = self.consoles
@@ -185,9 +188,6 @@ class Runtime:
         root = RootApp(admin, gateway, consoles_api, max_body=int(settings.get("server.max_body")))
         _, port = await self.server.start(root, sock=sock)
         self.url = ctx.api_url = local_url(settings.host, port)
-        # Said once the start has succeeded, so the operator sees it in the run that works.
-        for name, path in self._created_tokens:
-            sup.logs.info(f"{name} token created in {path} (mode 0600)", event="token_created")
         sup.settings_api_url = self.url  # plugins get it as SUPERVISOR_URL
         sup.logs.info(f"API listening on {self.url}", event="api_listening", url=self.url)
         if settings.get("consoles.auth") == "none" and not _is_loopback(settings.host):
