@@ -281,9 +281,9 @@ async def test_bind_failure_is_a_clean_exception() -> None:
 
 
 def test_error_bodies_are_json() -> None:
-    from supervisor_tui.server.gateway import _error_body
+    from supervisor_tui.server.errors import error_body
 
-    assert json.loads(_error_body("x", 'quote " and \\ and \n')) == {
+    assert json.loads(error_body("x", 'quote " and \\ and \n')) == {
         "error": {"code": "x", "message": 'quote " and \\ and \n'}
     }
 

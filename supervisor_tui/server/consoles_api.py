@@ -47,6 +47,7 @@ from supervisor_tui.consoles.models import (
 from supervisor_tui.consoles.queries import SORTS
 from supervisor_tui.consoles.service import ConsoleMetrics, ConsoleService
 from supervisor_tui.server.auth import bearer_from_header, token_matches
+from supervisor_tui.server.errors import error_body, send_json
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -56,7 +57,6 @@ Send = Callable[[Message], Awaitable[None]]
 MAX_BODY = 64 * 1024
 PREFIXES = ("/api/consolas", "/api/consoles")
 _RESERVED_IDS = frozenset({"register", "registrar", "stats"})
-_JSON = (b"content-type", b"application/json")
 _encode = msgspec.json.Encoder().encode
 
 
@@ -82,20 +82,11 @@ def _from_console_error(exc: ConsoleError) -> _HttpError:
 
 
 async def _respond(send: Send, status: int, payload: Any, headers: tuple[tuple[bytes, bytes], ...] = ()) -> None:
-    body = _encode(payload)
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [_JSON, (b"content-length", str(len(body)).encode()), *headers],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
+    await send_json(send, status, _encode(payload), headers)
 
 
 async def _respond_error(send: Send, err: _HttpError) -> None:
-    error: dict[str, Any] = {"code": err.code, "message": err.message, **err.extra}
-    await _respond(send, err.status, {"error": error}, err.headers)
+    await send_json(send, err.status, error_body(err.code, err.message, **err.extra), err.headers)
 
 
 class ConsolesAPI:

@@ -18,27 +18,28 @@ class ApiError(Exception):
         self.headers = headers or {}
 
 
-def error_body(code: str, message: str) -> bytes:
-    return json.dumps({"error": {"code": code, "message": message}}).encode()
+def error_body(code: str, message: str, **extra: Any) -> bytes:
+    """The JSON bytes of an error answer; ``extra`` adds fields to the error object (e.g. ``field``)."""
+    return json.dumps({"error": {"code": code, "message": message, **extra}}).encode()
+
+
+async def send_json(send: Send, status: int, body: bytes, headers: Iterable[tuple[bytes, bytes]] = ()) -> None:
+    """Answer a raw ASGI request with a JSON body that is already encoded."""
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body)), *headers],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
 
 
 async def send_error(
     send: Send, status: int, code: str, message: str, headers: Iterable[tuple[bytes, bytes]] = ()
 ) -> None:
     """Answer a raw ASGI request with the error shape."""
-    body = error_body(code, message)
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                *headers,
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
+    await send_json(send, status, error_body(code, message), headers)
 
 
 ERROR_SCHEMA: dict[str, Any] = {

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import re
 import time
@@ -49,6 +48,7 @@ from urllib.parse import quote
 
 from yarl import URL
 
+from supervisor_tui.server.errors import error_body, send_json
 from supervisor_tui.server.gateway_inprocess import call_plugin_app
 from supervisor_tui.server.gateway_upstream import UpstreamConnection, UpstreamError, UpstreamPool
 
@@ -176,7 +176,7 @@ class _CompiledRoute:
             self.host_header = url.raw_authority.encode("latin-1")
         self.available = available
         reason = route.unavailable_reason or "the plugin is not running"
-        self.unavailable_body = _error_body("plugin_unavailable", f"plugin {route.key!r} is unavailable: {reason}")
+        self.unavailable_body = error_body("plugin_unavailable", f"plugin {route.key!r} is unavailable: {reason}")
 
     def match(self, path: str) -> frozenset[str] | None:
         methods = self.static.get(path)
@@ -308,11 +308,7 @@ class _Exchange:
         self.watcher: asyncio.Task[None] | None = None
 
 
-def _error_body(code: str, message: str) -> bytes:
-    return json.dumps({"error": {"code": code, "message": message}}).encode()
-
-
-_NOT_FOUND_PREFIX = _error_body("not_found", "no such gateway path; use /api/plugins/{key}{endpoint path}")
+_NOT_FOUND_PREFIX = error_body("not_found", "no such gateway path; use /api/plugins/{key}{endpoint path}")
 
 
 class Gateway:
@@ -408,7 +404,7 @@ class Gateway:
         method: str = scope["method"]
         path: str = scope["path"]
         if not path.startswith(PREFIX):
-            await _send_error(send, 404, _NOT_FOUND_PREFIX, [self._request_id(scope)])
+            await send_json(send, 404, _NOT_FOUND_PREFIX, [self._request_id(scope)])
             self._observe("", method, 404, started)
             return
         slash = path.find("/", len(PREFIX))
@@ -418,10 +414,10 @@ class Gateway:
             key, sub = path[len(PREFIX) : slash], path[slash:]
         route = self.table._compiled.get(key)
         if route is None:
-            await _send_error(
+            await send_json(
                 send,
                 404,
-                _error_body("plugin_not_found", f"no plugin {key!r} behind the gateway"),
+                error_body("plugin_not_found", f"no plugin {key!r} behind the gateway"),
                 [self._request_id(scope)],
             )
             self._observe("", method, 404, started)
@@ -429,27 +425,25 @@ class Gateway:
         route.requests += 1
         methods = route.match(sub)
         if methods is None:
-            await _send_error(
+            await send_json(
                 send,
                 404,
-                _error_body("endpoint_not_found", f"plugin {key!r} declares no endpoint {sub or '/'!r}"),
+                error_body("endpoint_not_found", f"plugin {key!r} declares no endpoint {sub or '/'!r}"),
                 [self._request_id(scope)],
             )
             self._observe(key, "other", 404, started)
             return
         if method not in methods:
-            await _send_error(
+            await send_json(
                 send,
                 405,
-                _error_body("method_not_allowed", f"{method} is not declared for {sub!r} of plugin {key!r}"),
+                error_body("method_not_allowed", f"{method} is not declared for {sub!r} of plugin {key!r}"),
                 [(b"allow", route.allow[methods]), self._request_id(scope)],
             )
             self._observe(key, "other", 405, started)
             return
         if not route.available:
-            await _send_error(
-                send, 503, route.unavailable_body, [(b"retry-after", RETRY_AFTER), self._request_id(scope)]
-            )
+            await send_json(send, 503, route.unavailable_body, [(b"retry-after", RETRY_AFTER), self._request_id(scope)])
             self._observe(key, method, 503, started)
             return
         self._in_flight += 1
@@ -510,7 +504,7 @@ class Gateway:
                 try:
                     content_length = int(value)
                 except ValueError:
-                    await _send_error(send, 400, _error_body("bad_request", "invalid Content-Length"))
+                    await send_json(send, 400, error_body("bad_request", "invalid Content-Length"))
                     return 400
             parts += (name, b": ", value, b"\r\n")
         if chunked and content_length >= 0:
@@ -522,10 +516,10 @@ class Gateway:
             self._rid_counter += 1
             request_id = b"%s-%x" % (self._rid_prefix, self._rid_counter)
         if content_length > route.max_body:
-            await _send_error(
+            await send_json(
                 send,
                 413,
-                _error_body("body_too_large", f"request body over the limit of {route.max_body} bytes"),
+                error_body("body_too_large", f"request body over the limit of {route.max_body} bytes"),
                 [(b"x-request-id", request_id)],
             )
             return 413
@@ -623,20 +617,20 @@ class Gateway:
                 if conn is not None:
                     pool.discard(conn)
                 self._report(route, False)
-                await _send_error(
+                await send_json(
                     send,
                     502,
-                    _error_body("upstream_unreachable", f"plugin {route.key!r}: {exc}"),
+                    error_body("upstream_unreachable", f"plugin {route.key!r}: {exc}"),
                     [(b"x-request-id", request_id)],
                 )
                 return 502
             except _BodyTooLarge:
                 if conn is not None:
                     pool.discard(conn)
-                await _send_error(
+                await send_json(
                     send,
                     413,
-                    _error_body("body_too_large", f"request body over the limit of {route.max_body} bytes"),
+                    error_body("body_too_large", f"request body over the limit of {route.max_body} bytes"),
                     [(b"x-request-id", request_id)],
                 )
                 return 413
@@ -693,10 +687,10 @@ class Gateway:
                     return 0 if response_started else 499
                 self._report(route, False)
                 if not response_started:
-                    await _send_error(
+                    await send_json(
                         send,
                         504,
-                        _error_body(
+                        error_body(
                             "upstream_timeout", f"plugin {route.key!r} did not answer within {route.timeout:g} s"
                         ),
                         [(b"x-request-id", request_id)],
@@ -792,11 +786,3 @@ def _without_headers(parts: list[bytes], names: list[bytes]) -> list[bytes]:
         if parts[i] not in names:
             out += parts[i : i + 4]
     return out
-
-
-async def _send_error(send: Send, status: int, body: bytes, extra: list[tuple[bytes, bytes]] | None = None) -> None:
-    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
-    if extra:
-        headers.extend(extra)
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})

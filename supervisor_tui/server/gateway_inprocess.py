@@ -8,26 +8,17 @@ answers 500 in the error shape, and counts as a failure for passive health.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
+
+from supervisor_tui.server.errors import send_error
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 
 PREFIX = "/api/plugins/"
 log = logging.getLogger(__name__)
-
-
-def _error(code: str, message: str) -> bytes:
-    return json.dumps({"error": {"code": code, "message": message}}).encode()
-
-
-async def _send_error(send: Callable[[Message], Awaitable[None]], status: int, body: bytes) -> None:
-    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
 
 
 class _BodyTooLarge(Exception):
@@ -46,7 +37,7 @@ async def call_plugin_app(
     """Run one request through an in-process plugin's app; returns the status sent (500 when it raised)."""
     for name, value in scope.get("headers", ()):
         if name == b"content-length" and value.isdigit() and int(value) > max_body:
-            await _send_error(send, 413, _error("body_too_large", f"request body over the limit of {max_body} bytes"))
+            await send_error(send, 413, "body_too_large", f"request body over the limit of {max_body} bytes")
             return 413
     prefix = PREFIX + key
     child = dict(scope)
@@ -75,13 +66,13 @@ async def call_plugin_app(
         await app(child, limited_receive, tracking_send)
     except _BodyTooLarge:
         if not status:
-            await _send_error(send, 413, _error("body_too_large", f"request body over the limit of {max_body} bytes"))
+            await send_error(send, 413, "body_too_large", f"request body over the limit of {max_body} bytes")
             return 413
         return status
     except Exception as exc:  # the plugin's bug must not take the gateway down
         log.warning("in-process plugin %r raised: %r", key, exc)
         if not status:
             message = f"plugin {key!r} raised {type(exc).__name__}: {exc}"
-            await _send_error(send, 500, _error("plugin_error", message))
+            await send_error(send, 500, "plugin_error", message)
         return 500
     return status or 500
