@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 import websockets
-from conftest import FAST, FIXTURE_PLUGINS, REPO, wait_until
+from conftest import FAST, FIXTURE_PLUGINS, REPO, wait_until, write_plugin
 from fixtures.api.harness import bearer, running_api
 from inprocess_support import extension
 
@@ -98,6 +98,19 @@ async def test_hooks_follow_a_plugin_and_a_console_through_their_lives(
         ]
     # The supervisor's shutdown reached the plugin last.
     assert journal[-1] == ("on_shutdown", None)
+
+
+async def test_an_extension_hears_of_the_plugins_that_were_there_before_it(
+    make_settings: Callable[..., Settings],
+) -> None:
+    settings = with_extensions(
+        make_settings(**{"plugins.watch": False}), recorder=extension("inprocess_support:Recorder")
+    )
+    write_plugin(settings.plugins_dir, "early", "sleeper.py")
+    async with running_api(settings) as api:
+        journal: list[tuple[str, Any]] = api.runtime.sup.registry["recorder"].instance.journal
+        await api.wait_state("early", "RUNNING")
+        await wait_until(lambda: lifecycle(journal, "early") == ["on_plugin_registered", "on_plugin_started"])
 
 
 async def test_a_refused_configuration_and_a_load_timeout_fail_alone(make_settings: Callable[..., Settings]) -> None:

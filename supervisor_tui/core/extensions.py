@@ -213,6 +213,11 @@ class ExtensionHost:
                 result.failed.append(LoadFailure(key, "start", reason))
             return
         result.loaded.append(key)
+        if isinstance(plugin, InProcessPlugin):
+            # Plugins found when the supervisor opened were registered before this one could hear it.
+            for other in sorted(self.sup.registry):
+                if other != key:
+                    plugin.deliver("on_plugin_registered", (other, self.sup.registry[other].kind))
 
     # -- hooks ---------------------------------------------------------------------------------------------
     def start(self) -> None:
