@@ -25,8 +25,14 @@ if [ ! -x .venv/bin/python ]; then
 fi
 stamp=.venv/.installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-  .venv/bin/python -m pip install -q --upgrade pip >/dev/null
-  .venv/bin/python -m pip install -q -e ".[dev]"
+  echo "setup: installing supervisor-tui and its tools into .venv (log: .venv/install.log)" >&2
+  # Build backends print pages of warnings; they go to the log, shown only when the install fails.
+  if ! { .venv/bin/python -m pip install -q --upgrade pip && .venv/bin/python -m pip install -q -e ".[dev]"; } \
+      >.venv/install.log 2>&1; then
+    cat .venv/install.log >&2
+    echo "setup: installing into .venv failed (see above)" >&2
+    exit 1
+  fi
   touch "$stamp"
 fi
 if [ "${SUPERVISOR_TUI_SETUP_SYSTEM:-1}" = 1 ] && ! command -v tmux >/dev/null; then
