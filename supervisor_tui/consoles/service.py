@@ -145,7 +145,8 @@ class Registration:
 
 @dataclass(slots=True)
 class ConsoleMetrics:
-    """Figures for /metrics: heartbeat counters and console counts by state."""
+    """Figures for /metrics: heartbeat counters (every refusal reason listed), console counts by state, and the
+    writer's transactions."""
 
     heartbeats_accepted: int
     heartbeats_rejected: dict[str, int]
@@ -153,46 +154,6 @@ class ConsoleMetrics:
     consoles_by_state: dict[str, int]
     write_batches: int
     write_failures: int
-
-    def to_prometheus(self) -> str:
-        """Prometheus text exposition of these figures (HELP/TYPE included)."""
-        lines = [
-            "# HELP supervisor_console_heartbeats_accepted_total Console heartbeats committed.",
-            "# TYPE supervisor_console_heartbeats_accepted_total counter",
-            f"supervisor_console_heartbeats_accepted_total {self.heartbeats_accepted}",
-            "# HELP supervisor_console_heartbeats_rejected_total Console heartbeats refused, by reason.",
-            "# TYPE supervisor_console_heartbeats_rejected_total counter",
-        ]
-        lines += [
-            f'supervisor_console_heartbeats_rejected_total{{reason="{r}"}} {n}'
-            for r, n in sorted(self.heartbeats_rejected.items())
-        ]
-        lines += [
-            "# HELP supervisor_console_registrations_total Console registrations committed.",
-            "# TYPE supervisor_console_registrations_total counter",
-            f"supervisor_console_registrations_total {self.registrations}",
-            "# HELP supervisor_consoles Consoles by state.",
-            "# TYPE supervisor_consoles gauge",
-        ]
-        lines += [f'supervisor_consoles{{state="{s}"}} {n}' for s, n in self.consoles_by_state.items()]
-        lines += [
-            "# HELP supervisor_console_write_batches_total Group-commit transactions written.",
-            "# TYPE supervisor_console_write_batches_total counter",
-            f"supervisor_console_write_batches_total {self.write_batches}",
-            "# HELP supervisor_console_write_failures_total Group-commit transactions that failed.",
-            "# TYPE supervisor_console_write_failures_total counter",
-            f"supervisor_console_write_failures_total {self.write_failures}",
-        ]
-        return "\n".join(lines) + "\n"
-
-
-@dataclass(frozen=True, slots=True)
-class HeartbeatCounters:
-    """Heartbeats committed and refused (by reason, every reason listed), registrations committed."""
-
-    accepted: int
-    rejected: dict[str, int]
-    registrations: int
 
 
 @dataclass
@@ -805,11 +766,6 @@ class ConsoleService:
     def count_rejection(self, reason: str) -> None:
         """The HTTP layer reports every heartbeat it refused, by reason (REJECT_REASONS)."""
         self._counters.rejected[reason] += 1
-
-    def counters(self) -> HeartbeatCounters:
-        """A snapshot of the heartbeat counters (for /metrics)."""
-        c = self._counters
-        return HeartbeatCounters(c.accepted, {r: c.rejected.get(r, 0) for r in REJECT_REASONS}, c.registrations)
 
     def metrics(self) -> ConsoleMetrics:
         """Counters and gauges for /metrics."""

@@ -45,7 +45,7 @@ from supervisor_tui.consoles.models import (
     iso,
 )
 from supervisor_tui.consoles.queries import SORTS
-from supervisor_tui.consoles.service import ConsoleMetrics, ConsoleService
+from supervisor_tui.consoles.service import ConsoleService
 from supervisor_tui.server.auth import bearer_from_header, token_matches
 from supervisor_tui.server.errors import error_body, send_json
 
@@ -97,10 +97,6 @@ class ConsolesAPI:
         self.settings = settings
         self.admin_token = admin_token
         self.max_body = max_body
-
-    def metrics(self) -> ConsoleMetrics:
-        """Heartbeat counters and console counts by state, for the /metrics renderer."""
-        return self.service.metrics()
 
     @staticmethod
     def handles(path: str) -> bool:

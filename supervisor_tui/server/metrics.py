@@ -77,18 +77,27 @@ class SupervisorCollector(Collector):
         yield from (requests, latency)
 
     def _consoles(self, consoles: Any) -> Iterator[Metric]:
+        m = consoles.metrics()
         by_state = GaugeMetricFamily("supervisor_consoles", "Registered consoles by state", labels=["state"])
-        for s, n in sorted(consoles.counts_by_state().items()):
+        for s, n in sorted(m.consoles_by_state.items()):
             by_state.add_metric([s], float(n))
         yield by_state
-        counters = consoles.counters()
         accepted = CounterMetricFamily("supervisor_heartbeats", "Heartbeats committed")
-        accepted.add_metric([], float(counters.accepted))
+        accepted.add_metric([], float(m.heartbeats_accepted))
         yield accepted
         rejected = CounterMetricFamily("supervisor_heartbeats_rejected", "Heartbeats refused", labels=["reason"])
-        for reason, n in sorted(counters.rejected.items()):
+        for reason, n in sorted(m.heartbeats_rejected.items()):
             rejected.add_metric([reason], float(n))
         yield rejected
+        registrations = CounterMetricFamily("supervisor_console_registrations", "Console registrations committed")
+        registrations.add_metric([], float(m.registrations))
+        yield registrations
+        batches = CounterMetricFamily(
+            "supervisor_console_write_batches", "Transactions of the console writer", labels=["outcome"]
+        )
+        batches.add_metric(["committed"], float(m.write_batches))
+        batches.add_metric(["failed"], float(m.write_failures))
+        yield batches
 
 
 class MetricsEndpoint:
