@@ -33,6 +33,7 @@ from textual.screen import Screen
 from textual.widget import Widget
 from textual.widgets import Footer, Input, Static
 
+from supervisor_tui.tui.app_access import SupervisorAppAccess
 from supervisor_tui.tui.cells import (
     CONSOLE_COLUMNS,
     CONSOLE_COLUMNS_NARROW,
@@ -109,7 +110,7 @@ class PaneBox(Vertical):
         self.border_title = title
 
 
-class MainScreen(Screen[None]):
+class MainScreen(SupervisorAppAccess, Screen[None]):
     """The main screen: header, pane strip, panes, footer."""
 
     BINDINGS: ClassVar = [*main_bindings(), Binding("escape", "clear_filter", show=False)]
@@ -117,12 +118,6 @@ class MainScreen(Screen[None]):
     def __init__(self) -> None:
         super().__init__(id="main")
         self.active_pane = "plugins"
-
-    @property
-    def sup_app(self) -> SupervisorApp:
-        app = self.app
-        assert isinstance(app, SupervisorApp)
-        return app
 
     def compose(self) -> ComposeResult:
         yield StatusHeader(id="status")

@@ -8,23 +8,16 @@ from typing import TYPE_CHECKING
 
 from textual.command import DiscoveryHit, Hit, Hits, Provider
 
+from supervisor_tui.tui.app_access import SupervisorAppAccess
 from supervisor_tui.tui.cells import escape
 from supervisor_tui.tui.client import ClientError
 
 if TYPE_CHECKING:
-    from supervisor_tui.tui.app import SupervisorApp
+    pass
 
 
-class SupervisorCommands(Provider):
+class SupervisorCommands(SupervisorAppAccess, Provider):
     """Plugin actions, console jumps and view switches, built from what the supervisor has now."""
-
-    @property
-    def sup_app(self) -> SupervisorApp:
-        from supervisor_tui.tui.app import SupervisorApp
-
-        app = self.app
-        assert isinstance(app, SupervisorApp)
-        return app
 
     def _commands(self) -> list[tuple[str, Callable[[], object], str]]:
         app = self.sup_app

@@ -14,11 +14,12 @@ from textual.containers import VerticalScroll
 from textual.screen import Screen
 from textual.widgets import Footer, Static
 
+from supervisor_tui.tui.app_access import SupervisorAppAccess
 from supervisor_tui.tui.cells import CONSOLE_STATE_STYLES, DANGER_STYLE, DIM_STYLE, age, duration, seen_style
 from supervisor_tui.tui.client import CONSOLE_STATES, ClientError, ConsoleInfo, HeartbeatInfo, TransitionInfo
 
 if TYPE_CHECKING:
-    from supervisor_tui.tui.app import SupervisorApp
+    pass
 
 REFRESH_SECONDS = 1.0
 HEARTBEATS_SHOWN = 120
@@ -33,7 +34,7 @@ def heartbeat_chart(beats: list[HeartbeatInfo], width: int) -> Text:
     return text
 
 
-class ConsoleDetailScreen(Screen[None]):
+class ConsoleDetailScreen(SupervisorAppAccess, Screen[None]):
     """Details of one console, refreshed every second while open."""
 
     BINDINGS: ClassVar = [Binding("escape,q", "close", "Back", id="detail.close")]
@@ -50,14 +51,6 @@ class ConsoleDetailScreen(Screen[None]):
         self.beats: list[HeartbeatInfo] = []
         self.transitions: list[TransitionInfo] = []
         self._fetched = 0.0
-
-    @property
-    def sup_app(self) -> SupervisorApp:
-        from supervisor_tui.tui.app import SupervisorApp
-
-        app = self.app
-        assert isinstance(app, SupervisorApp)
-        return app
 
     def compose(self) -> ComposeResult:
         with VerticalScroll():

@@ -14,17 +14,18 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import Screen
 from textual.widgets import Footer, Sparkline, Static
 
+from supervisor_tui.tui.app_access import SupervisorAppAccess
 from supervisor_tui.tui.cells import DANGER_STYLE, DIM_STYLE, PLUGIN_STATE_STYLES, duration, size
 from supervisor_tui.tui.client import ClientError, LogEntry, MetricPoint, PluginInfo
 from supervisor_tui.tui.widgets.log_view import source_colour
 
 if TYPE_CHECKING:
-    from supervisor_tui.tui.app import SupervisorApp
+    pass
 
 REFRESH_SECONDS = 1.0
 
 
-class PluginDetailScreen(Screen[None]):
+class PluginDetailScreen(SupervisorAppAccess, Screen[None]):
     """Details of one plugin, refreshed every second while open."""
 
     BINDINGS: ClassVar = [
@@ -49,14 +50,6 @@ class PluginDetailScreen(Screen[None]):
         self.plugin: PluginInfo | None = None
         self.samples: list[MetricPoint] = []
         self.log_lines: list[LogEntry] = []
-
-    @property
-    def sup_app(self) -> SupervisorApp:
-        from supervisor_tui.tui.app import SupervisorApp
-
-        app = self.app
-        assert isinstance(app, SupervisorApp)
-        return app
 
     def compose(self) -> ComposeResult:
         with VerticalScroll():
