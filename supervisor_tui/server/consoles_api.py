@@ -47,7 +47,7 @@ from supervisor_tui.consoles.models import (
 from supervisor_tui.consoles.queries import SORTS
 from supervisor_tui.consoles.service import ConsoleService
 from supervisor_tui.server.auth import bearer_from_header, token_matches
-from supervisor_tui.server.errors import error_body, send_json
+from supervisor_tui.server.errors import ERROR_SCHEMA, error_body, send_json
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -387,21 +387,6 @@ _SYSTEM = {
     "example": {"hostname": "worker-1", "platform": "linux", "arch": "x64", "cpus": 8},
 }
 _ERROR_VALUE = {"type": ["string", "object", "null"], "description": "the last error: a string, an object or null"}
-_ERROR = {
-    "type": "object",
-    "required": ["error"],
-    "properties": {
-        "error": {
-            "type": "object",
-            "required": ["code", "message"],
-            "properties": {
-                "code": {"type": "string"},
-                "message": {"type": "string"},
-                "field": {"type": "string"},
-            },
-        }
-    },
-}
 _ID_PARAM = {
     "name": "consoleId",
     "in": "path",
@@ -471,7 +456,7 @@ def _errors(*statuses: int) -> dict[str, Any]:
         422: "a field has a wrong type or value; the message names it and what is allowed",
         503: "not committed (database error or shutting down); retry after Retry-After",
     }
-    return {str(s): {"description": text[s], **_json(_ERROR)} for s in statuses}
+    return {str(s): {"description": text[s], **_json(ERROR_SCHEMA)} for s in statuses}
 
 
 def _body_schema(fields: dict[str, Any], required: list[str]) -> dict[str, Any]:
