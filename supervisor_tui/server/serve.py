@@ -3,9 +3,10 @@
 ``HttpServer``: ``bound = await server.start(app, host, port)`` binds the socket first (a bind failure raises
 ``BindError``, which the caller turns into one line and exit 2, instead of uvicorn's ``sys.exit(1)``), then
 serves in a background task with uvicorn's signal capture off, no logging configuration, no access log, and
-httptools' parser where installed. The event loop is the caller's: ``new_event_loop()`` gives a uvloop loop when
-uvloop is installed, for ``asyncio.Runner(loop_factory=new_event_loop)``. ``await server.stop()`` shuts down
-gracefully within ``shutdown_timeout`` seconds, then cancels what is left.
+httptools' parser where installed; ``start(..., fast=routes)`` answers those routes without ASGI (fast_http).
+The event loop is the caller's: ``new_event_loop()`` gives a uvloop loop when uvloop is installed, for
+``asyncio.Runner(loop_factory=new_event_loop)``. ``await server.stop()`` shuts down gracefully within
+``shutdown_timeout`` seconds, then cancels what is left.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from collections.abc import Generator
 from typing import Any
 
 import uvicorn
+
+from supervisor_tui.server.fast_http import FastRoutes, fast_protocol
 
 
 class BindError(OSError):
@@ -93,10 +96,15 @@ class HttpServer:
         self.bound: tuple[str, int] | None = None
 
     async def start(
-        self, app: Any, host: str = "127.0.0.1", port: int = 4000, sock: socket.socket | None = None
+        self,
+        app: Any,
+        host: str = "127.0.0.1",
+        port: int = 4000,
+        sock: socket.socket | None = None,
+        fast: FastRoutes | None = None,
     ) -> tuple[str, int]:
         """Bind (or take ``sock``, already bound and listening), start serving ``app`` and return the bound
-        (host, port) once the server accepts connections."""
+        (host, port) once the server accepts connections. ``fast``: routes served without ASGI (fast_http)."""
         if self._task is not None:
             raise RuntimeError("server already started")
         if sock is None:
@@ -118,6 +126,8 @@ class HttpServer:
             "timeout_graceful_shutdown": self.shutdown_timeout,
         }
         options.update(self._options)
+        if fast is not None and options["http"] == "httptools":
+            options["http"] = fast_protocol(fast) or "httptools"
         config = uvicorn.Config(app, **options)
         server = _EmbeddedServer(config)
         self._server, self._socket = server, sock
