@@ -42,9 +42,10 @@ SEED_HEARTBEAT = {
 }
 
 
-@pytest.fixture
-async def srv(tmp_path: Path) -> AsyncIterator[ConsoleServer]:
-    async with served_consoles(tmp_path) as s:
+@pytest.fixture(params=["fast", "asgi"])
+async def srv(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[ConsoleServer]:
+    """Every test here runs twice: heartbeats answered without ASGI (as the runtime serves them) and through it."""
+    async with served_consoles(tmp_path, path=request.param) as s:
         yield s
 
 
@@ -421,3 +422,35 @@ async def test_a_failed_write_answers_503_and_records_nothing(client: httpx.Asyn
     c = await console(client, srv)
     assert c["heartbeats"] == 1 and c["state"] == "busy"
     assert srv.service.metrics().heartbeats_rejected["unavailable"] == 1
+
+
+async def test_heartbeats_take_the_path_under_test_and_odd_requests_take_asgi(
+    client: httpx.AsyncClient, srv: ConsoleServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    token = await register_es(client)
+    taken: list[Any] = []
+    handle = srv.api.handle
+
+    def spy(route: Any, *rest: Any) -> None:
+        taken.append(route)
+        handle(route, *rest)
+
+    monkeypatch.setattr(srv.api, "handle", spy)
+    r = await client.post(f"/api/consolas/{CID}/heartbeat", json=SEED_HEARTBEAT, headers=bearer(token))
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == "application/json" and "date" in r.headers
+    assert r.json()["console_id"] == CID and r.json()["state"] == "busy"
+    assert taken == ([(CID, True)] if srv.path == "fast" else [])
+
+    # A chunked body and a query string go through the ASGI app: same checks, same answer.
+    async def chunks() -> AsyncIterator[bytes]:
+        yield json.dumps(SEED_HEARTBEAT).encode()
+
+    r = await client.post(f"/api/consolas/{CID}/heartbeat", content=chunks(), headers=bearer(token))
+    assert r.status_code == 200, r.text
+    r = await client.post(f"/api/consolas/{CID}/heartbeat?x=1", json=SEED_HEARTBEAT, headers=bearer(token))
+    assert r.status_code == 200, r.text
+    r = await client.post(f"/api/consoles/{CID}/heartbeat", json={"state": "nope"}, headers=bearer(token))
+    assert r.status_code == 422 and r.json()["error"]["field"] == "state"
+    assert taken == ([(CID, True), (CID, False)] if srv.path == "fast" else [])
+    assert (await console(client, srv))["heartbeats"] == 3

@@ -178,6 +178,10 @@ class _RegisterOp:
     received_at: float
 
 
+def _unavailable(exc: WriteFailed) -> ConsoleUnavailable:
+    return ConsoleUnavailable(f"{exc}; nothing was recorded, retry later")
+
+
 def _first(item: tuple[float, ConsoleEntry, bool]) -> float:
     return item[0]
 
@@ -299,8 +303,23 @@ class ConsoleService:
 
     async def heartbeat(self, console_id: str, hb: HeartbeatInput) -> HeartbeatAck:
         """Record one heartbeat; returns once it is committed (ConsoleNotFound, ConsoleUnavailable)."""
-        fut = self._submit("heartbeat", _HeartbeatOp(console_id, hb, time.time()))
-        result: HeartbeatAck = await self._wait(fut)
+        result: HeartbeatAck = await self._wait(self.submit_heartbeat(console_id, hb))
+        return result
+
+    def submit_heartbeat(self, console_id: str, hb: HeartbeatInput) -> asyncio.Future[Any]:
+        """Queue one heartbeat without waiting (ConsoleUnavailable when shutting down): for callers that answer
+        from a done-callback; ``acknowledged(future)`` then gives the ack or raises as ``heartbeat`` does."""
+        return self._submit("heartbeat", _HeartbeatOp(console_id, hb, time.time()))
+
+    @staticmethod
+    def acknowledged(fut: asyncio.Future[Any]) -> HeartbeatAck:
+        """The outcome of a finished ``submit_heartbeat`` future (ConsoleNotFound, ConsoleUnavailable)."""
+        if fut.cancelled():
+            raise ConsoleUnavailable("the heartbeat was not recorded (the console store stopped); retry later")
+        exc = fut.exception()
+        if exc is not None:
+            raise _unavailable(exc) if isinstance(exc, WriteFailed) else exc
+        result: HeartbeatAck = fut.result()
         return result
 
     async def register(
@@ -332,7 +351,7 @@ class ConsoleService:
         try:
             return await fut
         except WriteFailed as exc:
-            raise ConsoleUnavailable(f"{exc}; nothing was recorded, retry later") from None
+            raise _unavailable(exc) from None
 
     # -- the writer's planner: runs in the event loop, turns a batch of ops into SQL steps ----------------
     def _plan(self, ops: list[Op]) -> Plan:

@@ -15,9 +15,10 @@ dispatches ``/api/consolas/...`` and ``/api/consoles...`` here; ``OPENAPI_PATHS`
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import zlib
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -39,15 +40,17 @@ from supervisor_tui.consoles.models import (
     REPORTED_STATES,
     SPANISH_REPORTED_STATES,
     SPANISH_TO_ENGLISH,
+    HeartbeatInput,
     InvalidField,
     decode_heartbeat,
     decode_registration,
     iso,
 )
 from supervisor_tui.consoles.queries import SORTS
-from supervisor_tui.consoles.service import ConsoleService
+from supervisor_tui.consoles.service import ConsoleService, HeartbeatAck
 from supervisor_tui.server.auth import bearer_from_header, token_matches
 from supervisor_tui.server.errors import ERROR_SCHEMA, error_body, send_json
+from supervisor_tui.server.fast_http import Answer
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -197,20 +200,7 @@ class ConsolesAPI:
 
     async def _body(self, scope: Scope, receive: Receive) -> tuple[bytes, str | None, str | None]:
         """The request body (decompressed), the bearer token and the enrollment token header."""
-        token = enrollment = encoding = None
-        declared = -1
-        for name, value in scope["headers"]:
-            if name == b"authorization":
-                token = bearer_from_header(value)
-            elif name == b"content-length":
-                try:
-                    declared = int(value)
-                except ValueError:
-                    declared = -1
-            elif name == b"content-encoding":
-                encoding = value.decode("latin-1").strip().lower()
-            elif name == b"x-enrollment-token":
-                enrollment = value.decode("latin-1").strip() or None
+        token, enrollment, encoding, declared = _request_headers(scope["headers"])
         limit = self.max_body
         if declared > limit:
             raise _HttpError(413, "too_large", f"the body is over {limit // 1024} KiB")
@@ -229,42 +219,87 @@ class ConsolesAPI:
             body = b"".join(chunks)
         if len(body) > limit:
             raise _HttpError(413, "too_large", f"the body is over {limit // 1024} KiB")
-        if encoding and encoding != "identity":
-            if encoding not in ("gzip", "x-gzip"):
-                raise _HttpError(
-                    415, "unsupported_encoding", f"Content-Encoding {encoding!r} is not supported; use gzip or none"
-                )
-            body = _gunzip(body, limit)
-        return body, token, enrollment
+        return self._decompress(body, encoding), token, enrollment
+
+    def _decompress(self, body: bytes, encoding: str | None) -> bytes:
+        if not encoding or encoding == "identity":
+            return body
+        if encoding not in ("gzip", "x-gzip"):
+            raise _HttpError(
+                415, "unsupported_encoding", f"Content-Encoding {encoding!r} is not supported; use gzip or none"
+            )
+        return _gunzip(body, self.max_body)
 
     # -- ingest ------------------------------------------------------------------------------------------
     async def _heartbeat(self, cid: str, scope: Scope, receive: Receive, send: Send, spanish: bool) -> None:
-        service = self.service
         try:
             body, token, _ = await self._body(scope, receive)
+            hb = self._check_heartbeat(cid, token, body, spanish)
+            ack = await self.service.heartbeat(cid, hb)
+        except (_HttpError, ConsoleError) as exc:
+            self.service.count_rejection(exc.code)
+            raise
+        await send_json(send, 200, _heartbeat_answer(ack))
+
+    def _check_heartbeat(self, cid: str, token: str | None, body: bytes, spanish: bool) -> HeartbeatInput:
+        """The heartbeat of ``body`` once ``cid`` is known and ``token`` is its token (else _HttpError or a
+        ConsoleError); nothing is queued yet."""
+        try:
+            self.service.authorize_heartbeat(cid, token)
+        except ConsoleNotFound:
+            where = "POST /api/consolas/registrar" if spanish else "POST /api/consoles/register"
+            raise _HttpError(
+                404,
+                "console_not_found",
+                f"console {cid!r} is not registered (or was removed): register it with {where}, then send heartbeats",
+            ) from None
+        hb: HeartbeatInput = _decode(decode_heartbeat, body, spanish)
+        return hb
+
+    # -- the same heartbeat routes without ASGI (server.fast_http's FastRoutes) -------------------------------
+    def match(self, target: bytes) -> tuple[str, bool] | None:
+        """(console id, Spanish?) for a plain heartbeat request target; None sends it down the ASGI path, which
+        also answers whatever this does not take (query strings, escapes, odd ids) exactly as before."""
+        if target.startswith(b"/api/consolas/"):
+            spanish = True
+        elif target.startswith(b"/api/consoles/"):
+            spanish = False
+        else:
+            return None
+        rest = target[14:]
+        if not rest.endswith(b"/heartbeat") or b"?" in rest or b"%" in rest:
+            return None
+        cid = rest[:-10]
+        if not cid or b"/" in cid or not cid.isascii():
+            return None
+        return cid.decode("ascii"), spanish
+
+    def handle(self, route: tuple[str, bool], headers: list[tuple[bytes, bytes]], body: bytes, answer: Answer) -> None:
+        """Check and queue one heartbeat; ``answer`` is called once its batch is committed (or it is refused)."""
+        cid, spanish = route
+        service = self.service
+        try:
+            token, _, encoding, _ = _request_headers(headers)
+            hb = self._check_heartbeat(cid, token, self._decompress(body, encoding), spanish)
+            fut = service.submit_heartbeat(cid, hb)
+        except (_HttpError, ConsoleError) as exc:
+            self._refuse(exc, answer)
+            return
+
+        def committed(f: asyncio.Future[Any]) -> None:
             try:
-                service.authorize_heartbeat(cid, token)
-            except ConsoleNotFound:
-                where = "POST /api/consolas/registrar" if spanish else "POST /api/consoles/register"
-                raise _HttpError(
-                    404,
-                    "console_not_found",
-                    f"console {cid!r} is not registered (or was removed): register it with {where}, "
-                    "then send heartbeats",
-                ) from None
-            hb = _decode(decode_heartbeat, body, spanish)
-            ack = await service.heartbeat(cid, hb)
-        except _HttpError as err:
-            service.count_rejection(err.code)
-            raise
-        except ConsoleError as exc:
-            service.count_rejection(exc.code)
-            raise
-        await _respond(
-            send,
-            200,
-            {"ok": True, "console_id": ack.console_id, "state": ack.state, "received_at": iso(ack.received_at)},
-        )
+                ack = service.acknowledged(f)
+            except ConsoleError as exc:
+                self._refuse(exc, answer)
+                return
+            answer(200, _heartbeat_answer(ack), ())
+
+        fut.add_done_callback(committed)
+
+    def _refuse(self, exc: _HttpError | ConsoleError, answer: Answer) -> None:
+        self.service.count_rejection(exc.code)
+        err = exc if isinstance(exc, _HttpError) else _from_console_error(exc)
+        answer(err.status, error_body(err.code, err.message, **err.extra), err.headers)
 
     async def _register(self, scope: Scope, receive: Receive, send: Send, spanish: bool) -> None:
         body, token, enrollment = await self._body(scope, receive)
@@ -321,6 +356,29 @@ class ConsolesAPI:
             await _respond(send, 200, {"console_id": cid, "heartbeats": await self.service.heartbeats(cid, limit)})
         else:
             await _respond(send, 200, {"console_id": cid, "transitions": await self.service.transitions(cid, limit)})
+
+
+def _heartbeat_answer(ack: HeartbeatAck) -> bytes:
+    return _encode({"ok": True, "console_id": ack.console_id, "state": ack.state, "received_at": iso(ack.received_at)})
+
+
+def _request_headers(headers: Iterable[tuple[bytes, bytes]]) -> tuple[str | None, str | None, str | None, int]:
+    """(bearer token, enrollment token, content encoding, declared length or -1) from a request's headers."""
+    token = enrollment = encoding = None
+    declared = -1
+    for name, value in headers:
+        if name == b"authorization":
+            token = bearer_from_header(value)
+        elif name == b"content-length":
+            try:
+                declared = int(value)
+            except ValueError:
+                declared = -1
+        elif name == b"content-encoding":
+            encoding = value.decode("latin-1").strip().lower()
+        elif name == b"x-enrollment-token":
+            enrollment = value.decode("latin-1").strip() or None
+    return token, enrollment, encoding, declared
 
 
 def _decode(decoder: Callable[[bytes, bool], Any], body: bytes, spanish: bool) -> Any:
