@@ -77,7 +77,9 @@ async def _serve_consoles(data_dir: str, port_file: str) -> None:
     service = ConsoleService(store, bus, settings, LogHub(bus, None))
     await service.start()
     server = HttpServer()
-    _, port = await server.start(ConsolesAPI(service, settings, ADMIN), "127.0.0.1", 0)
+    api = ConsolesAPI(service, settings, ADMIN)
+    # As the runtime serves it: heartbeats without ASGI where fast_http can (--asgi-only: through ASGI).
+    _, port = await server.start(api, "127.0.0.1", 0, fast=None if os.environ.get("BENCH_ASGI_ONLY") else api)
     _announce(port_file, port)
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
@@ -318,7 +320,10 @@ def main() -> int:
     p.add_argument("--http-registrations", type=int, default=500)
     p.add_argument("--rounds", type=int, default=1, help="hello/heartbeat runs, alternating; medians are reported")
     p.add_argument("--against", type=Path, help="another checkout of the project, measured in the same rounds")
+    p.add_argument("--asgi-only", action="store_true", help="heartbeats through uvicorn's ASGI path")
     a = p.parse_args()
+    if a.asgi_only:
+        os.environ["BENCH_ASGI_ONLY"] = "1"  # read by the server processes this script starts
     if not os.path.exists(WRK):
         raise SystemExit("bench: wrk is not installed")
     if a.against is not None and not (a.against / "bench" / "heartbeats.py").exists():
