@@ -394,7 +394,8 @@ def main() -> int:
     for t in targets:
         hb = {k: _median(t.runs, k) for k in ("rate", "p50", "p99")}
         ratios = [r["rate"] / x["rate"] for r, x in zip(t.runs, hello_runs, strict=True)]
-        label = "heartbeats (WAL, synchronous=FULL)" + ("" if t is this else ", against")
+        label = "heartbeats (WAL, synchronous=FULL)" + (", ASGI" if a.asgi_only else "")
+        label += "" if t is this else ", against"
         print(f"{label:42} {hb['rate']:>12,.0f} {hb['p50']:>8.2f} {hb['p99']:>8.2f} {statistics.median(ratios):>6.2f}")
     print("goal: ratio >= 0.40, >= 10,000/s, p99 < 25 ms")
     non2xx = sum(r["non2xx"] for r in this.runs)
