@@ -194,7 +194,7 @@ class ConsolesAPI:
             raise _HttpError(
                 401,
                 "unauthorized",
-                "this needs the admin token (Authorization: Bearer <token from data/admin-token>)",
+                "this needs the admin token (Authorization: Bearer <token from admin.token in the data directory>)",
                 ((b"www-authenticate", b"Bearer"),),
             )
 
