@@ -27,7 +27,7 @@ import uvicorn
 
 Answer = Callable[[int, bytes, Sequence[tuple[bytes, bytes]]], None]
 
-SUPPORTED_UVICORN = ((0, 30), (0, 60))  # [from, to)
+SUPPORTED_UVICORN = ((0, 30), (0, 55))  # [from, to): tested with 0.30.6, 0.40.0 and 0.54.0, as pyproject.toml pins
 
 log = logging.getLogger(__name__)
 
