@@ -1,8 +1,10 @@
 """The console API as a raw ASGI app: seed 004's Spanish endpoints, their English twins, and the admin reads.
 
-No framework on the ingest path (routing is a few string checks, bodies are decoded by msgspec): the
-heartbeat rate is bounded by the group commit, not by per-request machinery. The top-level server app
-dispatches ``/api/consolas/...`` and ``/api/consoles...`` here; ``OPENAPI_PATHS`` documents every route.
+No framework on the ingest path (routing is a few string checks, bodies are decoded by msgspec). The top-level
+server app dispatches ``/api/consolas/...`` and ``/api/consoles...`` here; ``OPENAPI_PATHS`` documents every
+route. The same object is also the server's fast route set (``match``/``handle``, see server.fast_http): a plain
+heartbeat request is checked and queued straight from the HTTP protocol, without ASGI, and answered from the
+group commit's callback; both ways share the checks (``_check_heartbeat``) and the answers.
 
     POST /api/consolas/registrar                 seed 004 registration   {id, nombre, estado, sistema, ultimaActividad}
     POST /api/consolas/{id}/heartbeat            seed 004 heartbeat      {estado, sistema, ultimaActividad, ...}
