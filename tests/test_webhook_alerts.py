@@ -157,3 +157,37 @@ async def test_a_receiver_that_never_answers_blocks_nothing_and_the_queue_is_bou
 
 async def _dropped(api: Api, n: int) -> bool:
     return int((await webhook_status(api))["dropped"]) == n
+
+
+async def test_an_unhealthy_plugin_alerts_and_its_recovery_follows(tmp_path: Path, receiver: Receiver) -> None:
+    await receiver.start()
+    settings = make_test_settings(tmp_path, **{"plugins.watch": False})
+    settings.tables["extensions"] = {
+        "webhook-alerts": {
+            "module": "supervisor_tui.extensions.webhook_alerts:WebhookAlerts",
+            "config": {"urls": [f"http://127.0.0.1:{receiver.port}/hook"]},
+        }
+    }
+    sick = tmp_path / "sick"
+    write_plugin(
+        settings.plugins_dir,
+        "wobbly",
+        "http_server.py",
+        env={"HEALTH_FAIL_FILE": str(sick)},
+        health={"path": "/health", "interval_s": 0.1, "failures": 2},
+    )
+    async with running_api(settings) as api:
+        assert (await api.plugin("wobbly"))["state"] == "RUNNING"
+        sick.write_text("x")  # the plugin's /health answers 500 from now on
+        await wait_until(lambda: len(receiver.messages) == 1)
+        alert = receiver.messages[0]
+        assert (alert["event"], alert["severity"], alert["id"]) == ("plugin.unhealthy", "alert", "wobbly")
+        assert "*wobbly*" in alert["text"] and "unhealthy" in alert["text"]
+        assert (await webhook_status(api))["alerting"] == ["plugin:wobbly:unhealthy"]
+        sick.unlink()
+        await wait_until(lambda: len(receiver.messages) == 2)
+        recovered = receiver.messages[1]
+        assert (recovered["event"], recovered["severity"], recovered["id"]) == ("plugin.healthy", "recovered", "wobbly")
+        assert "healthy again" in recovered["text"]
+        status = await webhook_status(api)
+        assert status["alerting"] == [] and status["sent"] == 2
