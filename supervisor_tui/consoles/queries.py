@@ -48,6 +48,24 @@ def _like(text: str) -> str:
     return f"%{escaped}%"
 
 
+def _matches(search: str) -> tuple[str, list[Any]]:
+    """SQL for the rowids of consoles whose name or host contains ``search`` (case-insensitive) or whose id is
+    ``search``, and its parameters. From 3 characters on, the trigram index finds them (a phrase query: any
+    text, quotes doubled); shorter searches scan the (name, hostname, id) index."""
+    if len(search) >= 3:
+        phrase = '"' + search.replace('"', '""') + '"'
+        sql = (
+            "SELECT c.rowid FROM consoles_search JOIN consoles c ON c.search_key = consoles_search.rowid "
+            "WHERE consoles_search MATCH ? UNION SELECT rowid FROM consoles WHERE id = ?"
+        )
+        return sql, [phrase, search]
+    sql = (
+        "SELECT rowid FROM consoles INDEXED BY idx_consoles_search "
+        "WHERE name LIKE ? ESCAPE '\\' OR hostname LIKE ? ESCAPE '\\' OR id = ?"
+    )
+    return sql, [_like(search), _like(search), search]
+
+
 async def list_consoles(
     db: aiosqlite.Connection,
     inactive_after: float,
@@ -65,27 +83,22 @@ async def list_consoles(
         params.append(state)
     order = SORTS[sort]
     if search:
-        # One scan of the small (name, hostname, id) index, materialized once for both the total and the page.
+        # The matching rowids, materialized once for both the total and the page.
+        matches, match_args = _matches(search)
         cond = " AND ".join(["rowid IN matches", *where])
         sql = (
-            "WITH matches AS MATERIALIZED (SELECT rowid FROM consoles INDEXED BY idx_consoles_search "
-            "WHERE name LIKE ? ESCAPE '\\' OR hostname LIKE ? ESCAPE '\\' OR id = ?) "
+            f"WITH matches AS MATERIALIZED ({matches}) "
             f"SELECT {CONSOLE_COLUMNS}, (SELECT COUNT(*) FROM consoles WHERE {cond}) FROM consoles "
             f"WHERE {cond} ORDER BY {order} LIMIT ? OFFSET ?"
         )
-        args = [_like(search), _like(search), search, *params, *params, limit, offset]
-        async with db.execute(sql, args) as cur:
+        async with db.execute(sql, [*match_args, *params, *params, limit, offset]) as cur:
             rows = list(await cur.fetchall())
         if rows:
             return [console_record(tuple(r)[:-1], inactive_after) for r in rows], int(rows[0][-1])
         if offset == 0:
             return [], 0
-        count_sql = (
-            "WITH matches AS MATERIALIZED (SELECT rowid FROM consoles INDEXED BY idx_consoles_search "
-            "WHERE name LIKE ? ESCAPE '\\' OR hostname LIKE ? ESCAPE '\\' OR id = ?) "
-            f"SELECT COUNT(*) FROM consoles WHERE {cond}"
-        )
-        async with db.execute(count_sql, [_like(search), _like(search), search, *params]) as cur:
+        count_sql = f"WITH matches AS MATERIALIZED ({matches}) SELECT COUNT(*) FROM consoles WHERE {cond}"
+        async with db.execute(count_sql, [*match_args, *params]) as cur:
             row = await cur.fetchone()
         return [], int(row[0]) if row else 0
     clause = (" WHERE " + " AND ".join(where)) if where else ""

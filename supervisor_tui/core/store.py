@@ -94,6 +94,30 @@ MIGRATIONS: tuple[str, ...] = (
     DROP INDEX idx_consoles_last_seen;
     DROP INDEX idx_consoles_state_seen;
     """,
+    # 5: search by name or host through a trigram index (FTS5): a search of 3 or more characters reads the
+    # consoles that contain it instead of scanning every console's name and host. Its rows are keyed by
+    # consoles.search_key, a stable integer set on insert (the rowid of a table without an INTEGER PRIMARY KEY
+    # may change on VACUUM); triggers keep it in step, and heartbeats only touch it when a host name changes.
+    """
+    ALTER TABLE consoles ADD COLUMN search_key INTEGER;
+    UPDATE consoles SET search_key = rowid;
+    CREATE UNIQUE INDEX idx_consoles_search_key ON consoles(search_key);
+    CREATE VIRTUAL TABLE consoles_search USING fts5(name, hostname, tokenize = 'trigram');
+    INSERT INTO consoles_search (rowid, name, hostname) SELECT search_key, name, hostname FROM consoles;
+    CREATE TRIGGER consoles_search_insert AFTER INSERT ON consoles BEGIN
+        UPDATE consoles SET search_key = (SELECT IFNULL(MAX(search_key), 0) + 1 FROM consoles)
+            WHERE rowid = new.rowid;
+        INSERT INTO consoles_search (rowid, name, hostname)
+            SELECT search_key, name, hostname FROM consoles WHERE rowid = new.rowid;
+    END;
+    CREATE TRIGGER consoles_search_update AFTER UPDATE OF name, hostname ON consoles
+        WHEN old.name IS NOT new.name OR old.hostname IS NOT new.hostname BEGIN
+        UPDATE consoles_search SET name = new.name, hostname = new.hostname WHERE rowid = new.search_key;
+    END;
+    CREATE TRIGGER consoles_search_delete AFTER DELETE ON consoles BEGIN
+        DELETE FROM consoles_search WHERE rowid = old.search_key;
+    END;
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -1,0 +1,124 @@
+"""Search by name, host or id (GET /api/consoles?q=): the trigram index agrees with a plain substring filter, follows
+every change (host from a heartbeat, name from a re-registration, removal), survives VACUUM and the upgrade from
+schema 4, and takes any text as a search."""
+
+from __future__ import annotations
+
+import random
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+from fixtures.consoles.harness import served_consoles
+
+from supervisor_tui.core.store import MIGRATIONS, SCHEMA_VERSION
+
+
+async def register(client: httpx.AsyncClient, cid: str, name: str, host: str) -> str:
+    body = {"id": cid, "name": name, "state": "idle", "system": {"hostname": host}}
+    r = await client.post("/api/consoles/register", json=body)
+    assert r.status_code in (200, 201), r.text
+    return str(r.json()["token"])
+
+
+async def found(client: httpx.AsyncClient, q: str, **params: Any) -> set[str]:
+    r = await client.get("/api/consoles", params={"q": q, "limit": 1000, **params})
+    assert r.status_code == 200, r.text
+    ids = {c["id"] for c in r.json()["consoles"]}
+    assert r.json()["total"] == len(ids)
+    return ids
+
+
+async def test_search_agrees_with_a_substring_filter(tmp_path: Path) -> None:
+    rng = random.Random(7)
+    letters = "abcAB-1 "
+    consoles = {
+        f"id{i}": ("".join(rng.choice(letters) for _ in range(rng.randint(3, 9))), f"h{rng.choice(letters)}{i % 7}")
+        for i in range(150)
+    }
+    async with served_consoles(tmp_path) as srv, httpx.AsyncClient(base_url=srv.url, headers=srv.admin) as client:
+        for cid, (name, host) in consoles.items():
+            await register(client, cid, name, host)
+        searches = ["id7", "id149", *("".join(rng.choice(letters) for _ in range(n)) for n in (1, 2, 3, 3, 4, 5, 6))]
+        for q in searches:
+            expected = {
+                cid
+                for cid, (name, host) in consoles.items()
+                if q.lower() in name.lower() or q.lower() in host.lower() or cid == q
+            }
+            assert await found(client, q) == expected, q
+        # With a state filter and paging the total still counts every match.
+        r = await client.get("/api/consoles", params={"q": "h", "state": "idle", "limit": 5, "offset": 3})
+        assert r.json()["total"] == len(consoles) and len(r.json()["consoles"]) == 5
+
+
+async def test_search_follows_host_name_and_removal(tmp_path: Path) -> None:
+    async with served_consoles(tmp_path) as srv, httpx.AsyncClient(base_url=srv.url) as client:
+        token = await register(client, "w1", "Render box", "rack0-node0")
+        await register(client, "w2", "Ñandú encoder", "rack1-node1")
+        async with httpx.AsyncClient(base_url=srv.url, headers=srv.admin) as reads:
+            assert await found(reads, "rack0") == {"w1"}
+            hb = {"state": "busy", "system": {"hostname": "edge-7"}}
+            r = await client.post("/api/consoles/w1/heartbeat", json=hb, headers={"Authorization": f"Bearer {token}"})
+            assert r.status_code == 200
+            assert await found(reads, "EDGE-7") == {"w1"}
+            assert await found(reads, "rack0") == set()
+            body = {"id": "w1", "name": "Transcoder", "state": "idle"}
+            r = await client.post("/api/consoles/register", json=body, headers={"Authorization": f"Bearer {token}"})
+            assert r.status_code == 200
+            assert await found(reads, "transcoder") == {"w1"}
+            assert await found(reads, "render") == set()
+            assert await found(reads, "ÑANDÚ") == {"w2"}  # case folded beyond ASCII
+            assert await found(reads, "w2") == {"w2"}  # an id
+            for odd in ('"', '"nand"', "rack AND node", "NEAR(a b)", "node*", "x' OR 1=1 --", "%", "_"):
+                await found(reads, odd)  # any text is a search, never a syntax error
+            assert await found(reads, "node*") == set() and await found(reads, "rack1-") == {"w2"}
+            assert (await reads.delete("/api/consoles/w2")).status_code == 200
+            assert await found(reads, "encoder") == set()
+
+
+async def test_search_survives_vacuum_and_the_index_stays_consistent(tmp_path: Path) -> None:
+    async with served_consoles(tmp_path) as srv, httpx.AsyncClient(base_url=srv.url, headers=srv.admin) as client:
+        for i in range(40):
+            await register(client, f"v{i}", f"Vacuum {i}", f"host-{i}")
+        for i in range(0, 40, 3):  # holes, so that VACUUM has rowids to renumber
+            assert (await client.delete(f"/api/consoles/v{i}")).status_code == 200
+        db_path = srv.settings.db_path
+    db = sqlite3.connect(db_path)
+    db.execute("VACUUM")
+    db.close()
+    async with served_consoles(tmp_path) as srv, httpx.AsyncClient(base_url=srv.url, headers=srv.admin) as client:
+        await register(client, "v100", "Vacuum 100", "host-100")
+        assert (await client.delete("/api/consoles/v1")).status_code == 200
+        assert await found(client, "vacuum 1") == {f"v{i}" for i in (10, 11, 13, 14, 16, 17, 19, 100)}
+        assert await found(client, "host-2") == {f"v{i}" for i in (2, 20, 22, 23, 25, 26, 28, 29)}
+        db_path = srv.settings.db_path
+    db = sqlite3.connect(db_path)
+    db.execute("INSERT INTO consoles_search (consoles_search) VALUES ('integrity-check')")  # raises if not
+    rows = db.execute("SELECT COUNT(*) FROM consoles_search").fetchone()[0]
+    assert rows == db.execute("SELECT COUNT(*) FROM consoles").fetchone()[0] == 40 - 14 + 1 - 1
+    db.close()
+
+
+async def test_upgrade_from_schema_4_indexes_the_consoles_already_there(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    db = sqlite3.connect(data / "supervisor.db")
+    db.execute("PRAGMA journal_mode=WAL")
+    for version, script in enumerate(MIGRATIONS[:4], start=1):
+        db.executescript(f"BEGIN;\n{script}\nPRAGMA user_version={version};\nCOMMIT;")
+    now = time.time()
+    db.executemany(
+        "INSERT INTO consoles (id, name, state, reported_state, hostname, first_seen, last_seen) "
+        "VALUES (?, ?, 'idle', 'idle', ?, ?, ?)",
+        [(f"old{i}", f"Old {i}", f"legacy-{i}", now - 100, now - i) for i in range(12)],
+    )
+    db.commit()
+    db.close()
+    async with served_consoles(data) as srv, httpx.AsyncClient(base_url=srv.url, headers=srv.admin) as client:
+        assert await srv.store.schema_version() == SCHEMA_VERSION
+        assert await found(client, "legacy-1") == {"old1", "old10", "old11"}
+        await register(client, "new1", "New 1", "legacy-99")  # keys continue after the existing ones
+        assert await found(client, "legacy-9") == {"old9", "new1"}
