@@ -363,6 +363,7 @@ def main() -> int:
                 "/api/consoles?limit=100",
                 "/api/consoles?state=busy&limit=100",
                 "/api/consoles?q=host-4242&limit=100",
+                "/api/consoles?q=host&limit=100",  # matches every console: the worst case for a search
                 "/api/consoles?state=idle&sort=name&limit=50&offset=1000",
                 "/api/consoles/stats",
             ],
