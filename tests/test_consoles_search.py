@@ -72,7 +72,7 @@ async def test_search_follows_host_name_and_removal(tmp_path: Path) -> None:
             assert await found(reads, "render") == set()
             assert await found(reads, "ÑANDÚ") == {"w2"}  # case folded beyond ASCII
             assert await found(reads, "w2") == {"w2"}  # an id
-            for odd in ('"', '"nand"', "rack AND node", "NEAR(a b)", "node*", "x' OR 1=1 --", "%", "_"):
+            for odd in ('"', '"nand"', "rack AND node", "NEAR(a b)", "node*", "x' OR 1=1 --", "%", "_", "ab\x00cd"):
                 await found(reads, odd)  # any text is a search, never a syntax error
             assert await found(reads, "node*") == set() and await found(reads, "rack1-") == {"w2"}
             assert (await reads.delete("/api/consoles/w2")).status_code == 200

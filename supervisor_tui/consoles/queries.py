@@ -51,8 +51,9 @@ def _like(text: str) -> str:
 def _matches(search: str) -> tuple[str, list[Any]]:
     """SQL for the rowids of consoles whose name or host contains ``search`` (case-insensitive) or whose id is
     ``search``, and its parameters. From 3 characters on, the trigram index finds them (a phrase query: any
-    text, quotes doubled); shorter searches scan the (name, hostname, id) index."""
-    if len(search) >= 3:
+    text, quotes doubled, but not NUL, which ends an FTS5 query); shorter searches scan the (name, hostname, id)
+    index."""
+    if len(search) >= 3 and "\x00" not in search:
         phrase = '"' + search.replace('"', '""') + '"'
         sql = (
             "SELECT c.rowid FROM consoles_search JOIN consoles c ON c.search_key = consoles_search.rowid "
