@@ -72,6 +72,8 @@ async def test_search_follows_host_name_and_removal(tmp_path: Path) -> None:
             assert await found(reads, "render") == set()
             assert await found(reads, "ÑANDÚ") == {"w2"}  # case folded beyond ASCII
             assert await found(reads, "w2") == {"w2"}  # an id
+            await register(client, "node-9", "Node nine", "node-9")
+            assert await found(reads, "node-9") == {"node-9"}  # by id and by host: counted once
             for odd in ('"', '"nand"', "rack AND node", "NEAR(a b)", "node*", "x' OR 1=1 --", "%", "_", "ab\x00cd"):
                 await found(reads, odd)  # any text is a search, never a syntax error
             assert await found(reads, "node*") == set() and await found(reads, "rack1-") == {"w2"}

@@ -52,12 +52,12 @@ def _matches(search: str) -> tuple[str, list[Any]]:
     """SQL for the rowids of consoles whose name or host contains ``search`` (case-insensitive) or whose id is
     ``search``, and its parameters. From 3 characters on, the trigram index finds them (a phrase query: any
     text, quotes doubled, but not NUL, which ends an FTS5 query); shorter searches scan the (name, hostname, id)
-    index."""
+    index. A rowid may come twice (callers only ask ``rowid IN (...)``)."""
     if len(search) >= 3 and "\x00" not in search:
         phrase = '"' + search.replace('"', '""') + '"'
         sql = (
             "SELECT c.rowid FROM consoles_search JOIN consoles c ON c.search_key = consoles_search.rowid "
-            "WHERE consoles_search MATCH ? UNION SELECT rowid FROM consoles WHERE id = ?"
+            "WHERE consoles_search MATCH ? UNION ALL SELECT rowid FROM consoles WHERE id = ?"
         )
         return sql, [phrase, search]
     sql = (
