@@ -183,7 +183,18 @@ class Store:
             )
         for target in range(version + 1, SCHEMA_VERSION + 1):
             script = MIGRATIONS[target - 1]
-            await conn.executescript(f"BEGIN;\n{script}\nPRAGMA user_version={target};\nCOMMIT;")
+            try:
+                await conn.executescript(f"BEGIN;\n{script}\nPRAGMA user_version={target};\nCOMMIT;")
+            except sqlite3.Error as exc:
+                if conn.in_transaction:
+                    await conn.rollback()
+                hint = ""
+                if "fts5" in str(exc).lower() or "trigram" in str(exc).lower():
+                    hint = " (this Python's SQLite lacks FTS5 or its trigram tokenizer: SQLite 3.34 or newer is needed)"
+                raise StoreError(
+                    f"cannot upgrade database {self.path} to schema version {target}: {exc}{hint}; "
+                    f"it is left at version {target - 1}"
+                ) from exc
 
     async def schema_version(self) -> int:
         async with self.reader.execute("PRAGMA user_version") as cur:
