@@ -5,16 +5,15 @@ also after an upgrade from a database that still had the indices."""
 from __future__ import annotations
 
 import random
-import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-from fixtures.consoles.harness import served_consoles
+from fixtures.consoles.harness import database_at_version, served_consoles
 
 from supervisor_tui.consoles.recency import Recency
-from supervisor_tui.core.store import MIGRATIONS, SCHEMA_VERSION
+from supervisor_tui.core.store import SCHEMA_VERSION
 
 
 @dataclass
@@ -67,11 +66,7 @@ def test_pages_match_sql_order_with_ties_filters_offsets_and_a_clock_set_back() 
 
 async def test_upgrade_from_schema_3_keeps_every_console_and_lists_them_by_last_seen(tmp_path: Path) -> None:
     data = tmp_path / "data"
-    data.mkdir()
-    db = sqlite3.connect(data / "supervisor.db")
-    db.execute("PRAGMA journal_mode=WAL")
-    for version, script in enumerate(MIGRATIONS[:3], start=1):
-        db.executescript(f"BEGIN;\n{script}\nPRAGMA user_version={version};\nCOMMIT;")
+    db = database_at_version(data, 3)
     now = time.time()
     db.executemany(
         "INSERT INTO consoles (id, name, state, reported_state, first_seen, last_seen, heartbeats) "

@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from fixtures.consoles.harness import served_consoles
+from fixtures.consoles.harness import database_at_version, served_consoles
 
-from supervisor_tui.core.store import MIGRATIONS, SCHEMA_VERSION
+from supervisor_tui.core.store import SCHEMA_VERSION
 
 
 async def register(client: httpx.AsyncClient, cid: str, name: str, host: str) -> str:
@@ -106,11 +106,7 @@ async def test_search_survives_vacuum_and_the_index_stays_consistent(tmp_path: P
 
 async def test_upgrade_from_schema_4_indexes_the_consoles_already_there(tmp_path: Path) -> None:
     data = tmp_path / "data"
-    data.mkdir()
-    db = sqlite3.connect(data / "supervisor.db")
-    db.execute("PRAGMA journal_mode=WAL")
-    for version, script in enumerate(MIGRATIONS[:4], start=1):
-        db.executescript(f"BEGIN;\n{script}\nPRAGMA user_version={version};\nCOMMIT;")
+    db = database_at_version(data, 4)
     now = time.time()
     db.executemany(
         "INSERT INTO consoles (id, name, state, reported_state, hostname, first_seen, last_seen) "
