@@ -341,9 +341,10 @@ def main() -> int:
         hello = Proc("--serve-hello")
         _wrk(hello.url, 1, a.connections, this.script)  # warm
         for t in targets:
-            # Warm up until every hot console has reported once: its first heartbeat changes the state, host and
-            # activity the bulk load gave it (indices, the search index, a transition), a one-off per console.
-            _wrk(t.server.url, 2, a.connections, t.script)
+            # Warm up until every hot console has reported once (5 s is over 30,000 heartbeats even on a busy
+            # machine): its first heartbeat changes the state, host and activity the bulk load gave it (indices,
+            # the search index, a transition), a one-off per console.
+            _wrk(t.server.url, 5, a.connections, t.script)
         for i in range(a.rounds):
             hello_runs.append(_wrk(hello.url, a.duration, a.connections, this.script))
             order = targets if i % 2 == 0 else targets[::-1]
