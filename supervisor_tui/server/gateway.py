@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import os
 import re
 import time
@@ -44,9 +45,7 @@ from bisect import bisect_left
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote
-
-from yarl import URL
+from urllib.parse import quote, unquote, urlsplit
 
 from supervisor_tui.server.errors import error_body, send_json
 from supervisor_tui.server.gateway_inprocess import call_plugin_app
@@ -167,13 +166,10 @@ class _CompiledRoute:
         self.host_header = b""
         available = route.available and (route.upstream_base_url is not None or route.app is not None)
         if route.upstream_base_url is not None:
-            url = URL(route.upstream_base_url)
-            if url.scheme not in ("http", "https") or not url.host:
-                raise ValueError(f"upstream for {route.key!r} must be an http(s) URL, not {route.upstream_base_url!r}")
-            self.upstream_scheme, self.upstream_host = url.scheme, url.host
-            self.upstream_port = url.port or (443 if url.scheme == "https" else 80)
-            self.base_path = url.raw_path.rstrip("/").encode("latin-1")
-            self.host_header = url.raw_authority.encode("latin-1")
+            scheme, host, port, path, authority = _upstream_address(route.key, route.upstream_base_url)
+            self.upstream_scheme, self.upstream_host, self.upstream_port = scheme, host, port
+            self.base_path = path.rstrip("/").encode("latin-1")
+            self.host_header = authority.encode("latin-1")
         self.available = available
         reason = route.unavailable_reason or "the plugin is not running"
         self.unavailable_body = error_body("plugin_unavailable", f"plugin {route.key!r} is unavailable: {reason}")
@@ -186,6 +182,62 @@ class _CompiledRoute:
             if pattern.fullmatch(path):
                 return methods
         return None
+
+
+def _upstream_address(key: str, url: str) -> tuple[str, str, int, str, str]:
+    """``(scheme, host, port, path, authority)`` of an upstream base URL: the host lowercased (IPv6 compressed,
+    IDNA encoded), the scheme's default port unless one is given, the path percent-encoded without dot segments,
+    the authority as the Host header sends it. Raises ValueError for anything but an http(s) URL with a host."""
+    try:
+        parts = urlsplit(url)
+        host, port = parts.hostname, parts.port
+    except ValueError as exc:
+        raise ValueError(f"upstream for {key!r} is not a valid URL: {url!r} ({exc})") from None
+    if parts.scheme not in ("http", "https") or not host:
+        raise ValueError(f"upstream for {key!r} must be an http(s) URL, not {url!r}")
+    if ":" in host:  # IPv6; a zone is written "%25zone" in a URL
+        with contextlib.suppress(ValueError):
+            host = ipaddress.IPv6Address(unquote(host)).compressed
+        named = "[" + host.replace("%", "%25") + "]"
+    else:
+        host = named = host if host.isascii() else host.encode("idna").decode("ascii")
+    userinfo, at, _ = parts.netloc.rpartition("@")
+    authority = f"{userinfo}{at}{named}" + (f":{port}" if port is not None else "")
+    default = 443 if parts.scheme == "https" else 80
+    return parts.scheme, host, port or default, _normalised_path(parts.path), authority
+
+
+# Characters a path keeps as they are; of these, an escape is decoded too, except for "+" and "/".
+_PATH_SAFE = "!$&'()*+,;=:@/"
+_PATH_DECODED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~!$&'()*,;=:@")
+_ESCAPE = re.compile(r"(%[0-9A-Fa-f]{2})")
+
+
+def _normalised_path(path: str) -> str:
+    """A URL path in its canonical form: escapes of plain characters decoded, other escapes upper case, what
+    needs escaping escaped (UTF-8), then ``.`` and ``..`` segments resolved (RFC 3986, 5.2.4)."""
+    pieces = _ESCAPE.split(path)
+    for i, piece in enumerate(pieces):
+        if i % 2:
+            char = chr(int(piece[1:], 16))
+            pieces[i] = char if char in _PATH_DECODED else piece.upper()
+        else:
+            pieces[i] = quote(piece, safe=_PATH_SAFE)
+    quoted = "".join(pieces)
+    if "." not in quoted:
+        return quoted
+    prefix, rest = ("/", quoted[1:]) if quoted.startswith("/") else ("", quoted)
+    segments = rest.split("/")
+    resolved: list[str] = []
+    for segment in segments:
+        if segment == "..":
+            if resolved:
+                resolved.pop()
+        elif segment != ".":
+            resolved.append(segment)
+    if segments[-1] in (".", ".."):
+        resolved.append("")
+    return prefix + "/".join(resolved)
 
 
 def _compile_template(template: str) -> re.Pattern[str]:
