@@ -16,15 +16,17 @@ Public interface:
   ``buckets()`` in Prometheus form; latency runs until the response head is sent) and ``in_flight``.
 
 Behaviour: an undeclared path is 404, a declared path with another method 405 with ``Allow``, a plugin that is not
-available 503 with ``Retry-After``, a refused/reset upstream 502, an upstream that has not answered within the
-plugin's timeout 504 (the timeout bounds the wait for the response headers, so long event streams are not cut; it is
-checked every ``TICK`` seconds and covers connecting), a body over the plugin's ``max_body`` 413 (at once for
-Content-Length, while streaming for chunked bodies). HEAD is allowed wherever GET is declared; an upstream's early
-answer to a half-sent body is relayed. Hop-by-hop headers are dropped both ways,
-``X-Forwarded-For/Proto/Host/Prefix`` are set and ``X-Request-ID`` is passed through or generated and returned.
-Bodies stream both ways with back-pressure. When the client goes away the upstream request is cancelled. The gateway
-only connects to the upstream of a route in its table: the authority of the upstream URL always comes from the
-route, never from the request.
+available 503 with ``Retry-After``, a refused/reset upstream 502, an upstream that has not answered within the plugin's
+timeout 504 (the timeout bounds the wait for the response headers, so long event streams are not cut; it is checked
+every ``TICK`` seconds and covers connecting), a body over the plugin's ``max_body`` 413 (at once for Content-Length,
+while streaming for chunked bodies). HEAD is allowed wherever GET is declared; an upstream's early answer to a half-sent
+body is relayed. Hop-by-hop headers are dropped both ways, with those a Connection header names, except
+``Content-Length``, ``Transfer-Encoding`` and ``Host``, which it can never remove; ``X-Forwarded-For/Proto/Host/Prefix``
+are set and ``X-Request-ID`` is passed through or generated and returned. The upstream request is framed by the gateway,
+never with the client's header: ``Content-Length`` with the client's (validated) length, a chunked body that arrived
+whole with its ``Content-Length``, else chunked. Bodies stream both ways with back-pressure. When the client goes away
+the upstream request is cancelled. The gateway only connects to the upstream of a route in its table: the authority of
+the upstream URL always comes from the route, never from the request.
 
 Upstream connections come from ``gateway_upstream.UpstreamPool`` (keep-alive HTTP/1.1 over httptools, no
 per-request client objects); a kept-alive connection the upstream dropped is retried once for bodiless requests.
@@ -83,10 +85,12 @@ _HOP_BY_HOP = frozenset(
         b"upgrade",
     )
 )
-# Request headers the gateway sets itself (or that only make sense on the client's connection).
+# Request headers the gateway sets itself (or that only make sense on the client's connection). The framing
+# (Content-Length or chunked) is written by the gateway from what it forwards, never copied from the client.
 _REQUEST_DROP = _HOP_BY_HOP | {
     b"host",
     b"expect",
+    b"content-length",
     b"x-forwarded-proto",
     b"x-forwarded-host",
     b"x-forwarded-prefix",
@@ -94,6 +98,9 @@ _REQUEST_DROP = _HOP_BY_HOP | {
 }
 # The server in front adds its own Date; a second one from the upstream would make the header invalid.
 _RESPONSE_DROP = _HOP_BY_HOP | {b"x-request-id", b"date"}
+# What a Connection header can never name away: the message's framing (the next hop would read the body as another
+# request) and Host.
+_ALWAYS_END_TO_END = frozenset((b"content-length", b"transfer-encoding", b"host"))
 _REQUEST_ID_OK = re.compile(rb"^[\x21-\x7e]{1,200}$")
 _TEMPLATE_PARAM = re.compile(r"\{[A-Za-z_][A-Za-z0-9_]*\}")
 _LAST_CHUNK = b"0\r\n\r\n"
@@ -544,24 +551,24 @@ class Gateway:
                 elif name == b"x-request-id":
                     if _REQUEST_ID_OK.match(value):
                         request_id = value
+                elif name == b"content-length":
+                    # Digits only (int() would take "+1", " 1", "1_0"), and one value however often it is sent.
+                    if not value.isdigit() or (content_length >= 0 and int(value) != content_length):
+                        await send_json(send, 400, error_body("bad_request", "invalid Content-Length"))
+                        return 400
+                    content_length = int(value)
                 elif name == b"connection":
-                    connection_tokens = [t.strip().lower() for t in value.split(b",")]
+                    connection_tokens = _connection_tokens(value)
                 elif name == b"transfer-encoding":
                     chunked = True
                 continue
             if name == b"x-forwarded-for":
                 forwarded_for = value
                 continue
-            if name == b"content-length":
-                try:
-                    content_length = int(value)
-                except ValueError:
-                    await send_json(send, 400, error_body("bad_request", "invalid Content-Length"))
-                    return 400
             parts += (name, b": ", value, b"\r\n")
-        if chunked and content_length >= 0:
-            # Both framings at once is how requests get smuggled: forward the chunked one only.
-            connection_tokens = [*(connection_tokens or ()), b"content-length"]
+        if chunked:
+            # The server in front has decoded the chunks: the body's length is what arrives, not any header.
+            content_length = -1
         if connection_tokens:
             parts = _without_headers(parts, connection_tokens)
         if request_id is None:
@@ -590,9 +597,9 @@ class Gateway:
         )
         if host is not None:
             parts += (b"x-forwarded-host: ", host, b"\r\n")
-        if chunked:
-            parts.append(b"transfer-encoding: chunked\r\n")
-        parts.append(b"\r\n")
+        has_body = chunked or content_length > 0
+        if not has_body:  # the framing of a body is known once its first piece is in (see _request_start)
+            parts.append(b"content-length: 0\r\n\r\n" if content_length == 0 else b"\r\n")
 
         # Forward the path as the client encoded it, unless its key segment was encoded differently.
         raw_path: bytes | None = scope.get("raw_path")
@@ -616,7 +623,6 @@ class Gateway:
             )
         )
 
-        has_body = chunked or content_length > 0
         task = asyncio.current_task()
         ex = _Exchange(receive, task, not has_body)
         if self._ticker is None:
@@ -628,20 +634,16 @@ class Gateway:
         pool = self._pool
         try:
             try:
-                first = b""
+                start = head
                 if has_body:
                     first = await self._first_body(ex, route.max_body)
+                    start, chunked = _request_start(head, first, content_length, ex.body_done)
                 for attempt in (0, 1):
                     if route.timeout:  # the timeout covers connecting too
                         ex.deadline = time.perf_counter() + route.timeout
                     conn = await pool.acquire(route.upstream_scheme, route.upstream_host, route.upstream_port)
                     ex.conn = conn
-                    if chunked:
-                        conn.send_head(
-                            head + _encode_chunk(first) + (_LAST_CHUNK if ex.body_done else b""), method == "HEAD"
-                        )
-                    else:
-                        conn.send_head(head + first, method == "HEAD")
+                    conn.send_head(start, method == "HEAD")
                     if not ex.body_done:
                         ex.deadline = 0.0  # a long upload is the client's pace, not the upstream's
                         try:
@@ -698,7 +700,7 @@ class Gateway:
                 lname = name.lower()
                 if lname in _RESPONSE_DROP or lname.startswith(b"proxy-"):
                     if lname == b"connection":
-                        response_connection = [t.strip().lower() for t in value.split(b",")]
+                        response_connection = _connection_tokens(value)
                     continue
                 out.append((lname, value))
             if response_connection:
@@ -829,6 +831,21 @@ class Gateway:
 
 def _encode_chunk(data: bytes) -> bytes:
     return b"%x\r\n%s\r\n" % (len(data), data) if data else b""
+
+
+def _request_start(head: bytes, first: bytes, content_length: int, body_done: bool) -> tuple[bytes, bool]:
+    """The request head with the gateway's own framing and the first piece of the body; and whether the rest
+    goes chunked. A chunked body that arrived whole goes with a Content-Length, which every upstream reads."""
+    if content_length >= 0:
+        return b"%scontent-length: %d\r\n\r\n%s" % (head, content_length, first), False
+    if body_done:
+        return b"%scontent-length: %d\r\n\r\n%s" % (head, len(first), first), False
+    return b"%stransfer-encoding: chunked\r\n\r\n%s" % (head, _encode_chunk(first)), True
+
+
+def _connection_tokens(value: bytes) -> list[bytes]:
+    """The header names a Connection header drops, framing headers excepted."""
+    return [t for t in (t.strip().lower() for t in value.split(b",")) if t not in _ALWAYS_END_TO_END]
 
 
 def _without_headers(parts: list[bytes], names: list[bytes]) -> list[bytes]:
