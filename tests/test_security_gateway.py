@@ -2,6 +2,8 @@
 
 - Framing: a Connection header cannot strip Content-Length, Transfer-Encoding, Host or the gateway's own headers;
   the upstream always gets the gateway's framing of exactly the body it forwards.
+- Pooled upstream connections are reused only after an exchange that ended at a message boundary: not after
+  an answer with bytes behind it, nor after an answer that came before the whole request was sent.
 """
 
 from __future__ import annotations
@@ -18,11 +20,11 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 
 import pytest
-from conftest import REPO
-from fixtures.gateway.harness import served_gateway
+from conftest import REPO, wait_until
+from fixtures.gateway.harness import serve, served_gateway
 
 from supervisor_tui.plugins.manifest import load_manifest
-from supervisor_tui.server.gateway import PluginRoute, RouteTable
+from supervisor_tui.server.gateway import Gateway, PluginRoute, RouteTable
 
 ECHO = REPO / "plugins" / "echo"
 # The body of the smuggling attack: a whole request, waiting for 40 bytes of somebody else's request as its body.
@@ -239,3 +241,50 @@ async def test_connection_in_an_upstream_answer_cannot_name_away_its_content_len
         answer = await exchange(port_of(base), b"GET /api/plugins/raw/x HTTP/1.1\r\nHost: t\r\n\r\n")
     assert (answer.status, answer.body) == (200, b"hello")
     assert answer.headers.get("content-length") == "5" and "x-private" not in answer.headers
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        b"HTTP/1.1 200 OK\r\nX-Injected: 1\r\nContent-Length: 8\r\n\r\ninjected",  # a whole second answer
+        b"HTTP/1.1 302 Found\r\nLocation: http://evil.example/\r\nContent-Length: 40\r\n\r\n",  # a head, body to come
+        b"junk",
+    ],
+)
+async def test_bytes_after_an_upstream_answer_never_reach_the_next_client(extra: bytes) -> None:
+    upstream = ScriptedUpstream(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfirst" + extra)
+    async with upstream.running() as url, served_gateway(RouteTable([PluginRoute("raw", url, RAW_ENDPOINTS)])) as base:
+        port = port_of(base)
+        first = await exchange(port, b"GET /api/plugins/raw/x?me=first HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert (first.status, first.body) == (200, b"first") and "x-injected" not in first.headers
+        victim = await exchange(port, b"GET /api/plugins/raw/x?me=victim HTTP/1.1\r\nHost: t\r\n\r\n")
+    assert (victim.status, victim.body) == (200, b"answer to GET /x?me=victim HTTP/1.1")
+    assert "location" not in victim.headers and "x-injected" not in victim.headers
+    assert upstream.connections == 2  # the first connection was out of step: not reused
+
+
+async def test_an_upstream_answering_before_the_whole_body_is_not_reused() -> None:
+    # The upstream answers after the head and never reads the body: it takes the body for its next request,
+    # which here waits for 30 bytes of the next client's request as its own body.
+    upstream = ScriptedUpstream(b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 4\r\n\r\nwho?", read_first_body=False)
+    first_part, rest = b"GET /smuggled HTTP/1.1\r\n", b"Host: x\r\nContent-Length: 30\r\n\r\n"
+    async with upstream.running() as url:
+        gateway = Gateway(RouteTable([PluginRoute("raw", url, RAW_ENDPOINTS)]))
+        async with serve(gateway) as base:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port_of(base))
+            writer.write(
+                b"POST /api/plugins/raw/x HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n%s"
+                % (len(first_part) + len(rest), first_part)
+            )
+            await writer.drain()
+            # The rest of the body only goes once the gateway holds the upstream's early answer.
+            await asyncio.wait_for(upstream.answered_first.wait(), 10)
+            await wait_until(lambda: any(ex.conn is not None and ex.conn.headers_done for ex in gateway._inflight), 10)
+            writer.write(rest)
+            await writer.drain()
+            early = await asyncio.wait_for(read_answer(reader), 10)
+            writer.close()
+            assert (early.status, early.body) == (401, b"who?")
+            victim = await exchange(port_of(base), b"GET /api/plugins/raw/x?me=victim HTTP/1.1\r\nHost: t\r\n\r\n")
+    assert (victim.status, victim.body) == (200, b"answer to GET /x?me=victim HTTP/1.1")
+    assert upstream.connections == 2

@@ -30,6 +30,7 @@ the upstream URL always comes from the route, never from the request.
 
 Upstream connections come from ``gateway_upstream.UpstreamPool`` (keep-alive HTTP/1.1 over httptools, no
 per-request client objects); a kept-alive connection the upstream dropped is retried once for bodiless requests.
+A connection is reused only after an exchange that ended exactly at a message boundary (see gateway_upstream).
 
 Passive health: ``on_result(key, ok)`` is called for every failed upstream exchange (connection failure,
 timeout or a 5xx answer) and for the first success after a failure; the callee counts consecutive failures.
@@ -643,18 +644,16 @@ class Gateway:
                         ex.deadline = time.perf_counter() + route.timeout
                     conn = await pool.acquire(route.upstream_scheme, route.upstream_host, route.upstream_port)
                     ex.conn = conn
-                    conn.send_head(start, method == "HEAD")
+                    conn.send_head(start, method == "HEAD", ex.body_done)
                     if not ex.body_done:
                         ex.deadline = 0.0  # a long upload is the client's pace, not the upstream's
                         try:
+                            # It stops early when the upstream answers (a 401, a 413) before taking the whole
+                            # body: its answer is relayed, and the connection, out of step, is not reused.
                             await self._send_body(ex, conn, route.max_body, chunked)
                         except UpstreamError:
                             if not conn.headers_done:
                                 raise
-                        if not ex.body_done:
-                            # The upstream answered (a 401, a 413) before taking the whole body: relay its
-                            # answer; the connection is out of step and cannot be reused.
-                            conn.keep_alive = False
                         if route.timeout:
                             ex.deadline = time.perf_counter() + route.timeout
                     try:
@@ -791,9 +790,9 @@ class Gateway:
                 raise _BodyTooLarge()
             more = message.get("more_body", False)
             if chunked:
-                conn.write(_encode_chunk(body) + (b"" if more else _LAST_CHUNK))
-            elif body:
-                conn.write(body)
+                conn.write(_encode_chunk(body) + (b"" if more else _LAST_CHUNK), not more)
+            elif body or not more:
+                conn.write(body, not more)
             if not more:
                 ex.body_done = True
                 return
