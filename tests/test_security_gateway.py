@@ -1,9 +1,11 @@
-"""The gateway against request smuggling, with raw sockets on a real gateway and real upstreams.
+"""The gateway against request smuggling and path tricks, with raw sockets on a real gateway and real upstreams.
 
 - Framing: a Connection header cannot strip Content-Length, Transfer-Encoding, Host or the gateway's own headers;
   the upstream always gets the gateway's framing of exactly the body it forwards.
 - Pooled upstream connections are reused only after an exchange that ended at a message boundary: not after
   an answer with bytes behind it, nor after an answer that came before the whole request was sent.
+- Paths with ``.``/``..`` segments (plain or percent-encoded), an encoded ``/``, a backslash or NUL are refused
+  with 400 before they can match a ``{param}``.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from dataclasses import dataclass, field
 
 import pytest
 from conftest import REPO, wait_until
-from fixtures.gateway.harness import serve, served_gateway
+from fixtures.gateway.harness import fixture_process, serve, served_gateway
 
 from supervisor_tui.plugins.manifest import load_manifest
 from supervisor_tui.server.gateway import Gateway, PluginRoute, RouteTable
@@ -288,3 +290,82 @@ async def test_an_upstream_answering_before_the_whole_body_is_not_reused() -> No
             victim = await exchange(port_of(base), b"GET /api/plugins/raw/x?me=victim HTTP/1.1\r\nHost: t\r\n\r\n")
     assert (victim.status, victim.body) == (200, b"answer to GET /x?me=victim HTTP/1.1")
     assert upstream.connections == 2
+
+
+# -- paths -------------------------------------------------------------------------------------------------------
+
+PATH_ENDPOINTS = (("GET", "/public/{sub}/{name}"), ("GET", "/items/{item_id}"), ("GET", "/echo-request"))
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[str]:
+    with fixture_process("upstream.py") as (_, port):
+        yield f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture
+async def paths_gateway(upstream: str) -> AsyncIterator[int]:
+    async with served_gateway(RouteTable([PluginRoute("static", upstream, PATH_ENDPOINTS)])) as base:
+        yield port_of(base)
+
+
+def get(path: bytes) -> bytes:
+    return b"GET /api/plugins/static%s HTTP/1.1\r\nHost: t\r\n\r\n" % path
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        b"/public/../secret.txt",
+        b"/public/./secret.txt",
+        b"/public/%2e%2e/secret.txt",
+        b"/public/%2E%2E/secret.txt",
+        b"/public/.%2e/secret.txt",
+        b"/public/%2E./secret.txt",
+        b"/public/%2e/secret.txt",
+        b"/public/a/..",
+        b"/items/..",
+        b"/public/a%2fb/c",
+        b"/public/a%2Fb/c",
+        b"/public/..%2fsecret.txt/x",
+        b"/public/a%5cb/c",
+        b"/public/a%5C..%5Csecret.txt/c",
+        b"/public/a\\b/c",
+        b"/public/a%00b/c",
+        b"/items/secret.txt%00.json",
+    ],
+)
+async def test_dot_segments_and_encoded_separators_are_refused(paths_gateway: int, path: bytes) -> None:
+    answer = await exchange(paths_gateway, get(path))
+    assert answer.status == 400, answer
+    assert answer.headers["content-type"] == "application/json"
+    error = answer.json()["error"]
+    assert error["code"] == "invalid_path" and error["message"]
+    assert answer.headers["x-request-id"]
+
+
+@pytest.mark.parametrize(
+    ("path", "param"),
+    [
+        (b"/items/abc-1.json", "abc-1.json"),
+        (b"/items/.hidden", ".hidden"),
+        (b"/items/a..b", "a..b"),
+        (b"/items/...", "..."),
+        (b"/items/v1.2.3", "v1.2.3"),
+        (b"/items/a%20b", "a b"),
+        (b"/items/%41bc", "Abc"),
+        (b"/items/%25", "%"),
+    ],
+)
+async def test_ordinary_paths_and_params_still_pass(paths_gateway: int, path: bytes, param: str) -> None:
+    answer = await exchange(paths_gateway, get(path))
+    assert answer.status == 200
+    seen = answer.json()
+    assert seen["path"] == "/items/" + param and seen["raw_path"] == path.decode()
+
+
+async def test_dots_in_names_and_in_the_query_pass(paths_gateway: int) -> None:
+    answer = await exchange(paths_gateway, get(b"/public/css/site.v2.css"))
+    assert (answer.status, answer.body) == (404, b'{"error": "upstream 404"}')  # the plugin's own answer
+    answer = await exchange(paths_gateway, get(b"/echo-request?next=../x&dot=.&sep=%2F%5C%00"))
+    assert answer.status == 200 and answer.json()["query_string"] == "next=../x&dot=.&sep=%2F%5C%00"

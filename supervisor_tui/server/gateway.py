@@ -4,7 +4,7 @@ Public interface:
 
 - ``PluginRoute(key, upstream_base_url, endpoints, available, unavailable_reason, timeout, max_body)``: what the
   gateway knows about one plugin. ``endpoints`` are ``(method, path_template)`` pairs; a template segment
-  ``{name}`` matches one non-empty path segment.
+  ``{name}`` matches one non-empty path segment (never ``.`` or ``..``: such paths are refused before matching).
 - ``RouteTable``: ``set(route)``, ``remove(key)``, ``get(key)``, ``keys()``, ``clear()``. Routes are compiled once
   when set (static paths in a dict, templates as regexes), so the request path does no parsing of manifests.
 - ``Gateway(table, on_result=None, max_idle_per_upstream=256, keepalive_timeout=30.0)``:
@@ -15,18 +15,19 @@ Public interface:
   plugin, method and status class: ``count``, ``total_seconds``, cumulative ``bucket_counts`` and
   ``buckets()`` in Prometheus form; latency runs until the response head is sent) and ``in_flight``.
 
-Behaviour: an undeclared path is 404, a declared path with another method 405 with ``Allow``, a plugin that is not
-available 503 with ``Retry-After``, a refused/reset upstream 502, an upstream that has not answered within the plugin's
-timeout 504 (the timeout bounds the wait for the response headers, so long event streams are not cut; it is checked
-every ``TICK`` seconds and covers connecting), a body over the plugin's ``max_body`` 413 (at once for Content-Length,
-while streaming for chunked bodies). HEAD is allowed wherever GET is declared; an upstream's early answer to a half-sent
-body is relayed. Hop-by-hop headers are dropped both ways, with those a Connection header names, except
-``Content-Length``, ``Transfer-Encoding`` and ``Host``, which it can never remove; ``X-Forwarded-For/Proto/Host/Prefix``
-are set and ``X-Request-ID`` is passed through or generated and returned. The upstream request is framed by the gateway,
-never with the client's header: ``Content-Length`` with the client's (validated) length, a chunked body that arrived
-whole with its ``Content-Length``, else chunked. Bodies stream both ways with back-pressure. When the client goes away
-the upstream request is cancelled. The gateway only connects to the upstream of a route in its table: the authority of
-the upstream URL always comes from the route, never from the request.
+Behaviour: a path with a ``.`` or ``..`` segment (``%2e`` counts as a dot), an encoded ``/`` (``%2F``), a backslash (or
+``%5C``) or NUL (``%00``) is 400 ``invalid_path``, an undeclared path is 404, a declared path with another method 405
+with ``Allow``, a plugin that is not available 503 with ``Retry-After``, a refused/reset upstream 502, an upstream that
+has not answered within the plugin's timeout 504 (the timeout bounds the wait for the response headers, so long event
+streams are not cut; it is checked every ``TICK`` seconds and covers connecting), a body over the plugin's ``max_body``
+413 (at once for Content-Length, while streaming for chunked bodies). HEAD is allowed wherever GET is declared; an
+upstream's early answer to a half-sent body is relayed. Hop-by-hop headers are dropped both ways, with those a
+Connection header names, except ``Content-Length``, ``Transfer-Encoding`` and ``Host``, which it can never remove;
+``X-Forwarded-For/Proto/Host/Prefix`` are set and ``X-Request-ID`` is passed through or generated and returned. The
+upstream request is framed by the gateway, never with the client's header: ``Content-Length`` with the client's
+(validated) length, a chunked body that arrived whole with its ``Content-Length``, else chunked. Bodies stream both ways
+with back-pressure. When the client goes away the upstream request is cancelled. The gateway only connects to the
+upstream of a route in its table: the authority of the upstream URL always comes from the route, never from the request.
 
 Upstream connections come from ``gateway_upstream.UpstreamPool`` (keep-alive HTTP/1.1 over httptools, no
 per-request client objects); a kept-alive connection the upstream dropped is retried once for bodiless requests.
@@ -248,6 +249,23 @@ def _normalised_path(path: str) -> str:
     return prefix + "/".join(resolved)
 
 
+def _path_refusal(path: str, raw_path: bytes | None) -> str | None:
+    """Why a request path is refused before routing, or None. A ``.`` or ``..`` segment (``%2e`` decodes to
+    one) matches a ``{param}`` and steps out of the declared endpoint on a plugin that normalises paths; an
+    encoded ``/`` or a backslash cuts segments differently there; NUL ends strings."""
+    if "." in path:
+        for segment in path.split("/"):
+            if segment == "." or segment == "..":
+                return f"a path segment may not be {segment!r} (also encoded as %2E)"
+    if "\\" in path:
+        return "a path may not contain a backslash (also encoded as %5C)"
+    if "\x00" in path:
+        return "a path may not contain NUL (%00)"
+    if raw_path is not None and b"%2f" in raw_path.lower():
+        return "a path segment may not contain an encoded '/' (%2F)"
+    return None
+
+
 def _compile_template(template: str) -> re.Pattern[str]:
     parts: list[str] = []
     pos = 0
@@ -467,6 +485,13 @@ class Gateway:
             await send_json(send, 404, _NOT_FOUND_PREFIX, [self._request_id(scope)])
             self._observe("", method, 404, started)
             return
+        raw_path: bytes | None = scope.get("raw_path")
+        if raw_path is None or b"%" in raw_path or "." in path or "\\" in path:  # most paths skip the check
+            refusal = _path_refusal(path, raw_path)
+            if refusal is not None:
+                await send_json(send, 400, error_body("invalid_path", refusal), [self._request_id(scope)])
+                self._observe("", method, 400, started)
+                return
         slash = path.find("/", len(PREFIX))
         if slash < 0:
             key, sub = path[len(PREFIX) :], ""
