@@ -6,11 +6,14 @@ import asyncio
 import contextlib
 import json
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 
 import httpx
 import pytest
+from conftest import REPO
 from fixtures.gateway.harness import fixture_process, served_gateway
 
 from supervisor_tui.server.gateway import PluginRoute, RouteTable
@@ -466,3 +469,48 @@ async def test_absolute_form_targets_still_go_to_the_registered_upstream(gw, ups
     seen = json.loads(body)
     assert dict(seen["headers"])["host"] == upstream.removeprefix("http://")
     assert seen["path"] == "/echo-request" and seen["query_string"] == "q=1"
+
+
+def test_the_gateway_needs_no_package_outside_its_dependencies() -> None:
+    """yarl and aiohttp only arrive with the dev extra: a bare install must still compile and serve routes."""
+    code = (
+        "import sys\n"
+        "sys.modules['yarl'] = sys.modules['aiohttp'] = None  # importing them raises ImportError\n"
+        "from supervisor_tui.server.gateway import PluginRoute, RouteTable\n"
+        "RouteTable([PluginRoute('k', 'http://127.0.0.1:4001/base/', (('GET', '/x'),))])\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize(
+    ("url", "address"),
+    [
+        ("http://127.0.0.1:4001", ("http", "127.0.0.1", 4001, b"", b"127.0.0.1:4001")),
+        ("http://127.0.0.1:4001/", ("http", "127.0.0.1", 4001, b"", b"127.0.0.1:4001")),
+        ("https://Plugin.Example", ("https", "plugin.example", 443, b"", b"plugin.example")),
+        ("HTTP://Host:80/base/", ("http", "host", 80, b"/base", b"host:80")),
+        ("http://[0:0:0:0:0:0:0:1]:4001/", ("http", "::1", 4001, b"", b"[::1]:4001")),
+        ("http://h:080", ("http", "h", 80, b"", b"h:80")),
+        ("http://h:/x", ("http", "h", 80, b"/x", b"h")),
+        ("http://u:p@h:5/a", ("http", "h", 5, b"/a", b"u:p@h:5")),
+        ("http://h/a b/%7e/%2f/%zz/\u00e9", ("http", "h", 80, b"/a%20b/~/%2F/%25zz/%C3%A9", b"h")),
+        ("http://h/a/./b/../c/", ("http", "h", 80, b"/a/c", b"h")),
+        ("http://h/%2e%2e/x/", ("http", "h", 80, b"/x", b"h")),
+        ("http://h/base?q=1#f", ("http", "h", 80, b"/base", b"h")),
+    ],
+)
+def test_upstream_urls_are_read_in_their_canonical_form(url: str, address: tuple[str, str, int, bytes, bytes]) -> None:
+    from supervisor_tui.server.gateway import _CompiledRoute
+
+    route = _CompiledRoute(PluginRoute("k", url, ()))
+    assert (route.upstream_scheme, route.upstream_host, route.upstream_port) == address[:3]
+    assert (route.base_path, route.host_header) == address[3:]
+
+
+@pytest.mark.parametrize(
+    "url", ["ftp://h/x", "127.0.0.1:4001", "http://", "http:///x", "http://h:port/", "http://h:99999"]
+)
+def test_an_unusable_upstream_url_is_refused_when_the_route_is_set(url: str) -> None:
+    with pytest.raises(ValueError, match=r"upstream for 'k' (must be an http\(s\) URL|is not a valid URL)"):
+        RouteTable().set(PluginRoute("k", url, ()))

@@ -4,7 +4,7 @@ Public interface:
 
 - ``PluginRoute(key, upstream_base_url, endpoints, available, unavailable_reason, timeout, max_body)``: what the
   gateway knows about one plugin. ``endpoints`` are ``(method, path_template)`` pairs; a template segment
-  ``{name}`` matches one non-empty path segment.
+  ``{name}`` matches one non-empty path segment (never ``.`` or ``..``: such paths are refused before matching).
 - ``RouteTable``: ``set(route)``, ``remove(key)``, ``get(key)``, ``keys()``, ``clear()``. Routes are compiled once
   when set (static paths in a dict, templates as regexes), so the request path does no parsing of manifests.
 - ``Gateway(table, on_result=None, max_idle_per_upstream=256, keepalive_timeout=30.0)``:
@@ -15,19 +15,23 @@ Public interface:
   plugin, method and status class: ``count``, ``total_seconds``, cumulative ``bucket_counts`` and
   ``buckets()`` in Prometheus form; latency runs until the response head is sent) and ``in_flight``.
 
-Behaviour: an undeclared path is 404, a declared path with another method 405 with ``Allow``, a plugin that is not
-available 503 with ``Retry-After``, a refused/reset upstream 502, an upstream that has not answered within the
-plugin's timeout 504 (the timeout bounds the wait for the response headers, so long event streams are not cut; it is
-checked every ``TICK`` seconds and covers connecting), a body over the plugin's ``max_body`` 413 (at once for
-Content-Length, while streaming for chunked bodies). HEAD is allowed wherever GET is declared; an upstream's early
-answer to a half-sent body is relayed. Hop-by-hop headers are dropped both ways,
-``X-Forwarded-For/Proto/Host/Prefix`` are set and ``X-Request-ID`` is passed through or generated and returned.
-Bodies stream both ways with back-pressure. When the client goes away the upstream request is cancelled. The gateway
-only connects to the upstream of a route in its table: the authority of the upstream URL always comes from the
-route, never from the request.
+Behaviour: a path with a ``.`` or ``..`` segment (``%2e`` counts as a dot), an encoded ``/`` (``%2F``), a backslash (or
+``%5C``) or NUL (``%00``) is 400 ``invalid_path``, an undeclared path is 404, a declared path with another method 405
+with ``Allow``, a plugin that is not available 503 with ``Retry-After``, a refused/reset upstream 502, an upstream that
+has not answered within the plugin's timeout 504 (the timeout bounds the wait for the response headers, so long event
+streams are not cut; it is checked every ``TICK`` seconds and covers connecting), a body over the plugin's ``max_body``
+413 (at once for Content-Length, while streaming for chunked bodies). HEAD is allowed wherever GET is declared; an
+upstream's early answer to a half-sent body is relayed. Hop-by-hop headers are dropped both ways, with those a
+Connection header names, except ``Content-Length``, ``Transfer-Encoding`` and ``Host``, which it can never remove;
+``X-Forwarded-For/Proto/Host/Prefix`` are set and ``X-Request-ID`` is passed through or generated and returned. The
+upstream request is framed by the gateway, never with the client's header: ``Content-Length`` with the client's
+(validated) length, a chunked body that arrived whole with its ``Content-Length``, else chunked. Bodies stream both ways
+with back-pressure. When the client goes away the upstream request is cancelled. The gateway only connects to the
+upstream of a route in its table: the authority of the upstream URL always comes from the route, never from the request.
 
 Upstream connections come from ``gateway_upstream.UpstreamPool`` (keep-alive HTTP/1.1 over httptools, no
 per-request client objects); a kept-alive connection the upstream dropped is retried once for bodiless requests.
+A connection is reused only after an exchange that ended exactly at a message boundary (see gateway_upstream).
 
 Passive health: ``on_result(key, ok)`` is called for every failed upstream exchange (connection failure,
 timeout or a 5xx answer) and for the first success after a failure; the callee counts consecutive failures.
@@ -37,6 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import os
 import re
 import time
@@ -44,9 +49,7 @@ from bisect import bisect_left
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote
-
-from yarl import URL
+from urllib.parse import quote, unquote, urlsplit
 
 from supervisor_tui.server.errors import error_body, send_json
 from supervisor_tui.server.gateway_inprocess import call_plugin_app
@@ -84,10 +87,12 @@ _HOP_BY_HOP = frozenset(
         b"upgrade",
     )
 )
-# Request headers the gateway sets itself (or that only make sense on the client's connection).
+# Request headers the gateway sets itself (or that only make sense on the client's connection). The framing
+# (Content-Length or chunked) is written by the gateway from what it forwards, never copied from the client.
 _REQUEST_DROP = _HOP_BY_HOP | {
     b"host",
     b"expect",
+    b"content-length",
     b"x-forwarded-proto",
     b"x-forwarded-host",
     b"x-forwarded-prefix",
@@ -95,6 +100,9 @@ _REQUEST_DROP = _HOP_BY_HOP | {
 }
 # The server in front adds its own Date; a second one from the upstream would make the header invalid.
 _RESPONSE_DROP = _HOP_BY_HOP | {b"x-request-id", b"date"}
+# What a Connection header can never name away: the message's framing (the next hop would read the body as another
+# request) and Host.
+_ALWAYS_END_TO_END = frozenset((b"content-length", b"transfer-encoding", b"host"))
 _REQUEST_ID_OK = re.compile(rb"^[\x21-\x7e]{1,200}$")
 _TEMPLATE_PARAM = re.compile(r"\{[A-Za-z_][A-Za-z0-9_]*\}")
 _LAST_CHUNK = b"0\r\n\r\n"
@@ -167,13 +175,10 @@ class _CompiledRoute:
         self.host_header = b""
         available = route.available and (route.upstream_base_url is not None or route.app is not None)
         if route.upstream_base_url is not None:
-            url = URL(route.upstream_base_url)
-            if url.scheme not in ("http", "https") or not url.host:
-                raise ValueError(f"upstream for {route.key!r} must be an http(s) URL, not {route.upstream_base_url!r}")
-            self.upstream_scheme, self.upstream_host = url.scheme, url.host
-            self.upstream_port = url.port or (443 if url.scheme == "https" else 80)
-            self.base_path = url.raw_path.rstrip("/").encode("latin-1")
-            self.host_header = url.raw_authority.encode("latin-1")
+            scheme, host, port, path, authority = _upstream_address(route.key, route.upstream_base_url)
+            self.upstream_scheme, self.upstream_host, self.upstream_port = scheme, host, port
+            self.base_path = path.rstrip("/").encode("latin-1")
+            self.host_header = authority.encode("latin-1")
         self.available = available
         reason = route.unavailable_reason or "the plugin is not running"
         self.unavailable_body = error_body("plugin_unavailable", f"plugin {route.key!r} is unavailable: {reason}")
@@ -186,6 +191,79 @@ class _CompiledRoute:
             if pattern.fullmatch(path):
                 return methods
         return None
+
+
+def _upstream_address(key: str, url: str) -> tuple[str, str, int, str, str]:
+    """``(scheme, host, port, path, authority)`` of an upstream base URL: the host lowercased (IPv6 compressed,
+    IDNA encoded), the scheme's default port unless one is given, the path percent-encoded without dot segments,
+    the authority as the Host header sends it. Raises ValueError for anything but an http(s) URL with a host."""
+    try:
+        parts = urlsplit(url)
+        host, port = parts.hostname, parts.port
+    except ValueError as exc:
+        raise ValueError(f"upstream for {key!r} is not a valid URL: {url!r} ({exc})") from None
+    if parts.scheme not in ("http", "https") or not host:
+        raise ValueError(f"upstream for {key!r} must be an http(s) URL, not {url!r}")
+    if ":" in host:  # IPv6; a zone is written "%25zone" in a URL
+        with contextlib.suppress(ValueError):
+            host = ipaddress.IPv6Address(unquote(host)).compressed
+        named = "[" + host.replace("%", "%25") + "]"
+    else:
+        host = named = host if host.isascii() else host.encode("idna").decode("ascii")
+    userinfo, at, _ = parts.netloc.rpartition("@")
+    authority = f"{userinfo}{at}{named}" + (f":{port}" if port is not None else "")
+    default = 443 if parts.scheme == "https" else 80
+    return parts.scheme, host, port or default, _normalised_path(parts.path), authority
+
+
+# Characters a path keeps as they are; of these, an escape is decoded too, except for "+" and "/".
+_PATH_SAFE = "!$&'()*+,;=:@/"
+_PATH_DECODED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~!$&'()*,;=:@")
+_ESCAPE = re.compile(r"(%[0-9A-Fa-f]{2})")
+
+
+def _normalised_path(path: str) -> str:
+    """A URL path in its canonical form: escapes of plain characters decoded, other escapes upper case, what
+    needs escaping escaped (UTF-8), then ``.`` and ``..`` segments resolved (RFC 3986, 5.2.4)."""
+    pieces = _ESCAPE.split(path)
+    for i, piece in enumerate(pieces):
+        if i % 2:
+            char = chr(int(piece[1:], 16))
+            pieces[i] = char if char in _PATH_DECODED else piece.upper()
+        else:
+            pieces[i] = quote(piece, safe=_PATH_SAFE)
+    quoted = "".join(pieces)
+    if "." not in quoted:
+        return quoted
+    prefix, rest = ("/", quoted[1:]) if quoted.startswith("/") else ("", quoted)
+    segments = rest.split("/")
+    resolved: list[str] = []
+    for segment in segments:
+        if segment == "..":
+            if resolved:
+                resolved.pop()
+        elif segment != ".":
+            resolved.append(segment)
+    if segments[-1] in (".", ".."):
+        resolved.append("")
+    return prefix + "/".join(resolved)
+
+
+def _path_refusal(path: str, raw_path: bytes | None) -> str | None:
+    """Why a request path is refused before routing, or None. A ``.`` or ``..`` segment (``%2e`` decodes to
+    one) matches a ``{param}`` and steps out of the declared endpoint on a plugin that normalises paths; an
+    encoded ``/`` or a backslash cuts segments differently there; NUL ends strings."""
+    if "." in path:
+        for segment in path.split("/"):
+            if segment == "." or segment == "..":
+                return f"a path segment may not be {segment!r} (also encoded as %2E)"
+    if "\\" in path:
+        return "a path may not contain a backslash (also encoded as %5C)"
+    if "\x00" in path:
+        return "a path may not contain NUL (%00)"
+    if raw_path is not None and b"%2f" in raw_path.lower():
+        return "a path segment may not contain an encoded '/' (%2F)"
+    return None
 
 
 def _compile_template(template: str) -> re.Pattern[str]:
@@ -407,6 +485,13 @@ class Gateway:
             await send_json(send, 404, _NOT_FOUND_PREFIX, [self._request_id(scope)])
             self._observe("", method, 404, started)
             return
+        raw_path: bytes | None = scope.get("raw_path")
+        if raw_path is None or b"%" in raw_path or "." in path or "\\" in path:  # most paths skip the check
+            refusal = _path_refusal(path, raw_path)
+            if refusal is not None:
+                await send_json(send, 400, error_body("invalid_path", refusal), [self._request_id(scope)])
+                self._observe("", method, 400, started)
+                return
         slash = path.find("/", len(PREFIX))
         if slash < 0:
             key, sub = path[len(PREFIX) :], ""
@@ -492,24 +577,24 @@ class Gateway:
                 elif name == b"x-request-id":
                     if _REQUEST_ID_OK.match(value):
                         request_id = value
+                elif name == b"content-length":
+                    # Digits only (int() would take "+1", " 1", "1_0"), and one value however often it is sent.
+                    if not value.isdigit() or (content_length >= 0 and int(value) != content_length):
+                        await send_json(send, 400, error_body("bad_request", "invalid Content-Length"))
+                        return 400
+                    content_length = int(value)
                 elif name == b"connection":
-                    connection_tokens = [t.strip().lower() for t in value.split(b",")]
+                    connection_tokens = _connection_tokens(value)
                 elif name == b"transfer-encoding":
                     chunked = True
                 continue
             if name == b"x-forwarded-for":
                 forwarded_for = value
                 continue
-            if name == b"content-length":
-                try:
-                    content_length = int(value)
-                except ValueError:
-                    await send_json(send, 400, error_body("bad_request", "invalid Content-Length"))
-                    return 400
             parts += (name, b": ", value, b"\r\n")
-        if chunked and content_length >= 0:
-            # Both framings at once is how requests get smuggled: forward the chunked one only.
-            connection_tokens = [*(connection_tokens or ()), b"content-length"]
+        if chunked:
+            # The server in front has decoded the chunks: the body's length is what arrives, not any header.
+            content_length = -1
         if connection_tokens:
             parts = _without_headers(parts, connection_tokens)
         if request_id is None:
@@ -538,9 +623,9 @@ class Gateway:
         )
         if host is not None:
             parts += (b"x-forwarded-host: ", host, b"\r\n")
-        if chunked:
-            parts.append(b"transfer-encoding: chunked\r\n")
-        parts.append(b"\r\n")
+        has_body = chunked or content_length > 0
+        if not has_body:  # the framing of a body is known once its first piece is in (see _request_start)
+            parts.append(b"content-length: 0\r\n\r\n" if content_length == 0 else b"\r\n")
 
         # Forward the path as the client encoded it, unless its key segment was encoded differently.
         raw_path: bytes | None = scope.get("raw_path")
@@ -564,7 +649,6 @@ class Gateway:
             )
         )
 
-        has_body = chunked or content_length > 0
         task = asyncio.current_task()
         ex = _Exchange(receive, task, not has_body)
         if self._ticker is None:
@@ -576,31 +660,25 @@ class Gateway:
         pool = self._pool
         try:
             try:
-                first = b""
+                start = head
                 if has_body:
                     first = await self._first_body(ex, route.max_body)
+                    start, chunked = _request_start(head, first, content_length, ex.body_done)
                 for attempt in (0, 1):
                     if route.timeout:  # the timeout covers connecting too
                         ex.deadline = time.perf_counter() + route.timeout
                     conn = await pool.acquire(route.upstream_scheme, route.upstream_host, route.upstream_port)
                     ex.conn = conn
-                    if chunked:
-                        conn.send_head(
-                            head + _encode_chunk(first) + (_LAST_CHUNK if ex.body_done else b""), method == "HEAD"
-                        )
-                    else:
-                        conn.send_head(head + first, method == "HEAD")
+                    conn.send_head(start, method == "HEAD", ex.body_done)
                     if not ex.body_done:
                         ex.deadline = 0.0  # a long upload is the client's pace, not the upstream's
                         try:
+                            # It stops early when the upstream answers (a 401, a 413) before taking the whole
+                            # body: its answer is relayed, and the connection, out of step, is not reused.
                             await self._send_body(ex, conn, route.max_body, chunked)
                         except UpstreamError:
                             if not conn.headers_done:
                                 raise
-                        if not ex.body_done:
-                            # The upstream answered (a 401, a 413) before taking the whole body: relay its
-                            # answer; the connection is out of step and cannot be reused.
-                            conn.keep_alive = False
                         if route.timeout:
                             ex.deadline = time.perf_counter() + route.timeout
                     try:
@@ -646,7 +724,7 @@ class Gateway:
                 lname = name.lower()
                 if lname in _RESPONSE_DROP or lname.startswith(b"proxy-"):
                     if lname == b"connection":
-                        response_connection = [t.strip().lower() for t in value.split(b",")]
+                        response_connection = _connection_tokens(value)
                     continue
                 out.append((lname, value))
             if response_connection:
@@ -737,9 +815,9 @@ class Gateway:
                 raise _BodyTooLarge()
             more = message.get("more_body", False)
             if chunked:
-                conn.write(_encode_chunk(body) + (b"" if more else _LAST_CHUNK))
-            elif body:
-                conn.write(body)
+                conn.write(_encode_chunk(body) + (b"" if more else _LAST_CHUNK), not more)
+            elif body or not more:
+                conn.write(body, not more)
             if not more:
                 ex.body_done = True
                 return
@@ -777,6 +855,21 @@ class Gateway:
 
 def _encode_chunk(data: bytes) -> bytes:
     return b"%x\r\n%s\r\n" % (len(data), data) if data else b""
+
+
+def _request_start(head: bytes, first: bytes, content_length: int, body_done: bool) -> tuple[bytes, bool]:
+    """The request head with the gateway's own framing and the first piece of the body; and whether the rest
+    goes chunked. A chunked body that arrived whole goes with a Content-Length, which every upstream reads."""
+    if content_length >= 0:
+        return b"%scontent-length: %d\r\n\r\n%s" % (head, content_length, first), False
+    if body_done:
+        return b"%scontent-length: %d\r\n\r\n%s" % (head, len(first), first), False
+    return b"%stransfer-encoding: chunked\r\n\r\n%s" % (head, _encode_chunk(first)), True
+
+
+def _connection_tokens(value: bytes) -> list[bytes]:
+    """The header names a Connection header drops, framing headers excepted."""
+    return [t for t in (t.strip().lower() for t in value.split(b",")) if t not in _ALWAYS_END_TO_END]
 
 
 def _without_headers(parts: list[bytes], names: list[bytes]) -> list[bytes]:

@@ -6,8 +6,14 @@ bytes straight from the client's header pairs, parses the answer with llhttp, an
 chunk with back-pressure in both directions.
 
 ``UpstreamPool.acquire(scheme, host, port)`` returns an ``UpstreamConnection`` (reused when one is idle);
-``conn.send_head(head)``, ``conn.write(chunk)`` / ``await conn.drain()``, ``await conn.wait_headers()``,
-``await conn.read()`` (b"" at the end), then ``pool.release(conn)`` puts it back when it can be reused.
+``conn.send_head(head, head_only, complete)``, ``conn.write(chunk, last)`` / ``await conn.drain()``,
+``await conn.wait_headers()``, ``await conn.read()`` (b"" at the end), then ``pool.release(conn)`` puts it back when
+it can be reused.
+
+A connection goes back to the pool only when its exchange ended exactly at a message boundary: the whole request
+was written before the first byte of the answer arrived (an upstream answering early may not have read the body,
+and would take its rest for the next request), the answer was read to its end, and no byte followed it (extra bytes
+would be taken for the answer to the next client's request).
 """
 
 from __future__ import annotations
@@ -50,10 +56,12 @@ class UpstreamConnection(asyncio.Protocol):
         "informational",
         "keep_alive",
         "last_used",
+        "out_of_step",
         "parser",
         "pool_key",
         "read_paused",
         "received_any",
+        "request_sent",
         "reused",
         "status",
         "transport",
@@ -83,6 +91,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.head_only = False
         self.informational = False
         self.received_any = False
+        self.request_sent = False  # the whole request (head and body) has been written
+        self.out_of_step = False  # bytes came before the request was sent or after the answer ended
         self.read_paused = False
         self.error: BaseException | None = None
         self._waiter: asyncio.Future[None] | None = None
@@ -94,10 +104,13 @@ class UpstreamConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.received_any = True
+        if self.complete or not self.request_sent:
+            self.out_of_step = True
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
-            self._fail(UpstreamError(f"invalid HTTP response from the upstream: {exc}", True))
+            if not self.complete:  # bytes after a complete answer leave that answer intact
+                self._fail(UpstreamError(f"invalid HTTP response from the upstream: {exc}", True))
             self.close()
 
     def eof_received(self) -> bool | None:
@@ -125,6 +138,12 @@ class UpstreamConnection(asyncio.Protocol):
             waiter.set_result(None)
 
     # -- httptools callbacks -------------------------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        if self.complete:
+            # A second answer in the same read: stop the parser before it overwrites the first one.
+            self.out_of_step = True
+            raise UpstreamError("bytes after the end of the upstream's answer", True)
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.headers.append((name, value))
@@ -185,15 +204,19 @@ class UpstreamConnection(asyncio.Protocol):
             self.error = error
         self._wake()
 
-    def send_head(self, head: bytes, head_only: bool) -> None:
-        """Start an exchange by writing the request head (and whatever body bytes are appended to it)."""
+    def send_head(self, head: bytes, head_only: bool, complete: bool) -> None:
+        """Start an exchange by writing the request head (and whatever body bytes are appended to it);
+        ``complete``: that is the whole request."""
         self.head_only = head_only
+        self.request_sent = complete
         assert self.transport is not None
         self.transport.write(head)
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes, last: bool = False) -> None:
+        """Write more of the request body; ``last``: the request ends with ``data``."""
         if self.transport is not None and not self.closed:
             self.transport.write(data)
+            self.request_sent = last
 
     async def drain(self) -> None:
         """Wait while the upstream's socket buffer is full; raise if the connection is gone."""
@@ -237,7 +260,15 @@ class UpstreamConnection(asyncio.Protocol):
 
     @property
     def reusable(self) -> bool:
-        return self.complete and self.keep_alive and not self.closed and self.error is None and not self.chunks
+        return (
+            self.complete
+            and self.keep_alive
+            and self.request_sent
+            and not self.out_of_step
+            and not self.closed
+            and self.error is None
+            and not self.chunks
+        )
 
     def close(self) -> None:
         self.closed = True
