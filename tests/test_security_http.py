@@ -1,0 +1,284 @@
+"""What a client without credentials can make the HTTP server spend: header size and count, slow and idle
+connections, the connection cap, Host (DNS rebinding), registration floods and cross-site content types.
+
+Real sockets on 127.0.0.1 against a real uvicorn server (``HttpServer`` with fast_http's protocol), the console
+API composed from its real parts, and real ``supervisor-tui --headless`` processes (one with a low open-files limit).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import resource
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import HeadlessProcess, wait_until
+from test_fast_http import Routes, asgi_app, post, read_answer
+
+from supervisor_tui.config import ConfigError, load_settings
+from supervisor_tui.server.limits import AllowedHosts, ConnectionLimits, allowed_hosts
+from supervisor_tui.server.serve import HttpServer
+
+Headless = Callable[..., HeadlessProcess]
+
+
+@contextlib.asynccontextmanager
+async def serving(**limits: Any) -> AsyncIterator[tuple[int, Routes, list[str]]]:
+    """An HttpServer with ``/fast/...`` answered without ASGI and everything else through ``asgi_app``; yields its
+    port, the routes and the warnings the limits logged."""
+    warnings: list[str] = []
+    routes = Routes()
+    server = HttpServer()
+    _, port = await server.start(
+        asgi_app, "127.0.0.1", 0, fast=routes, limits=ConnectionLimits(warn=warnings.append, **limits)
+    )
+    try:
+        yield port, routes, warnings
+    finally:
+        await server.stop()
+
+
+async def connect(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    return await asyncio.open_connection("127.0.0.1", port)
+
+
+async def closed_by_server(reader: asyncio.StreamReader, timeout: float = 10.0) -> bytes:  # noqa: ASYNC109
+    """Everything the server sent until it closed the connection (fails if it stays open ``timeout`` s)."""
+    return await asyncio.wait_for(reader.read(), timeout)
+
+
+def error_of(raw: bytes) -> tuple[int, dict[str, str], dict[str, Any]]:
+    """Status, headers and error object of one raw answer."""
+    head, _, body = raw.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode().split("\r\n")
+    headers = {k.lower(): v.strip() for k, v in (line.split(":", 1) for line in lines)}
+    return int(status_line.split()[1]), headers, json.loads(body)["error"]
+
+
+# Targets that take each way through the server: answered by the fast routes, or by the ASGI app.
+PATHS = pytest.mark.parametrize("target", ["/fast/x", "/asgi/x"])
+
+
+# -- the request head ----------------------------------------------------------------------------------------------
+@PATHS
+async def test_a_head_over_max_header_bytes_gets_431_and_the_connection_closes(target: str) -> None:
+    async with serving() as (port, routes, _):
+        reader, writer = await connect(port)
+        # One header that never ends: 16 MiB offered, the server answers long before it would all be read.
+        writer.write(f"POST {target} HTTP/1.1\r\nHost: t\r\nContent-Length: 1\r\nX-Big: ".encode())
+        with contextlib.suppress(ConnectionError):
+            for _ in range(256):
+                writer.write(b"a" * 65536)
+                await writer.drain()
+        status, headers, err = error_of(await closed_by_server(reader))
+        assert status == 431 and err["code"] == "headers_too_large" and "65536 bytes" in err["message"]
+        assert headers["connection"] == "close" and headers["content-type"] == "application/json"
+        assert routes.seen == []
+        writer.close()
+
+
+@PATHS
+async def test_many_small_headers_over_the_size_or_the_count_get_431(target: str) -> None:
+    async with serving(max_header_bytes=8192, max_headers=20) as (port, routes, _):
+        for why, extra in (
+            ("over the size", [f"X-H{i}: {'v' * 500}" for i in range(18)]),  # 20 lines, 9 KiB
+            ("over the count", [f"X-H{i}: v" for i in range(19)]),  # 21 lines, tiny
+        ):
+            reader, writer = await connect(port)
+            writer.write(post(target, b"x", *extra))
+            status, _, err = error_of(await closed_by_server(reader))
+            assert status == 431 and err["code"] == "headers_too_large", why
+            writer.close()
+        assert routes.seen == []
+
+
+@PATHS
+async def test_heads_within_the_limits_are_answered(target: str) -> None:
+    async with serving(max_header_bytes=8192, max_headers=20) as (port, _, _):
+        reader, writer = await connect(port)
+        writer.write(post(target, b"x", *[f"X-H{i}: {'v' * 300}" for i in range(18)]))  # 20 lines, ~6 KiB
+        status, headers, _ = await read_answer(reader)
+        assert status == 200 and headers["x-path"] == target[1:5]
+        writer.close()
+
+
+# -- slow and idle connections ------------------------------------------------------------------------------------
+@PATHS
+async def test_a_slow_head_gets_408_after_the_header_timeout(target: str) -> None:
+    async with serving(header_timeout=0.5) as (port, routes, _):
+        reader, writer = await connect(port)
+        writer.write(f"POST {target} HTTP/1.1\r\nHost: t\r\n".encode())  # half a head, then nothing
+        status, headers, err = error_of(await closed_by_server(reader))
+        assert status == 408 and err["code"] == "request_timeout" and headers["connection"] == "close"
+        assert routes.seen == []
+        writer.close()
+
+
+async def test_a_connection_that_sends_nothing_is_closed_after_the_header_timeout() -> None:
+    async with serving(header_timeout=0.5) as (port, _, _):
+        reader, writer = await connect(port)
+        status, _, err = error_of(await closed_by_server(reader))
+        assert status == 408 and err["code"] == "request_timeout"
+        writer.close()
+
+
+@PATHS
+async def test_the_header_timeout_applies_to_each_request_on_a_keep_alive_connection(target: str) -> None:
+    async with serving(header_timeout=0.5, idle_timeout=60.0) as (port, _, _):
+        reader, writer = await connect(port)
+        writer.write(post(target))
+        assert (await read_answer(reader))[0] == 200
+        writer.write(f"POST {target} HTTP/1.1\r\n".encode())  # the next head starts and stalls
+        status, _, err = error_of(await closed_by_server(reader))
+        assert status == 408 and err["code"] == "request_timeout"
+        writer.close()
+
+
+async def test_a_head_timing_out_behind_a_pending_answer_lets_that_answer_finish() -> None:
+    async with serving(header_timeout=0.5) as (port, routes, _):
+        reader, writer = await connect(port)
+        writer.write(post("/fast/later") + b"POST /fast/next HTTP/1.1\r\n")  # the second head stalls
+        await wait_until(lambda: routes.pending)
+        with pytest.raises(TimeoutError):  # no 408 while the first answer is pending
+            await asyncio.wait_for(reader.read(1), 1.0)
+        routes.release()
+        status, headers, _ = await read_answer(reader)
+        assert status == 201 and headers["connection"] == "close"
+        assert await closed_by_server(reader) == b""
+        writer.close()
+
+
+@PATHS
+async def test_an_idle_keep_alive_connection_is_closed_after_the_idle_timeout(target: str) -> None:
+    async with serving(header_timeout=60.0, idle_timeout=0.3) as (port, _, _):
+        reader, writer = await connect(port)
+        writer.write(post(target))
+        assert (await read_answer(reader))[0] == 200
+        assert await closed_by_server(reader) == b""  # closed without a word: nothing was asked
+        writer.close()
+
+
+# -- the connection cap --------------------------------------------------------------------------------------------
+async def test_connections_beyond_the_cap_get_503_with_one_warning_per_episode() -> None:
+    async with serving(max_connections=5, header_timeout=60.0, idle_timeout=60.0) as (port, _, warnings):
+        for episode in (1, 2):
+            held = [await connect(port) for _ in range(5)]
+            for reader, writer in held:  # each one answered: all five are open on the server
+                writer.write(post("/fast/x"))
+                assert (await read_answer(reader))[0] == 200
+            for _ in range(3):
+                reader, writer = await connect(port)
+                status, headers, err = error_of(await closed_by_server(reader))
+                assert status == 503 and err["code"] == "too_many_connections" and headers["retry-after"] == "1"
+                writer.close()
+            assert len(warnings) == episode, warnings
+            assert "server.max_connections" in warnings[-1] and "ulimit -n" in warnings[-1]
+            for _, writer in held:
+                writer.close()
+                await writer.wait_closed()
+
+            async def answered() -> bool:
+                reader, writer = await connect(port)
+                try:
+                    writer.write(post("/asgi/x"))
+                    return (await read_answer(reader))[0] == 200
+                except (ConnectionError, asyncio.IncompleteReadError):
+                    return False
+                finally:
+                    writer.close()
+
+            await wait_until(answered, timeout=10)
+        assert len(warnings) == 2
+
+
+# -- Host --------------------------------------------------------------------------------------------------------
+def test_allowed_hosts_takes_loopback_names_and_the_listed_patterns() -> None:
+    loopback_only = allowed_hosts("127.0.0.1", ())
+    assert loopback_only is not None
+    for host in (
+        b"localhost",
+        b"LOCALHOST:4000",
+        b"127.0.0.1",
+        b"127.8.9.10:80",
+        b"[::1]",
+        b"[::1]:4000",
+        b"a.localhost",
+    ):
+        assert loopback_only(host), host
+    for host in (b"evil.example", b"evil.example:4000", b"10.0.0.1", b"localhost.evil.example", b"[::2]:80", b""):
+        assert not loopback_only(host), host
+    assert allowed_hosts("0.0.0.0", ()) is None  # bound elsewhere, none listed: any Host
+    listed = AllowedHosts(("sup.example", ".corp.example", "10.0.0.0/8"))
+    assert allowed_hosts("0.0.0.0", ("sup.example",)) is not None
+    for host in (b"sup.example:4000", b"corp.example", b"a.b.corp.example", b"10.1.2.3:80", b"localhost:1"):
+        assert listed(host), host
+    for host in (b"evil.example", b"xcorp.example", b"11.0.0.1", b"sup.example.evil"):
+        assert not listed(host), host
+    assert AllowedHosts(("*",))(b"anything.example")
+
+
+@PATHS
+async def test_a_refused_host_gets_400_on_every_path_and_loopback_names_pass(target: str) -> None:
+    async with serving(allowed_hosts=allowed_hosts("127.0.0.1", ())) as (port, routes, _):
+        for host in ("localhost:4000", "127.0.0.1", "[::1]:4000"):
+            reader, writer = await connect(port)
+            writer.write(post(target).replace(b"Host: t", f"Host: {host}".encode()))
+            assert (await read_answer(reader))[0] == 200, host
+            writer.close()
+        seen = len(routes.seen)
+        reader, writer = await connect(port)
+        writer.write(post(target).replace(b"Host: t", b"Host: rebound.example:4000"))
+        status, _, err = error_of(await closed_by_server(reader))
+        assert status == 400 and err["code"] == "host_not_allowed" and "rebound.example" in err["message"]
+        assert len(routes.seen) == seen
+        writer.close()
+
+
+async def test_a_refused_host_gets_400_on_a_websocket_upgrade() -> None:
+    async with serving(allowed_hosts=allowed_hosts("127.0.0.1", ())) as (port, _, _):
+        reader, writer = await connect(port)
+        writer.write(
+            b"GET /ws HTTP/1.1\r\nHost: rebound.example\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+        status, _, err = error_of(await closed_by_server(reader))
+        assert status == 400 and err["code"] == "host_not_allowed"
+        writer.close()
+
+
+# -- settings ------------------------------------------------------------------------------------------------------
+def test_limit_settings_come_from_env_and_bad_values_name_the_key(tmp_path: Path) -> None:
+    env = {
+        "SUPERVISOR_TUI_SERVER_MAX_HEADER_BYTES": "16KiB",
+        "SUPERVISOR_TUI_SERVER_MAX_HEADERS": "50",
+        "SUPERVISOR_TUI_SERVER_HEADER_TIMEOUT": "2s",
+        "SUPERVISOR_TUI_SERVER_IDLE_TIMEOUT": "500ms",
+        "SUPERVISOR_TUI_SERVER_MAX_CONNECTIONS": "7",
+        "SUPERVISOR_TUI_SERVER_ALLOWED_HOSTS": "sup.example, .corp.example",
+    }
+    limits = ConnectionLimits.from_settings(load_settings(env=env, base_dir=tmp_path))
+    assert (limits.max_header_bytes, limits.max_headers, limits.header_timeout, limits.idle_timeout) == (
+        16384,
+        50,
+        2.0,
+        0.5,
+    )
+    assert limits.max_connections == 7
+    assert limits.allowed_hosts is not None and limits.allowed_hosts(b"x.corp.example")
+    defaults = ConnectionLimits.from_settings(load_settings(env={}, base_dir=tmp_path))
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    assert defaults.max_headers == 100 and defaults.max_header_bytes == 65536 and defaults.header_timeout == 15.0
+    assert defaults.max_connections == max(8, min(32768, soft // 2))
+    for key, value in (
+        ("SUPERVISOR_TUI_SERVER_MAX_HEADER_BYTES", "10"),
+        ("SUPERVISOR_TUI_SERVER_HEADER_TIMEOUT", "0"),
+        ("SUPERVISOR_TUI_SERVER_MAX_HEADERS", "lots"),
+        ("SUPERVISOR_TUI_SERVER_ALLOWED_HOSTS", "bad host!"),
+    ):
+        with pytest.raises(ConfigError) as info:
+            load_settings(env={key: value}, base_dir=tmp_path)
+        assert key.removeprefix("SUPERVISOR_TUI_").lower().replace("_", ".", 1) in str(info.value)
