@@ -345,6 +345,22 @@ FIELDS: tuple[Field, ...] = (
         "a duration like 93d",
         "how long state transitions are kept",
     ),
+    Field(
+        "consoles",
+        "register_rate",
+        60,
+        _parse_int(0, 1_000_000),
+        "an integer >= 0 (0 = no limit)",
+        "console registrations a minute from one address: 429 beyond it",
+    ),
+    Field(
+        "consoles",
+        "register_rate_global",
+        600,
+        _parse_int(0, 1_000_000),
+        "an integer >= 0 (0 = no limit)",
+        "console registrations a minute from all addresses together: 429 beyond it",
+    ),
     Field("log", "format", "human", _parse_choice("human", "json"), "human or json", "supervisor log format"),
     Field(
         "log",

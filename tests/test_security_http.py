@@ -15,12 +15,14 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from conftest import HeadlessProcess, wait_until
+from fixtures.consoles.harness import ConsoleServer, served_consoles
 from test_fast_http import Routes, asgi_app, post, read_answer
 
 from supervisor_tui.config import ConfigError, load_settings
-from supervisor_tui.server.limits import AllowedHosts, ConnectionLimits, allowed_hosts
+from supervisor_tui.server.limits import AllowedHosts, ConnectionLimits, RateLimit, allowed_hosts
 from supervisor_tui.server.serve import HttpServer
 
 Headless = Callable[..., HeadlessProcess]
@@ -259,6 +261,8 @@ def test_limit_settings_come_from_env_and_bad_values_name_the_key(tmp_path: Path
         "SUPERVISOR_TUI_SERVER_IDLE_TIMEOUT": "500ms",
         "SUPERVISOR_TUI_SERVER_MAX_CONNECTIONS": "7",
         "SUPERVISOR_TUI_SERVER_ALLOWED_HOSTS": "sup.example, .corp.example",
+        "SUPERVISOR_TUI_CONSOLES_REGISTER_RATE": "5",
+        "SUPERVISOR_TUI_CONSOLES_REGISTER_RATE_GLOBAL": "50",
     }
     limits = ConnectionLimits.from_settings(load_settings(env=env, base_dir=tmp_path))
     assert (limits.max_header_bytes, limits.max_headers, limits.header_timeout, limits.idle_timeout) == (
@@ -278,7 +282,79 @@ def test_limit_settings_come_from_env_and_bad_values_name_the_key(tmp_path: Path
         ("SUPERVISOR_TUI_SERVER_HEADER_TIMEOUT", "0"),
         ("SUPERVISOR_TUI_SERVER_MAX_HEADERS", "lots"),
         ("SUPERVISOR_TUI_SERVER_ALLOWED_HOSTS", "bad host!"),
+        ("SUPERVISOR_TUI_CONSOLES_REGISTER_RATE", "-1"),
     ):
         with pytest.raises(ConfigError) as info:
             load_settings(env={key: value}, base_dir=tmp_path)
         assert key.removeprefix("SUPERVISOR_TUI_").lower().replace("_", ".", 1) in str(info.value)
+
+
+# -- console registration and heartbeats ---------------------------------------------------------------------------
+CID = "550e8400-e29b-41d4-a716-446655440000"
+
+
+@pytest.fixture(params=["fast", "asgi"])
+def path(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+async def console_count(client: httpx.AsyncClient, srv: ConsoleServer) -> int:
+    r = await client.get("/api/consoles", headers=srv.admin)
+    return int(r.json()["total"])
+
+
+async def test_registrations_over_the_rate_get_429_per_address_and_in_total(tmp_path: Path, path: str) -> None:
+    async with (
+        served_consoles(tmp_path, path=path, consoles__register_rate=3, consoles__register_rate_global=5) as srv,
+        httpx.AsyncClient(base_url=srv.url) as first,
+        httpx.AsyncClient(base_url=srv.url, transport=httpx.AsyncHTTPTransport(local_address="127.0.0.2")) as second,
+    ):
+        for i in range(3):
+            r = await first.post("/api/consoles/register", json={"id": f"a{i}", "name": f"A{i}"})
+            assert r.status_code == 201, r.text
+        r = await first.post("/api/consolas/registrar", json={"id": "a3", "nombre": "A3"})
+        assert r.status_code == 429
+        assert int(r.headers["retry-after"]) >= 1
+        err = r.json()["error"]
+        assert err["code"] == "rate_limited" and "consoles.register_rate" in err["message"]
+        # Another address has its own bucket, until the shared one (5 a minute) runs dry too.
+        for i in range(2):
+            r = await second.post("/api/consoles/register", json={"id": f"b{i}", "name": f"B{i}"})
+            assert r.status_code == 201, r.text
+        r = await second.post("/api/consoles/register", json={"id": "b2", "name": "B2"})
+        assert r.status_code == 429 and r.json()["error"]["code"] == "rate_limited"
+        assert await console_count(first, srv) == 5  # nothing stored for the refused ones
+
+
+def test_a_rate_limit_bucket_refills_at_its_rate() -> None:
+    now = [1000.0]
+    limit = RateLimit(per_client=2, total=0, clock=lambda: now[0])
+    assert limit.take("a") == 0 and limit.take("a") == 0
+    assert limit.take("a") == pytest.approx(30.0)  # one token every 30 s at 2 a minute
+    assert limit.take("b") == 0
+    now[0] += 30.0
+    assert limit.take("a") == 0 and limit.take("a") > 0
+
+
+async def test_registration_and_heartbeats_need_a_json_content_type(tmp_path: Path, path: str) -> None:
+    async with served_consoles(tmp_path, path=path) as srv, httpx.AsyncClient(base_url=srv.url) as client:
+        body = json.dumps({"id": CID, "nombre": "N"})
+        for content_type in ("text/plain", "application/x-www-form-urlencoded", None):
+            headers = {"Content-Type": content_type} if content_type else {}
+            r = await client.post("/api/consolas/registrar", content=body, headers=headers)
+            assert r.status_code == 415, (content_type, r.text)
+            assert r.json()["error"]["code"] == "unsupported_media_type"
+        assert await console_count(client, srv) == 0
+        r = await client.post(
+            "/api/consolas/registrar", content=body, headers={"Content-Type": "Application/JSON; charset=utf-8"}
+        )
+        assert r.status_code == 201, r.text
+        auth = {"Authorization": f"Bearer {r.json()['token']}"}
+        heartbeat = json.dumps({"estado": "ocupada"})
+        for url in (f"/api/consolas/{CID}/heartbeat", f"/api/consoles/{CID}/heartbeat"):
+            r = await client.post(url, content=heartbeat, headers={**auth, "Content-Type": "text/plain"})
+            assert r.status_code == 415 and r.json()["error"]["code"] == "unsupported_media_type", r.text
+            r = await client.post(url, content=heartbeat, headers=auth)  # none at all: the same answer
+            assert r.status_code == 415, r.text
+        r = await client.get(f"/api/consoles/{CID}", headers=srv.admin)
+        assert r.json()["heartbeats"] == 0 and r.json()["state"] == "idle"
