@@ -11,7 +11,8 @@ import asyncio
 import contextlib
 import json
 import resource
-from collections.abc import AsyncIterator, Callable
+import socket
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -326,6 +327,16 @@ async def test_registrations_over_the_rate_get_429_per_address_and_in_total(tmp_
         assert await console_count(first, srv) == 5  # nothing stored for the refused ones
 
 
+async def test_by_default_the_61st_registration_a_minute_from_one_address_gets_429(tmp_path: Path) -> None:
+    async with served_consoles(tmp_path) as srv, httpx.AsyncClient(base_url=srv.url) as client:
+        for i in range(60):
+            r = await client.post("/api/consoles/register", json={"id": f"c{i}", "name": f"C{i}"})
+            assert r.status_code == 201, r.text
+        r = await client.post("/api/consoles/register", json={"id": "c60", "name": "C60"})
+        assert r.status_code == 429 and r.json()["error"]["code"] == "rate_limited"
+        assert await console_count(client, srv) == 60
+
+
 def test_a_rate_limit_bucket_refills_at_its_rate() -> None:
     now = [1000.0]
     limit = RateLimit(per_client=2, total=0, clock=lambda: now[0])
@@ -358,3 +369,134 @@ async def test_registration_and_heartbeats_need_a_json_content_type(tmp_path: Pa
             assert r.status_code == 415, r.text
         r = await client.get(f"/api/consoles/{CID}", headers=srv.admin)
         assert r.json()["heartbeats"] == 0 and r.json()["state"] == "idle"
+
+
+# -- the real supervisor: settings reach the server, on every part of the HTTP surface -----------------------------
+async def started(headless: Headless) -> tuple[HeadlessProcess, int]:
+    proc = headless()
+    url = (await proc.wait_for(lambda r: r.get("event") == "api_listening"))["url"]
+    return proc, int(url.rsplit(":", 1)[1])
+
+
+async def test_headless_applies_the_header_limits_and_timeouts_from_settings(
+    headless: Headless, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SUPERVISOR_TUI_SERVER_HEADER_TIMEOUT", "0.5")
+    monkeypatch.setenv("SUPERVISOR_TUI_SERVER_IDLE_TIMEOUT", "0.3")
+    _, port = await started(headless)
+    # A slowloris head: 408, closed.
+    reader, writer = await connect(port)
+    writer.write(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: a")
+    status, _, err = error_of(await closed_by_server(reader))
+    assert status == 408 and err["code"] == "request_timeout"
+    writer.close()
+    # An idle keep-alive connection: closed well before uvicorn's own 5 s.
+    reader, writer = await connect(port)
+    writer.write(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    assert (await read_answer(reader))[0] == 200
+    assert await closed_by_server(reader, timeout=4.0) == b""
+    writer.close()
+    # 16 MiB of one header, and 100,000 headers: 431 long before the end.
+    for filler in (b"a" * 65536, b"X-A: b\r\n" * 8192):
+        reader, writer = await connect(port)
+        writer.write(b"POST /api/consolas/registrar HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: ")
+        with contextlib.suppress(ConnectionError):
+            for _ in range(256):
+                writer.write(filler)
+                await writer.drain()
+        status, _, err = error_of(await closed_by_server(reader))
+        assert status == 431 and err["code"] == "headers_too_large"
+        writer.close()
+
+
+async def test_headless_refuses_connections_over_the_cap_and_says_so_once(
+    headless: Headless, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SUPERVISOR_TUI_SERVER_MAX_CONNECTIONS", "5")
+    proc, port = await started(headless)
+    held = [await connect(port) for _ in range(5)]
+    for reader, writer in held:
+        writer.write(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        assert (await read_answer(reader))[0] == 200
+    for _ in range(3):
+        reader, writer = await connect(port)
+        status, _, err = error_of(await closed_by_server(reader))
+        assert status == 503 and err["code"] == "too_many_connections"
+        writer.close()
+    for _, writer in held:
+        writer.close()
+
+    async def health() -> bool:
+        async with httpx.AsyncClient() as client:
+            with contextlib.suppress(httpx.HTTPError):
+                return (await client.get(f"http://127.0.0.1:{port}/health")).status_code == 200
+        return False
+
+    await wait_until(health, timeout=10)
+    warnings = proc.find(lambda r: r.get("event") == "connection_limit")
+    assert len(warnings) == 1 and warnings[0]["level"] == "warning"
+    assert "server.max_connections" in warnings[0]["message"]
+
+
+async def test_headless_bound_to_loopback_answers_only_loopback_hosts_everywhere(headless: Headless) -> None:
+    _, port = await started(headless)
+    requests = [
+        b"GET /health HTTP/1.1\r\nHost: %s\r\n\r\n",  # admin API
+        b"GET /api/plugins/nope/x HTTP/1.1\r\nHost: %s\r\n\r\n",  # gateway
+        b"POST /api/consolas/registrar HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
+        b'Content-Length: 27\r\n\r\n{"id": "c1", "nombre": "C"}',  # console registration
+        b"GET /ws/events HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",  # events websocket
+    ]
+    for request in requests:
+        reader, writer = await connect(port)
+        writer.write(request % b"rebound.example:4000")
+        status, _, err = error_of(await closed_by_server(reader))
+        assert status == 400 and err["code"] == "host_not_allowed", request
+        writer.close()
+    async with httpx.AsyncClient(base_url=f"http://localhost:{port}") as client:
+        assert (await client.get("/health")).status_code == 200
+        r = await client.post("/api/consolas/registrar", json={"id": "c1", "nombre": "C"})
+        assert r.status_code == 201, r.text
+
+
+@contextlib.contextmanager
+def open_files_limit(soft: int) -> Iterator[None]:
+    """Children started inside inherit ``soft`` as their RLIMIT_NOFILE (this process gets its own back after)."""
+    old_soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (old_soft, hard))
+
+
+async def test_idle_sockets_under_a_low_open_files_limit_leave_the_supervisor_working(
+    headless: Headless, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SUPERVISOR_TUI_SERVER_HEADER_TIMEOUT", "1")
+    with open_files_limit(256):
+        proc = headless()
+    url = (await proc.wait_for(lambda r: r.get("event") == "api_listening"))["url"]
+    async with httpx.AsyncClient(base_url=url, timeout=5) as client:
+        assert (await client.get("/health")).status_code == 200
+    idle = [socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1]))) for _ in range(300)]
+    try:
+        # While all 300 are still open on this side: the cap (128 under 256) refused the surplus at once, the
+        # header timeout closed the rest, and the server has descriptors for new clients again.
+        async def registered() -> bool:
+            async with httpx.AsyncClient(base_url=url, timeout=2) as fresh:
+                with contextlib.suppress(httpx.HTTPError):
+                    r = await fresh.post("/api/consolas/registrar", json={"id": "c1", "nombre": "C"})
+                    return r.status_code == 201
+            return False
+
+        await wait_until(registered, timeout=20)
+        for i in range(5):  # not one lucky accept: every new client is served now
+            async with httpx.AsyncClient(base_url=url, timeout=2) as fresh:
+                r = await fresh.post("/api/consolas/registrar", json={"id": f"d{i}", "nombre": "D"})
+                assert r.status_code == 201, r.text
+    finally:
+        for s in idle:
+            s.close()
+    assert len(proc.find(lambda r: r.get("event") == "connection_limit")) == 1
