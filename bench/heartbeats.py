@@ -68,9 +68,12 @@ async def _serve_consoles(data_dir: str, port_file: str) -> None:
     from supervisor_tui.core.logs import LogHub
     from supervisor_tui.core.store import Store
     from supervisor_tui.server.consoles_api import ConsolesAPI
+    from supervisor_tui.server.limits import ConnectionLimits
     from supervisor_tui.server.serve import HttpServer
 
-    settings = load_settings(env={}, overrides={"data.dir": data_dir}, base_dir=Path(data_dir))
+    # The bench registers its HTTP consoles from one address as fast as it can: no registration rate limit.
+    overrides = {"data.dir": data_dir, "consoles.register_rate": 0, "consoles.register_rate_global": 0}
+    settings = load_settings(env={}, overrides=overrides, base_dir=Path(data_dir))
     bus = EventBus()
     store = Store(settings.db_path)
     await store.open()
@@ -79,7 +82,9 @@ async def _serve_consoles(data_dir: str, port_file: str) -> None:
     server = HttpServer()
     api = ConsolesAPI(service, settings, ADMIN)
     # As the runtime serves it: heartbeats without ASGI where fast_http can (--asgi-only: through ASGI).
-    _, port = await server.start(api, "127.0.0.1", 0, fast=None if os.environ.get("BENCH_ASGI_ONLY") else api)
+    # With the runtime's connection limits too (header caps and timeouts, connection cap, loopback Host check).
+    fast = None if os.environ.get("BENCH_ASGI_ONLY") else api
+    _, port = await server.start(api, "127.0.0.1", 0, fast=fast, limits=ConnectionLimits.from_settings(settings))
     _announce(port_file, port)
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)

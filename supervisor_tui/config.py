@@ -144,6 +144,31 @@ def _parse_networks(value: object) -> tuple[str, ...]:
     return tuple(out)
 
 
+def _parse_host_patterns(value: object) -> tuple[str, ...]:
+    """Host names, ".example.com" (the domain and its subdomains), IPs or networks, or "*" for any Host."""
+    items = value.split(",") if isinstance(value, str) else value
+    if isinstance(items, list | tuple) and any(str(item).strip() == "*" for item in items):
+        return ("*",)
+    return _parse_networks(value)
+
+
+def _size_between(lo: int, hi: int) -> Callable[[object], int]:
+    def parse(value: object) -> int:
+        n = parse_size(value)
+        if not lo <= n <= hi:
+            raise ValueError("out of range")
+        return n
+
+    return parse
+
+
+def _positive_duration(value: object) -> float:
+    seconds = parse_duration(value)
+    if seconds <= 0:
+        raise ValueError("not positive")
+    return seconds
+
+
 def _parse_host(value: object) -> str:
     s = _parse_str(value).strip()
     if not s or not re.fullmatch(r"[A-Za-z0-9.:\-\[\]]+", s):
@@ -179,6 +204,54 @@ FIELDS: tuple[Field, ...] = (
     Field("server", "host", "127.0.0.1", _parse_host, "a host name or IP address", "address the API binds to"),
     Field("server", "port", 4000, _PORT0, "an integer 0-65535 (0 = any free port)", "API port"),
     Field("server", "max_body", 1024**2, parse_size, "a size like 1MiB", "largest admin API request body"),
+    Field(
+        "server",
+        "max_header_bytes",
+        64 * 1024,
+        _size_between(1024, 16 * 1024**2),
+        "a size 1KiB-16MiB like 64KiB",
+        "largest request head (request line and headers): 431 beyond it",
+    ),
+    Field(
+        "server",
+        "max_headers",
+        100,
+        _parse_int(8, 10_000),
+        "an integer 8-10000",
+        "most header lines in one request: 431 beyond it",
+    ),
+    Field(
+        "server",
+        "header_timeout",
+        15.0,
+        _positive_duration,
+        "a duration over 0 like 15s",
+        "time a request head may take to arrive: 408 and close after it",
+    ),
+    Field(
+        "server",
+        "idle_timeout",
+        5.0,
+        _positive_duration,
+        "a duration over 0 like 5s",
+        "idle time after which a keep-alive connection is closed",
+    ),
+    Field(
+        "server",
+        "max_connections",
+        0,
+        _parse_int(0, 1_000_000),
+        "an integer 0-1000000 (0 = half the open-files limit)",
+        "open client connections; beyond it new ones get 503 and are closed",
+    ),
+    Field(
+        "server",
+        "allowed_hosts",
+        (),
+        _parse_host_patterns,
+        "a list of host names, .domains, IPs or networks, or *",
+        "Host values answered besides loopback names (none listed: loopback only when bound to loopback)",
+    ),
     Field("plugins", "dir", "./plugins", _parse_str, "a directory path", "where plugin folders live"),
     Field("plugins", "port_range_start", 4001, _PORT, "an integer 1-65535", "first port handed to plugins"),
     Field("plugins", "port_range_end", 4999, _PORT, "an integer 1-65535", "last port handed to plugins"),
@@ -271,6 +344,22 @@ FIELDS: tuple[Field, ...] = (
         parse_duration,
         "a duration like 93d",
         "how long state transitions are kept",
+    ),
+    Field(
+        "consoles",
+        "register_rate",
+        60,
+        _parse_int(0, 1_000_000),
+        "an integer >= 0 (0 = no limit)",
+        "console registrations a minute from one address: 429 beyond it",
+    ),
+    Field(
+        "consoles",
+        "register_rate_global",
+        600,
+        _parse_int(0, 1_000_000),
+        "an integer >= 0 (0 = no limit)",
+        "console registrations a minute from all addresses together: 429 beyond it",
     ),
     Field("log", "format", "human", _parse_choice("human", "json"), "human or json", "supervisor log format"),
     Field(

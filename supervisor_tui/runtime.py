@@ -155,6 +155,7 @@ class Runtime:
         from supervisor_tui.server.consoles_api import OPENAPI_PATHS, ConsolesAPI
         from supervisor_tui.server.extensions_api import ActionOriginMiddleware, install_extensions_api
         from supervisor_tui.server.gateway import Gateway, RouteTable
+        from supervisor_tui.server.limits import ConnectionLimits
         from supervisor_tui.server.metrics import MetricsEndpoint
         from supervisor_tui.server.routes_sync import RouteSync
 
@@ -187,7 +188,8 @@ class Runtime:
         consoles_api = ConsolesAPI(self.consoles, settings, self.tokens.admin)
         root = RootApp(admin, gateway, consoles_api, max_body=int(settings.get("server.max_body")))
         # Heartbeats skip ASGI (the same checks and answers, less loop time per request: see server.fast_http).
-        _, port = await self.server.start(root, sock=sock, fast=consoles_api)
+        limits = ConnectionLimits.from_settings(settings, lambda line: sup.logs.warning(line, event="connection_limit"))
+        _, port = await self.server.start(root, sock=sock, fast=consoles_api, limits=limits)
         self.url = ctx.api_url = local_url(settings.host, port)
         sup.settings_api_url = self.url  # plugins get it as SUPERVISOR_URL
         sup.logs.info(f"API listening on {self.url}", event="api_listening", url=self.url)

@@ -158,7 +158,7 @@ async def test_every_bad_heartbeat_is_refused_with_a_reason_and_changes_nothing(
     auth = bearer(token)
 
     async def refused(status: int, code: str, **kw: Any) -> dict[str, Any]:
-        r = await client.post(url, headers={**auth, **kw.pop("headers", {})}, **kw)
+        r = await client.post(url, headers={**auth, "Content-Type": "application/json", **kw.pop("headers", {})}, **kw)
         assert r.status_code == status, r.text
         err = r.json()["error"]
         assert err["code"] == code and err["message"]
@@ -491,7 +491,11 @@ async def test_heartbeats_take_the_path_under_test_and_odd_requests_take_asgi(
     async def chunks() -> AsyncIterator[bytes]:
         yield json.dumps(SEED_HEARTBEAT).encode()
 
-    r = await client.post(f"/api/consolas/{CID}/heartbeat", content=chunks(), headers=bearer(token))
+    r = await client.post(
+        f"/api/consolas/{CID}/heartbeat",
+        content=chunks(),
+        headers={**bearer(token), "Content-Type": "application/json"},
+    )
     assert r.status_code == 200, r.text
     r = await client.post(f"/api/consolas/{CID}/heartbeat?x=1", json=SEED_HEARTBEAT, headers=bearer(token))
     assert r.status_code == 200, r.text

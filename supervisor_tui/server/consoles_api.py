@@ -53,6 +53,7 @@ from supervisor_tui.consoles.service import ConsoleService, HeartbeatAck
 from supervisor_tui.server.auth import bearer_from_header, token_matches
 from supervisor_tui.server.errors import ERROR_SCHEMA, error_body, send_json
 from supervisor_tui.server.fast_http import Answer
+from supervisor_tui.server.limits import RateLimit, retry_after
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -102,6 +103,10 @@ class ConsolesAPI:
         self.settings = settings
         self.admin_token = admin_token
         self.max_body = max_body
+        # Registration writes before any credential (a new console needs none unless an enrollment token is set).
+        self.registrations = RateLimit(
+            int(settings.get("consoles.register_rate")), int(settings.get("consoles.register_rate_global"))
+        )
 
     @staticmethod
     def handles(path: str) -> bool:
@@ -202,7 +207,8 @@ class ConsolesAPI:
 
     async def _body(self, scope: Scope, receive: Receive) -> tuple[bytes, str | None, str | None]:
         """The request body (decompressed), the bearer token and the enrollment token header."""
-        token, enrollment, encoding, declared = _request_headers(scope["headers"])
+        token, enrollment, encoding, declared, is_json = _request_headers(scope["headers"])
+        _require_json(is_json)
         limit = self.max_body
         if declared > limit:
             raise _HttpError(413, "too_large", f"the body is over {limit // 1024} KiB")
@@ -281,7 +287,8 @@ class ConsolesAPI:
         cid, spanish = route
         service = self.service
         try:
-            token, _, encoding, _ = _request_headers(headers)
+            token, _, encoding, _, is_json = _request_headers(headers)
+            _require_json(is_json)
             hb = self._check_heartbeat(cid, token, self._decompress(body, encoding), spanish)
             fut = service.submit_heartbeat(cid, hb)
         except (_HttpError, ConsoleError) as exc:
@@ -304,6 +311,18 @@ class ConsolesAPI:
         answer(err.status, error_body(err.code, err.message, **err.extra), err.headers)
 
     async def _register(self, scope: Scope, receive: Receive, send: Send, spanish: bool) -> None:
+        client = scope.get("client")
+        limit = self.registrations
+        wait = limit.take(client[0] if client else "")
+        if wait:
+            raise _HttpError(
+                429,
+                "rate_limited",
+                f"too many console registrations: at most {limit.per_client} a minute from one address and "
+                f"{limit.total} from all (consoles.register_rate, consoles.register_rate_global; 0 = no limit); "
+                f"retry in {retry_after(wait).decode()} s",
+                ((b"retry-after", retry_after(wait)),),
+            )
         body, token, enrollment = await self._body(scope, receive)
         reg = _decode(decode_registration, body, spanish)
         if reg.id in _RESERVED_IDS:
@@ -364,13 +383,19 @@ def _heartbeat_answer(ack: HeartbeatAck) -> bytes:
     return _encode({"ok": True, "console_id": ack.console_id, "state": ack.state, "received_at": iso(ack.received_at)})
 
 
-def _request_headers(headers: Iterable[tuple[bytes, bytes]]) -> tuple[str | None, str | None, str | None, int]:
-    """(bearer token, enrollment token, content encoding, declared length or -1) from a request's headers."""
+def _request_headers(
+    headers: Iterable[tuple[bytes, bytes]],
+) -> tuple[str | None, str | None, str | None, int, bool]:
+    """(bearer token, enrollment token, content encoding, declared length or -1, JSON content type?) from a
+    request's headers."""
     token = enrollment = encoding = None
     declared = -1
+    is_json = False
     for name, value in headers:
         if name == b"authorization":
             token = bearer_from_header(value)
+        elif name == b"content-type":
+            is_json = value.partition(b";")[0].strip().lower() == b"application/json"
         elif name == b"content-length":
             try:
                 declared = int(value)
@@ -380,7 +405,14 @@ def _request_headers(headers: Iterable[tuple[bytes, bytes]]) -> tuple[str | None
             encoding = value.decode("latin-1").strip().lower()
         elif name == b"x-enrollment-token":
             enrollment = value.decode("latin-1").strip() or None
-    return token, enrollment, encoding, declared
+    return token, enrollment, encoding, declared, is_json
+
+
+def _require_json(is_json: bool) -> None:
+    # A browser sends text/plain or a form cross-site without asking first; application/json needs a CORS
+    # preflight this server never grants, so a web page cannot post registrations or heartbeats.
+    if not is_json:
+        raise _HttpError(415, "unsupported_media_type", "the body must be JSON: send Content-Type: application/json")
 
 
 def _decode(decoder: Callable[[bytes, bool], Any], body: bytes, spanish: bool) -> Any:
@@ -512,7 +544,8 @@ def _errors(*statuses: int) -> dict[str, Any]:
         404: "no such console (heartbeat: register first)",
         405: "method not allowed",
         413: "body over 64 KiB (after decompression too)",
-        415: "unsupported Content-Encoding",
+        415: "Content-Type is not application/json, or unsupported Content-Encoding",
+        429: "too many registrations (consoles.register_rate, consoles.register_rate_global); retry after Retry-After",
         422: "a field has a wrong type or value; the message names it and what is allowed",
         503: "not committed (database error or shutting down); retry after Retry-After",
     }
@@ -528,6 +561,7 @@ _NAME = {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "[^ \\t\
 _ES_STATE = {"type": "string", "enum": list(SPANISH_REPORTED_STATES)}
 _EN_STATE = {"type": "string", "enum": list(REPORTED_STATES)}
 _INGEST_ERRORS = (400, 401, 403, 404, 413, 415, 422, 503)
+_REGISTER_ERRORS = (*_INGEST_ERRORS, 429)
 _ADMIN = "Needs the admin token (Authorization: Bearer)."
 
 OPENAPI_PATHS: dict[str, Any] = {
@@ -551,7 +585,7 @@ OPENAPI_PATHS: dict[str, Any] = {
             "responses": {
                 "201": {"description": "registered", **_json(_REGISTERED)},
                 "200": {"description": "re-registered", **_json(_REGISTERED)},
-                **_errors(*_INGEST_ERRORS),
+                **_errors(*_REGISTER_ERRORS),
             },
         }
     },
@@ -595,7 +629,7 @@ OPENAPI_PATHS: dict[str, Any] = {
             "responses": {
                 "201": {"description": "registered", **_json(_REGISTERED)},
                 "200": {"description": "re-registered", **_json(_REGISTERED)},
-                **_errors(*_INGEST_ERRORS),
+                **_errors(*_REGISTER_ERRORS),
             },
         }
     },

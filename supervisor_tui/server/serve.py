@@ -3,7 +3,9 @@
 ``HttpServer``: ``bound = await server.start(app, host, port)`` binds the socket first (a bind failure raises
 ``BindError``, which the caller turns into one line and exit 2, instead of uvicorn's ``sys.exit(1)``), then
 serves in a background task with uvicorn's signal capture off, no logging configuration, no access log, and
-httptools' parser where installed; ``start(..., fast=routes)`` answers those routes without ASGI (fast_http).
+httptools' parser where installed, through fast_http's protocol, which enforces ``start(..., limits=...)`` (header
+size and count, header and idle timeouts, connection cap, Host check: server.limits) on every connection;
+``start(..., fast=routes)`` also answers those routes without ASGI.
 The event loop is the caller's: ``new_event_loop()`` gives a uvloop loop when uvloop is installed, for
 ``asyncio.Runner(loop_factory=new_event_loop)``. ``await server.stop()`` shuts down gracefully within
 ``shutdown_timeout`` seconds, then cancels what is left.
@@ -21,6 +23,7 @@ from typing import Any
 import uvicorn
 
 from supervisor_tui.server.fast_http import FastRoutes, fast_protocol
+from supervisor_tui.server.limits import ConnectionLimits
 
 
 class BindError(OSError):
@@ -102,9 +105,12 @@ class HttpServer:
         port: int = 4000,
         sock: socket.socket | None = None,
         fast: FastRoutes | None = None,
+        limits: ConnectionLimits | None = None,
     ) -> tuple[str, int]:
         """Bind (or take ``sock``, already bound and listening), start serving ``app`` and return the bound
-        (host, port) once the server accepts connections. ``fast``: routes served without ASGI (fast_http)."""
+        (host, port) once the server accepts connections. ``fast``: routes served without ASGI (fast_http);
+        ``limits``: what every connection may cost (default ``ConnectionLimits()``), enforced by fast_http's
+        protocol on every request, fast or ASGI."""
         if self._task is not None:
             raise RuntimeError("server already started")
         if sock is None:
@@ -125,9 +131,19 @@ class HttpServer:
             "date_header": True,
             "timeout_graceful_shutdown": self.shutdown_timeout,
         }
+        limits = limits or ConnectionLimits()
+        options["timeout_keep_alive"] = limits.idle_timeout
+        # h11 (no httptools) has no header count or head timeout; it bounds the head's size at least.
+        options["h11_max_incomplete_event_size"] = limits.max_header_bytes
         options.update(self._options)
-        if fast is not None and options["http"] == "httptools":
-            options["http"] = fast_protocol(fast) or "httptools"
+        if options["http"] == "httptools":
+            protocol = fast_protocol(fast, limits)
+            if protocol is None:
+                limits.warn(
+                    f"uvicorn {uvicorn.__version__} is not a version server.fast_http was tested with: header "
+                    "limits, header timeout, connection cap and Host check are off"
+                )
+            options["http"] = protocol or "httptools"
         config = uvicorn.Config(app, **options)
         server = _EmbeddedServer(config)
         self._server, self._socket = server, sock
