@@ -23,7 +23,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import IO, Any, TextIO
 
 from supervisor_tui.core.events import EventBus, LogLine
 
@@ -93,64 +93,50 @@ class _RotatingFile:
         self._stream.close()
 
 
-class EchoWriter:
-    """Writes lines to a stream from a daemon thread; ``write`` never blocks, whatever the reader does.
+class QueuedWriter:
+    """Writes queued bytes to a stream from a daemon thread: whoever queues never waits for the reader.
 
-    At most ``max_lines`` lines and ``max_bytes`` bytes wait. Past that, lines are dropped and counted until the
-    queue has drained to half of both bounds; then ``notice(count)`` is written where the lines are missing.
+    Subclasses decide what gets queued (``_put``, with the lock held) and what follows each write (``_written``).
+    ``close(timeout)`` waits at most ``timeout`` seconds; a thread still blocked on a stalled reader is left behind
+    (it is a daemon).
     """
 
-    def __init__(
-        self,
-        stream: TextIO,
-        notice: Callable[[int], str],
-        max_lines: int = ECHO_MAX_LINES,
-        max_bytes: int = ECHO_MAX_BYTES,
-    ) -> None:
+    def __init__(self, stream: IO[str], name: str) -> None:
         self._stream = stream
-        self._notice = notice
-        self._max_lines, self._max_bytes = max_lines, max_bytes
-        self._encoding = getattr(stream, "encoding", None) or "utf-8"
         self._fd = _fileno(stream)
+        self._encoding = getattr(stream, "encoding", None) or "utf-8"
+        self._name = name
         self._queue: deque[bytes] = deque()
         self._queued_bytes = 0
-        self._writing = False  # the thread holds a line it has taken off the queue
-        self._dropped = 0
+        self._writing = False  # the thread holds bytes it has taken off the queue
         self._closed = False
-        self._broken = False  # the stream failed (closed, EPIPE): everything after is discarded
+        self._broken = False  # a write failed (stream closed, EPIPE, EIO): everything after is discarded
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
 
-    def write(self, line: str) -> None:
-        """Queue one line (without its newline), or count it as dropped when the queue is full."""
-        data = (line + "\n").encode(self._encoding, errors="replace")
-        with self._cond:
-            if self._closed or self._broken:
-                return
-            full = len(self._queue) >= self._max_lines or self._queued_bytes + len(data) > self._max_bytes
-            if self._dropped or (full and self._queue):
-                self._dropped += 1
-                return
-            self._queue.append(data)
-            self._queued_bytes += len(data)
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="log-echo", daemon=True)
-                self._thread.start()
-            self._cond.notify()
+    def _put(self, data: bytes) -> None:
+        self._queue.append(data)
+        self._queued_bytes += len(data)
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+            self._thread.start()
+        self._cond.notify()
 
-    def close(self, timeout: float = ECHO_FLUSH_TIMEOUT) -> bool:
-        """Stop taking lines and wait up to ``timeout`` seconds for the queued ones; False if they were not all
-        written (the reader is stalled: the thread is left blocked, it is a daemon)."""
+    def _written(self, ok: bool) -> None:
+        """After each write, with the lock held; ``ok`` is False once the stream is gone."""
+
+    def close(self, timeout: float) -> bool:
+        """Stop taking more and wait up to ``timeout`` seconds for what is queued; False if it was not all written."""
         deadline = time.monotonic() + timeout
         with self._cond:
             self._closed = True
             self._cond.notify_all()
-            while self._queue or self._writing or (self._dropped and not self._broken):
+            while (self._queue or self._writing) and not self._broken:
                 remaining = deadline - time.monotonic()
-                if remaining <= 0 or self._broken:
+                if remaining <= 0:
                     return False
                 self._cond.wait(remaining)
-        return True
+        return not self._broken
 
     def _run(self) -> None:
         while True:
@@ -169,20 +155,13 @@ class EchoWriter:
                     self._broken = True
                     self._queue.clear()
                     self._queued_bytes = 0
-                elif self._dropped and self._drained():
-                    notice = (self._notice(self._dropped) + "\n").encode(self._encoding, errors="replace")
-                    self._dropped = 0
-                    self._queue.append(notice)
-                    self._queued_bytes += len(notice)
+                self._written(ok)
                 self._cond.notify_all()
-                if self._broken:
+                if not ok:
                     return
 
-    def _drained(self) -> bool:
-        return len(self._queue) <= self._max_lines // 2 and self._queued_bytes <= self._max_bytes // 2
-
     def _send(self, data: bytes) -> bool:
-        """Blocking write of one line (only this thread waits on the reader); False once the stream is gone."""
+        """Blocking write (only this thread waits on the reader); False once the stream is gone."""
         try:
             if self._fd is None:
                 self._stream.write(data.decode(self._encoding))
@@ -199,7 +178,48 @@ class EchoWriter:
             return False
 
 
-def _fileno(stream: TextIO) -> int | None:
+class EchoWriter(QueuedWriter):
+    """Echoed log lines, never blocking the caller: at most ``max_lines`` lines and ``max_bytes`` bytes wait.
+
+    Past that, lines are dropped and counted until the queue has drained to half of both bounds; then
+    ``notice(count)`` is written where the lines are missing.
+    """
+
+    def __init__(
+        self,
+        stream: IO[str],
+        notice: Callable[[int], str],
+        max_lines: int = ECHO_MAX_LINES,
+        max_bytes: int = ECHO_MAX_BYTES,
+    ) -> None:
+        super().__init__(stream, "log-echo")
+        self._notice = notice
+        self._max_lines, self._max_bytes = max_lines, max_bytes
+        self._dropped = 0
+
+    def write(self, line: str) -> None:
+        """Queue one line (without its newline), or count it as dropped when the queue is full."""
+        data = (line + "\n").encode(self._encoding, errors="replace")
+        with self._cond:
+            if self._closed or self._broken:
+                return
+            full = len(self._queue) >= self._max_lines or self._queued_bytes + len(data) > self._max_bytes
+            if self._dropped or (full and self._queue):
+                self._dropped += 1
+                return
+            self._put(data)
+
+    def close(self, timeout: float = ECHO_FLUSH_TIMEOUT) -> bool:
+        return super().close(timeout)
+
+    def _written(self, ok: bool) -> None:
+        drained = len(self._queue) <= self._max_lines // 2 and self._queued_bytes <= self._max_bytes // 2
+        if ok and self._dropped and drained:
+            self._put((self._notice(self._dropped) + "\n").encode(self._encoding, errors="replace"))
+            self._dropped = 0
+
+
+def _fileno(stream: IO[str]) -> int | None:
     """The stream's descriptor, written to directly: a thread blocked inside a buffered stream holds its lock,
     and the interpreter aborts at exit when it cannot flush a stream locked by a daemon thread."""
     try:
