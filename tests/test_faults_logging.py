@@ -3,14 +3,22 @@
 Headless: stdout is a pipe the test stops reading (a stalled journald, ``| less``, a blocked docker log driver)
 while a plugin prints as fast as it can. The API answers, heartbeats are acknowledged, SIGTERM exits 0, and when
 the pipe is read again one line says how many lines were dropped; the log file has every line.
+
+TUI: the terminal writer on a real pty whose other side the test stops reading: writes never block, whole
+frames are dropped (never part of one), mode switches are kept, and once the terminal has read what was queued
+the writer asks for one full repaint. The TUI in a frozen tmux is in test_tui_terminal.py.
 """
 
 from __future__ import annotations
 
 import array
 import fcntl
+import os
+import re
+import select
 import signal
 import termios
+import tty
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,6 +27,7 @@ import pytest
 from conftest import HeadlessProcess, wait_until
 
 from supervisor_tui.config import Settings
+from supervisor_tui.tui.driver import MAX_QUEUED_BYTES, TerminalWriter
 
 pytestmark = pytest.mark.usefixtures("no_plugin_leftovers")
 
@@ -96,3 +105,59 @@ async def test_sigterm_exits_0_promptly_while_stdout_is_full(
     finally:
         proc.resume_reading()
     assert await proc.wait() == 0
+
+
+SYNC_END = "\x1b[?2026l"  # a mode switch: short, kept even while frames are dropped
+
+
+def read_until(fd: int, marker: bytes) -> bytes:
+    """Everything readable from ``fd`` up to and including ``marker`` (failing after 30 s without data)."""
+    out = bytearray()
+    while marker not in out:
+        ready, _, _ = select.select([fd], [], [], 30)
+        assert ready, f"nothing more to read; got {len(out)} bytes"
+        out += os.read(fd, 1 << 16)
+    return bytes(out)
+
+
+def test_the_terminal_writer_drops_whole_frames_while_the_terminal_is_not_read_then_asks_for_a_repaint() -> None:
+    master, slave = os.openpty()
+    tty.setraw(slave)  # bytes pass unchanged
+    repaints: list[int] = []
+    with os.fdopen(slave, "w", encoding="utf-8") as terminal:
+
+        def repaint() -> None:  # what the driver does: the app draws the whole screen again
+            repaints.append(1)
+            writer.write("<repaint>")
+
+        writer = TerminalWriter(terminal, on_error=pytest.fail, on_drained=repaint)
+        frame_chars = 20_000
+        frames = 4 * MAX_QUEUED_BYTES // frame_chars  # four times what may wait
+        for i in range(frames):  # nobody reads the pty: these calls return anyway
+            writer.write(f"<frame {i:04d} " + "f" * frame_chars + f" end {i:04d}>")
+            writer.write(SYNC_END)
+        assert not repaints
+        out = read_until(master, b"<repaint>")  # the terminal reads again
+        writer.stop()
+    os.close(master)
+    assert repaints == [1]
+    text = out.decode()
+    whole = re.findall(r"<frame (\d{4}) (f*) end (\d{4})>", text)
+    assert len(whole) == text.count("<frame "), "a frame was cut"
+    assert all(a == b and len(body) == frame_chars for a, body, b in whole)
+    shown = [int(a) for a, _, _ in whole]
+    assert shown == list(range(len(shown))) and 0 < len(shown) < frames  # the oldest kept, then none
+    assert text.count(SYNC_END) == frames  # every mode switch got through
+    assert text.endswith("<repaint>")
+
+
+async def test_the_terminal_writer_stops_when_the_terminal_never_reads_again_and_reports_it_gone() -> None:
+    master, slave = os.openpty()
+    errors: list[str] = []
+    with os.fdopen(slave, "w", encoding="utf-8") as terminal:
+        writer = TerminalWriter(terminal, on_error=errors.append, on_drained=lambda: None)
+        for _ in range(100):
+            writer.write("x" * 10_000)
+        writer.stop()  # returns after at most STOP_TIMEOUT: leaving the app never hangs on the terminal
+        os.close(master)  # the terminal goes away: the blocked write fails
+        await wait_until(lambda: errors == ["terminal write failed"])
