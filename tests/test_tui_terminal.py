@@ -296,24 +296,30 @@ def lines_in(path: Path) -> int:
         return sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
 
 
-@pytest.mark.skipif(WRITE_SYSCALL is None, reason="write(2)'s number on this machine is not known here")
-def test_a_terminal_that_stops_reading_does_not_stop_the_supervisor(
-    terminal: Callable[..., Terminal], tmp_path: Path
-) -> None:
-    t = terminal(plugin=CHATTY, size=(200, 50))  # a big terminal: every frame of the scrolling logs is large
+def chatty_tui(terminal: Callable[..., Terminal], tmp_path: Path) -> tuple[Terminal, httpx.Client, Path]:
+    """The TUI in a big terminal (every frame is large) showing the logs of a plugin that prints fast; a client
+    of its API; and the plugin's log file."""
+    t = terminal(plugin=CHATTY, size=(200, 50))
     t.wait_screen(lambda s: "sleepy" in s and "RUNNING" in s)
     t.keys("3")
     t.wait_screen(lambda s: "CHATTY" in s)
     data = tmp_path / "data"
     url = re.findall(r"API listening on (\S+)", (data / "logs" / "supervisor.log").read_text())[-1]
     admin = {"Authorization": f"Bearer {(data / 'admin.token').read_text().strip()}"}
-    with httpx.Client(base_url=url, headers=admin, timeout=10) as api:
+    return t, httpx.Client(base_url=url, headers=admin, timeout=10), data / "logs" / "sleepy.log"
+
+
+@pytest.mark.skipif(WRITE_SYSCALL is None, reason="write(2)'s number on this machine is not known here")
+def test_a_terminal_that_stops_reading_does_not_stop_the_supervisor(
+    terminal: Callable[..., Terminal], tmp_path: Path
+) -> None:
+    t, api, plugin_log = chatty_tui(terminal, tmp_path)
+    with api:
         t.freeze()
         try:
             wait_for(lambda: blocked_writing_to_terminal(t.pid))
             # The supervisor keeps reading the plugin's output and the TUI keeps drawing it; nobody reads the
             # frames. The API (same process, same event loop) answers all along.
-            plugin_log = data / "logs" / "sleepy.log"
             target = lines_in(plugin_log) + 20_000
             while lines_in(plugin_log) < target:
                 assert api.get("/api/v1/status").status_code == 200
@@ -331,3 +337,22 @@ def test_a_terminal_that_stops_reading_does_not_stop_the_supervisor(
     t.wait_screen(lambda s: "Quit supervisor-tui?" in s)
     t.keys("y")
     wait_for(lambda: gone(t.pid), 20)
+
+
+@pytest.mark.skipif(WRITE_SYSCALL is None, reason="write(2)'s number on this machine is not known here")
+def test_sigterm_ends_the_tui_while_its_terminal_is_not_reading(
+    terminal: Callable[..., Terminal], tmp_path: Path
+) -> None:
+    t, api, plugin_log = chatty_tui(terminal, tmp_path)
+    folder = t.plugin_folder  # type: ignore[attr-defined]
+    api.close()
+    t.freeze()
+    try:
+        wait_for(lambda: blocked_writing_to_terminal(t.pid))
+        target = lines_in(plugin_log) + 20_000  # many more frames than may wait for the terminal
+        wait_for(lambda: lines_in(plugin_log) >= target)
+        os.kill(t.pid, signal.SIGTERM)
+        wait_for(lambda: gone(t.pid), 20)
+    finally:
+        t.thaw()
+    assert not plugin_pids(folder)
