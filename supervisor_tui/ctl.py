@@ -4,6 +4,8 @@
 
 Several keys are handled in parallel. The exit code is non-zero when any action failed, with one line per
 failure on stderr. The token comes from --token, $SUPERVISOR_TUI_AUTH_ADMIN_TOKEN, or <data dir>/admin.token.
+What the supervisor sends (plugin output, names, error messages) is printed with its control and bidi
+characters as visible escapes (core.printable), so the terminal shows them instead of obeying them.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import httpx
 
 from supervisor_tui import __version__
 from supervisor_tui.config import ConfigError, load_settings, local_url
+from supervisor_tui.core.printable import printable
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -57,7 +60,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         url, token = _target(args)
     except (CtlError, ConfigError) as exc:
-        sys.stderr.write(f"supervisor-tui ctl: {exc}\n")
+        _complain(str(exc))
         return EXIT_USAGE
     try:
         return asyncio.run(_run(args, url, token))
@@ -111,12 +114,22 @@ async def _run(args: argparse.Namespace, url: str, token: str) -> int:
             if args.action == "install":
                 return await _install(client, Path(args.manifest), args.start)
         except CtlError as exc:
-            sys.stderr.write(f"supervisor-tui ctl: {exc}\n")
+            _complain(str(exc))
             return EXIT_FAILED
         except httpx.TransportError as exc:
-            sys.stderr.write(f"supervisor-tui ctl: cannot reach {url}: {_transport_reason(exc)}\n")
+            _complain(f"cannot reach {url}: {_transport_reason(exc)}")
             return EXIT_FAILED
     return EXIT_USAGE
+
+
+def _say(line: str) -> None:
+    """One line on stdout, shown as it is by the terminal."""
+    print(printable(line), flush=True)
+
+
+def _complain(message: str) -> None:
+    """One failure on stderr, shown as it is by the terminal."""
+    sys.stderr.write(f"supervisor-tui ctl: {printable(message)}\n")
 
 
 def _transport_reason(exc: httpx.TransportError) -> str:
@@ -141,24 +154,23 @@ def _check(resp: httpx.Response, what: str) -> dict[str, Any]:
 
 async def _status(client: httpx.AsyncClient) -> int:
     body = _check(await client.get("/api/v1/plugins"), "status")
-    rows = [("KEY", "STATE", "PID", "PORT", "UPTIME", "RESTARTS", "HEALTH", "DETAIL")]
+    rows: list[tuple[str, ...]] = [("KEY", "STATE", "PID", "PORT", "UPTIME", "RESTARTS", "HEALTH", "DETAIL")]
     for p in body.get("plugins", []):
         health = {True: "ok", False: "unhealthy", None: "-"}[p.get("healthy")]
-        rows.append(
-            (
-                p["key"],
-                p["state"],
-                str(p.get("pid") or "-"),
-                str(p.get("port") or "-"),
-                _uptime(p.get("uptime")),
-                str(p.get("restarts", 0)),
-                health,
-                p.get("detail", ""),
-            )
+        cells = (
+            p["key"],
+            p["state"],
+            str(p.get("pid") or "-"),
+            str(p.get("port") or "-"),
+            _uptime(p.get("uptime")),
+            str(p.get("restarts", 0)),
+            health,
+            p.get("detail", ""),
         )
+        rows.append(tuple(printable(str(c)) for c in cells))  # escaped before the widths are measured
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     for r in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[-1])
+        _say("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[-1])
     return 0
 
 
@@ -185,9 +197,9 @@ async def _act(client: httpx.AsyncClient, action: str, keys: list[str]) -> int:
     for key, result in await asyncio.gather(*(one(k) for k in dict.fromkeys(keys))):
         if result and result.startswith("!"):
             failed += 1
-            sys.stderr.write(f"supervisor-tui ctl: {result[1:]}\n")
+            _complain(result[1:])
         else:
-            print(f"{key}: {result}")
+            _say(f"{key}: {result}")
     return EXIT_FAILED if failed else 0
 
 
@@ -215,7 +227,7 @@ async def _logs(client: httpx.AsyncClient, key: str, lines: int, follow: bool) -
 def _print_log(line: dict[str, Any]) -> None:
     ts = time.strftime("%H:%M:%S", time.localtime(line.get("ts", 0)))
     stream = {"stdout": "out", "stderr": "err", "supervisor": "sup"}.get(line.get("stream", ""), "")
-    print(f"{ts} {stream} {line.get('message', '')}", flush=True)
+    _say(f"{ts} {stream} {line.get('message', '')}")
 
 
 async def _install(client: httpx.AsyncClient, path: Path, start: bool) -> int:
@@ -230,5 +242,5 @@ async def _install(client: httpx.AsyncClient, path: Path, start: bool) -> int:
         f"install {path}",
     )
     plugin = body.get("plugin", {})
-    print(f"{plugin.get('key')}: installed ({plugin.get('state')})")
+    _say(f"{plugin.get('key')}: installed ({plugin.get('state')})")
     return 0

@@ -237,6 +237,51 @@ async def test_bad_registrations_are_refused(client: httpx.AsyncClient, srv: Con
     assert r.json()["total"] == 0
 
 
+# What a terminal would obey (OSC 0 sets the title, OSC 52 writes the clipboard) or reorder (bidi overrides).
+HOSTILE = "w1\x1b]0;TITLE\x07\x1b]52;c;cHduZWQ=\x07"
+BIDI = "job\u202etxt.exe"
+
+
+async def test_control_characters_in_names_hosts_and_ids_are_refused_and_nothing_stored(
+    client: httpx.AsyncClient, srv: ConsoleServer
+) -> None:
+    for url, body, field in (
+        ("/api/consolas/registrar", {**SEED_REGISTER, "nombre": HOSTILE}, "nombre"),
+        ("/api/consolas/registrar", {**SEED_REGISTER, "nombre": BIDI}, "nombre"),
+        ("/api/consolas/registrar", {**SEED_REGISTER, "id": CID + "\n"}, "id"),
+        ("/api/consolas/registrar", {**SEED_REGISTER, "sistema": {"hostname": "h\x9b31m"}}, "sistema.hostname"),
+        ("/api/consoles/register", {"id": "worker-1", "name": "tab\there"}, "name"),
+        ("/api/consoles/register", {"id": "worker-1", "name": "w", "system": {"hostname": HOSTILE}}, "system.hostname"),
+    ):
+        r = await client.post(url, json=body)
+        assert r.status_code == 422, (body, r.text)
+        err = r.json()["error"]
+        assert err["code"] == "invalid_field" and err["field"] == field, err
+        assert "control" in err["message"] or field == "id", err
+        assert "\x1b" not in r.text and "\u202e" not in r.text  # the answer quotes it escaped
+    r = await client.get("/api/consoles", headers=srv.admin)
+    assert r.json()["total"] == 0
+
+
+async def test_control_characters_in_a_heartbeats_job_or_host_are_refused_and_nothing_stored(
+    client: httpx.AsyncClient, srv: ConsoleServer
+) -> None:
+    token = await register_es(client)
+    for url, body, field in (
+        (f"/api/consolas/{CID}/heartbeat", {**SEED_HEARTBEAT, "videoEnProceso": HOSTILE}, "videoEnProceso"),
+        (f"/api/consolas/{CID}/heartbeat", {**SEED_HEARTBEAT, "sistema": {"hostname": BIDI}}, "sistema.hostname"),
+        (f"/api/consoles/{CID}/heartbeat", {"state": "busy", "current_job": BIDI}, "current_job"),
+        (f"/api/consoles/{CID}/heartbeat", {"state": "busy", "system": {"hostname": HOSTILE}}, "system.hostname"),
+    ):
+        r = await client.post(url, json=body, headers=bearer(token))
+        assert r.status_code == 422, (body, r.text)
+        err = r.json()["error"]
+        assert err["code"] == "invalid_field" and err["field"] == field and "control" in err["message"], err
+    c = await console(client, srv)
+    assert c["heartbeats"] == 0 and c["current_job"] is None and c["hostname"] == "mi-servidor"
+    assert srv.service.metrics().heartbeats_rejected["invalid_field"] == 4
+
+
 async def test_unknown_routes_and_methods(client: httpx.AsyncClient, srv: ConsoleServer) -> None:
     r = await client.get("/api/consolas/registrar")
     assert r.status_code == 405 and r.headers["allow"] == "POST"

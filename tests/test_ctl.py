@@ -16,6 +16,7 @@ import httpx
 import pytest
 from conftest import HeadlessProcess
 from fixtures.api.harness import REPORTER, REPORTER_ENDPOINTS, bearer
+from fixtures.plugins.hostile_output import END, SHOWN
 
 from supervisor_tui.config import Settings
 
@@ -160,6 +161,22 @@ async def test_logs_and_follow(headless: Headless, settings: Settings, make_plug
             if p.returncode is None:
                 p.kill()
                 await p.wait()
+
+
+async def test_logs_show_control_characters_escaped_in_ctl_and_the_log_file(
+    headless: Headless, settings: Settings, make_plugin: Callable[..., Path]
+) -> None:
+    make_plugin("hostile", "hostile_output.py")
+    proc, url = await start_supervisor(headless)
+    await proc.wait_for(lambda r: r.get("source") == "hostile" and "hostile-err" in str(r.get("message")))
+    r = ctl("--url", url, "logs", "hostile", cwd=settings.base_dir)
+    assert r.returncode == 0, r.stderr
+    assert "\x1b" not in r.stdout and "\x07" not in r.stdout and "\u202e" not in r.stdout
+    assert f"out hostile-out {SHOWN} {END}" in r.stdout and f"err hostile-err {SHOWN} {END}" in r.stdout
+    # `tail data/logs/hostile.log` on a terminal shows the same escapes.
+    text = (settings.data_dir / "logs" / "hostile.log").read_text(encoding="utf-8")
+    assert "\x1b" not in text and "\u202e" not in text
+    assert f"stdout hostile-out {SHOWN} {END}" in text and f"stderr hostile-err {SHOWN} {END}" in text
 
 
 async def test_install_from_a_manifest_file(headless: Headless, settings: Settings) -> None:

@@ -190,3 +190,24 @@ async def test_bad_registrations_are_refused_with_the_reason(settings: Settings)
                 r = await anonymous.post("/api/v1/plugins/register", json=registration("nop", 3010), headers=headers)
                 assert r.status_code == 401
         assert (await api.client.get("/api/v1/plugins/nop")).status_code == 404
+
+
+async def test_control_characters_in_a_registration_are_refused(settings: Settings) -> None:
+    async with running_api(settings) as api:
+        with upstream() as up:
+            endpoint = {"method": "GET", "path": "/invoices/{id}"}
+            for fields, field in (
+                ({"name": "Billing\x1b]0;PWNED\x07"}, "name"),
+                ({"version": "1.0\x1b]52;c;cHduZWQ=\x07"}, "version"),
+                ({"key": "billing\n"}, "key"),
+                ({"host": "127.0.0.1\u202e"}, "host"),
+                ({"endpoints": [{**endpoint, "description": "invoice\u202efdp.exe"}]}, "endpoints[0].description"),
+                ({"endpoints": [{"method": "GET", "path": "/invoices\n"}]}, "endpoints[0].path"),
+            ):
+                r = await register(api, {**registration("billing", up.port), **fields})
+                assert r.status_code == 422 and error_code(r) == "invalid_registration", (fields, r.text)
+                message = r.json()["error"]["message"]
+                assert f"{field}:" in message and ("control" in message or field == "key"), message
+            assert (await api.client.get("/api/v1/plugins/billing")).status_code == 404
+            # The same registration without them is taken.
+            assert (await register(api, registration("billing", up.port))).status_code == 201

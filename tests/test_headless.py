@@ -12,6 +12,7 @@ from pathlib import Path
 import psutil
 import pytest
 from conftest import HeadlessProcess, open_supervisor, plugin_processes, spawns, wait_until
+from fixtures.plugins.hostile_output import END, SHOWN
 
 from supervisor_tui.config import Settings
 
@@ -42,6 +43,22 @@ async def test_human_log_format_is_the_default(headless: Headless, make_plugin: 
     proc.signal(signal.SIGINT)
     assert await proc.wait() == 0
     assert not proc.records  # nothing parses as JSON
+
+
+async def test_human_log_lines_show_plugin_control_characters_escaped(
+    headless: Headless, make_plugin: Callable[..., Path]
+) -> None:
+    make_plugin("hostile", "hostile_output.py")
+    proc = headless("--log-format", "human")
+
+    def hostile_lines() -> list[str]:
+        return [line for line in proc.lines if END in line]
+
+    await wait_until(lambda: len(hostile_lines()) == 2)  # its stdout line and its stderr line
+    assert all(SHOWN in line for line in hostile_lines()), hostile_lines()
+    assert not any("\x1b" in line or "\u202e" in line for line in proc.lines)
+    proc.signal(signal.SIGINT)
+    assert await proc.wait() == 0
 
 
 async def test_sigterm_stops_plugins_in_reverse_dependency_order_and_exits_0(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 import psutil
 import pytest
 from conftest import open_supervisor, wait_until
+from fixtures.plugins.hostile_output import END, HOSTILE, SHOWN
 from test_tui import cell, screen_text, select_plugin, table, until
 
 from supervisor_tui.config import Settings
@@ -223,6 +225,59 @@ async def test_consoles_from_the_real_console_service(settings: Settings) -> Non
                 await until(pilot, lambda: isinstance(app.screen, ConsoleDetailScreen))
                 await until(pilot, lambda: "render-07" in screen_text(app) and "Transitions" in screen_text(app))
                 assert "Video Historia 1 (2/5)" in screen_text(app)
+        finally:
+            await service.stop()
+
+
+async def test_plugin_output_and_stored_names_are_shown_escaped(
+    settings: Settings, make_plugin: Callable[..., Path]
+) -> None:
+    from supervisor_tui.consoles.models import HeartbeatInput, RegistrationInput
+    from supervisor_tui.consoles.service import ConsoleService
+    from supervisor_tui.plugins.external import ExternalPlugin
+    from supervisor_tui.tui.screens.console_detail import ConsoleDetailScreen
+    from supervisor_tui.tui.screens.plugin_detail import PluginDetailScreen
+
+    make_plugin("hostile", "hostile_output.py")
+    # Names stored before the API refused them reach the TUI as they are: it must escape them itself.
+    name, host, job = "w1\x1b]0;TITLE\x07\x1b]52;c;cHduZWQ=\x07", "host\u202elmth.exe", "job \x9b31m red"
+    async with open_supervisor(settings) as sup:
+        service = ConsoleService(sup.store, sup.bus, settings, sup.logs)
+        await service.start()
+        sup.consoles = service
+        try:
+            system = json.dumps({"hostname": host})
+            await service.register(RegistrationInput("c-odd", name, "idle", system, host, None))
+            await service.heartbeat("c-odd", HeartbeatInput("busy", system, host, None, None, job))
+            await sup.start("hostile")
+            sup.register(ExternalPlugin("billing", f"Bill{HOSTILE}", "1.0", "127.0.0.1", 9, (), 30.0, 5.0, 1024))
+            app = SupervisorApp(InProcessClient(sup, "http://127.0.0.1:4000"), handle_signals=False)
+            async with app.run_test(size=(160, 48)) as pilot:  # wide: every pane at once
+                await until(pilot, lambda: END in screen_text(app), within=20)
+                await until(pilot, lambda: table(app, "consoles").row_count == 1)
+                await until(pilot, lambda: cell(app, "consoles", "c-odd", "state") == "busy")
+                screen = screen_text(app)
+                assert f"hostile-out {SHOWN} {END}" in screen and f"hostile-err {SHOWN} {END}" in screen
+                assert cell(app, "plugins", "billing", "name") == f"Bill{SHOWN}"
+                assert cell(app, "consoles", "c-odd", "name") == r"w1\x1b]0;TITLE\x07\x1b]52;c;cHduZWQ=\x07"
+                assert cell(app, "consoles", "c-odd", "host") == r"host\u202elmth.exe"
+                assert cell(app, "consoles", "c-odd", "job") == r"job \x9b31m red"
+                assert not any(c in screen for c in "\x1b\x07\x9b\u202e"), screen
+
+                app.open_console("c-odd")
+                await until(pilot, lambda: isinstance(app.screen, ConsoleDetailScreen))
+                await until(pilot, lambda: "Transitions" in screen_text(app))
+                screen = screen_text(app)
+                for shown in (r"w1\x1b]0;TITLE\x07\x1b]52;c;cHduZWQ=\x07", r"host\u202elmth.exe", r"job \x9b31m red"):
+                    assert shown in screen
+                assert not any(c in screen for c in "\x1b\x07\x9b\u202e"), screen
+                await pilot.press("escape")
+                await until(pilot, lambda: not isinstance(app.screen, ConsoleDetailScreen))
+
+                app.open_plugin("hostile")
+                await until(pilot, lambda: isinstance(app.screen, PluginDetailScreen) and END in screen_text(app))
+                screen = screen_text(app)
+                assert SHOWN in screen and not any(c in screen for c in "\x1b\x07\u202e"), screen
         finally:
             await service.stop()
 

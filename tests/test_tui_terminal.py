@@ -67,6 +67,10 @@ class Terminal:
         out = subprocess.run([*self.tmux, "capture-pane", "-p", "-t", self.name], capture_output=True, text=True)
         return out.stdout
 
+    def pane_title(self) -> str:
+        """The title the program in the pane set (OSC 0/2); tmux starts it as the host name."""
+        return self.show("#{pane_title}")
+
     def keys(self, *keys: str) -> None:
         subprocess.run([*self.tmux, "send-keys", "-t", self.name, *keys], check=True)
 
@@ -216,6 +220,15 @@ def test_plugin_output_and_stdin_never_reach_the_terminal(terminal: Callable[...
     t.wait_screen(lambda s: "Stop plugin sleepy?" in s)
     t.keys("n")
     t.wait_screen(lambda s: "Stop plugin sleepy?" not in s)
+
+
+def test_plugin_output_cannot_set_the_terminal_title(terminal: Callable[..., Terminal]) -> None:
+    t = terminal(plugin="hostile_output.py")  # prints OSC 0 "PWNED" (and OSC 52, a bidi override)
+    t.wait_screen(lambda s: "sleepy" in s and "RUNNING" in s)
+    t.keys("3")
+    screen = t.wait_screen(lambda s: "hostile-out" in s and "hostile-err" in s)  # the logs pane shows both lines
+    assert "PWNED" not in t.pane_title()
+    assert r"\x1b]0;PWNED\x07" in screen  # the operator sees it, as an escape
 
 
 def test_stdin_at_eof_exits_cleanly_without_spinning(terminal: Callable[..., Terminal], tmp_path: Path) -> None:

@@ -2,7 +2,8 @@
 
 Both dialects decode into the same ``HeartbeatInput`` / ``RegistrationInput``; everything after decoding
 speaks English. Timestamps arrive as ISO-8601 strings ("2025-12-03T10:30:00.000Z"), are stored as Unix
-floats, and are answered as ISO-8601 UTC.
+floats, and are answered as ISO-8601 UTC. An id, name, host (``system.hostname``) or current job holding a
+control or bidi formatting character is refused (InvalidField naming it): they end up on operators' terminals.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 import msgspec
 
 from supervisor_tui.core.logs import format_ts
+from supervisor_tui.core.printable import printable_problem
 
 
 class ConsoleState(StrEnum):
@@ -44,6 +46,7 @@ CONSOLE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
 _CONSOLE_ID = re.compile(CONSOLE_ID_PATTERN)
 MAX_NAME = 255  # seed 004: nombre VARCHAR(255)
 MAX_JOB = 500  # seed 004: video_en_proceso VARCHAR(500)
+MAX_HOST = 255  # longer hostnames are cut, not refused
 MAX_TIMESTAMP = 253402300799.0  # 9999-12-31T23:59:59Z
 
 
@@ -57,7 +60,7 @@ class InvalidField(Exception):
 
 
 def valid_console_id(console_id: str) -> bool:
-    return bool(_CONSOLE_ID.match(console_id))
+    return _CONSOLE_ID.fullmatch(console_id) is not None  # match() would let a trailing newline through "$"
 
 
 MIN_TIMESTAMP = -62135596800.0  # 0001-01-01T00:00:00Z
@@ -203,17 +206,25 @@ def _check_state(value: str, spanish: bool, field: str) -> str:
     return value
 
 
-def _check_len(value: str | None, limit: int, field: str) -> str | None:
-    if value is not None and len(value) > limit:
+def _check_text(value: str | None, limit: int, field: str) -> str | None:
+    """``value`` if it is at most ``limit`` characters and shows as it is on a terminal."""
+    if value is None:
+        return None
+    if len(value) > limit:
         raise InvalidField(field, f"`{field}` is longer than {limit} characters")
+    problem = printable_problem(value)
+    if problem is not None:
+        raise InvalidField(field, f"`{field}` {problem}")
     return value
 
 
-def _system(system: dict[str, Any] | None) -> tuple[str | None, str | None]:
+def _system(system: dict[str, Any] | None, field: str) -> tuple[str | None, str | None]:
+    """(the ``system`` object as JSON, its hostname); ``field`` is the object's name in the client's dialect."""
     if system is None:
         return None, None
     host = system.get("hostname")
-    return _json_encoder.encode(system).decode(), (str(host)[:255] if host is not None else None)
+    hostname = _check_text(str(host)[:MAX_HOST], MAX_HOST, f"{field}.hostname") if host is not None else None
+    return _json_encoder.encode(system).decode(), hostname
 
 
 def _error_json(value: str | dict[str, Any] | None) -> str | None:
@@ -273,24 +284,24 @@ def decode_heartbeat(body: bytes, spanish: bool) -> HeartbeatInput:
     """Validate a heartbeat body of either dialect (raises msgspec.DecodeError or InvalidField)."""
     if spanish:
         es: HeartbeatES = _decode(HeartbeatES, body)
-        system_json, host = _system(es.sistema)
+        system_json, host = _system(es.sistema, "sistema")
         return HeartbeatInput(
             _check_state(es.estado, True, "estado"),
             system_json,
             host,
             parse_timestamp(es.ultimaActividad, "ultimaActividad"),
             _error_json(es.ultimoError),
-            _check_len(es.videoEnProceso, MAX_JOB, "videoEnProceso"),
+            _check_text(es.videoEnProceso, MAX_JOB, "videoEnProceso"),
         )
     en: HeartbeatEN = _decode(HeartbeatEN, body)
-    system_json, host = _system(en.system)
+    system_json, host = _system(en.system, "system")
     return HeartbeatInput(
         _check_state(en.state, False, "state"),
         system_json,
         host,
         parse_timestamp(en.last_activity, "last_activity"),
         _error_json(en.last_error),
-        _check_len(en.current_job, MAX_JOB, "current_job"),
+        _check_text(en.current_job, MAX_JOB, "current_job"),
     )
 
 
@@ -304,7 +315,7 @@ def decode_registration(body: bytes, spanish: bool) -> RegistrationInput:
             _check_state(es.estado, True, "estado"),
             es.sistema,
             parse_timestamp(es.ultimaActividad, "ultimaActividad"),
-            ("id", "nombre"),
+            ("id", "nombre", "sistema"),
         )
     else:
         en: RegistrationEN = _decode(RegistrationEN, body)
@@ -314,7 +325,7 @@ def decode_registration(body: bytes, spanish: bool) -> RegistrationInput:
             _check_state(en.state, False, "state"),
             en.system,
             parse_timestamp(en.last_activity, "last_activity"),
-            ("id", "name"),
+            ("id", "name", "system"),
         )
     if not valid_console_id(cid):
         raise InvalidField(
@@ -322,8 +333,8 @@ def decode_registration(body: bytes, spanish: bool) -> RegistrationInput:
         )
     if not name.strip(" \t\r\n"):
         raise InvalidField(names[1], f"`{names[1]}` must not be empty")
-    _check_len(name, MAX_NAME, names[1])
-    system_json, host = _system(system)
+    _check_text(name, MAX_NAME, names[1])
+    system_json, host = _system(system, names[2])
     return RegistrationInput(cid, name, state, system_json, host, last)
 
 

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import IO, Any, TextIO
 
 from supervisor_tui.core.events import EventBus, LogLine
+from supervisor_tui.core.printable import printable
 
 MAX_LINE = 64 * 1024
 SUPERVISOR_SOURCE = "supervisor"
@@ -298,7 +299,8 @@ class LogHub:
                 f = self._files[rec.source] = _RotatingFile(
                     self.logs_dir / f"{rec.source}.log", self.max_bytes, self.backups
                 )
-            f.write(f"{format_ts(rec.ts)} {rec.stream} {rec.message}\n")
+            # Human lines end up on terminals (tail, less): control characters shown, not obeyed.
+            f.write(f"{format_ts(rec.ts)} {rec.stream} {printable(rec.message)}\n")
         except OSError:  # a full disk must not stop supervision; the ring still has the line
             pass
 
@@ -331,9 +333,9 @@ class LogHub:
                     d[k] = v
             line = json.dumps(d, default=str)
         else:
-            line = f"{format_ts(rec.ts)} {rec.level.upper():7} {rec.message}"
+            line = f"{format_ts(rec.ts)} {rec.level.upper():7} {printable(rec.message)}"
             if rec.stream != "supervisor":
-                line = f"{format_ts(rec.ts)} {rec.level.upper():7} {rec.source}[{rec.stream}] {rec.message}"
+                line = f"{format_ts(rec.ts)} {rec.level.upper():7} {rec.source}[{rec.stream}] {printable(rec.message)}"
         return line
 
     # -- reading plugin output ---------------------------------------------------------------------------

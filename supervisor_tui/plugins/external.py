@@ -3,7 +3,8 @@
 An external plugin announces where it listens and which endpoints it serves; the gateway then routes to it.
 It must send a heartbeat at least every ``interval`` seconds: after twice that it is LOST (its routes answer
 503) until the next heartbeat. The upstream it announces must be in the allowlist (default: loopback only),
-so nobody can point the gateway at an arbitrary host.
+so nobody can point the gateway at an arbitrary host. Its key, name, version, host, url and endpoints may not
+hold control or bidi formatting characters (they are shown on operators' terminals).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from supervisor_tui.core.events import MetricsSample
+from supervisor_tui.core.printable import printable_problem
 from supervisor_tui.plugins.manifest import KEY_PATTERN, Endpoint, ManifestError, parse_endpoints
 from supervisor_tui.plugins.model import PluginSnapshot, PluginState
 
@@ -131,6 +133,13 @@ class ExternalPlugin:
         changed.set()
 
 
+def _check_shown_as_is(value: Any, field: str) -> None:
+    """Refuse a string the operator's terminal would not show as it is (escape sequences, bidi overrides)."""
+    problem = printable_problem(value) if isinstance(value, str) else None
+    if problem is not None:
+        raise ManifestError(SOURCE, field, problem)
+
+
 class Allowlist:
     """Hosts and networks external plugins may announce; names must be listed by name (no DNS at check time)."""
 
@@ -165,8 +174,11 @@ class ExternalRegistrations:
     def parse(self, payload: dict[str, Any]) -> ExternalPlugin:
         """An ExternalPlugin from seed 000's message; raises ManifestError or UpstreamNotAllowed."""
         key = payload.get("key")
-        if not isinstance(key, str) or not KEY_PATTERN.match(key):
+        # fullmatch: match() lets a trailing newline through the pattern's "$"
+        if not isinstance(key, str) or not KEY_PATTERN.fullmatch(key):
             raise ManifestError(SOURCE, "key", f"must match {KEY_PATTERN.pattern}, got {key!r}")
+        for name in ("name", "version", "host", "url"):
+            _check_shown_as_is(payload.get(name), name)
         host, port = self._upstream(payload)
         if not self.allowlist.allows(host):
             raise UpstreamNotAllowed(
@@ -176,6 +188,9 @@ class ExternalRegistrations:
             endpoints = parse_endpoints(payload.get("endpoints") or [])
         except ValueError as exc:
             raise ManifestError(SOURCE, "endpoints", str(exc)) from None
+        for i, endpoint in enumerate(endpoints):
+            _check_shown_as_is(endpoint.path, f"endpoints[{i}].path")
+            _check_shown_as_is(endpoint.description, f"endpoints[{i}].description")
         interval = payload.get("heartbeat_interval") or self.default_interval
         if isinstance(interval, bool) or not isinstance(interval, int | float) or interval <= 0:
             raise ManifestError(SOURCE, "heartbeat_interval", f"must be a positive number of seconds, got {interval!r}")

@@ -33,6 +33,7 @@ from textual.screen import Screen
 from textual.widget import Widget
 from textual.widgets import Footer, Input, Static
 
+from supervisor_tui.core.printable import printable
 from supervisor_tui.tui.app_access import SupervisorAppAccess
 from supervisor_tui.tui.cells import (
     CONSOLE_COLUMNS,
@@ -429,7 +430,7 @@ class SupervisorApp(App[int]):
         if self.keymap:
             self.set_keymap(self.keymap)
         for problem in self.keymap_problems:
-            self.notify(problem, severity="warning", timeout=8, markup=False)
+            self.notify(printable(problem), severity="warning", timeout=8, markup=False)
         if self.client.info.read_only:
             self.sub_title = "read-only"
         self._install_signal_handlers()
@@ -593,10 +594,10 @@ class SupervisorApp(App[int]):
             banner.remove_class("-shown")
             banner.update("")
             if message:
-                self.notify(message, title="Connected", markup=False)
+                self.notify(printable(message), title="Connected", markup=False)
         else:
             banner.add_class("-shown")
-            banner.update(f" ⚠ connection lost: {message or 'reconnecting'} — reconnecting…")
+            banner.update(printable(f" ⚠ connection lost: {message or 'reconnecting'} — reconnecting…"))
 
     # -- flushing ----------------------------------------------------------------------------------------
     async def _apply_pending(self) -> None:
@@ -847,7 +848,11 @@ class SupervisorApp(App[int]):
             self.notify("read-only: actions that change state are disabled", severity="warning")
             return
         if key in self.pending_actions:
-            self.notify(f"{key}: {self.pending_actions[key][0]} already in progress", severity="warning", markup=False)
+            self.notify(
+                printable(f"{key}: {self.pending_actions[key][0]} already in progress"),
+                severity="warning",
+                markup=False,
+            )
             return
         label = f"{verb}…"
         self.pending_actions[key] = (label, time.monotonic())
@@ -862,15 +867,16 @@ class SupervisorApp(App[int]):
             if key not in self.plugin_order:
                 self.plugin_order.append(key)
         except ClientError as exc:
-            self.notify(
-                f"{verb} {key} failed: {exc.message}", title="Action failed", severity="error", timeout=8, markup=False
-            )
+            self._action_failed(f"{verb} {key} failed: {exc.message}")
         except Exception as exc:  # a transport error must never take the UI down
-            self.notify(f"{verb} {key} failed: {exc}", title="Action failed", severity="error", timeout=8, markup=False)
+            self._action_failed(f"{verb} {key} failed: {exc}")
         finally:
             self.pending_actions.pop(key, None)
             self._dirty_plugins = True
             self._apply()
+
+    def _action_failed(self, message: str) -> None:
+        self.notify(printable(message), title="Action failed", severity="error", timeout=8, markup=False)
 
     def confirm_stop(self, key: str) -> None:
         if self.client.info.read_only:

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from supervisor_tui.config import ConfigError, load_settings
+from supervisor_tui.core.printable import printable
 from supervisor_tui.tui.client import ClientError
 from supervisor_tui.tui.client_remote import RemoteClient, normalize_url
 
@@ -48,7 +49,8 @@ def resolve_token(explicit: str | None) -> str | None:
 
 
 def _fail(message: str, code: int) -> int:
-    sys.stderr.write(f"supervisor-tui attach: {message}\n")
+    # The message may quote what the remote supervisor answered: shown, never obeyed, by the terminal.
+    sys.stderr.write(f"supervisor-tui attach: {printable(message)}\n")
     sys.stderr.flush()
     return code
 

@@ -1,7 +1,12 @@
-"""How supervisor values become table cells and header text: durations, sizes, ages, state colours."""
+"""How supervisor values become table cells and header text: durations, sizes, ages, state colours.
+
+Text from plugins, consoles and registrations is shown through ``printable`` (control and bidi characters as
+visible escapes, core.printable) wherever it is rendered; ``escape`` does that and also keeps it out of markup.
+"""
 
 from __future__ import annotations
 
+from supervisor_tui.core.printable import printable
 from supervisor_tui.tui.client import ConsoleInfo, PluginInfo
 
 PLUGIN_STATE_STYLES = {
@@ -72,8 +77,9 @@ CONSOLE_COLUMNS_NARROW: list[tuple[str, str, int | None]] = [
 
 
 def escape(text: str) -> str:
-    """Text from operators or consoles, safe inside markup (titles, palette help): every "[" escaped."""
-    return text.replace("[", "\\[")
+    """Text from operators or consoles, safe inside markup (titles, palette help): every "[" escaped, and
+    control and bidi characters shown as escapes."""
+    return printable(text).replace("[", "\\[")
 
 
 def duration(seconds: float | None) -> str:

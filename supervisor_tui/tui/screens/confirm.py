@@ -1,4 +1,4 @@
-"""A yes/no dialog for actions that stop things (stop a plugin, quit)."""
+"""A yes/no dialog for actions that stop things (stop a plugin, quit); the question is shown through printable."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Button, Static
+
+from supervisor_tui.core.printable import printable
 
 
 class ConfirmScreen(ModalScreen[bool]):
@@ -45,8 +47,8 @@ class ConfirmScreen(ModalScreen[bool]):
 
     def compose(self) -> ComposeResult:
         with Vertical():
-            yield Static(self.title_text, id="title", markup=False)
-            yield Static(self.message, id="message", markup=False)
+            yield Static(printable(self.title_text), id="title", markup=False)
+            yield Static(printable(self.message), id="message", markup=False)
             with Horizontal(id="buttons"):
                 yield Button(f"{self.cancel_label} [n]", id="cancel")
                 yield Button(f"{self.confirm_label} [y]", id="confirm", variant="error")

@@ -1,4 +1,7 @@
-"""One console in depth: system info, job, last error, transitions, heartbeat history, time since last beat."""
+"""One console in depth: system info, job, last error, transitions, heartbeat history, time since last beat.
+
+Everything the console supplied is shown through ``printable`` (escapes, not control codes).
+"""
 
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ from textual.containers import VerticalScroll
 from textual.screen import Screen
 from textual.widgets import Footer, Static
 
+from supervisor_tui.core.printable import printable
 from supervisor_tui.tui.app_access import SupervisorAppAccess
 from supervisor_tui.tui.cells import CONSOLE_STATE_STYLES, DANGER_STYLE, DIM_STYLE, age, duration, seen_style
 from supervisor_tui.tui.client import CONSOLE_STATES, ClientError, ConsoleInfo, HeartbeatInfo, TransitionInfo
@@ -75,7 +79,9 @@ class ConsoleDetailScreen(SupervisorAppAccess, Screen[None]):
                 self.beats = await client.console_heartbeats(self.console_id, HEARTBEATS_SHOWN)
                 self.transitions = await client.console_transitions(self.console_id, 30)
             except ClientError as exc:
-                self.query_one("#title", Static).update(Text(f"{self.console_id}: {exc.message}", style=DANGER_STYLE))
+                self.query_one("#title", Static).update(
+                    Text(printable(f"{self.console_id}: {exc.message}"), style=DANGER_STYLE)
+                )
                 return
         self._show()
 
@@ -88,9 +94,9 @@ class ConsoleDetailScreen(SupervisorAppAccess, Screen[None]):
         inactive_after = app.client.info.inactive_after
         since = (now - c.last_seen) if c.last_seen is not None else None
         title = Text.assemble(
-            (c.name or c.short_id, "bold"),
-            (f"  {c.id}  ", DIM_STYLE),
-            (f" {c.state} ", CONSOLE_STATE_STYLES.get(c.state, "") + " reverse"),
+            (printable(c.name or c.short_id), "bold"),
+            (printable(f"  {c.id}  "), DIM_STYLE),
+            (printable(f" {c.state} "), CONSOLE_STATE_STYLES.get(c.state, "") + " reverse"),
         )
         self.query_one("#title", Static).update(title)
 
@@ -105,9 +111,11 @@ class ConsoleDetailScreen(SupervisorAppAccess, Screen[None]):
                 style=DIM_STYLE if left > 0 else DANGER_STYLE,
             )
         facts.add_row("last heartbeat", seen)
-        facts.add_row("host", Text(c.host or "-"))
-        facts.add_row("current job", Text(c.current_job) if c.current_job else Text("none", style=DIM_STYLE))
-        facts.add_row("last error", Text(c.last_error or "none", style=DANGER_STYLE if c.last_error else DIM_STYLE))
+        facts.add_row("host", Text(printable(c.host or "-")))
+        job = Text(printable(c.current_job)) if c.current_job else Text("none", style=DIM_STYLE)
+        facts.add_row("current job", job)
+        error = printable(c.last_error or "none")
+        facts.add_row("last error", Text(error, style=DANGER_STYLE if c.last_error else DIM_STYLE))
         if c.registered_at:
             facts.add_row("registered", f"{duration(now - c.registered_at)} ago")
         self.query_one("#facts", Static).update(facts)
@@ -116,7 +124,7 @@ class ConsoleDetailScreen(SupervisorAppAccess, Screen[None]):
         system.add_column(style="bold", no_wrap=True)
         system.add_column()
         for key, value in c.system.items():
-            system.add_row(Text(str(key)), Text(str(value)))
+            system.add_row(Text(printable(str(key))), Text(printable(str(value))))
         if not c.system:
             system.add_row("-", "not reported")
         self.query_one("#system", Static).update(system)
@@ -149,7 +157,7 @@ class ConsoleDetailScreen(SupervisorAppAccess, Screen[None]):
                 f"{duration(now - t.at)} ago",
                 Text(t.from_state or "-", style=CONSOLE_STATE_STYLES.get(t.from_state, "")),
                 Text(t.to_state, style=CONSOLE_STATE_STYLES.get(t.to_state, "")),
-                Text(t.reason),
+                Text(printable(t.reason)),
             )
         if not self.transitions:
             transitions.add_row("-", "", "", "no transitions recorded")

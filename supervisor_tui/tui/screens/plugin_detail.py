@@ -1,4 +1,7 @@
-"""One plugin in depth: manifest facts, endpoints and gateway URLs, state history, resource sparklines, logs."""
+"""One plugin in depth: manifest facts, endpoints and gateway URLs, state history, resource sparklines, logs.
+
+Everything the plugin or its registration supplied is shown through ``printable`` (escapes, not control codes).
+"""
 
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import Screen
 from textual.widgets import Footer, Sparkline, Static
 
+from supervisor_tui.core.printable import printable
 from supervisor_tui.tui.app_access import SupervisorAppAccess
 from supervisor_tui.tui.cells import DANGER_STYLE, DIM_STYLE, PLUGIN_STATE_STYLES, duration, size
 from supervisor_tui.tui.client import ClientError, LogEntry, MetricPoint, PluginInfo
@@ -92,7 +96,7 @@ class PluginDetailScreen(SupervisorAppAccess, Screen[None]):
             self.plugin = await client.plugin(self.key)
             self.log_lines = await client.logs(self.key, 12)
         except ClientError as exc:
-            self.query_one("#title", Static).update(Text(f"{self.key}: {exc.message}", style=DANGER_STYLE))
+            self.query_one("#title", Static).update(Text(printable(f"{self.key}: {exc.message}"), style=DANGER_STYLE))
             return
         live = list(app.metrics_history.get(self.key, ()))
         if live:
@@ -110,11 +114,11 @@ class PluginDetailScreen(SupervisorAppAccess, Screen[None]):
         now = app.client.now()
         pending = app.pending_actions.get(self.key)
         state = Text(f" {p.state} ", style=PLUGIN_STATE_STYLES.get(p.state, ""))
-        title = Text.assemble((f"{p.key}", "bold"), f"  {p.name} {p.version}  ", state)
+        title = Text.assemble((printable(p.key), "bold"), printable(f"  {p.name} {p.version}  "), state)
         if pending:
             title.append(f"  {pending[0]}… {int(time.monotonic() - pending[1])}s", style="bold #ffd75f")
         if p.detail:
-            title.append(f"  {p.detail}", style=DIM_STYLE)
+            title.append(printable(f"  {p.detail}"), style=DIM_STYLE)
         self.query_one("#title", Static).update(title)
 
         facts = Table.grid(padding=(0, 2))
@@ -124,13 +128,13 @@ class PluginDetailScreen(SupervisorAppAccess, Screen[None]):
         facts.add_column()
         uptime = duration(now - p.started_at) if p.started_at and p.state == "RUNNING" else "-"
         facts.add_row("kind", p.kind, "pid", str(p.pid or "-"))
-        facts.add_row("upstream", Text(p.upstream or "-"), "port", str(p.port or "-"))
+        facts.add_row("upstream", Text(printable(p.upstream or "-")), "port", str(p.port or "-"))
         facts.add_row("autostart", "yes" if p.autostart else "no", "uptime", uptime)
         facts.add_row("desired", p.desired or "-", "restarts", str(p.restarts))
         facts.add_row("timeout", f"{p.timeout:g}s" if p.timeout else "-", "max body", size(p.max_body))
-        facts.add_row("manifest", Text(p.manifest_path or "-"), "", "")
+        facts.add_row("manifest", Text(printable(p.manifest_path or "-")), "", "")
         if p.description:
-            facts.add_row("about", Text(p.description), "", "")
+            facts.add_row("about", Text(printable(p.description)), "", "")
         self.query_one("#facts", Static).update(facts)
 
         endpoints = Table(title="Endpoints", title_justify="left", box=None, header_style="bold", expand=False)
@@ -139,7 +143,7 @@ class PluginDetailScreen(SupervisorAppAccess, Screen[None]):
         endpoints.add_column("Gateway URL", style="#87d787", no_wrap=True)
         endpoints.add_column("Description", style=DIM_STYLE)
         for e in p.endpoints:
-            endpoints.add_row(Text(e.method), Text(e.path), Text(e.gateway_url or "-"), Text(e.description))
+            endpoints.add_row(*(Text(printable(v)) for v in (e.method, e.path, e.gateway_url or "-", e.description)))
         if not p.endpoints:
             endpoints.add_row("-", "no endpoints declared", "", "")
         self.query_one("#endpoints", Static).update(endpoints)
@@ -173,8 +177,10 @@ class PluginDetailScreen(SupervisorAppAccess, Screen[None]):
         else:
             verdict = Text("failing", style=DANGER_STYLE)
         health.add_row("health", verdict)
-        health.add_row("detail", Text(p.health_detail or "-"))
-        health.add_row("last error", Text(p.last_error or "none", style=DANGER_STYLE if p.last_error else DIM_STYLE))
+        health.add_row("detail", Text(printable(p.health_detail or "-")))
+        health.add_row(
+            "last error", Text(printable(p.last_error or "none"), style=DANGER_STYLE if p.last_error else DIM_STYLE)
+        )
         self.query_one("#health", Static).update(health)
 
         history = Table(title="State history", title_justify="left", box=None, header_style="bold")
@@ -187,15 +193,15 @@ class PluginDetailScreen(SupervisorAppAccess, Screen[None]):
                 f"{duration(now - ts)} ago",
                 Text(from_state or "-", style=PLUGIN_STATE_STYLES.get(from_state, "")),
                 Text(to_state, style=PLUGIN_STATE_STYLES.get(to_state, "")),
-                Text(reason),
+                Text(printable(reason)),
             )
         self.query_one("#history", Static).update(history)
 
         lines = [Text("Last log lines", style="bold")]
         for entry in self.log_lines:
             line = Text(time.strftime("%H:%M:%S ", time.gmtime(entry.ts)), style=DIM_STYLE)
-            line.append(f"{entry.stream:<10} ", style=source_colour(entry.source))
-            line.append(entry.message, style=DANGER_STYLE if entry.level == "error" else "")
+            line.append(printable(f"{entry.stream:<10} "), style=source_colour(entry.source))
+            line.append(printable(entry.message), style=DANGER_STYLE if entry.level == "error" else "")
             line.no_wrap = True
             line.overflow = "ellipsis"
             lines.append(line)

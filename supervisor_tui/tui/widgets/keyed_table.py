@@ -2,6 +2,8 @@
 
 Rows are never cleared and refilled, so the cursor and scroll position survive every update, and each
 update touches only what changed (every DataTable mutation invalidates its row caches, so fewer is faster).
+Cell text is shown with control and bidi characters as visible escapes (names and jobs come from plugins
+and consoles).
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from rich.text import Text
 from textual._two_way_dict import TwoWayDict
 from textual.binding import Binding
 from textual.widgets import DataTable
+
+from supervisor_tui.core.printable import printable
 
 # A cell as the panes describe it: (text, style). Compared as plain tuples, turned into Text only on change.
 Cell = tuple[str, str]
@@ -93,13 +97,13 @@ class KeyedTable(DataTable[Text]):
             new = tuple(cells[i] for i in shown)
             old = self._cells.get(key)
             if old is None:
-                self.add_row(*(Text(t, style=s) for t, s in new), key=key)
+                self.add_row(*(Text(printable(t), style=s) for t, s in new), key=key)
                 added = True
                 changes += len(new)
             elif old != new:
                 for col, before, after in zip(columns, old, new, strict=False):
                     if before != after:
-                        self.update_cell(key, col, Text(after[0], style=after[1]))
+                        self.update_cell(key, col, Text(printable(after[0]), style=after[1]))
                         changes += 1
             self._cells[key] = new
         wanted = list(order) if order is not None else list(rows)

@@ -1,7 +1,9 @@
 """The merged log view: renders only the visible lines of a bounded buffer, follows the tail, can be paused.
 
 Memory is bounded (``max_lines`` entries). Scrolling up stops the view from following; lines dropped off the
-front of the buffer shift the scroll position with them, so what the operator reads never jumps.
+front of the buffer shift the scroll position with them, so what the operator reads never jumps. Plugin output
+is shown with its control and bidi characters as visible escapes (a tab as a space), never passed to the
+terminal.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from textual.message import Message
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
+from supervisor_tui.core.printable import printable
 from supervisor_tui.tui.client import LogEntry
 
 # Colours for source tags, picked by a stable hash of the source name so a source keeps its colour.
@@ -213,9 +216,9 @@ class LogView(ScrollView, can_focus=True):
     def _render_entry(self, entry: LogEntry, width: int) -> Strip:
         base = self.rich_style
         ts = time.strftime("%H:%M:%S", time.gmtime(entry.ts))
-        tag = entry.source[: self._tag_width - 1].ljust(self._tag_width)
+        tag = printable(entry.source)[: self._tag_width - 1].ljust(self._tag_width)
         msg_style = LEVEL_STYLES.get(entry.level, Style())
-        message = entry.message.replace("\t", "    ")
+        message = printable(entry.message)
         segments = [
             Segment(ts + " ", base + TS_STYLE),
             Segment(tag, base + Style(color=source_colour(entry.source), bold=entry.source == "supervisor")),
