@@ -14,7 +14,8 @@ Fixtures (all function-scoped, everything under ``tmp_path``):
   is the async context manager behind it.
 - ``headless`` -> a factory: ``headless(*extra_args, settings=None)`` starts ``python -m supervisor_tui --headless
   --log-format json`` on the settings' dirs and returns a ``HeadlessProcess`` (JSON lines parsed as they come;
-  ``wait_for(predicate)``, ``signal(sig)``, ``wait(timeout)``); every one still running is killed at teardown.
+  ``wait_for(predicate)``, ``signal(sig)``, ``wait(timeout)``; ``pause_reading()`` leaves its stdout pipe unread
+  until ``resume_reading()``); every one still running is killed at teardown.
 - ``spawns(folder)`` -> pids the fixture plugin in ``folder`` recorded, one per spawn.
 - ``plugin_processes(path)`` -> live (non-zombie) processes whose working directory is under ``path``: plugins
   run in their folder and their children inherit it, so this finds orphans.
@@ -207,6 +208,8 @@ class HeadlessProcess:
         self.records: list[dict[str, Any]] = []
         self.stderr = ""
         self._cond = threading.Condition()
+        self._reading = threading.Event()
+        self._reading.set()
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
         self._err_reader = threading.Thread(target=self._read_err, daemon=True)
@@ -215,6 +218,7 @@ class HeadlessProcess:
     def _read(self) -> None:
         assert self.proc.stdout is not None
         for line in self.proc.stdout:
+            self._reading.wait()
             with self._cond:
                 self.lines.append(line.rstrip("\n"))
                 with contextlib.suppress(ValueError):
@@ -224,6 +228,13 @@ class HeadlessProcess:
     def _read_err(self) -> None:
         assert self.proc.stderr is not None
         self.stderr = self.proc.stderr.read()
+
+    def pause_reading(self) -> None:
+        """Stop reading stdout after the current line: the pipe fills up and the process's writes to it block."""
+        self._reading.clear()
+
+    def resume_reading(self) -> None:
+        self._reading.set()
 
     @property
     def pid(self) -> int:

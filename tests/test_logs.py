@@ -83,6 +83,7 @@ def test_supervisor_messages_echo_as_json_lines_and_plugin_output_on_request() -
     hub.write("echo", "stdout", "not echoed by default")
     hub.echo_output = True
     hub.write("echo", "stderr", "echoed now", "error")
+    hub.close()  # the echo is written by a thread: close() waits for it
     lines = [json.loads(line) for line in out.getvalue().splitlines()]
     assert len(lines) == 2
     state, output = lines
@@ -96,6 +97,7 @@ def test_secrets_never_reach_rings_or_echo() -> None:
     hub = LogHub(EventBus(), None, echo=out)
     hub.secrets.append("s3cret")
     hub.info("token is s3cret")
+    hub.close()
     assert "s3cret" not in out.getvalue() and hub.tail("supervisor", 1)[0].message == "token is ***"
 
 

@@ -5,7 +5,10 @@ The screen is read with ``tmux capture-pane``; nothing here talks to the app oth
 
 from __future__ import annotations
 
+import contextlib
 import os
+import platform
+import re
 import shlex
 import shutil
 import signal
@@ -17,6 +20,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psutil
 import pytest
 from conftest import make_test_settings, write_plugin
@@ -37,42 +41,45 @@ COMMAND = os.environ.get("SUPERVISOR_TUI_TEST_COMMAND", str(Path(sys.executable)
 
 
 class Terminal:
-    """One detached tmux session running a command; keys in, screen text out."""
+    """One detached tmux session, on a tmux server of its own, running a command; keys in, screen text out."""
 
     def __init__(self, command: str, cwd: Path, env: dict[str, str], size: tuple[int, int] = (100, 30)) -> None:
         self.name = f"suptui-{uuid.uuid4().hex[:8]}"
+        self.tmux = [TMUX or "tmux", "-L", self.name]  # a private server: freezing it touches no other terminal
         exports = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
-        shell = f"cd {shlex.quote(str(cwd))} && exec env {exports} {command}"
+        # tmux hands a detached session COLUMNS=80 LINES=24, which would pin the program to that size.
+        shell = f"cd {shlex.quote(str(cwd))} && exec env -u COLUMNS -u LINES {exports} {command}"
         subprocess.run(
-            [TMUX or "tmux", "new-session", "-d", "-s", self.name, "-x", str(size[0]), "-y", str(size[1]), shell],
+            [*self.tmux, "new-session", "-d", "-s", self.name, "-x", str(size[0]), "-y", str(size[1]), shell],
             check=True,
         )
+        self.pid = int(self.show("#{pane_pid}"))
+        self.server_pid = int(self.show("#{pid}"))
+        self.tty = self.show("#{pane_tty}")
+
+    def show(self, fmt: str) -> str:
         out = subprocess.run(
-            [TMUX or "tmux", "display-message", "-p", "-t", self.name, "#{pane_pid}"],
-            check=True,
-            capture_output=True,
-            text=True,
+            [*self.tmux, "display-message", "-p", "-t", self.name, fmt], check=True, capture_output=True, text=True
         )
-        self.pid = int(out.stdout.strip())
+        return out.stdout.strip()
 
     def screen(self) -> str:
-        out = subprocess.run(
-            [TMUX or "tmux", "capture-pane", "-p", "-t", self.name], capture_output=True, text=True, check=False
-        )
+        out = subprocess.run([*self.tmux, "capture-pane", "-p", "-t", self.name], capture_output=True, text=True)
         return out.stdout
 
     def pane_title(self) -> str:
         """The title the program in the pane set (OSC 0/2); tmux starts it as the host name."""
-        out = subprocess.run(
-            [TMUX or "tmux", "display-message", "-p", "-t", self.name, "#{pane_title}"],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        return out.stdout.strip()
+        return self.show("#{pane_title}")
 
     def keys(self, *keys: str) -> None:
-        subprocess.run([TMUX or "tmux", "send-keys", "-t", self.name, *keys], check=True)
+        subprocess.run([*self.tmux, "send-keys", "-t", self.name, *keys], check=True)
+
+    def freeze(self) -> None:
+        """Stop the terminal reading the program's output (its tmux server is stopped): writes to it block."""
+        os.kill(self.server_pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        os.kill(self.server_pid, signal.SIGCONT)
 
     def wait_screen(self, predicate: Callable[[str], bool], timeout: float = 30.0) -> str:
         deadline = time.monotonic() + timeout
@@ -85,7 +92,9 @@ class Terminal:
         raise AssertionError(f"screen never matched; last screen:\n{text}")
 
     def kill(self) -> None:
-        subprocess.run([TMUX or "tmux", "kill-session", "-t", self.name], capture_output=True, check=False)
+        with contextlib.suppress(ProcessLookupError):
+            self.thaw()
+        subprocess.run([*self.tmux, "kill-session", "-t", self.name], capture_output=True, check=False)
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float = 30.0) -> None:
@@ -118,7 +127,9 @@ def plugin_pids(folder: Path) -> list[int]:
 def terminal(tmp_path: Path) -> Iterator[Callable[..., Terminal]]:
     started: list[Terminal] = []
 
-    def start(term: str = "tmux-256color", plugin: str = "sleeper.py", stdin: str = "") -> Terminal:
+    def start(
+        term: str = "tmux-256color", plugin: str = "sleeper.py", stdin: str = "", size: tuple[int, int] = (100, 30)
+    ) -> Terminal:
         settings = make_test_settings(tmp_path)
         write_plugin(settings.plugins_dir, "sleepy", plugin, autostart=True)
         start_port, end_port = settings.port_range
@@ -131,7 +142,7 @@ def terminal(tmp_path: Path) -> Iterator[Callable[..., Terminal]]:
         args = shlex.join(
             ["--plugins-dir", str(settings.plugins_dir), "--data-dir", str(settings.data_dir), "--port", "0"]
         )
-        t = Terminal(f"{COMMAND} {args}{stdin}", tmp_path, env)
+        t = Terminal(f"{COMMAND} {args}{stdin}", tmp_path, env, size)
         t.plugin_folder = settings.plugins_dir / "sleepy"  # type: ignore[attr-defined]
         started.append(t)
         return t
@@ -267,3 +278,94 @@ async def test_attach_in_a_terminal_controls_a_headless_supervisor(
         assert proc.proc.poll() is None  # the supervisor and its plugins keep running
     finally:
         t.kill()
+
+
+WRITE_SYSCALL = {"x86_64": 1, "aarch64": 64}.get(platform.machine())
+
+CHATTY = """\
+import time
+i = 0
+while True:
+    for _ in range(20):
+        print(f"CHATTY {i:08d} " + "c" * 150)
+        i += 1
+    print(end="", flush=True)
+    time.sleep(0.01)
+"""
+
+
+def blocked_writing_to_terminal(pid: int) -> bool:
+    """Whether a thread of ``pid`` is inside write(2) on its terminal (fd 2, where Textual draws)."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            fields = (task / "syscall").read_text().split()
+            if len(fields) > 1 and fields[0] == str(WRITE_SYSCALL) and int(fields[1], 16) == 2:
+                return True
+    return False
+
+
+def lines_in(path: Path) -> int:
+    with path.open("rb") as f:
+        return sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
+
+
+def chatty_tui(terminal: Callable[..., Terminal], tmp_path: Path) -> tuple[Terminal, httpx.Client, Path]:
+    """The TUI in a big terminal (every frame is large) showing the logs of a plugin that prints fast; a client
+    of its API; and the plugin's log file."""
+    t = terminal(plugin=CHATTY, size=(200, 50))
+    t.wait_screen(lambda s: "sleepy" in s and "RUNNING" in s)
+    t.keys("3")
+    t.wait_screen(lambda s: "CHATTY" in s)
+    data = tmp_path / "data"
+    url = re.findall(r"API listening on (\S+)", (data / "logs" / "supervisor.log").read_text())[-1]
+    admin = {"Authorization": f"Bearer {(data / 'admin.token').read_text().strip()}"}
+    return t, httpx.Client(base_url=url, headers=admin, timeout=10), data / "logs" / "sleepy.log"
+
+
+@pytest.mark.skipif(WRITE_SYSCALL is None, reason="write(2)'s number on this machine is not known here")
+def test_a_terminal_that_stops_reading_does_not_stop_the_supervisor(
+    terminal: Callable[..., Terminal], tmp_path: Path
+) -> None:
+    t, api, plugin_log = chatty_tui(terminal, tmp_path)
+    with api:
+        t.freeze()
+        try:
+            wait_for(lambda: blocked_writing_to_terminal(t.pid))
+            # The supervisor keeps reading the plugin's output and the TUI keeps drawing it; nobody reads the
+            # frames. The API (same process, same event loop) answers all along.
+            target = lines_in(plugin_log) + 20_000
+            while lines_in(plugin_log) < target:
+                assert api.get("/api/v1/status").status_code == 200
+            assert blocked_writing_to_terminal(t.pid)
+            # The last change the logs pane shows happens while the terminal is still not reading.
+            assert api.post("/api/v1/plugins/sleepy/stop").status_code == 200
+            wait_for(lambda: api.get("/api/v1/plugins/sleepy").json()["state"] == "STOPPED")
+            for _ in range(20):
+                assert api.get("/api/v1/status").status_code == 200
+        finally:
+            t.thaw()
+    # The terminal reads again: the whole screen is drawn anew, so the frames dropped meanwhile are not missed.
+    t.wait_screen(lambda s: "-> STOPPED" in s and "Consoles" in s)
+    t.keys("q")
+    t.wait_screen(lambda s: "Quit supervisor-tui?" in s)
+    t.keys("y")
+    wait_for(lambda: gone(t.pid), 20)
+
+
+@pytest.mark.skipif(WRITE_SYSCALL is None, reason="write(2)'s number on this machine is not known here")
+def test_sigterm_ends_the_tui_while_its_terminal_is_not_reading(
+    terminal: Callable[..., Terminal], tmp_path: Path
+) -> None:
+    t, api, plugin_log = chatty_tui(terminal, tmp_path)
+    folder = t.plugin_folder  # type: ignore[attr-defined]
+    api.close()
+    t.freeze()
+    try:
+        wait_for(lambda: blocked_writing_to_terminal(t.pid))
+        target = lines_in(plugin_log) + 20_000  # many more frames than may wait for the terminal
+        wait_for(lambda: lines_in(plugin_log) >= target)
+        os.kill(t.pid, signal.SIGTERM)
+        wait_for(lambda: gone(t.pid), 20)
+    finally:
+        t.thaw()
+    assert not plugin_pids(folder)

@@ -2,19 +2,28 @@
 
 Plugin output is read line by line with hard bounds: a line over ``MAX_LINE`` bytes is cut (the rest of it is
 skipped), invalid UTF-8 is replaced, and a writer that never sends a newline cannot grow memory.
+
+Lines echoed to a stream (headless: stdout) go through an ``EchoWriter``: a bounded queue drained by a daemon
+thread, so a reader that stops reading (a stalled journald, ``| less``, a blocked docker log driver) never blocks
+supervision. While the queue is full, lines are dropped and counted; once it has drained, one line says how many
+were dropped. ``LogHub.close()`` waits at most ``ECHO_FLUSH_TIMEOUT`` seconds for what is still queued. Files
+under data/logs are written in the caller's thread and keep every line.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
+import select
 import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import IO, Any, TextIO
 
 from supervisor_tui.core.events import EventBus, LogLine
 from supervisor_tui.core.printable import printable
@@ -22,6 +31,10 @@ from supervisor_tui.core.printable import printable
 MAX_LINE = 64 * 1024
 SUPERVISOR_SOURCE = "supervisor"
 LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
+# Echo queue bounds: what a stalled reader may hold back before lines are dropped (files keep them all).
+ECHO_MAX_LINES = 10_000
+ECHO_MAX_BYTES = 2 * 1024**2
+ECHO_FLUSH_TIMEOUT = 2.0  # seconds close() waits for queued lines: exit never hangs on a stalled stdout
 
 
 @dataclass(slots=True)
@@ -81,6 +94,141 @@ class _RotatingFile:
         self._stream.close()
 
 
+class QueuedWriter:
+    """Writes queued bytes to a stream from a daemon thread: whoever queues never waits for the reader.
+
+    Subclasses decide what gets queued (``_put``, with the lock held) and what follows each write (``_written``).
+    ``close(timeout)`` waits at most ``timeout`` seconds; a thread still blocked on a stalled reader is left behind
+    (it is a daemon).
+    """
+
+    def __init__(self, stream: IO[str], name: str) -> None:
+        self._stream = stream
+        self._fd = _fileno(stream)
+        self._encoding = getattr(stream, "encoding", None) or "utf-8"
+        self._name = name
+        self._queue: deque[bytes] = deque()
+        self._queued_bytes = 0
+        self._writing = False  # the thread holds bytes it has taken off the queue
+        self._closed = False
+        self._broken = False  # a write failed (stream closed, EPIPE, EIO): everything after is discarded
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    def _put(self, data: bytes) -> None:
+        self._queue.append(data)
+        self._queued_bytes += len(data)
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+            self._thread.start()
+        self._cond.notify()
+
+    def _written(self, ok: bool) -> None:
+        """After each write, with the lock held; ``ok`` is False once the stream is gone."""
+
+    def close(self, timeout: float) -> bool:
+        """Stop taking more and wait up to ``timeout`` seconds for what is queued; False if it was not all written."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+            while (self._queue or self._writing) and not self._broken:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._cond.wait(remaining)
+        return not self._broken
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._closed:
+                    self._cond.wait()
+                if not self._queue:
+                    return
+                data = self._queue.popleft()
+                self._queued_bytes -= len(data)
+                self._writing = True
+            ok = self._send(data)
+            with self._cond:
+                self._writing = False
+                if not ok:
+                    self._broken = True
+                    self._queue.clear()
+                    self._queued_bytes = 0
+                self._written(ok)
+                self._cond.notify_all()
+                if not ok:
+                    return
+
+    def _send(self, data: bytes) -> bool:
+        """Blocking write (only this thread waits on the reader); False once the stream is gone."""
+        try:
+            if self._fd is None:
+                self._stream.write(data.decode(self._encoding))
+                self._stream.flush()
+                return True
+            view = memoryview(data)
+            while view:
+                try:
+                    view = view[os.write(self._fd, view) :]
+                except BlockingIOError:  # a non-blocking descriptor (shared with another process): wait here
+                    select.select([], [self._fd], [])
+            return True
+        except (OSError, ValueError):
+            return False
+
+
+class EchoWriter(QueuedWriter):
+    """Echoed log lines, never blocking the caller: at most ``max_lines`` lines and ``max_bytes`` bytes wait.
+
+    Past that, lines are dropped and counted until the queue has drained to half of both bounds; then
+    ``notice(count)`` is written where the lines are missing.
+    """
+
+    def __init__(
+        self,
+        stream: IO[str],
+        notice: Callable[[int], str],
+        max_lines: int = ECHO_MAX_LINES,
+        max_bytes: int = ECHO_MAX_BYTES,
+    ) -> None:
+        super().__init__(stream, "log-echo")
+        self._notice = notice
+        self._max_lines, self._max_bytes = max_lines, max_bytes
+        self._dropped = 0
+
+    def write(self, line: str) -> None:
+        """Queue one line (without its newline), or count it as dropped when the queue is full."""
+        data = (line + "\n").encode(self._encoding, errors="replace")
+        with self._cond:
+            if self._closed or self._broken:
+                return
+            full = len(self._queue) >= self._max_lines or self._queued_bytes + len(data) > self._max_bytes
+            if self._dropped or (full and self._queue):
+                self._dropped += 1
+                return
+            self._put(data)
+
+    def close(self, timeout: float = ECHO_FLUSH_TIMEOUT) -> bool:
+        return super().close(timeout)
+
+    def _written(self, ok: bool) -> None:
+        drained = len(self._queue) <= self._max_lines // 2 and self._queued_bytes <= self._max_bytes // 2
+        if ok and self._dropped and drained:
+            self._put((self._notice(self._dropped) + "\n").encode(self._encoding, errors="replace"))
+            self._dropped = 0
+
+
+def _fileno(stream: IO[str]) -> int | None:
+    """The stream's descriptor, written to directly: a thread blocked inside a buffered stream holds its lock,
+    and the interpreter aborts at exit when it cannot flush a stream locked by a daemon thread."""
+    try:
+        return stream.fileno()
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
 class LogHub:
     """Collects every line from plugins and the supervisor; keeps the tail in memory and everything on disk."""
 
@@ -103,6 +251,7 @@ class LogHub:
         self._rings: dict[str, deque[LogRecord]] = {}
         self._files: dict[str, _RotatingFile] = {}
         self.echo = echo
+        self._echo_writer: EchoWriter | None = None
         self.echo_format = echo_format
         self.echo_level = LEVELS.get(echo_level, 20)
         self.echo_output = False  # also echo plugin output lines (headless: everything goes to stdout)
@@ -157,6 +306,18 @@ class LogHub:
 
     def _echo(self, rec: LogRecord) -> None:
         assert self.echo is not None
+        if self._echo_writer is None:
+            self._echo_writer = EchoWriter(self.echo, self._dropped_line)
+        self._echo_writer.write(self._echo_line(rec))
+
+    def _dropped_line(self, count: int) -> str:
+        """The line that stands for ``count`` lines dropped from the echo (written from the echo thread)."""
+        name = str(getattr(self.echo, "name", "the log output")).strip("<>")
+        message = f"{count} log lines dropped: {name} was not being read"
+        fields = {"event": "log_lines_dropped", "dropped": count}
+        return self._echo_line(LogRecord(time.time(), SUPERVISOR_SOURCE, "supervisor", "warning", message, fields))
+
+    def _echo_line(self, rec: LogRecord) -> str:
         if self.echo_format == "json":
             d: dict[str, Any] = {
                 "ts": format_ts(rec.ts),
@@ -175,11 +336,7 @@ class LogHub:
             line = f"{format_ts(rec.ts)} {rec.level.upper():7} {printable(rec.message)}"
             if rec.stream != "supervisor":
                 line = f"{format_ts(rec.ts)} {rec.level.upper():7} {rec.source}[{rec.stream}] {printable(rec.message)}"
-        try:
-            self.echo.write(line + "\n")
-            self.echo.flush()
-        except (OSError, ValueError):
-            pass
+        return line
 
     # -- reading plugin output ---------------------------------------------------------------------------
     async def pump(self, source: str, stream_name: str, reader: asyncio.StreamReader) -> None:
@@ -238,9 +395,13 @@ class LogHub:
         return sorted(self._rings)
 
     def close(self) -> None:
+        """Close the files and flush the echo, waiting at most ``ECHO_FLUSH_TIMEOUT`` seconds for it."""
         for f in self._files.values():
             f.close()
         self._files.clear()
+        if self._echo_writer is not None:
+            self._echo_writer.close()
+            self._echo_writer = None
 
 
 def stderr_line(message: str) -> None:
