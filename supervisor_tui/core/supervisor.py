@@ -185,6 +185,8 @@ class Supervisor:
         )
         for key, err in found.invalid.items():
             self.logs.error(f"{key}: INVALID: {err}", event="plugin_invalid", plugin=key, reason=str(err))
+        for note in self.lock.notes + self.store.notes:
+            self.logs.warning(f"data dir: {note} (it holds tokens and secrets)", event="permissions_tightened")
 
     async def close(self) -> None:
         """Stop every plugin (reverse dependency order), then close the store and release the lock."""

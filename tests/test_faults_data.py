@@ -1,0 +1,125 @@
+"""The data dir under faults, on a real `supervisor-tui --headless` and real files: modes of what it creates, an
+unwritable logs/, a full disk (a small tmpfs) under an operator's stop and SIGTERM, a read-only database, and a
+damaged page of console history.
+
+Fault injection needs root: ``mount -t tmpfs`` for a full disk, ``chattr +i`` for files even root cannot write.
+Tests that need one skip, saying why, where it is not permitted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import stat
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from conftest import HeadlessProcess, wait_until
+
+from supervisor_tui.config import Settings
+
+pytestmark = pytest.mark.usefixtures("no_plugin_leftovers")
+
+Headless = Callable[..., HeadlessProcess]
+
+CHATTY = "import time\nwhile True:\n    print('x' * 200, flush=True)\n    time.sleep(0.01)\n"
+
+
+@contextlib.contextmanager
+def umask(mask: int) -> Iterator[None]:
+    old = os.umask(mask)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+def modes(root: Path) -> dict[str, int]:
+    """Permission bits of everything under ``root`` (itself included), by path relative to it."""
+    found = {".": stat.S_IMODE(root.stat().st_mode)}
+    for path in root.rglob("*"):
+        found[str(path.relative_to(root))] = stat.S_IMODE(path.lstat().st_mode)
+    return found
+
+
+def umask_of(pid: int) -> str:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return next(line.split()[1] for line in status.splitlines() if line.startswith("Umask:"))
+
+
+def chattr(flag: str, *paths: Path) -> None:
+    subprocess.run(["chattr", flag, *map(str, paths)], check=True, capture_output=True)
+
+
+@pytest.fixture
+def immutable(tmp_path: Path) -> Iterator[Callable[..., None]]:
+    """``immutable(*paths)``: chattr +i (undone at teardown); skips where the file system or user cannot."""
+    probe = tmp_path / "chattr-probe"
+    probe.touch()
+    try:
+        chattr("+i", probe)
+        chattr("-i", probe)
+    except (OSError, subprocess.CalledProcessError) as exc:
+        pytest.skip(f"chattr +i does not work here ({exc}): needs root and ext4/xfs/btrfs")
+    made: list[Path] = []
+
+    def make(*paths: Path) -> None:
+        chattr("+i", *paths)
+        made.extend(paths)
+
+    yield make
+    existing = [p for p in made if p.exists()]
+    if existing:
+        chattr("-i", *existing)
+
+
+async def api_url(proc: HeadlessProcess) -> str:
+    return str((await proc.wait_for(lambda r: r.get("event") == "api_listening"))["url"])
+
+
+def admin_headers(settings: Settings) -> dict[str, str]:
+    return {"Authorization": f"Bearer {(settings.data_dir / 'admin.token').read_text().strip()}"}
+
+
+async def test_everything_in_the_data_dir_is_private_whatever_the_umask(
+    headless: Headless, make_plugin: Callable[..., Path], settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    make_plugin("chatty", CHATTY)
+    monkeypatch.setenv("SUPERVISOR_TUI_DATA_LOG_MAX_BYTES", "4096")  # rotated files too
+    with umask(0o022):
+        proc = headless()
+    running = await proc.wait_state("chatty", "RUNNING")
+    # The umask is the supervisor's business only: plugins keep the one they were started with.
+    assert umask_of(running["pid"]) == "0022"
+    url = await api_url(proc)
+    async with httpx.AsyncClient(base_url=url, headers=admin_headers(settings)) as client:
+        r = await client.put("/api/v1/plugins/chatty/config", json={"env": {"PASSWORD": "hunter2"}})
+        assert r.status_code == 200, r.text
+    logs = settings.data_dir / "logs"
+    await wait_until(lambda: (logs / "chatty.log.1").exists())
+    found = modes(settings.data_dir)
+    expected = {"supervisor.db", "supervisor.db-wal", "supervisor.db-shm", "supervisor.lock", "admin.token"}
+    expected |= {"plugin.token", "logs/supervisor.log", "logs/chatty.log", "logs/chatty.log.1"}
+    assert expected <= set(found), sorted(found)
+    wrong = {name: f"{mode:04o}" for name, mode in found.items() if mode != (0o700 if name in (".", "logs") else 0o600)}
+    assert not wrong, wrong
+    proc.signal(signal.SIGTERM)
+    assert await proc.wait() == 0
+
+
+async def test_an_existing_data_dir_open_to_others_is_tightened_and_said_so(
+    headless: Headless, settings: Settings
+) -> None:
+    with umask(0o022):
+        settings.data_dir.mkdir(parents=True)
+        settings.data_dir.chmod(0o755)
+        proc = headless()
+    note = await proc.wait_for(lambda r: r.get("event") == "permissions_tightened")
+    assert str(settings.data_dir) in note["message"] and "0755" in note["message"] and note["level"] == "warning"
+    assert stat.S_IMODE(settings.data_dir.stat().st_mode) == 0o700
+    proc.signal(signal.SIGTERM)
+    assert await proc.wait() == 0
