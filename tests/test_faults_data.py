@@ -9,6 +9,7 @@ Tests that need one skip, saying why, where it is not permitted.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import signal
 import stat
@@ -17,6 +18,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 from conftest import HeadlessProcess, wait_until
 
@@ -77,6 +79,32 @@ def immutable(tmp_path: Path) -> Iterator[Callable[..., None]]:
         chattr("-i", *existing)
 
 
+@pytest.fixture
+def small_disk(settings: Settings) -> Iterator[Path]:
+    """The data dir on a 2 MiB tmpfs of its own (unmounted at teardown); skips where mounting is not permitted."""
+    data = settings.data_dir
+    data.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(data)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {mounted.stderr.decode().strip()}")
+    try:
+        yield data
+    finally:
+        subprocess.run(["umount", "--lazy", str(data)], check=True)
+
+
+def fill(directory: Path) -> None:
+    """Write a file until the file system is full (ENOSPC), down to the last bytes."""
+    with open(directory / "filler", "wb", buffering=0) as f:
+        for chunk in (1 << 16, 512, 1):
+            with contextlib.suppress(OSError):
+                while True:
+                    f.write(b"\0" * chunk)
+    with pytest.raises(OSError) as full, open(directory / "one-more", "wb", buffering=0) as f:
+        f.write(b"\0" * 4096)
+    assert full.value.errno == errno.ENOSPC
+
+
 async def api_url(proc: HeadlessProcess) -> str:
     return str((await proc.wait_for(lambda r: r.get("event") == "api_listening"))["url"])
 
@@ -123,3 +151,28 @@ async def test_an_existing_data_dir_open_to_others_is_tightened_and_said_so(
     assert stat.S_IMODE(settings.data_dir.stat().st_mode) == 0o700
     proc.signal(signal.SIGTERM)
     assert await proc.wait() == 0
+
+
+async def test_a_stop_on_a_full_disk_stops_says_it_is_not_saved_and_sigterm_exits_0(
+    headless: Headless, make_plugin: Callable[..., Path], settings: Settings, small_disk: Path
+) -> None:
+    make_plugin("alpha", CHATTY)
+    proc = headless()
+    running = await proc.wait_state("alpha", "RUNNING")
+    url = await api_url(proc)
+    fill(small_disk)
+    # Its lines no longer fit in logs/alpha.log: said once, not once per line.
+    await proc.wait_for(lambda r: r.get("event") == "log_file_failed" and r.get("file") == "alpha.log")
+    async with httpx.AsyncClient(base_url=url, headers=admin_headers(settings), timeout=30) as client:
+        r = await client.post("/api/v1/plugins/alpha/stop")
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["plugin"]["state"] == "STOPPED"
+    assert "could not be saved" in body["warning"] and "restart will not remember" in body["warning"]
+    assert not psutil.pid_exists(running["pid"])
+    unsaved = await proc.wait_for(lambda r: r.get("event") == "desired_state_unsaved")
+    assert unsaved["plugin"] == "alpha" and unsaved["level"] == "warning"
+    proc.signal(signal.SIGTERM)
+    assert await proc.wait() == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert len(proc.find(lambda r: r.get("event") == "log_file_failed" and r.get("file") == "alpha.log")) == 1

@@ -54,6 +54,9 @@ class PluginOut(BaseModel):
 
 class PluginEnvelope(BaseModel):
     plugin: PluginOut
+    warning: str | None = Field(
+        None, description="Set when the action was done but a supervisor restart will not remember it (full disk)"
+    )
 
 
 class PluginList(BaseModel):
