@@ -20,9 +20,11 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
-from conftest import HeadlessProcess, wait_until
+from conftest import HeadlessProcess, open_supervisor, wait_until
 
 from supervisor_tui.config import Settings
+from supervisor_tui.core.store import Store
+from supervisor_tui.plugins.model import PluginState
 
 pytestmark = pytest.mark.usefixtures("no_plugin_leftovers")
 
@@ -176,3 +178,33 @@ async def test_a_stop_on_a_full_disk_stops_says_it_is_not_saved_and_sigterm_exit
     assert await proc.wait() == 0, proc.stderr
     assert "Traceback" not in proc.stderr
     assert len(proc.find(lambda r: r.get("event") == "log_file_failed" and r.get("file") == "alpha.log")) == 1
+
+
+async def test_an_unwritable_logs_dir_is_said_once_and_supervision_goes_on(
+    make_plugin: Callable[..., Path], settings: Settings, immutable: Callable[..., None]
+) -> None:
+    make_plugin("chatty", CHATTY)
+    logs = settings.data_dir / "logs"
+    logs.mkdir(parents=True, mode=0o700)
+    immutable(logs)  # no file can be created in it, not even by root
+    async with open_supervisor(settings) as sup:
+        await sup.start("chatty")
+        await wait_until(lambda: len(sup.logs.tail("chatty", 1000)) >= 50)  # the ring keeps every line
+        assert sup.plugin("chatty").state == PluginState.RUNNING
+        warned = [r for r in sup.logs.tail("supervisor", 1000) if r.fields.get("event") == "log_file_failed"]
+    assert sorted(r.fields["file"] for r in warned) == ["chatty.log", "supervisor.log"]  # once each, not per line
+    assert all(str(logs) in r.message and r.level == "warning" for r in warned)
+    assert all("Operation not permitted" in r.message for r in warned), [r.message for r in warned]
+
+
+async def test_a_database_that_cannot_be_written_is_refused_with_one_line_and_exit_1(
+    headless: Headless, settings: Settings, immutable: Callable[..., None]
+) -> None:
+    store = Store(settings.db_path)
+    await store.open()
+    await store.close()
+    immutable(settings.db_path)  # SQLite would open it read-only without a word
+    proc = headless()
+    assert await proc.wait(timeout=30) == 1
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "cannot be written" in lines[0] and str(settings.db_path) in lines[0], proc.stderr
