@@ -12,6 +12,7 @@ import contextlib
 import errno
 import os
 import signal
+import sqlite3
 import stat
 import subprocess
 from collections.abc import Callable, Iterator
@@ -208,3 +209,65 @@ async def test_a_database_that_cannot_be_written_is_refused_with_one_line_and_ex
     assert await proc.wait(timeout=30) == 1
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "cannot be written" in lines[0] and str(settings.db_path) in lines[0], proc.stderr
+
+
+def damage(db_path: Path, name: str) -> None:
+    """Overwrite the root page of table or index ``name`` with garbage (the supervisor is stopped)."""
+    db = sqlite3.connect(db_path)
+    try:
+        root = db.execute("SELECT rootpage FROM sqlite_master WHERE name = ?", (name,)).fetchone()[0]
+        page_size = db.execute("PRAGMA page_size").fetchone()[0]
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        db.close()
+    with open(db_path, "r+b") as f:
+        f.seek((root - 1) * page_size)
+        f.write(b"\xa5" * page_size)
+
+
+@pytest.mark.parametrize(
+    ("damaged", "table"),
+    [("heartbeats", "heartbeats"), ("idx_heartbeats_console", "heartbeats"), ("transitions", "transitions")],
+)
+async def test_damaged_console_history_is_named_and_the_rest_works(
+    headless: Headless, settings: Settings, damaged: str, table: str
+) -> None:
+    proc = headless()
+    url = await api_url(proc)
+    async with httpx.AsyncClient(base_url=url) as client:
+        r = await client.post("/api/consoles/register", json={"id": "c1", "name": "C1", "state": "idle"})
+        assert r.status_code == 201, r.text
+        token = {"Authorization": f"Bearer {r.json()['token']}"}
+        for i in range(60):  # a few pages of history: heartbeats and a transition each
+            body = {"state": ("busy", "idle")[i % 2], "current_job": f"job-{i}-" + "x" * 300}
+            r = await client.post("/api/consoles/c1/heartbeat", json=body, headers=token)
+            assert r.status_code == 200, r.text
+    proc.signal(signal.SIGTERM)
+    assert await proc.wait() == 0
+    damage(settings.db_path, damaged)
+
+    proc = headless()
+    url = await api_url(proc)  # it starts
+    said = await proc.wait_for(lambda r: r.get("event") == "history_damaged")
+    assert said["table"] == table and said["level"] == "error" and f"table {table} " in said["message"]
+    admin = admin_headers(settings)
+    async with httpx.AsyncClient(base_url=url) as client:
+        r = await client.post("/api/consoles/c1/heartbeat", json={"state": "error"}, headers=token)  # a transition
+        assert r.status_code == 200, r.text
+        r = await client.post("/api/consoles/register", json={"id": "c2", "name": "C2", "state": "busy"})
+        assert r.status_code == 201, r.text
+        c2 = {"Authorization": f"Bearer {r.json()['token']}"}
+        r = await client.post("/api/consoles/c2/heartbeat", json={"state": "idle"}, headers=c2)
+        assert r.status_code == 200, r.text
+        r = await client.get("/api/consoles/c1", headers=admin)
+        assert r.json()["state"] == "error" and r.json()["heartbeats"] == 61
+        r = await client.get(f"/api/consoles/c1/{table}", headers=admin)
+        assert r.status_code == 503 and f"history table {table} is damaged" in r.json()["error"]["message"]
+        other = "transitions" if table == "heartbeats" else "heartbeats"
+        r = await client.get(f"/api/consoles/c1/{other}", headers=admin)
+        assert r.status_code == 200 and r.json()
+        r = await client.get("/api/v1/status", headers=admin)
+        assert set(r.json()["damaged_tables"]) == {table}
+    proc.signal(signal.SIGTERM)
+    assert await proc.wait() == 0
+    assert len(proc.find(lambda r: r.get("event") == "history_damaged")) == 1

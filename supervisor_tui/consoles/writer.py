@@ -5,6 +5,11 @@ last commit, has the service turn it into SQL steps (``plan``), runs them in one
 writer connection, and only after COMMIT resolves the futures. With synchronous=FULL that makes every 2xx
 durable while paying for one fsync per batch instead of one per heartbeat. A failed transaction is rolled back
 and every future of the batch gets the error (the API answers 503, never 2xx).
+
+History rows (``Plan.history``: heartbeats, transitions) are written in a savepoint: when their table turns out
+to be damaged (SQLITE_CORRUPT) they are rolled back and the rest of the batch commits. The table is then in
+``damaged`` (``on_damaged`` is called once), later batches skip its rows (``history_skipped`` counts them) and
+the console's current state keeps being recorded.
 """
 
 from __future__ import annotations
@@ -18,8 +23,22 @@ from typing import Any
 from supervisor_tui.core.store import Store
 
 # One step of a batch: ("many", sql, rows) runs executemany; ("call", fn, None) runs fn(connection) and keeps
-# its result (maintenance deletes that need RETURNING).
+# its result (maintenance deletes that need RETURNING); ("history", (table, sql), rows) is an executemany that
+# a damaged table does not fail the batch for.
 Step = tuple[str, Any, Any]
+
+_SQLITE_CORRUPT = 11  # primary result code (extended codes keep it in the low byte)
+_SQLITE_NOTADB = 26
+
+
+def is_damage(exc: BaseException) -> bool:
+    """The error says the database file is damaged (as opposed to full, locked or misused)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return (
+        isinstance(exc, sqlite3.DatabaseError)
+        and isinstance(code, int)
+        and code & 0xFF in (_SQLITE_CORRUPT, _SQLITE_NOTADB)
+    )
 
 
 class WriteFailed(Exception):
@@ -51,6 +70,11 @@ class Plan:
         if rows:
             self.steps.append(("many", sql, rows))
 
+    def history(self, table: str, sql: str, rows: list[tuple[Any, ...]]) -> None:
+        """Rows of a history table: skipped, not fatal to the batch, when that table is damaged."""
+        if rows:
+            self.steps.append(("history", (table, sql), rows))
+
     def call(self, fn: Callable[[sqlite3.Connection], Any]) -> int:
         """Run ``fn`` inside the transaction; returns the index of its result in ``on_commit``'s list."""
         self.steps.append(("call", fn, None))
@@ -60,15 +84,18 @@ class Plan:
 Planner = Callable[[list[Op]], Plan]
 
 
-def _run_steps(conn: sqlite3.Connection, steps: list[Step]) -> list[Any]:
+def _run_steps(conn: sqlite3.Connection, steps: list[Step], damaged: dict[str, str]) -> list[Any]:
     """Runs in the connection's thread: the whole batch in one hop, so no other user of the shared writer
-    connection can slip a statement into (or a BEGIN before) our transaction."""
+    connection can slip a statement into (or a BEGIN before) our transaction. History steps whose table is
+    found damaged are rolled back alone and the table added to ``damaged``."""
     results: list[Any] = []
     conn.execute("BEGIN IMMEDIATE")
     try:
         for kind, what, rows in steps:
             if kind == "many":
                 conn.executemany(what, rows)
+            elif kind == "history":
+                _write_history(conn, what, rows, damaged)
             else:
                 results.append(what(conn))
         conn.execute("COMMIT")
@@ -80,6 +107,19 @@ def _run_steps(conn: sqlite3.Connection, steps: list[Step]) -> list[Any]:
                 pass
         raise
     return results
+
+
+def _write_history(conn: sqlite3.Connection, what: tuple[str, str], rows: Any, damaged: dict[str, str]) -> None:
+    table, sql = what
+    conn.execute("SAVEPOINT history")
+    try:
+        conn.executemany(sql, rows)
+    except sqlite3.DatabaseError as exc:
+        if not is_damage(exc):
+            raise
+        conn.execute("ROLLBACK TO history")
+        damaged[table] = str(exc)
+    conn.execute("RELEASE history")
 
 
 class GroupCommitWriter:
@@ -96,6 +136,15 @@ class GroupCommitWriter:
         self.batches = 0
         self.committed_ops = 0
         self.failed_batches = 0
+        self.damaged: dict[str, str] = {}  # history tables found damaged: the error
+        self.history_skipped = 0  # history rows not written because their table is damaged
+        self.on_damaged: Callable[[str, str], None] = lambda table, error: None
+
+    def mark_damaged(self, table: str, error: str) -> None:
+        """From now on skip ``table``'s history rows (found damaged here or by a reader)."""
+        if table not in self.damaged:
+            self.damaged[table] = error
+            self.on_damaged(table, error)
 
     def start(self) -> None:
         self._closing = False
@@ -122,6 +171,13 @@ class GroupCommitWriter:
             await self._task
             self._task = None
 
+    def _without_damaged(self, steps: list[Step]) -> list[Step]:
+        if not self.damaged:
+            return steps
+        kept = [s for s in steps if s[0] != "history" or s[1][0] not in self.damaged]
+        self.history_skipped += sum(_history_rows(s) for s in steps) - sum(_history_rows(s) for s in kept)
+        return kept
+
     @property
     def queued(self) -> int:
         return len(self._queue)
@@ -147,11 +203,16 @@ class GroupCommitWriter:
             _fail_all(ops, WriteFailed(f"cannot plan console write: {exc}"))
             self.failed_batches += 1
             return
+        steps = self._without_damaged(plan.steps)
         try:
-            if plan.steps:
+            if steps:
                 writer = self._store.writer
+                found: dict[str, str] = {}
                 # aiosqlite's _execute runs a function in its connection thread: one hop per batch.
-                results = await writer._execute(_run_steps, writer._conn, plan.steps)
+                results = await writer._execute(_run_steps, writer._conn, steps, found)
+                for table, error in found.items():
+                    self.mark_damaged(table, error)
+                self.history_skipped += sum(_history_rows(s) for s in steps if s[0] == "history" and s[1][0] in found)
             else:
                 results = []
         except Exception as exc:
@@ -165,6 +226,10 @@ class GroupCommitWriter:
         self.batches += 1
         self.committed_ops += len(ops)
         plan.on_commit(results)
+
+
+def _history_rows(step: Step) -> int:
+    return len(step[2]) if step[0] == "history" else 0
 
 
 def _fail_all(ops: list[Op], exc: BaseException) -> None:

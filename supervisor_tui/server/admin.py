@@ -203,6 +203,7 @@ def create_admin_app(ctx: ApiContext, extra_openapi_paths: dict[str, Any] | None
             "read_only": ctx.settings.read_only,
             "plugins": {"total": len(plugins), "by_state": by_state},
             "consoles": {"total": sum(consoles.values()), "by_state": consoles},
+            "damaged_tables": sup.consoles.damaged_history() if sup.consoles is not None else {},
         }
 
     @app.get(

@@ -75,6 +75,9 @@ class StatusOut(BaseModel):
     read_only: bool
     plugins: Counts
     consoles: Counts
+    damaged_tables: dict[str, str] = Field(
+        default_factory=dict, description="Console history tables found damaged (no longer written): the error"
+    )
 
 
 class LogLineOut(BaseModel):
