@@ -121,8 +121,10 @@ async def test_everything_in_the_data_dir_is_private_whatever_the_umask(
 ) -> None:
     make_plugin("chatty", CHATTY)
     monkeypatch.setenv("SUPERVISOR_TUI_DATA_LOG_MAX_BYTES", "4096")  # rotated files too
+    config = settings.base_dir / "supervisor.toml"
+    config.write_text('[extensions.audit-log]\nmodule = "supervisor_tui.extensions.audit_log:AuditLog"\n')
     with umask(0o022):
-        proc = headless()
+        proc = headless("--config", str(config))
     running = await proc.wait_state("chatty", "RUNNING")
     # The umask is the supervisor's business only: plugins keep the one they were started with.
     assert umask_of(running["pid"]) == "0022"
@@ -134,7 +136,7 @@ async def test_everything_in_the_data_dir_is_private_whatever_the_umask(
     await wait_until(lambda: (logs / "chatty.log.1").exists())
     found = modes(settings.data_dir)
     expected = {"supervisor.db", "supervisor.db-wal", "supervisor.db-shm", "supervisor.lock", "admin.token"}
-    expected |= {"plugin.token", "logs/supervisor.log", "logs/chatty.log", "logs/chatty.log.1"}
+    expected |= {"plugin.token", "logs/supervisor.log", "logs/chatty.log", "logs/chatty.log.1", "audit.jsonl"}
     assert expected <= set(found), sorted(found)
     wrong = {name: f"{mode:04o}" for name, mode in found.items() if mode != (0o700 if name in (".", "logs") else 0o600)}
     assert not wrong, wrong
