@@ -12,7 +12,7 @@ the COMMIT. Memory is changed only after a commit, by the writer's planner, so m
 A damaged history table (heartbeats or transitions: SQLITE_CORRUPT, found at start or by a write or read) is
 reported once (``history_damaged``, and in ``damaged_history()``); from then on its rows are not written,
 heartbeats and registrations are still committed and acknowledged, its reads answer ConsoleUnavailable naming
-it, and retention leaves it alone. Removing a console fails while its history cannot be deleted.
+it, and retention leaves it alone. Removing a console can fail while its history cannot be deleted.
 """
 
 from __future__ import annotations
