@@ -17,14 +17,16 @@ import stat
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psutil
 import pytest
 from conftest import HeadlessProcess, open_supervisor, wait_until
+from fixtures.consoles.harness import database_at_version, served_consoles
 
 from supervisor_tui.config import Settings
-from supervisor_tui.core.store import Store
+from supervisor_tui.core.store import SCHEMA_VERSION, Store
 from supervisor_tui.plugins.model import PluginState
 
 pytestmark = pytest.mark.usefixtures("no_plugin_leftovers")
@@ -213,17 +215,23 @@ async def test_a_database_that_cannot_be_written_is_refused_with_one_line_and_ex
     assert len(lines) == 1 and "cannot be written" in lines[0] and str(settings.db_path) in lines[0], proc.stderr
 
 
-def damage(db_path: Path, name: str) -> None:
-    """Overwrite the root page of table or index ``name`` with garbage (the supervisor is stopped)."""
+def damage(db_path: Path, name: str, page: str = "root") -> None:
+    """Overwrite the root page (or a ``"middle"`` leaf) of table or index ``name`` with garbage; the database is
+    not in use."""
     db = sqlite3.connect(db_path)
     try:
-        root = db.execute("SELECT rootpage FROM sqlite_master WHERE name = ?", (name,)).fetchone()[0]
-        page_size = db.execute("PRAGMA page_size").fetchone()[0]
         db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        if page == "root":
+            number = db.execute("SELECT rootpage FROM sqlite_master WHERE name = ?", (name,)).fetchone()[0]
+        else:
+            leaves = db.execute("SELECT pageno FROM dbstat WHERE name = ? AND pagetype = 'leaf'", (name,)).fetchall()
+            assert len(leaves) >= 5, f"{name} has only {len(leaves)} leaf pages"
+            number = sorted(leaves)[len(leaves) // 2][0]
+        page_size = db.execute("PRAGMA page_size").fetchone()[0]
     finally:
         db.close()
     with open(db_path, "r+b") as f:
-        f.seek((root - 1) * page_size)
+        f.seek((number - 1) * page_size)
         f.write(b"\xa5" * page_size)
 
 
@@ -273,3 +281,38 @@ async def test_damaged_console_history_is_named_and_the_rest_works(
     proc.signal(signal.SIGTERM)
     assert await proc.wait() == 0
     assert len(proc.find(lambda r: r.get("event") == "history_damaged")) == 1
+
+
+async def test_history_damaged_away_from_its_ends_is_found_by_the_write_and_heartbeats_are_acknowledged(
+    tmp_path: Path,
+) -> None:
+    data = tmp_path / "data"
+    db = database_at_version(data, SCHEMA_VERSION)
+    ids = [f"console-{i:03d}-" + "x" * 100 for i in range(300)]  # long ids: the index spans many pages
+    db.executemany(
+        "INSERT INTO consoles (id, name, state, reported_state, first_seen, last_seen) VALUES (?, ?, 'idle', 'idle', "
+        "1, 2)",
+        [(cid, cid) for cid in ids],
+    )
+    db.executemany(
+        "INSERT INTO transitions (console_id, from_state, to_state, at, reason) "
+        "VALUES (?, NULL, 'idle', 1, 'register')",
+        [(cid,) for cid in ids],
+    )
+    db.commit()
+    db.close()
+    damage(data / "supervisor.db", "idx_transitions_console", page="middle")  # not read at start
+
+    async with served_consoles(data, consoles__auth="none") as server, httpx.AsyncClient(base_url=server.url) as c:
+
+        def said() -> list[Any]:
+            return [r for r in server.logs.tail("supervisor", 1000) if r.fields.get("event") == "history_damaged"]
+
+        assert not said()  # the start reads only the ends of the index
+        for cid in ids:  # each a state change: a transition row in the damaged index
+            r = await c.post(f"/api/consoles/{cid}/heartbeat", json={"state": "busy"})
+            assert r.status_code == 200, r.text
+        assert len(said()) == 1 and said()[0].fields["table"] == "transitions"
+        assert set(server.service.damaged_history()) == {"transitions"}
+        r = await c.get(f"/api/consoles/{ids[0]}", headers=server.admin)
+        assert r.json()["state"] == "busy"

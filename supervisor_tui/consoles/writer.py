@@ -6,10 +6,11 @@ writer connection, and only after COMMIT resolves the futures. With synchronous=
 durable while paying for one fsync per batch instead of one per heartbeat. A failed transaction is rolled back
 and every future of the batch gets the error (the API answers 503, never 2xx).
 
-History rows (``Plan.history``: heartbeats, transitions) are written in a savepoint: when their table turns out
-to be damaged (SQLITE_CORRUPT) they are rolled back and the rest of the batch commits. The table is then in
-``damaged`` (``on_damaged`` is called once), later batches skip its rows (``history_skipped`` counts them) and
-the console's current state keeps being recorded.
+History rows (``Plan.history``: heartbeats, transitions) may not sink a batch: when their table turns out to be
+damaged (SQLITE_CORRUPT) the transaction is rolled back and the batch written again without them (after a
+corruption error SQLite fails every later write of the same transaction, a savepoint does not help). The table
+is then in ``damaged`` (``on_damaged`` is called once), later batches skip its rows (``history_skipped`` counts
+them) and the consoles' current state keeps being recorded.
 """
 
 from __future__ import annotations
@@ -84,10 +85,17 @@ class Plan:
 Planner = Callable[[list[Op]], Plan]
 
 
-def _run_steps(conn: sqlite3.Connection, steps: list[Step], damaged: dict[str, str]) -> list[Any]:
+class _HistoryDamaged(Exception):
+    """A history table of the batch is damaged: the batch was rolled back, to be written again without it."""
+
+    def __init__(self, table: str, error: str) -> None:
+        super().__init__(f"{table}: {error}")
+        self.table, self.error = table, error
+
+
+def _run_steps(conn: sqlite3.Connection, steps: list[Step]) -> list[Any]:
     """Runs in the connection's thread: the whole batch in one hop, so no other user of the shared writer
-    connection can slip a statement into (or a BEGIN before) our transaction. History steps whose table is
-    found damaged are rolled back alone and the table added to ``damaged``."""
+    connection can slip a statement into (or a BEGIN before) our transaction."""
     results: list[Any] = []
     conn.execute("BEGIN IMMEDIATE")
     try:
@@ -95,7 +103,12 @@ def _run_steps(conn: sqlite3.Connection, steps: list[Step], damaged: dict[str, s
             if kind == "many":
                 conn.executemany(what, rows)
             elif kind == "history":
-                _write_history(conn, what, rows, damaged)
+                try:
+                    conn.executemany(what[1], rows)
+                except sqlite3.DatabaseError as exc:
+                    if is_damage(exc):
+                        raise _HistoryDamaged(what[0], str(exc)) from exc
+                    raise
             else:
                 results.append(what(conn))
         conn.execute("COMMIT")
@@ -107,19 +120,6 @@ def _run_steps(conn: sqlite3.Connection, steps: list[Step], damaged: dict[str, s
                 pass
         raise
     return results
-
-
-def _write_history(conn: sqlite3.Connection, what: tuple[str, str], rows: Any, damaged: dict[str, str]) -> None:
-    table, sql = what
-    conn.execute("SAVEPOINT history")
-    try:
-        conn.executemany(sql, rows)
-    except sqlite3.DatabaseError as exc:
-        if not is_damage(exc):
-            raise
-        conn.execute("ROLLBACK TO history")
-        damaged[table] = str(exc)
-    conn.execute("RELEASE history")
 
 
 class GroupCommitWriter:
@@ -171,6 +171,21 @@ class GroupCommitWriter:
             await self._task
             self._task = None
 
+    async def _commit(self, steps: list[Step]) -> list[Any]:
+        """Write ``steps`` in one transaction; again without a history table each time one is found damaged."""
+        while True:
+            steps = self._without_damaged(steps)
+            if not steps:
+                return []
+            writer = self._store.writer
+            try:
+                # aiosqlite's _execute runs a function in its connection thread: one hop per batch.
+                results: list[Any] = await writer._execute(_run_steps, writer._conn, steps)
+            except _HistoryDamaged as exc:
+                self.mark_damaged(exc.table, exc.error)
+                continue
+            return results
+
     def _without_damaged(self, steps: list[Step]) -> list[Step]:
         if not self.damaged:
             return steps
@@ -203,18 +218,8 @@ class GroupCommitWriter:
             _fail_all(ops, WriteFailed(f"cannot plan console write: {exc}"))
             self.failed_batches += 1
             return
-        steps = self._without_damaged(plan.steps)
         try:
-            if steps:
-                writer = self._store.writer
-                found: dict[str, str] = {}
-                # aiosqlite's _execute runs a function in its connection thread: one hop per batch.
-                results = await writer._execute(_run_steps, writer._conn, steps, found)
-                for table, error in found.items():
-                    self.mark_damaged(table, error)
-                self.history_skipped += sum(_history_rows(s) for s in steps if s[0] == "history" and s[1][0] in found)
-            else:
-                results = []
+            results = await self._commit(plan.steps)
         except Exception as exc:
             self.failed_batches += 1
             err = WriteFailed(f"database write failed: {exc}")
