@@ -278,6 +278,9 @@ async def test_damaged_console_history_is_named_and_the_rest_works(
         assert r.status_code == 200 and r.json()
         r = await client.get("/api/v1/status", headers=admin)
         assert set(r.json()["damaged_tables"]) == {table}
+        r = await client.get("/metrics", headers=admin)
+        skipped = next(line for line in r.text.splitlines() if line.startswith("supervisor_console_history_rows_"))
+        assert skipped.startswith("supervisor_console_history_rows_skipped_total ") and float(skipped.split()[1]) >= 1
     proc.signal(signal.SIGTERM)
     assert await proc.wait() == 0
     assert len(proc.find(lambda r: r.get("event") == "history_damaged")) == 1

@@ -178,6 +178,7 @@ class ConsoleMetrics:
     consoles_by_state: dict[str, int]
     write_batches: int
     write_failures: int
+    history_skipped: int = 0  # rows of a damaged history table not written
 
 
 @dataclass
@@ -845,6 +846,7 @@ class ConsoleService:
             consoles_by_state=self.counts_by_state(),
             write_batches=self._writer.batches,
             write_failures=self._writer.failed_batches,
+            history_skipped=self._writer.history_skipped,
         )
 
     async def list_consoles(
