@@ -3,9 +3,9 @@
 Starts every autostart plugin, logs to stdout (human or JSON lines), and runs until SIGTERM/SIGINT, then stops
 every plugin in reverse dependency order and exits 0. SIGHUP re-reads the manifests and applies the difference.
 
-Exit codes: 0 after SIGTERM/SIGINT; 1 when the supervisor cannot start (another one holds the data dir, the
-database cannot be opened); 2 when the API port cannot be bound; 3 with ``--exit-on-fatal`` when a plugin went
-FATAL.
+Exit codes: 0 after SIGTERM/SIGINT (a full disk included); 1 when the supervisor cannot start (another one holds
+the data dir, the database cannot be opened or written); 2 when the API port cannot be bound; 3 with
+``--exit-on-fatal`` when a plugin went FATAL.
 """
 
 from __future__ import annotations

@@ -1,9 +1,12 @@
-"""The SQLite store's migrations on real files: a newer database is refused, a failing migration says which one
-and why, leaves the database at the version before, and the next start with a working migration goes on."""
+"""The SQLite store on real files: migrations (a newer database is refused, a failing migration says which one
+and why, leaves the database at the version before, and the next start with a working migration goes on) and
+the modes of its files."""
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import stat
 from pathlib import Path
 
 import pytest
@@ -57,3 +60,24 @@ async def test_a_database_from_a_newer_version_is_refused(tmp_path: Path) -> Non
     db.close()
     with pytest.raises(StoreError, match="newer than this program"):
         await Store(path).open()
+
+
+async def test_the_database_files_are_0600_whatever_the_umask_and_wider_ones_are_tightened(tmp_path: Path) -> None:
+    path = tmp_path / "data" / "supervisor.db"
+    old = os.umask(0o022)
+    try:
+        store = Store(path)
+        await store.open()
+        files = [path, Path(f"{path}-wal"), Path(f"{path}-shm")]
+        assert {f.name: oct(stat.S_IMODE(f.stat().st_mode)) for f in files} == {f.name: "0o600" for f in files}
+        assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700 and store.notes == []
+        await store.close()
+
+        path.chmod(0o644)  # as an older version left it
+        store = Store(path)
+        await store.open()
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        assert store.notes == [f"{path} was mode 0644: tightened to 0600"]
+        await store.close()
+    finally:
+        os.umask(old)

@@ -8,6 +8,11 @@ the COMMIT. Memory is changed only after a commit, by the writer's planner, so m
     await consoles.start()      # after store.open()
     ...
     await consoles.stop()       # before store.close(): writes everything queued, then stops
+
+A damaged history table (heartbeats or transitions: SQLITE_CORRUPT, found at start or by a write or read) is
+reported once (``history_damaged``, and in ``damaged_history()``); from then on its rows are not written,
+heartbeats and registrations are still committed and acknowledged, its reads answer ConsoleUnavailable naming
+it, and retention leaves it alone. Removing a console can fail while its history cannot be deleted.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import secrets
 import sqlite3
 import time
 from collections import Counter
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,7 +40,7 @@ from supervisor_tui.consoles.errors import (
 from supervisor_tui.consoles.models import ALL_STATES, HeartbeatInput, RegistrationInput, iso
 from supervisor_tui.consoles.recency import Recency
 from supervisor_tui.consoles.sweeper import Deadlines
-from supervisor_tui.consoles.writer import GroupCommitWriter, Op, Plan, WriteFailed, WriterClosed
+from supervisor_tui.consoles.writer import GroupCommitWriter, Op, Plan, WriteFailed, WriterClosed, is_damage
 from supervisor_tui.core.events import (
     ConsoleHeartbeats,
     ConsoleRegistered,
@@ -88,6 +94,24 @@ _UPDATE_REGISTRATION = (
     "current_job = NULL, token_hash = ?, last_seen = ? WHERE id = ?"
 )
 _DELETE_CONSOLE = "DELETE FROM consoles WHERE id = ?"
+
+
+def _ends(table: str, column: str, index: str | None = None) -> tuple[str, str]:
+    """Two reads of a few pages each: the first and the last entry of ``table`` or its ``index`` (one MIN or
+    MAX per query: SQLite scans everything for both at once)."""
+    source = f"{table} INDEXED BY {index}" if index else table
+    return f"SELECT MIN({column}) FROM {source}", f"SELECT MAX({column}) FROM {source}"
+
+
+# What inserts and retention touch in each history table and its indices.
+_HISTORY_PROBES = {
+    "heartbeats": (*_ends("heartbeats", "id"), *_ends("heartbeats", "console_id", "idx_heartbeats_console")),
+    "transitions": (
+        *_ends("transitions", "id"),
+        *_ends("transitions", "console_id", "idx_transitions_console"),
+        *_ends("transitions", "at", "idx_transitions_at"),
+    ),
+}
 
 
 def hash_console_token(token: str) -> str:
@@ -154,6 +178,7 @@ class ConsoleMetrics:
     consoles_by_state: dict[str, int]
     write_batches: int
     write_failures: int
+    history_skipped: int = 0  # rows of a damaged history table not written
 
 
 @dataclass
@@ -240,6 +265,7 @@ class ConsoleService:
         self._recency = Recency()
         self._timeout_retry: dict[str, float] = {}
         self._writer = GroupCommitWriter(store, self._plan)
+        self._writer.on_damaged = self._report_damage
         self._tasks: list[asyncio.Task[None]] = []
         self._counters = _Counters()
         self.started = False
@@ -254,8 +280,16 @@ class ConsoleService:
             "ORDER BY last_seen"
         ) as cur:
             rows = await cur.fetchall()
-        async with db.execute("SELECT console_id, COUNT(*) FROM heartbeats GROUP BY console_id") as cur:
-            counts = {r[0]: int(r[1]) for r in await cur.fetchall()}
+        counts: dict[str, int] = {}
+        await self._probe_history()
+        if "heartbeats" not in self._writer.damaged:
+            try:
+                async with db.execute("SELECT console_id, COUNT(*) FROM heartbeats GROUP BY console_id") as cur:
+                    counts = {r[0]: int(r[1]) for r in await cur.fetchall()}
+            except sqlite3.DatabaseError as exc:  # damaged history must not keep the supervisor from starting
+                if not is_damage(exc):
+                    raise
+                self._writer.mark_damaged("heartbeats", str(exc))
         self._entries.clear()
         self._by_state.clear()
         self._recency.clear()
@@ -273,6 +307,20 @@ class ConsoleService:
             loop.create_task(self._retention_loop(), name="consoles-retention"),
         ]
         self.started = True
+
+    async def _probe_history(self) -> None:
+        """Read the ends of each history table and its indices (a few pages each, whatever their size: a full
+        PRAGMA quick_check costs seconds per million rows) so a damaged root or edge page is reported now."""
+        for table, probes in _HISTORY_PROBES.items():
+            for sql in probes:
+                try:
+                    async with self.store.writer.execute(sql) as cur:
+                        await cur.fetchall()
+                except sqlite3.DatabaseError as exc:
+                    if not is_damage(exc):
+                        raise
+                    self._writer.mark_damaged(table, str(exc))
+                    break
 
     async def stop(self) -> None:
         """Stop the sweeper and retention, then write everything already queued (nothing acknowledged is lost)."""
@@ -379,7 +427,7 @@ class ConsoleService:
             # Timeouts before heartbeat updates: a console that timed out and then spoke in the same batch
             # must end in its reported state.
             plan.many(_UPDATE_TIMEOUT, timeouts[:])
-            plan.many(_INSERT_HEARTBEAT, hb_rows[:])
+            plan.history("heartbeats", _INSERT_HEARTBEAT, hb_rows[:])
             by_kind: dict[tuple[bool, bool, bool], list[tuple[Any, ...]]] = {}
             for u in updates.values():
                 state, system, host, activity, error, job, seen, count, cid, old_state, old_activity, old_host = u
@@ -395,7 +443,7 @@ class ConsoleService:
                 by_kind.setdefault((state_changed, activity_changed, host_changed), []).append(row)
             for kind, rows in by_kind.items():
                 plan.many(_UPDATE_FROM_HEARTBEAT[kind], rows)
-            plan.many(_INSERT_TRANSITION, trans[:])
+            plan.history("transitions", _INSERT_TRANSITION, trans[:])
             timeouts.clear()
             hb_rows.clear()
             updates.clear()
@@ -538,7 +586,7 @@ class ConsoleService:
                     if reg.hostname is not None:
                         e.hostname = reg.hostname
                     created = False
-                plan.many(_INSERT_TRANSITION, trans[:])
+                plan.history("transitions", _INSERT_TRANSITION, trans[:])
                 trans.clear()
                 registrations += 1
                 events.append(ConsoleRegistered(console_id=reg.id, name=reg.name, state=reg.state))
@@ -717,7 +765,8 @@ class ConsoleService:
             ).fetchall()
             return [r[0] for r in rows]
 
-        while True:
+        damaged = self._writer.damaged
+        while "heartbeats" not in damaged:
             ids: list[str] = await self._maintenance(by_age)
             self._forget_rows(ids)
             done["heartbeats_by_age"] += len(ids)
@@ -725,6 +774,8 @@ class ConsoleService:
                 break
         limit = self.heartbeats_per_console
         over = [(e.id, e.stored_heartbeats - limit) for e in self._entries.values() if e.stored_heartbeats > limit]
+        if "heartbeats" in damaged:
+            over = []
         for i in range(0, len(over), 100):
             group = over[i : i + 100]
 
@@ -750,7 +801,7 @@ class ConsoleService:
             )
             return int(cur.rowcount)
 
-        while True:
+        while "transitions" not in damaged:
             n: int = await self._maintenance(transitions)
             done["transitions"] += n
             if n < chunk:
@@ -795,6 +846,7 @@ class ConsoleService:
             consoles_by_state=self.counts_by_state(),
             write_batches=self._writer.batches,
             write_failures=self._writer.failed_batches,
+            history_skipped=self._writer.history_skipped,
         )
 
     async def list_consoles(
@@ -827,13 +879,39 @@ class ConsoleService:
         """The console's latest heartbeats, newest first (ConsoleNotFound)."""
         if console_id not in self._entries:
             raise ConsoleNotFound(f"no console {console_id!r}")
-        return await queries.heartbeats(self.store.reader, console_id, limit)
+        return await self._history("heartbeats", queries.heartbeats(self.store.reader, console_id, limit))
 
     async def transitions(self, console_id: str, limit: int = 100) -> list[dict[str, Any]]:
         """The console's latest state transitions, newest first (ConsoleNotFound)."""
         if console_id not in self._entries:
             raise ConsoleNotFound(f"no console {console_id!r}")
-        return await queries.transitions(self.store.reader, console_id, limit)
+        return await self._history("transitions", queries.transitions(self.store.reader, console_id, limit))
+
+    async def _history(self, table: str, read: Coroutine[Any, Any, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+        """A read of a history table; a damaged one answers ConsoleUnavailable naming it."""
+        if table not in self._writer.damaged:
+            try:
+                return await read
+            except sqlite3.DatabaseError as exc:
+                if not is_damage(exc):
+                    raise
+                self._writer.mark_damaged(table, str(exc))
+        read.close()
+        raise ConsoleUnavailable(f"the console history table {table} is damaged ({self._writer.damaged[table]})")
+
+    def damaged_history(self) -> dict[str, str]:
+        """History tables found damaged (their rows are no longer written): table -> the database's error."""
+        return dict(self._writer.damaged)
+
+    def _report_damage(self, table: str, error: str) -> None:
+        self._log(
+            "error",
+            f"console history table {table} in {self.store.path} is damaged ({error}): heartbeats and "
+            f"registrations are still recorded, but no more {table} history; repair the database with the "
+            "supervisor stopped (sqlite3 .recover)",
+            "history_damaged",
+            table=table,
+        )
 
     async def stats(self) -> dict[str, Any]:
         """Count and latest activity by state (seed 004's statistics query)."""

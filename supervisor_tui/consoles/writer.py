@@ -5,6 +5,12 @@ last commit, has the service turn it into SQL steps (``plan``), runs them in one
 writer connection, and only after COMMIT resolves the futures. With synchronous=FULL that makes every 2xx
 durable while paying for one fsync per batch instead of one per heartbeat. A failed transaction is rolled back
 and every future of the batch gets the error (the API answers 503, never 2xx).
+
+History rows (``Plan.history``: heartbeats, transitions) may not sink a batch: when their table turns out to be
+damaged (SQLITE_CORRUPT) the transaction is rolled back and the batch written again without them (after a
+corruption error SQLite fails every later write of the same transaction, a savepoint does not help). The table
+is then in ``damaged`` (``on_damaged`` is called once), later batches skip its rows (``history_skipped`` counts
+them) and the consoles' current state keeps being recorded.
 """
 
 from __future__ import annotations
@@ -18,8 +24,22 @@ from typing import Any
 from supervisor_tui.core.store import Store
 
 # One step of a batch: ("many", sql, rows) runs executemany; ("call", fn, None) runs fn(connection) and keeps
-# its result (maintenance deletes that need RETURNING).
+# its result (maintenance deletes that need RETURNING); ("history", (table, sql), rows) is an executemany that
+# a damaged table does not fail the batch for.
 Step = tuple[str, Any, Any]
+
+_SQLITE_CORRUPT = 11  # primary result code (extended codes keep it in the low byte)
+_SQLITE_NOTADB = 26
+
+
+def is_damage(exc: BaseException) -> bool:
+    """The error says the database file is damaged (as opposed to full, locked or misused)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return (
+        isinstance(exc, sqlite3.DatabaseError)
+        and isinstance(code, int)
+        and code & 0xFF in (_SQLITE_CORRUPT, _SQLITE_NOTADB)
+    )
 
 
 class WriteFailed(Exception):
@@ -51,6 +71,11 @@ class Plan:
         if rows:
             self.steps.append(("many", sql, rows))
 
+    def history(self, table: str, sql: str, rows: list[tuple[Any, ...]]) -> None:
+        """Rows of a history table: skipped, not fatal to the batch, when that table is damaged."""
+        if rows:
+            self.steps.append(("history", (table, sql), rows))
+
     def call(self, fn: Callable[[sqlite3.Connection], Any]) -> int:
         """Run ``fn`` inside the transaction; returns the index of its result in ``on_commit``'s list."""
         self.steps.append(("call", fn, None))
@@ -58,6 +83,14 @@ class Plan:
 
 
 Planner = Callable[[list[Op]], Plan]
+
+
+class _HistoryDamaged(Exception):
+    """A history table of the batch is damaged: the batch was rolled back, to be written again without it."""
+
+    def __init__(self, table: str, error: str) -> None:
+        super().__init__(f"{table}: {error}")
+        self.table, self.error = table, error
 
 
 def _run_steps(conn: sqlite3.Connection, steps: list[Step]) -> list[Any]:
@@ -69,6 +102,13 @@ def _run_steps(conn: sqlite3.Connection, steps: list[Step]) -> list[Any]:
         for kind, what, rows in steps:
             if kind == "many":
                 conn.executemany(what, rows)
+            elif kind == "history":
+                try:
+                    conn.executemany(what[1], rows)
+                except sqlite3.DatabaseError as exc:
+                    if is_damage(exc):
+                        raise _HistoryDamaged(what[0], str(exc)) from exc
+                    raise
             else:
                 results.append(what(conn))
         conn.execute("COMMIT")
@@ -96,6 +136,15 @@ class GroupCommitWriter:
         self.batches = 0
         self.committed_ops = 0
         self.failed_batches = 0
+        self.damaged: dict[str, str] = {}  # history tables found damaged: the error
+        self.history_skipped = 0  # history rows not written because their table is damaged
+        self.on_damaged: Callable[[str, str], None] = lambda table, error: None
+
+    def mark_damaged(self, table: str, error: str) -> None:
+        """From now on skip ``table``'s history rows (found damaged here or by a reader)."""
+        if table not in self.damaged:
+            self.damaged[table] = error
+            self.on_damaged(table, error)
 
     def start(self) -> None:
         self._closing = False
@@ -121,6 +170,28 @@ class GroupCommitWriter:
         if self._task is not None:
             await self._task
             self._task = None
+
+    async def _commit(self, steps: list[Step]) -> list[Any]:
+        """Write ``steps`` in one transaction; again without a history table each time one is found damaged."""
+        while True:
+            steps = self._without_damaged(steps)
+            if not steps:
+                return []
+            writer = self._store.writer
+            try:
+                # aiosqlite's _execute runs a function in its connection thread: one hop per batch.
+                results: list[Any] = await writer._execute(_run_steps, writer._conn, steps)
+            except _HistoryDamaged as exc:
+                self.mark_damaged(exc.table, exc.error)
+                continue
+            return results
+
+    def _without_damaged(self, steps: list[Step]) -> list[Step]:
+        if not self.damaged:
+            return steps
+        kept = [s for s in steps if s[0] != "history" or s[1][0] not in self.damaged]
+        self.history_skipped += sum(_history_rows(s) for s in steps) - sum(_history_rows(s) for s in kept)
+        return kept
 
     @property
     def queued(self) -> int:
@@ -148,12 +219,7 @@ class GroupCommitWriter:
             self.failed_batches += 1
             return
         try:
-            if plan.steps:
-                writer = self._store.writer
-                # aiosqlite's _execute runs a function in its connection thread: one hop per batch.
-                results = await writer._execute(_run_steps, writer._conn, plan.steps)
-            else:
-                results = []
+            results = await self._commit(plan.steps)
         except Exception as exc:
             self.failed_batches += 1
             err = WriteFailed(f"database write failed: {exc}")
@@ -165,6 +231,10 @@ class GroupCommitWriter:
         self.batches += 1
         self.committed_ops += len(ops)
         plan.on_commit(results)
+
+
+def _history_rows(step: Step) -> int:
+    return len(step[2]) if step[0] == "history" else 0
 
 
 def _fail_all(ops: list[Op], exc: BaseException) -> None:

@@ -1,7 +1,8 @@
 """The data-dir lock: one supervisor per data dir, so two never fight over plugins, ports and the database.
 
 An advisory ``flock`` on ``<data dir>/supervisor.lock``: the kernel drops it when the process dies (even on
-SIGKILL), so a stale lock file never blocks a restart.
+SIGKILL), so a stale lock file never blocks a restart. Taking it creates the data dir 0700 (or tightens it, see
+``notes``) and the lock file 0600.
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ from __future__ import annotations
 import fcntl
 import os
 from pathlib import Path
+
+from supervisor_tui.core.private import open_private, private_dir
 
 LOCK_FILE = "supervisor.lock"
 
@@ -23,6 +26,7 @@ class DataDirLock:
     def __init__(self, data_dir: Path) -> None:
         self.path = data_dir / LOCK_FILE
         self._fd: int | None = None
+        self.notes: list[str] = []  # permissions tightened on the way (the supervisor logs them)
 
     @property
     def held(self) -> bool:
@@ -33,8 +37,8 @@ class DataDirLock:
         if self._fd is not None:
             return
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            note = private_dir(self.path.parent)
+            fd = open_private(self.path, os.O_RDWR)
         except OSError as exc:
             raise LockError(f"cannot create lock file {self.path}: {exc.strerror}") from None
         try:
@@ -50,6 +54,7 @@ class DataDirLock:
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self._fd = fd
+        self.notes = [note] if note else []
 
     def release(self) -> None:
         if self._fd is None:

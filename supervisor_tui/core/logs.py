@@ -27,6 +27,7 @@ from typing import IO, Any, TextIO
 
 from supervisor_tui.core.events import EventBus, LogLine
 from supervisor_tui.core.printable import printable
+from supervisor_tui.core.private import open_private, private_dir
 
 MAX_LINE = 64 * 1024
 SUPERVISOR_SOURCE = "supervisor"
@@ -65,21 +66,29 @@ def format_ts(ts: float) -> str:
 
 
 class _RotatingFile:
-    """A size-rotated text file: <name>.log, then <name>.log.1 ... <name>.log.N (oldest dropped)."""
+    """A size-rotated text file: <name>.log, then <name>.log.1 ... <name>.log.N (oldest dropped), all 0600.
+
+    Written unbuffered: a write that fails (full disk) leaves nothing pending that a later flush or close would
+    fail on again."""
 
     def __init__(self, path: Path, max_bytes: int, backups: int) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(path.parent)
         self.path, self._max, self._backups = path, max_bytes, backups
-        self._stream: TextIO = open(path, "a", encoding="utf-8")
+        self._fd = self._open()
+
+    def _open(self) -> int:
+        fd = open_private(self.path, os.O_WRONLY | os.O_APPEND)
+        self._size = os.fstat(fd).st_size
+        return fd
 
     def write(self, text: str) -> None:
-        if self._max > 0 and self._stream.tell() + len(text) >= self._max:
+        data = text.encode("utf-8", errors="replace")
+        if self._max > 0 and self._size + len(data) >= self._max:
             self._rotate()
-        self._stream.write(text)
-        self._stream.flush()
+        self._size += os.write(self._fd, data)
 
     def _rotate(self) -> None:
-        self._stream.close()
+        os.close(self._fd)
         for i in range(self._backups - 1, 0, -1):
             older = self.path.with_name(f"{self.path.name}.{i}")
             if older.exists():
@@ -88,10 +97,10 @@ class _RotatingFile:
             self.path.replace(self.path.with_name(f"{self.path.name}.1"))
         else:
             self.path.unlink(missing_ok=True)
-        self._stream = open(self.path, "a", encoding="utf-8")
+        self._fd = self._open()
 
     def close(self) -> None:
-        self._stream.close()
+        os.close(self._fd)
 
 
 class QueuedWriter:
@@ -257,6 +266,7 @@ class LogHub:
         self.echo_output = False  # also echo plugin output lines (headless: everything goes to stdout)
         self.secrets: list[str] = []  # values that must never be written anywhere
         self.on_record: list[Callable[[LogRecord], None]] = []
+        self._failing: set[str] = set()  # sources whose file cannot be written (warned about once)
 
     # -- writing -----------------------------------------------------------------------------------------
     def write(self, source: str, stream: str, message: str, level: str = "info", **fields: Any) -> LogRecord:
@@ -301,8 +311,24 @@ class LogHub:
                 )
             # Human lines end up on terminals (tail, less): control characters shown, not obeyed.
             f.write(f"{format_ts(rec.ts)} {rec.stream} {printable(rec.message)}\n")
-        except OSError:  # a full disk must not stop supervision; the ring still has the line
-            pass
+        except OSError as exc:  # a full disk or an unwritable logs/ must not stop supervision
+            self._file_failed(rec.source, exc)
+        else:
+            self._failing.discard(rec.source)
+
+    def _file_failed(self, source: str, exc: OSError) -> None:
+        """Say once per source (until its file works again) that its lines now live in the ring only."""
+        if source in self._failing:
+            return
+        self._failing.add(source)
+        self.warning(
+            f"cannot write log files in {self.logs_dir} ({source}.log: {exc.strerror or exc}): its lines are kept "
+            f"in memory only (the last {self.ring_lines})",
+            event="log_file_failed",
+            file=f"{source}.log",
+            directory=str(self.logs_dir),
+            error=str(exc.strerror or exc),
+        )
 
     def _echo(self, rec: LogRecord) -> None:
         assert self.echo is not None
@@ -397,7 +423,10 @@ class LogHub:
     def close(self) -> None:
         """Close the files and flush the echo, waiting at most ``ECHO_FLUSH_TIMEOUT`` seconds for it."""
         for f in self._files.values():
-            f.close()
+            try:
+                f.close()
+            except OSError:  # closing must always finish
+                pass
         self._files.clear()
         if self._echo_writer is not None:
             self._echo_writer.close()

@@ -3,14 +3,21 @@
 All writes go through ``Store.writer`` (a single aiosqlite connection, so a single thread); reads that may be
 slow (lists over 100k consoles) use ``Store.reader`` so they never stall the writer (WAL allows both).
 Durability: WAL with synchronous=FULL; callers batch rows into one transaction to keep that cheap.
+
+The file and its -wal and -shm files are 0600 (it holds plugins' env overrides: passwords); wider ones we own are
+tightened (``notes`` says so). ``open()`` raises StoreError for a database it cannot write (read-only file,
+immutable attribute, read-only mount): the supervisor refuses to run on it rather than forget what it is told.
 """
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from pathlib import Path
 
 import aiosqlite
+
+from supervisor_tui.core.private import make_private, open_private, private_dir
 
 # Each entry moves the schema from version i to i+1. Never edit a released entry: append a new one.
 MIGRATIONS: tuple[str, ...] = (
@@ -134,6 +141,7 @@ class Store:
         self.path = path
         self._writer: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
+        self.notes: list[str] = []  # permissions tightened by open()
 
     @property
     def writer(self) -> aiosqlite.Connection:
@@ -152,10 +160,10 @@ class Store:
         return self._writer is not None
 
     async def open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
+            self.notes = [n for n in (private_dir(self.path.parent), self._create_private()) if n]
             writer = await aiosqlite.connect(self.path, isolation_level=None)
-        except sqlite3.Error as exc:
+        except (OSError, sqlite3.Error) as exc:
             raise StoreError(f"cannot open database {self.path}: {exc}") from exc
         self._writer = writer
         try:
@@ -163,6 +171,9 @@ class Store:
             await writer.execute("PRAGMA synchronous=FULL")
             await writer.execute("PRAGMA foreign_keys=ON")
             await writer.execute("PRAGMA busy_timeout=5000")
+            await self._check_writable(writer)
+            # SQLite gives -wal and -shm the database file's mode; ones left by an older version may be wider.
+            self.notes += [n for n in (make_private(Path(f"{self.path}{s}")) for s in ("-wal", "-shm")) if n]
             await self._migrate(writer)
             reader = await aiosqlite.connect(self.path, isolation_level=None)
             self._reader = reader
@@ -171,6 +182,25 @@ class Store:
         except BaseException:
             await self.close()
             raise
+
+    def _create_private(self) -> str | None:
+        """Create the database file 0600 before SQLite does (it would follow the umask), or tighten it."""
+        if self.path.exists():
+            return make_private(self.path)
+        os.close(open_private(self.path, os.O_RDWR))
+        return None
+
+    async def _check_writable(self, conn: aiosqlite.Connection) -> None:
+        """SQLite opens a file it cannot write read-only without a word; a write that is rolled back finds out."""
+        try:
+            await conn.executescript("BEGIN IMMEDIATE; CREATE TABLE main.write_probe (x); ROLLBACK;")
+        except sqlite3.Error as exc:
+            if conn.in_transaction:
+                await conn.rollback()
+            raise StoreError(
+                f"database {self.path} cannot be written ({exc}): check the mode, owner and attributes (lsattr) of "
+                "it and its -wal and -shm files, and that the file system is not mounted read-only"
+            ) from exc
 
     async def _migrate(self, conn: aiosqlite.Connection) -> None:
         async with conn.execute("PRAGMA user_version") as cur:

@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import shutil
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
@@ -128,6 +129,7 @@ class Supervisor:
         self.settings_api_url: str | None = None
         self.consoles: Any = None
         self._desired: dict[str, str] = {}  # persisted desired state by key
+        self._unsaved: dict[str, str] = {}  # keys whose desired state the database refused: why
         self._overrides: dict[str, dict[str, str]] = {}  # persisted env overrides by key
         self._removed: set[str] = set()  # removed without purge: a reload does not bring them back
         self._starting: dict[str, asyncio.Task[None]] = {}
@@ -185,6 +187,8 @@ class Supervisor:
         )
         for key, err in found.invalid.items():
             self.logs.error(f"{key}: INVALID: {err}", event="plugin_invalid", plugin=key, reason=str(err))
+        for note in self.lock.notes + self.store.notes:
+            self.logs.warning(f"data dir: {note} (it holds tokens and secrets)", event="permissions_tightened")
 
     async def close(self) -> None:
         """Stop every plugin (reverse dependency order), then close the store and release the lock."""
@@ -347,17 +351,32 @@ class Supervisor:
                     continue
 
     async def _set_desired(self, key: str, desired: str) -> None:
+        """Remember what the operator wants, in memory and in the database. A database that cannot be written
+        (full disk) does not stop the action: it is logged, and ``unsaved_desired`` says a restart forgets it."""
         plugin = self.registry.get(key)
         if isinstance(plugin, ProcessRunner | InProcessPlugin):
             plugin.desired = desired
-        if self._desired.get(key) == desired:
+        if self._desired.get(key) == desired and key not in self._unsaved:
             return
         self._desired[key] = desired
-        await self.store.writer.execute(
-            "INSERT INTO plugin_state (key, desired, updated_at) VALUES (?, ?, ?) "
-            "ON CONFLICT(key) DO UPDATE SET desired = excluded.desired, updated_at = excluded.updated_at",
-            (key, desired, time.time()),
-        )
+        try:
+            await self.store.writer.execute(
+                "INSERT INTO plugin_state (key, desired, updated_at) VALUES (?, ?, ?) "
+                "ON CONFLICT(key) DO UPDATE SET desired = excluded.desired, updated_at = excluded.updated_at",
+                (key, desired, time.time()),
+            )
+        except sqlite3.Error as exc:
+            self._unsaved[key] = (
+                f"{key} is {desired} now, but that could not be saved in the database ({exc}): "
+                "a supervisor restart will not remember it"
+            )
+            self.logs.warning(self._unsaved[key], event="desired_state_unsaved", plugin=key, desired=desired)
+        else:
+            self._unsaved.pop(key, None)
+
+    def unsaved_desired(self, key: str) -> str | None:
+        """Why ``key``'s desired state (running or stopped) will not survive a restart, or None when it is saved."""
+        return self._unsaved.get(key)
 
     async def _clean_orphans(self) -> None:
         """Processes a previous run spawned (it was killed before it could stop them) are stopped now."""

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from supervisor_tui.config import parse_size
+from supervisor_tui.core.private import open_private
 from supervisor_tui.plugins.inprocess import PluginInterface
 
 
@@ -57,7 +58,7 @@ class AuditLog(PluginInterface):
         self.max_bytes = parse_size(config.get("max_bytes", self.max_bytes))
         self.backups = int(config.get("backups", self.backups))
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = self.path.open("a", encoding="utf-8")
+        self._file = self._open()
 
     async def shutdown(self) -> None:
         if self._file is not None:
@@ -102,4 +103,8 @@ class AuditLog(PluginInterface):
             os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
         else:
             self.path.unlink(missing_ok=True)
-        self._file = self.path.open("a", encoding="utf-8")
+        self._file = self._open()
+
+    def _open(self) -> IO[str]:
+        """Appending, mode 0600 like everything in the data dir (who did what is nobody else's business)."""
+        return os.fdopen(open_private(self.path, os.O_WRONLY | os.O_APPEND), "a", encoding="utf-8")

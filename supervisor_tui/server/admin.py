@@ -203,6 +203,7 @@ def create_admin_app(ctx: ApiContext, extra_openapi_paths: dict[str, Any] | None
             "read_only": ctx.settings.read_only,
             "plugins": {"total": len(plugins), "by_state": by_state},
             "consoles": {"total": sum(consoles.values()), "by_state": consoles},
+            "damaged_tables": sup.consoles.damaged_history() if sup.consoles is not None else {},
         }
 
     @app.get(
@@ -233,13 +234,18 @@ def create_admin_app(ctx: ApiContext, extra_openapi_paths: dict[str, Any] | None
         try:
             if wait:
                 snap = await method(key, wait=True)
-                return JSONResponse({"plugin": _plugin_dict(snap, ctx)})
+                return JSONResponse(with_warning({"plugin": _plugin_dict(snap, ctx)}, key))
             await method(key, wait=False)
         except PluginNotFound:
             raise ApiError(404, "plugin_not_found", f"no plugin with key {key!r}") from None
         except PluginActionError as exc:
             raise ApiError(409, "action_failed", str(exc)) from None
-        return JSONResponse({"plugin": plugin_out(key)}, status_code=202)
+        return JSONResponse(with_warning({"plugin": plugin_out(key)}, key), status_code=202)
+
+    def with_warning(body: dict[str, Any], key: str) -> dict[str, Any]:
+        """The action was done, but its desired state could not be saved (full disk): the answer says so."""
+        warning = sup.unsaved_desired(key)
+        return {**body, "warning": warning} if warning else body
 
     action_responses: dict[int | str, dict[str, Any]] = {
         202: {"model": schemas.PluginEnvelope, "description": "Accepted (wait=false)"},

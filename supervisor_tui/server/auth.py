@@ -8,6 +8,8 @@ import os
 import secrets
 from pathlib import Path
 
+from supervisor_tui.core.private import make_private, open_private, private_dir
+
 
 def bearer_from_header(value: str | bytes | None) -> str | None:
     """The token of an ``Authorization: Bearer <token>`` header value, or None."""
@@ -38,17 +40,16 @@ def new_token() -> str:
 
 
 def load_or_create_token(path: Path) -> tuple[str, bool]:
-    """Read the token file, or create it (mode 0600). Returns (token, created)."""
+    """Read the token file (tightened to 0600 if it was wider), or create it 0600. Returns (token, created)."""
     try:
         token = path.read_text(encoding="utf-8").strip()
         if token:
+            make_private(path)
             return token, False
     except FileNotFoundError:
         pass
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(path.parent)
     token = new_token()
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
+    with os.fdopen(open_private(path, os.O_WRONLY | os.O_TRUNC), "w", encoding="utf-8") as f:
         f.write(token + "\n")
-    os.chmod(path, 0o600)
     return token, True

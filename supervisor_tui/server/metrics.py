@@ -98,6 +98,11 @@ class SupervisorCollector(Collector):
         batches.add_metric(["committed"], float(m.write_batches))
         batches.add_metric(["failed"], float(m.write_failures))
         yield batches
+        yield CounterMetricFamily(
+            "supervisor_console_history_rows_skipped",
+            "Heartbeat and transition rows not written because their history table is damaged",
+            value=float(m.history_skipped),
+        )
 
 
 class MetricsEndpoint:

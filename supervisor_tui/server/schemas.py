@@ -54,6 +54,9 @@ class PluginOut(BaseModel):
 
 class PluginEnvelope(BaseModel):
     plugin: PluginOut
+    warning: str | None = Field(
+        None, description="Set when the action was done but a supervisor restart will not remember it (full disk)"
+    )
 
 
 class PluginList(BaseModel):
@@ -72,6 +75,9 @@ class StatusOut(BaseModel):
     read_only: bool
     plugins: Counts
     consoles: Counts
+    damaged_tables: dict[str, str] = Field(
+        default_factory=dict, description="Console history tables found damaged (no longer written): the error"
+    )
 
 
 class LogLineOut(BaseModel):
