@@ -16,7 +16,13 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from supervisor_tui.core.events import MetricsSample
-from supervisor_tui.plugins.manifest import KEY_PATTERN, Endpoint, ManifestError, parse_endpoints
+from supervisor_tui.plugins.manifest import (
+    KEY_PATTERN,
+    Endpoint,
+    ManifestError,
+    check_key_not_reserved,
+    parse_endpoints,
+)
 from supervisor_tui.plugins.model import PluginSnapshot, PluginState
 
 SOURCE = "registration"  # what ManifestError names instead of a file
@@ -167,6 +173,7 @@ class ExternalRegistrations:
         key = payload.get("key")
         if not isinstance(key, str) or not KEY_PATTERN.match(key):
             raise ManifestError(SOURCE, "key", f"must match {KEY_PATTERN.pattern}, got {key!r}")
+        check_key_not_reserved(SOURCE, key)
         host, port = self._upstream(payload)
         if not self.allowlist.allows(host):
             raise UpstreamNotAllowed(
