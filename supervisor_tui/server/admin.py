@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -29,9 +28,7 @@ from supervisor_tui.core.supervisor import PluginActionError, PluginNotFound, Su
 from supervisor_tui.plugins.manifest import ManifestError
 from supervisor_tui.server import schemas
 from supervisor_tui.server.auth import bearer_from_header, token_matches
-from supervisor_tui.server.errors import ERROR_SCHEMA, ApiError
-
-log = logging.getLogger(__name__)
+from supervisor_tui.server.errors import ERROR_SCHEMA, ApiError, internal_error_body, report_internal_error
 
 MAX_LOG_LINES = 10_000
 
@@ -93,6 +90,9 @@ def create_admin_app(ctx: ApiContext, extra_openapi_paths: dict[str, Any] | None
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400 and exc.__cause__ is not None:
+            # FastAPI could not read the JSON body at all (it keeps the reason as the cause).
+            return _json_error(400, "malformed_json", _unreadable_body(exc.__cause__))
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         message = "no such route" if exc.status_code == 404 else str(exc.detail)
         headers = dict(exc.headers or {})
@@ -125,10 +125,10 @@ def create_admin_app(ctx: ApiContext, extra_openapi_paths: dict[str, Any] | None
         return _json_error(status, code, "; ".join(problems))
 
     @app.exception_handler(Exception)
-    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
-        log.exception("unexpected error in the admin API")
-        sup.logs.error(f"admin API error: {type(exc).__name__}: {exc}", event="api_error")
-        return _json_error(500, "internal", f"unexpected error: {type(exc).__name__}")
+    async def _unexpected(request: Request, exc: Exception) -> Response:
+        error_id = report_internal_error(f"the admin API, {request.method} {request.url.path[:200]}", exc)
+        sup.logs.error(f"admin API error {error_id}: {type(exc).__name__}: {exc}", event="api_error", error_id=error_id)
+        return Response(internal_error_body(error_id), status_code=500, media_type="application/json")
 
     def require_admin(request: Request) -> None:
         if not token_matches(bearer_from_header(request.headers.get("authorization")), ctx.admin_token):
@@ -533,6 +533,12 @@ async def _console_counts(sup: Supervisor) -> dict[str, int]:
         return {}
     counts: dict[str, int] = consoles.counts_by_state()
     return counts
+
+
+def _unreadable_body(reason: BaseException) -> str:
+    if isinstance(reason, RecursionError):
+        return "the body is nested too deeply"
+    return f"the body is not valid JSON: {reason}"[:300]
 
 
 def _log_dict(r: LogRecord) -> dict[str, Any]:
