@@ -1,7 +1,8 @@
 """The admin API (`/api/v1/...`, seed 003's shape), liveness/readiness, and the live event stream.
 
 FastAPI gives typed routes and /openapi.json; it is kept off the hot paths (gateway, heartbeat ingest),
-which the top-level app (server/app.py) dispatches before a request ever reaches this app.
+which the top-level app (server/app.py) dispatches before a request ever reaches this app. /docs is Swagger UI
+with its files served from /docs/assets (no CDN), without a token like /openapi.json.
 """
 
 from __future__ import annotations
@@ -16,8 +17,10 @@ from typing import Any
 
 from fastapi import Depends, FastAPI, Query, Request, WebSocket, WebSocketDisconnect
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from supervisor_tui import __version__
@@ -68,10 +71,12 @@ def create_admin_app(ctx: ApiContext, extra_openapi_paths: dict[str, Any] | None
         title="supervisor-tui",
         version=__version__,
         description="Admin API of supervisor-tui. Every `/api/v1` route needs `Authorization: Bearer <admin token>`.",
-        docs_url="/docs",
+        # /docs is served below from local files; ReDoc stays off (one browsable page is enough).
+        docs_url=None,
         redoc_url=None,
     )
     sup = ctx.sup
+    _install_docs(app)
 
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
@@ -497,6 +502,28 @@ def create_admin_app(ctx: ApiContext, extra_openapi_paths: dict[str, Any] | None
 
     app.openapi = openapi  # type: ignore[method-assign]
     return app
+
+
+DOCS_ASSETS = "/docs/assets"
+
+
+def _install_docs(app: FastAPI) -> None:
+    """Swagger UI at /docs (no token, like /openapi.json) with its script, style and icon served from the
+    fastapi-offline package: FastAPI's page loads them from a CDN, a blank page on a server without internet."""
+    app.mount(DOCS_ASSETS, StaticFiles(packages=[("fastapi_offline", "static")]), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url="/openapi.json",
+            title=f"{app.title} - API",
+            swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+            swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
+            swagger_favicon_url=f"{DOCS_ASSETS}/favicon.png",
+            oauth2_redirect_url=None,
+            # Swagger UI would send a public spec to validator.swagger.io for its badge: nothing leaves the host.
+            swagger_ui_parameters={"validatorUrl": None},
+        )
 
 
 async def _drain_client(ws: WebSocket) -> None:
