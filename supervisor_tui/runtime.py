@@ -153,6 +153,7 @@ class Runtime:
         from supervisor_tui.server.admin import ApiContext, create_admin_app
         from supervisor_tui.server.app import RootApp
         from supervisor_tui.server.consoles_api import OPENAPI_PATHS, ConsolesAPI
+        from supervisor_tui.server.errors import InternalErrorShield
         from supervisor_tui.server.extensions_api import ActionOriginMiddleware, install_extensions_api
         from supervisor_tui.server.gateway import Gateway, RouteTable
         from supervisor_tui.server.limits import ConnectionLimits
@@ -186,7 +187,7 @@ class Runtime:
         install_extensions_api(admin, self.tokens.admin, lambda: self.extensions)
         admin.add_middleware(ActionOriginMiddleware)
         consoles_api = ConsolesAPI(self.consoles, settings, self.tokens.admin)
-        root = RootApp(admin, gateway, consoles_api, max_body=int(settings.get("server.max_body")))
+        root = InternalErrorShield(RootApp(admin, gateway, consoles_api, max_body=int(settings.get("server.max_body"))))
         # Heartbeats skip ASGI (the same checks and answers, less loop time per request: see server.fast_http).
         limits = ConnectionLimits.from_settings(settings, lambda line: sup.logs.warning(line, event="connection_limit"))
         _, port = await self.server.start(root, sock=sock, fast=consoles_api, limits=limits)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import signal
 import socket
 from collections.abc import Callable
@@ -67,6 +68,24 @@ async def test_health_openapi_docs_and_unknown_routes(settings: Settings) -> Non
             is_error(await anonymous.get("/no/such/route"), 404, "not_found")
         is_error(await api.client.get("/api/v1/nothing-here"), 404, "not_found")
         is_error(await api.client.delete("/api/v1/status"), 405, "method_not_allowed")
+
+
+async def test_docs_page_and_its_assets_are_served_from_this_host(settings: Settings) -> None:
+    async with running_api(settings) as api, httpx.AsyncClient(base_url=api.url) as anonymous:
+        page = await anonymous.get("/docs")  # no token, like /openapi.json
+        assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+        # Nothing the page loads comes from another host: it works on a server without internet.
+        assert not re.search(r"(https?:)?//", page.text), page.text
+        urls = re.findall(r"""(?:src|href)=["']([^"']+)["']""", page.text)
+        expected = {".js": "javascript", ".css": "text/css", ".png": "image/png"}
+        assert {Path(u).suffix for u in urls} == set(expected), urls
+        for url in urls:
+            r = await anonymous.get(url)
+            assert r.status_code == 200 and r.content, (url, r.status_code)
+            assert expected[Path(url).suffix] in r.headers["content-type"], (url, r.headers["content-type"])
+        assert "SwaggerUIBundle" in (await anonymous.get(next(u for u in urls if u.endswith(".js")))).text
+        is_error(await anonymous.get("/docs/assets/no-such-file.js"), 404, "not_found")
+        assert (await anonymous.get("/redoc")).status_code == 404  # off: one browsable page
 
 
 async def test_allow_header_lists_every_method_of_a_path(settings: Settings, make_plugin: MakePlugin) -> None:

@@ -18,7 +18,13 @@ from urllib.parse import urlsplit
 
 from supervisor_tui.core.events import MetricsSample
 from supervisor_tui.core.printable import printable_problem
-from supervisor_tui.plugins.manifest import KEY_PATTERN, Endpoint, ManifestError, parse_endpoints
+from supervisor_tui.plugins.manifest import (
+    KEY_PATTERN,
+    Endpoint,
+    ManifestError,
+    check_key_not_reserved,
+    parse_endpoints,
+)
 from supervisor_tui.plugins.model import PluginSnapshot, PluginState
 
 SOURCE = "registration"  # what ManifestError names instead of a file
@@ -177,6 +183,7 @@ class ExternalRegistrations:
         # fullmatch: match() lets a trailing newline through the pattern's "$"
         if not isinstance(key, str) or not KEY_PATTERN.fullmatch(key):
             raise ManifestError(SOURCE, "key", f"must match {KEY_PATTERN.pattern}, got {key!r}")
+        check_key_not_reserved(SOURCE, key)
         for name in ("name", "version", "host", "url"):
             _check_shown_as_is(payload.get(name), name)
         host, port = self._upstream(payload)

@@ -24,7 +24,13 @@ METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")
 RESTART_POLICIES = ("on-failure", "always", "never")
 # Set by the supervisor for every plugin process; a manifest or an override may not set them.
 RESERVED_ENV = ("PORT", "PLUGIN_KEY", "SUPERVISOR_URL")
-RESERVED_KEYS = ("supervisor",)
+# Names a plugin key may not take: the supervisor's own log source, and the literal admin routes beside
+# /api/v1/plugins/{key} (a plugin called "install" could not be read at /api/v1/plugins/install).
+RESERVED_KEYS = {
+    "supervisor": "the supervisor's own log source",
+    "install": "an admin route, POST /api/v1/plugins/install",
+    "register": "an admin route, POST /api/v1/plugins/register",
+}
 # A command starting with one of these runs with the supervisor's own interpreter (sys.executable).
 PYTHON_NAMES = ("python", "python3")
 # An in-process plugin's entry point: a module path (dotted, relative to the folder) and a class name.
@@ -39,6 +45,12 @@ class ManifestError(Exception):
         self.path, self.field, self.problem = str(path), field, problem
         where = f"{self.path}: " if self.path else ""
         super().__init__(f"{where}{field}: {problem}" if field else f"{where}{problem}")
+
+
+def check_key_not_reserved(path: Path | str, key: str) -> None:
+    """Raise ManifestError when ``key`` is one the supervisor keeps for itself (``RESERVED_KEYS``)."""
+    if key in RESERVED_KEYS:
+        raise ManifestError(path, "key", f"{key!r} is reserved ({RESERVED_KEYS[key]}); choose another key")
 
 
 @dataclass(frozen=True, slots=True)
@@ -340,8 +352,7 @@ def parse_manifest(data: Any, path: Path) -> Manifest:
         raise ManifestError(
             path, "key", f"must match {KEY_PATTERN.pattern} (lowercase letters, digits, - and _), got {key!r}"
         )
-    if key in RESERVED_KEYS:
-        raise ManifestError(path, "key", f"{key!r} is reserved (the supervisor's own log source)")
+    check_key_not_reserved(path, key)
     if "module" in data:  # an in-process plugin runs inside the supervisor: no command
         if "command" in data:
             raise ManifestError(path, "command", "give either command (a process) or module (in-process), not both")

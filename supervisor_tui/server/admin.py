@@ -1,7 +1,8 @@
 """The admin API (`/api/v1/...`, seed 003's shape), liveness/readiness, and the live event stream.
 
 FastAPI gives typed routes and /openapi.json; it is kept off the hot paths (gateway, heartbeat ingest),
-which the top-level app (server/app.py) dispatches before a request ever reaches this app.
+which the top-level app (server/app.py) dispatches before a request ever reaches this app. /docs is Swagger UI
+with its files served from /docs/assets (no CDN), without a token like /openapi.json.
 """
 
 from __future__ import annotations
@@ -9,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -17,8 +17,10 @@ from typing import Any
 
 from fastapi import Depends, FastAPI, Query, Request, WebSocket, WebSocketDisconnect
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from supervisor_tui import __version__
@@ -29,9 +31,7 @@ from supervisor_tui.core.supervisor import PluginActionError, PluginNotFound, Su
 from supervisor_tui.plugins.manifest import ManifestError
 from supervisor_tui.server import schemas
 from supervisor_tui.server.auth import bearer_from_header, token_matches
-from supervisor_tui.server.errors import ERROR_SCHEMA, ApiError
-
-log = logging.getLogger(__name__)
+from supervisor_tui.server.errors import ERROR_SCHEMA, ApiError, internal_error_body, report_internal_error
 
 MAX_LOG_LINES = 10_000
 
@@ -71,10 +71,12 @@ def create_admin_app(ctx: ApiContext, extra_openapi_paths: dict[str, Any] | None
         title="supervisor-tui",
         version=__version__,
         description="Admin API of supervisor-tui. Every `/api/v1` route needs `Authorization: Bearer <admin token>`.",
-        docs_url="/docs",
+        # /docs is served below from local files; ReDoc stays off (one browsable page is enough).
+        docs_url=None,
         redoc_url=None,
     )
     sup = ctx.sup
+    _install_docs(app)
 
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
@@ -93,6 +95,9 @@ def create_admin_app(ctx: ApiContext, extra_openapi_paths: dict[str, Any] | None
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400 and exc.__cause__ is not None:
+            # FastAPI could not read the JSON body at all (it keeps the reason as the cause).
+            return _json_error(400, "malformed_json", _unreadable_body(exc.__cause__))
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         message = "no such route" if exc.status_code == 404 else str(exc.detail)
         headers = dict(exc.headers or {})
@@ -125,10 +130,10 @@ def create_admin_app(ctx: ApiContext, extra_openapi_paths: dict[str, Any] | None
         return _json_error(status, code, "; ".join(problems))
 
     @app.exception_handler(Exception)
-    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
-        log.exception("unexpected error in the admin API")
-        sup.logs.error(f"admin API error: {type(exc).__name__}: {exc}", event="api_error")
-        return _json_error(500, "internal", f"unexpected error: {type(exc).__name__}")
+    async def _unexpected(request: Request, exc: Exception) -> Response:
+        error_id = report_internal_error(f"the admin API, {request.method} {request.url.path[:200]}", exc)
+        sup.logs.error(f"admin API error {error_id}: {type(exc).__name__}: {exc}", event="api_error", error_id=error_id)
+        return Response(internal_error_body(error_id), status_code=500, media_type="application/json")
 
     def require_admin(request: Request) -> None:
         if not token_matches(bearer_from_header(request.headers.get("authorization")), ctx.admin_token):
@@ -505,6 +510,28 @@ def create_admin_app(ctx: ApiContext, extra_openapi_paths: dict[str, Any] | None
     return app
 
 
+DOCS_ASSETS = "/docs/assets"
+
+
+def _install_docs(app: FastAPI) -> None:
+    """Swagger UI at /docs (no token, like /openapi.json) with its script, style and icon served from the
+    fastapi-offline package: FastAPI's page loads them from a CDN, a blank page on a server without internet."""
+    app.mount(DOCS_ASSETS, StaticFiles(packages=[("fastapi_offline", "static")]), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url="/openapi.json",
+            title=f"{app.title} - API",
+            swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+            swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
+            swagger_favicon_url=f"{DOCS_ASSETS}/favicon.png",
+            oauth2_redirect_url=None,
+            # Swagger UI would send a public spec to validator.swagger.io for its badge: nothing leaves the host.
+            swagger_ui_parameters={"validatorUrl": None},
+        )
+
+
 async def _drain_client(ws: WebSocket) -> None:
     """Reads (and ignores) what the client sends, so a close is noticed."""
     with contextlib.suppress(WebSocketDisconnect, RuntimeError):
@@ -539,6 +566,12 @@ async def _console_counts(sup: Supervisor) -> dict[str, int]:
         return {}
     counts: dict[str, int] = consoles.counts_by_state()
     return counts
+
+
+def _unreadable_body(reason: BaseException) -> str:
+    if isinstance(reason, RecursionError):
+        return "the body is nested too deeply"
+    return f"the body is not valid JSON: {reason}"[:300]
 
 
 def _log_dict(r: LogRecord) -> dict[str, Any]:

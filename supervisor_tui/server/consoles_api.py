@@ -422,6 +422,8 @@ def _decode(decoder: Callable[[bytes, bool], Any], body: bytes, spanish: bool) -
         raise _HttpError(422, "invalid_field", exc.message, field=exc.field) from None
     except msgspec.DecodeError as exc:
         raise _HttpError(400, "invalid_json", f"the body is not valid JSON: {exc}") from None
+    except RecursionError:  # msgspec decodes `system` and `last_error` (free-form JSON) by recursion
+        raise _HttpError(400, "invalid_json", "the body is nested too deeply") from None
 
 
 def _gunzip(body: bytes, limit: int) -> bytes:
