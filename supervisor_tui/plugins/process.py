@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import httpx
 import psutil
 
-from supervisor_tui.config import local_url
+from supervisor_tui.config import ENV_PREFIX, local_url
 from supervisor_tui.core.events import MetricsSample
 from supervisor_tui.core.logs import LogHub
 from supervisor_tui.plugins.health import HealthTracker, probe
@@ -63,6 +63,14 @@ class RunnerContext:
     on_health: Callable[[ProcessRunner, bool, str], None]
     on_spawn: Callable[[ProcessRunner, int, float], Awaitable[None]]
     on_exit: Callable[[ProcessRunner], Awaitable[None]]
+
+
+def inherited_environment() -> dict[str, str]:
+    """The supervisor's environment minus its own settings: ``SUPERVISOR_TUI_*`` carries tokens and passwords
+    (admin and plugin tokens, the enrollment token, database URLs), which no plugin may read. What a plugin
+    needs from the supervisor it gets on purpose (``SUPERVISOR_URL``, ``PLUGIN_KEY``, ``PORT``, its manifest's
+    ``env``)."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
 
 
 def describe_exit(code: int | None) -> str:
@@ -354,7 +362,7 @@ class ProcessRunner:
     async def _spawn(self) -> asyncio.subprocess.Process | None:
         m = self.manifest
         assert m is not None and self.port is not None
-        env = dict(os.environ)
+        env = inherited_environment()
         env.setdefault("PYTHONUNBUFFERED", "1")  # Python plugins: lines reach the log hub as they are printed
         env.update(m.env)
         env.update(self.env_overrides)
