@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -104,6 +105,8 @@ def print_config(settings: Settings) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    if "--headless" in (sys.argv[1:] if argv is None else argv):
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a hangup while the supervisor loads must not kill it
     parser = build_parser(argv)
     args = parser.parse_args(argv)
     try:
