@@ -606,9 +606,10 @@ def _pgid(p: psutil.Process) -> int | None:
         return None
 
 
-def kill_orphans(pid: int, started: float | None, grace: float = 3.0) -> list[int]:
-    """Kill what a previous supervisor run left behind: the process group led by ``pid`` (members created no
-    earlier than ``started``, so a recycled pid is left alone). Blocking; returns the pids that were signalled."""
+def orphans_of(pid: int, started: float | None) -> list[psutil.Process]:
+    """What a previous supervisor run left behind of one plugin: the process group led by ``pid`` (members
+    created no earlier than ``started``, so a recycled pid is left alone) and the descendants of ``pid``.
+    Blocking (it reads every process)."""
     members = group_members(pid, not_before=started)
     try:
         root = psutil.Process(pid)
@@ -618,15 +619,18 @@ def kill_orphans(pid: int, started: float | None, grace: float = 3.0) -> list[in
                     members.append(child)
     except psutil.Error:
         pass
-    if not members:
-        return []
-    stop_processes(members, grace)
-    return [p.pid for p in members]
+    return members
 
 
-def stop_processes(procs: list[psutil.Process], grace: float = 3.0) -> None:
-    """SIGTERM, up to ``grace`` seconds, then SIGKILL. Blocking."""
+async def stop_orphans(procs: list[psutil.Process], grace: float = 3.0) -> None:
+    """SIGTERM every one at once, up to ``grace`` seconds for all of them together, then SIGKILL.
+
+    All at once: ten slow-to-die orphans cost ``grace`` seconds, not ten times that. Cancelled (the supervisor
+    is asked to stop meanwhile), it SIGKILLs what is left right away instead of waiting."""
     kill_all(procs, signal.SIGTERM)
-    _, remaining = psutil.wait_procs(procs, timeout=grace)
-    kill_all(remaining, signal.SIGKILL)
-    psutil.wait_procs(remaining, timeout=grace)
+    deadline = time.monotonic() + grace
+    try:
+        while alive(procs) and time.monotonic() < deadline:  # noqa: ASYNC110 - polling other processes' exit
+            await asyncio.sleep(0.05)
+    finally:
+        kill_all(alive(procs), signal.SIGKILL)
