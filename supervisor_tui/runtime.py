@@ -28,6 +28,7 @@ from supervisor_tui.config import Settings, local_url
 from supervisor_tui.consoles.service import ConsoleService
 from supervisor_tui.core.extensions import ExtensionHost
 from supervisor_tui.core.supervisor import Supervisor
+from supervisor_tui.plugins.process import become_subreaper
 from supervisor_tui.plugins.watcher import PluginWatcher
 from supervisor_tui.server.auth import load_or_create_token
 from supervisor_tui.server.serve import BindError, HttpServer, bind_socket
@@ -102,6 +103,8 @@ class Runtime:
 
         ``start_plugins``: also start the plugins (in the background, after the orphan cleanup) as soon as the
         API socket is bound and extensions are loaded, while the HTTP app is still being built."""
+        # What plugins double-fork away becomes this process's child, not init's (see plugins.process).
+        become_subreaper()
         await self.sup.open(clean_orphans=False)
         sock: socket.socket | None = None
         try:

@@ -55,7 +55,14 @@ from supervisor_tui.plugins.manifest import (
 from supervisor_tui.plugins.metrics import SAMPLE_INTERVAL, marked_processes
 from supervisor_tui.plugins.model import PluginActionError, PluginNotFound, PluginSnapshot, PluginState
 from supervisor_tui.plugins.ports import PortAllocator
-from supervisor_tui.plugins.process import ProcessRunner, RunnerContext, orphans_of, stop_orphans
+from supervisor_tui.plugins.process import (
+    ProcessRunner,
+    RunnerContext,
+    adopted_children,
+    orphans_of,
+    reap_adopted,
+    stop_orphans,
+)
 
 __all__ = [
     "Endpoint",
@@ -135,6 +142,7 @@ class Supervisor:
         self._orphans: asyncio.Task[None] | None = None  # the cleanup of a previous run's processes (once)
         self._startup: set[str] | None = None  # what start_all starts (None until it is called)
         self._tried: set[str] = set()  # plugins whose start had an outcome since open (RUNNING or a failure)
+        self._descendants: set[int] = set()  # every pid seen below a plugin's main process
         self._stop_gen: dict[str, int] = {}
         self._background: set[asyncio.Task[Any]] = set()
         self._metrics_task: asyncio.Task[None] | None = None
@@ -209,6 +217,7 @@ class Supervisor:
             await asyncio.wait(starting)
         try:
             await self.stop_all("supervisor shutting down")
+            await self._stop_adopted()
         finally:
             self.logs.info("supervisor stopped", event="supervisor_stopped")
             await self._release()
@@ -228,6 +237,14 @@ class Supervisor:
         await self.store.close()
         self.logs.close()
         self.lock.release()
+
+    async def _stop_adopted(self) -> None:
+        """What plugins left behind that became this process's children (see plugins.process): killed now."""
+        leftovers = adopted_children(self._descendants)
+        if leftovers:
+            self._report_orphans("stopping {n} process(es) plugins left behind", leftovers)
+            await stop_orphans(leftovers, grace=1.0)
+        reap_adopted(self._descendants)
 
     # -- registry (open to other kinds of plugins) ---------------------------------------------------------------
     def register(self, plugin: ManagedPlugin) -> None:
@@ -285,6 +302,7 @@ class Supervisor:
             on_health=self._on_health,
             on_spawn=self._on_spawn,
             on_exit=self._on_exit,
+            descendants=self._descendants,
         )
 
     def inprocess_context(self) -> InProcessContext:
@@ -399,21 +417,15 @@ class Supervisor:
             self.logs.error(f"cleaning up a previous run's processes failed: {exc!r}", event="internal_error")
             return
         for key, procs in found.items():
-            pids = [p.pid for p in procs]
-            self.logs.warning(
-                f"{key}: stopped {len(pids)} process(es) left over from a previous run "
-                f"(pids {', '.join(map(str, pids))})",
-                event="orphans_killed",
-                plugin=key,
-                pids=pids,
-            )
+            self._report_orphans(f"{key}: stopped {{n}} process(es) left over from a previous run", procs, plugin=key)
         if marked:
-            self.logs.warning(
-                f"stopped {len(marked)} process(es) spawned by plugins of a previous run (pids "
-                f"{', '.join(str(p.pid) for p in marked)})",
-                event="orphans_killed",
-                pids=[p.pid for p in marked],
-            )
+            self._report_orphans("stopped {n} process(es) spawned by plugins of a previous run", marked)
+
+    def _report_orphans(self, what: str, procs: list[psutil.Process], **fields: Any) -> None:
+        """One ``orphans_killed`` warning: ``what`` with ``{n}`` for the count, then the pids."""
+        pids = [p.pid for p in procs]
+        message = f"{what.format(n=len(pids))} (pids {', '.join(map(str, pids))})"
+        self.logs.warning(message, event="orphans_killed", pids=pids, **fields)
 
     def _find_orphans(self, rows: Iterable[Any]) -> tuple[dict[str, list[psutil.Process]], list[psutil.Process]]:
         """Each plugin's leftovers by the pid recorded for it, then the processes that left their plugin's group
@@ -958,6 +970,8 @@ class Supervisor:
                     continue
                 if sample is not None:
                     self.bus.publish(sample)
+            runners = self._process_runners().values()
+            reap_adopted(self._descendants, busy={r.pid for r in runners if isinstance(r, ProcessRunner) and r.pid})
 
 
 def _loaded_before(plugin: ManagedPlugin) -> bool:

@@ -5,18 +5,28 @@ a probe succeeded. An exit while STARTING -> BACKOFF -> STARTING ..., FATAL afte
 An exit while RUNNING -> EXITED -> STARTING again (restart policy permitting), with an exponential backoff when
 it keeps crashing that resets after ``STABLE_AFTER`` seconds of running. Stop signals the whole process group,
 waits ``stopwaitsecs`` and SIGKILLs what is left, so nothing a plugin spawned outlives it.
+
+What a plugin spawned is found by more than its process group and the environment marker (both of which a
+daemon escapes with ``setsid`` and a cleared environment): on Linux every plugin process is a child subreaper
+(``PR_SET_CHILD_SUBREAPER``), so what its children double-fork away is re-parented to the plugin, not to init,
+and stays in its tree; the supervisor process itself is one too (``become_subreaper``), so what outlives a
+plugin's main process becomes the supervisor's child. Every descendant pid seen is remembered
+(``RunnerContext.descendants``): stop and exit kill those still alive, and ``reap_adopted`` collects the ones
+that died as the supervisor's children.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import os
 import signal
+import sys
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Collection, Mapping
+from dataclasses import dataclass, field
 
 import httpx
 import psutil
@@ -63,6 +73,7 @@ class RunnerContext:
     on_health: Callable[[ProcessRunner, bool, str], None]
     on_spawn: Callable[[ProcessRunner, int, float], Awaitable[None]]
     on_exit: Callable[[ProcessRunner], Awaitable[None]]
+    descendants: set[int] = field(default_factory=set)  # pids seen below any plugin's main process (see reap_adopted)
 
 
 def inherited_environment() -> dict[str, str]:
@@ -130,6 +141,9 @@ class ProcessRunner:
     @property
     def _marker(self) -> str:
         return f"{self.ctx.owner}:{self.key}"
+
+    def _remember(self, procs: list[psutil.Process]) -> None:
+        self.ctx.descendants.update(p.pid for p in procs if p.pid != self.pid)
 
     async def _leftovers(self, known: list[psutil.Process]) -> list[psutil.Process]:
         """``known`` processes still alive plus every live process carrying this plugin's environment marker."""
@@ -380,6 +394,7 @@ class ProcessRunner:
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
                 start_new_session=True,
+                preexec_fn=_subreaper_in_child if _prctl is not None else None,
             )
         except (OSError, ValueError) as exc:
             self.last_error = (
@@ -496,6 +511,7 @@ class ProcessRunner:
         if self.sampler is not None:
             tree.extend(p for p in self.sampler.known_tree() if p.pid not in {t.pid for t in tree})
         tree = await self._leftovers(tree)
+        self._remember(tree)
         signal_group(pgid, sig)
         kill_all([p for p in tree if _pgid(p) != pgid], sig)  # descendants that made their own group
         deadline = time.monotonic() + wait_s
@@ -521,6 +537,7 @@ class ProcessRunner:
         if proc.returncode is None:
             return
         tree = await self._leftovers(self.sampler.known_tree() if self.sampler is not None else [])
+        tree += [p for p in adopted_children(self.ctx.descendants) if p.pid not in {t.pid for t in tree}]
         if tree or signal_group(proc.pid, 0):
             signal_group(proc.pid, signal.SIGTERM)
             kill_all(alive(tree), signal.SIGTERM)
@@ -529,6 +546,7 @@ class ProcessRunner:
                 await asyncio.sleep(0.05)
             signal_group(proc.pid, signal.SIGKILL)
             kill_all(alive(tree))
+        reap_adopted(self.ctx.descendants)
         pumps, self._pumps = self._pumps, []
         if pumps:
             _, pending = await asyncio.wait(pumps, timeout=2.0)
@@ -557,6 +575,7 @@ class ProcessRunner:
         if self.sampler is None:
             return None
         sample = self.sampler.sample()
+        self._remember(self.sampler.known_tree())
         if sample is not None:
             self.last_sample = sample
             self.metrics_history.append(sample)
@@ -634,3 +653,55 @@ async def stop_orphans(procs: list[psutil.Process], grace: float = 3.0) -> None:
             await asyncio.sleep(0.05)
     finally:
         kill_all(alive(procs), signal.SIGKILL)
+
+
+PR_SET_CHILD_SUBREAPER = 36  # linux/prctl.h
+
+
+def _load_prctl() -> Callable[..., int] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl: Callable[..., int] = ctypes.CDLL(None, use_errno=True).prctl
+        return prctl
+    except (OSError, AttributeError):
+        return None
+
+
+_prctl = _load_prctl()  # looked up once, here: the child between fork and exec only calls it
+
+
+def _subreaper_in_child() -> None:
+    """preexec_fn of every plugin process: its descendants' orphans are re-parented to it, not to init."""
+    assert _prctl is not None
+    _prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+
+
+def become_subreaper() -> bool:
+    """Make this process the reaper of its descendants' orphans (Linux); False where that is not possible."""
+    return _prctl is not None and _prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+
+
+def adopted_children(descendants: set[int]) -> list[psutil.Process]:
+    """Live children of this process that were seen below a plugin (orphans re-parented to the supervisor)."""
+    try:
+        children = psutil.Process().children()
+    except psutil.Error:
+        return []
+    return alive([p for p in children if p.pid in descendants])
+
+
+def reap_adopted(descendants: set[int], busy: Collection[int] = ()) -> None:
+    """Collect the exit status of adopted orphans that died, and forget pids that are gone. ``busy``: pids whose
+    status belongs to someone else (plugins' main processes, awaited by the event loop). Never blocks."""
+    for pid in list(descendants):
+        if pid in busy:
+            continue
+        try:
+            done, _ = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:  # not our child (yet): forget it once it is gone for good
+            if not psutil.pid_exists(pid):
+                descendants.discard(pid)
+            continue
+        if done:
+            descendants.discard(pid)
