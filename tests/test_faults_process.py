@@ -195,3 +195,60 @@ async def test_sighup_from_the_first_moments_of_startup_is_survived(
     assert proc.proc.poll() is None and sent > 1
     proc.signal(signal.SIGTERM)
     assert await proc.wait() == 0
+
+
+# Double-forks a daemon that leaves the session (setsid), the folder (chdir /) and the environment (an exec
+# with none): neither the process group, nor the marker, nor the working directory lead to it.
+ESCAPER = """\
+import os, sys, time
+with open(os.environ["SPAWN_LOG"], "a") as f:
+    f.write(f"{os.getpid()}\\n")
+pidfile = os.path.abspath("daemon.pid")
+daemon = "import os, sys, time\\nopen(sys.argv[1] + '.tmp', 'w').write(str(os.getpid()))\\n" \\
+    "os.replace(sys.argv[1] + '.tmp', sys.argv[1])\\nwhile True: time.sleep(3600)"
+if os.fork() == 0:
+    os.setsid()
+    if os.fork() == 0:
+        os.chdir("/")
+        os.execve(sys.executable, [sys.executable, "-c", daemon, pidfile], {})
+    os._exit(0)
+os.wait()
+while True:
+    time.sleep(3600)
+"""
+
+
+async def test_a_double_forked_daemon_dies_with_its_plugin_and_with_the_supervisor(
+    headless: Headless, make_plugin: Callable[..., Path], settings: Settings
+) -> None:
+    folder = make_plugin("escaper", ESCAPER)
+    pidfile = folder / "daemon.pid"
+    daemons: list[int] = []
+    proc = headless()
+    try:
+        url = str((await proc.wait_for(lambda r: r.get("event") == "api_listening"))["url"])
+        token = (settings.data_dir / "admin.token").read_text().strip()
+        async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {token}"}) as client:
+            await proc.wait_state("escaper", "RUNNING")
+            daemons.append(int(await wait_until(lambda: pidfile.exists() and pidfile.read_text())))
+            daemon = psutil.Process(daemons[-1])
+            assert daemon.environ() == {} and os.getsid(daemon.pid) != os.getsid(proc.pid)
+            assert (await client.post("/api/v1/plugins/escaper/stop")).status_code == 200
+            await wait_until(lambda: not living(daemons), timeout=15)
+            pidfile.unlink()
+            assert (await client.post("/api/v1/plugins/escaper/start")).status_code == 200
+            daemons.append(int(await wait_until(lambda: pidfile.exists() and pidfile.read_text())))
+        proc.signal(signal.SIGTERM)
+        assert await proc.wait() == 0
+        assert not living(daemons)
+    finally:
+        for pid in living(daemons):  # before the fix they outlived everything: do not leave them to the machine
+            os.kill(pid, signal.SIGKILL)
+
+
+async def test_sigterm_while_the_supervisor_loads_exits_0(headless: Headless, make_plugin: Callable[..., Path]) -> None:
+    make_plugin("alpha", "sleeper.py")
+    proc = headless()
+    await wait_until(lambda: _loaded(proc.pid, "_sqlite3"), timeout=30, interval=0.001)
+    proc.signal(signal.SIGTERM)
+    assert await proc.wait() == 0
