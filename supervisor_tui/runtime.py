@@ -38,7 +38,8 @@ if TYPE_CHECKING:
     from supervisor_tui.server.routes_sync import RouteSync
 
 # The HTTP surface's heavy imports (FastAPI, pydantic): with start(start_plugins=True) they are imported in a
-# worker thread while the plugins spawn, instead of delaying every plugin's start by a third of a second.
+# worker thread while the orphans of a previous run are looked for, and before any plugin spawns: many plugins
+# can use up the file descriptors an import needs, and then the supervisor itself could not start.
 HTTP_SURFACE_MODULES = (
     "supervisor_tui.server.admin",
     "supervisor_tui.server.app",
@@ -110,9 +111,9 @@ class Runtime:
         try:
             sock = self._bind()
             await self._start_core()
-            self.starting = asyncio.create_task(self._start_plugins(start_plugins), name="start-plugins")
-            if start_plugins:
-                await asyncio.to_thread(_import_http_surface)
+            imported = asyncio.ensure_future(asyncio.to_thread(_import_http_surface))
+            self.starting = asyncio.create_task(self._start_plugins(start_plugins, imported), name="start-plugins")
+            await imported
             await self._start_http(sock)
         except BaseException:
             if sock is not None and self.server.bound is None:
@@ -120,10 +121,13 @@ class Runtime:
             await self.stop()
             raise
 
-    async def _start_plugins(self, start_plugins: bool) -> None:
+    async def _start_plugins(self, start_plugins: bool, imported: asyncio.Future[None]) -> None:
         try:
             await self.sup.clean_orphans()
             if start_plugins:
+                await asyncio.wait([imported])  # its failure is start()'s to report
+                if imported.cancelled() or imported.exception() is not None:
+                    return
                 await self.sup.start_all()
         except Exception as exc:  # start_all reports each plugin's failure; this is anything else
             self.sup.logs.error(f"starting plugins failed: {exc!r}", event="internal_error")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import resource
 import signal
 import time
 from collections.abc import Callable
@@ -38,6 +39,9 @@ while True:
 """
 SLOW_PLUGINS = 6
 TERM_DELAY = 5.0  # a serial cleanup takes SLOW_PLUGINS * TERM_DELAY = 30 s
+
+FD_PLUGINS = 40
+FD_LIMIT = 150  # descriptors for the supervisor: enough to start, not for 40 plugins' pipes, logs and probes
 
 ENV_DUMP = """\
 import json, os, time
@@ -252,3 +256,44 @@ async def test_sigterm_while_the_supervisor_loads_exits_0(headless: Headless, ma
     await wait_until(lambda: _loaded(proc.pid, "_sqlite3"), timeout=30, interval=0.001)
     proc.signal(signal.SIGTERM)
     assert await proc.wait() == 0
+
+
+def _last_states(proc: HeadlessProcess, keys: list[str]) -> dict[str, dict[str, object]]:
+    last: dict[str, dict[str, object]] = {}
+    for r in proc.find(lambda r: r.get("event") == "plugin_state"):
+        last[str(r["plugin"])] = r
+    return {k: last[k] for k in keys if k in last}
+
+
+async def test_out_of_file_descriptors_nothing_is_running_unsupervised(
+    headless: Headless, make_plugin: Callable[..., Path]
+) -> None:
+    keys = [f"p{i:02d}" for i in range(FD_PLUGINS)]
+    for key in keys:
+        make_plugin(key, "http_server.py", health={"path": "/health", "start_timeout_s": 2}, startretries=1)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (FD_LIMIT, hard))  # the headless supervisor inherits it
+    try:
+        proc = headless()
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+    def settled() -> bool:
+        assert proc.proc.poll() is None, f"the supervisor died: {proc.stderr}"
+        states = _last_states(proc, keys)
+        return len(states) == len(keys) and {s["to"] for s in states.values()} <= {"RUNNING", "FATAL"}
+
+    await wait_until(settled, timeout=90)
+    states = _last_states(proc, keys)
+    running = {k: s for k, s in states.items() if s["to"] == "RUNNING"}
+    assert running and len(running) < len(keys)  # the limit bites, and some fit under it
+    async with httpx.AsyncClient() as client:
+        for key, state in running.items():
+            assert living([int(str(state["pid"]))]), f"{key} shown RUNNING without its process"
+            answer = await client.get(f"http://127.0.0.1:{state['port']}/health")
+            assert answer.status_code == 200, f"{key} shown RUNNING but not answering"
+    fatal = {k: str(s["reason"]) for k, s in states.items() if k not in running}
+    assert all(fatal.values()), fatal
+    assert any("file descriptors: the supervisor's limit of" in reason for reason in fatal.values()), fatal
+    proc.signal(signal.SIGTERM)
+    assert await proc.wait(timeout=120) == 0

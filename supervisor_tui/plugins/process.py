@@ -20,7 +20,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import errno
+import functools
 import os
+import resource
 import signal
 import sys
 import time
@@ -82,6 +85,19 @@ def inherited_environment() -> dict[str, str]:
     needs from the supervisor it gets on purpose (``SUPERVISOR_URL``, ``PLUGIN_KEY``, ``PORT``, its manifest's
     ``env``)."""
     return {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
+
+
+def describe_os_error(exc: OSError) -> str:
+    """``exc`` for an operator; running out of file descriptors names the limit to raise."""
+    if exc.errno == errno.EMFILE:
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        return (
+            f"out of file descriptors: the supervisor's limit of {soft} open files is reached "
+            "(raise it: ulimit -n, or LimitNOFILE= in the systemd unit)"
+        )
+    if exc.errno == errno.ENFILE:
+        return "out of file descriptors: the system's open-file table is full (fs.file-max)"
+    return exc.strerror or str(exc)
 
 
 def describe_exit(code: int | None) -> str:
@@ -397,10 +413,8 @@ class ProcessRunner:
                 preexec_fn=_subreaper_in_child if _prctl is not None else None,
             )
         except (OSError, ValueError) as exc:
-            self.last_error = (
-                f"cannot run {argv[0]!r} in {m.folder}: {exc.strerror if isinstance(exc, OSError) else exc}"
-            )
-            self.ctx.logs.error(f"{self.key}: {self.last_error}", event="spawn_failed", plugin=self.key)
+            why = describe_os_error(exc) if isinstance(exc, OSError) else str(exc)
+            self._spawn_failed(f"cannot run {argv[0]!r} in {m.folder}: {why}")
             return None
         self._proc = proc
         self.pid = proc.pid
@@ -411,16 +425,40 @@ class ProcessRunner:
             asyncio.create_task(self.ctx.logs.pump(self.key, "stdout", proc.stdout), name=f"stdout:{self.key}"),
             asyncio.create_task(self.ctx.logs.pump(self.key, "stderr", proc.stderr), name=f"stderr:{self.key}"),
         ]
-        self.sampler = TreeSampler(self.key, proc.pid)
+        for pump in self._pumps:
+            pump.add_done_callback(functools.partial(self._pump_ended, proc))
         try:
+            self.sampler = TreeSampler(self.key, proc.pid)
             created = psutil.Process(proc.pid).create_time()
         except psutil.Error:
             created = time.time()
+        except OSError as exc:  # out of descriptors: a process we cannot watch is not one we may call RUNNING
+            signal_group(proc.pid, signal.SIGKILL)
+            await wait_exit(proc)
+            await self._after_exit(proc)
+            self._spawn_failed(f"cannot watch pid {proc.pid}: {describe_os_error(exc)}")
+            return None
         try:
             await self.ctx.on_spawn(self, proc.pid, created)
         except Exception as exc:
             self.ctx.logs.warning(f"{self.key}: cannot record pid {proc.pid}: {exc!r}", plugin=self.key)
         return proc
+
+    def _spawn_failed(self, reason: str) -> None:
+        self.last_error = reason
+        self.ctx.logs.error(f"{self.key}: {reason}", event="spawn_failed", plugin=self.key)
+
+    def _pump_ended(self, proc: asyncio.subprocess.Process, task: asyncio.Task[None]) -> None:
+        """An output pump that failed leaves a pipe nobody reads (the plugin would block on it): restart it."""
+        if task.cancelled() or task.exception() is None:
+            return
+        exc = task.exception()
+        reason = describe_os_error(exc) if isinstance(exc, OSError) else repr(exc)
+        self.ctx.logs.error(f"{self.key}: output capture failed: {reason}", event="internal_error", plugin=self.key)
+        if proc is self._proc and proc.returncode is None and self._restart_task is None:
+            self.last_error = f"output capture failed: {reason}"
+            self._restart_reason = f"restarted: {self.last_error}"
+            self._restart_task = asyncio.create_task(self._kill_tree(proc, graceful=True))
 
     async def _wait_ready(self, proc: asyncio.subprocess.Process) -> tuple[bool, str]:
         """Readiness gating: up for ``startsecs`` and, with a health path, one successful probe."""
