@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -103,7 +104,16 @@ def print_config(settings: Settings) -> int:
     return 0
 
 
+def _exit_0(signum: int, frame: object) -> None:
+    raise SystemExit(0)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    if "--headless" in (sys.argv[1:] if argv is None else argv):
+        # Until headless mode handles them itself: a hangup while the supervisor loads must not kill it, and a
+        # stop request ends it with exit 0 (nothing runs yet that would need stopping).
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, _exit_0)
     parser = build_parser(argv)
     args = parser.parse_args(argv)
     try:

@@ -1,7 +1,10 @@
 """Headless mode: the supervisor without a UI, for servers and systemd.
 
 Starts every autostart plugin, logs to stdout (human or JSON lines), and runs until SIGTERM/SIGINT, then stops
-every plugin in reverse dependency order and exits 0. SIGHUP re-reads the manifests and applies the difference.
+every plugin in reverse dependency order and exits 0. A stop signal is honoured at any moment, also while the
+orphans of a previous run are cleaned up or the plugins are starting: what was started is stopped. SIGHUP
+re-reads the manifests and applies the difference; from the first line of the program (``cli.main``) until the
+supervisor is up, and while it stops, a SIGHUP is ignored (the manifests are being read anyway), never fatal.
 
 Exit codes: 0 after SIGTERM/SIGINT (a full disk included); 1 when the supervisor cannot start (another one holds
 the data dir, the database cannot be opened or written); 2 when the API port cannot be bound; 3 with
@@ -11,10 +14,12 @@ the data dir, the database cannot be opened or written); 2 when the API port can
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import sqlite3
 import sys
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 from supervisor_tui.config import Settings
 from supervisor_tui.core.events import PluginStateChanged
@@ -72,14 +77,20 @@ async def serve(settings: Settings, exit_on_fatal: bool = False, services: Seque
     tasks: list[asyncio.Task[object]] = []
 
     def reload() -> None:
+        if not runtime.url or stop.is_set():
+            sup.logs.info("SIGHUP while starting or stopping: ignored", event="reload_ignored")
+            return
         sup.logs.info("SIGHUP: reloading plugin manifests", event="reload_requested")
         tasks.append(asyncio.create_task(_guarded(sup, sup.reload(), "reload")))
 
+    started = asyncio.ensure_future(runtime.start(start_plugins=True))
     signals = {signal.SIGTERM: request_stop, signal.SIGINT: request_stop, signal.SIGHUP: reload}
     for sig, handler in signals.items():
         loop.add_signal_handler(sig, handler)
     try:
-        await runtime.start(start_plugins=True)
+        if not await _started_unless_stopped(started, stop):
+            sup.logs.info("stop requested while starting: stopped what was started", event="shutdown")
+            return outcome["code"]
         try:
             if exit_on_fatal:
                 tasks.append(asyncio.create_task(_watch_fatal(sup, lambda: request_stop(EXIT_FATAL))))
@@ -96,7 +107,26 @@ async def serve(settings: Settings, exit_on_fatal: bool = False, services: Seque
     finally:
         for sig in signals:
             loop.remove_signal_handler(sig)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)  # nor in the last moments of the exit
     return outcome["code"]
+
+
+async def _started_unless_stopped(started: asyncio.Future[None], stop: asyncio.Event) -> bool:
+    """Wait for the runtime to start; a stop request first cancels the start (which then closes what it opened)
+    and returns False. A failed start raises its error."""
+    stopping = asyncio.ensure_future(stop.wait())
+    waiters: list[asyncio.Future[Any]] = [started, stopping]
+    try:
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
+    if not started.done():
+        started.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await started
+        return False
+    started.result()
+    return True
 
 
 async def _guarded(sup: Supervisor, work: Awaitable[object], what: str) -> None:

@@ -1,10 +1,15 @@
 """A running supervisor and its HTTP server in one event loop: what headless mode and the embedded TUI share.
 
-Start order: the supervisor opens (data-dir lock, database, orphan cleanup, manifests), then the API socket is
-bound (a port in use ends startup with one line and exit 2, before any plugin runs), then the console service,
-the gateway and the server start, extensions load and the plugins folder watcher starts, and only then (by the
-caller) the plugins. Stop order is the reverse; the console writer is drained before the database closes, so
-nothing acknowledged is lost, and extensions close last so they see the shutdown.
+Start order: the supervisor opens (data-dir lock, database, manifests), then the API socket is bound (a port in
+use ends startup with one line and exit 2, before any plugin runs), then the console service, extensions and
+the plugins folder watcher start, then, in the background, the cleanup of what a previous (killed) run left
+behind followed by the plugins, while the gateway and the server start: the API answers (``/ready`` 503) during
+the cleanup. Stop order is the reverse; the console writer is drained before the database closes, so nothing
+acknowledged is lost, and extensions close last so they see the shutdown.
+
+Ready (``/ready`` 200) means serving: the cleanup is over, every plugin start_all starts was launched (it is
+RUNNING, or failed once and is being retried or gave up, or waits for a dependency that did) and the database
+is open. One plugin in a crash loop does not hold readiness.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from supervisor_tui.config import Settings, local_url
 from supervisor_tui.consoles.service import ConsoleService
 from supervisor_tui.core.extensions import ExtensionHost
 from supervisor_tui.core.supervisor import Supervisor
+from supervisor_tui.plugins.process import become_subreaper
 from supervisor_tui.plugins.watcher import PluginWatcher
 from supervisor_tui.server.auth import load_or_create_token
 from supervisor_tui.server.serve import BindError, HttpServer, bind_socket
@@ -32,7 +38,8 @@ if TYPE_CHECKING:
     from supervisor_tui.server.routes_sync import RouteSync
 
 # The HTTP surface's heavy imports (FastAPI, pydantic): with start(start_plugins=True) they are imported in a
-# worker thread while the plugins spawn, instead of delaying every plugin's start by a third of a second.
+# worker thread while the orphans of a previous run are looked for, and before any plugin spawns: many plugins
+# can use up the file descriptors an import needs, and then the supervisor itself could not start.
 HTTP_SURFACE_MODULES = (
     "supervisor_tui.server.admin",
     "supervisor_tui.server.app",
@@ -95,16 +102,18 @@ class Runtime:
     async def start(self, start_plugins: bool = False) -> None:
         """Open the supervisor and the HTTP surface; raises StartupError (bind failure) with nothing left open.
 
-        ``start_plugins``: also start the plugins (in the background, ``ready`` once they are up) as soon as the
+        ``start_plugins``: also start the plugins (in the background, after the orphan cleanup) as soon as the
         API socket is bound and extensions are loaded, while the HTTP app is still being built."""
-        await self.sup.open()
+        # What plugins double-fork away becomes this process's child, not init's (see plugins.process).
+        become_subreaper()
+        await self.sup.open(clean_orphans=False)
         sock: socket.socket | None = None
         try:
             sock = self._bind()
             await self._start_core()
-            if start_plugins:
-                self.starting = asyncio.create_task(self._start_plugins(), name="start-plugins")
-                await asyncio.to_thread(_import_http_surface)
+            imported = asyncio.ensure_future(asyncio.to_thread(_import_http_surface))
+            self.starting = asyncio.create_task(self._start_plugins(start_plugins, imported), name="start-plugins")
+            await imported
             await self._start_http(sock)
         except BaseException:
             if sock is not None and self.server.bound is None:
@@ -112,13 +121,19 @@ class Runtime:
             await self.stop()
             raise
 
-    async def _start_plugins(self) -> None:
+    async def _start_plugins(self, start_plugins: bool, imported: asyncio.Future[None]) -> None:
         try:
-            await self.sup.start_all()
+            await self.sup.clean_orphans()
+            if start_plugins:
+                await asyncio.wait([imported])  # its failure is start()'s to report
+                if imported.cancelled() or imported.exception() is not None:
+                    return
+                await self.sup.start_all()
         except Exception as exc:  # start_all reports each plugin's failure; this is anything else
             self.sup.logs.error(f"starting plugins failed: {exc!r}", event="internal_error")
         finally:
-            self.ready = True
+            if start_plugins:
+                self.ready = True
 
     def _bind(self) -> socket.socket:
         """The API socket, bound before any plugin runs (a port in use is StartupError, not a half start)."""
@@ -215,8 +230,12 @@ class Runtime:
         return Tokens(admin=found["admin"], plugin=found["plugin"])
 
     def _readiness(self) -> tuple[bool, str]:
-        if not self.ready:
-            return False, "starting: plugins are being loaded"
+        if self.closing:
+            return False, "stopping"
+        if not self.sup.orphans_cleaned:
+            return False, "starting: stopping processes left over by a previous run"
+        if not (self.ready or self.sup.launched()):
+            return False, "starting: plugins are being started"
         if not self.sup.store.is_open:
             return False, "database is closed"
         return True, ""

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Protocol, TextIO
 
 import httpx
+import psutil
 
 from supervisor_tui.config import Settings, local_url
 from supervisor_tui.core.actions import install_key, operator_action
@@ -55,7 +56,14 @@ from supervisor_tui.plugins.manifest import (
 from supervisor_tui.plugins.metrics import SAMPLE_INTERVAL, marked_processes
 from supervisor_tui.plugins.model import PluginActionError, PluginNotFound, PluginSnapshot, PluginState
 from supervisor_tui.plugins.ports import PortAllocator
-from supervisor_tui.plugins.process import ProcessRunner, RunnerContext, kill_orphans, stop_processes
+from supervisor_tui.plugins.process import (
+    ProcessRunner,
+    RunnerContext,
+    adopted_children,
+    orphans_of,
+    reap_adopted,
+    stop_orphans,
+)
 
 __all__ = [
     "Endpoint",
@@ -133,6 +141,10 @@ class Supervisor:
         self._overrides: dict[str, dict[str, str]] = {}  # persisted env overrides by key
         self._removed: set[str] = set()  # removed without purge: a reload does not bring them back
         self._starting: dict[str, asyncio.Task[None]] = {}
+        self._orphans: asyncio.Task[None] | None = None  # the cleanup of a previous run's processes (once)
+        self._startup: set[str] | None = None  # what start_all starts (None until it is called)
+        self._tried: set[str] = set()  # plugins whose start had an outcome since open (RUNNING or a failure)
+        self._descendants: set[int] = set()  # every pid seen below a plugin's main process
         self._stop_gen: dict[str, int] = {}
         self._background: set[asyncio.Task[Any]] = set()
         self._metrics_task: asyncio.Task[None] | None = None
@@ -159,15 +171,19 @@ class Supervisor:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    async def open(self) -> None:
-        """Take the data-dir lock, open the store, clean up a previous run's orphans, load the manifests."""
+    async def open(self, clean_orphans: bool = True) -> None:
+        """Take the data-dir lock, open the store, clean up a previous run's orphans, load the manifests.
+
+        ``clean_orphans=False``: the cleanup is left to ``clean_orphans()`` (the runtime runs it once its API
+        listens); plugins start only after it either way."""
         if self.opened:
             return
         self.lock.acquire()
         try:
             await self.store.open()
             await self._load_persisted()
-            await self._clean_orphans()
+            if clean_orphans:
+                await self.clean_orphans()
             self._http = make_client()
             found = discover(self.settings.plugins_dir)
             for key, err in found.invalid.items():
@@ -197,12 +213,15 @@ class Supervisor:
         self.opened = False
         self._closing = True
         starting = list(self._starting.values())  # starts in flight must not start anything after stop_all
+        if self._orphans is not None and not self._orphans.done():
+            starting.append(self._orphans)  # cancelled, it SIGKILLs the orphans at once
         for task in starting:
             task.cancel()
         if starting:
             await asyncio.wait(starting)
         try:
             await self.stop_all("supervisor shutting down")
+            await self._stop_adopted()
         finally:
             self.logs.info("supervisor stopped", event="supervisor_stopped")
             await self._release()
@@ -223,6 +242,14 @@ class Supervisor:
         self.logs.close()
         self.lock.release()
 
+    async def _stop_adopted(self) -> None:
+        """What plugins left behind that became this process's children (see plugins.process): killed now."""
+        leftovers = adopted_children(self._descendants)
+        if leftovers:
+            self._report_orphans("stopping {n} process(es) plugins left behind", leftovers)
+            await stop_orphans(leftovers, grace=1.0)
+        reap_adopted(self._descendants)
+
     # -- registry (open to other kinds of plugins) ---------------------------------------------------------------
     def register(self, plugin: ManagedPlugin) -> None:
         """Add a plugin object under its key (external and in-process kinds use this)."""
@@ -239,6 +266,8 @@ class Supervisor:
     def record_state_change(self, plugin: ManagedPlugin, old: str, new: str, reason: str) -> None:
         """Publish a state change on the bus and in the logs (every kind reports through here)."""
         snap = plugin.snapshot()
+        if new not in ("STOPPED", "STARTING", "STOPPING"):
+            self._tried.add(plugin.key)
         self.bus.publish(PluginStateChanged(plugin.key, old, new, reason, snap.pid, snap.port))
         fields: dict[str, Any] = {"plugin": plugin.key, "from": old, "to": new, "reason": reason}
         message = f"{plugin.key}: {old} -> {new}: {reason}"
@@ -277,6 +306,7 @@ class Supervisor:
             on_health=self._on_health,
             on_spawn=self._on_spawn,
             on_exit=self._on_exit,
+            descendants=self._descendants,
         )
 
     def inprocess_context(self) -> InProcessContext:
@@ -378,34 +408,55 @@ class Supervisor:
         """Why ``key``'s desired state (running or stopped) will not survive a restart, or None when it is saved."""
         return self._unsaved.get(key)
 
+    @property
+    def orphans_cleaned(self) -> bool:
+        """Whether the cleanup of a previous run's processes is over (plugins may start)."""
+        return self._orphans is not None and self._orphans.done()
+
+    async def clean_orphans(self) -> None:
+        """Stop what a previous run spawned (it was killed before it could stop it). Runs once; a second call
+        waits for the first."""
+        if self._orphans is None:
+            self._orphans = asyncio.create_task(self._clean_orphans(), name="orphans")
+        await asyncio.shield(self._orphans)
+
     async def _clean_orphans(self) -> None:
-        """Processes a previous run spawned (it was killed before it could stop them) are stopped now."""
-        async with self.store.reader.execute(
-            "SELECT key, pid, pid_started FROM plugin_state WHERE pid IS NOT NULL"
-        ) as cur:
-            rows = await cur.fetchall()
-        for key, pid, started in rows:
-            killed = await asyncio.to_thread(kill_orphans, int(pid), float(started) if started else None)
-            if killed:
-                self.logs.warning(
-                    f"{key}: stopped {len(killed)} process(es) left over from a previous run (pids "
-                    f"{', '.join(map(str, killed))})",
-                    event="orphans_killed",
-                    plugin=key,
-                    pids=killed,
-                )
-        if rows:
-            await self.store.writer.execute("UPDATE plugin_state SET pid = NULL, pid_started = NULL")
-        # Processes that left their plugin's group and lost their parent still carry the marker.
-        marked = await asyncio.to_thread(marked_processes, f"{self.owner}:", True)
+        try:
+            async with self.store.reader.execute(
+                "SELECT key, pid, pid_started FROM plugin_state WHERE pid IS NOT NULL"
+            ) as cur:
+                rows = await cur.fetchall()
+            found, marked = await asyncio.to_thread(self._find_orphans, rows)
+            if rows:
+                await self.store.writer.execute("UPDATE plugin_state SET pid = NULL, pid_started = NULL")
+            await stop_orphans([p for procs in found.values() for p in procs] + marked)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # plugins start regardless; their ports tell if something still runs
+            self.logs.error(f"cleaning up a previous run's processes failed: {exc!r}", event="internal_error")
+            return
+        for key, procs in found.items():
+            self._report_orphans(f"{key}: stopped {{n}} process(es) left over from a previous run", procs, plugin=key)
         if marked:
-            await asyncio.to_thread(stop_processes, marked)
-            self.logs.warning(
-                f"stopped {len(marked)} process(es) spawned by plugins of a previous run (pids "
-                f"{', '.join(str(p.pid) for p in marked)})",
-                event="orphans_killed",
-                pids=[p.pid for p in marked],
-            )
+            self._report_orphans("stopped {n} process(es) spawned by plugins of a previous run", marked)
+
+    def _report_orphans(self, what: str, procs: list[psutil.Process], **fields: Any) -> None:
+        """One ``orphans_killed`` warning: ``what`` with ``{n}`` for the count, then the pids."""
+        pids = [p.pid for p in procs]
+        message = f"{what.format(n=len(pids))} (pids {', '.join(map(str, pids))})"
+        self.logs.warning(message, event="orphans_killed", pids=pids, **fields)
+
+    def _find_orphans(self, rows: Iterable[Any]) -> tuple[dict[str, list[psutil.Process]], list[psutil.Process]]:
+        """Each plugin's leftovers by the pid recorded for it, then the processes that left their plugin's group
+        and lost their parent but still carry the marker. Blocking."""
+        found: dict[str, list[psutil.Process]] = {}
+        for key, pid, started in rows:
+            procs = orphans_of(int(pid), float(started) if started else None)
+            if procs:
+                found[str(key)] = procs
+        seen = {p.pid for procs in found.values() for p in procs}
+        marked = [p for p in marked_processes(f"{self.owner}:", True) if p.pid not in seen]
+        return found, marked
 
     # -- queries -------------------------------------------------------------------------------------------------
     def plugins(self) -> list[PluginSnapshot]:
@@ -478,7 +529,26 @@ class Supervisor:
         ]
         # In-process plugins the extension host loaded (or failed to load) already are not tried again.
         keys = [k for k in keys if not _loaded_before(self.registry[k])]
+        self._startup = set(keys)
         await self._start_many(keys, "autostart")
+
+    def launched(self) -> bool:
+        """Whether start_all has launched everything it starts: each such plugin is RUNNING or had a failed start
+        (and is being retried, or gave up), or waits for a dependency that did. A crash loop does not hold it."""
+        startup = self._startup
+        return startup is not None and all(self._launched(key) for key in startup)
+
+    def _launched(self, key: str) -> bool:
+        if key in self._tried:
+            return True
+        plugin = self.registry.get(key)
+        manifest = plugin.manifest if isinstance(plugin, ProcessRunner | InProcessPlugin) else None
+        if manifest is None:
+            return True  # removed or invalid meanwhile: nothing to wait for
+        return any(
+            dep in self.registry and self.registry[dep].snapshot().state != PluginState.RUNNING and self._launched(dep)
+            for dep in manifest.depends_on
+        )
 
     async def _start_many(self, keys: Iterable[str], reason: str) -> None:
         async def one(key: str) -> None:
@@ -610,6 +680,7 @@ class Supervisor:
             if isinstance(result, BaseException):
                 message = result.message if isinstance(result, PluginActionError) else repr(result)
                 raise PluginActionError(key, f"dependency {dep!r} did not start: {message}")
+        await self.clean_orphans()  # a previous run's process may still hold the port
         if self._stop_gen.get(key, 0) != generation:
             raise PluginActionError(key, "stopped while waiting for its dependencies")
         await plugin.start(reason)
@@ -918,6 +989,8 @@ class Supervisor:
                     continue
                 if sample is not None:
                     self.bus.publish(sample)
+            runners = self._process_runners().values()
+            reap_adopted(self._descendants, busy={r.pid for r in runners if isinstance(r, ProcessRunner) and r.pid})
 
 
 def _loaded_before(plugin: ManagedPlugin) -> bool:

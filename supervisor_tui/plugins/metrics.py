@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -33,7 +34,13 @@ class TreeSampler:
         return list(self._procs.values())
 
     def sample(self) -> MetricsSample | None:
-        """One sample of the tree, or None when the root is gone."""
+        """One sample of the tree, or None when the root is gone or /proc cannot be read (out of descriptors)."""
+        try:
+            return self._sample()
+        except OSError:
+            return None
+
+    def _sample(self) -> MetricsSample | None:
         root = self._root
         if root is None:
             return None
@@ -111,7 +118,7 @@ def process_tree(pid: int) -> list[psutil.Process]:
     try:
         root = psutil.Process(pid)
         return [root, *root.children(recursive=True)]
-    except psutil.Error:
+    except (psutil.Error, OSError):  # OSError: out of descriptors to read /proc with
         return []
 
 
@@ -124,6 +131,8 @@ def alive(procs: list[psutil.Process]) -> list[psutil.Process]:
                 out.append(p)
         except psutil.Error:
             continue
+        except OSError:  # out of descriptors to read /proc with: count it as alive, so it is signalled again
+            out.append(p)
     return out
 
 
@@ -149,6 +158,9 @@ def kill_all(procs: list[psutil.Process], sig: int = signal.SIGKILL) -> None:
             p.send_signal(sig)
         except psutil.Error:
             continue
+        except OSError:  # psutil could not check the pid is still the same process (out of descriptors)
+            with contextlib.suppress(OSError):
+                os.kill(p.pid, sig)
 
 
 def signal_group(pgid: int, sig: int) -> bool:

@@ -5,23 +5,36 @@ a probe succeeded. An exit while STARTING -> BACKOFF -> STARTING ..., FATAL afte
 An exit while RUNNING -> EXITED -> STARTING again (restart policy permitting), with an exponential backoff when
 it keeps crashing that resets after ``STABLE_AFTER`` seconds of running. Stop signals the whole process group,
 waits ``stopwaitsecs`` and SIGKILLs what is left, so nothing a plugin spawned outlives it.
+
+What a plugin spawned is found by more than its process group and the environment marker (both of which a
+daemon escapes with ``setsid`` and a cleared environment): on Linux every plugin process is a child subreaper
+(``PR_SET_CHILD_SUBREAPER``), so what its children double-fork away is re-parented to the plugin, not to init,
+and stays in its tree; the supervisor process itself is one too (``become_subreaper``), so what outlives a
+plugin's main process becomes the supervisor's child. Every descendant pid seen is remembered
+(``RunnerContext.descendants``): stop and exit kill those still alive, and ``reap_adopted`` collects the ones
+that died as the supervisor's children.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import errno
+import functools
 import os
+import resource
 import signal
+import sys
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Collection, Mapping
+from dataclasses import dataclass, field
 
 import httpx
 import psutil
 
-from supervisor_tui.config import local_url
+from supervisor_tui.config import ENV_PREFIX, local_url
 from supervisor_tui.core.events import MetricsSample
 from supervisor_tui.core.logs import LogHub
 from supervisor_tui.plugins.health import HealthTracker, probe
@@ -63,6 +76,28 @@ class RunnerContext:
     on_health: Callable[[ProcessRunner, bool, str], None]
     on_spawn: Callable[[ProcessRunner, int, float], Awaitable[None]]
     on_exit: Callable[[ProcessRunner], Awaitable[None]]
+    descendants: set[int] = field(default_factory=set)  # pids seen below any plugin's main process (see reap_adopted)
+
+
+def inherited_environment() -> dict[str, str]:
+    """The supervisor's environment minus its own settings: ``SUPERVISOR_TUI_*`` carries tokens and passwords
+    (admin and plugin tokens, the enrollment token, database URLs), which no plugin may read. What a plugin
+    needs from the supervisor it gets on purpose (``SUPERVISOR_URL``, ``PLUGIN_KEY``, ``PORT``, its manifest's
+    ``env``)."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
+
+
+def describe_os_error(exc: OSError) -> str:
+    """``exc`` for an operator; running out of file descriptors names the limit to raise."""
+    if exc.errno == errno.EMFILE:
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        return (
+            f"out of file descriptors: the supervisor's limit of {soft} open files is reached "
+            "(raise it: ulimit -n, or LimitNOFILE= in the systemd unit)"
+        )
+    if exc.errno == errno.ENFILE:
+        return "out of file descriptors: the system's open-file table is full (fs.file-max)"
+    return exc.strerror or str(exc)
 
 
 def describe_exit(code: int | None) -> str:
@@ -122,6 +157,9 @@ class ProcessRunner:
     @property
     def _marker(self) -> str:
         return f"{self.ctx.owner}:{self.key}"
+
+    def _remember(self, procs: list[psutil.Process]) -> None:
+        self.ctx.descendants.update(p.pid for p in procs if p.pid != self.pid)
 
     async def _leftovers(self, known: list[psutil.Process]) -> list[psutil.Process]:
         """``known`` processes still alive plus every live process carrying this plugin's environment marker."""
@@ -354,7 +392,7 @@ class ProcessRunner:
     async def _spawn(self) -> asyncio.subprocess.Process | None:
         m = self.manifest
         assert m is not None and self.port is not None
-        env = dict(os.environ)
+        env = inherited_environment()
         env.setdefault("PYTHONUNBUFFERED", "1")  # Python plugins: lines reach the log hub as they are printed
         env.update(m.env)
         env.update(self.env_overrides)
@@ -372,12 +410,11 @@ class ProcessRunner:
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
                 start_new_session=True,
+                preexec_fn=_subreaper_in_child if _prctl is not None else None,
             )
         except (OSError, ValueError) as exc:
-            self.last_error = (
-                f"cannot run {argv[0]!r} in {m.folder}: {exc.strerror if isinstance(exc, OSError) else exc}"
-            )
-            self.ctx.logs.error(f"{self.key}: {self.last_error}", event="spawn_failed", plugin=self.key)
+            why = describe_os_error(exc) if isinstance(exc, OSError) else str(exc)
+            self._spawn_failed(f"cannot run {argv[0]!r} in {m.folder}: {why}")
             return None
         self._proc = proc
         self.pid = proc.pid
@@ -388,16 +425,40 @@ class ProcessRunner:
             asyncio.create_task(self.ctx.logs.pump(self.key, "stdout", proc.stdout), name=f"stdout:{self.key}"),
             asyncio.create_task(self.ctx.logs.pump(self.key, "stderr", proc.stderr), name=f"stderr:{self.key}"),
         ]
-        self.sampler = TreeSampler(self.key, proc.pid)
+        for pump in self._pumps:
+            pump.add_done_callback(functools.partial(self._pump_ended, proc))
         try:
+            self.sampler = TreeSampler(self.key, proc.pid)
             created = psutil.Process(proc.pid).create_time()
         except psutil.Error:
             created = time.time()
+        except OSError as exc:  # out of descriptors: a process we cannot watch is not one we may call RUNNING
+            signal_group(proc.pid, signal.SIGKILL)
+            await wait_exit(proc)
+            await self._after_exit(proc)
+            self._spawn_failed(f"cannot watch pid {proc.pid}: {describe_os_error(exc)}")
+            return None
         try:
             await self.ctx.on_spawn(self, proc.pid, created)
         except Exception as exc:
             self.ctx.logs.warning(f"{self.key}: cannot record pid {proc.pid}: {exc!r}", plugin=self.key)
         return proc
+
+    def _spawn_failed(self, reason: str) -> None:
+        self.last_error = reason
+        self.ctx.logs.error(f"{self.key}: {reason}", event="spawn_failed", plugin=self.key)
+
+    def _pump_ended(self, proc: asyncio.subprocess.Process, task: asyncio.Task[None]) -> None:
+        """An output pump that failed leaves a pipe nobody reads (the plugin would block on it): restart it."""
+        if task.cancelled() or task.exception() is None:
+            return
+        exc = task.exception()
+        reason = describe_os_error(exc) if isinstance(exc, OSError) else repr(exc)
+        self.ctx.logs.error(f"{self.key}: output capture failed: {reason}", event="internal_error", plugin=self.key)
+        if proc is self._proc and proc.returncode is None and self._restart_task is None:
+            self.last_error = f"output capture failed: {reason}"
+            self._restart_reason = f"restarted: {self.last_error}"
+            self._restart_task = asyncio.create_task(self._kill_tree(proc, graceful=True))
 
     async def _wait_ready(self, proc: asyncio.subprocess.Process) -> tuple[bool, str]:
         """Readiness gating: up for ``startsecs`` and, with a health path, one successful probe."""
@@ -488,6 +549,7 @@ class ProcessRunner:
         if self.sampler is not None:
             tree.extend(p for p in self.sampler.known_tree() if p.pid not in {t.pid for t in tree})
         tree = await self._leftovers(tree)
+        self._remember(tree)
         signal_group(pgid, sig)
         kill_all([p for p in tree if _pgid(p) != pgid], sig)  # descendants that made their own group
         deadline = time.monotonic() + wait_s
@@ -513,6 +575,7 @@ class ProcessRunner:
         if proc.returncode is None:
             return
         tree = await self._leftovers(self.sampler.known_tree() if self.sampler is not None else [])
+        tree += [p for p in adopted_children(self.ctx.descendants) if p.pid not in {t.pid for t in tree}]
         if tree or signal_group(proc.pid, 0):
             signal_group(proc.pid, signal.SIGTERM)
             kill_all(alive(tree), signal.SIGTERM)
@@ -521,6 +584,7 @@ class ProcessRunner:
                 await asyncio.sleep(0.05)
             signal_group(proc.pid, signal.SIGKILL)
             kill_all(alive(tree))
+        reap_adopted(self.ctx.descendants)
         pumps, self._pumps = self._pumps, []
         if pumps:
             _, pending = await asyncio.wait(pumps, timeout=2.0)
@@ -549,6 +613,7 @@ class ProcessRunner:
         if self.sampler is None:
             return None
         sample = self.sampler.sample()
+        self._remember(self.sampler.known_tree())
         if sample is not None:
             self.last_sample = sample
             self.metrics_history.append(sample)
@@ -598,9 +663,10 @@ def _pgid(p: psutil.Process) -> int | None:
         return None
 
 
-def kill_orphans(pid: int, started: float | None, grace: float = 3.0) -> list[int]:
-    """Kill what a previous supervisor run left behind: the process group led by ``pid`` (members created no
-    earlier than ``started``, so a recycled pid is left alone). Blocking; returns the pids that were signalled."""
+def orphans_of(pid: int, started: float | None) -> list[psutil.Process]:
+    """What a previous supervisor run left behind of one plugin: the process group led by ``pid`` (members
+    created no earlier than ``started``, so a recycled pid is left alone) and the descendants of ``pid``.
+    Blocking (it reads every process)."""
     members = group_members(pid, not_before=started)
     try:
         root = psutil.Process(pid)
@@ -610,15 +676,70 @@ def kill_orphans(pid: int, started: float | None, grace: float = 3.0) -> list[in
                     members.append(child)
     except psutil.Error:
         pass
-    if not members:
-        return []
-    stop_processes(members, grace)
-    return [p.pid for p in members]
+    return members
 
 
-def stop_processes(procs: list[psutil.Process], grace: float = 3.0) -> None:
-    """SIGTERM, up to ``grace`` seconds, then SIGKILL. Blocking."""
+async def stop_orphans(procs: list[psutil.Process], grace: float = 3.0) -> None:
+    """SIGTERM every one at once, up to ``grace`` seconds for all of them together, then SIGKILL.
+
+    All at once: ten slow-to-die orphans cost ``grace`` seconds, not ten times that. Cancelled (the supervisor
+    is asked to stop meanwhile), it SIGKILLs what is left right away instead of waiting."""
     kill_all(procs, signal.SIGTERM)
-    _, remaining = psutil.wait_procs(procs, timeout=grace)
-    kill_all(remaining, signal.SIGKILL)
-    psutil.wait_procs(remaining, timeout=grace)
+    deadline = time.monotonic() + grace
+    try:
+        while alive(procs) and time.monotonic() < deadline:  # noqa: ASYNC110 - polling other processes' exit
+            await asyncio.sleep(0.05)
+    finally:
+        kill_all(alive(procs), signal.SIGKILL)
+
+
+PR_SET_CHILD_SUBREAPER = 36  # linux/prctl.h
+
+
+def _load_prctl() -> Callable[..., int] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl: Callable[..., int] = ctypes.CDLL(None, use_errno=True).prctl
+        return prctl
+    except (OSError, AttributeError):
+        return None
+
+
+_prctl = _load_prctl()  # looked up once, here: the child between fork and exec only calls it
+
+
+def _subreaper_in_child() -> None:
+    """preexec_fn of every plugin process: its descendants' orphans are re-parented to it, not to init."""
+    assert _prctl is not None
+    _prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+
+
+def become_subreaper() -> bool:
+    """Make this process the reaper of its descendants' orphans (Linux); False where that is not possible."""
+    return _prctl is not None and _prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+
+
+def adopted_children(descendants: set[int]) -> list[psutil.Process]:
+    """Live children of this process that were seen below a plugin (orphans re-parented to the supervisor)."""
+    try:
+        children = psutil.Process().children()
+    except psutil.Error:
+        return []
+    return alive([p for p in children if p.pid in descendants])
+
+
+def reap_adopted(descendants: set[int], busy: Collection[int] = ()) -> None:
+    """Collect the exit status of adopted orphans that died, and forget pids that are gone. ``busy``: pids whose
+    status belongs to someone else (plugins' main processes, awaited by the event loop). Never blocks."""
+    for pid in list(descendants):
+        if pid in busy:
+            continue
+        try:
+            done, _ = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:  # not our child (yet): forget it once it is gone for good
+            if not psutil.pid_exists(pid):
+                descendants.discard(pid)
+            continue
+        if done:
+            descendants.discard(pid)

@@ -102,6 +102,10 @@ class PluginWatcher:
 
     async def _watch(self) -> None:
         while not self.root.is_dir():  # the folder may be created later
+            if self._stop.is_set():
+                # Python 3.11's wait_for swallows a cancel that races with a set event, so stop() alone could
+                # leave this loop spinning: it ends here instead.
+                return
             await self._sleep(POLL_INTERVAL)
         if not self.force_polling:
             try:
