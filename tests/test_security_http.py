@@ -337,6 +337,21 @@ async def test_by_default_the_61st_registration_a_minute_from_one_address_gets_4
         assert await console_count(client, srv) == 60
 
 
+async def test_refused_content_types_do_not_use_up_the_registration_budget(tmp_path: Path) -> None:
+    # What a web page can send cross-site (text/plain) is refused before the rate limit counts it, so a page
+    # flooding the endpoint cannot lock real consoles out.
+    async with (
+        served_consoles(tmp_path, consoles__register_rate=2, consoles__register_rate_global=2) as srv,
+        httpx.AsyncClient(base_url=srv.url) as client,
+    ):
+        body = json.dumps({"id": CID, "nombre": "N"})
+        for _ in range(5):
+            r = await client.post("/api/consolas/registrar", content=body, headers={"Content-Type": "text/plain"})
+            assert r.status_code == 415, r.text
+        r = await client.post("/api/consolas/registrar", content=body, headers={"Content-Type": "application/json"})
+        assert r.status_code == 201, r.text
+
+
 def test_a_rate_limit_bucket_refills_at_its_rate() -> None:
     now = [1000.0]
     limit = RateLimit(per_client=2, total=0, clock=lambda: now[0])

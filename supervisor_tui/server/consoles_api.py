@@ -311,6 +311,9 @@ class ConsolesAPI:
         answer(err.status, error_body(err.code, err.message, **err.extra), err.headers)
 
     async def _register(self, scope: Scope, receive: Receive, send: Send, spanish: bool) -> None:
+        # The body (and its Content-Type) first: a cross-site text/plain flood is refused without using up the
+        # registration budget that real consoles need.
+        body, token, enrollment = await self._body(scope, receive)
         client = scope.get("client")
         limit = self.registrations
         wait = limit.take(client[0] if client else "")
@@ -323,7 +326,6 @@ class ConsolesAPI:
                 f"retry in {retry_after(wait).decode()} s",
                 ((b"retry-after", retry_after(wait)),),
             )
-        body, token, enrollment = await self._body(scope, receive)
         reg = _decode(decode_registration, body, spanish)
         if reg.id in _RESERVED_IDS:
             raise _HttpError(
