@@ -184,22 +184,25 @@ def _uptime(seconds: float | None) -> str:
 
 
 async def _act(client: httpx.AsyncClient, action: str, keys: list[str]) -> int:
-    async def one(key: str) -> tuple[str, str | None]:
+    async def one(key: str) -> tuple[str, str | None, str]:
+        """(key, the state after the action or None, and a warning); a failure is "!message" as the state."""
         try:
             body = _check(await client.post(f"/api/v1/plugins/{key}/{action}"), f"{action} {key}")
-            return key, body.get("plugin", {}).get("state", "?")
+            return key, body.get("plugin", {}).get("state", "?"), str(body.get("warning") or "")
         except CtlError as exc:
-            return key, f"!{exc}"
+            return key, f"!{exc}", ""
         except httpx.TransportError as exc:
-            return key, f"!{action} {key}: {_transport_reason(exc)}"
+            return key, f"!{action} {key}: {_transport_reason(exc)}", ""
 
     failed = 0
-    for key, result in await asyncio.gather(*(one(k) for k in dict.fromkeys(keys))):
+    for key, result, warning in await asyncio.gather(*(one(k) for k in dict.fromkeys(keys))):
         if result and result.startswith("!"):
             failed += 1
             _complain(result[1:])
-        else:
-            _say(f"{key}: {result}")
+            continue
+        _say(f"{key}: {result}")
+        if warning:  # done, but e.g. not remembered across a restart (the database cannot be written)
+            _complain(f"warning: {key}: {warning}")
     return EXIT_FAILED if failed else 0
 
 

@@ -8,6 +8,7 @@ Tests that need one skip, saying why, where it is not permitted.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import os
@@ -15,6 +16,7 @@ import signal
 import sqlite3
 import stat
 import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -179,6 +181,18 @@ async def test_a_stop_on_a_full_disk_stops_says_it_is_not_saved_and_sigterm_exit
     assert not psutil.pid_exists(running["pid"])
     unsaved = await proc.wait_for(lambda r: r.get("event") == "desired_state_unsaved")
     assert unsaved["plugin"] == "alpha" and unsaved["level"] == "warning"
+    # `ctl` does it too, and says so on stderr while still succeeding.
+    token = (settings.data_dir / "admin.token").read_text().strip()
+    ctl = await asyncio.create_subprocess_exec(
+        *[sys.executable, "-m", "supervisor_tui", "ctl", "--url", url, "--token", token, "start", "alpha"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(ctl.communicate(), 60)
+    assert ctl.returncode == 0, err
+    assert out.decode().startswith("alpha: "), out
+    assert "warning: alpha:" in err.decode() and "restart will not remember" in err.decode(), err
     proc.signal(signal.SIGTERM)
     assert await proc.wait() == 0, proc.stderr
     assert "Traceback" not in proc.stderr
