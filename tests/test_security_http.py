@@ -241,6 +241,18 @@ async def test_a_refused_host_gets_400_on_every_path_and_loopback_names_pass(tar
         writer.close()
 
 
+@PATHS
+async def test_a_second_host_header_gets_400_whichever_comes_first(target: str) -> None:
+    async with serving(allowed_hosts=allowed_hosts("127.0.0.1", ())) as (port, routes, _):
+        for extra in (b"Host: rebound.example", b"Host: 127.0.0.1"):
+            reader, writer = await connect(port)
+            writer.write(post(target).replace(b"Host: t", b"Host: 127.0.0.1\r\n" + extra))
+            status, _, err = error_of(await closed_by_server(reader))
+            assert status == 400 and "more than one Host" in err["message"], err
+            writer.close()
+        assert routes.seen == []
+
+
 async def test_a_refused_host_gets_400_on_a_websocket_upgrade() -> None:
     async with serving(allowed_hosts=allowed_hosts("127.0.0.1", ())) as (port, _, _):
         reader, writer = await connect(port)

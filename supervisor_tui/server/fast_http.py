@@ -155,6 +155,8 @@ def fast_protocol(routes: FastRoutes | None, limits: ConnectionLimits | None = N
             if self._head_size > max_header_bytes:
                 self._stop(431, "headers_too_large", f"the request head is over {max_header_bytes} bytes")
             if name == b"host":
+                if self._host is not None:  # which one a part behind us would believe is anyone's guess
+                    self._stop(400, "bad_request", "the request has more than one Host header")
                 self._host = value
             elif name == b"expect" and value.lower() == b"100-continue":
                 self.expect_100_continue = True
