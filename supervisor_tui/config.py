@@ -256,6 +256,14 @@ FIELDS: tuple[Field, ...] = (
     Field("plugins", "port_range_start", 4001, _PORT, "an integer 1-65535", "first port handed to plugins"),
     Field("plugins", "port_range_end", 4999, _PORT, "an integer 1-65535", "last port handed to plugins"),
     Field("plugins", "watch", True, _parse_bool, "true or false", "reload plugins when their folders change"),
+    Field(
+        "plugins",
+        "cgroups",
+        True,
+        _parse_bool,
+        "true or false",
+        "track plugin processes in cgroups v2 where writable (false: process group, marker and subreaper only)",
+    ),
     Field("gateway", "max_body", 10 * 1024**2, parse_size, "a size like 10MiB", "largest proxied body"),
     Field("gateway", "timeout", 30.0, parse_duration, "a duration like 30s", "upstream response timeout"),
     Field(

@@ -4,6 +4,7 @@ Fixtures (all function-scoped, everything under ``tmp_path``):
 
 - ``make_settings(**overrides)`` -> Settings with plugins/ and data/ in tmp_path, a private plugin port range and
   ``server.port`` 0; ``overrides`` map "section.key" to values. The ``settings`` fixture is ``make_settings()``.
+  At teardown the plugin cgroups of a supervisor of those settings that did not exit cleanly are removed.
 - ``make_plugin(key, script, **manifest_fields)`` -> the plugin folder. ``script`` is a file name from
   tests/fixtures/plugins/ ("sleeper.py", "crash_at_start.py", "crash_after.py", "ignore_term.py", "grandchild.py",
   "http_server.py") or Python source (written as plugin.py). The manifest gets ``command: ["python", <script>]``,
@@ -44,7 +45,8 @@ import psutil
 import pytest
 
 from supervisor_tui.config import Settings, load_settings
-from supervisor_tui.core.supervisor import Supervisor
+from supervisor_tui.core.supervisor import Supervisor, owner_id
+from supervisor_tui.plugins.cgroups import CgroupTree
 
 FIXTURE_PLUGINS = Path(__file__).parent / "fixtures" / "plugins"
 REPO = Path(__file__).resolve().parent.parent
@@ -134,9 +136,24 @@ async def open_supervisor(settings: Settings) -> AsyncIterator[Supervisor]:
         await sup.close()
 
 
+def cgroup_tree(settings: Settings) -> CgroupTree | None:
+    """Where a supervisor of ``settings`` started by this process keeps its plugin cgroups (None: no cgroup2)."""
+    return CgroupTree.locate(owner_id(settings.data_dir))
+
+
 @pytest.fixture
-def make_settings(tmp_path: Path) -> Callable[..., Settings]:
-    return lambda **overrides: make_test_settings(tmp_path, **overrides)
+def make_settings(tmp_path: Path) -> Iterator[Callable[..., Settings]]:
+    made: list[Settings] = []
+
+    def make(**overrides: Any) -> Settings:
+        made.append(make_test_settings(tmp_path, **overrides))
+        return made[-1]
+
+    yield make
+    for settings in made:  # a SIGKILLed supervisor leaves its cgroups behind: not on this machine
+        tree = cgroup_tree(settings)
+        if tree is not None and tree.path.exists():
+            tree.clear()
 
 
 @pytest.fixture

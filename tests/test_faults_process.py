@@ -1,5 +1,6 @@
 """Process supervision under faults, with a real headless supervisor: no plugins folder, signals at awkward
-moments, slow orphans of a killed supervisor, plugins that escape their process group, few file descriptors."""
+moments, slow orphans of a killed supervisor, plugins that escape their process group (with cgroups where they
+are writable here, and without), few file descriptors."""
 
 from __future__ import annotations
 
@@ -15,9 +16,10 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
-from conftest import HeadlessProcess, spawns, wait_until
+from conftest import HeadlessProcess, cgroup_tree, spawns, wait_until
 
 from supervisor_tui.config import Settings
+from supervisor_tui.plugins.cgroups import CgroupTree, PluginCgroup
 
 pytestmark = pytest.mark.usefixtures("no_plugin_leftovers")
 
@@ -297,3 +299,105 @@ async def test_out_of_file_descriptors_nothing_is_running_unsupervised(
     assert any("file descriptors: the supervisor's limit of" in reason for reason in fatal.values()), fatal
     proc.signal(signal.SIGTERM)
     assert await proc.wait(timeout=120) == 0
+
+
+def _cgroups_unusable() -> str:
+    """Why this machine cannot give plugins cgroups ("" when it can)."""
+    tree, why = CgroupTree.open(f"test-{os.getpid()}")
+    if tree is not None:
+        tree.clear()
+    return why
+
+
+CGROUPS_UNUSABLE = _cgroups_unusable()
+needs_cgroups = pytest.mark.skipif(bool(CGROUPS_UNUSABLE), reason=f"cgroup v2 not writable: {CGROUPS_UNUSABLE}")
+
+
+@pytest.fixture
+def cgroups_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The default (plugins.cgroups = true), whatever the environment the tests run in says."""
+    monkeypatch.delenv("SUPERVISOR_TUI_PLUGINS_CGROUPS", raising=False)
+
+
+def _cgroup_of(tree: CgroupTree, key: str) -> PluginCgroup:
+    """The cgroup of ``key``'s current run."""
+    (cgroup,) = [c for c in tree.plugin_cgroups() if c.key == key]
+    return cgroup
+
+
+async def _escaped_daemon(proc: HeadlessProcess, folder: Path) -> int:
+    await proc.wait_state(folder.name, "RUNNING")
+    pidfile = folder / "daemon.pid"
+    return int(await wait_until(lambda: pidfile.exists() and pidfile.read_text()))
+
+
+@needs_cgroups
+@pytest.mark.usefixtures("cgroups_on")
+async def test_with_cgroups_the_next_start_kills_a_daemon_whose_plugin_died_with_the_supervisor(
+    headless: Headless, make_plugin: Callable[..., Path], settings: Settings
+) -> None:
+    folder = make_plugin("escaper", ESCAPER)
+    first = headless()
+    daemon = await _escaped_daemon(first, folder)
+    try:
+        tree = cgroup_tree(settings)
+        previous = _cgroup_of(tree, "escaper") if tree is not None else None
+        assert previous is not None and daemon in previous.pids()
+        os.kill(first.pid, signal.SIGKILL)
+        await first.wait()
+        main = spawns(folder)[0]
+        os.kill(main, signal.SIGKILL)  # now no group, marker, recorded pid or parent leads to the daemon
+        await wait_until(lambda: not living([main]))
+        assert living([daemon])
+        second = headless()
+        killed = await second.wait_for(lambda r: r.get("event") == "orphans_killed" and daemon in r.get("pids", []))
+        assert killed["plugin"] == "escaper"
+        await wait_until(lambda: not living([daemon]), timeout=15)
+        await wait_until(lambda: not previous.path.exists())  # removed by the cleanup
+        await second.wait_state("escaper", "RUNNING")
+        second.signal(signal.SIGTERM)
+        assert await second.wait() == 0
+        assert not tree.path.exists()  # a clean exit leaves no cgroup behind
+    finally:
+        if living([daemon]):  # before cgroups nothing found it: do not leave it to the machine
+            os.kill(daemon, signal.SIGKILL)
+
+
+@needs_cgroups
+@pytest.mark.usefixtures("cgroups_on")
+async def test_with_cgroups_stop_kills_the_plugins_cgroup_and_removes_it(
+    headless: Headless, make_plugin: Callable[..., Path], settings: Settings
+) -> None:
+    folder = make_plugin("escaper", ESCAPER)
+    proc = headless()
+    tracking = await proc.wait_for(lambda r: r.get("event") == "process_tracking")
+    tree = cgroup_tree(settings)
+    assert tree is not None and tracking["cgroup"] == str(tree.path)
+    daemon = await _escaped_daemon(proc, folder)
+    cgroup = _cgroup_of(tree, "escaper")
+    assert set(cgroup.pids()) == {spawns(folder)[0], daemon}
+    url = str((await proc.wait_for(lambda r: r.get("event") == "api_listening"))["url"])
+    token = (settings.data_dir / "admin.token").read_text().strip()
+    async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {token}"}) as client:
+        assert (await client.post("/api/v1/plugins/escaper/stop")).status_code == 200
+    assert not living([daemon]) and not cgroup.path.exists()
+    assert tree.path.exists()  # the supervisor's own, until it exits
+    proc.signal(signal.SIGTERM)
+    assert await proc.wait() == 0
+    assert not tree.path.exists()
+
+
+async def test_without_cgroups_a_double_forked_daemon_still_dies_with_its_plugin(
+    headless: Headless, make_plugin: Callable[..., Path], settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SUPERVISOR_TUI_PLUGINS_CGROUPS", "false")
+    folder = make_plugin("escaper", ESCAPER)
+    proc = headless()
+    tracking = await proc.wait_for(lambda r: r.get("event") == "process_tracking")
+    assert "plugins.cgroups = false" in str(tracking["message"]) and tracking["cgroup"] is None
+    daemon = await _escaped_daemon(proc, folder)
+    tree = cgroup_tree(settings)
+    assert tree is None or not tree.path.exists()
+    proc.signal(signal.SIGTERM)
+    assert await proc.wait() == 0
+    assert not living([daemon])

@@ -39,6 +39,7 @@ from supervisor_tui.core.events import (
 from supervisor_tui.core.lock import DataDirLock, LockError
 from supervisor_tui.core.logs import SUPERVISOR_SOURCE, LogHub
 from supervisor_tui.core.store import Store, StoreError
+from supervisor_tui.plugins.cgroups import CgroupTree, PluginCgroup
 from supervisor_tui.plugins.external import ExternalPlugin, ExternalRegistrations, UpstreamNotAllowed
 from supervisor_tui.plugins.health import make_client
 from supervisor_tui.plugins.inprocess import ExtensionSettings, InProcessContext, InProcessPlugin
@@ -131,7 +132,8 @@ class Supervisor:
         self.ports = PortAllocator(start, end, PLUGIN_HOST, reserved=(settings.port,))
         self.registry: dict[str, ManagedPlugin] = {}
         # In every plugin's environment, so what a plugin spawned is found again, even after a crash of ours.
-        self.owner = hashlib.sha256(str(settings.data_dir).encode()).hexdigest()[:12]
+        self.owner = owner_id(settings.data_dir)
+        self.cgroups: CgroupTree | None = None  # this run's plugin cgroups (None: not used, see open)
         self.opened = False
         # Set by whoever runs the HTTP server: the API's real URL (plugins get it as SUPERVISOR_URL), consoles.
         self.settings_api_url: str | None = None
@@ -180,6 +182,7 @@ class Supervisor:
             return
         self.lock.acquire()
         try:
+            tracking = self._open_cgroups()  # before the store's thread: the check forks
             await self.store.open()
             await self._load_persisted()
             if clean_orphans:
@@ -201,6 +204,7 @@ class Supervisor:
             f"{len(found.invalid)} invalid, plugins from {self.settings.plugins_dir}, data in {self.settings.data_dir}",
             event="supervisor_started",
         )
+        self.logs.info(tracking, event="process_tracking", cgroup=str(self.cgroups.path) if self.cgroups else None)
         for key, err in found.invalid.items():
             self.logs.error(f"{key}: INVALID: {err}", event="plugin_invalid", plugin=key, reason=str(err))
         for note in self.lock.notes + self.store.notes:
@@ -239,8 +243,21 @@ class Supervisor:
                 await self._http.aclose()
             self._http = None
         await self.store.close()
+        cgroups, self.cgroups = self.cgroups, None
+        if cgroups is not None and not await asyncio.to_thread(cgroups.clear):  # still ours: the lock is held
+            self.logs.warning(f"cgroup {cgroups.path} still busy, left in place", event="cgroup_failed")
         self.logs.close()
         self.lock.release()
+
+    def _open_cgroups(self) -> str:
+        """Set up cgroup tracking of plugin processes where possible; says which tracking is used."""
+        fallback = "plugin processes tracked by process group, environment marker and child subreaper"
+        if not self.settings.get("plugins.cgroups"):
+            return f"{fallback} (cgroups off: plugins.cgroups = false)"
+        self.cgroups, why = CgroupTree.open(self.owner)
+        if self.cgroups is None:
+            return f"{fallback} (no cgroups: {why})"
+        return f"plugin processes tracked in cgroups under {self.cgroups.path}, and as child subreapers"
 
     async def _stop_adopted(self) -> None:
         """What plugins left behind that became this process's children (see plugins.process): killed now."""
@@ -307,6 +324,7 @@ class Supervisor:
             on_spawn=self._on_spawn,
             on_exit=self._on_exit,
             descendants=self._descendants,
+            cgroups=self.cgroups,
         )
 
     def inprocess_context(self) -> InProcessContext:
@@ -426,10 +444,11 @@ class Supervisor:
                 "SELECT key, pid, pid_started FROM plugin_state WHERE pid IS NOT NULL"
             ) as cur:
                 rows = await cur.fetchall()
-            found, marked = await asyncio.to_thread(self._find_orphans, rows)
+            found, marked, cgroups = await asyncio.to_thread(self._find_orphans, rows)
             if rows:
                 await self.store.writer.execute("UPDATE plugin_state SET pid = NULL, pid_started = NULL")
             await stop_orphans([p for procs in found.values() for p in procs] + marked)
+            await asyncio.to_thread(lambda: [cgroup.clear() for cgroup in cgroups])  # SIGKILL what forked meanwhile
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # plugins start regardless; their ports tell if something still runs
@@ -446,17 +465,27 @@ class Supervisor:
         message = f"{what.format(n=len(pids))} (pids {', '.join(map(str, pids))})"
         self.logs.warning(message, event="orphans_killed", pids=pids, **fields)
 
-    def _find_orphans(self, rows: Iterable[Any]) -> tuple[dict[str, list[psutil.Process]], list[psutil.Process]]:
-        """Each plugin's leftovers by the pid recorded for it, then the processes that left their plugin's group
-        and lost their parent but still carry the marker. Blocking."""
+    def _find_orphans(
+        self, rows: Iterable[Any]
+    ) -> tuple[dict[str, list[psutil.Process]], list[psutil.Process], list[PluginCgroup]]:
+        """Each plugin's leftovers by the pid recorded for it and in its cgroup of the previous run, then the
+        processes that left their plugin's group and lost their parent but still carry the marker, then the
+        previous run's cgroups. Blocking."""
         found: dict[str, list[psutil.Process]] = {}
         for key, pid, started in rows:
             procs = orphans_of(int(pid), float(started) if started else None)
             if procs:
                 found[str(key)] = procs
         seen = {p.pid for procs in found.values() for p in procs}
+        cgroups = self.cgroups.plugin_cgroups() if self.cgroups is not None else []
+        for cgroup in cgroups:
+            # What nothing else finds: a daemon that left the group, cleared its environment, lost its plugin.
+            procs = [p for p in cgroup.members() if p.pid not in seen]
+            if procs:
+                found.setdefault(cgroup.key, []).extend(procs)
+                seen.update(p.pid for p in procs)
         marked = [p for p in marked_processes(f"{self.owner}:", True) if p.pid not in seen]
-        return found, marked
+        return found, marked, cgroups
 
     # -- queries -------------------------------------------------------------------------------------------------
     def plugins(self) -> list[PluginSnapshot]:
@@ -991,6 +1020,11 @@ class Supervisor:
                     self.bus.publish(sample)
             runners = self._process_runners().values()
             reap_adopted(self._descendants, busy={r.pid for r in runners if isinstance(r, ProcessRunner) and r.pid})
+
+
+def owner_id(data_dir: Path) -> str:
+    """The identity of the supervisor of ``data_dir`` in its plugins' environment marker and cgroup names."""
+    return hashlib.sha256(str(data_dir).encode()).hexdigest()[:12]
 
 
 def _loaded_before(plugin: ManagedPlugin) -> bool:

@@ -13,6 +13,10 @@ and stays in its tree; the supervisor process itself is one too (``become_subrea
 plugin's main process becomes the supervisor's child. Every descendant pid seen is remembered
 (``RunnerContext.descendants``): stop and exit kill those still alive, and ``reap_adopted`` collects the ones
 that died as the supervisor's children.
+
+Where cgroups v2 are writable (``plugins.cgroups``, see plugins.cgroups), each run of a plugin also has its own
+cgroup (``RunnerContext.cgroups``), which its main process joins before exec: nothing it forks leaves it, so stop
+and exit give what is still in it the same treatment as the rest of the tree, then SIGKILL it and remove the cgroup.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ import psutil
 from supervisor_tui.config import ENV_PREFIX, local_url
 from supervisor_tui.core.events import MetricsSample
 from supervisor_tui.core.logs import LogHub
+from supervisor_tui.plugins.cgroups import CgroupTree, PluginCgroup, join_in_child
 from supervisor_tui.plugins.health import HealthTracker, probe
 from supervisor_tui.plugins.manifest import Manifest, ManifestError
 from supervisor_tui.plugins.metrics import (
@@ -77,6 +82,7 @@ class RunnerContext:
     on_spawn: Callable[[ProcessRunner, int, float], Awaitable[None]]
     on_exit: Callable[[ProcessRunner], Awaitable[None]]
     descendants: set[int] = field(default_factory=set)  # pids seen below any plugin's main process (see reap_adopted)
+    cgroups: CgroupTree | None = None  # None: cgroups are off or not writable here
 
 
 def inherited_environment() -> dict[str, str]:
@@ -144,6 +150,7 @@ class ProcessRunner:
         self.last_sample: MetricsSample | None = None
         self.metrics_history: deque[MetricsSample] = deque(maxlen=HISTORY)
         self._proc: asyncio.subprocess.Process | None = None
+        self._cgroup: PluginCgroup | None = None  # the current run's (None without cgroups)
         self._pumps: list[asyncio.Task[None]] = []
         self._task: asyncio.Task[None] | None = None
         self._health_task: asyncio.Task[None] | None = None
@@ -162,10 +169,18 @@ class ProcessRunner:
         self.ctx.descendants.update(p.pid for p in procs if p.pid != self.pid)
 
     async def _leftovers(self, known: list[psutil.Process]) -> list[psutil.Process]:
-        """``known`` processes still alive plus every live process carrying this plugin's environment marker."""
-        marked = await asyncio.to_thread(marked_processes, self._marker)
+        """``known`` processes still alive plus every live process carrying this plugin's environment marker or
+        in the run's cgroup."""
+        found = await asyncio.to_thread(self._marked_or_in_cgroup)
         pids = {p.pid for p in known}
-        return alive(known) + [p for p in marked if p.pid not in pids]
+        return alive(known) + [p for p in found if p.pid not in pids]
+
+    def _marked_or_in_cgroup(self) -> list[psutil.Process]:
+        found = marked_processes(self._marker)
+        if self._cgroup is not None:
+            marked = {p.pid for p in found}
+            found += [p for p in self._cgroup.members() if p.pid not in marked]
+        return found
 
     # -- views ---------------------------------------------------------------------------------------------------
     @property
@@ -401,6 +416,7 @@ class ProcessRunner:
         env["SUPERVISOR_URL"] = self.ctx.supervisor_url()
         env[OWNER_ENV] = self._marker
         argv = m.argv()
+        procs_fd = self._enter_cgroup()
         try:
             proc = await asyncio.create_subprocess_exec(
                 *argv,
@@ -410,11 +426,17 @@ class ProcessRunner:
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
                 start_new_session=True,
-                preexec_fn=_subreaper_in_child if _prctl is not None else None,
+                preexec_fn=_in_child(procs_fd),
             )
         except (OSError, ValueError) as exc:
             why = describe_os_error(exc) if isinstance(exc, OSError) else str(exc)
             self._spawn_failed(f"cannot run {argv[0]!r} in {m.folder}: {why}")
+            proc = None
+        finally:
+            if procs_fd is not None:
+                os.close(procs_fd)
+        if proc is None:
+            await self._clear_cgroup()
             return None
         self._proc = proc
         self.pid = proc.pid
@@ -443,6 +465,28 @@ class ProcessRunner:
         except Exception as exc:
             self.ctx.logs.warning(f"{self.key}: cannot record pid {proc.pid}: {exc!r}", plugin=self.key)
         return proc
+
+    def _enter_cgroup(self) -> int | None:
+        """Make this run's cgroup; the descriptor its main process joins it with, or None (then it runs without)."""
+        if self.ctx.cgroups is None:
+            return None
+        try:
+            self._cgroup = self.ctx.cgroups.plugin(self.key)
+            return self._cgroup.open_procs()
+        except OSError as exc:
+            self.ctx.logs.warning(
+                f"{self.key}: runs without a cgroup: {describe_os_error(exc)}", event="cgroup_failed", plugin=self.key
+            )
+            self._cgroup = None
+            return None
+
+    async def _clear_cgroup(self) -> None:
+        """SIGKILL what is left in this run's cgroup and remove it."""
+        cgroup, self._cgroup = self._cgroup, None
+        if cgroup is not None and not await asyncio.to_thread(cgroup.clear):
+            self.ctx.logs.warning(
+                f"{self.key}: cgroup {cgroup.path} still busy, left in place", event="cgroup_failed", plugin=self.key
+            )
 
     def _spawn_failed(self, reason: str) -> None:
         self.last_error = reason
@@ -584,6 +628,7 @@ class ProcessRunner:
                 await asyncio.sleep(0.05)
             signal_group(proc.pid, signal.SIGKILL)
             kill_all(alive(tree))
+        await self._clear_cgroup()
         reap_adopted(self.ctx.descendants)
         pumps, self._pumps = self._pumps, []
         if pumps:
@@ -713,6 +758,19 @@ def _subreaper_in_child() -> None:
     """preexec_fn of every plugin process: its descendants' orphans are re-parented to it, not to init."""
     assert _prctl is not None
     _prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+
+
+def _join_and_subreap_in_child(procs_fd: int) -> None:
+    join_in_child(procs_fd)
+    if _prctl is not None:
+        _subreaper_in_child()
+
+
+def _in_child(procs_fd: int | None) -> Callable[[], None] | None:
+    """The preexec_fn of a plugin process: join its cgroup (``procs_fd``, when it has one), become a subreaper."""
+    if procs_fd is not None:
+        return functools.partial(_join_and_subreap_in_child, procs_fd)
+    return _subreaper_in_child if _prctl is not None else None
 
 
 def become_subreaper() -> bool:
