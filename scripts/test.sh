@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Sets everything up, then runs the whole check: ruff (lint + format), mypy, import-linter, and the tests.
-# Extra arguments go to pytest (e.g. scripts/test.sh -k gateway).
+# Sets everything up, then runs the whole check: ruff (lint + format), mypy, import-linter, the tests, then the
+# tests of the modules that use uvicorn's, httptools' and Textual's internals again at both ends of their pins
+# (scripts/test_pins.sh). Extra arguments go to the main pytest only (e.g. scripts/test.sh -k gateway).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
@@ -8,3 +9,4 @@ echo "== ruff";          .venv/bin/ruff check . && .venv/bin/ruff format --check
 echo "== mypy";          .venv/bin/mypy
 echo "== import-linter"; .venv/bin/lint-imports
 echo "== pytest";        .venv/bin/pytest "$@"
+echo "== pins";          scripts/test_pins.sh

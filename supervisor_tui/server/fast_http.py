@@ -1,6 +1,11 @@
 """uvicorn's httptools protocol with the server's connection limits, and a way around ASGI for a few hot POST
 routes (the heartbeat ingest).
 
+A fenced hack, kept because it was measured (``bench/heartbeats.py --rounds 3 --against DIR``; bench/README.md,
+"Heartbeats without ASGI"): 45-54 us of event-loop CPU per heartbeat against 63-70 us through ASGI, and 0.41 of
+the hello rate against 0.35 with both servers in the same run. scripts/test_pins.sh runs its tests at both ends
+of pyproject.toml's uvicorn pin, so a uvicorn release that moves these internals fails the test command.
+
 ``fast_protocol(routes, limits)`` gives the protocol class the server uses for every connection. It enforces
 ``limits`` (server.limits.ConnectionLimits) on every request, whichever path answers it: a request head over
 ``max_header_bytes`` (counted as it is fed to the parser, so one endless header is cut too) or with more than
@@ -42,7 +47,7 @@ from supervisor_tui.server.limits import ConnectionLimits
 
 Answer = Callable[[int, bytes, Sequence[tuple[bytes, bytes]]], None]
 
-SUPPORTED_UVICORN = ((0, 30), (0, 55))  # [from, to): tested with 0.30.6, 0.40.0 and 0.54.0, as pyproject.toml pins
+SUPPORTED_UVICORN = ((0, 30), (0, 55))  # [from, to): pyproject.toml's pin, both ends tested by scripts/test_pins.sh
 
 log = logging.getLogger(__name__)
 
