@@ -31,8 +31,11 @@ from typing import Any, TextIO
 import httpx
 import psutil
 
+from supervisor_tui.core.backoff import backoff_delay
+
 ID_FILE = ".console-id"
 DEFAULT_INTERVAL_MINUTES = 5.0
+FIRST_BACKOFF = 1.0  # seconds before the first retry of a failed heartbeat, doubling each time
 MAX_BACKOFF = 60.0
 
 
@@ -296,7 +299,7 @@ class Agent:
     # -- the thread ------------------------------------------------------------------------------------------
     def _run(self) -> None:
         with httpx.Client(timeout=self.timeout) as client:
-            backoff = 1.0
+            failures = 0  # attempts in a row that failed
             while not self._stopping.is_set():
                 with self._lock:
                     seq = self._want_seq  # the state changes this attempt covers
@@ -309,11 +312,11 @@ class Agent:
                     self._sent_seq = max(self._sent_seq, seq)
                     self._delivered.notify_all()
                 if ok:
-                    backoff = 1.0
+                    failures = 0
                     wait = self.interval
                 else:
-                    wait = min(backoff, MAX_BACKOFF, self.interval)
-                    backoff *= 2
+                    wait = min(backoff_delay(failures, FIRST_BACKOFF, MAX_BACKOFF), self.interval)
+                    failures += 1
                 self._wake.wait(wait)
                 self._wake.clear()
 
