@@ -61,7 +61,6 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 MAX_BODY = 64 * 1024
-PREFIXES = ("/api/consolas", "/api/consoles")
 _RESERVED_IDS = frozenset({"register", "registrar", "stats"})
 _encode = msgspec.json.Encoder().encode
 
@@ -107,11 +106,6 @@ class ConsolesAPI:
         self.registrations = RateLimit(
             int(settings.get("consoles.register_rate")), int(settings.get("consoles.register_rate_global"))
         )
-
-    @staticmethod
-    def handles(path: str) -> bool:
-        """Whether a request path belongs to this app (for the top-level dispatcher)."""
-        return any(path == p or path.startswith(p + "/") for p in PREFIXES)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
