@@ -1,6 +1,6 @@
-"""The console agent: registers this machine with a supervisor and keeps sending heartbeats (seed 004's client).
+"""The console agent: registers this machine with a supervisor and keeps sending heartbeats (English or Spanish).
 
-    agent = Agent("http://host:4000/api")          # API_BASE_URL, as seed 004's clients configure it
+    agent = Agent("http://host:4000/api")          # API_BASE_URL, as the Spanish console clients set it
     agent.start()                                   # registers, then heartbeats every interval in a thread
     agent.set_state(State.BUSY, current_job="Video 1 (2/5)")   # sends a heartbeat at once
     agent.set_error(exc); agent.set_state(State.IDLE)
@@ -53,7 +53,7 @@ FROM_ANY_WORD: dict[str, State] = {s.value: s for s in State} | {v: k for k, v i
 
 
 def parse_state(word: str) -> State:
-    """A State from its English or seed 004 (Spanish) word; ValueError names the allowed words."""
+    """A State from its English or Spanish word; ValueError names the allowed words."""
     try:
         return FROM_ANY_WORD[word.strip().lower()]
     except KeyError:
@@ -67,7 +67,7 @@ def iso_now(ts: float | None = None) -> str:
 
 
 def system_info(spanish: bool) -> dict[str, Any]:
-    """Host facts for the heartbeat (seed 004's ``sistema`` keys in the Spanish dialect)."""
+    """Host facts for the heartbeat (the Spanish console API's ``sistema`` keys in the Spanish dialect)."""
     vm = psutil.virtual_memory()
     try:
         load: list[float] | None = [round(x, 2) for x in os.getloadavg()]
@@ -106,7 +106,7 @@ class Identity:
 
 
 def load_identity(state_dir: Path) -> Identity | None:
-    """Read ``.console-id``: JSON with the token, or seed 004's bare id."""
+    """Read ``.console-id``: JSON with the token, or the bare id the Spanish console clients write."""
     try:
         text = (state_dir / ID_FILE).read_text(encoding="utf-8").strip()
     except (FileNotFoundError, NotADirectoryError):
@@ -138,7 +138,7 @@ def save_identity(state_dir: Path, identity: Identity) -> None:
 
 
 class _Text:
-    """The agent's lines, in seed 004's Spanish or in English."""
+    """The agent's lines, in Spanish or in English."""
 
     def __init__(self, spanish: bool) -> None:
         self.es = spanish

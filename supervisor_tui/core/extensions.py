@@ -68,7 +68,7 @@ class LoadResult:
 
 
 def hooks_for(event: Event) -> list[tuple[str, tuple[Any, ...]]]:
-    """The hook calls one bus event stands for (seed 001's hooks mapped onto this product)."""
+    """The hook calls one bus event stands for (the plugin interface's hooks mapped onto this product)."""
     if isinstance(event, PluginStateChanged):
         calls: list[tuple[str, tuple[Any, ...]]] = [
             ("on_plugin_state_changed", (event.key, event.from_state, event.to_state, event.reason))

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 CONSOLE_STATES = ("active", "busy", "idle", "error", "inactive")
-# The seed's Spanish words, accepted wherever a console state is read.
+# The Spanish console API's words, accepted wherever a console state is read.
 _CONSOLE_STATE_ALIASES = {"activa": "active", "ocupada": "busy", "esperando": "idle", "inactiva": "inactive"}
 
 # A synthetic event topic the clients emit when the link to the supervisor drops or comes back.
