@@ -89,7 +89,7 @@ class PluginInterface:
 
 @dataclass(frozen=True)
 class ExtensionSettings:
-    """The ``[extensions]`` table's own keys (everything else in it is one extension per sub-table)."""
+    """The ``[extensions]`` table's own keys (everything else in it is one in-process plugin per sub-table)."""
 
     load_timeout: float = 30.0
     shutdown_timeout: float = 15.0
@@ -135,7 +135,7 @@ class InProcessContext:
     on_health: Callable[[str, bool, str], None]
     default_timeout: float
     default_max_body: int
-    base_dir: Path  # where relative module files of settings-configured extensions are found
+    base_dir: Path  # where relative module files of in-process plugins configured in settings are found
     tables: Mapping[str, Any] = field(default_factory=dict)  # [extensions.<name>] sections
 
 
