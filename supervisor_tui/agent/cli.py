@@ -1,4 +1,4 @@
-"""`supervisor-tui agent ...`: the console agent of seed 004 on the command line.
+"""`supervisor-tui agent ...`: the console agent on the command line.
 
     agent run  [--api-base-url URL] [--console-id ID] [--interval-minutes N] [--dir DIR] [--dialect en|es]
     agent state STATE [--job NAME] [--error TEXT] [--dir DIR]      change the running agent's state
@@ -6,7 +6,7 @@
 
 Settings come from flags, then the environment (API_BASE_URL, CONSOLE_ID, HEARTBEAT_INTERVAL_MINUTES,
 CONSOLE_DIALECT, CONSOLE_NAME, CONSOLE_ENROLLMENT_TOKEN), then a ``.env`` file in the agent's directory, as
-seed 004's clients are configured. ``agent state`` and ``agent exec`` reach the running agent through a unix
+the Spanish console clients are configured. ``agent state`` and ``agent exec`` reach the running agent through a unix
 socket next to ``.console-id`` (see control.py).
 """
 
@@ -47,7 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run = sub.add_parser("run", help="register this machine and send heartbeats until stopped")
     _connection_flags(run)
     state = sub.add_parser("state", help="change the running agent's state (sends a heartbeat at once)")
-    state.add_argument("state", help="active, busy, idle or error (or seed 004's activa, ocupada, esperando)")
+    state.add_argument("state", help="active, busy, idle or error (or the Spanish activa, ocupada, esperando)")
     state.add_argument("--job", help="what the console is working on (with busy)")
     state.add_argument("--error", help="what went wrong (with error)")
     state.add_argument("--dir", help="the running agent's directory (where .console-id is; default .)")
@@ -66,7 +66,7 @@ def _connection_flags(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--dir", help="where .console-id (and .env) live (default: the current directory)")
     p.add_argument("--name", help="console name ($CONSOLE_NAME; default 'Console <hostname>')")
-    p.add_argument("--dialect", choices=("en", "es"), help="API dialect: en, or es for seed 004 ($CONSOLE_DIALECT)")
+    p.add_argument("--dialect", choices=("en", "es"), help="API dialect: en, or es for Spanish ($CONSOLE_DIALECT)")
     p.add_argument("--enrollment-token", help="needed to register a new console if the server asks for one")
 
 

@@ -1,6 +1,6 @@
-"""The console agent: registers this machine with a supervisor and keeps sending heartbeats (seed 004's client).
+"""The console agent: registers this machine with a supervisor and keeps sending heartbeats (English or Spanish).
 
-    agent = Agent("http://host:4000/api")          # API_BASE_URL, as seed 004's clients configure it
+    agent = Agent("http://host:4000/api")          # API_BASE_URL, as the Spanish console clients set it
     agent.start()                                   # registers, then heartbeats every interval in a thread
     agent.set_state(State.BUSY, current_job="Video 1 (2/5)")   # sends a heartbeat at once
     agent.set_error(exc); agent.set_state(State.IDLE)
@@ -31,8 +31,11 @@ from typing import Any, TextIO
 import httpx
 import psutil
 
+from supervisor_tui.core.backoff import backoff_delay
+
 ID_FILE = ".console-id"
 DEFAULT_INTERVAL_MINUTES = 5.0
+FIRST_BACKOFF = 1.0  # seconds before the first retry of a failed heartbeat, doubling each time
 MAX_BACKOFF = 60.0
 
 
@@ -50,7 +53,7 @@ FROM_ANY_WORD: dict[str, State] = {s.value: s for s in State} | {v: k for k, v i
 
 
 def parse_state(word: str) -> State:
-    """A State from its English or seed 004 (Spanish) word; ValueError names the allowed words."""
+    """A State from its English or Spanish word; ValueError names the allowed words."""
     try:
         return FROM_ANY_WORD[word.strip().lower()]
     except KeyError:
@@ -64,7 +67,7 @@ def iso_now(ts: float | None = None) -> str:
 
 
 def system_info(spanish: bool) -> dict[str, Any]:
-    """Host facts for the heartbeat (seed 004's ``sistema`` keys in the Spanish dialect)."""
+    """Host facts for the heartbeat (the Spanish console API's ``sistema`` keys in the Spanish dialect)."""
     vm = psutil.virtual_memory()
     try:
         load: list[float] | None = [round(x, 2) for x in os.getloadavg()]
@@ -103,7 +106,7 @@ class Identity:
 
 
 def load_identity(state_dir: Path) -> Identity | None:
-    """Read ``.console-id``: JSON with the token, or seed 004's bare id."""
+    """Read ``.console-id``: JSON with the token, or the bare id the Spanish console clients write."""
     try:
         text = (state_dir / ID_FILE).read_text(encoding="utf-8").strip()
     except (FileNotFoundError, NotADirectoryError):
@@ -135,7 +138,7 @@ def save_identity(state_dir: Path, identity: Identity) -> None:
 
 
 class _Text:
-    """The agent's lines, in seed 004's Spanish or in English."""
+    """The agent's lines, in Spanish or in English."""
 
     def __init__(self, spanish: bool) -> None:
         self.es = spanish
@@ -296,7 +299,7 @@ class Agent:
     # -- the thread ------------------------------------------------------------------------------------------
     def _run(self) -> None:
         with httpx.Client(timeout=self.timeout) as client:
-            backoff = 1.0
+            failures = 0  # attempts in a row that failed
             while not self._stopping.is_set():
                 with self._lock:
                     seq = self._want_seq  # the state changes this attempt covers
@@ -309,11 +312,11 @@ class Agent:
                     self._sent_seq = max(self._sent_seq, seq)
                     self._delivered.notify_all()
                 if ok:
-                    backoff = 1.0
+                    failures = 0
                     wait = self.interval
                 else:
-                    wait = min(backoff, MAX_BACKOFF, self.interval)
-                    backoff *= 2
+                    wait = min(backoff_delay(failures, FIRST_BACKOFF, MAX_BACKOFF), self.interval)
+                    failures += 1
                 self._wake.wait(wait)
                 self._wake.clear()
 

@@ -253,7 +253,6 @@ class EventBus:
 
     def __init__(self) -> None:
         self._subscriptions: set[Subscription] = set()
-        self.published = 0
 
     def subscribe(self, topics: Iterable[str] | None = None, maxsize: int = 10_000) -> Subscription:
         sub = Subscription(self, tuple(topics) if topics is not None else None, maxsize)
@@ -262,7 +261,6 @@ class EventBus:
 
     def publish(self, event: Event) -> None:
         """Deliver to subscribers; must be called from the event loop's thread."""
-        self.published += 1
         topic = event.topic
         for sub in tuple(self._subscriptions):
             if sub.wants(topic):

@@ -1,4 +1,4 @@
-"""The extension host: loads in-process plugins, feeds them lifecycle hooks, and watches the event loop for them.
+"""The in-process plugin host: loads those plugins, feeds them lifecycle hooks, and watches the event loop for them.
 
     host = ExtensionHost(sup)        # after sup.open(): registers the [extensions.<name>] sections
     result = await host.load()       # before plugins start: batches of 3, timeouts; LoadResult(loaded, failed)
@@ -68,7 +68,7 @@ class LoadResult:
 
 
 def hooks_for(event: Event) -> list[tuple[str, tuple[Any, ...]]]:
-    """The hook calls one bus event stands for (seed 001's hooks mapped onto this product)."""
+    """The hook calls one bus event stands for (the plugin interface's hooks mapped onto this product)."""
     if isinstance(event, PluginStateChanged):
         calls: list[tuple[str, tuple[Any, ...]]] = [
             ("on_plugin_state_changed", (event.key, event.from_state, event.to_state, event.reason))
@@ -174,7 +174,9 @@ class ExtensionHost:
 
     def _config_failure(self, name: str, problem: str) -> None:
         self.config_failures.append(LoadFailure(name, "configuration", problem))
-        self.sup.logs.error(f"extension {name}: {problem}", event="extension_failed", plugin=name, phase="config")
+        self.sup.logs.error(
+            f"in-process plugin {name}: {problem}", event="extension_failed", plugin=name, phase="config"
+        )
         self.sup.bus.publish(ExtensionFailed(name=name, phase="configuration", error=problem))
 
     def plugins(self) -> list[InProcessPlugin]:
@@ -225,9 +227,9 @@ class ExtensionHost:
         if self._dispatcher is not None:
             return
         self._loop_thread = threading.get_ident()
-        self._dispatcher = asyncio.create_task(self._dispatch(), name="extension-hooks")
-        self._beat_task = asyncio.create_task(self._heartbeat(), name="extension-watchdog")
-        self._watchdog = threading.Thread(target=self._watch, name="extension-watchdog", daemon=True)
+        self._dispatcher = asyncio.create_task(self._dispatch(), name="inprocess-hooks")
+        self._beat_task = asyncio.create_task(self._heartbeat(), name="inprocess-watchdog")
+        self._watchdog = threading.Thread(target=self._watch, name="inprocess-watchdog", daemon=True)
         self._watchdog.start()
 
     async def _dispatch(self) -> None:
@@ -334,7 +336,7 @@ def _plugin_on_stack(frame: FrameType | None, plugins: list[InProcessPlugin]) ->
     or a frame in a plugin folder's files (its routes, its own tasks)."""
     call_code = InProcessPlugin._call.__code__
     folders = {str(p.folder): p.key for p in plugins if p.folder is not None}
-    for p in plugins:  # an extension configured in settings: its class's own file
+    for p in plugins:  # an in-process plugin configured in settings: its class's own file
         cls = p._version.cls if p.folder is None and p._version is not None else None
         source = None
         with contextlib.suppress(TypeError):

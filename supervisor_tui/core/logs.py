@@ -27,7 +27,8 @@ from typing import IO, Any, TextIO
 
 from supervisor_tui.core.events import EventBus, LogLine
 from supervisor_tui.core.printable import printable
-from supervisor_tui.core.private import open_private, private_dir
+from supervisor_tui.core.private import private_dir
+from supervisor_tui.core.rotating_file import RotatingFile
 
 MAX_LINE = 64 * 1024
 SUPERVISOR_SOURCE = "supervisor"
@@ -63,44 +64,6 @@ class LogRecord:
 def format_ts(ts: float) -> str:
     """ISO-8601 UTC with milliseconds."""
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts * 1000) % 1000:03d}Z"
-
-
-class _RotatingFile:
-    """A size-rotated text file: <name>.log, then <name>.log.1 ... <name>.log.N (oldest dropped), all 0600.
-
-    Written unbuffered: a write that fails (full disk) leaves nothing pending that a later flush or close would
-    fail on again."""
-
-    def __init__(self, path: Path, max_bytes: int, backups: int) -> None:
-        private_dir(path.parent)
-        self.path, self._max, self._backups = path, max_bytes, backups
-        self._fd = self._open()
-
-    def _open(self) -> int:
-        fd = open_private(self.path, os.O_WRONLY | os.O_APPEND)
-        self._size = os.fstat(fd).st_size
-        return fd
-
-    def write(self, text: str) -> None:
-        data = text.encode("utf-8", errors="replace")
-        if self._max > 0 and self._size + len(data) >= self._max:
-            self._rotate()
-        self._size += os.write(self._fd, data)
-
-    def _rotate(self) -> None:
-        os.close(self._fd)
-        for i in range(self._backups - 1, 0, -1):
-            older = self.path.with_name(f"{self.path.name}.{i}")
-            if older.exists():
-                older.replace(self.path.with_name(f"{self.path.name}.{i + 1}"))
-        if self._backups > 0:
-            self.path.replace(self.path.with_name(f"{self.path.name}.1"))
-        else:
-            self.path.unlink(missing_ok=True)
-        self._fd = self._open()
-
-    def close(self) -> None:
-        os.close(self._fd)
 
 
 class QueuedWriter:
@@ -258,7 +221,7 @@ class LogHub:
         self.max_bytes = max_bytes
         self.backups = backups
         self._rings: dict[str, deque[LogRecord]] = {}
-        self._files: dict[str, _RotatingFile] = {}
+        self._files: dict[str, RotatingFile] = {}
         self.echo = echo
         self._echo_writer: EchoWriter | None = None
         self.echo_format = echo_format
@@ -306,7 +269,8 @@ class LogHub:
         try:
             f = self._files.get(rec.source)
             if f is None:
-                f = self._files[rec.source] = _RotatingFile(
+                private_dir(self.logs_dir)
+                f = self._files[rec.source] = RotatingFile(
                     self.logs_dir / f"{rec.source}.log", self.max_bytes, self.backups
                 )
             # Human lines end up on terminals (tail, less): control characters shown, not obeyed.

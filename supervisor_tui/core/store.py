@@ -36,7 +36,7 @@ MIGRATIONS: tuple[str, ...] = (
         updated_at REAL NOT NULL
     );
     """,
-    # 2: consoles (seed 004), their heartbeat history and state transitions.
+    # 2: consoles, their heartbeat history and state transitions.
     """
     CREATE TABLE consoles (
         id TEXT PRIMARY KEY,
@@ -80,7 +80,7 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX idx_transitions_at ON transitions(at);
     """,
     # 3: consoles: the reported host name (search by name or host), and indices that let a state filter sorted
-    # by last seen or name, seed 004's stats query (count and latest activity by state) and a search by
+    # by last seen or name, the Spanish console API's stats query (count and latest activity by state) and a search by
     # name/host/id read only an index. idx_consoles_state is a prefix of the new state indices and
     # idx_consoles_name of the search index; idx_heartbeats_received goes because retention finds old
     # heartbeats by rowid (ids grow with time), which saves an index update on every heartbeat.

@@ -1,1 +1,1 @@
-"""Extensions shipped with supervisor-tui: in-process plugins enabled through [extensions.<name>] settings."""
+"""In-process plugins shipped with supervisor-tui, enabled through [extensions.<name>] settings (hence the name)."""

@@ -14,14 +14,13 @@ keeping ``backups`` (5) old files (``audit.jsonl.1`` is the newest of them).
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from supervisor_tui.config import parse_size
-from supervisor_tui.core.private import open_private
+from supervisor_tui.core.rotating_file import RotatingFile
 from supervisor_tui.plugins.inprocess import PluginInterface
 
 
@@ -38,7 +37,7 @@ class AuditLog(PluginInterface):
         self.max_bytes = 10 * 1024**2
         self.backups = 5
         self.lines = 0
-        self._file: IO[str] | None = None
+        self._file: RotatingFile | None = None
 
     def validate_configuration(self, config: Mapping[str, Any]) -> bool:
         if "path" in config and not isinstance(config["path"], str):
@@ -58,7 +57,8 @@ class AuditLog(PluginInterface):
         self.max_bytes = parse_size(config.get("max_bytes", self.max_bytes))
         self.backups = int(config.get("backups", self.backups))
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = self._open()
+        # Mode 0600 like everything in the data dir (who did what is nobody else's business).
+        self._file = RotatingFile(self.path, self.max_bytes, self.backups)
 
     async def shutdown(self) -> None:
         if self._file is not None:
@@ -85,26 +85,5 @@ class AuditLog(PluginInterface):
         if self._file is None:
             return
         record.setdefault("ts", time.time())
-        line = json.dumps(record, default=str, ensure_ascii=False) + "\n"
-        if self.max_bytes and self._file.tell() + len(line) > self.max_bytes and self._file.tell() > 0:
-            self._rotate()
-        self._file.write(line)
-        self._file.flush()
+        self._file.write(json.dumps(record, default=str, ensure_ascii=False) + "\n")
         self.lines += 1
-
-    def _rotate(self) -> None:
-        assert self._file is not None
-        self._file.close()
-        if self.backups:
-            for i in range(self.backups - 1, 0, -1):
-                older = self.path.with_name(f"{self.path.name}.{i}")
-                if older.exists():
-                    os.replace(older, self.path.with_name(f"{self.path.name}.{i + 1}"))
-            os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
-        else:
-            self.path.unlink(missing_ok=True)
-        self._file = self._open()
-
-    def _open(self) -> IO[str]:
-        """Appending, mode 0600 like everything in the data dir (who did what is nobody else's business)."""
-        return os.fdopen(open_private(self.path, os.O_WRONLY | os.O_APPEND), "a", encoding="utf-8")

@@ -27,6 +27,7 @@ import httpx
 
 from supervisor_tui import __version__
 from supervisor_tui.config import parse_duration
+from supervisor_tui.core.backoff import backoff_delay
 from supervisor_tui.plugins.inprocess import PluginInterface
 
 CONSOLE_ALERT_STATES = ("inactive", "error")
@@ -211,7 +212,6 @@ class WebhookAlerts(PluginInterface):
     async def _deliver(self, url: str, message: dict[str, Any]) -> None:
         """POST one message to one URL, retrying with backoff; gives up after ``retries`` retries."""
         assert self._http is not None
-        delay = float(self.settings["backoff"])
         attempts = int(self.settings["retries"]) + 1
         for attempt in range(attempts):
             try:
@@ -228,6 +228,6 @@ class WebhookAlerts(PluginInterface):
             if not retry or attempt == attempts - 1:
                 break
             self.counters["retries"] += 1
+            delay = backoff_delay(attempt, float(self.settings["backoff"]), float(self.settings["backoff_max"]))
             await asyncio.sleep(delay)  # backoff between attempts (this task only waits for itself)
-            delay = min(delay * 2, float(self.settings["backoff_max"]))
         self.counters["failed"] += 1

@@ -1,4 +1,4 @@
-"""External plugins: services the supervisor does not start, which register themselves (seed 000, over HTTP).
+"""External plugins: services that register themselves over HTTP (the Redis registration protocol's message).
 
 An external plugin announces where it listens and which endpoints it serves; the gateway then routes to it.
 It must send a heartbeat at least every ``interval`` seconds: after twice that it is LOST (its routes answer
@@ -178,7 +178,7 @@ class ExternalRegistrations:
         self.default_max_body = default_max_body
 
     def parse(self, payload: dict[str, Any]) -> ExternalPlugin:
-        """An ExternalPlugin from seed 000's message; raises ManifestError or UpstreamNotAllowed."""
+        """An ExternalPlugin from a registration message; raises ManifestError or UpstreamNotAllowed."""
         key = payload.get("key")
         # fullmatch: match() lets a trailing newline through the pattern's "$"
         if not isinstance(key, str) or not KEY_PATTERN.fullmatch(key):

@@ -1,4 +1,4 @@
-"""In-process plugins: Python classes that run inside the supervisor (seed 001's plugin interface).
+"""In-process plugins: Python classes that run inside the supervisor (``PluginInterface``: metadata, lifecycle, hooks).
 
 A plugin folder whose manifest names ``"module": "plugin:StatsPlugin"`` (or an ``[extensions.<name>]`` section of
 the settings naming ``module = "package.module:Class"``) becomes an ``InProcessPlugin``: a ManagedPlugin of kind
@@ -89,7 +89,7 @@ class PluginInterface:
 
 @dataclass(frozen=True)
 class ExtensionSettings:
-    """The ``[extensions]`` table's own keys (everything else in it is one extension per sub-table)."""
+    """The ``[extensions]`` table's own keys (everything else in it is one in-process plugin per sub-table)."""
 
     load_timeout: float = 30.0
     shutdown_timeout: float = 15.0
@@ -135,7 +135,7 @@ class InProcessContext:
     on_health: Callable[[str, bool, str], None]
     default_timeout: float
     default_max_body: int
-    base_dir: Path  # where relative module files of settings-configured extensions are found
+    base_dir: Path  # where relative module files of in-process plugins configured in settings are found
     tables: Mapping[str, Any] = field(default_factory=dict)  # [extensions.<name>] sections
 
 
@@ -413,7 +413,7 @@ class InProcessPlugin:
         started = time.monotonic()
         budget = self._budget(1)
         if self._version is None:
-            budget = self._budget(2)  # import plus initialize get twice the load timeout (seed 001)
+            budget = self._budget(2)  # import plus initialize get twice the load timeout
             try:
                 self._version = await asyncio.wait_for(self._import(self.module, self.folder), budget)
             except TimeoutError:
@@ -606,7 +606,7 @@ class InProcessPlugin:
 
 
 def _construct(cls: type, config: Mapping[str, Any]) -> Any:
-    """``cls(config)`` when the constructor takes it (seed 001's constructor pattern), else ``cls()``."""
+    """``cls(config)`` when the constructor takes it (the plugin interface's constructor), else ``cls()``."""
     try:
         params = inspect.signature(cls).parameters
     except (TypeError, ValueError):

@@ -39,6 +39,7 @@ import httpx
 import psutil
 
 from supervisor_tui.config import ENV_PREFIX, local_url
+from supervisor_tui.core.backoff import backoff_delay
 from supervisor_tui.core.events import MetricsSample
 from supervisor_tui.core.logs import LogHub
 from supervisor_tui.plugins.cgroups import CgroupTree, PluginCgroup, join_in_child
@@ -336,7 +337,7 @@ class ProcessRunner:
                     if failed > m.startretries:
                         self._set(S.FATAL, f"{why}; gave up after {failed} attempts")
                         return
-                    delay = min(m.backoff_max_s, FIRST_BACKOFF * 2 ** (failed - 1))
+                    delay = backoff_delay(failed - 1, FIRST_BACKOFF, m.backoff_max_s)
                     self._set(S.BACKOFF, f"{why}; retry {failed}/{m.startretries} in {delay:g}s")
                     await self._backoff(delay)
                     self.restarts += 1
@@ -372,7 +373,7 @@ class ProcessRunner:
                     streak = 0
                 streak += 1
                 self.restarts += 1
-                delay = 0.0 if streak == 1 else min(m.backoff_max_s, FIRST_BACKOFF * 2 ** (streak - 2))
+                delay = 0.0 if streak == 1 else backoff_delay(streak - 2, FIRST_BACKOFF, m.backoff_max_s)
                 if delay > 0:
                     self._set(S.BACKOFF, f"{why}; restart in {delay:g}s ({streak} exits in a row)")
                     await self._backoff(delay)

@@ -1,4 +1,4 @@
-"""Live reload: watch the plugins folder and apply what changed without restarting the supervisor (seed 002).
+"""Live reload: watch the plugins folder and apply what changed without restarting the supervisor.
 
 A new folder loads (and starts when it should), a removed folder stops and unloads, a changed ``manifest.json``
 or a changed ``.py`` file of an in-process plugin reloads that plugin alone. Changes are debounced: the reload

@@ -1,4 +1,4 @@
-"""The admin API (`/api/v1/...`, seed 003's shape), liveness/readiness, and the live event stream.
+"""The admin API (`/api/v1/...`, the plugin manager API's shape), liveness/readiness, and the live event stream.
 
 FastAPI gives typed routes and /openapi.json; it is kept off the hot paths (gateway, heartbeat ingest),
 which the top-level app (server/app.py) dispatches before a request ever reaches this app. /docs is Swagger UI
@@ -302,7 +302,7 @@ def create_admin_app(ctx: ApiContext, extra_openapi_paths: dict[str, Any] | None
     async def install_plugin(body: schemas.InstallIn) -> dict[str, Any]:
         """Validate a manifest, write plugins/<key>/manifest.json, load it, and start it when autoStart."""
         manifest = dict(body.manifest)
-        # Seed 003's body as written: its `basePath` was the prefix of the plugin's routes in Kong; here every
+        # The plugin manager API's body: its `basePath` was the prefix of the plugin's routes in Kong; here every
         # plugin is served under /api/plugins/<key> (see the answer's gateway_url), so it has nothing to say.
         manifest.pop("basePath", None)
         if "image" in manifest and "command" not in manifest:
@@ -399,7 +399,7 @@ def create_admin_app(ctx: ApiContext, extra_openapi_paths: dict[str, Any] | None
         """The newest lines of every source merged by time (or of one source)."""
         return {"lines": [_log_dict(r) for r in sup.logs.tail(source, lines)]}
 
-    # -- external plugins (seed 000 over HTTP) -------------------------------------------------------------
+    # -- external plugins (the registration protocol over HTTP) -----------------------------------------------------
     plugin_auth = [Depends(require_plugin_token)]
 
     @app.post(

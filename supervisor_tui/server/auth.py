@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import os
 import secrets
@@ -28,11 +27,6 @@ def token_matches(presented: str | None, expected: str) -> bool:
     if not presented or not expected:
         return False
     return hmac.compare_digest(presented.encode(), expected.encode())
-
-
-def hash_token(token: str) -> str:
-    """What is stored for per-console tokens: never the token itself."""
-    return hashlib.sha256(token.encode()).hexdigest()
 
 
 def new_token() -> str:

@@ -1,4 +1,4 @@
-"""The console API as a raw ASGI app: seed 004's Spanish endpoints, their English twins, and the admin reads.
+"""The console API as a raw ASGI app: the Spanish console API's endpoints, their English twins, and the admin reads.
 
 No framework on the ingest path (routing is a few string checks, bodies are decoded by msgspec). The top-level
 server app dispatches ``/api/consolas/...`` and ``/api/consoles...`` here; ``OPENAPI_PATHS`` documents every
@@ -6,8 +6,8 @@ route. The same object is also the server's fast route set (``match``/``handle``
 heartbeat request is checked and queued straight from the HTTP protocol, without ASGI, and answered from the
 group commit's callback; both ways share the checks (``_check_heartbeat``) and the answers.
 
-    POST /api/consolas/registrar                 seed 004 registration   {id, nombre, estado, sistema, ultimaActividad}
-    POST /api/consolas/{id}/heartbeat            seed 004 heartbeat      {estado, sistema, ultimaActividad, ...}
+    POST /api/consolas/registrar                 Spanish registration    {id, nombre, estado, sistema, ultimaActividad}
+    POST /api/consolas/{id}/heartbeat            Spanish heartbeat       {estado, sistema, ultimaActividad, ...}
     POST /api/consoles/register                  English registration    {id, name, state, system, last_activity}
     POST /api/consoles/{id}/heartbeat            English heartbeat       {state, system, last_activity, ...}
     GET  /api/consoles[?state=&q=&limit=&offset=&sort=]      admin token
@@ -61,7 +61,6 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 MAX_BODY = 64 * 1024
-PREFIXES = ("/api/consolas", "/api/consoles")
 _RESERVED_IDS = frozenset({"register", "registrar", "stats"})
 _encode = msgspec.json.Encoder().encode
 
@@ -107,11 +106,6 @@ class ConsolesAPI:
         self.registrations = RateLimit(
             int(settings.get("consoles.register_rate")), int(settings.get("consoles.register_rate_global"))
         )
-
-    @staticmethod
-    def handles(path: str) -> bool:
-        """Whether a request path belongs to this app (for the top-level dispatcher)."""
-        return any(path == p or path.startswith(p + "/") for p in PREFIXES)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -488,7 +482,7 @@ _ID_PARAM = {
     "in": "path",
     "required": True,
     "schema": {"type": "string", "pattern": CONSOLE_ID_PATTERN},
-    "description": "the console's id (a UUID v4 for seed 004's clients)",
+    "description": "the console's id (a UUID v4 for the Spanish console clients)",
 }
 _CONSOLE = {
     "type": "object",
@@ -572,8 +566,8 @@ OPENAPI_PATHS: dict[str, Any] = {
     "/api/consolas/registrar": {
         "post": {
             "tags": ["consoles"],
-            "summary": "Register a console (seed 004)",
-            "description": "Seed 004's registration. Re-registering an existing id needs its token; a new console "
+            "summary": "Register a console (Spanish console API)",
+            "description": "The Spanish registration. Re-registering an existing id needs its token; a new console "
             "needs the enrollment token when one is configured (X-Enrollment-Token).",
             "operationId": "consolas_registrar",
             "requestBody": _body_schema(
@@ -596,7 +590,7 @@ OPENAPI_PATHS: dict[str, Any] = {
     "/api/consolas/{consoleId}/heartbeat": {
         "post": {
             "tags": ["consoles"],
-            "summary": "Heartbeat (seed 004)",
+            "summary": "Heartbeat (Spanish console API)",
             "description": "Committed durably before the 2xx. Needs the console's token unless consoles.auth = none.",
             "operationId": "consolas_heartbeat",
             "parameters": [_ID_PARAM],
@@ -694,7 +688,7 @@ OPENAPI_PATHS: dict[str, Any] = {
         "get": {
             "tags": ["consoles"],
             "summary": "Console statistics",
-            "description": "Count and latest activity by state (seed 004's query). " + _ADMIN,
+            "description": "Count and latest activity by state (the Spanish console API's statistics query). " + _ADMIN,
             "operationId": "consoles_stats",
             "responses": {
                 "200": {

@@ -13,8 +13,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from supervisor_tui.core.supervisor import Supervisor
+from supervisor_tui.plugins.model import PluginState
 
-PLUGIN_STATES = ("STOPPED", "STARTING", "RUNNING", "BACKOFF", "STOPPING", "EXITED", "FATAL", "INVALID", "LOST")
+PLUGIN_STATES = tuple(s.value for s in PluginState)
 
 
 class SupervisorCollector(Collector):

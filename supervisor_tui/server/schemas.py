@@ -97,7 +97,7 @@ class MetricsHistory(BaseModel):
 
 
 class InstallIn(BaseModel):
-    """Seed 003's install body, with `command` in the manifest instead of a container image."""
+    """The plugin manager API's install body, with `command` in the manifest instead of a container image."""
 
     model_config = ConfigDict(populate_by_name=True)
     manifest: dict[str, Any]
@@ -124,7 +124,7 @@ class RegisterEndpointIn(BaseModel):
 
 
 class RegisterIn(BaseModel):
-    """Seed 000's registration message, over HTTP: where the plugin listens and what it serves."""
+    """The Redis registration protocol's message, over HTTP: where the plugin listens and what it serves."""
 
     # The upstream is `port` (on `host`, default 127.0.0.1) or `url`; enforced with the allowlist at registration.
     model_config = ConfigDict(json_schema_extra={"anyOf": [{"required": ["port"]}, {"required": ["url"]}]})

@@ -14,9 +14,8 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-PLUGIN_STATES = ("STOPPED", "STARTING", "RUNNING", "BACKOFF", "STOPPING", "EXITED", "FATAL", "INVALID", "LOST")
 CONSOLE_STATES = ("active", "busy", "idle", "error", "inactive")
-# The seed's Spanish words, accepted wherever a console state is read.
+# The Spanish console API's words, accepted wherever a console state is read.
 _CONSOLE_STATE_ALIASES = {"activa": "active", "ocupada": "busy", "esperando": "idle", "inactiva": "inactive"}
 
 # A synthetic event topic the clients emit when the link to the supervisor drops or comes back.
@@ -141,7 +140,7 @@ class PluginInfo:
             desired=str(d.get("desired") or ""),
             cpu_percent=_float(metrics.get("cpu_percent")) if isinstance(metrics, Mapping) else None,
             rss=_int(metrics.get("rss")) if isinstance(metrics, Mapping) else None,
-            requests_per_s=_float(d.get("requests_per_s", d.get("rps"))),
+            requests_per_s=_float(d.get("requests_per_s")),
             manifest_path=str(d.get("manifest_path") or ""),
             timeout=_float(d.get("timeout")),
             max_body=_int(d.get("max_body")),
@@ -236,7 +235,7 @@ class MetricPoint:
             ts=_float(d.get("ts")) or 0.0,
             cpu_percent=_float(d.get("cpu_percent")) or 0.0,
             rss=_int(d.get("rss")) or 0,
-            requests_per_s=_float(d.get("requests_per_s", d.get("rps"))),
+            requests_per_s=_float(d.get("requests_per_s")),
         )
 
 

@@ -16,6 +16,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
+from supervisor_tui.core.backoff import backoff_delay
 from supervisor_tui.tui.client import (
     CONNECTION_TOPIC,
     CONSOLE_STATES,
@@ -35,7 +36,8 @@ from supervisor_tui.tui.client import (
 QUERY_TIMEOUT = httpx.Timeout(10.0, connect=5.0)
 # start waits for readiness and stop for stopwaitsecs; both are bounded by the supervisor, this is the backstop.
 ACTION_TIMEOUT = httpx.Timeout(120.0, connect=5.0)
-RECONNECT_DELAYS = (0.5, 1.0, 2.0, 3.0, 5.0)
+RECONNECT_FIRST = 0.5  # seconds before the first reconnect attempt, doubling each time
+RECONNECT_MAX = 5.0
 EVENT_TOPICS = "plugin,log,console,plugin-loaded,plugin-failed"
 
 
@@ -248,5 +250,5 @@ class RemoteClient(SupervisorClient):
             if self._connected or attempt == 0:
                 self._connected = False
                 yield [{"topic": CONNECTION_TOPIC, "connected": False, "message": reason}]
-            await asyncio.sleep(RECONNECT_DELAYS[min(attempt, len(RECONNECT_DELAYS) - 1)])
+            await asyncio.sleep(backoff_delay(attempt, RECONNECT_FIRST, RECONNECT_MAX))
             attempt += 1
