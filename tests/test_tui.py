@@ -61,7 +61,7 @@ async def test_start_stop_restart_change_plugin_state() -> None:
     async with app.run_test(size=NARROW) as pilot:
         await select_plugin(pilot, app, "search")
         await pilot.press("s")
-        await until(pilot, lambda: app.plugins_by_key["search"].state == "RUNNING")
+        await until(pilot, lambda: app.view.plugins_by_key["search"].state == "RUNNING")
         await until(pilot, lambda: "RUNNING" in str(table(app, "plugins").get_row("search")))
 
         await pilot.press("x")
@@ -114,8 +114,8 @@ async def test_a_failed_action_shows_a_notification_with_the_reason() -> None:
     async with app.run_test(size=NARROW) as pilot:
         await select_plugin(pilot, app, "billing")
         await pilot.press("s")
-        await until(pilot, lambda: any("exited too quickly" in str(n.message) for n in app._notifications))
-        assert any(n.severity == "error" for n in app._notifications)
+        await until(pilot, lambda: any("exited too quickly" in str(n.message) for n in app.notices))
+        assert any(n.severity == "error" for n in app.notices)
 
 
 async def test_slash_filters_the_plugins_table_and_escape_clears() -> None:
@@ -288,7 +288,7 @@ async def test_keys_are_remappable_through_the_keys_table() -> None:
 async def test_an_unknown_key_name_is_reported_not_fatal() -> None:
     app = SupervisorApp(DemoClient(keymap={"launch": "L"}))
     async with app.run_test(size=NARROW) as pilot:
-        await until(pilot, lambda: any("launch" in str(n.message) for n in app._notifications))
+        await until(pilot, lambda: any("launch" in str(n.message) for n in app.notices))
 
 
 async def test_read_only_hides_and_refuses_actions() -> None:
