@@ -93,11 +93,13 @@ class PluginDetailScreen(SupervisorAppAccess, Screen[None]):
         app = self.sup_app
         client = app.client
         try:
-            self.plugin = await client.plugin(self.key)
-            self.log_lines = await client.logs(self.key, 12)
+            plugin = await client.plugin(self.key)
+            log_lines = await client.logs(self.key, 12)
         except ClientError as exc:
             self.query_one("#title", Static).update(Text(printable(f"{self.key}: {exc.message}"), style=DANGER_STYLE))
             return
+        # Set together and shown at once: a plugin here means its screen is drawn.
+        self.plugin, self.log_lines = plugin, log_lines
         live = list(app.view.metrics_history.get(self.key, ()))
         if live:
             newest = self.samples[-1].ts if self.samples else 0.0
