@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 from supervisor_tui.tui.client import CONNECTION_TOPIC, ConsoleInfo, ConsolePage, LogEntry, PluginInfo
 from supervisor_tui.tui.view_model import ConnectionChange, ViewModel, parse_console_filter
 from supervisor_tui.tui.widgets.consoles_pane import consoles_title
@@ -166,3 +169,9 @@ def test_log_filter_takes_a_source_word() -> None:
     assert parse_log_filter("GET source:echo 500") == ("GET 500", "echo")
     assert parse_log_filter("source: timeout") == ("timeout", None)
     assert parse_log_filter("timeout") == ("timeout", False)
+
+
+def test_the_view_model_runs_without_textual() -> None:
+    code = "import sys, supervisor_tui.tui.view_model; sys.exit('textual' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr or "importing the view model imported textual"
