@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import inspect
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
+from textual.command import CommandList, CommandPalette
+from textual.widgets import Input
 
 from supervisor_tui.tui.app import CONSOLE_ROWS, MainScreen, SupervisorApp
 from supervisor_tui.tui.client import LogEntry
@@ -23,12 +26,46 @@ WIDE = (160, 48)
 
 
 async def until(pilot: Any, predicate: Callable[[], Any], within: float = 10.0) -> None:
-    """Let the app run until ``predicate()`` holds (fails the test at the deadline)."""
+    """Let the app run until ``predicate()`` (sync or async) holds (fails the test at the deadline)."""
     deadline = time.monotonic() + within
-    while not predicate():
+    while True:
+        value = predicate()
+        if inspect.isawaitable(value):
+            value = await value
+        if value:
+            return
         if time.monotonic() > deadline:
             raise AssertionError("condition not reached before the deadline")
         await pilot.pause(0.02)
+
+
+def demo_state(client: DemoClient, key: str, state: str) -> Callable[[], Awaitable[bool]]:
+    """A predicate: the demo supervisor has ``key`` in ``state`` (asked through the client interface)."""
+
+    async def check() -> bool:
+        return (await client.plugin(key)).state == state
+
+    return check
+
+
+async def open_palette(pilot: Any, app: SupervisorApp) -> None:
+    """ctrl+p, then wait until the palette's search field takes the typing."""
+    await pilot.press("ctrl+p")
+    await until(pilot, lambda: isinstance(app.screen, CommandPalette) and isinstance(app.focused, Input))
+
+
+async def palette_search(pilot: Any, app: SupervisorApp, query: str, first_hit: str) -> None:
+    """Type ``query`` into the palette and wait until its first hit (highlighted) reads ``first_hit``."""
+    await pilot.press(*query)
+
+    def shows_hit() -> bool:
+        hits = app.screen.query_one(CommandList)
+        if app.screen.query_one(Input).value != query or not hits.option_count or hits.highlighted != 0:
+            return False
+        prompt = hits.get_option_at_index(0).prompt
+        return first_hit in str(getattr(prompt, "plain", prompt))
+
+    await until(pilot, shows_hit)
 
 
 def screen_text(app: SupervisorApp) -> str:
@@ -61,17 +98,17 @@ async def test_start_stop_restart_change_plugin_state() -> None:
     async with app.run_test(size=NARROW) as pilot:
         await select_plugin(pilot, app, "search")
         await pilot.press("s")
-        await until(pilot, lambda: app.plugins_by_key["search"].state == "RUNNING")
+        await until(pilot, lambda: app.view.plugins_by_key["search"].state == "RUNNING")
         await until(pilot, lambda: "RUNNING" in str(table(app, "plugins").get_row("search")))
 
         await pilot.press("x")
         await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
         await pilot.press("y")
-        await until(pilot, lambda: client._plugins["search"].state == "STOPPED")
+        await until(pilot, demo_state(client, "search", "STOPPED"))
 
         await pilot.press("r")
         await until(pilot, lambda: ("restart", "search") in client.actions)
-        assert client._plugins["search"].state == "RUNNING"
+        assert (await client.plugin("search")).state == "RUNNING"
         assert client.actions == [("start", "search"), ("stop", "search"), ("restart", "search")]
 
 
@@ -89,9 +126,10 @@ async def test_cancelling_the_stop_confirmation_leaves_the_plugin_running() -> N
         await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
         await pilot.press("n")
         await until(pilot, lambda: isinstance(app.screen, MainScreen))
-        await pilot.pause(0.3)
-        assert client.actions == []
-        assert client._plugins["echo"].state == "RUNNING"
+        # A restart asked for afterwards is the first action: neither answer stopped anything.
+        await pilot.press("r")
+        await until(pilot, lambda: client.actions == [("restart", "echo")])
+        await until(pilot, demo_state(client, "echo", "RUNNING"))
 
 
 async def test_long_action_shows_progress_in_the_row_and_keeps_the_ui_responsive() -> None:
@@ -105,7 +143,7 @@ async def test_long_action_shows_progress_in_the_row_and_keeps_the_ui_responsive
         await pilot.press("2")
         await until(pilot, lambda: app.main.active_pane == "consoles")
         await pilot.press("1")
-        await until(pilot, lambda: client._plugins["search"].state == "RUNNING", within=5)
+        await until(pilot, demo_state(client, "search", "RUNNING"), within=5)
         await until(pilot, lambda: table(app, "plugins").get_row("search")[1].plain == "RUNNING")
 
 
@@ -114,8 +152,8 @@ async def test_a_failed_action_shows_a_notification_with_the_reason() -> None:
     async with app.run_test(size=NARROW) as pilot:
         await select_plugin(pilot, app, "billing")
         await pilot.press("s")
-        await until(pilot, lambda: any("exited too quickly" in str(n.message) for n in app._notifications))
-        assert any(n.severity == "error" for n in app._notifications)
+        await until(pilot, lambda: any("exited too quickly" in n.message for n in app.notices))
+        assert any(n.severity == "error" and n.title == "Action failed" for n in app.notices)
 
 
 async def test_slash_filters_the_plugins_table_and_escape_clears() -> None:
@@ -277,10 +315,9 @@ async def test_keys_are_remappable_through_the_keys_table() -> None:
     async with app.run_test(size=NARROW) as pilot:
         await select_plugin(pilot, app, "search")
         await pilot.press("s")
-        await pilot.pause(0.3)
-        assert client.actions == []
         await pilot.press("S")
-        await until(pilot, lambda: client._plugins["search"].state == "RUNNING")
+        await until(pilot, demo_state(client, "search", "RUNNING"))
+        assert client.actions == [("start", "search")]  # the "s" before it did nothing
         await pilot.press("X")
         await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
 
@@ -288,7 +325,7 @@ async def test_keys_are_remappable_through_the_keys_table() -> None:
 async def test_an_unknown_key_name_is_reported_not_fatal() -> None:
     app = SupervisorApp(DemoClient(keymap={"launch": "L"}))
     async with app.run_test(size=NARROW) as pilot:
-        await until(pilot, lambda: any("launch" in str(n.message) for n in app._notifications))
+        await until(pilot, lambda: any("launch" in str(n.message) for n in app.notices))
 
 
 async def test_read_only_hides_and_refuses_actions() -> None:
@@ -297,23 +334,22 @@ async def test_read_only_hides_and_refuses_actions() -> None:
     async with app.run_test(size=NARROW) as pilot:
         await select_plugin(pilot, app, "search")
         assert "Start" not in screen_text(app).splitlines()[-1]
-        await pilot.press("s", "x", "r")
-        await pilot.pause(0.3)
-        assert client.actions == []
+        await pilot.press("s", "x", "r", "2")
+        # The pane switch after them is seen: the keys before it were handled, and did nothing.
+        await until(pilot, lambda: app.main.active_pane == "consoles")
         assert isinstance(app.screen, MainScreen)
         app.plugin_action("start", "search")  # the palette's path: refused too
-        await pilot.pause(0.2)
+        await until(pilot, lambda: any("read-only" in n.message for n in app.notices))
         assert client.actions == []
+        assert not app.view.pending_actions
 
 
 async def test_command_palette_restarts_a_plugin_by_name() -> None:
     client = DemoClient()
     app = SupervisorApp(client)
     async with app.run_test(size=WIDE) as pilot:
-        await pilot.press("ctrl+p")
-        await pilot.pause(0.2)
-        await pilot.press(*"restart thumbnailer")
-        await pilot.pause(0.5)
+        await open_palette(pilot, app)
+        await palette_search(pilot, app, "restart thumbnailer", "restart thumbnailer")
         await pilot.press("enter")
         await until(pilot, lambda: ("restart", "thumbnailer") in client.actions)
 
@@ -321,10 +357,8 @@ async def test_command_palette_restarts_a_plugin_by_name() -> None:
 async def test_command_palette_jumps_to_a_console() -> None:
     app = SupervisorApp(DemoClient())
     async with app.run_test(size=WIDE) as pilot:
-        await pilot.press("ctrl+p")
-        await pilot.pause(0.2)
-        await pilot.press(*"console-012")
-        await pilot.pause(0.6)
+        await open_palette(pilot, app)
+        await palette_search(pilot, app, "console-012", "console console-012")
         await pilot.press("enter")
         await until(pilot, lambda: isinstance(app.screen, ConsoleDetailScreen))
         assert app.screen.console is not None and app.screen.console.name == "console-012"
@@ -389,10 +423,8 @@ async def test_filters_and_messages_with_brackets_do_not_break_the_screen() -> N
     async with app.run_test(size=NARROW) as pilot:
         for pane in ("1", "2", "3"):
             await pilot.press(pane, "slash", "left_square_bracket", "slash", "right_square_bracket")
-            await pilot.pause(0.2)
-            assert "[/]" in screen_text(app)
+            await until(pilot, lambda: "[/]" in screen_text(app))
             await pilot.press("escape")
         app.ingest([{"topic": "client.connection", "connected": False, "message": "EOF [/] [b]"}])
-        await pilot.pause(0.2)
-        assert "EOF [/] [b]" in screen_text(app)
+        await until(pilot, lambda: "EOF [/] [b]" in screen_text(app))
         assert app.is_running

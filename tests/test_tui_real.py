@@ -89,7 +89,7 @@ async def test_a_failing_start_notifies_with_the_supervisors_reason(
         async with app.run_test(size=SIZE) as pilot:
             await select_plugin(pilot, app, "broken")
             await pilot.press("s")
-            await until(pilot, lambda: any("start broken failed" in str(n.message) for n in app._notifications), 20)
+            await until(pilot, lambda: any("start broken failed" in str(n.message) for n in app.notices), 20)
             await until(pilot, lambda: cell(app, "plugins", "broken", "state") in ("FATAL", "BACKOFF"), 20)
 
 
@@ -312,7 +312,7 @@ async def test_attached_tui_shows_a_banner_when_the_supervisor_goes_and_reconnec
             # An action while the supervisor is away fails with a message instead of hanging.
             await select_plugin(pilot, app, "sleepy")
             await pilot.press("r")
-            await until(pilot, lambda: any("restart sleepy failed" in str(n.message) for n in app._notifications))
+            await until(pilot, lambda: any("restart sleepy failed" in str(n.message) for n in app.notices))
             second = headless("--port", str(port))
             await second.wait_state("sleepy", "RUNNING")
             await until(pilot, lambda: "connection lost" not in screen_text(app), within=20)

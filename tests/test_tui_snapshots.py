@@ -5,14 +5,25 @@ Regenerate after an intended change: ``pytest tests/test_tui_snapshots.py --snap
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from typing import Any
 
 from supervisor_tui.tui.app import SupervisorApp
 from supervisor_tui.tui.demo import DemoClient
+from supervisor_tui.tui.screens.confirm import ConfirmScreen
+from supervisor_tui.tui.screens.console_detail import ConsoleDetailScreen
+from supervisor_tui.tui.screens.help import HelpScreen
+from supervisor_tui.tui.screens.plugin_detail import PluginDetailScreen
 
 
-async def settle(pilot: Any) -> None:
-    await pilot.pause(0.3)
+async def settle(pilot: Any, shown: Callable[[Any], bool] = lambda screen: True) -> None:
+    """Wait until the app has applied its first batch and ``shown(app.screen)`` holds, then for animations."""
+    app = pilot.app
+    deadline = time.monotonic() + 10
+    while not (app.flushes > 0 and shown(app.screen)):
+        assert time.monotonic() < deadline, "the screen did not settle"
+        await pilot.pause(0.02)
     await pilot.wait_for_scheduled_animations()
 
 
@@ -32,7 +43,7 @@ def test_plugin_detail(snap_compare: Any) -> None:
     async def open_detail(pilot: Any) -> None:
         await settle(pilot)
         await pilot.press("enter")
-        await settle(pilot)
+        await settle(pilot, lambda screen: isinstance(screen, PluginDetailScreen) and screen.plugin is not None)
 
     assert snap_compare(SupervisorApp(DemoClient()), terminal_size=(120, 44), run_before=open_detail)
 
@@ -41,7 +52,7 @@ def test_console_detail(snap_compare: Any) -> None:
     async def open_detail(pilot: Any) -> None:
         await settle(pilot)
         await pilot.press("2", "down", "down", "down", "enter")
-        await settle(pilot)
+        await settle(pilot, lambda screen: isinstance(screen, ConsoleDetailScreen) and screen.console is not None)
 
     assert snap_compare(SupervisorApp(DemoClient()), terminal_size=(120, 44), run_before=open_detail)
 
@@ -50,7 +61,7 @@ def test_help(snap_compare: Any) -> None:
     async def open_help(pilot: Any) -> None:
         await settle(pilot)
         await pilot.press("question_mark")
-        await settle(pilot)
+        await settle(pilot, lambda screen: isinstance(screen, HelpScreen))
 
     assert snap_compare(SupervisorApp(DemoClient()), terminal_size=(100, 40), run_before=open_help)
 
@@ -59,6 +70,6 @@ def test_stop_confirmation(snap_compare: Any) -> None:
     async def ask(pilot: Any) -> None:
         await settle(pilot)
         await pilot.press("x")
-        await settle(pilot)
+        await settle(pilot, lambda screen: isinstance(screen, ConfirmScreen))
 
     assert snap_compare(SupervisorApp(DemoClient()), terminal_size=(80, 24), run_before=ask)

@@ -23,8 +23,8 @@ class SupervisorCommands(SupervisorAppAccess, Provider):
         app = self.sup_app
         out: list[tuple[str, Callable[[], object], str]] = []
         read_only = app.client.info.read_only
-        for key in app.plugin_order:
-            p = app.plugins_by_key.get(key)
+        for key in app.view.plugin_order:
+            p = app.view.plugins_by_key.get(key)
             if p is None:
                 continue
             if not read_only:

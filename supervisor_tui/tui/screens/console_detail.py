@@ -75,14 +75,16 @@ class ConsoleDetailScreen(SupervisorAppAccess, Screen[None]):
         if mono - self._fetched >= 2.0 or self.console is None:
             self._fetched = mono
             try:
-                self.console = await client.console(self.console_id)
-                self.beats = await client.console_heartbeats(self.console_id, HEARTBEATS_SHOWN)
-                self.transitions = await client.console_transitions(self.console_id, 30)
+                console = await client.console(self.console_id)
+                beats = await client.console_heartbeats(self.console_id, HEARTBEATS_SHOWN)
+                transitions = await client.console_transitions(self.console_id, 30)
             except ClientError as exc:
                 self.query_one("#title", Static).update(
                     Text(printable(f"{self.console_id}: {exc.message}"), style=DANGER_STYLE)
                 )
                 return
+            # Set together and shown at once: a console here means its screen is drawn.
+            self.console, self.beats, self.transitions = console, beats, transitions
         self._show()
 
     def _show(self) -> None:

@@ -93,12 +93,14 @@ class PluginDetailScreen(SupervisorAppAccess, Screen[None]):
         app = self.sup_app
         client = app.client
         try:
-            self.plugin = await client.plugin(self.key)
-            self.log_lines = await client.logs(self.key, 12)
+            plugin = await client.plugin(self.key)
+            log_lines = await client.logs(self.key, 12)
         except ClientError as exc:
             self.query_one("#title", Static).update(Text(printable(f"{self.key}: {exc.message}"), style=DANGER_STYLE))
             return
-        live = list(app.metrics_history.get(self.key, ()))
+        # Set together and shown at once: a plugin here means its screen is drawn.
+        self.plugin, self.log_lines = plugin, log_lines
+        live = list(app.view.metrics_history.get(self.key, ()))
         if live:
             newest = self.samples[-1].ts if self.samples else 0.0
             self.samples.extend(p for p in live if p.ts > newest)
@@ -112,7 +114,7 @@ class PluginDetailScreen(SupervisorAppAccess, Screen[None]):
             return
         app = self.sup_app
         now = app.client.now()
-        pending = app.pending_actions.get(self.key)
+        pending = app.view.pending_actions.get(self.key)
         state = Text(f" {p.state} ", style=PLUGIN_STATE_STYLES.get(p.state, ""))
         title = Text.assemble((printable(p.key), "bold"), printable(f"  {p.name} {p.version}  "), state)
         if pending:
@@ -150,7 +152,7 @@ class PluginDetailScreen(SupervisorAppAccess, Screen[None]):
 
         cpu = [s.cpu_percent for s in self.samples]
         mem = [s.rss / 1024**2 for s in self.samples]
-        rates = [r for _, r in app.rate_history.get(self.key, ())]
+        rates = [r for _, r in app.view.rate_history.get(self.key, ())]
         rps = rates or [s.requests_per_s or 0.0 for s in self.samples]
         self.query_one("#cpu", Sparkline).data = cpu or [0.0]
         self.query_one("#mem", Sparkline).data = mem or [0.0]
@@ -188,7 +190,7 @@ class PluginDetailScreen(SupervisorAppAccess, Screen[None]):
         history.add_column("From", no_wrap=True)
         history.add_column("To", no_wrap=True)
         history.add_column("Why")
-        for ts, from_state, to_state, reason in list(app.state_history.get(self.key, ()))[-8:]:
+        for ts, from_state, to_state, reason in list(app.view.state_history.get(self.key, ()))[-8:]:
             history.add_row(
                 f"{duration(now - ts)} ago",
                 Text(from_state or "-", style=PLUGIN_STATE_STYLES.get(from_state, "")),

@@ -1,0 +1,84 @@
+"""``LogsPane``: the merged log with its filter field; its title names the filter, its subtitle the follow mode.
+
+The filter is text plus an optional ``source:NAME`` word (``parse_log_filter``); ``show_source`` narrows to one
+plugin's lines (the ``l`` key). ``update_title`` reads the log view's state; the app calls it on the view's
+``StatusChanged`` messages.
+"""
+
+from __future__ import annotations
+
+from supervisor_tui.tui.cells import escape
+from supervisor_tui.tui.widgets.log_view import LogView
+from supervisor_tui.tui.widgets.pane_box import PaneBox
+
+LOG_LINES = 10_000
+
+
+def parse_log_filter(text: str) -> tuple[str, str | bool | None]:
+    """The logs filter as (text, source): ``source:NAME`` picks a source, a bare ``source:`` every source,
+    and False leaves the source as it is."""
+    source: str | bool | None = False
+    words = []
+    for w in text.split():
+        if w.startswith("source:"):
+            source = w[7:] or None
+        else:
+            words.append(w)
+    return " ".join(words), source
+
+
+def logs_title(source: str | None, text: str) -> str:
+    """The logs pane's title: whose lines, matching what."""
+    title = "Logs"
+    if source:
+        title += f" of {escape(source)}"
+    if text:
+        title += f" matching “{escape(text)}”"
+    return title
+
+
+def logs_subtitle(paused: bool, pending: int, following: bool) -> str:
+    """Paused (with how many lines wait), following the tail, or scrolled back."""
+    if paused:
+        extra = f" — {pending} new" if pending else ""
+        return f"[bold black on #ffaf00] PAUSED{extra} [/] space resumes"
+    if following:
+        return "following"
+    return "scrolled back — end follows"
+
+
+class LogsPane(PaneBox):
+    """The logs pane."""
+
+    def __init__(self) -> None:
+        super().__init__("logs", "Logs", LogView(LOG_LINES, id="log-view"), "filter logs: text, source:NAME")
+
+    @property
+    def view(self) -> LogView:
+        return self.query_one("#log-view", LogView)
+
+    def update_title(self) -> None:
+        view = self.view
+        self.border_title = logs_title(view.source_filter, view.text_filter)
+        self.border_subtitle = logs_subtitle(view.paused, view.pending, view.following)
+
+    def apply_filter(self, text: str) -> None:
+        """Filter by what the operator typed into the field."""
+        words, source = parse_log_filter(text)
+        self.view.set_filter(words, source)
+        self.update_title()
+
+    def show_source(self, source: str | None) -> None:
+        """Only the lines of ``source`` (every source when None)."""
+        self.view.set_filter(source=source)
+        self.update_title()
+
+    def clear_source(self) -> None:
+        if self.view.source_filter is not None:
+            self.show_source(None)
+
+    def toggle_pause(self) -> bool:
+        """Pause or resume following; whether it is paused now."""
+        paused = self.view.toggle_pause()
+        self.update_title()
+        return paused
