@@ -18,7 +18,7 @@ import os
 import shutil
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Protocol, TextIO
 
@@ -38,6 +38,7 @@ from supervisor_tui.core.events import (
 )
 from supervisor_tui.core.lock import DataDirLock, LockError
 from supervisor_tui.core.logs import SUPERVISOR_SOURCE, LogHub
+from supervisor_tui.core.reload_plan import OUTCOMES, Action, Change, Loaded, autostarts, plan_reload
 from supervisor_tui.core.store import Store, StoreError
 from supervisor_tui.plugins.external import ExternalPlugin, ExternalRegistrations, UpstreamNotAllowed
 from supervisor_tui.plugins.health import make_client
@@ -499,16 +500,16 @@ class Supervisor:
         }
 
     def _should_autostart(self, runner: FolderPlugin) -> bool:
-        if runner.manifest is None and not isinstance(runner, InProcessPlugin):
-            return False
-        desired = self._desired.get(runner.key)
-        if desired:
-            return desired == "running"
-        return (
-            runner.autostart
-            if isinstance(runner, InProcessPlugin)
-            else bool(runner.manifest and runner.manifest.autostart)
-        )
+        if runner.manifest is not None:
+            return autostarts(runner.key, runner.manifest, self._desired, self._disabled())
+        if not isinstance(runner, InProcessPlugin):
+            return False  # INVALID
+        desired = self._desired.get(runner.key)  # an extension from settings
+        return desired == "running" if desired else runner.autostart
+
+    def _disabled(self) -> set[str]:
+        """Keys whose ``[extensions.<key>]`` section says ``enabled = false``."""
+        return {k for k, t in self.extension_tables.items() if isinstance(t, Mapping) and t.get("enabled") is False}
 
     def should_run(self, key: str) -> bool:
         """Whether a plugin is meant to run now (autostart, or last started by the operator)."""
@@ -728,70 +729,22 @@ class Supervisor:
     async def _reload(self, keep_on_error: bool = False) -> ReloadResult:
         found = discover(self.settings.plugins_dir, skip=self._removed)
         current = self._process_runners()
-        others = set(self.registry) - set(current)
-        result: ReloadResult = {"added": [], "removed": [], "changed": [], "unchanged": [], "invalid": [], "failed": []}
-        wanted = set(found.manifests) | set(found.invalid)
-        for key in sorted(set(current) - wanted):
-            await current[key].stop("removed from the plugins folder")
-            self.ports.declare_fixed(key, None)
-            self.unregister(key, "removed from the plugins folder")
-            result["removed"].append(key)
-        for key, err in found.invalid.items():
-            result["invalid"].append(key)
-            if key in others:
-                continue
-            runner = current.get(key)
-            if runner is None:
-                self._add_runner(key, None, err)
-                result["added"].append(key)
-                self.logs.error(f"{key}: INVALID: {err}", event="plugin_invalid", plugin=key, reason=str(err))
-            elif runner.manifest is None and str(runner.error) == str(err):
-                result["unchanged"].append(key)
-            elif keep_on_error and (runner.active or runner.state == PluginState.RUNNING):
-                self._reload_failed(runner, str(err))
-                result["failed"].append(key)
-            else:
-                await runner.stop("manifest became invalid")
-                runner.replace_manifest(None, err)
-                self.ports.declare_fixed(key, None)
-                result["changed"].append(key)
+        plan = plan_reload(
+            [_loaded(runner) for runner in current.values()],
+            found,
+            taken=set(self.registry) - set(current),
+            desired=self._desired,
+            disabled=self._disabled(),
+            keep_on_error=keep_on_error,
+        )
+        result: ReloadResult = {name: [] for name in OUTCOMES}
+        result["invalid"] = list(plan.invalid)
         to_start: list[str] = []
-        for key in start_order(found.manifests):
-            manifest = found.manifests[key]
-            if key in others:
-                continue
-            runner = current.get(key)
-            if runner is None:
-                runner = self._add_runner(key, manifest)
-                result["added"].append(key)
-                if self._should_autostart(runner):
-                    to_start.append(key)
-            elif runner.manifest == manifest and not (isinstance(runner, InProcessPlugin) and runner.source_changed()):
-                result["unchanged"].append(key)
-            elif (manifest.module is not None) != isinstance(runner, InProcessPlugin):
-                was_up = runner.active or runner.state == PluginState.RUNNING
-                await runner.stop("plugin kind changed")
-                self.unregister(key, "plugin kind changed")
-                runner = self._add_runner(key, manifest)
-                result["changed"].append(key)
-                if was_up or self._should_autostart(runner):
-                    to_start.append(key)
-            else:
-                was_up = runner.active or runner.state == PluginState.RUNNING
-                if isinstance(runner, InProcessPlugin) and was_up:
-                    try:  # import the new version while the old one runs: a broken one never replaces it
-                        await runner.prepare(manifest)
-                    except PluginActionError as exc:
-                        self._reload_failed(runner, exc.message)
-                        result["failed"].append(key)
-                        continue
-                if was_up:
-                    await runner.stop("manifest changed" if runner.manifest != manifest else "source changed")
-                runner.replace_manifest(manifest)
-                self.ports.declare_fixed(key, manifest.port)
-                result["changed"].append(key)
-                if was_up or self._should_autostart(runner):
-                    to_start.append(key)
+        for change in plan.changes:
+            outcome = await self._apply(change, current.get(change.key))
+            result[outcome].append(change.key)
+            if change.start and outcome != "failed":
+                to_start.append(change.key)
         self.logs.info(
             "reloaded plugins: "
             + ", ".join(f"{name} {','.join(keys) or '-'}" for name, keys in result.items() if name != "unchanged")
@@ -801,6 +754,41 @@ class Supervisor:
         )
         await self._start_many(to_start, "loaded by reload")
         return result
+
+    async def _apply(self, change: Change, runner: FolderPlugin | None) -> str:
+        """Execute one planned change; returns its outcome ("failed" when a new version did not import)."""
+        key, action = change.key, change.action
+        if action is Action.LOAD:
+            self._add_runner(key, change.manifest, change.error)
+            if change.error is not None:
+                err = change.error
+                self.logs.error(f"{key}: INVALID: {err}", event="plugin_invalid", plugin=key, reason=str(err))
+            return change.outcome
+        assert runner is not None
+        if action is Action.KEEP_RUNNING:
+            self._reload_failed(runner, str(change.error))
+            return change.outcome
+        if change.prepare and isinstance(runner, InProcessPlugin) and change.manifest is not None:
+            try:  # import the new version while the old one runs: a broken one never replaces it
+                await runner.prepare(change.manifest)
+            except PluginActionError as exc:
+                self._reload_failed(runner, exc.message)
+                return "failed"
+        if change.stop:
+            await runner.stop(change.stop)
+        if action is Action.UNLOAD:
+            self.ports.declare_fixed(key, None)
+            self.unregister(key, change.stop)
+        elif action is Action.INVALIDATE:
+            runner.replace_manifest(None, change.error)
+            self.ports.declare_fixed(key, None)
+        elif action is Action.REPLACE:
+            self.unregister(key, change.stop)
+            self._add_runner(key, change.manifest)
+        elif action is Action.UPDATE and change.manifest is not None:
+            runner.replace_manifest(change.manifest)
+            self.ports.declare_fixed(key, change.manifest.port)
+        return change.outcome
 
     @operator_action("install", install_key)
     async def install(self, manifest: dict[str, Any], autostart: bool) -> PluginSnapshot:
@@ -995,6 +983,18 @@ class Supervisor:
 
 def _loaded_before(plugin: ManagedPlugin) -> bool:
     return isinstance(plugin, InProcessPlugin) and plugin.counters["loads"] + plugin.counters["load_failures"] > 0
+
+
+def _loaded(runner: FolderPlugin) -> Loaded:
+    """What the reload planner needs to know about a folder plugin."""
+    return Loaded(
+        key=runner.key,
+        inprocess=isinstance(runner, InProcessPlugin),
+        manifest=runner.manifest,
+        error=str(runner.error) if runner.manifest is None else "",
+        up=runner.active or runner.state == PluginState.RUNNING,
+        source_changed=isinstance(runner, InProcessPlugin) and runner.manifest is not None and runner.source_changed(),
+    )
 
 
 def _manifests(runners: dict[str, FolderPlugin]) -> dict[str, Manifest]:
