@@ -20,7 +20,7 @@ import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any, Protocol, TextIO
+from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
 import httpx
 import psutil
@@ -65,6 +65,9 @@ from supervisor_tui.plugins.process import (
     reap_adopted,
     stop_orphans,
 )
+
+if TYPE_CHECKING:
+    from supervisor_tui.consoles.service import ConsoleService
 
 __all__ = [
     "Endpoint",
@@ -134,9 +137,9 @@ class Supervisor:
         # In every plugin's environment, so what a plugin spawned is found again, even after a crash of ours.
         self.owner = hashlib.sha256(str(settings.data_dir).encode()).hexdigest()[:12]
         self.opened = False
-        # Set by whoever runs the HTTP server: the API's real URL (plugins get it as SUPERVISOR_URL), consoles.
-        self.settings_api_url: str | None = None
-        self.consoles: Any = None
+        # Given by whoever runs the HTTP server (set_api_url, attach_consoles).
+        self._api_url: str | None = None
+        self._consoles: ConsoleService | None = None
         self._desired: dict[str, str] = {}  # persisted desired state by key
         self._unsaved: dict[str, str] = {}  # keys whose desired state the database refused: why
         self._overrides: dict[str, dict[str, str]] = {}  # persisted env overrides by key
@@ -325,8 +328,21 @@ class Supervisor:
             tables=self.extension_tables,
         )
 
+    def set_api_url(self, url: str) -> None:
+        """The API's real URL once it listens: plugins started from now on get it as SUPERVISOR_URL."""
+        self._api_url = url
+
     def _supervisor_url(self) -> str:
-        return self.settings_api_url or local_url(self.settings.host, self.settings.port)
+        return self._api_url or local_url(self.settings.host, self.settings.port)
+
+    @property
+    def consoles(self) -> ConsoleService | None:
+        """The console service running beside this supervisor, if any (in-process plugins and the TUI read it)."""
+        return self._consoles
+
+    def attach_consoles(self, service: ConsoleService | None) -> None:
+        """Make the console service that shares this supervisor's store and bus reachable as ``consoles``."""
+        self._consoles = service
 
     def _on_health(self, runner: ProcessRunner, healthy: bool, detail: str) -> None:
         self._publish_health(runner.key, healthy, detail)
@@ -404,6 +420,10 @@ class Supervisor:
             self.logs.warning(self._unsaved[key], event="desired_state_unsaved", plugin=key, desired=desired)
         else:
             self._unsaved.pop(key, None)
+
+    def desired_state(self, key: str) -> str | None:
+        """What the operator last asked of ``key`` ("running" or "stopped", persisted), or None if never asked."""
+        return self._desired.get(key)
 
     def unsaved_desired(self, key: str) -> str | None:
         """Why ``key``'s desired state (running or stopped) will not survive a restart, or None when it is saved."""
@@ -554,7 +574,7 @@ class Supervisor:
     async def _start_many(self, keys: Iterable[str], reason: str) -> None:
         async def one(key: str) -> None:
             try:
-                await self._ensure_running(key, reason)
+                await self.ensure_running(key, reason)
             except PluginActionError as exc:
                 if self.registry[key].snapshot().state != PluginState.FATAL:  # FATAL was logged already
                     self.logs.error(f"{exc}", event="start_failed", plugin=key)
@@ -569,9 +589,9 @@ class Supervisor:
             raise PluginActionError(key, f"cannot start an INVALID plugin: {plugin.error}")
         await self._set_desired(key, "running")
         if wait:
-            await self._ensure_running(key, "started by operator")
+            await self.ensure_running(key, "started by operator")
         else:
-            self._spawn_background(self._ensure_running(key, "started by operator"), key)
+            self._spawn_background(self.ensure_running(key, "started by operator"), key)
         return plugin.snapshot()
 
     @operator_action("stop")
@@ -597,7 +617,7 @@ class Supervisor:
         async def run() -> None:
             self._stop_gen[key] = self._stop_gen.get(key, 0) + 1
             await plugin.stop("restart requested by operator")
-            await self._ensure_running(key, "restarted by operator")
+            await self.ensure_running(key, "restarted by operator")
 
         if wait:
             await run()
@@ -638,7 +658,7 @@ class Supervisor:
         if tasks:
             await asyncio.wait(tasks.values())
 
-    async def _ensure_running(self, key: str, reason: str) -> None:
+    async def ensure_running(self, key: str, reason: str) -> None:
         """Start ``key`` after its dependencies are RUNNING; concurrent callers share one attempt."""
         plugin = self._get(key)
         if plugin.snapshot().state == PluginState.RUNNING:
@@ -675,7 +695,7 @@ class Supervisor:
                 raise PluginActionError(key, f"cannot start an INVALID plugin: {plugin.error}")
             deps = plugin.manifest.depends_on
         results = await asyncio.gather(
-            *(self._ensure_running(dep, f"needed by {key}") for dep in deps), return_exceptions=True
+            *(self.ensure_running(dep, f"needed by {key}") for dep in deps), return_exceptions=True
         )
         for dep, result in zip(deps, results, strict=True):
             if isinstance(result, BaseException):
@@ -700,6 +720,11 @@ class Supervisor:
                 self.logs.error(f"{key}: {t.exception()}", event="action_failed", plugin=key)
 
         task.add_done_callback(done)
+
+    def asgi_app(self, key: str) -> Any:
+        """An in-process plugin's ASGI app while it is RUNNING (the gateway calls it directly), else None."""
+        plugin = self.registry.get(key)
+        return plugin.asgi_app if isinstance(plugin, InProcessPlugin) else None
 
     def report_upstream(self, key: str, ok: bool) -> None:
         """Passive health from the gateway: N failures in a row -> unhealthy, a success -> healthy again."""
@@ -829,7 +854,7 @@ class Supervisor:
             self.logs.info(f"{key}: installed in {folder}", event="plugin_installed", plugin=key)
         if autostart:
             try:
-                await self._ensure_running(key, "installed")
+                await self.ensure_running(key, "installed")
             except PluginActionError as exc:
                 self.logs.error(str(exc), event="start_failed", plugin=key)
         return runner.snapshot()
@@ -904,7 +929,7 @@ class Supervisor:
         if runner.active or runner.state == PluginState.RUNNING:
             self._stop_gen[key] = self._stop_gen.get(key, 0) + 1
             await runner.stop("configuration changed")
-            await self._ensure_running(key, "restarted with new configuration")
+            await self.ensure_running(key, "restarted with new configuration")
         return runner.snapshot()
 
     # -- external plugins (seed 000 over HTTP) --------------------------------------------------------------------
