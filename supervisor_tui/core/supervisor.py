@@ -6,6 +6,8 @@
 
 It owns the data-dir lock, the store, the event bus, the log hub, the port allocator and one plugin object per
 key in ``registry`` (``ProcessRunner`` for folders under plugins/; other kinds register through ``register``).
+What it remembers per plugin is persisted by ``core.plugin_state``; what a reload does is planned by
+``core.reload_plan`` and executed here.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from supervisor_tui.core.events import (
 )
 from supervisor_tui.core.lock import DataDirLock, LockError
 from supervisor_tui.core.logs import SUPERVISOR_SOURCE, LogHub
+from supervisor_tui.core.plugin_state import PluginStateStore
 from supervisor_tui.core.reload_plan import OUTCOMES, Action, Change, Loaded, autostarts, plan_reload
 from supervisor_tui.core.store import Store, StoreError
 from supervisor_tui.plugins.external import ExternalPlugin, ExternalRegistrations, UpstreamNotAllowed
@@ -130,6 +133,7 @@ class Supervisor:
         )
         self.logs.echo_output = echo_output
         self.store = Store(settings.db_path)
+        self.plugin_state = PluginStateStore(self.store)
         self.lock = DataDirLock(settings.data_dir)
         start, end = settings.port_range
         self.ports = PortAllocator(start, end, PLUGIN_HOST, reserved=(settings.port,))
@@ -370,32 +374,14 @@ class Supervisor:
             pid=pid,
             port=runner.port,
         )
-        await self.store.writer.execute(
-            "INSERT INTO plugin_state (key, desired, pid, pid_started, updated_at) VALUES (?, ?, ?, ?, ?) "
-            "ON CONFLICT(key) DO UPDATE SET pid = excluded.pid, pid_started = excluded.pid_started, "
-            "updated_at = excluded.updated_at",
-            (runner.key, runner.desired, pid, created, time.time()),
-        )
+        await self.plugin_state.save_pid(runner.key, runner.desired, pid, created)
 
     async def _on_exit(self, runner: ProcessRunner) -> None:
-        if self.store.is_open:
-            await self.store.writer.execute(
-                "UPDATE plugin_state SET pid = NULL, pid_started = NULL, updated_at = ? WHERE key = ?",
-                (time.time(), runner.key),
-            )
+        await self.plugin_state.clear_pid(runner.key)
 
     # -- persisted state -----------------------------------------------------------------------------------------
     async def _load_persisted(self) -> None:
-        self._overrides = {}
-        async with self.store.reader.execute("SELECT key, desired FROM plugin_state") as cur:
-            self._desired = {str(k): str(d) for k, d in await cur.fetchall()}
-        async with self.store.reader.execute("SELECT key, env FROM plugin_overrides") as cur:
-            for key, env in await cur.fetchall():
-                try:
-                    value = json.loads(env)
-                    self._overrides[str(key)] = {str(k): str(v) for k, v in value.items()}
-                except (ValueError, AttributeError):
-                    continue
+        self._desired, self._overrides = await self.plugin_state.load()
 
     async def _set_desired(self, key: str, desired: str) -> None:
         """Remember what the operator wants, in memory and in the database. A database that cannot be written
@@ -407,11 +393,7 @@ class Supervisor:
             return
         self._desired[key] = desired
         try:
-            await self.store.writer.execute(
-                "INSERT INTO plugin_state (key, desired, updated_at) VALUES (?, ?, ?) "
-                "ON CONFLICT(key) DO UPDATE SET desired = excluded.desired, updated_at = excluded.updated_at",
-                (key, desired, time.time()),
-            )
+            await self.plugin_state.save_desired(key, desired)
         except sqlite3.Error as exc:
             self._unsaved[key] = (
                 f"{key} is {desired} now, but that could not be saved in the database ({exc}): "
@@ -890,8 +872,7 @@ class Supervisor:
                         shutil.rmtree(folder)
                     except OSError as exc:
                         raise PluginActionError(key, f"unloaded, but cannot delete {folder}: {exc.strerror}") from None
-                await self.store.writer.execute("DELETE FROM plugin_state WHERE key = ?", (key,))
-                await self.store.writer.execute("DELETE FROM plugin_overrides WHERE key = ?", (key,))
+                await self.plugin_state.forget(key)
                 self._desired.pop(key, None)
                 self._overrides.pop(key, None)
             else:
@@ -914,11 +895,7 @@ class Supervisor:
             raise ManifestError(path, "env", str(exc)) from None
         if runner.manifest is None:
             raise PluginActionError(key, f"cannot configure an INVALID plugin: {runner.error}")
-        await self.store.writer.execute(
-            "INSERT INTO plugin_overrides (key, env, updated_at) VALUES (?, ?, ?) "
-            "ON CONFLICT(key) DO UPDATE SET env = excluded.env, updated_at = excluded.updated_at",
-            (key, json.dumps(parsed, sort_keys=True), time.time()),
-        )
+        await self.plugin_state.save_overrides(key, parsed)
         self._overrides[key] = parsed
         runner.env_overrides = dict(parsed)
         self.logs.info(
