@@ -94,10 +94,6 @@ class ReloadPlan:
     changes: tuple[Change, ...]
     invalid: tuple[str, ...]
 
-    def change(self, key: str) -> Change | None:
-        """The change planned for ``key``, or None (a key held by another kind of plugin)."""
-        return next((c for c in self.changes if c.key == key), None)
-
 
 def autostarts(key: str, manifest: Manifest, desired: Mapping[str, str], disabled: Collection[str]) -> bool:
     """Whether a folder plugin with ``manifest`` should run: the persisted desired state ("running"/"stopped")
