@@ -156,7 +156,7 @@ class Runtime:
             sup.logs.info(f"{name} token created in {path} (mode 0600)", event="token_created")
         self.consoles = ConsoleService(sup.store, sup.bus, settings, sup.logs)
         await self.consoles.start()
-        sup.consoles = self.consoles
+        sup.attach_consoles(self.consoles)
         # In-process plugins load now: after the supervisor opened, before the other plugins start.
         self.extensions = ExtensionHost(sup)
         await self.extensions.load()
@@ -185,10 +185,11 @@ class Runtime:
             default_max_body=int(settings.get("gateway.max_body")),
         )
         await self.route_sync.start()
-        metrics = MetricsEndpoint(sup, gateway.stats)
+        metrics = MetricsEndpoint(sup, gateway.stats, consoles=self.consoles)
         ctx = ApiContext(
             sup=sup,
             settings=settings,
+            consoles=self.consoles,
             admin_token=self.tokens.admin,
             plugin_token=self.tokens.plugin,
             mode=self.mode,
@@ -207,7 +208,7 @@ class Runtime:
         limits = ConnectionLimits.from_settings(settings, lambda line: sup.logs.warning(line, event="connection_limit"))
         _, port = await self.server.start(root, sock=sock, fast=consoles_api, limits=limits)
         self.url = ctx.api_url = local_url(settings.host, port)
-        sup.settings_api_url = self.url  # plugins get it as SUPERVISOR_URL
+        sup.set_api_url(self.url)  # plugins get it as SUPERVISOR_URL
         sup.logs.info(f"API listening on {self.url}", event="api_listening", url=self.url)
         if settings.get("consoles.auth") == "none" and not _is_loopback(settings.host):
             sup.logs.warning(

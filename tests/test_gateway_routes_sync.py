@@ -9,11 +9,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-from fixtures.gateway.harness import fixture_process, served_gateway
+from fixtures.gateway.harness import fixture_process, serve, served_gateway
 
 from supervisor_tui.core.events import EventBus, EventsDropped, PluginStateChanged, PluginUnregistered
 from supervisor_tui.core.supervisor import Supervisor
-from supervisor_tui.server.gateway import RouteTable
+from supervisor_tui.server.gateway import Gateway, RouteTable
 from supervisor_tui.server.routes_sync import RouteSync, route_for
 
 
@@ -57,6 +57,9 @@ class PluginSource:
             return self.snapshots[key]
         except KeyError:
             raise NotFound(key) from None
+
+    def asgi_app(self, key: str) -> None:
+        return None  # no in-process plugins here
 
 
 @pytest.fixture(scope="module")
@@ -166,3 +169,21 @@ async def test_routes_follow_a_real_supervisor(supervisor: Supervisor, make_plug
             assert "STOPPED" in resp.json()["error"]["message"]
     finally:
         await sync.stop()
+
+
+async def test_request_counts_survive_rebuilds_of_a_key_and_go_with_it(upstream: str) -> None:
+    sup = PluginSource({"demo": Snapshot("demo", "RUNNING", upstream)})
+    table = RouteTable()
+    sync = RouteSync(sup, table)
+    sync.rebuild_all()
+    gateway = Gateway(table)
+    async with serve(gateway) as base, httpx.AsyncClient(base_url=base, timeout=10) as client:
+        for _ in range(3):
+            assert (await client.get("/api/plugins/demo/hello")).status_code == 200
+        sup.snapshots["demo"] = replace(sup.snapshots["demo"], endpoints=(Endpoint("GET", "/hello"),))
+        sync.rebuild("demo")
+        assert table.request_counts() == {"demo": 3}
+        assert gateway.stats().requests_by_plugin() == {"demo": 3}
+        del sup.snapshots["demo"]
+        sync.rebuild("demo")
+        assert table.request_counts() == {} and gateway.stats().requests_by_plugin() == {}

@@ -181,7 +181,7 @@ async def test_consoles_from_the_real_console_service(settings: Settings) -> Non
     async with open_supervisor(settings) as sup:
         service = ConsoleService(sup.store, sup.bus, settings, sup.logs)
         await service.start()
-        sup.consoles = service
+        sup.attach_consoles(service)
         try:
             system = b'"sistema": {"hostname": "render-07", "platform": "linux"}'
             await service.register(
@@ -244,7 +244,7 @@ async def test_plugin_output_and_stored_names_are_shown_escaped(
     async with open_supervisor(settings) as sup:
         service = ConsoleService(sup.store, sup.bus, settings, sup.logs)
         await service.start()
-        sup.consoles = service
+        sup.attach_consoles(service)
         try:
             system = json.dumps({"hostname": host})
             await service.register(RegistrationInput("c-odd", name, "idle", system, host, None))

@@ -24,7 +24,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from supervisor_tui.core.events import (
     ConsoleHeartbeats,
@@ -40,6 +40,9 @@ from supervisor_tui.core.events import (
 )
 from supervisor_tui.plugins.inprocess import InProcessPlugin
 from supervisor_tui.plugins.manifest import KEY_PATTERN, MODULE_PATTERN
+
+if TYPE_CHECKING:
+    from supervisor_tui.core.supervisor import Supervisor
 
 HOOK_TOPICS = ("plugin", "console", "operator", "plugin-failed")
 # The loop's heartbeat (and the watchdog thread's look at it) comes this many times per block_threshold: often
@@ -112,7 +115,7 @@ def hooks_for(event: Event) -> list[tuple[str, tuple[Any, ...]]]:
 class ExtensionHost:
     """Loads in-process plugins in batches, dispatches hooks to them and reports what blocks the loop."""
 
-    def __init__(self, sup: Any) -> None:
+    def __init__(self, sup: Supervisor) -> None:
         self.sup = sup
         self.settings = sup.extension_settings
         self.result = LoadResult()
@@ -169,7 +172,7 @@ class ExtensionHost:
                 name, sup.inprocess_context(), module=str(module), config=dict(config), enabled=bool(enabled)
             )
             sup.register(plugin)
-            desired = sup._desired.get(name)
+            desired = sup.desired_state(name)
             plugin.desired = desired or ("running" if enabled else "stopped")
 
     def _config_failure(self, name: str, problem: str) -> None:
@@ -205,7 +208,7 @@ class ExtensionHost:
     async def _load_one(self, key: str, result: LoadResult) -> None:
         plugin = self.sup.registry.get(key)
         try:
-            await self.sup._ensure_running(key, "loaded at startup")
+            await self.sup.ensure_running(key, "loaded at startup")
         except Exception as exc:  # the reason is on the plugin (FATAL) or in the exception
             reason = getattr(exc, "message", None) or str(exc)
             if isinstance(plugin, InProcessPlugin) and plugin.last_error:

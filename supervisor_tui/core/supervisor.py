@@ -6,6 +6,8 @@
 
 It owns the data-dir lock, the store, the event bus, the log hub, the port allocator and one plugin object per
 key in ``registry`` (``ProcessRunner`` for folders under plugins/; other kinds register through ``register``).
+What it remembers per plugin is persisted by ``core.plugin_state``; what a reload does is planned by
+``core.reload_plan`` and executed here.
 """
 
 from __future__ import annotations
@@ -18,9 +20,9 @@ import os
 import shutil
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any, Protocol, TextIO
+from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
 import httpx
 import psutil
@@ -38,6 +40,8 @@ from supervisor_tui.core.events import (
 )
 from supervisor_tui.core.lock import DataDirLock, LockError
 from supervisor_tui.core.logs import SUPERVISOR_SOURCE, LogHub
+from supervisor_tui.core.plugin_state import PluginStateStore
+from supervisor_tui.core.reload_plan import OUTCOMES, Action, Change, Loaded, autostarts, plan_reload
 from supervisor_tui.core.store import Store, StoreError
 from supervisor_tui.plugins.cgroups import CgroupTree, PluginCgroup
 from supervisor_tui.plugins.external import ExternalPlugin, ExternalRegistrations, UpstreamNotAllowed
@@ -65,6 +69,9 @@ from supervisor_tui.plugins.process import (
     reap_adopted,
     stop_orphans,
 )
+
+if TYPE_CHECKING:
+    from supervisor_tui.consoles.service import ConsoleService
 
 __all__ = [
     "Endpoint",
@@ -127,6 +134,7 @@ class Supervisor:
         )
         self.logs.echo_output = echo_output
         self.store = Store(settings.db_path)
+        self.plugin_state = PluginStateStore(self.store)
         self.lock = DataDirLock(settings.data_dir)
         start, end = settings.port_range
         self.ports = PortAllocator(start, end, PLUGIN_HOST, reserved=(settings.port,))
@@ -135,9 +143,9 @@ class Supervisor:
         self.owner = owner_id(settings.data_dir)
         self.cgroups: CgroupTree | None = None  # this run's plugin cgroups (None: not used, see open)
         self.opened = False
-        # Set by whoever runs the HTTP server: the API's real URL (plugins get it as SUPERVISOR_URL), consoles.
-        self.settings_api_url: str | None = None
-        self.consoles: Any = None
+        # Given by whoever runs the HTTP server (set_api_url, attach_consoles).
+        self._api_url: str | None = None
+        self._consoles: ConsoleService | None = None
         self._desired: dict[str, str] = {}  # persisted desired state by key
         self._unsaved: dict[str, str] = {}  # keys whose desired state the database refused: why
         self._overrides: dict[str, dict[str, str]] = {}  # persisted env overrides by key
@@ -342,8 +350,21 @@ class Supervisor:
             tables=self.extension_tables,
         )
 
+    def set_api_url(self, url: str) -> None:
+        """The API's real URL once it listens: plugins started from now on get it as SUPERVISOR_URL."""
+        self._api_url = url
+
     def _supervisor_url(self) -> str:
-        return self.settings_api_url or local_url(self.settings.host, self.settings.port)
+        return self._api_url or local_url(self.settings.host, self.settings.port)
+
+    @property
+    def consoles(self) -> ConsoleService | None:
+        """The console service running beside this supervisor, if any (in-process plugins and the TUI read it)."""
+        return self._consoles
+
+    def attach_consoles(self, service: ConsoleService | None) -> None:
+        """Make the console service that shares this supervisor's store and bus reachable as ``consoles``."""
+        self._consoles = service
 
     def _on_health(self, runner: ProcessRunner, healthy: bool, detail: str) -> None:
         self._publish_health(runner.key, healthy, detail)
@@ -371,32 +392,14 @@ class Supervisor:
             pid=pid,
             port=runner.port,
         )
-        await self.store.writer.execute(
-            "INSERT INTO plugin_state (key, desired, pid, pid_started, updated_at) VALUES (?, ?, ?, ?, ?) "
-            "ON CONFLICT(key) DO UPDATE SET pid = excluded.pid, pid_started = excluded.pid_started, "
-            "updated_at = excluded.updated_at",
-            (runner.key, runner.desired, pid, created, time.time()),
-        )
+        await self.plugin_state.save_pid(runner.key, runner.desired, pid, created)
 
     async def _on_exit(self, runner: ProcessRunner) -> None:
-        if self.store.is_open:
-            await self.store.writer.execute(
-                "UPDATE plugin_state SET pid = NULL, pid_started = NULL, updated_at = ? WHERE key = ?",
-                (time.time(), runner.key),
-            )
+        await self.plugin_state.clear_pid(runner.key)
 
     # -- persisted state -----------------------------------------------------------------------------------------
     async def _load_persisted(self) -> None:
-        self._overrides = {}
-        async with self.store.reader.execute("SELECT key, desired FROM plugin_state") as cur:
-            self._desired = {str(k): str(d) for k, d in await cur.fetchall()}
-        async with self.store.reader.execute("SELECT key, env FROM plugin_overrides") as cur:
-            for key, env in await cur.fetchall():
-                try:
-                    value = json.loads(env)
-                    self._overrides[str(key)] = {str(k): str(v) for k, v in value.items()}
-                except (ValueError, AttributeError):
-                    continue
+        self._desired, self._overrides = await self.plugin_state.load()
 
     async def _set_desired(self, key: str, desired: str) -> None:
         """Remember what the operator wants, in memory and in the database. A database that cannot be written
@@ -408,11 +411,7 @@ class Supervisor:
             return
         self._desired[key] = desired
         try:
-            await self.store.writer.execute(
-                "INSERT INTO plugin_state (key, desired, updated_at) VALUES (?, ?, ?) "
-                "ON CONFLICT(key) DO UPDATE SET desired = excluded.desired, updated_at = excluded.updated_at",
-                (key, desired, time.time()),
-            )
+            await self.plugin_state.save_desired(key, desired)
         except sqlite3.Error as exc:
             self._unsaved[key] = (
                 f"{key} is {desired} now, but that could not be saved in the database ({exc}): "
@@ -421,6 +420,10 @@ class Supervisor:
             self.logs.warning(self._unsaved[key], event="desired_state_unsaved", plugin=key, desired=desired)
         else:
             self._unsaved.pop(key, None)
+
+    def desired_state(self, key: str) -> str | None:
+        """What the operator last asked of ``key`` ("running" or "stopped", persisted), or None if never asked."""
+        return self._desired.get(key)
 
     def unsaved_desired(self, key: str) -> str | None:
         """Why ``key``'s desired state (running or stopped) will not survive a restart, or None when it is saved."""
@@ -528,16 +531,16 @@ class Supervisor:
         }
 
     def _should_autostart(self, runner: FolderPlugin) -> bool:
-        if runner.manifest is None and not isinstance(runner, InProcessPlugin):
-            return False
-        desired = self._desired.get(runner.key)
-        if desired:
-            return desired == "running"
-        return (
-            runner.autostart
-            if isinstance(runner, InProcessPlugin)
-            else bool(runner.manifest and runner.manifest.autostart)
-        )
+        if runner.manifest is not None:
+            return autostarts(runner.key, runner.manifest, self._desired, self._disabled())
+        if not isinstance(runner, InProcessPlugin):
+            return False  # INVALID
+        desired = self._desired.get(runner.key)  # an extension from settings
+        return desired == "running" if desired else runner.autostart
+
+    def _disabled(self) -> set[str]:
+        """Keys whose ``[extensions.<key>]`` section says ``enabled = false``."""
+        return {k for k, t in self.extension_tables.items() if isinstance(t, Mapping) and t.get("enabled") is False}
 
     def should_run(self, key: str) -> bool:
         """Whether a plugin is meant to run now (autostart, or last started by the operator)."""
@@ -582,7 +585,7 @@ class Supervisor:
     async def _start_many(self, keys: Iterable[str], reason: str) -> None:
         async def one(key: str) -> None:
             try:
-                await self._ensure_running(key, reason)
+                await self.ensure_running(key, reason)
             except PluginActionError as exc:
                 if self.registry[key].snapshot().state != PluginState.FATAL:  # FATAL was logged already
                     self.logs.error(f"{exc}", event="start_failed", plugin=key)
@@ -597,9 +600,9 @@ class Supervisor:
             raise PluginActionError(key, f"cannot start an INVALID plugin: {plugin.error}")
         await self._set_desired(key, "running")
         if wait:
-            await self._ensure_running(key, "started by operator")
+            await self.ensure_running(key, "started by operator")
         else:
-            self._spawn_background(self._ensure_running(key, "started by operator"), key)
+            self._spawn_background(self.ensure_running(key, "started by operator"), key)
         return plugin.snapshot()
 
     @operator_action("stop")
@@ -625,7 +628,7 @@ class Supervisor:
         async def run() -> None:
             self._stop_gen[key] = self._stop_gen.get(key, 0) + 1
             await plugin.stop("restart requested by operator")
-            await self._ensure_running(key, "restarted by operator")
+            await self.ensure_running(key, "restarted by operator")
 
         if wait:
             await run()
@@ -666,7 +669,7 @@ class Supervisor:
         if tasks:
             await asyncio.wait(tasks.values())
 
-    async def _ensure_running(self, key: str, reason: str) -> None:
+    async def ensure_running(self, key: str, reason: str) -> None:
         """Start ``key`` after its dependencies are RUNNING; concurrent callers share one attempt."""
         plugin = self._get(key)
         if plugin.snapshot().state == PluginState.RUNNING:
@@ -703,7 +706,7 @@ class Supervisor:
                 raise PluginActionError(key, f"cannot start an INVALID plugin: {plugin.error}")
             deps = plugin.manifest.depends_on
         results = await asyncio.gather(
-            *(self._ensure_running(dep, f"needed by {key}") for dep in deps), return_exceptions=True
+            *(self.ensure_running(dep, f"needed by {key}") for dep in deps), return_exceptions=True
         )
         for dep, result in zip(deps, results, strict=True):
             if isinstance(result, BaseException):
@@ -728,6 +731,11 @@ class Supervisor:
                 self.logs.error(f"{key}: {t.exception()}", event="action_failed", plugin=key)
 
         task.add_done_callback(done)
+
+    def asgi_app(self, key: str) -> Any:
+        """An in-process plugin's ASGI app while it is RUNNING (the gateway calls it directly), else None."""
+        plugin = self.registry.get(key)
+        return plugin.asgi_app if isinstance(plugin, InProcessPlugin) else None
 
     def report_upstream(self, key: str, ok: bool) -> None:
         """Passive health from the gateway: N failures in a row -> unhealthy, a success -> healthy again."""
@@ -757,70 +765,22 @@ class Supervisor:
     async def _reload(self, keep_on_error: bool = False) -> ReloadResult:
         found = discover(self.settings.plugins_dir, skip=self._removed)
         current = self._process_runners()
-        others = set(self.registry) - set(current)
-        result: ReloadResult = {"added": [], "removed": [], "changed": [], "unchanged": [], "invalid": [], "failed": []}
-        wanted = set(found.manifests) | set(found.invalid)
-        for key in sorted(set(current) - wanted):
-            await current[key].stop("removed from the plugins folder")
-            self.ports.declare_fixed(key, None)
-            self.unregister(key, "removed from the plugins folder")
-            result["removed"].append(key)
-        for key, err in found.invalid.items():
-            result["invalid"].append(key)
-            if key in others:
-                continue
-            runner = current.get(key)
-            if runner is None:
-                self._add_runner(key, None, err)
-                result["added"].append(key)
-                self.logs.error(f"{key}: INVALID: {err}", event="plugin_invalid", plugin=key, reason=str(err))
-            elif runner.manifest is None and str(runner.error) == str(err):
-                result["unchanged"].append(key)
-            elif keep_on_error and (runner.active or runner.state == PluginState.RUNNING):
-                self._reload_failed(runner, str(err))
-                result["failed"].append(key)
-            else:
-                await runner.stop("manifest became invalid")
-                runner.replace_manifest(None, err)
-                self.ports.declare_fixed(key, None)
-                result["changed"].append(key)
+        plan = plan_reload(
+            [_loaded(runner) for runner in current.values()],
+            found,
+            taken=set(self.registry) - set(current),
+            desired=self._desired,
+            disabled=self._disabled(),
+            keep_on_error=keep_on_error,
+        )
+        result: ReloadResult = {name: [] for name in OUTCOMES}
+        result["invalid"] = list(plan.invalid)
         to_start: list[str] = []
-        for key in start_order(found.manifests):
-            manifest = found.manifests[key]
-            if key in others:
-                continue
-            runner = current.get(key)
-            if runner is None:
-                runner = self._add_runner(key, manifest)
-                result["added"].append(key)
-                if self._should_autostart(runner):
-                    to_start.append(key)
-            elif runner.manifest == manifest and not (isinstance(runner, InProcessPlugin) and runner.source_changed()):
-                result["unchanged"].append(key)
-            elif (manifest.module is not None) != isinstance(runner, InProcessPlugin):
-                was_up = runner.active or runner.state == PluginState.RUNNING
-                await runner.stop("plugin kind changed")
-                self.unregister(key, "plugin kind changed")
-                runner = self._add_runner(key, manifest)
-                result["changed"].append(key)
-                if was_up or self._should_autostart(runner):
-                    to_start.append(key)
-            else:
-                was_up = runner.active or runner.state == PluginState.RUNNING
-                if isinstance(runner, InProcessPlugin) and was_up:
-                    try:  # import the new version while the old one runs: a broken one never replaces it
-                        await runner.prepare(manifest)
-                    except PluginActionError as exc:
-                        self._reload_failed(runner, exc.message)
-                        result["failed"].append(key)
-                        continue
-                if was_up:
-                    await runner.stop("manifest changed" if runner.manifest != manifest else "source changed")
-                runner.replace_manifest(manifest)
-                self.ports.declare_fixed(key, manifest.port)
-                result["changed"].append(key)
-                if was_up or self._should_autostart(runner):
-                    to_start.append(key)
+        for change in plan.changes:
+            outcome = await self._apply(change, current.get(change.key))
+            result[outcome].append(change.key)
+            if change.start and outcome != "failed":
+                to_start.append(change.key)
         self.logs.info(
             "reloaded plugins: "
             + ", ".join(f"{name} {','.join(keys) or '-'}" for name, keys in result.items() if name != "unchanged")
@@ -830,6 +790,41 @@ class Supervisor:
         )
         await self._start_many(to_start, "loaded by reload")
         return result
+
+    async def _apply(self, change: Change, runner: FolderPlugin | None) -> str:
+        """Execute one planned change; returns its outcome ("failed" when a new version did not import)."""
+        key, action = change.key, change.action
+        if action is Action.LOAD:
+            self._add_runner(key, change.manifest, change.error)
+            if change.error is not None:
+                err = change.error
+                self.logs.error(f"{key}: INVALID: {err}", event="plugin_invalid", plugin=key, reason=str(err))
+            return change.outcome
+        assert runner is not None
+        if action is Action.KEEP_RUNNING:
+            self._reload_failed(runner, str(change.error))
+            return change.outcome
+        if change.prepare and isinstance(runner, InProcessPlugin) and change.manifest is not None:
+            try:  # import the new version while the old one runs: a broken one never replaces it
+                await runner.prepare(change.manifest)
+            except PluginActionError as exc:
+                self._reload_failed(runner, exc.message)
+                return "failed"
+        if change.stop:
+            await runner.stop(change.stop)
+        if action is Action.UNLOAD:
+            self.ports.declare_fixed(key, None)
+            self.unregister(key, change.stop)
+        elif action is Action.INVALIDATE:
+            runner.replace_manifest(None, change.error)
+            self.ports.declare_fixed(key, None)
+        elif action is Action.REPLACE:
+            self.unregister(key, change.stop)
+            self._add_runner(key, change.manifest)
+        elif action is Action.UPDATE and change.manifest is not None:
+            runner.replace_manifest(change.manifest)
+            self.ports.declare_fixed(key, change.manifest.port)
+        return change.outcome
 
     @operator_action("install", install_key)
     async def install(self, manifest: dict[str, Any], autostart: bool) -> PluginSnapshot:
@@ -870,7 +865,7 @@ class Supervisor:
             self.logs.info(f"{key}: installed in {folder}", event="plugin_installed", plugin=key)
         if autostart:
             try:
-                await self._ensure_running(key, "installed")
+                await self.ensure_running(key, "installed")
             except PluginActionError as exc:
                 self.logs.error(str(exc), event="start_failed", plugin=key)
         return runner.snapshot()
@@ -906,8 +901,7 @@ class Supervisor:
                         shutil.rmtree(folder)
                     except OSError as exc:
                         raise PluginActionError(key, f"unloaded, but cannot delete {folder}: {exc.strerror}") from None
-                await self.store.writer.execute("DELETE FROM plugin_state WHERE key = ?", (key,))
-                await self.store.writer.execute("DELETE FROM plugin_overrides WHERE key = ?", (key,))
+                await self.plugin_state.forget(key)
                 self._desired.pop(key, None)
                 self._overrides.pop(key, None)
             else:
@@ -930,11 +924,7 @@ class Supervisor:
             raise ManifestError(path, "env", str(exc)) from None
         if runner.manifest is None:
             raise PluginActionError(key, f"cannot configure an INVALID plugin: {runner.error}")
-        await self.store.writer.execute(
-            "INSERT INTO plugin_overrides (key, env, updated_at) VALUES (?, ?, ?) "
-            "ON CONFLICT(key) DO UPDATE SET env = excluded.env, updated_at = excluded.updated_at",
-            (key, json.dumps(parsed, sort_keys=True), time.time()),
-        )
+        await self.plugin_state.save_overrides(key, parsed)
         self._overrides[key] = parsed
         runner.env_overrides = dict(parsed)
         self.logs.info(
@@ -945,7 +935,7 @@ class Supervisor:
         if runner.active or runner.state == PluginState.RUNNING:
             self._stop_gen[key] = self._stop_gen.get(key, 0) + 1
             await runner.stop("configuration changed")
-            await self._ensure_running(key, "restarted with new configuration")
+            await self.ensure_running(key, "restarted with new configuration")
         return runner.snapshot()
 
     # -- external plugins (seed 000 over HTTP) --------------------------------------------------------------------
@@ -1029,6 +1019,18 @@ def owner_id(data_dir: Path) -> str:
 
 def _loaded_before(plugin: ManagedPlugin) -> bool:
     return isinstance(plugin, InProcessPlugin) and plugin.counters["loads"] + plugin.counters["load_failures"] > 0
+
+
+def _loaded(runner: FolderPlugin) -> Loaded:
+    """What the reload planner needs to know about a folder plugin."""
+    return Loaded(
+        key=runner.key,
+        inprocess=isinstance(runner, InProcessPlugin),
+        manifest=runner.manifest,
+        error=str(runner.error) if runner.manifest is None else "",
+        up=runner.active or runner.state == PluginState.RUNNING,
+        source_changed=isinstance(runner, InProcessPlugin) and runner.manifest is not None and runner.source_changed(),
+    )
 
 
 def _manifests(runners: dict[str, FolderPlugin]) -> dict[str, Manifest]:

@@ -25,6 +25,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from supervisor_tui import __version__
 from supervisor_tui.config import Settings
+from supervisor_tui.consoles.service import ConsoleService
 from supervisor_tui.core.events import LogLine
 from supervisor_tui.core.logs import LogRecord
 from supervisor_tui.core.supervisor import PluginActionError, PluginNotFound, Supervisor
@@ -52,6 +53,7 @@ class ApiContext:
     # True once the server is shutting down: a logs?follow stream ends instead of holding the shutdown for the
     # server's whole grace period (uvicorn closes WebSockets itself).
     closing: Callable[[], bool] = lambda: False
+    consoles: ConsoleService | None = None  # the console service, when one runs (counts on /api/v1/status)
 
 
 def _error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
@@ -200,7 +202,7 @@ def create_admin_app(ctx: ApiContext, extra_openapi_paths: dict[str, Any] | None
         by_state: dict[str, int] = {}
         for p in plugins:
             by_state[p.state] = by_state.get(p.state, 0) + 1
-        consoles = await _console_counts(sup)
+        consoles = ctx.consoles.counts_by_state() if ctx.consoles is not None else {}
         return {
             "version": __version__,
             "mode": ctx.mode,
@@ -208,7 +210,7 @@ def create_admin_app(ctx: ApiContext, extra_openapi_paths: dict[str, Any] | None
             "read_only": ctx.settings.read_only,
             "plugins": {"total": len(plugins), "by_state": by_state},
             "consoles": {"total": sum(consoles.values()), "by_state": consoles},
-            "damaged_tables": sup.consoles.damaged_history() if sup.consoles is not None else {},
+            "damaged_tables": ctx.consoles.damaged_history() if ctx.consoles is not None else {},
         }
 
     @app.get(
@@ -558,14 +560,6 @@ async def _follow_logs(
                         "message": event.message,
                     }
                     yield (json.dumps(line) + "\n").encode()
-
-
-async def _console_counts(sup: Supervisor) -> dict[str, int]:
-    consoles = getattr(sup, "consoles", None)
-    if consoles is None:
-        return {}
-    counts: dict[str, int] = consoles.counts_by_state()
-    return counts
 
 
 def _unreadable_body(reason: BaseException) -> str:

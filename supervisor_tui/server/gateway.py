@@ -302,6 +302,10 @@ class RouteTable:
     def keys(self) -> list[str]:
         return list(self._compiled)
 
+    def request_counts(self) -> dict[str, int]:
+        """Requests routed to each key since its route was first set (rebuilds of a key keep its count)."""
+        return {key: c.requests for key, c in self._compiled.items()}
+
     def clear(self) -> None:
         self._compiled.clear()
 
@@ -432,8 +436,7 @@ class Gateway:
                 running += int(n)
                 cumulative.append(running)
             series.append(LatencySeries(plugin, method, status_class, int(h[0]), h[1], tuple(cumulative)))
-        requests = {key: c.requests for key, c in self.table._compiled.items()}
-        return GatewayStats(LATENCY_BUCKETS, tuple(series), requests, self._in_flight)
+        return GatewayStats(LATENCY_BUCKETS, tuple(series), self.table.request_counts(), self._in_flight)
 
     def _observe(self, plugin: str, method: str, status: int, started: float) -> None:
         elapsed = time.perf_counter() - started

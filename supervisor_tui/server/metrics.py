@@ -1,5 +1,7 @@
 """`/metrics`: Prometheus text built at scrape time from the supervisor, the gateway and the consoles.
 
+``MetricsEndpoint(sup, gateway_stats, consoles=service).render()``: the text (console figures only with a service).
+
 Nothing here is updated on a hot path: a collector reads the live figures when Prometheus asks.
 """
 
@@ -12,6 +14,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from supervisor_tui.consoles.service import ConsoleService
 from supervisor_tui.core.supervisor import Supervisor
 from supervisor_tui.plugins.model import PluginState
 
@@ -21,17 +24,19 @@ PLUGIN_STATES = tuple(s.value for s in PluginState)
 class SupervisorCollector(Collector):
     """Reads plugin, gateway and console figures at scrape time."""
 
-    def __init__(self, sup: Supervisor, gateway_stats: Callable[[], Any] | None = None) -> None:
+    def __init__(
+        self, sup: Supervisor, gateway_stats: Callable[[], Any] | None = None, consoles: ConsoleService | None = None
+    ) -> None:
         self.sup = sup
         self.gateway_stats = gateway_stats
+        self.consoles = consoles
 
     def collect(self) -> Iterator[Metric]:
         yield from self._plugins()
         if self.gateway_stats is not None:
             yield from self._gateway(self.gateway_stats())
-        consoles = getattr(self.sup, "consoles", None)
-        if consoles is not None:
-            yield from self._consoles(consoles)
+        if self.consoles is not None:
+            yield from self._consoles(self.consoles)
 
     def _plugins(self) -> Iterator[Metric]:
         state = GaugeMetricFamily(
@@ -77,7 +82,7 @@ class SupervisorCollector(Collector):
             latency.add_metric(labels, series.buckets(), series.total_seconds)
         yield from (requests, latency)
 
-    def _consoles(self, consoles: Any) -> Iterator[Metric]:
+    def _consoles(self, consoles: ConsoleService) -> Iterator[Metric]:
         m = consoles.metrics()
         by_state = GaugeMetricFamily("supervisor_consoles", "Registered consoles by state", labels=["state"])
         for s, n in sorted(m.consoles_by_state.items()):
@@ -109,9 +114,11 @@ class SupervisorCollector(Collector):
 class MetricsEndpoint:
     """Renders the registry on demand."""
 
-    def __init__(self, sup: Supervisor, gateway_stats: Callable[[], Any] | None = None) -> None:
+    def __init__(
+        self, sup: Supervisor, gateway_stats: Callable[[], Any] | None = None, consoles: ConsoleService | None = None
+    ) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(SupervisorCollector(sup, gateway_stats))
+        self.registry.register(SupervisorCollector(sup, gateway_stats, consoles))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

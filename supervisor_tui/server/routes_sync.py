@@ -2,9 +2,10 @@
 
 ``RouteSync(sup, table, default_timeout=30.0, default_max_body=10 MiB)``: ``await sync.start()`` subscribes to
 ``plugin.*`` events, builds every route from ``sup.plugins()`` and then rebuilds one key from ``sup.plugin(key)``
-whenever an event names it (a key that is gone is removed). ``await sync.stop()`` ends it. ``route_for(snapshot)``
-is the one place that decides how a plugin snapshot becomes a route: it is available only in state RUNNING with an
-upstream URL (an external plugin that went LOST answers 503 like a stopped one).
+whenever an event names it (a key that is gone is removed); an in-process plugin's route serves
+``sup.asgi_app(key)``. ``await sync.stop()`` ends it. ``route_for(snapshot)`` is the one place that decides how a
+plugin snapshot becomes a route: it is available only in state RUNNING with an upstream URL (an external plugin
+that went LOST answers 503 like a stopped one).
 """
 
 from __future__ import annotations
@@ -25,13 +26,15 @@ _IGNORED_TOPICS = frozenset({"plugin.metrics"})
 
 
 class SupervisorView(Protocol):
-    """What RouteSync needs from the Supervisor: snapshots and the event bus."""
+    """What RouteSync needs from the Supervisor: snapshots, the event bus, in-process plugins' ASGI apps."""
 
     bus: EventBus
 
     def plugins(self) -> Sequence[Any]: ...
 
     def plugin(self, key: str) -> Any: ...
+
+    def asgi_app(self, key: str) -> Any: ...
 
 
 def route_for(
@@ -77,8 +80,7 @@ class RouteSync:
         self.rebuilds = 0  # how many single-key rebuilds ran (for tests and diagnostics)
 
     def _set(self, snapshot: Any) -> None:
-        plugin = getattr(self.sup, "registry", {}).get(snapshot.key)  # in-process plugins expose their app
-        app = getattr(plugin, "asgi_app", None) if snapshot.kind == "inprocess" else None
+        app = self.sup.asgi_app(snapshot.key) if snapshot.kind == "inprocess" else None
         route = route_for(snapshot, self.default_timeout, self.default_max_body, app)
         try:
             self.table.set(route)
