@@ -177,3 +177,18 @@ def test_a_rejected_folder_never_takes_a_valid_plugins_key(tmp_path: Path) -> No
     found = discover(tmp_path)
     assert set(found.manifests) == {"b"}
     assert set(found.invalid) == {"b-2", "supervisor-2"}
+
+
+@pytest.mark.parametrize(
+    ("data", "field"),
+    [
+        ({"key": "demo\n", "command": ["true"]}, "key"),
+        ({"key": "demo", "command": ["true"], "env": {"MODE\n": "x"}}, "env"),
+        ({"key": "demo", "command": ["true"], "depends_on": ["db\n"]}, "depends_on"),
+        ({"key": "demo", "module": "plugin:P\n"}, "module"),
+    ],
+)
+def test_a_trailing_newline_is_no_part_of_a_name(data: dict[str, Any], field: str) -> None:
+    with pytest.raises(ManifestError) as info:
+        parse_manifest(data, PATH)
+    assert info.value.field == field, str(info.value)

@@ -131,7 +131,8 @@ def _one_of(choices: tuple[str, ...]) -> Rule:
 
 
 def _check_key(key: str) -> str:
-    if not KEY_PATTERN.match(key):
+    # fullmatch: match() lets a trailing newline through the pattern's "$"
+    if not KEY_PATTERN.fullmatch(key):
         raise ValueError(f"{_KEY_WORDS}, got {key!r}")
     if key in RESERVED_KEYS:
         raise ValueError(reserved_key_problem(key))
@@ -165,7 +166,7 @@ def parse_env(value: Any) -> dict[str, str]:
         raise ValueError(f'must be an object of NAME: "value" strings, got {kind(value)}')
     out: dict[str, str] = {}
     for name, v in value.items():
-        if not ENV_NAME.match(name):
+        if not ENV_NAME.fullmatch(name):
             raise ValueError(f"{name!r} is not a valid variable name")
         if name in RESERVED_ENV:
             raise ValueError(f"{name} is set by the supervisor and cannot be overridden")
@@ -209,7 +210,7 @@ def _check_signal(value: str) -> str:
 
 def _check_depends_on(keys: list[str]) -> tuple[str, ...]:
     for k in keys:
-        if not KEY_PATTERN.match(k):
+        if not KEY_PATTERN.fullmatch(k):
             raise ValueError(f"{k!r} is not a valid plugin key")
     return tuple(dict.fromkeys(keys))
 
@@ -225,7 +226,7 @@ def _check_size(value: int | str) -> int:
 
 
 def _check_module(value: str) -> str:
-    if not MODULE_PATTERN.match(value):
+    if not MODULE_PATTERN.fullmatch(value):
         raise ValueError(f"{_MODULE_WORDS}, got {value!r}")
     return value
 
