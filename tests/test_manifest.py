@@ -179,6 +179,24 @@ def test_a_rejected_folder_never_takes_a_valid_plugins_key(tmp_path: Path) -> No
     assert set(found.invalid) == {"b-2", "supervisor-2"}
 
 
+def test_a_duration_no_float_can_hold_makes_only_its_plugin_invalid(tmp_path: Path) -> None:
+    write(tmp_path, "good", {"key": "good", "command": ["true"]})
+    write(tmp_path, "huge", '{"key": "huge", "command": ["true"], "startsecs": 1' + "0" * 400 + "}")
+    found = discover(tmp_path)
+    assert set(found.manifests) == {"good"}
+    assert found.invalid["huge"].field == "startsecs"
+    assert found.invalid["huge"].problem == "must be between 0 and 3600 seconds, got a larger number"
+
+
+def test_a_number_with_too_many_digits_makes_only_its_plugin_invalid(tmp_path: Path) -> None:
+    write(tmp_path, "good", {"key": "good", "command": ["true"]})
+    write(tmp_path, "long", '{"key": "long", "command": ["true"], "port": ' + "1" * 5000 + "}")
+    found = discover(tmp_path)
+    assert set(found.manifests) == {"good"}
+    limit = sys.get_int_max_str_digits()
+    assert found.invalid["long"].problem == f"is not valid JSON: a number has more than {limit} digits"
+
+
 @pytest.mark.parametrize(
     ("data", "field"),
     [

@@ -257,6 +257,10 @@ def load_manifest(folder: Path) -> Manifest:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ManifestError(path, "", f"is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    except ValueError:  # Python refuses integers of more than sys.get_int_max_str_digits() digits
+        raise ManifestError(
+            path, "", f"is not valid JSON: a number has more than {sys.get_int_max_str_digits()} digits"
+        ) from None
     return parse_manifest(data, path)
 
 

@@ -112,6 +112,8 @@ def _seconds(lo: float, hi: float, doc_default: str | None = None) -> Rule:
             seconds = parse_duration(value)
         except ValueError:
             raise ValueError(f"{_DURATION_WORDS}, got {value!r}") from None
+        except OverflowError:  # an integer no float can hold
+            raise ValueError(f"must be between {lo:g} and {hi:g} seconds, got a larger number") from None
         if not lo <= seconds <= hi:
             raise ValueError(f"must be between {lo:g} and {hi:g} seconds, got {seconds:g}")
         return seconds
