@@ -349,7 +349,7 @@ def test_the_schema_checks_normalise_what_it_decoded() -> None:
     values = checked(schema)
     assert values["startsecs"] == 0.5 and values["stopsignal"] == "INT" and values["max_body"] == 1024
     assert values["endpoints"][0].method == "POST" and values["health"] == HealthSchema(path="/h", interval_s=60.0)
-    assert values["command"] == ("x",) and values["depends_on"] == () and values["port"] is None
+    assert values["command"] == ("x",) and values["depends_on"] == [] and values["port"] is None
 
 
 def test_the_schema_words_one_field_or_the_first_problem_of_an_object() -> None:

@@ -210,20 +210,18 @@ def _manifest(schema: ManifestSchema, path: Path) -> Manifest:
     key = v["key"]
     if key in v["depends_on"]:
         raise ManifestError(path, "depends_on", f"{key} cannot depend on itself")
-    health = v["health"]
-    return Manifest(
-        **v
-        | {
-            "name": key if v["name"] is UNSET else v["name"],
-            "command": () if v["command"] is UNSET else v["command"],
-            "module": None if v["module"] is UNSET else v["module"],
-            "endpoints": tuple(_endpoint(e) for e in v["endpoints"]),
-            "health": None if health is None else HealthCheck(**msgspec.structs.asdict(health)),
-            "depends_on": tuple(v["depends_on"]),
-        },
-        folder=path.parent,
-        path=path,
-    )
+    # the values in the Manifest's own types: unset fields taken as their meaning, lists as tuples
+    if v["name"] is UNSET:
+        v["name"] = key
+    if v["command"] is UNSET:
+        v["command"] = ()
+    if v["module"] is UNSET:
+        v["module"] = None
+    v["endpoints"] = tuple(_endpoint(e) for e in v["endpoints"]) if v["endpoints"] else ()
+    v["depends_on"] = tuple(v["depends_on"])
+    if v["health"] is not None:
+        v["health"] = HealthCheck(**msgspec.structs.asdict(v["health"]))
+    return Manifest(**v, folder=path.parent, path=path)
 
 
 def _endpoint(e: EndpointSchema) -> Endpoint:

@@ -367,13 +367,14 @@ _CHECKS: dict[type, tuple[tuple[str, Callable[[Any], Any], Any], ...]] = {}
 
 def checked(obj: msgspec.Struct, where: str = "") -> dict[str, Any]:
     """Every field of a decoded ``obj`` after its check (defaults and nulls are valid as declared)."""
+    # A default is declared in its checked form, so a value equal to it needs no check (most fields of most files).
     schema = type(obj)
     if schema not in _CHECKS:
         fields_of(schema)
     values = msgspec.structs.asdict(obj)
     for name, check, default in _CHECKS[schema]:
         value = values[name]
-        if value is None or value is default or value is UNSET:
+        if value is None or value is UNSET or value == default:
             continue
         try:
             values[name] = check(value)
