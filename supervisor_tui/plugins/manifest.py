@@ -152,10 +152,7 @@ class Manifest:
 
 def parse_endpoints(value: Any) -> tuple[Endpoint, ...]:
     """Endpoints from decoded JSON; ValueError names the problem (and the endpoint, like "[2].method ...")."""
-    try:
-        return tuple(_endpoint(e) for e in field_value(ManifestSchema, "endpoints", value))
-    except ValueError as exc:
-        raise ValueError(str(exc).removeprefix(".endpoints")) from None
+    return tuple(_endpoint(e) for e in field_value(ManifestSchema, "endpoints", value))
 
 
 def parse_manifest(data: Any, path: Path) -> Manifest:
