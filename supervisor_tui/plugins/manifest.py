@@ -172,7 +172,7 @@ def _presence_checked(data: Any, path: Path) -> dict[str, Any]:
     """The checks that come before any field's value: an object, a key (or its alias id), command or module."""
     if not isinstance(data, dict):
         raise ManifestError(path, "", f"must be a JSON object, got {kind(data)}")
-    if "id" in data:  # seed 003's name for the key
+    if "id" in data:  # the key's older name, still accepted
         if "key" in data:
             raise ManifestError(path, "id", "give either key or id (its alias), not both")
         data = {"key": data["id"], **{k: v for k, v in data.items() if k != "id"}}

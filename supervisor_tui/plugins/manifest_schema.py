@@ -300,7 +300,7 @@ _HEALTH_WORDS = "must be an object {path, interval_s, timeout_s, failures} or nu
 class ManifestSchema(msgspec.Struct, forbid_unknown_fields=True):
     """A plugin's manifest.json: a process (``command``) or an in-process plugin (``module``), not both.
 
-    ``id`` (seed 003's name for the key) is taken as ``key`` before decoding.
+    ``id`` (the key's older name, an alias) is taken as ``key`` before decoding.
     """
 
     key: Annotated[str, Rule(_KEY_WORDS, got=repr, check=_check_key)]
