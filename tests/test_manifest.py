@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from supervisor_tui.plugins.manifest import (
@@ -16,6 +17,7 @@ from supervisor_tui.plugins.manifest import (
     parse_manifest,
     start_order,
 )
+from supervisor_tui.plugins.manifest_schema import HealthSchema, ManifestSchema, checked, diagnose, field_value
 
 REPO = Path(__file__).resolve().parent.parent
 PATH = Path("/srv/plugins/demo/manifest.json")
@@ -177,3 +179,185 @@ def test_a_rejected_folder_never_takes_a_valid_plugins_key(tmp_path: Path) -> No
     found = discover(tmp_path)
     assert set(found.manifests) == {"b"}
     assert set(found.invalid) == {"b-2", "supervisor-2"}
+
+
+def test_a_duration_no_float_can_hold_makes_only_its_plugin_invalid(tmp_path: Path) -> None:
+    write(tmp_path, "good", {"key": "good", "command": ["true"]})
+    write(tmp_path, "huge", '{"key": "huge", "command": ["true"], "startsecs": 1' + "0" * 400 + "}")
+    found = discover(tmp_path)
+    assert set(found.manifests) == {"good"}
+    assert found.invalid["huge"].field == "startsecs"
+    assert found.invalid["huge"].problem == "must be between 0 and 3600 seconds, got a larger number"
+
+
+def test_a_number_with_too_many_digits_makes_only_its_plugin_invalid(tmp_path: Path) -> None:
+    write(tmp_path, "good", {"key": "good", "command": ["true"]})
+    write(tmp_path, "long", '{"key": "long", "command": ["true"], "port": ' + "1" * 5000 + "}")
+    found = discover(tmp_path)
+    assert set(found.manifests) == {"good"}
+    limit = sys.get_int_max_str_digits()
+    assert found.invalid["long"].problem == f"is not valid JSON: a number has more than {limit} digits"
+
+
+@pytest.mark.parametrize(
+    ("data", "field"),
+    [
+        ({"key": "demo\n", "command": ["true"]}, "key"),
+        ({"key": "demo", "command": ["true"], "env": {"MODE\n": "x"}}, "env"),
+        ({"key": "demo", "command": ["true"], "depends_on": ["db\n"]}, "depends_on"),
+        ({"key": "demo", "module": "plugin:P\n"}, "module"),
+    ],
+)
+def test_a_trailing_newline_is_no_part_of_a_name(data: dict[str, Any], field: str) -> None:
+    with pytest.raises(ManifestError) as info:
+        parse_manifest(data, PATH)
+    assert info.value.field == field, str(info.value)
+
+
+M = "GET, POST, PUT, PATCH, DELETE, HEAD, OPTIONS"
+
+
+@pytest.mark.parametrize(
+    ("fields", "field", "problem"),
+    [
+        ({"key": 5}, "key", "must match ^[a-z0-9][a-z0-9_-]{0,62}$ (lowercase letters, digits, - and _), got 5"),
+        (
+            {"key": "install"},
+            "key",
+            "'install' is reserved (an admin route, POST /api/v1/plugins/install); choose another key",
+        ),
+        ({"id": "demo"}, "id", "give either key or id (its alias), not both"),
+        ({"name": 5}, "name", "must be a string, got a number"),
+        ({"version": None}, "version", "must be a string, got null"),
+        ({"description": []}, "description", "must be a string, got a list"),
+        ({"command": ["python", 1]}, "command", "must be a list of strings with a non-empty program first"),
+        ({"command": ["", "x"]}, "command", "must be a list of strings with a non-empty program first"),
+        ({"command": ["python", "a\x00"]}, "command", "must not contain NUL characters"),
+        ({"env": []}, "env", 'must be an object of NAME: "value" strings, got a list'),
+        ({"env": {"1X": "a"}}, "env", "'1X' is not a valid variable name"),
+        ({"env": {"A": "\x00"}}, "env", "A must not contain NUL characters"),
+        ({"port": "4001"}, "port", "must be an integer, got a string"),
+        ({"port": 4001.0}, "port", "must be an integer, got a number"),
+        ({"endpoints": {}}, "endpoints", "must be a list of {method, path, description}, got an object"),
+        ({"endpoints": [5]}, "endpoints[0]", "must be an object {method, path, description}, got a number"),
+        ({"endpoints": [{"path": "/a"}]}, "endpoints[0].method", f"must be one of {M}, got None"),
+        ({"endpoints": [{"method": "GET"}]}, "endpoints[0].path", "must be a string starting with '/', got None"),
+        (
+            {"endpoints": [{"method": "GET", "path": "/a b"}]},
+            "endpoints[0].path",
+            "'/a b' has an invalid segment (use plain segments or {param})",
+        ),
+        (
+            {"endpoints": [{"method": "GET", "path": "/a", "description": 1}]},
+            "endpoints[0].description",
+            "must be a string, got a number",
+        ),
+        (
+            {"endpoints": [{"method": "GET", "path": "/a"}, {"method": "get", "path": "/a"}]},
+            "endpoints[1]",
+            "duplicates GET /a",
+        ),
+        ({"health": "/h"}, "health", "must be an object {path, interval_s, timeout_s, failures} or null, got a string"),
+        ({"health": {"path": "h"}}, "health.path", "must start with '/', got 'h'"),
+        ({"health": {"path": 5}}, "health.path", "must be a string, got a number"),
+        (
+            {"health": {"path": "/h", "interval_s": "0s"}},
+            "health.interval_s",
+            "must be between 0.05 and 86400 seconds, got 0",
+        ),
+        (
+            {"health": {"path": "/h", "timeout_s": True}},
+            "health.timeout_s",
+            'must be a number of seconds or a duration like "5s", got a boolean',
+        ),
+        ({"health": {"path": "/h", "failures": 0}}, "health.failures", "must be between 1 and 1000, got 0"),
+        (
+            {"health": {"path": "/h", "start_timeout_s": 0}},
+            "health.start_timeout_s",
+            "must be between 0.1 and 86400 seconds, got 0",
+        ),
+        ({"health": {"path": "/h", "restart": 1}}, "health.restart", "must be true or false, got a number"),
+        ({"restart": 1}, "restart", "must be one of on-failure, always, never, got 1"),
+        ({"startsecs": 3601}, "startsecs", "must be between 0 and 3600 seconds, got 3601"),
+        ({"startretries": 1.5}, "startretries", "must be an integer, got a number"),
+        ({"backoff_max_s": "2d"}, "backoff_max_s", "must be between 0 and 86400 seconds, got 172800"),
+        ({"stopsignal": 15}, "stopsignal", 'must be a signal name like "TERM" or "INT", got a number'),
+        (
+            {"stopsignal": "SIGNOPE"},
+            "stopsignal",
+            "must be a signal name like TERM, INT, QUIT, HUP, USR1 (not KILL/STOP), got 'SIGNOPE'",
+        ),
+        ({"stopwaitsecs": -1}, "stopwaitsecs", 'must be a number of seconds or a duration like "5s", got -1'),
+        ({"depends_on": ["db", 1]}, "depends_on", "must be a list of plugin keys, got a list"),
+        ({"depends_on": ["Bad"]}, "depends_on", "'Bad' is not a valid plugin key"),
+        ({"timeout": 0}, "timeout", "must be between 0.001 and 86400 seconds, got 0"),
+        ({"max_body": 1.5}, "max_body", 'must be a size like 10485760 or "10MiB", got a number'),
+        ({"max_body": "lots"}, "max_body", "must be a size like 10485760 or \"10MiB\", got 'lots'"),
+        (
+            {"colour": "red"},
+            "colour",
+            "unknown field (allowed: key, name, version, description, command, env, port, "
+            "endpoints, health, autostart, restart, startsecs, startretries, backoff_max_s, stopsignal, stopwaitsecs, "
+            "depends_on, timeout, max_body, module, config)",
+        ),
+    ],
+)
+def test_each_field_rule_words_its_problem(fields: dict[str, Any], field: str, problem: str) -> None:
+    err = error(**fields)
+    assert (err.field, err.problem) == (field, problem)
+
+
+@pytest.mark.parametrize(
+    ("data", "field", "problem"),
+    [
+        (["key"], "", "must be a JSON object, got a list"),
+        ({"key": "s", "module": None}, "module", 'must name a module and a class like "plugin:StatsPlugin", got None'),
+        ({"key": "s", "module": "plugin:P", "config": "x"}, "config", "must be an object, got a string"),
+    ],
+)
+def test_whole_manifest_rules_word_their_problem(data: Any, field: str, problem: str) -> None:
+    with pytest.raises(ManifestError) as info:
+        parse_manifest(data, PATH)
+    assert (info.value.field, info.value.problem) == (field, problem)
+
+
+def test_the_first_problem_in_file_order_is_the_one_named() -> None:
+    assert error(startsecs="soon", port="x").field == "startsecs"
+    assert error(port="x", startsecs="soon").field == "port"
+
+
+def test_a_file_that_cannot_be_read_or_decoded_says_so(tmp_path: Path) -> None:
+    with pytest.raises(ManifestError, match="file not found"):
+        load_manifest(tmp_path / "missing")
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "manifest.json").write_bytes(b'{"key": "\xff"}')
+    with pytest.raises(ManifestError, match="cannot be read: 'utf-8' codec can't decode"):
+        load_manifest(tmp_path / "bad")
+    write(tmp_path, "nan", '{"key": "nan", "command": ["true"], "startsecs": NaN}')
+    with pytest.raises(ManifestError, match="startsecs: must be between 0 and 3600 seconds, got nan"):
+        load_manifest(tmp_path / "nan")
+    write(tmp_path, "alias", {"id": "alias", "command": ["true"]})
+    assert load_manifest(tmp_path / "alias").key == "alias"
+
+
+def test_the_schema_checks_normalise_what_it_decoded() -> None:
+    schema = msgspec.json.decode(
+        b'{"key": "a", "command": ["x"], "startsecs": "500ms", "stopsignal": "sigint", "max_body": "1KiB",'
+        b' "endpoints": [{"method": "post", "path": "/p"}], "health": {"path": "/h", "interval_s": "1m"}}',
+        type=ManifestSchema,
+    )
+    values = checked(schema)
+    assert values["startsecs"] == 0.5 and values["stopsignal"] == "INT" and values["max_body"] == 1024
+    assert values["endpoints"][0].method == "POST" and values["health"] == HealthSchema(path="/h", interval_s=60.0)
+    assert values["command"] == ("x",) and values["depends_on"] == [] and values["port"] is None
+
+
+def test_the_schema_words_one_field_or_the_first_problem_of_an_object() -> None:
+    assert field_value(ManifestSchema, "timeout", "2s") == 2.0
+    with pytest.raises(ValueError) as port:
+        field_value(ManifestSchema, "port", "80")
+    assert str(port.value) == "must be an integer, got a string"
+    with pytest.raises(ValueError) as health:
+        diagnose({"path": "/h", "interval_s": 0, "failures": 0}, HealthSchema)
+    assert str(health.value) == ".interval_s must be between 0.05 and 86400 seconds, got 0"
+    assert diagnose({"path": "/h"}, HealthSchema)["failures"] == 3

@@ -1,7 +1,14 @@
 """manifest.json parsing and validation: one plugin folder -> one ``Manifest``, or a ``ManifestError``.
 
+- ``load_manifest(folder)``, ``parse_manifest(data, path)``: a validated ``Manifest`` (with ``HealthCheck`` and
+  ``Endpoint`` values) or a ``ManifestError``. The fields, their types, defaults and rules are declared once in
+  ``manifest_schema``; a valid file decodes at once with msgspec, and only a rejected one is walked field by
+  field (in file order) to name its first problem.
+- ``discover(plugins_dir)``: every plugin folder's manifest, valid ones by key and rejected ones apart.
+- ``check_graph``: the checks that need every manifest at once (known dependencies, no cycles);
+  ``start_order``: dependencies first.
+
 Every problem names the file, the field and what is wrong, so an operator can fix it without reading code.
-Checks that need every manifest at once (unique keys, known dependencies, no cycles) live in ``check_graph``.
 """
 
 from __future__ import annotations
@@ -15,27 +22,56 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from supervisor_tui.config import parse_duration, parse_size
+import msgspec
+from msgspec import UNSET
+
+from supervisor_tui.plugins.manifest_schema import (
+    ENV_NAME,
+    KEY_PATTERN,
+    METHODS,
+    MODULE_PATTERN,
+    RESERVED_ENV,
+    RESERVED_KEYS,
+    RESTART_POLICIES,
+    EndpointSchema,
+    ManifestSchema,
+    checked,
+    diagnose,
+    field_value,
+    fields_of,
+    kind,
+    parse_env,
+    reserved_key_problem,
+)
+
+__all__ = [
+    "ENV_NAME",
+    "KEY_PATTERN",
+    "MANIFEST_FILE",
+    "METHODS",
+    "MODULE_PATTERN",
+    "RESERVED_ENV",
+    "RESERVED_KEYS",
+    "RESTART_POLICIES",
+    "Discovery",
+    "Endpoint",
+    "HealthCheck",
+    "Manifest",
+    "ManifestError",
+    "check_graph",
+    "check_key_not_reserved",
+    "discover",
+    "load_manifest",
+    "parse_endpoints",
+    "parse_env",
+    "parse_manifest",
+    "start_order",
+]
 
 MANIFEST_FILE = "manifest.json"
-KEY_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
-ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")
-RESTART_POLICIES = ("on-failure", "always", "never")
-# Set by the supervisor for every plugin process; a manifest or an override may not set them.
-RESERVED_ENV = ("PORT", "PLUGIN_KEY", "SUPERVISOR_URL")
-# Names a plugin key may not take: the supervisor's own log source, and the literal admin routes beside
-# /api/v1/plugins/{key} (a plugin called "install" could not be read at /api/v1/plugins/install).
-RESERVED_KEYS = {
-    "supervisor": "the supervisor's own log source",
-    "install": "an admin route, POST /api/v1/plugins/install",
-    "register": "an admin route, POST /api/v1/plugins/register",
-}
 # A command starting with one of these runs with the supervisor's own interpreter (sys.executable).
 PYTHON_NAMES = ("python", "python3")
-# An in-process plugin's entry point: a module path (dotted, relative to the folder) and a class name.
-MODULE_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$")
-_PATH_SEGMENT = re.compile(r"^(\{[A-Za-z_][A-Za-z0-9_]*\}|[A-Za-z0-9._~!$&'()*+,;=:@%-]*)$")
+_DECODER = msgspec.json.Decoder(ManifestSchema)
 
 
 class ManifestError(Exception):
@@ -50,7 +86,7 @@ class ManifestError(Exception):
 def check_key_not_reserved(path: Path | str, key: str) -> None:
     """Raise ManifestError when ``key`` is one the supervisor keeps for itself (``RESERVED_KEYS``)."""
     if key in RESERVED_KEYS:
-        raise ManifestError(path, "key", f"{key!r} is reserved ({RESERVED_KEYS[key]}); choose another key")
+        raise ManifestError(path, "key", reserved_key_problem(key))
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,40 +103,40 @@ class HealthCheck:
     """Active health probing: GET ``path`` every ``interval_s``; ``failures`` in a row = unhealthy."""
 
     path: str
-    interval_s: float = 10.0
-    timeout_s: float = 2.0
-    failures: int = 3
-    start_timeout_s: float = 60.0  # STARTING gives up (counts as a failed start) when never healthy by then
-    restart: bool = False  # restart the plugin when it turns unhealthy
+    interval_s: float
+    timeout_s: float
+    failures: int
+    start_timeout_s: float  # STARTING gives up (counts as a failed start) when never healthy by then
+    restart: bool  # restart the plugin when it turns unhealthy
 
 
 @dataclass(frozen=True, slots=True)
 class Manifest:
-    """A validated plugin manifest; ``folder`` is where the command runs."""
+    """A validated plugin manifest; ``folder`` is where the command runs. Defaults are ``ManifestSchema``'s."""
 
     key: str
     command: tuple[str, ...]
     folder: Path
     path: Path
-    name: str = ""
-    version: str = "0.0.0"
-    description: str = ""
-    env: Mapping[str, str] = field(default_factory=dict)
-    port: int | None = None
-    endpoints: tuple[Endpoint, ...] = ()
-    health: HealthCheck | None = None
-    autostart: bool = True
-    restart: str = "on-failure"
-    startsecs: float = 1.0
-    startretries: int = 3
-    backoff_max_s: float = 30.0
-    stopsignal: str = "TERM"
-    stopwaitsecs: float = 10.0
-    depends_on: tuple[str, ...] = ()
-    timeout: float | None = None  # gateway: upstream response timeout (None = the gateway's default)
-    max_body: int | None = None  # gateway: largest request body (None = the gateway's default)
-    module: str | None = None  # in-process plugin: "file:Class" in the folder (then there is no command)
-    config: Mapping[str, Any] = field(default_factory=dict)  # in-process plugin: passed to initialize()
+    name: str
+    version: str
+    description: str
+    env: Mapping[str, str]
+    port: int | None
+    endpoints: tuple[Endpoint, ...]
+    health: HealthCheck | None
+    autostart: bool
+    restart: str
+    startsecs: float
+    startretries: int
+    backoff_max_s: float
+    stopsignal: str
+    stopwaitsecs: float
+    depends_on: tuple[str, ...]
+    timeout: float | None  # gateway: upstream response timeout (None = the gateway's default)
+    max_body: int | None  # gateway: largest request body (None = the gateway's default)
+    module: str | None  # in-process plugin: "file:Class" in the folder (then there is no command)
+    config: Mapping[str, Any]  # in-process plugin: passed to initialize()
 
     @property
     def stop_signal(self) -> signal.Signals:
@@ -114,287 +150,112 @@ class Manifest:
         return argv
 
 
-# -- field parsers: each returns the parsed value or raises ValueError with the problem -----------------------
-
-
-def _str(value: Any) -> str:
-    if not isinstance(value, str):
-        raise ValueError(f"must be a string, got {_kind(value)}")
-    return value
-
-
-def _bool(value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError(f"must be true or false, got {_kind(value)}")
-    return value
-
-
-def _int(lo: int, hi: int) -> Any:
-    def parse(value: Any) -> int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"must be an integer, got {_kind(value)}")
-        if not lo <= value <= hi:
-            raise ValueError(f"must be between {lo} and {hi}, got {value}")
-        return value
-
-    return parse
-
-
-def _seconds(lo: float, hi: float) -> Any:
-    def parse(value: Any) -> float:
-        if isinstance(value, bool) or not isinstance(value, int | float | str):
-            raise ValueError(f'must be a number of seconds or a duration like "5s", got {_kind(value)}')
-        try:
-            seconds = parse_duration(value)
-        except ValueError:
-            raise ValueError(f'must be a number of seconds or a duration like "5s", got {value!r}') from None
-        if not lo <= seconds <= hi:
-            raise ValueError(f"must be between {lo:g} and {hi:g} seconds, got {seconds:g}")
-        return seconds
-
-    return parse
-
-
-def _kind(value: Any) -> str:
-    if value is None:
-        return "null"
-    return {
-        bool: "a boolean",
-        int: "a number",
-        float: "a number",
-        str: "a string",
-        list: "a list",
-        dict: "an object",
-    }.get(type(value), type(value).__name__)
-
-
-def _command(value: Any) -> tuple[str, ...]:
-    if not isinstance(value, list) or not value:
-        raise ValueError('must be a non-empty list of strings (argv), e.g. ["python", "server.py"]')
-    if not all(isinstance(a, str) for a in value) or not value[0]:
-        raise ValueError("must be a list of strings with a non-empty program first")
-    if any("\x00" in a for a in value):
-        raise ValueError("must not contain NUL characters")
-    return tuple(value)
-
-
-def parse_env(value: Any) -> dict[str, str]:
-    """An environment mapping: names like shell variables, string values, no supervisor-reserved names."""
-    if not isinstance(value, dict):
-        raise ValueError(f'must be an object of NAME: "value" strings, got {_kind(value)}')
-    out: dict[str, str] = {}
-    for name, v in value.items():
-        if not ENV_NAME.match(name):
-            raise ValueError(f"{name!r} is not a valid variable name")
-        if name in RESERVED_ENV:
-            raise ValueError(f"{name} is set by the supervisor and cannot be overridden")
-        if not isinstance(v, str):
-            raise ValueError(f"{name} must be a string, got {_kind(v)}")
-        if "\x00" in v:
-            raise ValueError(f"{name} must not contain NUL characters")
-        out[name] = v
-    return out
-
-
-def _port(value: Any) -> int | None:
-    if value is None:
-        return None
-    return int(_int(1, 65535)(value))
-
-
 def parse_endpoints(value: Any) -> tuple[Endpoint, ...]:
-    if not isinstance(value, list):
-        raise ValueError(f"must be a list of {{method, path, description}}, got {_kind(value)}")
-    out: list[Endpoint] = []
-    seen: set[tuple[str, str]] = set()
-    for i, item in enumerate(value):
-        if not isinstance(item, dict):
-            raise ValueError(f"[{i}] must be an object {{method, path, description}}, got {_kind(item)}")
-        unknown = sorted(set(item) - {"method", "path", "description"})
-        if unknown:
-            raise ValueError(f"[{i}] has unknown field {unknown[0]!r} (allowed: method, path, description)")
-        method = item.get("method")
-        if not isinstance(method, str) or method.upper() not in METHODS:
-            raise ValueError(f"[{i}].method must be one of {', '.join(METHODS)}, got {method!r}")
-        path = item.get("path")
-        if not isinstance(path, str) or not path.startswith("/"):
-            raise ValueError(f"[{i}].path must be a string starting with '/', got {path!r}")
-        if any(not _PATH_SEGMENT.match(seg) for seg in path[1:].split("/")):
-            raise ValueError(f"[{i}].path {path!r} has an invalid segment (use plain segments or {{param}})")
-        description = item.get("description", "")
-        if not isinstance(description, str):
-            raise ValueError(f"[{i}].description must be a string, got {_kind(description)}")
-        ident = (method.upper(), path)
-        if ident in seen:
-            raise ValueError(f"[{i}] duplicates {method.upper()} {path}")
-        seen.add(ident)
-        out.append(Endpoint(method.upper(), path, description))
-    return tuple(out)
-
-
-_HEALTH_FIELDS: dict[str, Any] = {
-    "path": _str,
-    "interval_s": _seconds(0.05, 86400),
-    "timeout_s": _seconds(0.05, 3600),
-    "failures": _int(1, 1000),
-    "start_timeout_s": _seconds(0.1, 86400),
-    "restart": _bool,
-}
-
-
-def _health(value: Any) -> HealthCheck | None:
-    if value is None:
-        return None
-    if not isinstance(value, dict):
-        raise ValueError(f"must be an object {{path, interval_s, timeout_s, failures}} or null, got {_kind(value)}")
-    kwargs: dict[str, Any] = {}
-    for name, v in value.items():
-        parse = _HEALTH_FIELDS.get(name)
-        if parse is None:
-            raise ValueError(f"has unknown field {name!r} (allowed: {', '.join(_HEALTH_FIELDS)})")
-        try:
-            kwargs[name] = parse(v)
-        except ValueError as exc:
-            raise ValueError(f".{name} {exc}") from None
-    if "path" not in kwargs:
-        raise ValueError('.path is required (e.g. "/health")')
-    if not kwargs["path"].startswith("/"):
-        raise ValueError(f".path must start with '/', got {kwargs['path']!r}")
-    return HealthCheck(**kwargs)
-
-
-def _restart(value: Any) -> str:
-    if value not in RESTART_POLICIES:
-        raise ValueError(f"must be one of {', '.join(RESTART_POLICIES)}, got {value!r}")
-    return str(value)
-
-
-def _stopsignal(value: Any) -> str:
-    if not isinstance(value, str):
-        raise ValueError(f'must be a signal name like "TERM" or "INT", got {_kind(value)}')
-    name = value.upper().removeprefix("SIG")
-    if name in ("KILL", "STOP") or not hasattr(signal.Signals, f"SIG{name}"):
-        raise ValueError(f"must be a signal name like TERM, INT, QUIT, HUP, USR1 (not KILL/STOP), got {value!r}")
-    return name
-
-
-def _depends_on(value: Any) -> tuple[str, ...]:
-    if not isinstance(value, list) or not all(isinstance(k, str) for k in value):
-        raise ValueError(f"must be a list of plugin keys, got {_kind(value)}")
-    for k in value:
-        if not KEY_PATTERN.match(k):
-            raise ValueError(f"{k!r} is not a valid plugin key")
-    return tuple(dict.fromkeys(value))
-
-
-def _optional(parse: Any) -> Any:
-    return lambda v: None if v is None else parse(v)
-
-
-def _max_body(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | str):
-        raise ValueError(f'must be a size like 10485760 or "10MiB", got {_kind(value)}')
-    try:
-        return parse_size(value)
-    except ValueError:
-        raise ValueError(f'must be a size like 10485760 or "10MiB", got {value!r}') from None
-
-
-def _module(value: Any) -> str:
-    if not isinstance(value, str) or not MODULE_PATTERN.match(value):
-        raise ValueError(f'must name a module and a class like "plugin:StatsPlugin", got {value!r}')
-    return value
-
-
-def _config(value: Any) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise ValueError(f"must be an object, got {_kind(value)}")
-    return value
-
-
-FIELDS: dict[str, Any] = {
-    "name": _str,
-    "version": _str,
-    "description": _str,
-    "command": _command,
-    "env": parse_env,
-    "port": _port,
-    "endpoints": parse_endpoints,
-    "health": _health,
-    "autostart": _bool,
-    "restart": _restart,
-    "startsecs": _seconds(0, 3600),
-    "startretries": _int(0, 1000),
-    "backoff_max_s": _seconds(0, 86400),
-    "stopsignal": _stopsignal,
-    "stopwaitsecs": _seconds(0, 3600),
-    "depends_on": _depends_on,
-    "timeout": _optional(_seconds(0.001, 86400)),
-    "max_body": _optional(_max_body),
-    "module": _module,
-    "config": _config,
-}
+    """Endpoints from decoded JSON; ValueError names the problem (and the endpoint, like "[2].method ...")."""
+    return tuple(_endpoint(e) for e in field_value(ManifestSchema, "endpoints", value))
 
 
 def parse_manifest(data: Any, path: Path) -> Manifest:
     """Validate one manifest's content (already decoded JSON); ``path`` is its manifest.json (for errors)."""
+    data = _presence_checked(data, path)
+    try:
+        return _manifest(msgspec.convert(data, ManifestSchema), path)
+    except (msgspec.ValidationError, ManifestError):
+        pass  # find the first problem in file order, worded by its field's rule
+    try:
+        return _manifest(ManifestSchema(**diagnose(data, ManifestSchema)), path)
+    except ValueError as exc:
+        raise _field_error(path, str(exc)) from None
+
+
+def _presence_checked(data: Any, path: Path) -> dict[str, Any]:
+    """The checks that come before any field's value: an object, a key (or its alias id), command or module."""
     if not isinstance(data, dict):
-        raise ManifestError(path, "", f"must be a JSON object, got {_kind(data)}")
-    data = dict(data)
-    if "id" in data:  # seed 003's name for the key
+        raise ManifestError(path, "", f"must be a JSON object, got {kind(data)}")
+    if "id" in data:  # the key's older name, still accepted
         if "key" in data:
             raise ManifestError(path, "id", "give either key or id (its alias), not both")
-        data["key"] = data.pop("id")
-    key = data.pop("key", None)
-    if key is None:
+        data = {"key": data["id"], **{k: v for k, v in data.items() if k != "id"}}
+    if data.get("key") is None:
         raise ManifestError(path, "key", "is required")
-    if not isinstance(key, str) or not KEY_PATTERN.match(key):
-        raise ManifestError(
-            path, "key", f"must match {KEY_PATTERN.pattern} (lowercase letters, digits, - and _), got {key!r}"
-        )
-    check_key_not_reserved(path, key)
+    try:
+        field_value(ManifestSchema, "key", data["key"])
+    except ValueError as exc:
+        raise ManifestError(path, "key", str(exc)) from None
     if "module" in data:  # an in-process plugin runs inside the supervisor: no command
         if "command" in data:
             raise ManifestError(path, "command", "give either command (a process) or module (in-process), not both")
     elif "command" not in data:
         raise ManifestError(path, "command", 'is required (argv list, e.g. ["python", "server.py"])')
-    kwargs: dict[str, Any] = {}
+    fields = fields_of(ManifestSchema)
     for name in data:
-        if name not in FIELDS:
-            raise ManifestError(path, name, f"unknown field (allowed: key, {', '.join(FIELDS)})")
-    for name, value in data.items():
-        try:
-            kwargs[name] = FIELDS[name](value)
-        except ValueError as exc:
-            raise _field_error(path, name, str(exc)) from None
-    if key in kwargs.get("depends_on", ()):
+        if name not in fields:
+            raise ManifestError(path, name, f"unknown field (allowed: {', '.join(fields)})")
+    return data
+
+
+def _manifest(schema: ManifestSchema, path: Path) -> Manifest:
+    """The Manifest of a decoded file: its fields' checks, then the rules that span fields."""
+    if schema.command is UNSET and schema.module is UNSET:
+        raise ManifestError(path, "command", 'is required (argv list, e.g. ["python", "server.py"])')
+    if schema.command is not UNSET and schema.module is not UNSET:
+        raise ManifestError(path, "command", "give either command (a process) or module (in-process), not both")
+    try:
+        v = checked(schema)
+    except ValueError as exc:
+        raise _field_error(path, str(exc)) from None
+    key = v["key"]
+    if key in v["depends_on"]:
         raise ManifestError(path, "depends_on", f"{key} cannot depend on itself")
-    kwargs.setdefault("name", key)
-    kwargs.setdefault("command", ())
-    return Manifest(key=key, folder=path.parent, path=path, **kwargs)
+    # the values in the Manifest's own types: unset fields taken as their meaning, lists as tuples
+    if v["name"] is UNSET:
+        v["name"] = key
+    if v["command"] is UNSET:
+        v["command"] = ()
+    if v["module"] is UNSET:
+        v["module"] = None
+    v["endpoints"] = tuple(_endpoint(e) for e in v["endpoints"]) if v["endpoints"] else ()
+    v["depends_on"] = tuple(v["depends_on"])
+    if v["health"] is not None:
+        v["health"] = HealthCheck(**msgspec.structs.asdict(v["health"]))
+    return Manifest(**v, folder=path.parent, path=path)
 
 
-def _field_error(path: Path, name: str, text: str) -> ManifestError:
-    """A sub-field problem like "[2].method must be ..." names the sub-field: endpoints[2].method."""
-    if text.startswith(("[", ".")) and " " in text:
-        sub, problem = text.split(" ", 1)
-        return ManifestError(path, name + sub, problem)
-    return ManifestError(path, name, text)
+def _endpoint(e: EndpointSchema) -> Endpoint:
+    return Endpoint(e.method, e.path, e.description)
+
+
+def _field_error(path: Path, text: str) -> ManifestError:
+    """A problem ".startsecs must be ..." or ".endpoints[2].method must be ..." names its field."""
+    sub, problem = text.split(" ", 1)
+    return ManifestError(path, sub.removeprefix("."), problem)
 
 
 def load_manifest(folder: Path) -> Manifest:
     """Read and validate ``folder/manifest.json``."""
     path = folder / MANIFEST_FILE
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
     except FileNotFoundError:
         raise ManifestError(path, "", "file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
+    except OSError as exc:
+        raise ManifestError(path, "", f"cannot be read: {exc}") from None
+    try:  # the fast path: a valid file decodes at once
+        return _manifest(_DECODER.decode(raw), path)
+    except (msgspec.DecodeError, ManifestError):
+        pass  # the slow path words the problem exactly as for decoded JSON
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
         raise ManifestError(path, "", f"cannot be read: {exc}") from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ManifestError(path, "", f"is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    except ValueError:  # Python refuses integers of more than sys.get_int_max_str_digits() digits
+        raise ManifestError(
+            path, "", f"is not valid JSON: a number has more than {sys.get_int_max_str_digits()} digits"
+        ) from None
     return parse_manifest(data, path)
 
 

@@ -1,0 +1,424 @@
+"""The declared shape of manifest.json: msgspec Structs with unknown fields forbidden, and each field's rule.
+
+- ``ManifestSchema`` (the file), ``HealthSchema`` (its ``health`` object), ``EndpointSchema`` (one of its
+  ``endpoints``): the fields a manifest may have, their types and their defaults. docs/manifest.md's field tables
+  are checked against them by a test, so the two cannot drift.
+- ``Rule``, attached to a field as ``Annotated[type, Rule(...)]``: how a wrong type is worded, and ``check`` for
+  what a type cannot say (ranges, patterns, reserved names, NUL characters). A check returns the value normalised
+  (durations in seconds, sizes in bytes, methods upper-case) or raises ValueError with the problem.
+- ``checked(obj)``: a decoded Struct's field values after their checks (the fast path: the file decoded at once).
+- ``diagnose(raw, schema)``: the first problem of a JSON object that did not decode, in file order, worded as the
+  field's rule says (msgspec's own messages, like "Expected `int`, got `str` - at `$.port`", never reach an
+  operator).
+- ``field_value(schema, name, raw)``: one field's raw JSON value, type-checked and checked.
+- ``parse_env``: an environment mapping (also used for the operator's overrides); ``reserved_key_problem``.
+
+Problems are ValueError texts; one that starts with ``[i]`` or ``.sub`` names a part of the field
+(``endpoints[2].method``, ``health.path``), which ``manifest.ManifestError`` turns into the field's name.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated, Any, get_args, get_type_hints
+
+import msgspec
+from msgspec import UNSET, UnsetType
+
+from supervisor_tui.config import parse_duration, parse_size
+
+KEY_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")
+RESTART_POLICIES = ("on-failure", "always", "never")
+# Set by the supervisor for every plugin process; a manifest or an override may not set them.
+RESERVED_ENV = ("PORT", "PLUGIN_KEY", "SUPERVISOR_URL")
+# Names a plugin key may not take: the supervisor's own log source, and the literal admin routes beside
+# /api/v1/plugins/{key} (a plugin called "install" could not be read at /api/v1/plugins/install).
+RESERVED_KEYS = {
+    "supervisor": "the supervisor's own log source",
+    "install": "an admin route, POST /api/v1/plugins/install",
+    "register": "an admin route, POST /api/v1/plugins/register",
+}
+# An in-process plugin's entry point: a module path (dotted, relative to the folder) and a class name.
+MODULE_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$")
+_PATH_SEGMENT = re.compile(r"^(\{[A-Za-z_][A-Za-z0-9_]*\}|[A-Za-z0-9._~!$&'()*+,;=:@%-]*)$")
+
+
+def kind(value: Any) -> str:
+    """How a wrong JSON value is named in a problem: "a string", "a list", "null"."""
+    if value is None:
+        return "null"
+    return {
+        bool: "a boolean",
+        int: "a number",
+        float: "a number",
+        str: "a string",
+        list: "a list",
+        dict: "an object",
+    }.get(type(value), type(value).__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """What a field accepts beyond its type, and how its problems are worded.
+
+    A wrong type reads ``expected``, then ", got " and ``got(value)`` (omitted when ``got`` is None); a wrong type
+    inside a list reads ``inner`` when given. With ``raw_check`` the check words problems inside the value itself,
+    so a wrong type inside is handed to it raw. ``missing`` words an absent required field. ``doc_default`` is the
+    default as docs/manifest.md says it, where it is not the default value itself.
+    """
+
+    expected: str
+    got: Callable[[Any], str] | None = kind
+    check: Callable[[Any], Any] | None = None
+    inner: str | None = None
+    raw_check: bool = False
+    missing: str = "is required"
+    doc_default: str | None = None
+
+    def wrong_type(self, raw: Any, inside: bool) -> str:
+        if inside and self.inner is not None:
+            return self.inner
+        return self.expected if self.got is None else f"{self.expected}, got {self.got(raw)}"
+
+
+def _string(doc_default: str | None = None) -> Rule:
+    return Rule("must be a string", doc_default=doc_default)
+
+
+def _boolean() -> Rule:
+    return Rule("must be true or false")
+
+
+def _integer(lo: int, hi: int) -> Rule:
+    def check(value: int) -> int:
+        if not lo <= value <= hi:
+            raise ValueError(f"must be between {lo} and {hi}, got {value}")
+        return value
+
+    return Rule("must be an integer", check=check)
+
+
+_DURATION_WORDS = 'must be a number of seconds or a duration like "5s"'
+
+
+def _seconds(lo: float, hi: float, doc_default: str | None = None) -> Rule:
+    def check(value: float | str) -> float:
+        try:
+            seconds = parse_duration(value)
+        except ValueError:
+            raise ValueError(f"{_DURATION_WORDS}, got {value!r}") from None
+        except OverflowError:  # an integer no float can hold
+            raise ValueError(f"must be between {lo:g} and {hi:g} seconds, got a larger number") from None
+        if not lo <= seconds <= hi:
+            raise ValueError(f"must be between {lo:g} and {hi:g} seconds, got {seconds:g}")
+        return seconds
+
+    return Rule(_DURATION_WORDS, check=check, doc_default=doc_default)
+
+
+def _one_of(choices: tuple[str, ...]) -> Rule:
+    words = f"must be one of {', '.join(choices)}"
+
+    def check(value: str) -> str:
+        if value not in choices:
+            raise ValueError(f"{words}, got {value!r}")
+        return value
+
+    return Rule(words, got=repr, check=check)
+
+
+def _check_key(key: str) -> str:
+    # fullmatch: match() lets a trailing newline through the pattern's "$"
+    if not KEY_PATTERN.fullmatch(key):
+        raise ValueError(f"{_KEY_WORDS}, got {key!r}")
+    if key in RESERVED_KEYS:
+        raise ValueError(reserved_key_problem(key))
+    return key
+
+
+def reserved_key_problem(key: str) -> str:
+    """Why ``key`` (one of ``RESERVED_KEYS``) cannot name a plugin."""
+    return f"{key!r} is reserved ({RESERVED_KEYS[key]}); choose another key"
+
+
+_KEY_WORDS = f"must match {KEY_PATTERN.pattern} (lowercase letters, digits, - and _)"
+
+_COMMAND_WORDS = 'must be a non-empty list of strings (argv), e.g. ["python", "server.py"]'
+_PROGRAM_FIRST = "must be a list of strings with a non-empty program first"
+
+
+def _check_command(argv: list[str]) -> tuple[str, ...]:
+    if not argv:
+        raise ValueError(_COMMAND_WORDS)
+    if not argv[0]:
+        raise ValueError(_PROGRAM_FIRST)
+    if any("\x00" in a for a in argv):
+        raise ValueError("must not contain NUL characters")
+    return tuple(argv)
+
+
+def parse_env(value: Any) -> dict[str, str]:
+    """An environment mapping: names like shell variables, string values, no supervisor-reserved names."""
+    if not isinstance(value, dict):
+        raise ValueError(f'must be an object of NAME: "value" strings, got {kind(value)}')
+    out: dict[str, str] = {}
+    for name, v in value.items():
+        if not ENV_NAME.fullmatch(name):
+            raise ValueError(f"{name!r} is not a valid variable name")
+        if name in RESERVED_ENV:
+            raise ValueError(f"{name} is set by the supervisor and cannot be overridden")
+        if not isinstance(v, str):
+            raise ValueError(f"{name} must be a string, got {kind(v)}")
+        if "\x00" in v:
+            raise ValueError(f"{name} must not contain NUL characters")
+        out[name] = v
+    return out
+
+
+def _check_method(method: str) -> str:
+    if method.upper() not in METHODS:
+        raise ValueError(f"{_METHOD_WORDS}, got {method!r}")
+    return method.upper()
+
+
+_METHOD_WORDS = f"must be one of {', '.join(METHODS)}"
+
+
+def _check_path(path: str) -> str:
+    if not path.startswith("/"):
+        raise ValueError(f"must be a string starting with '/', got {path!r}")
+    if any(not _PATH_SEGMENT.match(seg) for seg in path[1:].split("/")):
+        raise ValueError(f"{path!r} has an invalid segment (use plain segments or {{param}})")
+    return path
+
+
+def _check_health_path(path: str) -> str:
+    if not path.startswith("/"):
+        raise ValueError(f"must start with '/', got {path!r}")
+    return path
+
+
+def _check_signal(value: str) -> str:
+    name = value.upper().removeprefix("SIG")
+    if name in ("KILL", "STOP") or not hasattr(signal.Signals, f"SIG{name}"):
+        raise ValueError(f"must be a signal name like TERM, INT, QUIT, HUP, USR1 (not KILL/STOP), got {value!r}")
+    return name
+
+
+def _check_depends_on(keys: list[str]) -> tuple[str, ...]:
+    for k in keys:
+        if not KEY_PATTERN.fullmatch(k):
+            raise ValueError(f"{k!r} is not a valid plugin key")
+    return tuple(dict.fromkeys(keys))
+
+
+_SIZE_WORDS = 'must be a size like 10485760 or "10MiB"'
+
+
+def _check_size(value: int | str) -> int:
+    try:
+        return parse_size(value)
+    except ValueError:
+        raise ValueError(f"{_SIZE_WORDS}, got {value!r}") from None
+
+
+def _check_module(value: str) -> str:
+    if not MODULE_PATTERN.fullmatch(value):
+        raise ValueError(f"{_MODULE_WORDS}, got {value!r}")
+    return value
+
+
+_MODULE_WORDS = 'must name a module and a class like "plugin:StatsPlugin"'
+
+
+class EndpointSchema(msgspec.Struct, forbid_unknown_fields=True):
+    """One route a plugin serves: ``{method, path, description}``; ``path`` may hold ``{param}`` segments."""
+
+    method: Annotated[str, Rule(_METHOD_WORDS, got=repr, check=_check_method, missing=f"{_METHOD_WORDS}, got None")]
+    path: Annotated[
+        str,
+        Rule(
+            "must be a string starting with '/'",
+            got=repr,
+            check=_check_path,
+            missing="must be a string starting with '/', got None",
+        ),
+    ]
+    description: Annotated[str, _string()] = ""
+
+
+class HealthSchema(msgspec.Struct, forbid_unknown_fields=True):
+    """Active health probing: GET ``path`` every ``interval_s``; ``failures`` in a row = unhealthy."""
+
+    path: Annotated[str, Rule("must be a string", check=_check_health_path, missing='is required (e.g. "/health")')]
+    interval_s: Annotated[int | float | str, _seconds(0.05, 86400)] = 10.0
+    timeout_s: Annotated[int | float | str, _seconds(0.05, 3600)] = 2.0
+    failures: Annotated[int, _integer(1, 1000)] = 3
+    # STARTING gives up (counts as a failed start) when never healthy by then
+    start_timeout_s: Annotated[int | float | str, _seconds(0.1, 86400)] = 60.0
+    restart: Annotated[bool, _boolean()] = False  # restart the plugin when it turns unhealthy
+
+
+def _check_endpoints(items: list[Any]) -> tuple[EndpointSchema, ...]:
+    """Each endpoint checked (raw JSON objects or decoded ones), none twice."""
+    out: list[EndpointSchema] = []
+    seen: set[tuple[str, str]] = set()
+    for i, item in enumerate(items):
+        where = f"[{i}]"
+        if isinstance(item, EndpointSchema):
+            values = checked(item, where)
+        elif not isinstance(item, dict):
+            raise ValueError(f"{where} must be an object {{method, path, description}}, got {kind(item)}")
+        else:
+            values = diagnose(item, EndpointSchema, where)
+        endpoint = EndpointSchema(**values)
+        ident = (endpoint.method, endpoint.path)
+        if ident in seen:
+            raise ValueError(f"{where} duplicates {endpoint.method} {endpoint.path}")
+        seen.add(ident)
+        out.append(endpoint)
+    return tuple(out)
+
+
+def _check_health(value: Any) -> HealthSchema:
+    """The ``health`` object with durations in seconds (raw JSON or decoded)."""
+    if isinstance(value, HealthSchema):
+        return HealthSchema(**checked(value, ""))
+    if not isinstance(value, dict):
+        raise ValueError(f"{_HEALTH_WORDS}, got {kind(value)}")
+    return HealthSchema(**diagnose(value, HealthSchema, ""))
+
+
+_HEALTH_WORDS = "must be an object {path, interval_s, timeout_s, failures} or null"
+
+
+class ManifestSchema(msgspec.Struct, forbid_unknown_fields=True):
+    """A plugin's manifest.json: a process (``command``) or an in-process plugin (``module``), not both.
+
+    ``id`` (the key's older name, an alias) is taken as ``key`` before decoding.
+    """
+
+    key: Annotated[str, Rule(_KEY_WORDS, got=repr, check=_check_key)]
+    name: Annotated[str | UnsetType, _string(doc_default="the key")] = UNSET
+    version: Annotated[str, _string()] = "0.0.0"
+    description: Annotated[str, _string()] = ""
+    command: Annotated[
+        list[str] | UnsetType,
+        Rule(_COMMAND_WORDS, got=None, check=_check_command, inner=_PROGRAM_FIRST, doc_default="required"),
+    ] = UNSET
+    env: Annotated[
+        dict[str, str], Rule('must be an object of NAME: "value" strings', check=parse_env, raw_check=True)
+    ] = {}
+    port: Annotated[int | None, _integer(1, 65535)] = None
+    endpoints: Annotated[
+        list[EndpointSchema],
+        Rule("must be a list of {method, path, description}", check=_check_endpoints, raw_check=True),
+    ] = []
+    health: Annotated[HealthSchema | None, Rule(_HEALTH_WORDS, check=_check_health, raw_check=True)] = None
+    autostart: Annotated[bool, _boolean()] = True
+    restart: Annotated[str, _one_of(RESTART_POLICIES)] = "on-failure"
+    startsecs: Annotated[int | float | str, _seconds(0, 3600)] = 1.0
+    startretries: Annotated[int, _integer(0, 1000)] = 3
+    backoff_max_s: Annotated[int | float | str, _seconds(0, 86400)] = 30.0
+    stopsignal: Annotated[str, Rule('must be a signal name like "TERM" or "INT"', check=_check_signal)] = "TERM"
+    stopwaitsecs: Annotated[int | float | str, _seconds(0, 3600)] = 10.0
+    depends_on: Annotated[list[str], Rule("must be a list of plugin keys", check=_check_depends_on)] = []
+    # gateway: upstream response timeout and largest request body (None = the gateway's defaults)
+    timeout: Annotated[int | float | str | None, _seconds(0.001, 86400, doc_default="`gateway.timeout`")] = None
+    max_body: Annotated[int | str | None, Rule(_SIZE_WORDS, check=_check_size, doc_default="`gateway.max_body`")] = None
+    # in-process plugin: "file:Class" in the folder (then there is no command); config is passed to initialize()
+    module: Annotated[str | UnsetType, Rule(_MODULE_WORDS, got=repr, check=_check_module, doc_default="none")] = UNSET
+    config: Annotated[dict[str, Any], Rule("must be an object")] = {}
+
+
+@dataclass(frozen=True, slots=True)
+class Field:
+    """One declared field: its name, its type without the rule, its rule and its default (UNSET or NODEFAULT)."""
+
+    name: str
+    type: Any
+    rule: Rule
+    default: Any
+
+
+def fields_of(schema: type[msgspec.Struct]) -> dict[str, Field]:
+    """The declared fields of ``schema``, in declaration order."""
+    cached = _FIELDS.get(schema)
+    if cached is None:
+        hints = get_type_hints(schema, include_extras=True)
+        cached = {}
+        for info in msgspec.structs.fields(schema):
+            base, rule = get_args(hints[info.name])
+            default = info.default_factory() if info.default_factory is not msgspec.NODEFAULT else info.default
+            cached[info.name] = Field(info.name, base, rule, default)
+        _FIELDS[schema] = cached
+        _CHECKS[schema] = tuple((f.name, f.rule.check, f.default) for f in cached.values() if f.rule.check)
+    return cached
+
+
+_FIELDS: dict[type, dict[str, Field]] = {}
+_CHECKS: dict[type, tuple[tuple[str, Callable[[Any], Any], Any], ...]] = {}
+
+
+def checked(obj: msgspec.Struct, where: str = "") -> dict[str, Any]:
+    """Every field of a decoded ``obj`` after its check (defaults and nulls are valid as declared)."""
+    # A default is declared in its checked form, so a value equal to it needs no check (most fields of most files).
+    schema = type(obj)
+    if schema not in _CHECKS:
+        fields_of(schema)
+    values = msgspec.structs.asdict(obj)
+    for name, check, default in _CHECKS[schema]:
+        value = values[name]
+        if value is None or value is UNSET or value == default:
+            continue
+        try:
+            values[name] = check(value)
+        except ValueError as exc:
+            raise ValueError(_at(f"{where}.{name}", str(exc))) from None
+    return values
+
+
+def diagnose(raw: dict[str, Any], schema: type[msgspec.Struct], where: str = "") -> dict[str, Any]:
+    """``raw``'s fields checked one by one in file order: their values, or ValueError with the first problem."""
+    fields = fields_of(schema)
+    for name in raw:
+        if name not in fields:
+            raise ValueError(_at(where, f"has unknown field {name!r} (allowed: {', '.join(fields)})"))
+    values = {f.name: f.default for f in fields.values() if f.default is not msgspec.NODEFAULT}
+    for name, value in raw.items():
+        try:
+            values[name] = field_value(schema, name, value)
+        except ValueError as exc:
+            raise ValueError(_at(f"{where}.{name}", str(exc))) from None
+    for f in fields.values():
+        if f.name not in values:
+            raise ValueError(_at(f"{where}.{f.name}", f.rule.missing))
+    return values
+
+
+def field_value(schema: type[msgspec.Struct], name: str, raw: Any) -> Any:
+    """One field's raw JSON value type-checked and checked: the value, or ValueError with the problem."""
+    f = fields_of(schema)[name]
+    if raw is None and f.default is None:
+        return None
+    try:
+        value = msgspec.convert(raw, f.type)
+    except msgspec.ValidationError as exc:
+        # msgspec names a path only below the value itself; "Object ..." is about an object's fields
+        inside = " - at `$" in str(exc) or str(exc).startswith("Object ")
+        if not (inside and f.rule.raw_check and f.rule.check):
+            raise ValueError(f.rule.wrong_type(raw, inside)) from None
+        value = raw  # the check words what is wrong inside
+    return f.rule.check(value) if f.rule.check else value
+
+
+def _at(where: str, problem: str) -> str:
+    """A problem of a part of a field reads "[2].method must be ..." ("" for the field itself)."""
+    if problem.startswith(("[", ".")):  # already names a part of the part
+        return where + problem
+    return f"{where} {problem}" if where else problem
