@@ -12,8 +12,8 @@ It runs in the event loop and never touches a database, so its rules are testabl
 
 - A heartbeat of a console that is not registered (or was removed earlier in the batch) is refused
   (ConsoleNotFound). Every accepted heartbeat is one history row; the heartbeats of one console in one batch are
-  one UPDATE of its row, with the last state, error and job, the last system (with its hostname) and activity
-  given, and its count raised by all of them. Only the indexed columns whose
+  one UPDATE of its row, with what sending them one by one would leave (the last state, error and job; the last
+  system, hostname and activity given) and its count raised by all of them. Only the indexed columns whose
   value changes (state, last_activity, hostname) are written: each costs an index update.
 - A state change is a transition row and a ConsoleStateChanged event, dated when it happened (the heartbeat's
   arrival, the registration, or the deadline for a timeout).
@@ -168,7 +168,9 @@ class HeartbeatUpdate(msgspec.Struct, gc=False):
         """One more heartbeat of the console: its values win, except the ones it does not give."""
         self.state = hb.state
         if hb.system_json is not None:
-            self.system_json, self.hostname = hb.system_json, hb.hostname
+            self.system_json = hb.system_json
+        if hb.hostname is not None:
+            self.hostname = hb.hostname
         if hb.last_activity is not None:
             self.last_activity = hb.last_activity
         self.last_error_json, self.current_job, self.last_seen = hb.last_error_json, hb.current_job, received_at
