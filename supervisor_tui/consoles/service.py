@@ -3,7 +3,8 @@
 The current state of every console lives in memory (loaded at start), so the ingest path never reads SQLite:
 it checks the console and its token in a dict, queues the heartbeat for the group-commit writer and waits for
 the COMMIT. Memory is changed only after a commit, with what the batch planner (batch.py) planned, so memory
-and database agree. Credentials are admission.py's rules, retention's deletes retention.py's.
+and database agree. The credential rules are in admission.py, the history tables' probes and retention deletes
+in history.py.
 
     consoles = ConsoleService(store, bus, settings, logs)
     await consoles.start()      # after store.open()
@@ -29,7 +30,7 @@ from functools import partial
 from typing import Any
 
 from supervisor_tui.config import Settings
-from supervisor_tui.consoles import queries, retention
+from supervisor_tui.consoles import history, queries
 from supervisor_tui.consoles.admission import Admission
 from supervisor_tui.consoles.batch import (
     BatchPlanner,
@@ -42,15 +43,13 @@ from supervisor_tui.consoles.batch import (
     Registration,
 )
 from supervisor_tui.consoles.errors import ConsoleNotFound, ConsoleUnavailable
-from supervisor_tui.consoles.models import ALL_STATES, HeartbeatInput, RegistrationInput, iso
+from supervisor_tui.consoles.log_lines import log_line
+from supervisor_tui.consoles.models import ALL_STATES, HeartbeatInput, RegistrationInput
 from supervisor_tui.consoles.recency import Recency
 from supervisor_tui.consoles.sweeper import Deadlines
 from supervisor_tui.consoles.writer import GroupCommitWriter, Op, Plan, WriteFailed, WriterClosed, is_damage
 from supervisor_tui.core.events import (
     ConsoleHeartbeats,
-    ConsoleRegistered,
-    ConsoleRemoved,
-    ConsoleStateChanged,
     EventBus,
 )
 from supervisor_tui.core.logs import LogHub
@@ -66,24 +65,6 @@ REJECT_REASONS = (
     "forbidden",
     "unavailable",
 )
-
-
-def _ends(table: str, column: str, index: str | None = None) -> tuple[str, str]:
-    """Two reads of a few pages each: the first and the last entry of ``table`` or its ``index`` (one MIN or
-    MAX per query: SQLite scans everything for both at once)."""
-    source = f"{table} INDEXED BY {index}" if index else table
-    return f"SELECT MIN({column}) FROM {source}", f"SELECT MAX({column}) FROM {source}"
-
-
-# What inserts and retention touch in each history table and its indices.
-_HISTORY_PROBES = {
-    "heartbeats": (*_ends("heartbeats", "id"), *_ends("heartbeats", "console_id", "idx_heartbeats_console")),
-    "transitions": (
-        *_ends("transitions", "id"),
-        *_ends("transitions", "console_id", "idx_transitions_console"),
-        *_ends("transitions", "at", "idx_transitions_at"),
-    ),
-}
 
 
 @dataclass(slots=True)
@@ -199,7 +180,7 @@ class ConsoleService:
     async def _probe_history(self) -> None:
         """Read the ends of each history table and its indices (a few pages each, whatever their size: a full
         PRAGMA quick_check costs seconds per million rows) so a damaged root or edge page is reported now."""
-        for table, probes in _HISTORY_PROBES.items():
+        for table, probes in history.PROBES.items():
             for sql in probes:
                 try:
                     async with self.store.writer.execute(sql) as cur:
@@ -392,7 +373,7 @@ class ConsoleService:
         damaged = self._writer.damaged
         while "heartbeats" not in damaged:
             ids: list[str] = await self._maintenance(
-                partial(retention.delete_heartbeats_before, cutoff=hb_cutoff, chunk=chunk)
+                partial(history.delete_heartbeats_before, cutoff=hb_cutoff, chunk=chunk)
             )
             self._forget_rows(ids)
             done["heartbeats_by_age"] += len(ids)
@@ -405,14 +386,12 @@ class ConsoleService:
         for i in range(0, len(over), 100):
             group = over[i : i + 100]
 
-            ids = await self._maintenance(partial(retention.delete_heartbeats_beyond, group=group))
+            ids = await self._maintenance(partial(history.delete_heartbeats_beyond, group=group))
             self._forget_rows(ids)
             done["heartbeats_by_count"] += len(ids)
 
         while "transitions" not in damaged:
-            n: int = await self._maintenance(
-                partial(retention.delete_transitions_before, cutoff=tr_cutoff, chunk=chunk)
-            )
+            n: int = await self._maintenance(partial(history.delete_transitions_before, cutoff=tr_cutoff, chunk=chunk))
             done["transitions"] += n
             if n < chunk:
                 break
@@ -535,32 +514,7 @@ class ConsoleService:
     def _log_event(self, event: Any) -> None:
         if self.logs is None:
             return
-        if isinstance(event, ConsoleRegistered):
-            self._log(
-                "info",
-                f"console {event.console_id} ({event.name}) registered, {event.state}",
-                "console_registered",
-                console=event.console_id,
-            )
-        elif isinstance(event, ConsoleRemoved):
-            self._log("info", f"console {event.console_id} removed", "console_removed", console=event.console_id)
-        elif isinstance(event, ConsoleStateChanged) and event.reason != "register":
-            if event.to_state == "inactive":
-                self._log(
-                    "warning",
-                    f"console {event.console_id} inactive: no heartbeat for {self.inactive_after:g}s "
-                    f"(since {iso(event.at - self.inactive_after)})",
-                    "console_inactive",
-                    console=event.console_id,
-                )
-            elif event.from_state == "inactive":
-                self._log(
-                    "info",
-                    f"console {event.console_id} is back, {event.to_state}",
-                    "console_back",
-                    console=event.console_id,
-                )
-            elif event.to_state == "error":
-                self._log(
-                    "warning", f"console {event.console_id} reports an error", "console_error", console=event.console_id
-                )
+        line = log_line(event, self.inactive_after)
+        if line is not None:
+            level, message, name = line
+            self._log(level, message, name, console=event.console_id)

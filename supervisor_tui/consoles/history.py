@@ -1,16 +1,36 @@
-"""The deletes of history retention, one bounded chunk each, run on the writer's connection inside its batch.
+"""The history tables (heartbeats, transitions): the reads that probe them for damage, and retention's deletes.
 
+    PROBES[table]    # cheap reads of the pages inserts and retention touch, run at start (ConsoleService.start)
     delete_heartbeats_before(conn, cutoff, chunk) -> console ids of the rows deleted (oldest first)
     delete_heartbeats_beyond(conn, [(console_id, excess), ...]) -> console ids of the rows deleted
     delete_transitions_before(conn, cutoff, chunk) -> how many rows were deleted
 
-ConsoleService.prune submits them through the group-commit writer as maintenance calls, chunk after chunk, so
-ingest never waits behind one huge delete; the console ids let it keep each console's stored-heartbeat count.
+Each delete removes one bounded chunk on the writer's connection, inside its batch: ConsoleService.prune submits
+them through the group-commit writer as maintenance calls, chunk after chunk, so ingest never waits behind one
+huge delete; the console ids let it keep each console's stored-heartbeat count.
 """
 
 from __future__ import annotations
 
 import sqlite3
+
+
+def _ends(table: str, column: str, index: str | None = None) -> tuple[str, str]:
+    """Two reads of a few pages each: the first and the last entry of ``table`` or its ``index`` (one MIN or
+    MAX per query: SQLite scans everything for both at once)."""
+    source = f"{table} INDEXED BY {index}" if index else table
+    return f"SELECT MIN({column}) FROM {source}", f"SELECT MAX({column}) FROM {source}"
+
+
+# What inserts and retention touch in each history table and its indices.
+PROBES = {
+    "heartbeats": (*_ends("heartbeats", "id"), *_ends("heartbeats", "console_id", "idx_heartbeats_console")),
+    "transitions": (
+        *_ends("transitions", "id"),
+        *_ends("transitions", "console_id", "idx_transitions_console"),
+        *_ends("transitions", "at", "idx_transitions_at"),
+    ),
+}
 
 
 def last_heartbeat_before(conn: sqlite3.Connection, cutoff: float) -> int | None:
