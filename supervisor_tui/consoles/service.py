@@ -259,7 +259,7 @@ class ConsoleService:
         except WriteFailed as exc:
             raise _unavailable(exc) from None
 
-    # -- after the writer's planner: what a batch's COMMIT or failure makes of memory and callers -------------
+    # -- the writer's planner: BatchPlanner plans the batch; its COMMIT or failure reaches memory and callers here
     def _plan(self, ops: list[Op]) -> Plan:
         batch = self._planner.plan(ops)
         for op, exc in batch.refused:
