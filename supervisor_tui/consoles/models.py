@@ -11,7 +11,6 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from enum import StrEnum
 from typing import Any
 
 import msgspec
@@ -19,17 +18,7 @@ import msgspec
 from supervisor_tui.core.logs import format_ts
 from supervisor_tui.core.printable import printable_problem
 
-
-class ConsoleState(StrEnum):
-    """A console's state; the first four are reported by the console, INACTIVE is decided by the server."""
-
-    ACTIVE = "active"
-    BUSY = "busy"
-    IDLE = "idle"
-    ERROR = "error"
-    INACTIVE = "inactive"
-
-
+# A console's states: the first four are reported by the console, "inactive" is decided by the server.
 REPORTED_STATES: tuple[str, ...] = ("active", "busy", "idle", "error")
 ALL_STATES: tuple[str, ...] = (*REPORTED_STATES, "inactive")
 SPANISH_TO_ENGLISH: dict[str, str] = {
