@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
 
 import msgspec
@@ -18,7 +19,17 @@ import msgspec
 from supervisor_tui.core.logs import format_ts
 from supervisor_tui.core.printable import printable_problem
 
-# A console's states: the first four are reported by the console, "inactive" is decided by the server.
+
+class ConsoleState(StrEnum):
+    """A console's state; the first four are reported by the console, INACTIVE is decided by the server."""
+
+    ACTIVE = "active"
+    BUSY = "busy"
+    IDLE = "idle"
+    ERROR = "error"
+    INACTIVE = "inactive"
+
+
 REPORTED_STATES: tuple[str, ...] = ("active", "busy", "idle", "error")
 ALL_STATES: tuple[str, ...] = (*REPORTED_STATES, "inactive")
 SPANISH_TO_ENGLISH: dict[str, str] = {

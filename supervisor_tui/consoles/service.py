@@ -2,9 +2,7 @@
 
 The current state of every console lives in memory (loaded at start), so the ingest path never reads SQLite:
 it checks the console and its token in a dict, queues the heartbeat for the group-commit writer and waits for
-the COMMIT. Memory is changed only after a commit, with what the batch planner (batch.py) planned, so memory
-and database agree. The credential rules are in admission.py, the history tables' probes and retention deletes
-in history.py.
+the COMMIT. Memory is changed only after a commit, by the writer's planner, so memory and database agree.
 
     consoles = ConsoleService(store, bus, settings, logs)
     await consoles.start()      # after store.open()
@@ -21,35 +19,33 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import hmac
+import secrets
 import sqlite3
 import time
 from collections import Counter
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any
 
 from supervisor_tui.config import Settings
-from supervisor_tui.consoles import history, queries
-from supervisor_tui.consoles.admission import Admission
-from supervisor_tui.consoles.batch import (
-    BatchPlanner,
-    CallResult,
-    ConsoleEntry,
-    HeartbeatAck,
-    HeartbeatOp,
-    PlannedBatch,
-    RegisterOp,
-    Registration,
+from supervisor_tui.consoles import queries
+from supervisor_tui.consoles.errors import (
+    ConsoleForbidden,
+    ConsoleNotFound,
+    ConsoleUnauthorized,
+    ConsoleUnavailable,
 )
-from supervisor_tui.consoles.errors import ConsoleNotFound, ConsoleUnavailable
-from supervisor_tui.consoles.log_lines import log_line
-from supervisor_tui.consoles.models import ALL_STATES, HeartbeatInput, RegistrationInput
+from supervisor_tui.consoles.models import ALL_STATES, HeartbeatInput, RegistrationInput, iso
 from supervisor_tui.consoles.recency import Recency
 from supervisor_tui.consoles.sweeper import Deadlines
 from supervisor_tui.consoles.writer import GroupCommitWriter, Op, Plan, WriteFailed, WriterClosed, is_damage
 from supervisor_tui.core.events import (
     ConsoleHeartbeats,
+    ConsoleRegistered,
+    ConsoleRemoved,
+    ConsoleStateChanged,
     EventBus,
 )
 from supervisor_tui.core.logs import LogHub
@@ -65,6 +61,110 @@ REJECT_REASONS = (
     "forbidden",
     "unavailable",
 )
+
+_INSERT_HEARTBEAT = (
+    "INSERT INTO heartbeats (console_id, received_at, state, last_activity, last_error, current_job, system) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+# A heartbeat rewrites only the indexed columns that changed (state, last_activity, hostname): most heartbeats
+# repeat them, and every indexed column written costs an index update in the same fsync'd transaction.
+_HEARTBEAT_SET = (
+    "system = COALESCE(?, system), last_error = ?, current_job = ?, last_seen = ?, heartbeats = heartbeats + ?"
+)
+_UPDATE_FROM_HEARTBEAT: dict[tuple[bool, bool, bool], str] = {
+    (state, activity, host): "UPDATE consoles SET "
+    + ("state = ?, reported_state = ?, " if state else "")
+    + ("last_activity = ?, " if activity else "")
+    + ("hostname = ?, " if host else "")
+    + _HEARTBEAT_SET
+    + " WHERE id = ?"
+    for state in (False, True)
+    for activity in (False, True)
+    for host in (False, True)
+}
+_UPDATE_TIMEOUT = "UPDATE consoles SET state = 'inactive' WHERE id = ?"
+_INSERT_TRANSITION = "INSERT INTO transitions (console_id, from_state, to_state, at, reason) VALUES (?, ?, ?, ?, ?)"
+_INSERT_CONSOLE = (
+    "INSERT INTO consoles (id, name, state, reported_state, system, hostname, last_activity, last_error, "
+    "current_job, token_hash, first_seen, last_seen, heartbeats) VALUES (?, ?, ?, ?, ?, ?, ?, NULL, NULL, ?, ?, ?, 0)"
+)
+_UPDATE_REGISTRATION = (
+    "UPDATE consoles SET name = ?, state = ?, reported_state = ?, system = COALESCE(?, system), "
+    "hostname = COALESCE(?, hostname), last_activity = COALESCE(?, last_activity), last_error = NULL, "
+    "current_job = NULL, token_hash = ?, last_seen = ? WHERE id = ?"
+)
+_DELETE_CONSOLE = "DELETE FROM consoles WHERE id = ?"
+
+
+def _ends(table: str, column: str, index: str | None = None) -> tuple[str, str]:
+    """Two reads of a few pages each: the first and the last entry of ``table`` or its ``index`` (one MIN or
+    MAX per query: SQLite scans everything for both at once)."""
+    source = f"{table} INDEXED BY {index}" if index else table
+    return f"SELECT MIN({column}) FROM {source}", f"SELECT MAX({column}) FROM {source}"
+
+
+# What inserts and retention touch in each history table and its indices.
+_HISTORY_PROBES = {
+    "heartbeats": (*_ends("heartbeats", "id"), *_ends("heartbeats", "console_id", "idx_heartbeats_console")),
+    "transitions": (
+        *_ends("transitions", "id"),
+        *_ends("transitions", "console_id", "idx_transitions_console"),
+        *_ends("transitions", "at", "idx_transitions_at"),
+    ),
+}
+
+
+def hash_console_token(token: str) -> str:
+    """What is stored for a console's token (the same SHA-256 hex the server uses for every token)."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+@dataclass(slots=True)
+class ConsoleEntry:
+    """What the ingest path needs to know about a console, kept in memory."""
+
+    id: str
+    name: str
+    state: str
+    reported_state: str
+    token_hash: str | None
+    first_seen: float
+    last_seen: float
+    stored_heartbeats: int = 0  # rows in the heartbeats table (for the per-console retention limit)
+    last_activity: float | None = None
+    hostname: str | None = None
+
+    def copy(self) -> ConsoleEntry:
+        return ConsoleEntry(
+            self.id,
+            self.name,
+            self.state,
+            self.reported_state,
+            self.token_hash,
+            self.first_seen,
+            self.last_seen,
+            self.stored_heartbeats,
+            self.last_activity,
+            self.hostname,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class HeartbeatAck:
+    """A committed heartbeat."""
+
+    console_id: str
+    state: str
+    received_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Registration:
+    """A committed registration: the record, the console's token, and whether the console is new."""
+
+    console: dict[str, Any]
+    token: str
+    created: bool
 
 
 @dataclass(slots=True)
@@ -88,18 +188,51 @@ class _Counters:
     rejected: Counter[str] = field(default_factory=Counter)
 
 
+@dataclass(slots=True)
+class _HeartbeatOp:
+    console_id: str
+    hb: HeartbeatInput
+    received_at: float
+
+
+@dataclass(slots=True)
+class _RegisterOp:
+    reg: RegistrationInput
+    token: str | None
+    enrollment: str | None
+    received_at: float
+
+
 def _unavailable(exc: WriteFailed) -> ConsoleUnavailable:
     return ConsoleUnavailable(f"{exc}; nothing was recorded, retry later")
 
 
-def _refuse(fut: asyncio.Future[Any] | None, exc: Exception) -> None:
-    if fut is not None and not fut.done():
-        fut.set_exception(exc)
-        fut.exception()  # nobody may be waiting any more; don't log "exception never retrieved"
-
-
 def _first(item: tuple[float, ConsoleEntry, bool]) -> float:
     return item[0]
+
+
+def _last_id_before(conn: sqlite3.Connection, cutoff: float) -> int | None:
+    """The largest heartbeat id received before ``cutoff``: ids grow with time, so a binary search over rowids
+    finds it without an index on received_at."""
+    first = conn.execute("SELECT id, received_at FROM heartbeats ORDER BY id LIMIT 1").fetchone()
+    if first is None or first[1] >= cutoff:
+        return None
+    last = conn.execute("SELECT id, received_at FROM heartbeats ORDER BY id DESC LIMIT 1").fetchone()
+    if last[1] < cutoff:
+        return int(last[0])
+    lo, hi = int(first[0]), int(last[0])  # received(lo) < cutoff <= received(hi)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        row = conn.execute(
+            "SELECT id, received_at FROM heartbeats WHERE id >= ? ORDER BY id LIMIT 1", (mid,)
+        ).fetchone()
+        if row[0] >= hi:
+            hi = mid
+        elif row[1] < cutoff:
+            lo = int(row[0])
+        else:
+            hi = int(row[0])
+    return lo
 
 
 class ConsoleService:
@@ -131,8 +264,6 @@ class ConsoleService:
         self._deadlines = Deadlines(self.inactive_after)
         self._recency = Recency()
         self._timeout_retry: dict[str, float] = {}
-        self._admission = Admission(self.auth_mode, self.enrollment_token)
-        self._planner = BatchPlanner(self._entries, self.inactive_after, self._admission)
         self._writer = GroupCommitWriter(store, self._plan)
         self._writer.on_damaged = self._report_damage
         self._tasks: list[asyncio.Task[None]] = []
@@ -180,7 +311,7 @@ class ConsoleService:
     async def _probe_history(self) -> None:
         """Read the ends of each history table and its indices (a few pages each, whatever their size: a full
         PRAGMA quick_check costs seconds per million rows) so a damaged root or edge page is reported now."""
-        for table, probes in history.PROBES.items():
+        for table, probes in _HISTORY_PROBES.items():
             for sql in probes:
                 try:
                     async with self.store.writer.execute(sql) as cur:
@@ -205,7 +336,18 @@ class ConsoleService:
     # -- the ingest path ---------------------------------------------------------------------------------
     def authorize_heartbeat(self, console_id: str, token: str | None) -> None:
         """Raise unless ``console_id`` is registered and (in token mode) ``token`` is its token."""
-        self._admission.check_heartbeat(console_id, self._entries.get(console_id), token)
+        entry = self._entries.get(console_id)
+        if entry is None:
+            raise ConsoleNotFound(f"console {console_id!r} is not registered: register it first, then send heartbeats")
+        if self.auth_mode == "none":
+            return
+        if token is None:
+            raise ConsoleUnauthorized(
+                f"heartbeats for console {console_id!r} must carry its token (Authorization: Bearer <token> "
+                "from the registration answer)"
+            )
+        if entry.token_hash is None or not hmac.compare_digest(hash_console_token(token), entry.token_hash):
+            raise ConsoleForbidden(f"that token is not the token of console {console_id!r}")
 
     async def heartbeat(self, console_id: str, hb: HeartbeatInput) -> HeartbeatAck:
         """Record one heartbeat; returns once it is committed (ConsoleNotFound, ConsoleUnavailable)."""
@@ -215,7 +357,7 @@ class ConsoleService:
     def submit_heartbeat(self, console_id: str, hb: HeartbeatInput) -> asyncio.Future[Any]:
         """Queue one heartbeat without waiting (ConsoleUnavailable when shutting down): for callers that answer
         from a done-callback; ``acknowledged(future)`` then gives the ack or raises as ``heartbeat`` does."""
-        return self._submit("heartbeat", HeartbeatOp(console_id, hb, time.time()))
+        return self._submit("heartbeat", _HeartbeatOp(console_id, hb, time.time()))
 
     @staticmethod
     def acknowledged(fut: asyncio.Future[Any]) -> HeartbeatAck:
@@ -235,7 +377,7 @@ class ConsoleService:
 
         A new console needs ``consoles.enrollment_token`` when that is set (``enrollment_token``, or ``token``).
         """
-        fut = self._submit("register", RegisterOp(reg, token, enrollment_token, time.time()))
+        fut = self._submit("register", _RegisterOp(reg, token, enrollment_token, time.time()))
         result: Registration = await self._wait(fut)
         return result
 
@@ -259,39 +401,281 @@ class ConsoleService:
         except WriteFailed as exc:
             raise _unavailable(exc) from None
 
-    # -- the writer's planner: BatchPlanner plans the batch; its COMMIT or failure reaches memory and callers here
+    # -- the writer's planner: runs in the event loop, turns a batch of ops into SQL steps ----------------
     def _plan(self, ops: list[Op]) -> Plan:
-        batch = self._planner.plan(ops)
-        for op, exc in batch.refused:
-            _refuse(op.future, exc)
-        plan = batch.plan
-        plan.on_commit = lambda results: self._committed(batch, results)
-        plan.on_fail = lambda exc: self._failed(ops)
+        plan = Plan()
+        work: dict[str, ConsoleEntry | None] = {}
+        hb_rows: list[tuple[Any, ...]] = []
+        updates: dict[str, list[Any]] = {}
+        timeouts: list[tuple[Any, ...]] = []
+        trans: list[tuple[Any, ...]] = []
+        events: list[Any] = []
+        answers: list[tuple[asyncio.Future[Any] | None, Any]] = []
+        registrations = 0
+        beats = 0
+        beat_ids: dict[str, None] = {}
+        removed: list[str] = []
+
+        def current(cid: str) -> ConsoleEntry | None:
+            if cid in work:
+                return work[cid]
+            e = self._entries.get(cid)
+            work[cid] = e2 = e.copy() if e is not None else None
+            return e2
+
+        def flush() -> None:
+            # Timeouts before heartbeat updates: a console that timed out and then spoke in the same batch
+            # must end in its reported state.
+            plan.many(_UPDATE_TIMEOUT, timeouts[:])
+            plan.history("heartbeats", _INSERT_HEARTBEAT, hb_rows[:])
+            by_kind: dict[tuple[bool, bool, bool], list[tuple[Any, ...]]] = {}
+            for u in updates.values():
+                state, system, host, activity, error, job, seen, count, cid, old_state, old_activity, old_host = u
+                state_changed = state != old_state
+                activity_changed = activity is not None and activity != old_activity
+                host_changed = host is not None and host != old_host
+                row = (
+                    ((state, state) if state_changed else ())
+                    + ((activity,) if activity_changed else ())
+                    + ((host,) if host_changed else ())
+                    + (system, error, job, seen, count, cid)
+                )
+                by_kind.setdefault((state_changed, activity_changed, host_changed), []).append(row)
+            for kind, rows in by_kind.items():
+                plan.many(_UPDATE_FROM_HEARTBEAT[kind], rows)
+            plan.history("transitions", _INSERT_TRANSITION, trans[:])
+            timeouts.clear()
+            hb_rows.clear()
+            updates.clear()
+            trans.clear()
+
+        def fail(fut: asyncio.Future[Any] | None, exc: Exception) -> None:
+            if fut is not None and not fut.done():
+                fut.set_exception(exc)
+                fut.exception()
+
+        def transition(cid: str, old: str | None, new: str, at: float, reason: str) -> None:
+            trans.append((cid, old, new, at, reason))
+            events.append(ConsoleStateChanged(console_id=cid, from_state=old, to_state=new, reason=reason, at=at))
+
+        for op in ops:
+            if op.kind == "heartbeat":
+                p: _HeartbeatOp = op.payload
+                e = current(p.console_id)
+                if e is None:
+                    fail(op.future, ConsoleNotFound(f"console {p.console_id!r} is not registered: register it first"))
+                    continue
+                hb = p.hb
+                u = updates.get(e.id)
+                if u is None:
+                    u = updates[e.id] = [
+                        hb.state,
+                        hb.system_json,
+                        hb.hostname,
+                        hb.last_activity,
+                        hb.last_error_json,
+                        hb.current_job,
+                        p.received_at,
+                        1,
+                        e.id,
+                        e.state,
+                        e.last_activity,
+                        e.hostname,
+                    ]
+                else:
+                    u[0] = hb.state
+                    if hb.system_json is not None:
+                        u[1], u[2] = hb.system_json, hb.hostname
+                    if hb.last_activity is not None:
+                        u[3] = hb.last_activity
+                    u[4], u[5], u[6] = hb.last_error_json, hb.current_job, p.received_at
+                    u[7] += 1
+                if e.state != hb.state:
+                    transition(e.id, e.state, hb.state, p.received_at, "heartbeat")
+                e.state = e.reported_state = hb.state
+                e.last_seen = p.received_at
+                if hb.last_activity is not None:
+                    e.last_activity = hb.last_activity
+                if hb.hostname is not None:
+                    e.hostname = hb.hostname
+                e.stored_heartbeats += 1
+                hb_rows.append(
+                    (
+                        e.id,
+                        p.received_at,
+                        hb.state,
+                        hb.last_activity,
+                        hb.last_error_json,
+                        hb.current_job,
+                        hb.system_json,
+                    )
+                )
+                beats += 1
+                beat_ids[e.id] = None
+                answers.append((op.future, HeartbeatAck(e.id, hb.state, p.received_at)))
+            elif op.kind == "timeout":
+                cid, deadline = op.payload
+                e = current(cid)
+                if e is None or e.state == "inactive" or e.last_seen + self.inactive_after > deadline + 1e-6:
+                    continue  # removed, already inactive, or heard from since the deadline was taken
+                transition(cid, e.state, "inactive", deadline, "timeout")
+                e.state = "inactive"
+                timeouts.append((cid,))
+            elif op.kind == "register":
+                r: _RegisterOp = op.payload
+                e = current(r.reg.id)
+                try:
+                    token = self._registration_token(e, r)
+                except (ConsoleUnauthorized, ConsoleForbidden) as exc:
+                    fail(op.future, exc)
+                    continue
+                flush()
+                reg, now = r.reg, r.received_at
+                th = hash_console_token(token)
+                if e is None:
+                    plan.many(
+                        _INSERT_CONSOLE,
+                        [
+                            (
+                                reg.id,
+                                reg.name,
+                                reg.state,
+                                reg.state,
+                                reg.system_json,
+                                reg.hostname,
+                                reg.last_activity,
+                                th,
+                                now,
+                                now,
+                            )
+                        ],
+                    )
+                    transition(reg.id, None, reg.state, now, "register")
+                    e = work[reg.id] = ConsoleEntry(
+                        reg.id, reg.name, reg.state, reg.state, th, now, now, 0, reg.last_activity
+                    )
+                    created = True
+                else:
+                    plan.many(
+                        _UPDATE_REGISTRATION,
+                        [
+                            (
+                                reg.name,
+                                reg.state,
+                                reg.state,
+                                reg.system_json,
+                                reg.hostname,
+                                reg.last_activity,
+                                th,
+                                now,
+                                reg.id,
+                            )
+                        ],
+                    )
+                    if e.state != reg.state:
+                        transition(reg.id, e.state, reg.state, now, "register")
+                    e.name, e.state, e.reported_state, e.token_hash, e.last_seen = (
+                        reg.name,
+                        reg.state,
+                        reg.state,
+                        th,
+                        now,
+                    )
+                    if reg.last_activity is not None:
+                        e.last_activity = reg.last_activity
+                    if reg.hostname is not None:
+                        e.hostname = reg.hostname
+                    created = False
+                plan.history("transitions", _INSERT_TRANSITION, trans[:])
+                trans.clear()
+                registrations += 1
+                events.append(ConsoleRegistered(console_id=reg.id, name=reg.name, state=reg.state))
+                record = {
+                    "id": reg.id,
+                    "name": reg.name,
+                    "state": reg.state,
+                    "hostname": reg.hostname,
+                    "last_activity": iso(reg.last_activity),
+                    "first_seen": iso(e.first_seen),
+                    "last_seen": iso(now),
+                    "inactive_at": iso(now + self.inactive_after),
+                }
+                answers.append((op.future, Registration(record, token, created)))
+            elif op.kind == "remove":
+                cid = op.payload
+                e = current(cid)
+                if e is None:
+                    answers.append((op.future, False))
+                    continue
+                flush()
+                plan.many(_DELETE_CONSOLE, [(cid,)])
+                work[cid] = None
+                beat_ids.pop(cid, None)
+                removed.append(cid)
+                events.append(ConsoleRemoved(console_id=cid))
+                answers.append((op.future, True))
+            elif op.kind == "maintenance":
+                flush()
+                index = plan.call(op.payload)
+                answers.append((op.future, ("result", index)))
+        flush()
+
+        def on_commit(results: list[Any]) -> None:
+            self._apply(work)
+            self._counters.accepted += beats
+            self._counters.registrations += registrations
+            for fut, value in answers:
+                if fut is None or fut.done():
+                    continue
+                if isinstance(value, tuple) and len(value) == 2 and value[0] == "result":
+                    value = results[value[1]]
+                fut.set_result(value)
+            for event in events:
+                self.bus.publish(event)
+                self._log_event(event)
+            if beats:
+                self.bus.publish(ConsoleHeartbeats(count=beats, console_ids=tuple(beat_ids)))
+
+        def on_fail(exc: BaseException) -> None:
+            # Timeouts that could not be written are retried by the next sweep.
+            for op in ops:
+                if op.kind == "timeout":
+                    cid, deadline = op.payload
+                    self._timeout_retry[cid] = deadline
+
+        plan.on_commit = on_commit
+        plan.on_fail = on_fail
         return plan
 
-    def _committed(self, batch: PlannedBatch, results: list[Any]) -> None:
-        self._apply(batch.consoles)
-        self._counters.accepted += batch.heartbeats
-        self._counters.registrations += batch.registrations
-        for op, value in batch.answers:
-            fut = op.future
-            if fut is None or fut.done():
-                continue
-            if isinstance(value, CallResult):
-                value = results[value.index]
-            fut.set_result(value)
-        for event in batch.events:
-            self.bus.publish(event)
-            self._log_event(event)
-        if batch.heartbeats:
-            self.bus.publish(ConsoleHeartbeats(count=batch.heartbeats, console_ids=tuple(batch.heard_from)))
-
-    def _failed(self, ops: list[Op]) -> None:
-        # Timeouts that could not be written are retried by the next sweep.
-        for op in ops:
-            if op.kind == "timeout":
-                cid, deadline = op.payload
-                self._timeout_retry[cid] = deadline
+    def _registration_token(self, e: ConsoleEntry | None, r: _RegisterOp) -> str:
+        """The token the console will use from now on, or raise when it may not (re-)register."""
+        presented = r.token
+        if e is not None:
+            valid = (
+                presented is not None
+                and e.token_hash is not None
+                and hmac.compare_digest(hash_console_token(presented), e.token_hash)
+            )
+            if valid:
+                assert presented is not None
+                return presented
+            if self.auth_mode == "none":
+                return secrets.token_urlsafe(32)
+            if presented is None:
+                raise ConsoleUnauthorized(
+                    f"console {e.id!r} is already registered: re-registering needs its token (Authorization: Bearer)"
+                )
+            raise ConsoleForbidden(f"console {e.id!r} is already registered with a different token")
+        if self.enrollment_token:
+            offered = r.enrollment if r.enrollment is not None else presented
+            if offered is None:
+                raise ConsoleUnauthorized(
+                    "registering a new console needs the enrollment token "
+                    "(X-Enrollment-Token header or Authorization: Bearer)"
+                )
+            if not hmac.compare_digest(offered.encode(), self.enrollment_token.encode()):
+                raise ConsoleForbidden("that is not the enrollment token")
+        return secrets.token_urlsafe(32)
 
     def _apply(self, work: dict[str, ConsoleEntry | None]) -> None:
         """Make committed changes visible: entries, counts by state, deadlines (in last-seen order)."""
@@ -370,11 +754,20 @@ class ConsoleService:
         tr_cutoff = now - self.transition_retention
         done = {"heartbeats_by_age": 0, "heartbeats_by_count": 0, "transitions": 0}
 
+        def by_age(conn: sqlite3.Connection) -> list[str]:
+            last = _last_id_before(conn, hb_cutoff)
+            if last is None:
+                return []
+            rows = conn.execute(
+                "DELETE FROM heartbeats WHERE id IN (SELECT id FROM heartbeats WHERE id <= ? ORDER BY id LIMIT ?) "
+                "RETURNING console_id",
+                (last, chunk),
+            ).fetchall()
+            return [r[0] for r in rows]
+
         damaged = self._writer.damaged
         while "heartbeats" not in damaged:
-            ids: list[str] = await self._maintenance(
-                partial(history.delete_heartbeats_before, cutoff=hb_cutoff, chunk=chunk)
-            )
+            ids: list[str] = await self._maintenance(by_age)
             self._forget_rows(ids)
             done["heartbeats_by_age"] += len(ids)
             if len(ids) < chunk:
@@ -386,12 +779,30 @@ class ConsoleService:
         for i in range(0, len(over), 100):
             group = over[i : i + 100]
 
-            ids = await self._maintenance(partial(history.delete_heartbeats_beyond, group=group))
+            def by_count(conn: sqlite3.Connection, group: list[tuple[str, int]] = group) -> list[str]:
+                out: list[str] = []
+                for cid, excess in group:
+                    rows = conn.execute(
+                        "DELETE FROM heartbeats WHERE id IN (SELECT id FROM heartbeats WHERE console_id = ? "
+                        "ORDER BY received_at, id LIMIT ?) RETURNING console_id",
+                        (cid, excess),
+                    ).fetchall()
+                    out += [r[0] for r in rows]
+                return out
+
+            ids = await self._maintenance(by_count)
             self._forget_rows(ids)
             done["heartbeats_by_count"] += len(ids)
 
+        def transitions(conn: sqlite3.Connection) -> int:
+            cur = conn.execute(
+                "DELETE FROM transitions WHERE id IN (SELECT id FROM transitions WHERE at < ? ORDER BY at LIMIT ?)",
+                (tr_cutoff, chunk),
+            )
+            return int(cur.rowcount)
+
         while "transitions" not in damaged:
-            n: int = await self._maintenance(partial(history.delete_transitions_before, cutoff=tr_cutoff, chunk=chunk))
+            n: int = await self._maintenance(transitions)
             done["transitions"] += n
             if n < chunk:
                 break
@@ -514,7 +925,32 @@ class ConsoleService:
     def _log_event(self, event: Any) -> None:
         if self.logs is None:
             return
-        line = log_line(event, self.inactive_after)
-        if line is not None:
-            level, message, name = line
-            self._log(level, message, name, console=event.console_id)
+        if isinstance(event, ConsoleRegistered):
+            self._log(
+                "info",
+                f"console {event.console_id} ({event.name}) registered, {event.state}",
+                "console_registered",
+                console=event.console_id,
+            )
+        elif isinstance(event, ConsoleRemoved):
+            self._log("info", f"console {event.console_id} removed", "console_removed", console=event.console_id)
+        elif isinstance(event, ConsoleStateChanged) and event.reason != "register":
+            if event.to_state == "inactive":
+                self._log(
+                    "warning",
+                    f"console {event.console_id} inactive: no heartbeat for {self.inactive_after:g}s "
+                    f"(since {iso(event.at - self.inactive_after)})",
+                    "console_inactive",
+                    console=event.console_id,
+                )
+            elif event.from_state == "inactive":
+                self._log(
+                    "info",
+                    f"console {event.console_id} is back, {event.to_state}",
+                    "console_back",
+                    console=event.console_id,
+                )
+            elif event.to_state == "error":
+                self._log(
+                    "warning", f"console {event.console_id} reports an error", "console_error", console=event.console_id
+                )
