@@ -27,16 +27,14 @@ class ConsolesPane(PaneBox):
     """The consoles pane."""
 
     def __init__(self) -> None:
+        table = KeyedTable(CONSOLE_COLUMNS, id="consoles-table")
         super().__init__(
             "consoles",
             "Consoles",
-            KeyedTable(CONSOLE_COLUMNS, id="consoles-table"),
+            table,
             "filter consoles (name, id, host, job, state)",
         )
-
-    @property
-    def table(self) -> KeyedTable:
-        return self.query_one("#consoles-table", KeyedTable)
+        self.table = table
 
     def show(self, rows: Mapping[str, Sequence[Cell]], total: int, query: str) -> None:
         """Show one window of consoles and retitle; call inside ``app.batch_update()``."""

@@ -51,11 +51,9 @@ class LogsPane(PaneBox):
     """The logs pane."""
 
     def __init__(self) -> None:
-        super().__init__("logs", "Logs", LogView(LOG_LINES, id="log-view"), "filter logs: text, source:NAME")
-
-    @property
-    def view(self) -> LogView:
-        return self.query_one("#log-view", LogView)
+        view = LogView(LOG_LINES, id="log-view")
+        super().__init__("logs", "Logs", view, "filter logs: text, source:NAME")
+        self.view = view
 
     def update_title(self) -> None:
         view = self.view

@@ -25,16 +25,14 @@ class PluginsPane(PaneBox):
     """The plugins pane."""
 
     def __init__(self) -> None:
+        table = KeyedTable(PLUGIN_COLUMNS, id="plugins-table")
         super().__init__(
             "plugins",
             "Plugins",
-            KeyedTable(PLUGIN_COLUMNS, id="plugins-table"),
+            table,
             "filter plugins (key, name, state)",
         )
-
-    @property
-    def table(self) -> KeyedTable:
-        return self.query_one("#plugins-table", KeyedTable)
+        self.table = table
 
     def show(self, rows: Mapping[str, Sequence[Cell]], running: int, total: int, needle: str) -> None:
         """Show ``rows`` (already filtered by ``needle``) and retitle; call inside ``app.batch_update()``."""
