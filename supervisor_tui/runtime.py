@@ -18,7 +18,6 @@ import asyncio
 import contextlib
 import errno
 import importlib
-import ipaddress
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,7 @@ from supervisor_tui.core.supervisor import Supervisor
 from supervisor_tui.plugins.process import become_subreaper
 from supervisor_tui.plugins.watcher import PluginWatcher
 from supervisor_tui.server.auth import load_or_create_token
+from supervisor_tui.server.limits import is_loopback_name
 from supervisor_tui.server.serve import BindError, HttpServer, bind_socket
 
 if TYPE_CHECKING:
@@ -64,15 +64,6 @@ class StartupError(Exception):
 class Tokens:
     admin: str
     plugin: str
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 class Runtime:
@@ -210,7 +201,7 @@ class Runtime:
         self.url = ctx.api_url = local_url(settings.host, port)
         sup.set_api_url(self.url)  # plugins get it as SUPERVISOR_URL
         sup.logs.info(f"API listening on {self.url}", event="api_listening", url=self.url)
-        if settings.get("consoles.auth") == "none" and not _is_loopback(settings.host):
+        if settings.get("consoles.auth") == "none" and not is_loopback_name(settings.host.lower()):
             sup.logs.warning(
                 f"consoles.auth = none while listening on {settings.host}: anyone who can reach this port "
                 "can report heartbeats for any console",
