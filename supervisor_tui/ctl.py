@@ -1,6 +1,6 @@
 """`supervisor-tui ctl`: supervisorctl-style control of a running supervisor over its admin API.
 
-    ctl status | start KEY... | stop KEY... | restart KEY... | logs KEY [-f] | install MANIFEST.json
+    ctl status | start KEY... | stop KEY... | restart KEY... | scale KEY N | logs KEY [-f] | install MANIFEST.json
 
 Several keys are handled in parallel. The exit code is non-zero when any action failed, with one line per
 failure on stderr. The token comes from --token, $SUPERVISOR_TUI_AUTH_ADMIN_TOKEN, or <data dir>/admin.token.
@@ -25,6 +25,7 @@ import httpx
 from supervisor_tui import __version__
 from supervisor_tui.config import ConfigError, load_settings, local_url
 from supervisor_tui.core.printable import printable
+from supervisor_tui.plugins.manifest_schema import MAX_REPLICAS
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -47,6 +48,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     for name in ("start", "stop", "restart"):
         p = sub.add_parser(name, help=f"{name} plugins and wait for the result")
         p.add_argument("keys", nargs="+", metavar="KEY")
+    p = sub.add_parser("scale", help="run N replicas of a plugin (remembered across restarts)")
+    p.add_argument("key", metavar="KEY")
+    p.add_argument("replicas", metavar="N", type=int, help=f"how many replicas, 1 to {MAX_REPLICAS}")
     p = sub.add_parser("logs", help="a plugin's newest log lines")
     p.add_argument("key", metavar="KEY")
     p.add_argument("-n", "--lines", type=int, default=100)
@@ -57,6 +61,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.action == "scale" and not 1 <= args.replicas <= MAX_REPLICAS:
+        _complain(f"scale {args.key}: N must be from 1 to {MAX_REPLICAS}, got {args.replicas}")
+        return EXIT_USAGE
     try:
         url, token = _target(args)
     except (CtlError, ConfigError) as exc:
@@ -109,6 +116,8 @@ async def _run(args: argparse.Namespace, url: str, token: str) -> int:
                 return await _status(client)
             if args.action in ("start", "stop", "restart"):
                 return await _act(client, args.action, args.keys)
+            if args.action == "scale":
+                return await _scale(client, args.key, args.replicas)
             if args.action == "logs":
                 return await _logs(client, args.key, args.lines, args.follow)
             if args.action == "install":
@@ -168,9 +177,31 @@ async def _status(client: httpx.AsyncClient) -> int:
             p.get("detail", ""),
         )
         rows.append(tuple(printable(str(c)) for c in cells))  # escaped before the widths are measured
+        replicas = p.get("replicas") or []
+        for r in replicas if len(replicas) > 1 else []:  # one row per replica under its plugin
+            cells = (
+                f"{p['key']}#{r['index']}",
+                r["state"],
+                str(r.get("pid") or "-"),
+                str(r.get("port") or "-"),
+                "-",
+                str(r.get("restarts", 0)),
+                "-",
+                r.get("detail", ""),
+            )
+            rows.append(tuple(printable(str(c)) for c in cells))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     for r in rows:
         _say("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[-1])
+    return 0
+
+
+async def _scale(client: httpx.AsyncClient, key: str, replicas: int) -> int:
+    body = _check(await client.post(f"/api/v1/plugins/{key}/scale", json={"replicas": replicas}), f"scale {key}")
+    plugin = body.get("plugin", {})
+    _say(
+        f"{key}: {len(plugin.get('replicas') or [])} replicas, {plugin.get('state', '?')} ({plugin.get('detail', '')})"
+    )
     return 0
 
 

@@ -204,9 +204,13 @@ async def test_snapshot_is_json_ready(supervisor: Supervisor, make_plugin: Calla
     expected = {
         "key", "name", "version", "description", "kind", "state", "detail", "pid", "host", "port", "upstream",
         "started_at", "restarts", "healthy", "health_detail", "last_error", "endpoints", "autostart", "desired",
-        "timeout", "max_body", "last_metrics", "manifest_path",
+        "timeout", "max_body", "last_metrics", "manifest_path", "replicas",
     }  # fmt: skip
     assert set(d) == expected
+    assert [set(r) for r in d["replicas"]] == [
+        {"index", "state", "detail", "pid", "port", "upstream", "started_at", "restarts", "cpu_percent", "rss"}
+    ]
+    assert d["replicas"][0]["pid"] == snap.pid and d["replicas"][0]["upstream"] == d["upstream"]
 
 
 async def test_reload_turns_a_plugin_invalid_and_back(supervisor: Supervisor, make_plugin: Callable[..., Path]) -> None:

@@ -6,6 +6,7 @@
     await state.save_desired("web", "running")       # sqlite3.Error when the database refuses it
     await state.save_pid("web", "running", pid, created); await state.clear_pid("web")
     await state.save_overrides("web", {"TOKEN": "..."}); await state.forget("web")
+    await state.save_replicas("web", 3); await state.load_replicas()   # {"web": 3}
 
 Writes go through the store's single writer. The pid of a plugin's process is kept so the next run can stop
 what a killed supervisor left behind (see ``Supervisor.clean_orphans``).
@@ -46,6 +47,22 @@ class PluginStateStore:
             "INSERT INTO plugin_state (key, desired, updated_at) VALUES (?, ?, ?) "
             "ON CONFLICT(key) DO UPDATE SET desired = excluded.desired, updated_at = excluded.updated_at",
             (key, desired, time.time()),
+        )
+
+    async def load_replicas(self) -> dict[str, int]:
+        """The replica counts operators scaled plugins to, by key (keys never scaled are absent)."""
+        async with self.store.reader.execute(
+            "SELECT key, replicas FROM plugin_state WHERE replicas IS NOT NULL"
+        ) as cur:
+            return {str(k): int(n) for k, n in await cur.fetchall()}
+
+    async def save_replicas(self, key: str, replicas: int, desired: str) -> None:
+        """Remember that the operator scaled ``key`` to ``replicas`` (``desired`` for a key seen for the first
+        time)."""
+        await self.store.writer.execute(
+            "INSERT INTO plugin_state (key, desired, replicas, updated_at) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT(key) DO UPDATE SET replicas = excluded.replicas, updated_at = excluded.updated_at",
+            (key, desired, replicas, time.time()),
         )
 
     async def save_pid(self, key: str, desired: str, pid: int, started: float) -> None:

@@ -125,6 +125,10 @@ MIGRATIONS: tuple[str, ...] = (
         DELETE FROM consoles_search WHERE rowid = old.search_key;
     END;
     """,
+    # 6: the replica count an operator scaled a plugin to (NULL: the manifest's), remembered like a stop.
+    """
+    ALTER TABLE plugin_state ADD COLUMN replicas INTEGER;
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

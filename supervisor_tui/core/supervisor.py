@@ -69,6 +69,7 @@ from supervisor_tui.plugins.process import (
     reap_adopted,
     stop_orphans,
 )
+from supervisor_tui.plugins.replicas import ReplicatedRunner
 
 if TYPE_CHECKING:
     from supervisor_tui.consoles.service import ConsoleService
@@ -149,6 +150,7 @@ class Supervisor:
         self._desired: dict[str, str] = {}  # persisted desired state by key
         self._unsaved: dict[str, str] = {}  # keys whose desired state the database refused: why
         self._overrides: dict[str, dict[str, str]] = {}  # persisted env overrides by key
+        self._replicas: dict[str, int] = {}  # persisted replica counts of plugins an operator scaled, by key
         self._removed: set[str] = set()  # removed without purge: a reload does not bring them back
         self._starting: dict[str, asyncio.Task[None]] = {}
         self._orphans: asyncio.Task[None] | None = None  # the cleanup of a previous run's processes (once)
@@ -309,12 +311,27 @@ class Supervisor:
         if manifest is not None and manifest.module:
             runner = InProcessPlugin(key, self.inprocess_context(), manifest=manifest)
         else:
-            runner = ProcessRunner(key, manifest, self._runner_context(), error, self._overrides.get(key))
+            runner = ReplicatedRunner(
+                key,
+                manifest,
+                self._runner_context(),
+                error,
+                self._overrides.get(key),
+                self._replica_count(key, manifest),
+            )
         if manifest is not None:
             runner.desired = self._desired.get(key) or ("running" if manifest.autostart else "stopped")
             self.ports.declare_fixed(key, manifest.port)
         self.register(runner)
         return runner
+
+    def _replica_count(self, key: str, manifest: Manifest | None) -> int | None:
+        """The operator's count for ``key`` when it can still be run (a fixed port runs one), else None: the
+        manifest's."""
+        count = self._replicas.get(key)
+        if count is None or manifest is None or (manifest.port is not None and count > 1):
+            return None
+        return count
 
     def _runner_context(self) -> RunnerContext:
         assert self._http is not None
@@ -386,20 +403,23 @@ class Supervisor:
 
     async def _on_spawn(self, runner: ProcessRunner, pid: int, created: float) -> None:
         self.logs.info(
-            f"{runner.key}: spawned pid {pid} on port {runner.port}",
+            f"{runner.instance}: spawned pid {pid} on port {runner.port}",
             event="plugin_spawned",
             plugin=runner.key,
+            replica=runner.replica,
             pid=pid,
             port=runner.port,
         )
-        await self.plugin_state.save_pid(runner.key, runner.desired, pid, created)
+        # Each replica's pid under its own instance name, so a crash of ours leaves none of them behind.
+        await self.plugin_state.save_pid(runner.instance, runner.desired, pid, created)
 
     async def _on_exit(self, runner: ProcessRunner) -> None:
-        await self.plugin_state.clear_pid(runner.key)
+        await self.plugin_state.clear_pid(runner.instance)
 
     # -- persisted state -----------------------------------------------------------------------------------------
     async def _load_persisted(self) -> None:
         self._desired, self._overrides = await self.plugin_state.load()
+        self._replicas = await self.plugin_state.load_replicas()
 
     async def _set_desired(self, key: str, desired: str) -> None:
         """Remember what the operator wants, in memory and in the database. A database that cannot be written
@@ -636,6 +656,31 @@ class Supervisor:
             self._spawn_background(run(), key)
         return plugin.snapshot()
 
+    @operator_action("scale")
+    async def scale(self, key: str, replicas: int) -> PluginSnapshot:
+        """Run ``replicas`` processes of a process plugin (remembered across restarts, like a stop). The new ones
+        start when the plugin is meant to run; scaling down stops the highest ones. PluginActionError for a
+        count it cannot run (out of 1..64, a fixed port, not enough free ports); nothing changes then."""
+        runner = self._runner(key)
+        if not isinstance(runner, ReplicatedRunner):
+            raise PluginActionError(key, "this plugin cannot run replicas")
+        runner.check_count(replicas)
+        before = runner.count
+        try:
+            await self.plugin_state.save_replicas(key, replicas, runner.desired)
+        except sqlite3.Error as exc:
+            raise PluginActionError(key, f"the replica count could not be saved in the database ({exc})") from None
+        self._replicas[key] = replicas
+        await runner.scale(replicas)
+        if before != replicas:
+            self.logs.info(
+                f"{key}: scaled from {before} to {replicas} replicas",
+                event="plugin_scaled",
+                plugin=key,
+                replicas=replicas,
+            )
+        return runner.snapshot()
+
     async def stop_all(self, reason: str = "stopping all plugins") -> None:
         """Stop every plugin, dependents before their dependencies, independent ones in parallel."""
         plugins = dict(self.registry)
@@ -824,6 +869,12 @@ class Supervisor:
         elif action is Action.UPDATE and change.manifest is not None:
             runner.replace_manifest(change.manifest)
             self.ports.declare_fixed(key, change.manifest.port)
+            count = self._replica_count(key, change.manifest) or change.manifest.replicas
+            if isinstance(runner, ReplicatedRunner) and runner.count != count:
+                try:
+                    await runner.scale(count, "replicas changed in the manifest")
+                except PluginActionError as exc:
+                    self._reload_failed(runner, exc.message)
         return change.outcome
 
     @operator_action("install", install_key)
@@ -903,6 +954,7 @@ class Supervisor:
                         raise PluginActionError(key, f"unloaded, but cannot delete {folder}: {exc.strerror}") from None
                 await self.plugin_state.forget(key)
                 self._desired.pop(key, None)
+                self._replicas.pop(key, None)
                 self._overrides.pop(key, None)
             else:
                 await self._set_desired(key, "stopped")
@@ -1008,8 +1060,13 @@ class Supervisor:
                     continue
                 if sample is not None:
                     self.bus.publish(sample)
-            runners = self._process_runners().values()
-            reap_adopted(self._descendants, busy={r.pid for r in runners if isinstance(r, ProcessRunner) and r.pid})
+            busy: set[int] = set()
+            for r in self._process_runners().values():
+                if isinstance(r, ReplicatedRunner):
+                    busy |= r.pids
+                elif isinstance(r, ProcessRunner) and r.pid:
+                    busy.add(r.pid)
+            reap_adopted(self._descendants, busy=busy)
 
 
 def owner_id(data_dir: Path) -> str:

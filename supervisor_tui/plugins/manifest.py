@@ -123,6 +123,7 @@ class Manifest:
     description: str
     env: Mapping[str, str]
     port: int | None
+    replicas: int  # processes started for this plugin, each on its own port, balanced by the gateway
     endpoints: tuple[Endpoint, ...]
     health: HealthCheck | None
     autostart: bool
@@ -207,6 +208,8 @@ def _manifest(schema: ManifestSchema, path: Path) -> Manifest:
     key = v["key"]
     if key in v["depends_on"]:
         raise ManifestError(path, "depends_on", f"{key} cannot depend on itself")
+    if v["port"] is not None and v["replicas"] > 1:
+        raise ManifestError(path, "replicas", "must be 1 with a fixed port (each replica takes a port of the range)")
     # the values in the Manifest's own types: unset fields taken as their meaning, lists as tuples
     if v["name"] is UNSET:
         v["name"] = key

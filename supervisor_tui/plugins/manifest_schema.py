@@ -297,6 +297,10 @@ def _check_health(value: Any) -> HealthSchema:
 _HEALTH_WORDS = "must be an object {path, interval_s, timeout_s, failures} or null"
 
 
+# The most replicas of one plugin: each is a process and a port, and the gateway balances over them.
+MAX_REPLICAS = 64
+
+
 class ManifestSchema(msgspec.Struct, forbid_unknown_fields=True):
     """A plugin's manifest.json: a process (``command``) or an in-process plugin (``module``), not both.
 
@@ -315,6 +319,7 @@ class ManifestSchema(msgspec.Struct, forbid_unknown_fields=True):
         dict[str, str], Rule('must be an object of NAME: "value" strings', check=parse_env, raw_check=True)
     ] = {}
     port: Annotated[int | None, _integer(1, 65535)] = None
+    replicas: Annotated[int, _integer(1, MAX_REPLICAS)] = 1
     endpoints: Annotated[
         list[EndpointSchema],
         Rule("must be a list of {method, path, description}", check=_check_endpoints, raw_check=True),

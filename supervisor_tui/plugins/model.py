@@ -47,6 +47,22 @@ class PluginActionError(Exception):
 
 
 @dataclass(frozen=True, slots=True)
+class ReplicaSnapshot:
+    """One replica of a process plugin: its index (``PLUGIN_REPLICA``), state, process, port and figures."""
+
+    index: int
+    state: str
+    detail: str
+    pid: int | None
+    port: int | None
+    upstream: str | None  # its base URL while RUNNING (the gateway balances over these)
+    started_at: float | None
+    restarts: int
+    cpu_percent: float | None
+    rss: int | None
+
+
+@dataclass(frozen=True, slots=True)
 class PluginSnapshot:
     """A plugin as views see it at one moment; ``to_dict()`` gives plain JSON-ready values."""
 
@@ -73,9 +89,11 @@ class PluginSnapshot:
     max_body: int
     last_metrics: MetricsSample | None
     manifest_path: str | None
+    replicas: tuple[ReplicaSnapshot, ...] = ()  # a process plugin's replicas (one for most); other kinds: none
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["endpoints"] = [{"method": e.method, "path": e.path, "description": e.description} for e in self.endpoints]
         d["last_metrics"] = self.last_metrics.to_dict() if self.last_metrics is not None else None
+        d["replicas"] = [asdict(r) for r in self.replicas]
         return d

@@ -70,5 +70,10 @@ class PortAllocator:
                 return port
         raise PortUnavailable(f"no free port in the range {self.start}-{self.end} on {self.host}")
 
+    def free_count(self) -> int:
+        """How many ports of the range no plugin holds or asks for (whether they bind is seen when taken)."""
+        taken = set(self._held.values()) | self._reserved | set(self._fixed.values())
+        return sum(1 for port in range(self.start, self.end + 1) if port not in taken)
+
     def release(self, key: str) -> None:
         self._held.pop(key, None)

@@ -130,8 +130,13 @@ class ProcessRunner:
         ctx: RunnerContext,
         error: ManifestError | None = None,
         env_overrides: Mapping[str, str] | None = None,
+        replica: int = 0,
     ) -> None:
         self.key = key
+        self.replica = replica
+        # What this process is known by for its port, logs, cgroup, environment marker and recorded pid: the key
+        # for replica 0 (so a plugin of one replica is what it always was), "key#N" for replica N.
+        self.instance = key if replica == 0 else f"{key}#{replica}"
         self.manifest = manifest
         self.error = error
         self.ctx = ctx
@@ -164,7 +169,7 @@ class ProcessRunner:
 
     @property
     def _marker(self) -> str:
-        return f"{self.ctx.owner}:{self.key}"
+        return f"{self.ctx.owner}:{self.instance}"
 
     def _remember(self, procs: list[psutil.Process]) -> None:
         self.ctx.descendants.update(p.pid for p in procs if p.pid != self.pid)
@@ -240,9 +245,15 @@ class ProcessRunner:
         changed, self._changed = self._changed, asyncio.Event()
         changed.set()
         try:
-            self.ctx.on_state(self, str(old), str(state), reason)
+            self._notify(str(old), str(state), reason)
         except Exception as exc:  # a broken listener must not break supervision
-            self.ctx.logs.error(f"{self.key}: state listener failed: {exc!r}", event="internal_error", plugin=self.key)
+            self.ctx.logs.error(
+                f"{self.instance}: state listener failed: {exc!r}", event="internal_error", plugin=self.key
+            )
+
+    def _notify(self, old: str, new: str, reason: str) -> None:
+        """Tell the owner about a state change (a plugin of several replicas reports for them all)."""
+        self.ctx.on_state(self, old, new, reason)
 
     def _failures_threshold(self) -> int:
         m = self.manifest
@@ -292,7 +303,7 @@ class ProcessRunner:
                 await self._after_exit(proc)
                 self._set(S.STOPPED, reason)
             elif was_active and self.state not in (S.STOPPED, S.INVALID):
-                self.ctx.ports.release(self.key)
+                self.ctx.ports.release(self.instance)
                 self.port = None
                 self._set(S.STOPPED, reason)  # e.g. stopped while in BACKOFF
 
@@ -308,7 +319,7 @@ class ProcessRunner:
         m = self.manifest
         assert m is not None
         try:
-            self.port = self._last_port = self.ctx.ports.acquire(self.key, m.port, prefer=self._last_port)
+            self.port = self._last_port = self.ctx.ports.acquire(self.instance, m.port, prefer=self._last_port)
         except PortUnavailable as exc:
             self.port = None
             self.last_error = str(exc)
@@ -384,7 +395,9 @@ class ProcessRunner:
             raise
         except Exception as exc:  # the supervisor must never fall over because of one plugin
             self.last_error = f"internal error: {exc!r}"
-            self.ctx.logs.error(f"{self.key}: supervision failed: {exc!r}", event="internal_error", plugin=self.key)
+            self.ctx.logs.error(
+                f"{self.instance}: supervision failed: {exc!r}", event="internal_error", plugin=self.key
+            )
             if self._proc is not None and self._proc.returncode is None:
                 await self._kill_tree(self._proc, graceful=False)
                 await self._after_exit(self._proc)
@@ -414,6 +427,7 @@ class ProcessRunner:
         env.update(self.env_overrides)
         env["PORT"] = str(self.port)
         env["PLUGIN_KEY"] = self.key
+        env["PLUGIN_REPLICA"] = str(self.replica)
         env["SUPERVISOR_URL"] = self.ctx.supervisor_url()
         env[OWNER_ENV] = self._marker
         argv = m.argv()
@@ -445,13 +459,17 @@ class ProcessRunner:
         self._spawned_at = time.monotonic()  # startsecs counts from here, not after the pid is recorded
         assert proc.stdout is not None and proc.stderr is not None
         self._pumps = [
-            asyncio.create_task(self.ctx.logs.pump(self.key, "stdout", proc.stdout), name=f"stdout:{self.key}"),
-            asyncio.create_task(self.ctx.logs.pump(self.key, "stderr", proc.stderr), name=f"stderr:{self.key}"),
+            asyncio.create_task(
+                self.ctx.logs.pump(self.instance, "stdout", proc.stdout), name=f"stdout:{self.instance}"
+            ),
+            asyncio.create_task(
+                self.ctx.logs.pump(self.instance, "stderr", proc.stderr), name=f"stderr:{self.instance}"
+            ),
         ]
         for pump in self._pumps:
             pump.add_done_callback(functools.partial(self._pump_ended, proc))
         try:
-            self.sampler = TreeSampler(self.key, proc.pid)
+            self.sampler = TreeSampler(self.instance, proc.pid)
             created = psutil.Process(proc.pid).create_time()
         except psutil.Error:
             created = time.time()
@@ -464,7 +482,7 @@ class ProcessRunner:
         try:
             await self.ctx.on_spawn(self, proc.pid, created)
         except Exception as exc:
-            self.ctx.logs.warning(f"{self.key}: cannot record pid {proc.pid}: {exc!r}", plugin=self.key)
+            self.ctx.logs.warning(f"{self.instance}: cannot record pid {proc.pid}: {exc!r}", plugin=self.key)
         return proc
 
     def _enter_cgroup(self) -> int | None:
@@ -472,11 +490,13 @@ class ProcessRunner:
         if self.ctx.cgroups is None:
             return None
         try:
-            self._cgroup = self.ctx.cgroups.plugin(self.key)
+            self._cgroup = self.ctx.cgroups.plugin(self.instance)
             return self._cgroup.open_procs()
         except OSError as exc:
             self.ctx.logs.warning(
-                f"{self.key}: runs without a cgroup: {describe_os_error(exc)}", event="cgroup_failed", plugin=self.key
+                f"{self.instance}: runs without a cgroup: {describe_os_error(exc)}",
+                event="cgroup_failed",
+                plugin=self.key,
             )
             self._cgroup = None
             return None
@@ -486,12 +506,14 @@ class ProcessRunner:
         cgroup, self._cgroup = self._cgroup, None
         if cgroup is not None and not await asyncio.to_thread(cgroup.clear):
             self.ctx.logs.warning(
-                f"{self.key}: cgroup {cgroup.path} still busy, left in place", event="cgroup_failed", plugin=self.key
+                f"{self.instance}: cgroup {cgroup.path} still busy, left in place",
+                event="cgroup_failed",
+                plugin=self.key,
             )
 
     def _spawn_failed(self, reason: str) -> None:
         self.last_error = reason
-        self.ctx.logs.error(f"{self.key}: {reason}", event="spawn_failed", plugin=self.key)
+        self.ctx.logs.error(f"{self.instance}: {reason}", event="spawn_failed", plugin=self.key)
 
     def _pump_ended(self, proc: asyncio.subprocess.Process, task: asyncio.Task[None]) -> None:
         """An output pump that failed leaves a pipe nobody reads (the plugin would block on it): restart it."""
@@ -499,7 +521,9 @@ class ProcessRunner:
             return
         exc = task.exception()
         reason = describe_os_error(exc) if isinstance(exc, OSError) else repr(exc)
-        self.ctx.logs.error(f"{self.key}: output capture failed: {reason}", event="internal_error", plugin=self.key)
+        self.ctx.logs.error(
+            f"{self.instance}: output capture failed: {reason}", event="internal_error", plugin=self.key
+        )
         if proc is self._proc and proc.returncode is None and self._restart_task is None:
             self.last_error = f"output capture failed: {reason}"
             self._restart_reason = f"restarted: {self.last_error}"
@@ -570,7 +594,7 @@ class ProcessRunner:
         try:
             self.ctx.on_health(self, flip, detail)
         except Exception as exc:
-            self.ctx.logs.error(f"{self.key}: health listener failed: {exc!r}", event="internal_error")
+            self.ctx.logs.error(f"{self.instance}: health listener failed: {exc!r}", event="internal_error")
         m = self.manifest
         if flip is False and m is not None and m.health is not None and m.health.restart:
             proc = self._proc
@@ -602,7 +626,7 @@ class ProcessRunner:
             await asyncio.wait_for(wait_exit(proc), wait_s)
         except TimeoutError:
             self.ctx.logs.warning(
-                f"{self.key}: pid {proc.pid} ignored {sig.name} for {wait_s:g}s: sending SIGKILL",
+                f"{self.instance}: pid {proc.pid} ignored {sig.name} for {wait_s:g}s: sending SIGKILL",
                 event="sigkill",
                 plugin=self.key,
             )
@@ -648,11 +672,11 @@ class ProcessRunner:
         self.sampler = None
         self.port = None
         self.tracker.reset()
-        self.ctx.ports.release(self.key)
+        self.ctx.ports.release(self.instance)
         try:
             await self.ctx.on_exit(self)
         except Exception as exc:
-            self.ctx.logs.warning(f"{self.key}: cannot clear recorded pid: {exc!r}", plugin=self.key)
+            self.ctx.logs.warning(f"{self.instance}: cannot clear recorded pid: {exc!r}", plugin=self.key)
 
     def sample(self) -> MetricsSample | None:
         """One metrics sample of the process tree (None when not running)."""

@@ -294,6 +294,24 @@ def create_admin_app(ctx: ApiContext, extra_openapi_paths: dict[str, Any] | None
         return await _act(key, "restart", wait)
 
     @app.post(
+        "/api/v1/plugins/{key}/scale",
+        response_model=schemas.PluginEnvelope,
+        dependencies=control,
+        tags=["plugins"],
+        responses=_error_responses(401, 403, 404, 409, 422),
+    )
+    async def scale_plugin(key: str, body: schemas.ScaleIn) -> dict[str, Any]:
+        """Run `replicas` processes of a process plugin, remembered across restarts (like a stop). New replicas
+        start when the plugin is meant to run; scaling down stops the highest ones. 409 when it cannot run that
+        many (a fixed port, not enough free ports in the range): nothing changes then."""
+        plugin_out(key)  # 404 first
+        try:
+            snap = await sup.scale(key, body.replicas)
+        except PluginActionError as exc:
+            raise ApiError(409, "action_failed", str(exc)) from None
+        return {"plugin": _plugin_dict(snap, ctx)}
+
+    @app.post(
         "/api/v1/plugins/install",
         response_model=schemas.PluginEnvelope,
         status_code=201,

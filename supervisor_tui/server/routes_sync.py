@@ -5,7 +5,7 @@
 whenever an event names it (a key that is gone is removed); an in-process plugin's route serves
 ``sup.asgi_app(key)``. ``await sync.stop()`` ends it. ``route_for(snapshot)`` is the one place that decides how a
 plugin snapshot becomes a route: it is available only in state RUNNING with an upstream URL (an external plugin
-that went LOST answers 503 like a stopped one).
+that went LOST answers 503 like a stopped one); a plugin of several replicas routes to its RUNNING replicas.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
 from supervisor_tui.core.events import Event, EventBus, EventsDropped
-from supervisor_tui.server.gateway import DEFAULT_MAX_BODY, DEFAULT_TIMEOUT, PluginRoute, RouteTable
+from supervisor_tui.server.gateway import DEFAULT_MAX_BODY, DEFAULT_TIMEOUT, PluginRoute, RouteTable, Upstream
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,13 @@ def route_for(
     """The gateway route for one PluginSnapshot (``app``: an in-process plugin's ASGI app, served directly)."""
     state = str(snapshot.state)
     upstream = snapshot.upstream
+    replicas = getattr(snapshot, "replicas", ())
+    # A plugin of several replicas: the gateway balances over those that are RUNNING.
+    upstreams = tuple(
+        Upstream(f"replica {r.index}", r.upstream) for r in replicas if r.state == "RUNNING" and r.upstream
+    )
+    if len(replicas) > 1:
+        upstream = upstream if upstreams else None
     available = state == "RUNNING" and (bool(upstream) or app is not None)
     reason = ""
     if not available:
@@ -58,6 +65,7 @@ def route_for(
         timeout=float(snapshot.timeout or default_timeout),
         max_body=int(snapshot.max_body or default_max_body),
         app=app if available else None,
+        upstreams=upstreams if len(replicas) > 1 else (),
     )
 
 

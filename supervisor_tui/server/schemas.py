@@ -7,6 +7,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from supervisor_tui.plugins.manifest import ENV_NAME, KEY_PATTERN
+from supervisor_tui.plugins.manifest_schema import MAX_REPLICAS
 
 
 class EndpointOut(BaseModel):
@@ -23,6 +24,21 @@ class MetricsOut(BaseModel):
     threads: int
     fds: int
     processes: int
+
+
+class ReplicaOut(BaseModel):
+    """One replica of a process plugin: its own process group on its own port."""
+
+    index: int = Field(description="PLUGIN_REPLICA in its environment, 0..N-1")
+    state: str
+    detail: str = ""
+    pid: int | None = None
+    port: int | None = None
+    upstream: str | None = Field(None, description="Its base URL while RUNNING: the gateway balances over these")
+    started_at: float | None = None
+    restarts: int = 0
+    cpu_percent: float | None = None
+    rss: int | None = None
 
 
 class PluginOut(BaseModel):
@@ -50,6 +66,11 @@ class PluginOut(BaseModel):
     endpoints: list[EndpointOut] = []
     last_metrics: MetricsOut | None = None
     requests: int = Field(0, description="Requests proxied through the gateway since start")
+    replicas: list[ReplicaOut] = Field(
+        [],
+        description="A process plugin's replicas (one unless scaled); the plugin's state is RUNNING while any "
+        "replica is, and its detail counts them",
+    )
 
 
 class PluginEnvelope(BaseModel):
@@ -102,6 +123,10 @@ class InstallIn(BaseModel):
     model_config = ConfigDict(populate_by_name=True)
     manifest: dict[str, Any]
     auto_start: bool = Field(False, alias="autoStart")
+
+
+class ScaleIn(BaseModel):
+    replicas: int = Field(ge=1, le=MAX_REPLICAS, strict=True, description="How many replicas to run")
 
 
 class ConfigIn(BaseModel):

@@ -1,0 +1,166 @@
+"""Replicas behind one route, with real processes: each replica its own process group, port, PLUGIN_REPLICA and
+log source; the gateway spreads requests over the RUNNING ones; killing one under a GET load costs no failed GET;
+scaling up starts new ones and scaling down stops the highest ones, with everything they forked."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import signal
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+from conftest import open_supervisor, wait_until, write_plugin
+from fixtures.gateway.harness import served_gateway
+
+from supervisor_tui.config import Settings
+from supervisor_tui.core.supervisor import PluginActionError, Supervisor
+from supervisor_tui.server.gateway import RouteTable
+from supervisor_tui.server.routes_sync import RouteSync
+
+pytestmark = pytest.mark.usefixtures("no_plugin_leftovers")
+
+ENDPOINTS = [{"method": "GET", "path": "/whoami"}]
+
+
+def replica_plugin(make_plugin: Callable[..., Path], replicas: int, **fields: object) -> Path:
+    folder = make_plugin("web", "replica_server.py", replicas=replicas, endpoints=ENDPOINTS, **fields)
+    return folder
+
+
+def child_pids(folder: Path) -> dict[int, tuple[int, int]]:
+    """(main pid, child pid) by replica index, as the replicas wrote them."""
+    out = {}
+    for path in (folder / "children").glob("[0-9]*"):
+        if path.name.isdigit():
+            main, child = path.read_text().split()
+            out[int(path.name)] = (int(main), int(child))
+    return out
+
+
+def gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+@contextlib.asynccontextmanager
+async def gateway_of(sup: Supervisor) -> AsyncIterator[httpx.AsyncClient]:
+    """The real gateway following ``sup``'s routes; yields a client on it."""
+    table = RouteTable()
+    sync = RouteSync(sup, table)
+    await sync.start()
+    try:
+        async with served_gateway(table) as base, httpx.AsyncClient(base_url=base, timeout=20) as client:
+            yield client
+    finally:
+        await sync.stop()
+
+
+def running(sup: Supervisor) -> int:
+    return sum(r.state == "RUNNING" for r in sup.plugin("web").replicas)
+
+
+async def test_each_replica_is_its_own_process_on_its_own_port_and_the_gateway_spreads_requests(
+    supervisor: Supervisor, make_plugin: Callable[..., Path]
+) -> None:
+    folder = replica_plugin(make_plugin, 3, env={"CHILD_PIDS": "children"})
+    await supervisor.reload()
+    snap = await supervisor.start("web")
+    assert snap.state == "RUNNING" and snap.detail.startswith("3/3 replicas RUNNING")
+    replicas = snap.replicas
+    assert [r.index for r in replicas] == [0, 1, 2] and all(r.state == "RUNNING" for r in replicas)
+    assert len({r.port for r in replicas}) == 3 and len({r.pid for r in replicas}) == 3
+    for r in replicas:
+        assert r.pid is not None and os.getpgid(r.pid) == r.pid  # its own process group
+    assert snap.to_dict()["replicas"][2]["port"] == replicas[2].port
+    async with gateway_of(supervisor) as client:
+        seen = [(await client.get("/api/plugins/web/whoami")).json()["replica"] for _ in range(30)]
+    assert Counter(seen) == {0: 10, 1: 10, 2: 10}
+    # Its own log source: replica N's output is under "web#N" (replica 0 keeps the key).
+    await wait_until(lambda: any("replica 2 listening" in r.message for r in supervisor.logs.tail("web#2", 20)))
+    assert not any("replica 2" in r.message for r in supervisor.logs.tail("web", 50))
+    assert await wait_until(lambda: len(child_pids(folder)) == 3)
+
+
+async def test_killing_one_replica_under_a_get_load_costs_no_failed_get(
+    supervisor: Supervisor, make_plugin: Callable[..., Path]
+) -> None:
+    replica_plugin(make_plugin, 2, restart="always")
+    await supervisor.reload()
+    snap = await supervisor.start("web")
+    victim = snap.replicas[1]
+    statuses: Counter[int] = Counter()
+    spread: Counter[int] = Counter()
+    async with gateway_of(supervisor) as client:
+        killed = asyncio.Event()
+        warmed_up = asyncio.Event()
+
+        async def load() -> None:
+            after = 0
+            while after < 100:  # well past the kill, the restart and the return of the replica
+                resp = await client.get("/api/plugins/web/whoami")
+                statuses[resp.status_code] += 1
+                if resp.status_code == 200:
+                    spread[resp.json()["replica"]] += 1
+                if sum(spread.values()) >= 100:
+                    warmed_up.set()
+                if killed.is_set():
+                    after += 1
+
+        workers = [asyncio.create_task(load()) for _ in range(6)]
+        await warmed_up.wait()
+        assert victim.pid is not None
+        os.kill(victim.pid, signal.SIGKILL)
+        killed.set()
+        await asyncio.gather(*workers)
+    assert set(statuses) == {200}, statuses
+    assert spread[0] > 0 and spread[1] > 0
+    await wait_until(lambda: running(supervisor) == 2 and supervisor.plugin("web").replicas[1].pid != victim.pid)
+
+
+async def test_scale_up_then_down_stops_the_highest_replicas_and_all_they_forked(
+    supervisor: Supervisor, make_plugin: Callable[..., Path]
+) -> None:
+    folder = replica_plugin(make_plugin, 1, env={"CHILD_PIDS": "children"})
+    await supervisor.reload()
+    await supervisor.start("web")
+    snap = await supervisor.scale("web", 3)
+    assert len(snap.replicas) == 3
+    await wait_until(lambda: running(supervisor) == 3)
+    assert supervisor.plugin("web").detail.startswith("3/3 replicas RUNNING")
+    pids = await wait_until(lambda: (p := child_pids(folder)) and len(p) == 3 and p)
+    async with gateway_of(supervisor) as client:
+        seen = {(await client.get("/api/plugins/web/whoami")).json()["replica"] for _ in range(9)}
+        assert seen == {0, 1, 2}
+        snap = await supervisor.scale("web", 1)
+        assert [r.index for r in snap.replicas] == [0] and snap.state == "RUNNING"
+        for index in (1, 2):
+            assert gone(pids[index][0]) and gone(pids[index][1]), f"replica {index} left processes behind"
+        assert not gone(pids[0][0]) and not gone(pids[0][1])
+        seen = {(await client.get("/api/plugins/web/whoami")).json()["replica"] for _ in range(6)}
+        assert seen == {0}
+
+
+async def test_a_count_that_cannot_run_is_refused_and_changes_nothing(make_settings: Callable[..., Settings]) -> None:
+    start = random.randrange(29000, 29900, 10)
+    settings = make_settings(plugins_port_range_start=start, plugins_port_range_end=start + 3)  # 4 ports
+    write_plugin(settings.plugins_dir, "web", "replica_server.py", replicas=2, endpoints=ENDPOINTS)
+    write_plugin(settings.plugins_dir, "fixed", "replica_server.py", port=start + 9)
+    async with open_supervisor(settings) as supervisor:
+        for bad in (0, 65, -1, True, "2"):
+            with pytest.raises(PluginActionError, match="replicas must be an integer from 1 to 64"):
+                await supervisor.scale("web", bad)  # type: ignore[arg-type]
+        with pytest.raises(PluginActionError, match="5 replicas need 5 ports, the port range has 4 free for them"):
+            await supervisor.scale("web", 5)
+        with pytest.raises(PluginActionError, match=f"fixed port {start + 9}"):
+            await supervisor.scale("fixed", 2)
+        assert len(supervisor.plugin("web").replicas) == 2 and supervisor.plugin("web").state == "STOPPED"
+        assert await supervisor.plugin_state.load_replicas() == {}
