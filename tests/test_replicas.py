@@ -164,3 +164,38 @@ async def test_a_count_that_cannot_run_is_refused_and_changes_nothing(make_setti
             await supervisor.scale("fixed", 2)
         assert len(supervisor.plugin("web").replicas) == 2 and supervisor.plugin("web").state == "STOPPED"
         assert await supervisor.plugin_state.load_replicas() == {}
+
+
+async def test_plus_and_minus_in_the_plugins_pane_scale_the_real_plugin(
+    supervisor: Supervisor, make_plugin: Callable[..., Path]
+) -> None:
+    from test_tui import cell, select_plugin, table_keys, until
+
+    from supervisor_tui.tui.app import SupervisorApp
+    from supervisor_tui.tui.client_local import InProcessClient
+    from supervisor_tui.tui.keys import KEYS_BY_ID
+
+    assert KEYS_BY_ID["scale_up"].keys == "plus" and KEYS_BY_ID["scale_down"].keys == "minus"
+    assert KEYS_BY_ID["scale_up"].tooltip and KEYS_BY_ID["scale_down"].tooltip
+    replica_plugin(make_plugin, 1)
+    await supervisor.reload()
+    await supervisor.start("web")
+    app = SupervisorApp(InProcessClient(supervisor, "http://127.0.0.1:4000"), handle_signals=False)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await select_plugin(pilot, app, "web")
+        await pilot.press("plus")
+        await until(pilot, lambda: len(supervisor.plugin("web").replicas) == 2, within=20)
+        await until(pilot, lambda: running(supervisor) == 2, within=20)
+        # One sub-row per replica under the plugin's row, with the replica's own state and port.
+        await until(
+            pilot, lambda: "web#1" in table_keys(app, "plugins") and cell(app, "plugins", "web#1", "state") == "RUNNING"
+        )
+        port = supervisor.plugin("web").replicas[1].port
+        assert cell(app, "plugins", "web#1", "port") == str(port)
+        await pilot.press("plus")
+        await until(pilot, lambda: running(supervisor) == 3, within=20)
+        await pilot.press("minus")
+        await until(pilot, lambda: len(supervisor.plugin("web").replicas) == 2, within=20)
+        await until(pilot, lambda: "web#2" not in table_keys(app, "plugins"))
+        assert supervisor.plugin("web").state == "RUNNING"
+    assert await supervisor.plugin_state.load_replicas() == {"web": 2}

@@ -18,7 +18,7 @@ import gc
 import signal
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -30,7 +30,7 @@ from textual.notifications import SeverityLevel
 from textual.screen import Screen
 
 from supervisor_tui.core.printable import printable
-from supervisor_tui.tui.client import ClientError, SupervisorClient
+from supervisor_tui.tui.client import ClientError, PluginInfo, SupervisorClient
 from supervisor_tui.tui.commands import SupervisorCommands
 from supervisor_tui.tui.driver import HangupSafeDriver
 from supervisor_tui.tui.keys import validate_keymap
@@ -355,6 +355,25 @@ class SupervisorApp(App[int]):
     # -- plugin actions ----------------------------------------------------------------------------------
     def plugin_action(self, verb: str, key: str) -> None:
         """Run start/stop/restart in the background; the row shows progress, failures a notification."""
+        call = {"start": self.client.start, "stop": self.client.stop, "restart": self.client.restart}[verb]
+        self._launch(key, verb, lambda: call(key), f"{verb} {key}")
+
+    def scale_plugin(self, key: str, delta: int) -> None:
+        """One replica more or less of a process plugin, in the background (``+``/``-``)."""
+        plugin = self.view.plugins_by_key.get(key)
+        if plugin is None or plugin.kind != "process":
+            self.notify(printable(f"{key}: only process plugins run replicas"), severity="warning", markup=False)
+            return
+        count = max(len(plugin.replicas), 1) + delta
+        if count < 1:
+            self.notify(
+                printable(f"{key}: one replica is the fewest (stop it instead)"), severity="warning", markup=False
+            )
+            return
+        self._launch(key, "scale", lambda: self.client.scale(key, count), f"scale {key} to {count}")
+
+    def _launch(self, key: str, verb: str, call: Callable[[], Awaitable[PluginInfo]], what: str) -> None:
+        """Run one action on a plugin in a worker, one at a time per plugin; its row shows it going on."""
         if self.client.info.read_only:
             self.notify("read-only: actions that change state are disabled", severity="warning")
             return
@@ -363,16 +382,15 @@ class SupervisorApp(App[int]):
             self.notify(printable(f"{key}: {running} already in progress"), severity="warning", markup=False)
             return
         self._apply()
-        self.run_worker(self._run_action(verb, key), group=f"action-{key}", exit_on_error=False)
+        self.run_worker(self._run_action(key, call, what), group=f"action-{key}", exit_on_error=False)
 
-    async def _run_action(self, verb: str, key: str) -> None:
+    async def _run_action(self, key: str, call: Callable[[], Awaitable[PluginInfo]], what: str) -> None:
         try:
-            call = {"start": self.client.start, "stop": self.client.stop, "restart": self.client.restart}[verb]
-            self.view.set_plugin(await call(key))
+            self.view.set_plugin(await call())
         except ClientError as exc:
-            self._action_failed(f"{verb} {key} failed: {exc.message}")
+            self._action_failed(f"{what} failed: {exc.message}")
         except Exception as exc:  # a transport error must never take the UI down
-            self._action_failed(f"{verb} {key} failed: {exc}")
+            self._action_failed(f"{what} failed: {exc}")
         finally:
             self.view.end_action(key)
             self._apply()

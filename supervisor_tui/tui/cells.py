@@ -7,7 +7,7 @@ visible escapes, core.printable) wherever it is rendered; ``escape`` does that a
 from __future__ import annotations
 
 from supervisor_tui.core.printable import printable
-from supervisor_tui.tui.client import ConsoleInfo, PluginInfo
+from supervisor_tui.tui.client import ConsoleInfo, PluginInfo, ReplicaInfo
 
 PLUGIN_STATE_STYLES = {
     "RUNNING": "bold #5fd75f",
@@ -153,6 +153,26 @@ def plugin_cells(
         (mem, ""),
         health,
         (rps, ""),
+    )
+
+
+def replica_cells(p: PluginInfo, r: ReplicaInfo, now: float) -> tuple[tuple[str, str], ...]:
+    """The sub-row of one replica under its plugin's row: its own state, process, port and figures."""
+    running = r.state in ("RUNNING", "STARTING", "STOPPING", "BACKOFF")
+    uptime = duration(now - r.started_at) if (r.started_at and r.state == "RUNNING") else "-"
+    return (
+        (f" #{r.index}", DIM_STYLE),
+        (f"replica {r.index}", DIM_STYLE),
+        ("", ""),
+        (r.state, PLUGIN_STATE_STYLES.get(r.state, "")),
+        (str(r.pid) if r.pid else "-", ""),
+        (str(r.port) if r.port else "-", ""),
+        (uptime, ""),
+        (str(r.restarts), WARNING_STYLE if r.restarts else ""),
+        (f"{r.cpu_percent:.1f}" if (r.cpu_percent is not None and running) else "-", ""),
+        (size(r.rss) if (r.rss is not None and running) else "-", ""),
+        ("", ""),
+        ("", ""),
     )
 
 

@@ -75,6 +75,35 @@ class EndpointInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class ReplicaInfo:
+    """One replica of a process plugin (its own process on its own port)."""
+
+    index: int
+    state: str = "STOPPED"
+    detail: str = ""
+    pid: int | None = None
+    port: int | None = None
+    started_at: float | None = None
+    restarts: int = 0
+    cpu_percent: float | None = None
+    rss: int | None = None
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ReplicaInfo:
+        return cls(
+            index=_int(d.get("index")) or 0,
+            state=str(d.get("state") or "STOPPED").upper(),
+            detail=str(d.get("detail") or ""),
+            pid=_int(d.get("pid")),
+            port=_int(d.get("port")),
+            started_at=_float(d.get("started_at")),
+            restarts=_int(d.get("restarts")) or 0,
+            cpu_percent=_float(d.get("cpu_percent")),
+            rss=_int(d.get("rss")),
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class PluginInfo:
     """A plugin as the TUI shows it (the fields of PluginSnapshot.to_dict())."""
 
@@ -103,6 +132,7 @@ class PluginInfo:
     manifest_path: str = ""
     timeout: float | None = None
     max_body: int | None = None
+    replicas: tuple[ReplicaInfo, ...] = ()  # a process plugin's replicas (one unless scaled)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> PluginInfo:
@@ -144,6 +174,7 @@ class PluginInfo:
             manifest_path=str(d.get("manifest_path") or ""),
             timeout=_float(d.get("timeout")),
             max_body=_int(d.get("max_body")),
+            replicas=tuple(ReplicaInfo.from_dict(r) for r in (d.get("replicas") or []) if isinstance(r, Mapping)),
         )
 
 
@@ -328,6 +359,10 @@ class SupervisorClient(abc.ABC):
     @abc.abstractmethod
     async def restart(self, key: str) -> PluginInfo:
         """Stop then start, waiting for RUNNING."""
+
+    @abc.abstractmethod
+    async def scale(self, key: str, replicas: int) -> PluginInfo:
+        """Run ``replicas`` replicas of a process plugin; ClientError with the reason when it cannot."""
 
     @abc.abstractmethod
     async def metrics(self, key: str) -> list[MetricPoint]:

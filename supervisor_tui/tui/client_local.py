@@ -105,6 +105,18 @@ class InProcessClient(SupervisorClient):
     async def restart(self, key: str) -> PluginInfo:
         return await self._act("restart", key)
 
+    async def scale(self, key: str, replicas: int) -> PluginInfo:
+        if self.info.read_only:
+            raise ClientError("read-only: actions that change state are disabled", "read_only")
+        try:
+            with acting_as("tui", _user()):
+                snap = await self.sup.scale(key, replicas)
+        except PluginNotFound:
+            raise ClientError(f"no plugin named {key!r}", "plugin_not_found") from None
+        except PluginActionError as exc:
+            raise ClientError(exc.message, "action_failed") from None
+        return PluginInfo.from_dict(self._plugin_dict(snap))
+
     async def metrics(self, key: str) -> list[MetricPoint]:
         try:
             return [MetricPoint.from_dict(s.to_dict()) for s in self.sup.metrics(key)]

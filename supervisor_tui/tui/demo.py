@@ -23,6 +23,7 @@ from supervisor_tui.tui.client import (
     LogEntry,
     MetricPoint,
     PluginInfo,
+    ReplicaInfo,
     SupervisorClient,
     TransitionInfo,
 )
@@ -306,6 +307,18 @@ class DemoClient(SupervisorClient):
         result = await self.start(key)
         self.actions[-1] = ("restart", key)
         return result
+
+    async def scale(self, key: str, replicas: int) -> PluginInfo:
+        plugin = await self.plugin(key)
+        self.actions.append(("scale", key))
+        running = plugin.state == "RUNNING"
+        members = tuple(
+            ReplicaInfo(
+                i, plugin.state, pid=(plugin.pid or 50000) + i if running else None, port=(plugin.port or 4010) + i
+            )
+            for i in range(replicas)
+        )
+        return self._set_state(key, plugin.state, f"scaled to {replicas}", replicas=members if replicas > 1 else ())
 
     async def metrics(self, key: str) -> list[MetricPoint]:
         plugin = await self.plugin(key)

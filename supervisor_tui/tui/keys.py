@@ -35,6 +35,26 @@ KEYS: tuple[KeySpec, ...] = (
     KeySpec("start", "s", "start", "Start", "Start the selected plugin, wait until ready", "Plugins", True, True),
     KeySpec("stop", "x", "stop", "Stop", "Stop the selected plugin (asks first)", "Plugins", True, True),
     KeySpec("restart", "r", "restart", "Restart", "Restart the selected plugin", "Plugins", True, True),
+    KeySpec(
+        "scale_up",
+        "plus",
+        "scale(1)",
+        "+Replica",
+        "Run one more replica of the selected plugin",
+        "Plugins",
+        False,
+        True,
+    ),
+    KeySpec(
+        "scale_down",
+        "minus",
+        "scale(-1)",
+        "-Replica",
+        "Stop the highest replica of the selected plugin",
+        "Plugins",
+        False,
+        True,
+    ),
     KeySpec("details", "enter", "details", "Open", "Open the selected plugin or console", "Plugins"),
     KeySpec("plugin_logs", "l", "plugin_logs", "Logs", "Show only the selected plugin's logs", "Plugins"),
     KeySpec("filter", "slash", "filter", "Filter", "Filter the focused table or log as you type (esc clears)", "Views"),
@@ -74,7 +94,15 @@ def effective_keys(keymap: Mapping[str, str]) -> dict[str, str]:
 
 def display_key(keys: str) -> str:
     """How a key string reads to a person: "question_mark" -> "?", "slash" -> "/"."""
-    names = {"question_mark": "?", "slash": "/", "space": "space", "enter": "enter", "tab": "tab"}
+    names = {
+        "question_mark": "?",
+        "slash": "/",
+        "plus": "+",
+        "minus": "-",
+        "space": "space",
+        "enter": "enter",
+        "tab": "tab",
+    }
     return ", ".join(names.get(k.strip(), k.strip()) for k in keys.split(","))
 
 

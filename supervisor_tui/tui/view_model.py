@@ -26,6 +26,7 @@ from supervisor_tui.tui.cells import (
     WARNING_STYLE,
     console_cells,
     plugin_cells,
+    replica_cells,
 )
 from supervisor_tui.tui.client import (
     CONNECTION_TOPIC,
@@ -164,6 +165,9 @@ class ViewModel:
             pending = self.pending_actions.get(key)
             progress = (pending[0], mono - pending[1]) if pending else None
             rows[key] = plugin_cells(p, now, progress, tick)
+            if len(p.replicas) > 1:  # one sub-row per replica, keyed "key#N" (keys never contain "#")
+                for r in p.replicas:
+                    rows[f"{key}#{r.index}"] = replica_cells(p, r, now)
         return rows
 
     def stop_detail(self, key: str) -> str:

@@ -166,7 +166,7 @@ class MainScreen(SupervisorAppAccess, Screen[None]):
 
     # -- actions -------------------------------------------------------------------------------------------
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        if action in ("start", "stop", "restart"):
+        if action in ("start", "stop", "restart", "scale"):
             if self.sup_app.client.info.read_only:
                 return False
             return self.active_pane == "plugins"
@@ -177,7 +177,14 @@ class MainScreen(SupervisorAppAccess, Screen[None]):
         return True
 
     def selected_plugin(self) -> str | None:
-        return self.query_one("#plugins-table", KeyedTable).selected_key
+        """The selected plugin's key (a replica's sub-row, "key#N", selects its plugin)."""
+        key = self.query_one("#plugins-table", KeyedTable).selected_key
+        return key.split("#", 1)[0] if key else key
+
+    def action_scale(self, delta: int) -> None:
+        key = self.selected_plugin()
+        if key:
+            self.sup_app.scale_plugin(key, delta)
 
     def action_start(self) -> None:
         key = self.selected_plugin()
