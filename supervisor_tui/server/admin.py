@@ -298,7 +298,7 @@ def create_admin_app(ctx: ApiContext, extra_openapi_paths: dict[str, Any] | None
         response_model=schemas.PluginEnvelope,
         dependencies=control,
         tags=["plugins"],
-        responses=_error_responses(401, 403, 404, 409, 422),
+        responses=_error_responses(400, 401, 403, 404, 409, 422),
     )
     async def scale_plugin(key: str, body: schemas.ScaleIn) -> dict[str, Any]:
         """Run `replicas` processes of a process plugin, remembered across restarts (like a stop). New replicas
