@@ -238,6 +238,14 @@ M = "GET, POST, PUT, PATCH, DELETE, HEAD, OPTIONS"
         ({"env": {"A": "\x00"}}, "env", "A must not contain NUL characters"),
         ({"port": "4001"}, "port", "must be an integer, got a string"),
         ({"port": 4001.0}, "port", "must be an integer, got a number"),
+        ({"replicas": 0}, "replicas", "must be between 1 and 64, got 0"),
+        ({"replicas": 65}, "replicas", "must be between 1 and 64, got 65"),
+        ({"replicas": "2"}, "replicas", "must be an integer, got a string"),
+        (
+            {"replicas": 2, "port": 4001},
+            "replicas",
+            "must be 1 with a fixed port (each replica takes a port of the range)",
+        ),
         ({"endpoints": {}}, "endpoints", "must be a list of {method, path, description}, got an object"),
         ({"endpoints": [5]}, "endpoints[0]", "must be an object {method, path, description}, got a number"),
         ({"endpoints": [{"path": "/a"}]}, "endpoints[0].method", f"must be one of {M}, got None"),
@@ -296,7 +304,7 @@ M = "GET, POST, PUT, PATCH, DELETE, HEAD, OPTIONS"
         (
             {"colour": "red"},
             "colour",
-            "unknown field (allowed: key, name, version, description, command, env, port, "
+            "unknown field (allowed: key, name, version, description, command, env, port, replicas, "
             "endpoints, health, autostart, restart, startsecs, startretries, backoff_max_s, stopsignal, stopwaitsecs, "
             "depends_on, timeout, max_body, module, config)",
         ),

@@ -199,3 +199,22 @@ async def test_plus_and_minus_in_the_plugins_pane_scale_the_real_plugin(
         await until(pilot, lambda: "web#2" not in table_keys(app, "plugins"))
         assert supervisor.plugin("web").state == "RUNNING"
     assert await supervisor.plugin_state.load_replicas() == {"web": 2}
+
+
+async def test_a_reload_with_another_manifest_count_scales_unless_the_operator_scaled(
+    supervisor: Supervisor, make_plugin: Callable[..., Path]
+) -> None:
+    folder = replica_plugin(make_plugin, 1)
+    await supervisor.reload()
+    await supervisor.start("web")
+    manifest = folder / "manifest.json"
+    manifest.write_text(manifest.read_text().replace('"replicas": 1', '"replicas": 3'))
+    await supervisor.reload()
+    await wait_until(lambda: running(supervisor) == 3 and len(supervisor.plugin("web").replicas) == 3)
+    await supervisor.scale("web", 2)  # the operator's count wins over the manifest's from now on
+    manifest.write_text(
+        manifest.read_text().replace('"replicas": 3', '"replicas": 1').replace('"startsecs": 0.3', '"startsecs": 0.2')
+    )
+    await supervisor.reload()
+    await wait_until(lambda: running(supervisor) == 2)
+    assert len(supervisor.plugin("web").replicas) == 2
