@@ -72,8 +72,12 @@ async def test_forget_drops_everything_about_a_key(db: Path) -> None:
         await state.save_desired("web", "running")
         await state.save_overrides("web", {"A": "1"})
         await state.save_desired("api", "stopped")
+        await state.save_replicas("web", 3, "running")
+        await state.save_pid("web#2", "running", 4242, 1700000000.0)  # a replica's own row
+        await state.save_pid("web_x#1", "running", 4343, 1700000000.0)  # another key's replica
         await state.forget("web")
-        assert await state.load() == ({"api": "stopped"}, {})
+        assert await state.load() == ({"api": "stopped", "web_x#1": "running"}, {})
+        assert await state.load_replicas() == {}
     finally:
         await store.close()
 

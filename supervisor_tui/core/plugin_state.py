@@ -93,5 +93,8 @@ class PluginStateStore:
 
     async def forget(self, key: str) -> None:
         """Drop everything remembered about ``key`` (a purged plugin)."""
-        await self.store.writer.execute("DELETE FROM plugin_state WHERE key = ?", (key,))
+        # Its replicas' pid rows ("web#1", ...) too; substr, not LIKE, as "_" in a key is a LIKE wildcard.
+        await self.store.writer.execute(
+            "DELETE FROM plugin_state WHERE key = ? OR substr(key, 1, ?) = ?", (key, len(key) + 1, key + "#")
+        )
         await self.store.writer.execute("DELETE FROM plugin_overrides WHERE key = ?", (key,))
