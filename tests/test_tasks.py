@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from conftest import open_supervisor, spawns, wait_until
+from fixtures.api.harness import running_api
 
 from supervisor_tui.config import Settings
 from supervisor_tui.core.events import PluginStateChanged
@@ -176,3 +177,21 @@ async def test_a_completed_task_is_not_run_again_for_a_dependent_started_later(
         await settled(sup, "migrate", {"COMPLETED"})
         snap = await sup.start("late")
         assert snap.state == "RUNNING" and len(spawns(migrate)) == 1
+
+
+async def test_the_api_and_metrics_show_a_task_and_an_api_start_runs_it_again(
+    settings: Settings, make_plugin: Callable[..., Path]
+) -> None:
+    folder = task(make_plugin, "migrate", endpoints=[{"method": "GET", "path": "/x"}])
+    async with running_api(settings) as api:
+        await wait_until(lambda: api.runtime.sup.plugin("migrate").state == "COMPLETED")
+        body = (await api.client.get("/api/v1/plugins/migrate")).json()
+        assert body["state"] == "COMPLETED" and body["detail"] == "exited with code 0"
+        metrics = (await api.client.get("/metrics")).text
+        assert 'supervisor_plugin_state{plugin="migrate",state="COMPLETED"} 1.0' in metrics
+        assert 'supervisor_plugin_state{plugin="migrate",state="FAILED"} 0.0' in metrics
+        assert (await api.client.get("/api/plugins/migrate/x")).status_code == 503  # a task is never routed
+        r = await api.client.post("/api/v1/plugins/migrate/start")
+        assert r.status_code == 200, r.text
+        await wait_until(lambda: len(spawns(folder)) == 2 and api.runtime.sup.plugin("migrate").state == "COMPLETED")
+

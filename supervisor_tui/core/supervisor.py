@@ -749,7 +749,7 @@ class Supervisor:
         task = isinstance(plugin, ProcessRunner) and plugin.manifest is not None and plugin.manifest.oneshot
         if state != PluginState.RUNNING and not (task and state == PluginState.COMPLETED):
             snap = plugin.snapshot()
-            raise PluginActionError(key, f"did not start: {state}: {snap.detail}")
+            raise PluginActionError(key, f"{'ended' if task else 'did not start'}: {state}: {snap.detail}")
 
     async def _dependency_met(self, key: str, dep: str, condition: str) -> None:
         """Wait until ``dep`` meets ``condition``, starting it when it is not running (a COMPLETED or FAILED task
