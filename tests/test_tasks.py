@@ -4,6 +4,7 @@ never routed, and dependents that start on each condition or refuse naming the d
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -195,3 +196,23 @@ async def test_the_api_and_metrics_show_a_task_and_an_api_start_runs_it_again(
         assert r.status_code == 200, r.text
         await wait_until(lambda: len(spawns(folder)) == 2 and api.runtime.sup.plugin("migrate").state == "COMPLETED")
 
+
+@pytest.mark.parametrize("condition", ["started", "completed"])
+async def test_a_dependency_that_never_ran_refuses_started_and_completed(
+    settings: Settings, make_plugin: Callable[..., Path], condition: str
+) -> None:
+    with socket.socket() as taken:  # another program holds the task's fixed port: it goes FATAL without running
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        migrate = task(make_plugin, "migrate", port=port)
+        app = make_plugin("app", "sleeper.py", depends_on=[{"key": "migrate", "condition": condition}])
+        async with open_supervisor(settings) as sup:
+            await sup.start_all()
+            assert sup.plugin("migrate").state == "FATAL" and spawns(migrate) == []
+            snap = sup.plugin("app")
+            assert snap.state == "STOPPED" and spawns(app) == []
+            assert snap.detail == (
+                f"not started: dependency 'migrate' is FATAL (port {port} on 127.0.0.1 is already in use by another "
+                f"program): {condition} cannot be met"
+            )
