@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from conftest import open_supervisor, spawns, wait_until
 from fixtures.api.harness import running_api
+from inprocess_support import write_inprocess
 
 from supervisor_tui.config import Settings
 from supervisor_tui.core.events import PluginStateChanged
@@ -154,7 +155,8 @@ async def test_started_does_not_wait_for_the_dependency_to_be_ready(
 async def test_a_fatal_dependency_refuses_its_dependents_naming_it(
     settings: Settings, make_plugin: Callable[..., Path]
 ) -> None:
-    make_plugin("broken", "crash_at_start.py", startretries=0)
+    # startsecs far longer than the crash takes, even on a loaded machine: every spawn is a failed start
+    make_plugin("broken", "crash_at_start.py", startretries=0, startsecs=10)
     make_plugin("needs-up", "sleeper.py", depends_on=[{"key": "broken", "condition": "started"}])
     make_plugin("needs-ready", "sleeper.py", depends_on=["broken"])
     async with open_supervisor(settings) as sup:
@@ -216,3 +218,18 @@ async def test_a_dependency_that_never_ran_refuses_started_and_completed(
                 f"not started: dependency 'migrate' is FATAL (port {port} on 127.0.0.1 is already in use by another "
                 f"program): {condition} cannot be met"
             )
+
+
+async def test_an_in_process_dependent_refused_says_why(settings: Settings, make_plugin: Callable[..., Path]) -> None:
+    task(make_plugin, "migrate", code=2)
+    source = "from supervisor_tui.plugins.inprocess import PluginInterface\nclass Plugin(PluginInterface):\n    pass\n"
+    write_inprocess(
+        settings.plugins_dir, "reports", source, depends_on=[{"key": "migrate", "condition": "completed_successfully"}]
+    )
+    async with open_supervisor(settings) as sup:
+        await sup.start_all()
+        snap = sup.plugin("reports")
+        assert snap.kind == "inprocess" and snap.state == "STOPPED"
+        assert snap.detail == (
+            "not started: dependency 'migrate' is FAILED (exited with code 2): completed_successfully cannot be met"
+        )

@@ -738,7 +738,7 @@ class Supervisor:
         for result in results:
             if isinstance(result, BaseException):
                 message = result.message if isinstance(result, PluginActionError) else repr(result)
-                if isinstance(plugin, ProcessRunner) and self._stop_gen.get(key, 0) == generation:
+                if isinstance(plugin, FolderPlugin) and self._stop_gen.get(key, 0) == generation:
                     plugin.refuse_start(f"not started: {message}")
                 raise PluginActionError(key, message)
         await self.clean_orphans()  # a previous run's process may still hold the port
