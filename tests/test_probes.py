@@ -140,3 +140,15 @@ async def test_a_stop_ends_the_probe_in_flight_and_no_probe_runs_after_it(
     await asyncio.sleep(1.0)  # an observation window of 10 intervals: no probe may run
     assert (folder / "probes.log").read_text().count("probe") == count
     assert supervisor.plugin("probed").state == "STOPPED"
+
+
+async def test_an_exec_probes_output_is_bounded_and_escaped_in_its_detail(
+    supervisor: Supervisor, add_plugin: Callable[..., Any]
+) -> None:
+    check = "import sys; sys.stdout.write('\\x1b[31mred\\x1b[0m ' + 'x' * 10_000_000)"
+    await add_plugin("noisy", "sleeper.py", health={"command": ["python", "-c", check]})
+    snap = await supervisor.start("noisy")
+    assert snap.state == "RUNNING"
+    said = snap.health_detail.split(": ", 2)[2]
+    assert "\x1b" not in said and said.startswith("\\x1b[31mred\\x1b[0m xxx")
+    assert len(said) < 300  # 10 MB of output, a short detail

@@ -21,6 +21,7 @@ from pathlib import Path
 import httpx
 
 from supervisor_tui.config import local_url
+from supervisor_tui.core.printable import printable
 from supervisor_tui.plugins.manifest import PYTHON_NAMES, HealthCheck
 
 EXEC_OUTPUT_MAX = 4096  # bytes of an exec probe's output kept for its detail
@@ -131,7 +132,8 @@ async def probe_exec(
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
             await _exited(proc)
-    text = " ".join(output.decode("utf-8", errors="replace").split())[:EXEC_DETAIL_MAX]
+    # the command's words reach operators' terminals and the logs: control characters as visible escapes
+    text = printable(" ".join(output.decode("utf-8", errors="replace").split())[:EXEC_DETAIL_MAX])
     ms = (time.monotonic() - started) * 1000
     said = f": {text}" if text else ""
     if code == 0:
