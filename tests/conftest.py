@@ -173,6 +173,20 @@ async def supervisor(settings: Settings) -> AsyncIterator[Supervisor]:
 
 
 @pytest.fixture
+def add_plugin(supervisor: Supervisor, make_plugin: Callable[..., Path]) -> Callable[..., Any]:
+    """Write a plugin folder (autostart off) and load it into the running supervisor; returns the folder."""
+
+    async def add(key: str, script: str, **fields: object) -> Path:
+        fields.setdefault("autostart", False)
+        folder = make_plugin(key, script, **fields)
+        result = await supervisor.reload()
+        assert key in result["added"], result
+        return folder
+
+    return add
+
+
+@pytest.fixture
 def no_plugin_leftovers(tmp_path: Path) -> Iterator[None]:
     """Whatever a test leaves running under its tmp dir is killed, and the test fails for it. Use it with
     ``pytestmark = pytest.mark.usefixtures("no_plugin_leftovers")``."""

@@ -265,7 +265,11 @@ M = "GET, POST, PUT, PATCH, DELETE, HEAD, OPTIONS"
             "endpoints[1]",
             "duplicates GET /a",
         ),
-        ({"health": "/h"}, "health", "must be an object {path, interval_s, timeout_s, failures} or null, got a string"),
+        (
+            {"health": "/h"},
+            "health",
+            "must be an object {type, path, command, interval_s, timeout_s, failures} or null, got a string",
+        ),
         ({"health": {"path": "h"}}, "health.path", "must start with '/', got 'h'"),
         ({"health": {"path": 5}}, "health.path", "must be a string, got a number"),
         (
@@ -296,7 +300,11 @@ M = "GET, POST, PUT, PATCH, DELETE, HEAD, OPTIONS"
             "must be a signal name like TERM, INT, QUIT, HUP, USR1 (not KILL/STOP), got 'SIGNOPE'",
         ),
         ({"stopwaitsecs": -1}, "stopwaitsecs", 'must be a number of seconds or a duration like "5s", got -1'),
-        ({"depends_on": ["db", 1]}, "depends_on", "must be a list of plugin keys, got a list"),
+        (
+            {"depends_on": ["db", 1]},
+            "depends_on[1]",
+            "must be a plugin key or an object {key, condition}, got a number",
+        ),
         ({"depends_on": ["Bad"]}, "depends_on", "'Bad' is not a valid plugin key"),
         ({"timeout": 0}, "timeout", "must be between 0.001 and 86400 seconds, got 0"),
         ({"max_body": 1.5}, "max_body", 'must be a size like 10485760 or "10MiB", got a number'),
@@ -305,8 +313,8 @@ M = "GET, POST, PUT, PATCH, DELETE, HEAD, OPTIONS"
             {"colour": "red"},
             "colour",
             "unknown field (allowed: key, name, version, description, command, env, port, replicas, "
-            "endpoints, health, autostart, restart, startsecs, startretries, backoff_max_s, stopsignal, stopwaitsecs, "
-            "depends_on, timeout, max_body, module, config)",
+            "endpoints, health, ready_log_line, autostart, oneshot, restart, startsecs, startretries, backoff_max_s, "
+            "stopsignal, stopwaitsecs, depends_on, timeout, max_body, module, config)",
         ),
     ],
 )
@@ -356,7 +364,9 @@ def test_the_schema_checks_normalise_what_it_decoded() -> None:
     )
     values = checked(schema)
     assert values["startsecs"] == 0.5 and values["stopsignal"] == "INT" and values["max_body"] == 1024
-    assert values["endpoints"][0].method == "POST" and values["health"] == HealthSchema(path="/h", interval_s=60.0)
+    assert values["endpoints"][0].method == "POST" and values["health"] == HealthSchema(
+        path="/h", type="http", interval_s=60.0
+    )
     assert values["command"] == ("x",) and values["depends_on"] == [] and values["port"] is None
 
 

@@ -36,20 +36,6 @@ while True:
 """
 
 
-@pytest.fixture
-def add_plugin(supervisor: Supervisor, make_plugin: Callable[..., Path]) -> Callable[..., Any]:
-    """Write a plugin folder (autostart off) and load it into the running supervisor; returns the folder."""
-
-    async def add(key: str, script: str, **fields: object) -> Path:
-        fields.setdefault("autostart", False)
-        folder = make_plugin(key, script, **fields)
-        result = await supervisor.reload()
-        assert key in result["added"], result
-        return folder
-
-    return add
-
-
 def states(events: list[object], key: str) -> list[str]:
     return [e.to_state for e in events if isinstance(e, PluginStateChanged) and e.key == key]
 

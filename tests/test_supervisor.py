@@ -62,9 +62,11 @@ async def test_failed_dependency_fails_the_dependent_with_a_reason(
     make_plugin("db", "crash_at_start.py", autostart=False, startretries=0)
     app = make_plugin("app", "sleeper.py", autostart=False, depends_on=["db"])
     async with open_supervisor(settings) as sup:
-        with pytest.raises(PluginActionError, match="dependency 'db' did not start"):
+        with pytest.raises(PluginActionError, match=r"dependency 'db' is FATAL \(.*\): healthy cannot be met"):
             await sup.start("app")
-        assert sup.plugin("app").state == "STOPPED" and spawns(app) == []
+        snap = sup.plugin("app")
+        assert snap.state == "STOPPED" and spawns(app) == []
+        assert snap.detail.startswith("not started: dependency 'db' is FATAL")
 
 
 async def test_invalid_manifest_is_isolated(settings: Settings, make_plugin: Callable[..., Path]) -> None:

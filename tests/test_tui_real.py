@@ -17,6 +17,7 @@ from test_tui import cell, screen_text, select_plugin, table, until
 from supervisor_tui.config import Settings
 from supervisor_tui.tui import attach
 from supervisor_tui.tui.app import MainScreen, SupervisorApp
+from supervisor_tui.tui.cells import PLUGIN_STATE_STYLES
 from supervisor_tui.tui.client_local import InProcessClient
 from supervisor_tui.tui.client_remote import RemoteClient
 from supervisor_tui.tui.screens.confirm import ConfirmScreen
@@ -319,3 +320,22 @@ async def test_attached_tui_shows_a_banner_when_the_supervisor_goes_and_reconnec
             await until(pilot, lambda: cell(app, "plugins", "sleepy", "state") == "RUNNING", within=10)
     finally:
         await client.close()
+
+
+async def test_the_plugins_pane_shows_a_tasks_completed_and_failed_states(
+    settings: Settings, make_plugin: Callable[..., Path]
+) -> None:
+    script = "import os, sys; sys.exit(int(os.environ['CODE']))\n"
+    make_plugin("migrate", script, oneshot=True, env={"CODE": "0"})
+    make_plugin("seed", script, oneshot=True, env={"CODE": "4"})
+    async with open_supervisor(settings) as sup:
+        await sup.start_all()
+        await wait_until(lambda: {sup.plugin("migrate").state, sup.plugin("seed").state} == {"COMPLETED", "FAILED"})
+        app = SupervisorApp(InProcessClient(sup, "http://127.0.0.1:4000"), handle_signals=False)
+        async with app.run_test(size=SIZE) as pilot:
+            await until(pilot, lambda: cell(app, "plugins", "migrate", "state") == "COMPLETED")
+            await until(pilot, lambda: cell(app, "plugins", "seed", "state") == "FAILED")
+            plugins = table(app, "plugins")
+            assert str(plugins.get_cell("migrate", "state").style) == PLUGIN_STATE_STYLES["COMPLETED"]
+            assert str(plugins.get_cell("seed", "state").style) == PLUGIN_STATE_STYLES["FAILED"]
+            assert "1 plugin FAILED" in screen_text(app)  # the header warns about the failed task

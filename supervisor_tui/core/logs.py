@@ -329,8 +329,15 @@ class LogHub:
         return line
 
     # -- reading plugin output ---------------------------------------------------------------------------
-    async def pump(self, source: str, stream_name: str, reader: asyncio.StreamReader) -> None:
-        """Read ``reader`` until EOF, one record per line, with the bounds described in the module doc."""
+    async def pump(
+        self,
+        source: str,
+        stream_name: str,
+        reader: asyncio.StreamReader,
+        on_line: Callable[[str], None] | None = None,
+    ) -> None:
+        """Read ``reader`` until EOF, one record per line, with the bounds described in the module doc;
+        ``on_line`` sees each line's text as it is recorded (a plugin's ready line is watched this way)."""
         buf = bytearray()
         skipping = False
         while True:
@@ -344,7 +351,7 @@ class LogHub:
                     if not skipping:
                         buf += chunk[start:]
                         if len(buf) > MAX_LINE:
-                            self._emit_raw(source, stream_name, bytes(buf[:MAX_LINE]), cut=True)
+                            self._emit_raw(source, stream_name, bytes(buf[:MAX_LINE]), on_line, cut=True)
                             buf.clear()
                             skipping = True
                     break
@@ -353,19 +360,23 @@ class LogHub:
                 else:
                     buf += chunk[start:nl]
                     if len(buf) > MAX_LINE:
-                        self._emit_raw(source, stream_name, bytes(buf[:MAX_LINE]), cut=True)
+                        self._emit_raw(source, stream_name, bytes(buf[:MAX_LINE]), on_line, cut=True)
                     else:
-                        self._emit_raw(source, stream_name, bytes(buf))
+                        self._emit_raw(source, stream_name, bytes(buf), on_line)
                 buf.clear()
                 start = nl + 1
         if buf and not skipping:
-            self._emit_raw(source, stream_name, bytes(buf))
+            self._emit_raw(source, stream_name, bytes(buf), on_line)
 
-    def _emit_raw(self, source: str, stream: str, raw: bytes, cut: bool = False) -> None:
+    def _emit_raw(
+        self, source: str, stream: str, raw: bytes, on_line: Callable[[str], None] | None, cut: bool = False
+    ) -> None:
         text = raw.decode("utf-8", errors="replace").rstrip("\r")
         if cut:
             text += " [line cut at 64 KiB]"
         self.write(source, stream, text, "error" if stream == "stderr" else "info")
+        if on_line is not None:
+            on_line(text)
 
     # -- reading -----------------------------------------------------------------------------------------
     def tail(self, source: str | None = None, lines: int = 100) -> list[LogRecord]:

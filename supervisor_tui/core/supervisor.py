@@ -91,7 +91,21 @@ __all__ = [
 
 EXTERNAL_SWEEP_INTERVAL = 1.0  # seconds between checks for silent external plugins
 PLUGIN_HOST = "127.0.0.1"  # plugins listen on loopback; the gateway is the way in
-_LEVELS = {"FATAL": "error", "BACKOFF": "warning", "EXITED": "warning"}
+_LEVELS = {"FATAL": "error", "FAILED": "error", "BACKOFF": "warning", "EXITED": "warning"}
+S = PluginState
+# depends_on conditions: the dependency's states that meet each one, and those in which it cannot be met any more.
+CONDITION_MET: dict[str, frozenset[str]] = {
+    "started": frozenset({S.STARTING, S.RUNNING, S.BACKOFF, S.EXITED, S.COMPLETED, S.FAILED}),
+    "healthy": frozenset({S.RUNNING, S.COMPLETED}),
+    "completed": frozenset({S.COMPLETED, S.FAILED}),
+    "completed_successfully": frozenset({S.COMPLETED}),
+}
+CONDITION_FAILED: dict[str, frozenset[str]] = {
+    "started": frozenset({S.FATAL, S.INVALID}),
+    "healthy": frozenset({S.FATAL, S.INVALID, S.FAILED}),
+    "completed": frozenset({S.FATAL, S.INVALID}),
+    "completed_successfully": frozenset({S.FATAL, S.INVALID, S.FAILED}),
+}
 
 
 class ManagedPlugin(Protocol):
@@ -153,6 +167,7 @@ class Supervisor:
         self._replicas: dict[str, int] = {}  # persisted replica counts of plugins an operator scaled, by key
         self._removed: set[str] = set()  # removed without purge: a reload does not bring them back
         self._starting: dict[str, asyncio.Task[None]] = {}
+        self._state_changed = asyncio.Event()  # set (and replaced) at every state change of any plugin
         self._orphans: asyncio.Task[None] | None = None  # the cleanup of a previous run's processes (once)
         self._startup: set[str] | None = None  # what start_all starts (None until it is called)
         self._tried: set[str] = set()  # plugins whose start had an outcome since open (RUNNING or a failure)
@@ -295,6 +310,8 @@ class Supervisor:
         snap = plugin.snapshot()
         if new not in ("STOPPED", "STARTING", "STOPPING"):
             self._tried.add(plugin.key)
+        changed, self._state_changed = self._state_changed, asyncio.Event()
+        changed.set()
         self.bus.publish(PluginStateChanged(plugin.key, old, new, reason, snap.pid, snap.port))
         fields: dict[str, Any] = {"plugin": plugin.key, "from": old, "to": new, "reason": reason}
         message = f"{plugin.key}: {old} -> {new}: {reason}"
@@ -597,10 +614,18 @@ class Supervisor:
         manifest = plugin.manifest if isinstance(plugin, ProcessRunner | InProcessPlugin) else None
         if manifest is None:
             return True  # removed or invalid meanwhile: nothing to wait for
-        return any(
-            dep in self.registry and self.registry[dep].snapshot().state != PluginState.RUNNING and self._launched(dep)
-            for dep in manifest.depends_on
-        )
+        return any(self._dependency_gave_up(dep, manifest.condition(dep)) for dep in manifest.depends_on)
+
+    def _dependency_gave_up(self, dep: str, condition: str) -> bool:
+        """Whether a dependency will not let its dependent start (soon): its condition cannot be met any more,
+        or it waits for RUNNING from a dependency that had a failed start."""
+        plugin = self.registry.get(dep)
+        if plugin is None:
+            return False
+        state = plugin.snapshot().state
+        if state in CONDITION_FAILED[condition]:
+            return True
+        return condition == "healthy" and state != PluginState.RUNNING and self._launched(dep)
 
     async def _start_many(self, keys: Iterable[str], reason: str) -> None:
         async def one(key: str) -> None:
@@ -743,28 +768,71 @@ class Supervisor:
     async def _start_with_deps(self, key: str, reason: str) -> None:
         plugin = self._get(key)
         generation = self._stop_gen.get(key, 0)
-        deps: tuple[str, ...] = ()
-        if isinstance(plugin, InProcessPlugin) and plugin.manifest is not None:
-            deps = plugin.manifest.depends_on
+        manifest: Manifest | None = None
+        if isinstance(plugin, InProcessPlugin):
+            manifest = plugin.manifest
         elif isinstance(plugin, ProcessRunner):
             if plugin.manifest is None:
                 raise PluginActionError(key, f"cannot start an INVALID plugin: {plugin.error}")
-            deps = plugin.manifest.depends_on
+            manifest = plugin.manifest
+        deps = manifest.depends_on if manifest is not None else ()
         results = await asyncio.gather(
-            *(self.ensure_running(dep, f"needed by {key}") for dep in deps), return_exceptions=True
+            *(self._dependency_met(key, dep, manifest.condition(dep)) for dep in deps if manifest is not None),
+            return_exceptions=True,
         )
-        for dep, result in zip(deps, results, strict=True):
+        for result in results:
             if isinstance(result, BaseException):
                 message = result.message if isinstance(result, PluginActionError) else repr(result)
-                raise PluginActionError(key, f"dependency {dep!r} did not start: {message}")
+                if isinstance(plugin, FolderPlugin) and self._stop_gen.get(key, 0) == generation:
+                    plugin.refuse_start(f"not started: {message}")
+                raise PluginActionError(key, message)
         await self.clean_orphans()  # a previous run's process may still hold the port
         if self._stop_gen.get(key, 0) != generation:
             raise PluginActionError(key, "stopped while waiting for its dependencies")
         await plugin.start(reason)
         state = await plugin.wait_for()
-        if state != PluginState.RUNNING:
+        task = isinstance(plugin, ProcessRunner) and plugin.manifest is not None and plugin.manifest.oneshot
+        if state != PluginState.RUNNING and not (task and state == PluginState.COMPLETED):
             snap = plugin.snapshot()
-            raise PluginActionError(key, f"did not start: {state}: {snap.detail}")
+            raise PluginActionError(key, f"{'ended' if task else 'did not start'}: {state}: {snap.detail}")
+
+    async def _dependency_met(self, key: str, dep: str, condition: str) -> None:
+        """Wait until ``dep`` meets ``condition``, starting it when it is not running (a COMPLETED or FAILED task
+        is not run again); PluginActionError naming the dependency when the condition cannot be met any more."""
+        plugin = self.registry.get(dep)
+        if plugin is None:
+            raise PluginActionError(key, f"dependency {dep!r} is not loaded")
+        start: asyncio.Task[None] | None = None
+        since = time.time()
+        try:
+            while True:
+                snap = plugin.snapshot()
+                if snap.state in CONDITION_MET[condition]:
+                    return
+                if condition == "started" and snap.started_at is not None and snap.started_at >= since:
+                    return  # it spawned its process meanwhile (and may have ended already)
+                if snap.state in CONDITION_FAILED[condition]:
+                    raise PluginActionError(
+                        key, f"dependency {dep!r} is {snap.state} ({snap.detail}): {condition} cannot be met"
+                    )
+                idle = snap.state in (PluginState.STOPPED, PluginState.EXITED)
+                if start is None and idle:
+                    start = asyncio.create_task(self.ensure_running(dep, f"needed by {key}"), name=f"need:{dep}")
+                elif start is not None and start.done() and idle:  # its start ended, and it is not running
+                    failure = None if start.cancelled() else start.exception()
+                    why = failure.message if isinstance(failure, PluginActionError) else repr(failure)
+                    raise PluginActionError(key, f"dependency {dep!r} did not start: {why if failure else snap.state}")
+                changed = asyncio.ensure_future(self._state_changed.wait())
+                waits: list[asyncio.Future[Any]] = [changed] if start is None or start.done() else [changed, start]
+                try:
+                    await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    changed.cancel()
+        finally:
+            if start is not None:
+                if not start.done():
+                    start.cancel()
+                start.add_done_callback(_retrieved)
 
     def _spawn_background(self, coro: Any, key: str) -> None:
         task = asyncio.create_task(coro)
@@ -1067,6 +1135,12 @@ class Supervisor:
                 elif isinstance(r, ProcessRunner) and r.pid:
                     busy.add(r.pid)
             reap_adopted(self._descendants, busy=busy)
+
+
+def _retrieved(task: asyncio.Task[Any]) -> None:
+    """A task whose outcome was read through another path (or does not matter): its exception is retrieved."""
+    if not task.cancelled():
+        task.exception()
 
 
 def owner_id(data_dir: Path) -> str:

@@ -1,10 +1,31 @@
-"""HTTP health probes (httpx) and the consecutive-failure rule shared by active and passive health."""
+"""Health probes (http with httpx, tcp, exec) and the consecutive-failure rule shared by active and passive health.
+
+``run_probe(check, client, target)`` runs the probe a manifest's ``health`` asks for against one plugin run
+(``ProbeTarget``: its port, folder and environment). An exec probe's process is its own process group, killed
+when the probe times out or is cancelled (a probe never outlives its plugin's stop), and only the first
+``EXEC_OUTPUT_MAX`` bytes of its output are kept (for the detail); the rest is read and dropped.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import os
+import signal
+import sys
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
+
+from supervisor_tui.config import local_url
+from supervisor_tui.core.printable import printable
+from supervisor_tui.plugins.manifest import PYTHON_NAMES, HealthCheck
+
+EXEC_OUTPUT_MAX = 4096  # bytes of an exec probe's output kept for its detail
+EXEC_DETAIL_MAX = 200  # characters of that output shown in the detail
 
 
 def make_client() -> httpx.AsyncClient:
@@ -30,6 +51,116 @@ async def probe(client: httpx.AsyncClient, url: str, timeout: float) -> tuple[bo
     if 200 <= response.status_code < 400:
         return True, f"HTTP {response.status_code} in {ms:.0f} ms"
     return False, f"HTTP {response.status_code}"
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeTarget:
+    """What a probe looks at: the plugin's port on ``host``; exec probes run in ``folder`` with ``env``."""
+
+    host: str
+    port: int
+    folder: Path
+    env: Mapping[str, str]
+
+
+async def run_probe(check: HealthCheck, client: httpx.AsyncClient, target: ProbeTarget) -> tuple[bool, str]:
+    """One probe of the kind ``check.type`` says. Returns (ok, detail)."""
+    if check.type == "tcp":
+        return await probe_tcp(target.host, target.port, check.timeout_s)
+    if check.type == "exec":
+        assert check.command is not None
+        return await probe_exec(check.command, target.folder, target.env, check.timeout_s)
+    assert check.path is not None
+    return await probe(client, local_url(target.host, target.port) + check.path, check.timeout_s)
+
+
+async def probe_tcp(host: str, port: int, timeout: float) -> tuple[bool, str]:  # noqa: ASYNC109
+    """Healthy when ``host:port`` accepts a connection within ``timeout`` seconds (closed at once)."""
+    started = time.monotonic()
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+    except TimeoutError:
+        return False, f"no connection within {timeout:g}s"
+    except OSError as exc:
+        return False, f"connect to port {port} failed: {exc.strerror or exc}"
+    ms = (time.monotonic() - started) * 1000
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return True, f"port {port} accepted a connection in {ms:.0f} ms"
+
+
+async def probe_exec(
+    command: tuple[str, ...] | str,
+    cwd: Path,
+    env: Mapping[str, str],
+    timeout: float,  # noqa: ASYNC109
+) -> tuple[bool, str]:
+    """Healthy when ``command`` exits 0 within ``timeout`` seconds; a string runs with /bin/sh -c, a list as
+    argv ("python" first: the supervisor's interpreter, as for plugin commands)."""
+    if isinstance(command, str):
+        argv = ["/bin/sh", "-c", command]
+    else:
+        argv = [sys.executable if command[0] in PYTHON_NAMES else command[0], *command[1:]]
+    started = time.monotonic()
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *argv,
+            cwd=cwd,
+            env=dict(env),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,
+        )
+    except (OSError, ValueError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        return False, f"cannot run {argv[0]!r}: {why}"
+    assert proc.stdout is not None
+    output = bytearray()
+    reader = asyncio.ensure_future(_read_bounded(proc.stdout, output))
+    try:
+        code = await asyncio.wait_for(_exited(proc), timeout)
+    except TimeoutError:
+        return False, f"command still running after {timeout:g}s (killed)"
+    finally:
+        _kill_group(proc.pid)  # the command and anything it left running
+        reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reader
+        if proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await _exited(proc)
+    # the command's words reach operators' terminals and the logs: control characters as visible escapes
+    text = printable(" ".join(output.decode("utf-8", errors="replace").split())[:EXEC_DETAIL_MAX])
+    ms = (time.monotonic() - started) * 1000
+    said = f": {text}" if text else ""
+    if code == 0:
+        return True, f"command exited 0 in {ms:.0f} ms{said}"
+    return False, f"command exited with code {code}{said}" if code > 0 else f"command killed by signal {-code}{said}"
+
+
+async def _read_bounded(stream: asyncio.StreamReader, into: bytearray) -> None:
+    """Keep the first ``EXEC_OUTPUT_MAX`` bytes; read and drop the rest (so the command never blocks on it)."""
+    while chunk := await stream.read(65536):
+        room = EXEC_OUTPUT_MAX - len(into)
+        if room > 0:
+            into += chunk[:room]
+
+
+async def _exited(proc: asyncio.subprocess.Process) -> int:
+    """The exit code once the process itself ended (``wait()`` would also wait for pipes its children hold)."""
+    interval = 0.005
+    while proc.returncode is None:
+        await asyncio.sleep(interval)
+        interval = min(interval * 2, 0.05)
+    return proc.returncode
+
+
+def _kill_group(pgid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
 
 
 class HealthTracker:

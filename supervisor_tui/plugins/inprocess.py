@@ -291,6 +291,12 @@ class InProcessPlugin:
         await asyncio.wait_for(wait(), timeout)
         return self.state
 
+    def refuse_start(self, reason: str) -> None:
+        """A start that did not happen (a dependency's condition cannot be met): STOPPED, saying why."""
+        if not self.active and self.state != S.INVALID:
+            self.last_error = reason
+            self._set(S.STOPPED, reason)
+
     def report_upstream(self, ok: bool, detail: str = "") -> None:
         """The gateway saw the plugin's app fail (or answer again)."""
         if not ok:

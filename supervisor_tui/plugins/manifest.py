@@ -34,6 +34,7 @@ from supervisor_tui.plugins.manifest_schema import (
     RESERVED_KEYS,
     RESTART_POLICIES,
     EndpointSchema,
+    HealthSchema,
     ManifestSchema,
     checked,
     diagnose,
@@ -100,9 +101,12 @@ class Endpoint:
 
 @dataclass(frozen=True, slots=True)
 class HealthCheck:
-    """Active health probing: GET ``path`` every ``interval_s``; ``failures`` in a row = unhealthy."""
+    """Active health probing every ``interval_s``: ``type`` "http" (GET ``path``), "tcp" (the port accepts a
+    connection) or "exec" (``command`` exits 0; a string runs with /bin/sh -c); ``failures`` in a row = unhealthy."""
 
-    path: str
+    type: str
+    path: str | None
+    command: tuple[str, ...] | str | None
     interval_s: float
     timeout_s: float
     failures: int
@@ -133,11 +137,18 @@ class Manifest:
     backoff_max_s: float
     stopsignal: str
     stopwaitsecs: float
-    depends_on: tuple[str, ...]
+    depends_on: tuple[str, ...]  # the keys; what each one waits for is in ``dependency_conditions``
     timeout: float | None  # gateway: upstream response timeout (None = the gateway's default)
     max_body: int | None  # gateway: largest request body (None = the gateway's default)
     module: str | None  # in-process plugin: "file:Class" in the folder (then there is no command)
     config: Mapping[str, Any]  # in-process plugin: passed to initialize()
+    oneshot: bool  # a task run to completion: COMPLETED on exit 0, FAILED otherwise
+    ready_log_line: str | None  # a regex on the plugin's output that gates RUNNING
+    dependency_conditions: Mapping[str, str]  # depends_on key -> "started" | "healthy" | "completed" | ...
+
+    def condition(self, dependency: str) -> str:
+        """What this plugin waits for of ``dependency`` before it starts ("healthy" unless the manifest says)."""
+        return self.dependency_conditions.get(dependency, "healthy")
 
     @property
     def stop_signal(self) -> signal.Signals:
@@ -206,7 +217,8 @@ def _manifest(schema: ManifestSchema, path: Path) -> Manifest:
     except ValueError as exc:
         raise _field_error(path, str(exc)) from None
     key = v["key"]
-    if key in v["depends_on"]:
+    conditions = dict(v["depends_on"])  # (key, condition) pairs in file order
+    if key in conditions:
         raise ManifestError(path, "depends_on", f"{key} cannot depend on itself")
     if v["port"] is not None and v["replicas"] > 1:
         raise ManifestError(path, "replicas", "must be 1 with a fixed port (each replica takes a port of the range)")
@@ -218,10 +230,31 @@ def _manifest(schema: ManifestSchema, path: Path) -> Manifest:
     if v["module"] is UNSET:
         v["module"] = None
     v["endpoints"] = tuple(_endpoint(e) for e in v["endpoints"]) if v["endpoints"] else ()
-    v["depends_on"] = tuple(v["depends_on"])
+    v["depends_on"] = tuple(conditions)
+    if v["restart"] is UNSET:  # a task is not run again unless the manifest says so
+        v["restart"] = "never" if v["oneshot"] else "on-failure"
     if v["health"] is not None:
-        v["health"] = HealthCheck(**msgspec.structs.asdict(v["health"]))
-    return Manifest(**v, folder=path.parent, path=path)
+        v["health"] = _health_check(v["health"])
+    return Manifest(
+        **v,
+        folder=path.parent,
+        path=path,
+        dependency_conditions=conditions,
+    )
+
+
+def _health_check(h: HealthSchema) -> HealthCheck:
+    command = h.command if h.command is not UNSET else None
+    return HealthCheck(
+        type=str(h.type),
+        path=h.path if h.path is not UNSET else None,
+        command=tuple(command) if isinstance(command, list) else command,
+        interval_s=float(h.interval_s),  # seconds after the schema's check
+        timeout_s=float(h.timeout_s),
+        failures=h.failures,
+        start_timeout_s=float(h.start_timeout_s),
+        restart=h.restart,
+    )
 
 
 def _endpoint(e: EndpointSchema) -> Endpoint:

@@ -34,6 +34,10 @@ KEY_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")
 RESTART_POLICIES = ("on-failure", "always", "never")
+HEALTH_TYPES = ("http", "tcp", "exec")
+# What a dependent waits for: its dependency STARTING or later, RUNNING, ended (COMPLETED or FAILED), COMPLETED.
+DEPENDENCY_CONDITIONS = ("started", "healthy", "completed", "completed_successfully")
+READY_LINE_MAX = 1000  # characters of a ready_log_line pattern
 # Set by the supervisor for every plugin process; a manifest or an override may not set them.
 RESERVED_ENV = ("PORT", "PLUGIN_KEY", "SUPERVISOR_URL")
 # Names a plugin key may not take: the supervisor's own log source, and the literal admin routes beside
@@ -121,7 +125,7 @@ def _seconds(lo: float, hi: float, doc_default: str | None = None) -> Rule:
     return Rule(_DURATION_WORDS, check=check, doc_default=doc_default)
 
 
-def _one_of(choices: tuple[str, ...]) -> Rule:
+def _one_of(choices: tuple[str, ...], doc_default: str | None = None) -> Rule:
     words = f"must be one of {', '.join(choices)}"
 
     def check(value: str) -> str:
@@ -129,7 +133,7 @@ def _one_of(choices: tuple[str, ...]) -> Rule:
             raise ValueError(f"{words}, got {value!r}")
         return value
 
-    return Rule(words, got=repr, check=check)
+    return Rule(words, got=repr, check=check, doc_default=doc_default)
 
 
 def _check_key(key: str) -> str:
@@ -210,11 +214,32 @@ def _check_signal(value: str) -> str:
     return name
 
 
-def _check_depends_on(keys: list[str]) -> tuple[str, ...]:
-    for k in keys:
-        if not KEY_PATTERN.fullmatch(k):
-            raise ValueError(f"{k!r} is not a valid plugin key")
-    return tuple(dict.fromkeys(keys))
+_DEPENDENCY_WORDS = "must be a plugin key or an object {key, condition}"
+
+
+def _check_depends_on(items: list[Any]) -> tuple[tuple[str, str], ...]:
+    """(key, condition) pairs from plain keys (condition "healthy") and {key, condition} objects; a key listed
+    twice must ask the same condition."""
+    out: dict[str, str] = {}
+    for i, item in enumerate(items):
+        if isinstance(item, str):
+            key, condition = item, "healthy"
+        elif isinstance(item, tuple):  # a pair this check returned already (a Manifest built a second time)
+            key, condition = item
+        elif isinstance(item, DependencySchema):
+            values = checked(item, f"[{i}]")
+            key, condition = values["key"], values["condition"]
+        elif isinstance(item, dict):
+            values = diagnose(item, DependencySchema, f"[{i}]")
+            key, condition = values["key"], values["condition"]
+        else:
+            raise ValueError(f"[{i}] {_DEPENDENCY_WORDS}, got {kind(item)}")
+        if not KEY_PATTERN.fullmatch(key):
+            raise ValueError(f"{key!r} is not a valid plugin key")
+        if out.get(key, condition) != condition:
+            raise ValueError(f"{key!r} is listed twice, with conditions {out[key]} and {condition}")
+        out[key] = condition
+    return tuple(out.items())
 
 
 _SIZE_WORDS = 'must be a size like 10485760 or "10MiB"'
@@ -252,10 +277,40 @@ class EndpointSchema(msgspec.Struct, forbid_unknown_fields=True):
     description: Annotated[str, _string()] = ""
 
 
-class HealthSchema(msgspec.Struct, forbid_unknown_fields=True):
-    """Active health probing: GET ``path`` every ``interval_s``; ``failures`` in a row = unhealthy."""
+class DependencySchema(msgspec.Struct, forbid_unknown_fields=True):
+    """One ``depends_on`` entry written as an object: the dependency's key and what to wait for."""
 
-    path: Annotated[str, Rule("must be a string", check=_check_health_path, missing='is required (e.g. "/health")')]
+    key: Annotated[str, Rule("must be a string", missing="is required (the dependency's key)")]
+    condition: Annotated[str, _one_of(DEPENDENCY_CONDITIONS)] = "healthy"
+
+
+_PROBE_COMMAND_WORDS = "must be a non-empty list of strings (argv) or a string (run by /bin/sh -c)"
+
+
+def _check_probe_command(value: list[str] | str) -> tuple[str, ...] | str:
+    if isinstance(value, str):
+        if not value.strip():
+            raise ValueError(f"{_PROBE_COMMAND_WORDS}, got an empty string")
+        if "\x00" in value:
+            raise ValueError("must not contain NUL characters")
+        return value
+    return _check_command(value)
+
+
+class HealthSchema(msgspec.Struct, forbid_unknown_fields=True):
+    """Active health probing every ``interval_s`` (http GET ``path``, a tcp connect, or an exec ``command``);
+    ``failures`` in a row = unhealthy."""
+
+    path: Annotated[
+        str | UnsetType, Rule("must be a string", check=_check_health_path, doc_default="required for `http`")
+    ] = UNSET
+    type: Annotated[str | UnsetType, _one_of(HEALTH_TYPES, doc_default='`"exec"` with a `command`, else `"http"`')] = (
+        UNSET
+    )
+    command: Annotated[
+        list[str] | str | UnsetType,
+        Rule(_PROBE_COMMAND_WORDS, got=None, check=_check_probe_command, doc_default="required for `exec`"),
+    ] = UNSET
     interval_s: Annotated[int | float | str, _seconds(0.05, 86400)] = 10.0
     timeout_s: Annotated[int | float | str, _seconds(0.05, 3600)] = 2.0
     failures: Annotated[int, _integer(1, 1000)] = 3
@@ -286,15 +341,37 @@ def _check_endpoints(items: list[Any]) -> tuple[EndpointSchema, ...]:
 
 
 def _check_health(value: Any) -> HealthSchema:
-    """The ``health`` object with durations in seconds (raw JSON or decoded)."""
+    """The ``health`` object with durations in seconds and its type resolved (raw JSON or decoded)."""
     if isinstance(value, HealthSchema):
-        return HealthSchema(**checked(value, ""))
-    if not isinstance(value, dict):
+        health = HealthSchema(**checked(value, ""))
+    elif not isinstance(value, dict):
         raise ValueError(f"{_HEALTH_WORDS}, got {kind(value)}")
-    return HealthSchema(**diagnose(value, HealthSchema, ""))
+    else:
+        health = HealthSchema(**diagnose(value, HealthSchema, ""))
+    if health.type is UNSET:  # what the fields given say; neither: http, which asks for its path
+        health.type = "exec" if health.command is not UNSET and health.path is UNSET else "http"
+    if health.type == "http" and health.path is UNSET:
+        raise ValueError('.path is required (e.g. "/health"), or a type "tcp" or "exec"')
+    if health.type == "exec" and health.command is UNSET:
+        raise ValueError('.command is required for type "exec" (argv list, or a string run by /bin/sh -c)')
+    if health.type != "http" and health.path is not UNSET:
+        raise ValueError(f'.path is only for type "http", not {health.type!r}')
+    if health.type != "exec" and health.command is not UNSET:
+        raise ValueError(f'.command is only for type "exec", not {health.type!r}')
+    return health
 
 
-_HEALTH_WORDS = "must be an object {path, interval_s, timeout_s, failures} or null"
+_HEALTH_WORDS = "must be an object {type, path, command, interval_s, timeout_s, failures} or null"
+
+
+def _check_ready_log_line(pattern: str) -> str:
+    if not pattern or len(pattern) > READY_LINE_MAX:
+        raise ValueError(f"must be a regular expression of 1 to {READY_LINE_MAX} characters")
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        raise ValueError(f"is not a valid regular expression: {exc}") from None
+    return pattern
 
 
 # The most replicas of one plugin: each is a process and a port, and the gateway balances over them.
@@ -325,14 +402,24 @@ class ManifestSchema(msgspec.Struct, forbid_unknown_fields=True):
         Rule("must be a list of {method, path, description}", check=_check_endpoints, raw_check=True),
     ] = []
     health: Annotated[HealthSchema | None, Rule(_HEALTH_WORDS, check=_check_health, raw_check=True)] = None
+    # RUNNING waits for a line of the plugin's output matching this regex (with any health check)
+    ready_log_line: Annotated[
+        str | None, Rule("must be a string (a regular expression)", check=_check_ready_log_line)
+    ] = None
     autostart: Annotated[bool, _boolean()] = True
-    restart: Annotated[str, _one_of(RESTART_POLICIES)] = "on-failure"
+    oneshot: Annotated[bool, _boolean()] = False  # a task run to completion: COMPLETED on exit 0, else FAILED
+    restart: Annotated[
+        str | UnsetType, _one_of(RESTART_POLICIES, doc_default='`"on-failure"` (`"never"` for a oneshot)')
+    ] = UNSET
     startsecs: Annotated[int | float | str, _seconds(0, 3600)] = 1.0
     startretries: Annotated[int, _integer(0, 1000)] = 3
     backoff_max_s: Annotated[int | float | str, _seconds(0, 86400)] = 30.0
     stopsignal: Annotated[str, Rule('must be a signal name like "TERM" or "INT"', check=_check_signal)] = "TERM"
     stopwaitsecs: Annotated[int | float | str, _seconds(0, 3600)] = 10.0
-    depends_on: Annotated[list[str], Rule("must be a list of plugin keys", check=_check_depends_on)] = []
+    depends_on: Annotated[
+        list[str | DependencySchema],
+        Rule("must be a list of plugin keys or {key, condition} objects", check=_check_depends_on, raw_check=True),
+    ] = []
     # gateway: upstream response timeout and largest request body (None = the gateway's defaults)
     timeout: Annotated[int | float | str | None, _seconds(0.001, 86400, doc_default="`gateway.timeout`")] = None
     max_body: Annotated[int | str | None, Rule(_SIZE_WORDS, check=_check_size, doc_default="`gateway.max_body`")] = None

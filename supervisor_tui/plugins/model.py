@@ -14,7 +14,8 @@ from supervisor_tui.plugins.manifest import Endpoint
 
 
 class PluginState(StrEnum):
-    """supervisord's process states, plus INVALID (manifest rejected) and LOST (external plugin gone silent)."""
+    """supervisord's process states, plus INVALID (manifest rejected), LOST (external plugin gone silent), and
+    COMPLETED / FAILED: how a ``oneshot`` task ended (exit code 0 / anything else)."""
 
     STOPPED = "STOPPED"
     STARTING = "STARTING"
@@ -25,6 +26,8 @@ class PluginState(StrEnum):
     FATAL = "FATAL"
     INVALID = "INVALID"
     LOST = "LOST"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
 
 
 class PluginNotFound(KeyError):

@@ -27,6 +27,7 @@ import ctypes
 import errno
 import functools
 import os
+import re
 import resource
 import signal
 import sys
@@ -43,7 +44,7 @@ from supervisor_tui.core.backoff import backoff_delay
 from supervisor_tui.core.events import MetricsSample
 from supervisor_tui.core.logs import LogHub
 from supervisor_tui.plugins.cgroups import CgroupTree, PluginCgroup, join_in_child
-from supervisor_tui.plugins.health import HealthTracker, probe
+from supervisor_tui.plugins.health import HealthTracker, ProbeTarget, run_probe
 from supervisor_tui.plugins.manifest import Manifest, ManifestError
 from supervisor_tui.plugins.metrics import (
     HISTORY,
@@ -62,6 +63,8 @@ from supervisor_tui.plugins.ports import PortAllocator, PortUnavailable
 STABLE_AFTER = 60.0  # seconds of RUNNING after which the crash backoff starts over
 FIRST_BACKOFF = 1.0  # seconds before the first retry (doubles each time, capped by backoff_max_s)
 PASSIVE_FAILURES = 3  # gateway failures in a row that make a plugin without a health check unhealthy
+START_TIMEOUT = 60.0  # seconds after startsecs a ready_log_line may take when there is no health.start_timeout_s
+READY_LINE_SCAN = 4096  # characters of each output line matched against ready_log_line (bounded regex work)
 
 S = PluginState
 
@@ -163,6 +166,8 @@ class ProcessRunner:
         self._restart_task: asyncio.Task[None] | None = None
         self._restart_reason = ""
         self._spawned_at = 0.0
+        self._env: dict[str, str] = {}  # the current run's environment (exec probes run with it)
+        self._ready_line = asyncio.Event()  # set when the current run printed its ready_log_line
         self._wake = asyncio.Event()
         self._changed = asyncio.Event()
         self._stop_lock = asyncio.Lock()
@@ -208,7 +213,8 @@ class ProcessRunner:
             pid=self.pid,
             host=self.ctx.host if self.port is not None else None,
             port=self.port,
-            upstream=local_url(self.ctx.host, self.port) if running and self.port else None,
+            # a oneshot task is never routed
+            upstream=local_url(self.ctx.host, self.port) if running and self.port and not (m and m.oneshot) else None,
             started_at=self.started_at,
             restarts=self.restarts,
             healthy=self.tracker.healthy,
@@ -283,7 +289,8 @@ class ProcessRunner:
             return
         self._wake.clear()
         if self._prepare(reason):
-            self._task = asyncio.create_task(self._supervise(reason), name=f"plugin:{self.key}")
+            loop = self._run_task(reason) if self.manifest.oneshot else self._supervise(reason)
+            self._task = asyncio.create_task(loop, name=f"plugin:{self.key}")
 
     async def stop(self, reason: str = "stopped by operator") -> None:
         """Stop supervision and the process group: stopsignal, ``stopwaitsecs``, then SIGKILL."""
@@ -295,6 +302,7 @@ class ProcessRunner:
             if task is not None and was_active:
                 task.cancel()
                 await asyncio.wait([task])
+            await self._cancel_health()  # no probe runs against a stopped plugin, not even one in flight
             proc = self._proc
             if proc is not None:
                 if proc.returncode is None:
@@ -306,6 +314,12 @@ class ProcessRunner:
                 self.ctx.ports.release(self.instance)
                 self.port = None
                 self._set(S.STOPPED, reason)  # e.g. stopped while in BACKOFF
+
+    def refuse_start(self, reason: str) -> None:
+        """A start that did not happen (a dependency's condition cannot be met): STOPPED, saying why."""
+        if not self.active and self.state != S.INVALID:
+            self.last_error = reason
+            self._set(S.STOPPED, reason)
 
     def report_upstream(self, ok: bool, detail: str = "") -> None:
         """Passive health from the gateway: failures in a row mark it unhealthy, one success healthy again."""
@@ -342,6 +356,8 @@ class ProcessRunner:
                     ok, why = await self._wait_ready(proc)
                 if not ok:
                     if proc is not None:
+                        if proc.returncode is None:  # not ready in time
+                            await self._kill_tree(proc, graceful=True)
                         await self._after_exit(proc)
                     self.last_error = why
                     failed += 1
@@ -394,14 +410,76 @@ class ProcessRunner:
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # the supervisor must never fall over because of one plugin
-            self.last_error = f"internal error: {exc!r}"
-            self.ctx.logs.error(
-                f"{self.instance}: supervision failed: {exc!r}", event="internal_error", plugin=self.key
-            )
-            if self._proc is not None and self._proc.returncode is None:
-                await self._kill_tree(self._proc, graceful=False)
-                await self._after_exit(self._proc)
-            self._set(S.FATAL, f"internal error: {exc!r}")
+            await self._internal_error(exc)
+
+    async def _internal_error(self, exc: Exception) -> None:
+        self.last_error = f"internal error: {exc!r}"
+        self.ctx.logs.error(f"{self.instance}: supervision failed: {exc!r}", event="internal_error", plugin=self.key)
+        if self._proc is not None and self._proc.returncode is None:
+            await self._kill_tree(self._proc, graceful=False)
+            await self._after_exit(self._proc)
+        self._set(S.FATAL, f"internal error: {exc!r}")
+
+    async def _run_task(self, reason: str) -> None:
+        """A oneshot: RUNNING once spawned (and ready, when gated), then COMPLETED on exit 0 and FAILED otherwise.
+
+        Run again only as ``restart`` says: "on-failure" retries a failure (``startretries`` times, with backoff),
+        "always" also runs it again a second after it completed; a liveness restart is a retry too."""
+        try:
+            await self._task_runs(reason)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the supervisor must never fall over because of one plugin
+            await self._internal_error(exc)
+
+    async def _task_runs(self, reason: str) -> None:
+        m = self.manifest
+        assert m is not None
+        failed = 0
+        while True:
+            code, why = await self._run_once(reason)
+            if code == 0:
+                self._set(S.COMPLETED, why)
+                if m.restart != "always":
+                    return
+                await self._backoff(min(FIRST_BACKOFF, m.backoff_max_s))
+                reason = "run again (restart: always)"
+            else:
+                self.last_error = why
+                failed += 1
+                forced = why.startswith("restarted:")
+                if (m.restart == "never" and not forced) or failed > m.startretries:
+                    self._set(S.FAILED, why if failed == 1 else f"{why}; gave up after {failed} attempts")
+                    return
+                delay = backoff_delay(failed - 1, FIRST_BACKOFF, m.backoff_max_s)
+                self._set(S.BACKOFF, f"{why}; retry {failed}/{m.startretries} in {delay:g}s")
+                await self._backoff(delay)
+                reason = f"retry {failed}/{m.startretries}"
+            self.restarts += 1
+            if not self._prepare(reason):
+                return
+
+    async def _run_once(self, reason: str) -> tuple[int | None, str]:
+        """One run of a oneshot to its end: (exit code, what happened); code None when it did not run."""
+        proc = await self._spawn_shielded()
+        if proc is None:
+            return None, self.last_error
+        ready, why = await self._wait_ready(proc, startsecs=0.0)
+        if not ready and proc.returncode is None:  # not ready in time
+            await self._kill_tree(proc, graceful=True)
+            await self._after_exit(proc)
+            return proc.returncode, why
+        if ready:
+            self._set(S.RUNNING, reason)
+            self.sample()
+            if self.manifest is not None and self.manifest.health is not None:
+                self._health_task = asyncio.create_task(self._health_loop(proc), name=f"health:{self.key}")
+        code = await wait_exit(proc)
+        await self._cancel_health()
+        forced, self._restart_reason = self._restart_reason, ""
+        await self._after_exit(proc)
+        why = describe_exit(code)
+        return code, f"{forced} ({why})" if forced else why
 
     async def _backoff(self, delay: float) -> None:
         self._wake.clear()
@@ -430,6 +508,8 @@ class ProcessRunner:
         env["PLUGIN_REPLICA"] = str(self.replica)
         env["SUPERVISOR_URL"] = self.ctx.supervisor_url()
         env[OWNER_ENV] = self._marker
+        self._env = env
+        self._ready_line.clear()
         argv = m.argv()
         procs_fd = self._enter_cgroup()
         try:
@@ -458,13 +538,12 @@ class ProcessRunner:
         self.started_at = time.time()
         self._spawned_at = time.monotonic()  # startsecs counts from here, not after the pid is recorded
         assert proc.stdout is not None and proc.stderr is not None
+        on_line = self._ready_line_watcher(m.ready_log_line) if m.ready_log_line else None
         self._pumps = [
             asyncio.create_task(
-                self.ctx.logs.pump(self.instance, "stdout", proc.stdout), name=f"stdout:{self.instance}"
-            ),
-            asyncio.create_task(
-                self.ctx.logs.pump(self.instance, "stderr", proc.stderr), name=f"stderr:{self.instance}"
-            ),
+                self.ctx.logs.pump(self.instance, name, stream, on_line), name=f"{name}:{self.instance}"
+            )
+            for name, stream in (("stdout", proc.stdout), ("stderr", proc.stderr))
         ]
         for pump in self._pumps:
             pump.add_done_callback(functools.partial(self._pump_ended, proc))
@@ -529,49 +608,68 @@ class ProcessRunner:
             self._restart_reason = f"restarted: {self.last_error}"
             self._restart_task = asyncio.create_task(self._kill_tree(proc, graceful=True))
 
-    async def _wait_ready(self, proc: asyncio.subprocess.Process) -> tuple[bool, str]:
-        """Readiness gating: up for ``startsecs`` and, with a health path, one successful probe."""
+    def _ready_line_watcher(self, pattern: str) -> Callable[[str], None]:
+        """What the output pumps call with each line: sets ``_ready_line`` at the first match (then does nothing)."""
+        regex = re.compile(pattern)
+        ready = self._ready_line
+
+        def watch(line: str) -> None:
+            if not ready.is_set() and regex.search(line, 0, READY_LINE_SCAN):
+                ready.set()
+
+        return watch
+
+    async def _wait_ready(self, proc: asyncio.subprocess.Process, startsecs: float | None = None) -> tuple[bool, str]:
+        """Readiness gating: up for ``startsecs`` (the manifest's unless given), a ``ready_log_line`` printed and,
+        with a health check, one successful probe. Not ready in time: (False, why) with the process still running
+        (the caller stops it); an exit: (False, why)."""
         m = self.manifest
         assert m is not None
-        t0 = self._spawned_at
-        ready_at = t0 + m.startsecs
+        ready_at = self._spawned_at + (m.startsecs if startsecs is None else startsecs)
         health = m.health
         need_probe = health is not None
-        give_up = ready_at + health.start_timeout_s if health is not None else 0.0
+        need_line = m.ready_log_line is not None
+        start_timeout = health.start_timeout_s if health is not None else START_TIMEOUT
+        give_up = ready_at + start_timeout
         exited = asyncio.ensure_future(wait_exit(proc))
+        line = asyncio.ensure_future(self._ready_line.wait())
         interval = 0.05
         try:
             while True:
                 if exited.done():
                     return False, f"{describe_exit(proc.returncode)} while starting"
+                need_line = need_line and not line.done()
                 now = time.monotonic()
-                if not need_probe and now >= ready_at:
+                if not need_probe and not need_line and now >= ready_at:
                     return True, ""
+                if (need_probe or need_line) and now > give_up:
+                    waited = f"not ready within {ready_at - self._spawned_at + start_timeout:g}s"
+                    if need_line:
+                        return False, f"{waited} (no output line matched ready_log_line {m.ready_log_line!r})"
+                    return False, f"{waited.replace('ready', 'healthy')} (last probe: {self.tracker.detail})"
                 if need_probe:
                     assert health is not None
-                    if now > give_up:
-                        await self._kill_tree(proc, graceful=True)
-                        return False, (
-                            f"not healthy within {m.startsecs + health.start_timeout_s:g}s "
-                            f"(last probe: {self.tracker.detail})"
-                        )
-                    ok, detail = await probe(self.ctx.http, self._health_url(health.path), health.timeout_s)
+                    ok, detail = await run_probe(health, self.ctx.http, self._probe_target())
                     self.tracker.detail = detail
                     if ok:
                         need_probe = False
                         continue
                     timeout = interval
                     interval = min(interval * 1.5, 0.5)
+                elif need_line:
+                    timeout = give_up - now
                 else:
                     timeout = ready_at - now
-                await asyncio.wait([exited], timeout=max(timeout, 0.0))
+                await asyncio.wait([exited, line], timeout=max(timeout, 0.0), return_when=asyncio.FIRST_COMPLETED)
         finally:
-            if not exited.done():
-                exited.cancel()
+            for waiter in (exited, line):
+                if not waiter.done():
+                    waiter.cancel()
 
-    def _health_url(self, path: str) -> str:
-        assert self.port is not None, "health is only probed while the plugin holds a port"
-        return local_url(self.ctx.host, self.port) + path
+    def _probe_target(self) -> ProbeTarget:
+        m = self.manifest
+        assert self.port is not None and m is not None, "health is only probed while the plugin holds a port"
+        return ProbeTarget(self.ctx.host, self.port, m.folder, self._env)
 
     async def _health_loop(self, proc: asyncio.subprocess.Process) -> None:
         m = self.manifest
@@ -581,7 +679,7 @@ class ProcessRunner:
             await asyncio.sleep(health.interval_s)
             if proc.returncode is not None or self.state != S.RUNNING:
                 return
-            ok, detail = await probe(self.ctx.http, self._health_url(health.path), health.timeout_s)
+            ok, detail = await run_probe(health, self.ctx.http, self._probe_target())
             if proc.returncode is None and self.state == S.RUNNING:
                 self._record_health(ok, f"probe: {detail}")
 

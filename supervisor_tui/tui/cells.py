@@ -19,6 +19,8 @@ PLUGIN_STATE_STYLES = {
     "FATAL": "bold #ffffff on #d70000",
     "INVALID": "bold #d75fd7",
     "LOST": "bold #ff5f5f",
+    "COMPLETED": "#87d7af",  # a oneshot task that ended well: done, calmer than RUNNING
+    "FAILED": "bold #ff5f5f",  # a oneshot task that ended badly
 }
 CONSOLE_STATE_STYLES = {
     "active": "bold #5fd75f",

@@ -42,7 +42,7 @@ HISTORY_SECONDS = 300.0
 RATE_SECONDS = 2.0
 STATE_HISTORY = 100
 # States that make the header warn; the ones that keep running through a quit of the embedded TUI.
-TROUBLE_STATES = ("FATAL", "LOST", "INVALID", "BACKOFF")
+TROUBLE_STATES = ("FATAL", "LOST", "INVALID", "BACKOFF", "FAILED")
 LIVE_STATES = ("RUNNING", "STARTING", "BACKOFF")
 SHORT_CONSOLE_STATES = {"active": "act", "busy": "busy", "idle": "idle", "error": "err", "inactive": "inact"}
 
