@@ -263,7 +263,9 @@ async def _pid_changed(api: Api, key: str, old: int) -> bool:
 
 async def test_an_operator_start_leaves_fatal(settings: Settings, make_plugin: MakePlugin) -> None:
     fixed = settings.base_dir / "fixed"
-    reporter(make_plugin, "broken", startretries=1, env={"REQUIRE_FILE": str(fixed)})
+    # startsecs well above the time a loaded machine takes to start Python and see the file missing: an exit
+    # after startsecs would count as a start that later died, not as a failed start.
+    reporter(make_plugin, "broken", startretries=1, startsecs=3, env={"REQUIRE_FILE": str(fixed)})
     async with running_api(settings) as api:
         await api.wait_state("broken", "FATAL")
         err = is_error(await api.client.post("/api/v1/plugins/broken/start"), 409, "action_failed")
