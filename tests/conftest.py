@@ -21,6 +21,9 @@ Fixtures (all function-scoped, everything under ``tmp_path``):
 - ``plugin_processes(path)`` -> live (non-zombie) processes whose working directory is under ``path``: plugins
   run in their folder and their children inherit it, so this finds orphans.
 - ``no_plugin_leftovers`` -> fails a test that leaves processes running under its tmp dir (and kills them).
+- ``shared_headless`` (session-scoped) -> one ``SharedHeadless`` supervisor for the read-only API tests: a headless
+  process with one plugin, "web" (sleeper.py, not autostarted), and ``consoles.auth = "none"``; a test on it may
+  add a console but must leave plugins as they are. ``fixtures.api.harness.shared_api`` gives it an ``Api``.
 - ``wait_until(predicate, timeout)`` -> the one polling helper: polls a condition (sync or async) with a deadline;
   ``pause=pilot.pause`` under Pilot. ``wait_until_sync`` is the same for tests without an event loop.
 """
@@ -39,9 +42,11 @@ import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psutil
 import pytest
 
@@ -355,6 +360,41 @@ def headless(settings: Settings) -> Iterator[Callable[..., HeadlessProcess]]:
 
     yield start
     for proc in started:
+        if proc.proc.poll() is None:
+            proc.signal(signal.SIGTERM)
+            try:
+                proc.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+@dataclass(frozen=True)
+class SharedHeadless:
+    """The session's shared headless supervisor: where it answers, its tokens and its settings."""
+
+    url: str
+    admin_token: str
+    plugin_token: str
+    settings: Settings
+
+
+@pytest.fixture(scope="session")
+def shared_headless(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SharedHeadless]:
+    settings = make_test_settings(tmp_path_factory.mktemp("shared-headless"), **{"consoles.auth": "none"})
+    write_plugin(settings.plugins_dir, "web", "sleeper.py", autostart=False)
+    proc = HeadlessProcess(settings, ())
+    try:
+
+        def listening() -> str | None:
+            if proc.proc.poll() is not None:
+                raise AssertionError(f"headless exited with {proc.proc.returncode}; stderr: {proc.stderr}")
+            return next((str(r["url"]) for r in proc.find(lambda r: r.get("event") == "api_listening")), None)
+
+        url = wait_until_sync(listening, 60)
+        wait_until_sync(lambda: httpx.get(f"{url}/ready").status_code == 200, 60)
+        tokens = [(settings.data_dir / f"{name}.token").read_text().strip() for name in ("admin", "plugin")]
+        yield SharedHeadless(url, tokens[0], tokens[1], settings)
+    finally:
         if proc.proc.poll() is None:
             proc.signal(signal.SIGTERM)
             try:
