@@ -348,6 +348,15 @@ class HeadlessProcess:
             self.proc.kill()
             self.proc.wait(10)
 
+    def terminate(self) -> None:
+        """SIGTERM if still running, SIGKILL after 30 s."""
+        if self.proc.poll() is None:
+            self.signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
 
 @pytest.fixture
 def headless(settings: Settings) -> Iterator[Callable[..., HeadlessProcess]]:
@@ -360,12 +369,7 @@ def headless(settings: Settings) -> Iterator[Callable[..., HeadlessProcess]]:
 
     yield start
     for proc in started:
-        if proc.proc.poll() is None:
-            proc.signal(signal.SIGTERM)
-            try:
-                proc.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        proc.terminate()
 
 
 @dataclass(frozen=True)
@@ -395,9 +399,4 @@ def shared_headless(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shared
         tokens = [(settings.data_dir / f"{name}.token").read_text().strip() for name in ("admin", "plugin")]
         yield SharedHeadless(url, tokens[0], tokens[1], settings)
     finally:
-        if proc.proc.poll() is None:
-            proc.signal(signal.SIGTERM)
-            try:
-                proc.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        proc.terminate()
