@@ -21,7 +21,11 @@ Fixtures (all function-scoped, everything under ``tmp_path``):
 - ``plugin_processes(path)`` -> live (non-zombie) processes whose working directory is under ``path``: plugins
   run in their folder and their children inherit it, so this finds orphans.
 - ``no_plugin_leftovers`` -> fails a test that leaves processes running under its tmp dir (and kills them).
-- ``wait_until(predicate, timeout)`` -> polls a condition with a deadline (sync or async predicate).
+- ``shared_headless`` (session-scoped) -> one ``SharedHeadless`` supervisor for the read-only API tests: a headless
+  process with one plugin, "web" (sleeper.py, not autostarted), and ``consoles.auth = "none"``; a test on it may
+  add a console but must leave plugins as they are. ``fixtures.api.harness.shared_api`` gives it an ``Api``.
+- ``wait_until(predicate, timeout)`` -> the one polling helper: polls a condition (sync or async) with a deadline;
+  ``pause=pilot.pause`` under Pilot. ``wait_until_sync`` is the same for tests without an event loop.
 """
 
 from __future__ import annotations
@@ -37,10 +41,12 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psutil
 import pytest
 
@@ -111,18 +117,55 @@ def plugin_processes(path: Path) -> list[psutil.Process]:
     return found
 
 
-async def wait_until(predicate: Callable[[], Any], timeout: float = 30.0, interval: float = 0.05) -> Any:  # noqa: ASYNC109
-    """Poll ``predicate`` (sync or async) until it returns something truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
+class _Deadline:
+    """The one polling deadline: ``check()`` fails the test once ``timeout`` seconds have passed."""
+
+    def __init__(self, timeout: float, failure: str | Callable[[], str] | None, predicate: object) -> None:
+        self.timeout, self.failure, self.predicate = timeout, failure, predicate
+        self.at = time.monotonic() + timeout
+
+    def check(self) -> None:
+        if time.monotonic() > self.at:
+            failure = self.failure
+            if callable(failure):
+                raise AssertionError(failure())
+            raise AssertionError(f"{failure or 'condition not met'} within {self.timeout}s: {self.predicate}")
+
+
+async def wait_until(
+    predicate: Callable[[], Any],
+    timeout: float = 30.0,  # noqa: ASYNC109
+    interval: float = 0.05,
+    pause: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+    failure: str | Callable[[], str] | None = None,
+) -> Any:
+    """Poll ``predicate`` (sync or async) until it returns something truthy, which is returned; fail after
+    ``timeout`` seconds with ``failure`` (a text, or a function giving it). ``pause(interval)`` runs between tries:
+    ``asyncio.sleep``, or ``pilot.pause`` so that a Textual app under Pilot processes its messages meanwhile."""
+    deadline = _Deadline(timeout, failure, predicate)
     while True:
         value = predicate()
         if inspect.isawaitable(value):
             value = await value
         if value:
             return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s: {predicate}")
-        await asyncio.sleep(interval)
+        deadline.check()
+        await pause(interval)
+
+
+def wait_until_sync(
+    predicate: Callable[[], Any],
+    timeout: float = 30.0,
+    interval: float = 0.05,
+    failure: str | Callable[[], str] | None = None,
+) -> Any:
+    """``wait_until`` for tests without an event loop (a tmux terminal, a child process's log): sleeps between
+    tries."""
+    deadline = _Deadline(timeout, failure, predicate)
+    while not (value := predicate()):
+        deadline.check()
+        time.sleep(interval)
+    return value
 
 
 @contextlib.asynccontextmanager
@@ -319,6 +362,15 @@ class HeadlessProcess:
             self.proc.kill()
             self.proc.wait(10)
 
+    def terminate(self) -> None:
+        """SIGTERM if still running, SIGKILL after 30 s."""
+        if self.proc.poll() is None:
+            self.signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
 
 @pytest.fixture
 def headless(settings: Settings) -> Iterator[Callable[..., HeadlessProcess]]:
@@ -331,9 +383,34 @@ def headless(settings: Settings) -> Iterator[Callable[..., HeadlessProcess]]:
 
     yield start
     for proc in started:
-        if proc.proc.poll() is None:
-            proc.signal(signal.SIGTERM)
-            try:
-                proc.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        proc.terminate()
+
+
+@dataclass(frozen=True)
+class SharedHeadless:
+    """The session's shared headless supervisor: where it answers, its tokens and its settings."""
+
+    url: str
+    admin_token: str
+    plugin_token: str
+    settings: Settings
+
+
+@pytest.fixture(scope="session")
+def shared_headless(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SharedHeadless]:
+    settings = make_test_settings(tmp_path_factory.mktemp("shared-headless"), **{"consoles.auth": "none"})
+    write_plugin(settings.plugins_dir, "web", "sleeper.py", autostart=False)
+    proc = HeadlessProcess(settings, ())
+    try:
+
+        def listening() -> str | None:
+            if proc.proc.poll() is not None:
+                raise AssertionError(f"headless exited with {proc.proc.returncode}; stderr: {proc.stderr}")
+            return next((str(r["url"]) for r in proc.find(lambda r: r.get("event") == "api_listening")), None)
+
+        url = wait_until_sync(listening, 60)
+        wait_until_sync(lambda: httpx.get(f"{url}/ready").status_code == 200, 60)
+        tokens = [(settings.data_dir / f"{name}.token").read_text().strip() for name in ("admin", "plugin")]
+        yield SharedHeadless(url, tokens[0], tokens[1], settings)
+    finally:
+        proc.terminate()

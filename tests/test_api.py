@@ -16,8 +16,8 @@ import httpx
 import psutil
 import pytest
 import websockets
-from conftest import HeadlessProcess, plugin_processes, spawns, wait_until
-from fixtures.api.harness import REPORTER, REPORTER_ENDPOINTS, Api, bearer, running_api
+from conftest import HeadlessProcess, SharedHeadless, plugin_processes, spawns, wait_until
+from fixtures.api.harness import REPORTER, REPORTER_ENDPOINTS, Api, bearer, running_api, shared_api
 
 from supervisor_tui.config import Settings
 from supervisor_tui.runtime import Runtime
@@ -50,8 +50,8 @@ def reporter(make_plugin: MakePlugin, key: str, **fields: Any) -> Path:
 
 
 # -- the server itself ---------------------------------------------------------------------------------------------
-async def test_health_openapi_docs_and_unknown_routes(settings: Settings) -> None:
-    async with running_api(settings) as api:
+async def test_health_openapi_docs_and_unknown_routes(shared_headless: SharedHeadless) -> None:
+    async with shared_api(shared_headless) as api:
         async with httpx.AsyncClient(base_url=api.url) as anonymous:
             r = await anonymous.get("/health")
             assert r.status_code == 200 and r.json() == {"status": "ok"}
@@ -70,8 +70,8 @@ async def test_health_openapi_docs_and_unknown_routes(settings: Settings) -> Non
         is_error(await api.client.delete("/api/v1/status"), 405, "method_not_allowed")
 
 
-async def test_docs_page_and_its_assets_are_served_from_this_host(settings: Settings) -> None:
-    async with running_api(settings) as api, httpx.AsyncClient(base_url=api.url) as anonymous:
+async def test_docs_page_and_its_assets_are_served_from_this_host(shared_headless: SharedHeadless) -> None:
+    async with shared_api(shared_headless) as api, httpx.AsyncClient(base_url=api.url) as anonymous:
         page = await anonymous.get("/docs")  # no token, like /openapi.json
         assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
         # Nothing the page loads comes from another host: it works on a server without internet.
@@ -88,9 +88,8 @@ async def test_docs_page_and_its_assets_are_served_from_this_host(settings: Sett
         assert (await anonymous.get("/redoc")).status_code == 404  # off: one browsable page
 
 
-async def test_allow_header_lists_every_method_of_a_path(settings: Settings, make_plugin: MakePlugin) -> None:
-    reporter(make_plugin, "web", autostart=False)
-    async with running_api(settings) as api:
+async def test_allow_header_lists_every_method_of_a_path(shared_headless: SharedHeadless) -> None:
+    async with shared_api(shared_headless) as api:  # it has a plugin "web"
         r = await api.client.request("PATCH", "/api/v1/plugins/web")
         is_error(r, 405, "method_not_allowed")
         assert sorted(m.strip() for m in r.headers["allow"].split(",")) == ["DELETE", "GET"]
@@ -165,9 +164,9 @@ async def test_a_port_in_use_is_one_line_exit_2_and_no_plugin_runs(
     assert await proc2.wait() == 0
 
 
-async def test_request_bodies_over_the_limit_get_413_before_they_are_read(settings: Settings) -> None:
-    assert settings.get("server.max_body") == 1024 * 1024  # the documented default
-    async with running_api(settings) as api:
+async def test_request_bodies_over_the_limit_get_413_before_they_are_read(shared_headless: SharedHeadless) -> None:
+    assert shared_headless.settings.get("server.max_body") == 1024 * 1024  # the documented default
+    async with shared_api(shared_headless) as api:
         host, port = api.url.removeprefix("http://").rsplit(":", 1)
         # Announce 5 MiB, send 1 KiB and wait: the answer comes without the rest of the body.
         reader, writer = await asyncio.open_connection(host, int(port))

@@ -11,8 +11,8 @@ from typing import Any
 import httpx
 import pytest
 import websockets
-from conftest import HeadlessProcess
-from fixtures.api.harness import REPORTER, REPORTER_ENDPOINTS, bearer, running_api
+from conftest import HeadlessProcess, SharedHeadless
+from fixtures.api.harness import REPORTER, REPORTER_ENDPOINTS, bearer, running_api, shared_api
 
 from supervisor_tui.config import Settings
 
@@ -43,8 +43,8 @@ def assert_unauthorized(r: httpx.Response, presented: str | None = None) -> None
         assert presented not in r.text
 
 
-async def test_every_admin_route_needs_the_admin_token(settings: Settings) -> None:
-    async with running_api(settings) as api:
+async def test_every_admin_route_needs_the_admin_token(shared_headless: SharedHeadless) -> None:
+    async with shared_api(shared_headless) as api:
         async with httpx.AsyncClient(base_url=api.url, timeout=30) as anonymous:
             openapi = (await anonymous.get("/openapi.json")).json()
             ops = admin_operations(openapi)
@@ -80,8 +80,8 @@ async def test_every_admin_route_needs_the_admin_token(settings: Settings) -> No
                     assert_unauthorized(r)
 
 
-async def test_ws_events_needs_the_admin_token(settings: Settings) -> None:
-    async with running_api(settings) as api:
+async def test_ws_events_needs_the_admin_token(shared_headless: SharedHeadless) -> None:
+    async with shared_api(shared_headless) as api:
         ws_url = api.url.replace("http://", "ws://") + "/ws/events"
         for headers in ({}, bearer("wrong"), bearer(api.plugin_token)):
             with pytest.raises(websockets.InvalidStatus) as refused:

@@ -6,15 +6,13 @@ error id, never the server's plain-text 500. A real Runtime (or HttpServer) on 1
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from fixtures.api.harness import Api, bearer, running_api
+from conftest import SharedHeadless
+from fixtures.api.harness import Api, bearer, shared_api
 
-from supervisor_tui.config import Settings
 from supervisor_tui.plugins.manifest import RESERVED_KEYS
 from supervisor_tui.server.errors import InternalErrorShield
 from supervisor_tui.server.serve import HttpServer
@@ -39,8 +37,10 @@ async def plugin_keys(api: Api) -> list[str]:
 
 # -- reserved keys -------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("key", sorted(RESERVED_KEYS))
-async def test_a_reserved_key_is_refused_from_registration_and_install(settings: Settings, key: str) -> None:
-    async with running_api(settings) as api:
+async def test_a_reserved_key_is_refused_from_registration_and_install(
+    shared_headless: SharedHeadless, key: str
+) -> None:
+    async with shared_api(shared_headless) as api:
         announced = {"key": key, "host": "127.0.0.1", "port": 3010, "endpoints": [{"method": "GET", "path": "/x"}]}
         r = await api.client.post("/api/v1/plugins/register", json=announced, headers=bearer(api.plugin_token))
         err = error_of(r, 422)
@@ -49,8 +49,8 @@ async def test_a_reserved_key_is_refused_from_registration_and_install(settings:
         r = await api.client.post("/api/v1/plugins/install", json={"manifest": manifest})
         err = error_of(r, 422)
         assert err["code"] == "invalid_manifest" and "reserved" in err["message"] and key in err["message"]
-        assert await plugin_keys(api) == []
-        assert not (settings.plugins_dir / key).exists()
+        assert await plugin_keys(api) == ["web"]  # the shared supervisor's one plugin
+        assert not (shared_headless.settings.plugins_dir / key).exists()
 
 
 # -- bodies nested deeper than a parser recurses -------------------------------------------------------------------
@@ -64,11 +64,9 @@ def nested_in(prefix: bytes, suffix: bytes = b"}") -> bytes:
 
 
 async def test_deeply_nested_bodies_are_400_or_422_on_every_route_that_takes_json(
-    make_settings: Callable[..., Settings], make_plugin: Callable[..., Path]
+    shared_headless: SharedHeadless,
 ) -> None:
-    settings = make_settings(**{"consoles.auth": "none"})
-    make_plugin("web", "sleeper.py", autostart=False)
-    async with running_api(settings) as api:
+    async with shared_api(shared_headless) as api:  # consoles.auth = "none", and a plugin "web" not started
         cid = str(uuid.uuid4())
         r = await api.client.post("/api/consoles/register", json={"id": cid, "name": "deep"})
         assert r.status_code == 201, r.text

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import uvicorn
+from conftest import wait_until
 
 from supervisor_tui.server.fast_http import Answer, fast_protocol
 from supervisor_tui.server.serve import HttpServer
@@ -79,12 +80,17 @@ async def open_with_pending_answer(routes: Routes, port: int) -> tuple[asyncio.S
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(post("/fast/later"))
     await writer.drain()
-    for _ in range(500):
-        if routes.pending:
-            break
-        await asyncio.sleep(0.01)
-    assert routes.pending
+    await wait_until(lambda: routes.pending, 5, 0.01)
     return reader, writer
+
+
+async def refuses_connections(port: int) -> bool:
+    try:
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+    except ConnectionRefusedError:
+        return True
+    writer.close()
+    return False
 
 
 async def read_answer(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bytes]:
@@ -140,14 +146,15 @@ async def test_pipelined_requests_are_answered_in_order(served: tuple[HttpServer
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     # One write: a fast request answered later, an ASGI request, a fast request answered at once.
     writer.write(post("/fast/later") + b"GET /other HTTP/1.1\r\nHost: t\r\n\r\n" + post("/fast/now", b"3"))
-    await asyncio.sleep(0.2)
-    assert routes.seen == [("later", b"x")]  # the rest waits behind the pending answer
+    # One segment on loopback: the server parsed all three in the read that made the first one pending.
+    await wait_until(lambda: routes.pending, 5, 0.01)
     routes.release()
     answers = [await read_answer(reader) for _ in range(3)]
     assert [a[0] for a in answers] == [201, 200, 200]
     assert [a[1]["x-path"] if "x-path" in a[1] else "fast-later" for a in answers] == ["fast-later", "asgi", "asgi"]
     assert json.loads(answers[1][2])["path"] == "/other"
     assert json.loads(answers[2][2])["body"] == "3"  # queued behind a pending answer: uvicorn's pipeline, ASGI
+    assert routes.seen == [("later", b"x")]  # so the routes never saw the third request
     writer.close()
 
 
@@ -178,11 +185,11 @@ async def test_a_failing_route_answers_500_and_the_connection_goes_on(
 
 
 async def test_a_client_gone_before_its_answer_costs_nothing(served: tuple[HttpServer, Routes, int]) -> None:
-    _, routes, port = served
+    server, routes, port = served
     reader, writer = await open_with_pending_answer(routes, port)
     writer.close()
     await writer.wait_closed()
-    await asyncio.sleep(0.1)
+    await wait_until(lambda: server.open_connections == 0, 5, 0.01)  # the server saw the client go
     routes.release()  # writes nothing, raises nothing
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(post("/fast/after"))
@@ -194,7 +201,7 @@ async def test_graceful_stop_writes_the_pending_answer_then_closes(served: tuple
     server, routes, port = served
     reader, writer = await open_with_pending_answer(routes, port)
     stopping = asyncio.ensure_future(server.stop())
-    await asyncio.sleep(0.3)
+    await wait_until(lambda: refuses_connections(port), 5, 0.01)  # the shutdown has begun
     assert not stopping.done()  # waiting for the answer
     routes.release()
     status, headers, _ = await read_answer(reader)

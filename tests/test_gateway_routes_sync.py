@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import httpx
 import pytest
+from conftest import wait_until
 from fixtures.gateway.harness import fixture_process, serve, served_gateway
 
 from supervisor_tui.core.events import EventBus, EventsDropped, PluginStateChanged, PluginUnregistered
@@ -69,12 +69,11 @@ def upstream() -> Iterator[str]:
 
 
 async def wait_status(client: httpx.AsyncClient, path: str, status: int) -> httpx.Response:
-    deadline = time.monotonic() + 5
-    while True:
+    async def answered() -> httpx.Response | None:
         resp = await client.get(path)
-        if resp.status_code == status:
-            return resp
-        assert time.monotonic() < deadline, f"{path} stayed {resp.status_code}, expected {status}"
+        return resp if resp.status_code == status else None
+
+    return await wait_until(answered, 5, 0, failure=f"{path} never answered {status}")
 
 
 def test_route_for_maps_states_and_limits() -> None:

@@ -1,5 +1,6 @@
 """In-process plugins through the real runtime: hooks in order, configuration refused, load timeout, hooks that raise,
-hang or block the loop, routes served by the gateway, plugin-loaded/plugin-failed on /ws/events."""
+hang or block the loop, routes served by the gateway, plugin.loaded/plugin.load_failed (and the old names) on
+/ws/events."""
 
 from __future__ import annotations
 
@@ -212,15 +213,25 @@ async def test_an_in_process_plugin_serves_its_routes_through_the_gateway_and_ev
         assert (await api.client.get("/api/plugins/stats/nothing")).status_code == 404
         assert (await api.client.post("/api/plugins/stats/summary")).status_code == 405
 
-        ws_url = api.url.replace("http://", "ws://") + "/ws/events?topics=plugin-loaded,plugin-failed"
-        async with websockets.connect(ws_url, additional_headers=bearer(api.admin_token)) as ws:
+        events_url = api.url.replace("http://", "ws://") + "/ws/events?topics="
+        auth = bearer(api.admin_token)
+        async with (
+            websockets.connect(events_url + "plugin.loaded,plugin.load_failed", additional_headers=auth) as ws,
+            websockets.connect(events_url + "plugin-loaded,plugin-failed", additional_headers=auth) as old_ws,
+        ):
             assert (await api.client.post("/api/v1/plugins/stats/stop")).status_code == 200
             r = await api.client.get("/api/plugins/stats/summary")
             assert r.status_code == 503 and r.json()["error"]["code"] == "plugin_unavailable"
             assert (await api.client.post("/api/v1/plugins/stats/start")).status_code == 200
             assert (await api.client.post("/api/v1/plugins/broken/start")).status_code == 409
             events = [json.loads(await asyncio.wait_for(ws.recv(), 30)) for _ in range(2)]
-        assert events[0]["topic"] == "plugin-loaded" and events[0]["name"] == "stats"
-        assert events[1]["topic"] == "plugin-failed" and events[1]["name"] == "broken"
+            old_events = [json.loads(await asyncio.wait_for(old_ws.recv(), 30)) for _ in range(2)]
+        assert events[0]["topic"] == "plugin.loaded" and events[0]["name"] == "stats"
+        assert events[1]["topic"] == "plugin.load_failed" and events[1]["name"] == "broken"
         assert events[1]["phase"] == "import" and "inprocess_support_missing" in events[1]["error"]
+        # The names of before, for the clients of before: the same events under them.
+        assert [e["topic"] for e in old_events] == ["plugin-loaded", "plugin-failed"]
+        assert [{k: v for k, v in e.items() if k != "topic"} for e in old_events] == [
+            {k: v for k, v in e.items() if k != "topic"} for e in events
+        ]
         assert (await api.client.get("/api/plugins/stats/summary")).status_code == 200

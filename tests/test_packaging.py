@@ -20,7 +20,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import REPO
+from conftest import REPO, wait_until_sync
 
 INSTALL_TIMEOUT = 300  # a cold pip cache downloads every dependency once
 
@@ -132,9 +132,7 @@ def test_headless_starts_answers_and_stops_without_the_extras(
     url = run.wait_for_event("api_listening", timeout=60)["url"]
     with httpx.Client(base_url=url, timeout=10) as client:
         assert client.get("/health").json() == {"status": "ok"}
-        deadline = time.monotonic() + 60
-        while (ready := client.get("/ready")).status_code != 200 and time.monotonic() < deadline:
-            time.sleep(0.05)  # polling with a deadline
+        ready = wait_until_sync(lambda: (r := client.get("/ready")).status_code == 200 and r, 60)
         assert ready.json()["ready"] is True, ready.text
     run.proc.send_signal(signal.SIGTERM)
     try:

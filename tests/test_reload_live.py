@@ -9,11 +9,12 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from conftest import wait_until, write_plugin
+from conftest import open_supervisor, wait_until, write_plugin
 from fixtures.api.harness import Api, running_api
 from inprocess_support import write_inprocess
 
 from supervisor_tui.config import Settings
+from supervisor_tui.core.events import ExtensionFailed
 
 pytestmark = pytest.mark.usefixtures("no_plugin_leftovers")
 
@@ -151,3 +152,20 @@ async def _status(api: Api, path: str, expected: int) -> bool:
 async def _field(api: Api, key: str, name: str, text: str) -> bool:
     r = await api.client.get(f"/api/v1/plugins/{key}")
     return r.status_code == 200 and text in str(r.json().get(name))
+
+
+async def test_a_process_plugins_failed_reload_is_plugin_reload_failed_and_plugin_failed_to_old_subscribers(
+    make_settings: Callable[..., Settings],
+) -> None:
+    settings = make_settings(**{"plugins.watch": False})
+    folder = write_plugin(settings.plugins_dir, "web", "sleeper.py")
+    async with open_supervisor(settings) as sup:
+        await sup.start_all()
+        await wait_until(lambda: sup.plugin("web").state == "RUNNING")
+        with sup.bus.subscribe(["plugin.reload_failed"]) as dotted, sup.bus.subscribe(["plugin-failed"]) as old:
+            (folder / "manifest.json").write_text("{ not json", encoding="utf-8")
+            await sup.reload(keep_on_error=True)
+            for sub, name in ((dotted, "plugin.reload_failed"), (old, "plugin-failed")):
+                events = [e for e in await sub.get_batch(10) if isinstance(e, ExtensionFailed)]
+                assert [(sub.topic_name(e), e.name, e.phase) for e in events] == [(name, "web", "reload")]
+        assert sup.plugin("web").state == "RUNNING"

@@ -17,12 +17,11 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 
 import pytest
-from conftest import REPO, wait_until
+from conftest import REPO, wait_until, wait_until_sync
 from fixtures.gateway.harness import fixture_process, serve, served_gateway
 
 from supervisor_tui.plugins.manifest import load_manifest
@@ -106,10 +105,12 @@ def echo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             start_new_session=True,
         )
     try:
-        deadline = time.monotonic() + 20
-        while "listening" not in log.read_text():
-            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
-            time.sleep(0.05)  # the process is not ours to await: poll its log with a deadline
+
+        def listening() -> bool:
+            assert proc.poll() is None, log.read_text()
+            return "listening" in log.read_text()
+
+        wait_until_sync(listening, 20, failure=log.read_text)  # the process is not ours to await: poll its log
         yield f"http://127.0.0.1:{port}"
     finally:
         proc.terminate()
@@ -281,7 +282,7 @@ async def test_an_upstream_answering_before_the_whole_body_is_not_reused() -> No
             await writer.drain()
             # The rest of the body only goes once the gateway holds the upstream's early answer.
             await asyncio.wait_for(upstream.answered_first.wait(), 10)
-            await wait_until(lambda: any(ex.conn is not None and ex.conn.headers_done for ex in gateway._inflight), 10)
+            await wait_until(lambda: gateway.early_answers() == 1, 10)
             writer.write(rest)
             await writer.drain()
             early = await asyncio.wait_for(read_answer(reader), 10)

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import inspect
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
+from conftest import wait_until
 from textual.command import CommandList, CommandPalette
 from textual.widgets import Input
 
@@ -27,16 +26,7 @@ WIDE = (160, 48)
 
 async def until(pilot: Any, predicate: Callable[[], Any], within: float = 10.0) -> None:
     """Let the app run until ``predicate()`` (sync or async) holds (fails the test at the deadline)."""
-    deadline = time.monotonic() + within
-    while True:
-        value = predicate()
-        if inspect.isawaitable(value):
-            value = await value
-        if value:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached before the deadline")
-        await pilot.pause(0.02)
+    await wait_until(predicate, within, 0.02, pause=pilot.pause)
 
 
 def demo_state(client: DemoClient, key: str, state: str) -> Callable[[], Awaitable[bool]]:
@@ -69,7 +59,13 @@ async def palette_search(pilot: Any, app: SupervisorApp, query: str, first_hit: 
 
 
 def screen_text(app: SupervisorApp) -> str:
+    # Textual has no public text export (export_screenshot renders this same compositor to SVG).
     return "\n".join(strip.text for strip in app.screen._compositor.render_strips())
+
+
+def scrolled_back(app: SupervisorApp) -> bool:
+    """The logs pane says the operator scrolled back (it no longer follows the tail)."""
+    return "scrolled back" in str(app.main.logs_pane.border_subtitle)
 
 
 def table(app: SupervisorApp, name: str) -> KeyedTable:
@@ -89,7 +85,7 @@ async def select_plugin(pilot: Any, app: SupervisorApp, key: str) -> None:
     t = table(app, "plugins")
     await until(pilot, lambda: key in table_keys(app, "plugins"))
     t.move_cursor(row=t.get_row_index(key))
-    await pilot.pause()
+    await until(pilot, lambda: app.main.selected_plugin() == key)
 
 
 async def test_start_stop_restart_change_plugin_state() -> None:
@@ -208,16 +204,16 @@ async def test_scrolling_up_in_the_log_never_jumps_back() -> None:
         await pilot.press("3")
         with app.batch_update():
             view.append(LogEntry(float(i), "echo", "stdout", "info", f"line {i}") for i in range(200))
-        await pilot.pause()
+        await until(pilot, lambda: view.visible_entries()[-1].message == "line 199")
         await pilot.press("pageup")
-        await pilot.pause()
+        await until(pilot, lambda: scrolled_back(app))
         before = [e.message for e in view.visible_entries()]
         view.append(LogEntry(1000.0 + i, "echo", "stdout", "info", f"later {i}") for i in range(50))
-        await pilot.pause()
+        await pilot.pause()  # a barrier, not a delay: every message the append posted has been handled
         assert [e.message for e in view.visible_entries()] == before
+        assert scrolled_back(app)
         await pilot.press("end")
-        await pilot.pause()
-        assert view.visible_entries()[-1].message == "later 49"
+        await until(pilot, lambda: view.visible_entries()[-1].message == "later 49")
 
 
 async def test_log_memory_is_bounded_and_view_keeps_position() -> None:
@@ -225,14 +221,15 @@ async def test_log_memory_is_bounded_and_view_keeps_position() -> None:
     async with app.run_test(size=NARROW) as pilot:
         view = app.main.query_one("#log-view", LogView)
         await pilot.press("3")
+        last = f"line {view.max_lines + 499}"
         view.append(LogEntry(float(i), "echo", "stdout", "info", f"line {i}") for i in range(view.max_lines + 500))
-        await pilot.pause()
+        await until(pilot, lambda: view.visible_entries()[-1].message == last)
         assert view.line_count == view.max_lines
         await pilot.press("pageup")
-        await pilot.pause()
+        await until(pilot, lambda: scrolled_back(app))
         before = [e.message for e in view.visible_entries()]
         view.append(LogEntry(1e6 + i, "echo", "stdout", "info", f"more {i}") for i in range(100))
-        await pilot.pause()
+        await pilot.pause()  # a barrier, not a delay: every message the append posted has been handled
         assert view.line_count == view.max_lines
         assert [e.message for e in view.visible_entries()] == before
 
@@ -271,11 +268,10 @@ async def test_tab_and_number_keys_switch_panes_one_at_a_time_when_narrow() -> N
 async def test_wide_terminal_shows_every_pane() -> None:
     app = SupervisorApp(DemoClient())
     async with app.run_test(size=WIDE) as pilot:
-        await pilot.pause()
         main = app.main
         assert main.has_class("-wide")
-        for name in ("plugins", "consoles", "logs"):
-            assert main.query_one(f"#{name}-pane").region.height > 3, name
+        panes = [main.query_one(f"#{name}-pane") for name in ("plugins", "consoles", "logs")]
+        await until(pilot, lambda: all(pane.region.height > 3 for pane in panes))
 
 
 async def test_enter_opens_plugin_and_console_details() -> None:
@@ -384,7 +380,7 @@ async def test_quit_asks_and_says_what_happens_to_plugins(mode: str, says: str) 
 async def test_hangup_makes_the_app_return() -> None:
     app = SupervisorApp(DemoClient())
     async with app.run_test(size=NARROW) as pilot:
-        await pilot.pause()
+        await until(pilot, lambda: app.flushes > 0)  # running: its first batch is on screen
         app.hangup("stdin closed")
         await until(pilot, lambda: not app.is_running)
     assert app.return_code == 129

@@ -12,7 +12,7 @@ import psutil
 import pytest
 from conftest import open_supervisor, wait_until
 from fixtures.plugins.hostile_output import END, HOSTILE, SHOWN
-from test_tui import cell, screen_text, select_plugin, table, until
+from test_tui import cell, open_palette, palette_search, screen_text, select_plugin, table, until
 
 from supervisor_tui.config import Settings
 from supervisor_tui.tui import attach
@@ -76,7 +76,10 @@ async def test_cancelled_stop_leaves_the_process_running(settings: Settings, mak
             await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
             await pilot.press("escape")
             await until(pilot, lambda: isinstance(app.screen, MainScreen))
-            await pilot.pause(0.5)
+            # The pane switch after it is seen: the answer before it was handled, and asked for nothing.
+            await pilot.press("2")
+            await until(pilot, lambda: app.main.active_pane == "consoles")
+            assert not app.view.pending_actions
             assert sup.plugin("sleepy").state == "RUNNING"
             assert sup.plugin("sleepy").pid == pid and alive(pid)
 
@@ -119,8 +122,10 @@ async def test_read_only_embedded_refuses_actions(settings: Settings, make_plugi
         app = SupervisorApp(InProcessClient(sup, "http://127.0.0.1:4000", read_only=True), handle_signals=False)
         async with app.run_test(size=SIZE) as pilot:
             await select_plugin(pilot, app, "sleepy")
-            await pilot.press("s")
-            await pilot.pause(0.5)
+            await pilot.press("s", "2")
+            # The pane switch after it is seen: the key before it was handled, and did nothing.
+            await until(pilot, lambda: app.main.active_pane == "consoles")
+            assert not app.view.pending_actions
             assert sup.plugin("sleepy").state == "STOPPED"
             assert "read-only" in screen_text(app)
 
@@ -210,10 +215,8 @@ async def test_consoles_from_the_real_console_service(settings: Settings) -> Non
 
                 # Console-supplied text is never read as markup: table, palette, details.
                 assert cell(app, "consoles", "c-odd", "name") == "odd [/] [b]name"
-                await pilot.press("ctrl+p")
-                await pilot.pause(0.2)
-                await pilot.press(*"odd")
-                await pilot.pause(0.6)
+                await open_palette(pilot, app)
+                await palette_search(pilot, app, "odd", "console odd [/] [b]name")
                 await pilot.press("enter")
                 await until(pilot, lambda: isinstance(app.screen, ConsoleDetailScreen))
                 await until(pilot, lambda: "h[/]st" in screen_text(app))

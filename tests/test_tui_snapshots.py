@@ -5,9 +5,10 @@ Regenerate after an intended change: ``pytest tests/test_tui_snapshots.py --snap
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any
+
+from conftest import wait_until
 
 from supervisor_tui.tui.app import SupervisorApp
 from supervisor_tui.tui.demo import DemoClient
@@ -20,10 +21,7 @@ from supervisor_tui.tui.screens.plugin_detail import PluginDetailScreen
 async def settle(pilot: Any, shown: Callable[[Any], bool] = lambda screen: True) -> None:
     """Wait until the app has applied its first batch and ``shown(app.screen)`` holds, then for animations."""
     app = pilot.app
-    deadline = time.monotonic() + 10
-    while not (app.flushes > 0 and shown(app.screen)):
-        assert time.monotonic() < deadline, "the screen did not settle"
-        await pilot.pause(0.02)
+    await wait_until(lambda: app.flushes > 0 and shown(app.screen), 10, 0.02, pause=pilot.pause)
     await pilot.wait_for_scheduled_animations()
 
 

@@ -14,7 +14,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,7 +22,7 @@ from typing import Any
 import httpx
 import psutil
 import pytest
-from conftest import make_test_settings, write_plugin
+from conftest import make_test_settings, wait_until_sync, write_plugin
 
 from supervisor_tui.config import Settings
 
@@ -82,27 +81,18 @@ class Terminal:
         os.kill(self.server_pid, signal.SIGCONT)
 
     def wait_screen(self, predicate: Callable[[str], bool], timeout: float = 30.0) -> str:
-        deadline = time.monotonic() + timeout
-        text = ""
-        while time.monotonic() < deadline:
-            text = self.screen()
-            if predicate(text):
-                return text
-            time.sleep(0.1)
-        raise AssertionError(f"screen never matched; last screen:\n{text}")
+        shown = [""]
+
+        def matches() -> str | None:
+            shown[0] = self.screen()
+            return shown[0] if predicate(shown[0]) else None
+
+        return str(wait_until_sync(matches, timeout, 0.1, failure=lambda: f"screen never matched:\n{shown[0]}"))
 
     def kill(self) -> None:
         with contextlib.suppress(ProcessLookupError):
             self.thaw()
         subprocess.run([*self.tmux, "kill-session", "-t", self.name], capture_output=True, check=False)
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met before the deadline")
-        time.sleep(0.05)
 
 
 def gone(pid: int) -> bool:
@@ -150,7 +140,7 @@ def terminal(tmp_path: Path) -> Iterator[Callable[..., Terminal]]:
     yield start
     for t in started:
         t.kill()
-        wait_for(lambda t=t: gone(t.pid), 20)
+        wait_until_sync(lambda t=t: gone(t.pid), 20)
 
 
 @pytest.mark.parametrize("term", ["tmux-256color", "screen", "xterm", "xterm-256color"])
@@ -158,38 +148,38 @@ def test_keys_stop_and_start_a_plugin_then_quit_stops_it(terminal: Callable[...,
     t = terminal(term)
     folder = t.plugin_folder  # type: ignore[attr-defined]
     t.wait_screen(lambda s: "sleepy" in s and "RUNNING" in s)
-    wait_for(lambda: len(plugin_pids(folder)) == 1)
+    wait_until_sync(lambda: len(plugin_pids(folder)) == 1)
     first = plugin_pids(folder)[0]
 
     t.keys("x")
     t.wait_screen(lambda s: "Stop plugin sleepy?" in s)
     t.keys("y")
     t.wait_screen(lambda s: "STOPPED" in s and "Stop plugin" not in s)
-    wait_for(lambda: gone(first), 15)
+    wait_until_sync(lambda: gone(first), 15)
 
     t.keys("s")
     t.wait_screen(lambda s: "RUNNING" in s)
-    wait_for(lambda: len(plugin_pids(folder)) == 1)
+    wait_until_sync(lambda: len(plugin_pids(folder)) == 1)
     second = plugin_pids(folder)[0]
     assert second != first
 
     t.keys("q")
     t.wait_screen(lambda s: "Quit supervisor-tui?" in s and "1 running plugin will" in s)
     t.keys("y")
-    wait_for(lambda: gone(t.pid), 20)
-    wait_for(lambda: gone(second), 10)
+    wait_until_sync(lambda: gone(t.pid), 20)
+    wait_until_sync(lambda: gone(second), 10)
 
 
 def test_closing_the_terminal_stops_plugins_and_exits(terminal: Callable[..., Terminal]) -> None:
     t = terminal()
     folder = t.plugin_folder  # type: ignore[attr-defined]
     t.wait_screen(lambda s: "sleepy" in s and "RUNNING" in s)
-    wait_for(lambda: len(plugin_pids(folder)) == 1)
+    wait_until_sync(lambda: len(plugin_pids(folder)) == 1)
     plugin = plugin_pids(folder)[0]
     proc = psutil.Process(t.pid)
     t.kill()  # tmux sends SIGHUP to the pane's process, like a dropped SSH session
-    wait_for(lambda: gone(t.pid), 20)
-    wait_for(lambda: gone(plugin), 10)
+    wait_until_sync(lambda: gone(t.pid), 20)
+    wait_until_sync(lambda: gone(plugin), 10)
     del proc
 
 
@@ -233,7 +223,7 @@ def test_plugin_output_cannot_set_the_terminal_title(terminal: Callable[..., Ter
 
 def test_stdin_at_eof_exits_cleanly_without_spinning(terminal: Callable[..., Terminal], tmp_path: Path) -> None:
     t = terminal(stdin=" < /dev/null")  # the terminal is there for output, but input is gone from the start
-    wait_for(lambda: gone(t.pid), 30)
+    wait_until_sync(lambda: gone(t.pid), 30)
     assert not plugin_pids(t.plugin_folder)  # type: ignore[attr-defined]
     assert "Traceback" not in t.screen()
 
@@ -242,11 +232,11 @@ def test_sigterm_stops_plugins_and_exits(terminal: Callable[..., Terminal]) -> N
     t = terminal()
     folder = t.plugin_folder  # type: ignore[attr-defined]
     t.wait_screen(lambda s: "sleepy" in s and "RUNNING" in s)
-    wait_for(lambda: len(plugin_pids(folder)) == 1)
+    wait_until_sync(lambda: len(plugin_pids(folder)) == 1)
     plugin = plugin_pids(folder)[0]
     os.kill(t.pid, signal.SIGTERM)
-    wait_for(lambda: gone(t.pid), 20)
-    wait_for(lambda: gone(plugin), 10)
+    wait_until_sync(lambda: gone(t.pid), 20)
+    wait_until_sync(lambda: gone(plugin), 10)
 
 
 async def test_attach_in_a_terminal_controls_a_headless_supervisor(
@@ -274,7 +264,7 @@ async def test_attach_in_a_terminal_controls_a_headless_supervisor(
         t.keys("q")
         t.wait_screen(lambda s: "keep running" in s)
         t.keys("y")
-        wait_for(lambda: gone(t.pid), 20)
+        wait_until_sync(lambda: gone(t.pid), 20)
         assert proc.proc.poll() is None  # the supervisor and its plugins keep running
     finally:
         t.kill()
@@ -330,7 +320,7 @@ def test_a_terminal_that_stops_reading_does_not_stop_the_supervisor(
     with api:
         t.freeze()
         try:
-            wait_for(lambda: blocked_writing_to_terminal(t.pid))
+            wait_until_sync(lambda: blocked_writing_to_terminal(t.pid))
             # The supervisor keeps reading the plugin's output and the TUI keeps drawing it; nobody reads the
             # frames. The API (same process, same event loop) answers all along.
             target = lines_in(plugin_log) + 20_000
@@ -339,7 +329,7 @@ def test_a_terminal_that_stops_reading_does_not_stop_the_supervisor(
             assert blocked_writing_to_terminal(t.pid)
             # The last change the logs pane shows happens while the terminal is still not reading.
             assert api.post("/api/v1/plugins/sleepy/stop").status_code == 200
-            wait_for(lambda: api.get("/api/v1/plugins/sleepy").json()["state"] == "STOPPED")
+            wait_until_sync(lambda: api.get("/api/v1/plugins/sleepy").json()["state"] == "STOPPED")
             for _ in range(20):
                 assert api.get("/api/v1/status").status_code == 200
         finally:
@@ -349,7 +339,7 @@ def test_a_terminal_that_stops_reading_does_not_stop_the_supervisor(
     t.keys("q")
     t.wait_screen(lambda s: "Quit supervisor-tui?" in s)
     t.keys("y")
-    wait_for(lambda: gone(t.pid), 20)
+    wait_until_sync(lambda: gone(t.pid), 20)
 
 
 @pytest.mark.skipif(WRITE_SYSCALL is None, reason="write(2)'s number on this machine is not known here")
@@ -361,11 +351,11 @@ def test_sigterm_ends_the_tui_while_its_terminal_is_not_reading(
     api.close()
     t.freeze()
     try:
-        wait_for(lambda: blocked_writing_to_terminal(t.pid))
+        wait_until_sync(lambda: blocked_writing_to_terminal(t.pid))
         target = lines_in(plugin_log) + 20_000  # many more frames than may wait for the terminal
-        wait_for(lambda: lines_in(plugin_log) >= target)
+        wait_until_sync(lambda: lines_in(plugin_log) >= target)
         os.kill(t.pid, signal.SIGTERM)
-        wait_for(lambda: gone(t.pid), 20)
+        wait_until_sync(lambda: gone(t.pid), 20)
     finally:
         t.thaw()
     assert not plugin_pids(folder)

@@ -1,4 +1,4 @@
-"""hasher: POST /hash returns the SHA-256 and SHA-512 of the request body (seed 003's crypto service).
+"""hasher: POST /hash returns the SHA-256 and SHA-512 of the request body (an example of a crypto service).
 
 Standard library only. Listens on 127.0.0.1:$PORT. ``?algorithm=sha256`` (any of GET /algorithms) limits the
 answer to one digest. GET /health answers {"status": "ok"}.

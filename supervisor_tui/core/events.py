@@ -2,6 +2,8 @@
 
 A slow subscriber loses its oldest events; the next thing it receives is an ``EventsDropped`` saying how many.
 Topics are dotted names ("plugin.state", "console.heartbeats", "log"); a subscription filters by prefix.
+``TOPIC_ALIASES`` keeps the names topics had before the dotted scheme: a subscription that asks for one receives
+those events under that old name, unless one of its filters matches the new name (then they come under the new one).
 """
 
 from __future__ import annotations
@@ -134,18 +136,54 @@ class ConsoleRemoved(Event):
 
 @dataclass(frozen=True, slots=True)
 class ExtensionLoaded(Event):
-    topic: ClassVar[str] = "plugin-loaded"
+    """An in-process plugin loaded."""
+
+    topic: ClassVar[str] = "plugin.loaded"
     name: str
     ts: float = field(default_factory=_now)
+
+
+def failure_topic(phase: str) -> str:
+    """The topic of a plugin failure in ``phase``: a reload (of any plugin), a hook, another call into a running
+    in-process plugin (one that blocked the event loop), a shutdown, or else loading."""
+    if phase == "reload":
+        return "plugin.reload_failed"
+    if phase.startswith("hook"):
+        return "plugin.hook_failed"
+    if phase.startswith("call"):
+        return "plugin.call_failed"
+    if phase == "shutdown":
+        return "plugin.shutdown_failed"
+    return "plugin.load_failed"
 
 
 @dataclass(frozen=True, slots=True)
 class ExtensionFailed(Event):
-    topic: ClassVar[str] = "plugin-failed"
+    """A plugin failed in ``phase``: an in-process plugin's loading (import, configuration, setup...), one of its
+    hooks or other calls, its shutdown, or the reload of any plugin (phase "reload"); the topic says which
+    (``failure_topic``)."""
+
     name: str
     phase: str
     error: str
     ts: float = field(default_factory=_now)
+
+    @property
+    def topic(self) -> str:  # type: ignore[override]
+        return failure_topic(self.phase)
+
+
+# Old topic name -> the dotted topics it stands for (docs/api.md, "Events"): kept for subscribers of before.
+TOPIC_ALIASES: dict[str, tuple[str, ...]] = {
+    "plugin-loaded": ("plugin.loaded",),
+    "plugin-failed": (
+        "plugin.load_failed",
+        "plugin.hook_failed",
+        "plugin.call_failed",
+        "plugin.shutdown_failed",
+        "plugin.reload_failed",
+    ),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,6 +215,14 @@ class Subscription:
     def __init__(self, bus: EventBus, topics: tuple[str, ...] | None, maxsize: int) -> None:
         self._bus = bus
         self.topics = topics
+        # Dotted topic -> the old name asked for it (TOPIC_ALIASES), where no filter matches the dotted name.
+        self.aliased: dict[str, str] = {}
+        if topics is not None:
+            self.topics = tuple(t for t in topics if t not in TOPIC_ALIASES)
+            for old in topics:
+                for topic in TOPIC_ALIASES.get(old, ()):
+                    if not self._matches(topic):
+                        self.aliased.setdefault(topic, old)
         self.maxsize = maxsize
         self._queue: deque[Event] = deque()
         self._wakeup = asyncio.Event()
@@ -184,10 +230,15 @@ class Subscription:
         self._pending_dropped = 0
         self.closed = False
 
+    def _matches(self, topic: str) -> bool:
+        return self.topics is None or any(topic == t or topic.startswith(t + ".") for t in self.topics)
+
     def wants(self, topic: str) -> bool:
-        if self.topics is None:
-            return True
-        return any(topic == t or topic.startswith(t + ".") for t in self.topics)
+        return self._matches(topic) or topic in self.aliased
+
+    def topic_name(self, event: Event) -> str:
+        """The name this subscriber receives ``event`` under: its topic, or the old name it asked for instead."""
+        return self.aliased.get(event.topic, event.topic) if self.aliased else event.topic
 
     def _put(self, event: Event) -> None:
         if len(self._queue) >= self.maxsize:

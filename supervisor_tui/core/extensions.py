@@ -7,7 +7,7 @@
     await host.close()
 
 Loading never raises: a plugin that cannot be imported, refuses its configuration or does not initialize in
-time is FATAL with the reason, listed in ``LoadResult.failed``, logged and announced (``plugin-failed``).
+time is FATAL with the reason, listed in ``LoadResult.failed``, logged and announced (``plugin.load_failed``).
 Hooks come from the event bus (plugin and console events, operator actions); each plugin receives them in
 order from its own queue, so one slow plugin never delays another. A thread watches the event loop: when it
 stalls longer than ``block_threshold`` inside plugin code, the plugin and the hook (or call) are named.
@@ -44,7 +44,7 @@ from supervisor_tui.plugins.manifest import KEY_PATTERN, MODULE_PATTERN
 if TYPE_CHECKING:
     from supervisor_tui.core.supervisor import Supervisor
 
-HOOK_TOPICS = ("plugin", "console", "operator", "plugin-failed")
+HOOK_TOPICS = ("plugin", "console", "operator")
 # The loop's heartbeat (and the watchdog thread's look at it) comes this many times per block_threshold: often
 # enough to name a stall soon after the threshold, rarely enough to cost nothing measurable while idle.
 BEATS_PER_THRESHOLD = 4

@@ -1058,7 +1058,7 @@ class Supervisor:
             await self.ensure_running(key, "restarted with new configuration")
         return runner.snapshot()
 
-    # -- external plugins (seed 000 over HTTP) --------------------------------------------------------------------
+    # -- external plugins (the registration protocol over HTTP) ----------------------------------------------------
     async def register_external(self, payload: dict[str, Any]) -> PluginSnapshot:
         """Register (or re-register) a self-announced plugin; its endpoints join the gateway.
 

@@ -493,7 +493,8 @@ def create_admin_app(ctx: ApiContext, extra_openapi_paths: dict[str, Any] | None
     # -- live events -------------------------------------------------------------------------------------------
     @app.websocket("/ws/events")
     async def events(ws: WebSocket) -> None:
-        """JSON events as they happen; `?topics=plugin,log,console` filters by topic prefix."""
+        """JSON events as they happen; `?topics=plugin,log,console` filters by topic prefix (old names such as
+        `plugin-failed` are delivered under that name: core.events.TOPIC_ALIASES)."""
         if not token_matches(bearer_from_header(ws.headers.get("authorization")), ctx.admin_token):
             await ws.close(code=4401, reason="missing or wrong admin token")
             return
@@ -507,7 +508,9 @@ def create_admin_app(ctx: ApiContext, extra_openapi_paths: dict[str, Any] | None
                 while not receiver.done():
                     batch = await sub.get_batch(max_wait=1.0)
                     for event in batch:
-                        await ws.send_text(json.dumps(event.to_dict(), default=str))
+                        message = event.to_dict()
+                        message["topic"] = sub.topic_name(event)
+                        await ws.send_text(json.dumps(message, default=str))
             except (WebSocketDisconnect, RuntimeError, OSError):
                 pass
             finally:

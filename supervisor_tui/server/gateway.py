@@ -385,6 +385,8 @@ class GatewayStats:
     latency: tuple[LatencySeries, ...]
     requests: dict[str, int]  # every request per plugin key since the start: the TUI's requests/s
     in_flight: int
+    upstream_opened: int = 0  # upstream connections opened since the start (kept-alive ones are reused)
+    upstream_idle: int = 0  # upstream connections kept alive for reuse now
 
     def series(self) -> tuple[LatencySeries, ...]:
         return self.latency
@@ -478,7 +480,20 @@ class Gateway:
                 running += int(n)
                 cumulative.append(running)
             series.append(LatencySeries(plugin, method, status_class, int(h[0]), h[1], tuple(cumulative)))
-        return GatewayStats(LATENCY_BUCKETS, tuple(series), self.table.request_counts(), self._in_flight)
+        pool = self._pool
+        return GatewayStats(
+            LATENCY_BUCKETS,
+            tuple(series),
+            self.table.request_counts(),
+            self._in_flight,
+            pool.opened,
+            pool.idle_count,
+        )
+
+    def early_answers(self) -> int:
+        """Exchanges in flight whose upstream answered before the client's whole body came (their upstream
+        connections, out of step, are not reused)."""
+        return sum(1 for ex in self._inflight if not ex.body_done and ex.conn is not None and ex.conn.headers_done)
 
     def _observe(self, plugin: str, method: str, status: int, started: float) -> None:
         elapsed = time.perf_counter() - started

@@ -85,7 +85,6 @@ class RouteSync:
         self.default_timeout = default_timeout
         self.default_max_body = default_max_body
         self._task: asyncio.Task[None] | None = None
-        self.rebuilds = 0  # how many single-key rebuilds ran (for tests and diagnostics)
 
     def _set(self, snapshot: Any) -> None:
         app = self.sup.asgi_app(snapshot.key) if snapshot.kind == "inprocess" else None
@@ -118,7 +117,6 @@ class RouteSync:
 
     def rebuild(self, key: str) -> None:
         """Rebuild one key from ``sup.plugin(key)``; a plugin that no longer exists loses its routes."""
-        self.rebuilds += 1
         try:
             snapshot = self.sup.plugin(key)
         except KeyError:  # PluginNotFound is a KeyError

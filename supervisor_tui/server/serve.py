@@ -164,6 +164,12 @@ class HttpServer:
         except SystemExit as exc:  # uvicorn exits on startup failures; keep the host process alive
             raise RuntimeError(f"HTTP server failed to start (exit {exc.code})") from None
 
+    @property
+    def open_connections(self) -> int:
+        """Client connections open now (0 when not serving)."""
+        server = self._server
+        return len(server.server_state.connections) if server is not None else 0
+
     async def stop(self) -> None:
         """Stop accepting, let running requests finish within ``shutdown_timeout``, then cancel the rest."""
         server, task = self._server, self._task

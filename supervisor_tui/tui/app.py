@@ -94,7 +94,6 @@ class SupervisorApp(App[int]):
         self.freeze_heap = freeze_heap
         self.view = ViewModel()
         self.notices: deque[Notice] = deque(maxlen=NOTICES)
-        self.console_shown = 0
         self.hangup_reason: str | None = None
         self._last_console_refresh = 0.0
         self._flushing = False
@@ -307,7 +306,6 @@ class SupervisorApp(App[int]):
                     view.consoles_changed = False
                     consoles = view.console_rows(now, self.client.info.inactive_after)
                     main.consoles_pane.show(consoles, view.console_total, view.console_filter.strip())
-                    self.console_shown = len(consoles)
                 logs = view.take_logs()
                 if logs:
                     main.logs_pane.view.append(logs)

@@ -28,7 +28,7 @@ from supervisor_tui.tui.client import (
     TransitionInfo,
 )
 
-EVENT_TOPICS = ("plugin", "log", "console", "plugin-loaded", "plugin-failed")
+EVENT_TOPICS = ("plugin", "log", "console")
 
 
 def _user() -> str:

@@ -38,7 +38,7 @@ QUERY_TIMEOUT = httpx.Timeout(10.0, connect=5.0)
 ACTION_TIMEOUT = httpx.Timeout(120.0, connect=5.0)
 RECONNECT_FIRST = 0.5  # seconds before the first reconnect attempt, doubling each time
 RECONNECT_MAX = 5.0
-EVENT_TOPICS = "plugin,log,console,plugin-loaded,plugin-failed"
+EVENT_TOPICS = "plugin,log,console"
 
 
 def normalize_url(url: str) -> str:
