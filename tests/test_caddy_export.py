@@ -277,6 +277,14 @@ async def test_caddy_down_then_up(
 
     export = await wait_until(failing, timeout=15)
     assert export["reachable"] is False and "cannot reach Caddy's admin API" in export["last_error"]
+    for _ in range(2):  # it keeps trying (with backoff) while Caddy is away
+        before = export["last_attempt_at"]
+
+        async def retried(before: float = before) -> dict[str, Any] | None:
+            export = (await ex.status())["route_export"]
+            return export if export["last_attempt_at"] > before else None
+
+        export = await wait_until(retried, timeout=15)
     await ex.act("rec", "stop")  # a change while Caddy is away is applied when it is back
     caddy.start()
     r = await ex.through_caddy("GET", "/api/plugins/rec/hello", 503)
@@ -317,3 +325,28 @@ async def test_routes_cli_with_a_running_supervisor(
     assert {(row[1], row[2]) for row in table} == {(e["method"], e["path"]) for e in ENDPOINTS}
     r = await asyncio.to_thread(subprocess.run, [*args, "--json"], capture_output=True, text=True, timeout=60)
     assert json.loads(r.stdout)["export"]["ok"] is True
+
+
+async def test_the_attached_tui_header_says_when_caddy_is_unreachable(
+    headless: Callable[..., HeadlessProcess], settings: Settings, caddy: CaddyProcess, make_plugin: MakePlugin
+) -> None:
+    from test_tui import screen_text, until
+
+    from supervisor_tui.tui.app import SupervisorApp
+    from supervisor_tui.tui.client_remote import RemoteClient
+
+    ex = await _start(headless, settings, caddy, make_plugin)
+    await ex.through_caddy("GET", "/api/plugins/rec/hello", 200)
+    client = RemoteClient(ex.api, ex.headers["Authorization"].removeprefix("Bearer "))
+    await client.connect()
+    app = SupervisorApp(client, handle_signals=False)
+    try:
+        async with app.run_test(size=(120, 30)) as pilot:
+            await until(pilot, lambda: "plugins" in screen_text(app))
+            assert "caddy unreachable" not in screen_text(app)
+            caddy.stop()
+            await until(pilot, lambda: "caddy unreachable" in screen_text(app), within=20)
+            caddy.start()
+            await until(pilot, lambda: "caddy unreachable" not in screen_text(app), within=20)
+    finally:
+        await client.close()
