@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import HeadlessProcess, wait_until
+from conftest import REPO, HeadlessProcess, wait_until
 from fixtures.caddy.harness import CaddyProcess, free_port
 
 from supervisor_tui.config import Settings
@@ -227,6 +227,29 @@ async def test_an_installed_plugin_appears_and_a_removed_one_goes(
     assert r.json()["error"]["code"] == "plugin_not_found"
 
 
+async def test_external_registrations_and_in_process_plugins_are_exported(
+    headless: Callable[..., HeadlessProcess], settings: Settings, caddy: CaddyProcess, make_plugin: MakePlugin
+) -> None:
+    # The shipped in-process plugin: Caddy reaches it through the supervisor's own gateway.
+    shutil.copytree(REPO / "plugins" / "stats", settings.plugins_dir / "stats")
+    ex = await _start(headless, settings, caddy, make_plugin)
+    r = await ex.through_caddy("GET", "/api/plugins/stats/summary", 200)
+    assert "plugins" in r.json()
+    upstream = next(row["upstream"] for row in (await ex.routes())["routes"] if row["key"] == "rec")
+    plugin_token = (settings.data_dir / "plugin.token").read_text().strip()
+    async with httpx.AsyncClient(base_url=ex.api, headers={"Authorization": f"Bearer {plugin_token}"}) as client:
+        r = await client.post(
+            "/api/v1/plugins/register",
+            json={"key": "ext", "url": upstream, "endpoints": [{"method": "GET", "path": "/hello"}]},
+        )
+        assert r.status_code == 201, r.text
+        r = await ex.through_caddy("GET", "/api/plugins/ext/hello", 200)
+        assert r.json()["path"] == "/hello" and r.json()["headers"]["x-forwarded-prefix"] == "/api/plugins/ext"
+        assert (await client.post("/api/v1/plugins/ext/unregister")).status_code == 200
+    r = await ex.through_caddy("GET", "/api/plugins/ext/hello", 404)
+    assert r.json()["error"]["code"] == "plugin_not_found"
+
+
 async def test_a_restarted_caddy_gets_the_routes_back(
     headless: Callable[..., HeadlessProcess], settings: Settings, caddy: CaddyProcess, make_plugin: MakePlugin
 ) -> None:
@@ -295,8 +318,8 @@ async def test_caddy_down_then_up(
     assert (await ex.status())["route_export"]["ok"] is True
 
 
-def test_routes_cli_prints_the_table_and_the_export(tmp_path: Path) -> None:
-    """Without a running supervisor: one line on stderr and exit 1 (the table test is below, with one)."""
+def test_routes_cli_without_a_supervisor_is_one_line_and_exit_1(tmp_path: Path) -> None:
+    """Without a running supervisor: one line on stderr and exit 1."""
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "admin.token").write_text("t")
     port = free_port()
