@@ -94,7 +94,10 @@ class CaddyExport:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._client: httpx.AsyncClient | None = None
-        self._written: dict[str, Any] | None = None  # what the last successful write put there
+        # The last server written, and how Caddy shows it when read back (the two differ if Caddy normalises
+        # what it stores): in step means the table still makes the first and Caddy still shows the second.
+        self._written: dict[str, Any] | None = None
+        self._read_back: dict[str, Any] | None = None
         self._failures = 0
 
     def status(self) -> ExportStatus:
@@ -147,9 +150,11 @@ class CaddyExport:
         status.last_attempt_at = time.time()
         try:
             current = await self._read()
-            if current != desired:
-                repaired = self._written is not None and current != self._written and desired == self._written
+            ours = desired == self._written
+            if not (ours and current == self._read_back) and current != desired:
+                repaired = ours and self._written is not None
                 await self._write(desired, exists=current is not None)
+                self._read_back = await self._read()
                 if repaired:
                     status.repairs += 1
                     how = "is gone (Caddy restarted?)" if current is None else "was changed outside the supervisor"
