@@ -22,6 +22,7 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
+from urllib.parse import urlsplit
 
 from supervisor_tui.config import Settings, local_url
 from supervisor_tui.consoles.service import ConsoleService
@@ -220,6 +221,9 @@ class Runtime:
         from supervisor_tui.server.caddy_export import CaddyExport
 
         assert self.gateway is not None and self.route_sync is not None
+        admin_password = urlsplit(str(self.settings.get("routes.caddy_admin"))).password
+        if admin_password:  # whatever a transport error quotes of the URL, the password is never logged
+            self.sup.logs.secrets.append(admin_password)
         export = self.route_export = CaddyExport(
             self.gateway.table,
             admin_url=str(self.settings.get("routes.caddy_admin")),

@@ -373,3 +373,30 @@ async def test_the_attached_tui_header_says_when_caddy_is_unreachable(
             await until(pilot, lambda: "caddy unreachable" not in screen_text(app), within=20)
     finally:
         await client.close()
+
+
+async def test_the_admin_password_is_never_shown(
+    headless: Callable[..., HeadlessProcess], settings: Settings, make_plugin: MakePlugin
+) -> None:
+    make_plugin("rec", RECORDER, endpoints=ENDPOINTS, autostart=True)
+    nobody = free_port()  # no Caddy there: the export fails, and says so
+    path = settings.base_dir / "supervisor.toml"
+    path.write_text(
+        f'[routes]\nexport = "caddy"\ncaddy_admin = "http://ops:s3cret@127.0.0.1:{nobody}"\n'
+        f'caddy_listen = "127.0.0.1:{free_port()}"\n',
+        encoding="utf-8",
+    )
+    proc = headless("--config", str(path))
+    api = (await proc.wait_for(lambda r: r.get("event") == "api_listening"))["url"]
+    failed = await proc.wait_for(lambda r: r.get("event") == "route_export_failed")
+    assert f"http://ops:***@127.0.0.1:{nobody}" in failed["message"]
+    token = (settings.data_dir / "admin.token").read_text().strip()
+    async with httpx.AsyncClient(base_url=api, headers={"Authorization": f"Bearer {token}"}) as client:
+        status = (await client.get("/api/v1/status")).text
+        routes = (await client.get("/api/v1/routes")).text
+    args = [sys.executable, "-m", "supervisor_tui", "routes", "--url", api, "--data-dir", str(settings.data_dir)]
+    cli = await asyncio.to_thread(subprocess.run, args, capture_output=True, text=True, timeout=60)
+    assert cli.returncode == 1 and "FAILING (cannot reach Caddy's admin API" in cli.stdout
+    logged = (settings.data_dir / "logs" / "supervisor.log").read_text()
+    for text in (status, routes, cli.stdout, cli.stderr, "\n".join(proc.lines), logged):
+        assert "s3cret" not in text
