@@ -90,6 +90,16 @@ class Exported:
             body: dict[str, Any] = (await client.get("/api/v1/routes")).json()
             return body
 
+    async def export_ok(self) -> dict[str, Any]:
+        """The export's status once its last attempt succeeded (it reads Caddy back after each write)."""
+
+        async def ok() -> dict[str, Any] | None:
+            export: dict[str, Any] = (await self.status())["route_export"]
+            return export if export["ok"] is True else None
+
+        export: dict[str, Any] = await wait_until(ok, timeout=15)
+        return export
+
     async def act(self, key: str, action: str) -> None:
         async with httpx.AsyncClient(base_url=self.api, headers=self.headers, timeout=30) as client:
             r = await client.post(f"/api/v1/plugins/{key}/{action}", params={"wait": "true"})
@@ -160,8 +170,7 @@ async def test_running_plugin_answers_through_caddy_with_the_gateways_headers(
     assert r.json()["path"] == "/items/abc-123"
     r = await ex.through_caddy("GET", "/api/plugins/rec/items/abc/def", 404)
     assert r.json()["error"]["code"] == "endpoint_not_found"
-    status = await ex.status()
-    assert status["route_export"]["ok"] is True and status["route_export"]["target"] == "caddy"
+    assert (await ex.export_ok())["target"] == "caddy"
 
 
 async def test_undeclared_paths_and_keys_do_not_reach_the_plugin(
@@ -338,6 +347,7 @@ async def test_routes_cli_with_a_running_supervisor(
 ) -> None:
     ex = await _start(headless, settings, caddy, make_plugin)
     await ex.through_caddy("GET", "/api/plugins/rec/hello", 200)
+    await ex.export_ok()
     args = [sys.executable, "-m", "supervisor_tui", "routes", "--url", ex.api, "--data-dir", str(settings.data_dir)]
     r = await asyncio.to_thread(subprocess.run, args, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
