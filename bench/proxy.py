@@ -1,9 +1,11 @@
-"""Gateway throughput against nginx on the same upstream, measured in the same run.
+"""Gateway throughput against nginx and Caddy on the same upstream, measured in the same run.
 
 Starts the upstream (uvicorn + Starlette answering "hello"), the gateway (supervisor_tui.server.gateway served by
 supervisor_tui.server.serve, uvloop) and, when installed, nginx (keepalive 64, config in a temp dir, run as a
-child), all on 127.0.0.1 ephemeral ports; then runs wrk (or a small Python load generator when wrk is missing)
-against each and prints req/s, p50/p99 and the gateway's share of nginx's throughput.
+child) and Caddy (``caddy run``, admin API on a free port, data dirs in the temp dir) with the routes the route
+export writes (server.caddy_config, the same server object routes.export = caddy keeps in Caddy), all on 127.0.0.1
+ephemeral ports; then runs wrk (or a small Python load generator when wrk is missing) against each and prints
+req/s, p50/p99 and the ratios between them.
 
     python bench/proxy.py [--duration 5] [--connections 32] [--threads 1]
 """
@@ -22,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -150,6 +153,31 @@ http {{
     return proc, port
 
 
+def start_caddy(upstream_port: int, workdir: Path) -> tuple[Callable[[], None], int] | None:
+    """Caddy with the exported routes of one plugin "hello" on ``upstream_port``: (what stops it, its port)."""
+    if shutil.which("caddy") is None:
+        return None
+    sys.path.insert(0, str(ROOT / "tests"))
+    sys.path.insert(0, str(ROOT))
+    import httpx
+    from fixtures.caddy.harness import CaddyProcess
+
+    from supervisor_tui.server.caddy_config import caddy_server
+    from supervisor_tui.server.gateway import PluginRoute
+
+    caddy = CaddyProcess(workdir / "caddy")
+    caddy.start()
+    port = free_port()
+    route = PluginRoute("hello", f"http://127.0.0.1:{upstream_port}", (("GET", HELLO_PATH),))
+    server = caddy_server([route], f"127.0.0.1:{port}", "")
+    answer = httpx.put(f"{caddy.admin_url}/config/apps/http/servers/supervisor-tui", json=server, timeout=10)
+    if answer.status_code != 200:
+        caddy.stop()
+        raise SystemExit(f"caddy refused the exported routes: {answer.text}")
+    wait_listening(port, time.monotonic() + 10)
+    return caddy.stop, port
+
+
 def run_wrk(url: str, duration: int, connections: int, threads: int) -> tuple[float, float, float]:
     """(req/s, p50 ms, p99 ms) from ``wrk --latency``."""
     out = subprocess.run(
@@ -224,6 +252,7 @@ def main() -> None:
 
     use_wrk = args.load == "wrk" or (args.load == "auto" and shutil.which("wrk") is not None)
     children: list[subprocess.Popen[str] | subprocess.Popen[bytes]] = []
+    stoppers: list[Callable[[], None]] = []
     best: dict[str, tuple[float, float, float]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-proxy-") as tmp:
         try:
@@ -238,6 +267,10 @@ def main() -> None:
             if nginx is not None:
                 children.append(nginx[0])
                 targets["nginx"] = f"http://127.0.0.1:{nginx[1]}{HELLO_PATH}"
+            caddy = start_caddy(up_port, Path(tmp))
+            if caddy is not None:
+                stoppers.append(caddy[0])
+                targets["caddy"] = f"http://127.0.0.1:{caddy[1]}/api/plugins/hello{HELLO_PATH}"
             targets["gateway"] = f"http://127.0.0.1:{gw_port}/api/plugins/hello{HELLO_PATH}"
             tool = (
                 f"wrk -t{args.threads} -c{args.connections} -d{args.duration}s --latency"
@@ -246,7 +279,11 @@ def main() -> None:
             )
             print(f"load: {tool}; {args.rounds} interleaved round(s), best kept")
             nginx_desc = "1 worker, keepalive 64" if nginx else "not installed"
-            print(f"upstream: uvicorn + Starlette hello; nginx: {nginx_desc}; gateway loop: {args.gateway_loop}")
+            caddy_desc = "exported routes" if caddy else "not installed"
+            print(
+                f"upstream: uvicorn + Starlette hello; nginx: {nginx_desc}; caddy: {caddy_desc}; "
+                f"gateway loop: {args.gateway_loop}"
+            )
             for round_no in range(1, args.rounds + 1):
                 for name, url in targets.items():
                     if use_wrk:
@@ -259,6 +296,8 @@ def main() -> None:
                     if name not in best or rps > best[name][0]:
                         best[name] = result
         finally:
+            for stop_caddy in stoppers:
+                stop_caddy()
             for child in reversed(children):
                 stop(child)
     print("best of the rounds:")
@@ -268,6 +307,10 @@ def main() -> None:
     print(f"gateway / direct: {gw / best['direct'][0]:.2f}")
     if "nginx" in best:
         print(f"gateway / nginx:  {gw / best['nginx'][0]:.2f}   (goal >= 0.35 with p99 < 15 ms)")
+    if "caddy" in best:
+        print(f"gateway / caddy:  {gw / best['caddy'][0]:.2f}")
+        if "nginx" in best:
+            print(f"caddy / nginx:    {best['caddy'][0] / best['nginx'][0]:.2f}")
 
 
 if __name__ == "__main__":

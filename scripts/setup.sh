@@ -38,3 +38,12 @@ fi
 if [ "${SUPERVISOR_TUI_SETUP_SYSTEM:-1}" = 1 ] && ! command -v tmux >/dev/null; then
   apt_install tmux || true
 fi
+# Caddy: the tests of the route export (routes.export = caddy) and bench/proxy.py run their own `caddy run`.
+# Debian's package enables a caddy service; the tests never use it, so it is stopped where a service manager runs.
+if [ "${SUPERVISOR_TUI_SETUP_SYSTEM:-1}" = 1 ] && ! command -v caddy >/dev/null; then
+  if apt_install caddy; then
+    if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
+      systemctl disable --now caddy >/dev/null 2>&1 || true
+    fi
+  fi
+fi

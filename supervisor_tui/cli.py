@@ -4,6 +4,7 @@
     supervisor-tui --headless [flags]   the same supervisor, no UI (servers, systemd)
     supervisor-tui attach URL           TUI on a supervisor running elsewhere
     supervisor-tui ctl ...              scripted control over the admin API
+    supervisor-tui routes               the route table of a running supervisor, and its export (Caddy)
     supervisor-tui agent ...            the console-side heartbeat agent
     supervisor-tui config [flags]       print the effective settings and where each came from
 
@@ -28,6 +29,7 @@ EXIT_USAGE = 2
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "attach": ("supervisor_tui.tui.attach", "TUI on a supervisor running elsewhere (URL of its API)"),
     "ctl": ("supervisor_tui.ctl", "control a running supervisor over its admin API"),
+    "routes": ("supervisor_tui.routes_cli", "the route table of a running supervisor and where it is exported"),
     "agent": ("supervisor_tui.agent.cli", "the console-side heartbeat agent"),
 }
 

@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 ENV_PREFIX = "SUPERVISOR_TUI_"
 DEFAULT_CONFIG_FILE = "supervisor.toml"
@@ -176,6 +177,54 @@ def _parse_host(value: object) -> str:
     return s
 
 
+def _parse_http_url(value: object) -> str:
+    s = _parse_str(value).strip()
+    try:
+        parts = urlsplit(s)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        raise ValueError("not a URL") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("not an http(s) URL")
+    return s.rstrip("/")
+
+
+def _parse_listen(value: object) -> str:
+    """``host:port`` (``[v6]:port``), or empty for unset."""
+    s = _parse_str(value).strip()
+    if not s:
+        return ""
+    host, sep, port = s.rpartition(":")
+    if not sep or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError("not host:port")
+    if host.startswith("[") and host.endswith("]"):
+        ipaddress.IPv6Address(host[1:-1])
+    elif host and not re.fullmatch(r"[A-Za-z0-9.-]+", host):
+        raise ValueError("not a host")
+    return s
+
+
+def _parse_caddy_name(value: object) -> str:
+    s = _parse_str(value).strip()
+    if not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", s):
+        raise ValueError("not a name")
+    return s
+
+
+def masked_url(url: str) -> str:
+    """``url`` with the password of its userinfo replaced by ``***`` (for logs, status and `config`)."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return url
+    if not password:
+        return url
+    user, _, host = parts.netloc.rpartition("@")
+    name = user.split(":", 1)[0]
+    return urlunsplit(parts._replace(netloc=f"{name}:***@{host}"))
+
+
 @dataclass(frozen=True)
 class Field:
     """One setting: where it lives, how to parse it, and what to say when it is wrong."""
@@ -273,6 +322,38 @@ FIELDS: tuple[Field, ...] = (
         _parse_networks,
         "a list of hosts or networks",
         "hosts external plugins may announce as upstreams",
+    ),
+    Field(
+        "routes",
+        "export",
+        "none",
+        _parse_choice("none", "caddy"),
+        "none or caddy",
+        "keep a gateway in front in step with the route table (caddy: through its admin API)",
+    ),
+    Field(
+        "routes",
+        "caddy_admin",
+        "http://127.0.0.1:2019",
+        _parse_http_url,
+        "an http(s) URL",
+        "Caddy's admin API",
+    ),
+    Field(
+        "routes",
+        "caddy_listen",
+        "",
+        _parse_listen,
+        "host:port, e.g. 127.0.0.1:8080",
+        "address of the server the supervisor owns in Caddy (required with routes.export = caddy)",
+    ),
+    Field(
+        "routes",
+        "caddy_server",
+        "supervisor-tui",
+        _parse_caddy_name,
+        "letters, digits, . _ -",
+        "name of that server in Caddy's config",
     ),
     Field(
         "external",
@@ -405,7 +486,8 @@ class Settings:
         try:
             parsed = f.parse(value)
         except (ValueError, TypeError):
-            raise ConfigError(name, "***" if f.secret else value, f.allowed, source) from None
+            shown = "***" if f.secret else masked_url(value) if isinstance(value, str) else value
+            raise ConfigError(name, shown, f.allowed, source) from None
         self.values[name] = parsed
         self.sources[name] = source
 
@@ -447,6 +529,13 @@ class Settings:
         return p if p.is_absolute() else (self.base_dir / p).resolve()
 
     def validate(self) -> None:
+        if self.values["routes.export"] == "caddy" and not self.values["routes.caddy_listen"]:
+            raise ConfigError(
+                "routes.caddy_listen",
+                "",
+                "host:port of the server to own in Caddy (required with routes.export = caddy)",
+                self.sources["routes.caddy_listen"],
+            )
         start, end = self.port_range
         if start > end:
             raise ConfigError(
@@ -466,7 +555,7 @@ class Settings:
             elif isinstance(value, tuple):
                 shown = ", ".join(value)
             else:
-                shown = str(value)
+                shown = masked_url(value) if isinstance(value, str) and "@" in value else str(value)
             rows.append((f.name, shown, self.sources[f.name]))
         return rows
 

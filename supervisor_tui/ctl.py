@@ -36,12 +36,17 @@ class CtlError(Exception):
     """One failure to report as one line."""
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
+    """--url, --token, --data-dir, --config: which supervisor, and the admin token (see ``target``)."""
     parser.add_argument("--url", help="supervisor API (default: http://<server.host>:<server.port> from settings)")
     parser.add_argument("--token", help=f"admin token (default: ${TOKEN_ENV} or <data dir>/admin.token)")
-    # SUPPRESS: the same flags given before "ctl" are not reset by these copies.
+    # SUPPRESS: the same flags given before the subcommand are not reset by these copies.
     parser.add_argument("--data-dir", default=argparse.SUPPRESS, help="where to find admin.token (default ./data)")
     parser.add_argument("--config", default=argparse.SUPPRESS, help="settings file (for the default URL and data dir)")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_connection_arguments(parser)
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds to wait per action (default 120)")
     sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
     sub.add_parser("status", help="every plugin's state")
@@ -65,7 +70,7 @@ def main(args: argparse.Namespace) -> int:
         _complain(f"scale {args.key}: N must be from 1 to {MAX_REPLICAS}, got {args.replicas}")
         return EXIT_USAGE
     try:
-        url, token = _target(args)
+        url, token = target(args)
     except (CtlError, ConfigError) as exc:
         _complain(str(exc))
         return EXIT_USAGE
@@ -75,7 +80,8 @@ def main(args: argparse.Namespace) -> int:
         return 130
 
 
-def _target(args: argparse.Namespace) -> tuple[str, str]:
+def target(args: argparse.Namespace) -> tuple[str, str]:
+    """(API base URL, admin token) from the connection arguments, settings and the data dir."""
     # --host/--port given before "ctl" (the shared flags) say where the supervisor is, too.
     overrides = {
         "data.dir": getattr(args, "data_dir", None),
@@ -126,7 +132,7 @@ async def _run(args: argparse.Namespace, url: str, token: str) -> int:
             _complain(str(exc))
             return EXIT_FAILED
         except httpx.TransportError as exc:
-            _complain(f"cannot reach {url}: {_transport_reason(exc)}")
+            _complain(f"cannot reach {url}: {transport_reason(exc)}")
             return EXIT_FAILED
     return EXIT_USAGE
 
@@ -141,7 +147,8 @@ def _complain(message: str) -> None:
     sys.stderr.write(f"supervisor-tui ctl: {printable(message)}\n")
 
 
-def _transport_reason(exc: httpx.TransportError) -> str:
+def transport_reason(exc: httpx.TransportError) -> str:
+    """Why the supervisor could not be reached, in a few words."""
     if isinstance(exc, httpx.ConnectError):
         return "connection refused (is the supervisor running?)"
     if isinstance(exc, httpx.TimeoutException):
@@ -223,7 +230,7 @@ async def _act(client: httpx.AsyncClient, action: str, keys: list[str]) -> int:
         except CtlError as exc:
             return key, f"!{exc}", ""
         except httpx.TransportError as exc:
-            return key, f"!{action} {key}: {_transport_reason(exc)}", ""
+            return key, f"!{action} {key}: {transport_reason(exc)}", ""
 
     failed = 0
     for key, result, warning in await asyncio.gather(*(one(k) for k in dict.fromkeys(keys))):

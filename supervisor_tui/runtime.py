@@ -22,6 +22,7 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
+from urllib.parse import urlsplit
 
 from supervisor_tui.config import Settings, local_url
 from supervisor_tui.consoles.service import ConsoleService
@@ -34,6 +35,7 @@ from supervisor_tui.server.limits import is_loopback_name
 from supervisor_tui.server.serve import BindError, HttpServer, bind_socket
 
 if TYPE_CHECKING:
+    from supervisor_tui.server.caddy_export import CaddyExport
     from supervisor_tui.server.gateway import Gateway
     from supervisor_tui.server.routes_sync import RouteSync
 
@@ -43,6 +45,7 @@ if TYPE_CHECKING:
 HTTP_SURFACE_MODULES = (
     "supervisor_tui.server.admin",
     "supervisor_tui.server.app",
+    "supervisor_tui.server.caddy_export",
     "supervisor_tui.server.consoles_api",
     "supervisor_tui.server.extensions_api",
     "supervisor_tui.server.gateway",
@@ -80,6 +83,7 @@ class Runtime:
         self.server = HttpServer()
         self.gateway: Gateway | None = None
         self.route_sync: RouteSync | None = None
+        self.route_export: CaddyExport | None = None
         self.consoles: ConsoleService | None = None
         self.extensions: ExtensionHost | None = None
         self.watcher: PluginWatcher | None = None
@@ -189,6 +193,8 @@ class Runtime:
             ready=self._readiness,
             metrics=metrics.render,
             closing=lambda: self.closing,
+            routes=lambda: [r for r in (gateway.table.get(k) for k in gateway.table.keys()) if r is not None],
+            route_export=self.route_export_status,
         )
         admin = create_admin_app(ctx, extra_openapi_paths=OPENAPI_PATHS)
         install_extensions_api(admin, self.tokens.admin, lambda: self.extensions)
@@ -201,12 +207,39 @@ class Runtime:
         self.url = ctx.api_url = local_url(settings.host, port)
         sup.set_api_url(self.url)  # plugins get it as SUPERVISOR_URL
         sup.logs.info(f"API listening on {self.url}", event="api_listening", url=self.url)
+        if settings.get("routes.export") == "caddy":
+            await self._start_route_export()
         if settings.get("consoles.auth") == "none" and not is_loopback_name(settings.host.lower()):
             sup.logs.warning(
                 f"consoles.auth = none while listening on {settings.host}: anyone who can reach this port "
                 "can report heartbeats for any console",
                 event="insecure_consoles_auth",
             )
+
+    async def _start_route_export(self) -> None:
+        """Caddy in front (routes.export = caddy): its server follows the gateway's table from now on."""
+        from supervisor_tui.server.caddy_export import CaddyExport
+
+        assert self.gateway is not None and self.route_sync is not None
+        admin_password = urlsplit(str(self.settings.get("routes.caddy_admin"))).password
+        if admin_password:  # whatever a transport error quotes of the URL, the password is never logged
+            self.sup.logs.secrets.append(admin_password)
+        export = self.route_export = CaddyExport(
+            self.gateway.table,
+            admin_url=str(self.settings.get("routes.caddy_admin")),
+            server=str(self.settings.get("routes.caddy_server")),
+            listen=str(self.settings.get("routes.caddy_listen")),
+            self_url=lambda: self.url,
+            logs=self.sup.logs,
+        )
+        self.route_sync.on_change.append(export.changed)
+        await export.start()
+
+    def route_export_status(self) -> dict[str, object]:
+        """``/api/v1/status``'s ``route_export``: ``{"target": "none"}`` unless routes are exported."""
+        if self.route_export is None:
+            return {"target": "none"}
+        return self.route_export.status().to_dict()
 
     def _load_tokens(self) -> Tokens:
         """Tokens from settings, else from data/<name>.token (created 0600 on first start)."""
@@ -245,6 +278,8 @@ class Runtime:
         if self.extensions is not None:
             await self.extensions.begin_shutdown()
         await self.server.stop()
+        if self.route_export is not None:
+            await self.route_export.stop()
         if self.route_sync is not None:
             await self.route_sync.stop()
         if self.gateway is not None:

@@ -33,6 +33,7 @@ from supervisor_tui.plugins.manifest import ManifestError
 from supervisor_tui.server import schemas
 from supervisor_tui.server.auth import bearer_from_header, token_matches
 from supervisor_tui.server.errors import ERROR_SCHEMA, ApiError, internal_error_body, report_internal_error
+from supervisor_tui.server.gateway import PluginRoute
 
 MAX_LOG_LINES = 10_000
 
@@ -54,6 +55,8 @@ class ApiContext:
     # server's whole grace period (uvicorn closes WebSockets itself).
     closing: Callable[[], bool] = lambda: False
     consoles: ConsoleService | None = None  # the console service, when one runs (counts on /api/v1/status)
+    routes: Callable[[], list[PluginRoute]] = list  # the gateway's route table
+    route_export: Callable[[], dict[str, Any]] = lambda: {"target": "none"}  # ExportStatus.to_dict()
 
 
 def _error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
@@ -211,7 +214,19 @@ def create_admin_app(ctx: ApiContext, extra_openapi_paths: dict[str, Any] | None
             "plugins": {"total": len(plugins), "by_state": by_state},
             "consoles": {"total": sum(consoles.values()), "by_state": consoles},
             "damaged_tables": ctx.consoles.damaged_history() if ctx.consoles is not None else {},
+            "route_export": ctx.route_export(),
         }
+
+    @app.get(
+        "/api/v1/routes",
+        response_model=schemas.RoutesOut,
+        dependencies=admin,
+        tags=["status"],
+        responses=_error_responses(401),
+    )
+    async def routes() -> dict[str, Any]:
+        """The route table the gateway serves (and exports): one row per declared endpoint, and the export."""
+        return {"routes": route_rows(ctx.routes(), sup), "export": ctx.route_export()}
 
     @app.get(
         "/api/v1/plugins",
@@ -602,6 +617,31 @@ def _sample_dict(m: Any) -> dict[str, Any]:
         "fds": m.fds,
         "processes": m.processes,
     }
+
+
+def route_rows(table: list[PluginRoute], sup: Supervisor) -> list[dict[str, Any]]:
+    """One row per declared endpoint of each route: key, method, path, upstream, the plugin's state."""
+    rows = []
+    for route in table:
+        try:
+            state = str(sup.plugin(route.key).state)
+        except PluginNotFound:
+            state = "REMOVED"
+        upstream = route.upstream_base_url or ("in-process" if route.app is not None else None)
+        for method, path in route.endpoints:
+            rows.append(
+                {
+                    "key": route.key,
+                    "method": method,
+                    "path": path,
+                    "gateway_path": f"/api/plugins/{route.key}{path}",
+                    "upstream": upstream,
+                    "state": state,
+                    "available": route.available,
+                    "reason": "" if route.available else route.unavailable_reason or "the plugin is not running",
+                }
+            )
+    return rows
 
 
 def _plugin_dict(snap: Any, ctx: ApiContext) -> dict[str, Any]:

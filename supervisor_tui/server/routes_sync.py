@@ -3,7 +3,8 @@
 ``RouteSync(sup, table, default_timeout=30.0, default_max_body=10 MiB)``: ``await sync.start()`` subscribes to
 ``plugin.*`` events, builds every route from ``sup.plugins()`` and then rebuilds one key from ``sup.plugin(key)``
 whenever an event names it (a key that is gone is removed); an in-process plugin's route serves
-``sup.asgi_app(key)``. ``await sync.stop()`` ends it. ``route_for(snapshot)`` is the one place that decides how a
+``sup.asgi_app(key)``. ``await sync.stop()`` ends it. ``sync.on_change`` holds callables run after every
+change of the table (the route export follows it so). ``route_for(snapshot)`` is the one place that decides how a
 plugin snapshot becomes a route: it is available only in state RUNNING with an upstream URL (an external plugin
 that went LOST answers 503 like a stopped one); a plugin of several replicas routes to its RUNNING replicas.
 """
@@ -13,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol
 
 from supervisor_tui.core.events import Event, EventBus, EventsDropped
@@ -85,6 +86,14 @@ class RouteSync:
         self.default_timeout = default_timeout
         self.default_max_body = default_max_body
         self._task: asyncio.Task[None] | None = None
+        self.on_change: list[Callable[[], None]] = []
+
+    def _changed(self) -> None:
+        for callback in self.on_change:
+            try:
+                callback()
+            except Exception:  # a broken follower must not stop the gateway's own routes
+                log.exception("gateway: a route table follower failed")
 
     def _set(self, snapshot: Any) -> None:
         app = self.sup.asgi_app(snapshot.key) if snapshot.kind == "inprocess" else None
@@ -114,6 +123,7 @@ class RouteSync:
                 self.table.remove(key)
         for snapshot in snapshots:
             self._set(snapshot)
+        self._changed()
 
     def rebuild(self, key: str) -> None:
         """Rebuild one key from ``sup.plugin(key)``; a plugin that no longer exists loses its routes."""
@@ -167,3 +177,5 @@ class RouteSync:
                 self.rebuild(key)
             except Exception:  # one bad snapshot must not stop the gateway from following the others
                 log.exception("gateway: cannot rebuild the routes of %r", key)
+        if keys:
+            self._changed()

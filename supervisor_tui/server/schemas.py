@@ -89,6 +89,22 @@ class Counts(BaseModel):
     by_state: dict[str, int]
 
 
+class RouteExportOut(BaseModel):
+    """Where the route table is exported (routes.export) and how the last attempt went."""
+
+    target: str = Field(description="none | caddy")
+    admin: str = Field("", description="The gateway's admin API (a password in it is masked)")
+    server: str = Field("", description="The server the supervisor owns in that gateway's config")
+    listen: str = Field("", description="Where that server listens")
+    ok: bool | None = Field(None, description="Whether the last attempt succeeded (null before the first)")
+    reachable: bool | None = Field(None, description="Whether the admin API answered the last attempt")
+    last_attempt_at: float | None = None
+    last_success_at: float | None = None
+    last_error: str = ""
+    writes: int = Field(0, description="Config writes since start")
+    repairs: int = Field(0, description="Writes that restored a server changed or lost outside the supervisor")
+
+
 class StatusOut(BaseModel):
     version: str
     mode: str = Field(description="headless | embedded")
@@ -99,6 +115,25 @@ class StatusOut(BaseModel):
     damaged_tables: dict[str, str] = Field(
         default_factory=dict, description="Console history tables found damaged (no longer written): the error"
     )
+    route_export: RouteExportOut
+
+
+class RouteOut(BaseModel):
+    """One declared endpoint as the gateway (and an exported gateway) routes it."""
+
+    key: str
+    method: str
+    path: str = Field(description="The endpoint's path template, as the plugin declares it")
+    gateway_path: str = Field(description="/api/plugins/{key}{path}")
+    upstream: str | None = Field(description="Where requests go (null while the plugin has no address)")
+    state: str = Field(description="The plugin's state; requests get 503 unless it is RUNNING")
+    available: bool
+    reason: str = Field("", description="Why the route answers 503, when it does")
+
+
+class RoutesOut(BaseModel):
+    routes: list[RouteOut]
+    export: RouteExportOut
 
 
 class LogLineOut(BaseModel):

@@ -164,6 +164,13 @@ class SupervisorApp(App[int]):
             return
         if counts:
             self.view.fold_counts(counts, time.monotonic(), self.client.now())
+        try:
+            export = await self.client.route_export()
+        except ClientError:
+            return
+        if export.problem != self.view.route_export_problem:
+            self.view.route_export_problem = export.problem
+            self._apply()
 
     def _install_signal_handlers(self) -> None:
         """SIGHUP (terminal closed) and SIGTERM (kill, service stop) end the app; the caller then cleans up."""

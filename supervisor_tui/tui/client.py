@@ -223,6 +223,35 @@ class ConsoleInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class RouteExportInfo:
+    """Where the route table is exported (``/api/v1/status``'s ``route_export``) and how the last attempt went."""
+
+    target: str = "none"  # "none" | "caddy"
+    ok: bool | None = None
+    reachable: bool | None = None
+    last_error: str = ""
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> RouteExportInfo:
+        ok, reachable = d.get("ok"), d.get("reachable")
+        target = str(d.get("target") or "none")
+        return cls(
+            # The header shows it as markup: only a plain word gets there (a remote supervisor may send anything).
+            target=target if target.isascii() and target.isalpha() else "route",
+            ok=ok if isinstance(ok, bool) else None,
+            reachable=reachable if isinstance(reachable, bool) else None,
+            last_error=str(d.get("last_error") or ""),
+        )
+
+    @property
+    def problem(self) -> str:
+        """A few words for the header when the export is failing, else ""."""
+        if self.target == "none" or self.ok is not False:
+            return ""
+        return f"{self.target} unreachable" if self.reachable is False else f"{self.target} export failing"
+
+
+@dataclass(frozen=True, slots=True)
 class ConsolePage:
     """One page of a console query and how many consoles matched in all."""
 
@@ -371,6 +400,10 @@ class SupervisorClient(abc.ABC):
     async def request_counts(self) -> dict[str, int]:
         """Requests proxied to each plugin since the supervisor started (empty when unknown)."""
         return {}
+
+    async def route_export(self) -> RouteExportInfo:
+        """Where the route table is exported and whether the last export worked (target "none" when it is not)."""
+        return RouteExportInfo()
 
     # -- logs ----------------------------------------------------------------------------------------
     @abc.abstractmethod

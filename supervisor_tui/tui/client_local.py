@@ -24,6 +24,7 @@ from supervisor_tui.tui.client import (
     LogEntry,
     MetricPoint,
     PluginInfo,
+    RouteExportInfo,
     SupervisorClient,
     TransitionInfo,
 )
@@ -48,6 +49,7 @@ class InProcessClient(SupervisorClient):
         *,
         read_only: bool | None = None,
         request_counts: Callable[[], dict[str, int]] | None = None,
+        route_export: Callable[[], dict[str, Any]] | None = None,
         keymap: dict[str, str] | None = None,
     ) -> None:
         settings = sup.settings
@@ -61,6 +63,7 @@ class InProcessClient(SupervisorClient):
         )
         self.sup = sup
         self._request_counts = request_counts
+        self._route_export = route_export
         # Subscribed now, before the app takes its first snapshot, so nothing falls between the two.
         self._subscription = sup.bus.subscribe(EVENT_TOPICS, maxsize=50_000)
         self._closed = False
@@ -125,6 +128,9 @@ class InProcessClient(SupervisorClient):
 
     async def request_counts(self) -> dict[str, int]:
         return dict(self._request_counts()) if self._request_counts is not None else {}
+
+    async def route_export(self) -> RouteExportInfo:
+        return RouteExportInfo.from_dict(self._route_export()) if self._route_export is not None else RouteExportInfo()
 
     # -- logs ----------------------------------------------------------------------------------------
     async def logs(self, source: str | None = None, lines: int = 200) -> list[LogEntry]:

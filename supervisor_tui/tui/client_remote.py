@@ -28,6 +28,7 @@ from supervisor_tui.tui.client import (
     LogEntry,
     MetricPoint,
     PluginInfo,
+    RouteExportInfo,
     SupervisorClient,
     TransitionInfo,
     parse_time,
@@ -203,6 +204,11 @@ class RemoteClient(SupervisorClient):
     async def console_transitions(self, console_id: str, limit: int = 50) -> list[TransitionInfo]:
         body = await self._request("GET", f"/api/consoles/{console_id}/transitions", params={"limit": limit})
         return [TransitionInfo.from_dict(d) for d in reversed(body.get("transitions", []))]
+
+    async def route_export(self) -> RouteExportInfo:
+        body = await self._request("GET", "/api/v1/status")
+        export = body.get("route_export") if isinstance(body, dict) else None
+        return RouteExportInfo.from_dict(export) if isinstance(export, dict) else RouteExportInfo()
 
     async def console_stats(self) -> dict[str, int]:
         body = await self._request("GET", "/api/v1/status")

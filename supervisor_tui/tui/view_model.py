@@ -99,6 +99,7 @@ class ViewModel:
         self.console_filter = ""
         self.connected = True
         self.connection_message = ""
+        self.route_export_problem = ""  # RouteExportInfo.problem: "caddy unreachable" while the export fails
         self.dirty_plugins = False
         self.dirty_consoles = True
         self._pending_logs: list[LogEntry] = []
@@ -303,6 +304,8 @@ class ViewModel:
             warnings.append(f"[{WARNING_STYLE}]{gone:,} inactive[/]")
         if not self.connected:
             warnings.append(f"[{DANGER_STYLE}]disconnected[/]")
+        if self.route_export_problem:
+            warnings.append(f"[{DANGER_STYLE}]{self.route_export_problem}[/]")
         if warnings:
             parts.append("⚠ " + " ".join(warnings))
         return " │ ".join(parts)
