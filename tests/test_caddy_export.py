@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -41,7 +43,7 @@ class H(BaseHTTPRequestHandler):
             SEEN.append(self.command + " " + self.path)
         out = json.dumps({"method": self.command, "path": self.path, "body": body.decode(),
                           "headers": {k.lower(): v for k, v in self.headers.items()}, "seen": SEEN,
-                          "key": os.environ["PLUGIN_KEY"]}).encode()
+                          "key": os.environ["PLUGIN_KEY"], "replica": os.environ["PLUGIN_REPLICA"]}).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(out)))
@@ -222,6 +224,39 @@ async def test_stopped_plugin_is_503_in_caddy_and_back_on_start(
     rows = (await ex.routes())["routes"]
     assert {row["state"] for row in rows} == {"RUNNING"}
     assert all(row["upstream"].startswith("http://127.0.0.1:") for row in rows)
+
+
+async def test_replicas_are_balanced_by_caddy_and_a_killed_one_costs_no_get(
+    headless: Callable[..., HeadlessProcess], settings: Settings, caddy: CaddyProcess, make_plugin: MakePlugin
+) -> None:
+    make_plugin("multi", RECORDER, endpoints=ENDPOINTS, autostart=True, replicas=3)
+    ex = await _start(headless, settings, caddy, make_plugin)
+
+    async def replicas() -> list[dict[str, Any]] | None:
+        async with httpx.AsyncClient(base_url=ex.api, headers=ex.headers) as client:
+            rows: list[dict[str, Any]] = (await client.get("/api/v1/plugins/multi")).json()["replicas"]
+        return rows if len(rows) == 3 and all(r["state"] == "RUNNING" for r in rows) else None
+
+    rows = await wait_until(replicas, timeout=20)
+    seen: set[str] = set()
+
+    async def spread() -> bool:
+        async with httpx.AsyncClient(base_url=ex.caddy_url) as client:
+            for _ in range(12):
+                r = await client.get("/api/plugins/multi/hello")
+                if r.status_code == 200:
+                    seen.add(r.json()["replica"])
+        return seen == {"0", "1", "2"}
+
+    await wait_until(spread, timeout=15)  # every replica answers through Caddy, not only the first
+    os.kill(rows[2]["pid"], signal.SIGKILL)
+    # One connection per request: the export rewrites Caddy's server when the replica's state changes, and Caddy
+    # closes idle keep-alive connections on every config change (a client's usual stale-connection race, which
+    # this test is not about; docs/deployment.md says so).
+    fresh = httpx.Limits(max_keepalive_connections=0)
+    async with httpx.AsyncClient(base_url=ex.caddy_url, limits=fresh) as client:
+        statuses = [(await client.get("/api/plugins/multi/hello")).status_code for _ in range(30)]
+    assert statuses == [200] * 30  # a GET that met the dead replica went on to the next one
 
 
 async def test_an_installed_plugin_appears_and_a_removed_one_goes(

@@ -76,23 +76,34 @@ def _grouped(endpoints: Iterable[tuple[str, str]]) -> list[tuple[str, list[str]]
     return [g for g in out if "{" not in g[0]] + [g for g in out if "{" in g[0]]
 
 
-def _upstream(route: PluginRoute, self_url: str) -> tuple[str, str, str, bool] | None:
-    """``(dial, host header, base path, tls)`` of where a route's requests go, or None when they go nowhere."""
+def _upstream(route: PluginRoute, self_url: str) -> tuple[list[str], str, str, bool] | None:
+    """``(dials, host header, base path, tls)`` of where a route's requests go, or None when they go nowhere.
+
+    A key served by several upstreams (replicas) gets all of those that are up; they share one base path and
+    scheme, and each request carries the Host of the upstream it went to."""
     if route.app is not None:  # an in-process plugin: through the supervisor's own gateway, prefix kept
-        url, keep_prefix = self_url, True
-    elif route.upstream_base_url:
-        url, keep_prefix = route.upstream_base_url, False
+        urls, keep_prefix = [self_url], True
     else:
+        urls, keep_prefix = [u.url for u in route.all_upstreams() if u.up], False
+    dials: list[str] = []
+    authority = base = ""
+    tls = False
+    for url in urls:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            return None
+        host = parts.hostname
+        named = f"[{host}]" if ":" in host else host
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        dials.append(f"{named}:{port}")
+        authority = named + (f":{parts.port}" if parts.port is not None else "")
+        base = PREFIX + route.key if keep_prefix else parts.path.rstrip("/")
+        tls = parts.scheme == "https"
+    if not dials:
         return None
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        return None
-    host = parts.hostname
-    named = f"[{host}]" if ":" in host else host
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    authority = named + (f":{parts.port}" if parts.port is not None else "")
-    base = PREFIX + route.key if keep_prefix else parts.path.rstrip("/")
-    return f"{named}:{port}", authority, base, parts.scheme == "https"
+    if len(dials) > 1:
+        authority = "{http.reverse_proxy.upstream.hostport}"
+    return dials, authority, base, tls
 
 
 def _proxy(route: PluginRoute, self_url: str) -> list[dict[str, Any]]:
@@ -100,7 +111,7 @@ def _proxy(route: PluginRoute, self_url: str) -> list[dict[str, Any]]:
     target = _upstream(route, self_url)
     if target is None:
         return [_unavailable(route, "it has no usable upstream address")]
-    dial, authority, base, tls = target
+    dials, authority, base, tls = target
     prefix = PREFIX + route.key
     transport: dict[str, Any] = {"protocol": "http", "compression": False}
     if route.timeout > 0:
@@ -117,24 +128,34 @@ def _proxy(route: PluginRoute, self_url: str) -> list[dict[str, Any]]:
     handlers: list[dict[str, Any]] = [{"handler": "request_body", "max_size": route.max_body}]
     if rewrite:
         handlers.append(rewrite)
-    handlers.append(
-        {
-            "handler": "reverse_proxy",
-            "upstreams": [{"dial": dial}],
-            # X-Forwarded-For is appended to, as the gateway does, rather than replaced by the client's address.
-            "trusted_proxies": ["0.0.0.0/0", "::/0"],
-            "transport": transport,
-            "headers": {
-                "request": {
-                    "set": {
-                        "Host": [authority],
-                        "X-Forwarded-Host": ["{http.request.hostport}"],
-                        "X-Forwarded-Prefix": [prefix],
-                    },
+    proxy: dict[str, Any] = {
+        "handler": "reverse_proxy",
+        "upstreams": [{"dial": dial} for dial in dials],
+        # X-Forwarded-For is appended to, as the gateway does, rather than replaced by the client's address.
+        "trusted_proxies": ["0.0.0.0/0", "::/0"],
+        "transport": transport,
+        "headers": {
+            "request": {
+                "set": {
+                    "Host": [authority],
+                    "X-Forwarded-Host": ["{http.request.hostport}"],
+                    "X-Forwarded-Prefix": [prefix],
                 },
             },
+        },
+    }
+    if len(dials) > 1:
+        # Round robin over the replicas; a GET that cannot reach one tries the next (Caddy retries only GETs by
+        # default, within try_duration), as the built-in gateway does.
+        proxy["load_balancing"] = {
+            "selection_policy": {"policy": "round_robin"},
+            "try_duration": "2s",
+            "try_interval": "10ms",
+            "retry_match": [{"method": ["GET", "HEAD", "OPTIONS"]}],
         }
-    )
+        # A replica that failed is skipped for a while instead of being tried first again on its turn.
+        proxy["health_checks"] = {"passive": {"fail_duration": "2s", "max_fails": 1}}
+    handlers.append(proxy)
     return handlers
 
 
