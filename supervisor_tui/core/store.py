@@ -125,6 +125,16 @@ MIGRATIONS: tuple[str, ...] = (
         DELETE FROM consoles_search WHERE rowid = old.search_key;
     END;
     """,
+    # 6: plugins registered over Redis (seed 000 publishes plugin:registered once, at start): the message as it
+    # was accepted, so after a restart the plugin comes back LOST and its next heartbeat restores its routes.
+    """
+    CREATE TABLE fleet_registrations (
+        key TEXT PRIMARY KEY,
+        message TEXT NOT NULL,
+        node TEXT NOT NULL DEFAULT '',
+        registered_at REAL NOT NULL
+    );
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -939,21 +939,36 @@ class Supervisor:
         return runner.snapshot()
 
     # -- external plugins (seed 000 over HTTP) --------------------------------------------------------------------
-    async def register_external(self, payload: dict[str, Any]) -> PluginSnapshot:
+    async def register_external(
+        self,
+        payload: dict[str, Any],
+        lost_after: float | None = None,
+        source: str = "http",
+        node: str = "",
+        lost: str = "",
+        base_path: str = "",
+    ) -> PluginSnapshot:
         """Register (or re-register) a self-announced plugin; its endpoints join the gateway.
 
+        ``source`` says how it came ("http", "redis"), ``node`` which fleet node announced it, ``lost_after`` the
+        silence that makes it LOST (default two heartbeat intervals); ``lost`` non-empty registers it LOST with
+        that detail (a registration restored after a restart waits for its next heartbeat); ``base_path`` is the
+        upstream's path when it is another node's gateway.
         ManifestError for a bad message, UpstreamNotAllowed (a PermissionError) for an upstream outside the
         allowlist, PluginActionError when the key belongs to a plugin of another kind."""
-        plugin = self.external.parse(payload)
+        plugin = self.external.parse(payload, lost_after=lost_after, source=source, node=node, base_path=base_path)
         existing = self.registry.get(plugin.key)
         if existing is not None and existing.kind != ExternalPlugin.kind:
             raise PluginActionError(plugin.key, f"the key is used by a {existing.kind} plugin and cannot be taken over")
         old = existing.snapshot().state if existing is not None else str(PluginState.STOPPED)
         if existing is not None:
             self.unregister(plugin.key, "re-registered")
+        if lost:
+            plugin.set_state(PluginState.LOST, lost)
         plugin.on_health = lambda p, healthy, detail: self._publish_health(p.key, healthy, detail)
         self.register(plugin)
-        self.record_state_change(plugin, old, str(plugin.state), f"registered from {plugin.upstream}")
+        reason = lost or f"registered from {plugin.upstream}" + (f" over {source}" if source != "http" else "")
+        self.record_state_change(plugin, old, str(plugin.state), reason)
         return plugin.snapshot()
 
     def heartbeat_external(self, key: str) -> PluginSnapshot:
@@ -986,7 +1001,9 @@ class Supervisor:
         for plugin in list(self.registry.values()):
             if isinstance(plugin, ExternalPlugin) and plugin.state == PluginState.RUNNING and now >= plugin.deadline:
                 silent = now - plugin.last_heartbeat
-                plugin.set_state(PluginState.LOST, f"no heartbeat for {silent:.0f}s (interval {plugin.interval:g}s)")
+                plugin.set_state(
+                    PluginState.LOST, f"no heartbeat for {silent:.0f}s (LOST after {plugin.lost_after:g}s)"
+                )
                 self.record_state_change(plugin, str(PluginState.RUNNING), str(PluginState.LOST), plugin.detail)
                 lost.append(plugin.key)
         return lost

@@ -73,6 +73,7 @@ class PluginSnapshot:
     max_body: int
     last_metrics: MetricsSample | None
     manifest_path: str | None
+    node: str = ""  # the fleet node that announced it over Redis ("" for this node's own plugins)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

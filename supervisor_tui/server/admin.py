@@ -29,6 +29,7 @@ from supervisor_tui.consoles.service import ConsoleService
 from supervisor_tui.core.events import LogLine
 from supervisor_tui.core.logs import LogRecord
 from supervisor_tui.core.supervisor import PluginActionError, PluginNotFound, Supervisor
+from supervisor_tui.fleet.node import FleetNode
 from supervisor_tui.plugins.manifest import ManifestError
 from supervisor_tui.server import schemas
 from supervisor_tui.server.auth import bearer_from_header, token_matches
@@ -54,6 +55,7 @@ class ApiContext:
     # server's whole grace period (uvicorn closes WebSockets itself).
     closing: Callable[[], bool] = lambda: False
     consoles: ConsoleService | None = None  # the console service, when one runs (counts on /api/v1/status)
+    fleet: FleetNode | None = None  # this node's part in the fleet, when redis.url is set
 
 
 def _error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
@@ -211,7 +213,21 @@ def create_admin_app(ctx: ApiContext, extra_openapi_paths: dict[str, Any] | None
             "plugins": {"total": len(plugins), "by_state": by_state},
             "consoles": {"total": sum(consoles.values()), "by_state": consoles},
             "damaged_tables": ctx.consoles.damaged_history() if ctx.consoles is not None else {},
+            "fleet": ctx.fleet.status() if ctx.fleet is not None else {"redis": "off"},
         }
+
+    @app.get(
+        "/api/v1/fleet/nodes",
+        response_model=schemas.NodeList,
+        dependencies=admin,
+        tags=["fleet"],
+        responses=_error_responses(401, 404),
+    )
+    async def fleet_nodes() -> dict[str, Any]:
+        """Every node of the fleet seen through Redis: up or lost, when last seen, its plugin and console counts."""
+        if ctx.fleet is None:
+            raise ApiError(404, "fleet_off", "this supervisor is in no fleet: set redis.url")
+        return {"nodes": [n.to_dict() for n in await ctx.fleet.nodes()]}
 
     @app.get(
         "/api/v1/plugins",

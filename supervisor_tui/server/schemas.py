@@ -50,6 +50,7 @@ class PluginOut(BaseModel):
     endpoints: list[EndpointOut] = []
     last_metrics: MetricsOut | None = None
     requests: int = Field(0, description="Requests proxied through the gateway since start")
+    node: str = Field("", description="The fleet node that announced it over Redis (empty: this node's own)")
 
 
 class PluginEnvelope(BaseModel):
@@ -68,6 +69,31 @@ class Counts(BaseModel):
     by_state: dict[str, int]
 
 
+class FleetStatusOut(BaseModel):
+    redis: str = Field(description="off (no redis.url) | up | down")
+    node: str = ""
+    advertise_url: str = ""
+    redis_url: str = Field("", description="redis.url with its password masked")
+    since: float | None = Field(None, description="When the Redis connection last went up or down")
+    detail: str = ""
+
+
+class NodeOut(BaseModel):
+    node: str
+    status: str = Field(description="up | lost (no presence record refreshed for redis.dead_after)")
+    this_node: bool
+    advertise_url: str
+    version: str
+    started_at: float
+    last_seen: float
+    plugins: dict[str, int] = Field(description="This node's own plugins by state")
+    consoles: dict[str, int] = Field(description="Its consoles by state")
+
+
+class NodeList(BaseModel):
+    nodes: list[NodeOut]
+
+
 class StatusOut(BaseModel):
     version: str
     mode: str = Field(description="headless | embedded")
@@ -78,6 +104,7 @@ class StatusOut(BaseModel):
     damaged_tables: dict[str, str] = Field(
         default_factory=dict, description="Console history tables found damaged (no longer written): the error"
     )
+    fleet: FleetStatusOut = Field(default_factory=lambda: FleetStatusOut(redis="off", redis_url="", since=None))
 
 
 class LogLineOut(BaseModel):
