@@ -213,6 +213,7 @@ async def test_redis_killed_and_restarted_mid_test(
             assert (await api.client.get("/api/plugins/web/hi")).status_code == 200
             fleet = api.runtime.fleet
             assert fleet is not None
+            await wait_until(lambda: fleet.link.failed_attempts >= 3, timeout=30)  # several attempts, one outage
             attempts_seen = fleet.link.outages
             with redis.Redis(port=redis_server.port) as late:  # a subscriber of ours to see the re-announcement
                 redis_server.start()

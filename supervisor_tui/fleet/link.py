@@ -49,6 +49,7 @@ class RedisLink:
         self.since = time.time()  # when ``up`` last changed
         self.detail = "connecting"
         self.outages = 0
+        self.failed_attempts = 0  # connection attempts that failed in the current outage
         self.client: aioredis.Redis | None = None
         self._task: asyncio.Task[None] | None = None
         self._connected = asyncio.Event()
@@ -126,6 +127,7 @@ class RedisLink:
     def _went_up(self, attempts: int) -> None:
         was_down = not self.up and self.outages > 0
         self.up, self.detail = True, "connected"
+        self.failed_attempts = 0
         self._connected.set()
         if was_down:
             self.logs.info(
@@ -140,6 +142,7 @@ class RedisLink:
 
     def _went_down(self, exc: BaseException) -> None:
         detail = str(exc) or type(exc).__name__
+        self.failed_attempts += 1
         if not self.up and self.outages > 0:
             return  # still the same outage: said once
         self.up, self.detail = False, detail
