@@ -11,6 +11,7 @@ counter on ``/metrics``; nothing else changes.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -52,6 +53,8 @@ class RegistrationListener:
         self.received: Counter[str] = Counter()  # messages by channel
         self.refused: Counter[str] = Counter()  # messages not applied, by reason
         self._unknown_logged: set[str] = set()
+        # (node, key) -> the plugin:registered message that node keeps in Redis for it, or None
+        self.lookup: Callable[[str, str], Awaitable[bytes | None]] | None = None
 
     async def restore(self) -> int:
         """Register every saved registration LOST (its next heartbeat restores it); returns how many."""
@@ -87,7 +90,7 @@ class RegistrationListener:
         if isinstance(message, Registered):
             await self._registered(message)
         elif isinstance(message, Heartbeat):
-            self._heartbeat(message)
+            await self._heartbeat(message)
         elif isinstance(message, Unregistered):
             await self._unregistered(message)
 
@@ -154,10 +157,12 @@ class RegistrationListener:
         payload["port"] = port
         return payload, base_path
 
-    def _heartbeat(self, message: Heartbeat) -> None:
+    async def _heartbeat(self, message: Heartbeat) -> None:
         try:
             self.sup.heartbeat_external(message.key)
         except PluginNotFound:
+            if message.node and self.lookup is not None and await self._learn(message.node, message.key):
+                return
             self.refused["unknown_key"] += 1
             if message.key not in self._unknown_logged and len(self._unknown_logged) < MAX_UNKNOWN_REMEMBERED:
                 self._unknown_logged.add(message.key)
@@ -169,6 +174,21 @@ class RegistrationListener:
                 )
         except PluginActionError:
             self._refuse("key_taken", f"plugin:heartbeat {printable(message.key)!r}: the key is a local plugin's")
+
+    async def _learn(self, node: str, key: str) -> bool:
+        """A supervisor's plugin announced before we listened: its registration is in Redis (see announcer)."""
+        assert self.lookup is not None
+        data = await self.lookup(node, key)
+        if data is None:
+            return False
+        try:
+            message = decode("plugin:registered", data)
+        except MalformedMessage:
+            return False
+        if not isinstance(message, Registered) or message.key != key or message.node != node:
+            return False  # anyone can write to Redis: only the record that matches the heartbeat counts
+        await self._registered(message)
+        return True
 
     async def _unregistered(self, message: Unregistered) -> None:
         plugin = self.sup.registry.get(message.key)

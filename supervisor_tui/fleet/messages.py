@@ -40,8 +40,8 @@ class Registered(msgspec.Struct, omit_defaults=True):
     node: str | None = None
 
 
-class Heartbeat(msgspec.Struct, omit_defaults=True):
-    """plugin:heartbeat: the plugin is alive."""
+class Heartbeat(msgspec.Struct):
+    """plugin:heartbeat: the plugin is alive (``status`` is always sent, as seed 000 does)."""
 
     key: str
     timestamp: Timestamp | None = None

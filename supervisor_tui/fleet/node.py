@@ -43,7 +43,9 @@ class FleetNode:
         self.interval = float(settings.get("redis.heartbeat_interval"))
         self.listener = RegistrationListener(sup, RegistrationStore(sup.store), self.node)
         self.link = RedisLink(str(settings.get("redis.url")), sup.logs, sup.bus, self.listener.handle, self._connected)
-        self.announcer = PluginAnnouncer(sup, self.link, self.node, advertise_url)
+        expire = max(1, int(3 * float(settings.get("redis.dead_after"))))
+        self.announcer = PluginAnnouncer(sup, self.link, self.node, advertise_url, expire)
+        self.listener.lookup = self.announcer.lookup
         self.presence = NodePresence(sup, self.link, self.node, advertise_url, console_counts)
         self._tasks: list[asyncio.Task[None]] = []
 
