@@ -503,9 +503,9 @@ def test_the_gateway_needs_no_package_outside_its_dependencies() -> None:
 def test_upstream_urls_are_read_in_their_canonical_form(url: str, address: tuple[str, str, int, bytes, bytes]) -> None:
     from supervisor_tui.server.gateway import _CompiledRoute
 
-    route = _CompiledRoute(PluginRoute("k", url, ()))
-    assert (route.upstream_scheme, route.upstream_host, route.upstream_port) == address[:3]
-    assert (route.base_path, route.host_header) == address[3:]
+    upstream = _CompiledRoute(PluginRoute("k", url, ())).targets[0]
+    assert (upstream.scheme, upstream.host, upstream.port) == address[:3]
+    assert (upstream.base_path, upstream.host_header) == address[3:]
 
 
 @pytest.mark.parametrize(

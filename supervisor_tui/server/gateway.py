@@ -2,9 +2,12 @@
 
 Public interface:
 
-- ``PluginRoute(key, upstream_base_url, endpoints, available, unavailable_reason, timeout, max_body)``: what the
-  gateway knows about one plugin. ``endpoints`` are ``(method, path_template)`` pairs; a template segment
-  ``{name}`` matches one non-empty path segment (never ``.`` or ``..``: such paths are refused before matching).
+- ``PluginRoute(key, upstream_base_url, endpoints, available, unavailable_reason, timeout, max_body, app,
+  upstreams)``: what the gateway knows about one plugin. ``endpoints`` are ``(method, path_template)`` pairs; a
+  template segment ``{name}`` matches one non-empty path segment (never ``.`` or ``..``: such paths are refused
+  before matching). ``upstreams`` is a tuple of ``Upstream(label, url, up)`` (a replica, later a plugin served by
+  another node); ``upstream_base_url`` is the shorthand for one unlabelled upstream. ``route.all_upstreams()``
+  lists them, up or not, for views.
 - ``RouteTable``: ``set(route)``, ``remove(key)``, ``get(key)``, ``keys()``, ``clear()``. Routes are compiled once
   when set (static paths in a dict, templates as regexes), so the request path does no parsing of manifests.
 - ``Gateway(table, on_result=None, max_idle_per_upstream=256, keepalive_timeout=30.0)``:
@@ -14,6 +17,10 @@ Public interface:
   (every request per plugin key since the start, for requests/s), ``series()`` (one ``LatencySeries`` per
   plugin, method and status class: ``count``, ``total_seconds``, cumulative ``bucket_counts`` and
   ``buckets()`` in Prometheus form; latency runs until the response head is sent) and ``in_flight``.
+
+Balancing: requests go round robin over the upstreams that are up. When an upstream cannot be reached (connection
+refused, or reset before any byte of an answer), a GET, HEAD or OPTIONS request whose body (if any) is whole in hand
+is sent to the next upstream, each upstream tried once; any other request gets the 502. No upstream up is the 503.
 
 Behaviour: a path with a ``.`` or ``..`` segment (``%2e`` counts as a dot), an encoded ``/`` (``%2F``), a backslash (or
 ``%5C``) or NUL (``%00``) is 400 ``invalid_path``, an undeclared path is 404, a declared path with another method 405
@@ -72,6 +79,8 @@ WATCH_DELAY = 0.05
 # How often deadlines and watchers are looked at: upstream timeouts are this precise.
 TICK = 0.05
 _METHOD_BYTES = {m: m.encode() for m in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")}
+# Methods a request of which goes to the next upstream when one cannot be reached (nothing was answered yet).
+_FAILOVER_METHODS = frozenset(("GET", "HEAD", "OPTIONS"))
 
 _HOP_BY_HOP = frozenset(
     (
@@ -110,8 +119,20 @@ _STATUS_CLASS = ("1xx", "1xx", "2xx", "3xx", "4xx", "5xx")
 
 
 @dataclass(frozen=True, slots=True)
+class Upstream:
+    """One place a route's requests can go: a label an operator reads (``replica 1``, ``node-b``), a base URL,
+    and whether it is up (only upstreams that are up get requests)."""
+
+    label: str
+    url: str
+    up: bool = True
+
+
+@dataclass(frozen=True, slots=True)
 class PluginRoute:
-    """What the gateway knows about one plugin; ``upstream_base_url`` may be None while the plugin is down."""
+    """What the gateway knows about one plugin. ``upstreams``: where its requests go, round robin over those that
+    are up; ``upstream_base_url`` is the shorthand for a single unlabelled upstream (used when ``upstreams`` is
+    empty; None while the plugin is down)."""
 
     key: str
     upstream_base_url: str | None
@@ -121,29 +142,46 @@ class PluginRoute:
     timeout: float = DEFAULT_TIMEOUT
     max_body: int = DEFAULT_MAX_BODY
     app: Any = None  # an in-process plugin's ASGI app: called directly instead of proxying
+    upstreams: tuple[Upstream, ...] = ()
+
+    def all_upstreams(self) -> tuple[Upstream, ...]:
+        """Every upstream of the route, up or not (the shorthand URL as one upstream labelled "")."""
+        if self.upstreams:
+            return self.upstreams
+        return (Upstream("", self.upstream_base_url),) if self.upstream_base_url is not None else ()
+
+
+class _CompiledUpstream:
+    """An upstream's address prepared for the hot path."""
+
+    __slots__ = ("base_path", "host", "host_header", "label", "port", "scheme")
+
+    def __init__(self, key: str, upstream: Upstream) -> None:
+        self.label = upstream.label
+        scheme, host, port, path, authority = _upstream_address(key, upstream.url)
+        self.scheme, self.host, self.port = scheme, host, port
+        self.base_path = path.rstrip("/").encode("latin-1")
+        self.host_header = authority.encode("latin-1")
 
 
 class _CompiledRoute:
-    """A PluginRoute prepared for the hot path: matchers, upstream authority and header values precomputed."""
+    """A PluginRoute prepared for the hot path: matchers, upstream addresses and header values precomputed."""
 
     __slots__ = (
         "allow",
         "available",
-        "base_path",
         "forwarded_prefix",
-        "host_header",
         "key",
         "last_ok",
         "max_body",
+        "next_upstream",
         "requests",
         "route",
         "static",
+        "targets",
         "templates",
         "timeout",
         "unavailable_body",
-        "upstream_host",
-        "upstream_port",
-        "upstream_scheme",
     )
 
     def __init__(self, route: PluginRoute) -> None:
@@ -154,6 +192,7 @@ class _CompiledRoute:
         self.forwarded_prefix = (PREFIX + route.key).encode("latin-1")
         self.requests = 0
         self.last_ok = True
+        self.next_upstream = 0  # round robin position over ``targets``
         by_path: dict[str, set[str]] = {}
         for method, template in route.endpoints:
             by_path.setdefault(template, set()).add(method.upper())
@@ -169,19 +208,22 @@ class _CompiledRoute:
                 self.templates.append((_compile_template(template), frozen))
             else:
                 self.static[template] = frozen
-        self.upstream_scheme = self.upstream_host = ""
-        self.upstream_port = 0
-        self.base_path = b""
-        self.host_header = b""
-        available = route.available and (route.upstream_base_url is not None or route.app is not None)
-        if route.upstream_base_url is not None:
-            scheme, host, port, path, authority = _upstream_address(route.key, route.upstream_base_url)
-            self.upstream_scheme, self.upstream_host, self.upstream_port = scheme, host, port
-            self.base_path = path.rstrip("/").encode("latin-1")
-            self.host_header = authority.encode("latin-1")
-        self.available = available
-        reason = route.unavailable_reason or "the plugin is not running"
+        upstreams = route.all_upstreams()
+        compiled = [(_CompiledUpstream(route.key, u), u.up) for u in upstreams]  # every URL is checked, up or not
+        self.targets: tuple[_CompiledUpstream, ...] = tuple(c for c, up in compiled if up)
+        self.available = route.available and (bool(self.targets) or route.app is not None)
+        reason = route.unavailable_reason or (
+            "none of its upstreams is up" if upstreams and route.app is None else "the plugin is not running"
+        )
         self.unavailable_body = error_body("plugin_unavailable", f"plugin {route.key!r} is unavailable: {reason}")
+
+    def pick(self) -> int:
+        """The index in ``targets`` of the next upstream that is up, round robin."""
+        if len(self.targets) == 1:
+            return 0
+        i = self.next_upstream
+        self.next_upstream = i + 1
+        return i % len(self.targets)
 
     def match(self, path: str) -> frozenset[str] | None:
         methods = self.static.get(path)
@@ -638,19 +680,12 @@ class Gateway:
         else:
             target = quote(sub, safe="/:@!$&'()*+,;=-._~").encode("latin-1")
         query: bytes = scope.get("query_string", b"")
-        head = b"".join(
-            (
-                _METHOD_BYTES.get(method) or method.encode("latin-1"),
-                b" ",
-                route.base_path,
-                target,
-                b"?" + query if query else b"",
-                b" HTTP/1.1\r\nhost: ",
-                route.host_header,
-                b"\r\n",
-                *parts,
-            )
-        )
+        if query:
+            target += b"?" + query
+        method_bytes = _METHOD_BYTES.get(method) or method.encode("latin-1")
+        upstream_index = route.pick()
+        upstream = route.targets[upstream_index]
+        head = _request_head(method_bytes, upstream, target, parts)
 
         task = asyncio.current_task()
         ex = _Exchange(receive, task, not has_body)
@@ -663,36 +698,54 @@ class Gateway:
         pool = self._pool
         try:
             try:
+                first = b""
                 start = head
                 if has_body:
                     first = await self._first_body(ex, route.max_body)
                     start, chunked = _request_start(head, first, content_length, ex.body_done)
-                for attempt in (0, 1):
+                # Another upstream may take the request when this one could not be reached and the request is
+                # safe to send twice and still whole in hand (its body not streamed away).
+                failovers = len(route.targets) - 1 if method in _FAILOVER_METHODS and ex.body_done else 0
+                stale_retry = True
+                while True:
                     if route.timeout:  # the timeout covers connecting too
                         ex.deadline = time.perf_counter() + route.timeout
-                    conn = await pool.acquire(route.upstream_scheme, route.upstream_host, route.upstream_port)
-                    ex.conn = conn
-                    conn.send_head(start, method == "HEAD", ex.body_done)
-                    if not ex.body_done:
-                        ex.deadline = 0.0  # a long upload is the client's pace, not the upstream's
-                        try:
-                            # It stops early when the upstream answers (a 401, a 413) before taking the whole
-                            # body: its answer is relayed, and the connection, out of step, is not reused.
-                            await self._send_body(ex, conn, route.max_body, chunked)
-                        except UpstreamError:
-                            if not conn.headers_done:
-                                raise
-                        if route.timeout:
-                            ex.deadline = time.perf_counter() + route.timeout
+                    conn = None
                     try:
+                        conn = await pool.acquire(upstream.scheme, upstream.host, upstream.port)
+                        ex.conn = conn
+                        conn.send_head(start, method == "HEAD", ex.body_done)
+                        if not ex.body_done:
+                            ex.deadline = 0.0  # a long upload is the client's pace, not the upstream's
+                            try:
+                                # It stops early when the upstream answers (a 401, a 413) before taking the whole
+                                # body: its answer is relayed, and the connection, out of step, is not reused.
+                                await self._send_body(ex, conn, route.max_body, chunked)
+                            except UpstreamError:
+                                if not conn.headers_done:
+                                    raise
+                            if route.timeout:
+                                ex.deadline = time.perf_counter() + route.timeout
                         await conn.wait_headers()
                         break
                     except UpstreamError as exc:
-                        # A kept-alive connection the upstream closed just as it was reused: try a fresh one,
-                        # unless a body has been consumed (it cannot be replayed) or the upstream answered.
-                        if attempt or not conn.reused or exc.received_any or has_body:
+                        if exc.received_any:
                             raise
-                        pool.discard(conn)
+                        if conn is not None:
+                            pool.discard(conn)
+                        if stale_retry and conn is not None and conn.reused and not has_body:
+                            # A kept-alive connection the upstream closed just as it was reused: try a fresh one
+                            # (not with a body: it has been consumed and cannot be replayed).
+                            stale_retry = False
+                            continue
+                        if not failovers:
+                            raise
+                        failovers -= 1
+                        stale_retry = True
+                        upstream_index = (upstream_index + 1) % len(route.targets)  # the next one, not the next pick
+                        upstream = route.targets[upstream_index]
+                        head = _request_head(method_bytes, upstream, target, parts)
+                        start = _request_start(head, first, content_length, True)[0] if has_body else head
                 ex.deadline = 0.0
             except UpstreamError as exc:
                 if conn is not None:
@@ -854,6 +907,13 @@ class Gateway:
             ex.client_gone = True
             if ex.task is not None:
                 ex.task.cancel()
+
+
+def _request_head(method: bytes, upstream: _CompiledUpstream, target: bytes, headers: list[bytes]) -> bytes:
+    """The request line and headers for one upstream: its base path before the target, its authority as Host."""
+    return b"".join(
+        (method, b" ", upstream.base_path, target, b" HTTP/1.1\r\nhost: ", upstream.host_header, b"\r\n", *headers)
+    )
 
 
 def _encode_chunk(data: bytes) -> bytes:
