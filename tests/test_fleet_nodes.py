@@ -32,7 +32,7 @@ class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
     def do_GET(self):
-        body = json.dumps({"key": os.environ["PLUGIN_KEY"], "path": self.path,
+        body = json.dumps({"key": os.environ["PLUGIN_KEY"], "node": os.environ.get("NODE_NAME", ""), "path": self.path,
                            "headers": {k.lower(): v for k, v in self.headers.items()}}).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
@@ -161,7 +161,7 @@ class Node:
         self.name = name
         self.settings = make_test_settings(root)
         for key, endpoints in plugins.items():
-            write_plugin(self.settings.plugins_dir, key, ECHO_HEADERS, endpoints=endpoints)
+            write_plugin(self.settings.plugins_dir, key, ECHO_HEADERS, endpoints=endpoints, env={"NODE_NAME": name})
         (root / "supervisor.toml").write_text(
             f'[redis]\nurl = "{redis_url}"\ndead_after = "1.5s"\nheartbeat_interval = "0.3s"\n'
             f'[fleet]\nnode = "{name}"\n',
@@ -207,8 +207,8 @@ async def _state(client: httpx.AsyncClient, key: str) -> str | None:
 
 
 async def test_two_supervisors_reach_each_others_plugins(nodes: Callable[..., Node]) -> None:
-    a = nodes("node-a", alpha=ECHO_ENDPOINTS)
-    b = nodes("node-b", beta=ECHO_ENDPOINTS)
+    a = nodes("node-a", alpha=ECHO_ENDPOINTS, shared=ECHO_ENDPOINTS)
+    b = nodes("node-b", beta=ECHO_ENDPOINTS, shared=ECHO_ENDPOINTS)
     await a.start()
     await b.start()
     async with a.client() as ca, b.client() as cb:
@@ -228,13 +228,27 @@ async def test_two_supervisors_reach_each_others_plugins(nodes: Callable[..., No
         listed = {p["key"]: p for p in (await cb.get("/api/v1/plugins")).json()["plugins"]}
         assert listed["alpha"]["node"] == "node-a" and listed["beta"]["node"] == ""
         assert listed["alpha"]["upstream"] == f"{a.url}/api/plugins/alpha"
+        # A key both nodes serve: one route, both upstreams, round robin; the listing says who serves it.
+        await wait_until(lambda: _served_by(cb, "shared", 2), timeout=30)
+        shared = (await cb.get("/api/v1/plugins/shared")).json()
+        assert [(u["node"], u["up"], u["remote"]) for u in shared["upstreams"]] == [
+            ("node-b", True, False),
+            ("node-a", True, True),
+        ]
+        answered = [(await cb.get("/api/plugins/shared/echo")).json()["node"] for _ in range(6)]
+        assert sorted(set(answered)) == ["node-a", "node-b"] and answered.count("node-a") == 3
+        # A request that already crossed one node is never forwarded again: served here, or 508.
+        hop = {"X-Supervisor-Hop": "1"}
+        assert {(await cb.get("/api/plugins/shared/echo", headers=hop)).json()["node"] for _ in range(4)} == {"node-b"}
+        r = await cb.get("/api/plugins/alpha/echo", headers=hop)
+        assert r.status_code == 508 and r.json()["error"]["code"] == "forwarding_loop"
         # Both nodes see both nodes.
         seen = (await cb.get("/api/v1/fleet/nodes")).json()["nodes"]
         assert [(n["node"], n["status"], n["this_node"]) for n in seen] == [
             ("node-b", "up", True),
             ("node-a", "up", False),
         ]
-        assert seen[1]["advertise_url"] == a.url and seen[1]["plugins"] == {"RUNNING": 1}
+        assert seen[1]["advertise_url"] == a.url and seen[1]["plugins"] == {"RUNNING": 2}
         out = await asyncio.to_thread(
             subprocess.run,
             [sys.executable, "-m", "supervisor_tui", "ctl", "--url", b.url, "--token", b.token, "fleet"],
@@ -245,7 +259,7 @@ async def test_two_supervisors_reach_each_others_plugins(nodes: Callable[..., No
         assert out.returncode == 0, out.stderr
         lines = out.stdout.splitlines()
         assert lines[0].split()[:3] == ["NODE", "STATUS", "LAST"]
-        assert lines[1].startswith("node-b *") and " up " in lines[1] and "1 RUNNING" in lines[1]
+        assert lines[1].startswith("node-b *") and " up " in lines[1] and "2 RUNNING" in lines[1]
         assert lines[2].startswith("node-a") and a.url in lines[2]
         # Node A goes silent (frozen): its plugins answer 503 on B once it is silent for dead_after, and A is lost.
         assert a.proc is not None
@@ -255,10 +269,18 @@ async def test_two_supervisors_reach_each_others_plugins(nodes: Callable[..., No
         assert r.status_code == 503 and "retry-after" in r.headers
         seen = (await cb.get("/api/v1/fleet/nodes")).json()["nodes"]
         assert [(n["node"], n["status"]) for n in seen] == [("node-b", "up"), ("node-a", "lost")]
+        shared = (await cb.get("/api/v1/plugins/shared")).json()
+        assert [(u["node"], u["up"]) for u in shared["upstreams"]] == [("node-b", True), ("node-a", False)]
+        assert {(await cb.get("/api/plugins/shared/echo")).json()["node"] for _ in range(4)} == {"node-b"}
         a.proc.signal(signal.SIGCONT)
         # A comes back: its heartbeats restore the route on B.
         await wait_until(lambda: _is(cb, "alpha", "RUNNING"), timeout=30)
         assert (await cb.get("/api/plugins/alpha/echo")).status_code == 200
+
+
+async def _served_by(client: httpx.AsyncClient, key: str, places: int) -> bool:
+    r = await client.get(f"/api/v1/plugins/{key}")
+    return r.status_code == 200 and len([u for u in r.json()["upstreams"] if u["up"]]) == places
 
 
 async def _is(client: httpx.AsyncClient, key: str, state: str) -> bool:

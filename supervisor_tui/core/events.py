@@ -163,6 +163,17 @@ class OperatorAction(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class PluginPeersChanged(Event):
+    """Another fleet node started or stopped serving a key here, or went silent, or was heard from again."""
+
+    topic: ClassVar[str] = "plugin.peers"
+    key: str
+    node: str
+    up: bool
+    ts: float = field(default_factory=_now)
+
+
+@dataclass(frozen=True, slots=True)
 class RegistrationRefused(Event):
     """A registration was not accepted (its upstream is outside the allowlist, its key is a local plugin's)."""
 

@@ -126,13 +126,15 @@ MIGRATIONS: tuple[str, ...] = (
     END;
     """,
     # 6: plugins registered over Redis (seed 000 publishes plugin:registered once, at start): the message as it
-    # was accepted, so after a restart the plugin comes back LOST and its next heartbeat restores its routes.
+    # was accepted, so after a restart the plugin comes back LOST and its next heartbeat restores its routes. By
+    # key and node: one key may be served by several nodes of the fleet ('' for a plugin that announced itself).
     """
     CREATE TABLE fleet_registrations (
-        key TEXT PRIMARY KEY,
-        message TEXT NOT NULL,
+        key TEXT NOT NULL,
         node TEXT NOT NULL DEFAULT '',
-        registered_at REAL NOT NULL
+        message TEXT NOT NULL,
+        registered_at REAL NOT NULL,
+        PRIMARY KEY (key, node)
     );
     """,
 )

@@ -72,7 +72,7 @@ class RegistrationListener:
                     f"redis: saved registration of {printable(message.key)!r} dropped: {exc}",
                     event="redis_registration",
                 )
-                await self.registrations.forget(message.key)
+                await self.registrations.forget(message.key, message.node or "")
                 continue
             restored += 1
         return restored
@@ -121,6 +121,8 @@ class RegistrationListener:
 
     async def _register(self, message: Registered, lost: str = "") -> Any:
         payload, base_path = self._payload(message)
+        if message.node and base_path:  # another supervisor's plugin: one more upstream for the key
+            return await self.sup.add_peer(payload, message.node, base_path, self.dead_after, lost=lost)
         return await self.sup.register_external(
             payload,
             lost_after=self.dead_after,
@@ -159,7 +161,10 @@ class RegistrationListener:
 
     async def _heartbeat(self, message: Heartbeat) -> None:
         try:
-            self.sup.heartbeat_external(message.key)
+            if message.node:  # another supervisor's plugin (PluginNotFound: one we have not learnt yet)
+                self.sup.heartbeat_peer(message.key, message.node)
+            else:
+                self.sup.heartbeat_external(message.key)
         except PluginNotFound:
             if message.node and self.lookup is not None and await self._learn(message.node, message.key):
                 return
@@ -191,6 +196,9 @@ class RegistrationListener:
         return True
 
     async def _unregistered(self, message: Unregistered) -> None:
+        if message.node and self.sup.remove_peer(message.key, message.node):
+            await self.registrations.forget(message.key, message.node)
+            return
         plugin = self.sup.registry.get(message.key)
         if not isinstance(plugin, ExternalPlugin):
             reason = "unknown_key" if plugin is None else "key_taken"

@@ -13,7 +13,7 @@ from supervisor_tui.fleet.messages import ENCODER, Registered
 
 
 class RegistrationStore:
-    """Accepted plugin:registered messages by key."""
+    """Accepted plugin:registered messages by key and node."""
 
     def __init__(self, store: Store) -> None:
         self.store = store
@@ -28,11 +28,10 @@ class RegistrationStore:
     async def save(self, message: Registered) -> None:
         await self.store.writer.execute(
             "INSERT INTO fleet_registrations (key, message, node, registered_at) VALUES (?, ?, ?, ?) "
-            "ON CONFLICT(key) DO UPDATE SET message = excluded.message, node = excluded.node, "
-            "registered_at = excluded.registered_at",
+            "ON CONFLICT(key, node) DO UPDATE SET message = excluded.message, registered_at = excluded.registered_at",
             (message.key, ENCODER.encode(message).decode(), message.node or "", time.time()),
         )
 
-    async def forget(self, key: str) -> None:
+    async def forget(self, key: str, node: str = "") -> None:
         if self.store.is_open:
-            await self.store.writer.execute("DELETE FROM fleet_registrations WHERE key = ?", (key,))
+            await self.store.writer.execute("DELETE FROM fleet_registrations WHERE key = ? AND node = ?", (key, node))

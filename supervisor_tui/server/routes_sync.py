@@ -17,7 +17,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
 from supervisor_tui.core.events import Event, EventBus, EventsDropped
-from supervisor_tui.server.gateway import DEFAULT_MAX_BODY, DEFAULT_TIMEOUT, PluginRoute, RouteTable
+from supervisor_tui.server.gateway import DEFAULT_MAX_BODY, DEFAULT_TIMEOUT, PluginRoute, RouteTable, Upstream
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,11 @@ def route_for(
     """The gateway route for one PluginSnapshot (``app``: an in-process plugin's ASGI app, served directly)."""
     state = str(snapshot.state)
     upstream = snapshot.upstream
-    available = state == "RUNNING" and (bool(upstream) or app is not None)
+    # Other fleet nodes serving the key too: one upstream per place, the route up while any is
+    places = getattr(snapshot, "upstreams", ())
+    upstreams = tuple(Upstream(node, url, up, via_node=remote) for node, url, up, remote in places)
+    served_elsewhere = any(u.up and u.via_node for u in upstreams)
+    available = (state == "RUNNING" and (bool(upstream) or app is not None)) or served_elsewhere
     reason = ""
     if not available:
         reason = f"state is {state}" if upstream or state != "RUNNING" else "it has no upstream address"
@@ -52,6 +56,7 @@ def route_for(
     return PluginRoute(
         key=snapshot.key,
         upstream_base_url=upstream or None,
+        upstreams=upstreams if app is None else (),
         endpoints=tuple((str(e.method).upper(), str(e.path)) for e in snapshot.endpoints),
         available=available,
         unavailable_reason=reason,

@@ -25,6 +25,13 @@ class MetricsOut(BaseModel):
     processes: int
 
 
+class UpstreamOut(BaseModel):
+    node: str
+    url: str
+    up: bool
+    remote: bool = Field(description="true: another node's gateway")
+
+
 class PluginOut(BaseModel):
     """A plugin as the API shows it (the core's PluginSnapshot plus gateway figures)."""
 
@@ -51,6 +58,9 @@ class PluginOut(BaseModel):
     last_metrics: MetricsOut | None = None
     requests: int = Field(0, description="Requests proxied through the gateway since start")
     node: str = Field("", description="The fleet node that announced it over Redis (empty: this node's own)")
+    upstreams: list[UpstreamOut] = Field(
+        default_factory=list, description="Every place serving the key when other fleet nodes serve it too"
+    )
 
 
 class PluginEnvelope(BaseModel):
