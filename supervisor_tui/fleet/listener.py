@@ -72,7 +72,7 @@ class RegistrationListener:
                     f"redis: saved registration of {printable(message.key)!r} dropped: {exc}",
                     event="redis_registration",
                 )
-                await self.registrations.forget(message.key, message.node or "")
+                self.registrations.forget(message.key, message.node or "")
                 continue
             restored += 1
         return restored
@@ -110,7 +110,7 @@ class RegistrationListener:
         except PluginActionError as exc:
             self._refuse("key_taken", f"plugin:registered {key!r}: refused: {exc}", message.key)
             return
-        await self.registrations.save(message)
+        self.registrations.save(message)
         self._unknown_logged.discard(message.key)
         self.sup.logs.info(
             f"redis: {key} registered at {snap.upstream}"
@@ -197,7 +197,7 @@ class RegistrationListener:
 
     async def _unregistered(self, message: Unregistered) -> None:
         if message.node and self.sup.remove_peer(message.key, message.node):
-            await self.registrations.forget(message.key, message.node)
+            self.registrations.forget(message.key, message.node)
             return
         plugin = self.sup.registry.get(message.key)
         if not isinstance(plugin, ExternalPlugin):
@@ -207,7 +207,7 @@ class RegistrationListener:
             )
             return
         await self.sup.unregister_external(message.key)
-        await self.registrations.forget(message.key)
+        self.registrations.forget(message.key)
 
     def _refuse(self, reason: str, line: str, key: str | None = None) -> None:
         self.refused[reason] += 1

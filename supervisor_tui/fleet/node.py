@@ -41,7 +41,8 @@ class FleetNode:
         self.advertise_url = advertise_url
         self.announce = bool(settings.get("redis.announce"))
         self.interval = float(settings.get("redis.heartbeat_interval"))
-        self.listener = RegistrationListener(sup, RegistrationStore(sup.store), self.node)
+        self.registrations = RegistrationStore(sup.store, sup.logs)
+        self.listener = RegistrationListener(sup, self.registrations, self.node)
         self.link = RedisLink(str(settings.get("redis.url")), sup.logs, sup.bus, self.listener.handle, self._connected)
         expire = max(1, int(3 * float(settings.get("redis.dead_after"))))
         self.announcer = PluginAnnouncer(sup, self.link, self.node, advertise_url, expire)
@@ -75,6 +76,7 @@ class FleetNode:
                 await self.announcer.unannounce_all()
                 await self.presence.withdraw()
         await self.link.stop()
+        await self.registrations.close()  # before the store closes: what was accepted is remembered
 
     async def _connected(self) -> None:
         """Redis is (again) there: tell it what runs here."""
