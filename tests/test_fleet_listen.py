@@ -19,6 +19,7 @@ from supervisor_tui.core.events import RedisLinkChanged, RegistrationRefused
 
 pytestmark = [needs_redis, pytest.mark.usefixtures("no_plugin_leftovers")]
 
+FLEET_DOC = (Path(__file__).resolve().parent.parent / "docs" / "fleet.md").read_text(encoding="utf-8")
 ENDPOINTS = '[{"method":"GET","path":"/invoices/{id}"}]'
 
 
@@ -291,3 +292,24 @@ async def test_the_redis_password_is_never_shown(make_settings: Callable[..., Se
             assert any("***@" in t for t in texts) and not any("s3cret-pw" in t for t in texts)
             metrics = (await api.client.get("/metrics")).text
             assert "s3cret-pw" not in metrics
+
+
+async def test_the_acl_user_docs_fleet_md_gives_is_enough(
+    make_settings: Callable[..., Settings], make_plugin: Callable[..., Path], tmp_path: Path
+) -> None:
+    acl = next(line.strip() for line in FLEET_DOC.splitlines() if line.strip().startswith("ACL SETUSER fleet"))
+    make_plugin("web", "http_server.py", endpoints=[{"method": "GET", "path": "/hi"}])
+    with RedisServer(tmp_path) as server:
+        server.cli(*acl.split())
+        server.cli("ACL", "SETUSER", "default", "off")
+        url = f"redis://fleet:CHANGE-ME@127.0.0.1:{server.port}/0"
+        async with running_api(make_settings(**{"redis.url": url, "fleet.node": "node-a"})) as api:
+            fleet = api.runtime.fleet
+            assert fleet is not None
+            await api.wait_state("web", "RUNNING")
+            await wait_until(lambda: fleet.link.up, timeout=20)
+            await wait_until(lambda: fleet.announcer.published >= 1, timeout=20)
+            nodes = (await api.client.get("/api/v1/fleet/nodes")).json()["nodes"]
+            assert [n["node"] for n in nodes] == ["node-a"]
+            assert await fleet.presence.refresh() and await fleet.announcer.lookup("node-a", "web") is not None
+            assert not [r for r in api.runtime.sup.logs.tail(lines=5000) if r.fields.get("event") == "redis_down"]
