@@ -47,6 +47,7 @@ async def _run(settings: Settings) -> int:
         runtime.sup,
         runtime.url,
         request_counts=(lambda: gateway.stats().requests_by_plugin()) if gateway is not None else None,
+        fleet=runtime.fleet,
     )
     try:
         starting = asyncio.create_task(_start_all(runtime), name="start-plugins")

@@ -201,6 +201,7 @@ class SupervisorApp(App[int]):
             self.view.set_plugins(plugins)
             self.view.add_logs(await self.client.logs(None, 500))
             self.view.record_current_states(plugins, self.client.now())
+            self.view.redis = await self.client.redis_status()
         except ClientError as exc:
             self._set_connection(ConnectionChange(False, exc.message))
         await self._refresh_consoles(force=True)
@@ -423,6 +424,12 @@ class SupervisorApp(App[int]):
         from supervisor_tui.tui.screens.console_detail import ConsoleDetailScreen
 
         self.push_screen(ConsoleDetailScreen(console_id))
+
+    def action_fleet(self) -> None:
+        from supervisor_tui.tui.screens.fleet import FleetScreen
+
+        if not isinstance(self.screen, FleetScreen):
+            self.push_screen(FleetScreen())
 
     def action_help(self) -> None:
         from supervisor_tui.tui.screens.help import HelpScreen

@@ -277,6 +277,33 @@ class TransitionInfo:
 
 
 @dataclass(slots=True)
+class NodeInfo:
+    """One node of the fleet (``GET /api/v1/fleet/nodes``)."""
+
+    node: str
+    status: str  # "up" | "lost"
+    this_node: bool
+    advertise_url: str
+    version: str
+    last_seen: float | None
+    plugins: dict[str, int]
+    consoles: dict[str, int]
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> NodeInfo:
+        return cls(
+            node=str(d.get("node") or ""),
+            status=str(d.get("status") or "lost"),
+            this_node=bool(d.get("this_node")),
+            advertise_url=str(d.get("advertise_url") or ""),
+            version=str(d.get("version") or ""),
+            last_seen=_float(d.get("last_seen")),
+            plugins={str(k): int(v) for k, v in (d.get("plugins") or {}).items()},
+            consoles={str(k): int(v) for k, v in (d.get("consoles") or {}).items()},
+        )
+
+
+@dataclass(slots=True)
 class ClientInfo:
     """What the header shows about the connection itself."""
 
@@ -364,6 +391,15 @@ class SupervisorClient(abc.ABC):
     @abc.abstractmethod
     async def console_stats(self) -> dict[str, int]:
         """How many consoles are in each state."""
+
+    # -- fleet ---------------------------------------------------------------------------------------
+    async def fleet_nodes(self) -> list[NodeInfo]:
+        """The fleet's nodes, this one first (empty when the supervisor is in no fleet)."""
+        return []
+
+    async def redis_status(self) -> str:
+        """ "off" (no redis.url), "up" or "down"."""
+        return "off"
 
     # -- events --------------------------------------------------------------------------------------
     @abc.abstractmethod

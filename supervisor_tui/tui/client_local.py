@@ -13,6 +13,7 @@ from typing import Any
 from supervisor_tui.consoles.errors import ConsoleNotFound
 from supervisor_tui.core.actions import acting_as
 from supervisor_tui.core.supervisor import Supervisor
+from supervisor_tui.fleet.node import FleetNode
 from supervisor_tui.plugins.model import PluginActionError, PluginNotFound
 from supervisor_tui.tui.client import (
     CONSOLE_STATES,
@@ -23,12 +24,13 @@ from supervisor_tui.tui.client import (
     HeartbeatInfo,
     LogEntry,
     MetricPoint,
+    NodeInfo,
     PluginInfo,
     SupervisorClient,
     TransitionInfo,
 )
 
-EVENT_TOPICS = ("plugin", "log", "console", "plugin-loaded", "plugin-failed")
+EVENT_TOPICS = ("plugin", "log", "console", "plugin-loaded", "plugin-failed", "fleet")
 
 
 def _user() -> str:
@@ -49,8 +51,10 @@ class InProcessClient(SupervisorClient):
         read_only: bool | None = None,
         request_counts: Callable[[], dict[str, int]] | None = None,
         keymap: dict[str, str] | None = None,
+        fleet: FleetNode | None = None,
     ) -> None:
         settings = sup.settings
+        self.fleet = fleet
         keys = keymap if keymap is not None else settings.tables.get("keys", {})
         self.info = ClientInfo(
             mode="embedded",
@@ -64,6 +68,15 @@ class InProcessClient(SupervisorClient):
         # Subscribed now, before the app takes its first snapshot, so nothing falls between the two.
         self._subscription = sup.bus.subscribe(EVENT_TOPICS, maxsize=50_000)
         self._closed = False
+
+    # -- fleet ---------------------------------------------------------------------------------------
+    async def fleet_nodes(self) -> list[NodeInfo]:
+        if self.fleet is None:
+            return []
+        return [NodeInfo.from_dict(n.to_dict()) for n in await self.fleet.nodes()]
+
+    async def redis_status(self) -> str:
+        return str(self.fleet.status()["redis"]) if self.fleet is not None else "off"
 
     # -- plugins -------------------------------------------------------------------------------------
     def _plugin_dict(self, snap: Any) -> dict[str, Any]:

@@ -91,6 +91,7 @@ class ViewModel:
         self.rate_history: dict[str, deque[tuple[float, float]]] = {}
         self._last_counts: dict[str, tuple[int, float]] = {}
         self.console_stats: dict[str, int] = {}
+        self.redis = "off"  # the fleet's Redis: "off", "up" or "down"
         self.console_total = 0
         self.console_page: list[ConsoleInfo] = []
         self.consoles_changed = False
@@ -198,6 +199,8 @@ class ViewModel:
                     )
             elif topic.startswith("console"):
                 self.dirty_consoles = True
+            elif topic == "fleet.redis":
+                self.redis = "up" if ev.get("up") else "down"
             elif topic == CONNECTION_TOPIC:
                 change = ConnectionChange(bool(ev.get("connected")), str(ev.get("message") or ""))
                 self.set_connection(change)
@@ -299,6 +302,8 @@ class ViewModel:
             warnings.append(f"[{WARNING_STYLE}]{gone:,} inactive[/]")
         if not self.connected:
             warnings.append(f"[{DANGER_STYLE}]disconnected[/]")
+        if self.redis == "down":
+            warnings.append(f"[{DANGER_STYLE}]Redis down[/]")
         if warnings:
             parts.append("⚠ " + " ".join(warnings))
         return " │ ".join(parts)

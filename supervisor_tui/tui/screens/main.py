@@ -213,6 +213,9 @@ class MainScreen(SupervisorAppAccess, Screen[None]):
         elif event.data_table.id == "consoles-table":
             self.sup_app.open_console(key)
 
+    def action_fleet(self) -> None:
+        self.sup_app.action_fleet()
+
     def action_plugin_logs(self) -> None:
         key = self.selected_plugin()
         if key:
