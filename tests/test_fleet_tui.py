@@ -7,10 +7,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import wait_until
+from conftest import make_test_settings, wait_until, write_plugin
 from fixtures.api.harness import running_api
 from fixtures.fleet.redis_server import RedisServer, needs_redis
-from test_tui import screen_text, until
+from test_tui import screen_text, table_keys, until
 from textual.widgets import DataTable
 
 from supervisor_tui.config import Settings
@@ -72,3 +72,35 @@ async def test_fleet_screen_without_redis_says_so(make_settings: Callable[..., S
             await until(pilot, lambda: isinstance(app.screen, FleetScreen))
             await until(pilot, lambda: "in no fleet: set redis.url" in screen_text(app))
             assert fleet_rows(app) == []
+
+
+async def test_enter_on_a_node_attaches_to_it_and_back(tmp_path: Path) -> None:
+    with RedisServer(tmp_path) as server:
+        common = {"redis.url": server.url, "auth.admin_token": "fleet-admin-token", "redis.heartbeat_interval": 0.3}
+        settings_a = make_test_settings(tmp_path / "a", **common, **{"fleet.node": "node-a"})
+        settings_b = make_test_settings(tmp_path / "b", **common, **{"fleet.node": "node-b"})
+        write_plugin(settings_a.plugins_dir, "alpha", "sleeper.py", autostart=False)
+        write_plugin(settings_b.plugins_dir, "beta", "sleeper.py", autostart=False)
+        async with running_api(settings_a) as a, running_api(settings_b) as b:
+            for api in (a, b):
+                fleet = api.runtime.fleet
+                assert fleet is not None
+                await wait_until(lambda fleet=fleet: fleet.link.up, timeout=20)
+            home = InProcessClient(a.runtime.sup, a.url, fleet=a.runtime.fleet, admin_token="fleet-admin-token")
+            app = SupervisorApp(home, handle_signals=False)
+            async with app.run_test(size=SIZE) as pilot:
+                await until(pilot, lambda: "alpha" in table_keys(app, "plugins"))
+                await pilot.press("4")
+                await until(pilot, lambda: isinstance(app.screen, FleetScreen) and len(fleet_rows(app)) == 2)
+                assert [r[0] for r in fleet_rows(app)] == ["node-a (this node)", "node-b"]
+                await pilot.press("down", "enter")
+                await until(pilot, lambda: app.attached_node == "node-b" and not isinstance(app.screen, FleetScreen))
+                await until(pilot, lambda: table_keys(app, "plugins") == ["beta"])
+                assert app.client is not home and app.client.info.api_url == b.url
+                # And back: the home node is listed first, seen from node B too.
+                await pilot.press("4")
+                await until(pilot, lambda: isinstance(app.screen, FleetScreen) and len(fleet_rows(app)) == 2)
+                assert fleet_rows(app)[0][0] == "node-b (this node)" and "attached to node-b" in screen_text(app)
+                await pilot.press("down", "enter")
+                await until(pilot, lambda: app.attached_node == "" and app.client is home)
+                await until(pilot, lambda: table_keys(app, "plugins") == ["alpha"])

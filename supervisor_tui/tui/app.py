@@ -88,6 +88,9 @@ class SupervisorApp(App[int]):
         super().__init__()
         self.driver_class = HangupSafeDriver
         self.client = client
+        self.home_client = client  # the supervisor the app was started on; ``attach_node`` comes back to it
+        self.attached_node = ""  # the fleet node the app is attached to instead ("" = home)
+        self.home_node = ""  # the home supervisor's fleet node name, once the Fleet screen has read it
         merged: dict[str, object] = {**client.info.keymap, **(keymap or {})}
         self.keymap, self.keymap_problems = validate_keymap(merged)
         self.handle_signals = handle_signals
@@ -424,6 +427,39 @@ class SupervisorApp(App[int]):
         from supervisor_tui.tui.screens.console_detail import ConsoleDetailScreen
 
         self.push_screen(ConsoleDetailScreen(console_id))
+
+    async def attach_node(self, node: str, url: str, home: bool) -> bool:
+        """Show node ``node`` (its API at ``url``) instead of this one, or go back ``home``; False when refused."""
+        client: SupervisorClient | None = self.home_client
+        if not home:
+            client = self.home_client.client_for(url)
+            if client is None:
+                self.notify(f"cannot attach to {printable(node)}: no admin token to present", severity="warning")
+                return False
+            try:
+                await client.connect()
+            except ClientError as exc:
+                await client.close()
+                self.notify(
+                    printable(f"cannot attach to {node}: {exc.message} (attaching needs a shared auth.admin_token)"),
+                    severity="error",
+                    markup=False,
+                )
+                return False
+        if client is self.client or client is None:
+            return True
+        self.workers.cancel_group(self, "events")
+        previous, self.client = self.client, client
+        if previous is not self.home_client:
+            await previous.close()
+        self.attached_node = "" if home else node
+        self.sub_title = f"attached to {printable(node)}" if not home else ""
+        self.view = ViewModel()
+        with contextlib.suppress(LookupError, NoMatches):
+            self.main.logs_pane.view.clear()
+        await self._load_initial()
+        self.run_worker(self._consume_events(), name="events", group="events", exit_on_error=False)
+        return True
 
     def action_fleet(self) -> None:
         from supervisor_tui.tui.screens.fleet import FleetScreen

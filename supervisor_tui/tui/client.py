@@ -398,8 +398,12 @@ class SupervisorClient(abc.ABC):
         return []
 
     async def redis_status(self) -> str:
-        """ "off" (no redis.url), "up" or "down"."""
+        """The fleet's Redis as this supervisor sees it: "off" (no redis.url), "up" or "down"."""
         return "off"
+
+    def client_for(self, url: str) -> SupervisorClient | None:
+        """A client of another node's API at ``url`` with this client's admin token (None: no token known)."""
+        return None
 
     # -- events --------------------------------------------------------------------------------------
     @abc.abstractmethod

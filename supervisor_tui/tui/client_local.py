@@ -52,9 +52,11 @@ class InProcessClient(SupervisorClient):
         request_counts: Callable[[], dict[str, int]] | None = None,
         keymap: dict[str, str] | None = None,
         fleet: FleetNode | None = None,
+        admin_token: str = "",
     ) -> None:
         settings = sup.settings
         self.fleet = fleet
+        self._admin_token = admin_token  # for attaching to other nodes that share it (auth.admin_token)
         keys = keymap if keymap is not None else settings.tables.get("keys", {})
         self.info = ClientInfo(
             mode="embedded",
@@ -77,6 +79,11 @@ class InProcessClient(SupervisorClient):
 
     async def redis_status(self) -> str:
         return str(self.fleet.status()["redis"]) if self.fleet is not None else "off"
+
+    def client_for(self, url: str) -> SupervisorClient | None:
+        from supervisor_tui.tui.client_remote import RemoteClient
+
+        return RemoteClient(url, self._admin_token, keymap=self.info.keymap) if self._admin_token else None
 
     # -- plugins -------------------------------------------------------------------------------------
     def _plugin_dict(self, snap: Any) -> dict[str, Any]:

@@ -220,6 +220,9 @@ class RemoteClient(SupervisorClient):
         body = await self._request("GET", "/api/v1/status")
         return str((body.get("fleet") or {}).get("redis") or "off")
 
+    def client_for(self, url: str) -> SupervisorClient:
+        return RemoteClient(url, self.token, read_only=self._forced_read_only, keymap=self.info.keymap)
+
     # -- events --------------------------------------------------------------------------------------
     def _ws_url(self) -> str:
         parts = urlsplit(self.base)
