@@ -10,7 +10,7 @@ import pytest
 from conftest import make_test_settings, wait_until, write_plugin
 from fixtures.api.harness import running_api
 from fixtures.fleet.redis_server import RedisServer, needs_redis
-from test_tui import screen_text, table_keys, until
+from test_tui import cell, screen_text, table, table_keys, until
 from textual.widgets import DataTable
 
 from supervisor_tui.config import Settings
@@ -56,6 +56,8 @@ async def test_fleet_screen_and_redis_down_in_the_header(
                 assert rows[0][:2] == ["node-a (this node)", "up"]
                 assert rows[1][0] == "node-b" and rows[1][1] == "lost" and rows[1][4] == "3 RUNNING"
                 assert "Redis up; 1 of 2 nodes up" in screen_text(app)
+                await until(pilot, lambda: "node" in table(app, "plugins").column_keys)  # two nodes known
+
                 await pilot.press("escape")
                 await until(pilot, lambda: not isinstance(app.screen, FleetScreen))
                 assert "Redis down" not in screen_text(app)
@@ -72,6 +74,7 @@ async def test_fleet_screen_without_redis_says_so(make_settings: Callable[..., S
             await until(pilot, lambda: isinstance(app.screen, FleetScreen))
             await until(pilot, lambda: "in no fleet: set redis.url" in screen_text(app))
             assert fleet_rows(app) == []
+            assert "node" not in table(app, "plugins").column_keys
 
 
 async def test_enter_on_a_node_attaches_to_it_and_back(tmp_path: Path) -> None:
@@ -90,6 +93,9 @@ async def test_enter_on_a_node_attaches_to_it_and_back(tmp_path: Path) -> None:
             app = SupervisorApp(home, handle_signals=False)
             async with app.run_test(size=SIZE) as pilot:
                 await until(pilot, lambda: "alpha" in table_keys(app, "plugins"))
+                # Two nodes: the plugins table says which node serves each plugin.
+                await until(pilot, lambda: table(app, "plugins").column_keys[:2] == ["key", "node"], within=20)
+                assert cell(app, "plugins", "alpha", "node") == "here"
                 await pilot.press("4")
                 await until(pilot, lambda: isinstance(app.screen, FleetScreen) and len(fleet_rows(app)) == 2)
                 assert [r[0] for r in fleet_rows(app)] == ["node-a (this node)", "node-b"]

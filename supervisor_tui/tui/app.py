@@ -161,9 +161,11 @@ class SupervisorApp(App[int]):
         self.set_interval(RATE_SECONDS, self._sample_rates, name="rates")
 
     async def _sample_rates(self) -> None:
-        """Requests/s per plugin from the gateway's cumulative counts."""
+        """Requests/s per plugin from the gateway's cumulative counts (and the fleet's size, for the Node column)."""
         try:
             counts = await self.client.request_counts()
+            if self.view.redis != "off":
+                await self._count_nodes()
         except ClientError:
             return
         if counts:
@@ -205,6 +207,8 @@ class SupervisorApp(App[int]):
             self.view.add_logs(await self.client.logs(None, 500))
             self.view.record_current_states(plugins, self.client.now())
             self.view.redis = await self.client.redis_status()
+            if self.view.redis != "off":
+                await self._count_nodes()
         except ClientError as exc:
             self._set_connection(ConnectionChange(False, exc.message))
         await self._refresh_consoles(force=True)
@@ -460,6 +464,13 @@ class SupervisorApp(App[int]):
         await self._load_initial()
         self.run_worker(self._consume_events(), name="events", group="events", exit_on_error=False)
         return True
+
+    async def _count_nodes(self) -> None:
+        size = max(1, len(await self.client.fleet_nodes()))
+        if size != self.view.fleet_size:
+            self.view.fleet_size = size
+            with contextlib.suppress(LookupError, NoMatches):
+                self.main.relayout()
 
     def action_fleet(self) -> None:
         from supervisor_tui.tui.screens.fleet import FleetScreen

@@ -103,6 +103,7 @@ class PluginInfo:
     manifest_path: str = ""
     timeout: float | None = None
     max_body: int | None = None
+    node: str = ""  # the fleet node that serves it ("" for this node's own)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> PluginInfo:
@@ -120,6 +121,7 @@ class PluginInfo:
         healthy = d.get("healthy")
         return cls(
             key=str(d.get("key", "")),
+            node=str(d.get("node") or ""),
             name=str(d.get("name") or d.get("key") or ""),
             version=str(d.get("version") or ""),
             description=str(d.get("description") or ""),

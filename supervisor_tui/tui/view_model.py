@@ -92,6 +92,7 @@ class ViewModel:
         self._last_counts: dict[str, tuple[int, float]] = {}
         self.console_stats: dict[str, int] = {}
         self.redis = "off"  # the fleet's Redis: "off", "up" or "down"
+        self.fleet_size = 1  # nodes in the fleet (the plugins table shows a Node column beyond one)
         self.console_total = 0
         self.console_page: list[ConsoleInfo] = []
         self.consoles_changed = False
