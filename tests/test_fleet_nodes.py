@@ -285,3 +285,27 @@ async def _served_by(client: httpx.AsyncClient, key: str, places: int) -> bool:
 
 async def _is(client: httpx.AsyncClient, key: str, state: str) -> bool:
     return await _state(client, key) == state
+
+
+async def test_another_nodes_plugin_comes_back_lost_after_a_restart_then_running(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    common = {"redis.url": redis_server.url, "redis.heartbeat_interval": 0.3}
+    settings_a = make_test_settings(tmp_path / "a", **common, **{"fleet.node": "node-a"})
+    settings_b = make_test_settings(tmp_path / "b", **common, **{"fleet.node": "node-b"})
+    write_plugin(settings_a.plugins_dir, "alpha", ECHO_HEADERS, endpoints=ECHO_ENDPOINTS)
+    async with running_api(settings_a) as a:
+        await a.wait_state("alpha", "RUNNING")
+        async with running_api(settings_b) as b:
+            # learnt from a heartbeat and fleet:plugins:node-a
+            await wait_until(lambda: _is(b.client, "alpha", "RUNNING"), timeout=20)
+            assert (await b.client.get("/api/plugins/alpha/echo")).json()["key"] == "alpha"
+        # B restarts while Redis is down: the registration comes from its database, LOST until a heartbeat.
+        redis_server.kill()
+        async with running_api(settings_b) as b:
+            plugin = await b.plugin("alpha")
+            assert plugin["state"] == "LOST" and plugin["node"] == "node-a"
+            assert (await b.client.get("/api/plugins/alpha/echo")).status_code == 503
+            redis_server.start()
+            await b.wait_state("alpha", "RUNNING", timeout=30)
+            assert (await b.client.get("/api/plugins/alpha/items/3")).json()["path"] == "/items/3"
