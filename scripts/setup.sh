@@ -47,3 +47,12 @@ if [ "${SUPERVISOR_TUI_SETUP_SYSTEM:-1}" = 1 ] && ! command -v caddy >/dev/null;
     fi
   fi
 fi
+# The fleet tests start their own redis-server on free ports; the Debian package's own service is not wanted.
+if [ "${SUPERVISOR_TUI_SETUP_SYSTEM:-1}" = 1 ] && ! command -v redis-server >/dev/null; then
+  apt_install redis-server || true
+  if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
+    systemctl disable --now redis-server >/dev/null 2>&1 || true
+  elif [ -x /etc/init.d/redis-server ]; then
+    /etc/init.d/redis-server stop >/dev/null 2>&1 || true
+  fi
+fi

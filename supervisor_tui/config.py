@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import socket
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -85,6 +86,59 @@ def local_url(host: str, port: int) -> str:
     if ":" in host and not host.startswith("["):
         host = f"[{host}]"
     return f"http://{host}:{port}"
+
+
+def masked_url(url: str) -> str:
+    """``url`` with its password (the part after ``user:``) replaced by ``***``, for logs and ``config``."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return "***"  # not a URL we can take apart: show none of it
+    if not password:
+        return url
+    userinfo, _, hostinfo = parts.netloc.rpartition("@")
+    user = userinfo.partition(":")[0]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{hostinfo}"))
+
+
+def _parse_redis_url(value: object) -> str:
+    """Empty (no Redis), or redis://[user:password@]host[:port][/db], rediss:// for TLS."""
+    s = _parse_str(value).strip()
+    if not s:
+        return ""
+    parts = urlsplit(s)
+    if parts.scheme not in ("redis", "rediss") or not parts.hostname:
+        raise ValueError("not a redis URL")
+    parts.port  # noqa: B018 - raises ValueError on a bad port
+    if parts.path.strip("/") and not parts.path.strip("/").isdigit():
+        raise ValueError("not a database number")
+    return s
+
+
+def _parse_node_name(value: object) -> str:
+    s = _parse_str(value).strip()
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", s):
+        raise ValueError("not a node name")
+    return s
+
+
+def _parse_http_url(value: object) -> str:
+    """Empty (derived), or an http(s):// base URL without path, query or credentials."""
+    s = _parse_str(value).strip().rstrip("/")
+    if not s:
+        return ""
+    parts = urlsplit(s)
+    parts.port  # noqa: B018 - raises ValueError on a bad port
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.username or parts.path or parts.query:
+        raise ValueError("not a base URL")
+    return s
+
+
+def _default_node() -> str:
+    """The host name, trimmed to what a node name may hold."""
+    name = re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname())[:64].strip("-.") or "node"
+    return name if name[0].isalnum() else f"n{name}"[:64]
 
 
 def _parse_bool(value: object) -> bool:
@@ -177,7 +231,7 @@ def _parse_host(value: object) -> str:
     return s
 
 
-def _parse_http_url(value: object) -> str:
+def _parse_admin_url(value: object) -> str:
     s = _parse_str(value).strip()
     try:
         parts = urlsplit(s)
@@ -211,20 +265,6 @@ def _parse_caddy_name(value: object) -> str:
     return s
 
 
-def masked_url(url: str) -> str:
-    """``url`` with the password of its userinfo replaced by ``***`` (for logs, status and `config`)."""
-    try:
-        parts = urlsplit(url)
-        password = parts.password
-    except ValueError:
-        return url
-    if not password:
-        return url
-    user, _, host = parts.netloc.rpartition("@")
-    name = user.split(":", 1)[0]
-    return urlunsplit(parts._replace(netloc=f"{name}:***@{host}"))
-
-
 @dataclass(frozen=True)
 class Field:
     """One setting: where it lives, how to parse it, and what to say when it is wrong."""
@@ -236,6 +276,7 @@ class Field:
     allowed: str
     help: str = ""
     secret: bool = False
+    mask: Callable[[str], str] | None = None  # shows a value that holds a secret without it (a URL's password)
 
     @property
     def name(self) -> str:
@@ -335,7 +376,7 @@ FIELDS: tuple[Field, ...] = (
         "routes",
         "caddy_admin",
         "http://127.0.0.1:2019",
-        _parse_http_url,
+        _parse_admin_url,
         "an http(s) URL",
         "Caddy's admin API",
     ),
@@ -362,6 +403,63 @@ FIELDS: tuple[Field, ...] = (
         parse_duration,
         "a duration like 30s",
         "expected heartbeat interval of external plugins (LOST after twice that)",
+    ),
+    Field(
+        "redis",
+        "url",
+        "",
+        _parse_redis_url,
+        "empty, or redis://[user:password@]host:port/db (rediss:// for TLS)",
+        "the fleet's Redis: seed 000's registration channels and node presence (empty = off)",
+        mask=masked_url,
+    ),
+    Field(
+        "redis",
+        "dead_after",
+        60.0,
+        _positive_duration,
+        "a duration over 0 like 60s",
+        "silence after which a plugin registered over Redis is LOST, and a node is lost",
+    ),
+    Field(
+        "redis",
+        "heartbeat_interval",
+        30.0,
+        _positive_duration,
+        "a duration over 0 like 30s",
+        "how often this node's running plugins are announced on plugin:heartbeat and its presence refreshed",
+    ),
+    Field(
+        "redis",
+        "default_host",
+        "127.0.0.1",
+        _parse_host,
+        "a host name or IP address",
+        "upstream host of a Redis registration that names no host or url",
+    ),
+    Field(
+        "redis",
+        "announce",
+        True,
+        _parse_bool,
+        "true or false",
+        "publish this node's plugins on seed 000's channels",
+    ),
+    Field(
+        "fleet",
+        "node",
+        _default_node(),
+        _parse_node_name,
+        "a name of letters, digits, '.', '_' or '-' (at most 64)",
+        "this supervisor's name in the fleet (default: the host name)",
+    ),
+    Field(
+        "fleet",
+        "advertise_url",
+        "",
+        _parse_http_url,
+        "empty, or an http(s):// base URL like http://10.0.0.5:4000",
+        "where other nodes reach this node's gateway (empty: from server.host and server.port)",
     ),
     Field("data", "dir", "./data", _parse_str, "a directory path", "database, logs and admin token"),
     Field("data", "log_max_bytes", 10 * 1024**2, parse_size, "a size like 10MiB", "rotate plugin logs at"),
@@ -462,6 +560,8 @@ FIELDS: tuple[Field, ...] = (
     Field("ui", "read_only", False, _parse_bool, "true or false", "refuse every action that changes state"),
 )
 
+WILDCARD_HOSTS = ("0.0.0.0", "::", "[::]", "")
+
 FIELDS_BY_NAME: dict[str, Field] = {f.name: f for f in FIELDS}
 
 
@@ -486,7 +586,15 @@ class Settings:
         try:
             parsed = f.parse(value)
         except (ValueError, TypeError):
-            shown = "***" if f.secret else masked_url(value) if isinstance(value, str) else value
+            shown = (
+                "***"
+                if f.secret
+                else f.mask(str(value))
+                if f.mask is not None
+                else masked_url(value)
+                if isinstance(value, str)
+                else value
+            )
             raise ConfigError(name, shown, f.allowed, source) from None
         self.values[name] = parsed
         self.sources[name] = source
@@ -544,6 +652,13 @@ class Settings:
                 f"a port >= plugins.port_range_start ({start})",
                 self.sources["plugins.port_range_end"],
             )
+        if self.values["redis.url"] and not self.values["fleet.advertise_url"] and self.host in WILDCARD_HOSTS:
+            raise ConfigError(
+                "fleet.advertise_url",
+                "",
+                f"the URL other nodes reach this node's gateway at (server.host is {self.host}, which names no host)",
+                self.sources["fleet.advertise_url"],
+            )
 
     def describe(self) -> list[tuple[str, str, str]]:
         """(key, shown value, source) for every setting; secrets are masked."""
@@ -552,6 +667,8 @@ class Settings:
             value = self.values[f.name]
             if f.secret and value:
                 shown = "*** (set)"
+            elif f.mask is not None:
+                shown = f.mask(str(value))
             elif isinstance(value, tuple):
                 shown = ", ".join(value)
             else:

@@ -1,6 +1,7 @@
 """`supervisor-tui ctl`: supervisorctl-style control of a running supervisor over its admin API.
 
     ctl status | start KEY... | stop KEY... | restart KEY... | scale KEY N | logs KEY [-f] | install MANIFEST.json
+    ctl fleet
 
 Several keys are handled in parallel. The exit code is non-zero when any action failed, with one line per
 failure on stderr. The token comes from --token, $SUPERVISOR_TUI_AUTH_ADMIN_TOKEN, or <data dir>/admin.token.
@@ -63,6 +64,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p = sub.add_parser("install", help="install a plugin from a manifest file")
     p.add_argument("manifest", metavar="MANIFEST.json")
     p.add_argument("--start", action="store_true", help="start it once installed")
+    sub.add_parser("fleet", help="the fleet's nodes (redis.url): up or lost, last seen, counts")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -128,6 +130,8 @@ async def _run(args: argparse.Namespace, url: str, token: str) -> int:
                 return await _logs(client, args.key, args.lines, args.follow)
             if args.action == "install":
                 return await _install(client, Path(args.manifest), args.start)
+            if args.action == "fleet":
+                return await _fleet(client)
         except CtlError as exc:
             _complain(str(exc))
             return EXIT_FAILED
@@ -197,9 +201,33 @@ async def _status(client: httpx.AsyncClient) -> int:
                 r.get("detail", ""),
             )
             rows.append(tuple(printable(str(c)) for c in cells))
+    _table(rows)
+    return 0
+
+
+def _table(rows: list[tuple[str, ...]]) -> None:
+    """Aligned columns; the last one is left as long as it is."""
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     for r in rows:
         _say("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[-1])
+
+
+async def _fleet(client: httpx.AsyncClient) -> int:
+    body = _check(await client.get("/api/v1/fleet/nodes"), "fleet")
+    rows: list[tuple[str, ...]] = [("NODE", "STATUS", "LAST SEEN", "VERSION", "PLUGINS", "CONSOLES", "URL")]
+    now = time.time()
+    for n in body.get("nodes", []):
+        cells = (
+            n["node"] + (" *" if n.get("this_node") else ""),
+            n["status"],
+            f"{max(0, int(now - float(n.get('last_seen') or now)))}s ago",
+            n.get("version", ""),
+            _counts(n.get("plugins") or {}),
+            _counts(n.get("consoles") or {}),
+            n.get("advertise_url", ""),
+        )
+        rows.append(tuple(printable(str(c)) for c in cells))
+    _table(rows)
     return 0
 
 
@@ -210,6 +238,10 @@ async def _scale(client: httpx.AsyncClient, key: str, replicas: int) -> int:
         f"{key}: {len(plugin.get('replicas') or [])} replicas, {plugin.get('state', '?')} ({plugin.get('detail', '')})"
     )
     return 0
+
+
+def _counts(by_state: dict[str, int]) -> str:
+    return ", ".join(f"{n} {state}" for state, n in sorted(by_state.items()) if n) or "-"
 
 
 def _uptime(seconds: float | None) -> str:

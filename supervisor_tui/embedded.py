@@ -48,6 +48,8 @@ async def _run(settings: Settings) -> int:
         runtime.url,
         request_counts=(lambda: gateway.stats().requests_by_plugin()) if gateway is not None else None,
         route_export=runtime.route_export_status,
+        fleet=runtime.fleet,
+        admin_token=runtime.tokens.admin if runtime.tokens is not None else "",
     )
     try:
         starting = asyncio.create_task(_start_all(runtime), name="start-plugins")

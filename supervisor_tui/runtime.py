@@ -28,6 +28,7 @@ from supervisor_tui.config import Settings, local_url
 from supervisor_tui.consoles.service import ConsoleService
 from supervisor_tui.core.extensions import ExtensionHost
 from supervisor_tui.core.supervisor import Supervisor
+from supervisor_tui.fleet.node import FleetNode
 from supervisor_tui.plugins.process import become_subreaper
 from supervisor_tui.plugins.watcher import PluginWatcher
 from supervisor_tui.server.auth import load_or_create_token
@@ -87,6 +88,7 @@ class Runtime:
         self.consoles: ConsoleService | None = None
         self.extensions: ExtensionHost | None = None
         self.watcher: PluginWatcher | None = None
+        self.fleet: FleetNode | None = None
         self.tokens: Tokens | None = None
         self._created_tokens: list[tuple[str, Path]] = []  # token files this start created: (name, path)
         self.url = ""
@@ -105,7 +107,7 @@ class Runtime:
         sock: socket.socket | None = None
         try:
             sock = self._bind()
-            await self._start_core()
+            await self._start_core(sock.getsockname()[1])
             imported = asyncio.ensure_future(asyncio.to_thread(_import_http_surface))
             self.starting = asyncio.create_task(self._start_plugins(start_plugins, imported), name="start-plugins")
             await imported
@@ -141,8 +143,9 @@ class Runtime:
             hint = "choose another with --port or server.port" if port_problem else "check --host or server.host"
             raise StartupError(f"{exc.strerror} ({hint})") from None
 
-    async def _start_core(self) -> None:
-        """Tokens, the console service, extensions and the plugins folder watcher: all but HTTP."""
+    async def _start_core(self, port: int) -> None:
+        """Tokens, the console service, the fleet's saved registrations, extensions and the plugins folder
+        watcher: all but HTTP (``port``: the bound API port)."""
         sup, settings = self.sup, self.settings
         self.tokens = self._load_tokens()
         sup.logs.secrets.extend([self.tokens.admin, self.tokens.plugin])
@@ -152,6 +155,10 @@ class Runtime:
         self.consoles = ConsoleService(sup.store, sup.bus, settings, sup.logs)
         await self.consoles.start()
         sup.attach_consoles(self.consoles)
+        if settings.get("redis.url"):
+            advertise = str(settings.get("fleet.advertise_url")) or local_url(settings.host, port)
+            self.fleet = FleetNode(sup, settings, advertise, console_counts=self.consoles.counts_by_state)
+            await self.fleet.restore()
         # In-process plugins load now: after the supervisor opened, before the other plugins start.
         self.extensions = ExtensionHost(sup)
         await self.extensions.load()
@@ -180,7 +187,7 @@ class Runtime:
             default_max_body=int(settings.get("gateway.max_body")),
         )
         await self.route_sync.start()
-        metrics = MetricsEndpoint(sup, gateway.stats, consoles=self.consoles)
+        metrics = MetricsEndpoint(sup, gateway.stats, consoles=self.consoles, fleet=self.fleet)
         ctx = ApiContext(
             sup=sup,
             settings=settings,
@@ -195,6 +202,7 @@ class Runtime:
             closing=lambda: self.closing,
             routes=lambda: [r for r in (gateway.table.get(k) for k in gateway.table.keys()) if r is not None],
             route_export=self.route_export_status,
+            fleet=self.fleet,
         )
         admin = create_admin_app(ctx, extra_openapi_paths=OPENAPI_PATHS)
         install_extensions_api(admin, self.tokens.admin, lambda: self.extensions)
@@ -209,6 +217,8 @@ class Runtime:
         sup.logs.info(f"API listening on {self.url}", event="api_listening", url=self.url)
         if settings.get("routes.export") == "caddy":
             await self._start_route_export()
+        if self.fleet is not None:
+            self.fleet.start()  # routes are served from here on: other nodes may be told about them
         if settings.get("consoles.auth") == "none" and not is_loopback_name(settings.host.lower()):
             sup.logs.warning(
                 f"consoles.auth = none while listening on {settings.host}: anyone who can reach this port "
@@ -277,6 +287,8 @@ class Runtime:
             await self.watcher.stop()
         if self.extensions is not None:
             await self.extensions.begin_shutdown()
+        if self.fleet is not None:
+            await self.fleet.stop()  # the fleet hears this node's plugins go while it can still say so
         await self.server.stop()
         if self.route_export is not None:
             await self.route_export.stop()

@@ -201,6 +201,38 @@ class OperatorAction(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class PluginPeersChanged(Event):
+    """Another fleet node started or stopped serving a key here, or went silent, or was heard from again."""
+
+    topic: ClassVar[str] = "plugin.peers"
+    key: str
+    node: str
+    up: bool
+    ts: float = field(default_factory=_now)
+
+
+@dataclass(frozen=True, slots=True)
+class RegistrationRefused(Event):
+    """A registration was not accepted (its upstream is outside the allowlist, its key is a local plugin's)."""
+
+    topic: ClassVar[str] = "registration.refused"
+    key: str
+    source: str  # "redis" | "http"
+    reason: str
+    ts: float = field(default_factory=_now)
+
+
+@dataclass(frozen=True, slots=True)
+class RedisLinkChanged(Event):
+    """The fleet's Redis connection went down or came back."""
+
+    topic: ClassVar[str] = "fleet.redis"
+    up: bool
+    detail: str
+    ts: float = field(default_factory=_now)
+
+
+@dataclass(frozen=True, slots=True)
 class EventsDropped(Event):
     """Sent to a subscriber that was too slow: this many events were dropped before this one."""
 

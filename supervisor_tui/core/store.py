@@ -129,6 +129,18 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE plugin_state ADD COLUMN replicas INTEGER;
     """,
+    # 7: plugins registered over Redis (seed 000 publishes plugin:registered once, at start): the message as it
+    # was accepted, so after a restart the plugin comes back LOST and its next heartbeat restores its routes. By
+    # key and node: one key may be served by several nodes of the fleet ('' for a plugin that announced itself).
+    """
+    CREATE TABLE fleet_registrations (
+        key TEXT NOT NULL,
+        node TEXT NOT NULL DEFAULT '',
+        message TEXT NOT NULL,
+        registered_at REAL NOT NULL,
+        PRIMARY KEY (key, node)
+    );
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -34,6 +34,7 @@ from supervisor_tui.core.events import (
     ExtensionFailed,
     MetricsSample,
     PluginHealthChanged,
+    PluginPeersChanged,
     PluginRegistered,
     PluginStateChanged,
     PluginUnregistered,
@@ -60,6 +61,7 @@ from supervisor_tui.plugins.manifest import (
 )
 from supervisor_tui.plugins.metrics import SAMPLE_INTERVAL, marked_processes
 from supervisor_tui.plugins.model import PluginActionError, PluginNotFound, PluginSnapshot, PluginState
+from supervisor_tui.plugins.peers import Peer, PeerPlugin, with_peers
 from supervisor_tui.plugins.ports import PortAllocator
 from supervisor_tui.plugins.process import (
     ProcessRunner,
@@ -154,6 +156,8 @@ class Supervisor:
         start, end = settings.port_range
         self.ports = PortAllocator(start, end, PLUGIN_HOST, reserved=(settings.port,))
         self.registry: dict[str, ManagedPlugin] = {}
+        self.peers: dict[str, dict[str, Peer]] = {}  # other fleet nodes serving a key, by key and node
+        self.node_name = str(settings.get("fleet.node"))
         # In every plugin's environment, so what a plugin spawned is found again, even after a crash of ours.
         self.owner = owner_id(settings.data_dir)
         self.cgroups: CgroupTree | None = None  # this run's plugin cgroups (None: not used, see open)
@@ -530,11 +534,11 @@ class Supervisor:
     # -- queries -------------------------------------------------------------------------------------------------
     def plugins(self) -> list[PluginSnapshot]:
         """Every plugin's snapshot, sorted by key."""
-        return [self.registry[k].snapshot() for k in sorted(self.registry)]
+        return [self.plugin(k) for k in sorted(self.registry)]
 
     def plugin(self, key: str) -> PluginSnapshot:
-        """One plugin's snapshot; raises PluginNotFound."""
-        return self._get(key).snapshot()
+        """One plugin's snapshot (with the other nodes serving its key); raises PluginNotFound."""
+        return with_peers(self._get(key).snapshot(), self.peers.get(key), self.node_name)
 
     def metrics(self, key: str) -> list[MetricsSample]:
         """The plugin's metrics history (2 s samples, the last 6 minutes); raises PluginNotFound."""
@@ -1059,21 +1063,36 @@ class Supervisor:
         return runner.snapshot()
 
     # -- external plugins (the registration protocol over HTTP) ----------------------------------------------------
-    async def register_external(self, payload: dict[str, Any]) -> PluginSnapshot:
+    async def register_external(
+        self,
+        payload: dict[str, Any],
+        lost_after: float | None = None,
+        source: str = "http",
+        node: str = "",
+        lost: str = "",
+        base_path: str = "",
+    ) -> PluginSnapshot:
         """Register (or re-register) a self-announced plugin; its endpoints join the gateway.
 
+        ``source`` says how it came ("http", "redis"), ``node`` which fleet node announced it, ``lost_after`` the
+        silence that makes it LOST (default two heartbeat intervals); ``lost`` non-empty registers it LOST with
+        that detail (a registration restored after a restart waits for its next heartbeat); ``base_path`` is the
+        upstream's path when it is another node's gateway.
         ManifestError for a bad message, UpstreamNotAllowed (a PermissionError) for an upstream outside the
         allowlist, PluginActionError when the key belongs to a plugin of another kind."""
-        plugin = self.external.parse(payload)
+        plugin = self.external.parse(payload, lost_after=lost_after, source=source, node=node, base_path=base_path)
         existing = self.registry.get(plugin.key)
         if existing is not None and existing.kind != ExternalPlugin.kind:
             raise PluginActionError(plugin.key, f"the key is used by a {existing.kind} plugin and cannot be taken over")
         old = existing.snapshot().state if existing is not None else str(PluginState.STOPPED)
         if existing is not None:
             self.unregister(plugin.key, "re-registered")
+        if lost:
+            plugin.set_state(PluginState.LOST, lost)
         plugin.on_health = lambda p, healthy, detail: self._publish_health(p.key, healthy, detail)
         self.register(plugin)
-        self.record_state_change(plugin, old, str(plugin.state), f"registered from {plugin.upstream}")
+        reason = lost or f"registered from {plugin.upstream}" + (f" over {source}" if source != "http" else "")
+        self.record_state_change(plugin, old, str(plugin.state), reason)
         return plugin.snapshot()
 
     def heartbeat_external(self, key: str) -> PluginSnapshot:
@@ -1093,6 +1112,67 @@ class Supervisor:
         self.record_state_change(plugin, old, str(PluginState.STOPPED), "unregistered")
         self.unregister(key, "unregistered")
 
+    # -- peers: other fleet nodes serving a key ------------------------------------------------------------------
+    async def add_peer(
+        self, payload: dict[str, Any], node: str, base_path: str, lost_after: float, lost: str = ""
+    ) -> PluginSnapshot:
+        """Node ``node`` serves ``payload``'s key at its gateway: one more upstream of the key's route (a key
+        nothing here serves becomes a PeerPlugin). ``lost``: known, not heard from yet (restored after a restart).
+        Raises like ``register_external`` (the allowlist applies to the node's gateway too)."""
+        parsed = self.external.parse(payload, lost_after=lost_after, source="redis", node=node, base_path=base_path)
+        peers = self.peers.setdefault(parsed.key, {})
+        peers[node] = Peer(node, parsed.upstream, lost_after, time.time(), up=not lost, detail=lost or "announced")
+        existing = self.registry.get(parsed.key)
+        if existing is None:
+            plugin = PeerPlugin(parsed, peers)
+            self.register(plugin)
+            self.record_state_change(plugin, str(PluginState.STOPPED), str(plugin.state), plugin.detail)
+        else:
+            self._peers_changed(parsed.key, node, not lost)
+        return self.plugin(parsed.key)
+
+    def heartbeat_peer(self, key: str, node: str) -> None:
+        """Node ``node`` still serves ``key``; raises PluginNotFound when it never said it does."""
+        peer = self.peers.get(key, {}).get(node)
+        if peer is None:
+            raise PluginNotFound(key)
+        peer.last_heartbeat = time.time()
+        if not peer.up:
+            peer.up, peer.detail = True, "heartbeat received"
+            self._peers_changed(key, node, True)
+
+    def remove_peer(self, key: str, node: str) -> bool:
+        """Node ``node`` no longer serves ``key``; False when it did not."""
+        peers = self.peers.get(key, {})
+        if peers.pop(node, None) is None:
+            return False
+        if not peers:
+            del self.peers[key]
+        plugin = self.registry.get(key)
+        if isinstance(plugin, PeerPlugin) and not peers:
+            plugin.set_state(PluginState.STOPPED, "no node serves it any more")
+            self.record_state_change(plugin, str(PluginState.RUNNING), str(PluginState.STOPPED), plugin.detail)
+            self.unregister(key, "unregistered by its nodes")
+        else:
+            self._peers_changed(key, node, False)
+        return True
+
+    def _peers_changed(self, key: str, node: str, up: bool) -> None:
+        plugin = self.registry.get(key)
+        if isinstance(plugin, PeerPlugin):
+            changed = plugin.follow_peers()
+            if changed is not None:
+                self.record_state_change(plugin, changed[0], changed[1], plugin.detail)
+        self.bus.publish(PluginPeersChanged(key=key, node=node, up=up))
+
+    def _sweep_peers(self, now: float) -> None:
+        for key, peers in list(self.peers.items()):
+            for peer in list(peers.values()):
+                if peer.up and now >= peer.deadline:
+                    peer.up = False
+                    peer.detail = f"no heartbeat for {now - peer.last_heartbeat:.0f}s (LOST after {peer.lost_after:g}s)"
+                    self._peers_changed(key, peer.node, False)
+
     def _external(self, key: str) -> ExternalPlugin:
         plugin = self._get(key)
         if not isinstance(plugin, ExternalPlugin):
@@ -1106,9 +1186,12 @@ class Supervisor:
         for plugin in list(self.registry.values()):
             if isinstance(plugin, ExternalPlugin) and plugin.state == PluginState.RUNNING and now >= plugin.deadline:
                 silent = now - plugin.last_heartbeat
-                plugin.set_state(PluginState.LOST, f"no heartbeat for {silent:.0f}s (interval {plugin.interval:g}s)")
+                plugin.set_state(
+                    PluginState.LOST, f"no heartbeat for {silent:.0f}s (LOST after {plugin.lost_after:g}s)"
+                )
                 self.record_state_change(plugin, str(PluginState.RUNNING), str(PluginState.LOST), plugin.detail)
                 lost.append(plugin.key)
+        self._sweep_peers(now)
         return lost
 
     async def _watch_external(self) -> None:

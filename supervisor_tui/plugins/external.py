@@ -56,11 +56,20 @@ class ExternalPlugin:
         interval: float,
         timeout: float,
         max_body: int,
+        lost_after: float | None = None,
+        source: str = "http",
+        node: str = "",
+        base_path: str = "",
     ) -> None:
         self.on_health: Callable[[ExternalPlugin, bool, str], None] = lambda plugin, healthy, detail: None
         self.key, self.name, self.version = key, name, version
         self.host, self.port, self.endpoints = host, port, endpoints
         self.interval, self.timeout, self.max_body = interval, timeout, max_body
+        # HTTP registrations are LOST after two intervals; Redis ones after redis.dead_after (seed 000's timeout)
+        self.lost_after = 2 * interval if lost_after is None else lost_after
+        self.source = source  # "http" or "redis": how it registered
+        self.node = node  # the fleet node that announced it ("" for a plugin that announced itself)
+        self.base_path = base_path  # "/api/plugins/<key>" when the upstream is another node's gateway
         self.registered_at = self.last_heartbeat = time.time()
         self.state = PluginState.RUNNING
         self.detail = "registered"
@@ -72,18 +81,18 @@ class ExternalPlugin:
     @property
     def upstream(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        return f"http://{host}:{self.port}{self.base_path}"
 
     @property
     def deadline(self) -> float:
-        return self.last_heartbeat + 2 * self.interval
+        return self.last_heartbeat + self.lost_after
 
     def snapshot(self) -> PluginSnapshot:
         return PluginSnapshot(
             key=self.key,
             name=self.name,
             version=self.version,
-            description="external plugin (self-registered)",
+            description=f"external plugin (registered over {self.source})",
             kind=self.kind,
             state=str(self.state),
             detail=self.detail,
@@ -103,6 +112,7 @@ class ExternalPlugin:
             max_body=self.max_body,
             last_metrics=None,
             manifest_path=None,
+            node=self.node,
         )
 
     async def start(self, reason: str = "") -> None:
@@ -177,7 +187,14 @@ class ExternalRegistrations:
         self.default_timeout = default_timeout
         self.default_max_body = default_max_body
 
-    def parse(self, payload: dict[str, Any]) -> ExternalPlugin:
+    def parse(
+        self,
+        payload: dict[str, Any],
+        lost_after: float | None = None,
+        source: str = "http",
+        node: str = "",
+        base_path: str = "",
+    ) -> ExternalPlugin:
         """An ExternalPlugin from a registration message; raises ManifestError or UpstreamNotAllowed."""
         key = payload.get("key")
         # fullmatch: match() lets a trailing newline through the pattern's "$"
@@ -211,6 +228,10 @@ class ExternalRegistrations:
             interval=float(interval),
             timeout=self.default_timeout,
             max_body=self.default_max_body,
+            lost_after=lost_after,
+            source=source,
+            node=node,
+            base_path=base_path,
         )
 
     @staticmethod

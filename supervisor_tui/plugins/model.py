@@ -93,10 +93,14 @@ class PluginSnapshot:
     last_metrics: MetricsSample | None
     manifest_path: str | None
     replicas: tuple[ReplicaSnapshot, ...] = ()  # a process plugin's replicas (one for most); other kinds: none
+    node: str = ""  # the fleet node that announced it over Redis ("" for this node's own plugins)
+    # Every place serving the key when other nodes serve it too: (node, gateway URL, up, on another node)
+    upstreams: tuple[tuple[str, str, bool, bool], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["endpoints"] = [{"method": e.method, "path": e.path, "description": e.description} for e in self.endpoints]
         d["last_metrics"] = self.last_metrics.to_dict() if self.last_metrics is not None else None
         d["replicas"] = [asdict(r) for r in self.replicas]
+        d["upstreams"] = [{"node": n, "url": u, "up": up, "remote": r} for n, u, up, r in self.upstreams]
         return d

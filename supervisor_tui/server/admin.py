@@ -29,6 +29,7 @@ from supervisor_tui.consoles.service import ConsoleService
 from supervisor_tui.core.events import LogLine
 from supervisor_tui.core.logs import LogRecord
 from supervisor_tui.core.supervisor import PluginActionError, PluginNotFound, Supervisor
+from supervisor_tui.fleet.node import FleetNode
 from supervisor_tui.plugins.manifest import ManifestError
 from supervisor_tui.server import schemas
 from supervisor_tui.server.auth import bearer_from_header, token_matches
@@ -57,6 +58,7 @@ class ApiContext:
     consoles: ConsoleService | None = None  # the console service, when one runs (counts on /api/v1/status)
     routes: Callable[[], list[PluginRoute]] = list  # the gateway's route table
     route_export: Callable[[], dict[str, Any]] = lambda: {"target": "none"}  # ExportStatus.to_dict()
+    fleet: FleetNode | None = None  # this node's part in the fleet, when redis.url is set
 
 
 def _error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
@@ -215,6 +217,7 @@ def create_admin_app(ctx: ApiContext, extra_openapi_paths: dict[str, Any] | None
             "consoles": {"total": sum(consoles.values()), "by_state": consoles},
             "damaged_tables": ctx.consoles.damaged_history() if ctx.consoles is not None else {},
             "route_export": ctx.route_export(),
+            "fleet": ctx.fleet.status() if ctx.fleet is not None else {"redis": "off"},
         }
 
     @app.get(
@@ -227,6 +230,19 @@ def create_admin_app(ctx: ApiContext, extra_openapi_paths: dict[str, Any] | None
     async def routes() -> dict[str, Any]:
         """The route table the gateway serves (and exports): one row per declared endpoint, and the export."""
         return {"routes": route_rows(ctx.routes(), sup), "export": ctx.route_export()}
+
+    @app.get(
+        "/api/v1/fleet/nodes",
+        response_model=schemas.NodeList,
+        dependencies=admin,
+        tags=["fleet"],
+        responses=_error_responses(401, 404),
+    )
+    async def fleet_nodes() -> dict[str, Any]:
+        """Every node of the fleet seen through Redis: up or lost, when last seen, its plugin and console counts."""
+        if ctx.fleet is None:
+            raise ApiError(404, "fleet_off", "this supervisor is in no fleet: set redis.url")
+        return {"nodes": [n.to_dict() for n in await ctx.fleet.nodes()]}
 
     @app.get(
         "/api/v1/plugins",

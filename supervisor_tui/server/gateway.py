@@ -96,9 +96,14 @@ _HOP_BY_HOP = frozenset(
         b"upgrade",
     )
 )
+# A fleet node forwarding a request to another node's gateway says so; that node never forwards it again (no
+# loops) and keeps the X-Forwarded-Host and -Proto the first node set, which are the client's.
+HOP_HEADER = b"x-supervisor-hop"
+HOP_LINE = HOP_HEADER + b": 1\r\n"
 # Request headers the gateway sets itself (or that only make sense on the client's connection). The framing
 # (Content-Length or chunked) is written by the gateway from what it forwards, never copied from the client.
 _REQUEST_DROP = _HOP_BY_HOP | {
+    HOP_HEADER,
     b"host",
     b"expect",
     b"content-length",
@@ -126,6 +131,7 @@ class Upstream:
     label: str
     url: str
     up: bool = True
+    via_node: bool = False  # another fleet node's gateway: a request that already crossed one never goes there
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,10 +160,11 @@ class PluginRoute:
 class _CompiledUpstream:
     """An upstream's address prepared for the hot path."""
 
-    __slots__ = ("base_path", "host", "host_header", "label", "port", "scheme")
+    __slots__ = ("base_path", "hop", "host", "host_header", "label", "port", "scheme")
 
     def __init__(self, key: str, upstream: Upstream) -> None:
         self.label = upstream.label
+        self.hop = HOP_LINE if upstream.via_node else b""  # marks a request this node forwards to another node
         scheme, host, port, path, authority = _upstream_address(key, upstream.url)
         self.scheme, self.host, self.port = scheme, host, port
         self.base_path = path.rstrip("/").encode("latin-1")
@@ -173,6 +180,7 @@ class _CompiledRoute:
         "forwarded_prefix",
         "key",
         "last_ok",
+        "local_targets",
         "max_body",
         "next_upstream",
         "requests",
@@ -211,6 +219,7 @@ class _CompiledRoute:
         upstreams = route.all_upstreams()
         compiled = [(_CompiledUpstream(route.key, u), u.up) for u in upstreams]  # every URL is checked, up or not
         self.targets: tuple[_CompiledUpstream, ...] = tuple(c for c, up in compiled if up)
+        self.local_targets = tuple(c for c in self.targets if not c.hop)  # for requests another node forwarded
         self.available = route.available and (bool(self.targets) or route.app is not None)
         reason = route.unavailable_reason or (
             "none of its upstreams is up" if upstreams and route.app is None else "the plugin is not running"
@@ -630,10 +639,16 @@ class Gateway:
         content_length = -1
         chunked = False
         connection_tokens: list[bytes] | None = None
+        hopped = False
+        first_forwarded: list[bytes] = []  # X-Forwarded-Host/-Proto of the node that forwarded the request
         for name, value in scope["headers"]:
             if name in _REQUEST_DROP or name.startswith(b"proxy-"):
                 if name == b"host":
                     host = value
+                elif name == HOP_HEADER:
+                    hopped = True
+                elif name == b"x-forwarded-host" or name == b"x-forwarded-proto":
+                    first_forwarded += (name, b": ", value, b"\r\n")
                 elif name == b"x-request-id":
                     if _REQUEST_ID_OK.match(value):
                         request_id = value
@@ -668,21 +683,38 @@ class Gateway:
                 [(b"x-request-id", request_id)],
             )
             return 413
+        targets = route.targets
+        if hopped:
+            targets = route.local_targets
+            if not targets:
+                await send_json(
+                    send,
+                    508,
+                    error_body(
+                        "forwarding_loop",
+                        f"plugin {route.key!r} is not served on this node, and a request "
+                        "another node forwarded is never forwarded again",
+                    ),
+                    [(b"x-request-id", request_id)],
+                )
+                return 508
         client = scope.get("client")
         client_ip = client[0].encode("latin-1") if client else b""
         parts += (
             b"x-forwarded-for: ",
             forwarded_for + b", " + client_ip if forwarded_for else client_ip,
-            b"\r\nx-forwarded-proto: ",
-            b"https" if scope.get("scheme") == "https" else b"http",
             b"\r\nx-forwarded-prefix: ",
             route.forwarded_prefix,
             b"\r\nx-request-id: ",
             request_id,
             b"\r\n",
         )
-        if host is not None:
-            parts += (b"x-forwarded-host: ", host, b"\r\n")
+        if hopped and first_forwarded:
+            parts += first_forwarded
+        else:
+            parts += (b"x-forwarded-proto: ", b"https" if scope.get("scheme") == "https" else b"http", b"\r\n")
+            if host is not None:
+                parts += (b"x-forwarded-host: ", host, b"\r\n")
         has_body = chunked or content_length > 0
         if not has_body:  # the framing of a body is known once its first piece is in (see _request_start)
             parts.append(b"content-length: 0\r\n\r\n" if content_length == 0 else b"\r\n")
@@ -698,8 +730,8 @@ class Gateway:
         if query:
             target += b"?" + query
         method_bytes = _METHOD_BYTES.get(method) or method.encode("latin-1")
-        upstream_index = route.pick()
-        upstream = route.targets[upstream_index]
+        upstream_index = route.pick() % len(targets)
+        upstream = targets[upstream_index]
         head = _request_head(method_bytes, upstream, target, parts)
 
         task = asyncio.current_task()
@@ -720,7 +752,7 @@ class Gateway:
                     start, chunked = _request_start(head, first, content_length, ex.body_done)
                 # Another upstream may take the request when this one could not be reached and the request is
                 # safe to send twice and still whole in hand (its body not streamed away).
-                failovers = len(route.targets) - 1 if method in _FAILOVER_METHODS and ex.body_done else 0
+                failovers = len(targets) - 1 if method in _FAILOVER_METHODS and ex.body_done else 0
                 stale_retry = True
                 while True:
                     if route.timeout:  # the timeout covers connecting too
@@ -757,8 +789,8 @@ class Gateway:
                             raise
                         failovers -= 1
                         stale_retry = True
-                        upstream_index = (upstream_index + 1) % len(route.targets)  # the next one, not the next pick
-                        upstream = route.targets[upstream_index]
+                        upstream_index = (upstream_index + 1) % len(targets)  # the next one, not the next pick
+                        upstream = targets[upstream_index]
                         head = _request_head(method_bytes, upstream, target, parts)
                         start = _request_start(head, first, content_length, True)[0] if has_body else head
                 ex.deadline = 0.0
@@ -927,7 +959,17 @@ class Gateway:
 def _request_head(method: bytes, upstream: _CompiledUpstream, target: bytes, headers: list[bytes]) -> bytes:
     """The request line and headers for one upstream: its base path before the target, its authority as Host."""
     return b"".join(
-        (method, b" ", upstream.base_path, target, b" HTTP/1.1\r\nhost: ", upstream.host_header, b"\r\n", *headers)
+        (
+            method,
+            b" ",
+            upstream.base_path,
+            target,
+            b" HTTP/1.1\r\nhost: ",
+            upstream.host_header,
+            b"\r\n",
+            upstream.hop,
+            *headers,
+        )
     )
 
 

@@ -16,6 +16,7 @@ from prometheus_client.registry import Collector
 
 from supervisor_tui.consoles.service import ConsoleService
 from supervisor_tui.core.supervisor import Supervisor
+from supervisor_tui.fleet.node import FleetNode
 from supervisor_tui.plugins.model import PluginState
 
 PLUGIN_STATES = tuple(s.value for s in PluginState)
@@ -25,11 +26,16 @@ class SupervisorCollector(Collector):
     """Reads plugin, gateway and console figures at scrape time."""
 
     def __init__(
-        self, sup: Supervisor, gateway_stats: Callable[[], Any] | None = None, consoles: ConsoleService | None = None
+        self,
+        sup: Supervisor,
+        gateway_stats: Callable[[], Any] | None = None,
+        consoles: ConsoleService | None = None,
+        fleet: FleetNode | None = None,
     ) -> None:
         self.sup = sup
         self.gateway_stats = gateway_stats
         self.consoles = consoles
+        self.fleet = fleet
 
     def collect(self) -> Iterator[Metric]:
         yield from self._plugins()
@@ -37,6 +43,29 @@ class SupervisorCollector(Collector):
             yield from self._gateway(self.gateway_stats())
         if self.consoles is not None:
             yield from self._consoles(self.consoles)
+        if self.fleet is not None:
+            yield from self._fleet(self.fleet)
+
+    def _fleet(self, fleet: FleetNode) -> Iterator[Metric]:
+        yield GaugeMetricFamily(
+            "supervisor_redis_up", "1 while the fleet's Redis is connected", value=float(fleet.link.up)
+        )
+        yield CounterMetricFamily(
+            "supervisor_redis_outages", "Times the Redis connection was lost", value=float(fleet.link.outages)
+        )
+        received = CounterMetricFamily("supervisor_redis_messages", "Messages received on Redis", labels=["channel"])
+        for channel, n in sorted(fleet.listener.received.items()):
+            received.add_metric([channel], float(n))
+        yield received
+        refused = CounterMetricFamily(
+            "supervisor_redis_messages_refused", "Messages received on Redis and not applied", labels=["reason"]
+        )
+        for reason, n in sorted(fleet.listener.refused.items()):
+            refused.add_metric([reason], float(n))
+        yield refused
+        yield CounterMetricFamily(
+            "supervisor_redis_published", "Messages this node published", value=float(fleet.announcer.published)
+        )
 
     def _plugins(self) -> Iterator[Metric]:
         state = GaugeMetricFamily(
@@ -115,10 +144,14 @@ class MetricsEndpoint:
     """Renders the registry on demand."""
 
     def __init__(
-        self, sup: Supervisor, gateway_stats: Callable[[], Any] | None = None, consoles: ConsoleService | None = None
+        self,
+        sup: Supervisor,
+        gateway_stats: Callable[[], Any] | None = None,
+        consoles: ConsoleService | None = None,
+        fleet: FleetNode | None = None,
     ) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(SupervisorCollector(sup, gateway_stats, consoles))
+        self.registry.register(SupervisorCollector(sup, gateway_stats, consoles, fleet))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

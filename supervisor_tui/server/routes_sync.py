@@ -46,12 +46,20 @@ def route_for(
     upstream = snapshot.upstream
     replicas = getattr(snapshot, "replicas", ())
     # A plugin of several replicas: the gateway balances over those that are RUNNING.
-    upstreams = tuple(
-        Upstream(f"replica {r.index}", r.upstream) for r in replicas if r.state == "RUNNING" and r.upstream
-    )
+    local: tuple[Upstream, ...] = ()
     if len(replicas) > 1:
-        upstream = upstream if upstreams else None
-    available = state == "RUNNING" and (bool(upstream) or app is not None)
+        local = tuple(
+            Upstream(f"replica {r.index}", r.upstream) for r in replicas if r.state == "RUNNING" and r.upstream
+        )
+        upstream = upstream if local else None
+    # Other fleet nodes serving the key too: one upstream per place (this node's place is its replicas, if several)
+    places = getattr(snapshot, "upstreams", ())
+    elsewhere = tuple(
+        Upstream(node, url, up, via_node=remote) for node, url, up, remote in places if remote or not local
+    )
+    upstreams = local + elsewhere
+    served_elsewhere = any(u.up and u.via_node for u in upstreams)
+    available = (state == "RUNNING" and (bool(upstream) or app is not None)) or served_elsewhere
     reason = ""
     if not available:
         reason = f"state is {state}" if upstream or state != "RUNNING" else "it has no upstream address"
@@ -60,13 +68,13 @@ def route_for(
     return PluginRoute(
         key=snapshot.key,
         upstream_base_url=upstream or None,
+        upstreams=upstreams if app is None else (),
         endpoints=tuple((str(e.method).upper(), str(e.path)) for e in snapshot.endpoints),
         available=available,
         unavailable_reason=reason,
         timeout=float(snapshot.timeout or default_timeout),
         max_body=int(snapshot.max_body or default_max_body),
         app=app if available else None,
-        upstreams=upstreams if len(replicas) > 1 else (),
     )
 
 

@@ -41,6 +41,13 @@ class ReplicaOut(BaseModel):
     rss: int | None = None
 
 
+class UpstreamOut(BaseModel):
+    node: str
+    url: str
+    up: bool
+    remote: bool = Field(description="true: another node's gateway")
+
+
 class PluginOut(BaseModel):
     """A plugin as the API shows it (the core's PluginSnapshot plus gateway figures)."""
 
@@ -70,6 +77,10 @@ class PluginOut(BaseModel):
         [],
         description="A process plugin's replicas (one unless scaled); the plugin's state is RUNNING while any "
         "replica is, and its detail counts them",
+    )
+    node: str = Field("", description="The fleet node that announced it over Redis (empty: this node's own)")
+    upstreams: list[UpstreamOut] = Field(
+        default_factory=list, description="Every place serving the key when other fleet nodes serve it too"
     )
 
 
@@ -105,6 +116,31 @@ class RouteExportOut(BaseModel):
     repairs: int = Field(0, description="Writes that restored a server changed or lost outside the supervisor")
 
 
+class FleetStatusOut(BaseModel):
+    redis: str = Field(description="off (no redis.url) | up | down")
+    node: str = ""
+    advertise_url: str = ""
+    redis_url: str = Field("", description="redis.url with its password masked")
+    since: float | None = Field(None, description="When the Redis connection last went up or down")
+    detail: str = ""
+
+
+class NodeOut(BaseModel):
+    node: str
+    status: str = Field(description="up | lost (no presence record refreshed for redis.dead_after)")
+    this_node: bool
+    advertise_url: str
+    version: str
+    started_at: float
+    last_seen: float
+    plugins: dict[str, int] = Field(description="This node's own plugins by state")
+    consoles: dict[str, int] = Field(description="Its consoles by state")
+
+
+class NodeList(BaseModel):
+    nodes: list[NodeOut]
+
+
 class StatusOut(BaseModel):
     version: str
     mode: str = Field(description="headless | embedded")
@@ -116,6 +152,7 @@ class StatusOut(BaseModel):
         default_factory=dict, description="Console history tables found damaged (no longer written): the error"
     )
     route_export: RouteExportOut
+    fleet: FleetStatusOut = Field(default_factory=lambda: FleetStatusOut(redis="off", redis_url="", since=None))
 
 
 class RouteOut(BaseModel):

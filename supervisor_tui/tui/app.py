@@ -88,6 +88,9 @@ class SupervisorApp(App[int]):
         super().__init__()
         self.driver_class = HangupSafeDriver
         self.client = client
+        self.home_client = client  # the supervisor the app was started on; ``attach_node`` comes back to it
+        self.attached_node = ""  # the fleet node the app is attached to instead ("" = home)
+        self.home_node = ""  # the home supervisor's fleet node name, once the Fleet screen has read it
         merged: dict[str, object] = {**client.info.keymap, **(keymap or {})}
         self.keymap, self.keymap_problems = validate_keymap(merged)
         self.handle_signals = handle_signals
@@ -157,9 +160,11 @@ class SupervisorApp(App[int]):
         self.set_interval(RATE_SECONDS, self._sample_rates, name="rates")
 
     async def _sample_rates(self) -> None:
-        """Requests/s per plugin from the gateway's cumulative counts."""
+        """Requests/s per plugin from the gateway's cumulative counts (and the fleet's size, for the Node column)."""
         try:
             counts = await self.client.request_counts()
+            if self.view.redis != "off":
+                await self._count_nodes()
         except ClientError:
             return
         if counts:
@@ -207,6 +212,9 @@ class SupervisorApp(App[int]):
             self.view.set_plugins(plugins)
             self.view.add_logs(await self.client.logs(None, 500))
             self.view.record_current_states(plugins, self.client.now())
+            self.view.redis = await self.client.redis_status()
+            if self.view.redis != "off":
+                await self._count_nodes()
         except ClientError as exc:
             self._set_connection(ConnectionChange(False, exc.message))
         await self._refresh_consoles(force=True)
@@ -446,6 +454,52 @@ class SupervisorApp(App[int]):
         from supervisor_tui.tui.screens.console_detail import ConsoleDetailScreen
 
         self.push_screen(ConsoleDetailScreen(console_id))
+
+    async def attach_node(self, node: str, url: str, home: bool) -> bool:
+        """Show node ``node`` (its API at ``url``) instead of this one, or go back ``home``; False when refused."""
+        client: SupervisorClient | None = self.home_client
+        if not home:
+            client = self.home_client.client_for(url)
+            if client is None:
+                self.notify(f"cannot attach to {printable(node)}: no admin token to present", severity="warning")
+                return False
+            try:
+                await client.connect()
+            except ClientError as exc:
+                await client.close()
+                self.notify(
+                    printable(f"cannot attach to {node}: {exc.message} (attaching needs a shared auth.admin_token)"),
+                    severity="error",
+                    markup=False,
+                )
+                return False
+        if client is self.client or client is None:
+            return True
+        self.workers.cancel_group(self, "events")
+        previous, self.client = self.client, client
+        if previous is not self.home_client:
+            await previous.close()
+        self.attached_node = "" if home else node
+        self.sub_title = f"attached to {printable(node)}" if not home else ""
+        self.view = ViewModel()
+        with contextlib.suppress(LookupError, NoMatches):
+            self.main.logs_pane.view.clear()
+        await self._load_initial()
+        self.run_worker(self._consume_events(), name="events", group="events", exit_on_error=False)
+        return True
+
+    async def _count_nodes(self) -> None:
+        size = max(1, len(await self.client.fleet_nodes()))
+        if size != self.view.fleet_size:
+            self.view.fleet_size = size
+            with contextlib.suppress(LookupError, NoMatches):
+                self.main.relayout()
+
+    def action_fleet(self) -> None:
+        from supervisor_tui.tui.screens.fleet import FleetScreen
+
+        if not isinstance(self.screen, FleetScreen):
+            self.push_screen(FleetScreen())
 
     def action_help(self) -> None:
         from supervisor_tui.tui.screens.help import HelpScreen

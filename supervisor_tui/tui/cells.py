@@ -47,6 +47,17 @@ PLUGIN_COLUMNS: list[tuple[str, str, int | None]] = [
     ("health", "Health", 7),
     ("rps", "Req/s", 6),
 ]
+# Once the fleet has more than one node: which node serves each plugin, after its key.
+NODE_COLUMN: tuple[str, str, int | None] = ("node", "Node", 10)
+# Every column a plugins table can show (each row holds a cell for each).
+PLUGIN_TABLE_COLUMNS = [*PLUGIN_COLUMNS, NODE_COLUMN]
+
+
+def with_node_column(columns: list[tuple[str, str, int | None]]) -> list[tuple[str, str, int | None]]:
+    """``columns`` with the Node column after the key."""
+    return [columns[0], NODE_COLUMN, *columns[1:]]
+
+
 # What fits 80 columns: the pane's border leaves 76, each column takes 2 more for padding.
 PLUGIN_COLUMNS_NARROW: list[tuple[str, str, int | None]] = [
     ("key", "Key", 12),
@@ -155,6 +166,7 @@ def plugin_cells(
         (mem, ""),
         health,
         (rps, ""),
+        (p.node or "here", DIM_STYLE if not p.node else ""),
     )
 
 

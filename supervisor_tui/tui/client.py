@@ -133,6 +133,7 @@ class PluginInfo:
     timeout: float | None = None
     max_body: int | None = None
     replicas: tuple[ReplicaInfo, ...] = ()  # a process plugin's replicas (one unless scaled)
+    node: str = ""  # the fleet node that serves it ("" for this node's own)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> PluginInfo:
@@ -150,6 +151,7 @@ class PluginInfo:
         healthy = d.get("healthy")
         return cls(
             key=str(d.get("key", "")),
+            node=str(d.get("node") or ""),
             name=str(d.get("name") or d.get("key") or ""),
             version=str(d.get("version") or ""),
             description=str(d.get("description") or ""),
@@ -337,6 +339,33 @@ class TransitionInfo:
 
 
 @dataclass(slots=True)
+class NodeInfo:
+    """One node of the fleet (``GET /api/v1/fleet/nodes``)."""
+
+    node: str
+    status: str  # "up" | "lost"
+    this_node: bool
+    advertise_url: str
+    version: str
+    last_seen: float | None
+    plugins: dict[str, int]
+    consoles: dict[str, int]
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> NodeInfo:
+        return cls(
+            node=str(d.get("node") or ""),
+            status=str(d.get("status") or "lost"),
+            this_node=bool(d.get("this_node")),
+            advertise_url=str(d.get("advertise_url") or ""),
+            version=str(d.get("version") or ""),
+            last_seen=_float(d.get("last_seen")),
+            plugins={str(k): int(v) for k, v in (d.get("plugins") or {}).items()},
+            consoles={str(k): int(v) for k, v in (d.get("consoles") or {}).items()},
+        )
+
+
+@dataclass(slots=True)
 class ClientInfo:
     """What the header shows about the connection itself."""
 
@@ -432,6 +461,19 @@ class SupervisorClient(abc.ABC):
     @abc.abstractmethod
     async def console_stats(self) -> dict[str, int]:
         """How many consoles are in each state."""
+
+    # -- fleet ---------------------------------------------------------------------------------------
+    async def fleet_nodes(self) -> list[NodeInfo]:
+        """The fleet's nodes, this one first (empty when the supervisor is in no fleet)."""
+        return []
+
+    async def redis_status(self) -> str:
+        """The fleet's Redis as this supervisor sees it: "off" (no redis.url), "up" or "down"."""
+        return "off"
+
+    def client_for(self, url: str) -> SupervisorClient | None:
+        """A client of another node's API at ``url`` with this client's admin token (None: no token known)."""
+        return None
 
     # -- events --------------------------------------------------------------------------------------
     @abc.abstractmethod

@@ -13,6 +13,7 @@ from typing import Any
 from supervisor_tui.consoles.errors import ConsoleNotFound
 from supervisor_tui.core.actions import acting_as
 from supervisor_tui.core.supervisor import Supervisor
+from supervisor_tui.fleet.node import FleetNode
 from supervisor_tui.plugins.model import PluginActionError, PluginNotFound
 from supervisor_tui.tui.client import (
     CONSOLE_STATES,
@@ -23,13 +24,14 @@ from supervisor_tui.tui.client import (
     HeartbeatInfo,
     LogEntry,
     MetricPoint,
+    NodeInfo,
     PluginInfo,
     RouteExportInfo,
     SupervisorClient,
     TransitionInfo,
 )
 
-EVENT_TOPICS = ("plugin", "log", "console")
+EVENT_TOPICS = ("plugin", "log", "console", "fleet")
 
 
 def _user() -> str:
@@ -51,8 +53,12 @@ class InProcessClient(SupervisorClient):
         request_counts: Callable[[], dict[str, int]] | None = None,
         route_export: Callable[[], dict[str, Any]] | None = None,
         keymap: dict[str, str] | None = None,
+        fleet: FleetNode | None = None,
+        admin_token: str = "",
     ) -> None:
         settings = sup.settings
+        self.fleet = fleet
+        self._admin_token = admin_token  # for attaching to other nodes that share it (auth.admin_token)
         keys = keymap if keymap is not None else settings.tables.get("keys", {})
         self.info = ClientInfo(
             mode="embedded",
@@ -67,6 +73,20 @@ class InProcessClient(SupervisorClient):
         # Subscribed now, before the app takes its first snapshot, so nothing falls between the two.
         self._subscription = sup.bus.subscribe(EVENT_TOPICS, maxsize=50_000)
         self._closed = False
+
+    # -- fleet ---------------------------------------------------------------------------------------
+    async def fleet_nodes(self) -> list[NodeInfo]:
+        if self.fleet is None:
+            return []
+        return [NodeInfo.from_dict(n.to_dict()) for n in await self.fleet.nodes()]
+
+    async def redis_status(self) -> str:
+        return str(self.fleet.status()["redis"]) if self.fleet is not None else "off"
+
+    def client_for(self, url: str) -> SupervisorClient | None:
+        from supervisor_tui.tui.client_remote import RemoteClient
+
+        return RemoteClient(url, self._admin_token, keymap=self.info.keymap) if self._admin_token else None
 
     # -- plugins -------------------------------------------------------------------------------------
     def _plugin_dict(self, snap: Any) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from supervisor_tui.tui.client import (
     HeartbeatInfo,
     LogEntry,
     MetricPoint,
+    NodeInfo,
     PluginInfo,
     RouteExportInfo,
     SupervisorClient,
@@ -39,7 +40,7 @@ QUERY_TIMEOUT = httpx.Timeout(10.0, connect=5.0)
 ACTION_TIMEOUT = httpx.Timeout(120.0, connect=5.0)
 RECONNECT_FIRST = 0.5  # seconds before the first reconnect attempt, doubling each time
 RECONNECT_MAX = 5.0
-EVENT_TOPICS = "plugin,log,console"
+EVENT_TOPICS = "plugin,log,console,fleet"
 
 
 def normalize_url(url: str) -> str:
@@ -216,6 +217,23 @@ class RemoteClient(SupervisorClient):
         counts = dict.fromkeys(CONSOLE_STATES, 0)
         counts.update({str(k): int(v) for k, v in by_state.items()})
         return counts
+
+    # -- fleet ---------------------------------------------------------------------------------------
+    async def fleet_nodes(self) -> list[NodeInfo]:
+        try:
+            body = await self._request("GET", "/api/v1/fleet/nodes")
+        except ClientError as exc:
+            if exc.code == "http_404":  # fleet_off: this supervisor is in no fleet
+                return []
+            raise
+        return [NodeInfo.from_dict(d) for d in body.get("nodes", [])]
+
+    async def redis_status(self) -> str:
+        body = await self._request("GET", "/api/v1/status")
+        return str((body.get("fleet") or {}).get("redis") or "off")
+
+    def client_for(self, url: str) -> SupervisorClient:
+        return RemoteClient(url, self.token, read_only=self._forced_read_only, keymap=self.info.keymap)
 
     # -- events --------------------------------------------------------------------------------------
     def _ws_url(self) -> str:

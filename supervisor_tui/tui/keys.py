@@ -62,6 +62,7 @@ KEYS: tuple[KeySpec, ...] = (
     KeySpec("pane_plugins", "1", "show_pane('plugins')", "Plugins", "Show the plugins pane", "Views", False),
     KeySpec("pane_consoles", "2", "show_pane('consoles')", "Consoles", "Show the consoles pane", "Views", False),
     KeySpec("pane_logs", "3", "show_pane('logs')", "Logs", "Show the logs pane", "Views", False),
+    KeySpec("fleet", "4", "fleet", "Fleet", "Show the fleet's nodes: status, last seen, counts", "Views", False),
     KeySpec("pause", "space", "toggle_pause", "Pause", "Pause or resume the log (follow mode)", "Logs"),
     KeySpec("help", "question_mark", "help", "Help", "Every key and what it does", "App"),
     KeySpec("quit", "q", "request_quit", "Quit", "Quit (asks first, says what happens to plugins)", "App"),

@@ -92,6 +92,8 @@ class ViewModel:
         self.rate_history: dict[str, deque[tuple[float, float]]] = {}
         self._last_counts: dict[str, tuple[int, float]] = {}
         self.console_stats: dict[str, int] = {}
+        self.redis = "off"  # the fleet's Redis: "off", "up" or "down"
+        self.fleet_size = 1  # nodes in the fleet (the plugins table shows a Node column beyond one)
         self.console_total = 0
         self.console_page: list[ConsoleInfo] = []
         self.consoles_changed = False
@@ -203,6 +205,8 @@ class ViewModel:
                     )
             elif topic.startswith("console"):
                 self.dirty_consoles = True
+            elif topic == "fleet.redis":
+                self.redis = "up" if ev.get("up") else "down"
             elif topic == CONNECTION_TOPIC:
                 change = ConnectionChange(bool(ev.get("connected")), str(ev.get("message") or ""))
                 self.set_connection(change)
@@ -306,6 +310,8 @@ class ViewModel:
             warnings.append(f"[{DANGER_STYLE}]disconnected[/]")
         if self.route_export_problem:
             warnings.append(f"[{DANGER_STYLE}]{self.route_export_problem}[/]")
+        if self.redis == "down":
+            warnings.append(f"[{DANGER_STYLE}]Redis down[/]")
         if warnings:
             parts.append("⚠ " + " ".join(warnings))
         return " │ ".join(parts)

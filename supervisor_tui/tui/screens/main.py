@@ -21,7 +21,13 @@ from textual.screen import Screen
 from textual.widgets import Footer, Input, Static
 
 from supervisor_tui.tui.app_access import SupervisorAppAccess
-from supervisor_tui.tui.cells import CONSOLE_COLUMNS, CONSOLE_COLUMNS_NARROW, PLUGIN_COLUMNS, PLUGIN_COLUMNS_NARROW
+from supervisor_tui.tui.cells import (
+    CONSOLE_COLUMNS,
+    CONSOLE_COLUMNS_NARROW,
+    PLUGIN_COLUMNS,
+    PLUGIN_COLUMNS_NARROW,
+    with_node_column,
+)
 from supervisor_tui.tui.keys import main_bindings
 from supervisor_tui.tui.widgets.consoles_pane import ConsolesPane
 from supervisor_tui.tui.widgets.keyed_table import KeyedTable
@@ -99,6 +105,10 @@ class MainScreen(SupervisorAppAccess, Screen[None]):
     def on_resize(self, event: Resize) -> None:
         self._apply_layout(event.size.width, event.size.height)
 
+    def relayout(self) -> None:
+        """Lay the screen out again at its size (the columns depend on more than the size: the fleet's nodes)."""
+        self._apply_layout(self.size.width, self.size.height)
+
     def _apply_layout(self, width: int, height: int) -> None:
         wide = width >= WIDE_MIN[0] and height >= WIDE_MIN[1]
         self.set_class(wide, "-wide")
@@ -112,7 +122,8 @@ class MainScreen(SupervisorAppAccess, Screen[None]):
         # At 80 columns the footer has room for the pane's keys only; ctrl+p is in the help screen.
         for footer in self.query(Footer):
             footer.show_command_palette = width >= 100
-        plugins.show_columns(PLUGIN_COLUMNS if wide else PLUGIN_COLUMNS_NARROW)
+        columns = PLUGIN_COLUMNS if wide else PLUGIN_COLUMNS_NARROW
+        plugins.show_columns(with_node_column(columns) if self.sup_app.view.fleet_size > 1 else columns)
         consoles.show_columns(CONSOLE_COLUMNS if width >= 110 else CONSOLE_COLUMNS_NARROW)
         if self.is_mounted:
             self.sup_app.layout_changed()
@@ -219,6 +230,9 @@ class MainScreen(SupervisorAppAccess, Screen[None]):
             self.sup_app.open_plugin(key)
         elif event.data_table.id == "consoles-table":
             self.sup_app.open_console(key)
+
+    def action_fleet(self) -> None:
+        self.sup_app.action_fleet()
 
     def action_plugin_logs(self) -> None:
         key = self.selected_plugin()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from supervisor_tui.tui.cells import PLUGIN_COLUMNS, escape
+from supervisor_tui.tui.cells import PLUGIN_TABLE_COLUMNS, escape
 from supervisor_tui.tui.widgets.keyed_table import Cell, KeyedTable
 from supervisor_tui.tui.widgets.pane_box import PaneBox
 
@@ -25,7 +25,7 @@ class PluginsPane(PaneBox):
     """The plugins pane."""
 
     def __init__(self) -> None:
-        table = KeyedTable(PLUGIN_COLUMNS, id="plugins-table")
+        table = KeyedTable(PLUGIN_TABLE_COLUMNS, id="plugins-table")
         super().__init__(
             "plugins",
             "Plugins",
