@@ -60,6 +60,7 @@ __all__ = [
     "ManifestError",
     "check_graph",
     "check_key_not_reserved",
+    "dependencies",
     "discover",
     "load_manifest",
     "parse_endpoints",
@@ -137,6 +138,10 @@ class Manifest:
     max_body: int | None  # gateway: largest request body (None = the gateway's default)
     module: str | None  # in-process plugin: "file:Class" in the folder (then there is no command)
     config: Mapping[str, Any]  # in-process plugin: passed to initialize()
+    group: str | None  # plugins started, stopped and restarted together
+    env_file: str | None  # a .env file (relative to the folder), read at each start
+    working_dir: str | None  # where the command runs (relative to the folder); None = the folder
+    user: str | None  # the user the command runs as (the supervisor must be root)
 
     @property
     def stop_signal(self) -> signal.Signals:
@@ -148,6 +153,11 @@ class Manifest:
         if argv and argv[0] in PYTHON_NAMES:
             argv[0] = sys.executable
         return argv
+
+
+def dependencies(manifest: Manifest) -> tuple[str, ...]:
+    """The keys ``manifest`` depends on: the one place views (the dependency graph) read ``depends_on``."""
+    return manifest.depends_on
 
 
 def parse_endpoints(value: Any) -> tuple[Endpoint, ...]:

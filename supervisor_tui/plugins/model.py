@@ -38,6 +38,17 @@ class PluginNotFound(KeyError):
         return f"no plugin with key {self.key!r}"
 
 
+class GroupNotFound(KeyError):
+    """No plugin is in this group."""
+
+    def __init__(self, group: str) -> None:
+        super().__init__(group)
+        self.group = group
+
+    def __str__(self) -> str:
+        return f"no plugin is in group {self.group!r}"
+
+
 class PluginActionError(Exception):
     """An action on a plugin could not be done (e.g. start of an INVALID plugin, a start that ended FATAL)."""
 
@@ -73,9 +84,12 @@ class PluginSnapshot:
     max_body: int
     last_metrics: MetricsSample | None
     manifest_path: str | None
+    group: str | None = None  # the manifest's group (None: in no group)
+    depends_on: tuple[str, ...] = ()  # keys this plugin needs running first
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["endpoints"] = [{"method": e.method, "path": e.path, "description": e.description} for e in self.endpoints]
         d["last_metrics"] = self.last_metrics.to_dict() if self.last_metrics is not None else None
+        d["depends_on"] = list(self.depends_on)
         return d

@@ -44,7 +44,8 @@ from supervisor_tui.core.events import MetricsSample
 from supervisor_tui.core.logs import LogHub
 from supervisor_tui.plugins.cgroups import CgroupTree, PluginCgroup, join_in_child
 from supervisor_tui.plugins.health import HealthTracker, probe
-from supervisor_tui.plugins.manifest import Manifest, ManifestError
+from supervisor_tui.plugins.launch import LaunchRefused, prepare_launch
+from supervisor_tui.plugins.manifest import Manifest, ManifestError, dependencies
 from supervisor_tui.plugins.metrics import (
     HISTORY,
     OWNER_ENV,
@@ -157,6 +158,7 @@ class ProcessRunner:
         self._health_task: asyncio.Task[None] | None = None
         self._restart_task: asyncio.Task[None] | None = None
         self._restart_reason = ""
+        self._refused = False  # the last spawn was refused before anything ran (see plugins.launch)
         self._spawned_at = 0.0
         self._wake = asyncio.Event()
         self._changed = asyncio.Event()
@@ -216,6 +218,8 @@ class ProcessRunner:
             max_body=(m.max_body if m and m.max_body is not None else self.ctx.default_max_body),
             last_metrics=self.last_sample,
             manifest_path=str(m.path) if m else (self.error.path if self.error else None),
+            group=m.group if m else None,
+            depends_on=dependencies(m) if m else (),
         )
 
     async def wait_for(self, states: set[PluginState] | None = None, timeout: float | None = None) -> PluginState:  # noqa: ASYNC109
@@ -325,6 +329,12 @@ class ProcessRunner:
         try:
             while True:
                 proc = await self._spawn_shielded()
+                if proc is None and self._refused:  # retrying cannot help until the operator fixes it
+                    self._refused = False
+                    self.ctx.ports.release(self.key)
+                    self.port = None
+                    self._set(S.FATAL, self.last_error)
+                    return
                 if proc is None:
                     ok, why = False, self.last_error
                 else:
@@ -408,8 +418,18 @@ class ProcessRunner:
     async def _spawn(self) -> asyncio.subprocess.Process | None:
         m = self.manifest
         assert m is not None and self.port is not None
+        try:
+            launch = prepare_launch(m)
+        except LaunchRefused as exc:
+            self._spawn_failed(str(exc))
+            self._refused = True
+            return None
         env = inherited_environment()
         env.setdefault("PYTHONUNBUFFERED", "1")  # Python plugins: lines reach the log hub as they are printed
+        run_as = launch.run_as
+        if run_as is not None:
+            env.update(run_as.environment())
+        env.update(launch.env_file)  # the manifest's env wins over the file
         env.update(m.env)
         env.update(self.env_overrides)
         env["PORT"] = str(self.port)
@@ -421,17 +441,20 @@ class ProcessRunner:
         try:
             proc = await asyncio.create_subprocess_exec(
                 *argv,
-                cwd=m.folder,
+                cwd=launch.cwd,
                 env=env,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
                 start_new_session=True,
                 preexec_fn=_in_child(procs_fd),
+                user=run_as.uid if run_as is not None else None,
+                group=run_as.gid if run_as is not None else None,
+                extra_groups=list(run_as.groups) if run_as is not None else None,
             )
         except (OSError, ValueError) as exc:
             why = describe_os_error(exc) if isinstance(exc, OSError) else str(exc)
-            self._spawn_failed(f"cannot run {argv[0]!r} in {m.folder}: {why}")
+            self._spawn_failed(f"cannot run {argv[0]!r} in {launch.cwd}: {why}")
             proc = None
         finally:
             if procs_fd is not None:
