@@ -1,6 +1,7 @@
 """`supervisor-tui ctl`: supervisorctl-style control of a running supervisor over its admin API.
 
-    ctl status | start KEY... | stop KEY... | restart KEY... | logs KEY [-f] | install MANIFEST.json
+    ctl status | start KEY... | stop KEY... | restart KEY... | logs [KEY] [-f] [--grep RE] | install MANIFEST.json
+    ctl group start|stop|restart NAME | graph [--mermaid]
 
 Several keys are handled in parallel. The exit code is non-zero when any action failed, with one line per
 failure on stderr. The token comes from --token, $SUPERVISOR_TUI_AUTH_ADMIN_TOKEN, or <data dir>/admin.token.
@@ -24,6 +25,8 @@ import httpx
 
 from supervisor_tui import __version__
 from supervisor_tui.config import ConfigError, load_settings, local_url
+from supervisor_tui.core.graph import DependencyGraph, render_mermaid, render_text
+from supervisor_tui.core.groups import GROUP_ACTIONS
 from supervisor_tui.core.printable import printable
 
 EXIT_FAILED = 1
@@ -47,16 +50,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     for name in ("start", "stop", "restart"):
         p = sub.add_parser(name, help=f"{name} plugins and wait for the result")
         p.add_argument("keys", nargs="+", metavar="KEY")
-    p = sub.add_parser("logs", help="a plugin's newest log lines")
-    p.add_argument("key", metavar="KEY")
+    p = sub.add_parser(
+        "logs", help="a plugin's newest log lines (every plugin's, each line after its key, without KEY)"
+    )
+    p.add_argument("key", metavar="KEY", nargs="?")
     p.add_argument("-n", "--lines", type=int, default=100)
-    p.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
+    p.add_argument("-f", "--follow", action="store_true", help="keep printing new lines (needs a KEY)")
+    p.add_argument("--grep", metavar="RE", help="only lines matching this regular expression (the in-memory tail)")
+    p = sub.add_parser("group", help="start, stop or restart every plugin of a group")
+    p.add_argument("group_action", choices=GROUP_ACTIONS, metavar="start|stop|restart")
+    p.add_argument("group", metavar="NAME")
+    p = sub.add_parser("graph", help="the plugins' dependency graph, level by level")
+    p.add_argument("--mermaid", action="store_true", help="print a mermaid graph TD block instead")
     p = sub.add_parser("install", help="install a plugin from a manifest file")
     p.add_argument("manifest", metavar="MANIFEST.json")
     p.add_argument("--start", action="store_true", help="start it once installed")
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.action == "logs" and args.follow and (args.key is None or args.grep is not None):
+        _complain("logs -f follows one plugin: give its KEY, and no --grep")
+        return EXIT_USAGE
     try:
         url, token = _target(args)
     except (CtlError, ConfigError) as exc:
@@ -110,7 +124,13 @@ async def _run(args: argparse.Namespace, url: str, token: str) -> int:
             if args.action in ("start", "stop", "restart"):
                 return await _act(client, args.action, args.keys)
             if args.action == "logs":
+                if args.grep is not None or args.key is None:
+                    return await _search_logs(client, args.key, args.lines, args.grep)
                 return await _logs(client, args.key, args.lines, args.follow)
+            if args.action == "group":
+                return await _group(client, args.group_action, args.group)
+            if args.action == "graph":
+                return await _graph(client, args.mermaid)
             if args.action == "install":
                 return await _install(client, Path(args.manifest), args.start)
         except CtlError as exc:
@@ -154,7 +174,7 @@ def _check(resp: httpx.Response, what: str) -> dict[str, Any]:
 
 async def _status(client: httpx.AsyncClient) -> int:
     body = _check(await client.get("/api/v1/plugins"), "status")
-    rows: list[tuple[str, ...]] = [("KEY", "STATE", "PID", "PORT", "UPTIME", "RESTARTS", "HEALTH", "DETAIL")]
+    rows: list[tuple[str, ...]] = [("KEY", "STATE", "PID", "PORT", "UPTIME", "RESTARTS", "HEALTH", "GROUP", "DETAIL")]
     for p in body.get("plugins", []):
         health = {True: "ok", False: "unhealthy", None: "-"}[p.get("healthy")]
         cells = (
@@ -165,6 +185,7 @@ async def _status(client: httpx.AsyncClient) -> int:
             _uptime(p.get("uptime")),
             str(p.get("restarts", 0)),
             health,
+            p.get("group") or "-",
             p.get("detail", ""),
         )
         rows.append(tuple(printable(str(c)) for c in cells))  # escaped before the widths are measured
@@ -227,10 +248,38 @@ async def _logs(client: httpx.AsyncClient, key: str, lines: int, follow: bool) -
     raise CtlError(f"logs {key}: the supervisor ended the stream (it stopped or restarted)")
 
 
-def _print_log(line: dict[str, Any]) -> None:
+def _print_log(line: dict[str, Any], with_source: bool = False) -> None:
     ts = time.strftime("%H:%M:%S", time.localtime(line.get("ts", 0)))
     stream = {"stdout": "out", "stderr": "err", "supervisor": "sup"}.get(line.get("stream", ""), "")
-    _say(f"{ts} {stream} {line.get('message', '')}")
+    source = f"{line.get('source', '')} " if with_source else ""
+    _say(f"{ts} {source}{stream} {line.get('message', '')}")
+
+
+async def _search_logs(client: httpx.AsyncClient, key: str | None, lines: int, grep: str | None) -> int:
+    """The newest lines of one plugin or of all (each after its source), matching ``grep`` when given."""
+    params: dict[str, Any] = {"lines": lines}
+    if grep is not None:
+        params["grep"] = grep
+    what = "logs" + (f" {key}" if key else "")
+    path = f"/api/v1/plugins/{key}/logs" if key else "/api/v1/logs"
+    body = _check(await client.get(path, params=params), what)
+    for line in body.get("lines", []):
+        _print_log(line, with_source=key is None)
+    return 0
+
+
+async def _group(client: httpx.AsyncClient, action: str, group: str) -> int:
+    body = _check(await client.post(f"/api/v1/groups/{group}/{action}"), f"{action} group {group}")
+    for p in body.get("plugins", []):
+        _say(f"{p.get('key')}: {p.get('state')}")
+    return 0
+
+
+async def _graph(client: httpx.AsyncClient, mermaid: bool) -> int:
+    graph = DependencyGraph.from_dict(_check(await client.get("/api/v1/graph"), "graph"))
+    for line in render_mermaid(graph) if mermaid else render_text(graph):
+        _say(line)
+    return 0
 
 
 async def _install(client: httpx.AsyncClient, path: Path, start: bool) -> int:

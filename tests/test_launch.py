@@ -5,13 +5,15 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import signal
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psutil
 import pytest
-from conftest import open_supervisor, spawns, wait_until
+from conftest import HeadlessProcess, open_supervisor, spawns, wait_until
 
 from supervisor_tui.config import Settings
 from supervisor_tui.core.supervisor import PluginActionError
@@ -188,3 +190,25 @@ def test_another_user_is_refused_when_the_supervisor_is_not_root() -> None:
         "user 'root': running a plugin as another user needs the supervisor to run as root (it runs as nobody)",
         f"ok {nobody.pw_uid}",  # its own user needs no root
     ]
+
+
+@root_only
+async def test_user_in_a_headless_supervisor(
+    headless: Callable[..., HeadlessProcess], settings: Settings, make_plugin: Callable[..., Path]
+) -> None:
+    """Headless runs on uvloop, whose subprocess calls take no user= argument: the switch happens in the child."""
+    nobody = pwd.getpwnam("nobody")
+    # working_dir "/": the test's plugin folder is under pytest's 0700 directory, which nobody cannot enter
+    folder = make_plugin("lowly", "sleeper.py", user=str(nobody.pw_uid), working_dir="/")
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["command"] = ["/bin/sleep", "3600"]
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    proc = headless()
+    record = await proc.wait_state("lowly", "RUNNING")
+    url = str((await proc.wait_for(lambda r: r.get("event") == "api_listening"))["url"])
+    token = (settings.data_dir / "admin.token").read_text().strip()
+    async with httpx.AsyncClient() as client:
+        body = (await client.get(f"{url}/api/v1/plugins/lowly", headers={"Authorization": f"Bearer {token}"})).json()
+    assert record["to"] == "RUNNING" and psutil.Process(body["pid"]).uids().real == nobody.pw_uid
+    proc.signal(signal.SIGTERM)
+    assert await proc.wait() == 0

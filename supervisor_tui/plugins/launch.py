@@ -34,6 +34,12 @@ class RunAs:
     def environment(self) -> dict[str, str]:
         return {"HOME": self.home, "USER": self.name, "LOGNAME": self.name}
 
+    def become(self) -> None:
+        """Between fork and exec: take this user's groups, group and uid (in that order, while still root)."""
+        os.setgroups(list(self.groups))
+        os.setgid(self.gid)
+        os.setuid(self.uid)
+
 
 @dataclass(frozen=True, slots=True)
 class Launch:

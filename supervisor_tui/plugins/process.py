@@ -29,6 +29,7 @@ import functools
 import os
 import resource
 import signal
+import subprocess
 import sys
 import time
 from collections import deque
@@ -44,7 +45,7 @@ from supervisor_tui.core.events import MetricsSample
 from supervisor_tui.core.logs import LogHub
 from supervisor_tui.plugins.cgroups import CgroupTree, PluginCgroup, join_in_child
 from supervisor_tui.plugins.health import HealthTracker, probe
-from supervisor_tui.plugins.launch import LaunchRefused, prepare_launch
+from supervisor_tui.plugins.launch import LaunchRefused, RunAs, prepare_launch
 from supervisor_tui.plugins.manifest import Manifest, ManifestError, dependencies
 from supervisor_tui.plugins.metrics import (
     HISTORY,
@@ -447,12 +448,9 @@ class ProcessRunner:
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
                 start_new_session=True,
-                preexec_fn=_in_child(procs_fd),
-                user=run_as.uid if run_as is not None else None,
-                group=run_as.gid if run_as is not None else None,
-                extra_groups=list(run_as.groups) if run_as is not None else None,
+                preexec_fn=_in_child(procs_fd, run_as),
             )
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, subprocess.SubprocessError) as exc:
             why = describe_os_error(exc) if isinstance(exc, OSError) else str(exc)
             self._spawn_failed(f"cannot run {argv[0]!r} in {launch.cwd}: {why}")
             proc = None
@@ -784,17 +782,22 @@ def _subreaper_in_child() -> None:
     _prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
 
 
-def _join_and_subreap_in_child(procs_fd: int) -> None:
-    join_in_child(procs_fd)
+def _set_up_child(procs_fd: int | None, run_as: RunAs | None) -> None:
+    if procs_fd is not None:
+        join_in_child(procs_fd)
     if _prctl is not None:
         _subreaper_in_child()
+    if run_as is not None:  # last: joining the cgroup needs root
+        run_as.become()
 
 
-def _in_child(procs_fd: int | None) -> Callable[[], None] | None:
-    """The preexec_fn of a plugin process: join its cgroup (``procs_fd``, when it has one), become a subreaper."""
-    if procs_fd is not None:
-        return functools.partial(_join_and_subreap_in_child, procs_fd)
-    return _subreaper_in_child if _prctl is not None else None
+def _in_child(procs_fd: int | None, run_as: RunAs | None = None) -> Callable[[], None] | None:
+    """The preexec_fn of a plugin process: join its cgroup (``procs_fd``, when it has one), become a subreaper,
+    then become ``run_as`` (the manifest's user). Done here rather than with the ``user=`` arguments of
+    subprocess, which uvloop's event loop (headless mode) does not take."""
+    if procs_fd is None and run_as is None:
+        return _subreaper_in_child if _prctl is not None else None
+    return functools.partial(_set_up_child, procs_fd, run_as)
 
 
 def become_subreaper() -> bool:
