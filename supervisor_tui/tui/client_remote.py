@@ -151,6 +151,12 @@ class RemoteClient(SupervisorClient):
     async def restart(self, key: str) -> PluginInfo:
         return await self._act("restart", key)
 
+    async def group_action(self, verb: str, group: str) -> list[PluginInfo]:
+        if self.info.read_only:
+            raise ClientError("read-only: actions that change state are disabled", "read_only")
+        body = await self._request("POST", f"/api/v1/groups/{group}/{verb}", ACTION_TIMEOUT)
+        return [PluginInfo.from_dict(d) for d in body.get("plugins", [])]
+
     async def metrics(self, key: str) -> list[MetricPoint]:
         body = await self._request("GET", f"/api/v1/plugins/{key}/metrics")
         return [MetricPoint.from_dict(s) for s in body.get("samples", [])]

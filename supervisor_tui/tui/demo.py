@@ -67,6 +67,7 @@ def _demo_plugins(now: float) -> list[PluginInfo]:
         ),
         PluginInfo(
             key="thumbnailer",
+            group="media",
             name="Thumbnailer",
             version="0.9.1",
             description="Renders video thumbnails for the consoles.",
@@ -90,6 +91,8 @@ def _demo_plugins(now: float) -> list[PluginInfo]:
         ),
         PluginInfo(
             key="transcoder",
+            group="media",
+            depends_on=("thumbnailer",),
             name="Transcoder",
             version="2.0.0",
             description="Transcodes finished videos.",
@@ -109,6 +112,7 @@ def _demo_plugins(now: float) -> list[PluginInfo]:
         ),
         PluginInfo(
             key="billing",
+            group="shop",
             name="Billing",
             version="1.0.3",
             description="Usage records for invoices.",
@@ -125,6 +129,8 @@ def _demo_plugins(now: float) -> list[PluginInfo]:
         ),
         PluginInfo(
             key="search",
+            group="shop",
+            depends_on=("billing",),
             name="Search",
             version="0.4.0",
             description="Full-text search over scripts.",
