@@ -17,6 +17,8 @@ from fixtures.api.harness import REPORTER, REPORTER_ENDPOINTS, bearer
 from test_ctl import ctl, one_line, start_supervisor
 
 from supervisor_tui.config import Settings
+from supervisor_tui.tui.client import ClientError
+from supervisor_tui.tui.client_remote import RemoteClient
 
 pytestmark = pytest.mark.usefixtures("no_plugin_leftovers")
 
@@ -234,5 +236,33 @@ async def test_log_search_across_plugins_in_one_plugin_and_bad_patterns(
     assert resp.status_code == 422, resp.text
     assert resp.json()["error"]["code"] == "pattern_too_slow"
     assert "takes too long on a log line" in resp.json()["error"]["message"]
+    proc.signal(signal.SIGTERM)
+    assert await proc.wait() == 0
+
+
+async def test_an_attached_tui_client_acts_on_a_group_in_one_call(
+    headless: Headless, settings: Settings, make_plugin: Callable[..., Path]
+) -> None:
+    """RemoteClient.group_action (the G dialog when attached) is the API's group route."""
+    proc, url, token = await shop(make_plugin, headless, settings)
+    client = RemoteClient(url, token)
+    try:
+        infos = await client.group_action("start", "front")
+        assert {p.key: (p.state, p.group) for p in infos} == {
+            "api": ("RUNNING", "front"),
+            "cache": ("RUNNING", "front"),
+            "web": ("RUNNING", "front"),
+        }
+        assert {p.key: p.depends_on for p in infos}["web"] == ("api", "cache")
+        with pytest.raises(ClientError, match="no plugin is in group 'nope'"):
+            await client.group_action("stop", "nope")
+        await client.group_action("stop", "front")
+        assert {k: p["state"] for k, p in (await states(url, token)).items() if p["group"] == "front"} == {
+            "api": "STOPPED",
+            "cache": "STOPPED",
+            "web": "STOPPED",
+        }
+    finally:
+        await client.close()
     proc.signal(signal.SIGTERM)
     assert await proc.wait() == 0
