@@ -419,7 +419,7 @@ def create_admin_app(ctx: ApiContext, extra_openapi_paths: dict[str, Any] | None
         response_model=schemas.LogLines,
         dependencies=admin,
         tags=["logs"],
-        responses={200: {"content": {"application/x-ndjson": {}}}, **_error_responses(401, 404)},
+        responses={200: {"content": {"application/x-ndjson": {}}}, **_error_responses(400, 401, 404, 422)},
     )
     async def plugin_logs(
         request: Request,
@@ -443,7 +443,7 @@ def create_admin_app(ctx: ApiContext, extra_openapi_paths: dict[str, Any] | None
         response_model=schemas.LogLines,
         dependencies=admin,
         tags=["logs"],
-        responses=_error_responses(401),
+        responses=_error_responses(400, 401, 422),
     )
     async def all_logs(
         lines: int = lines_q,
