@@ -66,7 +66,7 @@ class LogsPane(PaneBox):
 
     def __init__(self) -> None:
         view = LogView(LOG_LINES, id="log-view")
-        super().__init__("logs", "Logs", view, "filter logs: text, source:NAME")
+        super().__init__("logs", "Logs", view, "filter logs: text, source:NAME, then re:PATTERN")
         self.view = view
 
     def update_title(self) -> None:
