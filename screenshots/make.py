@@ -21,6 +21,7 @@ SHOTS: list[tuple[str, tuple[int, int], Sequence[str], int]] = [
     ("plugin-detail", (120, 44), ("enter",), 24),
     ("console-detail", (120, 44), ("2", "down", "down", "down", "enter"), 24),
     ("help", (100, 40), ("question_mark",), 24),
+    ("graph", (100, 24), ("g",), 24),
 ]
 
 

@@ -1,7 +1,7 @@
 """`supervisor-tui ctl`: supervisorctl-style control of a running supervisor over its admin API.
 
-    ctl status | start KEY... | stop KEY... | restart KEY... | scale KEY N | logs KEY [-f] | install MANIFEST.json
-    ctl fleet
+    ctl status | start KEY... | stop KEY... | restart KEY... | scale KEY N | logs [KEY] [-f] [--grep RE]
+    ctl install MANIFEST.json | group start|stop|restart NAME | graph [--mermaid] | fleet
 
 Several keys are handled in parallel. The exit code is non-zero when any action failed, with one line per
 failure on stderr. The token comes from --token, $SUPERVISOR_TUI_AUTH_ADMIN_TOKEN, or <data dir>/admin.token.
@@ -25,6 +25,8 @@ import httpx
 
 from supervisor_tui import __version__
 from supervisor_tui.config import ConfigError, load_settings, local_url
+from supervisor_tui.core.graph import DependencyGraph, render_mermaid, render_text
+from supervisor_tui.core.groups import GROUP_ACTIONS
 from supervisor_tui.core.printable import printable
 from supervisor_tui.plugins.manifest_schema import MAX_REPLICAS
 
@@ -57,10 +59,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p = sub.add_parser("scale", help="run N replicas of a plugin (remembered across restarts)")
     p.add_argument("key", metavar="KEY")
     p.add_argument("replicas", metavar="N", type=int, help=f"how many replicas, 1 to {MAX_REPLICAS}")
-    p = sub.add_parser("logs", help="a plugin's newest log lines")
-    p.add_argument("key", metavar="KEY")
+    p = sub.add_parser(
+        "logs", help="a plugin's newest log lines (every plugin's, each line after its key, without KEY)"
+    )
+    p.add_argument("key", metavar="KEY", nargs="?")
     p.add_argument("-n", "--lines", type=int, default=100)
-    p.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
+    p.add_argument("-f", "--follow", action="store_true", help="keep printing new lines (needs a KEY)")
+    p.add_argument("--grep", metavar="RE", help="only lines matching this regular expression (the in-memory tail)")
+    p = sub.add_parser("group", help="start, stop or restart every plugin of a group")
+    p.add_argument("group_action", choices=GROUP_ACTIONS, metavar="start|stop|restart")
+    p.add_argument("group", metavar="NAME")
+    p = sub.add_parser("graph", help="the plugins' dependency graph, level by level")
+    p.add_argument("--mermaid", action="store_true", help="print a mermaid graph TD block instead")
     p = sub.add_parser("install", help="install a plugin from a manifest file")
     p.add_argument("manifest", metavar="MANIFEST.json")
     p.add_argument("--start", action="store_true", help="start it once installed")
@@ -70,6 +80,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     if args.action == "scale" and not 1 <= args.replicas <= MAX_REPLICAS:
         _complain(f"scale {args.key}: N must be from 1 to {MAX_REPLICAS}, got {args.replicas}")
+    if args.action == "logs" and args.follow and (args.key is None or args.grep is not None):
+        _complain("logs -f follows one plugin: give its KEY, and no --grep")
         return EXIT_USAGE
     try:
         url, token = target(args)
@@ -127,7 +139,13 @@ async def _run(args: argparse.Namespace, url: str, token: str) -> int:
             if args.action == "scale":
                 return await _scale(client, args.key, args.replicas)
             if args.action == "logs":
+                if args.grep is not None or args.key is None:
+                    return await _search_logs(client, args.key, args.lines, args.grep)
                 return await _logs(client, args.key, args.lines, args.follow)
+            if args.action == "group":
+                return await _group(client, args.group_action, args.group)
+            if args.action == "graph":
+                return await _graph(client, args.mermaid)
             if args.action == "install":
                 return await _install(client, Path(args.manifest), args.start)
             if args.action == "fleet":
@@ -174,7 +192,7 @@ def _check(resp: httpx.Response, what: str) -> dict[str, Any]:
 
 async def _status(client: httpx.AsyncClient) -> int:
     body = _check(await client.get("/api/v1/plugins"), "status")
-    rows: list[tuple[str, ...]] = [("KEY", "STATE", "PID", "PORT", "UPTIME", "RESTARTS", "HEALTH", "DETAIL")]
+    rows: list[tuple[str, ...]] = [("KEY", "STATE", "PID", "PORT", "UPTIME", "RESTARTS", "HEALTH", "GROUP", "DETAIL")]
     for p in body.get("plugins", []):
         health = {True: "ok", False: "unhealthy", None: "-"}[p.get("healthy")]
         cells = (
@@ -185,12 +203,13 @@ async def _status(client: httpx.AsyncClient) -> int:
             _uptime(p.get("uptime")),
             str(p.get("restarts", 0)),
             health,
+            p.get("group") or "-",
             p.get("detail", ""),
         )
         rows.append(tuple(printable(str(c)) for c in cells))  # escaped before the widths are measured
         replicas = p.get("replicas") or []
         for r in replicas if len(replicas) > 1 else []:  # one row per replica under its plugin
-            cells = (
+            sub = (
                 f"{p['key']}#{r['index']}",
                 r["state"],
                 str(r.get("pid") or "-"),
@@ -198,9 +217,10 @@ async def _status(client: httpx.AsyncClient) -> int:
                 "-",
                 str(r.get("restarts", 0)),
                 "-",
+                p.get("group") or "-",
                 r.get("detail", ""),
             )
-            rows.append(tuple(printable(str(c)) for c in cells))
+            rows.append(tuple(printable(str(c)) for c in sub))
     _table(rows)
     return 0
 
@@ -297,10 +317,38 @@ async def _logs(client: httpx.AsyncClient, key: str, lines: int, follow: bool) -
     raise CtlError(f"logs {key}: the supervisor ended the stream (it stopped or restarted)")
 
 
-def _print_log(line: dict[str, Any]) -> None:
+def _print_log(line: dict[str, Any], with_source: bool = False) -> None:
     ts = time.strftime("%H:%M:%S", time.localtime(line.get("ts", 0)))
     stream = {"stdout": "out", "stderr": "err", "supervisor": "sup"}.get(line.get("stream", ""), "")
-    _say(f"{ts} {stream} {line.get('message', '')}")
+    source = f"{line.get('source', '')} " if with_source else ""
+    _say(f"{ts} {source}{stream} {line.get('message', '')}")
+
+
+async def _search_logs(client: httpx.AsyncClient, key: str | None, lines: int, grep: str | None) -> int:
+    """The newest lines of one plugin or of all (each after its source), matching ``grep`` when given."""
+    params: dict[str, Any] = {"lines": lines}
+    if grep is not None:
+        params["grep"] = grep
+    what = "logs" + (f" {key}" if key else "")
+    path = f"/api/v1/plugins/{key}/logs" if key else "/api/v1/logs"
+    body = _check(await client.get(path, params=params), what)
+    for line in body.get("lines", []):
+        _print_log(line, with_source=key is None)
+    return 0
+
+
+async def _group(client: httpx.AsyncClient, action: str, group: str) -> int:
+    body = _check(await client.post(f"/api/v1/groups/{group}/{action}"), f"{action} group {group}")
+    for p in body.get("plugins", []):
+        _say(f"{p.get('key')}: {p.get('state')}")
+    return 0
+
+
+async def _graph(client: httpx.AsyncClient, mermaid: bool) -> int:
+    graph = DependencyGraph.from_dict(_check(await client.get("/api/v1/graph"), "graph"))
+    for line in render_mermaid(graph) if mermaid else render_text(graph):
+        _say(line)
+    return 0
 
 
 async def _install(client: httpx.AsyncClient, path: Path, start: bool) -> int:

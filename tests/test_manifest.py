@@ -306,6 +306,16 @@ M = "GET, POST, PUT, PATCH, DELETE, HEAD, OPTIONS"
             "must be a plugin key or an object {key, condition}, got a number",
         ),
         ({"depends_on": ["Bad"]}, "depends_on", "'Bad' is not a valid plugin key"),
+        (
+            {"group": "Web Tier"},
+            "group",
+            "must match ^[a-z0-9][a-z0-9_-]{0,62}$ (lowercase letters, digits, - and _), got 'Web Tier'",
+        ),
+        ({"group": 3}, "group", "must match ^[a-z0-9][a-z0-9_-]{0,62}$ (lowercase letters, digits, - and _), got 3"),
+        ({"env_file": ""}, "env_file", "must be a non-empty path without NUL characters, got ''"),
+        ({"env_file": ["a"]}, "env_file", "must be a path (a string), got a list"),
+        ({"working_dir": "a\x00b"}, "working_dir", "must be a non-empty path without NUL characters, got 'a\\x00b'"),
+        ({"user": "root; rm"}, "user", "must be a user name like \"www-data\" or a numeric uid, got 'root; rm'"),
         ({"timeout": 0}, "timeout", "must be between 0.001 and 86400 seconds, got 0"),
         ({"max_body": 1.5}, "max_body", 'must be a size like 10485760 or "10MiB", got a number'),
         ({"max_body": "lots"}, "max_body", "must be a size like 10485760 or \"10MiB\", got 'lots'"),
@@ -314,7 +324,8 @@ M = "GET, POST, PUT, PATCH, DELETE, HEAD, OPTIONS"
             "colour",
             "unknown field (allowed: key, name, version, description, command, env, port, replicas, "
             "endpoints, health, ready_log_line, autostart, oneshot, restart, startsecs, startretries, backoff_max_s, "
-            "stopsignal, stopwaitsecs, depends_on, timeout, max_body, module, config)",
+            "stopsignal, stopwaitsecs, depends_on, group, env_file, working_dir, user, timeout, max_body, module, "
+            "config)",
         ),
     ],
 )

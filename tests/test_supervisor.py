@@ -206,7 +206,8 @@ async def test_snapshot_is_json_ready(supervisor: Supervisor, make_plugin: Calla
     expected = {
         "key", "name", "version", "description", "kind", "state", "detail", "pid", "host", "port", "upstream",
         "started_at", "restarts", "healthy", "health_detail", "last_error", "endpoints", "autostart", "desired",
-        "timeout", "max_body", "last_metrics", "manifest_path", "replicas", "node", "upstreams",
+        "timeout", "max_body", "last_metrics", "manifest_path", "replicas", "node", "upstreams", "group",
+        "depends_on",
     }  # fmt: skip
     assert set(d) == expected
     assert [set(r) for r in d["replicas"]] == [

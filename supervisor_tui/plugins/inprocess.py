@@ -32,7 +32,7 @@ from typing import Any
 from supervisor_tui.config import parse_duration
 from supervisor_tui.core.events import EventBus, ExtensionFailed, ExtensionLoaded, MetricsSample
 from supervisor_tui.core.logs import LogHub
-from supervisor_tui.plugins.manifest import Endpoint, Manifest, ManifestError
+from supervisor_tui.plugins.manifest import Endpoint, Manifest, ManifestError, dependencies
 from supervisor_tui.plugins.model import PluginActionError, PluginSnapshot, PluginState
 
 S = PluginState
@@ -276,6 +276,8 @@ class InProcessPlugin:
             max_body=(m.max_body if m is not None and m.max_body is not None else self.ctx.default_max_body),
             last_metrics=None,
             manifest_path=str(m.path) if m is not None else None,
+            group=m.group if m is not None else None,
+            depends_on=dependencies(m) if m is not None else (),
         )
 
     async def wait_for(self, states: set[PluginState] | None = None, timeout: float | None = None) -> PluginState:  # noqa: ASYNC109

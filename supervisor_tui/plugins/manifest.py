@@ -61,6 +61,7 @@ __all__ = [
     "ManifestError",
     "check_graph",
     "check_key_not_reserved",
+    "dependencies",
     "discover",
     "load_manifest",
     "parse_endpoints",
@@ -150,6 +151,11 @@ class Manifest:
         """What this plugin waits for of ``dependency`` before it starts ("healthy" unless the manifest says)."""
         return self.dependency_conditions.get(dependency, "healthy")
 
+    group: str | None  # plugins started, stopped and restarted together
+    env_file: str | None  # a .env file (relative to the folder), read at each start
+    working_dir: str | None  # where the command runs (relative to the folder); None = the folder
+    user: str | None  # the user the command runs as (the supervisor must be root)
+
     @property
     def stop_signal(self) -> signal.Signals:
         return signal.Signals[f"SIG{self.stopsignal}"]
@@ -160,6 +166,11 @@ class Manifest:
         if argv and argv[0] in PYTHON_NAMES:
             argv[0] = sys.executable
         return argv
+
+
+def dependencies(manifest: Manifest) -> tuple[str, ...]:
+    """The keys ``manifest`` depends on: the one place views (the dependency graph) read ``depends_on``."""
+    return manifest.depends_on
 
 
 def parse_endpoints(value: Any) -> tuple[Endpoint, ...]:

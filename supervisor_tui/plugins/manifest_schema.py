@@ -214,6 +214,32 @@ def _check_signal(value: str) -> str:
     return name
 
 
+def _check_group(name: str) -> str:
+    if not KEY_PATTERN.fullmatch(name):
+        raise ValueError(f"{_GROUP_WORDS}, got {name!r}")
+    return name
+
+
+_GROUP_WORDS = f"must match {KEY_PATTERN.pattern} (lowercase letters, digits, - and _)"
+
+
+def _check_relative_file(value: str) -> str:
+    """A path inside or beside the plugin folder: not empty, no NUL (whether it exists is a start's business)."""
+    if not value or "\x00" in value:
+        raise ValueError(f"must be a non-empty path without NUL characters, got {value!r}")
+    return value
+
+
+_USER_PATTERN = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}\$?$")
+_USER_WORDS = 'must be a user name like "www-data" or a numeric uid'
+
+
+def _check_user(value: str) -> str:
+    if not (_USER_PATTERN.fullmatch(value) or value.isdecimal()):
+        raise ValueError(f"{_USER_WORDS}, got {value!r}")
+    return value
+
+
 _DEPENDENCY_WORDS = "must be a plugin key or an object {key, condition}"
 
 
@@ -420,6 +446,12 @@ class ManifestSchema(msgspec.Struct, forbid_unknown_fields=True):
         list[str | DependencySchema],
         Rule("must be a list of plugin keys or {key, condition} objects", check=_check_depends_on, raw_check=True),
     ] = []
+    # a name shared by plugins started, stopped and restarted together (None = in no group)
+    group: Annotated[str | None, Rule(_GROUP_WORDS, got=repr, check=_check_group)] = None
+    # process plugins: a .env file read at each start, the directory the command runs in, the user it runs as
+    env_file: Annotated[str | None, Rule("must be a path (a string)", check=_check_relative_file)] = None
+    working_dir: Annotated[str | None, Rule("must be a path (a string)", check=_check_relative_file)] = None
+    user: Annotated[str | None, Rule(_USER_WORDS, got=repr, check=_check_user)] = None
     # gateway: upstream response timeout and largest request body (None = the gateway's defaults)
     timeout: Annotated[int | float | str | None, _seconds(0.001, 86400, doc_default="`gateway.timeout`")] = None
     max_body: Annotated[int | str | None, Rule(_SIZE_WORDS, check=_check_size, doc_default="`gateway.max_body`")] = None

@@ -41,6 +41,17 @@ class PluginNotFound(KeyError):
         return f"no plugin with key {self.key!r}"
 
 
+class GroupNotFound(KeyError):
+    """No plugin is in this group."""
+
+    def __init__(self, group: str) -> None:
+        super().__init__(group)
+        self.group = group
+
+    def __str__(self) -> str:
+        return f"no plugin is in group {self.group!r}"
+
+
 class PluginActionError(Exception):
     """An action on a plugin could not be done (e.g. start of an INVALID plugin, a start that ended FATAL)."""
 
@@ -96,6 +107,8 @@ class PluginSnapshot:
     node: str = ""  # the fleet node that announced it over Redis ("" for this node's own plugins)
     # Every place serving the key when other nodes serve it too: (node, gateway URL, up, on another node)
     upstreams: tuple[tuple[str, str, bool, bool], ...] = ()
+    group: str | None = None  # the manifest's group (None: in no group)
+    depends_on: tuple[str, ...] = ()  # keys this plugin needs running first
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -103,4 +116,5 @@ class PluginSnapshot:
         d["last_metrics"] = self.last_metrics.to_dict() if self.last_metrics is not None else None
         d["replicas"] = [asdict(r) for r in self.replicas]
         d["upstreams"] = [{"node": n, "url": u, "up": up, "remote": r} for n, u, up, r in self.upstreams]
+        d["depends_on"] = list(self.depends_on)
         return d

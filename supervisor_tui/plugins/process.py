@@ -30,6 +30,7 @@ import os
 import re
 import resource
 import signal
+import subprocess
 import sys
 import time
 from collections import deque
@@ -45,7 +46,8 @@ from supervisor_tui.core.events import MetricsSample
 from supervisor_tui.core.logs import LogHub
 from supervisor_tui.plugins.cgroups import CgroupTree, PluginCgroup, join_in_child
 from supervisor_tui.plugins.health import HealthTracker, ProbeTarget, run_probe
-from supervisor_tui.plugins.manifest import Manifest, ManifestError
+from supervisor_tui.plugins.launch import LaunchRefused, RunAs, prepare_launch
+from supervisor_tui.plugins.manifest import Manifest, ManifestError, dependencies
 from supervisor_tui.plugins.metrics import (
     HISTORY,
     OWNER_ENV,
@@ -165,6 +167,7 @@ class ProcessRunner:
         self._health_task: asyncio.Task[None] | None = None
         self._restart_task: asyncio.Task[None] | None = None
         self._restart_reason = ""
+        self._refused = False  # the last spawn was refused before anything ran (see plugins.launch)
         self._spawned_at = 0.0
         self._env: dict[str, str] = {}  # the current run's environment (exec probes run with it)
         self._ready_line = asyncio.Event()  # set when the current run printed its ready_log_line
@@ -227,6 +230,8 @@ class ProcessRunner:
             max_body=(m.max_body if m and m.max_body is not None else self.ctx.default_max_body),
             last_metrics=self.last_sample,
             manifest_path=str(m.path) if m else (self.error.path if self.error else None),
+            group=m.group if m else None,
+            depends_on=dependencies(m) if m else (),
         )
 
     async def wait_for(self, states: set[PluginState] | None = None, timeout: float | None = None) -> PluginState:  # noqa: ASYNC109
@@ -350,6 +355,12 @@ class ProcessRunner:
         try:
             while True:
                 proc = await self._spawn_shielded()
+                if proc is None and self._refused:  # retrying cannot help until the operator fixes it
+                    self._refused = False
+                    self.ctx.ports.release(self.key)
+                    self.port = None
+                    self._set(S.FATAL, self.last_error)
+                    return
                 if proc is None:
                     ok, why = False, self.last_error
                 else:
@@ -499,8 +510,18 @@ class ProcessRunner:
     async def _spawn(self) -> asyncio.subprocess.Process | None:
         m = self.manifest
         assert m is not None and self.port is not None
+        try:
+            launch = prepare_launch(m)
+        except LaunchRefused as exc:
+            self._spawn_failed(str(exc))
+            self._refused = True
+            return None
         env = inherited_environment()
         env.setdefault("PYTHONUNBUFFERED", "1")  # Python plugins: lines reach the log hub as they are printed
+        run_as = launch.run_as
+        if run_as is not None:
+            env.update(run_as.environment())
+        env.update(launch.env_file)  # the manifest's env wins over the file
         env.update(m.env)
         env.update(self.env_overrides)
         env["PORT"] = str(self.port)
@@ -515,17 +536,17 @@ class ProcessRunner:
         try:
             proc = await asyncio.create_subprocess_exec(
                 *argv,
-                cwd=m.folder,
+                cwd=launch.cwd,
                 env=env,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
                 start_new_session=True,
-                preexec_fn=_in_child(procs_fd),
+                preexec_fn=_in_child(procs_fd, run_as),
             )
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, subprocess.SubprocessError) as exc:
             why = describe_os_error(exc) if isinstance(exc, OSError) else str(exc)
-            self._spawn_failed(f"cannot run {argv[0]!r} in {m.folder}: {why}")
+            self._spawn_failed(f"cannot run {argv[0]!r} in {launch.cwd}: {why}")
             proc = None
         finally:
             if procs_fd is not None:
@@ -883,17 +904,22 @@ def _subreaper_in_child() -> None:
     _prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
 
 
-def _join_and_subreap_in_child(procs_fd: int) -> None:
-    join_in_child(procs_fd)
+def _set_up_child(procs_fd: int | None, run_as: RunAs | None) -> None:
+    if procs_fd is not None:
+        join_in_child(procs_fd)
     if _prctl is not None:
         _subreaper_in_child()
+    if run_as is not None:  # last: joining the cgroup needs root
+        run_as.become()
 
 
-def _in_child(procs_fd: int | None) -> Callable[[], None] | None:
-    """The preexec_fn of a plugin process: join its cgroup (``procs_fd``, when it has one), become a subreaper."""
-    if procs_fd is not None:
-        return functools.partial(_join_and_subreap_in_child, procs_fd)
-    return _subreaper_in_child if _prctl is not None else None
+def _in_child(procs_fd: int | None, run_as: RunAs | None = None) -> Callable[[], None] | None:
+    """The preexec_fn of a plugin process: join its cgroup (``procs_fd``, when it has one), become a subreaper,
+    then become ``run_as`` (the manifest's user). Done here rather than with the ``user=`` arguments of
+    subprocess, which uvloop's event loop (headless mode) does not take."""
+    if procs_fd is None and run_as is None:
+        return _subreaper_in_child if _prctl is not None else None
+    return functools.partial(_set_up_child, procs_fd, run_as)
 
 
 def become_subreaper() -> bool:

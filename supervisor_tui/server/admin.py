@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,11 +26,16 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from supervisor_tui import __version__
 from supervisor_tui.config import Settings
 from supervisor_tui.consoles.service import ConsoleService
+from supervisor_tui.core import log_search
 from supervisor_tui.core.events import LogLine
+from supervisor_tui.core.graph import graph_of
+from supervisor_tui.core.groups import GROUP_ACTIONS, act_on_group, groups_of
+from supervisor_tui.core.log_search import MAX_PATTERN, LogSearchError, compile_pattern
 from supervisor_tui.core.logs import LogRecord
 from supervisor_tui.core.supervisor import PluginActionError, PluginNotFound, Supervisor
 from supervisor_tui.fleet.node import FleetNode
 from supervisor_tui.plugins.manifest import ManifestError
+from supervisor_tui.plugins.model import GroupNotFound
 from supervisor_tui.server import schemas
 from supervisor_tui.server.auth import bearer_from_header, token_matches
 from supervisor_tui.server.errors import ERROR_SCHEMA, ApiError, internal_error_body, report_internal_error
@@ -324,6 +329,41 @@ def create_admin_app(ctx: ApiContext, extra_openapi_paths: dict[str, Any] | None
         """Stop then start a plugin."""
         return await _act(key, "restart", wait)
 
+    # -- groups and the dependency graph ---------------------------------------------------------------------
+    @app.get(
+        "/api/v1/groups",
+        response_model=schemas.GroupList,
+        dependencies=admin,
+        tags=["groups"],
+        responses=_error_responses(401),
+    )
+    async def list_groups() -> dict[str, Any]:
+        """Every group named by a manifest, with its plugins."""
+        return {"groups": [{"name": g, "plugins": keys} for g, keys in groups_of(sup.plugins()).items()]}
+
+    for group_action in GROUP_ACTIONS:
+        app.add_api_route(
+            f"/api/v1/groups/{{group}}/{group_action}",
+            _group_route(sup, ctx, group_action),
+            methods=["POST"],
+            response_model=schemas.GroupActionOut,
+            dependencies=control,
+            tags=["groups"],
+            responses=_error_responses(401, 403, 404, 409),
+            summary=f"{group_action.capitalize()} a group",
+        )
+
+    @app.get(
+        "/api/v1/graph",
+        response_model=schemas.GraphOut,
+        dependencies=admin,
+        tags=["groups"],
+        responses=_error_responses(401),
+    )
+    async def dependency_graph() -> dict[str, Any]:
+        """The plugins' dependency graph: each plugin with its level, and an edge to each plugin it depends on."""
+        return graph_of(sup.plugins()).to_dict()
+
     @app.post(
         "/api/v1/plugins/{key}/scale",
         response_model=schemas.PluginEnvelope,
@@ -417,22 +457,32 @@ def create_admin_app(ctx: ApiContext, extra_openapi_paths: dict[str, Any] | None
         return {"samples": [_sample_dict(m) for m in sup.metrics(key)]}
 
     lines_q = Query(200, ge=0, le=MAX_LOG_LINES, description="How many of the newest lines")
+    grep_q = Query(
+        None,
+        max_length=MAX_PATTERN,
+        description="Only lines whose message matches this regular expression (searched over the in-memory tail)",
+    )
 
     @app.get(
         "/api/v1/plugins/{key}/logs",
         response_model=schemas.LogLines,
         dependencies=admin,
         tags=["logs"],
-        responses={200: {"content": {"application/x-ndjson": {}}}, **_error_responses(401, 404)},
+        responses={200: {"content": {"application/x-ndjson": {}}}, **_error_responses(400, 401, 404, 422)},
     )
     async def plugin_logs(
         request: Request,
         key: str,
         lines: int = lines_q,
         follow: bool = Query(False, description="Keep the response open and stream new lines as NDJSON"),
+        grep: str | None = grep_q,
     ) -> Response:
         """The plugin's newest log lines; with follow=true, then every new line as it comes."""
         plugin_out(key)
+        if grep is not None:
+            if follow:
+                raise ApiError(400, "bad_request", "grep and follow cannot be combined")
+            return JSONResponse({"lines": await _grep_logs(sup, key, lines, grep)})
         if not follow:
             return JSONResponse({"lines": [_log_dict(r) for r in sup.logs.tail(key, lines)]})
         return StreamingResponse(_follow_logs(sup, key, lines, request, ctx.closing), media_type="application/x-ndjson")
@@ -442,12 +492,16 @@ def create_admin_app(ctx: ApiContext, extra_openapi_paths: dict[str, Any] | None
         response_model=schemas.LogLines,
         dependencies=admin,
         tags=["logs"],
-        responses=_error_responses(401),
+        responses=_error_responses(400, 401, 422),
     )
     async def all_logs(
-        lines: int = lines_q, source: str | None = Query(None, description="Only this source")
+        lines: int = lines_q,
+        source: str | None = Query(None, description="Only this source"),
+        grep: str | None = grep_q,
     ) -> dict[str, Any]:
-        """The newest lines of every source merged by time (or of one source)."""
+        """The newest lines of every source merged by time (or of one source); with grep, the newest matching."""
+        if grep is not None:
+            return {"lines": await _grep_logs(sup, source, lines, grep)}
         return {"lines": [_log_dict(r) for r in sup.logs.tail(source, lines)]}
 
     # -- external plugins (the registration protocol over HTTP) -----------------------------------------------------
@@ -612,6 +666,38 @@ async def _follow_logs(
                         "message": event.message,
                     }
                     yield (json.dumps(line) + "\n").encode()
+
+
+def _group_route(sup: Supervisor, ctx: ApiContext, action: str) -> Callable[[str], Awaitable[dict[str, Any]]]:
+    """The route of ``POST /api/v1/groups/{group}/<action>``: 404 for a group no plugin is in, 409 naming each
+    member whose action failed (the others were done)."""
+
+    async def route(group: str) -> dict[str, Any]:
+        try:
+            result = await act_on_group(sup, action, group)
+        except GroupNotFound:
+            raise ApiError(404, "group_not_found", f"no plugin is in group {group!r}") from None
+        if result.failures:
+            raise ApiError(409, "action_failed", result.failure_message())
+        return {"group": group, "plugins": [_plugin_dict(s, ctx) for s in result.plugins]}
+
+    route.__doc__ = f"{action.capitalize()} every plugin of a group (see docs/api.md for the order)."
+    return route
+
+
+async def _grep_logs(sup: Supervisor, source: str | None, lines: int, grep: str) -> list[dict[str, Any]]:
+    """The newest ``lines`` matching lines of the in-memory tail; 400 for a bad pattern, 422 for a too slow one.
+    Matched in a worker thread: the regex module releases the GIL, the loop keeps serving meanwhile."""
+    try:
+        pattern = compile_pattern(grep)
+    except LogSearchError as exc:
+        raise ApiError(400, exc.code, str(exc)) from None
+    records = sup.logs.tail(source, sup.logs.ring_lines)
+    try:
+        found = await asyncio.to_thread(log_search.grep, records, pattern, lines)
+    except LogSearchError as exc:
+        raise ApiError(422, exc.code, str(exc)) from None
+    return [_log_dict(r) for r in found]
 
 
 def _unreadable_body(reason: BaseException) -> str:

@@ -82,6 +82,8 @@ class PluginOut(BaseModel):
     upstreams: list[UpstreamOut] = Field(
         default_factory=list, description="Every place serving the key when other fleet nodes serve it too"
     )
+    group: str | None = Field(None, description="The manifest's group (started, stopped, restarted together)")
+    depends_on: list[str] = Field([], description="Keys of the plugins this one needs running first")
 
 
 class PluginEnvelope(BaseModel):
@@ -93,6 +95,40 @@ class PluginEnvelope(BaseModel):
 
 class PluginList(BaseModel):
     plugins: list[PluginOut]
+
+
+class GroupOut(BaseModel):
+    name: str
+    plugins: list[str] = Field(description="Keys of the group's plugins")
+
+
+class GroupList(BaseModel):
+    groups: list[GroupOut]
+
+
+class GroupActionOut(BaseModel):
+    group: str
+    plugins: list[PluginOut] = Field(description="Every plugin of the group after the action")
+
+
+class GraphNodeOut(BaseModel):
+    key: str
+    state: str = Field(description="The plugin's state; MISSING for a dependency no plugin answers to")
+    group: str | None = None
+    depends_on: list[str] = []
+    level: int = Field(description="0: needs nothing; otherwise one more than the highest level it needs")
+
+
+class GraphEdgeOut(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+
+    from_: str = Field(alias="from", description="The plugin that depends")
+    to: str = Field(description="The plugin it depends on")
+
+
+class GraphOut(BaseModel):
+    nodes: list[GraphNodeOut]
+    edges: list[GraphEdgeOut]
 
 
 class Counts(BaseModel):

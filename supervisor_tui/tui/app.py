@@ -29,12 +29,14 @@ from textual.css.query import NoMatches
 from textual.notifications import SeverityLevel
 from textual.screen import Screen
 
+from supervisor_tui.core.log_search import LogSearchError, PatternTooSlow
 from supervisor_tui.core.printable import printable
 from supervisor_tui.tui.client import ClientError, PluginInfo, SupervisorClient
 from supervisor_tui.tui.commands import SupervisorCommands
 from supervisor_tui.tui.driver import HangupSafeDriver
 from supervisor_tui.tui.keys import validate_keymap
 from supervisor_tui.tui.screens.confirm import ConfirmScreen
+from supervisor_tui.tui.screens.group_action import GroupActionScreen
 from supervisor_tui.tui.screens.main import PANES, MainScreen
 from supervisor_tui.tui.view_model import RATE_SECONDS, ConnectionChange, ViewModel
 from supervisor_tui.tui.widgets.log_view import LogView
@@ -344,7 +346,21 @@ class SupervisorApp(App[int]):
             self._last_console_refresh = 0.0
             self.refresh_consoles_now()
         elif pane == "logs":
+            self.apply_log_filter(text, submitted=False)
+
+    def apply_log_filter(self, text: str, submitted: bool) -> bool:
+        """The logs filter; a ``re:`` pattern that is not valid keeps the filter as it was (said once the field
+        is submitted, not at every key of a pattern being typed), one too slow is said at once."""
+        try:
             self.main.logs_pane.apply_filter(text)
+        except PatternTooSlow as exc:
+            self.notify(printable(str(exc)), title="Log filter", severity="error", timeout=8, markup=False)
+            return False
+        except LogSearchError as exc:
+            if submitted:
+                self.notify(printable(str(exc)), title="Log filter", severity="error", timeout=8, markup=False)
+            return False
+        return True
 
     @work(exclusive=True, group="consoles-refresh")
     async def refresh_consoles_now(self) -> None:
@@ -406,6 +422,48 @@ class SupervisorApp(App[int]):
             self._action_failed(f"{what} failed: {exc}")
         finally:
             self.view.end_action(key)
+            self._apply()
+
+    def choose_group_action(self, key: str) -> None:
+        """Ask what to do with the group of plugin ``key`` (start, stop, restart), then do it for every member."""
+        if self.client.info.read_only:
+            self.notify("read-only: actions that change state are disabled", severity="warning")
+            return
+        plugin = self.view.plugins_by_key.get(key)
+        group = plugin.group if plugin is not None else None
+        if group is None:
+            self.notify(printable(f'{key} is in no group (a manifest\'s "group" names one)'), severity="warning")
+            return
+        members = self.view.group_members(group)
+
+        def chosen(verb: str | None) -> None:
+            if verb is not None:
+                self._run_group_action(verb, group, members)
+
+        self.push_screen(GroupActionScreen(group, members), chosen)
+
+    def _run_group_action(self, verb: str, group: str, members: list[str]) -> None:
+        busy = [k for k in members if self.view.begin_action(k, verb, time.monotonic()) is not None]
+        if busy:
+            for k in members:
+                if k not in busy:
+                    self.view.end_action(k)
+            self.notify(printable(f"group {group}: an action is in progress on {', '.join(busy)}"), severity="warning")
+            return
+        self._apply()
+        self.run_worker(self._group_worker(verb, group, members), group=f"group-{group}", exit_on_error=False)
+
+    async def _group_worker(self, verb: str, group: str, members: list[str]) -> None:
+        try:
+            for p in await self.client.group_action(verb, group):
+                self.view.set_plugin(p)
+        except ClientError as exc:
+            self._action_failed(f"{verb} group {group} failed: {exc.message}")
+        except Exception as exc:  # a transport error must never take the UI down
+            self._action_failed(f"{verb} group {group} failed: {exc}")
+        finally:
+            for k in members:
+                self.view.end_action(k)
             self._apply()
 
     def _action_failed(self, message: str) -> None:
@@ -500,6 +558,12 @@ class SupervisorApp(App[int]):
 
         if not isinstance(self.screen, FleetScreen):
             self.push_screen(FleetScreen())
+
+    def open_graph(self) -> None:
+        from supervisor_tui.tui.screens.graph import GraphScreen
+
+        if not isinstance(self.screen, GraphScreen):
+            self.push_screen(GraphScreen())
 
     def action_help(self) -> None:
         from supervisor_tui.tui.screens.help import HelpScreen

@@ -9,6 +9,7 @@ as the JSON shapes of the admin API, parsed here into small view records, so bot
 from __future__ import annotations
 
 import abc
+import asyncio
 import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
@@ -134,6 +135,8 @@ class PluginInfo:
     max_body: int | None = None
     replicas: tuple[ReplicaInfo, ...] = ()  # a process plugin's replicas (one unless scaled)
     node: str = ""  # the fleet node that serves it ("" for this node's own)
+    group: str | None = None
+    depends_on: tuple[str, ...] = ()
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> PluginInfo:
@@ -177,6 +180,8 @@ class PluginInfo:
             timeout=_float(d.get("timeout")),
             max_body=_int(d.get("max_body")),
             replicas=tuple(ReplicaInfo.from_dict(r) for r in (d.get("replicas") or []) if isinstance(r, Mapping)),
+            group=str(d["group"]) if d.get("group") else None,
+            depends_on=tuple(str(k) for k in d.get("depends_on") or () if isinstance(k, str)),
         )
 
 
@@ -417,6 +422,20 @@ class SupervisorClient(abc.ABC):
     @abc.abstractmethod
     async def restart(self, key: str) -> PluginInfo:
         """Stop then start, waiting for RUNNING."""
+
+    async def group_action(self, verb: str, group: str) -> list[PluginInfo]:
+        """start/stop/restart every plugin of ``group`` and wait; ClientError naming the members that failed.
+
+        This default acts on each member itself (the supervisor's clients ask it to do the group at once)."""
+        members = [p.key for p in await self.plugins() if p.group == group]
+        if not members:
+            raise ClientError(f"no plugin is in group {group!r}", "group_not_found")
+        call = {"start": self.start, "stop": self.stop, "restart": self.restart}[verb]
+        results = await asyncio.gather(*(call(k) for k in members), return_exceptions=True)
+        failed = [f"{k}: {r.message}" for k, r in zip(members, results, strict=True) if isinstance(r, ClientError)]
+        if failed:
+            raise ClientError(f"{len(failed)} of {len(members)} failed: {'; '.join(failed)}", "action_failed")
+        return [r for r in results if isinstance(r, PluginInfo)]
 
     @abc.abstractmethod
     async def scale(self, key: str, replicas: int) -> PluginInfo:

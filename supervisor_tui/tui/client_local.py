@@ -12,9 +12,10 @@ from typing import Any
 
 from supervisor_tui.consoles.errors import ConsoleNotFound
 from supervisor_tui.core.actions import acting_as
+from supervisor_tui.core.groups import act_on_group
 from supervisor_tui.core.supervisor import Supervisor
 from supervisor_tui.fleet.node import FleetNode
-from supervisor_tui.plugins.model import PluginActionError, PluginNotFound
+from supervisor_tui.plugins.model import GroupNotFound, PluginActionError, PluginNotFound
 from supervisor_tui.tui.client import (
     CONSOLE_STATES,
     ClientError,
@@ -139,6 +140,18 @@ class InProcessClient(SupervisorClient):
         except PluginActionError as exc:
             raise ClientError(exc.message, "action_failed") from None
         return PluginInfo.from_dict(self._plugin_dict(snap))
+
+    async def group_action(self, verb: str, group: str) -> list[PluginInfo]:
+        if self.info.read_only:
+            raise ClientError("read-only: actions that change state are disabled", "read_only")
+        try:
+            with acting_as("tui", _user()):
+                result = await act_on_group(self.sup, verb, group)
+        except GroupNotFound:
+            raise ClientError(f"no plugin is in group {group!r}", "group_not_found") from None
+        if result.failures:
+            raise ClientError(result.failure_message(), "action_failed")
+        return [PluginInfo.from_dict(self._plugin_dict(s)) for s in result.plugins]
 
     async def metrics(self, key: str) -> list[MetricPoint]:
         try:

@@ -159,6 +159,12 @@ class RemoteClient(SupervisorClient):
         body = await self._request("POST", f"/api/v1/plugins/{key}/scale", ACTION_TIMEOUT, json={"replicas": replicas})
         return PluginInfo.from_dict(body.get("plugin", body))
 
+    async def group_action(self, verb: str, group: str) -> list[PluginInfo]:
+        if self.info.read_only:
+            raise ClientError("read-only: actions that change state are disabled", "read_only")
+        body = await self._request("POST", f"/api/v1/groups/{group}/{verb}", ACTION_TIMEOUT)
+        return [PluginInfo.from_dict(d) for d in body.get("plugins", [])]
+
     async def metrics(self, key: str) -> list[MetricPoint]:
         body = await self._request("GET", f"/api/v1/plugins/{key}/metrics")
         return [MetricPoint.from_dict(s) for s in body.get("samples", [])]

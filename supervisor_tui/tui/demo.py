@@ -68,6 +68,7 @@ def _demo_plugins(now: float) -> list[PluginInfo]:
         ),
         PluginInfo(
             key="thumbnailer",
+            group="media",
             name="Thumbnailer",
             version="0.9.1",
             description="Renders video thumbnails for the consoles.",
@@ -91,6 +92,8 @@ def _demo_plugins(now: float) -> list[PluginInfo]:
         ),
         PluginInfo(
             key="transcoder",
+            group="media",
+            depends_on=("thumbnailer",),
             name="Transcoder",
             version="2.0.0",
             description="Transcodes finished videos.",
@@ -110,6 +113,7 @@ def _demo_plugins(now: float) -> list[PluginInfo]:
         ),
         PluginInfo(
             key="billing",
+            group="shop",
             name="Billing",
             version="1.0.3",
             description="Usage records for invoices.",
@@ -126,6 +130,8 @@ def _demo_plugins(now: float) -> list[PluginInfo]:
         ),
         PluginInfo(
             key="search",
+            group="shop",
+            depends_on=("billing",),
             name="Search",
             version="0.4.0",
             description="Full-text search over scripts.",

@@ -55,9 +55,22 @@ KEYS: tuple[KeySpec, ...] = (
         False,
         True,
     ),
+    KeySpec(
+        "group",
+        "G",
+        "group",
+        "Group",
+        "Start, stop or restart every plugin of the selected plugin's group (asks which)",
+        "Plugins",
+        False,
+        True,
+    ),
     KeySpec("details", "enter", "details", "Open", "Open the selected plugin or console", "Plugins"),
     KeySpec("plugin_logs", "l", "plugin_logs", "Logs", "Show only the selected plugin's logs", "Plugins"),
     KeySpec("filter", "slash", "filter", "Filter", "Filter the focused table or log as you type (esc clears)", "Views"),
+    KeySpec(
+        "graph", "g", "graph", "Graph", "The plugins' dependency graph, level by level (esc returns)", "Views", False
+    ),
     KeySpec("next_pane", "tab", "next_pane", "Pane", "Switch to the next pane", "Views", False),
     KeySpec("pane_plugins", "1", "show_pane('plugins')", "Plugins", "Show the plugins pane", "Views", False),
     KeySpec("pane_consoles", "2", "show_pane('consoles')", "Consoles", "Show the consoles pane", "Views", False),

@@ -75,9 +75,24 @@ def parse_console_filter(text: str) -> tuple[str, str]:
     return state, " ".join(rest)
 
 
+def parse_plugin_filter(text: str) -> tuple[str | None, str]:
+    """The plugins filter as (group, text): a ``group:NAME`` word keeps that group's plugins only."""
+    group: str | None = None
+    words = []
+    for w in text.strip().lower().split():
+        if w.startswith("group:") and len(w) > 6:
+            group = w[6:]
+        else:
+            words.append(w)
+    return group, " ".join(words)
+
+
 def plugin_matches(p: PluginInfo, needle: str) -> bool:
-    """Whether the plugins filter (lower-cased) is in the plugin's key, name, state or kind."""
-    return not needle or any(needle in s.lower() for s in (p.key, p.name, p.state, p.kind))
+    """Whether the plugins filter (lower-cased) is in the plugin's key, name, state, kind or group."""
+    group, needle = parse_plugin_filter(needle)
+    if group is not None and p.group != group:
+        return False
+    return not needle or any(needle in s.lower() for s in (p.key, p.name, p.state, p.kind, p.group or ""))
 
 
 class ViewModel:
@@ -172,6 +187,10 @@ class ViewModel:
                 for r in p.replicas:
                     rows[f"{key}#{r.index}"] = replica_cells(p, r, now)
         return rows
+
+    def group_members(self, group: str) -> list[str]:
+        """The keys of ``group``'s plugins, in the supervisor's order."""
+        return [k for k in self.plugin_order if self.plugins_by_key[k].group == group]
 
     def stop_detail(self, key: str) -> str:
         """What the stop confirmation says about the plugin: " (pid 41021, RUNNING)"."""

@@ -55,8 +55,8 @@ class HelpScreen(ModalScreen[None]):
             yield Static(
                 Text(
                     'Remap keys in supervisor.toml under [keys], by id, e.g.  start = "S".  '
-                    "Filters: consoles take a state word (error, inactive…) and text; logs take text and "
-                    "source:NAME.",
+                    "Filters: plugins take text and group:NAME; consoles a state word (error, inactive…) and "
+                    "text; logs text, source:NAME and last re:PATTERN (a regular expression).",
                     style="#8a8a8a",
                 ),
                 id="help-footer",

@@ -177,7 +177,7 @@ class MainScreen(SupervisorAppAccess, Screen[None]):
 
     # -- actions -------------------------------------------------------------------------------------------
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        if action in ("start", "stop", "restart", "scale"):
+        if action in ("start", "stop", "restart", "scale", "group"):
             if self.sup_app.client.info.read_only:
                 return False
             return self.active_pane == "plugins"
@@ -211,6 +211,14 @@ class MainScreen(SupervisorAppAccess, Screen[None]):
         key = self.selected_plugin()
         if key:
             self.sup_app.confirm_stop(key)
+
+    def action_group(self) -> None:
+        key = self.selected_plugin()
+        if key:
+            self.sup_app.choose_group_action(key)
+
+    def action_graph(self) -> None:
+        self.sup_app.open_graph()
 
     def action_details(self) -> None:
         if self.active_pane == "plugins":
@@ -280,6 +288,8 @@ class MainScreen(SupervisorAppAccess, Screen[None]):
     @on(Input.Submitted, ".filter")
     def _filter_submitted(self, event: Input.Submitted) -> None:
         pane = (event.input.id or "").removesuffix("-filter")
+        if pane == "logs" and not self.sup_app.apply_log_filter(event.value, submitted=True):
+            return  # the field stays open on a pattern that needs fixing
         if not event.value:
             event.input.remove_class("-shown")
         self.pane_widget(pane).focus()

@@ -22,6 +22,7 @@ from textual.message import Message
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
+from supervisor_tui.core.log_search import LogPattern, PatternTooSlow, filter_matching
 from supervisor_tui.core.printable import printable
 from supervisor_tui.tui.client import LogEntry
 
@@ -39,6 +40,7 @@ SOURCE_COLOURS = (
     "#af87ff",
 )
 SUPERVISOR_COLOUR = "#ffffff"
+PATTERN_BUDGET = 0.5  # seconds a re: filter may take over the whole buffer (the UI waits for it)
 LEVEL_STYLES = {"error": Style(color="#ff6b6b"), "warning": Style(color="#ffd75f")}
 TS_STYLE = Style(color="#808080")
 
@@ -84,6 +86,7 @@ class LogView(ScrollView, can_focus=True):
         self.pending = 0  # lines that arrived while paused
         self.text_filter = ""
         self.source_filter: str | None = None
+        self.pattern_filter: LogPattern | None = None
         self._tag_width = 10
         self._follow = True  # stick to the tail until the operator scrolls up
 
@@ -110,6 +113,16 @@ class LogView(ScrollView, can_focus=True):
         return [e for _, e in list(self._view)[start : start + self.size.height]]
 
     def _matches(self, entry: LogEntry) -> bool:
+        if not self._plain_matches(entry):
+            return False
+        if self.pattern_filter is not None:
+            try:
+                return self.pattern_filter.matches(entry.message)
+            except PatternTooSlow:  # one new line the pattern cannot decide in time: not shown
+                return False
+        return True
+
+    def _plain_matches(self, entry: LogEntry) -> bool:
         if self.source_filter is not None and entry.source != self.source_filter:
             return False
         if self.text_filter:
@@ -157,16 +170,44 @@ class LogView(ScrollView, can_focus=True):
         self.refresh()
         self.post_message(self.StatusChanged())
 
-    def set_filter(self, text: str | None = None, source: str | bool | None = False) -> None:
-        """Change the text filter and/or the source filter (``source=None`` shows all sources)."""
+    def set_filter(
+        self, text: str | None = None, source: str | bool | None = False, pattern: LogPattern | bool | None = False
+    ) -> None:
+        """Change the text, source and/or pattern filters (``source=None`` shows all sources, ``pattern=None`` drops
+        the pattern). A pattern too slow on the lines held raises PatternTooSlow and changes nothing."""
+        before = (self.text_filter, self.source_filter, self.pattern_filter)
         if text is not None:
             self.text_filter = text.strip().lower()
         if source is not False:
             self.source_filter = source if isinstance(source, str) else None
-        self._rebuild()
+        if pattern is not False:
+            self.pattern_filter = pattern if isinstance(pattern, LogPattern) else None
+        try:
+            view = self._filtered()
+        except PatternTooSlow:
+            if pattern is not False:  # a new pattern: refused, the filters stay as they were
+                self.text_filter, self.source_filter, self.pattern_filter = before
+                raise
+            self.pattern_filter = None  # the pattern in force got too slow on what the view holds now
+            view = self._filtered()
+        self._rebuild(view)
 
-    def _rebuild(self) -> None:
-        self._view = deque(item for item in self._all if self._matches(item[1]))
+    def _filtered(self) -> deque[tuple[int, LogEntry]]:
+        """The buffer through the filters; the pattern within one search's time (core.log_search)."""
+        items = [item for item in self._all if self._plain_matches(item[1])]
+        if self.pattern_filter is not None:
+            kept = {id(e) for e in filter_matching([e for _, e in items], self.pattern_filter, PATTERN_BUDGET)}
+            items = [item for item in items if id(item[1]) in kept]
+        return deque(items)
+
+    def _rebuild(self, view: deque[tuple[int, LogEntry]] | None = None) -> None:
+        if view is None:
+            try:
+                view = self._filtered()
+            except PatternTooSlow:  # resuming with a pattern that got slow on new lines: drop the pattern
+                self.pattern_filter = None
+                view = self._filtered()
+        self._view = view
         self.pending = 0
         self.virtual_size = Size(0, len(self._view))
         self._cache.clear()

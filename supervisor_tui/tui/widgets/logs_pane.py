@@ -1,12 +1,14 @@
 """``LogsPane``: the merged log with its filter field; its title names the filter, its subtitle the follow mode.
 
-The filter is text plus an optional ``source:NAME`` word (``parse_log_filter``); ``show_source`` narrows to one
-plugin's lines (the ``l`` key). ``update_title`` reads the log view's state; the app calls it on the view's
-``StatusChanged`` messages.
+The filter is text plus an optional ``source:NAME`` word (``parse_log_filter``), then an optional ``re:PATTERN``
+that takes the rest of the field (``split_pattern``): a regular expression over the lines the view holds, its time
+bounded (core.log_search). ``show_source`` narrows to one plugin's lines (the ``l`` key). ``update_title`` reads
+the log view's state; the app calls it on the view's ``StatusChanged`` messages.
 """
 
 from __future__ import annotations
 
+from supervisor_tui.core.log_search import compile_pattern
 from supervisor_tui.tui.cells import escape
 from supervisor_tui.tui.widgets.log_view import LogView
 from supervisor_tui.tui.widgets.pane_box import PaneBox
@@ -27,13 +29,25 @@ def parse_log_filter(text: str) -> tuple[str, str | bool | None]:
     return " ".join(words), source
 
 
-def logs_title(source: str | None, text: str) -> str:
+def split_pattern(text: str) -> tuple[str, str | None]:
+    """(the rest of the filter, the regular expression after ``re:`` or None): ``re:`` takes the rest of the
+    field, spaces included, so it comes last."""
+    words = text.split(" ")
+    for i, word in enumerate(words):
+        if word.startswith("re:"):
+            return " ".join(words[:i]), " ".join([word[3:], *words[i + 1 :]])
+    return text, None
+
+
+def logs_title(source: str | None, text: str, pattern: str | None = None) -> str:
     """The logs pane's title: whose lines, matching what."""
     title = "Logs"
     if source:
         title += f" of {escape(source)}"
     if text:
         title += f" matching “{escape(text)}”"
+    if pattern:
+        title += f" matching /{escape(pattern)}/"
     return title
 
 
@@ -52,18 +66,22 @@ class LogsPane(PaneBox):
 
     def __init__(self) -> None:
         view = LogView(LOG_LINES, id="log-view")
-        super().__init__("logs", "Logs", view, "filter logs: text, source:NAME")
+        super().__init__("logs", "Logs", view, "filter logs: text, source:NAME, then re:PATTERN")
         self.view = view
 
     def update_title(self) -> None:
         view = self.view
-        self.border_title = logs_title(view.source_filter, view.text_filter)
+        pattern = view.pattern_filter.text if view.pattern_filter is not None else None
+        self.border_title = logs_title(view.source_filter, view.text_filter, pattern)
         self.border_subtitle = logs_subtitle(view.paused, view.pending, view.following)
 
     def apply_filter(self, text: str) -> None:
-        """Filter by what the operator typed into the field."""
-        words, source = parse_log_filter(text)
-        self.view.set_filter(words, source)
+        """Filter by what the operator typed into the field. A ``re:`` pattern that is not valid (LogSearchError)
+        or too slow on the lines held (PatternTooSlow) raises, and the filter stays as it was."""
+        rest, pattern_text = split_pattern(text)
+        pattern = compile_pattern(pattern_text) if pattern_text else None
+        words, source = parse_log_filter(rest)
+        self.view.set_filter(words, source, pattern)
         self.update_title()
 
     def show_source(self, source: str | None) -> None:

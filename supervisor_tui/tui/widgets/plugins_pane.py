@@ -30,7 +30,7 @@ class PluginsPane(PaneBox):
             "plugins",
             "Plugins",
             table,
-            "filter plugins (key, name, state)",
+            "filter plugins (key, name, state, group:NAME)",
         )
         self.table = table
 
