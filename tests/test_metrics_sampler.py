@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import psutil
 import pytest
 
-from supervisor_tui.plugins.metrics import TreeSampler
+from supervisor_tui.plugins.metrics import TreeSampler, sample_interval
 
 # A parent that spins on the CPU, with one sleeping child holding 40 MB.
 TREE = """\
@@ -68,3 +68,8 @@ def test_a_dead_root_gives_no_sample_but_its_tree_is_remembered(tree: tuple[subp
     proc.wait()
     assert sampler.sample() is None
     assert child in {p.pid for p in sampler.known_tree()}  # what a stop must still kill
+
+
+def test_many_plugins_are_sampled_less_often_so_idle_stays_cheap() -> None:
+    assert sample_interval(1) == sample_interval(20) == sample_interval(50) == 2.0
+    assert sample_interval(500) == 20.0
