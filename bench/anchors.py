@@ -400,10 +400,24 @@ def pm2_version(binary: str | None) -> str:
         return "?"
 
 
+def spawn_directly(root: Path, ports: list[int]) -> float:
+    """Seconds to start the children with no supervisor until every port accepts (what Python itself costs)."""
+    t0 = time.perf_counter()
+    child = str(root / "child.py")
+    procs = [subprocess.Popen([sys.executable, child, str(p)], stdin=subprocess.DEVNULL) for p in ports]
+    try:
+        return wait_ports(ports, timeout=120) - t0
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+
+
 def many_plugins(root: Path, count: int, idle_s: float) -> None:
     """supervisor-tui alone with ``count`` plugins: launch to all RUNNING, idle CPU and RSS of the supervisor."""
     start = free_port_block(count)
     ports = list(range(start, start + count))
+    direct = spawn_directly(root, ports)
     subject = SupervisorTui(root, ports)
     t0 = time.perf_counter()
     subject.start()
@@ -416,7 +430,8 @@ def many_plugins(root: Path, count: int, idle_s: float) -> None:
     finally:
         subject.stop()
     print(f"supervisor-tui, {count} plugins (startsecs 1, the default):")
-    print(f"  launch -> all children up: {up - t0:.2f} s")
+    print(f"  baseline: the same {count} children started directly, all ports up: {direct:.2f} s")
+    print(f"  launch -> all children up: {up - t0:.2f} s ({(up - t0) / direct:.2f} x the baseline)")
     print(f"  launch -> all RUNNING: {running - t0:.2f} s (goal < 5 s)")
     print(f"  idle CPU over {idle_s:g} s: {cpu:.2f} % of one core (goal < 1 %)")
     print(f"  RSS of the supervisor process (children excluded): {rss / 2**20:.0f} MiB, {fds} fds")
