@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import errno
 import importlib
+import resource
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,8 +42,8 @@ if TYPE_CHECKING:
     from supervisor_tui.server.routes_sync import RouteSync
 
 # The HTTP surface's heavy imports (FastAPI, pydantic): with start(start_plugins=True) they are imported in a
-# worker thread while the orphans of a previous run are looked for, and before any plugin spawns: many plugins
-# can use up the file descriptors an import needs, and then the supervisor itself could not start.
+# worker thread while the orphans of a previous run are looked for. Plugins start meanwhile, unless so many could
+# use up the file descriptors the import needs that the supervisor itself could not start: then after it.
 HTTP_SURFACE_MODULES = (
     "supervisor_tui.server.admin",
     "supervisor_tui.server.app",
@@ -53,6 +54,19 @@ HTTP_SURFACE_MODULES = (
     "supervisor_tui.server.metrics",
     "supervisor_tui.server.routes_sync",
 )
+
+
+# What one running plugin may hold open in this process (pipes, pidfd, health and gateway sockets), and what the
+# supervisor keeps for itself beyond that.
+FDS_PER_PLUGIN = 8
+FDS_RESERVED = 256
+
+
+def _descriptors_to_spare(plugins: int) -> bool:
+    """Whether ``plugins`` running plugins leave the HTTP surface's import enough file descriptors; then they
+    start while it imports (the import is most of a launch on a busy machine), else after it."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return soft == resource.RLIM_INFINITY or plugins * FDS_PER_PLUGIN + FDS_RESERVED <= soft
 
 
 def _import_http_surface() -> None:
@@ -107,6 +121,9 @@ class Runtime:
         sock: socket.socket | None = None
         try:
             sock = self._bind()
+            # Plugins may start before the server serves (see _start_plugins): they get the bound port already,
+            # and their first requests wait in the socket's backlog.
+            self.sup.set_api_url(local_url(self.settings.host, sock.getsockname()[1]))
             await self._start_core(sock.getsockname()[1])
             imported = asyncio.ensure_future(asyncio.to_thread(_import_http_surface))
             self.starting = asyncio.create_task(self._start_plugins(start_plugins, imported), name="start-plugins")
@@ -122,9 +139,10 @@ class Runtime:
         try:
             await self.sup.clean_orphans()
             if start_plugins:
-                await asyncio.wait([imported])  # its failure is start()'s to report
-                if imported.cancelled() or imported.exception() is not None:
-                    return
+                if not _descriptors_to_spare(len(self.sup.registry)):
+                    await asyncio.wait([imported])  # its failure is start()'s to report
+                    if imported.cancelled() or imported.exception() is not None:
+                        return
                 await self.sup.start_all()
         except Exception as exc:  # start_all reports each plugin's failure; this is anything else
             self.sup.logs.error(f"starting plugins failed: {exc!r}", event="internal_error")

@@ -48,6 +48,7 @@ HOOK_TOPICS = ("plugin", "console", "operator")
 # The loop's heartbeat (and the watchdog thread's look at it) comes this many times per block_threshold: often
 # enough to name a stall soon after the threshold, rarely enough to cost nothing measurable while idle.
 BEATS_PER_THRESHOLD = 4
+IDLE_WATCH_INTERVAL = 1.0  # the watchdog thread's look while no in-process plugin is registered
 
 
 @dataclass(frozen=True, slots=True)
@@ -289,7 +290,15 @@ class ExtensionHost:
     def _watch(self) -> None:
         """Watchdog thread: when the loop has not beaten for ``block_threshold``, find plugin code on its stack."""
         threshold = self.settings.block_threshold
-        while not self._stop_watchdog.wait(self._beat_interval):
+        interval = self._beat_interval
+        while not self._stop_watchdog.wait(interval):
+            # Only plugin code on the loop's stack is reported: with no in-process plugin there is nothing to find,
+            # so look once a second (the loop's own beat goes on, so a stall is still measured from its start).
+            try:
+                watching = bool(self.plugins())
+            except RuntimeError:  # the loop changed the registry while we read it
+                watching = True
+            interval = self._beat_interval if watching else IDLE_WATCH_INTERVAL
             stalled_since = self._beat
             if time.monotonic() - stalled_since < threshold or self._stall is not None:
                 continue

@@ -59,7 +59,7 @@ from supervisor_tui.plugins.manifest import (
     parse_manifest,
     start_order,
 )
-from supervisor_tui.plugins.metrics import SAMPLE_INTERVAL, marked_processes
+from supervisor_tui.plugins.metrics import marked_processes, sample_interval
 from supervisor_tui.plugins.model import PluginActionError, PluginNotFound, PluginSnapshot, PluginState
 from supervisor_tui.plugins.peers import Peer, PeerPlugin, with_peers
 from supervisor_tui.plugins.ports import PortAllocator
@@ -1202,7 +1202,7 @@ class Supervisor:
     # -- metrics -------------------------------------------------------------------------------------------------
     async def _sample_metrics(self) -> None:
         while True:
-            await asyncio.sleep(SAMPLE_INTERVAL)
+            await asyncio.sleep(sample_interval(len(self._process_runners())))
             for runner in list(self._process_runners().values()):
                 try:
                     sample = runner.sample()

@@ -13,25 +13,42 @@ from supervisor_tui.core.events import MetricsSample
 
 SAMPLE_INTERVAL = 2.0
 HISTORY = 180  # samples: 6 minutes at one every 2 s
+# Process trees sampled a second at most, on average: with more than 50 plugins the interval grows past 2 s
+# (500 plugins: every 20 s). Sampling is nearly all an idle supervisor does, about 0.1-0.15 ms a tree here, and
+# 250 trees a second made 4 % of a core.
+TREES_PER_SECOND = 25
+
+
+def sample_interval(trees: int) -> float:
+    """Seconds between two samples of every plugin's process tree, for ``trees`` of them."""
+    return max(SAMPLE_INTERVAL, trees / TREES_PER_SECOND)
+
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
 
 class TreeSampler:
-    """Samples one root process and all its descendants; keeps psutil objects between samples so CPU % is
-    measured over the interval, and remembers the tree so leftovers can be found after the root died."""
+    """Samples one root process and all its descendants; remembers each one's CPU time between samples so CPU %
+    is measured over the interval, and the tree so leftovers can be found after the root died.
+
+    Each process costs one read of /proc/<pid>/stat (CPU time, threads, RSS, start time) and one listing of its
+    fds: psutil's per-call reads cost four times that, which was most of an idle supervisor's CPU."""
 
     def __init__(self, key: str, pid: int) -> None:
         self.key, self.pid = key, pid
-        self._procs: dict[int, psutil.Process] = {}
+        self._procs: dict[int, _Tracked] = {}
         try:
-            self._root: psutil.Process | None = psutil.Process(pid)
-            self._root.cpu_percent(None)
-            self._procs[pid] = self._root
-        except psutil.Error:
-            self._root = None
+            root = _Tracked(psutil.Process(pid))
+        except (psutil.Error, OSError):
+            root = None
+        self._root_start = root.start if root is not None else None
+        if root is not None:
+            self._procs[pid] = root
 
     def known_tree(self) -> list[psutil.Process]:
         """Processes seen in the tree at the last sample (some may be gone)."""
-        return list(self._procs.values())
+        return [t.proc for t in self._procs.values()]
 
     def sample(self) -> MetricsSample | None:
         """One sample of the tree, or None when the root is gone or /proc cannot be read (out of descriptors)."""
@@ -41,42 +58,94 @@ class TreeSampler:
             return None
 
     def _sample(self) -> MetricsSample | None:
-        root = self._root
-        if root is None:
+        root = self._procs.get(self.pid)
+        if root is None or self._root_start is None:
             return None
-        if not root.is_running():
-            return None
-        current: dict[int, psutil.Process] = {self.pid: root}
+        now = time.monotonic()
+        root_stat = _stat(self.pid)
+        if root_stat is None or root_stat.start != self._root_start:
+            return None  # gone, or its pid was reused
+        current: dict[int, _Tracked] = {self.pid: root}
+        stats = {self.pid: root_stat}
         for pid in descendant_pids(self.pid):
+            stat = _stat(pid)
+            if stat is None:
+                continue
             known = self._procs.get(pid)
-            if known is not None and known.is_running():
-                current[pid] = known
-                continue
-            try:
-                child = psutil.Process(pid)
-                child.cpu_percent(None)  # first call primes the counter
-            except psutil.Error:
-                continue
-            current[pid] = child
+            if known is None or known.start != stat.start:
+                try:
+                    known = _Tracked(psutil.Process(pid), stat)
+                except (psutil.Error, OSError):
+                    continue
+            current[pid] = known
+            stats[pid] = stat
         self._procs = current
         cpu = 0.0
         rss = threads = fds = count = 0
-        for proc in current.values():
-            try:
-                with proc.oneshot():
-                    cpu += proc.cpu_percent(None)
-                    rss += proc.memory_info().rss
-                    threads += proc.num_threads()
-                    fds += proc.num_fds()
-                    count += 1
-            except psutil.Error:
+        for pid, tracked in current.items():
+            stat = stats[pid]
+            if stat.zombie:
                 continue
+            try:
+                fds += len(os.listdir(f"/proc/{pid}/fd"))
+            except OSError:  # another user's process, or gone since
+                continue
+            cpu += tracked.cpu_percent(stat.cpu_ticks, now)
+            rss += stat.rss_pages * PAGE_SIZE
+            threads += stat.threads
+            count += 1
         if count == 0:
             return None
-        sample = MetricsSample(
+        return MetricsSample(
             key=self.key, cpu_percent=round(cpu, 1), rss=rss, threads=threads, fds=fds, processes=count, ts=time.time()
         )
-        return sample
+
+
+class _Stat:
+    """The fields of /proc/<pid>/stat a sample needs."""
+
+    __slots__ = ("cpu_ticks", "rss_pages", "start", "threads", "zombie")
+
+    def __init__(self, fields: list[bytes]) -> None:
+        # Fields after "(comm)", numbered from 3 (state) as in proc(5): utime 14, stime 15, num_threads 20,
+        # starttime 22, rss 24.
+        self.zombie = fields[0] == b"Z"
+        self.cpu_ticks = int(fields[11]) + int(fields[12])
+        self.threads = int(fields[17])
+        self.start = int(fields[19])
+        self.rss_pages = int(fields[21])
+
+
+def _stat(pid: int) -> _Stat | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except (FileNotFoundError, ProcessLookupError):  # gone
+        return None
+    return _Stat(data[data.rindex(b")") + 2 :].split())
+
+
+class _Tracked:
+    """One process of the tree: its psutil handle (for signalling it later) and its CPU time at the last sample."""
+
+    __slots__ = ("last", "proc", "start")
+
+    def __init__(self, proc: psutil.Process, stat: _Stat | None = None) -> None:
+        self.proc = proc
+        stat = stat or _stat(proc.pid)
+        if stat is None:
+            raise psutil.NoSuchProcess(proc.pid)
+        self.start = stat.start
+        self.last = (stat.cpu_ticks, time.monotonic())
+
+    def cpu_percent(self, ticks: int, now: float) -> float:
+        """% of one core since the last sample (0 on the first, like psutil's first ``cpu_percent(None)``)."""
+        last_ticks, last_time = self.last
+        self.last = (ticks, now)
+        elapsed = now - last_time
+        if elapsed <= 0:
+            return 0.0
+        return (ticks - last_ticks) / CLOCK_TICKS / elapsed * 100
 
 
 def descendant_pids(pid: int) -> list[int]:
