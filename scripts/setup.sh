@@ -38,3 +38,15 @@ fi
 if [ "${SUPERVISOR_TUI_SETUP_SYSTEM:-1}" = 1 ] && ! command -v tmux >/dev/null; then
   apt_install tmux || true
 fi
+# PostgreSQL for the console store's tests and bench (consoles.store = postgresql://...): only the binaries.
+# Tests start throwaway clusters of their own (initdb + pg_ctl in a temp dir); the cluster the package may
+# create is stopped, so it holds no port or memory.
+if [ "${SUPERVISOR_TUI_SETUP_SYSTEM:-1}" = 1 ] && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+  apt_install postgresql postgresql-contrib || true
+  if command -v pg_ctlcluster >/dev/null; then
+    for cluster in /etc/postgresql/*/*; do
+      [ -d "$cluster" ] || continue
+      pg_ctlcluster "$(basename "$(dirname "$cluster")")" "$(basename "$cluster")" stop 2>/dev/null || true
+    done
+  fi
+fi

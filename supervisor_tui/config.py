@@ -109,6 +109,20 @@ def _parse_int(lo: int, hi: int) -> Callable[[object], int]:
     return parse
 
 
+def mask_dsn(dsn: str) -> str:
+    """``dsn`` with its password (in the authority or a ``password=`` parameter) shown as ***."""
+    masked = re.sub(r"^([a-z][a-z0-9+.-]*://[^:/@?#]*):[^@/?#]*@", r"\1:***@", dsn, flags=re.IGNORECASE)
+    return re.sub(r"([?&]password=)[^&#]*", r"\1***", masked, flags=re.IGNORECASE)
+
+
+def _parse_console_store(value: object) -> str:
+    """``sqlite`` or a PostgreSQL DSN (postgresql:// or postgres://)."""
+    text = _parse_str(value).strip()
+    if text == "sqlite" or re.match(r"^postgres(ql)?://[^\s]+$", text):
+        return text
+    raise ValueError(text)
+
+
 def _parse_str(value: object) -> str:
     if not isinstance(value, str | int | float) or isinstance(value, bool):
         raise ValueError("not a string")
@@ -187,6 +201,7 @@ class Field:
     allowed: str
     help: str = ""
     secret: bool = False
+    show: Callable[[str], str] | None = None  # how a value is shown when only part of it is secret
 
     @property
     def name(self) -> str:
@@ -314,6 +329,15 @@ FIELDS: tuple[Field, ...] = (
     ),
     Field(
         "consoles",
+        "store",
+        "sqlite",
+        _parse_console_store,
+        "sqlite or a postgresql:// DSN",
+        "where consoles are kept: the SQLite database in data.dir, or a PostgreSQL shared by several supervisors",
+        show=mask_dsn,
+    ),
+    Field(
+        "consoles",
         "enrollment_token",
         "",
         _parse_str,
@@ -405,7 +429,8 @@ class Settings:
         try:
             parsed = f.parse(value)
         except (ValueError, TypeError):
-            raise ConfigError(name, "***" if f.secret else value, f.allowed, source) from None
+            shown = "***" if f.secret else f.show(str(value)) if f.show is not None else value
+            raise ConfigError(name, shown, f.allowed, source) from None
         self.values[name] = parsed
         self.sources[name] = source
 
@@ -463,6 +488,8 @@ class Settings:
             value = self.values[f.name]
             if f.secret and value:
                 shown = "*** (set)"
+            elif f.show is not None:
+                shown = f.show(str(value))
             elif isinstance(value, tuple):
                 shown = ", ".join(value)
             else:

@@ -13,6 +13,7 @@ import httpx
 import pytest
 from fixtures.consoles.harness import ConsoleServer, served_consoles
 
+from supervisor_tui.consoles.models import decode_heartbeat
 from supervisor_tui.core.events import ConsoleHeartbeats, ConsoleRegistered, ConsoleRemoved, ConsoleStateChanged
 
 CID = "550e8400-e29b-41d4-a716-446655440000"
@@ -503,3 +504,23 @@ async def test_heartbeats_take_the_path_under_test_and_odd_requests_take_asgi(
     assert r.status_code == 422 and r.json()["error"]["field"] == "state"
     assert taken == ([(CID, True), (CID, False)] if srv.path == "fast" else [])
     assert (await console(client, srv))["heartbeats"] == 3
+
+
+async def test_a_later_heartbeat_in_the_same_batch_keeps_the_host_name_it_does_not_carry(
+    client: httpx.AsyncClient, srv: ConsoleServer
+) -> None:
+    await register_es(client, {"id": "c1", "nombre": "uno"})
+    with_host = decode_heartbeat(json.dumps(SEED_HEARTBEAT).encode(), spanish=True)
+    without_host = decode_heartbeat(
+        json.dumps({"estado": "activa", "sistema": {"platform": "linux"}}).encode(), spanish=True
+    )
+    # Queued without waiting in between: both land in one write batch.
+    first = srv.service.submit_heartbeat("c1", with_host)
+    second = srv.service.submit_heartbeat("c1", without_host)
+    await asyncio.gather(first, second)
+    assert srv.service.metrics().write_batches == 2  # the registration's, then the two heartbeats'
+    c = await console(client, srv, "c1")
+    assert c["hostname"] == "mi-servidor"
+    assert c["system"] == {"platform": "linux"} and c["state"] == "active" and c["heartbeats"] == 2
+    r = await client.get("/api/consoles", params={"search": "mi-serv"}, headers=srv.admin)
+    assert [x["id"] for x in r.json()["consoles"]] == ["c1"]

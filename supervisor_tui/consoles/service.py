@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from supervisor_tui.config import Settings
-from supervisor_tui.consoles import queries
+from supervisor_tui.consoles.console_store import ConsoleStore
 from supervisor_tui.consoles.errors import (
     ConsoleForbidden,
     ConsoleNotFound,
@@ -39,6 +39,7 @@ from supervisor_tui.consoles.errors import (
 )
 from supervisor_tui.consoles.models import ALL_STATES, HeartbeatInput, RegistrationInput, iso
 from supervisor_tui.consoles.recency import Recency
+from supervisor_tui.consoles.sqlite_store import SqliteConsoleStore
 from supervisor_tui.consoles.sweeper import Deadlines
 from supervisor_tui.consoles.writer import GroupCommitWriter, Op, Plan, WriteFailed, WriterClosed, is_damage
 from supervisor_tui.core.events import (
@@ -61,57 +62,6 @@ REJECT_REASONS = (
     "forbidden",
     "unavailable",
 )
-
-_INSERT_HEARTBEAT = (
-    "INSERT INTO heartbeats (console_id, received_at, state, last_activity, last_error, current_job, system) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?)"
-)
-# A heartbeat rewrites only the indexed columns that changed (state, last_activity, hostname): most heartbeats
-# repeat them, and every indexed column written costs an index update in the same fsync'd transaction.
-_HEARTBEAT_SET = (
-    "system = COALESCE(?, system), last_error = ?, current_job = ?, last_seen = ?, heartbeats = heartbeats + ?"
-)
-_UPDATE_FROM_HEARTBEAT: dict[tuple[bool, bool, bool], str] = {
-    (state, activity, host): "UPDATE consoles SET "
-    + ("state = ?, reported_state = ?, " if state else "")
-    + ("last_activity = ?, " if activity else "")
-    + ("hostname = ?, " if host else "")
-    + _HEARTBEAT_SET
-    + " WHERE id = ?"
-    for state in (False, True)
-    for activity in (False, True)
-    for host in (False, True)
-}
-_UPDATE_TIMEOUT = "UPDATE consoles SET state = 'inactive' WHERE id = ?"
-_INSERT_TRANSITION = "INSERT INTO transitions (console_id, from_state, to_state, at, reason) VALUES (?, ?, ?, ?, ?)"
-_INSERT_CONSOLE = (
-    "INSERT INTO consoles (id, name, state, reported_state, system, hostname, last_activity, last_error, "
-    "current_job, token_hash, first_seen, last_seen, heartbeats) VALUES (?, ?, ?, ?, ?, ?, ?, NULL, NULL, ?, ?, ?, 0)"
-)
-_UPDATE_REGISTRATION = (
-    "UPDATE consoles SET name = ?, state = ?, reported_state = ?, system = COALESCE(?, system), "
-    "hostname = COALESCE(?, hostname), last_activity = COALESCE(?, last_activity), last_error = NULL, "
-    "current_job = NULL, token_hash = ?, last_seen = ? WHERE id = ?"
-)
-_DELETE_CONSOLE = "DELETE FROM consoles WHERE id = ?"
-
-
-def _ends(table: str, column: str, index: str | None = None) -> tuple[str, str]:
-    """Two reads of a few pages each: the first and the last entry of ``table`` or its ``index`` (one MIN or
-    MAX per query: SQLite scans everything for both at once)."""
-    source = f"{table} INDEXED BY {index}" if index else table
-    return f"SELECT MIN({column}) FROM {source}", f"SELECT MAX({column}) FROM {source}"
-
-
-# What inserts and retention touch in each history table and its indices.
-_HISTORY_PROBES = {
-    "heartbeats": (*_ends("heartbeats", "id"), *_ends("heartbeats", "console_id", "idx_heartbeats_console")),
-    "transitions": (
-        *_ends("transitions", "id"),
-        *_ends("transitions", "console_id", "idx_transitions_console"),
-        *_ends("transitions", "at", "idx_transitions_at"),
-    ),
-}
 
 
 def hash_console_token(token: str) -> str:
@@ -211,43 +161,21 @@ def _first(item: tuple[float, ConsoleEntry, bool]) -> float:
     return item[0]
 
 
-def _last_id_before(conn: sqlite3.Connection, cutoff: float) -> int | None:
-    """The largest heartbeat id received before ``cutoff``: ids grow with time, so a binary search over rowids
-    finds it without an index on received_at."""
-    first = conn.execute("SELECT id, received_at FROM heartbeats ORDER BY id LIMIT 1").fetchone()
-    if first is None or first[1] >= cutoff:
-        return None
-    last = conn.execute("SELECT id, received_at FROM heartbeats ORDER BY id DESC LIMIT 1").fetchone()
-    if last[1] < cutoff:
-        return int(last[0])
-    lo, hi = int(first[0]), int(last[0])  # received(lo) < cutoff <= received(hi)
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        row = conn.execute(
-            "SELECT id, received_at FROM heartbeats WHERE id >= ? ORDER BY id LIMIT 1", (mid,)
-        ).fetchone()
-        if row[0] >= hi:
-            hi = mid
-        elif row[1] < cutoff:
-            lo = int(row[0])
-        else:
-            hi = int(row[0])
-    return lo
-
-
 class ConsoleService:
     """The consoles domain: see the module docstring for the life cycle."""
 
     def __init__(
         self,
-        store: Store,
+        store: Store | ConsoleStore,
         bus: EventBus,
         settings: Settings,
         logs: LogHub | None = None,
         sweep_interval: float = 1.0,
         retention_interval: float = 60.0,
     ) -> None:
-        self.store = store
+        # The supervisor's own database (the embedded default) or another console store (PostgreSQL).
+        self.store: ConsoleStore = SqliteConsoleStore(store) if isinstance(store, Store) else store
+        self._sql = self.store.sql
         self.bus = bus
         self.settings = settings
         self.logs = logs
@@ -264,7 +192,7 @@ class ConsoleService:
         self._deadlines = Deadlines(self.inactive_after)
         self._recency = Recency()
         self._timeout_retry: dict[str, float] = {}
-        self._writer = GroupCommitWriter(store, self._plan)
+        self._writer = GroupCommitWriter(self.store, self._plan)
         self._writer.on_damaged = self._report_damage
         self._tasks: list[asyncio.Task[None]] = []
         self._counters = _Counters()
@@ -273,23 +201,7 @@ class ConsoleService:
     # -- life cycle --------------------------------------------------------------------------------------
     async def start(self) -> None:
         """Load every console into memory, then start the writer, the inactivity sweeper and retention."""
-        db = self.store.writer
-        async with db.execute(
-            "SELECT id, name, state, reported_state, token_hash, first_seen, last_seen, last_activity, hostname "
-            "FROM consoles "
-            "ORDER BY last_seen"
-        ) as cur:
-            rows = await cur.fetchall()
-        counts: dict[str, int] = {}
-        await self._probe_history()
-        if "heartbeats" not in self._writer.damaged:
-            try:
-                async with db.execute("SELECT console_id, COUNT(*) FROM heartbeats GROUP BY console_id") as cur:
-                    counts = {r[0]: int(r[1]) for r in await cur.fetchall()}
-            except sqlite3.DatabaseError as exc:  # damaged history must not keep the supervisor from starting
-                if not is_damage(exc):
-                    raise
-                self._writer.mark_damaged("heartbeats", str(exc))
+        rows, counts = await self.store.load(self._writer.mark_damaged)
         self._entries.clear()
         self._by_state.clear()
         self._recency.clear()
@@ -307,20 +219,6 @@ class ConsoleService:
             loop.create_task(self._retention_loop(), name="consoles-retention"),
         ]
         self.started = True
-
-    async def _probe_history(self) -> None:
-        """Read the ends of each history table and its indices (a few pages each, whatever their size: a full
-        PRAGMA quick_check costs seconds per million rows) so a damaged root or edge page is reported now."""
-        for table, probes in _HISTORY_PROBES.items():
-            for sql in probes:
-                try:
-                    async with self.store.writer.execute(sql) as cur:
-                        await cur.fetchall()
-                except sqlite3.DatabaseError as exc:
-                    if not is_damage(exc):
-                        raise
-                    self._writer.mark_damaged(table, str(exc))
-                    break
 
     async def stop(self) -> None:
         """Stop the sweeper and retention, then write everything already queued (nothing acknowledged is lost)."""
@@ -404,6 +302,7 @@ class ConsoleService:
     # -- the writer's planner: runs in the event loop, turns a batch of ops into SQL steps ----------------
     def _plan(self, ops: list[Op]) -> Plan:
         plan = Plan()
+        sql = self._sql
         work: dict[str, ConsoleEntry | None] = {}
         hb_rows: list[tuple[Any, ...]] = []
         updates: dict[str, list[Any]] = {}
@@ -426,8 +325,8 @@ class ConsoleService:
         def flush() -> None:
             # Timeouts before heartbeat updates: a console that timed out and then spoke in the same batch
             # must end in its reported state.
-            plan.many(_UPDATE_TIMEOUT, timeouts[:])
-            plan.history("heartbeats", _INSERT_HEARTBEAT, hb_rows[:])
+            plan.many(sql.update_timeout, timeouts[:])
+            plan.history("heartbeats", sql.insert_heartbeat, hb_rows[:])
             by_kind: dict[tuple[bool, bool, bool], list[tuple[Any, ...]]] = {}
             for u in updates.values():
                 state, system, host, activity, error, job, seen, count, cid, old_state, old_activity, old_host = u
@@ -442,8 +341,8 @@ class ConsoleService:
                 )
                 by_kind.setdefault((state_changed, activity_changed, host_changed), []).append(row)
             for kind, rows in by_kind.items():
-                plan.many(_UPDATE_FROM_HEARTBEAT[kind], rows)
-            plan.history("transitions", _INSERT_TRANSITION, trans[:])
+                plan.many(sql.update_from_heartbeat[kind], rows)
+            plan.history("transitions", sql.insert_transition, trans[:])
             timeouts.clear()
             hb_rows.clear()
             updates.clear()
@@ -484,8 +383,12 @@ class ConsoleService:
                     ]
                 else:
                     u[0] = hb.state
+                    # A later heartbeat of the batch replaces only what it carries: one without a host name
+                    # (or without a system object) must not erase the host name an earlier one reported.
                     if hb.system_json is not None:
-                        u[1], u[2] = hb.system_json, hb.hostname
+                        u[1] = hb.system_json
+                    if hb.hostname is not None:
+                        u[2] = hb.hostname
                     if hb.last_activity is not None:
                         u[3] = hb.last_activity
                     u[4], u[5], u[6] = hb.last_error_json, hb.current_job, p.received_at
@@ -534,7 +437,7 @@ class ConsoleService:
                 th = hash_console_token(token)
                 if e is None:
                     plan.many(
-                        _INSERT_CONSOLE,
+                        sql.insert_console,
                         [
                             (
                                 reg.id,
@@ -557,7 +460,7 @@ class ConsoleService:
                     created = True
                 else:
                     plan.many(
-                        _UPDATE_REGISTRATION,
+                        sql.update_registration,
                         [
                             (
                                 reg.name,
@@ -586,7 +489,7 @@ class ConsoleService:
                     if reg.hostname is not None:
                         e.hostname = reg.hostname
                     created = False
-                plan.history("transitions", _INSERT_TRANSITION, trans[:])
+                plan.history("transitions", sql.insert_transition, trans[:])
                 trans.clear()
                 registrations += 1
                 events.append(ConsoleRegistered(console_id=reg.id, name=reg.name, state=reg.state))
@@ -608,7 +511,7 @@ class ConsoleService:
                     answers.append((op.future, False))
                     continue
                 flush()
-                plan.many(_DELETE_CONSOLE, [(cid,)])
+                plan.many(sql.delete_console, [(cid,)])
                 work[cid] = None
                 beat_ids.pop(cid, None)
                 removed.append(cid)
@@ -754,20 +657,9 @@ class ConsoleService:
         tr_cutoff = now - self.transition_retention
         done = {"heartbeats_by_age": 0, "heartbeats_by_count": 0, "transitions": 0}
 
-        def by_age(conn: sqlite3.Connection) -> list[str]:
-            last = _last_id_before(conn, hb_cutoff)
-            if last is None:
-                return []
-            rows = conn.execute(
-                "DELETE FROM heartbeats WHERE id IN (SELECT id FROM heartbeats WHERE id <= ? ORDER BY id LIMIT ?) "
-                "RETURNING console_id",
-                (last, chunk),
-            ).fetchall()
-            return [r[0] for r in rows]
-
         damaged = self._writer.damaged
         while "heartbeats" not in damaged:
-            ids: list[str] = await self._maintenance(by_age)
+            ids: list[str] = await self._maintenance(self.store.prune_heartbeats_by_age(hb_cutoff, chunk))
             self._forget_rows(ids)
             done["heartbeats_by_age"] += len(ids)
             if len(ids) < chunk:
@@ -777,32 +669,12 @@ class ConsoleService:
         if "heartbeats" in damaged:
             over = []
         for i in range(0, len(over), 100):
-            group = over[i : i + 100]
-
-            def by_count(conn: sqlite3.Connection, group: list[tuple[str, int]] = group) -> list[str]:
-                out: list[str] = []
-                for cid, excess in group:
-                    rows = conn.execute(
-                        "DELETE FROM heartbeats WHERE id IN (SELECT id FROM heartbeats WHERE console_id = ? "
-                        "ORDER BY received_at, id LIMIT ?) RETURNING console_id",
-                        (cid, excess),
-                    ).fetchall()
-                    out += [r[0] for r in rows]
-                return out
-
-            ids = await self._maintenance(by_count)
+            ids = await self._maintenance(self.store.prune_heartbeats_by_count(over[i : i + 100]))
             self._forget_rows(ids)
             done["heartbeats_by_count"] += len(ids)
 
-        def transitions(conn: sqlite3.Connection) -> int:
-            cur = conn.execute(
-                "DELETE FROM transitions WHERE id IN (SELECT id FROM transitions WHERE at < ? ORDER BY at LIMIT ?)",
-                (tr_cutoff, chunk),
-            )
-            return int(cur.rowcount)
-
         while "transitions" not in damaged:
-            n: int = await self._maintenance(transitions)
+            n: int = await self._maintenance(self.store.prune_transitions(tr_cutoff, chunk))
             done["transitions"] += n
             if n < chunk:
                 break
@@ -865,12 +737,12 @@ class ConsoleService:
         if search is None and sort in ("-last_seen", "last_seen"):
             ids = self._recency.page(state, limit, offset, newest_first=sort == "-last_seen")
             total = len(self._entries) if state is None else self._by_state.get(state, 0)
-            return await queries.consoles_by_id(self.store.reader, self.inactive_after, ids), total
-        return await queries.list_consoles(self.store.reader, self.inactive_after, state, search, limit, offset, sort)
+            return await self.store.consoles_by_id(self.inactive_after, ids), total
+        return await self.store.list_consoles(self.inactive_after, state, search, limit, offset, sort)
 
     async def get(self, console_id: str) -> dict[str, Any]:
         """One console record (ConsoleNotFound)."""
-        record = await queries.get_console(self.store.reader, console_id, self.inactive_after)
+        record = await self.store.get_console(console_id, self.inactive_after)
         if record is None:
             raise ConsoleNotFound(f"no console {console_id!r}")
         return record
@@ -879,13 +751,13 @@ class ConsoleService:
         """The console's latest heartbeats, newest first (ConsoleNotFound)."""
         if console_id not in self._entries:
             raise ConsoleNotFound(f"no console {console_id!r}")
-        return await self._history("heartbeats", queries.heartbeats(self.store.reader, console_id, limit))
+        return await self._history("heartbeats", self.store.heartbeats(console_id, limit))
 
     async def transitions(self, console_id: str, limit: int = 100) -> list[dict[str, Any]]:
         """The console's latest state transitions, newest first (ConsoleNotFound)."""
         if console_id not in self._entries:
             raise ConsoleNotFound(f"no console {console_id!r}")
-        return await self._history("transitions", queries.transitions(self.store.reader, console_id, limit))
+        return await self._history("transitions", self.store.transitions(console_id, limit))
 
     async def _history(self, table: str, read: Coroutine[Any, Any, list[dict[str, Any]]]) -> list[dict[str, Any]]:
         """A read of a history table; a damaged one answers ConsoleUnavailable naming it."""
@@ -906,7 +778,7 @@ class ConsoleService:
     def _report_damage(self, table: str, error: str) -> None:
         self._log(
             "error",
-            f"console history table {table} in {self.store.path} is damaged ({error}): heartbeats and "
+            f"console history table {table} in {self.store.where} is damaged ({error}): heartbeats and "
             f"registrations are still recorded, but no more {table} history; repair the database with the "
             "supervisor stopped (sqlite3 .recover)",
             "history_damaged",
@@ -915,7 +787,7 @@ class ConsoleService:
 
     async def stats(self) -> dict[str, Any]:
         """Count and latest activity by state (seed 004's statistics query)."""
-        return await queries.stats(self.store.reader)
+        return await self.store.stats()
 
     # -- logging -----------------------------------------------------------------------------------------
     def _log(self, level: str, message: str, event: str, **fields: Any) -> None:
