@@ -771,6 +771,11 @@ class ConsoleService:
         read.close()
         raise ConsoleUnavailable(f"the console history table {table} is damaged ({self._writer.damaged[table]})")
 
+    def store_status(self) -> dict[str, Any]:
+        """The console store's kind, where it is (no password) and whether it can be written now."""
+        problem = self.store.problem
+        return {"kind": self.store.kind, "where": self.store.where, "available": problem is None, "problem": problem}
+
     def damaged_history(self) -> dict[str, str]:
         """History tables found damaged (their rows are no longer written): table -> the database's error."""
         return dict(self._writer.damaged)

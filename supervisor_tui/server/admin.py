@@ -211,6 +211,7 @@ def create_admin_app(ctx: ApiContext, extra_openapi_paths: dict[str, Any] | None
             "plugins": {"total": len(plugins), "by_state": by_state},
             "consoles": {"total": sum(consoles.values()), "by_state": consoles},
             "damaged_tables": ctx.consoles.damaged_history() if ctx.consoles is not None else {},
+            "console_store": ctx.consoles.store_status() if ctx.consoles is not None else None,
         }
 
     @app.get(

@@ -68,6 +68,13 @@ class Counts(BaseModel):
     by_state: dict[str, int]
 
 
+class ConsoleStoreOut(BaseModel):
+    kind: str = Field(description="sqlite | postgresql")
+    where: str = Field(description="The database file, or the DSN with its password masked")
+    available: bool
+    problem: str | None = Field(default=None, description="Why the store cannot be written now")
+
+
 class StatusOut(BaseModel):
     version: str
     mode: str = Field(description="headless | embedded")
@@ -77,6 +84,9 @@ class StatusOut(BaseModel):
     consoles: Counts
     damaged_tables: dict[str, str] = Field(
         default_factory=dict, description="Console history tables found damaged (no longer written): the error"
+    )
+    console_store: ConsoleStoreOut | None = Field(
+        default=None, description="Where consoles are kept, and whether it works"
     )
 
 
