@@ -44,6 +44,9 @@ class ConsoleStore(Protocol):
 
     kind: str  # "sqlite" or "postgresql"
     sql: ConsoleSQL
+    # Several supervisors may write it at once: inactivity is flipped by a conditional update (flip_inactive),
+    # heartbeats always write the state, and changes go to the other nodes (see pg_events.py).
+    shared: bool
 
     @property
     def where(self) -> str:

@@ -27,6 +27,7 @@ from supervisor_tui.consoles import pg_queries
 from supervisor_tui.consoles.console_store import ConsoleRow, ConsoleSQL, Step
 from supervisor_tui.consoles.errors import ConsoleUnavailable
 from supervisor_tui.consoles.models import SPANISH_TO_ENGLISH
+from supervisor_tui.consoles.pg_events import NOTIFY_SQL, Change, ChangeListener, payloads
 from supervisor_tui.core.store import StoreError, StoreUnreachable
 
 # Each entry moves the schema from version i to i+1 (recorded in console_schema). Never edit a released entry.
@@ -194,6 +195,7 @@ class PgConsoleStore:
 
     kind = "postgresql"
     sql = PG_SQL
+    shared = True
 
     def __init__(self, dsn: str, pool_size: int = 8) -> None:
         self._dsn = dsn
@@ -201,6 +203,8 @@ class PgConsoleStore:
         self._pool: asyncpg.Pool | None = None
         self._problem: str | None = None
         self._problem_since: float | None = None
+        self._listener: ChangeListener | None = None
+        self.listener_problem: str | None = None
 
     @property
     def where(self) -> str:
@@ -208,7 +212,24 @@ class PgConsoleStore:
 
     @property
     def problem(self) -> str | None:
-        return self._problem
+        return self._problem or self.listener_problem
+
+    async def listen(
+        self, node: str, on_changes: Callable[[list[Change]], None], on_reconnect: Callable[[], Any]
+    ) -> None:
+        """Receive the other nodes' console changes (pg_events.py) until close()."""
+
+        def problem(text: str | None) -> None:
+            self.listener_problem = text
+
+        self._listener = ChangeListener(self._dsn, node, on_changes, on_reconnect, problem)
+        try:
+            await self._listener.start()
+        except Exception as exc:
+            self._listener = None
+            raise StoreUnreachable(
+                f"cannot listen for console changes on {self.where}: {_describe_error(exc)}"
+            ) from None
 
     @property
     def pool(self) -> asyncpg.Pool:
@@ -258,6 +279,9 @@ class PgConsoleStore:
         return int(await self.pool.fetchval("SELECT max(version) FROM console_schema") or 0)
 
     async def close(self) -> None:
+        if self._listener is not None:
+            listener, self._listener = self._listener, None
+            await listener.close()
         if self._pool is not None:
             pool, self._pool = self._pool, None
             try:
@@ -330,6 +354,38 @@ class PgConsoleStore:
 
     async def stats(self) -> dict[str, Any]:
         return await self._read(pg_queries.stats(self.pool))
+
+    # -- inactivity for the fleet ------------------------------------------------------------------------------
+    def flip_inactive(
+        self, due: list[tuple[str, float]], inactive_after: float, node: str
+    ) -> Callable[[asyncpg.Connection], Any]:
+        """A step that makes inactive those of ``due`` (console id, deadline) still silent since their deadline
+        and not already inactive: one flip for the whole fleet, whichever nodes sweep (rows another node is
+        flipping are skipped, and a flipped one no longer matches). The step records their transitions, tells the
+        other nodes, and returns [(console id, from state, deadline)] for the ones this node flipped."""
+
+        async def flip(conn: asyncpg.Connection) -> list[tuple[str, str, float]]:
+            rows = await conn.fetch(
+                "WITH due AS (SELECT c.console_id, c.estado, d.deadline FROM consolas c "
+                "  JOIN unnest($1::text[], $2::float8[]) AS d(console_id, deadline) ON c.console_id = d.console_id "
+                "  WHERE c.estado <> 'inactiva' AND c.last_seen <= to_timestamp(d.deadline - $3 + 0.000001) "
+                "  FOR UPDATE OF c SKIP LOCKED) "
+                "UPDATE consolas c SET estado = 'inactiva', updated_at = now() FROM due "
+                "WHERE c.console_id = due.console_id RETURNING c.console_id, due.estado, due.deadline",
+                [cid for cid, _ in due],
+                [deadline for _, deadline in due],
+                inactive_after,
+            )
+            flipped = [(r[0], SPANISH_TO_ENGLISH[r[1]], float(r[2])) for r in rows]
+            if flipped:
+                await conn.executemany(
+                    self.sql.insert_transition, [(cid, old, "inactive", at, "timeout") for cid, old, at in flipped]
+                )
+                changes: list[Change] = [["state", cid, old, "inactive", "timeout", at] for cid, old, at in flipped]
+                await conn.executemany(NOTIFY_SQL, [(p,) for p in payloads(node, changes)])
+            return flipped
+
+        return flip
 
     # -- maintenance -----------------------------------------------------------------------------------------
     def prune_heartbeats_by_age(self, cutoff: float, chunk: int) -> Callable[[asyncpg.Connection], Any]:

@@ -38,6 +38,7 @@ from supervisor_tui.consoles.errors import (
     ConsoleUnavailable,
 )
 from supervisor_tui.consoles.models import ALL_STATES, HeartbeatInput, RegistrationInput, iso
+from supervisor_tui.consoles.pg_events import NOTIFY_SQL, Change, payloads
 from supervisor_tui.consoles.recency import Recency
 from supervisor_tui.consoles.sqlite_store import SqliteConsoleStore
 from supervisor_tui.consoles.sweeper import Deadlines
@@ -161,6 +162,27 @@ def _first(item: tuple[float, ConsoleEntry, bool]) -> float:
     return item[0]
 
 
+def _changes(events: list[Any], work: dict[str, ConsoleEntry | None], beats_of: dict[str, int]) -> list[Change]:
+    """A batch's committed changes as the other nodes of a shared store apply them (pg_events.py)."""
+    out: list[Change] = []
+    for event in events:
+        if isinstance(event, ConsoleRegistered):
+            e = work.get(event.console_id)
+            if e is not None:
+                out.append(
+                    ["reg", e.id, e.name, e.state, e.token_hash, e.first_seen, e.last_seen, e.last_activity, e.hostname]
+                )
+        elif isinstance(event, ConsoleStateChanged):
+            out.append(["state", event.console_id, event.from_state, event.to_state, event.reason, event.at])
+        elif isinstance(event, ConsoleRemoved):
+            out.append(["rm", event.console_id])
+    for cid, count in beats_of.items():
+        e = work.get(cid)
+        if e is not None:
+            out.append(["hb", cid, e.state, e.last_seen, e.last_activity, e.hostname, count])
+    return out
+
+
 class ConsoleService:
     """The consoles domain: see the module docstring for the life cycle."""
 
@@ -193,6 +215,9 @@ class ConsoleService:
         self._recency = Recency()
         self._timeout_retry: dict[str, float] = {}
         self._writer = GroupCommitWriter(self.store, self._plan)
+        # Several supervisors share the store (PostgreSQL): this one's name in the changes it tells the others.
+        self._shared = self.store.shared
+        self.node = secrets.token_hex(8)
         self._writer.on_damaged = self._report_damage
         self._tasks: list[asyncio.Task[None]] = []
         self._counters = _Counters()
@@ -201,17 +226,10 @@ class ConsoleService:
     # -- life cycle --------------------------------------------------------------------------------------
     async def start(self) -> None:
         """Load every console into memory, then start the writer, the inactivity sweeper and retention."""
-        rows, counts = await self.store.load(self._writer.mark_damaged)
-        self._entries.clear()
-        self._by_state.clear()
-        self._recency.clear()
-        for cid, name, state, reported, token_hash, first, last, activity, host in rows:
-            e = ConsoleEntry(cid, name, state, reported, token_hash, first, last, counts.get(cid, 0), activity, host)
-            self._entries[cid] = e
-            self._by_state[state] += 1
-            self._recency.touch(cid, last, state)
-            if state != "inactive":
-                self._deadlines.touch(cid, last)
+        await self._load_view()
+        if self._shared:
+            # Listening before the writer starts: no change another node commits from now on is missed.
+            await self.store.listen(self.node, self._apply_remote, self._load_view)  # type: ignore[attr-defined]
         self._writer.start()
         loop = asyncio.get_running_loop()
         self._tasks = [
@@ -219,6 +237,21 @@ class ConsoleService:
             loop.create_task(self._retention_loop(), name="consoles-retention"),
         ]
         self.started = True
+
+    async def _load_view(self) -> None:
+        """Every console from the store into memory (at start, and when a shared store's change feed was lost)."""
+        rows, counts = await self.store.load(self._writer.mark_damaged)
+        self._entries.clear()
+        self._by_state.clear()
+        self._recency.clear()
+        self._deadlines = Deadlines(self.inactive_after)
+        for cid, name, state, reported, token_hash, first, last, activity, host in rows:
+            e = ConsoleEntry(cid, name, state, reported, token_hash, first, last, counts.get(cid, 0), activity, host)
+            self._entries[cid] = e
+            self._by_state[state] += 1
+            self._recency.touch(cid, last, state)
+            if state != "inactive":
+                self._deadlines.touch(cid, last)
 
     async def stop(self) -> None:
         """Stop the sweeper and retention, then write everything already queued (nothing acknowledged is lost)."""
@@ -303,6 +336,10 @@ class ConsoleService:
     def _plan(self, ops: list[Op]) -> Plan:
         plan = Plan()
         sql = self._sql
+        shared = self._shared
+        shared_timeouts: list[tuple[str, float]] = []  # flipped by the store, once for the fleet
+        flips: list[int] = []  # indices of their steps' results
+        beats_of: dict[str, int] = {}  # heartbeats per console, for the other nodes (shared stores only)
         work: dict[str, ConsoleEntry | None] = {}
         hb_rows: list[tuple[Any, ...]] = []
         updates: dict[str, list[Any]] = {}
@@ -326,11 +363,16 @@ class ConsoleService:
             # Timeouts before heartbeat updates: a console that timed out and then spoke in the same batch
             # must end in its reported state.
             plan.many(sql.update_timeout, timeouts[:])
+            if shared_timeouts:
+                flip = self.store.flip_inactive(shared_timeouts[:], self.inactive_after, self.node)  # type: ignore[attr-defined]
+                flips.append(plan.call(flip))
+                shared_timeouts.clear()
             plan.history("heartbeats", sql.insert_heartbeat, hb_rows[:])
             by_kind: dict[tuple[bool, bool, bool], list[tuple[Any, ...]]] = {}
             for u in updates.values():
                 state, system, host, activity, error, job, seen, count, cid, old_state, old_activity, old_host = u
-                state_changed = state != old_state
+                # A shared store may have been changed by another node since: the state is always written.
+                state_changed = state != old_state or shared
                 activity_changed = activity is not None and activity != old_activity
                 host_changed = host is not None and host != old_host
                 row = (
@@ -415,12 +457,21 @@ class ConsoleService:
                 )
                 beats += 1
                 beat_ids[e.id] = None
+                if shared:
+                    beats_of[e.id] = beats_of.get(e.id, 0) + 1
                 answers.append((op.future, HeartbeatAck(e.id, hb.state, p.received_at)))
             elif op.kind == "timeout":
                 cid, deadline = op.payload
-                e = current(cid)
+                # Looked at, not copied into the batch's work: a copy would be written back to memory on commit,
+                # over what another node may have changed meanwhile (a shared store flips it, or not, itself).
+                e = work[cid] if cid in work else self._entries.get(cid)
                 if e is None or e.state == "inactive" or e.last_seen + self.inactive_after > deadline + 1e-6:
                     continue  # removed, already inactive, or heard from since the deadline was taken
+                if shared:
+                    shared_timeouts.append((cid, deadline))
+                    continue
+                e = current(cid)
+                assert e is not None
                 transition(cid, e.state, "inactive", deadline, "timeout")
                 e.state = "inactive"
                 timeouts.append((cid,))
@@ -522,9 +573,14 @@ class ConsoleService:
                 index = plan.call(op.payload)
                 answers.append((op.future, ("result", index)))
         flush()
+        if shared and (events or beats_of):
+            plan.many(NOTIFY_SQL, [(p,) for p in payloads(self.node, _changes(events, work, beats_of))])
 
         def on_commit(results: list[Any]) -> None:
             self._apply(work)
+            for index in flips:
+                for cid, old_state, at in results[index]:
+                    self._flipped(cid, old_state, at)
             self._counters.accepted += beats
             self._counters.registrations += registrations
             for fut, value in answers:
@@ -549,6 +605,81 @@ class ConsoleService:
         plan.on_commit = on_commit
         plan.on_fail = on_fail
         return plan
+
+    def _flipped(self, cid: str, old_state: str, at: float, remote: bool = False) -> None:
+        """The store made console ``cid`` inactive (this node's sweep, or another's when ``remote``)."""
+        e = self._entries.get(cid)
+        if e is not None and e.state != "inactive":
+            new = e.copy()
+            new.state = "inactive"
+            self._apply({cid: new})
+        event = ConsoleStateChanged(
+            console_id=cid, from_state=old_state, to_state="inactive", reason="timeout", at=at, remote=remote
+        )
+        self.bus.publish(event)
+        if not remote:
+            self._log_event(event)
+
+    def _apply_remote(self, changes: list[Change]) -> None:
+        """Another node committed these changes (pg_events.py): update memory, publish them marked remote."""
+        work: dict[str, ConsoleEntry | None] = {}
+        events: list[Any] = []
+        beats = 0
+        beat_ids: dict[str, None] = {}
+
+        def current(cid: str) -> ConsoleEntry | None:
+            if cid in work:
+                return work[cid]
+            e = self._entries.get(cid)
+            work[cid] = e2 = e.copy() if e is not None else None
+            return e2
+
+        for change in changes:
+            try:
+                kind, cid = change[0], str(change[1])
+                if kind == "reg":
+                    _, _, name, state, token_hash, first, last, activity, host = change
+                    old = current(cid)
+                    stored = old.stored_heartbeats if old is not None else 0
+                    work[cid] = ConsoleEntry(cid, name, state, state, token_hash, first, last, stored, activity, host)
+                    events.append(ConsoleRegistered(console_id=cid, name=name, state=state, remote=True))
+                elif kind == "hb":
+                    _, _, state, last, activity, host, count = change
+                    e = current(cid)
+                    if e is None:
+                        continue
+                    e.state = e.reported_state = state
+                    e.last_seen = last
+                    if activity is not None:
+                        e.last_activity = activity
+                    if host is not None:
+                        e.hostname = host
+                    e.stored_heartbeats += int(count)
+                    beats += int(count)
+                    beat_ids[cid] = None
+                elif kind == "state":
+                    _, _, old_state, new_state, reason, at = change
+                    if reason == "timeout":
+                        self._apply(work)
+                        work = {}
+                        self._flipped(cid, old_state, at, remote=True)
+                        continue
+                    events.append(
+                        ConsoleStateChanged(
+                            console_id=cid, from_state=old_state, to_state=new_state, reason=reason, at=at, remote=True
+                        )
+                    )
+                elif kind == "rm":
+                    work[cid] = None
+                    beat_ids.pop(cid, None)
+                    events.append(ConsoleRemoved(console_id=cid, remote=True))
+            except (ValueError, TypeError, IndexError):  # not a change this version knows: skip it
+                continue
+        self._apply(work)
+        for event in events:
+            self.bus.publish(event)
+        if beats:
+            self.bus.publish(ConsoleHeartbeats(count=beats, console_ids=tuple(beat_ids), remote=True))
 
     def _registration_token(self, e: ConsoleEntry | None, r: _RegisterOp) -> str:
         """The token the console will use from now on, or raise when it may not (re-)register."""

@@ -100,6 +100,7 @@ class SqliteConsoleStore:
 
     kind = "sqlite"
     sql = SQLITE_SQL
+    shared = False  # one supervisor owns the file
 
     def __init__(self, store: Store) -> None:
         self.db = store
