@@ -3,15 +3,19 @@ every node's reads agree; one silence is one inactivity for the fleet; changes r
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import httpx
+import websockets
 from conftest import wait_until
-from fixtures.consoles.harness import ConsoleServer, served_consoles
+from fixtures.consoles.harness import ADMIN_TOKEN, ConsoleServer, free_port, headless_process, served_consoles
+from test_webhook_alerts import Receiver
 
 from supervisor_tui.core.events import ConsoleHeartbeats, ConsoleRegistered, ConsoleRemoved, ConsoleStateChanged
 
@@ -111,3 +115,55 @@ async def test_three_nodes_sweeping_flip_a_silent_console_once(tmp_path: Path, p
         assert len(seen) == 30
         assert all(sorted(v) == [False, True, True] for v in seen.values()), seen
         assert len({cid for cid, v in seen.items()}) == 30
+
+
+async def test_real_supervisors_stream_every_nodes_changes_and_alert_once(tmp_path: Path, pg_cluster: Any) -> None:
+    """Three `supervisor-tui --headless` on one store, each with webhook-alerts to one real local receiver: a
+    console registered through node 0 falls silent; every node's /ws/events shows its registration and its
+    inactivity, and the receiver gets one alert for the fleet, not one per node."""
+    receiver = Receiver(free_port())
+    await receiver.start()
+    dsn = pg_cluster.new_database()
+    config = tmp_path / "supervisor.toml"
+    config.write_text(
+        '[consoles]\ninactive_after = "2s"\nauth = "none"\n'
+        "[extensions.webhook-alerts]\n"
+        'module = "supervisor_tui.extensions.webhook_alerts:WebhookAlerts"\n'
+        f'config = {{ urls = ["http://127.0.0.1:{receiver.port}/hook"] }}\n'
+    )
+    ports = [free_port() for _ in range(3)]
+    try:
+        with contextlib.ExitStack() as stack:
+            for i, port in enumerate(ports):
+                stack.enter_context(headless_process(tmp_path / f"n{i}", port, dsn, ("--config", str(config))))
+            streams = [
+                await websockets.connect(
+                    f"ws://127.0.0.1:{port}/ws/events?topics=console",
+                    additional_headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+                )
+                for port in ports
+            ]
+            try:
+                async with httpx.AsyncClient() as client:
+                    r = await client.post(
+                        f"http://127.0.0.1:{ports[0]}/api/consolas/registrar", json={"id": "q1", "nombre": "quiet"}
+                    )
+                    assert r.status_code == 201
+                for node, ws in enumerate(streams):
+                    seen: list[dict[str, Any]] = []
+                    while not any(e.get("to_state") == "inactive" for e in seen):
+                        seen.append(json.loads(await asyncio.wait_for(ws.recv(), 30)))
+                    registered = [e for e in seen if e["topic"] == "console.registered"]
+                    assert [(e["console_id"], e["remote"]) for e in registered] == [("q1", node != 0)]
+                    flips = [e for e in seen if e.get("reason") == "timeout"]
+                    assert [(e["console_id"], e["to_state"]) for e in flips] == [("q1", "inactive")]
+                await wait_until(lambda: len(receiver.messages) >= 1, timeout=30)
+                await asyncio.sleep(3)  # time for other nodes' (wrong) alerts to arrive too
+                alerts = [m for m in receiver.messages if m.get("event") == "console.inactive"]
+                assert len(alerts) == 1, receiver.messages
+                assert len(receiver.messages) == 1
+            finally:
+                for ws in streams:
+                    await ws.close()
+    finally:
+        await receiver.stop()
