@@ -29,6 +29,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "attach": ("supervisor_tui.tui.attach", "TUI on a supervisor running elsewhere (URL of its API)"),
     "ctl": ("supervisor_tui.ctl", "control a running supervisor over its admin API"),
     "agent": ("supervisor_tui.agent.cli", "the console-side heartbeat agent"),
+    "consoles": ("supervisor_tui.consoles.migrate", "console store tools: migrate --to postgresql://..."),
 }
 
 
