@@ -192,3 +192,10 @@ async def test_a_lost_server_answers_503_says_so_and_comes_back_by_itself(tmp_pa
                 assert time.monotonic() < deadline + 30, status
                 await asyncio.sleep(0.1)
             assert (await client.get("/api/consoles/c1", headers=admin)).json()["heartbeats"] == 2
+            # The supervisor's log (the TUI's log pane, every log follower) said so once, and that it is back.
+            r = await client.get("/api/v1/logs", params={"lines": 500, "source": "supervisor"}, headers=admin)
+            said = [line["message"] for line in r.json()["lines"]]
+            lost = [m for m in said if m.startswith("the console store is lost") and "heartbeats answer 503" in m]
+            back = [m for m in said if "is reachable again" in m]
+            assert len(lost) == 1 and len(back) == 1, said
+            assert PASSWORD not in r.text

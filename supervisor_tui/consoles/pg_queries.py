@@ -10,8 +10,8 @@ from typing import Any
 
 import asyncpg
 
-from supervisor_tui.consoles.models import ALL_STATES, ENGLISH_TO_SPANISH, SPANISH_TO_ENGLISH, decode_json_text, iso
-from supervisor_tui.consoles.queries import console_record
+from supervisor_tui.consoles.models import ENGLISH_TO_SPANISH, SPANISH_TO_ENGLISH
+from supervisor_tui.consoles.queries import console_record, heartbeat_record, stats_record, transition_record
 
 SORTS: dict[str, str] = {
     "-last_seen": "last_seen DESC, console_id",
@@ -96,17 +96,7 @@ async def heartbeats(pool: asyncpg.Pool, console_id: str, limit: int) -> list[di
         console_id,
         limit,
     )
-    return [
-        {
-            "received_at": iso(r[0]),
-            "state": r[1],
-            "last_activity": iso(r[2]),
-            "last_error": decode_json_text(r[3]),
-            "current_job": r[4],
-            "system": decode_json_text(r[5]),
-        }
-        for r in rows
-    ]
+    return [heartbeat_record(tuple(r)) for r in rows]
 
 
 async def transitions(pool: asyncpg.Pool, console_id: str, limit: int) -> list[dict[str, Any]]:
@@ -117,7 +107,7 @@ async def transitions(pool: asyncpg.Pool, console_id: str, limit: int) -> list[d
         console_id,
         limit,
     )
-    return [{"from": r[0], "to": r[1], "at": iso(r[2]), "reason": r[3]} for r in rows]
+    return [transition_record(tuple(r)) for r in rows]
 
 
 async def stats(pool: asyncpg.Pool) -> dict[str, Any]:
@@ -126,9 +116,4 @@ async def stats(pool: asyncpg.Pool) -> dict[str, Any]:
         "SELECT estado, COUNT(*) as total, extract(epoch FROM MAX(ultima_actividad))::float8 "
         "as ultima_actividad_max FROM consolas GROUP BY estado"
     )
-    found = {SPANISH_TO_ENGLISH[r[0]]: (int(r[1]), r[2]) for r in rows}
-    states = [
-        {"state": s, "count": found.get(s, (0, None))[0], "last_activity": iso(found.get(s, (0, None))[1])}
-        for s in ALL_STATES
-    ]
-    return {"total": sum(c for c, _ in found.values()), "states": states}
+    return stats_record({SPANISH_TO_ENGLISH[r[0]]: (int(r[1]), r[2]) for r in rows})

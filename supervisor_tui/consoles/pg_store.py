@@ -58,6 +58,9 @@ MIGRATIONS: tuple[str, ...] = (
       ADD CONSTRAINT consolas_console_id_key UNIQUE (console_id),
       ADD CONSTRAINT consolas_estado_check
         CHECK (estado IN ('activa', 'ocupada', 'esperando', 'error', 'inactiva'));
+    -- Room in each page for a heartbeat's new row version: an update that changes no indexed column then
+    -- stays on its page (HOT) and touches no index.
+    ALTER TABLE consolas SET (fillfactor = 70);
     CREATE INDEX idx_consolas_estado_nombre ON consolas(estado, (nombre COLLATE "C"), console_id);
     CREATE INDEX idx_consolas_nombre ON consolas((nombre COLLATE "C"), console_id);
     CREATE EXTENSION IF NOT EXISTS pg_trgm;
@@ -205,6 +208,8 @@ class PgConsoleStore:
         self._problem_since: float | None = None
         self._listener: ChangeListener | None = None
         self.listener_problem: str | None = None
+        # Told when the store becomes unusable (the text) and usable again (None): the service logs it.
+        self.on_problem: Callable[[str | None], None] = lambda problem: None
 
     @property
     def where(self) -> str:
@@ -220,7 +225,10 @@ class PgConsoleStore:
         """Receive the other nodes' console changes (pg_events.py) until close()."""
 
         def problem(text: str | None) -> None:
+            before = self.problem
             self.listener_problem = text
+            if self.problem != before and (before is None or self.problem is None):
+                self.on_problem(self.problem)
 
         self._listener = ChangeListener(self._dsn, node, on_changes, on_reconnect, problem)
         try:
@@ -317,13 +325,22 @@ class PgConsoleStore:
         except _CONNECTION_ERRORS as exc:
             self._lost(exc)
             raise
-        self._problem = None
+        self._reached()
         return results
 
     def _lost(self, exc: BaseException) -> None:
+        was = self.problem
         if self._problem is None:
             self._problem_since = time.time()
         self._problem = f"the console store {self.where} cannot be reached: {_describe_error(exc)}"
+        if was is None:
+            self.on_problem(self._problem)
+
+    def _reached(self) -> None:
+        if self._problem is not None:
+            self._problem = None
+            if self.problem is None:
+                self.on_problem(None)
 
     # -- reads: a lost server is ConsoleUnavailable (503 with Retry-After), not an internal error ------------
     async def _read(self, read: Coroutine[Any, Any, T]) -> T:
@@ -332,7 +349,7 @@ class PgConsoleStore:
         except _CONNECTION_ERRORS as exc:
             self._lost(exc)
             raise ConsoleUnavailable(f"{self._problem}; retry later") from None
-        self._problem = None  # reached again (the pool reconnects by itself)
+        self._reached()  # the pool reconnects by itself
         return result
 
     async def list_consoles(

@@ -162,6 +162,17 @@ def _first(item: tuple[float, ConsoleEntry, bool]) -> float:
     return item[0]
 
 
+def _working_copy(
+    work: dict[str, ConsoleEntry | None], entries: dict[str, ConsoleEntry], cid: str
+) -> ConsoleEntry | None:
+    """The batch's own copy of console ``cid`` (made on first use), or None when it is unknown or removed."""
+    if cid in work:
+        return work[cid]
+    e = entries.get(cid)
+    work[cid] = e2 = e.copy() if e is not None else None
+    return e2
+
+
 def _changes(events: list[Any], work: dict[str, ConsoleEntry | None], beats_of: dict[str, int]) -> list[Change]:
     """A batch's committed changes as the other nodes of a shared store apply them (pg_events.py)."""
     out: list[Change] = []
@@ -227,6 +238,8 @@ class ConsoleService:
     async def start(self) -> None:
         """Load every console into memory, then start the writer, the inactivity sweeper and retention."""
         await self._load_view()
+        if hasattr(self.store, "on_problem"):
+            self.store.on_problem = self._report_store_problem
         if self._shared:
             # Listening before the writer starts: no change another node commits from now on is missed.
             await self.store.listen(self.node, self._apply_remote, self._load_view)  # type: ignore[attr-defined]
@@ -353,11 +366,7 @@ class ConsoleService:
         removed: list[str] = []
 
         def current(cid: str) -> ConsoleEntry | None:
-            if cid in work:
-                return work[cid]
-            e = self._entries.get(cid)
-            work[cid] = e2 = e.copy() if e is not None else None
-            return e2
+            return _working_copy(work, self._entries, cid)
 
         def flush() -> None:
             # Timeouts before heartbeat updates: a console that timed out and then spoke in the same batch
@@ -628,11 +637,7 @@ class ConsoleService:
         beat_ids: dict[str, None] = {}
 
         def current(cid: str) -> ConsoleEntry | None:
-            if cid in work:
-                return work[cid]
-            e = self._entries.get(cid)
-            work[cid] = e2 = e.copy() if e is not None else None
-            return e2
+            return _working_copy(work, self._entries, cid)
 
         for change in changes:
             try:
@@ -906,6 +911,18 @@ class ConsoleService:
         """The console store's kind, where it is (no password) and whether it can be written now."""
         problem = self.store.problem
         return {"kind": self.store.kind, "where": self.store.where, "available": problem is None, "problem": problem}
+
+    def _report_store_problem(self, problem: str | None) -> None:
+        """Said once when the store is lost (heartbeats answer 503 meanwhile) and once when it is back; the log
+        line reaches the TUI's log pane and every log follower."""
+        if problem is not None:
+            self._log(
+                "error",
+                f"the console store is lost ({problem}): heartbeats answer 503 until it is back",
+                "console_store_lost",
+            )
+        else:
+            self._log("info", f"the console store {self.store.where} is reachable again", "console_store_back")
 
     def damaged_history(self) -> dict[str, str]:
         """History tables found damaged (their rows are no longer written): table -> the database's error."""
