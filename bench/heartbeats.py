@@ -2,6 +2,7 @@
 
     python bench/heartbeats.py [--duration 5] [--connections 32] [--consoles 100000] [--rounds 3]
     python bench/heartbeats.py --rounds 4 --against /tmp/old-checkout     # before/after, interleaved
+    python bench/heartbeats.py --rounds 2 --store postgresql://user:pw@127.0.0.1:5432/db   # both stores
 
 Starts the real console ingest (SQLite in WAL with synchronous=FULL, group-commit writer, raw ASGI app on the
 same uvicorn setup the supervisor uses) in its own process, registers consoles (a few over HTTP, the rest
@@ -12,6 +13,8 @@ filter and stats queries over all registered consoles and the server process's R
 With ``--rounds N`` the hello and heartbeat runs alternate N times (ratios per round, then medians): on a shared
 machine one pair of runs says little. ``--against DIR`` adds a second heartbeat server from another checkout of
 the project (e.g. ``git archive <commit> | tar -x -C DIR``), with its own database, in the same rounds.
+``--store DSN`` adds a heartbeat server of this checkout on the PostgreSQL console store at DSN (an empty
+database: the bench migrates and loads it), in the same rounds, and measures the queries on both stores.
 """
 
 from __future__ import annotations
@@ -72,12 +75,24 @@ async def _serve_consoles(data_dir: str, port_file: str) -> None:
     from supervisor_tui.server.serve import HttpServer
 
     # The bench registers its HTTP consoles from one address as fast as it can: no registration rate limit.
-    overrides = {"data.dir": data_dir, "consoles.register_rate": 0, "consoles.register_rate_global": 0}
+    overrides: dict[str, object] = {
+        "data.dir": data_dir,
+        "consoles.register_rate": 0,
+        "consoles.register_rate_global": 0,
+    }
+    console_store = os.environ.get("BENCH_CONSOLES_STORE")
+    if console_store:
+        overrides["consoles.store"] = console_store
     settings = load_settings(env={}, overrides=overrides, base_dir=Path(data_dir))
     bus = EventBus()
     store = Store(settings.db_path)
     await store.open()
-    service = ConsoleService(store, bus, settings, LogHub(bus, None))
+    if console_store:
+        from supervisor_tui.consoles.open_store import open_console_store
+
+        service = ConsoleService(await open_console_store(settings, store), bus, settings, LogHub(bus, None))
+    else:
+        service = ConsoleService(store, bus, settings, LogHub(bus, None))
     await service.start()
     server = HttpServer()
     api = ConsolesAPI(service, settings, ADMIN)
@@ -127,9 +142,11 @@ def _run_loop(coro: object) -> None:
 class Proc:
     """A server subprocess of this script (or of ``script``: the same file in another checkout)."""
 
-    def __init__(self, *args: str, script: str = __file__) -> None:
+    def __init__(self, *args: str, script: str = __file__, env: dict[str, str] | None = None) -> None:
         self.port_file = tempfile.mktemp(prefix="bench-port-")
-        self.proc = subprocess.Popen([sys.executable, script, *args, self.port_file], start_new_session=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, script, *args, self.port_file], start_new_session=True, env={**os.environ, **(env or {})}
+        )
         deadline = time.monotonic() + 60
         while not (os.path.exists(self.port_file) and Path(self.port_file).read_text()):
             if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -243,6 +260,76 @@ def _bulk_consoles(db_path: Path, start: int, count: int) -> list[tuple[str, str
     return out
 
 
+def _bulk_consoles_pg(dsn: str, start: int, count: int) -> list[tuple[str, str]]:
+    """The same consoles as _bulk_consoles, migrated and loaded into the PostgreSQL store at ``dsn`` (COPY)."""
+    import asyncpg
+
+    from supervisor_tui.consoles.models import ENGLISH_TO_SPANISH
+    from supervisor_tui.consoles.pg_store import PgConsoleStore
+
+    states = ("active", "busy", "idle", "error", "inactive")
+    now = time.time()
+    rows, out = [], []
+    for i in range(start, start + count):
+        cid = f"00000000-0000-4000-8000-{i:012d}"
+        tok = f"tok-{i}"
+        state = states[i % 5]
+        system = json.dumps({**SEED_BODY["sistema"], "hostname": f"host-{i}"})  # type: ignore[dict-item]
+        last = now - (i % 500)
+        rows.append(
+            (
+                __import__("uuid").UUID(cid),
+                cid,
+                f"Consola {i}",
+                ENGLISH_TO_SPANISH[state],
+                state,
+                system,
+                f"host-{i}",
+                _dt(last - 5),
+                hashlib.sha256(tok.encode()).hexdigest(),
+                _dt(now - 86400),
+                _dt(last),
+            )
+        )
+        out.append((cid, tok))
+
+    async def load() -> None:
+        store = PgConsoleStore(dsn)
+        await store.open()
+        await store.close()
+        conn = await asyncpg.connect(dsn)
+        try:
+            await conn.copy_records_to_table(
+                "consolas",
+                records=rows,
+                columns=[
+                    "id",
+                    "console_id",
+                    "nombre",
+                    "estado",
+                    "reported_state",
+                    "sistema",
+                    "hostname",
+                    "ultima_actividad",
+                    "token_hash",
+                    "created_at",
+                    "last_seen",
+                ],
+            )
+            await conn.execute("VACUUM ANALYZE consolas")
+        finally:
+            await conn.close()
+
+    asyncio.run(load())
+    return out
+
+
+def _dt(ts: float) -> object:
+    import datetime
+
+    return datetime.datetime.fromtimestamp(ts, datetime.UTC)
+
+
 def _migrate(db_path: Path, root: Path = ROOT) -> None:
     """Create the database with the schema of the checkout at ``root`` (in a child: its own imports)."""
     code = (
@@ -294,15 +381,21 @@ def _query_p99(url: str, paths: list[str], rounds: int) -> dict[str, tuple[float
 class _Target:
     """One heartbeat server under test: its checkout, database, process and wrk script."""
 
-    def __init__(self, name: str, root: Path, work: Path, a: argparse.Namespace) -> None:
+    def __init__(self, name: str, root: Path, work: Path, a: argparse.Namespace, store: str | None = None) -> None:
         self.name = name
+        self.store = store  # a PostgreSQL DSN, or None: SQLite
         data = work / name / "data"
         data.mkdir(parents=True)
         self.db = data / "supervisor.db"
         _migrate(self.db, root)
-        print(f"{name}: loading {a.consoles - a.http_registrations:,} consoles into {self.db} ...", flush=True)
-        bulk = _bulk_consoles(self.db, 0, a.consoles - a.http_registrations)
-        self.server = Proc("--serve-consoles", str(data), script=str(root / "bench" / "heartbeats.py"))
+        where = "PostgreSQL" if store else str(self.db)
+        print(f"{name}: loading {a.consoles - a.http_registrations:,} consoles into {where} ...", flush=True)
+        if store:
+            bulk = _bulk_consoles_pg(store, 0, a.consoles - a.http_registrations)
+        else:
+            bulk = _bulk_consoles(self.db, 0, a.consoles - a.http_registrations)
+        env = {"BENCH_CONSOLES_STORE": store} if store else None
+        self.server = Proc("--serve-consoles", str(data), script=str(root / "bench" / "heartbeats.py"), env=env)
         t = time.perf_counter()
         via_http = _register_http(self.server.url, a.http_registrations)
         self.reg_rate = a.http_registrations / (time.perf_counter() - t)
@@ -310,6 +403,19 @@ class _Target:
         self.script = str(work / name / "heartbeat.lua")
         _lua(self.hot, self.script)
         self.runs: list[dict[str, float]] = []
+
+
+def _pg_count(dsn: str, table: str) -> int:
+    import asyncpg
+
+    async def count() -> int:
+        conn = await asyncpg.connect(dsn)
+        try:
+            return int(await conn.fetchval(f"SELECT count(*) FROM {table}"))
+        finally:
+            await conn.close()
+
+    return asyncio.run(count())
 
 
 def _median(runs: list[dict[str, float]], key: str) -> float:
@@ -326,6 +432,7 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=1, help="hello/heartbeat runs, alternating; medians are reported")
     p.add_argument("--against", type=Path, help="another checkout of the project, measured in the same rounds")
     p.add_argument("--asgi-only", action="store_true", help="heartbeats through uvicorn's ASGI path")
+    p.add_argument("--store", help="a PostgreSQL DSN (empty database): also measure this checkout on it")
     a = p.parse_args()
     if a.asgi_only:
         os.environ["BENCH_ASGI_ONLY"] = "1"  # read by the server processes this script starts
@@ -341,6 +448,8 @@ def main() -> int:
         targets.append(_Target("this", ROOT, work, a))
         if a.against is not None:
             targets.append(_Target("against", a.against.resolve(), work, a))
+        if a.store:
+            targets.append(_Target("postgresql", ROOT, work, a, store=a.store))
         this = targets[0]
         # The baseline in the same run, driven by the same wrk script (same bodies, paths and headers).
         hello = Proc("--serve-hello")
@@ -365,18 +474,17 @@ def main() -> int:
         hello.stop()
         hello = None
         rss_after_load = this.server.rss()
-        queries = _query_p99(
-            this.server.url,
-            [
-                "/api/consoles?limit=100",
-                "/api/consoles?state=busy&limit=100",
-                "/api/consoles?q=host-4242&limit=100",
-                "/api/consoles?q=host&limit=100",  # matches every console: the worst case for a search
-                "/api/consoles?state=idle&sort=name&limit=50&offset=1000",
-                "/api/consoles/stats",
-            ],
-            100,
-        )
+        query_paths = [
+            "/api/consoles?limit=100",
+            "/api/consoles?state=busy&limit=100",
+            "/api/consoles?q=host-4242&limit=100",
+            "/api/consoles?q=host&limit=100",  # matches every console: the worst case for a search
+            "/api/consoles?state=idle&sort=name&limit=50&offset=1000",
+            "/api/consoles/stats",
+        ]
+        queries = _query_p99(this.server.url, query_paths, 100)
+        pg = next((t for t in targets if t.store), None)
+        pg_queries = _query_p99(pg.server.url, query_paths, 100) if pg is not None else {}
         rss = this.server.rss()
         for t in targets:
             t.server.stop()
@@ -384,6 +492,7 @@ def main() -> int:
         stored = conn.execute("SELECT COUNT(*) FROM heartbeats").fetchone()[0]
         registered = conn.execute("SELECT COUNT(*) FROM consoles").fetchone()[0]
         conn.close()
+        pg_stored = _pg_count(pg.store, "console_heartbeats") if pg is not None and pg.store else 0
     finally:
         if hello is not None:
             hello.stop()
@@ -404,9 +513,15 @@ def main() -> int:
         hb = {k: _median(t.runs, k) for k in ("rate", "p50", "p99")}
         ratios = [r["rate"] / x["rate"] for r, x in zip(t.runs, hello_runs, strict=True)]
         label = "heartbeats (WAL, synchronous=FULL)" + (", ASGI" if a.asgi_only else "")
-        label += "" if t is this else ", against"
+        if t.store:
+            label = "heartbeats (PostgreSQL, synchronous_commit)"
+        elif t is not this:
+            label += ", against"
         print(f"{label:42} {hb['rate']:>12,.0f} {hb['p50']:>8.2f} {hb['p99']:>8.2f} {statistics.median(ratios):>6.2f}")
-    print("goal: ratio >= 0.40, >= 10,000/s, p99 < 25 ms")
+    print(
+        "goal: ratio >= 0.40, >= 10,000/s, p99 < 25 ms"
+        + ("; PostgreSQL: >= 0.35, >= 8,000/s, p99 < 25 ms" if a.store else "")
+    )
     non2xx = sum(r["non2xx"] for r in this.runs)
     print(f"non-2xx answers: {non2xx}, socket errors: {sum(r['socket_errors'] for r in this.runs)}")
     ok = sum(r["ok"] for r in this.runs)
@@ -416,6 +531,10 @@ def main() -> int:
     print(f"queries over {registered:,} registered consoles (100 sequential requests each)")
     for path, (p50, p99) in queries.items():
         print(f"  {path:58} p50 {p50:6.2f} ms  p99 {p99:6.2f} ms")
+    if pg_queries:
+        print(f"the same on PostgreSQL (heartbeat rows stored there: {pg_stored:,}; goal p99 < 50 ms)")
+        for path, (p50, p99) in pg_queries.items():
+            print(f"  {path:58} p50 {p50:6.2f} ms  p99 {p99:6.2f} ms")
     print(
         f"server RSS: {rss / 2**20:,.0f} MiB (after the heartbeat load: {rss_after_load / 2**20:,.0f} MiB; goal < 300)"
     )

@@ -56,3 +56,15 @@ if [ "${SUPERVISOR_TUI_SETUP_SYSTEM:-1}" = 1 ] && ! command -v redis-server >/de
     /etc/init.d/redis-server stop >/dev/null 2>&1 || true
   fi
 fi
+# PostgreSQL for the console store's tests and bench (consoles.store = postgresql://...): only the binaries.
+# Tests start throwaway clusters of their own (initdb + pg_ctl in a temp dir); the cluster the package may
+# create is stopped, so it holds no port or memory.
+if [ "${SUPERVISOR_TUI_SETUP_SYSTEM:-1}" = 1 ] && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+  apt_install postgresql postgresql-contrib || true
+  if command -v pg_ctlcluster >/dev/null; then
+    for cluster in /etc/postgresql/*/*; do
+      [ -d "$cluster" ] || continue
+      pg_ctlcluster "$(basename "$(dirname "$cluster")")" "$(basename "$cluster")" stop 2>/dev/null || true
+    done
+  fi
+fi

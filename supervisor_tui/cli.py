@@ -31,6 +31,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "ctl": ("supervisor_tui.ctl", "control a running supervisor over its admin API"),
     "routes": ("supervisor_tui.routes_cli", "the route table of a running supervisor and where it is exported"),
     "agent": ("supervisor_tui.agent.cli", "the console-side heartbeat agent"),
+    "consoles": ("supervisor_tui.consoles.migrate", "console store tools: migrate --to postgresql://..."),
 }
 
 

@@ -164,6 +164,20 @@ def _parse_int(lo: int, hi: int) -> Callable[[object], int]:
     return parse
 
 
+def mask_dsn(dsn: str) -> str:
+    """``dsn`` with its password (in the authority or a ``password=`` parameter) shown as ***."""
+    masked = re.sub(r"^([a-z][a-z0-9+.-]*://[^:/@?#]*):[^@/?#]*@", r"\1:***@", dsn, flags=re.IGNORECASE)
+    return re.sub(r"([?&]password=)[^&#]*", r"\1***", masked, flags=re.IGNORECASE)
+
+
+def _parse_console_store(value: object) -> str:
+    """``sqlite`` or a PostgreSQL DSN (postgresql:// or postgres://)."""
+    text = _parse_str(value).strip()
+    if text == "sqlite" or re.match(r"^postgres(ql)?://[^\s]+$", text):
+        return text
+    raise ValueError(text)
+
+
 def _parse_str(value: object) -> str:
     if not isinstance(value, str | int | float) or isinstance(value, bool):
         raise ValueError("not a string")
@@ -490,6 +504,15 @@ FIELDS: tuple[Field, ...] = (
         _parse_choice("token", "none"),
         "token or none",
         "whether heartbeats must carry the console's token",
+    ),
+    Field(
+        "consoles",
+        "store",
+        "sqlite",
+        _parse_console_store,
+        "sqlite or a postgresql:// DSN",
+        "where consoles are kept: the SQLite database in data.dir, or a PostgreSQL shared by several supervisors",
+        mask=mask_dsn,
     ),
     Field(
         "consoles",

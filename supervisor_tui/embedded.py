@@ -14,7 +14,7 @@ import sqlite3
 from supervisor_tui.config import Settings
 from supervisor_tui.core.lock import LockError
 from supervisor_tui.core.logs import stderr_line
-from supervisor_tui.core.store import StoreError
+from supervisor_tui.core.store import StoreError, StoreUnreachable
 from supervisor_tui.runtime import Runtime, StartupError
 from supervisor_tui.tui.app import SupervisorApp
 from supervisor_tui.tui.client_local import InProcessClient
@@ -31,6 +31,9 @@ def run_embedded(settings: Settings) -> int:
     except StartupError as exc:
         stderr_line(f"supervisor-tui: {exc}")
         return EXIT_CANNOT_BIND
+    except StoreUnreachable as exc:  # consoles.store names a PostgreSQL that cannot be reached: a setting to fix
+        stderr_line(f"supervisor-tui: {exc}")
+        return 2
     except (LockError, StoreError, sqlite3.Error, OSError) as exc:
         stderr_line(f"supervisor-tui: cannot start: {exc}")
         return EXIT_CANNOT_START

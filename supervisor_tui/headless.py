@@ -25,7 +25,7 @@ from supervisor_tui.config import Settings
 from supervisor_tui.core.events import PluginStateChanged
 from supervisor_tui.core.lock import LockError
 from supervisor_tui.core.logs import stderr_line
-from supervisor_tui.core.store import StoreError
+from supervisor_tui.core.store import StoreError, StoreUnreachable
 from supervisor_tui.core.supervisor import PluginState, Supervisor
 from supervisor_tui.runtime import Runtime, StartupError
 from supervisor_tui.server.serve import new_event_loop
@@ -34,6 +34,7 @@ EXIT_OK = 0
 EXIT_CANNOT_START = 1
 EXIT_CANNOT_BIND = 2
 EXIT_FATAL = 3
+EXIT_STORE_UNREACHABLE = 2  # consoles.store names a PostgreSQL that cannot be reached: a setting to fix
 
 # Something that runs next to the supervisor until cancelled (e.g. the HTTP server): given the open supervisor.
 Service = Callable[[Supervisor], Awaitable[None]]
@@ -47,6 +48,9 @@ def run_headless(settings: Settings, exit_on_fatal: bool) -> int:
     except StartupError as exc:
         stderr_line(f"supervisor-tui: {exc}")
         return EXIT_CANNOT_BIND
+    except StoreUnreachable as exc:
+        stderr_line(f"supervisor-tui: {exc}")
+        return EXIT_STORE_UNREACHABLE
     except (LockError, StoreError) as exc:
         stderr_line(f"supervisor-tui: {exc}")
         return EXIT_CANNOT_START

@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING, TextIO
 from urllib.parse import urlsplit
 
 from supervisor_tui.config import Settings, local_url
+from supervisor_tui.consoles.console_store import ConsoleStore
+from supervisor_tui.consoles.open_store import open_console_store
 from supervisor_tui.consoles.service import ConsoleService
 from supervisor_tui.core.extensions import ExtensionHost
 from supervisor_tui.core.supervisor import Supervisor
@@ -100,6 +102,7 @@ class Runtime:
         self.route_sync: RouteSync | None = None
         self.route_export: CaddyExport | None = None
         self.consoles: ConsoleService | None = None
+        self.console_store: ConsoleStore | None = None
         self.extensions: ExtensionHost | None = None
         self.watcher: PluginWatcher | None = None
         self.fleet: FleetNode | None = None
@@ -170,7 +173,8 @@ class Runtime:
         # The socket is bound by now, so this is the run that works: it says where the new tokens are.
         for name, path in self._created_tokens:
             sup.logs.info(f"{name} token created in {path} (mode 0600)", event="token_created")
-        self.consoles = ConsoleService(sup.store, sup.bus, settings, sup.logs)
+        self.console_store = await open_console_store(settings, sup.store)
+        self.consoles = ConsoleService(self.console_store, sup.bus, settings, sup.logs)
         await self.consoles.start()
         sup.attach_consoles(self.consoles)
         if settings.get("redis.url"):
@@ -316,6 +320,8 @@ class Runtime:
             await self.gateway.close()
         if self.consoles is not None:
             await self.consoles.stop()
+        if self.console_store is not None:
+            await self.console_store.close()
         await self.sup.close()
         if self.extensions is not None:
             await self.extensions.close()

@@ -414,3 +414,26 @@ def shared_headless(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shared
         yield SharedHeadless(url, tokens[0], tokens[1], settings)
     finally:
         proc.terminate()
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[Any]:
+    """One throwaway PostgreSQL cluster for the session (tests/fixtures/postgres.py), started when first asked."""
+    from fixtures.postgres import PgCluster
+
+    cluster = PgCluster.create()
+    try:
+        yield cluster
+    finally:
+        cluster.destroy()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def console_store(request: pytest.FixtureRequest) -> str:
+    """``consoles.store`` for a test run against each console store: "sqlite", or a fresh PostgreSQL database's
+    DSN on the session's cluster."""
+    if request.param == "sqlite":
+        return "sqlite"
+    cluster = request.getfixturevalue("pg_cluster")
+    dsn: str = cluster.new_database()
+    return dsn

@@ -11,8 +11,9 @@ from typing import Any
 
 import httpx
 import pytest
-from fixtures.consoles.harness import ConsoleServer, served_consoles
+from fixtures.consoles.harness import ConsoleServer, count_rows, fail_writes, served_consoles
 
+from supervisor_tui.consoles.models import decode_heartbeat
 from supervisor_tui.core.events import ConsoleHeartbeats, ConsoleRegistered, ConsoleRemoved, ConsoleStateChanged
 
 CID = "550e8400-e29b-41d4-a716-446655440000"
@@ -43,9 +44,10 @@ SEED_HEARTBEAT = {
 
 
 @pytest.fixture(params=["fast", "asgi"])
-async def srv(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[ConsoleServer]:
-    """Every test here runs twice: heartbeats answered without ASGI (as the runtime serves them) and through it."""
-    async with served_consoles(tmp_path, path=request.param) as s:
+async def srv(tmp_path: Path, request: pytest.FixtureRequest, console_store: str) -> AsyncIterator[ConsoleServer]:
+    """Every test here runs on each console store (SQLite, PostgreSQL), each with heartbeats answered without
+    ASGI (as the runtime serves them) and through it."""
+    async with served_consoles(tmp_path, path=request.param, consoles__store=console_store) as s:
         yield s
 
 
@@ -318,8 +320,8 @@ async def test_reregistering_needs_the_token_so_no_console_takes_over_another(
     assert (await console(client, srv))["state"] == "busy"
 
 
-async def test_enrollment_token_is_required_for_new_consoles(tmp_path: Path) -> None:
-    async with served_consoles(tmp_path, consoles__enrollment_token="let-me-in") as srv:
+async def test_enrollment_token_is_required_for_new_consoles(tmp_path: Path, console_store: str) -> None:
+    async with served_consoles(tmp_path, consoles__store=console_store, consoles__enrollment_token="let-me-in") as srv:
         async with httpx.AsyncClient(base_url=srv.url) as client:
             r = await client.post("/api/consolas/registrar", json=SEED_REGISTER)
             assert r.status_code == 401 and "enrollment" in r.json()["error"]["message"]
@@ -337,8 +339,8 @@ async def test_enrollment_token_is_required_for_new_consoles(tmp_path: Path) -> 
             assert r.status_code == 200
 
 
-async def test_auth_none_accepts_seed_004_clients_without_tokens(tmp_path: Path) -> None:
-    async with served_consoles(tmp_path, consoles__auth="none") as srv:
+async def test_auth_none_accepts_seed_004_clients_without_tokens(tmp_path: Path, console_store: str) -> None:
+    async with served_consoles(tmp_path, consoles__store=console_store, consoles__auth="none") as srv:
         async with httpx.AsyncClient(base_url=srv.url) as client:
             assert (await client.post("/api/consolas/registrar", json=SEED_REGISTER)).status_code == 201
             r = await client.post(f"/api/consolas/{CID}/heartbeat", json=SEED_HEARTBEAT)
@@ -411,16 +413,16 @@ async def test_list_filter_search_paging_sort_and_stats(client: httpx.AsyncClien
 async def test_remove_deletes_the_console_with_its_history(client: httpx.AsyncClient, srv: ConsoleServer) -> None:
     token = await register_es(client)
     await client.post(f"/api/consolas/{CID}/heartbeat", json=SEED_HEARTBEAT, headers=bearer(token))
+    assert (await count_rows(srv, "heartbeats"), await count_rows(srv, "transitions")) == (1, 2)
     r = await client.delete(f"/api/consoles/{CID}", headers=srv.admin)
     assert r.status_code == 200 and r.json() == {"removed": CID}
     assert (await client.get(f"/api/consoles/{CID}", headers=srv.admin)).status_code == 404
     assert (await client.delete(f"/api/consoles/{CID}", headers=srv.admin)).status_code == 404
     r = await client.post(f"/api/consolas/{CID}/heartbeat", json=SEED_HEARTBEAT, headers=bearer(token))
     assert r.status_code == 404
-    async with srv.store.reader.execute("SELECT COUNT(*) FROM heartbeats") as cur:
-        assert (await cur.fetchone()) == (0,)
-    async with srv.store.reader.execute("SELECT COUNT(*) FROM transitions") as cur:
-        assert (await cur.fetchone()) == (0,)
+    assert await count_rows(srv, "heartbeats") == 0
+    assert await count_rows(srv, "transitions") == 0
+    assert await count_rows(srv, "consoles") == 0
 
 
 # -- live: events, metrics, failures ---------------------------------------------------------------------------------
@@ -455,13 +457,13 @@ async def test_registrations_state_changes_and_coalesced_heartbeats_reach_the_bu
 
 async def test_a_failed_write_answers_503_and_records_nothing(client: httpx.AsyncClient, srv: ConsoleServer) -> None:
     token = await register_es(client)
-    await srv.store.writer.execute("PRAGMA query_only=ON")  # every write now fails inside SQLite
+    await fail_writes(srv, True)
     r = await client.post(f"/api/consolas/{CID}/heartbeat", json=SEED_HEARTBEAT, headers=bearer(token))
     assert r.status_code == 503
     assert r.headers["retry-after"] == "1"
     assert r.json()["error"]["code"] == "unavailable"
     assert srv.service.state_of(CID) == "idle"
-    await srv.store.writer.execute("PRAGMA query_only=OFF")
+    await fail_writes(srv, False)
     r = await client.post(f"/api/consolas/{CID}/heartbeat", json=SEED_HEARTBEAT, headers=bearer(token))
     assert r.status_code == 200
     c = await console(client, srv)
@@ -503,3 +505,23 @@ async def test_heartbeats_take_the_path_under_test_and_odd_requests_take_asgi(
     assert r.status_code == 422 and r.json()["error"]["field"] == "state"
     assert taken == ([(CID, True), (CID, False)] if srv.path == "fast" else [])
     assert (await console(client, srv))["heartbeats"] == 3
+
+
+async def test_a_later_heartbeat_in_the_same_batch_keeps_the_host_name_it_does_not_carry(
+    client: httpx.AsyncClient, srv: ConsoleServer
+) -> None:
+    await register_es(client, {"id": "c1", "nombre": "uno"})
+    with_host = decode_heartbeat(json.dumps(SEED_HEARTBEAT).encode(), spanish=True)
+    without_host = decode_heartbeat(
+        json.dumps({"estado": "activa", "sistema": {"platform": "linux"}}).encode(), spanish=True
+    )
+    # Queued without waiting in between: both land in one write batch.
+    first = srv.service.submit_heartbeat("c1", with_host)
+    second = srv.service.submit_heartbeat("c1", without_host)
+    await asyncio.gather(first, second)
+    assert srv.service.metrics().write_batches == 2  # the registration's, then the two heartbeats'
+    c = await console(client, srv, "c1")
+    assert c["hostname"] == "mi-servidor"
+    assert c["system"] == {"platform": "linux"} and c["state"] == "active" and c["heartbeats"] == 2
+    r = await client.get("/api/consoles", params={"search": "mi-serv"}, headers=srv.admin)
+    assert [x["id"] for x in r.json()["consoles"]] == ["c1"]

@@ -1,4 +1,5 @@
-"""Durability: SIGKILL the supervisor in the middle of a heartbeat load; every heartbeat answered 2xx is on disk.
+"""Durability: SIGKILL the supervisor (or restart PostgreSQL) in the middle of a heartbeat load; every heartbeat
+answered 2xx is on disk. Run against both console stores.
 
 The server is the real `supervisor-tui --headless` (no plugins), killed with SIGKILL and started again.
 """
@@ -10,20 +11,56 @@ import contextlib
 import signal
 import sqlite3
 from pathlib import Path
+from typing import Any
 
+import asyncpg
 import httpx
+from conftest import wait_until
 from fixtures.consoles.harness import ADMIN_TOKEN, free_port, headless_process
 
 CONSOLES = 20
 WORKERS = 48
 
 
-async def test_every_acknowledged_heartbeat_survives_sigkill(tmp_path: Path) -> None:
+async def stored_heartbeats(store: str, data: Path) -> tuple[set[str], dict[str, int], dict[str, int]]:
+    """From one snapshot of the store: every stored heartbeat's job, heartbeat rows per console, and each
+    console's own heartbeat count."""
+    if store == "sqlite":
+        db = sqlite3.connect(data / "supervisor.db", isolation_level=None)
+        db.execute("BEGIN")  # one read transaction: every figure from the same snapshot
+        stored = {row[0] for row in db.execute("SELECT current_job FROM heartbeats")}
+        rows = dict(db.execute("SELECT console_id, COUNT(*) FROM heartbeats GROUP BY console_id").fetchall())
+        counted = dict(db.execute("SELECT id, heartbeats FROM consoles").fetchall())
+        db.execute("COMMIT")
+        db.close()
+        return stored, rows, counted
+    conn = await asyncpg.connect(store)
+    try:
+        async with conn.transaction(isolation="repeatable_read"):
+            stored = {r[0] for r in await conn.fetch("SELECT current_job FROM console_heartbeats")}
+            found = await conn.fetch("SELECT console_id, COUNT(*) FROM console_heartbeats GROUP BY console_id")
+            consoles = await conn.fetch("SELECT console_id, heartbeats FROM consolas")
+    finally:
+        await conn.close()
+    return stored, {r[0]: r[1] for r in found}, {r[0]: r[1] for r in consoles}
+
+
+async def test_every_acknowledged_heartbeat_survives_sigkill(tmp_path: Path, console_store: str) -> None:
+    await _load_and_break(tmp_path, console_store, None)
+
+
+async def test_every_acknowledged_heartbeat_survives_a_postgresql_restart(tmp_path: Path, pg_cluster: Any) -> None:
+    await _load_and_break(tmp_path, pg_cluster.new_database(), pg_cluster)
+
+
+async def _load_and_break(tmp_path: Path, store: str, cluster: Any) -> None:
+    """Heartbeats from WORKERS clients at once, then a break mid-load: the supervisor SIGKILLed, or (with
+    ``cluster``) PostgreSQL restarted with ``pg_ctl restart -m fast`` under a supervisor that keeps running."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     acked: set[str] = set()
     data = tmp_path / "data"
-    with headless_process(data, port) as proc:
+    with headless_process(data, port, store) as proc:
         limits = httpx.Limits(max_connections=WORKERS, max_keepalive_connections=WORKERS)
         async with httpx.AsyncClient(base_url=url, limits=limits, timeout=10) as client:
             tokens = []
@@ -56,19 +93,24 @@ async def test_every_acknowledged_heartbeat_survives_sigkill(tmp_path: Path) -> 
             tasks = [asyncio.create_task(worker(w)) for w in range(WORKERS)]
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(enough.wait(), 30)
-            proc.send_signal(signal.SIGKILL)  # mid-load: requests are in flight and batches are being written
-            proc.wait(10)
+            if cluster is None:
+                proc.send_signal(signal.SIGKILL)  # mid-load: requests are in flight and batches are being written
+                proc.wait(10)
+            else:
+                before = len(acked)
+                await asyncio.to_thread(cluster.restart)  # mid-load: batches are in flight
+                # The supervisor reconnects by itself: heartbeats are acknowledged again.
+                await wait_until(lambda: len(acked) > before + 500, timeout=30)
             killed.set()
             await asyncio.gather(*tasks)
+            if cluster is not None:
+                r = await client.get("/api/v1/status", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+                assert r.json()["console_store"]["available"] is True
+                proc.send_signal(signal.SIGKILL)
+                proc.wait(10)
     assert len(acked) >= 500
 
-    db = sqlite3.connect(data / "supervisor.db", isolation_level=None)
-    db.execute("BEGIN")  # one read transaction: every figure from the same snapshot
-    stored = {row[0] for row in db.execute("SELECT current_job FROM heartbeats")}
-    rows = dict(db.execute("SELECT console_id, COUNT(*) FROM heartbeats GROUP BY console_id").fetchall())
-    counted = dict(db.execute("SELECT id, heartbeats FROM consoles").fetchall())
-    db.execute("COMMIT")
-    db.close()
+    stored, rows, counted = await stored_heartbeats(store, data)
     missing = acked - stored
     assert not missing, f"{len(missing)} acknowledged heartbeats lost, e.g. {sorted(missing)[:5]}"
     # The console rows were committed in the same transactions as their heartbeats, console by console.
@@ -76,7 +118,7 @@ async def test_every_acknowledged_heartbeat_survives_sigkill(tmp_path: Path) -> 
     assert sum(counted.values()) == len(stored)
 
     # The restarted server serves what was committed and takes heartbeats again with the same tokens.
-    with headless_process(data, port):
+    with headless_process(data, port, store):
         async with httpx.AsyncClient(base_url=url) as client:
             admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
             r = await client.get("/api/consoles?limit=1000", headers=admin)

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 import httpx
-from fixtures.consoles.harness import served_consoles
+from fixtures.consoles.harness import count_rows, served_consoles
 
 from supervisor_tui.core.events import ConsoleStateChanged, Subscription
 from supervisor_tui.core.logs import format_ts
@@ -27,8 +27,12 @@ async def wait_state_event(
                 return event
 
 
-async def test_silent_console_goes_inactive_dated_at_its_deadline_and_comes_back(tmp_path: Path) -> None:
-    async with served_consoles(tmp_path, sweep_interval=0.2, consoles__inactive_after="0.6") as srv:
+async def test_silent_console_goes_inactive_dated_at_its_deadline_and_comes_back(
+    tmp_path: Path, console_store: str
+) -> None:
+    async with served_consoles(
+        tmp_path, consoles__store=console_store, sweep_interval=0.2, consoles__inactive_after="0.6"
+    ) as srv:
         async with httpx.AsyncClient(base_url=srv.url) as client:
             with srv.bus.subscribe(["console.state"]) as sub:
                 r = await client.post("/api/consolas/registrar", json={"id": "a", "nombre": "A"})
@@ -63,8 +67,8 @@ async def test_silent_console_goes_inactive_dated_at_its_deadline_and_comes_back
     assert any("console a is back" in line for line in lines)
 
 
-async def test_deadlines_survive_a_restart(tmp_path: Path) -> None:
-    async with served_consoles(tmp_path, consoles__inactive_after="600") as srv:
+async def test_deadlines_survive_a_restart(tmp_path: Path, console_store: str) -> None:
+    async with served_consoles(tmp_path, consoles__store=console_store, consoles__inactive_after="600") as srv:
         async with httpx.AsyncClient(base_url=srv.url) as client:
             r = await client.post("/api/consoles/register", json={"id": "b", "name": "B", "state": "busy"})
             token = r.json()["token"]
@@ -73,7 +77,9 @@ async def test_deadlines_survive_a_restart(tmp_path: Path) -> None:
             seen = registered_at - 600
     # Restarted with a shorter limit: the console's deadline (seen + 1 s) is in the past or near, and the
     # transition is dated there, not at the restart.
-    async with served_consoles(tmp_path, sweep_interval=0.05, consoles__inactive_after="1") as srv:
+    async with served_consoles(
+        tmp_path, consoles__store=console_store, sweep_interval=0.05, consoles__inactive_after="1"
+    ) as srv:
         with srv.bus.subscribe(["console.state"]) as sub:
             event = await wait_state_event(sub, "b", "inactive")
         assert abs(event.at - (seen + 1)) < 1e-6
@@ -86,8 +92,8 @@ async def test_deadlines_survive_a_restart(tmp_path: Path) -> None:
             assert srv.service.state_of("b") == "idle"
 
 
-async def test_retention_by_age_and_by_count_per_console(tmp_path: Path) -> None:
-    async with served_consoles(tmp_path, consoles__heartbeats_per_console="3") as srv:
+async def test_retention_by_age_and_by_count_per_console(tmp_path: Path, console_store: str) -> None:
+    async with served_consoles(tmp_path, consoles__store=console_store, consoles__heartbeats_per_console="3") as srv:
         async with httpx.AsyncClient(base_url=srv.url) as client:
             tokens = {}
             for cid in ("p", "q"):
@@ -121,9 +127,13 @@ async def test_retention_by_age_and_by_count_per_console(tmp_path: Path) -> None
             assert r.status_code == 200
 
 
-async def test_retention_runs_in_the_background(tmp_path: Path) -> None:
+async def test_retention_runs_in_the_background(tmp_path: Path, console_store: str) -> None:
     async with served_consoles(
-        tmp_path, retention_interval=0.1, consoles__heartbeat_retention="0.2", consoles__transition_retention="0.2"
+        tmp_path,
+        consoles__store=console_store,
+        retention_interval=0.1,
+        consoles__heartbeat_retention="0.2",
+        consoles__transition_retention="0.2",
     ) as srv:
         async with httpx.AsyncClient(base_url=srv.url) as client:
             r = await client.post("/api/consoles/register", json={"id": "r", "name": "r"})
@@ -139,10 +149,10 @@ async def test_retention_runs_in_the_background(tmp_path: Path) -> None:
                 await asyncio.sleep(0.05)
 
 
-async def test_stop_drains_everything_queued(tmp_path: Path) -> None:
+async def test_stop_drains_everything_queued(tmp_path: Path, console_store: str) -> None:
     from supervisor_tui.consoles.models import decode_heartbeat, decode_registration
 
-    async with served_consoles(tmp_path) as srv:
+    async with served_consoles(tmp_path, consoles__store=console_store) as srv:
         reg = await srv.service.register(decode_registration(b'{"id": "d", "name": "d"}', False))
         assert reg.created
         pending = [
@@ -153,5 +163,4 @@ async def test_stop_drains_everything_queued(tmp_path: Path) -> None:
         await srv.service.stop()  # before the harness stops it: everything queued must be written first
         acks = await asyncio.gather(*pending)
         assert len(acks) == 50
-        async with srv.store.reader.execute("SELECT COUNT(*) FROM heartbeats WHERE console_id = 'd'") as cur:
-            assert (await cur.fetchone()) == (50,)
+        assert await count_rows(srv, "heartbeats", "d") == 50

@@ -31,7 +31,7 @@ async def found(client: httpx.AsyncClient, q: str, **params: Any) -> set[str]:
     return ids
 
 
-async def test_search_agrees_with_a_substring_filter(tmp_path: Path) -> None:
+async def test_search_agrees_with_a_substring_filter(tmp_path: Path, console_store: str) -> None:
     rng = random.Random(7)
     letters = "abcAB-1 "
     consoles = {
@@ -40,7 +40,7 @@ async def test_search_agrees_with_a_substring_filter(tmp_path: Path) -> None:
     }
     # 150 registrations from one address at once: over the default rate limit.
     async with (
-        served_consoles(tmp_path, consoles__register_rate=0) as srv,
+        served_consoles(tmp_path, consoles__store=console_store, consoles__register_rate=0) as srv,
         httpx.AsyncClient(base_url=srv.url, headers=srv.admin) as client,
     ):
         for cid, (name, host) in consoles.items():
@@ -58,8 +58,11 @@ async def test_search_agrees_with_a_substring_filter(tmp_path: Path) -> None:
         assert r.json()["total"] == len(consoles) and len(r.json()["consoles"]) == 5
 
 
-async def test_search_follows_host_name_and_removal(tmp_path: Path) -> None:
-    async with served_consoles(tmp_path) as srv, httpx.AsyncClient(base_url=srv.url) as client:
+async def test_search_follows_host_name_and_removal(tmp_path: Path, console_store: str) -> None:
+    async with (
+        served_consoles(tmp_path, consoles__store=console_store) as srv,
+        httpx.AsyncClient(base_url=srv.url) as client,
+    ):
         token = await register(client, "w1", "Render box", "rack0-node0")
         await register(client, "w2", "Ñandú encoder", "rack1-node1")
         async with httpx.AsyncClient(base_url=srv.url, headers=srv.admin) as reads:

@@ -43,6 +43,32 @@ def console_record(row: tuple[Any, ...], inactive_after: float) -> dict[str, Any
     }
 
 
+def heartbeat_record(r: tuple[Any, ...]) -> dict[str, Any]:
+    """(received_at, state, last_activity, last_error JSON, current_job, system JSON) as the API's record."""
+    return {
+        "received_at": iso(r[0]),
+        "state": r[1],
+        "last_activity": iso(r[2]),
+        "last_error": decode_json_text(r[3]),
+        "current_job": r[4],
+        "system": decode_json_text(r[5]),
+    }
+
+
+def transition_record(r: tuple[Any, ...]) -> dict[str, Any]:
+    """(from_state, to_state, at, reason) as the API's record."""
+    return {"from": r[0], "to": r[1], "at": iso(r[2]), "reason": r[3]}
+
+
+def stats_record(found: dict[str, tuple[int, float | None]]) -> dict[str, Any]:
+    """Count and latest activity by state (found: state -> both) with every state listed, zero when none."""
+    states = [
+        {"state": s, "count": found.get(s, (0, None))[0], "last_activity": iso(found.get(s, (0, None))[1])}
+        for s in ALL_STATES
+    ]
+    return {"total": sum(c for c, _ in found.values()), "states": states}
+
+
 def _like(text: str) -> str:
     escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
     return f"%{escaped}%"
@@ -136,17 +162,7 @@ async def heartbeats(db: aiosqlite.Connection, console_id: str, limit: int) -> l
     )
     async with db.execute(sql, (console_id, limit)) as cur:
         rows = await cur.fetchall()
-    return [
-        {
-            "received_at": iso(r[0]),
-            "state": r[1],
-            "last_activity": iso(r[2]),
-            "last_error": decode_json_text(r[3]),
-            "current_job": r[4],
-            "system": decode_json_text(r[5]),
-        }
-        for r in rows
-    ]
+    return [heartbeat_record(tuple(r)) for r in rows]
 
 
 async def transitions(db: aiosqlite.Connection, console_id: str, limit: int) -> list[dict[str, Any]]:
@@ -157,7 +173,7 @@ async def transitions(db: aiosqlite.Connection, console_id: str, limit: int) -> 
     )
     async with db.execute(sql, (console_id, limit)) as cur:
         rows = await cur.fetchall()
-    return [{"from": r[0], "to": r[1], "at": iso(r[2]), "reason": r[3]} for r in rows]
+    return [transition_record(tuple(r)) for r in rows]
 
 
 async def stats(db: aiosqlite.Connection) -> dict[str, Any]:
@@ -165,9 +181,4 @@ async def stats(db: aiosqlite.Connection) -> dict[str, Any]:
     sql = "SELECT state, COUNT(*), MAX(last_activity) FROM consoles GROUP BY state"
     async with db.execute(sql) as cur:
         rows = await cur.fetchall()
-    found = {r[0]: (int(r[1]), r[2]) for r in rows}
-    states = [
-        {"state": s, "count": found.get(s, (0, None))[0], "last_activity": iso(found.get(s, (0, None))[1])}
-        for s in ALL_STATES
-    ]
-    return {"total": sum(c for c, _ in found.values()), "states": states}
+    return stats_record({r[0]: (int(r[1]), r[2]) for r in rows})

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from supervisor_tui.config import Settings
-from supervisor_tui.consoles import queries
+from supervisor_tui.consoles.console_store import ConsoleStore
 from supervisor_tui.consoles.errors import (
     ConsoleForbidden,
     ConsoleNotFound,
@@ -38,7 +38,9 @@ from supervisor_tui.consoles.errors import (
     ConsoleUnavailable,
 )
 from supervisor_tui.consoles.models import ALL_STATES, HeartbeatInput, RegistrationInput, iso
+from supervisor_tui.consoles.pg_events import NOTIFY_SQL, Change, payloads
 from supervisor_tui.consoles.recency import Recency
+from supervisor_tui.consoles.sqlite_store import SqliteConsoleStore
 from supervisor_tui.consoles.sweeper import Deadlines
 from supervisor_tui.consoles.writer import GroupCommitWriter, Op, Plan, WriteFailed, WriterClosed, is_damage
 from supervisor_tui.core.events import (
@@ -61,57 +63,6 @@ REJECT_REASONS = (
     "forbidden",
     "unavailable",
 )
-
-_INSERT_HEARTBEAT = (
-    "INSERT INTO heartbeats (console_id, received_at, state, last_activity, last_error, current_job, system) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?)"
-)
-# A heartbeat rewrites only the indexed columns that changed (state, last_activity, hostname): most heartbeats
-# repeat them, and every indexed column written costs an index update in the same fsync'd transaction.
-_HEARTBEAT_SET = (
-    "system = COALESCE(?, system), last_error = ?, current_job = ?, last_seen = ?, heartbeats = heartbeats + ?"
-)
-_UPDATE_FROM_HEARTBEAT: dict[tuple[bool, bool, bool], str] = {
-    (state, activity, host): "UPDATE consoles SET "
-    + ("state = ?, reported_state = ?, " if state else "")
-    + ("last_activity = ?, " if activity else "")
-    + ("hostname = ?, " if host else "")
-    + _HEARTBEAT_SET
-    + " WHERE id = ?"
-    for state in (False, True)
-    for activity in (False, True)
-    for host in (False, True)
-}
-_UPDATE_TIMEOUT = "UPDATE consoles SET state = 'inactive' WHERE id = ?"
-_INSERT_TRANSITION = "INSERT INTO transitions (console_id, from_state, to_state, at, reason) VALUES (?, ?, ?, ?, ?)"
-_INSERT_CONSOLE = (
-    "INSERT INTO consoles (id, name, state, reported_state, system, hostname, last_activity, last_error, "
-    "current_job, token_hash, first_seen, last_seen, heartbeats) VALUES (?, ?, ?, ?, ?, ?, ?, NULL, NULL, ?, ?, ?, 0)"
-)
-_UPDATE_REGISTRATION = (
-    "UPDATE consoles SET name = ?, state = ?, reported_state = ?, system = COALESCE(?, system), "
-    "hostname = COALESCE(?, hostname), last_activity = COALESCE(?, last_activity), last_error = NULL, "
-    "current_job = NULL, token_hash = ?, last_seen = ? WHERE id = ?"
-)
-_DELETE_CONSOLE = "DELETE FROM consoles WHERE id = ?"
-
-
-def _ends(table: str, column: str, index: str | None = None) -> tuple[str, str]:
-    """Two reads of a few pages each: the first and the last entry of ``table`` or its ``index`` (one MIN or
-    MAX per query: SQLite scans everything for both at once)."""
-    source = f"{table} INDEXED BY {index}" if index else table
-    return f"SELECT MIN({column}) FROM {source}", f"SELECT MAX({column}) FROM {source}"
-
-
-# What inserts and retention touch in each history table and its indices.
-_HISTORY_PROBES = {
-    "heartbeats": (*_ends("heartbeats", "id"), *_ends("heartbeats", "console_id", "idx_heartbeats_console")),
-    "transitions": (
-        *_ends("transitions", "id"),
-        *_ends("transitions", "console_id", "idx_transitions_console"),
-        *_ends("transitions", "at", "idx_transitions_at"),
-    ),
-}
 
 
 def hash_console_token(token: str) -> str:
@@ -211,28 +162,36 @@ def _first(item: tuple[float, ConsoleEntry, bool]) -> float:
     return item[0]
 
 
-def _last_id_before(conn: sqlite3.Connection, cutoff: float) -> int | None:
-    """The largest heartbeat id received before ``cutoff``: ids grow with time, so a binary search over rowids
-    finds it without an index on received_at."""
-    first = conn.execute("SELECT id, received_at FROM heartbeats ORDER BY id LIMIT 1").fetchone()
-    if first is None or first[1] >= cutoff:
-        return None
-    last = conn.execute("SELECT id, received_at FROM heartbeats ORDER BY id DESC LIMIT 1").fetchone()
-    if last[1] < cutoff:
-        return int(last[0])
-    lo, hi = int(first[0]), int(last[0])  # received(lo) < cutoff <= received(hi)
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        row = conn.execute(
-            "SELECT id, received_at FROM heartbeats WHERE id >= ? ORDER BY id LIMIT 1", (mid,)
-        ).fetchone()
-        if row[0] >= hi:
-            hi = mid
-        elif row[1] < cutoff:
-            lo = int(row[0])
-        else:
-            hi = int(row[0])
-    return lo
+def _working_copy(
+    work: dict[str, ConsoleEntry | None], entries: dict[str, ConsoleEntry], cid: str
+) -> ConsoleEntry | None:
+    """The batch's own copy of console ``cid`` (made on first use), or None when it is unknown or removed."""
+    if cid in work:
+        return work[cid]
+    e = entries.get(cid)
+    work[cid] = e2 = e.copy() if e is not None else None
+    return e2
+
+
+def _changes(events: list[Any], work: dict[str, ConsoleEntry | None], beats_of: dict[str, int]) -> list[Change]:
+    """A batch's committed changes as the other nodes of a shared store apply them (pg_events.py)."""
+    out: list[Change] = []
+    for event in events:
+        if isinstance(event, ConsoleRegistered):
+            e = work.get(event.console_id)
+            if e is not None:
+                out.append(
+                    ["reg", e.id, e.name, e.state, e.token_hash, e.first_seen, e.last_seen, e.last_activity, e.hostname]
+                )
+        elif isinstance(event, ConsoleStateChanged):
+            out.append(["state", event.console_id, event.from_state, event.to_state, event.reason, event.at])
+        elif isinstance(event, ConsoleRemoved):
+            out.append(["rm", event.console_id])
+    for cid, count in beats_of.items():
+        e = work.get(cid)
+        if e is not None:
+            out.append(["hb", cid, e.state, e.last_seen, e.last_activity, e.hostname, count])
+    return out
 
 
 class ConsoleService:
@@ -240,14 +199,16 @@ class ConsoleService:
 
     def __init__(
         self,
-        store: Store,
+        store: Store | ConsoleStore,
         bus: EventBus,
         settings: Settings,
         logs: LogHub | None = None,
         sweep_interval: float = 1.0,
         retention_interval: float = 60.0,
     ) -> None:
-        self.store = store
+        # The supervisor's own database (the embedded default) or another console store (PostgreSQL).
+        self.store: ConsoleStore = SqliteConsoleStore(store) if isinstance(store, Store) else store
+        self._sql = self.store.sql
         self.bus = bus
         self.settings = settings
         self.logs = logs
@@ -264,7 +225,10 @@ class ConsoleService:
         self._deadlines = Deadlines(self.inactive_after)
         self._recency = Recency()
         self._timeout_retry: dict[str, float] = {}
-        self._writer = GroupCommitWriter(store, self._plan)
+        self._writer = GroupCommitWriter(self.store, self._plan)
+        # Several supervisors share the store (PostgreSQL): this one's name in the changes it tells the others.
+        self._shared = self.store.shared
+        self.node = secrets.token_hex(8)
         self._writer.on_damaged = self._report_damage
         self._tasks: list[asyncio.Task[None]] = []
         self._counters = _Counters()
@@ -273,33 +237,12 @@ class ConsoleService:
     # -- life cycle --------------------------------------------------------------------------------------
     async def start(self) -> None:
         """Load every console into memory, then start the writer, the inactivity sweeper and retention."""
-        db = self.store.writer
-        async with db.execute(
-            "SELECT id, name, state, reported_state, token_hash, first_seen, last_seen, last_activity, hostname "
-            "FROM consoles "
-            "ORDER BY last_seen"
-        ) as cur:
-            rows = await cur.fetchall()
-        counts: dict[str, int] = {}
-        await self._probe_history()
-        if "heartbeats" not in self._writer.damaged:
-            try:
-                async with db.execute("SELECT console_id, COUNT(*) FROM heartbeats GROUP BY console_id") as cur:
-                    counts = {r[0]: int(r[1]) for r in await cur.fetchall()}
-            except sqlite3.DatabaseError as exc:  # damaged history must not keep the supervisor from starting
-                if not is_damage(exc):
-                    raise
-                self._writer.mark_damaged("heartbeats", str(exc))
-        self._entries.clear()
-        self._by_state.clear()
-        self._recency.clear()
-        for cid, name, state, reported, token_hash, first, last, activity, host in rows:
-            e = ConsoleEntry(cid, name, state, reported, token_hash, first, last, counts.get(cid, 0), activity, host)
-            self._entries[cid] = e
-            self._by_state[state] += 1
-            self._recency.touch(cid, last, state)
-            if state != "inactive":
-                self._deadlines.touch(cid, last)
+        await self._load_view()
+        if hasattr(self.store, "on_problem"):
+            self.store.on_problem = self._report_store_problem
+        if self._shared:
+            # Listening before the writer starts: no change another node commits from now on is missed.
+            await self.store.listen(self.node, self._apply_remote, self._load_view)  # type: ignore[attr-defined]
         self._writer.start()
         loop = asyncio.get_running_loop()
         self._tasks = [
@@ -308,19 +251,20 @@ class ConsoleService:
         ]
         self.started = True
 
-    async def _probe_history(self) -> None:
-        """Read the ends of each history table and its indices (a few pages each, whatever their size: a full
-        PRAGMA quick_check costs seconds per million rows) so a damaged root or edge page is reported now."""
-        for table, probes in _HISTORY_PROBES.items():
-            for sql in probes:
-                try:
-                    async with self.store.writer.execute(sql) as cur:
-                        await cur.fetchall()
-                except sqlite3.DatabaseError as exc:
-                    if not is_damage(exc):
-                        raise
-                    self._writer.mark_damaged(table, str(exc))
-                    break
+    async def _load_view(self) -> None:
+        """Every console from the store into memory (at start, and when a shared store's change feed was lost)."""
+        rows, counts = await self.store.load(self._writer.mark_damaged)
+        self._entries.clear()
+        self._by_state.clear()
+        self._recency.clear()
+        self._deadlines = Deadlines(self.inactive_after)
+        for cid, name, state, reported, token_hash, first, last, activity, host in rows:
+            e = ConsoleEntry(cid, name, state, reported, token_hash, first, last, counts.get(cid, 0), activity, host)
+            self._entries[cid] = e
+            self._by_state[state] += 1
+            self._recency.touch(cid, last, state)
+            if state != "inactive":
+                self._deadlines.touch(cid, last)
 
     async def stop(self) -> None:
         """Stop the sweeper and retention, then write everything already queued (nothing acknowledged is lost)."""
@@ -404,6 +348,11 @@ class ConsoleService:
     # -- the writer's planner: runs in the event loop, turns a batch of ops into SQL steps ----------------
     def _plan(self, ops: list[Op]) -> Plan:
         plan = Plan()
+        sql = self._sql
+        shared = self._shared
+        shared_timeouts: list[tuple[str, float]] = []  # flipped by the store, once for the fleet
+        flips: list[int] = []  # indices of their steps' results
+        beats_of: dict[str, int] = {}  # heartbeats per console, for the other nodes (shared stores only)
         work: dict[str, ConsoleEntry | None] = {}
         hb_rows: list[tuple[Any, ...]] = []
         updates: dict[str, list[Any]] = {}
@@ -417,21 +366,22 @@ class ConsoleService:
         removed: list[str] = []
 
         def current(cid: str) -> ConsoleEntry | None:
-            if cid in work:
-                return work[cid]
-            e = self._entries.get(cid)
-            work[cid] = e2 = e.copy() if e is not None else None
-            return e2
+            return _working_copy(work, self._entries, cid)
 
         def flush() -> None:
             # Timeouts before heartbeat updates: a console that timed out and then spoke in the same batch
             # must end in its reported state.
-            plan.many(_UPDATE_TIMEOUT, timeouts[:])
-            plan.history("heartbeats", _INSERT_HEARTBEAT, hb_rows[:])
+            plan.many(sql.update_timeout, timeouts[:])
+            if shared_timeouts:
+                flip = self.store.flip_inactive(shared_timeouts[:], self.inactive_after, self.node)  # type: ignore[attr-defined]
+                flips.append(plan.call(flip))
+                shared_timeouts.clear()
+            plan.history("heartbeats", sql.insert_heartbeat, hb_rows[:])
             by_kind: dict[tuple[bool, bool, bool], list[tuple[Any, ...]]] = {}
             for u in updates.values():
                 state, system, host, activity, error, job, seen, count, cid, old_state, old_activity, old_host = u
-                state_changed = state != old_state
+                # A shared store may have been changed by another node since: the state is always written.
+                state_changed = state != old_state or shared
                 activity_changed = activity is not None and activity != old_activity
                 host_changed = host is not None and host != old_host
                 row = (
@@ -442,8 +392,8 @@ class ConsoleService:
                 )
                 by_kind.setdefault((state_changed, activity_changed, host_changed), []).append(row)
             for kind, rows in by_kind.items():
-                plan.many(_UPDATE_FROM_HEARTBEAT[kind], rows)
-            plan.history("transitions", _INSERT_TRANSITION, trans[:])
+                plan.many(sql.update_from_heartbeat[kind], rows)
+            plan.history("transitions", sql.insert_transition, trans[:])
             timeouts.clear()
             hb_rows.clear()
             updates.clear()
@@ -484,8 +434,12 @@ class ConsoleService:
                     ]
                 else:
                     u[0] = hb.state
+                    # A later heartbeat of the batch replaces only what it carries: one without a host name
+                    # (or without a system object) must not erase the host name an earlier one reported.
                     if hb.system_json is not None:
-                        u[1], u[2] = hb.system_json, hb.hostname
+                        u[1] = hb.system_json
+                    if hb.hostname is not None:
+                        u[2] = hb.hostname
                     if hb.last_activity is not None:
                         u[3] = hb.last_activity
                     u[4], u[5], u[6] = hb.last_error_json, hb.current_job, p.received_at
@@ -512,12 +466,21 @@ class ConsoleService:
                 )
                 beats += 1
                 beat_ids[e.id] = None
+                if shared:
+                    beats_of[e.id] = beats_of.get(e.id, 0) + 1
                 answers.append((op.future, HeartbeatAck(e.id, hb.state, p.received_at)))
             elif op.kind == "timeout":
                 cid, deadline = op.payload
-                e = current(cid)
+                # Looked at, not copied into the batch's work: a copy would be written back to memory on commit,
+                # over what another node may have changed meanwhile (a shared store flips it, or not, itself).
+                e = work[cid] if cid in work else self._entries.get(cid)
                 if e is None or e.state == "inactive" or e.last_seen + self.inactive_after > deadline + 1e-6:
                     continue  # removed, already inactive, or heard from since the deadline was taken
+                if shared:
+                    shared_timeouts.append((cid, deadline))
+                    continue
+                e = current(cid)
+                assert e is not None
                 transition(cid, e.state, "inactive", deadline, "timeout")
                 e.state = "inactive"
                 timeouts.append((cid,))
@@ -534,7 +497,7 @@ class ConsoleService:
                 th = hash_console_token(token)
                 if e is None:
                     plan.many(
-                        _INSERT_CONSOLE,
+                        sql.insert_console,
                         [
                             (
                                 reg.id,
@@ -557,7 +520,7 @@ class ConsoleService:
                     created = True
                 else:
                     plan.many(
-                        _UPDATE_REGISTRATION,
+                        sql.update_registration,
                         [
                             (
                                 reg.name,
@@ -586,7 +549,7 @@ class ConsoleService:
                     if reg.hostname is not None:
                         e.hostname = reg.hostname
                     created = False
-                plan.history("transitions", _INSERT_TRANSITION, trans[:])
+                plan.history("transitions", sql.insert_transition, trans[:])
                 trans.clear()
                 registrations += 1
                 events.append(ConsoleRegistered(console_id=reg.id, name=reg.name, state=reg.state))
@@ -608,7 +571,7 @@ class ConsoleService:
                     answers.append((op.future, False))
                     continue
                 flush()
-                plan.many(_DELETE_CONSOLE, [(cid,)])
+                plan.many(sql.delete_console, [(cid,)])
                 work[cid] = None
                 beat_ids.pop(cid, None)
                 removed.append(cid)
@@ -619,9 +582,14 @@ class ConsoleService:
                 index = plan.call(op.payload)
                 answers.append((op.future, ("result", index)))
         flush()
+        if shared and (events or beats_of):
+            plan.many(NOTIFY_SQL, [(p,) for p in payloads(self.node, _changes(events, work, beats_of))])
 
         def on_commit(results: list[Any]) -> None:
             self._apply(work)
+            for index in flips:
+                for cid, old_state, at in results[index]:
+                    self._flipped(cid, old_state, at)
             self._counters.accepted += beats
             self._counters.registrations += registrations
             for fut, value in answers:
@@ -646,6 +614,77 @@ class ConsoleService:
         plan.on_commit = on_commit
         plan.on_fail = on_fail
         return plan
+
+    def _flipped(self, cid: str, old_state: str, at: float, remote: bool = False) -> None:
+        """The store made console ``cid`` inactive (this node's sweep, or another's when ``remote``)."""
+        e = self._entries.get(cid)
+        if e is not None and e.state != "inactive":
+            new = e.copy()
+            new.state = "inactive"
+            self._apply({cid: new})
+        event = ConsoleStateChanged(
+            console_id=cid, from_state=old_state, to_state="inactive", reason="timeout", at=at, remote=remote
+        )
+        self.bus.publish(event)
+        if not remote:
+            self._log_event(event)
+
+    def _apply_remote(self, changes: list[Change]) -> None:
+        """Another node committed these changes (pg_events.py): update memory, publish them marked remote."""
+        work: dict[str, ConsoleEntry | None] = {}
+        events: list[Any] = []
+        beats = 0
+        beat_ids: dict[str, None] = {}
+
+        def current(cid: str) -> ConsoleEntry | None:
+            return _working_copy(work, self._entries, cid)
+
+        for change in changes:
+            try:
+                kind, cid = change[0], str(change[1])
+                if kind == "reg":
+                    _, _, name, state, token_hash, first, last, activity, host = change
+                    old = current(cid)
+                    stored = old.stored_heartbeats if old is not None else 0
+                    work[cid] = ConsoleEntry(cid, name, state, state, token_hash, first, last, stored, activity, host)
+                    events.append(ConsoleRegistered(console_id=cid, name=name, state=state, remote=True))
+                elif kind == "hb":
+                    _, _, state, last, activity, host, count = change
+                    e = current(cid)
+                    if e is None:
+                        continue
+                    e.state = e.reported_state = state
+                    e.last_seen = last
+                    if activity is not None:
+                        e.last_activity = activity
+                    if host is not None:
+                        e.hostname = host
+                    e.stored_heartbeats += int(count)
+                    beats += int(count)
+                    beat_ids[cid] = None
+                elif kind == "state":
+                    _, _, old_state, new_state, reason, at = change
+                    if reason == "timeout":
+                        self._apply(work)
+                        work = {}
+                        self._flipped(cid, old_state, at, remote=True)
+                        continue
+                    events.append(
+                        ConsoleStateChanged(
+                            console_id=cid, from_state=old_state, to_state=new_state, reason=reason, at=at, remote=True
+                        )
+                    )
+                elif kind == "rm":
+                    work[cid] = None
+                    beat_ids.pop(cid, None)
+                    events.append(ConsoleRemoved(console_id=cid, remote=True))
+            except (ValueError, TypeError, IndexError):  # not a change this version knows: skip it
+                continue
+        self._apply(work)
+        for event in events:
+            self.bus.publish(event)
+        if beats:
+            self.bus.publish(ConsoleHeartbeats(count=beats, console_ids=tuple(beat_ids), remote=True))
 
     def _registration_token(self, e: ConsoleEntry | None, r: _RegisterOp) -> str:
         """The token the console will use from now on, or raise when it may not (re-)register."""
@@ -754,20 +793,9 @@ class ConsoleService:
         tr_cutoff = now - self.transition_retention
         done = {"heartbeats_by_age": 0, "heartbeats_by_count": 0, "transitions": 0}
 
-        def by_age(conn: sqlite3.Connection) -> list[str]:
-            last = _last_id_before(conn, hb_cutoff)
-            if last is None:
-                return []
-            rows = conn.execute(
-                "DELETE FROM heartbeats WHERE id IN (SELECT id FROM heartbeats WHERE id <= ? ORDER BY id LIMIT ?) "
-                "RETURNING console_id",
-                (last, chunk),
-            ).fetchall()
-            return [r[0] for r in rows]
-
         damaged = self._writer.damaged
         while "heartbeats" not in damaged:
-            ids: list[str] = await self._maintenance(by_age)
+            ids: list[str] = await self._maintenance(self.store.prune_heartbeats_by_age(hb_cutoff, chunk))
             self._forget_rows(ids)
             done["heartbeats_by_age"] += len(ids)
             if len(ids) < chunk:
@@ -777,32 +805,12 @@ class ConsoleService:
         if "heartbeats" in damaged:
             over = []
         for i in range(0, len(over), 100):
-            group = over[i : i + 100]
-
-            def by_count(conn: sqlite3.Connection, group: list[tuple[str, int]] = group) -> list[str]:
-                out: list[str] = []
-                for cid, excess in group:
-                    rows = conn.execute(
-                        "DELETE FROM heartbeats WHERE id IN (SELECT id FROM heartbeats WHERE console_id = ? "
-                        "ORDER BY received_at, id LIMIT ?) RETURNING console_id",
-                        (cid, excess),
-                    ).fetchall()
-                    out += [r[0] for r in rows]
-                return out
-
-            ids = await self._maintenance(by_count)
+            ids = await self._maintenance(self.store.prune_heartbeats_by_count(over[i : i + 100]))
             self._forget_rows(ids)
             done["heartbeats_by_count"] += len(ids)
 
-        def transitions(conn: sqlite3.Connection) -> int:
-            cur = conn.execute(
-                "DELETE FROM transitions WHERE id IN (SELECT id FROM transitions WHERE at < ? ORDER BY at LIMIT ?)",
-                (tr_cutoff, chunk),
-            )
-            return int(cur.rowcount)
-
         while "transitions" not in damaged:
-            n: int = await self._maintenance(transitions)
+            n: int = await self._maintenance(self.store.prune_transitions(tr_cutoff, chunk))
             done["transitions"] += n
             if n < chunk:
                 break
@@ -865,12 +873,12 @@ class ConsoleService:
         if search is None and sort in ("-last_seen", "last_seen"):
             ids = self._recency.page(state, limit, offset, newest_first=sort == "-last_seen")
             total = len(self._entries) if state is None else self._by_state.get(state, 0)
-            return await queries.consoles_by_id(self.store.reader, self.inactive_after, ids), total
-        return await queries.list_consoles(self.store.reader, self.inactive_after, state, search, limit, offset, sort)
+            return await self.store.consoles_by_id(self.inactive_after, ids), total
+        return await self.store.list_consoles(self.inactive_after, state, search, limit, offset, sort)
 
     async def get(self, console_id: str) -> dict[str, Any]:
         """One console record (ConsoleNotFound)."""
-        record = await queries.get_console(self.store.reader, console_id, self.inactive_after)
+        record = await self.store.get_console(console_id, self.inactive_after)
         if record is None:
             raise ConsoleNotFound(f"no console {console_id!r}")
         return record
@@ -879,13 +887,13 @@ class ConsoleService:
         """The console's latest heartbeats, newest first (ConsoleNotFound)."""
         if console_id not in self._entries:
             raise ConsoleNotFound(f"no console {console_id!r}")
-        return await self._history("heartbeats", queries.heartbeats(self.store.reader, console_id, limit))
+        return await self._history("heartbeats", self.store.heartbeats(console_id, limit))
 
     async def transitions(self, console_id: str, limit: int = 100) -> list[dict[str, Any]]:
         """The console's latest state transitions, newest first (ConsoleNotFound)."""
         if console_id not in self._entries:
             raise ConsoleNotFound(f"no console {console_id!r}")
-        return await self._history("transitions", queries.transitions(self.store.reader, console_id, limit))
+        return await self._history("transitions", self.store.transitions(console_id, limit))
 
     async def _history(self, table: str, read: Coroutine[Any, Any, list[dict[str, Any]]]) -> list[dict[str, Any]]:
         """A read of a history table; a damaged one answers ConsoleUnavailable naming it."""
@@ -899,6 +907,23 @@ class ConsoleService:
         read.close()
         raise ConsoleUnavailable(f"the console history table {table} is damaged ({self._writer.damaged[table]})")
 
+    def store_status(self) -> dict[str, Any]:
+        """The console store's kind, where it is (no password) and whether it can be written now."""
+        problem = self.store.problem
+        return {"kind": self.store.kind, "where": self.store.where, "available": problem is None, "problem": problem}
+
+    def _report_store_problem(self, problem: str | None) -> None:
+        """Said once when the store is lost (heartbeats answer 503 meanwhile) and once when it is back; the log
+        line reaches the TUI's log pane and every log follower."""
+        if problem is not None:
+            self._log(
+                "error",
+                f"the console store is lost ({problem}): heartbeats answer 503 until it is back",
+                "console_store_lost",
+            )
+        else:
+            self._log("info", f"the console store {self.store.where} is reachable again", "console_store_back")
+
     def damaged_history(self) -> dict[str, str]:
         """History tables found damaged (their rows are no longer written): table -> the database's error."""
         return dict(self._writer.damaged)
@@ -906,7 +931,7 @@ class ConsoleService:
     def _report_damage(self, table: str, error: str) -> None:
         self._log(
             "error",
-            f"console history table {table} in {self.store.path} is damaged ({error}): heartbeats and "
+            f"console history table {table} in {self.store.where} is damaged ({error}): heartbeats and "
             f"registrations are still recorded, but no more {table} history; repair the database with the "
             "supervisor stopped (sqlite3 .recover)",
             "history_damaged",
@@ -915,7 +940,7 @@ class ConsoleService:
 
     async def stats(self) -> dict[str, Any]:
         """Count and latest activity by state (seed 004's statistics query)."""
-        return await queries.stats(self.store.reader)
+        return await self.store.stats()
 
     # -- logging -----------------------------------------------------------------------------------------
     def _log(self, level: str, message: str, event: str, **fields: Any) -> None:

@@ -1,9 +1,10 @@
 """Group commit: one task writes every console change, one transaction (one fsync) per wake-up.
 
 Requests put an operation on the queue and wait for its future; the writer takes everything queued since its
-last commit, has the service turn it into SQL steps (``plan``), runs them in one transaction on the store's
-writer connection, and only after COMMIT resolves the futures. With synchronous=FULL that makes every 2xx
-durable while paying for one fsync per batch instead of one per heartbeat. A failed transaction is rolled back
+last commit, has the service turn it into SQL steps (``plan``), has the console store run them in one
+transaction (``ConsoleStore.commit``), and only after COMMIT resolves the futures. With SQLite's
+synchronous=FULL or PostgreSQL's synchronous_commit=on that makes every 2xx durable while paying for one
+fsync per batch instead of one per heartbeat. A failed transaction is rolled back
 and every future of the batch gets the error (the API answers 503, never 2xx).
 
 History rows (``Plan.history``: heartbeats, transitions) may not sink a batch: when their table turns out to be
@@ -21,12 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from supervisor_tui.core.store import Store
-
-# One step of a batch: ("many", sql, rows) runs executemany; ("call", fn, None) runs fn(connection) and keeps
-# its result (maintenance deletes that need RETURNING); ("history", (table, sql), rows) is an executemany that
-# a damaged table does not fail the batch for.
-Step = tuple[str, Any, Any]
+from supervisor_tui.consoles.console_store import ConsoleStore, Step
 
 _SQLITE_CORRUPT = 11  # primary result code (extended codes keep it in the low byte)
 _SQLITE_NOTADB = 26
@@ -76,7 +72,7 @@ class Plan:
         if rows:
             self.steps.append(("history", (table, sql), rows))
 
-    def call(self, fn: Callable[[sqlite3.Connection], Any]) -> int:
+    def call(self, fn: Callable[[Any], Any]) -> int:
         """Run ``fn`` inside the transaction; returns the index of its result in ``on_commit``'s list."""
         self.steps.append(("call", fn, None))
         return sum(1 for s in self.steps if s[0] == "call") - 1
@@ -85,7 +81,7 @@ class Plan:
 Planner = Callable[[list[Op]], Plan]
 
 
-class _HistoryDamaged(Exception):
+class HistoryDamaged(Exception):
     """A history table of the batch is damaged: the batch was rolled back, to be written again without it."""
 
     def __init__(self, table: str, error: str) -> None:
@@ -93,7 +89,7 @@ class _HistoryDamaged(Exception):
         self.table, self.error = table, error
 
 
-def _run_steps(conn: sqlite3.Connection, steps: list[Step]) -> list[Any]:
+def run_steps(conn: sqlite3.Connection, steps: list[Step]) -> list[Any]:
     """Runs in the connection's thread: the whole batch in one hop, so no other user of the shared writer
     connection can slip a statement into (or a BEGIN before) our transaction."""
     results: list[Any] = []
@@ -107,7 +103,7 @@ def _run_steps(conn: sqlite3.Connection, steps: list[Step]) -> list[Any]:
                     conn.executemany(what[1], rows)
                 except sqlite3.DatabaseError as exc:
                     if is_damage(exc):
-                        raise _HistoryDamaged(what[0], str(exc)) from exc
+                        raise HistoryDamaged(what[0], str(exc)) from exc
                     raise
             else:
                 results.append(what(conn))
@@ -125,7 +121,7 @@ def _run_steps(conn: sqlite3.Connection, steps: list[Step]) -> list[Any]:
 class GroupCommitWriter:
     """The single writer task of the consoles domain (see the module docstring)."""
 
-    def __init__(self, store: Store, planner: Planner, max_batch: int = 5000) -> None:
+    def __init__(self, store: ConsoleStore, planner: Planner, max_batch: int = 5000) -> None:
         self._store = store
         self._planner = planner
         self._max_batch = max_batch
@@ -177,11 +173,9 @@ class GroupCommitWriter:
             steps = self._without_damaged(steps)
             if not steps:
                 return []
-            writer = self._store.writer
             try:
-                # aiosqlite's _execute runs a function in its connection thread: one hop per batch.
-                results: list[Any] = await writer._execute(_run_steps, writer._conn, steps)
-            except _HistoryDamaged as exc:
+                results = await self._store.commit(steps)
+            except HistoryDamaged as exc:
                 self.mark_damaged(exc.table, exc.error)
                 continue
             return results

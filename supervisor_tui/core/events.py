@@ -102,6 +102,7 @@ class ConsoleRegistered(Event):
     name: str
     state: str
     ts: float = field(default_factory=_now)
+    remote: bool = False  # made through another supervisor sharing the console store
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +116,7 @@ class ConsoleStateChanged(Event):
     reason: str  # "heartbeat" | "timeout" | "register"
     at: float
     ts: float = field(default_factory=_now)
+    remote: bool = False  # made through another supervisor sharing the console store
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +127,7 @@ class ConsoleHeartbeats(Event):
     count: int
     console_ids: tuple[str, ...]
     ts: float = field(default_factory=_now)
+    remote: bool = False  # made through another supervisor sharing the console store
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +135,7 @@ class ConsoleRemoved(Event):
     topic: ClassVar[str] = "console.removed"
     console_id: str
     ts: float = field(default_factory=_now)
+    remote: bool = False  # made through another supervisor sharing the console store
 
 
 @dataclass(frozen=True, slots=True)

@@ -240,16 +240,22 @@ class ExtensionHost:
         sub = self._subscription
         while not sub.closed:
             for event in await sub.get_batch():
-                for hook, args in hooks_for(event):
-                    for plugin in self.plugins():
-                        plugin.deliver(hook, args)
+                self._deliver(event)
+
+    def _deliver(self, event: Event) -> None:
+        # A change made through another supervisor of the fleet reaches every plugin except those that act for
+        # the whole fleet once (webhook alerts): the node that made the change calls them.
+        remote = getattr(event, "remote", False)
+        for hook, args in hooks_for(event):
+            for plugin in self.plugins():
+                if remote and getattr(plugin.instance, "once_per_fleet", False):
+                    continue
+                plugin.deliver(hook, args)
 
     async def flush(self) -> None:
         """Deliver the events still waiting in the subscription, then wait for the running plugins' hooks."""
         for event in self._subscription.get_nowait():
-            for hook, args in hooks_for(event):
-                for plugin in self.plugins():
-                    plugin.deliver(hook, args)
+            self._deliver(event)
         running = [p for p in self.plugins() if p.state == "RUNNING"]
         if running:
             await asyncio.gather(*(p.drain_hooks(self.settings.hook_timeout) for p in running))

@@ -150,6 +150,10 @@ class StoreError(Exception):
     """The database cannot be opened or is newer than this program."""
 
 
+class StoreUnreachable(StoreError):
+    """The console store's server (PostgreSQL) cannot be reached or refuses us: check consoles.store."""
+
+
 class Store:
     """Owns the SQLite file: opens it, migrates it, and hands out the writer and reader connections."""
 

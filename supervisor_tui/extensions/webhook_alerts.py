@@ -48,6 +48,8 @@ class WebhookAlerts(PluginInterface):
     name = "webhook-alerts"
     version = "1.0.0"
     description = "POSTs alerts and recoveries of consoles and plugins to webhook URLs (Slack-compatible)."
+    # Supervisors sharing a console store each see every console change; only the one that made it alerts.
+    once_per_fleet = True
 
     def __init__(self, config: Mapping[str, Any] | None = None) -> None:
         super().__init__(config)

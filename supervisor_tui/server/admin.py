@@ -223,6 +223,7 @@ def create_admin_app(ctx: ApiContext, extra_openapi_paths: dict[str, Any] | None
             "damaged_tables": ctx.consoles.damaged_history() if ctx.consoles is not None else {},
             "route_export": ctx.route_export(),
             "fleet": ctx.fleet.status() if ctx.fleet is not None else {"redis": "off"},
+            "console_store": ctx.consoles.store_status() if ctx.consoles is not None else None,
         }
 
     @app.get(

@@ -177,6 +177,13 @@ class NodeList(BaseModel):
     nodes: list[NodeOut]
 
 
+class ConsoleStoreOut(BaseModel):
+    kind: str = Field(description="sqlite | postgresql")
+    where: str = Field(description="The database file, or the DSN with its password masked")
+    available: bool
+    problem: str | None = Field(default=None, description="Why the store cannot be written now")
+
+
 class StatusOut(BaseModel):
     version: str
     mode: str = Field(description="headless | embedded")
@@ -189,6 +196,9 @@ class StatusOut(BaseModel):
     )
     route_export: RouteExportOut
     fleet: FleetStatusOut = Field(default_factory=lambda: FleetStatusOut(redis="off", redis_url="", since=None))
+    console_store: ConsoleStoreOut | None = Field(
+        default=None, description="Where consoles are kept, and whether it works"
+    )
 
 
 class RouteOut(BaseModel):

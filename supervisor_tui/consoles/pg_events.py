@@ -1,0 +1,136 @@
+"""Console changes across the supervisors sharing one PostgreSQL store, over LISTEN/NOTIFY (seed 002's way).
+
+Every batch a node commits carries, in the same transaction, NOTIFYs on ``CHANNEL`` describing what changed
+(PostgreSQL delivers them only if, and once, the transaction commits). Every other node applies them to its
+in-memory view of the consoles and publishes them on its own event bus, marked ``remote``, so /ws/events, the
+TUI and in-process plugin hooks see changes made through any node. A payload is JSON under PostgreSQL's
+8,000-byte limit: ``{"node": <sender>, "changes": [...]}``, a batch split over several when needed. A change:
+
+    ["reg", id, name, state, token_hash, first_seen, last_seen, last_activity, hostname]
+    ["hb", id, state, last_seen, last_activity, hostname, heartbeats]       (one per console per batch)
+    ["state", id, from_state, to_state, reason, at]
+    ["rm", id]
+
+The listening connection is the store's own (not the pool's); when it is lost the node reconnects by itself
+and reloads every console (what it missed meanwhile is in the table, not in a queue).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the driver loads only in a supervisor configured for PostgreSQL
+    import asyncpg
+
+CHANNEL = "supervisor_consoles"
+NOTIFY_SQL = f"SELECT pg_notify('{CHANNEL}', $1)"
+_MAX_PAYLOAD = 7000  # bytes; PostgreSQL refuses 8000 and more
+
+Change = list[Any]
+
+
+def payloads(node: str, changes: list[Change]) -> list[str]:
+    """``changes`` as NOTIFY payloads of at most _MAX_PAYLOAD bytes each."""
+    out: list[str] = []
+    head = f'{{"node": {json.dumps(node)}, "changes": ['
+    part: list[str] = []
+    size = len(head) + 2
+    for change in changes:
+        text = json.dumps(change, separators=(",", ":"))
+        if part and size + len(text) + 1 > _MAX_PAYLOAD:
+            out.append(head + ",".join(part) + "]}")
+            part, size = [], len(head) + 2
+        part.append(text)
+        size += len(text) + 1
+    if part:
+        out.append(head + ",".join(part) + "]}")
+    return out
+
+
+def decode(payload: str) -> tuple[str, list[Change]]:
+    """(sender node, changes) of one payload; ValueError when it is not one of ours."""
+    data = json.loads(payload)
+    if not isinstance(data, dict) or not isinstance(data.get("changes"), list):
+        raise ValueError("not a console change payload")
+    return str(data.get("node")), list(data["changes"])
+
+
+class ChangeListener:
+    """LISTENs on CHANNEL over its own connection; calls ``on_changes`` for other nodes' payloads and
+    ``on_reconnect`` after a lost connection came back (the caller reloads its view)."""
+
+    def __init__(
+        self,
+        dsn: str,
+        node: str,
+        on_changes: Callable[[list[Change]], None],
+        on_reconnect: Callable[[], Any],
+        on_problem: Callable[[str | None], None],
+    ) -> None:
+        self._dsn = dsn
+        self._node = node
+        self._on_changes = on_changes
+        self._on_reconnect = on_reconnect
+        self._on_problem = on_problem
+        self._conn: asyncpg.Connection | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._lost = asyncio.Event()
+        self._closing = False
+
+    async def start(self) -> None:
+        await self._connect()
+        self._task = asyncio.get_running_loop().create_task(self._keep(), name="consoles-listener")
+
+    async def _connect(self) -> None:
+        import asyncpg
+
+        conn = await asyncpg.connect(self._dsn, timeout=10)
+        conn.add_termination_listener(lambda _conn: self._lost.set())
+        await conn.add_listener(CHANNEL, self._notified)
+        self._conn = conn
+        self._lost.clear()
+
+    def _notified(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
+        try:
+            node, changes = decode(payload)
+        except ValueError:
+            return
+        if node != self._node:
+            self._on_changes(changes)
+
+    async def _keep(self) -> None:
+        """Reconnect after a lost connection (backing off up to 5 s), then have the caller reload."""
+        while not self._closing:
+            await self._lost.wait()
+            if self._closing:
+                return
+            delay = 0.2
+            while not self._closing:
+                try:
+                    await self._connect()
+                    break
+                except Exception as exc:  # the server is still away: say so, try again
+                    self._on_problem(f"console changes from other nodes are not received: {exc}")
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 5.0)
+            if self._closing:
+                return
+            self._on_problem(None)
+            result = self._on_reconnect()
+            if asyncio.iscoroutine(result):
+                await result
+
+    async def close(self) -> None:
+        self._closing = True
+        self._lost.set()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+        if self._conn is not None and not self._conn.is_closed():
+            with contextlib.suppress(Exception):
+                await self._conn.close(timeout=2)

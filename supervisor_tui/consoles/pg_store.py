@@ -1,0 +1,445 @@
+"""The consoles in PostgreSQL (``consoles.store = postgresql://...``): seed 004's ``consolas`` table, shared by
+several supervisors.
+
+``consolas`` is seed 004's table as written (its columns, both indexes) so its monitoring queries run unchanged;
+``estado`` holds seed 004's words (activa, ocupada, esperando, error, inactiva). The product's own columns are
+added beside them: ``console_id`` (the id consoles register with: any id the API accepts, not only UUIDs; ``id``
+is that UUID when it is one, else a UUID made from it), ``reported_state``, ``hostname``, ``token_hash``,
+``last_seen`` and ``heartbeats``; ``created_at`` is when the console was first seen. History is in
+``console_heartbeats`` and ``console_transitions`` (states there in English, the API's words).
+
+Durable: every batch is one transaction on a pool connection, with synchronous_commit on for the session, and
+the writer answers only after its COMMIT returned. A lost server fails the batches (the API answers 503 with
+Retry-After, ``problem`` says why) until the pool's next connection reaches it again.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
+
+import asyncpg
+
+from supervisor_tui.config import mask_dsn
+from supervisor_tui.consoles import pg_queries
+from supervisor_tui.consoles.console_store import ConsoleRow, ConsoleSQL, Step
+from supervisor_tui.consoles.errors import ConsoleUnavailable
+from supervisor_tui.consoles.models import SPANISH_TO_ENGLISH
+from supervisor_tui.consoles.pg_events import NOTIFY_SQL, Change, ChangeListener, payloads
+from supervisor_tui.core.store import StoreError, StoreUnreachable
+
+# Each entry moves the schema from version i to i+1 (recorded in console_schema). Never edit a released entry.
+MIGRATIONS: tuple[str, ...] = (
+    # 1: seed 004's table and indexes exactly as written, the product's columns, history and transitions.
+    """
+    CREATE TABLE consolas (
+      id UUID PRIMARY KEY,
+      nombre VARCHAR(255) NOT NULL,
+      estado VARCHAR(50) NOT NULL,
+      sistema JSONB,
+      ultima_actividad TIMESTAMP WITH TIME ZONE,
+      ultimo_error JSONB,
+      video_en_proceso VARCHAR(500),
+      created_at TIMESTAMP WITH TIME ZONE DEFAULT NOW(),
+      updated_at TIMESTAMP WITH TIME ZONE DEFAULT NOW()
+    );
+    CREATE INDEX idx_consolas_estado ON consolas(estado);
+    CREATE INDEX idx_consolas_ultima_actividad ON consolas(ultima_actividad DESC);
+
+    ALTER TABLE consolas
+      ADD COLUMN console_id TEXT COLLATE "C" NOT NULL,
+      ADD COLUMN reported_state TEXT NOT NULL,
+      ADD COLUMN hostname TEXT,
+      ADD COLUMN token_hash TEXT,
+      ADD COLUMN last_seen TIMESTAMP WITH TIME ZONE NOT NULL,
+      ADD COLUMN heartbeats BIGINT NOT NULL DEFAULT 0,
+      ADD CONSTRAINT consolas_console_id_key UNIQUE (console_id),
+      ADD CONSTRAINT consolas_estado_check
+        CHECK (estado IN ('activa', 'ocupada', 'esperando', 'error', 'inactiva'));
+    -- Room in each page for a heartbeat's new row version: an update that changes no indexed column then
+    -- stays on its page (HOT) and touches no index.
+    ALTER TABLE consolas SET (fillfactor = 70);
+    CREATE INDEX idx_consolas_estado_nombre ON consolas(estado, (nombre COLLATE "C"), console_id);
+    CREATE INDEX idx_consolas_nombre ON consolas((nombre COLLATE "C"), console_id);
+    CREATE EXTENSION IF NOT EXISTS pg_trgm;
+    -- Search folds case with ICU's root locale, whatever the database's own locale (C lowers ASCII only).
+    CREATE INDEX idx_consolas_search ON consolas USING gin (
+      lower(nombre COLLATE "und-x-icu") gin_trgm_ops, lower(coalesce(hostname, '') COLLATE "und-x-icu") gin_trgm_ops
+    );
+
+    -- The API's English state as seed 004's estado word.
+    CREATE FUNCTION consolas_estado(state TEXT) RETURNS VARCHAR(50) LANGUAGE sql IMMUTABLE STRICT AS $$
+      SELECT CASE state WHEN 'active' THEN 'activa' WHEN 'busy' THEN 'ocupada' WHEN 'idle' THEN 'esperando'
+        WHEN 'error' THEN 'error' WHEN 'inactive' THEN 'inactiva' END
+    $$;
+    -- The UUID kept in consolas.id for a console id: the id itself when it is a UUID, else one made from it.
+    CREATE FUNCTION consolas_uuid(console_id TEXT) RETURNS UUID LANGUAGE sql IMMUTABLE STRICT AS $$
+      SELECT CASE WHEN console_id ~ '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$'
+        THEN console_id::uuid ELSE md5('supervisor-tui console ' || console_id)::uuid END
+    $$;
+
+    CREATE TABLE console_heartbeats (
+      id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+      console_id TEXT COLLATE "C" NOT NULL REFERENCES consolas(console_id) ON DELETE CASCADE,
+      received_at TIMESTAMP WITH TIME ZONE NOT NULL,
+      state TEXT NOT NULL,
+      last_activity TIMESTAMP WITH TIME ZONE,
+      last_error JSONB,
+      current_job VARCHAR(500),
+      system JSONB
+    );
+    CREATE INDEX idx_console_heartbeats_console ON console_heartbeats(console_id, received_at);
+    -- Retention finds old heartbeats by time: a BRIN index costs next to nothing per insert.
+    CREATE INDEX idx_console_heartbeats_received ON console_heartbeats USING brin (received_at);
+
+    CREATE TABLE console_transitions (
+      id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+      console_id TEXT COLLATE "C" NOT NULL REFERENCES consolas(console_id) ON DELETE CASCADE,
+      from_state TEXT,
+      to_state TEXT NOT NULL,
+      at TIMESTAMP WITH TIME ZONE NOT NULL,
+      reason TEXT NOT NULL CHECK (reason IN ('heartbeat', 'timeout', 'register'))
+    );
+    CREATE INDEX idx_console_transitions_console ON console_transitions(console_id, at);
+    CREATE INDEX idx_console_transitions_at ON console_transitions(at);
+    """,
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+# Two supervisors starting at once on an empty database must not both migrate it.
+_MIGRATION_LOCK = 0x5375_7054_7569  # pg_advisory_xact_lock key: "SupTui"
+
+
+def _pg(sql: str) -> str:
+    """``?`` placeholders as PostgreSQL's $1, $2, ... in order."""
+    count = 0
+
+    def number(_: re.Match[str]) -> str:
+        nonlocal count
+        count += 1
+        return f"${count}"
+
+    return re.sub(r"\?", number, sql)
+
+
+def _ts(placeholder: str = "?") -> str:
+    return f"to_timestamp({placeholder})"
+
+
+# The same rows as SQLite's statements (sqlite_store.SQLITE_SQL), value for value.
+_HEARTBEAT_SET = (
+    "sistema = COALESCE(?::jsonb, sistema), ultimo_error = ?::jsonb, video_en_proceso = ?, "
+    "last_seen = to_timestamp(?), updated_at = now(), heartbeats = heartbeats + ?"
+)
+PG_SQL = ConsoleSQL(
+    insert_heartbeat=_pg(
+        "INSERT INTO console_heartbeats (console_id, received_at, state, last_activity, last_error, current_job, "
+        f"system) VALUES (?, {_ts()}, ?, {_ts()}, ?::jsonb, ?, ?::jsonb)"
+    ),
+    update_from_heartbeat={
+        (state, activity, host): _pg(
+            "UPDATE consolas SET "
+            + ("estado = consolas_estado(?), reported_state = ?, " if state else "")
+            + ("ultima_actividad = to_timestamp(?), " if activity else "")
+            + ("hostname = ?, " if host else "")
+            + _HEARTBEAT_SET
+            + " WHERE console_id = ?"
+        )
+        for state in (False, True)
+        for activity in (False, True)
+        for host in (False, True)
+    },
+    update_timeout="UPDATE consolas SET estado = 'inactiva', updated_at = now() WHERE console_id = $1",
+    insert_transition=(
+        "INSERT INTO console_transitions (console_id, from_state, to_state, at, reason) "
+        "VALUES ($1, $2, $3, to_timestamp($4), $5)"
+    ),
+    insert_console=(
+        "INSERT INTO consolas (id, console_id, nombre, estado, reported_state, sistema, hostname, ultima_actividad, "
+        "ultimo_error, video_en_proceso, token_hash, created_at, last_seen, updated_at, heartbeats) "
+        "VALUES (consolas_uuid($1), $1, $2, consolas_estado($3), $4, $5::jsonb, $6, to_timestamp($7), NULL, NULL, "
+        "$8, to_timestamp($9), to_timestamp($10), now(), 0)"
+    ),
+    update_registration=(
+        "UPDATE consolas SET nombre = $1, estado = consolas_estado($2), reported_state = $3, "
+        "sistema = COALESCE($4::jsonb, sistema), hostname = COALESCE($5, hostname), "
+        "ultima_actividad = COALESCE(to_timestamp($6), ultima_actividad), ultimo_error = NULL, "
+        "video_en_proceso = NULL, token_hash = $7, last_seen = to_timestamp($8), updated_at = now() "
+        "WHERE console_id = $9"
+    ),
+    delete_console="DELETE FROM consolas WHERE console_id = $1",
+)
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    # Durability does not depend on the server's or the role's default: a 2xx means the WAL is flushed.
+    await conn.execute("SET synchronous_commit = on")
+
+
+# The server is gone or not taking sessions (restarting, shutting down): the store is unavailable for now.
+_CONNECTION_ERRORS = (
+    OSError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+)
+T = TypeVar("T")
+
+
+def _describe_error(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0]
+
+
+class PgConsoleStore:
+    """Consoles in a PostgreSQL database (see the module docstring)."""
+
+    kind = "postgresql"
+    sql = PG_SQL
+    shared = True
+
+    def __init__(self, dsn: str, pool_size: int = 8) -> None:
+        self._dsn = dsn
+        self._pool_size = pool_size
+        self._pool: asyncpg.Pool | None = None
+        self._problem: str | None = None
+        self._problem_since: float | None = None
+        self._listener: ChangeListener | None = None
+        self.listener_problem: str | None = None
+        # Told when the store becomes unusable (the text) and usable again (None): the service logs it.
+        self.on_problem: Callable[[str | None], None] = lambda problem: None
+
+    @property
+    def where(self) -> str:
+        return mask_dsn(self._dsn)
+
+    @property
+    def problem(self) -> str | None:
+        return self._problem or self.listener_problem
+
+    async def listen(
+        self, node: str, on_changes: Callable[[list[Change]], None], on_reconnect: Callable[[], Any]
+    ) -> None:
+        """Receive the other nodes' console changes (pg_events.py) until close()."""
+
+        def problem(text: str | None) -> None:
+            before = self.problem
+            self.listener_problem = text
+            if self.problem != before and (before is None or self.problem is None):
+                self.on_problem(self.problem)
+
+        self._listener = ChangeListener(self._dsn, node, on_changes, on_reconnect, problem)
+        try:
+            await self._listener.start()
+        except Exception as exc:
+            self._listener = None
+            raise StoreUnreachable(
+                f"cannot listen for console changes on {self.where}: {_describe_error(exc)}"
+            ) from None
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise StoreError("the console store is not open")
+        return self._pool
+
+    async def open(self, connect_timeout: float = 10.0) -> None:
+        """Connect and migrate; StoreError (one line, password masked) when the server cannot be used."""
+        try:
+            self._pool = await asyncpg.create_pool(
+                self._dsn,
+                min_size=1,
+                max_size=self._pool_size,
+                init=_init_connection,
+                timeout=connect_timeout,
+                command_timeout=60,
+            )
+        except Exception as exc:  # asyncpg raises OSError, its own errors or ValueError for a bad DSN
+            raise StoreUnreachable(
+                f"cannot reach the console store {self.where}: {_describe_error(exc)} (consoles.store)"
+            ) from None
+        try:
+            await self._migrate()
+        except StoreError:
+            await self.close()
+            raise
+        except Exception as exc:
+            await self.close()
+            raise StoreError(f"cannot prepare the console store {self.where}: {_describe_error(exc)}") from None
+
+    async def _migrate(self) -> None:
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
+            await conn.execute("CREATE TABLE IF NOT EXISTS console_schema (version INTEGER NOT NULL)")
+            version = await conn.fetchval("SELECT max(version) FROM console_schema") or 0
+            if version > SCHEMA_VERSION:
+                raise StoreError(
+                    f"the console store {self.where} has schema version {version}, newer than this program's "
+                    f"{SCHEMA_VERSION}: upgrade supervisor-tui"
+                )
+            for target in range(version + 1, SCHEMA_VERSION + 1):
+                await conn.execute(MIGRATIONS[target - 1])
+                await conn.execute("INSERT INTO console_schema (version) VALUES ($1)", target)
+
+    async def schema_version(self) -> int:
+        return int(await self.pool.fetchval("SELECT max(version) FROM console_schema") or 0)
+
+    async def close(self) -> None:
+        if self._listener is not None:
+            listener, self._listener = self._listener, None
+            await listener.close()
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            try:
+                await pool.close()
+            except Exception:  # closing must always finish
+                pool.terminate()
+
+    async def load(self, mark_damaged: Callable[[str, str], None]) -> tuple[list[ConsoleRow], dict[str, int]]:
+        async with self.pool.acquire() as conn:
+            rows = await conn.fetch(
+                "SELECT console_id, nombre, estado, reported_state, token_hash, "
+                "extract(epoch FROM created_at)::float8, extract(epoch FROM last_seen)::float8, "
+                "extract(epoch FROM ultima_actividad)::float8, hostname "
+                "FROM consolas ORDER BY last_seen"
+            )
+            counts = await conn.fetch("SELECT console_id, count(*) FROM console_heartbeats GROUP BY console_id")
+        consoles: list[ConsoleRow] = [
+            (r[0], r[1], SPANISH_TO_ENGLISH[r[2]], r[3], r[4], r[5], r[6], r[7], r[8]) for r in rows
+        ]
+        return consoles, {r[0]: int(r[1]) for r in counts}
+
+    async def commit(self, steps: list[Step]) -> list[Any]:
+        results: list[Any] = []
+        try:
+            async with self.pool.acquire() as conn, conn.transaction():
+                for kind, what, rows in steps:
+                    if kind == "many":
+                        await conn.executemany(what, rows)
+                    elif kind == "history":
+                        await conn.executemany(what[1], rows)
+                    else:
+                        results.append(await what(conn))
+        except _CONNECTION_ERRORS as exc:
+            self._lost(exc)
+            raise
+        self._reached()
+        return results
+
+    def _lost(self, exc: BaseException) -> None:
+        was = self.problem
+        if self._problem is None:
+            self._problem_since = time.time()
+        self._problem = f"the console store {self.where} cannot be reached: {_describe_error(exc)}"
+        if was is None:
+            self.on_problem(self._problem)
+
+    def _reached(self) -> None:
+        if self._problem is not None:
+            self._problem = None
+            if self.problem is None:
+                self.on_problem(None)
+
+    # -- reads: a lost server is ConsoleUnavailable (503 with Retry-After), not an internal error ------------
+    async def _read(self, read: Coroutine[Any, Any, T]) -> T:
+        try:
+            result = await read
+        except _CONNECTION_ERRORS as exc:
+            self._lost(exc)
+            raise ConsoleUnavailable(f"{self._problem}; retry later") from None
+        self._reached()  # the pool reconnects by itself
+        return result
+
+    async def list_consoles(
+        self, inactive_after: float, state: str | None, search: str | None, limit: int, offset: int, sort: str
+    ) -> tuple[list[dict[str, Any]], int]:
+        return await self._read(pg_queries.list_consoles(self.pool, inactive_after, state, search, limit, offset, sort))
+
+    async def consoles_by_id(self, inactive_after: float, ids: list[str]) -> list[dict[str, Any]]:
+        return await self._read(pg_queries.consoles_by_id(self.pool, inactive_after, ids))
+
+    async def get_console(self, console_id: str, inactive_after: float) -> dict[str, Any] | None:
+        return await self._read(pg_queries.get_console(self.pool, console_id, inactive_after))
+
+    async def heartbeats(self, console_id: str, limit: int) -> list[dict[str, Any]]:
+        return await self._read(pg_queries.heartbeats(self.pool, console_id, limit))
+
+    async def transitions(self, console_id: str, limit: int) -> list[dict[str, Any]]:
+        return await self._read(pg_queries.transitions(self.pool, console_id, limit))
+
+    async def stats(self) -> dict[str, Any]:
+        return await self._read(pg_queries.stats(self.pool))
+
+    # -- inactivity for the fleet ------------------------------------------------------------------------------
+    def flip_inactive(
+        self, due: list[tuple[str, float]], inactive_after: float, node: str
+    ) -> Callable[[asyncpg.Connection], Any]:
+        """A step that makes inactive those of ``due`` (console id, deadline) still silent since their deadline
+        and not already inactive: one flip for the whole fleet, whichever nodes sweep (rows another node is
+        flipping are skipped, and a flipped one no longer matches). The step records their transitions, tells the
+        other nodes, and returns [(console id, from state, deadline)] for the ones this node flipped."""
+
+        async def flip(conn: asyncpg.Connection) -> list[tuple[str, str, float]]:
+            rows = await conn.fetch(
+                "WITH due AS (SELECT c.console_id, c.estado, d.deadline FROM consolas c "
+                "  JOIN unnest($1::text[], $2::float8[]) AS d(console_id, deadline) ON c.console_id = d.console_id "
+                "  WHERE c.estado <> 'inactiva' AND c.last_seen <= to_timestamp(d.deadline - $3 + 0.000001) "
+                "  FOR UPDATE OF c SKIP LOCKED) "
+                "UPDATE consolas c SET estado = 'inactiva', updated_at = now() FROM due "
+                "WHERE c.console_id = due.console_id RETURNING c.console_id, due.estado, due.deadline",
+                [cid for cid, _ in due],
+                [deadline for _, deadline in due],
+                inactive_after,
+            )
+            flipped = [(r[0], SPANISH_TO_ENGLISH[r[1]], float(r[2])) for r in rows]
+            if flipped:
+                await conn.executemany(
+                    self.sql.insert_transition, [(cid, old, "inactive", at, "timeout") for cid, old, at in flipped]
+                )
+                changes: list[Change] = [["state", cid, old, "inactive", "timeout", at] for cid, old, at in flipped]
+                await conn.executemany(NOTIFY_SQL, [(p,) for p in payloads(node, changes)])
+            return flipped
+
+        return flip
+
+    # -- maintenance -----------------------------------------------------------------------------------------
+    def prune_heartbeats_by_age(self, cutoff: float, chunk: int) -> Callable[[asyncpg.Connection], Any]:
+        async def by_age(conn: asyncpg.Connection) -> list[str]:
+            rows = await conn.fetch(
+                "DELETE FROM console_heartbeats WHERE id IN (SELECT id FROM console_heartbeats "
+                "WHERE received_at < to_timestamp($1) ORDER BY id LIMIT $2) RETURNING console_id",
+                cutoff,
+                chunk,
+            )
+            return [r[0] for r in rows]
+
+        return by_age
+
+    def prune_heartbeats_by_count(self, excess: list[tuple[str, int]]) -> Callable[[asyncpg.Connection], Any]:
+        async def by_count(conn: asyncpg.Connection) -> list[str]:
+            rows = await conn.fetch(
+                "DELETE FROM console_heartbeats h USING (SELECT id FROM ("
+                "  SELECT x.id, row_number() OVER (PARTITION BY x.console_id ORDER BY x.received_at, x.id) AS n, "
+                "  e.excess FROM console_heartbeats x "
+                "  JOIN unnest($1::text[], $2::int[]) AS e(console_id, excess) ON x.console_id = e.console_id"
+                ") ranked WHERE n <= excess) old WHERE h.id = old.id RETURNING h.console_id",
+                [cid for cid, _ in excess],
+                [n for _, n in excess],
+            )
+            return [r[0] for r in rows]
+
+        return by_count
+
+    def prune_transitions(self, cutoff: float, chunk: int) -> Callable[[asyncpg.Connection], Any]:
+        async def transitions(conn: asyncpg.Connection) -> int:
+            status = await conn.execute(
+                "DELETE FROM console_transitions WHERE id IN (SELECT id FROM console_transitions "
+                "WHERE at < to_timestamp($1) ORDER BY at LIMIT $2)",
+                cutoff,
+                chunk,
+            )
+            return int(status.split()[-1])
+
+        return transitions

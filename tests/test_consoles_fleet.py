@@ -1,0 +1,169 @@
+"""Several supervisors, one PostgreSQL console store: registered through one node, heartbeats through another,
+every node's reads agree; one silence is one inactivity for the fleet; changes reach every node's event bus."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import websockets
+from conftest import wait_until
+from fixtures.consoles.harness import ADMIN_TOKEN, ConsoleServer, free_port, headless_process, served_consoles
+from test_webhook_alerts import Receiver
+
+from supervisor_tui.core.events import ConsoleHeartbeats, ConsoleRegistered, ConsoleRemoved, ConsoleStateChanged
+
+
+@contextlib.asynccontextmanager
+async def fleet(tmp_path: Path, dsn: str, n: int = 3, **values: Any) -> AsyncIterator[list[ConsoleServer]]:
+    """``n`` console services (each with its own data dir, bus and HTTP port) sharing the store at ``dsn``."""
+    async with contextlib.AsyncExitStack() as stack:
+        nodes = [
+            await stack.enter_async_context(served_consoles(tmp_path / f"node{i}", consoles__store=dsn, **values))
+            for i in range(n)
+        ]
+        yield nodes
+
+
+async def test_register_on_a_beat_on_b_and_every_node_reads_the_same(tmp_path: Path, pg_cluster: Any) -> None:
+    dsn = pg_cluster.new_database()
+    async with fleet(tmp_path, dsn) as (a, b, c):
+        subs = [node.bus.subscribe(["console"]) for node in (a, b, c)]
+        async with httpx.AsyncClient() as client:
+            r = await client.post(
+                f"{a.url}/api/consolas/registrar",
+                json={"id": "c1", "nombre": "Consola uno", "sistema": {"hostname": "uno"}},
+            )
+            assert r.status_code == 201
+            token = {"Authorization": f"Bearer {r.json()['token']}"}
+            # Node B learns of the console from A's commit: its heartbeats are taken with the console's token.
+            await wait_until(lambda: b.service.exists("c1"), timeout=10)
+            r = await client.post(f"{b.url}/api/consolas/c1/heartbeat", json={"estado": "ocupada"}, headers=token)
+            assert r.status_code == 200, r.text
+            r = await client.post(f"{c.url}/api/consolas/c1/heartbeat", json={"estado": "ocupada"}, headers=token)
+            assert r.status_code == 200, r.text
+            bad = {"Authorization": "Bearer not-its-token"}
+            r = await client.post(f"{c.url}/api/consolas/c1/heartbeat", json={"estado": "ocupada"}, headers=bad)
+            assert r.status_code == 403
+
+            async def reads(node: ConsoleServer) -> list[Any]:
+                got = []
+                for path in (
+                    "/api/consoles",
+                    "/api/consoles/c1",
+                    "/api/consoles/stats",
+                    "/api/consoles/c1/transitions",
+                ):
+                    got.append((await client.get(node.url + path, headers=node.admin)).json())
+                return got
+
+            await wait_until(lambda: all(n.service.state_of("c1") == "busy" for n in (a, b, c)), timeout=10)
+            first = await reads(a)
+            assert first[1]["state"] == "busy" and first[1]["heartbeats"] == 2 and first[1]["hostname"] == "uno"
+            assert first[0]["total"] == 1 and [x["id"] for x in first[0]["consoles"]] == ["c1"]
+            assert await reads(b) == first and await reads(c) == first
+            # Removed through C: gone everywhere.
+            assert (await client.delete(f"{c.url}/api/consoles/c1", headers=c.admin)).status_code == 200
+            await wait_until(lambda: not a.service.exists("c1") and not b.service.exists("c1"), timeout=10)
+            r = await client.post(f"{a.url}/api/consolas/c1/heartbeat", json={"estado": "ocupada"}, headers=token)
+            assert r.status_code == 404
+        # Every node's bus saw every change, those made elsewhere marked remote.
+        for node, sub in zip((a, b, c), subs, strict=True):
+            events = sub.get_nowait()
+            sub.close()
+            registered = [e for e in events if isinstance(e, ConsoleRegistered)]
+            assert [(e.console_id, e.remote) for e in registered] == [("c1", node is not a)]
+            changes = [(e.from_state, e.to_state, e.reason) for e in events if isinstance(e, ConsoleStateChanged)]
+            assert changes == [(None, "idle", "register"), ("idle", "busy", "heartbeat")]
+            assert sum(e.count for e in events if isinstance(e, ConsoleHeartbeats)) == 2
+            assert [e.remote for e in events if isinstance(e, ConsoleRemoved)] == [node is not c]
+
+
+async def test_three_nodes_sweeping_flip_a_silent_console_once(tmp_path: Path, pg_cluster: Any) -> None:
+    dsn = pg_cluster.new_database()
+    async with fleet(tmp_path, dsn, consoles__inactive_after="1", sweep_interval=0.02) as nodes:
+        subs = [node.bus.subscribe(["console.state"]) for node in nodes]
+        async with httpx.AsyncClient() as client:
+            for i in range(30):
+                r = await client.post(f"{nodes[i % 3].url}/api/consolas/registrar", json={"id": f"s{i}", "nombre": "s"})
+                assert r.status_code == 201
+        await wait_until(
+            lambda: all(node.service.counts_by_state()["inactive"] == 30 for node in nodes), timeout=20, interval=0.1
+        )
+        conn = await asyncpg.connect(dsn)
+        try:
+            flips = await conn.fetch(
+                "SELECT console_id, count(*) FROM console_transitions WHERE reason = 'timeout' GROUP BY console_id"
+            )
+            assert len(flips) == 30 and all(r[1] == 1 for r in flips)
+            assert await conn.fetchval("SELECT count(*) FROM consolas WHERE estado = 'inactiva'") == 30
+        finally:
+            await conn.close()
+        # Each inactivity reached every node once: as its own on the node that flipped it, remote elsewhere.
+        seen: dict[str, list[bool]] = {}
+        for sub in subs:
+            for e in sub.get_nowait():
+                if isinstance(e, ConsoleStateChanged) and e.reason == "timeout":
+                    seen.setdefault(e.console_id, []).append(e.remote)
+            sub.close()
+        assert len(seen) == 30
+        assert all(sorted(v) == [False, True, True] for v in seen.values()), seen
+        assert len({cid for cid, v in seen.items()}) == 30
+
+
+async def test_real_supervisors_stream_every_nodes_changes_and_alert_once(tmp_path: Path, pg_cluster: Any) -> None:
+    """Three `supervisor-tui --headless` on one store, each with webhook-alerts to one real local receiver: a
+    console registered through node 0 falls silent; every node's /ws/events shows its registration and its
+    inactivity, and the receiver gets one alert for the fleet, not one per node."""
+    receiver = Receiver(free_port())
+    await receiver.start()
+    dsn = pg_cluster.new_database()
+    config = tmp_path / "supervisor.toml"
+    config.write_text(
+        '[consoles]\ninactive_after = "2s"\nauth = "none"\n'
+        "[extensions.webhook-alerts]\n"
+        'module = "supervisor_tui.extensions.webhook_alerts:WebhookAlerts"\n'
+        f'config = {{ urls = ["http://127.0.0.1:{receiver.port}/hook"] }}\n'
+    )
+    ports = [free_port() for _ in range(3)]
+    try:
+        with contextlib.ExitStack() as stack:
+            for i, port in enumerate(ports):
+                stack.enter_context(headless_process(tmp_path / f"n{i}", port, dsn, ("--config", str(config))))
+            streams = [
+                await websockets.connect(
+                    f"ws://127.0.0.1:{port}/ws/events?topics=console",
+                    additional_headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+                )
+                for port in ports
+            ]
+            try:
+                async with httpx.AsyncClient() as client:
+                    r = await client.post(
+                        f"http://127.0.0.1:{ports[0]}/api/consolas/registrar", json={"id": "q1", "nombre": "quiet"}
+                    )
+                    assert r.status_code == 201
+                for node, ws in enumerate(streams):
+                    seen: list[dict[str, Any]] = []
+                    while not any(e.get("to_state") == "inactive" for e in seen):
+                        seen.append(json.loads(await asyncio.wait_for(ws.recv(), 30)))
+                    registered = [e for e in seen if e["topic"] == "console.registered"]
+                    assert [(e["console_id"], e["remote"]) for e in registered] == [("q1", node != 0)]
+                    flips = [e for e in seen if e.get("reason") == "timeout"]
+                    assert [(e["console_id"], e["to_state"]) for e in flips] == [("q1", "inactive")]
+                await wait_until(lambda: len(receiver.messages) >= 1, timeout=30)
+                await asyncio.sleep(3)  # time for other nodes' (wrong) alerts to arrive too
+                alerts = [m for m in receiver.messages if m.get("event") == "console.inactive"]
+                assert len(alerts) == 1, receiver.messages
+                assert len(receiver.messages) == 1
+            finally:
+                for ws in streams:
+                    await ws.close()
+    finally:
+        await receiver.stop()

@@ -1,0 +1,201 @@
+"""The PostgreSQL console store's own promises: seed 004's table and monitoring queries as written, the DSN's
+password never shown, one clear line and exit 2 when the server cannot be reached at startup, 503 with
+Retry-After while it is lost later, and back by itself when it returns."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+from fixtures.consoles.harness import ADMIN_TOKEN, free_port, headless_process, served_consoles
+from fixtures.postgres import PASSWORD
+
+# Seed 004's two monitoring queries, character for character.
+SEED_INACTIVE = """SELECT * 
+FROM consolas 
+WHERE ultima_actividad < NOW() - INTERVAL '10 minutes'
+  AND estado != 'inactiva';"""  # noqa: W291 (seed 004's trailing spaces)
+SEED_STATS = """SELECT 
+  estado,
+  COUNT(*) as total,
+  MAX(ultima_actividad) as ultima_actividad_max
+FROM consolas
+GROUP BY estado;"""  # noqa: W291
+
+SEED_COLUMNS = [
+    ("id", "uuid"),
+    ("nombre", "character varying"),
+    ("estado", "character varying"),
+    ("sistema", "jsonb"),
+    ("ultima_actividad", "timestamp with time zone"),
+    ("ultimo_error", "jsonb"),
+    ("video_en_proceso", "character varying"),
+    ("created_at", "timestamp with time zone"),
+    ("updated_at", "timestamp with time zone"),
+]
+
+
+def iso_ago(seconds: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(time.time() - seconds))
+
+
+async def test_seed_004s_table_and_monitoring_queries_run_unchanged(tmp_path: Path, pg_cluster: Any) -> None:
+    dsn = pg_cluster.new_database()
+    uuid = "550e8400-e29b-41d4-a716-446655440000"
+    async with (
+        served_consoles(tmp_path, consoles__store=dsn, consoles__auth="none", consoles__inactive_after="0.5") as srv,
+        httpx.AsyncClient(base_url=srv.url) as client,
+    ):
+        # Quiet for 20 minutes (by its own last activity), busy now, and one that will go inactive.
+        for cid, estado, ago in ((uuid, "esperando", 1200), ("render-2", "ocupada", 5), ("gone", "activa", 3000)):
+            body = {"id": cid, "nombre": f"Consola {cid}", "estado": estado, "ultimaActividad": iso_ago(ago)}
+            assert (await client.post("/api/consolas/registrar", json=body)).status_code == 201
+        beat = {"estado": "ocupada", "sistema": {"hostname": "mi-servidor"}, "ultimaActividad": iso_ago(5)}
+        beat["videoEnProceso"] = "Video Historia 1 (2/5)"
+        conn = await asyncpg.connect(dsn)
+        try:
+            # "gone" falls silent and goes inactive; the others keep talking.
+            async def only_gone_inactive() -> bool:
+                for cid in (uuid, "render-2"):
+                    b = beat if cid == "render-2" else {"estado": "esperando", "ultimaActividad": iso_ago(1200)}
+                    assert (await client.post(f"/api/consolas/{cid}/heartbeat", json=b)).status_code == 200
+                return srv.service.state_of("gone") == "inactive"
+
+            deadline = time.monotonic() + 15
+            while not await only_gone_inactive():
+                assert time.monotonic() < deadline
+            inactive = await conn.fetch(SEED_INACTIVE)
+            assert [(r["id"], r["nombre"], r["estado"]) for r in inactive] == [
+                (__import__("uuid").UUID(uuid), f"Consola {uuid}", "esperando")
+            ]
+            stats = {r["estado"]: (r["total"], r["ultima_actividad_max"]) for r in await conn.fetch(SEED_STATS)}
+            assert {k: v[0] for k, v in stats.items()} == {"esperando": 1, "ocupada": 1, "inactiva": 1}
+            assert time.time() - stats["ocupada"][1].timestamp() < 60
+            # The API's statistics are the same query's answer.
+            api = (await client.get("/api/consoles/stats", headers=srv.admin)).json()
+            assert {s["state"]: s["count"] for s in api["states"] if s["count"]} == {
+                "idle": 1,
+                "busy": 1,
+                "inactive": 1,
+            }
+            row = await conn.fetchrow("SELECT * FROM consolas WHERE console_id = 'render-2'")
+            assert row["estado"] == "ocupada" and row["video_en_proceso"] == "Video Historia 1 (2/5)"
+            assert json.loads(row["sistema"]) == {"hostname": "mi-servidor"}
+            # Seed 004's columns with their types, then the product's; both of its indexes.
+            columns = await conn.fetch(
+                "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = 'consolas' "
+                "ORDER BY ordinal_position"
+            )
+            assert [(c[0], c[1]) for c in columns][: len(SEED_COLUMNS)] == SEED_COLUMNS
+            indexes = {r[0]: r[1] for r in await conn.fetch("SELECT indexname, indexdef FROM pg_indexes")}
+            assert indexes["idx_consolas_estado"].endswith("USING btree (estado)")
+            assert indexes["idx_consolas_ultima_actividad"].endswith("USING btree (ultima_actividad DESC)")
+            assert await conn.fetchval("SELECT max(version) FROM console_schema") == 1
+        finally:
+            await conn.close()
+
+
+def run_cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "supervisor_tui", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **env},
+    )
+
+
+def test_unreachable_at_startup_is_one_line_and_exit_2_without_the_password(tmp_path: Path) -> None:
+    dsn = f"postgresql://consoles:{PASSWORD}@127.0.0.1:{free_port()}/consoles"
+    done = run_cli(
+        "--headless",
+        "--data-dir",
+        str(tmp_path / "data"),
+        "--plugins-dir",
+        str(tmp_path),
+        "--port",
+        "0",
+        SUPERVISOR_TUI_CONSOLES_STORE=dsn,
+    )
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "cannot reach the console store" in lines[0], done.stderr
+    assert "postgresql://consoles:***@127.0.0.1" in lines[0]
+    assert PASSWORD not in done.stderr + done.stdout
+
+
+def test_a_wrong_password_is_refused_at_startup_without_showing_it(tmp_path: Path, pg_cluster: Any) -> None:
+    dsn = pg_cluster.dsn("postgres", password="not-the-password")
+    done = run_cli(
+        "--headless", "--data-dir", str(tmp_path / "d"), "--plugins-dir", str(tmp_path), "--port", "0",
+        SUPERVISOR_TUI_CONSOLES_STORE=dsn,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert "password authentication failed" in done.stderr and "not-the-password" not in done.stderr
+
+
+def test_config_shows_the_dsn_with_its_password_masked(tmp_path: Path) -> None:
+    dsn = f"postgresql://consoles:{PASSWORD}@db.example:5432/consoles?sslmode=require&password={PASSWORD}"
+    done = run_cli("config", SUPERVISOR_TUI_CONSOLES_STORE=dsn)
+    assert done.returncode == 0, done.stderr
+    assert "postgresql://consoles:***@db.example:5432/consoles?sslmode=require&password=***" in done.stdout
+    assert PASSWORD not in done.stdout + done.stderr
+    bad = run_cli("config", SUPERVISOR_TUI_CONSOLES_STORE=f"mysql://u:{PASSWORD}@h/db")
+    assert bad.returncode == 2 and PASSWORD not in bad.stderr and "consoles.store" in bad.stderr
+
+
+async def test_a_lost_server_answers_503_says_so_and_comes_back_by_itself(tmp_path: Path, pg_cluster: Any) -> None:
+    dsn = pg_cluster.new_database()
+    port = free_port()
+    admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    beat = {"estado": "ocupada"}
+    with headless_process(tmp_path / "data", port, dsn):
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+            r = await client.post("/api/consolas/registrar", json={"id": "c1", "nombre": "uno"})
+            token = {"Authorization": f"Bearer {r.json()['token']}"}
+            assert (await client.post("/api/consolas/c1/heartbeat", json=beat, headers=token)).status_code == 200
+            status = (await client.get("/api/v1/status", headers=admin)).json()["console_store"]
+            assert status["kind"] == "postgresql" and status["available"] is True
+            assert status["where"] == dsn.replace(PASSWORD, "***") and PASSWORD not in json.dumps(status)
+            pg_cluster.stop()
+            try:
+                r = await client.post("/api/consolas/c1/heartbeat", json=beat, headers=token)
+                assert r.status_code == 503 and r.headers["retry-after"] == "1"
+                assert r.json()["error"]["code"] == "unavailable" and PASSWORD not in r.text
+                status = (await client.get("/api/v1/status", headers=admin)).json()["console_store"]
+                assert status["available"] is False and "cannot be reached" in status["problem"]
+                r = await client.get("/api/consoles/c1", headers=admin)
+                assert r.status_code == 503 and PASSWORD not in r.text
+            finally:
+                pg_cluster.start()
+
+            async def beats_again() -> bool:
+                r = await client.post("/api/consolas/c1/heartbeat", json=beat, headers=token)
+                return r.status_code == 200
+
+            deadline = time.monotonic() + 30
+            while not await beats_again():
+                assert time.monotonic() < deadline
+            # The change feed from other nodes reconnects by itself too (backing off): then all is well again.
+            while True:
+                status = (await client.get("/api/v1/status", headers=admin)).json()["console_store"]
+                if status["available"] and status["problem"] is None:
+                    break
+                assert time.monotonic() < deadline + 30, status
+                await asyncio.sleep(0.1)
+            assert (await client.get("/api/consoles/c1", headers=admin)).json()["heartbeats"] == 2
+            # The supervisor's log (the TUI's log pane, every log follower) said so once, and that it is back.
+            r = await client.get("/api/v1/logs", params={"lines": 500, "source": "supervisor"}, headers=admin)
+            said = [line["message"] for line in r.json()["lines"]]
+            lost = [m for m in said if m.startswith("the console store is lost") and "heartbeats answer 503" in m]
+            back = [m for m in said if "is reachable again" in m]
+            assert len(lost) == 1 and len(back) == 1, said
+            assert PASSWORD not in r.text
