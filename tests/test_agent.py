@@ -16,7 +16,8 @@ from typing import Any
 
 import httpx
 import pytest
-from fixtures.consoles.harness import ADMIN_TOKEN, free_port, server_process, wait_for
+from conftest import wait_until_sync
+from fixtures.consoles.harness import ADMIN_TOKEN, free_port, server_process
 
 from supervisor_tui.agent.client import Agent, State
 
@@ -91,7 +92,7 @@ def test_agent_registers_keeps_its_id_and_reports_state_changes(tmp_path: Path, 
     with server_process(tmp_path / "data", port):
         agent = AgentProcess(work, url)
         agents.append(agent)
-        c = wait_for(lambda: (x := one_console(url)) and x["heartbeats"] >= 2 and x)
+        c = wait_until_sync(lambda: (x := one_console(url)) and x["heartbeats"] >= 2 and x)
         assert c["state"] == "idle"  # starts in idle
         assert c["system"]["hostname"] and c["system"]["cpus"] >= 1 and "python_version" in c["system"]
         assert "cpu_percent" in c["system"] and "total_memory" in c["system"] and "uptime" in c["system"]
@@ -113,7 +114,7 @@ def test_agent_registers_keeps_its_id_and_reports_state_changes(tmp_path: Path, 
         assert r.returncode == 0, r.stderr
         c = one_console(url)
         assert c is not None and c["state"] == "error" and c["last_error"] == {"message": "disk full"}
-        wait_for(lambda: "💓 Heartbeat sent - State: busy (Video 1 (2/5))" in agent.output())
+        wait_until_sync(lambda: "💓 Heartbeat sent - State: busy (Video 1 (2/5))" in agent.output())
         assert "🔄 Console state: idle → busy" in agent.output()
         assert cli(work, "state", "sleeping").returncode == 2
 
@@ -139,7 +140,7 @@ def test_agent_registers_keeps_its_id_and_reports_state_changes(tmp_path: Path, 
         assert seen is not None
         again = AgentProcess(work, url)
         agents.append(again)
-        wait_for(lambda: (x := one_console(url)) and x["heartbeats"] > seen["heartbeats"])
+        wait_until_sync(lambda: (x := one_console(url)) and x["heartbeats"] > seen["heartbeats"])
         assert len(consoles(url)) == 1 and json.loads(id_file.read_text())["console_id"] == seen["id"]
         assert again.stop() == 0
 
@@ -159,12 +160,12 @@ def test_agent_rides_out_server_outages_restarts_and_a_server_that_forgot_it(
     work.mkdir()
     agent = AgentProcess(work, url)  # the server is not up yet
     agents.append(agent)
-    wait_for(lambda: "Could not send heartbeat" in agent.output())
+    wait_until_sync(lambda: "Could not send heartbeat" in agent.output())
     time.sleep(1.5)  # the outage lasts a while: several retries (every <= 0.6 s here)
     assert agent.proc.poll() is None
     with server_process(tmp_path / "data", port) as server:
-        c = wait_for(lambda: one_console(url))
-        out = wait_for(lambda: "Server reachable again" in (o := agent.output()) and o)
+        c = wait_until_sync(lambda: one_console(url))
+        out = wait_until_sync(lambda: "Server reachable again" in (o := agent.output()) and o)
         assert out.count("Could not send heartbeat") == 1  # once per outage, not once per try
         failed = int(out.split("Server reachable again after ")[1].split()[0])
         assert failed >= 2
@@ -173,11 +174,11 @@ def test_agent_rides_out_server_outages_restarts_and_a_server_that_forgot_it(
         server.send_signal(signal.SIGTERM)
         server.wait(15)
     with server_process(tmp_path / "data", port):
-        wait_for(lambda: (x := one_console(url)) and x["heartbeats"] > beats + 1)
+        wait_until_sync(lambda: (x := one_console(url)) and x["heartbeats"] > beats + 1)
         assert agent.output().count("Could not send heartbeat") <= 2
     # A different database: the server has never heard of this console (404), so the agent registers again.
     with server_process(tmp_path / "other-data", port):
-        c2 = wait_for(lambda: (x := one_console(url)) and x["heartbeats"] >= 1 and x)
+        c2 = wait_until_sync(lambda: (x := one_console(url)) and x["heartbeats"] >= 1 and x)
         assert c2["id"] == c["id"]
     assert agent.proc.poll() is None
     assert agent.stop() == 0
@@ -189,12 +190,12 @@ def test_agent_speaks_seed_004_to_a_tokenless_server(tmp_path: Path, agents: lis
     with server_process(tmp_path / "data", port, "--auth", "none"):
         agent = AgentProcess(tmp_path, url, "--dialect", "es", CONSOLE_ID="consola-7")
         agents.append(agent)
-        c = wait_for(lambda: (x := one_console(url)) and x["heartbeats"] >= 1 and x)
+        c = wait_until_sync(lambda: (x := one_console(url)) and x["heartbeats"] >= 1 and x)
         assert c["id"] == "consola-7" and c["name"].startswith("Consola ")
         assert "totalMemory" in c["system"] and "freeMemory" in c["system"] and "pythonVersion" in c["system"]
         r = cli(tmp_path, "state", "ocupada", "--job", "Video Historia 1 (2/5)")
         assert r.returncode == 0, r.stderr
-        out = wait_for(lambda: "Heartbeat enviado - Estado: ocupada" in (o := agent.output()) and o)
+        out = wait_until_sync(lambda: "Heartbeat enviado - Estado: ocupada" in (o := agent.output()) and o)
         for line in (
             "💓 SERVICIO DE HEARTBEAT",
             "📋 Console ID: consola-7",
