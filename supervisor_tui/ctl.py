@@ -80,6 +80,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     if args.action == "scale" and not 1 <= args.replicas <= MAX_REPLICAS:
         _complain(f"scale {args.key}: N must be from 1 to {MAX_REPLICAS}, got {args.replicas}")
+        return EXIT_USAGE
     if args.action == "logs" and args.follow and (args.key is None or args.grep is not None):
         _complain("logs -f follows one plugin: give its KEY, and no --grep")
         return EXIT_USAGE

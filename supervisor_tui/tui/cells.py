@@ -181,6 +181,7 @@ def replica_cells(p: PluginInfo, r: ReplicaInfo, now: float) -> tuple[tuple[str,
         (f"replica {r.index}", DIM_STYLE),
         ("", ""),
         (r.state, PLUGIN_STATE_STYLES.get(r.state, "")),
+        ("", ""),  # group: the plugin's row says it
         (str(r.pid) if r.pid else "-", ""),
         (str(r.port) if r.port else "-", ""),
         (uptime, ""),
@@ -189,6 +190,7 @@ def replica_cells(p: PluginInfo, r: ReplicaInfo, now: float) -> tuple[tuple[str,
         (size(r.rss) if (r.rss is not None and running) else "-", ""),
         ("", ""),
         ("", ""),
+        ("", ""),  # node: the plugin's row says it
     )
 
 
