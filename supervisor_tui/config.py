@@ -424,7 +424,7 @@ FIELDS: tuple[Field, ...] = (
         "",
         _parse_redis_url,
         "empty, or redis://[user:password@]host:port/db (rediss:// for TLS)",
-        "the fleet's Redis: seed 000's registration channels and node presence (empty = off)",
+        "the fleet's Redis: the Redis registration protocol's channels and node presence (empty = off)",
         mask=masked_url,
     ),
     Field(
@@ -457,7 +457,7 @@ FIELDS: tuple[Field, ...] = (
         True,
         _parse_bool,
         "true or false",
-        "publish this node's plugins on seed 000's channels",
+        "publish this node's plugins on the registration protocol's channels",
     ),
     Field(
         "fleet",

@@ -1,7 +1,7 @@
 """The console store interface: where the consoles domain keeps consoles, heartbeats and transitions.
 
 Two implementations: ``SqliteConsoleStore`` (the supervisor's own database, the embedded default) and
-``PgConsoleStore`` (a PostgreSQL shared by several supervisors: seed 004's ``consolas`` table). The service's
+``PgConsoleStore`` (a PostgreSQL shared by several supervisors: the Spanish API's ``consolas``). The service's
 planner writes the same rows to either: ``sql`` holds each store's statements for them, one placeholder per row
 value in the same order, and ``commit`` runs a batch of them in one transaction. Reads answer the same English
 records from either.

@@ -1,4 +1,4 @@
-"""Console payloads in both dialects (seed 004's Spanish, and English), the state vocabulary, and timestamps.
+"""Console payloads in both dialects (the Spanish console API, and English), the state vocabulary, and timestamps.
 
 Both dialects decode into the same ``HeartbeatInput`` / ``RegistrationInput``; everything after decoding
 speaks English. Timestamps arrive as ISO-8601 strings ("2025-12-03T10:30:00.000Z"), are stored as Unix
@@ -44,8 +44,8 @@ SPANISH_REPORTED_STATES: tuple[str, ...] = ("activa", "ocupada", "esperando", "e
 
 CONSOLE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
 _CONSOLE_ID = re.compile(CONSOLE_ID_PATTERN)
-MAX_NAME = 255  # seed 004: nombre VARCHAR(255)
-MAX_JOB = 500  # seed 004: video_en_proceso VARCHAR(500)
+MAX_NAME = 255  # the Spanish API: nombre VARCHAR(255)
+MAX_JOB = 500  # the Spanish API: video_en_proceso VARCHAR(500)
 MAX_HOST = 255  # longer hostnames are cut, not refused
 MAX_TIMESTAMP = 253402300799.0  # 9999-12-31T23:59:59Z
 

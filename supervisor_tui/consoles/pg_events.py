@@ -1,4 +1,4 @@
-"""Console changes across the supervisors sharing one PostgreSQL store, over LISTEN/NOTIFY (seed 002's way).
+"""Console changes across the supervisors sharing one PostgreSQL store, over LISTEN/NOTIFY.
 
 Every batch a node commits carries, in the same transaction, NOTIFYs on ``CHANNEL`` describing what changed
 (PostgreSQL delivers them only if, and once, the transaction commits). Every other node applies them to its

@@ -1,8 +1,8 @@
-"""The consoles in PostgreSQL (``consoles.store = postgresql://...``): seed 004's ``consolas`` table, shared by
+"""The consoles in PostgreSQL (``consoles.store = postgresql://...``): the Spanish API's ``consolas`` table, shared by
 several supervisors.
 
-``consolas`` is seed 004's table as written (its columns, both indexes) so its monitoring queries run unchanged;
-``estado`` holds seed 004's words (activa, ocupada, esperando, error, inactiva). The product's own columns are
+``consolas`` is the Spanish API's table as written (its columns, both indexes) so its monitoring queries run unchanged;
+``estado`` holds the Spanish API's words (activa, ocupada, esperando, error, inactiva). The product's own columns are
 added beside them: ``console_id`` (the id consoles register with: any id the API accepts, not only UUIDs; ``id``
 is that UUID when it is one, else a UUID made from it), ``reported_state``, ``hostname``, ``token_hash``,
 ``last_seen`` and ``heartbeats``; ``created_at`` is when the console was first seen. History is in
@@ -32,7 +32,7 @@ from supervisor_tui.core.store import StoreError, StoreUnreachable
 
 # Each entry moves the schema from version i to i+1 (recorded in console_schema). Never edit a released entry.
 MIGRATIONS: tuple[str, ...] = (
-    # 1: seed 004's table and indexes exactly as written, the product's columns, history and transitions.
+    # 1: the Spanish API's table and indexes exactly as written, the product's columns, history and transitions.
     """
     CREATE TABLE consolas (
       id UUID PRIMARY KEY,
@@ -69,7 +69,7 @@ MIGRATIONS: tuple[str, ...] = (
       lower(nombre COLLATE "und-x-icu") gin_trgm_ops, lower(coalesce(hostname, '') COLLATE "und-x-icu") gin_trgm_ops
     );
 
-    -- The API's English state as seed 004's estado word.
+    -- The API's English state as the Spanish console API's estado word.
     CREATE FUNCTION consolas_estado(state TEXT) RETURNS VARCHAR(50) LANGUAGE sql IMMUTABLE STRICT AS $$
       SELECT CASE state WHEN 'active' THEN 'activa' WHEN 'busy' THEN 'ocupada' WHEN 'idle' THEN 'esperando'
         WHEN 'error' THEN 'error' WHEN 'inactive' THEN 'inactiva' END

@@ -1,4 +1,4 @@
-"""ConsoleService: registrations, heartbeats, inactivity, retention and reads for remote consoles (seed 004).
+"""ConsoleService: registrations, heartbeats, inactivity, retention and reads for remote consoles (both dialects).
 
 The current state of every console lives in memory (loaded at start), so the ingest path never reads SQLite:
 it checks the console and its token in a dict, queues the heartbeat for the group-commit writer and waits for
@@ -939,7 +939,7 @@ class ConsoleService:
         )
 
     async def stats(self) -> dict[str, Any]:
-        """Count and latest activity by state (seed 004's statistics query)."""
+        """Count and latest activity by state (the Spanish console API's statistics query)."""
         return await self.store.stats()
 
     # -- logging -----------------------------------------------------------------------------------------

@@ -129,7 +129,7 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE plugin_state ADD COLUMN replicas INTEGER;
     """,
-    # 7: plugins registered over Redis (seed 000 publishes plugin:registered once, at start): the message as it
+    # 7: plugins registered over Redis (sent once, when a plugin starts): the message as it
     # was accepted, so after a restart the plugin comes back LOST and its next heartbeat restores its routes. By
     # key and node: one key may be served by several nodes of the fleet ('' for a plugin that announced itself).
     """

@@ -1,4 +1,4 @@
-"""The fleet: seed 000's Redis registration channels in both directions, and node presence.
+"""The fleet: the Redis registration protocol's channels in both directions, and node presence.
 
 ``messages`` holds the typed wire models, ``link`` the Redis connection with its reconnect, ``listener`` turns
 received messages into external plugins, ``announcer`` publishes this node's plugins, ``presence`` keeps the

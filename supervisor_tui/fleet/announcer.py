@@ -1,6 +1,6 @@
-"""This node speaks seed 000 too: its plugins are published on the three channels as a seed 000 plugin would.
+"""This node speaks the Redis registration protocol too: its plugins go out on its three channels.
 
-A local plugin reaching RUNNING is published on ``plugin:registered`` with seed 000's fields plus ``url`` (this
+A local plugin reaching RUNNING is published on ``plugin:registered`` with the protocol's fields plus ``url`` (this
 node's gateway: ``advertise_url + /api/plugins/<key>``) and ``node``; while it runs, ``plugin:heartbeat`` every
 ``redis.heartbeat_interval``; when it leaves RUNNING, ``plugin:unregistered``. The registration is also kept in
 the hash ``fleet:plugins:<node>`` (expiring with the presence record): a node that starts later hears only
@@ -40,7 +40,7 @@ def plugins_key(node: str) -> str:
 
 
 def _millis() -> int:
-    return int(time.time() * 1000)  # seed 000's Date.now()
+    return int(time.time() * 1000)  # the registration protocol's Date.now()
 
 
 class PluginAnnouncer:

@@ -1,4 +1,4 @@
-"""The node's connection to Redis: one client for commands and publishing, one pub/sub on seed 000's channels.
+"""The node's connection to Redis: one client for commands and publishing, one pub/sub on the protocol's channels.
 
 redis-py's pub/sub does not reliably reconnect by itself (redis/redis-py#2089, #3203), so the link owns the loop:
 connect, SUBSCRIBE, call ``on_connect`` (the node re-announces its plugins and its presence), read messages
@@ -36,7 +36,7 @@ OnMessage = Callable[[str, bytes], Awaitable[None]]
 
 
 class RedisLink:
-    """Keeps a connection to ``url`` and the subscription to seed 000's channels; ``up`` says whether it holds."""
+    """Keeps a connection to ``url`` and the subscription to the protocol's channels; ``up`` says whether it holds."""
 
     def __init__(
         self, url: str, logs: LogHub, bus: EventBus, on_message: OnMessage, on_connect: Callable[[], Awaitable[None]]

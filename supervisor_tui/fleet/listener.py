@@ -42,7 +42,7 @@ def gateway_path(key: str) -> str:
 
 
 class RegistrationListener:
-    """Applies received seed 000 messages to the supervisor; ``refused`` counts what it did not apply, by reason."""
+    """Applies received registration messages to the supervisor; ``refused`` counts what it did not apply, by reason."""
 
     def __init__(self, sup: Supervisor, registrations: RegistrationStore, node: str) -> None:
         self.sup = sup
@@ -133,7 +133,7 @@ class RegistrationListener:
         )
 
     def _payload(self, message: Registered) -> tuple[dict[str, Any], str]:
-        """The HTTP registration's payload for a seed 000 message, and the upstream's base path (a node's gateway)."""
+        """The HTTP registration payload of a registration message, and its upstream's base path (a node's gateway)."""
         payload: dict[str, Any] = {
             "key": message.key,
             "name": message.name,

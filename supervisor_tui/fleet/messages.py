@@ -1,6 +1,6 @@
 """Seed 000's three messages and the node presence record, as typed msgspec models shared by every part.
 
-A seed 000 plugin publishes (``port`` is ``process.env.PORT || 3010``: a numeric string or a number)::
+A protocol plugin publishes (``port`` is ``process.env.PORT || 3010``: a numeric string or a number)::
 
     plugin:registered    {"key", "name", "version", "port", "endpoints", "timestamp"}
     plugin:heartbeat     {"key", "timestamp", "status": "alive"}
@@ -23,7 +23,7 @@ CHANNELS = (REGISTERED, HEARTBEAT, UNREGISTERED)
 
 MAX_MESSAGE_BYTES = 64 * 1024  # a registration with hundreds of endpoints fits; a 1 MB message is refused unread
 
-Timestamp = int | float  # seed 000 sends Date.now(): milliseconds since the epoch
+Timestamp = int | float  # the protocol's plugins send Date.now(): milliseconds since the epoch
 
 
 class Registered(msgspec.Struct, omit_defaults=True):
@@ -41,7 +41,7 @@ class Registered(msgspec.Struct, omit_defaults=True):
 
 
 class Heartbeat(msgspec.Struct):
-    """plugin:heartbeat: the plugin is alive (``status`` is always sent, as seed 000 does)."""
+    """plugin:heartbeat: the plugin is alive (``status`` is always sent, as the protocol's plugins do)."""
 
     key: str
     timestamp: Timestamp | None = None
@@ -82,7 +82,7 @@ ENCODER = msgspec.json.Encoder()
 
 
 class MalformedMessage(ValueError):
-    """A message that is not one of seed 000's; ``reason`` is the metric label, the text the log line."""
+    """A message that is not one of the protocol's; ``reason`` is the metric label, the text the log line."""
 
     def __init__(self, reason: str, text: str) -> None:
         super().__init__(text)

@@ -1,6 +1,6 @@
 """A plugin's ``env_file``: ``.env`` lines (``KEY=value``) read into an environment mapping at each start.
 
-The format is the one seed 004's consoles use and most tools read: ``KEY=value`` lines, blank lines and ``#``
+The format is the one the console agent uses and most tools read: ``KEY=value`` lines, blank lines and ``#``
 comments, an optional ``export`` prefix, values bare (trimmed, `` #`` starts a comment), in single quotes (taken
 as they are) or in double quotes (``\\n``, ``\\t``, ``\\"`` and ``\\\\`` escapes). A value is one line.
 

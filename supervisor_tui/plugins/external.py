@@ -65,7 +65,7 @@ class ExternalPlugin:
         self.key, self.name, self.version = key, name, version
         self.host, self.port, self.endpoints = host, port, endpoints
         self.interval, self.timeout, self.max_body = interval, timeout, max_body
-        # HTTP registrations are LOST after two intervals; Redis ones after redis.dead_after (seed 000's timeout)
+        # HTTP registrations are LOST after two intervals; Redis ones after redis.dead_after (the protocol's timeout)
         self.lost_after = 2 * interval if lost_after is None else lost_after
         self.source = source  # "http" or "redis": how it registered
         self.node = node  # the fleet node that announced it ("" for a plugin that announced itself)
