@@ -31,7 +31,6 @@ from supervisor_tui.consoles.open_store import open_console_store
 from supervisor_tui.consoles.service import ConsoleService
 from supervisor_tui.core.extensions import ExtensionHost
 from supervisor_tui.core.supervisor import Supervisor
-from supervisor_tui.fleet.node import FleetNode
 from supervisor_tui.plugins.process import become_subreaper
 from supervisor_tui.plugins.watcher import PluginWatcher
 from supervisor_tui.server.auth import load_or_create_token
@@ -39,6 +38,7 @@ from supervisor_tui.server.limits import is_loopback_name
 from supervisor_tui.server.serve import BindError, HttpServer, bind_socket
 
 if TYPE_CHECKING:
+    from supervisor_tui.fleet.node import FleetNode
     from supervisor_tui.server.caddy_export import CaddyExport
     from supervisor_tui.server.gateway import Gateway
     from supervisor_tui.server.routes_sync import RouteSync
@@ -178,6 +178,9 @@ class Runtime:
         await self.consoles.start()
         sup.attach_consoles(self.consoles)
         if settings.get("redis.url"):
+            # Only a supervisor in a fleet loads the Redis client (and hiredis): several MiB of RSS otherwise.
+            from supervisor_tui.fleet.node import FleetNode
+
             advertise = str(settings.get("fleet.advertise_url")) or local_url(settings.host, port)
             self.fleet = FleetNode(sup, settings, advertise, console_counts=self.consoles.counts_by_state)
             await self.fleet.restore()

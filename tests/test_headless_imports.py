@@ -1,4 +1,5 @@
-"""A running headless supervisor holds none of the TUI's packages in memory (a real subprocess's sys.modules)."""
+"""A running headless supervisor holds none of the TUI's packages in memory, nor, with default settings, the drivers
+of features that are off (a real subprocess's sys.modules)."""
 
 from __future__ import annotations
 
@@ -28,6 +29,8 @@ sys.exit(main(sys.argv[2:]))
 """
 
 TUI_ONLY = ("textual", "rich", "pygments")  # click stays: uvicorn imports it for its own command line
+# Off by default: the fleet (redis.url), a PostgreSQL console store (consoles.store), a log search (a pattern).
+WHEN_USED = ("redis", "hiredis", "asyncpg", "regex")
 
 
 def test_headless_imports_nothing_only_the_tui_uses(tmp_path: Path) -> None:
@@ -61,3 +64,5 @@ def test_headless_imports_nothing_only_the_tui_uses(tmp_path: Path) -> None:
     assert {"supervisor_tui.server.admin", "supervisor_tui.plugins.process", "httpx", "fastapi"} <= modules
     loaded = sorted(m for m in modules if m.split(".")[0] in TUI_ONLY or m.startswith("supervisor_tui.tui"))
     assert loaded == []
+    unused = sorted(m for m in modules if m.split(".")[0] in WHEN_USED or m.startswith("supervisor_tui.fleet"))
+    assert unused == []

@@ -12,9 +12,10 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Protocol, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
-import regex
+if TYPE_CHECKING:
+    import regex
 
 MAX_PATTERN = 1000  # characters; a pattern longer than this is refused before it is compiled
 LINE_TIMEOUT = 0.05  # seconds one line may take
@@ -65,6 +66,8 @@ def compile_pattern(text: str) -> LogPattern:
         raise LogSearchError("the pattern is empty")
     if len(text) > MAX_PATTERN:
         raise LogSearchError(f"the pattern is longer than {MAX_PATTERN} characters")
+    import regex  # loaded by the first search, not by every supervisor (its module costs RSS)
+
     try:
         return LogPattern(text, regex.compile(text, regex.VERSION0))
     except regex.error as exc:

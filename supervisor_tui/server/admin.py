@@ -13,7 +13,7 @@ import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import Depends, FastAPI, Query, Request, WebSocket, WebSocketDisconnect
 from fastapi.exceptions import RequestValidationError
@@ -33,13 +33,15 @@ from supervisor_tui.core.groups import GROUP_ACTIONS, act_on_group, groups_of
 from supervisor_tui.core.log_search import MAX_PATTERN, LogSearchError, compile_pattern
 from supervisor_tui.core.logs import LogRecord
 from supervisor_tui.core.supervisor import PluginActionError, PluginNotFound, Supervisor
-from supervisor_tui.fleet.node import FleetNode
 from supervisor_tui.plugins.manifest import ManifestError
 from supervisor_tui.plugins.model import GroupNotFound
 from supervisor_tui.server import schemas
 from supervisor_tui.server.auth import bearer_from_header, token_matches
 from supervisor_tui.server.errors import ERROR_SCHEMA, ApiError, internal_error_body, report_internal_error
 from supervisor_tui.server.gateway import PluginRoute
+
+if TYPE_CHECKING:
+    from supervisor_tui.fleet.node import FleetNode  # the Redis client loads only with redis.url set
 
 MAX_LOG_LINES = 10_000
 

@@ -8,7 +8,7 @@ Nothing here is updated on a hot path: a collector reads the live figures when P
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
@@ -16,8 +16,10 @@ from prometheus_client.registry import Collector
 
 from supervisor_tui.consoles.service import ConsoleService
 from supervisor_tui.core.supervisor import Supervisor
-from supervisor_tui.fleet.node import FleetNode
 from supervisor_tui.plugins.model import PluginState
+
+if TYPE_CHECKING:
+    from supervisor_tui.fleet.node import FleetNode  # the Redis client loads only with redis.url set
 
 PLUGIN_STATES = tuple(s.value for s in PluginState)
 
