@@ -162,7 +162,7 @@ class SupervisorApp(App[int]):
         self.set_interval(RATE_SECONDS, self._sample_rates, name="rates")
 
     async def _sample_rates(self) -> None:
-        """Requests/s per plugin from the gateway's cumulative counts (and the fleet's size, for the Node column)."""
+        """Requests/s per plugin from the gateway's counts; the fleet's size (Node column) and the header's warnings."""
         try:
             counts = await self.client.request_counts()
             if self.view.redis != "off":
@@ -173,10 +173,12 @@ class SupervisorApp(App[int]):
             self.view.fold_counts(counts, time.monotonic(), self.client.now())
         try:
             export = await self.client.route_export()
+            store_problem = await self.client.console_store_problem()
         except ClientError:
             return
-        if export.problem != self.view.route_export_problem:
+        if (export.problem, store_problem) != (self.view.route_export_problem, self.view.console_store_problem):
             self.view.route_export_problem = export.problem
+            self.view.console_store_problem = store_problem
             self._apply()
 
     def _install_signal_handlers(self) -> None:
@@ -217,6 +219,7 @@ class SupervisorApp(App[int]):
             self.view.redis = await self.client.redis_status()
             if self.view.redis != "off":
                 await self._count_nodes()
+            self.view.console_store_problem = await self.client.console_store_problem()
         except ClientError as exc:
             self._set_connection(ConnectionChange(False, exc.message))
         await self._refresh_consoles(force=True)

@@ -490,6 +490,11 @@ class SupervisorClient(abc.ABC):
         """The fleet's Redis as this supervisor sees it: "off" (no redis.url), "up" or "down"."""
         return "off"
 
+    # -- console store -------------------------------------------------------------------------------
+    async def console_store_problem(self) -> str:
+        """Why the console store cannot be reached now (a PostgreSQL server gone); "" while it is available."""
+        return ""
+
     def client_for(self, url: str) -> SupervisorClient | None:
         """A client of another node's API at ``url`` with this client's admin token (None: no token known)."""
         return None

@@ -6,15 +6,15 @@ the attached UI cannot drift apart.
 
 from __future__ import annotations
 
+import contextlib
 import getpass
-from collections.abc import AsyncIterator, Callable
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
-from supervisor_tui.consoles.errors import ConsoleNotFound
+from supervisor_tui.consoles.errors import ConsoleError, ConsoleNotFound
 from supervisor_tui.core.actions import acting_as
 from supervisor_tui.core.groups import act_on_group
 from supervisor_tui.core.supervisor import Supervisor
-from supervisor_tui.fleet.node import FleetNode
 from supervisor_tui.plugins.model import GroupNotFound, PluginActionError, PluginNotFound
 from supervisor_tui.tui.client import (
     CONSOLE_STATES,
@@ -32,6 +32,9 @@ from supervisor_tui.tui.client import (
     TransitionInfo,
 )
 
+if TYPE_CHECKING:
+    from supervisor_tui.fleet.node import FleetNode  # the Redis client loads only with redis.url set
+
 EVENT_TOPICS = ("plugin", "log", "console", "fleet")
 
 
@@ -40,6 +43,18 @@ def _user() -> str:
         return getpass.getuser()
     except (KeyError, OSError):
         return "unknown"
+
+
+@contextlib.contextmanager
+def _console_errors(console_id: str = "") -> Iterator[None]:
+    """The console service's errors as the TUI's: an unknown console, or a store that cannot be reached (the
+    header says so and the TUI goes on, as with a remote supervisor's 503)."""
+    try:
+        yield
+    except ConsoleNotFound:
+        raise ClientError(f"no console {console_id!r}", "console_not_found") from None
+    except ConsoleError as exc:
+        raise ClientError(exc.message, exc.code) from None
 
 
 class InProcessClient(SupervisorClient):
@@ -83,6 +98,11 @@ class InProcessClient(SupervisorClient):
 
     async def redis_status(self) -> str:
         return str(self.fleet.status()["redis"]) if self.fleet is not None else "off"
+
+    # -- console store -------------------------------------------------------------------------------
+    async def console_store_problem(self) -> str:
+        consoles = self.sup.consoles
+        return str(consoles.store_status()["problem"] or "") if consoles is not None else ""
 
     def client_for(self, url: str) -> SupervisorClient | None:
         from supervisor_tui.tui.client_remote import RemoteClient
@@ -182,29 +202,24 @@ class InProcessClient(SupervisorClient):
     ) -> ConsolePage:
         if self.sup.consoles is None:
             return ConsolePage([], 0)
-        records, total = await self._consoles.list_consoles(
-            state=state or None, search=q or None, limit=limit, offset=offset, sort=sort
-        )
+        with _console_errors():
+            records, total = await self._consoles.list_consoles(
+                state=state or None, search=q or None, limit=limit, offset=offset, sort=sort
+            )
         return ConsolePage([ConsoleInfo.from_dict(r) for r in records], int(total))
 
     async def console(self, console_id: str) -> ConsoleInfo:
-        try:
+        with _console_errors(console_id):
             return ConsoleInfo.from_dict(await self._consoles.get(console_id))
-        except ConsoleNotFound:
-            raise ClientError(f"no console {console_id!r}", "console_not_found") from None
 
     async def console_heartbeats(self, console_id: str, limit: int = 120) -> list[HeartbeatInfo]:
-        try:
+        with _console_errors(console_id):
             rows = await self._consoles.heartbeats(console_id, limit)
-        except ConsoleNotFound:
-            raise ClientError(f"no console {console_id!r}", "console_not_found") from None
         return [HeartbeatInfo.from_dict(r) for r in reversed(rows)]
 
     async def console_transitions(self, console_id: str, limit: int = 50) -> list[TransitionInfo]:
-        try:
+        with _console_errors(console_id):
             rows = await self._consoles.transitions(console_id, limit)
-        except ConsoleNotFound:
-            raise ClientError(f"no console {console_id!r}", "console_not_found") from None
         return [TransitionInfo.from_dict(r) for r in reversed(rows)]
 
     async def console_stats(self) -> dict[str, int]:

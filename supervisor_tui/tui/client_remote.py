@@ -238,6 +238,14 @@ class RemoteClient(SupervisorClient):
         body = await self._request("GET", "/api/v1/status")
         return str((body.get("fleet") or {}).get("redis") or "off")
 
+    # -- console store -------------------------------------------------------------------------------
+    async def console_store_problem(self) -> str:
+        body = await self._request("GET", "/api/v1/status")
+        store = body.get("console_store") or {}
+        if store.get("available", True):
+            return ""
+        return str(store.get("problem") or "the console store cannot be reached")
+
     def client_for(self, url: str) -> SupervisorClient:
         return RemoteClient(url, self.token, read_only=self._forced_read_only, keymap=self.info.keymap)
 

@@ -117,6 +117,7 @@ class ViewModel:
         self.connected = True
         self.connection_message = ""
         self.route_export_problem = ""  # RouteExportInfo.problem: "caddy unreachable" while the export fails
+        self.console_store_problem = ""  # why the console store cannot be reached ("" while it is available)
         self.dirty_plugins = False
         self.dirty_consoles = True
         self._pending_logs: list[LogEntry] = []
@@ -331,6 +332,8 @@ class ViewModel:
             warnings.append(f"[{DANGER_STYLE}]{self.route_export_problem}[/]")
         if self.redis == "down":
             warnings.append(f"[{DANGER_STYLE}]Redis down[/]")
+        if self.console_store_problem:
+            warnings.append(f"[{DANGER_STYLE}]console store down[/]")  # the log pane says why
         if warnings:
             parts.append("⚠ " + " ".join(warnings))
         return " │ ".join(parts)
