@@ -247,6 +247,13 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     await conn.execute("SET synchronous_commit = on")
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """The pool's reset on release: asyncpg's default (pg_advisory_unlock_all; CLOSE ALL; UNLISTEN *; RESET ALL)
+    is a round trip per batch and would undo _init_connection's synchronous_commit. Nothing here leaves session
+    state behind (advisory locks are transaction-scoped, LISTEN is on the listener's own connection), and asyncpg
+    still rolls back a transaction left open before calling this."""
+
+
 # The server is gone or not taking sessions (restarting, shutting down): the store is unavailable for now.
 _CONNECTION_ERRORS = (
     OSError,
@@ -323,6 +330,7 @@ class PgConsoleStore:
                 min_size=1,
                 max_size=self._pool_size,
                 init=_init_connection,
+                reset=_keep_session,
                 timeout=connect_timeout,
                 command_timeout=60,
             )
