@@ -199,3 +199,26 @@ async def test_a_lost_server_answers_503_says_so_and_comes_back_by_itself(tmp_pa
             back = [m for m in said if "is reachable again" in m]
             assert len(lost) == 1 and len(back) == 1, said
             assert PASSWORD not in r.text
+
+
+async def test_batches_stay_durable_when_the_database_default_is_asynchronous(pg_cluster: Any) -> None:
+    """synchronous_commit=on is the store's, not the server's: it survives the pool handing connections back (whose
+    default reset runs RESET ALL) even where the database defaults to off."""
+    from supervisor_tui.consoles.pg_store import PgConsoleStore
+
+    dsn = pg_cluster.new_database()
+    admin = await asyncpg.connect(dsn)
+    try:
+        await admin.execute(
+            "DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET synchronous_commit = off', current_database()); END $$"
+        )
+    finally:
+        await admin.close()
+    store = PgConsoleStore(dsn, pool_size=1)
+    await store.open()
+    try:
+        for _ in range(3):  # the one connection goes back to the pool after every use
+            await store.commit([])
+            assert await store.pool.fetchval("SHOW synchronous_commit") == "on"
+    finally:
+        await store.close()

@@ -61,8 +61,11 @@ async def list_consoles(
             f"OR lower(coalesce(hostname, '') COLLATE \"und-x-icu\") LIKE ${a} OR console_id = ${b})"
         )
     clause = (" WHERE " + " AND ".join(where)) if where else ""
+    # The total as an InitPlan (one count, by index, in the page's snapshot), not count(*) OVER (): a window
+    # computes every matching row's columns before LIMIT/OFFSET keep a page of them (97 ms for 20,000 rows).
     sql = (
-        f"SELECT {CONSOLE_COLUMNS}, count(*) OVER () FROM consolas{clause} ORDER BY {SORTS[sort]} "
+        f"SELECT {CONSOLE_COLUMNS}, (SELECT count(*) FROM consolas{clause}) FROM consolas{clause} "
+        f"ORDER BY {SORTS[sort]} "
         f"LIMIT ${len(params) + 1} OFFSET ${len(params) + 2}"
     )
     async with pool.acquire() as conn:

@@ -27,7 +27,7 @@ from supervisor_tui.consoles import pg_queries
 from supervisor_tui.consoles.console_store import ConsoleRow, ConsoleSQL, Step
 from supervisor_tui.consoles.errors import ConsoleUnavailable
 from supervisor_tui.consoles.models import SPANISH_TO_ENGLISH
-from supervisor_tui.consoles.pg_events import NOTIFY_SQL, Change, ChangeListener, payloads
+from supervisor_tui.consoles.pg_events import CHANNEL, NOTIFY_SQL, Change, ChangeListener, payloads
 from supervisor_tui.core.store import StoreError, StoreUnreachable
 
 # Each entry moves the schema from version i to i+1 (recorded in console_schema). Never edit a released entry.
@@ -172,9 +172,86 @@ PG_SQL = ConsoleSQL(
 )
 
 
+# -- the heartbeat path as one statement -----------------------------------------------------------------------
+# A batch of heartbeats is an INSERT of history rows, an UPDATE per kind of console row change, transitions and
+# NOTIFYs: as executemany steps in a transaction that is a round trip each (and BEGIN, COMMIT), as one statement
+# of data-modifying CTEs over arrays (one array per column, unnest()ed) it is one. Each entry: the statement's
+# array form ({a} for the unnest of its array parameters) and the PostgreSQL types of its row values.
+def _update_array_form(kind: tuple[bool, bool, bool]) -> tuple[str, tuple[str, ...]]:
+    state, activity, host = kind
+    sets = (
+        ("estado = consolas_estado(u.estado_state), reported_state = u.state, " if state else "")
+        + ("ultima_actividad = to_timestamp(u.activity), " if activity else "")
+        + ("hostname = u.host, " if host else "")
+        + "sistema = COALESCE(u.sys::jsonb, sistema), ultimo_error = u.err::jsonb, video_en_proceso = u.job, "
+        "last_seen = to_timestamp(u.seen), updated_at = now(), heartbeats = heartbeats + u.n"
+    )
+    # The row carries the state twice (for estado and reported_state), as update_from_heartbeat takes it.
+    names = (("estado_state", "state") if state else ()) + (("activity",) if activity else ())
+    names += (("host",) if host else ()) + ("sys", "err", "job", "seen", "n", "cid")
+    types = (("text", "text") if state else ()) + (("float8",) if activity else ()) + (("text",) if host else ())
+    types += ("text", "text", "text", "float8", "int8", "text")
+    return f"UPDATE consolas SET {sets} FROM {{a}} AS u({', '.join(names)}) WHERE consolas.console_id = u.cid", types
+
+
+_ARRAY_FORMS: dict[str, tuple[str, tuple[str, ...]]] = {
+    PG_SQL.insert_heartbeat: (
+        "INSERT INTO console_heartbeats (console_id, received_at, state, last_activity, last_error, current_job, "
+        "system) SELECT c, to_timestamp(r), s, to_timestamp(a), e::jsonb, j, y::jsonb "
+        "FROM {a} AS h(c, r, s, a, e, j, y)",
+        ("text", "float8", "text", "float8", "text", "text", "text"),
+    ),
+    PG_SQL.insert_transition: (
+        "INSERT INTO console_transitions (console_id, from_state, to_state, at, reason) "
+        "SELECT c, f, t, to_timestamp(a), r FROM {a} AS x(c, f, t, a, r)",
+        ("text", "text", "text", "float8", "text"),
+    ),
+    **{sql: _update_array_form(kind) for kind, sql in PG_SQL.update_from_heartbeat.items()},
+}
+
+
+def _one_statement(steps: list[Step]) -> tuple[Any, ...] | None:
+    """``steps`` as (sql, *array parameters) of one statement, or None when they are not only the heartbeat
+    path's statements, each at most once (a statement twice may touch one row twice: not in one statement)."""
+    ctes: list[str] = []
+    args: list[list[Any]] = []
+    notify: list[str] | None = None
+    seen: set[str] = set()
+    for kind, what, rows in steps:
+        sql = what[1] if kind == "history" else what
+        if kind not in ("many", "history") or sql in seen:
+            return None
+        seen.add(sql)
+        if sql == NOTIFY_SQL:
+            notify = [row[0] for row in rows]
+            continue
+        form = _ARRAY_FORMS.get(sql)
+        if form is None:
+            return None
+        template, types = form
+        arrays = ", ".join(f"${len(args) + i + 1}::{t}[]" for i, t in enumerate(types))
+        args += [list(column) for column in zip(*rows, strict=True)]
+        ctes.append(f"w{len(ctes)} AS ({template.format(a=f'unnest({arrays})')})")
+    if notify is None:
+        final = "SELECT 0"
+    else:
+        args.append(notify)
+        final = f"SELECT count(pg_notify('{CHANNEL}', p)) FROM unnest(${len(args)}::text[]) AS n(p)"
+    if not ctes:
+        return None if notify is None else (final, *args)
+    return (f"WITH {', '.join(ctes)} {final}", *args)
+
+
 async def _init_connection(conn: asyncpg.Connection) -> None:
     # Durability does not depend on the server's or the role's default: a 2xx means the WAL is flushed.
     await conn.execute("SET synchronous_commit = on")
+
+
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """The pool's reset on release: asyncpg's default (pg_advisory_unlock_all; CLOSE ALL; UNLISTEN *; RESET ALL)
+    is a round trip per batch and would undo _init_connection's synchronous_commit. Nothing here leaves session
+    state behind (advisory locks are transaction-scoped, LISTEN is on the listener's own connection), and asyncpg
+    still rolls back a transaction left open before calling this."""
 
 
 # The server is gone or not taking sessions (restarting, shutting down): the store is unavailable for now.
@@ -253,6 +330,7 @@ class PgConsoleStore:
                 min_size=1,
                 max_size=self._pool_size,
                 init=_init_connection,
+                reset=_keep_session,
                 timeout=connect_timeout,
                 command_timeout=60,
             )
@@ -312,6 +390,16 @@ class PgConsoleStore:
         return consoles, {r[0]: int(r[1]) for r in counts}
 
     async def commit(self, steps: list[Step]) -> list[Any]:
+        one = _one_statement(steps)
+        if one is not None:
+            # One round trip: the statement is its own transaction, COMMITted (WAL flushed) before it answers.
+            try:
+                await self.pool.fetchval(*one)
+            except _CONNECTION_ERRORS as exc:
+                self._lost(exc)
+                raise
+            self._reached()
+            return []
         results: list[Any] = []
         try:
             async with self.pool.acquire() as conn, conn.transaction():
