@@ -89,17 +89,18 @@ def local_url(host: str, port: int) -> str:
 
 
 def masked_url(url: str) -> str:
-    """``url`` with its password (the part after ``user:``) replaced by ``***``, for logs and ``config``."""
+    """``url`` (a Redis or admin URL, a PostgreSQL DSN) with its password shown as ``***``: the one in the
+    authority (``user:password@``) and a ``password=`` parameter; for logs, status and ``config``."""
     try:
         parts = urlsplit(url)
         password = parts.password
     except ValueError:
         return "***"  # not a URL we can take apart: show none of it
-    if not password:
-        return url
-    userinfo, _, hostinfo = parts.netloc.rpartition("@")
-    user = userinfo.partition(":")[0]
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{hostinfo}"))
+    if password:
+        userinfo, _, hostinfo = parts.netloc.rpartition("@")
+        user = userinfo.partition(":")[0]
+        url = urlunsplit(parts._replace(netloc=f"{user}:***@{hostinfo}"))
+    return re.sub(r"([?&]password=)[^&#]*", r"\1***", url, flags=re.IGNORECASE)
 
 
 def _parse_redis_url(value: object) -> str:
@@ -116,11 +117,20 @@ def _parse_redis_url(value: object) -> str:
     return s
 
 
-def _parse_node_name(value: object) -> str:
-    s = _parse_str(value).strip()
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", s):
-        raise ValueError("not a node name")
-    return s
+def _parse_name(pattern: str, what: str) -> Callable[[object], str]:
+    """A parser of names (a fleet node, a server in Caddy's config) that must match ``pattern`` whole."""
+
+    def parse(value: object) -> str:
+        s = _parse_str(value).strip()
+        if not re.fullmatch(pattern, s):
+            raise ValueError(f"not a {what}")
+        return s
+
+    return parse
+
+
+_parse_node_name = _parse_name(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", "node name")
+_parse_caddy_name = _parse_name(r"[A-Za-z0-9._-]{1,64}", "name")
 
 
 def _parse_http_url(value: object) -> str:
@@ -162,12 +172,6 @@ def _parse_int(lo: int, hi: int) -> Callable[[object], int]:
         return n
 
     return parse
-
-
-def mask_dsn(dsn: str) -> str:
-    """``dsn`` with its password (in the authority or a ``password=`` parameter) shown as ***."""
-    masked = re.sub(r"^([a-z][a-z0-9+.-]*://[^:/@?#]*):[^@/?#]*@", r"\1:***@", dsn, flags=re.IGNORECASE)
-    return re.sub(r"([?&]password=)[^&#]*", r"\1***", masked, flags=re.IGNORECASE)
 
 
 def _parse_console_store(value: object) -> str:
@@ -269,13 +273,6 @@ def _parse_listen(value: object) -> str:
         ipaddress.IPv6Address(host[1:-1])
     elif host and not re.fullmatch(r"[A-Za-z0-9.-]+", host):
         raise ValueError("not a host")
-    return s
-
-
-def _parse_caddy_name(value: object) -> str:
-    s = _parse_str(value).strip()
-    if not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", s):
-        raise ValueError("not a name")
     return s
 
 
@@ -512,7 +509,7 @@ FIELDS: tuple[Field, ...] = (
         _parse_console_store,
         "sqlite or a postgresql:// DSN",
         "where consoles are kept: the SQLite database in data.dir, or a PostgreSQL shared by several supervisors",
-        mask=mask_dsn,
+        mask=masked_url,
     ),
     Field(
         "consoles",

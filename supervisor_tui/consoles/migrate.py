@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from supervisor_tui.config import ConfigError, load_settings, mask_dsn
+from supervisor_tui.config import ConfigError, load_settings, masked_url
 from supervisor_tui.consoles.models import ENGLISH_TO_SPANISH
 from supervisor_tui.core.store import StoreError
 
@@ -133,7 +133,7 @@ async def migrate(
     except sqlite3.Error as exc:
         raise StoreError(f"cannot read {db_path}: {exc}") from None
     except (OSError, asyncpg.PostgresError) as exc:
-        raise StoreError(f"migrating to {mask_dsn(dsn)} failed: {str(exc).splitlines()[0]}; run it again") from None
+        raise StoreError(f"migrating to {masked_url(dsn)} failed: {str(exc).splitlines()[0]}; run it again") from None
     finally:
         source.close()
     return copied
@@ -150,7 +150,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     dsn = str(args.to)
     if not dsn.startswith(("postgresql://", "postgres://")):
-        sys.stderr.write(f"supervisor-tui: --to must be a postgresql:// DSN, got {mask_dsn(dsn)[:80]!r}\n")
+        sys.stderr.write(f"supervisor-tui: --to must be a postgresql:// DSN, got {masked_url(dsn)[:80]!r}\n")
         return EXIT_USAGE
     try:
         overrides = {"data.dir": args.data_dir} if getattr(args, "data_dir", None) else {}
@@ -167,5 +167,5 @@ def main(args: argparse.Namespace) -> int:
         sys.stderr.write(f"supervisor-tui: {exc}\n")
         return EXIT_USAGE
     total = ", ".join(f"{n:,} {table}" for table, n in copied.items())
-    print(f"migrated {settings.db_path} to {mask_dsn(dsn)}: {total} copied by this run")
+    print(f"migrated {settings.db_path} to {masked_url(dsn)}: {total} copied by this run")
     return 0

@@ -11,7 +11,13 @@ from typing import Any
 import asyncpg
 
 from supervisor_tui.consoles.models import ENGLISH_TO_SPANISH, SPANISH_TO_ENGLISH
-from supervisor_tui.consoles.queries import console_record, heartbeat_record, stats_record, transition_record
+from supervisor_tui.consoles.queries import (
+    console_record,
+    heartbeat_record,
+    like_pattern,
+    stats_record,
+    transition_record,
+)
 
 SORTS: dict[str, str] = {
     "-last_seen": "last_seen DESC, console_id",
@@ -29,11 +35,6 @@ CONSOLE_COLUMNS = (
 def _record(row: asyncpg.Record, inactive_after: float) -> dict[str, Any]:
     values = tuple(row)
     return console_record((values[0], values[1], SPANISH_TO_ENGLISH[values[2]], *values[3:12]), inactive_after)
-
-
-def _like(text: str) -> str:
-    escaped = text.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return f"%{escaped}%"
 
 
 async def list_consoles(
@@ -54,7 +55,7 @@ async def list_consoles(
         params.append(ENGLISH_TO_SPANISH[state])
         where.append(f"estado = ${len(params)}")
     if search:
-        params += [_like(search), search]
+        params += [like_pattern(search.lower()), search]
         a, b = len(params) - 1, len(params)
         where.append(
             f'(lower(nombre COLLATE "und-x-icu") LIKE ${a} '

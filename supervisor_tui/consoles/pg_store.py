@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 import asyncpg
 
-from supervisor_tui.config import mask_dsn
+from supervisor_tui.config import masked_url
 from supervisor_tui.consoles import pg_queries
 from supervisor_tui.consoles.console_store import ConsoleRow, ConsoleSQL, Step
 from supervisor_tui.consoles.errors import ConsoleUnavailable
@@ -290,7 +290,7 @@ class PgConsoleStore:
 
     @property
     def where(self) -> str:
-        return mask_dsn(self._dsn)
+        return masked_url(self._dsn)
 
     @property
     def problem(self) -> str | None:

@@ -69,7 +69,8 @@ def stats_record(found: dict[str, tuple[int, float | None]]) -> dict[str, Any]:
     return {"total": sum(c for c, _ in found.values()), "states": states}
 
 
-def _like(text: str) -> str:
+def like_pattern(text: str) -> str:
+    """A LIKE pattern (ESCAPE '\\') matching ``text`` anywhere, its own % and _ taken literally (both stores)."""
     escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
     return f"%{escaped}%"
 
@@ -90,7 +91,7 @@ def _matches(search: str) -> tuple[str, list[Any]]:
         "SELECT rowid FROM consoles INDEXED BY idx_consoles_search "
         "WHERE name LIKE ? ESCAPE '\\' OR hostname LIKE ? ESCAPE '\\' OR id = ?"
     )
-    return sql, [_like(search), _like(search), search]
+    return sql, [like_pattern(search), like_pattern(search), search]
 
 
 async def list_consoles(
