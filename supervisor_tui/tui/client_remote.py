@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import getpass
 import json
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -35,6 +36,7 @@ from supervisor_tui.tui.client import (
     parse_time,
 )
 
+STATUS_REUSE_S = 0.5  # the header's status figures of one refresh come from one read
 QUERY_TIMEOUT = httpx.Timeout(10.0, connect=5.0)
 # start waits for readiness and stop for stopwaitsecs; both are bounded by the supervisor, this is the backstop.
 ACTION_TIMEOUT = httpx.Timeout(120.0, connect=5.0)
@@ -88,6 +90,8 @@ class RemoteClient(SupervisorClient):
         )
         self._connected = True
         self._closed = False
+        self._status_body: dict[str, Any] = {}
+        self._status_at = -STATUS_REUSE_S  # monotonic time of the last /api/v1/status read
         self._ws: Any = None
 
     @property
@@ -212,13 +216,22 @@ class RemoteClient(SupervisorClient):
         body = await self._request("GET", f"/api/consoles/{console_id}/transitions", params={"limit": limit})
         return [TransitionInfo.from_dict(d) for d in reversed(body.get("transitions", []))]
 
+    async def _status(self) -> dict[str, Any]:
+        """``/api/v1/status``, read once for the header's figures asked for together (route export, console store,
+        Redis, console counts): a body younger than STATUS_REUSE_S is reused."""
+        if time.monotonic() - self._status_at >= STATUS_REUSE_S:
+            body = await self._request("GET", "/api/v1/status")
+            self._status_body = body if isinstance(body, dict) else {}
+            self._status_at = time.monotonic()
+        return self._status_body
+
     async def route_export(self) -> RouteExportInfo:
-        body = await self._request("GET", "/api/v1/status")
+        body = await self._status()
         export = body.get("route_export") if isinstance(body, dict) else None
         return RouteExportInfo.from_dict(export) if isinstance(export, dict) else RouteExportInfo()
 
     async def console_stats(self) -> dict[str, int]:
-        body = await self._request("GET", "/api/v1/status")
+        body = await self._status()
         by_state = (body.get("consoles") or {}).get("by_state") or {}
         counts = dict.fromkeys(CONSOLE_STATES, 0)
         counts.update({str(k): int(v) for k, v in by_state.items()})
@@ -235,12 +248,12 @@ class RemoteClient(SupervisorClient):
         return [NodeInfo.from_dict(d) for d in body.get("nodes", [])]
 
     async def redis_status(self) -> str:
-        body = await self._request("GET", "/api/v1/status")
+        body = await self._status()
         return str((body.get("fleet") or {}).get("redis") or "off")
 
     # -- console store -------------------------------------------------------------------------------
     async def console_store_problem(self) -> str:
-        body = await self._request("GET", "/api/v1/status")
+        body = await self._status()
         store = body.get("console_store") or {}
         if store.get("available", True):
             return ""
