@@ -175,3 +175,13 @@ async def test_admin_token_from_the_environment(
     proc.signal(signal.SIGTERM)
     assert await proc.wait() == 0
     assert "token-from-env" not in "\n".join(proc.lines)
+
+
+def test_a_new_token_never_looks_like_an_option() -> None:
+    """`ctl --token TOKEN` must take any token the supervisor made: one token_urlsafe draw in 64 starts with "-",
+    which argparse would read as the next option ("--token: expected one argument")."""
+    from supervisor_tui.core.private import new_token
+
+    tokens = [new_token() for _ in range(2000)]
+    assert not [t for t in tokens if t.startswith("-")]
+    assert len(set(tokens)) == len(tokens) and all(len(t) == 43 for t in tokens)

@@ -51,6 +51,7 @@ from supervisor_tui.core.events import (
     EventBus,
 )
 from supervisor_tui.core.logs import LogHub
+from supervisor_tui.core.private import new_token
 from supervisor_tui.core.store import Store
 
 REJECT_REASONS = (
@@ -699,7 +700,7 @@ class ConsoleService:
                 assert presented is not None
                 return presented
             if self.auth_mode == "none":
-                return secrets.token_urlsafe(32)
+                return new_token()
             if presented is None:
                 raise ConsoleUnauthorized(
                     f"console {e.id!r} is already registered: re-registering needs its token (Authorization: Bearer)"
@@ -714,7 +715,7 @@ class ConsoleService:
                 )
             if not hmac.compare_digest(offered.encode(), self.enrollment_token.encode()):
                 raise ConsoleForbidden("that is not the enrollment token")
-        return secrets.token_urlsafe(32)
+        return new_token()
 
     def _apply(self, work: dict[str, ConsoleEntry | None]) -> None:
         """Make committed changes visible: entries, counts by state, deadlines (in last-seen order)."""

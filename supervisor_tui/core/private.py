@@ -4,6 +4,7 @@ directory the supervisor creates there is 0700 and every file 0600, whatever the
     note = private_dir(data_dir)          # created 0700, or tightened when this user owns it (note says so)
     fd = open_private(path, os.O_WRONLY)  # created 0600 (O_CREAT added), an existing file tightened
     note = make_private(path)             # an existing file tightened to 0600 (None when it already was)
+    token = new_token()                   # 256 random bits, URL-safe, never starting with "-"
 
 The umask is never changed: plugins inherit it and their own files are theirs to decide.
 """
@@ -11,11 +12,23 @@ The umask is never changed: plugins inherit it and their own files are theirs to
 from __future__ import annotations
 
 import os
+import secrets
 import stat
 from pathlib import Path
 
 DIR_MODE = 0o700
 FILE_MODE = 0o600
+
+
+def new_token() -> str:
+    """A fresh secret (admin, settings or console token): 32 random bytes, URL-safe base64.
+
+    Never starts with "-", so `--token TOKEN` on a command line is never read as another option
+    (one draw in 64 of token_urlsafe does start with it)."""
+    while True:
+        token = secrets.token_urlsafe(32)
+        if not token.startswith("-"):
+            return token
 
 
 def _too_open(st: os.stat_result) -> bool:

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import hmac
 import os
-import secrets
 from pathlib import Path
 
-from supervisor_tui.core.private import make_private, open_private, private_dir
+from supervisor_tui.core.private import make_private, new_token, open_private, private_dir
 
 
 def bearer_from_header(value: str | bytes | None) -> str | None:
@@ -27,10 +26,6 @@ def token_matches(presented: str | None, expected: str) -> bool:
     if not presented or not expected:
         return False
     return hmac.compare_digest(presented.encode(), expected.encode())
-
-
-def new_token() -> str:
-    return secrets.token_urlsafe(32)
 
 
 def load_or_create_token(path: Path) -> tuple[str, bool]:
