@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from supervisor_tui.config import ConfigError, Settings, load_settings
+from supervisor_tui.config.render import config_lines
 
 EXIT_USAGE = 2
 
@@ -96,14 +97,8 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
 
 
 def print_config(settings: Settings) -> int:
-    """The effective settings, one per line, with where each value came from."""
-    rows = settings.describe()
-    width = max(len(k) for k, _, _ in rows)
-    vwidth = min(40, max(len(v) for _, v, _ in rows))
-    source = settings.config_file or "none (./supervisor.toml not found)"
-    print(f"# settings file: {source}")
-    for key, value, where in rows:
-        print(f"{key:<{width}}  {value:<{vwidth}}  {where}")
+    """The effective settings, one per line, with where each value came from (secrets masked)."""
+    print("\n".join(config_lines(settings)))
     return 0
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from supervisor_tui.config import ConfigError, load_settings, parse_duration, parse_size
+from supervisor_tui.config.render import describe
 
 
 def test_defaults_are_seed_003s_numbers(tmp_path: Path) -> None:
@@ -67,8 +68,8 @@ def test_unknown_key_in_file_and_broken_toml(tmp_path: Path) -> None:
 
 def test_secrets_are_masked(tmp_path: Path) -> None:
     s = load_settings(env={"SUPERVISOR_TUI_AUTH_ADMIN_TOKEN": "hunter2"}, base_dir=tmp_path)
-    shown = {k: v for k, v, _ in s.describe()}
-    assert shown["auth.admin_token"] == "*** (set)" and "hunter2" not in repr(s.describe())
+    shown = {k: v for k, v, _ in describe(s)}
+    assert shown["auth.admin_token"] == "*** (set)" and "hunter2" not in repr(describe(s))
 
 
 def test_durations_and_sizes() -> None:
