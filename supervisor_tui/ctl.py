@@ -105,7 +105,7 @@ def target(args: argparse.Namespace) -> tuple[str, str]:
     }
     settings = load_settings(getattr(args, "config", None), overrides=overrides)
     url = args.url or local_url(settings.host, settings.port)
-    token = args.token or os.environ.get(TOKEN_ENV, "") or str(settings.get("auth.admin_token") or "")
+    token = args.token or os.environ.get(TOKEN_ENV, "") or settings.auth.admin_token
     if not token:
         path = settings.data_dir / "admin.token"
         try:

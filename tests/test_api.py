@@ -165,7 +165,7 @@ async def test_a_port_in_use_is_one_line_exit_2_and_no_plugin_runs(
 
 
 async def test_request_bodies_over_the_limit_get_413_before_they_are_read(shared_headless: SharedHeadless) -> None:
-    assert shared_headless.settings.get("server.max_body") == 1024 * 1024  # the documented default
+    assert shared_headless.settings.server.max_body == 1024 * 1024  # the documented default
     async with shared_api(shared_headless) as api:
         host, port = api.url.removeprefix("http://").rsplit(":", 1)
         # Announce 5 MiB, send 1 KiB and wait: the answer comes without the rest of the body.

@@ -31,7 +31,7 @@ def test_layers_file_then_env_then_flags(tmp_path: Path) -> None:
     assert s.port == 5002 and s.sources["server.port"] == "flag"
     assert s.host == "0.0.0.0" and s.sources["server.host"] == str(tmp_path / "supervisor.toml")
     assert s.data_dir == Path("/var/lib/st") and s.sources["data.dir"] == "env SUPERVISOR_TUI_DATA_DIR"
-    assert s.port_range == (6000, 6100) and s.get("consoles.inactive_after") == 600.0
+    assert s.port_range == (6000, 6100) and s.consoles.inactive_after == 600.0
     assert s.sources["plugins.dir"] == "default"
     assert s.tables["extensions"] == {"demo": {"enabled": True}}
 

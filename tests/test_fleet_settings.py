@@ -13,10 +13,10 @@ from supervisor_tui.config import ConfigError, load_settings, masked_url
 
 def test_defaults() -> None:
     s = load_settings(env={}, base_dir=Path("/nonexistent"))
-    assert s.get("redis.url") == "" and s.get("redis.dead_after") == 60.0
-    assert s.get("redis.heartbeat_interval") == 30.0 and s.get("redis.default_host") == "127.0.0.1"
-    assert s.get("redis.announce") is True and s.get("fleet.advertise_url") == ""
-    assert s.get("fleet.node")  # the host name
+    assert s.redis.url == "" and s.redis.dead_after == 60.0
+    assert s.redis.heartbeat_interval == 30.0 and s.redis.default_host == "127.0.0.1"
+    assert s.redis.announce is True and s.fleet.advertise_url == ""
+    assert s.fleet.node  # the host name
 
 
 @pytest.mark.parametrize(
@@ -45,7 +45,7 @@ def test_a_wildcard_bind_needs_an_advertise_url() -> None:
         load_settings(env=env, base_dir=Path("/x"))
     assert "fleet.advertise_url" in str(info.value)
     ok = load_settings(env={**env, "SUPERVISOR_TUI_FLEET_ADVERTISE_URL": "http://10.0.0.5:4000/"}, base_dir=Path("/x"))
-    assert ok.get("fleet.advertise_url") == "http://10.0.0.5:4000"
+    assert ok.fleet.advertise_url == "http://10.0.0.5:4000"
     # Without Redis there is no fleet to advertise to.
     load_settings(env={"SUPERVISOR_TUI_SERVER_HOST": "0.0.0.0"}, base_dir=Path("/x"))
 

@@ -54,7 +54,7 @@ async def test_folders_added_changed_and_removed_are_applied_live(
     make_settings: Callable[..., Settings],
 ) -> None:
     settings = make_settings()
-    assert settings.get("plugins.watch") is True  # the default
+    assert settings.plugins.watch is True  # the default
     plugins = settings.plugins_dir
     async with running_api(settings) as api:
         watcher = api.runtime.watcher

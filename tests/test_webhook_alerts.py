@@ -14,7 +14,7 @@ from aiohttp import web
 from conftest import FIXTURE_PLUGINS, make_test_settings, wait_until, write_plugin
 from fixtures.api.harness import Api, bearer, running_api
 
-from supervisor_tui.config import load_settings
+from supervisor_tui.config import FIELDS, load_settings
 
 pytestmark = pytest.mark.usefixtures("no_plugin_leftovers")
 
@@ -75,7 +75,7 @@ config = {{ urls = ["http://127.0.0.1:{receiver.port}/hook"], retries = 1000, ba
     settings = load_settings(
         tmp_path / "supervisor.toml",
         env={},
-        overrides={k: v for k, v in base.values.items() if base.sources[k] == "flag"},
+        overrides={f.name: f.value_in(base) for f in FIELDS if base.sources[f.name] == "flag"},
         base_dir=tmp_path,
     )
     write_plugin(settings.plugins_dir, "bad", "crash_at_start.py", startretries=0)

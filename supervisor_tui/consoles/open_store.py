@@ -10,7 +10,7 @@ from supervisor_tui.core.store import Store
 
 async def open_console_store(settings: Settings, db: Store) -> ConsoleStore:
     """The opened store; StoreError (one line, no password) when PostgreSQL cannot be reached or migrated."""
-    where = str(settings.get("consoles.store"))
+    where = settings.consoles.store
     if where == "sqlite":
         return SqliteConsoleStore(db)
     # Only a supervisor configured for PostgreSQL loads its driver.

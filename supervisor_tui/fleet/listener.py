@@ -48,8 +48,8 @@ class RegistrationListener:
         self.sup = sup
         self.registrations = registrations
         self.node = node
-        self.dead_after = float(sup.settings.get("redis.dead_after"))
-        self.default_host = str(sup.settings.get("redis.default_host"))
+        self.dead_after = sup.settings.redis.dead_after
+        self.default_host = sup.settings.redis.default_host
         self.received: Counter[str] = Counter()  # messages by channel
         self.refused: Counter[str] = Counter()  # messages not applied, by reason
         self._unknown_logged: set[str] = set()

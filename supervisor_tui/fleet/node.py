@@ -37,14 +37,14 @@ class FleetNode:
         console_counts: Callable[[], dict[str, int]] | None = None,
     ) -> None:
         self.sup = sup
-        self.node = str(settings.get("fleet.node"))
+        self.node = settings.fleet.node
         self.advertise_url = advertise_url
-        self.announce = bool(settings.get("redis.announce"))
-        self.interval = float(settings.get("redis.heartbeat_interval"))
+        self.announce = settings.redis.announce
+        self.interval = settings.redis.heartbeat_interval
         self.registrations = RegistrationStore(sup.store, sup.logs)
         self.listener = RegistrationListener(sup, self.registrations, self.node)
-        self.link = RedisLink(str(settings.get("redis.url")), sup.logs, sup.bus, self.listener.handle, self._connected)
-        expire = max(1, int(3 * float(settings.get("redis.dead_after"))))
+        self.link = RedisLink(settings.redis.url, sup.logs, sup.bus, self.listener.handle, self._connected)
+        expire = max(1, int(3 * settings.redis.dead_after))
         self.announcer = PluginAnnouncer(sup, self.link, self.node, advertise_url, expire)
         self.listener.lookup = self.announcer.lookup
         self.presence = NodePresence(sup, self.link, self.node, advertise_url, console_counts)

@@ -50,7 +50,7 @@ class NodePresence:
     ) -> None:
         self.sup, self.link, self.node, self.advertise_url = sup, link, node, advertise_url
         self.console_counts = console_counts or dict
-        self.dead_after = float(sup.settings.get("redis.dead_after"))
+        self.dead_after = sup.settings.redis.dead_after
         self.started_at = time.time()
         self.known: dict[str, Presence] = {}  # every node seen, by name
 

@@ -128,14 +128,14 @@ class ConnectionLimits:
 
     @classmethod
     def from_settings(cls, settings: Settings, warn: Callable[[str], object] = log.warning) -> ConnectionLimits:
-        max_connections = int(settings.get("server.max_connections")) or default_max_connections()
+        max_connections = settings.server.max_connections or default_max_connections()
         return cls(
-            max_header_bytes=int(settings.get("server.max_header_bytes")),
-            max_headers=int(settings.get("server.max_headers")),
-            header_timeout=float(settings.get("server.header_timeout")),
-            idle_timeout=float(settings.get("server.idle_timeout")),
+            max_header_bytes=settings.server.max_header_bytes,
+            max_headers=settings.server.max_headers,
+            header_timeout=settings.server.header_timeout,
+            idle_timeout=settings.server.idle_timeout,
             max_connections=max_connections,
-            allowed_hosts=allowed_hosts(settings.host, tuple(settings.get("server.allowed_hosts"))),
+            allowed_hosts=allowed_hosts(settings.host, settings.server.allowed_hosts),
             warn=warn,
         )
 

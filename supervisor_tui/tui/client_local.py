@@ -80,7 +80,7 @@ class InProcessClient(SupervisorClient):
             mode="embedded",
             api_url=api_url,
             read_only=settings.read_only if read_only is None else read_only,
-            inactive_after=float(settings.get("consoles.inactive_after")),
+            inactive_after=settings.consoles.inactive_after,
             keymap={str(k): str(v) for k, v in keys.items()} if isinstance(keys, dict) else {},
         )
         self.sup = sup
