@@ -177,17 +177,17 @@ class Runtime:
         self.consoles = ConsoleService(self.console_store, sup.bus, settings, sup.logs)
         await self.consoles.start()
         sup.attach_consoles(self.consoles)
-        if settings.get("redis.url"):
+        if settings.redis.url:
             # Only a supervisor in a fleet loads the Redis client (and hiredis): several MiB of RSS otherwise.
             from supervisor_tui.fleet.node import FleetNode
 
-            advertise = str(settings.get("fleet.advertise_url")) or local_url(settings.host, port)
+            advertise = settings.fleet.advertise_url or local_url(settings.host, port)
             self.fleet = FleetNode(sup, settings, advertise, console_counts=self.consoles.counts_by_state)
             await self.fleet.restore()
         # In-process plugins load now: after the supervisor opened, before the other plugins start.
         self.extensions = ExtensionHost(sup)
         await self.extensions.load()
-        if settings.get("plugins.watch"):
+        if settings.plugins.watch:
             self.watcher = PluginWatcher(settings.plugins_dir, lambda: sup.reload(keep_on_error=True), sup.logs)
             await self.watcher.start()
 
@@ -208,8 +208,8 @@ class Runtime:
         self.route_sync = RouteSync(
             sup,
             gateway.table,
-            default_timeout=float(settings.get("gateway.timeout")),
-            default_max_body=int(settings.get("gateway.max_body")),
+            default_timeout=settings.gateway.timeout,
+            default_max_body=settings.gateway.max_body,
         )
         await self.route_sync.start()
         metrics = MetricsEndpoint(sup, gateway.stats, consoles=self.consoles, fleet=self.fleet)
@@ -233,18 +233,18 @@ class Runtime:
         install_extensions_api(admin, self.tokens.admin, lambda: self.extensions)
         admin.add_middleware(ActionOriginMiddleware)
         consoles_api = ConsolesAPI(self.consoles, settings, self.tokens.admin)
-        root = InternalErrorShield(RootApp(admin, gateway, consoles_api, max_body=int(settings.get("server.max_body"))))
+        root = InternalErrorShield(RootApp(admin, gateway, consoles_api, max_body=settings.server.max_body))
         # Heartbeats skip ASGI (the same checks and answers, less loop time per request: see server.fast_http).
         limits = ConnectionLimits.from_settings(settings, lambda line: sup.logs.warning(line, event="connection_limit"))
         _, port = await self.server.start(root, sock=sock, fast=consoles_api, limits=limits)
         self.url = ctx.api_url = local_url(settings.host, port)
         sup.set_api_url(self.url)  # plugins get it as SUPERVISOR_URL
         sup.logs.info(f"API listening on {self.url}", event="api_listening", url=self.url)
-        if settings.get("routes.export") == "caddy":
+        if settings.routes.export == "caddy":
             await self._start_route_export()
         if self.fleet is not None:
             self.fleet.start()  # routes are served from here on: other nodes may be told about them
-        if settings.get("consoles.auth") == "none" and not is_loopback_name(settings.host.lower()):
+        if settings.consoles.auth == "none" and not is_loopback_name(settings.host.lower()):
             sup.logs.warning(
                 f"consoles.auth = none while listening on {settings.host}: anyone who can reach this port "
                 "can report heartbeats for any console",
@@ -256,14 +256,14 @@ class Runtime:
         from supervisor_tui.server.caddy_export import CaddyExport
 
         assert self.gateway is not None and self.route_sync is not None
-        admin_password = urlsplit(str(self.settings.get("routes.caddy_admin"))).password
+        admin_password = urlsplit(self.settings.routes.caddy_admin).password
         if admin_password:  # whatever a transport error quotes of the URL, the password is never logged
             self.sup.logs.secrets.append(admin_password)
         export = self.route_export = CaddyExport(
             self.gateway.table,
-            admin_url=str(self.settings.get("routes.caddy_admin")),
-            server=str(self.settings.get("routes.caddy_server")),
-            listen=str(self.settings.get("routes.caddy_listen")),
+            admin_url=self.settings.routes.caddy_admin,
+            server=self.settings.routes.caddy_server,
+            listen=self.settings.routes.caddy_listen,
             self_url=lambda: self.url,
             logs=self.sup.logs,
         )
@@ -279,8 +279,7 @@ class Runtime:
     def _load_tokens(self) -> Tokens:
         """Tokens from settings, else from data/<name>.token (created 0600 on first start)."""
         found = {}
-        for name in ("admin", "plugin"):
-            token = str(self.settings.get(f"auth.{name}_token") or "")
+        for name, token in (("admin", self.settings.auth.admin_token), ("plugin", self.settings.auth.plugin_token)):
             if not token:
                 path = self.settings.data_dir / f"{name}.token"
                 token, created = load_or_create_token(path)

@@ -41,10 +41,6 @@ class Settings(Sections):
         setattr(self, f.section, dataclasses.replace(getattr(self, f.section), **{f.key: parsed}))
         self.sources[name] = source
 
-    def get(self, name: str) -> Any:
-        """Deprecated: the untyped read of "section.key" the call sites are moving off."""
-        return FIELDS_BY_NAME[name].value_in(self)
-
     # Shortcuts for what nearly every part reads, and the paths derived from settings.
     @property
     def host(self) -> str:

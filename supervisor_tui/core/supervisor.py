@@ -142,12 +142,12 @@ class Supervisor:
         self.logs = LogHub(
             self.bus,
             settings.logs_dir,
-            ring_lines=int(settings.get("data.log_ring_lines")),
-            max_bytes=int(settings.get("data.log_max_bytes")),
-            backups=int(settings.get("data.log_backups")),
+            ring_lines=settings.data.log_ring_lines,
+            max_bytes=settings.data.log_max_bytes,
+            backups=settings.data.log_backups,
             echo=echo,
-            echo_format=str(settings.get("log.format")),
-            echo_level=str(settings.get("log.level")),
+            echo_format=settings.log.format,
+            echo_level=settings.log.level,
         )
         self.logs.echo_output = echo_output
         self.store = Store(settings.db_path)
@@ -157,7 +157,7 @@ class Supervisor:
         self.ports = PortAllocator(start, end, PLUGIN_HOST, reserved=(settings.port,))
         self.registry: dict[str, ManagedPlugin] = {}
         self.peers: dict[str, dict[str, Peer]] = {}  # other fleet nodes serving a key, by key and node
-        self.node_name = str(settings.get("fleet.node"))
+        self.node_name = settings.fleet.node
         # In every plugin's environment, so what a plugin spawned is found again, even after a crash of ours.
         self.owner = owner_id(settings.data_dir)
         self.cgroups: CgroupTree | None = None  # this run's plugin cgroups (None: not used, see open)
@@ -182,10 +182,10 @@ class Supervisor:
         self._http: httpx.AsyncClient | None = None
         self._lifecycle = asyncio.Lock()
         self.external = ExternalRegistrations(
-            allowlist=settings.get("gateway.upstream_allowlist"),
-            default_interval=float(settings.get("external.heartbeat_interval")),
-            default_timeout=float(settings.get("gateway.timeout")),
-            default_max_body=int(settings.get("gateway.max_body")),
+            allowlist=settings.gateway.upstream_allowlist,
+            default_interval=settings.external.heartbeat_interval,
+            default_timeout=settings.gateway.timeout,
+            default_max_body=settings.gateway.max_body,
         )
         self._closing = False
         tables = settings.tables.get("extensions")
@@ -281,7 +281,7 @@ class Supervisor:
     def _open_cgroups(self) -> str:
         """Set up cgroup tracking of plugin processes where possible; says which tracking is used."""
         fallback = "plugin processes tracked by process group, environment marker and child subreaper"
-        if not self.settings.get("plugins.cgroups"):
+        if not self.settings.plugins.cgroups:
             return f"{fallback} (cgroups off: plugins.cgroups = false)"
         self.cgroups, why = CgroupTree.open(self.owner)
         if self.cgroups is None:
@@ -363,8 +363,8 @@ class Supervisor:
             host=PLUGIN_HOST,
             supervisor_url=self._supervisor_url,
             owner=self.owner,
-            default_timeout=float(self.settings.get("gateway.timeout")),
-            default_max_body=int(self.settings.get("gateway.max_body")),
+            default_timeout=self.settings.gateway.timeout,
+            default_max_body=self.settings.gateway.max_body,
             on_state=self.record_state_change,
             on_health=self._on_health,
             on_spawn=self._on_spawn,
@@ -382,8 +382,8 @@ class Supervisor:
             settings=self.extension_settings,
             on_state=self.record_state_change,
             on_health=self._publish_health,
-            default_timeout=float(self.settings.get("gateway.timeout")),
-            default_max_body=int(self.settings.get("gateway.max_body")),
+            default_timeout=self.settings.gateway.timeout,
+            default_max_body=self.settings.gateway.max_body,
             base_dir=self.settings.base_dir,
             tables=self.extension_tables,
         )

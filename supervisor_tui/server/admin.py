@@ -573,7 +573,7 @@ def create_admin_app(ctx: ApiContext, extra_openapi_paths: dict[str, Any] | None
     )
     async def metrics(request: Request) -> Response:
         """Prometheus text: plugin states, restarts, CPU, RSS, health; gateway traffic; consoles."""
-        if not ctx.settings.get("auth.public_metrics"):
+        if not ctx.settings.auth.public_metrics:
             require_admin(request)
         body = ctx.metrics() if ctx.metrics is not None else b""
         return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")

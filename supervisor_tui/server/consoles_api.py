@@ -103,9 +103,7 @@ class ConsolesAPI:
         self.admin_token = admin_token
         self.max_body = max_body
         # Registration writes before any credential (a new console needs none unless an enrollment token is set).
-        self.registrations = RateLimit(
-            int(settings.get("consoles.register_rate")), int(settings.get("consoles.register_rate_global"))
-        )
+        self.registrations = RateLimit(settings.consoles.register_rate, settings.consoles.register_rate_global)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
