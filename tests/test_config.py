@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -9,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from supervisor_tui.config import ConfigError, load_settings, parse_duration, parse_size
-from supervisor_tui.config.render import describe
+from supervisor_tui.config import FIELDS, FIELDS_BY_NAME, ConfigError, load_settings, parse_duration, parse_size
+from supervisor_tui.config.render import describe, readme_table
 
 
 def test_defaults_are_seed_003s_numbers(tmp_path: Path) -> None:
@@ -107,3 +108,82 @@ def test_bad_config_exits_2_with_one_line_and_no_traceback(tmp_path: Path) -> No
     (tmp_path / "supervisor.toml").write_text("[server]\nport = -3\n")
     result = run_cli(tmp_path, "config")
     assert result.returncode == 2 and "supervisor.toml" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_typed_sections_carry_parsed_values_and_their_sources(tmp_path: Path) -> None:
+    env = {"SUPERVISOR_TUI_GATEWAY_TIMEOUT": "250ms", "SUPERVISOR_TUI_SERVER_ALLOWED_HOSTS": "a.example, 10.0.0.0/8"}
+    s = load_settings(env=env, overrides={"plugins.watch": "off"}, base_dir=tmp_path)
+    assert s.gateway.timeout == 0.25 and s.sources["gateway.timeout"] == "env SUPERVISOR_TUI_GATEWAY_TIMEOUT"
+    assert s.server.allowed_hosts == ("a.example", "10.0.0.0/8") and s.plugins.watch is False
+    assert s.consoles.heartbeat_retention == 7 * 86400.0 and s.server.max_header_bytes == 64 * 1024  # defaults
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        s.gateway.timeout = 1.0  # type: ignore[misc]  # only Settings.set changes a value, and records its source
+
+
+# A value holding a password for every key that is a secret or carries one (a URL's password): a key declared
+# secret or masked without an entry here fails the first assertion.
+SECRET_SAMPLES = {
+    "auth.admin_token": "hunter2",
+    "auth.plugin_token": "hunter2",
+    "consoles.enrollment_token": "hunter2",
+    "redis.url": "redis://app:hunter2@127.0.0.1:6379/0",
+    "consoles.store": "postgresql://app:hunter2@127.0.0.1:5432/consoles",
+    "routes.caddy_admin": "http://admin:hunter2@127.0.0.1:2019",
+}
+
+
+def test_config_command_masks_every_secret_key(tmp_path: Path) -> None:
+    assert {f.name for f in FIELDS if f.secret or f.mask is not None} == set(SECRET_SAMPLES)
+    env = {FIELDS_BY_NAME[name].env: value for name, value in SECRET_SAMPLES.items()}
+    result = run_cli(tmp_path, "config", **env)
+    assert result.returncode == 0, result.stderr
+    assert "hunter2" not in result.stdout + result.stderr
+    rows = {line.split()[0]: line for line in result.stdout.splitlines() if not line.startswith("#")}
+    for name in SECRET_SAMPLES:
+        assert rows[name].endswith(f"env {FIELDS_BY_NAME[name].env}"), rows[name]
+        shown = rows[name].split()[1]
+        if FIELDS_BY_NAME[name].secret:
+            assert shown == "***", rows[name]
+        else:
+            assert ":***@" in shown, rows[name]
+
+
+def _readme() -> str:
+    return (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+
+
+def test_readme_documents_every_declared_key_as_declared() -> None:
+    text = _readme()
+    start, end = "<!-- settings table: start -->\n", "<!-- settings table: end -->"
+    table = text[text.index(start) + len(start) : text.index(end)]
+    documented = {line.split("`")[1] for line in table.splitlines()[2:]}
+    assert documented == {f.name for f in FIELDS}
+    assert table == readme_table(), "regenerate it: python -m supervisor_tui.config.render"
+
+
+def test_readme_example_settings_file_loads(tmp_path: Path) -> None:
+    text = _readme()
+    settings_part = text[text.index("## Settings") :]
+    example = settings_part[settings_part.index("```toml\n") + 8 : settings_part.index("```\n", 8)]
+    (tmp_path / "supervisor.toml").write_text(example, encoding="utf-8")
+    s = load_settings(env={}, base_dir=tmp_path)
+    from_file = {name for name, source in s.sources.items() if source == str(tmp_path / "supervisor.toml")}
+    assert {"server.host", "consoles.store", "redis.url", "routes.caddy_server"} <= from_file
+
+
+@pytest.mark.parametrize(
+    ("name", "toml_value"),
+    [
+        ("redis.url", '"http://app:hunter2@127.0.0.1:6379"'),
+        ("consoles.store", '"mysql://app:hunter2@127.0.0.1/consoles"'),
+        ("routes.caddy_admin", '"ftp://admin:hunter2@127.0.0.1:2019"'),
+        ("auth.admin_token", '["hunter2"]'),
+        ("consoles.enrollment_token", "{ value = 'hunter2' }"),
+    ],
+)
+def test_a_refused_secret_is_named_without_its_password(tmp_path: Path, name: str, toml_value: str) -> None:
+    section, key = name.split(".")
+    (tmp_path / "supervisor.toml").write_text(f"[{section}]\n{key} = {toml_value}\n", encoding="utf-8")
+    result = run_cli(tmp_path, "config")
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert name in result.stderr and "supervisor.toml" in result.stderr and "hunter2" not in result.stderr

@@ -221,7 +221,7 @@ class FleetSettings:
         _default_node(),
         parse_node_name,
         "a name of letters, digits, '.', '_' or '-' (at most 64)",
-        "this supervisor's name in the fleet (default: the host name)",
+        "this supervisor's name in the fleet",
         shown_default="the host name",
     )
     advertise_url: str = setting(

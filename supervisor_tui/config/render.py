@@ -42,12 +42,9 @@ def readme_table() -> str:
     """The Markdown table of every key: name, default as written in TOML, what is allowed, what it does."""
     lines = ["| key | default | allowed | what it does |", "|---|---|---|---|"]
     for f in FIELDS:
-        cells = (
-            f"`{f.name}`",
-            f"`{f.toml_default}`",
-            f.allowed,
-            f.help + (" (secret: never shown)" if f.secret else ""),
-        )
+        default = f.toml_default if f.declared.shown_default is not None else f"`{f.toml_default}`"
+        note = " (secret: never shown)" if f.secret else " (its password is never shown)" if f.mask else ""
+        cells = (f"`{f.name}`", default, f.allowed, f.help + note)
         lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
     return "\n".join(lines) + "\n"
 
