@@ -104,7 +104,7 @@ def target(args: argparse.Namespace) -> tuple[str, str]:
         "server.port": getattr(args, "port", None),
     }
     settings = load_settings(getattr(args, "config", None), overrides=overrides)
-    url = args.url or local_url(settings.host, settings.port)
+    url = args.url or local_url(settings.server.host, settings.server.port)
     token = args.token or os.environ.get(TOKEN_ENV, "") or settings.auth.admin_token
     if not token:
         path = settings.data_dir / "admin.token"

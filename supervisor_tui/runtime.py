@@ -126,7 +126,7 @@ class Runtime:
             sock = self._bind()
             # Plugins may start before the server serves (see _start_plugins): they get the bound port already,
             # and their first requests wait in the socket's backlog.
-            self.sup.set_api_url(local_url(self.settings.host, sock.getsockname()[1]))
+            self.sup.set_api_url(local_url(self.settings.server.host, sock.getsockname()[1]))
             await self._start_core(sock.getsockname()[1])
             imported = asyncio.ensure_future(asyncio.to_thread(_import_http_surface))
             self.starting = asyncio.create_task(self._start_plugins(start_plugins, imported), name="start-plugins")
@@ -155,7 +155,7 @@ class Runtime:
 
     def _bind(self) -> socket.socket:
         """The API socket, bound before any plugin runs (a port in use is StartupError, not a half start)."""
-        host, port = self.settings.host, self.settings.port
+        host, port = self.settings.server.host, self.settings.server.port
         try:
             return bind_socket(host, port)
         except BindError as exc:
@@ -181,7 +181,7 @@ class Runtime:
             # Only a supervisor in a fleet loads the Redis client (and hiredis): several MiB of RSS otherwise.
             from supervisor_tui.fleet.node import FleetNode
 
-            advertise = settings.fleet.advertise_url or local_url(settings.host, port)
+            advertise = settings.fleet.advertise_url or local_url(settings.server.host, port)
             self.fleet = FleetNode(sup, settings, advertise, console_counts=self.consoles.counts_by_state)
             await self.fleet.restore()
         # In-process plugins load now: after the supervisor opened, before the other plugins start.
@@ -237,16 +237,16 @@ class Runtime:
         # Heartbeats skip ASGI (the same checks and answers, less loop time per request: see server.fast_http).
         limits = ConnectionLimits.from_settings(settings, lambda line: sup.logs.warning(line, event="connection_limit"))
         _, port = await self.server.start(root, sock=sock, fast=consoles_api, limits=limits)
-        self.url = ctx.api_url = local_url(settings.host, port)
+        self.url = ctx.api_url = local_url(settings.server.host, port)
         sup.set_api_url(self.url)  # plugins get it as SUPERVISOR_URL
         sup.logs.info(f"API listening on {self.url}", event="api_listening", url=self.url)
         if settings.routes.export == "caddy":
             await self._start_route_export()
         if self.fleet is not None:
             self.fleet.start()  # routes are served from here on: other nodes may be told about them
-        if settings.consoles.auth == "none" and not is_loopback_name(settings.host.lower()):
+        if settings.consoles.auth == "none" and not is_loopback_name(settings.server.host.lower()):
             sup.logs.warning(
-                f"consoles.auth = none while listening on {settings.host}: anyone who can reach this port "
+                f"consoles.auth = none while listening on {settings.server.host}: anyone who can reach this port "
                 "can report heartbeats for any console",
                 event="insecure_consoles_auth",
             )

@@ -16,7 +16,7 @@ from supervisor_tui.config.render import describe, readme_table
 
 def test_defaults_are_seed_003s_numbers(tmp_path: Path) -> None:
     s = load_settings(env={}, base_dir=tmp_path)
-    assert (s.host, s.port, s.port_range) == ("127.0.0.1", 4000, (4001, 4999))
+    assert (s.server.host, s.server.port, s.port_range) == ("127.0.0.1", 4000, (4001, 4999))
     assert s.plugins_dir == tmp_path / "plugins" and s.data_dir == tmp_path / "data"
     assert s.db_path == tmp_path / "data" / "supervisor.db" and s.logs_dir == tmp_path / "data" / "logs"
     assert all(src == "default" for src in s.sources.values()) and s.config_file is None
@@ -29,8 +29,8 @@ def test_layers_file_then_env_then_flags(tmp_path: Path) -> None:
     )
     env = {"SUPERVISOR_TUI_SERVER_PORT": "5001", "SUPERVISOR_TUI_DATA_DIR": "/var/lib/st"}
     s = load_settings(env=env, overrides={"server.port": "5002", "plugins.dir": None}, base_dir=tmp_path)
-    assert s.port == 5002 and s.sources["server.port"] == "flag"
-    assert s.host == "0.0.0.0" and s.sources["server.host"] == str(tmp_path / "supervisor.toml")
+    assert s.server.port == 5002 and s.sources["server.port"] == "flag"
+    assert s.server.host == "0.0.0.0" and s.sources["server.host"] == str(tmp_path / "supervisor.toml")
     assert s.data_dir == Path("/var/lib/st") and s.sources["data.dir"] == "env SUPERVISOR_TUI_DATA_DIR"
     assert s.port_range == (6000, 6100) and s.consoles.inactive_after == 600.0
     assert s.sources["plugins.dir"] == "default"

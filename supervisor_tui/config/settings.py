@@ -41,19 +41,7 @@ class Settings(Sections):
         setattr(self, f.section, dataclasses.replace(getattr(self, f.section), **{f.key: parsed}))
         self.sources[name] = source
 
-    # Shortcuts for what nearly every part reads, and the paths derived from settings.
-    @property
-    def host(self) -> str:
-        return self.server.host
-
-    @property
-    def port(self) -> int:
-        return self.server.port
-
-    @property
-    def read_only(self) -> bool:
-        return self.ui.read_only
-
+    # What is derived from settings: the plugin port range, paths resolved against base_dir.
     @property
     def port_range(self) -> tuple[int, int]:
         return self.plugins.port_range_start, self.plugins.port_range_end

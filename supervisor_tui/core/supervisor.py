@@ -154,7 +154,7 @@ class Supervisor:
         self.plugin_state = PluginStateStore(self.store)
         self.lock = DataDirLock(settings.data_dir)
         start, end = settings.port_range
-        self.ports = PortAllocator(start, end, PLUGIN_HOST, reserved=(settings.port,))
+        self.ports = PortAllocator(start, end, PLUGIN_HOST, reserved=(settings.server.port,))
         self.registry: dict[str, ManagedPlugin] = {}
         self.peers: dict[str, dict[str, Peer]] = {}  # other fleet nodes serving a key, by key and node
         self.node_name = settings.fleet.node
@@ -393,7 +393,7 @@ class Supervisor:
         self._api_url = url
 
     def _supervisor_url(self) -> str:
-        return self._api_url or local_url(self.settings.host, self.settings.port)
+        return self._api_url or local_url(self.settings.server.host, self.settings.server.port)
 
     @property
     def consoles(self) -> ConsoleService | None:

@@ -169,7 +169,7 @@ def create_admin_app(ctx: ApiContext, extra_openapi_paths: dict[str, Any] | None
             )
 
     def require_writable() -> None:
-        if ctx.settings.read_only:
+        if ctx.settings.ui.read_only:
             raise ApiError(403, "read_only", "this supervisor is read-only: actions that change state are refused")
 
     admin = [Depends(require_admin)]
@@ -219,7 +219,7 @@ def create_admin_app(ctx: ApiContext, extra_openapi_paths: dict[str, Any] | None
             "version": __version__,
             "mode": ctx.mode,
             "api": ctx.api_url,
-            "read_only": ctx.settings.read_only,
+            "read_only": ctx.settings.ui.read_only,
             "plugins": {"total": len(plugins), "by_state": by_state},
             "consoles": {"total": sum(consoles.values()), "by_state": consoles},
             "damaged_tables": ctx.consoles.damaged_history() if ctx.consoles is not None else {},

@@ -135,7 +135,7 @@ class ConnectionLimits:
             header_timeout=settings.server.header_timeout,
             idle_timeout=settings.server.idle_timeout,
             max_connections=max_connections,
-            allowed_hosts=allowed_hosts(settings.host, settings.server.allowed_hosts),
+            allowed_hosts=allowed_hosts(settings.server.host, settings.server.allowed_hosts),
             warn=warn,
         )
 

@@ -70,7 +70,7 @@ def main(args: argparse.Namespace) -> int:
         return _fail(str(exc), EXIT_USAGE)
     keys = settings.tables.get("keys", {})
     keymap = {str(k): str(v) for k, v in keys.items()} if isinstance(keys, dict) else {}
-    read_only = bool(getattr(args, "read_only", False)) or settings.read_only
+    read_only = bool(getattr(args, "read_only", False)) or settings.ui.read_only
     try:
         return asyncio.run(attach(url, token, read_only=read_only, keymap=keymap))
     except ClientError as exc:

@@ -79,7 +79,7 @@ class InProcessClient(SupervisorClient):
         self.info = ClientInfo(
             mode="embedded",
             api_url=api_url,
-            read_only=settings.read_only if read_only is None else read_only,
+            read_only=settings.ui.read_only if read_only is None else read_only,
             inactive_after=settings.consoles.inactive_after,
             keymap={str(k): str(v) for k, v in keys.items()} if isinstance(keys, dict) else {},
         )
