@@ -1,6 +1,6 @@
 """In-process plugins: Python classes that run inside the supervisor (``PluginInterface``: metadata, lifecycle, hooks).
 
-A plugin folder whose manifest names ``"module": "plugin:StatsPlugin"`` (or an ``[extensions.<name>]`` section of
+A plugin folder whose manifest names ``"module": "plugin:StatsPlugin"`` (or an ``[inprocess.<name>]`` section of
 the settings naming ``module = "package.module:Class"``) becomes an ``InProcessPlugin``: a ManagedPlugin of kind
 ``inprocess`` with the usual states. Start = import (once per version), construct, ``validate_configuration``
 (only when the class defines it) and ``initialize(supervisor, config)``, under ``load_timeout`` (twice that when
@@ -29,9 +29,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from supervisor_tui.config import parse_duration
-from supervisor_tui.core.events import EventBus, ExtensionFailed, ExtensionLoaded, MetricsSample
+from supervisor_tui.core.events import EventBus, InProcessPluginLoaded, MetricsSample, PluginFailed
 from supervisor_tui.core.logs import LogHub
+from supervisor_tui.plugins.inprocess_settings import InProcessSettings
 from supervisor_tui.plugins.manifest import Endpoint, Manifest, ManifestError, dependencies
 from supervisor_tui.plugins.model import PluginActionError, PluginSnapshot, PluginState
 
@@ -87,42 +87,6 @@ class PluginInterface:
         return {}
 
 
-@dataclass(frozen=True)
-class ExtensionSettings:
-    """The ``[extensions]`` table's own keys (everything else in it is one in-process plugin per sub-table)."""
-
-    load_timeout: float = 30.0
-    shutdown_timeout: float = 15.0
-    hook_timeout: float = 10.0
-    block_threshold: float = 0.5  # the event loop stalled this long inside plugin code is reported
-    batch_size: int = 3
-    hook_queue: int = 1000
-    status_interval: float = 10.0
-
-    @classmethod
-    def from_table(cls, table: Mapping[str, Any]) -> tuple[ExtensionSettings, list[str]]:
-        """Parse the scalar keys of ``[extensions]``; bad values are reported and replaced by defaults."""
-        values: dict[str, Any] = {}
-        problems: list[str] = []
-        for name in ("load_timeout", "shutdown_timeout", "hook_timeout", "block_threshold", "status_interval"):
-            if name in table:
-                try:
-                    seconds = parse_duration(table[name])
-                    if seconds <= 0:
-                        raise ValueError
-                    values[name] = seconds
-                except ValueError:
-                    problems.append(f"extensions.{name}: expected a positive duration like '30s', got {table[name]!r}")
-        for name in ("batch_size", "hook_queue"):
-            if name in table:
-                value = table[name]
-                if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                    problems.append(f"extensions.{name}: expected a positive integer, got {value!r}")
-                else:
-                    values[name] = value
-        return cls(**values), problems
-
-
 @dataclass
 class InProcessContext:
     """What an in-process plugin needs from the supervisor that owns it."""
@@ -130,13 +94,13 @@ class InProcessContext:
     supervisor: Any  # handed to initialize(); plugins use its public API
     logs: LogHub
     bus: EventBus
-    settings: ExtensionSettings
+    settings: InProcessSettings
     on_state: Callable[[InProcessPlugin, str, str, str], None]
     on_health: Callable[[str, bool, str], None]
     default_timeout: float
     default_max_body: int
     base_dir: Path  # where relative module files of in-process plugins configured in settings are found
-    tables: Mapping[str, Any] = field(default_factory=dict)  # [extensions.<name>] sections
+    tables: Mapping[str, Any] = field(default_factory=dict)  # [inprocess.<name>] sections
 
 
 class _LoadError(Exception):
@@ -215,7 +179,7 @@ class InProcessPlugin:
     # -- configuration -------------------------------------------------------------------------------------
     @property
     def config(self) -> dict[str, Any]:
-        """The manifest's ``config`` (or the settings' one), with ``[extensions.<key>].config`` on top."""
+        """The manifest's ``config`` (or the settings' one), with ``[inprocess.<key>].config`` on top."""
         base = dict(self.manifest.config) if self.manifest is not None else dict(self._config)
         table = self.ctx.tables.get(self.key)
         if self.manifest is not None and isinstance(table, Mapping) and "module" not in table:
@@ -331,9 +295,9 @@ class InProcessPlugin:
         """Record a failure of the plugin's code: logged, counted, shown, and on the bus."""
         self.last_error = f"{phase}: {message}"
         self.ctx.logs.error(
-            f"{self.key}: {phase} failed: {message}", event="extension_failed", plugin=self.key, phase=phase
+            f"{self.key}: {phase} failed: {message}", event="inprocess_plugin_failed", plugin=self.key, phase=phase
         )
-        self.ctx.bus.publish(ExtensionFailed(name=self.key, phase=phase, error=message))
+        self.ctx.bus.publish(PluginFailed(name=self.key, phase=phase, error=message))
 
     def replace_manifest(self, manifest: Manifest | None, error: ManifestError | None = None) -> None:
         """Swap in a new manifest (the caller stops and starts); the running version is kept to fall back on."""
@@ -413,8 +377,8 @@ class InProcessPlugin:
         self._worker = asyncio.create_task(self._hook_worker(), name=f"hooks:{self.key}")
         self._status_task = asyncio.create_task(self._status_loop(), name=f"status:{self.key}")
         self._set(S.RUNNING, reason)
-        self.ctx.logs.info(f"{self.key}: loaded {self.module}", event="extension_loaded", plugin=self.key)
-        self.ctx.bus.publish(ExtensionLoaded(name=self.key))
+        self.ctx.logs.info(f"{self.key}: loaded {self.module}", event="inprocess_plugin_loaded", plugin=self.key)
+        self.ctx.bus.publish(InProcessPluginLoaded(name=self.key))
 
     async def _load_and_initialize(self) -> None:
         """Import (when needed), construct, validate and initialize, each step under its share of the budget."""
