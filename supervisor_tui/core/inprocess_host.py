@@ -325,7 +325,7 @@ class InProcessHost:
         message = f"blocked the event loop for {seconds:.1f}s in {what}"
         if isinstance(plugin, InProcessPlugin):
             plugin.counters["loop_blocks"] += 1
-            plugin._failed(what if what.startswith("hook") else f"call {what}", message)
+            plugin.record_failure(what if what.startswith("hook") else f"call {what}", message)
         self.loop_blocks = [*self.loop_blocks[-19:], {"plugin": key, "what": what, "seconds": round(seconds, 3)}]
 
     # -- views ---------------------------------------------------------------------------------------------
@@ -354,12 +354,12 @@ class InProcessHost:
 
 
 def _plugin_on_stack(frame: FrameType | None, plugins: list[InProcessPlugin]) -> tuple[str, str] | None:
-    """The innermost call into plugin code on a stack: (plugin key, what) from InProcessPlugin._call's frame,
+    """The innermost call into plugin code on a stack: (plugin key, what) from InProcessPlugin.call_plugin's frame,
     or a frame in a plugin folder's files (its routes, its own tasks)."""
-    call_code = InProcessPlugin._call.__code__
+    call_code = InProcessPlugin.call_plugin.__code__
     folders = {str(p.folder): p.key for p in plugins if p.folder is not None}
     for p in plugins:  # an in-process plugin configured in settings: its class's own file
-        cls = p._version.cls if p.folder is None and p._version is not None else None
+        cls = p.plugin_class if p.folder is None else None
         source = None
         with contextlib.suppress(TypeError):
             source = inspect.getsourcefile(cls) if cls is not None else None
