@@ -334,7 +334,7 @@ async def test_read_only_hides_and_refuses_actions() -> None:
         # The pane switch after them is seen: the keys before it were handled, and did nothing.
         await until(pilot, lambda: app.main.active_pane == "consoles")
         assert isinstance(app.screen, MainScreen)
-        app.plugin_action("start", "search")  # the palette's path: refused too
+        app.actions.run("start", "search")  # the palette's path: refused too
         await until(pilot, lambda: any("read-only" in n.message for n in app.notices))
         assert client.actions == []
         assert not app.view.pending_actions
