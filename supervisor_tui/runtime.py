@@ -230,8 +230,12 @@ class Runtime:
             fleet=self.fleet,
         )
         admin = create_admin_app(ctx, extra_openapi_paths=OPENAPI_PATHS)
-        deprecated = lambda line: sup.logs.warning(line, event="deprecated_name")  # noqa: E731
-        install_inprocess_api(admin, self.tokens.admin, lambda: self.inprocess_host, deprecated)
+        install_inprocess_api(
+            admin,
+            self.tokens.admin,
+            lambda: self.inprocess_host,
+            lambda line: sup.logs.warning(line, event="deprecated_name"),
+        )
         admin.add_middleware(ActionOriginMiddleware)
         consoles_api = ConsolesAPI(self.consoles, settings, self.tokens.admin)
         root = InternalErrorShield(RootApp(admin, gateway, consoles_api, max_body=int(settings.get("server.max_body"))))
