@@ -504,9 +504,9 @@ def test_the_gateway_needs_no_package_outside_its_dependencies() -> None:
     ],
 )
 def test_upstream_urls_are_read_in_their_canonical_form(url: str, address: tuple[str, str, int, bytes, bytes]) -> None:
-    from supervisor_tui.server.gateway import _CompiledRoute
+    from supervisor_tui.server.gateway_routes import CompiledRoute
 
-    upstream = _CompiledRoute(PluginRoute("k", url, ())).targets[0]
+    upstream = CompiledRoute(PluginRoute("k", url, ())).targets[0]
     assert (upstream.scheme, upstream.host, upstream.port) == address[:3]
     assert (upstream.base_path, upstream.host_header) == address[3:]
 
