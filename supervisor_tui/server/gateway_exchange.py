@@ -369,7 +369,8 @@ class Proxy:
         self._inflight.discard(ex)
         if ex.watcher is not None:
             ex.watcher.cancel()
-        self._drop_connection(ex)
+        if ex.conn is not None:  # not handed back to the pool: it cannot carry another exchange
+            self._drop_connection(ex)
 
     def _drop_connection(self, ex: Exchange) -> None:
         """Close the exchange's upstream connection unless it went back to the pool."""
