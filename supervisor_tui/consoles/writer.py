@@ -130,6 +130,7 @@ class GroupCommitWriter:
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self.batches = 0
+        self.in_flight = 0  # ops planned into a batch not committed or failed yet
         self.committed_ops = 0
         self.failed_batches = 0
         self.damaged: dict[str, str] = {}  # history tables found damaged: the error
@@ -206,6 +207,13 @@ class GroupCommitWriter:
             await self._write(ops)
 
     async def _write(self, ops: list[Op]) -> None:
+        self.in_flight += len(ops)
+        try:
+            await self._write_planned(ops)
+        finally:
+            self.in_flight -= len(ops)
+
+    async def _write_planned(self, ops: list[Op]) -> None:
         try:
             plan = self._planner(ops)
         except Exception as exc:  # a planning bug must not kill the writer or leave callers waiting
