@@ -160,6 +160,14 @@ def _unavailable(exc: WriteFailed) -> ConsoleUnavailable:
     return ConsoleUnavailable(f"{exc}; nothing was recorded, retry later")
 
 
+def _console_of(op: Op) -> str | None:
+    """The console a heartbeat changes (the writer's key: several batches in flight never share one)."""
+    if op.kind != "heartbeat":
+        return None
+    payload: _HeartbeatOp = op.payload
+    return payload.console_id
+
+
 def _first(item: tuple[float, ConsoleEntry, bool]) -> float:
     return item[0]
 
@@ -246,7 +254,9 @@ class ConsoleService:
         self._recency = Recency()
         self._search = SearchKeys()
         self._timeout_retry: dict[str, float] = {}
-        self._writer = GroupCommitWriter(self.store, self._plan)
+        self._writer = GroupCommitWriter(
+            self.store, self._plan, batches_in_flight=getattr(self.store, "batches_in_flight", 1), key_of=_console_of
+        )
         # Several supervisors share the store (PostgreSQL): this one's name in the changes it tells the others.
         self._shared = self.store.shared
         self.node = secrets.token_hex(8)
@@ -900,6 +910,11 @@ class ConsoleService:
     def writes_in_flight(self) -> int:
         """Changes planned into a batch whose COMMIT has not returned yet."""
         return self._writer.in_flight
+
+    @property
+    def most_batches_in_flight(self) -> int:
+        """The most write batches that were committing at once (the store's batches_in_flight at most)."""
+        return self._writer.most_in_flight
 
     def deadline_of(self, console_id: str) -> float | None:
         """When the console goes inactive unless it is heard from (None when inactive or unknown)."""
