@@ -66,7 +66,7 @@ class BenchCluster:
 
     def settings_line(self) -> str:
         rows = self.cluster.psql(
-            "SELECT string_agg(name || '=' || setting || coalesce(unit, ''), ', ' ORDER BY name) FROM pg_settings "
+            "SELECT string_agg(name || '=' || current_setting(name), ', ' ORDER BY name) FROM pg_settings "
             "WHERE name IN ('fsync', 'synchronous_commit', 'shared_buffers', 'max_wal_size', 'checkpoint_timeout', "
             "'wal_buffers', 'wal_compression', 'full_page_writes')"
         )

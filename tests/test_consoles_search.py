@@ -137,15 +137,19 @@ async def test_a_search_pages_in_the_order_the_store_sorts(tmp_path: Path, conso
         httpx.AsyncClient(base_url=srv.url, headers=srv.admin) as client,
     ):
         names = ["b", "a", "Ä", "a", "c", "b", "é", "a"]
+        hosts = {}
         for i in range(40):
+            hosts[f"k{i % 13}-{i}"] = f"h{i}"
             await register(client, f"k{i % 13}-{i}", f"{names[i % len(names)]} rack", f"h{i}")
-        await register(client, "other", "unrelated", "elsewhere")
+        for i in range(60):  # enough others that a search for "h1" matches few: sorted among its matches
+            await register(client, f"other{i}", "unrelated", "elsewhere")
         for sort in ("name", "-name", "-last_seen", "last_seen"):
             r = await client.get("/api/consoles", params={"sort": sort, "limit": 1000})
-            everyone = [c["id"] for c in r.json()["consoles"] if c["id"] != "other"]
-            for limit, offset in ((1000, 0), (7, 0), (7, 9), (5, 38)):
-                r = await client.get(
-                    "/api/consoles", params={"q": "RACK", "sort": sort, "limit": limit, "offset": offset}
-                )
-                assert r.json()["total"] == 40
-                assert [c["id"] for c in r.json()["consoles"]] == everyone[offset : offset + limit], (sort, offset)
+            in_order = [c["id"] for c in r.json()["consoles"]]
+            for q, expected in (("RACK", list(hosts)), ("h1", [cid for cid, h in hosts.items() if "h1" in h])):
+                everyone = [cid for cid in in_order if cid in expected]
+                for limit, offset in ((1000, 0), (7, 0), (7, 9), (5, 38)):
+                    params = {"q": q, "sort": sort, "limit": limit, "offset": offset}
+                    r = await client.get("/api/consoles", params=params)
+                    assert r.json()["total"] == len(expected)
+                    assert [c["id"] for c in r.json()["consoles"]] == everyone[offset : offset + limit], (q, sort)

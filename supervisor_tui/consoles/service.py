@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import heapq
 import hmac
 import secrets
 import sqlite3
@@ -957,7 +958,13 @@ class ConsoleService:
             if state is not None:
                 entries = self._entries
                 matched = [cid for cid in matched if entries[cid].state == state]
-            if sort in ("-last_seen", "last_seen"):
+            if sort in ("-last_seen", "last_seen") and len(matched) * 8 < len(self._entries):
+                # A few matches: sorted among themselves (walking every console's order would cost more).
+                entries, sign = self._entries, -1.0 if sort == "-last_seen" else 1.0
+                ids = heapq.nsmallest(offset + limit, matched, key=lambda cid: (sign * entries[cid].last_seen, cid))
+                ids = ids[offset:]
+            elif sort in ("-last_seen", "last_seen"):
+                # Most consoles match: the last-seen order, walked only as far as the page.
                 walk = self._recency.walk(state, newest_first=sort == "-last_seen")
                 ids = page_by_last_seen(walk, set(matched), limit, offset)
             else:
