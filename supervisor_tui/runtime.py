@@ -150,7 +150,7 @@ class Runtime:
             self.starting = asyncio.create_task(starting, name="start-plugins")
             work.push_async_callback(self._cancel_starting)
             await imported
-            await self._start_http(http, work, sock)
+            await self._start_http(http, sock)
         except BaseException:
             self.ready, self.closing = False, True
             await stack.aclose()
@@ -235,9 +235,7 @@ class Runtime:
             work.push_async_callback(watcher.stop)
             await watcher.start()
 
-    async def _start_http(
-        self, http: contextlib.AsyncExitStack, work: contextlib.AsyncExitStack, sock: socket.socket
-    ) -> None:
+    async def _start_http(self, http: contextlib.AsyncExitStack, sock: socket.socket) -> None:
         from supervisor_tui.server.admin import ApiContext, create_admin_app
         from supervisor_tui.server.app import RootApp
         from supervisor_tui.server.consoles_api import OPENAPI_PATHS, ConsolesAPI

@@ -1,10 +1,12 @@
 """Operator actions that change the plugins folder or what is remembered of a plugin: install (write a manifest
-and load it), remove (unload, and with purge delete the folder and forget it), set_config (env overrides)."""
+and load it), remove (unload, and with purge delete the folder and forget it), set_config (env overrides), scale
+(the replica count)."""
 
 from __future__ import annotations
 
 import json
 import shutil
+import sqlite3
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -13,6 +15,7 @@ from supervisor_tui.plugins.inprocess import InProcessPlugin
 from supervisor_tui.plugins.manifest import MANIFEST_FILE, ManifestError, check_graph, parse_env, parse_manifest
 from supervisor_tui.plugins.model import PluginActionError, PluginSnapshot, PluginState
 from supervisor_tui.plugins.process import ProcessRunner
+from supervisor_tui.plugins.replicas import ReplicatedRunner
 
 if TYPE_CHECKING:
     from supervisor_tui.core.supervisor.root import Supervisor
@@ -120,6 +123,29 @@ async def set_config(sup: Supervisor, key: str, env: dict[str, str]) -> PluginSn
         sup.orchestrator.stop_requested(key)
         await runner.stop("configuration changed")
         await sup.ensure_running(key, "restarted with new configuration")
+    return runner.snapshot()
+
+
+async def scale(sup: Supervisor, key: str, replicas: int) -> PluginSnapshot:
+    """See Supervisor.scale."""
+    runner = sup.process_runner(key)
+    if not isinstance(runner, ReplicatedRunner):
+        raise PluginActionError(key, "this plugin cannot run replicas")
+    runner.check_count(replicas)
+    before = runner.count
+    try:
+        await sup.plugin_state.save_replicas(key, replicas, runner.desired)
+    except sqlite3.Error as exc:
+        raise PluginActionError(key, f"the replica count could not be saved in the database ({exc})") from None
+    sup.memory.replicas[key] = replicas
+    await runner.scale(replicas)
+    if before != replicas:
+        sup.logs.info(
+            f"{key}: scaled from {before} to {replicas} replicas",
+            event="plugin_scaled",
+            plugin=key,
+            replicas=replicas,
+        )
     return runner.snapshot()
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import sqlite3
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -52,7 +51,6 @@ from supervisor_tui.plugins.model import PluginActionError, PluginNotFound, Plug
 from supervisor_tui.plugins.peers import Peer, with_peers
 from supervisor_tui.plugins.ports import PortAllocator
 from supervisor_tui.plugins.process import ProcessRunner
-from supervisor_tui.plugins.replicas import ReplicatedRunner
 
 if TYPE_CHECKING:
     from supervisor_tui.consoles.service import ConsoleService
@@ -408,25 +406,7 @@ class Supervisor:
         """Run ``replicas`` processes of a process plugin (remembered across restarts, like a stop). The new ones
         start when the plugin is meant to run; scaling down stops the highest ones. PluginActionError for a
         count it cannot run (out of 1..64, a fixed port, not enough free ports); nothing changes then."""
-        runner = self.process_runner(key)
-        if not isinstance(runner, ReplicatedRunner):
-            raise PluginActionError(key, "this plugin cannot run replicas")
-        runner.check_count(replicas)
-        before = runner.count
-        try:
-            await self.plugin_state.save_replicas(key, replicas, runner.desired)
-        except sqlite3.Error as exc:
-            raise PluginActionError(key, f"the replica count could not be saved in the database ({exc})") from None
-        self.memory.replicas[key] = replicas
-        await runner.scale(replicas)
-        if before != replicas:
-            self.logs.info(
-                f"{key}: scaled from {before} to {replicas} replicas",
-                event="plugin_scaled",
-                plugin=key,
-                replicas=replicas,
-            )
-        return runner.snapshot()
+        return await folder_actions.scale(self, key, replicas)
 
     def _spawn_background(self, coro: Any, key: str) -> None:
         task = asyncio.create_task(coro)
