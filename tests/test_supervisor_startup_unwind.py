@@ -1,12 +1,14 @@
 """A startup step that fails closes every part the steps before it opened, in reverse order: no plugin process, no
 open database, no held data-dir lock, no bound API port, no task of ours left in the loop.
 
-The failures are real: a console store (PostgreSQL) nobody listens on, an API port another socket holds."""
+The failures are real: a console store (PostgreSQL) nobody listens on, an API port another socket holds, a
+database written by a newer version (the Supervisor's own open)."""
 
 from __future__ import annotations
 
 import asyncio
 import socket
+import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,7 +17,7 @@ from conftest import plugin_processes, spawns, write_plugin
 
 from supervisor_tui.config import Settings
 from supervisor_tui.core.lock import DataDirLock
-from supervisor_tui.core.store import StoreUnreachable
+from supervisor_tui.core.store import StoreError, StoreUnreachable
 from supervisor_tui.core.supervisor import Supervisor
 from supervisor_tui.runtime import Runtime, StartupError
 
@@ -91,3 +93,24 @@ async def test_an_api_port_in_use_closes_the_supervisor_before_any_plugin_runs(
         await _tasks_settle(before)
         _assert_all_closed(runtime, settings, folder, before)
     await runtime.stop()  # stop after a failed start has nothing left to do
+
+
+async def test_a_database_from_a_newer_version_fails_open_and_releases_the_lock(settings: Settings) -> None:
+    settings.data_dir.mkdir(parents=True, mode=0o700)
+    with sqlite3.connect(settings.db_path) as db:
+        db.execute("PRAGMA user_version = 999")
+    db.close()
+    sup = Supervisor(settings)
+    before = set(asyncio.all_tasks())
+    with pytest.raises(StoreError, match="newer than this program"):
+        await sup.open()
+    await _tasks_settle(before)
+    assert not sup.opened and not sup.store.is_open
+    assert {t for t in asyncio.all_tasks() if t not in before and not t.done()} == set()
+    lock = DataDirLock(settings.data_dir)
+    lock.acquire()  # released by the failed open: LockError otherwise
+    lock.release()
+    # The same data dir with the database set aside opens at once.
+    settings.db_path.rename(settings.db_path.with_suffix(".newer"))
+    async with Supervisor(settings) as again:
+        assert again.opened and again.store.is_open

@@ -94,7 +94,7 @@ class Supervisor:
             default_timeout=float(settings.get("gateway.timeout")),
             default_max_body=int(settings.get("gateway.max_body")),
         )
-        self.elsewhere = ExternalPlugins(self)
+        self.external_plugins = ExternalPlugins(self)
         self.opened = False
         self.http: httpx.AsyncClient | None = None  # the health probes' client, while open
         # Held by reload, install and remove: one change of the set of plugins at a time.
@@ -145,7 +145,7 @@ class Supervisor:
                 self.folder_plugins.add(key, found.manifests[key])
             stack.push_async_callback(self._cancel_background)
             self._background.add(asyncio.create_task(sample_metrics(self), name="metrics"))
-            self._background.add(asyncio.create_task(self.elsewhere.watch(), name="external-plugins"))
+            self._background.add(asyncio.create_task(self.external_plugins.watch(), name="external-plugins"))
             stack.push_async_callback(self._stop_plugins)
             self._exit_stack = stack.pop_all()
         self.opened = True
@@ -286,7 +286,7 @@ class Supervisor:
     @property
     def peers(self) -> dict[str, dict[str, Peer]]:
         """Other fleet nodes serving a key, by key and node."""
-        return self.elsewhere.peers
+        return self.external_plugins.peers
 
     def plugins(self) -> list[PluginSnapshot]:
         """Every plugin's snapshot, sorted by key."""
@@ -466,15 +466,15 @@ class Supervisor:
         upstream's path when it is another node's gateway.
         ManifestError for a bad message, UpstreamNotAllowed (a PermissionError) for an upstream outside the
         allowlist, PluginActionError when the key belongs to a plugin of another kind."""
-        return self.elsewhere.register(payload, lost_after, source, node, lost, base_path)
+        return self.external_plugins.register(payload, lost_after, source, node, lost, base_path)
 
     def heartbeat_external(self, key: str) -> PluginSnapshot:
         """An external plugin is alive; a LOST one is RUNNING again."""
-        return self.elsewhere.heartbeat(key)
+        return self.external_plugins.heartbeat(key)
 
     async def unregister_external(self, key: str) -> None:
         """An external plugin leaves: it is dropped with its routes."""
-        self.elsewhere.unregister(key)
+        self.external_plugins.unregister(key)
 
     async def add_peer(
         self, payload: dict[str, Any], node: str, base_path: str, lost_after: float, lost: str = ""
@@ -482,16 +482,16 @@ class Supervisor:
         """Node ``node`` serves ``payload``'s key at its gateway: one more upstream of the key's route (a key
         nothing here serves becomes a PeerPlugin). ``lost``: known, not heard from yet (restored after a restart).
         Raises like ``register_external`` (the allowlist applies to the node's gateway too)."""
-        return self.plugin(self.elsewhere.add_peer(payload, node, base_path, lost_after, lost))
+        return self.plugin(self.external_plugins.add_peer(payload, node, base_path, lost_after, lost))
 
     def heartbeat_peer(self, key: str, node: str) -> None:
         """Node ``node`` still serves ``key``; raises PluginNotFound when it never said it does."""
-        self.elsewhere.heartbeat_peer(key, node)
+        self.external_plugins.heartbeat_peer(key, node)
 
     def remove_peer(self, key: str, node: str) -> bool:
         """Node ``node`` no longer serves ``key``; False when it did not."""
-        return self.elsewhere.remove_peer(key, node)
+        return self.external_plugins.remove_peer(key, node)
 
     def sweep_external(self, now: float | None = None) -> list[str]:
         """Mark LOST every external plugin whose heartbeats stopped (2 x its interval); returns their keys."""
-        return self.elsewhere.sweep(now)
+        return self.external_plugins.sweep(now)
