@@ -1,14 +1,14 @@
 """A running supervisor and its HTTP server in one event loop: what headless mode and the embedded TUI share.
 
 Start order: the supervisor opens (data-dir lock, database, manifests), then the API socket is bound (a port in
-use ends startup with one line and exit 2, before any plugin runs), then the console service, extensions and
+use ends startup with one line and exit 2, before any plugin runs), then the console service, in-process plugins and
 the plugins folder watcher start, then, in the background, the cleanup of what a previous (killed) run left
 behind followed by the plugins, while the gateway and the server start: the API answers (``/ready`` 503) during
 the cleanup. Stop order (three exit stacks, see ``Runtime.start``): first what acts on plugins and other nodes
-(the plugin starts, the folder watcher, extensions' on_shutdown hooks, the fleet, which still tells the others
-its plugins go), then the HTTP surface, then the console writer is drained before the supervisor stops the
-plugins and closes the database, so nothing acknowledged is lost; extensions close last so they see the
-shutdown. A failed start unwinds what it had started the same way.
+(the plugin starts, the folder watcher, in-process plugins' on_shutdown hooks, the fleet, which still tells the
+others its plugins go), then the HTTP surface, then the console writer is drained before the supervisor stops the
+plugins and closes the database, so nothing acknowledged is lost; the in-process plugin host closes last so its
+plugins see the shutdown. A failed start unwinds what it had started the same way.
 
 Ready (``/ready`` 200) means serving: the cleanup is over, every plugin start_all starts was launched (it is
 RUNNING, or failed once and is being retried or gave up, or waits for a dependency that did) and the database
@@ -32,7 +32,7 @@ from supervisor_tui.config import Settings, local_url
 from supervisor_tui.consoles.console_store import ConsoleStore
 from supervisor_tui.consoles.open_store import open_console_store
 from supervisor_tui.consoles.service import ConsoleService
-from supervisor_tui.core.extensions import ExtensionHost
+from supervisor_tui.core.inprocess_host import InProcessHost
 from supervisor_tui.core.supervisor import Supervisor
 from supervisor_tui.plugins.process import become_subreaper
 from supervisor_tui.plugins.watcher import PluginWatcher
@@ -54,7 +54,7 @@ HTTP_SURFACE_MODULES = (
     "supervisor_tui.server.app",
     "supervisor_tui.server.caddy_export",
     "supervisor_tui.server.consoles_api",
-    "supervisor_tui.server.extensions_api",
+    "supervisor_tui.server.inprocess_api",
     "supervisor_tui.server.gateway",
     "supervisor_tui.server.metrics",
     "supervisor_tui.server.routes_sync",
@@ -107,7 +107,7 @@ class Runtime:
         self.route_export: CaddyExport | None = None
         self.consoles: ConsoleService | None = None
         self.console_store: ConsoleStore | None = None
-        self.extensions: ExtensionHost | None = None
+        self.inprocess_host: InProcessHost | None = None
         self.watcher: PluginWatcher | None = None
         self.fleet: FleetNode | None = None
         self.tokens: Tokens | None = None
@@ -122,12 +122,12 @@ class Runtime:
         """Open the supervisor and the HTTP surface; raises StartupError (bind failure) with nothing left open.
 
         ``start_plugins``: also start the plugins (in the background, after the orphan cleanup) as soon as the
-        API socket is bound and extensions are loaded, while the HTTP app is still being built.
+        API socket is bound and in-process plugins are loaded, while the HTTP app is still being built.
 
         Each part is entered on one of three exit stacks, stopped in this order, each in the reverse order of its
-        starts: ``work`` (what acts on plugins and other nodes: the plugin starts, the folder watcher, extension
-        hooks, the fleet), ``http`` (the server, the gateway and what follows its table), ``core`` (the console
-        service, the supervisor, the extension host). A step that fails unwinds what the steps before it
+        starts: ``work`` (what acts on plugins and other nodes: the plugin starts, the folder watcher, in-process
+        plugins' hooks, the fleet), ``http`` (the server, the gateway and what follows its table), ``core`` (the
+        console service, the supervisor, the in-process plugin host). A step that fails unwinds what the steps before it
         opened, the same way."""
         # What plugins double-fork away becomes this process's child, not init's (see plugins.process).
         become_subreaper()
@@ -136,7 +136,7 @@ class Runtime:
             core = await stack.enter_async_context(contextlib.AsyncExitStack())
             http = await stack.enter_async_context(contextlib.AsyncExitStack())
             work = await stack.enter_async_context(contextlib.AsyncExitStack())
-            core.push_async_callback(self._close_extensions)  # last, so extensions see the whole shutdown
+            core.push_async_callback(self._close_inprocess_host)  # last, so its plugins see the whole shutdown
             await self.sup.open(clean_orphans=False)
             core.push_async_callback(self.sup.close)
             sock = self._bind()
@@ -184,9 +184,9 @@ class Runtime:
         if self.server.bound is None:
             sock.close()
 
-    async def _close_extensions(self) -> None:
-        if self.extensions is not None:
-            await self.extensions.close()
+    async def _close_inprocess_host(self) -> None:
+        if self.inprocess_host is not None:
+            await self.inprocess_host.close()
 
     def _bind(self) -> socket.socket:
         """The API socket, bound before any plugin runs (a port in use is StartupError, not a half start)."""
@@ -200,7 +200,7 @@ class Runtime:
             raise StartupError(f"{exc.strerror} ({hint})") from None
 
     async def _start_core(self, core: contextlib.AsyncExitStack, work: contextlib.AsyncExitStack, port: int) -> None:
-        """Tokens, the console service, the fleet's saved registrations, extensions and the plugins folder
+        """Tokens, the console service, the fleet's saved registrations, in-process plugins and the plugins folder
         watcher: all but HTTP (``port``: the bound API port). A stop callback is pushed before each start: it
         also undoes a start that failed half way."""
         sup, settings = self.sup, self.settings
@@ -225,9 +225,9 @@ class Runtime:
             work.push_async_callback(fleet.stop)
             await fleet.restore()
         # In-process plugins load now: after the supervisor opened, before the other plugins start.
-        extensions = self.extensions = ExtensionHost(sup)  # closed by start()'s first callback
-        work.push_async_callback(extensions.begin_shutdown)
-        await extensions.load()
+        host = self.inprocess_host = InProcessHost(sup)  # closed by start()'s first callback
+        work.push_async_callback(host.begin_shutdown)
+        await host.load()
         if settings.get("plugins.watch"):
             watcher = self.watcher = PluginWatcher(
                 settings.plugins_dir, lambda: sup.reload(keep_on_error=True), sup.logs
@@ -240,8 +240,8 @@ class Runtime:
         from supervisor_tui.server.app import RootApp
         from supervisor_tui.server.consoles_api import OPENAPI_PATHS, ConsolesAPI
         from supervisor_tui.server.errors import InternalErrorShield
-        from supervisor_tui.server.extensions_api import ActionOriginMiddleware, install_extensions_api
         from supervisor_tui.server.gateway import Gateway, RouteTable
+        from supervisor_tui.server.inprocess_api import ActionOriginMiddleware, install_inprocess_api
         from supervisor_tui.server.limits import ConnectionLimits
         from supervisor_tui.server.metrics import MetricsEndpoint
         from supervisor_tui.server.routes_sync import RouteSync
@@ -276,7 +276,12 @@ class Runtime:
             fleet=self.fleet,
         )
         admin = create_admin_app(ctx, extra_openapi_paths=OPENAPI_PATHS)
-        install_extensions_api(admin, self.tokens.admin, lambda: self.extensions)
+        install_inprocess_api(
+            admin,
+            self.tokens.admin,
+            lambda: self.inprocess_host,
+            lambda line: sup.logs.warning(line, event="deprecated_name"),
+        )
         admin.add_middleware(ActionOriginMiddleware)
         consoles_api = ConsolesAPI(self.consoles, settings, self.tokens.admin)
         root = InternalErrorShield(RootApp(admin, gateway, consoles_api, max_body=int(settings.get("server.max_body"))))
@@ -349,8 +354,9 @@ class Runtime:
         return True, ""
 
     async def stop(self) -> None:
-        """Stop what start() started: the plugin starts, watcher, extension hooks and fleet; then the HTTP surface;
-        then the console service (drained), the supervisor (plugins stopped, database closed) and extensions."""
+        """Stop what start() started: the plugin starts, watcher, in-process plugins' hooks and fleet; then the HTTP
+        surface; then the console service (drained), the supervisor (plugins stopped, database closed) and the
+        in-process plugin host."""
         self.ready = False
         self.closing = True  # log followers and event streams end now rather than hold the shutdown
         stack, self._stack = self._stack, None

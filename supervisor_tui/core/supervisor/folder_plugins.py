@@ -75,13 +75,13 @@ class FolderPluginFactory:
             supervisor=sup,
             logs=sup.logs,
             bus=sup.bus,
-            settings=sup.extension_settings,
+            settings=sup.inprocess_settings,
             on_state=sup.record_state_change,
             on_health=sup.publish_health,
             default_timeout=float(sup.settings.get("gateway.timeout")),
             default_max_body=int(sup.settings.get("gateway.max_body")),
             base_dir=sup.settings.base_dir,
-            tables=sup.extension_tables,
+            tables=sup.inprocess_tables,
         )
 
     def _on_health(self, runner: ProcessRunner, healthy: bool, detail: str) -> None:

@@ -51,13 +51,13 @@ def manifests(runners: Mapping[str, FolderPlugin]) -> dict[str, Manifest]:
     return {k: r.manifest for k, r in runners.items() if r.manifest is not None}
 
 
-def disabled_keys(extension_tables: Mapping[str, Any]) -> set[str]:
-    """Keys whose ``[extensions.<key>]`` section says ``enabled = false``."""
-    return {k for k, t in extension_tables.items() if isinstance(t, Mapping) and t.get("enabled") is False}
+def disabled_keys(inprocess_tables: Mapping[str, Any]) -> set[str]:
+    """Keys whose ``[inprocess.<key>]`` section says ``enabled = false``."""
+    return {k for k, t in inprocess_tables.items() if isinstance(t, Mapping) and t.get("enabled") is False}
 
 
 def loaded_before(plugin: ManagedPlugin) -> bool:
-    """An in-process plugin the extension host loaded (or failed to load) already."""
+    """An in-process plugin the in-process plugin host loaded (or failed to load) already."""
     return isinstance(plugin, InProcessPlugin) and plugin.counters["loads"] + plugin.counters["load_failures"] > 0
 
 

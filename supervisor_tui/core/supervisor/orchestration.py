@@ -80,10 +80,10 @@ class Orchestrator:
     def should_autostart(self, runner: FolderPlugin) -> bool:
         sup = self.sup
         if runner.manifest is not None:
-            return autostarts(runner.key, runner.manifest, sup.memory.desired, disabled_keys(sup.extension_tables))
+            return autostarts(runner.key, runner.manifest, sup.memory.desired, disabled_keys(sup.inprocess_tables))
         if not isinstance(runner, InProcessPlugin):
             return False  # INVALID
-        desired = sup.memory.desired.get(runner.key)  # an extension from settings
+        desired = sup.memory.desired.get(runner.key)  # an in-process plugin from settings
         return desired == "running" if desired else runner.autostart
 
     async def start_all(self) -> None:
@@ -96,7 +96,7 @@ class Orchestrator:
             for k, p in registry.items()
             if isinstance(p, InProcessPlugin) and k not in runners and self.should_autostart(p)
         ]
-        # In-process plugins the extension host loaded (or failed to load) already are not tried again.
+        # In-process plugins the host loaded (or failed to load) already are not tried again.
         keys = [k for k in keys if not loaded_before(registry[k])]
         self._startup = set(keys)
         await self.start_many(keys, "autostart")
@@ -247,7 +247,7 @@ class Orchestrator:
                     if dep in dependents:
                         dependents[dep].append(key)
         tasks: dict[str, asyncio.Task[None]] = {}
-        # Extensions ([extensions.*]) stop last, once the hooks about everything else reached them.
+        # In-process plugins from settings ([inprocess.*]) stop last, once the hooks about everything else reached them.
         last = {k for k, p in plugins.items() if isinstance(p, InProcessPlugin) and p.folder is None}
 
         async def stop_one(key: str) -> None:

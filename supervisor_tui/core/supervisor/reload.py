@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from supervisor_tui.core.events import ExtensionFailed
+from supervisor_tui.core.events import PluginFailed
 from supervisor_tui.core.reload_plan import OUTCOMES, Action, Change, plan_reload
 from supervisor_tui.core.supervisor.managed import FolderPlugin, ReloadResult, disabled_keys, folder_plugins, loaded
 from supervisor_tui.plugins.inprocess import InProcessPlugin
@@ -26,7 +26,7 @@ async def reload_plugins(sup: Supervisor, keep_on_error: bool) -> ReloadResult:
         found,
         taken=set(sup.registry) - set(current),
         desired=sup.memory.desired,
-        disabled=disabled_keys(sup.extension_tables),
+        disabled=disabled_keys(sup.inprocess_tables),
         keep_on_error=keep_on_error,
     )
     result: ReloadResult = {name: [] for name in OUTCOMES}
@@ -98,4 +98,4 @@ def _reload_failed(sup: Supervisor, runner: FolderPlugin, reason: str) -> None:
         plugin=runner.key,
         reason=reason,
     )
-    sup.bus.publish(ExtensionFailed(name=runner.key, phase="reload", error=reason))
+    sup.bus.publish(PluginFailed(name=runner.key, phase="reload", error=reason))

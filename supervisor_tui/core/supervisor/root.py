@@ -45,7 +45,8 @@ from supervisor_tui.core.supervisor.process_tracking import ProcessTracking, own
 from supervisor_tui.core.supervisor.reload import reload_plugins
 from supervisor_tui.plugins.external import ExternalPlugin, ExternalRegistrations
 from supervisor_tui.plugins.health import make_client
-from supervisor_tui.plugins.inprocess import ExtensionSettings, InProcessContext, InProcessPlugin
+from supervisor_tui.plugins.inprocess import InProcessContext, InProcessPlugin
+from supervisor_tui.plugins.inprocess_settings import InProcessSection
 from supervisor_tui.plugins.manifest import discover, start_order
 from supervisor_tui.plugins.model import PluginActionError, PluginNotFound, PluginSnapshot
 from supervisor_tui.plugins.peers import Peer, with_peers
@@ -104,10 +105,9 @@ class Supervisor:
         self._consoles: ConsoleService | None = None
         self._background: set[asyncio.Task[Any]] = set()
         self._exit_stack: contextlib.AsyncExitStack | None = None
-        tables = settings.tables.get("extensions")
-        self.extension_tables: dict[str, Any] = dict(tables) if isinstance(tables, dict) else {}
-        self.extension_settings, self.extension_problems = ExtensionSettings.from_table(self.extension_tables)
-        # Set by the extension host: delivers pending hooks (stop_all calls it before stopping extensions).
+        self.inprocess = InProcessSection.read(settings.tables)  # [inprocess] (and the deprecated [extensions])
+        self.inprocess_tables, self.inprocess_settings = self.inprocess.tables, self.inprocess.settings
+        # Set by the in-process plugin host: delivers pending hooks (stop_all calls it before stopping those plugins).
         self.flush_hooks: Callable[[], Awaitable[None]] | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------------------------
@@ -246,7 +246,7 @@ class Supervisor:
         )
 
     def inprocess_context(self) -> InProcessContext:
-        """What in-process plugins get from this supervisor (folders here, [extensions.*] in core.extensions)."""
+        """What in-process plugins get from this supervisor (folders here, [inprocess.*] in core.inprocess_host)."""
         return self.folder_plugins.inprocess_context()
 
     def set_api_url(self, url: str) -> None:
