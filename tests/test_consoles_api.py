@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import msgspec
 import pytest
 from fixtures.consoles.harness import ConsoleServer, count_rows, fail_writes, served_consoles
 
@@ -525,3 +526,56 @@ async def test_a_later_heartbeat_in_the_same_batch_keeps_the_host_name_it_does_n
     assert c["system"] == {"platform": "linux"} and c["state"] == "active" and c["heartbeats"] == 2
     r = await client.get("/api/consoles", params={"search": "mi-serv"}, headers=srv.admin)
     assert [x["id"] for x in r.json()["consoles"]] == ["c1"]
+
+
+# -- /openapi.json -----------------------------------------------------------------------------------------------------
+async def test_openapi_console_schemas_are_the_structs_schemas(tmp_path: Path) -> None:
+    """The documented console shapes are generated from the Structs the API encodes: every component is the
+    Struct's msgspec schema (a field added to a Struct appears), and a real answer has exactly those fields."""
+    from supervisor_tui.consoles import models, wire
+
+    structs = (
+        wire.ConsolePage,
+        wire.ConsoleSnapshot,
+        wire.ConsoleHeartbeats,
+        wire.ConsoleTransitions,
+        wire.ConsoleStats,
+        wire.RemovedConsole,
+        wire.Registered,
+        wire.HeartbeatAnswer,
+        models.HeartbeatES,
+        models.RegistrationES,
+        models.HeartbeatEN,
+        models.RegistrationEN,
+    )
+    _, expected = msgspec.json.schema_components(structs, ref_template="#/components/schemas/{name}")
+    async with served_consoles(tmp_path, path="asgi") as srv, httpx.AsyncClient(base_url=srv.url) as client:
+        spec = (await client.get("/openapi.json")).json()
+        components = spec["components"]["schemas"]
+        for name, schema in expected.items():
+            assert components[name] == schema, name
+        snapshot = components["ConsoleSnapshot"]
+        assert set(snapshot["properties"]) == set(wire.ConsoleSnapshot.__struct_fields__)
+
+        def answer(path: str, method: str, status: str = "200") -> Any:
+            return spec["paths"][path][method]["responses"][status]["content"]["application/json"]["schema"]
+
+        ref = "#/components/schemas/{}".format
+        assert answer("/api/consoles", "get") == {"$ref": ref("ConsolePage")}
+        assert answer("/api/consoles/{consoleId}", "get") == {"$ref": ref("ConsoleSnapshot")}
+        assert answer("/api/consoles/{consoleId}/transitions", "get") == {"$ref": ref("ConsoleTransitions")}
+        assert answer("/api/consolas/registrar", "post", "201") == {"$ref": ref("Registered")}
+        assert answer("/api/consolas/{consoleId}/heartbeat", "post") == {"$ref": ref("HeartbeatAnswer")}
+        body = spec["paths"]["/api/consolas/{consoleId}/heartbeat"]["post"]["requestBody"]
+        assert body["content"]["application/json"]["schema"] == {"$ref": ref("HeartbeatES")}
+        assert [p["name"] for p in spec["paths"]["/api/consoles"]["get"]["parameters"]] == [
+            "state",
+            "q",
+            "limit",
+            "offset",
+            "sort",
+        ]
+
+        await register_es(client)
+        one = await console(client, srv)
+        assert set(one) == set(snapshot["properties"]) and set(snapshot["required"]) <= set(one)
