@@ -579,3 +579,47 @@ async def test_openapi_console_schemas_are_the_structs_schemas(tmp_path: Path) -
         await register_es(client)
         one = await console(client, srv)
         assert set(one) == set(snapshot["properties"]) and set(snapshot["required"]) <= set(one)
+
+
+async def test_the_tui_remote_client_decodes_every_console_answer(tmp_path: Path) -> None:
+    """The attached TUI reads the real API into typed records: the console, its page, heartbeats, transitions."""
+    from fixtures.consoles.harness import ADMIN_TOKEN
+
+    from supervisor_tui.consoles import wire
+    from supervisor_tui.tui.client import ClientError, console_answer
+    from supervisor_tui.tui.client_remote import RemoteClient
+
+    async with served_consoles(tmp_path, path="asgi") as srv, httpx.AsyncClient(base_url=srv.url) as client:
+        token = await register_es(client)
+        r = await client.post(f"/api/consolas/{CID}/heartbeat", json=SEED_HEARTBEAT, headers=bearer(token))
+        assert r.status_code == 200, r.text
+        remote = RemoteClient(srv.url, ADMIN_TOKEN)
+        try:
+            page = await remote.consoles()
+            assert page.total == 1 and [c.id for c in page.consoles] == [CID]
+            one = await remote.console(CID)
+            assert (one.name, one.state, one.host, one.current_job) == (
+                "Consola mi-servidor",
+                "busy",
+                "mi-servidor",
+                "Video Historia 1 (2/5)",
+            )
+            assert one.last_seen is not None and one.registered_at is not None and one.system["cpus"] == 8
+            assert remote.info.inactive_after == pytest.approx(600, abs=1)  # from the page's inactive_at
+            [beat] = await remote.console_heartbeats(CID)
+            assert beat.state == "busy" and beat.job == "Video Historia 1 (2/5)" and beat.ts > 0
+            steps = await remote.console_transitions(CID)
+            assert [(t.from_state, t.to_state, t.reason) for t in steps] == [
+                ("", "idle", "register"),
+                ("idle", "busy", "heartbeat"),
+            ]
+            with pytest.raises(ClientError) as refused:
+                await remote.console("nope")
+            assert refused.value.code == "http_404"
+        finally:
+            await remote.close()
+    # No key guessing: an answer missing a field of the Struct is refused, not read as defaults.
+    partial = {"consoles": [{"id": CID, "name": "x"}], "total": 1, "limit": 1, "offset": 0}
+    with pytest.raises(ClientError) as bad:
+        console_answer(partial, wire.ConsolePage)
+    assert bad.value.code == "bad_response" and "state" in bad.value.message
