@@ -623,3 +623,15 @@ async def test_the_tui_remote_client_decodes_every_console_answer(tmp_path: Path
     with pytest.raises(ClientError) as bad:
         console_answer(partial, wire.ConsolePage)
     assert bad.value.code == "bad_response" and "state" in bad.value.message
+
+
+async def test_a_blank_read_parameter_means_not_given(tmp_path: Path) -> None:
+    async with served_consoles(tmp_path, path="asgi") as srv, httpx.AsyncClient(base_url=srv.url) as client:
+        await register_es(client)
+        r = await client.get("/api/consoles?limit=&offset=&q=&state=&sort=", headers=srv.admin)
+        assert r.status_code == 200, r.text
+        assert (r.json()["limit"], r.json()["offset"], r.json()["total"]) == (100, 0, 1)
+        r = await client.get(f"/api/consoles/{CID}/transitions?limit", headers=srv.admin)
+        assert r.status_code == 200 and len(r.json()["transitions"]) == 1
+        r = await client.get("/api/consoles?limit=&offset=x", headers=srv.admin)
+        assert r.status_code == 422 and r.json()["error"]["field"] == "offset"
