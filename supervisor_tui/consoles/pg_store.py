@@ -297,6 +297,9 @@ _CONNECTION_ERRORS = (
     asyncpg.InterfaceError,
     asyncpg.CannotConnectNowError,
     asyncpg.AdminShutdownError,
+    # A session the server ends in the middle of a query can leave asyncpg's protocol in this state instead
+    # (MagicStack/asyncpg#1069); it is the same lost server, and the pool replaces the connection.
+    asyncpg.InternalClientError,
 )
 T = TypeVar("T")
 
