@@ -44,6 +44,7 @@ from supervisor_tui.plugins.manifest_schema import (
     parse_env,
     reserved_key_problem,
 )
+from supervisor_tui.plugins.model import Endpoint  # the snapshot's (and the wire's) endpoint
 
 __all__ = [
     "ENV_NAME",
@@ -89,15 +90,6 @@ def check_key_not_reserved(path: Path | str, key: str) -> None:
     """Raise ManifestError when ``key`` is one the supervisor keeps for itself (``RESERVED_KEYS``)."""
     if key in RESERVED_KEYS:
         raise ManifestError(path, "key", reserved_key_problem(key))
-
-
-@dataclass(frozen=True, slots=True)
-class Endpoint:
-    """One route a plugin serves; ``path`` may hold ``{param}`` segments."""
-
-    method: str
-    path: str
-    description: str = ""
 
 
 @dataclass(frozen=True, slots=True)

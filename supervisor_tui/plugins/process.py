@@ -211,7 +211,7 @@ class ProcessRunner:
             version=m.version if m else "",
             description=m.description if m else "",
             kind=self.kind,
-            state=str(self.state),
+            state=self.state,
             detail=self.detail,
             pid=self.pid,
             host=self.ctx.host if self.port is not None else None,

@@ -54,9 +54,7 @@ def route_for(
         upstream = upstream if local else None
     # Other fleet nodes serving the key too: one upstream per place (this node's place is its replicas, if several)
     places = getattr(snapshot, "upstreams", ())
-    elsewhere = tuple(
-        Upstream(node, url, up, via_node=remote) for node, url, up, remote in places if remote or not local
-    )
+    elsewhere = tuple(Upstream(u.node, u.url, u.up, via_node=u.remote) for u in places if u.remote or not local)
     upstreams = local + elsewhere
     served_elsewhere = any(u.up and u.via_node for u in upstreams)
     available = (state == "RUNNING" and (bool(upstream) or app is not None)) or served_elsewhere

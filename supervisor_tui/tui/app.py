@@ -31,7 +31,8 @@ from textual.screen import Screen
 
 from supervisor_tui.core.log_search import LogSearchError, PatternTooSlow
 from supervisor_tui.core.printable import printable
-from supervisor_tui.tui.client import ClientError, PluginInfo, SupervisorClient
+from supervisor_tui.plugins.model import PluginSnapshot
+from supervisor_tui.tui.client import ClientError, SupervisorClient
 from supervisor_tui.tui.commands import SupervisorCommands
 from supervisor_tui.tui.driver import HangupSafeDriver
 from supervisor_tui.tui.keys import validate_keymap
@@ -214,6 +215,7 @@ class SupervisorApp(App[int]):
         try:
             plugins = await self.client.plugins()
             self.view.set_plugins(plugins)
+            self.view.set_request_rates(await self.client.request_rates())
             self.view.add_logs(await self.client.logs(None, 500))
             self.view.record_current_states(plugins, self.client.now())
             self.view.redis = await self.client.redis_status()
@@ -404,7 +406,7 @@ class SupervisorApp(App[int]):
             return
         self._launch(key, "scale", lambda: self.client.scale(key, count), f"scale {key} to {count}")
 
-    def _launch(self, key: str, verb: str, call: Callable[[], Awaitable[PluginInfo]], what: str) -> None:
+    def _launch(self, key: str, verb: str, call: Callable[[], Awaitable[PluginSnapshot]], what: str) -> None:
         """Run one action on a plugin in a worker, one at a time per plugin; its row shows it going on."""
         if self.client.info.read_only:
             self.notify("read-only: actions that change state are disabled", severity="warning")
@@ -416,7 +418,7 @@ class SupervisorApp(App[int]):
         self._apply()
         self.run_worker(self._run_action(key, call, what), group=f"action-{key}", exit_on_error=False)
 
-    async def _run_action(self, key: str, call: Callable[[], Awaitable[PluginInfo]], what: str) -> None:
+    async def _run_action(self, key: str, call: Callable[[], Awaitable[PluginSnapshot]], what: str) -> None:
         try:
             self.view.set_plugin(await call())
         except ClientError as exc:
