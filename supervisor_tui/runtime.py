@@ -194,7 +194,7 @@ class Runtime:
     async def _start_http(self, sock: socket.socket) -> None:
         from supervisor_tui.server.admin import ApiContext, create_admin_app
         from supervisor_tui.server.app import RootApp
-        from supervisor_tui.server.consoles_api import OPENAPI_PATHS, ConsolesAPI
+        from supervisor_tui.server.consoles_api import ConsolesAPI
         from supervisor_tui.server.errors import InternalErrorShield
         from supervisor_tui.server.extensions_api import ActionOriginMiddleware, install_extensions_api
         from supervisor_tui.server.gateway import Gateway, RouteTable
@@ -229,7 +229,7 @@ class Runtime:
             route_export=self.route_export_status,
             fleet=self.fleet,
         )
-        admin = create_admin_app(ctx, extra_openapi_paths=OPENAPI_PATHS)
+        admin = create_admin_app(ctx)
         install_extensions_api(admin, self.tokens.admin, lambda: self.extensions)
         admin.add_middleware(ActionOriginMiddleware)
         consoles_api = ConsolesAPI(self.consoles, settings, self.tokens.admin)

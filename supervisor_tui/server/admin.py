@@ -20,10 +20,11 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from supervisor_tui import __version__
-from supervisor_tui.server.admin_context import ApiContext, Guards, struct_components
+from supervisor_tui.server.admin_context import SCHEMAS, ApiContext, Guards
 from supervisor_tui.server.admin_logs import events_router, log_router
 from supervisor_tui.server.admin_plugins import external_router, plugin_router
 from supervisor_tui.server.admin_status import group_router, health_router, status_router
+from supervisor_tui.server.consoles_routes import include_console_api
 from supervisor_tui.server.errors import ApiError, internal_error_body, report_internal_error
 
 __all__ = ["ApiContext", "create_admin_app"]
@@ -33,11 +34,8 @@ def _json_error(status: int, code: str, message: str, headers: dict[str, str] | 
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
 
 
-def create_admin_app(ctx: ApiContext, extra_openapi_paths: dict[str, Any] | None = None) -> FastAPI:
-    """The FastAPI app for everything that is not the gateway or the console ingest.
-
-    ``extra_openapi_paths`` documents the routes served outside FastAPI (the console API) in /openapi.json.
-    """
+def create_admin_app(ctx: ApiContext) -> FastAPI:
+    """The FastAPI app for everything that is not the gateway or the console ingest."""
     app = FastAPI(
         title="supervisor-tui",
         version=__version__,
@@ -119,9 +117,6 @@ def create_admin_app(ctx: ApiContext, extra_openapi_paths: dict[str, Any] | None
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
-            schema["paths"].update(extra_openapi_paths or {})
-            # The answers encoded by msgspec (plugin snapshots, log lines...): their Structs' schemas.
-            schema.setdefault("components", {}).setdefault("schemas", {}).update(struct_components())
             schema.setdefault("components", {}).setdefault("securitySchemes", {})["bearer"] = {
                 "type": "http",
                 "scheme": "bearer",
@@ -130,6 +125,9 @@ def create_admin_app(ctx: ApiContext, extra_openapi_paths: dict[str, Any] | None
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+    SCHEMAS.install(app)  # the answers encoded by msgspec (plugin snapshots, log lines...): their Structs' schemas
+    if ctx.consoles is not None:
+        include_console_api(app, ctx.consoles, ctx.admin_token)
     return app
 
 

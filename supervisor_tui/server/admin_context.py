@@ -7,9 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import msgspec
 from fastapi import Depends, Request
-from fastapi.responses import Response
 
 from supervisor_tui.config import Settings
 from supervisor_tui.consoles.service import ConsoleService
@@ -18,6 +16,7 @@ from supervisor_tui.plugins.model import PluginSnapshot, for_views
 from supervisor_tui.server.auth import bearer_from_header, token_matches
 from supervisor_tui.server.errors import ERROR_SCHEMA, ApiError
 from supervisor_tui.server.gateway import PluginRoute
+from supervisor_tui.server.struct_openapi import StructResponse, StructSchemas
 
 if TYPE_CHECKING:
     from supervisor_tui.fleet.node import FleetNode  # the Redis client loads only with redis.url set
@@ -106,26 +105,15 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     return {c: {"description": "Error", "content": {"application/json": {"schema": ERROR_SCHEMA}}} for c in codes}
 
 
-# -- msgspec answers ---------------------------------------------------------------------------------------------
-_encode = msgspec.json.Encoder().encode
-SCHEMA_REF = "#/components/schemas/{name}"
-_documented: list[Any] = []  # every Struct type an answer declares: their schemas go into /openapi.json
+# -- msgspec answers (server/struct_openapi.py) ----------------------------------------------------------------
+SCHEMAS = StructSchemas()  # every Struct an admin route answers with: their schemas go into /openapi.json
 
 
-def struct_answer(value: Any, status: int = 200) -> Response:
+def struct_answer(value: Any, status: int = 200) -> StructResponse:
     """``value`` (a Struct, or plain values holding Structs) encoded by msgspec, without a pydantic copy."""
-    return Response(_encode(value), status_code=status, media_type="application/json")
+    return StructResponse(value, status_code=status)
 
 
 def struct_content(model: Any, description: str = "Successful Response") -> dict[str, Any]:
     """The OpenAPI response of an answer of type ``model`` (its schema joins /openapi.json's components)."""
-    if model not in _documented:
-        _documented.append(model)
-    (schema,), _ = msgspec.json.schema_components([model], ref_template=SCHEMA_REF)
-    return {"description": description, "content": {"application/json": {"schema": schema}}}
-
-
-def struct_components() -> dict[str, Any]:
-    """The schemas of every Struct an answer declared, for /openapi.json's components."""
-    _, components = msgspec.json.schema_components(_documented, ref_template=SCHEMA_REF)
-    return components
+    return {"description": description, **SCHEMAS.content(model)}
