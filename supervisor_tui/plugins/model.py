@@ -35,6 +35,14 @@ class PluginState(StrEnum):
     FAILED = "FAILED"
 
 
+# A process exists in these states: its CPU, memory and request figures are live.
+WITH_PROCESS = frozenset({PluginState.RUNNING, PluginState.STARTING, PluginState.STOPPING, PluginState.BACKOFF})
+# States that need the operator's eye (the TUI's header warns about them).
+TROUBLE_STATES = frozenset(
+    {PluginState.FATAL, PluginState.LOST, PluginState.INVALID, PluginState.BACKOFF, PluginState.FAILED}
+)
+
+
 class PluginNotFound(KeyError):
     """No plugin with this key."""
 

@@ -7,21 +7,21 @@ visible escapes, core.printable) wherever it is rendered; ``escape`` does that a
 from __future__ import annotations
 
 from supervisor_tui.core.printable import printable
-from supervisor_tui.plugins.model import PluginSnapshot, ReplicaSnapshot
+from supervisor_tui.plugins.model import WITH_PROCESS, PluginSnapshot, PluginState, ReplicaSnapshot
 from supervisor_tui.tui.client import ConsoleInfo
 
-PLUGIN_STATE_STYLES = {
-    "RUNNING": "bold #5fd75f",
-    "STARTING": "bold #ffd75f",
-    "STOPPING": "bold #ffd75f",
-    "BACKOFF": "bold #ff8700",
-    "STOPPED": "#8a8a8a",
-    "EXITED": "#d7af87",
-    "FATAL": "bold #ffffff on #d70000",
-    "INVALID": "bold #d75fd7",
-    "LOST": "bold #ff5f5f",
-    "COMPLETED": "#87d7af",  # a oneshot task that ended well: done, calmer than RUNNING
-    "FAILED": "bold #ff5f5f",  # a oneshot task that ended badly
+PLUGIN_STATE_STYLES: dict[str, str] = {
+    PluginState.RUNNING: "bold #5fd75f",
+    PluginState.STARTING: "bold #ffd75f",
+    PluginState.STOPPING: "bold #ffd75f",
+    PluginState.BACKOFF: "bold #ff8700",
+    PluginState.STOPPED: "#8a8a8a",
+    PluginState.EXITED: "#d7af87",
+    PluginState.FATAL: "bold #ffffff on #d70000",
+    PluginState.INVALID: "bold #d75fd7",
+    PluginState.LOST: "bold #ff5f5f",
+    PluginState.COMPLETED: "#87d7af",  # a oneshot task that ended well: done, calmer than RUNNING
+    PluginState.FAILED: "bold #ff5f5f",  # a oneshot task that ended badly
 }
 CONSOLE_STATE_STYLES = {
     "active": "bold #5fd75f",
@@ -149,7 +149,7 @@ def plugin_cells(
         state = (f"{SPINNER[tick % len(SPINNER)]}{verb} {int(elapsed)}s", "bold #ffd75f")
     else:
         state = (p.state, PLUGIN_STATE_STYLES.get(p.state, ""))
-    running = p.state in ("RUNNING", "STARTING", "STOPPING", "BACKOFF")
+    running = p.state in WITH_PROCESS
     uptime = duration(now - p.started_at) if (p.started_at and p.state == "RUNNING") else "-"
     if p.healthy is None:
         health = ("-", DIM_STYLE)
@@ -180,7 +180,7 @@ def plugin_cells(
 
 def replica_cells(p: PluginSnapshot, r: ReplicaSnapshot, now: float) -> tuple[tuple[str, str], ...]:
     """The sub-row of one replica under its plugin's row: its own state, process, port and figures."""
-    running = r.state in ("RUNNING", "STARTING", "STOPPING", "BACKOFF")
+    running = r.state in WITH_PROCESS
     uptime = duration(now - r.started_at) if (r.started_at and r.state == "RUNNING") else "-"
     return (
         (f" #{r.index}", DIM_STYLE),

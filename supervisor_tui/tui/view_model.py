@@ -23,7 +23,7 @@ import msgspec
 from msgspec.structs import replace
 
 from supervisor_tui.core.events import MetricsSample
-from supervisor_tui.plugins.model import LogEntry, MetricPoint, PluginSnapshot
+from supervisor_tui.plugins.model import TROUBLE_STATES, LogEntry, MetricPoint, PluginSnapshot, PluginState
 from supervisor_tui.tui.cells import (
     CONSOLE_STATE_STYLES,
     DANGER_STYLE,
@@ -44,8 +44,7 @@ HISTORY_SECONDS = 300.0
 RATE_SECONDS = 2.0
 STATE_HISTORY = 100
 # States that make the header warn; the ones that keep running through a quit of the embedded TUI.
-TROUBLE_STATES = ("FATAL", "LOST", "INVALID", "BACKOFF", "FAILED")
-LIVE_STATES = ("RUNNING", "STARTING", "BACKOFF")
+LIVE_STATES = (PluginState.RUNNING, PluginState.STARTING, PluginState.BACKOFF)
 SHORT_CONSOLE_STATES = {"active": "act", "busy": "busy", "idle": "idle", "error": "err", "inactive": "inact"}
 
 # A table row as cells.py builds it: (text, style) per column of the full set.
