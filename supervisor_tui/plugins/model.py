@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import time
 from enum import StrEnum
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
+from msgspec import Meta
 
 from supervisor_tui.core.events import LogLine, MetricsSample
 from supervisor_tui.core.logs import LogRecord
@@ -81,7 +82,7 @@ class Endpoint(msgspec.Struct, frozen=True):
     description: str = ""
     # Where clients call it through the gateway: filled in by the views that know the API's address
     # (``for_views``); "" inside the supervisor.
-    gateway_url: str = msgspec.field(default="")
+    gateway_url: Annotated[str, Meta(description="Where clients call this endpoint through the gateway")] = ""
 
 
 class ReplicaSnapshot(msgspec.Struct, frozen=True):
@@ -105,7 +106,7 @@ class PluginUpstream(msgspec.Struct, frozen=True):
     node: str
     url: str
     up: bool
-    remote: bool  # true: another node's gateway
+    remote: Annotated[bool, Meta(description="true: another node's gateway")]
 
 
 class PluginSnapshot(msgspec.Struct, frozen=True, kw_only=True):
@@ -118,7 +119,7 @@ class PluginSnapshot(msgspec.Struct, frozen=True, kw_only=True):
     name: str = ""
     version: str = ""
     description: str = ""
-    kind: str = "process"  # "process" | "external" | "inprocess"
+    kind: Annotated[str, Meta(description="process | external | inprocess")] = "process"
     state: PluginState = PluginState.STOPPED
     detail: str = ""
     pid: int | None = None
@@ -137,13 +138,21 @@ class PluginSnapshot(msgspec.Struct, frozen=True, kw_only=True):
     max_body: int | None = None
     last_metrics: MetricsSample | None = None
     manifest_path: str | None = None
-    replicas: tuple[ReplicaSnapshot, ...] = ()  # a process plugin's replicas (one for most); other kinds: none
-    node: str = ""  # the fleet node that announced it over Redis ("" for this node's own plugins)
-    upstreams: tuple[PluginUpstream, ...] = ()  # every place serving the key when other nodes serve it too
-    group: str | None = None  # the manifest's group (None: in no group)
-    depends_on: tuple[str, ...] = ()  # keys this plugin needs running first
-    requests: int = 0  # requests proxied through the gateway since start (views' figure)
-    uptime: float | None = None  # seconds RUNNING (views' figure, at the moment it was taken)
+    replicas: Annotated[
+        tuple[ReplicaSnapshot, ...],
+        Meta(
+            description="A process plugin's replicas (one unless scaled); the plugin's state is RUNNING while any "
+            "replica is, and its detail counts them"
+        ),
+    ] = ()
+    node: Annotated[str, Meta(description="The fleet node that announced it over Redis (empty: this node's own)")] = ""
+    upstreams: Annotated[
+        tuple[PluginUpstream, ...], Meta(description="Every place serving the key when other fleet nodes serve it too")
+    ] = ()
+    group: Annotated[str | None, Meta(description="The manifest's group (started, stopped, restarted together)")] = None
+    depends_on: Annotated[tuple[str, ...], Meta(description="Keys of the plugins this one needs running first")] = ()
+    requests: Annotated[int, Meta(description="Requests proxied through the gateway since start")] = 0
+    uptime: Annotated[float | None, Meta(description="Seconds RUNNING when the snapshot was taken")] = None
 
     @property
     def cpu_percent(self) -> float | None:
