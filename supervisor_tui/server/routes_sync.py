@@ -26,25 +26,97 @@ log = logging.getLogger(__name__)
 _IGNORED_TOPICS = frozenset({"plugin.metrics"})
 
 
+class RoutedEndpoint(Protocol):
+    @property
+    def method(self) -> str: ...
+
+    @property
+    def path(self) -> str: ...
+
+
+class RoutedReplica(Protocol):
+    @property
+    def index(self) -> int: ...
+
+    @property
+    def state(self) -> str: ...
+
+    @property
+    def upstream(self) -> str | None: ...
+
+
+class RoutedUpstream(Protocol):
+    """One place serving a key when other fleet nodes serve it too (plugins.model.PluginUpstream)."""
+
+    @property
+    def node(self) -> str: ...
+
+    @property
+    def url(self) -> str: ...
+
+    @property
+    def up(self) -> bool: ...
+
+    @property
+    def remote(self) -> bool: ...  # another node's gateway
+
+
+class RoutedPlugin(Protocol):
+    """The PluginSnapshot fields a route is made of (docs/architecture.md)."""
+
+    @property
+    def key(self) -> str: ...
+
+    @property
+    def kind(self) -> str: ...
+
+    @property
+    def state(self) -> str: ...
+
+    @property
+    def detail(self) -> str: ...
+
+    @property
+    def upstream(self) -> str | None: ...
+
+    @property
+    def endpoints(self) -> Sequence[RoutedEndpoint]: ...
+
+    @property
+    def timeout(self) -> float | None: ...  # None: the default
+
+    @property
+    def max_body(self) -> int | None: ...  # None: the default
+
+    @property
+    def replicas(self) -> Sequence[RoutedReplica]: ...
+
+    @property
+    def upstreams(self) -> Sequence[RoutedUpstream]: ...
+
+
 class SupervisorView(Protocol):
     """What RouteSync needs from the Supervisor: snapshots, the event bus, in-process plugins' ASGI apps."""
 
     bus: EventBus
 
-    def plugins(self) -> Sequence[Any]: ...
+    def plugins(self) -> Sequence[RoutedPlugin]: ...
 
-    def plugin(self, key: str) -> Any: ...
+    def plugin(self, key: str) -> RoutedPlugin: ...
 
     def asgi_app(self, key: str) -> Any: ...
 
 
 def route_for(
-    snapshot: Any, default_timeout: float = DEFAULT_TIMEOUT, default_max_body: int = DEFAULT_MAX_BODY, app: Any = None
+    snapshot: RoutedPlugin,
+    default_timeout: float = DEFAULT_TIMEOUT,
+    default_max_body: int = DEFAULT_MAX_BODY,
+    app: Any = None,
 ) -> PluginRoute:
     """The gateway route for one PluginSnapshot (``app``: an in-process plugin's ASGI app, served directly)."""
     state = str(snapshot.state)
     upstream = snapshot.upstream
-    replicas = getattr(snapshot, "replicas", ())
+    replicas = snapshot.replicas
     # A plugin of several replicas: the gateway balances over those that are RUNNING.
     local: tuple[Upstream, ...] = ()
     if len(replicas) > 1:
@@ -53,7 +125,7 @@ def route_for(
         )
         upstream = upstream if local else None
     # Other fleet nodes serving the key too: one upstream per place (this node's place is its replicas, if several)
-    places = getattr(snapshot, "upstreams", ())
+    places = snapshot.upstreams
     elsewhere = tuple(Upstream(u.node, u.url, u.up, via_node=u.remote) for u in places if u.remote or not local)
     upstreams = local + elsewhere
     served_elsewhere = any(u.up and u.via_node for u in upstreams)
@@ -101,7 +173,7 @@ class RouteSync:
             except Exception:  # a broken follower must not stop the gateway's own routes
                 log.exception("gateway: a route table follower failed")
 
-    def _set(self, snapshot: Any) -> None:
+    def _set(self, snapshot: RoutedPlugin) -> None:
         app = self.sup.asgi_app(snapshot.key) if snapshot.kind == "inprocess" else None
         route = route_for(snapshot, self.default_timeout, self.default_max_body, app)
         try:
