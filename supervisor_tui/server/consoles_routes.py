@@ -71,6 +71,16 @@ def _parameter_error(exc: RequestValidationError) -> HttpError:
     return HttpError(422, "invalid_parameter", f"`{name}`: {first.get('msg', 'invalid')}; got {given!r}", field=name)
 
 
+def _drop_blank_parameters(request: Request) -> None:
+    """``?limit=`` means "not given" (the default), as it always has on the console reads; FastAPI would refuse
+    it as an integer. Done before the request's parameters are first read."""
+    raw: bytes = request.scope.get("query_string", b"")
+    if raw:
+        given = b"&".join(pair for pair in raw.split(b"&") if pair.partition(b"=")[2])  # `k=` and a bare `k` go
+        if given != raw:
+            request.scope["query_string"] = given
+
+
 class ConsoleRoute(APIRoute):
     """A route answering its own refusals in the console API's error shape (see the module docstring)."""
 
@@ -78,6 +88,7 @@ class ConsoleRoute(APIRoute):
         handler = super().get_route_handler()
 
         async def answer(request: Request) -> Response:
+            _drop_blank_parameters(request)
             try:
                 return await handler(request)
             except HttpError as err:
