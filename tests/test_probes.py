@@ -224,21 +224,28 @@ async def test_a_ready_plugin_that_stops_being_live_is_restarted(
     assert logged(supervisor, "supervisor", "stuck: not live after 2 failed probes (probe: command exited with code 1)")
 
 
-async def test_both_probes_end_with_their_plugin(supervisor: Supervisor, add_plugin: Callable[..., Any]) -> None:
+async def test_a_stop_ends_the_liveness_probe_in_flight_and_no_probe_runs_after_it(
+    supervisor: Supervisor, add_plugin: Callable[..., Any]
+) -> None:
+    # env -i: as above, only the probe's own cancellation can end the sleep
+    probe = "echo l >> live.log; if [ -e slow ]; then exec env -i sleep 30; fi"
     folder = await add_plugin(
         "probed",
         "sleeper.py",
         health={"command": "echo r >> ready.log", "interval_s": 0.1},
-        liveness={"command": "echo l >> live.log", "interval_s": 0.1},
+        liveness={"command": probe, "interval_s": 0.1, "timeout_s": 60},
     )
     await supervisor.start("probed")
-    await wait_until(lambda: (folder / "live.log").exists() and (folder / "ready.log").read_text().count("r") > 2)
-    names = {t.get_name() for t in asyncio.all_tasks() if not t.done()}
-    assert {"health:probed", "liveness:probed"} <= names
+    (folder / "slow").touch()
+    await wait_until(lambda: any(p.name() == "sleep" for p in plugin_processes(folder)))  # a liveness probe in flight
+    assert {"health:probed", "liveness:probed"} <= {t.get_name() for t in asyncio.all_tasks() if not t.done()}
     await supervisor.stop("probed")
+    assert plugin_processes(folder) == []
     assert [
         t for t in asyncio.all_tasks() if t.get_name() in ("health:probed", "liveness:probed") and not t.done()
     ] == []
+    (folder / "slow").unlink()  # a probe that ran now would return at once and log a line
     counts = [(folder / name).read_text().count("\n") for name in ("ready.log", "live.log")]
     await asyncio.sleep(1.0)  # an observation window of 10 intervals: neither probe may run
     assert [(folder / name).read_text().count("\n") for name in ("ready.log", "live.log")] == counts
+    assert supervisor.plugin("probed").state == "STOPPED"
