@@ -516,6 +516,8 @@ def main() -> int:
     # Environments with PYTHONDONTWRITEBYTECODE would compile the project's modules on every supervisor start
     # (an editable install has no bytecode of its own); a deployed supervisor has it, so the bench makes it.
     compileall.compile_dir(REPO / "supervisor_tui", quiet=1)
+    if args.before is not None:
+        compileall.compile_dir(args.before / "supervisor_tui", quiet=1)
     print(f"machine: {os.cpu_count()} cores, python {sys.version.split()[0]}, load {os.getloadavg()[0]:.2f}")
     with tempfile.TemporaryDirectory(prefix="bench-anchors-") as tmp:
         if args.plugins:

@@ -249,3 +249,23 @@ async def test_a_stop_ends_the_liveness_probe_in_flight_and_no_probe_runs_after_
     await asyncio.sleep(1.0)  # an observation window of 10 intervals: neither probe may run
     assert [(folder / name).read_text().count("\n") for name in ("ready.log", "live.log")] == counts
     assert supervisor.plugin("probed").state == "STOPPED"
+
+
+# Accepts on $PORT and answers one line that is not HTTP, then closes.
+NOT_HTTP = """\
+import os, socket
+server = socket.create_server(("127.0.0.1", int(os.environ["PORT"])))
+while True:
+    conn, _ = server.accept()
+    conn.sendall(b"up\\n")
+    conn.close()
+"""
+
+
+async def test_an_http_probe_on_a_port_that_does_not_speak_http_is_never_ready(
+    supervisor: Supervisor, add_plugin: Callable[..., Any]
+) -> None:
+    await add_plugin("raw", NOT_HTTP, health={"path": "/health", "start_timeout_s": 0.5}, **NO_RETRY)
+    with pytest.raises(PluginActionError, match="FATAL"):
+        await supervisor.start("raw")
+    assert "(last probe: not an HTTP answer (port " in supervisor.plugin("raw").last_error

@@ -24,7 +24,6 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
-import httpx
 import psutil
 
 from supervisor_tui.config import Settings, local_url
@@ -46,7 +45,7 @@ from supervisor_tui.core.reload_plan import OUTCOMES, Action, Change, Loaded, au
 from supervisor_tui.core.store import Store, StoreError
 from supervisor_tui.plugins.cgroups import CgroupTree, PluginCgroup
 from supervisor_tui.plugins.external import ExternalPlugin, ExternalRegistrations, UpstreamNotAllowed
-from supervisor_tui.plugins.health import make_client
+from supervisor_tui.plugins.health import ProbeClient, make_client
 from supervisor_tui.plugins.inprocess import ExtensionSettings, InProcessContext, InProcessPlugin
 from supervisor_tui.plugins.manifest import (
     MANIFEST_FILE,
@@ -179,7 +178,7 @@ class Supervisor:
         self._stop_gen: dict[str, int] = {}
         self._background: set[asyncio.Task[Any]] = set()
         self._metrics_task: asyncio.Task[None] | None = None
-        self._http: httpx.AsyncClient | None = None
+        self._http: ProbeClient | None = None
         self._lifecycle = asyncio.Lock()
         self.external = ExternalRegistrations(
             allowlist=settings.get("gateway.upstream_allowlist"),

@@ -20,14 +20,12 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
-import httpx
-
 from supervisor_tui.config import local_url
 from supervisor_tui.core.backoff import backoff_delay
 from supervisor_tui.core.events import MetricsSample
 from supervisor_tui.core.logs import LogHub
 from supervisor_tui.plugins.cgroups import CgroupTree, PluginCgroup
-from supervisor_tui.plugins.health import HealthTracker
+from supervisor_tui.plugins.health import HealthTracker, ProbeClient
 from supervisor_tui.plugins.manifest import Manifest, ManifestError, dependencies
 from supervisor_tui.plugins.metrics import HISTORY, TreeSampler
 from supervisor_tui.plugins.model import PluginActionError, PluginSnapshot, PluginState
@@ -77,7 +75,7 @@ class RunnerContext:
 
     logs: LogHub
     ports: PortAllocator
-    http: httpx.AsyncClient
+    http: ProbeClient
     host: str
     supervisor_url: Callable[[], str]
     owner: str  # identifies this supervisor's data dir in the plugins' environment (see metrics.OWNER_ENV)
