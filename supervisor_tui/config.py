@@ -592,7 +592,7 @@ class Settings:
     values: dict[str, Any] = field(default_factory=lambda: {f.name: f.default for f in FIELDS})
     sources: dict[str, str] = field(default_factory=lambda: {f.name: "default" for f in FIELDS})
     config_file: Path | None = None
-    tables: dict[str, Any] = field(default_factory=dict)  # free-form sections: [keys], [extensions.*]
+    tables: dict[str, Any] = field(default_factory=dict)  # free-form sections: [keys], [inprocess.*]
     base_dir: Path = field(default_factory=Path.cwd)
 
     def get(self, name: str) -> Any:

@@ -1,11 +1,11 @@
 """A running supervisor and its HTTP server in one event loop: what headless mode and the embedded TUI share.
 
 Start order: the supervisor opens (data-dir lock, database, manifests), then the API socket is bound (a port in
-use ends startup with one line and exit 2, before any plugin runs), then the console service, extensions and
+use ends startup with one line and exit 2, before any plugin runs), then the console service, in-process plugins and
 the plugins folder watcher start, then, in the background, the cleanup of what a previous (killed) run left
 behind followed by the plugins, while the gateway and the server start: the API answers (``/ready`` 503) during
 the cleanup. Stop order is the reverse; the console writer is drained before the database closes, so nothing
-acknowledged is lost, and extensions close last so they see the shutdown.
+acknowledged is lost, and in-process plugins close last so they see the shutdown.
 
 Ready (``/ready`` 200) means serving: the cleanup is over, every plugin start_all starts was launched (it is
 RUNNING, or failed once and is being retried or gave up, or waits for a dependency that did) and the database
@@ -29,7 +29,7 @@ from supervisor_tui.config import Settings, local_url
 from supervisor_tui.consoles.console_store import ConsoleStore
 from supervisor_tui.consoles.open_store import open_console_store
 from supervisor_tui.consoles.service import ConsoleService
-from supervisor_tui.core.extensions import ExtensionHost
+from supervisor_tui.core.inprocess_host import InProcessHost
 from supervisor_tui.core.supervisor import Supervisor
 from supervisor_tui.plugins.process import become_subreaper
 from supervisor_tui.plugins.watcher import PluginWatcher
@@ -51,7 +51,7 @@ HTTP_SURFACE_MODULES = (
     "supervisor_tui.server.app",
     "supervisor_tui.server.caddy_export",
     "supervisor_tui.server.consoles_api",
-    "supervisor_tui.server.extensions_api",
+    "supervisor_tui.server.inprocess_api",
     "supervisor_tui.server.gateway",
     "supervisor_tui.server.metrics",
     "supervisor_tui.server.routes_sync",
@@ -103,7 +103,7 @@ class Runtime:
         self.route_export: CaddyExport | None = None
         self.consoles: ConsoleService | None = None
         self.console_store: ConsoleStore | None = None
-        self.extensions: ExtensionHost | None = None
+        self.inprocess_host: InProcessHost | None = None
         self.watcher: PluginWatcher | None = None
         self.fleet: FleetNode | None = None
         self.tokens: Tokens | None = None
@@ -117,7 +117,7 @@ class Runtime:
         """Open the supervisor and the HTTP surface; raises StartupError (bind failure) with nothing left open.
 
         ``start_plugins``: also start the plugins (in the background, after the orphan cleanup) as soon as the
-        API socket is bound and extensions are loaded, while the HTTP app is still being built."""
+        API socket is bound and in-process plugins are loaded, while the HTTP app is still being built."""
         # What plugins double-fork away becomes this process's child, not init's (see plugins.process).
         become_subreaper()
         await self.sup.open(clean_orphans=False)
@@ -165,7 +165,7 @@ class Runtime:
             raise StartupError(f"{exc.strerror} ({hint})") from None
 
     async def _start_core(self, port: int) -> None:
-        """Tokens, the console service, the fleet's saved registrations, extensions and the plugins folder
+        """Tokens, the console service, the fleet's saved registrations, in-process plugins and the plugins folder
         watcher: all but HTTP (``port``: the bound API port)."""
         sup, settings = self.sup, self.settings
         self.tokens = self._load_tokens()
@@ -185,8 +185,8 @@ class Runtime:
             self.fleet = FleetNode(sup, settings, advertise, console_counts=self.consoles.counts_by_state)
             await self.fleet.restore()
         # In-process plugins load now: after the supervisor opened, before the other plugins start.
-        self.extensions = ExtensionHost(sup)
-        await self.extensions.load()
+        self.inprocess_host = InProcessHost(sup)
+        await self.inprocess_host.load()
         if settings.get("plugins.watch"):
             self.watcher = PluginWatcher(settings.plugins_dir, lambda: sup.reload(keep_on_error=True), sup.logs)
             await self.watcher.start()
@@ -196,8 +196,8 @@ class Runtime:
         from supervisor_tui.server.app import RootApp
         from supervisor_tui.server.consoles_api import OPENAPI_PATHS, ConsolesAPI
         from supervisor_tui.server.errors import InternalErrorShield
-        from supervisor_tui.server.extensions_api import ActionOriginMiddleware, install_extensions_api
         from supervisor_tui.server.gateway import Gateway, RouteTable
+        from supervisor_tui.server.inprocess_api import ActionOriginMiddleware, install_inprocess_api
         from supervisor_tui.server.limits import ConnectionLimits
         from supervisor_tui.server.metrics import MetricsEndpoint
         from supervisor_tui.server.routes_sync import RouteSync
@@ -230,7 +230,12 @@ class Runtime:
             fleet=self.fleet,
         )
         admin = create_admin_app(ctx, extra_openapi_paths=OPENAPI_PATHS)
-        install_extensions_api(admin, self.tokens.admin, lambda: self.extensions)
+        install_inprocess_api(
+            admin,
+            self.tokens.admin,
+            lambda: self.inprocess_host,
+            lambda line: sup.logs.warning(line, event="deprecated_name"),
+        )
         admin.add_middleware(ActionOriginMiddleware)
         consoles_api = ConsolesAPI(self.consoles, settings, self.tokens.admin)
         root = InternalErrorShield(RootApp(admin, gateway, consoles_api, max_body=int(settings.get("server.max_body"))))
@@ -310,8 +315,8 @@ class Runtime:
                 await self.starting
         if self.watcher is not None:
             await self.watcher.stop()
-        if self.extensions is not None:
-            await self.extensions.begin_shutdown()
+        if self.inprocess_host is not None:
+            await self.inprocess_host.begin_shutdown()
         if self.fleet is not None:
             await self.fleet.stop()  # the fleet hears this node's plugins go while it can still say so
         await self.server.stop()
@@ -326,5 +331,5 @@ class Runtime:
         if self.console_store is not None:
             await self.console_store.close()
         await self.sup.close()
-        if self.extensions is not None:
-            await self.extensions.close()
+        if self.inprocess_host is not None:
+            await self.inprocess_host.close()

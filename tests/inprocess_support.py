@@ -1,4 +1,4 @@
-"""In-process plugin classes and helpers for the extension tests (importable as ``inprocess_support:<Class>``).
+"""In-process plugin classes and helpers for the in-process plugin tests (importable as ``inprocess_support:<Class>``).
 
 Plugins record what happened to them in ``self.journal`` (the test reads it from the plugin's instance in
 ``sup.registry[key].instance``); ``Gated`` plugins report to a shared ``Probe`` passed in their config.
@@ -27,8 +27,8 @@ def write_inprocess(plugins_dir: Path, key: str, source: str, **fields: Any) -> 
     return folder
 
 
-def extension(module: str, **config: Any) -> dict[str, Any]:
-    """An ``[extensions.<name>]`` table as the TOML loader produces it."""
+def inprocess_table(module: str, **config: Any) -> dict[str, Any]:
+    """An ``[inprocess.<name>]`` table as the TOML loader produces it."""
     return {"enabled": True, "module": module, "config": config}
 
 

@@ -19,7 +19,7 @@ from supervisor_tui.tui.client_local import InProcessClient
 
 pytestmark = pytest.mark.usefixtures("no_plugin_leftovers")
 
-AUDIT = "supervisor_tui.extensions.audit_log:AuditLog"
+AUDIT = "supervisor_tui.inprocess_plugins.audit_log:AuditLog"
 
 
 def records(path: Path) -> list[dict[str, Any]]:
@@ -48,7 +48,7 @@ async def ctl(url: str, token: str, *args: str) -> int:
 
 async def test_actions_from_api_ctl_and_tui_and_transitions_are_recorded(tmp_path: Path) -> None:
     settings = make_test_settings(tmp_path, **{"plugins.watch": False})
-    settings.tables["extensions"] = {"audit-log": {"module": AUDIT}}
+    settings.tables["inprocess"] = {"audit-log": {"module": AUDIT}}
     write_plugin(settings.plugins_dir, "web", "sleeper.py")
     path = settings.data_dir / "audit.jsonl"
     async with running_api(settings) as api:
@@ -91,7 +91,7 @@ async def test_actions_from_api_ctl_and_tui_and_transitions_are_recorded(tmp_pat
 
 async def test_the_audit_file_is_rotated(tmp_path: Path) -> None:
     settings = make_test_settings(tmp_path, **{"plugins.watch": False})
-    settings.tables["extensions"] = {
+    settings.tables["inprocess"] = {
         "audit-log": {"module": AUDIT, "config": {"path": "audit/trail.jsonl", "max_bytes": 700, "backups": 2}}
     }
     write_plugin(settings.plugins_dir, "web", "sleeper.py")
@@ -102,7 +102,7 @@ async def test_the_audit_file_is_rotated(tmp_path: Path) -> None:
         await wait_until(lambda: path.with_name("trail.jsonl.2").exists())
         status = next(
             p["status"]
-            for p in (await api.client.get("/api/v1/extensions")).json()["plugins"]
+            for p in (await api.client.get("/api/v1/inprocess-plugins")).json()["plugins"]
             if p["key"] == "audit-log"
         )
         assert status["path"] == str(path) and status["lines"] >= 10

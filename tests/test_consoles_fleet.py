@@ -127,8 +127,8 @@ async def test_real_supervisors_stream_every_nodes_changes_and_alert_once(tmp_pa
     config = tmp_path / "supervisor.toml"
     config.write_text(
         '[consoles]\ninactive_after = "2s"\nauth = "none"\n'
-        "[extensions.webhook-alerts]\n"
-        'module = "supervisor_tui.extensions.webhook_alerts:WebhookAlerts"\n'
+        "[inprocess.webhook-alerts]\n"
+        'module = "supervisor_tui.inprocess_plugins.webhook_alerts:WebhookAlerts"\n'
         f'config = {{ urls = ["http://127.0.0.1:{receiver.port}/hook"] }}\n'
     )
     ports = [free_port() for _ in range(3)]

@@ -4,20 +4,20 @@ the names of before are delivered as aliases to subscribers that ask for them.""
 from supervisor_tui.core.events import (
     EventBus,
     EventsDropped,
-    ExtensionFailed,
-    ExtensionLoaded,
+    InProcessPluginLoaded,
     LogLine,
+    PluginFailed,
     PluginStateChanged,
 )
 
-LOADED = ExtensionLoaded("stats")
+LOADED = InProcessPluginLoaded("stats")
 FAILURES = [
-    ExtensionFailed("broken", "import", "no module named x"),
-    ExtensionFailed("broken", "configuration", "bad value"),
-    ExtensionFailed("stats", "hook on_plugin_state_changed", "boom"),
-    ExtensionFailed("stats", "call summary", "blocked the event loop for 1.2s in summary"),
-    ExtensionFailed("stats", "shutdown", "did not finish within 5s"),
-    ExtensionFailed("web", "reload", "manifest.json: bad JSON"),  # a process plugin's reload, too
+    PluginFailed("broken", "import", "no module named x"),
+    PluginFailed("broken", "configuration", "bad value"),
+    PluginFailed("stats", "hook on_plugin_state_changed", "boom"),
+    PluginFailed("stats", "call summary", "blocked the event loop for 1.2s in summary"),
+    PluginFailed("stats", "shutdown", "did not finish within 5s"),
+    PluginFailed("web", "reload", "manifest.json: bad JSON"),  # a process plugin's reload, too
 ]
 
 
@@ -72,7 +72,7 @@ def test_the_plugin_prefix_gets_them_under_their_dotted_names() -> None:
         bus.publish(event)
     assert [plugins.topic_name(e) for e in plugins.get_nowait()] == [LOADED.topic] + [e.topic for e in FAILURES]
     got = failures.get_nowait()
-    assert [(failures.topic_name(e), e.phase) for e in got if isinstance(e, ExtensionFailed)] == [
+    assert [(failures.topic_name(e), e.phase) for e in got if isinstance(e, PluginFailed)] == [
         ("plugin.load_failed", "import"),
         ("plugin.load_failed", "configuration"),
         ("plugin.reload_failed", "reload"),

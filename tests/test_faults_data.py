@@ -126,7 +126,7 @@ async def test_everything_in_the_data_dir_is_private_whatever_the_umask(
     make_plugin("chatty", CHATTY)
     monkeypatch.setenv("SUPERVISOR_TUI_DATA_LOG_MAX_BYTES", "4096")  # rotated files too
     config = settings.base_dir / "supervisor.toml"
-    config.write_text('[extensions.audit-log]\nmodule = "supervisor_tui.extensions.audit_log:AuditLog"\n')
+    config.write_text('[inprocess.audit-log]\nmodule = "supervisor_tui.inprocess_plugins.audit_log:AuditLog"\n')
     with umask(0o022):
         proc = headless("--config", str(config))
     running = await proc.wait_state("chatty", "RUNNING")

@@ -504,9 +504,9 @@ def test_the_gateway_needs_no_package_outside_its_dependencies() -> None:
     ],
 )
 def test_upstream_urls_are_read_in_their_canonical_form(url: str, address: tuple[str, str, int, bytes, bytes]) -> None:
-    from supervisor_tui.server.gateway import _CompiledRoute
+    from supervisor_tui.server.gateway_routes import CompiledRoute
 
-    upstream = _CompiledRoute(PluginRoute("k", url, ())).targets[0]
+    upstream = CompiledRoute(PluginRoute("k", url, ())).targets[0]
     assert (upstream.scheme, upstream.host, upstream.port) == address[:3]
     assert (upstream.base_path, upstream.host_header) == address[3:]
 
@@ -517,3 +517,24 @@ def test_upstream_urls_are_read_in_their_canonical_form(url: str, address: tuple
 def test_an_unusable_upstream_url_is_refused_when_the_route_is_set(url: str) -> None:
     with pytest.raises(ValueError, match=r"upstream for 'k' (must be an http\(s\) URL|is not a valid URL)"):
         RouteTable().set(PluginRoute("k", url, ()))
+
+
+def test_the_route_table_hands_out_compiled_routes_that_pick_upstreams_round_robin() -> None:
+    from supervisor_tui.server.gateway_routes import Upstream
+
+    upstreams = (
+        Upstream("replica 1", "http://127.0.0.1:4001"),
+        Upstream("replica 2", "http://127.0.0.1:4002", up=False),
+        Upstream("node-b", "http://127.0.0.1:4003", via_node=True),
+    )
+    table = RouteTable([PluginRoute("k", None, (("GET", "/x/{id}"),), upstreams=upstreams)])
+    route = table.compiled("k")
+    assert route is not None and table.compiled("other") is None
+    assert [route.targets[route.pick()].label for _ in range(4)] == ["replica 1", "node-b"] * 2
+    assert [t.label for t in route.local_targets] == ["replica 1"]  # a forwarded request never crosses again
+    assert route.match("/x/7") == frozenset({"GET", "HEAD"}) and route.match("/x") is None
+    route.requests = 5
+    table.set(PluginRoute("k", "http://127.0.0.1:4009", (("GET", "/y"),)))
+    rebuilt = table.compiled("k")
+    assert rebuilt is not None and rebuilt is not route and rebuilt.requests == 5  # counters outlive a rebuild
+    assert table.request_counts() == {"k": 5}

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -36,6 +37,8 @@ class Snapshot:
     detail: str = ""
     timeout: float = 30.0
     max_body: int = 10 * 1024**2
+    replicas: tuple[Any, ...] = ()
+    upstreams: tuple[tuple[str, str, bool, bool], ...] = ()
 
 
 class NotFound(KeyError):

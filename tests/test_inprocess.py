@@ -18,15 +18,15 @@ import pytest
 import websockets
 from conftest import FAST, FIXTURE_PLUGINS, REPO, wait_until, write_plugin
 from fixtures.api.harness import bearer, running_api
-from inprocess_support import extension
+from inprocess_support import inprocess_table
 
 from supervisor_tui.config import Settings
 
 pytestmark = pytest.mark.usefixtures("no_plugin_leftovers")
 
 
-def with_extensions(settings: Settings, **tables: Any) -> Settings:
-    settings.tables["extensions"] = {name.replace("_", "-"): table for name, table in tables.items()}
+def with_inprocess(settings: Settings, **tables: Any) -> Settings:
+    settings.tables["inprocess"] = {name.replace("_", "-"): table for name, table in tables.items()}
     return settings
 
 
@@ -38,8 +38,8 @@ def lifecycle(journal: list[tuple[str, Any]], key: str) -> list[str]:
 async def test_hooks_follow_a_plugin_and_a_console_through_their_lives(
     make_settings: Callable[..., Settings],
 ) -> None:
-    settings = with_extensions(
-        make_settings(**{"plugins.watch": False}), recorder=extension("inprocess_support:Recorder")
+    settings = with_inprocess(
+        make_settings(**{"plugins.watch": False}), recorder=inprocess_table("inprocess_support:Recorder")
     )
     async with running_api(settings) as api:
         rec = api.runtime.sup.registry["recorder"]
@@ -101,11 +101,11 @@ async def test_hooks_follow_a_plugin_and_a_console_through_their_lives(
     assert journal[-1] == ("on_shutdown", None)
 
 
-async def test_an_extension_hears_of_the_plugins_that_were_there_before_it(
+async def test_an_inprocess_plugin_hears_of_the_plugins_that_were_there_before_it(
     make_settings: Callable[..., Settings],
 ) -> None:
-    settings = with_extensions(
-        make_settings(**{"plugins.watch": False}), recorder=extension("inprocess_support:Recorder")
+    settings = with_inprocess(
+        make_settings(**{"plugins.watch": False}), recorder=inprocess_table("inprocess_support:Recorder")
     )
     write_plugin(settings.plugins_dir, "early", "sleeper.py")
     async with running_api(settings) as api:
@@ -115,16 +115,16 @@ async def test_an_extension_hears_of_the_plugins_that_were_there_before_it(
 
 
 async def test_a_refused_configuration_and_a_load_timeout_fail_alone(make_settings: Callable[..., Settings]) -> None:
-    settings = with_extensions(
+    settings = with_inprocess(
         make_settings(**{"plugins.watch": False}),
-        picky=extension("inprocess_support:Picky", level="medium"),
-        fine=extension("inprocess_support:Picky", level="high"),
-        never=extension("inprocess_support:NeverReady"),
-        missing=extension("inprocess_support:NoSuchClass"),
+        picky=inprocess_table("inprocess_support:Picky", level="medium"),
+        fine=inprocess_table("inprocess_support:Picky", level="high"),
+        never=inprocess_table("inprocess_support:NeverReady"),
+        missing=inprocess_table("inprocess_support:NoSuchClass"),
     )
-    settings.tables["extensions"]["load_timeout"] = "0.3s"
+    settings.tables["inprocess"]["load_timeout"] = "0.3s"
     async with running_api(settings) as api:
-        r = await api.client.get("/api/v1/extensions")
+        r = await api.client.get("/api/v1/inprocess-plugins")
         assert r.status_code == 200
         body = r.json()
         assert body["loaded"] == ["fine"]
@@ -156,12 +156,12 @@ async def test_a_refused_configuration_and_a_load_timeout_fail_alone(make_settin
 async def test_hooks_that_raise_hang_or_block_are_reported_and_the_rest_goes_on(
     make_settings: Callable[..., Settings], tmp_path: Path
 ) -> None:
-    settings = with_extensions(
+    settings = with_inprocess(
         make_settings(**{"plugins.watch": False}),
-        faulty=extension("inprocess_support:Faulty", block_for=1.0),
-        recorder=extension("inprocess_support:Recorder"),
+        faulty=inprocess_table("inprocess_support:Faulty", block_for=1.0),
+        recorder=inprocess_table("inprocess_support:Recorder"),
     )
-    settings.tables["extensions"].update(hook_timeout="0.5s", block_threshold="0.3s")
+    settings.tables["inprocess"].update(hook_timeout="0.5s", block_threshold="0.3s")
     async with running_api(settings) as api:
         sup = api.runtime.sup
         faulty, recorder = sup.registry["faulty"], sup.registry["recorder"]
@@ -180,7 +180,7 @@ async def test_hooks_that_raise_hang_or_block_are_reported_and_the_rest_goes_on(
             "on_plugin_stopped",
             "on_plugin_unregistered",
         ]
-        body = (await api.client.get("/api/v1/extensions")).json()
+        body = (await api.client.get("/api/v1/inprocess-plugins")).json()
         entry = next(p for p in body["plugins"] if p["key"] == "faulty")
         assert entry["state"] == "RUNNING" and entry["counters"]["hook_errors"] >= 1
         assert entry["counters"]["hook_timeouts"] >= 1 and entry["counters"]["loop_blocks"] >= 1
@@ -197,9 +197,9 @@ async def test_an_in_process_plugin_serves_its_routes_through_the_gateway_and_ev
 ) -> None:
     plugins = tmp_path / "examples"
     shutil.copytree(REPO / "plugins" / "stats", plugins / "stats", ignore=shutil.ignore_patterns("__pycache__"))
-    settings = with_extensions(
+    settings = with_inprocess(
         make_settings(**{"plugins.dir": str(plugins), "plugins.watch": False}),
-        broken=extension("inprocess_support_missing:Nothing"),
+        broken=inprocess_table("inprocess_support_missing:Nothing"),
     )
     async with running_api(settings) as api:
         stats = await api.plugin("stats")

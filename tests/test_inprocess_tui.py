@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import pytest
 from conftest import open_supervisor
-from inprocess_support import extension
+from inprocess_support import inprocess_table
 from test_tui import cell, screen_text, select_plugin, until
 
 from supervisor_tui.config import Settings
 from supervisor_tui.core.events import OperatorAction
-from supervisor_tui.core.extensions import ExtensionHost
+from supervisor_tui.core.inprocess_host import InProcessHost
 from supervisor_tui.tui.app import MainScreen, SupervisorApp
 from supervisor_tui.tui.client_local import InProcessClient
 from supervisor_tui.tui.screens.confirm import ConfirmScreen
@@ -20,12 +20,12 @@ pytestmark = pytest.mark.usefixtures("no_plugin_leftovers")
 
 
 async def test_failed_and_running_in_process_plugins_in_the_plugins_pane(settings: Settings) -> None:
-    settings.tables["extensions"] = {
-        "picky": extension("inprocess_support:Picky", level="medium"),
-        "fine": extension("inprocess_support:Picky", level="low"),
+    settings.tables["inprocess"] = {
+        "picky": inprocess_table("inprocess_support:Picky", level="medium"),
+        "fine": inprocess_table("inprocess_support:Picky", level="low"),
     }
     async with open_supervisor(settings) as sup:
-        host = ExtensionHost(sup)
+        host = InProcessHost(sup)
         try:
             await host.load()
             actions = sup.bus.subscribe(["operator"])

@@ -14,7 +14,7 @@ from fixtures.api.harness import Api, running_api
 from inprocess_support import write_inprocess
 
 from supervisor_tui.config import Settings
-from supervisor_tui.core.events import ExtensionFailed
+from supervisor_tui.core.events import PluginFailed
 
 pytestmark = pytest.mark.usefixtures("no_plugin_leftovers")
 
@@ -166,6 +166,6 @@ async def test_a_process_plugins_failed_reload_is_plugin_reload_failed_and_plugi
             (folder / "manifest.json").write_text("{ not json", encoding="utf-8")
             await sup.reload(keep_on_error=True)
             for sub, name in ((dotted, "plugin.reload_failed"), (old, "plugin-failed")):
-                events = [e for e in await sub.get_batch(10) if isinstance(e, ExtensionFailed)]
+                events = [e for e in await sub.get_batch(10) if isinstance(e, PluginFailed)]
                 assert [(sub.topic_name(e), e.name, e.phase) for e in events] == [(name, "web", "reload")]
         assert sup.plugin("web").state == "RUNNING"

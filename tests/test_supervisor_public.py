@@ -1,4 +1,4 @@
-"""The Supervisor's public methods that the extension host, the runtime and the gateway use: desired state,
+"""The Supervisor's public methods that the in-process plugin host, the runtime and the gateway use: desired state,
 ensure-running, the API URL plugins are given, the console service beside it, in-process plugins' ASGI apps."""
 
 from __future__ import annotations

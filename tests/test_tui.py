@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import html
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -58,9 +60,23 @@ async def palette_search(pilot: Any, app: SupervisorApp, query: str, first_hit: 
     await until(pilot, shows_hit)
 
 
+# One <text> element of a screenshot: its column (x, and textLength over its characters), its row, its characters.
+SVG_TEXT = re.compile(
+    r'<text class="[^"]*" x="([\d.]+)" y="[^"]*" textLength="([\d.]+)"'
+    r' clip-path="url\(#[^"]*-line-(\d+)\)">(.*?)</text>'
+)
+
+
 def screen_text(app: SupervisorApp) -> str:
-    # Textual has no public text export (export_screenshot renders this same compositor to SVG).
-    return "\n".join(strip.text for strip in app.screen._compositor.render_strips())
+    """What the terminal shows, one line per row, read from the screenshot Textual exports (its public API)."""
+    width, height = app.size
+    rows = [[" "] * width for _ in range(height)]
+    for x, length, row, escaped in SVG_TEXT.findall(app.export_screenshot()):
+        text = html.unescape(escaped).replace("\xa0", " ")  # the SVG writes every space as &#160;
+        column = round(float(x) / (float(length) / len(text)))
+        line = rows[int(row)]
+        line[column : column + len(text)] = text
+    return "\n".join("".join(line) for line in rows)
 
 
 def scrolled_back(app: SupervisorApp) -> bool:
@@ -334,7 +350,7 @@ async def test_read_only_hides_and_refuses_actions() -> None:
         # The pane switch after them is seen: the keys before it were handled, and did nothing.
         await until(pilot, lambda: app.main.active_pane == "consoles")
         assert isinstance(app.screen, MainScreen)
-        app.plugin_action("start", "search")  # the palette's path: refused too
+        app.actions.run("start", "search")  # the palette's path: refused too
         await until(pilot, lambda: any("read-only" in n.message for n in app.notices))
         assert client.actions == []
         assert not app.view.pending_actions

@@ -151,7 +151,7 @@ async def test_logs_pane_regex_filter_bad_and_slow_patterns(
             view = app.main.query_one(LogView)
 
             def shown() -> list[str]:
-                return [e.message for _, e in view._view]
+                return [e.message for e in view.filtered_entries()]
 
             await until(pilot, lambda: "beta ready" in shown() and "cart emptied" in shown())
             await set_filter(pilot, app, "logs", r"re:order \d+ (paid|failed)")

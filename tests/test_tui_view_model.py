@@ -32,10 +32,8 @@ def model() -> ViewModel:
 def test_rows_follow_the_supervisors_order_and_the_filter() -> None:
     view = model()
     assert list(view.plugin_rows(NOW, 0.0, 0)) == ["echo", "thumbnailer", "billing", "search"]
-    view.plugin_filter = "  TH "
-    assert list(view.plugin_rows(NOW, 0.0, 0)) == ["thumbnailer"]
-    view.plugin_filter = "fatal"  # states match too
-    assert list(view.plugin_rows(NOW, 0.0, 0)) == ["billing"]
+    assert list(view.plugin_rows(NOW, 0.0, 0, "  TH ")) == ["thumbnailer"]
+    assert list(view.plugin_rows(NOW, 0.0, 0, "fatal")) == ["billing"]  # states match too
     assert view.plugin_counts() == (2, 4)
 
 
@@ -139,9 +137,23 @@ def test_console_filter_picks_a_state_word() -> None:
     assert parse_console_filter("Error render") == ("error", "render")
     assert parse_console_filter("state:busy gpu") == ("busy", "gpu")
     assert parse_console_filter("idle busy") == ("idle", "busy")
+    assert parse_console_filter("inactive render-07") == ("inactive", "render-07")
+
+
+def test_the_consoles_are_fetched_once_a_second_unless_forced() -> None:
     view = model()
-    view.console_filter = "inactive render-07"
-    assert view.console_query() == ("inactive", "render-07")
+    assert view.consoles_due(100.0, 1.0) and not view.dirty_consoles
+    assert not view.consoles_due(100.5, 1.0)
+    assert view.consoles_due(100.6, 1.0, force=True)  # a new filter, the pane shown
+    assert not view.consoles_due(101.5, 1.0) and view.consoles_due(101.6, 1.0)
+
+
+def test_the_header_warnings_change_only_when_a_problem_does() -> None:
+    view = model()
+    assert not view.set_problems("", "")
+    assert view.set_problems("caddy unreachable", "") and "caddy unreachable" in view.header_markup(True)
+    assert not view.set_problems("caddy unreachable", "")
+    assert view.set_problems("", "") and "caddy" not in view.header_markup(True)
 
 
 def test_console_rows_are_the_window_in_its_order() -> None:

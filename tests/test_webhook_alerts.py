@@ -57,16 +57,16 @@ async def receiver() -> AsyncIterator[Receiver]:
 
 
 async def webhook_status(api: Api) -> dict[str, Any]:
-    body = (await api.client.get("/api/v1/extensions")).json()
+    body = (await api.client.get("/api/v1/inprocess-plugins")).json()
     return next(p for p in body["plugins"] if p["key"] == "webhook-alerts")["status"]
 
 
 async def test_alerts_are_retried_while_the_receiver_is_down_then_delivered(tmp_path: Path, receiver: Receiver) -> None:
     (tmp_path / "supervisor.toml").write_text(
         f"""
-[extensions.webhook-alerts]
+[inprocess.webhook-alerts]
 enabled = true
-module = "supervisor_tui.extensions.webhook_alerts:WebhookAlerts"
+module = "supervisor_tui.inprocess_plugins.webhook_alerts:WebhookAlerts"
 config = {{ urls = ["http://127.0.0.1:{receiver.port}/hook"], retries = 1000, backoff = "50ms", backoff_max = "200ms" }}
 """,
         encoding="utf-8",
@@ -127,9 +127,9 @@ async def test_a_receiver_that_never_answers_blocks_nothing_and_the_queue_is_bou
     server = await asyncio.start_server(hang, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     settings = make_test_settings(tmp_path, **{"plugins.watch": False})
-    settings.tables["extensions"] = {
+    settings.tables["inprocess"] = {
         "webhook-alerts": {
-            "module": "supervisor_tui.extensions.webhook_alerts:WebhookAlerts",
+            "module": "supervisor_tui.inprocess_plugins.webhook_alerts:WebhookAlerts",
             "config": {"urls": [f"http://127.0.0.1:{port}/hook"], "timeout": "60s", "queue_size": 2},
         }
     }
@@ -162,9 +162,9 @@ async def _dropped(api: Api, n: int) -> bool:
 async def test_an_unhealthy_plugin_alerts_and_its_recovery_follows(tmp_path: Path, receiver: Receiver) -> None:
     await receiver.start()
     settings = make_test_settings(tmp_path, **{"plugins.watch": False})
-    settings.tables["extensions"] = {
+    settings.tables["inprocess"] = {
         "webhook-alerts": {
-            "module": "supervisor_tui.extensions.webhook_alerts:WebhookAlerts",
+            "module": "supervisor_tui.inprocess_plugins.webhook_alerts:WebhookAlerts",
             "config": {"urls": [f"http://127.0.0.1:{receiver.port}/hook"]},
         }
     }

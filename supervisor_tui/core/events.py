@@ -139,7 +139,7 @@ class ConsoleRemoved(Event):
 
 
 @dataclass(frozen=True, slots=True)
-class ExtensionLoaded(Event):
+class InProcessPluginLoaded(Event):
     """An in-process plugin loaded."""
 
     topic: ClassVar[str] = "plugin.loaded"
@@ -162,7 +162,7 @@ def failure_topic(phase: str) -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class ExtensionFailed(Event):
+class PluginFailed(Event):
     """A plugin failed in ``phase``: an in-process plugin's loading (import, configuration, setup...), one of its
     hooks or other calls, its shutdown, or the reload of any plugin (phase "reload"); the topic says which
     (``failure_topic``)."""

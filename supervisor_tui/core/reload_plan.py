@@ -14,9 +14,9 @@ what ``plugins.manifest.discover`` returned. The rules (docs/plugins.md, "Live r
   starts only when it should autostart); a change of kind (process <-> in-process) unloads the old plugin first;
 - a manifest that became invalid stops the plugin and shows it INVALID, unless ``keep_on_error`` (live reload)
   and the plugin is up: then the running version is kept and the reload of that plugin failed;
-- a key held by a plugin of another kind (external, or an extension from settings) is left alone.
+- a key held by a plugin of another kind (external, or an in-process plugin from settings) is left alone.
 
-Whether a plugin should autostart is ``autostarts``: the operator's last start/stop wins, then ``[extensions.<key>]
+Whether a plugin should autostart is ``autostarts``: the operator's last start/stop wins, then ``[inprocess.<key>]
 enabled = false`` for an in-process folder, then the manifest's ``autostart``.
 """
 

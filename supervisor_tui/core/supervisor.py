@@ -30,8 +30,8 @@ from supervisor_tui.config import Settings, local_url
 from supervisor_tui.core.actions import install_key, operator_action
 from supervisor_tui.core.events import (
     EventBus,
-    ExtensionFailed,
     MetricsSample,
+    PluginFailed,
     PluginHealthChanged,
     PluginPeersChanged,
     PluginRegistered,
@@ -46,7 +46,8 @@ from supervisor_tui.core.store import Store, StoreError
 from supervisor_tui.plugins.cgroups import CgroupTree, PluginCgroup
 from supervisor_tui.plugins.external import ExternalPlugin, ExternalRegistrations, UpstreamNotAllowed
 from supervisor_tui.plugins.health import ProbeClient, make_client
-from supervisor_tui.plugins.inprocess import ExtensionSettings, InProcessContext, InProcessPlugin
+from supervisor_tui.plugins.inprocess import InProcessContext, InProcessPlugin
+from supervisor_tui.plugins.inprocess_settings import InProcessSection
 from supervisor_tui.plugins.manifest import (
     MANIFEST_FILE,
     Endpoint,
@@ -187,10 +188,9 @@ class Supervisor:
             default_max_body=int(settings.get("gateway.max_body")),
         )
         self._closing = False
-        tables = settings.tables.get("extensions")
-        self.extension_tables: dict[str, Any] = dict(tables) if isinstance(tables, dict) else {}
-        self.extension_settings, self.extension_problems = ExtensionSettings.from_table(self.extension_tables)
-        # Set by the extension host: delivers pending hooks (stop_all calls it before stopping extensions).
+        self.inprocess = InProcessSection.read(settings.tables)  # [inprocess] (and the deprecated [extensions])
+        self.inprocess_tables, self.inprocess_settings = self.inprocess.tables, self.inprocess.settings
+        # Set by the in-process plugin host: delivers pending hooks (stop_all calls it before stopping those plugins).
         self.flush_hooks: Callable[[], Awaitable[None]] | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------------------------
@@ -373,18 +373,18 @@ class Supervisor:
         )
 
     def inprocess_context(self) -> InProcessContext:
-        """What in-process plugins get from this supervisor (folders here, [extensions.*] in core.extensions)."""
+        """What in-process plugins get from this supervisor (folders here, [inprocess.*] in core.inprocess_host)."""
         return InProcessContext(
             supervisor=self,
             logs=self.logs,
             bus=self.bus,
-            settings=self.extension_settings,
+            settings=self.inprocess_settings,
             on_state=self.record_state_change,
             on_health=self._publish_health,
             default_timeout=float(self.settings.get("gateway.timeout")),
             default_max_body=int(self.settings.get("gateway.max_body")),
             base_dir=self.settings.base_dir,
-            tables=self.extension_tables,
+            tables=self.inprocess_tables,
         )
 
     def set_api_url(self, url: str) -> None:
@@ -575,12 +575,12 @@ class Supervisor:
             return autostarts(runner.key, runner.manifest, self._desired, self._disabled())
         if not isinstance(runner, InProcessPlugin):
             return False  # INVALID
-        desired = self._desired.get(runner.key)  # an extension from settings
+        desired = self._desired.get(runner.key)  # an in-process plugin from settings
         return desired == "running" if desired else runner.autostart
 
     def _disabled(self) -> set[str]:
-        """Keys whose ``[extensions.<key>]`` section says ``enabled = false``."""
-        return {k for k, t in self.extension_tables.items() if isinstance(t, Mapping) and t.get("enabled") is False}
+        """Keys whose ``[inprocess.<key>]`` section says ``enabled = false``."""
+        return {k for k, t in self.inprocess_tables.items() if isinstance(t, Mapping) and t.get("enabled") is False}
 
     def should_run(self, key: str) -> bool:
         """Whether a plugin is meant to run now (autostart, or last started by the operator)."""
@@ -599,7 +599,7 @@ class Supervisor:
             for k, p in self.registry.items()
             if isinstance(p, InProcessPlugin) and k not in runners and self._should_autostart(p)
         ]
-        # In-process plugins the extension host loaded (or failed to load) already are not tried again.
+        # In-process plugins the host loaded (or failed to load) already are not tried again.
         keys = [k for k in keys if not _loaded_before(self.registry[k])]
         self._startup = set(keys)
         await self._start_many(keys, "autostart")
@@ -720,7 +720,7 @@ class Supervisor:
                     if dep in dependents:
                         dependents[dep].append(key)
         tasks: dict[str, asyncio.Task[None]] = {}
-        # Extensions ([extensions.*]) stop last, once the hooks about everything else reached them.
+        # In-process plugins from settings ([inprocess.*]) stop last, once the hooks about everything else reached them.
         last = {k for k, p in plugins.items() if isinstance(p, InProcessPlugin) and p.folder is None}
 
         async def stop_one(key: str) -> None:
@@ -876,7 +876,7 @@ class Supervisor:
             plugin=runner.key,
             reason=reason,
         )
-        self.bus.publish(ExtensionFailed(name=runner.key, phase="reload", error=reason))
+        self.bus.publish(PluginFailed(name=runner.key, phase="reload", error=reason))
 
     async def _reload(self, keep_on_error: bool = False) -> ReloadResult:
         found = discover(self.settings.plugins_dir, skip=self._removed)

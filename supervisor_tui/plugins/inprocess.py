@@ -1,6 +1,6 @@
 """In-process plugins: Python classes that run inside the supervisor (``PluginInterface``: metadata, lifecycle, hooks).
 
-A plugin folder whose manifest names ``"module": "plugin:StatsPlugin"`` (or an ``[extensions.<name>]`` section of
+A plugin folder whose manifest names ``"module": "plugin:StatsPlugin"`` (or an ``[inprocess.<name>]`` section of
 the settings naming ``module = "package.module:Class"``) becomes an ``InProcessPlugin``: a ManagedPlugin of kind
 ``inprocess`` with the usual states. Start = import (once per version), construct, ``validate_configuration``
 (only when the class defines it) and ``initialize(supervisor, config)``, under ``load_timeout`` (twice that when
@@ -10,117 +10,46 @@ with the reason and never reaches the supervisor or the other plugins.
 Lifecycle hooks (``on_plugin_started`` ...) are delivered one at a time per plugin from a bounded queue, each
 under ``hook_timeout``; a hook that raises or takes too long is logged, counted and shown as the plugin's
 last error, and the next hook runs as usual.
+
+The parts live beside it: ``inprocess_interface`` (what a plugin implements; re-exported here, where plugin authors
+import ``PluginInterface`` from), ``inprocess_loading`` (import, construct, endpoints), ``inprocess_hooks`` (the
+hook queue) and ``inprocess_settings`` (the ``[inprocess]`` section).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import inspect
-import itertools
-import re
-import sys
 import time
-import types
-from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from supervisor_tui.config import parse_duration
-from supervisor_tui.core.events import EventBus, ExtensionFailed, ExtensionLoaded, MetricsSample
+from supervisor_tui.core.events import EventBus, InProcessPluginLoaded, MetricsSample, PluginFailed
 from supervisor_tui.core.logs import LogHub
+from supervisor_tui.plugins.inprocess_hooks import HookQueue
+from supervisor_tui.plugins.inprocess_interface import HOOKS, PluginInterface
+from supervisor_tui.plugins.inprocess_loading import (
+    ImportedVersion,
+    LoadError,
+    construct,
+    describe_error,
+    endpoints_of,
+    folder_fingerprint,
+    forget_versions,
+    import_version,
+    routes_of,
+)
+from supervisor_tui.plugins.inprocess_settings import InProcessSettings
 from supervisor_tui.plugins.manifest import Endpoint, Manifest, ManifestError, dependencies
 from supervisor_tui.plugins.model import PluginActionError, PluginSnapshot, PluginState
 
+__all__ = ["HOOKS", "KIND", "InProcessContext", "InProcessPlugin", "PluginInterface", "endpoints_of"]
+
 S = PluginState
 KIND = "inprocess"
-
-# Every hook a plugin may define (all optional), in the words of docs/plugins.md.
-HOOKS = (
-    "on_plugin_registered",  # (key, kind)
-    "on_plugin_unregistered",  # (key, reason)
-    "on_plugin_state_changed",  # (key, from_state, to_state, reason)
-    "on_plugin_started",  # (key, reason)
-    "on_plugin_stopped",  # (key, reason)
-    "on_plugin_crashed",  # (key, reason)
-    "on_plugin_fatal",  # (key, reason)
-    "on_plugin_health_changed",  # (key, healthy, detail)
-    "on_console_registered",  # (console_id, name, state)
-    "on_console_state_changed",  # (console_id, from_state, to_state, reason)
-    "on_console_inactive",  # (console_id, since)
-    "on_console_heartbeat",  # (count, console_ids) - coalesced
-    "on_operator_action",  # (action: dict) - who did what, from where
-    "on_operation_failed",  # (operation, error, context)
-    "on_shutdown",  # () - the supervisor is shutting down
-)
-COALESCED_HOOK = "on_console_heartbeat"
-_gen = itertools.count(1)
-
-
-class PluginInterface:
-    """Base class of in-process plugins: name, version, ``initialize``, ``shutdown``, ``get_status``.
-
-    Optional: ``validate_configuration(config)`` (raise to refuse), ``get_routes()`` or a ``routes`` attribute
-    (an ASGI app served under ``/api/plugins/<key>/``) and any of the hooks in ``HOOKS``."""
-
-    name: str = ""
-    version: str = "0.0.0"
-    description: str = ""
-
-    def __init__(self, config: Mapping[str, Any] | None = None) -> None:
-        self.config: dict[str, Any] = dict(config or {})
-        self.supervisor: Any = None
-
-    async def initialize(self, supervisor: Any, config: Mapping[str, Any]) -> None:
-        """Called on start with the Supervisor and the plugin's configuration."""
-        self.supervisor = supervisor
-        self.config = dict(config)
-
-    async def shutdown(self) -> None:
-        """Called on stop: release what initialize took."""
-
-    def get_status(self) -> dict[str, Any]:
-        """What the plugin wants operators to see; ``{"healthy": False, ...}`` marks it unhealthy."""
-        return {}
-
-
-@dataclass(frozen=True)
-class ExtensionSettings:
-    """The ``[extensions]`` table's own keys (everything else in it is one in-process plugin per sub-table)."""
-
-    load_timeout: float = 30.0
-    shutdown_timeout: float = 15.0
-    hook_timeout: float = 10.0
-    block_threshold: float = 0.5  # the event loop stalled this long inside plugin code is reported
-    batch_size: int = 3
-    hook_queue: int = 1000
-    status_interval: float = 10.0
-
-    @classmethod
-    def from_table(cls, table: Mapping[str, Any]) -> tuple[ExtensionSettings, list[str]]:
-        """Parse the scalar keys of ``[extensions]``; bad values are reported and replaced by defaults."""
-        values: dict[str, Any] = {}
-        problems: list[str] = []
-        for name in ("load_timeout", "shutdown_timeout", "hook_timeout", "block_threshold", "status_interval"):
-            if name in table:
-                try:
-                    seconds = parse_duration(table[name])
-                    if seconds <= 0:
-                        raise ValueError
-                    values[name] = seconds
-                except ValueError:
-                    problems.append(f"extensions.{name}: expected a positive duration like '30s', got {table[name]!r}")
-        for name in ("batch_size", "hook_queue"):
-            if name in table:
-                value = table[name]
-                if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                    problems.append(f"extensions.{name}: expected a positive integer, got {value!r}")
-                else:
-                    values[name] = value
-        return cls(**values), problems
 
 
 @dataclass
@@ -130,33 +59,13 @@ class InProcessContext:
     supervisor: Any  # handed to initialize(); plugins use its public API
     logs: LogHub
     bus: EventBus
-    settings: ExtensionSettings
+    settings: InProcessSettings
     on_state: Callable[[InProcessPlugin, str, str, str], None]
     on_health: Callable[[str, bool, str], None]
     default_timeout: float
     default_max_body: int
     base_dir: Path  # where relative module files of in-process plugins configured in settings are found
-    tables: Mapping[str, Any] = field(default_factory=dict)  # [extensions.<name>] sections
-
-
-class _LoadError(Exception):
-    def __init__(self, phase: str, message: str) -> None:
-        super().__init__(message)
-        self.phase, self.message = phase, message
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-@dataclass
-class _Version:
-    """One imported version of a plugin's code."""
-
-    cls: type
-    package: str | None  # the synthetic package of a folder plugin (dropped from sys.modules when replaced)
-    fingerprint: tuple[tuple[str, int, int], ...]
+    tables: Mapping[str, Any] = field(default_factory=dict)  # [inprocess.<name>] sections
 
 
 class InProcessPlugin:
@@ -198,24 +107,21 @@ class InProcessPlugin:
             0,
         )
         self.endpoints: tuple[Endpoint, ...] = manifest.endpoints if manifest is not None else ()
-        self._version: _Version | None = None
+        self._version: ImportedVersion | None = None
         self._seen: tuple[tuple[str, int, int], ...] | None = None  # the files as last imported (even if it failed)
-        self._pending: tuple[Manifest, _Version] | None = None  # imported by prepare(), used by the next start
-        self._previous: tuple[Manifest | None, _Version | None] | None = None  # kept running if a reload fails
+        self._pending: tuple[Manifest, ImportedVersion] | None = None  # imported by prepare(), used by the next start
+        self._previous: tuple[Manifest | None, ImportedVersion | None] | None = None  # kept running if a reload fails
         self._task: asyncio.Task[None] | None = None
         self._worker: asyncio.Task[None] | None = None
         self._status_task: asyncio.Task[None] | None = None
-        self._hooks: deque[tuple[str, tuple[Any, ...]]] = deque()
-        self._hook_wake = asyncio.Event()
-        self._hooks_idle = asyncio.Event()
-        self._hooks_idle.set()
+        self._hooks = HookQueue(ctx.settings.hook_queue, self.counters)
         self._changed = asyncio.Event()
         self._stop_lock = asyncio.Lock()
 
     # -- configuration -------------------------------------------------------------------------------------
     @property
     def config(self) -> dict[str, Any]:
-        """The manifest's ``config`` (or the settings' one), with ``[extensions.<key>].config`` on top."""
+        """The manifest's ``config`` (or the settings' one), with ``[inprocess.<key>].config`` on top."""
         base = dict(self.manifest.config) if self.manifest is not None else dict(self._config)
         table = self.ctx.tables.get(self.key)
         if self.manifest is not None and isinstance(table, Mapping) and "module" not in table:
@@ -244,11 +150,16 @@ class InProcessPlugin:
         """The plugin's ASGI app while RUNNING (the gateway calls it directly), else None."""
         if self.state != S.RUNNING or self.instance is None:
             return None
-        return _routes_of(self.instance)
+        return routes_of(self.instance)
+
+    @property
+    def plugin_class(self) -> type | None:
+        """The class of the imported version (None before the first import)."""
+        return self._version.cls if self._version is not None else None
 
     def snapshot(self) -> PluginSnapshot:
         m = self.manifest
-        cls = self._version.cls if self._version is not None else None
+        cls = self.plugin_class
         name = (m.name if m is not None and m.name != self.key else "") or getattr(cls, "name", "") or self.key
         version = (m.version if m is not None and m.version != "0.0.0" else "") or getattr(cls, "version", "")
         description = (m.description if m is not None else "") or getattr(cls, "description", "") or ""
@@ -314,7 +225,7 @@ class InProcessPlugin:
         """True when the Python files of a folder plugin differ from the imported version."""
         if self.folder is None or self._seen is None:
             return False
-        return _fingerprint(self.folder) != self._seen
+        return folder_fingerprint(self.folder) != self._seen
 
     # -- state ---------------------------------------------------------------------------------------------
     def _set(self, state: PluginState, reason: str) -> None:
@@ -327,13 +238,13 @@ class InProcessPlugin:
         except Exception as exc:  # a broken listener must not break the plugin
             self.ctx.logs.error(f"{self.key}: state listener failed: {exc!r}", event="internal_error", plugin=self.key)
 
-    def _failed(self, phase: str, message: str) -> None:
+    def record_failure(self, phase: str, message: str) -> None:
         """Record a failure of the plugin's code: logged, counted, shown, and on the bus."""
         self.last_error = f"{phase}: {message}"
         self.ctx.logs.error(
-            f"{self.key}: {phase} failed: {message}", event="extension_failed", plugin=self.key, phase=phase
+            f"{self.key}: {phase} failed: {message}", event="inprocess_plugin_failed", plugin=self.key, phase=phase
         )
-        self.ctx.bus.publish(ExtensionFailed(name=self.key, phase=phase, error=message))
+        self.ctx.bus.publish(PluginFailed(name=self.key, phase=phase, error=message))
 
     def replace_manifest(self, manifest: Manifest | None, error: ManifestError | None = None) -> None:
         """Swap in a new manifest (the caller stops and starts); the running version is kept to fall back on."""
@@ -360,7 +271,7 @@ class InProcessPlugin:
             version = await asyncio.wait_for(self._import(manifest.module or "", manifest.folder), self._budget(2))
         except TimeoutError:
             raise PluginActionError(self.key, f"import did not finish within {self._budget(2):g}s") from None
-        except _LoadError as exc:
+        except LoadError as exc:
             raise PluginActionError(self.key, f"{exc.phase}: {exc.message}") from None
         self._pending = (manifest, version)
 
@@ -382,24 +293,24 @@ class InProcessPlugin:
     async def _start(self, reason: str) -> None:
         try:
             await self._load_and_initialize()
-        except _LoadError as exc:
+        except LoadError as exc:
             previous, self._previous = self._previous, None
             if previous is not None and previous[1] is not None:
                 # A reload that fails keeps the old version: start it again and say why.
-                self._failed("reload", f"{exc.phase}: {exc.message}; the previous version runs again")
+                self.record_failure("reload", f"{exc.phase}: {exc.message}; the previous version runs again")
                 self.manifest, self._version = previous
                 if self.manifest is not None:
                     self.endpoints = self.manifest.endpoints
                 try:
                     await self._load_and_initialize()
-                except _LoadError as again:
+                except LoadError as again:
                     exc = again
                 else:
                     self.last_error = f"reload failed: {exc.phase}: {exc.message}"
                     self._running(reason)
                     return
             self.counters["load_failures"] += 1
-            self._failed(exc.phase, exc.message)
+            self.record_failure(exc.phase, exc.message)
             self.instance = None
             self._set(S.FATAL, f"{exc.phase} failed: {exc.message}")
             return
@@ -410,11 +321,11 @@ class InProcessPlugin:
         self.counters["loads"] += 1
         self.started_at = time.time()
         self.healthy, self.health_detail = None, ""
-        self._worker = asyncio.create_task(self._hook_worker(), name=f"hooks:{self.key}")
+        self._worker = asyncio.create_task(self._hooks.run(self._run_hook), name=f"hooks:{self.key}")
         self._status_task = asyncio.create_task(self._status_loop(), name=f"status:{self.key}")
         self._set(S.RUNNING, reason)
-        self.ctx.logs.info(f"{self.key}: loaded {self.module}", event="extension_loaded", plugin=self.key)
-        self.ctx.bus.publish(ExtensionLoaded(name=self.key))
+        self.ctx.logs.info(f"{self.key}: loaded {self.module}", event="inprocess_plugin_loaded", plugin=self.key)
+        self.ctx.bus.publish(InProcessPluginLoaded(name=self.key))
 
     async def _load_and_initialize(self) -> None:
         """Import (when needed), construct, validate and initialize, each step under its share of the budget."""
@@ -425,7 +336,7 @@ class InProcessPlugin:
             try:
                 self._version = await asyncio.wait_for(self._import(self.module, self.folder), budget)
             except TimeoutError:
-                raise _LoadError("import", f"did not finish within {budget:g}s") from None
+                raise LoadError("import", f"did not finish within {budget:g}s") from None
 
         def left() -> float:
             return max(budget - (time.monotonic() - started), 0.001)
@@ -433,57 +344,41 @@ class InProcessPlugin:
         cls = self._version.cls
         config = self.config
         try:
-            instance = _construct(cls, config)
+            instance = construct(cls, config)
         except Exception as exc:
-            raise _LoadError("construct", _describe(exc)) from None
+            raise LoadError("construct", describe_error(exc)) from None
         validate = getattr(instance, "validate_configuration", None)
         if callable(validate):
             try:
-                ok = await asyncio.wait_for(self._call("validate_configuration", validate, config), left())
+                ok = await asyncio.wait_for(self.call_plugin("validate_configuration", validate, config), left())
             except TimeoutError:
-                raise _LoadError("validate_configuration", f"did not finish within {budget:g}s") from None
+                raise LoadError("validate_configuration", f"did not finish within {budget:g}s") from None
             except Exception as exc:
-                raise _LoadError("validate_configuration", _describe(exc)) from None
+                raise LoadError("validate_configuration", describe_error(exc)) from None
             if ok is False:
-                raise _LoadError("validate_configuration", "the configuration was refused")
+                raise LoadError("validate_configuration", "the configuration was refused")
         try:
-            await asyncio.wait_for(self._call("initialize", instance.initialize, self.ctx.supervisor, config), left())
+            await asyncio.wait_for(
+                self.call_plugin("initialize", instance.initialize, self.ctx.supervisor, config), left()
+            )
         except TimeoutError:
             await self._shutdown_quietly(instance)
-            raise _LoadError("initialize", f"did not finish within {budget:g}s") from None
+            raise LoadError("initialize", f"did not finish within {budget:g}s") from None
         except Exception as exc:
             await self._shutdown_quietly(instance)
-            raise _LoadError("initialize", _describe(exc)) from None
-        routes = _routes_of(instance)
+            raise LoadError("initialize", describe_error(exc)) from None
+        routes = routes_of(instance)
         if routes is not None and not (self.manifest is not None and self.manifest.endpoints):
             self.endpoints = endpoints_of(routes)
         self.instance = instance
 
     async def _shutdown_quietly(self, instance: Any) -> None:
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self._call("shutdown", instance.shutdown), self.ctx.settings.shutdown_timeout)
+            await asyncio.wait_for(self.call_plugin("shutdown", instance.shutdown), self.ctx.settings.shutdown_timeout)
 
-    async def _import(self, module: str, folder: Path | None) -> _Version:
-        """Import ``module`` ("path.to.module:Class") in a thread, so a slow import cannot stall the loop."""
-        if ":" not in module:
-            raise _LoadError("import", f"module must look like 'module:Class', got {module!r}")
-        module_name, class_name = module.split(":", 1)
-        package = f"_supervisor_plugin_{re.sub(r'[^a-zA-Z0-9_]', '_', self.key)}_{next(_gen)}" if folder else None
-        fingerprint = _fingerprint(folder) if folder is not None else ()
-        self._seen = fingerprint if folder is not None else None
-        try:
-            loaded = await asyncio.to_thread(_import_module, module_name, folder, package)
-        except Exception as exc:
-            if package is not None:
-                _forget_package(package)
-            raise _LoadError("import", f"cannot import {module_name!r}: {_describe(exc)}") from None
-        cls = getattr(loaded, class_name, None)
-        if not isinstance(cls, type):
-            raise _LoadError("import", f"{module_name!r} has no class {class_name!r}")
-        for required in ("initialize", "shutdown", "get_status"):
-            if not callable(getattr(cls, required, None)):
-                raise _LoadError("interface", f"{class_name} must implement {required}() (see PluginInterface)")
-        return _Version(cls=cls, package=package, fingerprint=fingerprint)
+    async def _import(self, module: str, folder: Path | None) -> ImportedVersion:
+        self._seen = folder_fingerprint(folder) if folder is not None else None  # even if the import fails
+        return await import_version(self.key, module, folder)
 
     async def stop(self, reason: str = "stopped by operator") -> None:
         """Cancel a start in progress, or call ``shutdown()`` (under ``shutdown_timeout``); then STOPPED."""
@@ -502,11 +397,11 @@ class InProcessPlugin:
             instance, self.instance = self.instance, None
             timeout = self.ctx.settings.shutdown_timeout
             try:
-                await asyncio.wait_for(self._call("shutdown", instance.shutdown), timeout)
+                await asyncio.wait_for(self.call_plugin("shutdown", instance.shutdown), timeout)
             except TimeoutError:
-                self._failed("shutdown", f"did not finish within {timeout:g}s")
+                self.record_failure("shutdown", f"did not finish within {timeout:g}s")
             except Exception as exc:
-                self._failed("shutdown", _describe(exc))
+                self.record_failure("shutdown", describe_error(exc))
             self.healthy, self.health_detail = None, ""
             self._set(S.STOPPED, reason)
             self._forget_old_versions()
@@ -515,10 +410,7 @@ class InProcessPlugin:
         keep = {self._version.package if self._version else None}
         if self._pending is not None:
             keep.add(self._pending[1].package)
-        for name in list(sys.modules):
-            if name.startswith(f"_supervisor_plugin_{re.sub(r'[^a-zA-Z0-9_]', '_', self.key)}_"):
-                if name.split(".", 1)[0] not in keep:
-                    sys.modules.pop(name, None)
+        forget_versions(self.key, keep)
 
     async def _stop_background(self) -> None:
         tasks = [t for t in (self._worker, self._status_task) if t is not None and not t.done()]
@@ -528,57 +420,36 @@ class InProcessPlugin:
         if tasks:
             await asyncio.wait(tasks)
         self._hooks.clear()
-        self._hooks_idle.set()
 
     # -- hooks ---------------------------------------------------------------------------------------------
     def wants(self, hook: str) -> bool:
         return self.state == S.RUNNING and callable(getattr(self.instance, hook, None))
 
     def deliver(self, hook: str, args: tuple[Any, ...]) -> None:
-        """Queue one hook call; heartbeats coalesce with a queued one, a full queue drops the oldest call."""
-        if not self.wants(hook):
-            return
-        if hook == COALESCED_HOOK and self._hooks and self._hooks[-1][0] == COALESCED_HOOK:
-            count, ids = self._hooks[-1][1]
-            self._hooks[-1] = (hook, (count + args[0], tuple(dict.fromkeys((*ids, *args[1])))))
-        else:
-            if len(self._hooks) >= self.ctx.settings.hook_queue:
-                self._hooks.popleft()
-                self.counters["hooks_dropped"] += 1
-            self._hooks.append((hook, args))
-        self._hooks_idle.clear()
-        self._hook_wake.set()
+        """Queue one hook call (when the plugin runs and defines it); see HookQueue for coalescing and bounds."""
+        if self.wants(hook):
+            self._hooks.put(hook, args)
 
     async def drain_hooks(self, timeout: float) -> None:  # noqa: ASYNC109
         """Wait until every queued hook ran (or ``timeout``)."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._hooks_idle.wait(), timeout)
+        await self._hooks.drained(timeout)
 
-    async def _hook_worker(self) -> None:
+    async def _run_hook(self, hook: str, args: tuple[Any, ...]) -> None:
+        fn = getattr(self.instance, hook, None)
+        if not callable(fn):
+            return
         timeout = self.ctx.settings.hook_timeout
-        while True:
-            if not self._hooks:
-                self._hooks_idle.set()
-                self._hook_wake.clear()
-                await self._hook_wake.wait()
-                continue
-            hook, args = self._hooks.popleft()
-            fn = getattr(self.instance, hook, None)
-            if not callable(fn):
-                continue
-            self.counters["hook_calls"] += 1
-            try:
-                await asyncio.wait_for(self._call(hook, fn, *args), timeout)
-            except TimeoutError:
-                self.counters["hook_timeouts"] += 1
-                self._failed(f"hook {hook}", f"did not finish within {timeout:g}s (cancelled)")
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                self.counters["hook_errors"] += 1
-                self._failed(f"hook {hook}", _describe(exc))
+        self.counters["hook_calls"] += 1
+        try:
+            await asyncio.wait_for(self.call_plugin(hook, fn, *args), timeout)
+        except TimeoutError:
+            self.counters["hook_timeouts"] += 1
+            self.record_failure(f"hook {hook}", f"did not finish within {timeout:g}s (cancelled)")
+        except Exception as exc:  # CancelledError is no Exception: a stop still cancels the worker
+            self.counters["hook_errors"] += 1
+            self.record_failure(f"hook {hook}", describe_error(exc))
 
-    async def _call(self, what: str, fn: Callable[..., Any], *args: Any) -> Any:
+    async def call_plugin(self, what: str, fn: Callable[..., Any], *args: Any) -> Any:
         """Every call into plugin code goes through here: the loop watchdog finds ``what`` on the stack."""
         result = fn(*args)
         if inspect.isawaitable(result):
@@ -591,12 +462,12 @@ class InProcessPlugin:
             return {}
         try:
             result = await asyncio.wait_for(
-                self._call("get_status", self.instance.get_status), self.ctx.settings.hook_timeout
+                self.call_plugin("get_status", self.instance.get_status), self.ctx.settings.hook_timeout
             )
         except TimeoutError:
             return {"error": f"get_status did not finish within {self.ctx.settings.hook_timeout:g}s"}
         except Exception as exc:
-            return {"error": _describe(exc)}
+            return {"error": describe_error(exc)}
         return dict(result) if isinstance(result, Mapping) else {"status": result}
 
     async def _status_loop(self) -> None:
@@ -611,74 +482,3 @@ class InProcessPlugin:
                     self.last_error = f"unhealthy: {detail}"
                 self.ctx.on_health(self.key, healthy, self.health_detail)
             await asyncio.sleep(self.ctx.settings.status_interval)
-
-
-def _construct(cls: type, config: Mapping[str, Any]) -> Any:
-    """``cls(config)`` when the constructor takes it (the plugin interface's constructor), else ``cls()``."""
-    try:
-        params = inspect.signature(cls).parameters
-    except (TypeError, ValueError):
-        params = {}  # type: ignore[assignment]
-    takes = any(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL) for p in params.values())
-    return cls(dict(config)) if takes else cls()
-
-
-def _import_module(module_name: str, folder: Path | None, package: str | None) -> types.ModuleType:
-    """Import a folder plugin's module inside a fresh synthetic package (so every version is imported anew and
-    relative imports between its files work); other modules are imported by their dotted name."""
-    if folder is None or package is None:
-        return importlib.import_module(module_name)
-    pkg = types.ModuleType(package)
-    pkg.__path__ = [str(folder)]
-    pkg.__file__ = str(folder / "__init__.py")
-    sys.modules[package] = pkg
-    importlib.invalidate_caches()
-    return importlib.import_module(f"{package}.{module_name}")
-
-
-def _forget_package(package: str) -> None:
-    for name in list(sys.modules):
-        if name == package or name.startswith(package + "."):
-            sys.modules.pop(name, None)
-
-
-def _fingerprint(folder: Path) -> tuple[tuple[str, int, int], ...]:
-    out = []
-    with contextlib.suppress(OSError):
-        for path in sorted(folder.rglob("*.py")):
-            if "__pycache__" in path.parts:
-                continue
-            with contextlib.suppress(OSError):
-                st = path.stat()
-                out.append((str(path.relative_to(folder)), st.st_mtime_ns, st.st_size))
-    return tuple(out)
-
-
-def _routes_of(instance: Any) -> Any:
-    getter = getattr(instance, "get_routes", None)
-    if callable(getter):
-        with contextlib.suppress(Exception):
-            return getter()
-        return None
-    routes = getattr(instance, "routes", None)
-    return routes if callable(routes) else None
-
-
-_CONVERTER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*):[^}]*\}")
-
-
-def endpoints_of(app: Any) -> tuple[Endpoint, ...]:
-    """The endpoints a Starlette app or router exposes (``Route`` objects with methods; mounts are skipped)."""
-    out: list[Endpoint] = []
-    seen: set[tuple[str, str]] = set()
-    for route in getattr(app, "routes", None) or ():
-        path, methods = getattr(route, "path", None), getattr(route, "methods", None)
-        if not isinstance(path, str) or not methods:
-            continue
-        path = _CONVERTER.sub(r"{\1}", path) or "/"
-        doc = inspect.getdoc(getattr(route, "endpoint", None)) or ""
-        for method in sorted(m for m in methods if m != "HEAD"):
-            if (method, path) not in seen:
-                seen.add((method, path))
-                out.append(Endpoint(method, path, doc.splitlines()[0] if doc else ""))
-    return tuple(out)

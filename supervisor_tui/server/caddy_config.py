@@ -27,7 +27,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from supervisor_tui.server.errors import error_body
-from supervisor_tui.server.gateway import _NOT_FOUND_PREFIX, PREFIX, RETRY_AFTER, PluginRoute
+from supervisor_tui.server.gateway_routes import NOT_FOUND_BODY, PREFIX, RETRY_AFTER, PluginRoute
 
 _TEMPLATE_PARAM = re.compile(r"\{[A-Za-z_][A-Za-z0-9_]*\}")
 # Path characters a placeholder may carry into a JSON string and a Python repr unchanged (no quote, no backslash).
@@ -237,7 +237,7 @@ def _request_id_routes() -> list[dict[str, Any]]:
 
 
 def _refusal_route() -> dict[str, Any]:
-    """400 ``invalid_path`` for what the gateway refuses before routing (see gateway._path_refusal)."""
+    """400 ``invalid_path`` for what the gateway refuses before routing (see gateway_routes.path_refusal)."""
     return {
         "match": [
             {"vars_regexp": {"{http.request.uri.path}": {"pattern": r"(^|/)\.\.?(/|$)|\\|\x00"}}},
@@ -292,7 +292,7 @@ def caddy_server(routes: Iterable[PluginRoute], listen: str, self_url: str) -> d
             "terminal": True,
         }
     )
-    out.append({"handle": [_static(404, _NOT_FOUND_PREFIX)], "terminal": True})
+    out.append({"handle": [_static(404, NOT_FOUND_BODY)], "terminal": True})
     return {
         "listen": [listen],
         "automatic_https": {"disable": True},

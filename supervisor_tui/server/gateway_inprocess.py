@@ -9,15 +9,12 @@ answers 500 in the error shape, and counts as a failure for passive health.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+from supervisor_tui.server.asgi import Message, Receive, Scope, Send
 from supervisor_tui.server.errors import send_error
+from supervisor_tui.server.gateway_routes import PREFIX
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-
-PREFIX = "/api/plugins/"
 log = logging.getLogger(__name__)
 
 
@@ -28,8 +25,8 @@ class _BodyTooLarge(Exception):
 async def call_plugin_app(
     app: Any,
     scope: Scope,
-    receive: Callable[[], Awaitable[Message]],
-    send: Callable[[Message], Awaitable[None]],
+    receive: Receive,
+    send: Send,
     key: str,
     sub: str,
     max_body: int,

@@ -82,9 +82,10 @@ class UpstreamConnection(asyncio.Protocol):
         self._drain_waiter: asyncio.Future[None] | None = None
         self.last_used = 0.0
         self.reused = False
-        self._reset()
+        self.reset()
 
-    def _reset(self) -> None:
+    def reset(self) -> None:
+        """Forget the last exchange, so the connection can carry the next one (the pool calls it on release)."""
         self.status = 0
         self.headers: list[tuple[bytes, bytes]] = []
         self.chunks: deque[bytes] = deque()
@@ -323,7 +324,7 @@ class UpstreamPool:
         if not conn.reusable:
             conn.close()
             return
-        conn._reset()
+        conn.reset()
         conn.last_used = time.monotonic()
         idle = self._idle.setdefault(conn.pool_key, [])
         if len(idle) >= self.max_idle_per_host:

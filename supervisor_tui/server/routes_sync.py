@@ -26,25 +26,81 @@ log = logging.getLogger(__name__)
 _IGNORED_TOPICS = frozenset({"plugin.metrics"})
 
 
+class RoutedEndpoint(Protocol):
+    @property
+    def method(self) -> str: ...
+
+    @property
+    def path(self) -> str: ...
+
+
+class RoutedReplica(Protocol):
+    @property
+    def index(self) -> int: ...
+
+    @property
+    def state(self) -> str: ...
+
+    @property
+    def upstream(self) -> str | None: ...
+
+
+class RoutedPlugin(Protocol):
+    """The PluginSnapshot fields a route is made of (docs/architecture.md)."""
+
+    @property
+    def key(self) -> str: ...
+
+    @property
+    def kind(self) -> str: ...
+
+    @property
+    def state(self) -> str: ...
+
+    @property
+    def detail(self) -> str: ...
+
+    @property
+    def upstream(self) -> str | None: ...
+
+    @property
+    def endpoints(self) -> Sequence[RoutedEndpoint]: ...
+
+    @property
+    def timeout(self) -> float: ...
+
+    @property
+    def max_body(self) -> int: ...
+
+    @property
+    def replicas(self) -> Sequence[RoutedReplica]: ...
+
+    @property
+    def upstreams(self) -> Sequence[tuple[str, str, bool, bool]]: ...  # (node, gateway URL, up, on another node)
+
+
 class SupervisorView(Protocol):
     """What RouteSync needs from the Supervisor: snapshots, the event bus, in-process plugins' ASGI apps."""
 
     bus: EventBus
 
-    def plugins(self) -> Sequence[Any]: ...
+    def plugins(self) -> Sequence[RoutedPlugin]: ...
 
-    def plugin(self, key: str) -> Any: ...
+    def plugin(self, key: str) -> RoutedPlugin: ...
 
     def asgi_app(self, key: str) -> Any: ...
 
 
 def route_for(
-    snapshot: Any, default_timeout: float = DEFAULT_TIMEOUT, default_max_body: int = DEFAULT_MAX_BODY, app: Any = None
+    snapshot: RoutedPlugin,
+    default_timeout: float = DEFAULT_TIMEOUT,
+    default_max_body: int = DEFAULT_MAX_BODY,
+    app: Any = None,
 ) -> PluginRoute:
     """The gateway route for one PluginSnapshot (``app``: an in-process plugin's ASGI app, served directly)."""
     state = str(snapshot.state)
     upstream = snapshot.upstream
-    replicas = getattr(snapshot, "replicas", ())
+    replicas = snapshot.replicas
     # A plugin of several replicas: the gateway balances over those that are RUNNING.
     local: tuple[Upstream, ...] = ()
     if len(replicas) > 1:
@@ -53,7 +109,7 @@ def route_for(
         )
         upstream = upstream if local else None
     # Other fleet nodes serving the key too: one upstream per place (this node's place is its replicas, if several)
-    places = getattr(snapshot, "upstreams", ())
+    places = snapshot.upstreams
     elsewhere = tuple(
         Upstream(node, url, up, via_node=remote) for node, url, up, remote in places if remote or not local
     )
@@ -103,7 +159,7 @@ class RouteSync:
             except Exception:  # a broken follower must not stop the gateway's own routes
                 log.exception("gateway: a route table follower failed")
 
-    def _set(self, snapshot: Any) -> None:
+    def _set(self, snapshot: RoutedPlugin) -> None:
         app = self.sup.asgi_app(snapshot.key) if snapshot.kind == "inprocess" else None
         route = route_for(snapshot, self.default_timeout, self.default_max_body, app)
         try:

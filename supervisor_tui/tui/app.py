@@ -18,7 +18,7 @@ import gc
 import signal
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -29,17 +29,18 @@ from textual.css.query import NoMatches
 from textual.notifications import SeverityLevel
 from textual.screen import Screen
 
-from supervisor_tui.core.log_search import LogSearchError, PatternTooSlow
 from supervisor_tui.core.printable import printable
-from supervisor_tui.tui.client import ClientError, PluginInfo, SupervisorClient
+from supervisor_tui.tui.client import ClientError, SupervisorClient
 from supervisor_tui.tui.commands import SupervisorCommands
 from supervisor_tui.tui.driver import HangupSafeDriver
 from supervisor_tui.tui.keys import validate_keymap
+from supervisor_tui.tui.plugin_actions import PluginActions
 from supervisor_tui.tui.screens.confirm import ConfirmScreen
-from supervisor_tui.tui.screens.group_action import GroupActionScreen
 from supervisor_tui.tui.screens.main import PANES, MainScreen
 from supervisor_tui.tui.view_model import RATE_SECONDS, ConnectionChange, ViewModel
-from supervisor_tui.tui.widgets.log_view import LogView
+from supervisor_tui.tui.widgets.consoles_pane import ConsolesPane
+from supervisor_tui.tui.widgets.pane_box import PaneBox
+from supervisor_tui.tui.widgets.plugins_pane import PluginsPane
 
 __all__ = ["CONSOLE_ROWS", "PANES", "MainScreen", "Notice", "SupervisorApp"]
 
@@ -100,7 +101,7 @@ class SupervisorApp(App[int]):
         self.view = ViewModel()
         self.notices: deque[Notice] = deque(maxlen=NOTICES)
         self.hangup_reason: str | None = None
-        self._last_console_refresh = 0.0
+        self.actions = PluginActions(self)  # start/stop/restart/scale/group, as the operator asks
         self._flushing = False
         self._live = False
         self._tick = 0
@@ -176,10 +177,8 @@ class SupervisorApp(App[int]):
             store_problem = await self.client.console_store_problem()
         except ClientError:
             return
-        if (export.problem, store_problem) != (self.view.route_export_problem, self.view.console_store_problem):
-            self.view.route_export_problem = export.problem
-            self.view.console_store_problem = store_problem
-            self._apply()
+        if self.view.set_problems(export.problem, store_problem):
+            self.apply_view()
 
     def _install_signal_handlers(self) -> None:
         """SIGHUP (terminal closed) and SIGTERM (kill, service stop) end the app; the caller then cleans up."""
@@ -223,7 +222,7 @@ class SupervisorApp(App[int]):
         except ClientError as exc:
             self._set_connection(ConnectionChange(False, exc.message))
         await self._refresh_consoles(force=True)
-        self._apply()
+        self.apply_view()
 
     # -- events ------------------------------------------------------------------------------------------
     async def _consume_events(self) -> None:
@@ -246,20 +245,8 @@ class SupervisorApp(App[int]):
 
     def _set_connection(self, change: ConnectionChange) -> None:
         self.view.set_connection(change)
-        try:
-            banner = self.main.banner
-        except LookupError:
-            return
-        except Exception:
-            return
-        if change.connected:
-            banner.remove_class("-shown")
-            banner.update("")
-            if change.message:
-                self.notify(printable(change.message), title="Connected", markup=False)
-        else:
-            banner.add_class("-shown")
-            banner.update(printable(f" ⚠ connection lost: {change.message or 'reconnecting'} — reconnecting…"))
+        with contextlib.suppress(LookupError, NoMatches):
+            self.main.show_connection(change)
 
     # -- flushing ----------------------------------------------------------------------------------------
     async def _apply_pending(self) -> None:
@@ -278,21 +265,21 @@ class SupervisorApp(App[int]):
                     if view.connected:
                         self.log.warning(f"plugins refresh failed: {exc.message}")
             await self._refresh_consoles()
-            self._apply()
+            self.apply_view()
             self.flushes += 1
         finally:
             self._flushing = False
 
     async def _refresh_consoles(self, force: bool = False) -> None:
-        now = time.monotonic()
-        visible = force or self._consoles_visible()
-        # Once a second: ages tick by the second, and heartbeats arriving faster than that are folded together.
-        due = now - self._last_console_refresh >= CONSOLE_REFRESH_SECONDS
-        if not visible or not (due or force):
+        if not (force or self._consoles_visible()):
             return
-        self._last_console_refresh = now
-        self.view.dirty_consoles = False
-        state, q = self.view.console_query()
+        # Once a second: ages tick by the second, and heartbeats arriving faster than that are folded together.
+        if not self.view.consoles_due(time.monotonic(), CONSOLE_REFRESH_SECONDS, force):
+            return
+        try:
+            state, q = self.main.consoles_pane.console_query()
+        except (LookupError, NoMatches):
+            state, q = "", ""
         try:
             page = await self.client.consoles(q=q, state=state, limit=CONSOLE_ROWS)
             stats = await self.client.console_stats()
@@ -309,8 +296,8 @@ class SupervisorApp(App[int]):
             return False
         return main.wide or main.active_pane == "consoles" or self.screen is not main
 
-    def _apply(self) -> None:
-        """Push the view model into the widgets, inside one batch."""
+    def apply_view(self) -> None:
+        """Push the view model into the panes and the header, inside one batch."""
         try:
             main = self.main
         except LookupError:
@@ -319,13 +306,10 @@ class SupervisorApp(App[int]):
         now = self.client.now()
         try:
             with self.batch_update():
-                running, total = view.plugin_counts()
-                rows = view.plugin_rows(now, time.monotonic(), self._tick)
-                main.plugins_pane.show(rows, running, total, view.plugin_filter.strip())
+                main.plugins_pane.show(view, now, time.monotonic(), self._tick)
                 if view.consoles_changed:
                     view.consoles_changed = False
-                    consoles = view.console_rows(now, self.client.info.inactive_after)
-                    main.consoles_pane.show(consoles, view.console_total, view.console_filter.strip())
+                    main.consoles_pane.show(view, now, self.client.info.inactive_after)
                 logs = view.take_logs()
                 if logs:
                     main.logs_pane.view.append(logs)
@@ -333,163 +317,30 @@ class SupervisorApp(App[int]):
         except NoMatches:  # a last timer tick while the app is closing and its widgets are gone
             return
 
-    @on(LogView.StatusChanged)
-    def _log_status(self) -> None:
-        with contextlib.suppress(LookupError, NoMatches):
-            self.main.logs_pane.update_title()
-
-    # -- filters -----------------------------------------------------------------------------------------
-    def apply_filter(self, pane: str, text: str) -> None:
-        if pane == "plugins":
-            self.view.plugin_filter = text
-            self._apply()
-        elif pane == "consoles":
-            self.view.console_filter = text
-            self.view.dirty_consoles = True
-            self._last_console_refresh = 0.0
-            self.refresh_consoles_now()
-        elif pane == "logs":
-            self.apply_log_filter(text, submitted=False)
-
-    def apply_log_filter(self, text: str, submitted: bool) -> bool:
-        """The logs filter; a ``re:`` pattern that is not valid keeps the filter as it was (said once the field
-        is submitted, not at every key of a pattern being typed), one too slow is said at once."""
-        try:
-            self.main.logs_pane.apply_filter(text)
-        except PatternTooSlow as exc:
-            self.notify(printable(str(exc)), title="Log filter", severity="error", timeout=8, markup=False)
-            return False
-        except LogSearchError as exc:
-            if submitted:
-                self.notify(printable(str(exc)), title="Log filter", severity="error", timeout=8, markup=False)
-            return False
-        return True
+    @on(PaneBox.FilterChanged)
+    def _filter_changed(self, event: PaneBox.FilterChanged) -> None:
+        if isinstance(event.pane, PluginsPane):
+            self.apply_view()
+        elif isinstance(event.pane, ConsolesPane):
+            self.refresh_consoles_now()  # the window is fetched for the new filter
 
     @work(exclusive=True, group="consoles-refresh")
     async def refresh_consoles_now(self) -> None:
         await self._refresh_consoles(force=True)
-        self._apply()
+        self.apply_view()
 
     def layout_changed(self) -> None:
         """Columns were rebuilt for a new terminal size: show every row again."""
         self.view.consoles_changed = bool(self.view.console_page)
-        self._apply()
+        self.apply_view()
 
     def on_pane_shown(self, name: str) -> None:
         if name == "consoles":
-            self._last_console_refresh = 0.0
             self.refresh_consoles_now()
 
     def toggle_pause(self) -> None:
         paused = self.main.logs_pane.toggle_pause()
         self.notify("log paused" if paused else "log following", timeout=1.5)
-
-    # -- plugin actions ----------------------------------------------------------------------------------
-    def plugin_action(self, verb: str, key: str) -> None:
-        """Run start/stop/restart in the background; the row shows progress, failures a notification."""
-        call = {"start": self.client.start, "stop": self.client.stop, "restart": self.client.restart}[verb]
-        self._launch(key, verb, lambda: call(key), f"{verb} {key}")
-
-    def scale_plugin(self, key: str, delta: int) -> None:
-        """One replica more or less of a process plugin, in the background (``+``/``-``)."""
-        plugin = self.view.plugins_by_key.get(key)
-        if plugin is None or plugin.kind != "process":
-            self.notify(printable(f"{key}: only process plugins run replicas"), severity="warning", markup=False)
-            return
-        count = max(len(plugin.replicas), 1) + delta
-        if count < 1:
-            self.notify(
-                printable(f"{key}: one replica is the fewest (stop it instead)"), severity="warning", markup=False
-            )
-            return
-        self._launch(key, "scale", lambda: self.client.scale(key, count), f"scale {key} to {count}")
-
-    def _launch(self, key: str, verb: str, call: Callable[[], Awaitable[PluginInfo]], what: str) -> None:
-        """Run one action on a plugin in a worker, one at a time per plugin; its row shows it going on."""
-        if self.client.info.read_only:
-            self.notify("read-only: actions that change state are disabled", severity="warning")
-            return
-        running = self.view.begin_action(key, verb, time.monotonic())
-        if running is not None:
-            self.notify(printable(f"{key}: {running} already in progress"), severity="warning", markup=False)
-            return
-        self._apply()
-        self.run_worker(self._run_action(key, call, what), group=f"action-{key}", exit_on_error=False)
-
-    async def _run_action(self, key: str, call: Callable[[], Awaitable[PluginInfo]], what: str) -> None:
-        try:
-            self.view.set_plugin(await call())
-        except ClientError as exc:
-            self._action_failed(f"{what} failed: {exc.message}")
-        except Exception as exc:  # a transport error must never take the UI down
-            self._action_failed(f"{what} failed: {exc}")
-        finally:
-            self.view.end_action(key)
-            self._apply()
-
-    def choose_group_action(self, key: str) -> None:
-        """Ask what to do with the group of plugin ``key`` (start, stop, restart), then do it for every member."""
-        if self.client.info.read_only:
-            self.notify("read-only: actions that change state are disabled", severity="warning")
-            return
-        plugin = self.view.plugins_by_key.get(key)
-        group = plugin.group if plugin is not None else None
-        if group is None:
-            self.notify(printable(f'{key} is in no group (a manifest\'s "group" names one)'), severity="warning")
-            return
-        members = self.view.group_members(group)
-
-        def chosen(verb: str | None) -> None:
-            if verb is not None:
-                self._run_group_action(verb, group, members)
-
-        self.push_screen(GroupActionScreen(group, members), chosen)
-
-    def _run_group_action(self, verb: str, group: str, members: list[str]) -> None:
-        busy = [k for k in members if self.view.begin_action(k, verb, time.monotonic()) is not None]
-        if busy:
-            for k in members:
-                if k not in busy:
-                    self.view.end_action(k)
-            self.notify(printable(f"group {group}: an action is in progress on {', '.join(busy)}"), severity="warning")
-            return
-        self._apply()
-        self.run_worker(self._group_worker(verb, group, members), group=f"group-{group}", exit_on_error=False)
-
-    async def _group_worker(self, verb: str, group: str, members: list[str]) -> None:
-        try:
-            for p in await self.client.group_action(verb, group):
-                self.view.set_plugin(p)
-        except ClientError as exc:
-            self._action_failed(f"{verb} group {group} failed: {exc.message}")
-        except Exception as exc:  # a transport error must never take the UI down
-            self._action_failed(f"{verb} group {group} failed: {exc}")
-        finally:
-            for k in members:
-                self.view.end_action(k)
-            self._apply()
-
-    def _action_failed(self, message: str) -> None:
-        self.notify(printable(message), title="Action failed", severity="error", timeout=8, markup=False)
-
-    def confirm_stop(self, key: str) -> None:
-        if self.client.info.read_only:
-            self.notify("read-only: actions that change state are disabled", severity="warning")
-            return
-        detail = self.view.stop_detail(key)
-
-        def done(confirmed: bool | None) -> None:
-            if confirmed:
-                self.plugin_action("stop", key)
-
-        self.push_screen(
-            ConfirmScreen(
-                f"Stop plugin {key}?",
-                f"{key}{detail} will be stopped; requests to it through the gateway fail until it is started.",
-                confirm_label="Stop",
-            ),
-            done,
-        )
 
     def request_quit(self) -> None:
         if isinstance(self.screen, ConfirmScreen):

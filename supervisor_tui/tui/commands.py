@@ -28,10 +28,12 @@ class SupervisorCommands(SupervisorAppAccess, Provider):
             if p is None:
                 continue
             if not read_only:
-                start = partial(app.plugin_action, "start", key)
+                start = partial(app.actions.run, "start", key)
                 out.append((f"start {key}", start, f"Start plugin {p.name} ({p.state})"))
-                out.append((f"stop {key}", partial(app.confirm_stop, key), f"Stop plugin {p.name} (asks first)"))
-                out.append((f"restart {key}", partial(app.plugin_action, "restart", key), f"Restart plugin {p.name}"))
+                out.append(
+                    (f"stop {key}", partial(app.actions.confirm_stop, key), f"Stop plugin {p.name} (asks first)")
+                )
+                out.append((f"restart {key}", partial(app.actions.run, "restart", key), f"Restart plugin {p.name}"))
             out.append((f"details {key}", partial(app.open_plugin, key), f"Open plugin {p.name}"))
             out.append((f"logs {key}", partial(self._logs_of, key), f"Show only the logs of {p.name}"))
         out.append(("pane: plugins", partial(app.show_pane, "plugins"), "Switch to the plugins pane"))

@@ -1,13 +1,15 @@
 """The TUI's view model: what the panes show, folded from snapshots and events. No Textual in here.
 
 ``ViewModel`` holds the plugins (in the supervisor's order), their state and metric histories, request rates,
-actions in progress, the window of consoles and their counts by state, the filters, the connection and the
-log lines not shown yet. The app feeds it and reads from it:
+actions in progress, the window of consoles and their counts by state and when it was fetched, the connection,
+the header's warnings and the log lines not shown yet (the filters belong to the panes). The app feeds it and the
+panes read from it:
 
 - ``set_plugins(snapshot)``, ``fold(events, now)``, ``fold_counts(counts, mono, wall)``, ``add_logs(lines)``,
   ``set_consoles(page, stats)``: what came from the client. ``fold`` answers the connection changes it saw, for
   the app to show; the ``dirty_*`` flags say which snapshot to fetch again.
 - ``plugin_rows``, ``console_rows``, ``take_logs``, ``header_markup``, ``quit_message``: what the panes show.
+- ``consoles_due``, ``set_problems``: when to fetch the consoles again, and whether the header's warnings changed.
 
 Every method is plain Python over the client's view records, so the folding is tested without an app.
 """
@@ -112,14 +114,13 @@ class ViewModel:
         self.console_total = 0
         self.console_page: list[ConsoleInfo] = []
         self.consoles_changed = False
-        self.plugin_filter = ""
-        self.console_filter = ""
         self.connected = True
         self.connection_message = ""
         self.route_export_problem = ""  # RouteExportInfo.problem: "caddy unreachable" while the export fails
         self.console_store_problem = ""  # why the console store cannot be reached ("" while it is available)
         self.dirty_plugins = False
         self.dirty_consoles = True
+        self.consoles_fetched = 0.0  # monotonic time of the last fetch of the consoles window (0: fetch soon)
         self._pending_logs: list[LogEntry] = []
         self._log_horizon = 0.0
 
@@ -173,9 +174,9 @@ class ViewModel:
         running = sum(1 for p in self.plugins_by_key.values() if p.state == "RUNNING")
         return running, len(self.plugins_by_key)
 
-    def plugin_rows(self, now: float, mono: float, tick: int) -> dict[str, Row]:
-        """The rows of the plugins table that pass the filter, in the supervisor's order."""
-        needle = self.plugin_filter.strip().lower()
+    def plugin_rows(self, now: float, mono: float, tick: int, needle: str = "") -> dict[str, Row]:
+        """The rows of the plugins table that pass the filter ``needle``, in the supervisor's order."""
+        needle = needle.strip().lower()
         rows = {}
         for key in self.plugin_order:
             p = self.plugins_by_key[key]
@@ -283,9 +284,14 @@ class ViewModel:
         return logs
 
     # -- consoles ----------------------------------------------------------------------------------------
-    def console_query(self) -> tuple[str, str]:
-        """(state, text query) of the consoles filter."""
-        return parse_console_filter(self.console_filter)
+    def consoles_due(self, mono: float, every: float, force: bool = False) -> bool:
+        """Whether to fetch the consoles window now (``every`` seconds since the last fetch, or ``force``); when it
+        is, the fetch counts as made now."""
+        if not force and mono - self.consoles_fetched < every:
+            return False
+        self.consoles_fetched = mono
+        self.dirty_consoles = False
+        return True
 
     def set_consoles(self, page: ConsolePage, stats: dict[str, int]) -> None:
         self.console_page = page.consoles
@@ -297,6 +303,13 @@ class ViewModel:
         return {c.id: console_cells(c, now, inactive_after) for c in self.console_page}
 
     # -- header and dialogs ------------------------------------------------------------------------------
+    def set_problems(self, route_export: str, console_store: str) -> bool:
+        """The header's warnings about the route export and the console store; whether they changed."""
+        if (route_export, console_store) == (self.route_export_problem, self.console_store_problem):
+            return False
+        self.route_export_problem, self.console_store_problem = route_export, console_store
+        return True
+
     def header_markup(self, wide: bool) -> str:
         """The status line: plugins running, consoles by state, warnings (shorter words when not ``wide``)."""
         plugins = self.plugins_by_key.values()

@@ -2,7 +2,7 @@
 
 Narrow terminals show one pane at a time (tab and 1/2/3 switch), wide ones all three (``WIDE_MIN``), very wide
 ones the consoles and logs side by side. The screen binds keys and forwards them to the app, which owns the
-view model and the client; the panes own their titles and filter fields.
+view model and the client; the panes own their titles and filters.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from textual.events import Resize
 from textual.screen import Screen
 from textual.widgets import Footer, Input, Static
 
+from supervisor_tui.core.printable import printable
 from supervisor_tui.tui.app_access import SupervisorAppAccess
 from supervisor_tui.tui.cells import (
     CONSOLE_COLUMNS,
@@ -29,6 +30,7 @@ from supervisor_tui.tui.cells import (
     with_node_column,
 )
 from supervisor_tui.tui.keys import main_bindings
+from supervisor_tui.tui.view_model import ConnectionChange
 from supervisor_tui.tui.widgets.consoles_pane import ConsolesPane
 from supervisor_tui.tui.widgets.keyed_table import KeyedTable
 from supervisor_tui.tui.widgets.log_view import LogView
@@ -92,6 +94,18 @@ class MainScreen(SupervisorAppAccess, Screen[None]):
         if name == "logs":
             return self.query_one("#log-view", LogView)
         return self.query_one(f"#{name}-table", KeyedTable)
+
+    def show_connection(self, change: ConnectionChange) -> None:
+        """The banner while the link to the supervisor is down; a toast when it comes back saying something."""
+        banner = self.banner
+        if change.connected:
+            banner.remove_class("-shown")
+            banner.update("")
+            if change.message:
+                self.notify(printable(change.message), title="Connected", markup=False)
+        else:
+            banner.add_class("-shown")
+            banner.update(printable(f" ⚠ connection lost: {change.message or 'reconnecting'} — reconnecting…"))
 
     # -- layout --------------------------------------------------------------------------------------------
     async def on_mount(self) -> None:
@@ -195,27 +209,27 @@ class MainScreen(SupervisorAppAccess, Screen[None]):
     def action_scale(self, delta: int) -> None:
         key = self.selected_plugin()
         if key:
-            self.sup_app.scale_plugin(key, delta)
+            self.sup_app.actions.scale(key, delta)
 
     def action_start(self) -> None:
         key = self.selected_plugin()
         if key:
-            self.sup_app.plugin_action("start", key)
+            self.sup_app.actions.run("start", key)
 
     def action_restart(self) -> None:
         key = self.selected_plugin()
         if key:
-            self.sup_app.plugin_action("restart", key)
+            self.sup_app.actions.run("restart", key)
 
     def action_stop(self) -> None:
         key = self.selected_plugin()
         if key:
-            self.sup_app.confirm_stop(key)
+            self.sup_app.actions.confirm_stop(key)
 
     def action_group(self) -> None:
         key = self.selected_plugin()
         if key:
-            self.sup_app.choose_group_action(key)
+            self.sup_app.actions.choose_group_action(key)
 
     def action_graph(self) -> None:
         self.sup_app.open_graph()
@@ -274,25 +288,10 @@ class MainScreen(SupervisorAppAccess, Screen[None]):
     def _clear_filter(self, pane: str) -> None:
         box = self.pane_box(pane)
         had_filter = box.close_filter()
-        self.sup_app.apply_filter(pane, "")
         if pane == "logs":
             self.logs_pane.clear_source()
         if had_filter or self.focused is box.filter_field:
             self.pane_widget(pane).focus()
-
-    @on(Input.Changed, ".filter")
-    def _filter_changed(self, event: Input.Changed) -> None:
-        pane = (event.input.id or "").removesuffix("-filter")
-        self.sup_app.apply_filter(pane, event.value)
-
-    @on(Input.Submitted, ".filter")
-    def _filter_submitted(self, event: Input.Submitted) -> None:
-        pane = (event.input.id or "").removesuffix("-filter")
-        if pane == "logs" and not self.sup_app.apply_log_filter(event.value, submitted=True):
-            return  # the field stays open on a pattern that needs fixing
-        if not event.value:
-            event.input.remove_class("-shown")
-        self.pane_widget(pane).focus()
 
     def on_key(self, event: Any) -> None:
         # esc inside a filter field clears it (Input does not bind escape itself).

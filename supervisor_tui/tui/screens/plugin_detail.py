@@ -217,9 +217,9 @@ class PluginDetailScreen(SupervisorAppAccess, Screen[None]):
     def action_act(self, verb: str) -> None:
         app = self.sup_app
         if verb == "stop":
-            app.confirm_stop(self.key)
+            app.actions.confirm_stop(self.key)
         else:
-            app.plugin_action(verb, self.key)
+            app.actions.run(verb, self.key)
 
     def action_logs(self) -> None:
         app = self.sup_app

@@ -1,15 +1,15 @@
 """``ConsolesPane``: one window of the consoles with its filter field; its title says how many matched.
 
-``show(rows, total, query)`` reconciles the table with the view model's window and retitles the pane
-("Consoles 10,000 — showing 500, / to narrow"); ``consoles_title`` is that title as a plain function.
+``show(view, now, inactive_after)`` reconciles the table with the view model's window and retitles the pane
+("Consoles 10,000 — showing 500, / to narrow"); ``consoles_title`` is that title as a plain function. The window
+is fetched for the pane's filter: ``console_query()`` is it as (state, text).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-
 from supervisor_tui.tui.cells import CONSOLE_COLUMNS, escape
-from supervisor_tui.tui.widgets.keyed_table import Cell, KeyedTable
+from supervisor_tui.tui.view_model import ViewModel, parse_console_filter
+from supervisor_tui.tui.widgets.keyed_table import KeyedTable
 from supervisor_tui.tui.widgets.pane_box import PaneBox
 
 
@@ -36,7 +36,12 @@ class ConsolesPane(PaneBox):
         )
         self.table = table
 
-    def show(self, rows: Mapping[str, Sequence[Cell]], total: int, query: str) -> None:
-        """Show one window of consoles and retitle; call inside ``app.batch_update()``."""
+    def console_query(self) -> tuple[str, str]:
+        """(state, text query) of the pane's filter: what the window of consoles is fetched for."""
+        return parse_console_filter(self.filter_text)
+
+    def show(self, view: ViewModel, now: float, inactive_after: float) -> None:
+        """Show the view model's window of consoles and retitle; call inside ``app.batch_update()``."""
+        rows = view.console_rows(now, inactive_after)
         self.table.reconcile(rows, list(rows))
-        self.border_title = consoles_title(total, query, len(rows))
+        self.border_title = consoles_title(view.console_total, self.filter_text.strip(), len(rows))

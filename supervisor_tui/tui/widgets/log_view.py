@@ -107,6 +107,10 @@ class LogView(ScrollView, can_focus=True):
             self._follow = follow
             self.post_message(self.StatusChanged())
 
+    def filtered_entries(self) -> list[LogEntry]:
+        """Every entry that passes the filter, oldest first: the lines scrolling the view shows."""
+        return [e for _, e in self._view]
+
     def visible_entries(self) -> list[LogEntry]:
         """The entries on screen now (top to bottom)."""
         start = int(self.scroll_y)

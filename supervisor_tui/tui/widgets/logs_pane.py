@@ -2,13 +2,17 @@
 
 The filter is text plus an optional ``source:NAME`` word (``parse_log_filter``), then an optional ``re:PATTERN``
 that takes the rest of the field (``split_pattern``): a regular expression over the lines the view holds, its time
-bounded (core.log_search). ``show_source`` narrows to one plugin's lines (the ``l`` key). ``update_title`` reads
-the log view's state; the app calls it on the view's ``StatusChanged`` messages.
+bounded (core.log_search): one that is not valid keeps the filter as it was (said once the field is submitted, not
+at every key of a pattern being typed), one too slow is said at once. ``show_source`` narrows to one plugin's lines
+(the ``l`` key). The title follows the log view's ``StatusChanged`` messages.
 """
 
 from __future__ import annotations
 
-from supervisor_tui.core.log_search import compile_pattern
+from textual import on
+
+from supervisor_tui.core.log_search import LogSearchError, PatternTooSlow, compile_pattern
+from supervisor_tui.core.printable import printable
 from supervisor_tui.tui.cells import escape
 from supervisor_tui.tui.widgets.log_view import LogView
 from supervisor_tui.tui.widgets.pane_box import PaneBox
@@ -69,11 +73,29 @@ class LogsPane(PaneBox):
         super().__init__("logs", "Logs", view, "filter logs: text, source:NAME, then re:PATTERN")
         self.view = view
 
+    @on(LogView.StatusChanged)
+    def _status_changed(self) -> None:
+        self.update_title()
+
     def update_title(self) -> None:
         view = self.view
         pattern = view.pattern_filter.text if view.pattern_filter is not None else None
         self.border_title = logs_title(view.source_filter, view.text_filter, pattern)
         self.border_subtitle = logs_subtitle(view.paused, view.pending, view.following)
+
+    def set_filter(self, text: str, submitted: bool = False) -> bool:
+        """Filter the lines by what the operator typed; False (and said) when a ``re:`` pattern is refused."""
+        try:
+            self.apply_filter(text)
+        except PatternTooSlow as exc:
+            self.notify(printable(str(exc)), title="Log filter", severity="error", timeout=8, markup=False)
+            return False
+        except LogSearchError as exc:
+            if submitted:
+                self.notify(printable(str(exc)), title="Log filter", severity="error", timeout=8, markup=False)
+            return False
+        self.filter_text = text
+        return True
 
     def apply_filter(self, text: str) -> None:
         """Filter by what the operator typed into the field. A ``re:`` pattern that is not valid (LogSearchError)

@@ -1,15 +1,15 @@
 """``PluginsPane``: the plugins table with its filter field; its title counts the running plugins.
 
-``show(rows, running, total, needle)`` reconciles the table with the view model's rows and retitles the pane
-("Plugins 3/6 running — filter: th (2 shown)"); ``plugins_title`` is that title as a plain function.
+``show(view, now, mono, tick)`` reconciles the table with the view model's rows that pass the pane's filter and
+retitles the pane ("Plugins 3/6 running — filter: th (2 shown)"); ``plugins_title`` is that title as a plain
+function.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-
 from supervisor_tui.tui.cells import PLUGIN_TABLE_COLUMNS, escape
-from supervisor_tui.tui.widgets.keyed_table import Cell, KeyedTable
+from supervisor_tui.tui.view_model import ViewModel
+from supervisor_tui.tui.widgets.keyed_table import KeyedTable
 from supervisor_tui.tui.widgets.pane_box import PaneBox
 
 
@@ -34,7 +34,9 @@ class PluginsPane(PaneBox):
         )
         self.table = table
 
-    def show(self, rows: Mapping[str, Sequence[Cell]], running: int, total: int, needle: str) -> None:
-        """Show ``rows`` (already filtered by ``needle``) and retitle; call inside ``app.batch_update()``."""
+    def show(self, view: ViewModel, now: float, mono: float, tick: int) -> None:
+        """Show the plugins that pass the filter and retitle; call inside ``app.batch_update()``."""
+        running, total = view.plugin_counts()
+        rows = view.plugin_rows(now, mono, tick, self.filter_text)
         self.table.reconcile(rows, list(rows))
-        self.border_title = plugins_title(running, total, needle, len(rows))
+        self.border_title = plugins_title(running, total, self.filter_text.strip(), len(rows))

@@ -5,21 +5,21 @@ from __future__ import annotations
 import asyncio
 
 from conftest import open_supervisor, wait_until
-from inprocess_support import Probe, extension
+from inprocess_support import Probe, inprocess_table
 
 from supervisor_tui.config import Settings
-from supervisor_tui.core.extensions import ExtensionHost
+from supervisor_tui.core.inprocess_host import InProcessHost
 
 
 async def test_plugins_load_three_at_a_time(settings: Settings) -> None:
     probe = Probe()
     names = [f"gated-{i}" for i in range(1, 8)]
-    settings.tables["extensions"] = {
-        name: extension("inprocess_support:Gated", probe=probe, name=name) for name in names
+    settings.tables["inprocess"] = {
+        name: inprocess_table("inprocess_support:Gated", probe=probe, name=name) for name in names
     }
-    settings.tables["extensions"]["load_timeout"] = "60s"
+    settings.tables["inprocess"]["load_timeout"] = "60s"
     async with open_supervisor(settings) as sup:
-        host = ExtensionHost(sup)
+        host = InProcessHost(sup)
         loading = asyncio.create_task(host.load())
         try:
             for batch in (names[0:3], names[3:6], names[6:7]):

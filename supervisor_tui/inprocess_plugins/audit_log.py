@@ -6,8 +6,8 @@ Operator actions say who, what and from where: ``{"type": "action", "action": "s
 and ``{"type": "console.state", "console_id": ..., ...}``. The file is rotated at ``max_bytes`` (10 MiB)
 keeping ``backups`` (5) old files (``audit.jsonl.1`` is the newest of them).
 
-    [extensions.audit-log]
-    module = "supervisor_tui.extensions.audit_log:AuditLog"
+    [inprocess.audit-log]
+    module = "supervisor_tui.inprocess_plugins.audit_log:AuditLog"
     config = { path = "data/audit.jsonl", max_bytes = "10MiB", backups = 5 }
 """
 

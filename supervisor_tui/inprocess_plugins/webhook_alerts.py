@@ -9,8 +9,8 @@ Delivery never blocks anything else: hooks only put messages on a bounded queue 
 is full, and counted); one sender task POSTs them, retrying connection errors, 429 and 5xx answers with an
 exponential backoff.
 
-    [extensions.webhook-alerts]
-    module = "supervisor_tui.extensions.webhook_alerts:WebhookAlerts"
+    [inprocess.webhook-alerts]
+    module = "supervisor_tui.inprocess_plugins.webhook_alerts:WebhookAlerts"
     config = { urls = ["https://hooks.slack.com/services/..."], retries = 5 }
 """
 

@@ -1,6 +1,6 @@
 """The in-process plugin host: loads those plugins, feeds them lifecycle hooks, and watches the event loop for them.
 
-    host = ExtensionHost(sup)        # after sup.open(): registers the [extensions.<name>] sections
+    host = InProcessHost(sup)        # after sup.open(): registers the [inprocess.<name>] sections
     result = await host.load()       # before plugins start: batches of 3, timeouts; LoadResult(loaded, failed)
     ...
     await host.begin_shutdown()      # on_shutdown hooks, then sup.close() shuts every plugin down
@@ -31,8 +31,8 @@ from supervisor_tui.core.events import (
     ConsoleRegistered,
     ConsoleStateChanged,
     Event,
-    ExtensionFailed,
     OperatorAction,
+    PluginFailed,
     PluginHealthChanged,
     PluginRegistered,
     PluginStateChanged,
@@ -62,7 +62,7 @@ class LoadFailure:
 
 @dataclass
 class LoadResult:
-    """What ``ExtensionHost.load()`` did: keys loaded, and failures with their reasons."""
+    """What ``InProcessHost.load()`` did: keys loaded, and failures with their reasons."""
 
     loaded: list[str] = field(default_factory=list)
     failed: list[LoadFailure] = field(default_factory=list)
@@ -108,17 +108,17 @@ def hooks_for(event: Event) -> list[tuple[str, tuple[Any, ...]]]:
             context = {"key": event.key, "origin": event.origin, "actor": event.actor}
             calls.append(("on_operation_failed", (event.action, event.detail, context)))
         return calls
-    if isinstance(event, ExtensionFailed) and event.phase == "reload":
+    if isinstance(event, PluginFailed) and event.phase == "reload":
         return [("on_operation_failed", ("reload", event.error, {"key": event.name}))]
     return []
 
 
-class ExtensionHost:
+class InProcessHost:
     """Loads in-process plugins in batches, dispatches hooks to them and reports what blocks the loop."""
 
     def __init__(self, sup: Supervisor) -> None:
         self.sup = sup
-        self.settings = sup.extension_settings
+        self.settings = sup.inprocess_settings
         self.result = LoadResult()
         self.config_failures: list[LoadFailure] = []
         self.loop_blocks: list[dict[str, Any]] = []  # the last few stalls: who, what, how long
@@ -132,20 +132,24 @@ class ExtensionHost:
         self._stall: tuple[float, str, str] | None = None  # (since, plugin key, what) seen by the watchdog
         self._loop_thread = threading.get_ident()
         sup.flush_hooks = self.flush
-        for problem in sup.extension_problems:
-            sup.logs.error(f"settings: {problem}", event="extension_config")
+        for problem in sup.inprocess.problems:
+            sup.logs.error(f"settings: {problem}", event="inprocess_settings_invalid")
+        if sup.inprocess.deprecated:
+            sup.logs.warning(
+                sup.inprocess.deprecation_warning(), event="deprecated_name", names=sup.inprocess.deprecated
+            )
         self._register_configured()
 
     # -- configuration -------------------------------------------------------------------------------------
     def _register_configured(self) -> None:
-        """One InProcessPlugin per ``[extensions.<name>]`` section that names a module."""
+        """One InProcessPlugin per ``[inprocess.<name>]`` section that names a module."""
         sup = self.sup
-        for name, table in sup.extension_tables.items():
+        for name, table in sup.inprocess_tables.items():
             if not isinstance(table, Mapping):
-                continue  # a scalar key of [extensions] itself (load_timeout, ...)
+                continue  # a scalar key of [inprocess] itself (load_timeout, ...)
             if "module" not in table:
                 if name not in sup.registry:
-                    self._config_failure(name, f"[extensions.{name}] names no module and no plugin folder {name!r}")
+                    self._config_failure(name, f"[inprocess.{name}] names no module and no plugin folder {name!r}")
                 continue  # settings for a folder plugin (config, enabled)
             module = table.get("module")
             enabled = table.get("enabled", True)
@@ -165,7 +169,7 @@ class ExtensionHost:
                 self._config_failure(name, problem)
                 if KEY_PATTERN.match(name) and name not in sup.registry:
                     plugin = InProcessPlugin(
-                        name, sup.inprocess_context(), module=str(module), error=f"[extensions.{name}]: {problem}"
+                        name, sup.inprocess_context(), module=str(module), error=f"[inprocess.{name}]: {problem}"
                     )
                     sup.register(plugin)
                 continue
@@ -179,9 +183,9 @@ class ExtensionHost:
     def _config_failure(self, name: str, problem: str) -> None:
         self.config_failures.append(LoadFailure(name, "configuration", problem))
         self.sup.logs.error(
-            f"in-process plugin {name}: {problem}", event="extension_failed", plugin=name, phase="config"
+            f"in-process plugin {name}: {problem}", event="inprocess_plugin_failed", plugin=name, phase="config"
         )
-        self.sup.bus.publish(ExtensionFailed(name=name, phase="configuration", error=problem))
+        self.sup.bus.publish(PluginFailed(name=name, phase="configuration", error=problem))
 
     def plugins(self) -> list[InProcessPlugin]:
         return [p for p in self.sup.registry.values() if isinstance(p, InProcessPlugin)]
@@ -200,7 +204,7 @@ class ExtensionHost:
         self.sup.logs.info(
             f"in-process plugins: {len(result.loaded)} loaded, {len(result.failed)} failed"
             + "".join(f"; {f.name}: {f.phase}: {f.error}" for f in result.failed),
-            event="extensions_loaded",
+            event="inprocess_plugins_loaded",
             loaded=result.loaded,
             failed=[f.name for f in result.failed],
         )
@@ -333,7 +337,7 @@ class ExtensionHost:
         message = f"blocked the event loop for {seconds:.1f}s in {what}"
         if isinstance(plugin, InProcessPlugin):
             plugin.counters["loop_blocks"] += 1
-            plugin._failed(what if what.startswith("hook") else f"call {what}", message)
+            plugin.record_failure(what if what.startswith("hook") else f"call {what}", message)
         self.loop_blocks = [*self.loop_blocks[-19:], {"plugin": key, "what": what, "seconds": round(seconds, 3)}]
 
     # -- views ---------------------------------------------------------------------------------------------
@@ -362,12 +366,12 @@ class ExtensionHost:
 
 
 def _plugin_on_stack(frame: FrameType | None, plugins: list[InProcessPlugin]) -> tuple[str, str] | None:
-    """The innermost call into plugin code on a stack: (plugin key, what) from InProcessPlugin._call's frame,
+    """The innermost call into plugin code on a stack: (plugin key, what) from InProcessPlugin.call_plugin's frame,
     or a frame in a plugin folder's files (its routes, its own tasks)."""
-    call_code = InProcessPlugin._call.__code__
+    call_code = InProcessPlugin.call_plugin.__code__
     folders = {str(p.folder): p.key for p in plugins if p.folder is not None}
     for p in plugins:  # an in-process plugin configured in settings: its class's own file
-        cls = p._version.cls if p.folder is None and p._version is not None else None
+        cls = p.plugin_class if p.folder is None else None
         source = None
         with contextlib.suppress(TypeError):
             source = inspect.getsourcefile(cls) if cls is not None else None

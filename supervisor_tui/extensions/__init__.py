@@ -1,1 +1,0 @@
-"""In-process plugins shipped with supervisor-tui, enabled through [extensions.<name>] settings (hence the name)."""
