@@ -3,6 +3,7 @@
     python bench/heartbeats.py [--duration 5] [--connections 32] [--consoles 100000] [--rounds 3]
     python bench/heartbeats.py --rounds 4 --against /tmp/old-checkout     # before/after, interleaved
     python bench/heartbeats.py --rounds 2 --store postgresql://user:pw@127.0.0.1:5432/db   # both stores
+    python bench/heartbeats.py --rounds 3 --pg-cluster        # both stores, on a throwaway PostgreSQL it starts
 
 Starts the real console ingest (SQLite in WAL with synchronous=FULL, group-commit writer, raw ASGI app on the
 same uvicorn setup the supervisor uses) in its own process, registers consoles (a few over HTTP, the rest
@@ -15,12 +16,16 @@ machine one pair of runs says little. ``--against DIR`` adds a second heartbeat 
 the project (e.g. ``git archive <commit> | tar -x -C DIR``), with its own database, in the same rounds.
 ``--store DSN`` adds a heartbeat server of this checkout on the PostgreSQL console store at DSN (an empty
 database: the bench migrates and loads it), in the same rounds, and measures the queries on both stores.
+``--pg-cluster`` does the same on a throwaway cluster it starts in a temp dir (initdb + pg_ctl, bench/pg_cluster.py,
+with the settings docs/consoles.md advises; ``--pg-setting KEY=VALUE`` overrides one) and reports what the server
+did meanwhile: checkpoints and autovacuums from its log, wait events sampled from pg_stat_activity.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
@@ -433,7 +438,27 @@ def main() -> int:
     p.add_argument("--against", type=Path, help="another checkout of the project, measured in the same rounds")
     p.add_argument("--asgi-only", action="store_true", help="heartbeats through uvicorn's ASGI path")
     p.add_argument("--store", help="a PostgreSQL DSN (empty database): also measure this checkout on it")
+    p.add_argument("--pg-cluster", action="store_true", help="as --store, on a throwaway PostgreSQL started here")
+    p.add_argument("--pg-setting", action="append", default=[], help="KEY=VALUE for --pg-cluster's postgresql.conf")
     a = p.parse_args()
+    cluster = None
+    if a.pg_cluster:
+        from pg_cluster import BenchCluster
+
+        if a.store:
+            raise SystemExit("bench: --store and --pg-cluster are exclusive")
+        settings = dict(kv.split("=", 1) for kv in a.pg_setting)
+        cluster = BenchCluster.start(**settings)
+        a.store = cluster.dsn
+        print(f"PostgreSQL cluster in {cluster.cluster.root}: {cluster.settings_line()}", flush=True)
+    try:
+        return _run(a, cluster)
+    finally:
+        if cluster is not None:
+            cluster.destroy()
+
+
+def _run(a: argparse.Namespace, cluster: object | None) -> int:
     if a.asgi_only:
         os.environ["BENCH_ASGI_ONLY"] = "1"  # read by the server processes this script starts
     if not os.path.exists(WRK):
@@ -463,7 +488,9 @@ def main() -> int:
             hello_runs.append(_wrk(hello.url, a.duration, a.connections, this.script))
             order = targets if i % 2 == 0 else targets[::-1]
             for t in order:
-                t.runs.append(_wrk(t.server.url, a.duration, a.connections, t.script))
+                sampling = cluster.sampling() if cluster is not None and t.store else contextlib.nullcontext()
+                with sampling:  # type: ignore[attr-defined]
+                    t.runs.append(_wrk(t.server.url, a.duration, a.connections, t.script))
             if a.rounds > 1:
                 line = f"round {i + 1}: hello {hello_runs[-1]['rate']:,.0f}/s"
                 for t in targets:
@@ -538,6 +565,9 @@ def main() -> int:
     print(
         f"server RSS: {rss / 2**20:,.0f} MiB (after the heartbeat load: {rss_after_load / 2**20:,.0f} MiB; goal < 300)"
     )
+    if cluster is not None:
+        print()
+        print(cluster.report())  # type: ignore[attr-defined]
     return 0
 
 

@@ -55,7 +55,7 @@ async def _run(settings: Settings) -> int:
         admin_token=runtime.tokens.admin if runtime.tokens is not None else "",
     )
     try:
-        starting = asyncio.create_task(_start_all(runtime), name="start-plugins")
+        starting = asyncio.create_task(runtime.start_plugins(), name="start-plugins")
         app = SupervisorApp(client)
         await app.run_async()
         code = app.return_code
@@ -67,10 +67,3 @@ async def _run(settings: Settings) -> int:
                 await starting
         await client.close()
         await runtime.stop()
-
-
-async def _start_all(runtime: Runtime) -> None:
-    try:
-        await runtime.sup.start_all()
-    finally:
-        runtime.ready = True

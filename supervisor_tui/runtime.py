@@ -4,8 +4,11 @@ Start order: the supervisor opens (data-dir lock, database, manifests), then the
 use ends startup with one line and exit 2, before any plugin runs), then the console service, in-process plugins and
 the plugins folder watcher start, then, in the background, the cleanup of what a previous (killed) run left
 behind followed by the plugins, while the gateway and the server start: the API answers (``/ready`` 503) during
-the cleanup. Stop order is the reverse; the console writer is drained before the database closes, so nothing
-acknowledged is lost, and in-process plugins close last so they see the shutdown.
+the cleanup. Stop order (three exit stacks, see ``Runtime.start``): first what acts on plugins and other nodes
+(the plugin starts, the folder watcher, in-process plugins' on_shutdown hooks, the fleet, which still tells the
+others its plugins go), then the HTTP surface, then the console writer is drained before the supervisor stops the
+plugins and closes the database, so nothing acknowledged is lost; the in-process plugin host closes last so its
+plugins see the shutdown. A failed start unwinds what it had started the same way.
 
 Ready (``/ready`` 200) means serving: the cleanup is over, every plugin start_all starts was launched (it is
 RUNNING, or failed once and is being retried or gave up, or waits for a dependency that did) and the database
@@ -89,8 +92,9 @@ class Tokens:
 class Runtime:
     """Owns the Supervisor, the console service and the HTTP surface for one process.
 
-    ``start()`` opens everything but starts no plugin (the caller runs ``sup.start_all()`` when it is ready);
-    ``stop()`` stops the plugins and closes everything, in the order the module docstring gives.
+    ``start()`` opens everything; with ``start_plugins`` it also starts the plugins (in the background), else the
+    caller does it with ``start_plugins()``: the one path by which plugins start at startup. ``stop()`` stops the
+    plugins and closes everything, in the order the module docstring gives.
     """
 
     def __init__(self, settings: Settings, mode: str, echo: TextIO | None = None, echo_output: bool = False) -> None:
@@ -111,47 +115,78 @@ class Runtime:
         self.url = ""
         self.ready = False
         self.closing = False
-        self.starting: asyncio.Task[None] | None = None  # start_all, when start() was asked to run it
+        self.starting: asyncio.Task[None] | None = None  # the orphan cleanup, then start_plugins when asked
+        self._stack: contextlib.AsyncExitStack | None = None  # what start() opened, closed by stop()
 
     async def start(self, start_plugins: bool = False) -> None:
         """Open the supervisor and the HTTP surface; raises StartupError (bind failure) with nothing left open.
 
         ``start_plugins``: also start the plugins (in the background, after the orphan cleanup) as soon as the
-        API socket is bound and in-process plugins are loaded, while the HTTP app is still being built."""
+        API socket is bound and in-process plugins are loaded, while the HTTP app is still being built.
+
+        Each part is entered on one of three exit stacks, stopped in this order, each in the reverse order of its
+        starts: ``work`` (what acts on plugins and other nodes: the plugin starts, the folder watcher, in-process
+        plugins' hooks, the fleet), ``http`` (the server, the gateway and what follows its table), ``core`` (the
+        console service, the supervisor, the in-process plugin host). A step that fails unwinds what the steps before it
+        opened, the same way."""
         # What plugins double-fork away becomes this process's child, not init's (see plugins.process).
         become_subreaper()
-        await self.sup.open(clean_orphans=False)
-        sock: socket.socket | None = None
+        stack = contextlib.AsyncExitStack()
         try:
+            core = await stack.enter_async_context(contextlib.AsyncExitStack())
+            http = await stack.enter_async_context(contextlib.AsyncExitStack())
+            work = await stack.enter_async_context(contextlib.AsyncExitStack())
+            core.push_async_callback(self._close_inprocess_host)  # last, so its plugins see the whole shutdown
+            await self.sup.open(clean_orphans=False)
+            core.push_async_callback(self.sup.close)
             sock = self._bind()
-            # Plugins may start before the server serves (see _start_plugins): they get the bound port already,
+            http.callback(self._close_unserved, sock)
+            # Plugins may start before the server serves (see start_plugins): they get the bound port already,
             # and their first requests wait in the socket's backlog.
             self.sup.set_api_url(local_url(self.settings.host, sock.getsockname()[1]))
-            await self._start_core(sock.getsockname()[1])
+            await self._start_core(core, work, sock.getsockname()[1])
             imported = asyncio.ensure_future(asyncio.to_thread(_import_http_surface))
-            self.starting = asyncio.create_task(self._start_plugins(start_plugins, imported), name="start-plugins")
+            starting = self.start_plugins(imported) if start_plugins else self.sup.clean_orphans()
+            self.starting = asyncio.create_task(starting, name="start-plugins")
+            work.push_async_callback(self._cancel_starting)
             await imported
-            await self._start_http(sock)
+            await self._start_http(http, sock)
         except BaseException:
-            if sock is not None and self.server.bound is None:
-                sock.close()
-            await self.stop()
+            self.ready, self.closing = False, True
+            await stack.aclose()
             raise
+        self._stack = stack
 
-    async def _start_plugins(self, start_plugins: bool, imported: asyncio.Future[None]) -> None:
+    async def start_plugins(self, imported: asyncio.Future[None] | None = None) -> None:
+        """After the orphan cleanup, start every plugin that should run (``sup.start_all``); ready from then on,
+        whatever the outcome. ``imported``: the HTTP surface's import, which goes first when plugins could use up
+        the file descriptors it needs."""
         try:
             await self.sup.clean_orphans()
-            if start_plugins:
-                if not _descriptors_to_spare(len(self.sup.registry)):
-                    await asyncio.wait([imported])  # its failure is start()'s to report
-                    if imported.cancelled() or imported.exception() is not None:
-                        return
-                await self.sup.start_all()
+            if imported is not None and not _descriptors_to_spare(len(self.sup.registry)):
+                await asyncio.wait([imported])  # its failure is start()'s to report
+                if imported.cancelled() or imported.exception() is not None:
+                    return
+            await self.sup.start_all()
         except Exception as exc:  # start_all reports each plugin's failure; this is anything else
             self.sup.logs.error(f"starting plugins failed: {exc!r}", event="internal_error")
         finally:
-            if start_plugins:
-                self.ready = True
+            self.ready = True
+
+    async def _cancel_starting(self) -> None:
+        if self.starting is not None:
+            self.starting.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self.starting
+
+    def _close_unserved(self, sock: socket.socket) -> None:
+        """The API socket, when the server never took it over (the server closes it otherwise)."""
+        if self.server.bound is None:
+            sock.close()
+
+    async def _close_inprocess_host(self) -> None:
+        if self.inprocess_host is not None:
+            await self.inprocess_host.close()
 
     def _bind(self) -> socket.socket:
         """The API socket, bound before any plugin runs (a port in use is StartupError, not a half start)."""
@@ -164,37 +199,46 @@ class Runtime:
             hint = "choose another with --port or server.port" if port_problem else "check --host or server.host"
             raise StartupError(f"{exc.strerror} ({hint})") from None
 
-    async def _start_core(self, port: int) -> None:
+    async def _start_core(self, core: contextlib.AsyncExitStack, work: contextlib.AsyncExitStack, port: int) -> None:
         """Tokens, the console service, the fleet's saved registrations, in-process plugins and the plugins folder
-        watcher: all but HTTP (``port``: the bound API port)."""
+        watcher: all but HTTP (``port``: the bound API port). A stop callback is pushed before each start: it
+        also undoes a start that failed half way."""
         sup, settings = self.sup, self.settings
         self.tokens = self._load_tokens()
         sup.logs.secrets.extend([self.tokens.admin, self.tokens.plugin])
         # The socket is bound by now, so this is the run that works: it says where the new tokens are.
         for name, path in self._created_tokens:
             sup.logs.info(f"{name} token created in {path} (mode 0600)", event="token_created")
-        self.console_store = await open_console_store(settings, sup.store)
-        self.consoles = ConsoleService(self.console_store, sup.bus, settings, sup.logs)
-        await self.consoles.start()
+        console_store = self.console_store = await open_console_store(settings, sup.store)
+        core.push_async_callback(console_store.close)
+        consoles = self.consoles = ConsoleService(console_store, sup.bus, settings, sup.logs)
+        core.push_async_callback(consoles.stop)  # drained before the database closes: nothing acknowledged is lost
+        await consoles.start()
         sup.attach_consoles(self.consoles)
         if settings.get("redis.url"):
             # Only a supervisor in a fleet loads the Redis client (and hiredis): several MiB of RSS otherwise.
             from supervisor_tui.fleet.node import FleetNode
 
             advertise = str(settings.get("fleet.advertise_url")) or local_url(settings.host, port)
-            self.fleet = FleetNode(sup, settings, advertise, console_counts=self.consoles.counts_by_state)
-            await self.fleet.restore()
+            fleet = self.fleet = FleetNode(sup, settings, advertise, console_counts=consoles.counts_by_state)
+            # Stopped before the HTTP server: the fleet hears this node's plugins go while it can still say so.
+            work.push_async_callback(fleet.stop)
+            await fleet.restore()
         # In-process plugins load now: after the supervisor opened, before the other plugins start.
-        self.inprocess_host = InProcessHost(sup)
-        await self.inprocess_host.load()
+        host = self.inprocess_host = InProcessHost(sup)  # closed by start()'s first callback
+        work.push_async_callback(host.begin_shutdown)
+        await host.load()
         if settings.get("plugins.watch"):
-            self.watcher = PluginWatcher(settings.plugins_dir, lambda: sup.reload(keep_on_error=True), sup.logs)
-            await self.watcher.start()
+            watcher = self.watcher = PluginWatcher(
+                settings.plugins_dir, lambda: sup.reload(keep_on_error=True), sup.logs
+            )
+            work.push_async_callback(watcher.stop)
+            await watcher.start()
 
-    async def _start_http(self, sock: socket.socket) -> None:
+    async def _start_http(self, http: contextlib.AsyncExitStack, sock: socket.socket) -> None:
         from supervisor_tui.server.admin import ApiContext, create_admin_app
         from supervisor_tui.server.app import RootApp
-        from supervisor_tui.server.consoles_api import OPENAPI_PATHS, ConsolesAPI
+        from supervisor_tui.server.consoles_api import ConsolesAPI
         from supervisor_tui.server.errors import InternalErrorShield
         from supervisor_tui.server.gateway import Gateway, RouteTable
         from supervisor_tui.server.inprocess_api import ActionOriginMiddleware, install_inprocess_api
@@ -205,13 +249,15 @@ class Runtime:
         sup, settings = self.sup, self.settings
         assert self.tokens is not None and self.consoles is not None
         gateway = self.gateway = Gateway(RouteTable(), on_result=sup.report_upstream)
-        self.route_sync = RouteSync(
+        http.push_async_callback(gateway.close)
+        route_sync = self.route_sync = RouteSync(
             sup,
             gateway.table,
             default_timeout=float(settings.get("gateway.timeout")),
             default_max_body=int(settings.get("gateway.max_body")),
         )
-        await self.route_sync.start()
+        http.push_async_callback(route_sync.stop)
+        await route_sync.start()
         metrics = MetricsEndpoint(sup, gateway.stats, consoles=self.consoles, fleet=self.fleet)
         ctx = ApiContext(
             sup=sup,
@@ -229,7 +275,7 @@ class Runtime:
             route_export=self.route_export_status,
             fleet=self.fleet,
         )
-        admin = create_admin_app(ctx, extra_openapi_paths=OPENAPI_PATHS)
+        admin = create_admin_app(ctx)
         install_inprocess_api(
             admin,
             self.tokens.admin,
@@ -241,12 +287,13 @@ class Runtime:
         root = InternalErrorShield(RootApp(admin, gateway, consoles_api, max_body=int(settings.get("server.max_body"))))
         # Heartbeats skip ASGI (the same checks and answers, less loop time per request: see server.fast_http).
         limits = ConnectionLimits.from_settings(settings, lambda line: sup.logs.warning(line, event="connection_limit"))
+        http.push_async_callback(self.server.stop)
         _, port = await self.server.start(root, sock=sock, fast=consoles_api, limits=limits)
         self.url = ctx.api_url = local_url(settings.host, port)
         sup.set_api_url(self.url)  # plugins get it as SUPERVISOR_URL
         sup.logs.info(f"API listening on {self.url}", event="api_listening", url=self.url)
         if settings.get("routes.export") == "caddy":
-            await self._start_route_export()
+            await self._start_route_export(http)
         if self.fleet is not None:
             self.fleet.start()  # routes are served from here on: other nodes may be told about them
         if settings.get("consoles.auth") == "none" and not is_loopback_name(settings.host.lower()):
@@ -256,7 +303,7 @@ class Runtime:
                 event="insecure_consoles_auth",
             )
 
-    async def _start_route_export(self) -> None:
+    async def _start_route_export(self, http: contextlib.AsyncExitStack) -> None:
         """Caddy in front (routes.export = caddy): its server follows the gateway's table from now on."""
         from supervisor_tui.server.caddy_export import CaddyExport
 
@@ -273,6 +320,7 @@ class Runtime:
             logs=self.sup.logs,
         )
         self.route_sync.on_change.append(export.changed)
+        http.push_async_callback(export.stop)
         await export.start()
 
     def route_export_status(self) -> dict[str, object]:
@@ -306,30 +354,11 @@ class Runtime:
         return True, ""
 
     async def stop(self) -> None:
-        """Stop the HTTP surface, drain the console writer, then stop plugins and close the supervisor."""
+        """Stop what start() started: the plugin starts, watcher, in-process plugins' hooks and fleet; then the HTTP
+        surface; then the console service (drained), the supervisor (plugins stopped, database closed) and the
+        in-process plugin host."""
         self.ready = False
         self.closing = True  # log followers and event streams end now rather than hold the shutdown
-        if self.starting is not None:
-            self.starting.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self.starting
-        if self.watcher is not None:
-            await self.watcher.stop()
-        if self.inprocess_host is not None:
-            await self.inprocess_host.begin_shutdown()
-        if self.fleet is not None:
-            await self.fleet.stop()  # the fleet hears this node's plugins go while it can still say so
-        await self.server.stop()
-        if self.route_export is not None:
-            await self.route_export.stop()
-        if self.route_sync is not None:
-            await self.route_sync.stop()
-        if self.gateway is not None:
-            await self.gateway.close()
-        if self.consoles is not None:
-            await self.consoles.stop()
-        if self.console_store is not None:
-            await self.console_store.close()
-        await self.sup.close()
-        if self.inprocess_host is not None:
-            await self.inprocess_host.close()
+        stack, self._stack = self._stack, None
+        if stack is not None:
+            await stack.aclose()

@@ -17,7 +17,7 @@ import psutil
 import pytest
 import websockets
 from conftest import HeadlessProcess, SharedHeadless, plugin_processes, spawns, wait_until
-from fixtures.api.harness import REPORTER, REPORTER_ENDPOINTS, Api, bearer, running_api, shared_api
+from fixtures.api.harness import REPORTER, REPORTER_ENDPOINTS, REPORTER_HEALTH, Api, bearer, running_api, shared_api
 
 from supervisor_tui.config import Settings
 from supervisor_tui.runtime import Runtime
@@ -46,7 +46,7 @@ def alive(pid: int) -> bool:
 
 
 def reporter(make_plugin: MakePlugin, key: str, **fields: Any) -> Path:
-    return make_plugin(key, str(REPORTER), endpoints=REPORTER_ENDPOINTS, **fields)
+    return make_plugin(key, str(REPORTER), endpoints=REPORTER_ENDPOINTS, **{"health": REPORTER_HEALTH, **fields})
 
 
 # -- the server itself ---------------------------------------------------------------------------------------------
@@ -306,6 +306,7 @@ def manifest_for(key: str, **fields: Any) -> dict[str, Any]:
         "startsecs": 0.3,
         "stopwaitsecs": 3,
         "endpoints": REPORTER_ENDPOINTS,
+        "health": REPORTER_HEALTH,
         **fields,
     }
 

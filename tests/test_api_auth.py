@@ -12,7 +12,7 @@ import httpx
 import pytest
 import websockets
 from conftest import HeadlessProcess, SharedHeadless
-from fixtures.api.harness import REPORTER, REPORTER_ENDPOINTS, bearer, running_api, shared_api
+from fixtures.api.harness import REPORTER, REPORTER_ENDPOINTS, REPORTER_HEALTH, bearer, running_api, shared_api
 
 from supervisor_tui.config import Settings
 
@@ -129,7 +129,7 @@ async def test_tokens_from_settings_are_used_and_no_file_is_written(make_setting
 async def test_the_token_location_is_printed_once_and_tokens_never_in_logs(
     headless: Callable[..., HeadlessProcess], settings: Settings, make_plugin: Callable[..., Path]
 ) -> None:
-    make_plugin("talk", str(REPORTER), endpoints=REPORTER_ENDPOINTS)
+    make_plugin("talk", str(REPORTER), endpoints=REPORTER_ENDPOINTS, health=REPORTER_HEALTH)
     proc = headless()
     url = (await proc.wait_for(lambda r: r.get("event") == "api_listening"))["url"]
     await proc.wait_state("talk", "RUNNING")

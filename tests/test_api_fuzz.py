@@ -55,6 +55,9 @@ def streams(case: Any) -> bool:
     return str(follow).lower() in ("true", "1", "yes", "on")
 
 
+# About 100 s on an idle machine, close to the suite's 120 s timeout: on a busy one the timeout cut it mid-run
+# (on main too), reported as a flaky operation.
+@pytest.mark.timeout(300)
 async def test_no_5xx_and_every_answer_matches_the_schema(
     headless: Callable[..., HeadlessProcess], settings: Settings, make_plugin: Callable[..., Path]
 ) -> None:

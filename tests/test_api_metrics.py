@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 from conftest import wait_until
-from fixtures.api.harness import REPORTER, REPORTER_ENDPOINTS, Api, bearer, running_api
+from fixtures.api.harness import REPORTER, REPORTER_ENDPOINTS, REPORTER_HEALTH, Api, bearer, running_api
 from prometheus_client.parser import text_string_to_metric_families
 
 from supervisor_tui.config import Settings
@@ -74,7 +74,7 @@ async def test_plugin_figures(settings: Settings, make_plugin: Callable[..., Pat
 async def test_gateway_requests_are_counted_by_plugin_method_and_status_class(
     settings: Settings, make_plugin: Callable[..., Path]
 ) -> None:
-    make_plugin("web", str(REPORTER), endpoints=REPORTER_ENDPOINTS)
+    make_plugin("web", str(REPORTER), endpoints=REPORTER_ENDPOINTS, health=REPORTER_HEALTH)
     async with running_api(settings) as api:
         name = "supervisor_gateway_requests_total"
         before = await scrape(api)

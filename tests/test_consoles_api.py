@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import msgspec
 import pytest
 from fixtures.consoles.harness import ConsoleServer, count_rows, fail_writes, served_consoles
 
@@ -525,3 +526,112 @@ async def test_a_later_heartbeat_in_the_same_batch_keeps_the_host_name_it_does_n
     assert c["system"] == {"platform": "linux"} and c["state"] == "active" and c["heartbeats"] == 2
     r = await client.get("/api/consoles", params={"search": "mi-serv"}, headers=srv.admin)
     assert [x["id"] for x in r.json()["consoles"]] == ["c1"]
+
+
+# -- /openapi.json -----------------------------------------------------------------------------------------------------
+async def test_openapi_console_schemas_are_the_structs_schemas(tmp_path: Path) -> None:
+    """The documented console shapes are generated from the Structs the API encodes: every component is the
+    Struct's msgspec schema (a field added to a Struct appears), and a real answer has exactly those fields."""
+    from supervisor_tui.consoles import models, wire
+
+    structs = (
+        wire.ConsolePage,
+        wire.ConsoleSnapshot,
+        wire.ConsoleHeartbeats,
+        wire.ConsoleTransitions,
+        wire.ConsoleStats,
+        wire.RemovedConsole,
+        wire.Registered,
+        wire.HeartbeatAnswer,
+        models.HeartbeatES,
+        models.RegistrationES,
+        models.HeartbeatEN,
+        models.RegistrationEN,
+    )
+    _, expected = msgspec.json.schema_components(structs, ref_template="#/components/schemas/{name}")
+    async with served_consoles(tmp_path, path="asgi") as srv, httpx.AsyncClient(base_url=srv.url) as client:
+        spec = (await client.get("/openapi.json")).json()
+        components = spec["components"]["schemas"]
+        for name, schema in expected.items():
+            assert components[name] == schema, name
+        snapshot = components["ConsoleSnapshot"]
+        assert set(snapshot["properties"]) == set(wire.ConsoleSnapshot.__struct_fields__)
+
+        def answer(path: str, method: str, status: str = "200") -> Any:
+            return spec["paths"][path][method]["responses"][status]["content"]["application/json"]["schema"]
+
+        ref = "#/components/schemas/{}".format
+        assert answer("/api/consoles", "get") == {"$ref": ref("ConsolePage")}
+        assert answer("/api/consoles/{consoleId}", "get") == {"$ref": ref("ConsoleSnapshot")}
+        assert answer("/api/consoles/{consoleId}/transitions", "get") == {"$ref": ref("ConsoleTransitions")}
+        assert answer("/api/consolas/registrar", "post", "201") == {"$ref": ref("Registered")}
+        assert answer("/api/consolas/{consoleId}/heartbeat", "post") == {"$ref": ref("HeartbeatAnswer")}
+        body = spec["paths"]["/api/consolas/{consoleId}/heartbeat"]["post"]["requestBody"]
+        assert body["content"]["application/json"]["schema"] == {"$ref": ref("HeartbeatES")}
+        assert [p["name"] for p in spec["paths"]["/api/consoles"]["get"]["parameters"]] == [
+            "state",
+            "q",
+            "limit",
+            "offset",
+            "sort",
+        ]
+
+        await register_es(client)
+        one = await console(client, srv)
+        assert set(one) == set(snapshot["properties"]) and set(snapshot["required"]) <= set(one)
+
+
+async def test_the_tui_remote_client_decodes_every_console_answer(tmp_path: Path) -> None:
+    """The attached TUI reads the real API into typed records: the console, its page, heartbeats, transitions."""
+    from fixtures.consoles.harness import ADMIN_TOKEN
+
+    from supervisor_tui.consoles import wire
+    from supervisor_tui.tui.client import ClientError, console_answer
+    from supervisor_tui.tui.client_remote import RemoteClient
+
+    async with served_consoles(tmp_path, path="asgi") as srv, httpx.AsyncClient(base_url=srv.url) as client:
+        token = await register_es(client)
+        r = await client.post(f"/api/consolas/{CID}/heartbeat", json=SEED_HEARTBEAT, headers=bearer(token))
+        assert r.status_code == 200, r.text
+        remote = RemoteClient(srv.url, ADMIN_TOKEN)
+        try:
+            page = await remote.consoles()
+            assert page.total == 1 and [c.id for c in page.consoles] == [CID]
+            one = await remote.console(CID)
+            assert (one.name, one.state, one.host, one.current_job) == (
+                "Consola mi-servidor",
+                "busy",
+                "mi-servidor",
+                "Video Historia 1 (2/5)",
+            )
+            assert one.last_seen is not None and one.registered_at is not None and one.system["cpus"] == 8
+            assert remote.info.inactive_after == pytest.approx(600, abs=1)  # from the page's inactive_at
+            [beat] = await remote.console_heartbeats(CID)
+            assert beat.state == "busy" and beat.job == "Video Historia 1 (2/5)" and beat.ts > 0
+            steps = await remote.console_transitions(CID)
+            assert [(t.from_state, t.to_state, t.reason) for t in steps] == [
+                ("", "idle", "register"),
+                ("idle", "busy", "heartbeat"),
+            ]
+            with pytest.raises(ClientError) as refused:
+                await remote.console("nope")
+            assert refused.value.code == "http_404"
+        finally:
+            await remote.close()
+    # No key guessing: an answer missing a field of the Struct is refused, not read as defaults.
+    partial = {"consoles": [{"id": CID, "name": "x"}], "total": 1, "limit": 1, "offset": 0}
+    with pytest.raises(ClientError) as bad:
+        console_answer(partial, wire.ConsolePage)
+    assert bad.value.code == "bad_response" and "state" in bad.value.message
+
+
+async def test_a_blank_read_parameter_means_not_given(tmp_path: Path) -> None:
+    async with served_consoles(tmp_path, path="asgi") as srv, httpx.AsyncClient(base_url=srv.url) as client:
+        await register_es(client)
+        r = await client.get("/api/consoles?limit=&offset=&q=&state=&sort=", headers=srv.admin)
+        assert r.status_code == 200, r.text
+        assert (r.json()["limit"], r.json()["offset"], r.json()["total"]) == (100, 0, 1)
+        r = await client.get(f"/api/consoles/{CID}/transitions?limit", headers=srv.admin)
+        assert r.status_code == 200 and len(r.json()["transitions"]) == 1
+        r = await client.get("/api/consoles?limit=&offset=x", headers=srv.admin)
+        assert r.status_code == 422 and r.json()["error"]["field"] == "offset"

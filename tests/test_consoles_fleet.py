@@ -12,6 +12,7 @@ from typing import Any
 
 import asyncpg
 import httpx
+import pytest
 import websockets
 from conftest import wait_until
 from fixtures.consoles.harness import ADMIN_TOKEN, ConsoleServer, free_port, headless_process, served_consoles
@@ -167,3 +168,76 @@ async def test_real_supervisors_stream_every_nodes_changes_and_alert_once(tmp_pa
                     await ws.close()
     finally:
         await receiver.stop()
+
+
+@contextlib.asynccontextmanager
+async def writes_held(node: ConsoleServer) -> AsyncIterator[None]:
+    """Every connection of ``node``'s store pool taken: its next batch is planned, then waits for a connection
+    (a batch in flight, as behind a slow COMMIT) until the block ends."""
+    pool = node.console_store.pool  # type: ignore[attr-defined]
+    held = [await pool.acquire() for _ in range(pool.get_max_size())]
+    try:
+        yield
+    finally:
+        for conn in held:
+            await pool.release(conn)
+
+
+@pytest.mark.parametrize("newer", ["heartbeat", "registration"])
+async def test_a_batch_in_flight_does_not_write_its_stale_copy_over_another_nodes_newer_change(
+    tmp_path: Path, pg_cluster: Any, newer: str
+) -> None:
+    """Node A takes a heartbeat (busy, host a) and its batch waits for a connection; meanwhile node B takes a newer
+    heartbeat or re-registration of the same console, commits it, and A hears of it. When A's older batch commits
+    afterwards, the newer change must stay: in the table and in both nodes' memory (state, host, last seen), and
+    both heartbeats are counted."""
+    dsn = pg_cluster.new_database()
+    async with fleet(tmp_path, dsn, n=2) as (a, b), httpx.AsyncClient() as client:
+        r = await client.post(
+            f"{a.url}/api/consolas/registrar", json={"id": "r1", "nombre": "uno", "sistema": {"hostname": "h0"}}
+        )
+        assert r.status_code == 201
+        token = {"Authorization": f"Bearer {r.json()['token']}"}
+        await wait_until(lambda: b.service.exists("r1"), timeout=10)
+        async with writes_held(a):
+            planned = a.service.writes_in_flight
+            old = asyncio.ensure_future(
+                client.post(
+                    f"{a.url}/api/consolas/r1/heartbeat",
+                    json={"estado": "ocupada", "sistema": {"hostname": "h-a"}},
+                    headers=token,
+                )
+            )
+            await wait_until(lambda: a.service.writes_in_flight > planned, timeout=10)
+            if newer == "heartbeat":
+                body = {"estado": "error", "sistema": {"hostname": "h-b"}, "ultimoError": "disk full"}
+                r = await client.post(f"{b.url}/api/consolas/r1/heartbeat", json=body, headers=token)
+                assert r.status_code == 200, r.text
+                expected = ("error", "h-b", 2)
+            else:
+                body = {"id": "r1", "nombre": "dos", "estado": "esperando", "sistema": {"hostname": "h-b"}}
+                r = await client.post(f"{b.url}/api/consolas/registrar", json=body, headers=token)
+                assert r.status_code == 200, r.text
+                expected = ("idle", "h-b", 1)
+            newest = b.service.view_of("r1")
+            await wait_until(lambda: a.service.view_of("r1") == newest, timeout=10)
+        r = await old
+        assert r.status_code == 200, r.text
+        conn = await asyncpg.connect(dsn)
+        try:
+            row = await conn.fetchrow(
+                "SELECT estado, reported_state, hostname, heartbeats, extract(epoch FROM last_seen)::float8 AS seen "
+                "FROM consolas WHERE console_id = 'r1'"
+            )
+        finally:
+            await conn.close()
+        state, host, beats = expected
+        assert (row["reported_state"], row["hostname"], row["heartbeats"]) == (state, host, beats)
+        assert abs(row["seen"] - newest[1]) < 1e-3
+        for node in (a, b):
+            # Every node's memory ends as the table (A's own late commit included, B once A's change reached it).
+            await wait_until(lambda node=node: node.service.view_of("r1") == (state, newest[1], host), timeout=10)
+            record = (await client.get(f"{node.url}/api/consoles/r1", headers=node.admin)).json()
+            assert (record["state"], record["hostname"], record["heartbeats"]) == (state, host, beats)
+            if newer == "registration":
+                assert record["name"] == "dos"

@@ -127,3 +127,29 @@ async def test_upgrade_from_schema_4_indexes_the_consoles_already_there(tmp_path
         assert await found(client, "legacy-1") == {"old1", "old10", "old11"}
         await register(client, "new1", "New 1", "legacy-99")  # keys continue after the existing ones
         assert await found(client, "legacy-9") == {"old9", "new1"}
+
+
+async def test_a_search_pages_in_the_order_the_store_sorts(tmp_path: Path, console_store: str) -> None:
+    """A search matching most consoles is ordered and paged in memory: every sort and page agrees with the
+    store's own order of the same consoles (listed without a search), equal names ordered by id."""
+    async with (
+        served_consoles(tmp_path, consoles__store=console_store, consoles__register_rate=0) as srv,
+        httpx.AsyncClient(base_url=srv.url, headers=srv.admin) as client,
+    ):
+        names = ["b", "a", "Ä", "a", "c", "b", "é", "a"]
+        hosts = {}
+        for i in range(40):
+            hosts[f"k{i % 13}-{i}"] = f"h{i}"
+            await register(client, f"k{i % 13}-{i}", f"{names[i % len(names)]} rack", f"h{i}")
+        for i in range(60):  # enough others that a search for "h1" matches few: sorted among its matches
+            await register(client, f"other{i}", "unrelated", "elsewhere")
+        for sort in ("name", "-name", "-last_seen", "last_seen"):
+            r = await client.get("/api/consoles", params={"sort": sort, "limit": 1000})
+            in_order = [c["id"] for c in r.json()["consoles"]]
+            for q, expected in (("RACK", list(hosts)), ("h1", [cid for cid, h in hosts.items() if "h1" in h])):
+                everyone = [cid for cid in in_order if cid in expected]
+                for limit, offset in ((1000, 0), (7, 0), (7, 9), (5, 38)):
+                    params = {"q": q, "sort": sort, "limit": limit, "offset": offset}
+                    r = await client.get("/api/consoles", params=params)
+                    assert r.json()["total"] == len(expected)
+                    assert [c["id"] for c in r.json()["consoles"]] == everyone[offset : offset + limit], (q, sort)

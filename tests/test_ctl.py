@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 from conftest import HeadlessProcess
-from fixtures.api.harness import REPORTER, REPORTER_ENDPOINTS, bearer
+from fixtures.api.harness import REPORTER, REPORTER_ENDPOINTS, REPORTER_HEALTH, bearer
 from fixtures.plugins.hostile_output import END, SHOWN
 
 from supervisor_tui.config import Settings
@@ -110,7 +110,7 @@ async def test_status_start_stop_restart(
 
 
 async def test_logs_and_follow(headless: Headless, settings: Settings, make_plugin: Callable[..., Path]) -> None:
-    make_plugin("talk", str(REPORTER), endpoints=REPORTER_ENDPOINTS)
+    make_plugin("talk", str(REPORTER), endpoints=REPORTER_ENDPOINTS, health=REPORTER_HEALTH)
     proc, url = await start_supervisor(headless)
     await proc.wait_state("talk", "RUNNING")
     for i in range(3):
@@ -185,7 +185,13 @@ async def test_install_from_a_manifest_file(headless: Headless, settings: Settin
     manifest = cwd / "fresh.json"
     manifest.write_text(
         json.dumps(
-            {"key": "fresh", "command": ["python", str(REPORTER)], "startsecs": 0.3, "endpoints": REPORTER_ENDPOINTS}
+            {
+                "key": "fresh",
+                "command": ["python", str(REPORTER)],
+                "startsecs": 0.3,
+                "endpoints": REPORTER_ENDPOINTS,
+                "health": REPORTER_HEALTH,
+            }
         )
     )
     r = ctl("--url", url, "install", str(manifest), "--start", cwd=cwd)

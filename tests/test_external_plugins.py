@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 from conftest import wait_until
-from fixtures.api.harness import REPORTER, REPORTER_ENDPOINTS, Api, bearer, running_api, upstream
+from fixtures.api.harness import REPORTER, REPORTER_ENDPOINTS, REPORTER_HEALTH, Api, bearer, running_api, upstream
 
 from supervisor_tui.config import Settings
 
@@ -148,7 +148,7 @@ async def test_a_wider_allowlist_admits_its_hosts(make_settings: Callable[..., S
 
 
 async def test_a_local_plugins_key_cannot_be_taken_over(settings: Settings, make_plugin: Callable[..., Path]) -> None:
-    make_plugin("web", str(REPORTER), endpoints=REPORTER_ENDPOINTS)
+    make_plugin("web", str(REPORTER), endpoints=REPORTER_ENDPOINTS, health=REPORTER_HEALTH)
     async with running_api(settings) as api:
         before = await api.plugin("web")
         with upstream() as up:

@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 from conftest import HeadlessProcess
-from fixtures.api.harness import REPORTER, REPORTER_ENDPOINTS, bearer
+from fixtures.api.harness import REPORTER, REPORTER_ENDPOINTS, REPORTER_HEALTH, bearer
 from test_ctl import ctl, one_line, start_supervisor
 
 from supervisor_tui.config import Settings
@@ -197,8 +197,8 @@ async def test_graph_as_text_as_mermaid_and_from_the_api(
 async def test_log_search_across_plugins_in_one_plugin_and_bad_patterns(
     headless: Headless, settings: Settings, make_plugin: Callable[..., Path]
 ) -> None:
-    make_plugin("alpha", str(REPORTER), endpoints=REPORTER_ENDPOINTS)
-    make_plugin("beta", str(REPORTER), endpoints=REPORTER_ENDPOINTS)
+    make_plugin("alpha", str(REPORTER), endpoints=REPORTER_ENDPOINTS, health=REPORTER_HEALTH)
+    make_plugin("beta", str(REPORTER), endpoints=REPORTER_ENDPOINTS, health=REPORTER_HEALTH)
     proc, url = await start_supervisor(headless)
     await proc.wait_state("alpha", "RUNNING")
     await proc.wait_state("beta", "RUNNING")

@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
@@ -120,46 +120,72 @@ def iso(ts: float | None) -> str | None:
 # Loose types where clients differ (numbers or strings for timestamps, a string or an object for the error);
 # unknown fields are ignored so newer clients keep working.
 
-Timestamp = str | float | None
+# The ``extra_json_schema`` annotations only document (the checks below give the messages clients see).
+Timestamp = (
+    Annotated[
+        str,
+        msgspec.Meta(
+            description="ISO-8601 timestamp like 2025-12-03T10:30:00.000Z (no offset = UTC), or Unix seconds",
+            extra_json_schema={"format": "date-time", "example": "2025-12-03T10:30:00.000Z"},
+        ),
+    ]
+    | float
+    | None
+)
+SpanishState = Annotated[str, msgspec.Meta(extra_json_schema={"enum": list(SPANISH_REPORTED_STATES)})]
+EnglishState = Annotated[str, msgspec.Meta(extra_json_schema={"enum": list(REPORTED_STATES)})]
+NewConsoleId = Annotated[str, msgspec.Meta(extra_json_schema={"pattern": CONSOLE_ID_PATTERN})]
+ConsoleName = Annotated[str, msgspec.Meta(extra_json_schema={"minLength": 1, "maxLength": MAX_NAME})]
+CurrentJob = Annotated[str, msgspec.Meta(extra_json_schema={"maxLength": MAX_JOB})] | None
+System = Annotated[
+    dict[str, Any] | None,
+    msgspec.Meta(
+        description="system information (free-form; hostname is used for search)",
+        extra_json_schema={"example": {"hostname": "worker-1", "platform": "linux", "arch": "x64", "cpus": 8}},
+    ),
+]
+LastError = Annotated[
+    str | dict[str, Any] | None, msgspec.Meta(description="the last error: a string, an object or null")
+]
 
 
 class HeartbeatES(msgspec.Struct):
-    """Seed 004's heartbeat body."""
+    """The Spanish console API's heartbeat body."""
 
-    estado: str
-    sistema: dict[str, Any] | None = None
+    estado: SpanishState
+    sistema: System = None
     ultimaActividad: Timestamp = None
-    ultimoError: str | dict[str, Any] | None = None
-    videoEnProceso: str | None = None
+    ultimoError: LastError = None
+    videoEnProceso: CurrentJob = None
 
 
 class RegistrationES(msgspec.Struct):
-    """Seed 004's registration body."""
+    """The Spanish console API's registration body."""
 
-    id: str
-    nombre: str
-    estado: str = "esperando"
-    sistema: dict[str, Any] | None = None
+    id: NewConsoleId
+    nombre: ConsoleName
+    estado: SpanishState = "esperando"
+    sistema: System = None
     ultimaActividad: Timestamp = None
 
 
 class HeartbeatEN(msgspec.Struct):
     """The English heartbeat body."""
 
-    state: str
-    system: dict[str, Any] | None = None
+    state: EnglishState
+    system: System = None
     last_activity: Timestamp = None
-    last_error: str | dict[str, Any] | None = None
-    current_job: str | None = None
+    last_error: LastError = None
+    current_job: CurrentJob = None
 
 
 class RegistrationEN(msgspec.Struct):
     """The English registration body."""
 
-    id: str
-    name: str
-    state: str = "idle"
-    system: dict[str, Any] | None = None
+    id: NewConsoleId
+    name: ConsoleName
+    state: EnglishState = "idle"
+    system: System = None
     last_activity: Timestamp = None
 
 

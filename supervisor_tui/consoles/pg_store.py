@@ -127,25 +127,55 @@ def _ts(placeholder: str = "?") -> str:
     return f"to_timestamp({placeholder})"
 
 
-# The same rows as SQLite's statements (sqlite_store.SQLITE_SQL), value for value.
-_HEARTBEAT_SET = (
-    "sistema = COALESCE(?::jsonb, sistema), ultimo_error = ?::jsonb, video_en_proceso = ?, "
-    "last_seen = to_timestamp(?), updated_at = now(), heartbeats = heartbeats + ?"
-)
+# The same rows as SQLite's statements (sqlite_store.SQLITE_SQL), value for value, but merged into the row rather
+# than written over it: several nodes write the same consoles, and a batch that took a while (a slow COMMIT, a
+# busy pool) may commit after another node's newer heartbeat or registration. What a console reports (state,
+# activity, host, system, error, job, last seen) is written only by a change at least as recent as the row's
+# last_seen; the heartbeat count always adds up; name and token (a registration's own) are the last committed.
+def _fresh(column: str, value: str, seen: str) -> str:
+    """``column = value`` when the change seen at ``seen`` is not older than the row, else the row's own."""
+    return f"{column} = CASE WHEN consolas.last_seen <= {seen} THEN {value} ELSE consolas.{column} END"
+
+
+def _heartbeat_set(state: str | None, activity: str | None, host: str | None, v: dict[str, str]) -> str:
+    seen = f"to_timestamp({v['seen']})"
+    sets = []
+    if state is not None:
+        sets += [_fresh("estado", f"consolas_estado({state})", seen), _fresh("reported_state", v["state"], seen)]
+    if activity is not None:
+        sets.append(_fresh("ultima_actividad", f"to_timestamp({activity})", seen))
+    if host is not None:
+        sets.append(_fresh("hostname", host, seen))
+    sets += [
+        _fresh("sistema", f"COALESCE({v['sys']}::jsonb, consolas.sistema)", seen),
+        _fresh("ultimo_error", f"{v['err']}::jsonb", seen),
+        _fresh("video_en_proceso", v["job"], seen),
+        f"last_seen = GREATEST(consolas.last_seen, {seen})",
+        "updated_at = now()",
+        f"heartbeats = consolas.heartbeats + {v['n']}",
+    ]
+    return ", ".join(sets)
+
+
+def _update_from_heartbeat(kind: tuple[bool, bool, bool]) -> str:
+    state, activity, host = kind
+    names = (["estado_state", "state"] if state else []) + (["activity"] if activity else [])
+    names += (["host"] if host else []) + ["sys", "err", "job", "seen", "n", "cid"]
+    v = {name: f"${i + 1}" for i, name in enumerate(names)}
+    sets = _heartbeat_set(
+        v["estado_state"] if state else None, v["activity"] if activity else None, v["host"] if host else None, v
+    )
+    return f"UPDATE consolas SET {sets} WHERE console_id = {v['cid']}"
+
+
+_REGISTRATION_SEEN = "to_timestamp($8)"
 PG_SQL = ConsoleSQL(
     insert_heartbeat=_pg(
         "INSERT INTO console_heartbeats (console_id, received_at, state, last_activity, last_error, current_job, "
         f"system) VALUES (?, {_ts()}, ?, {_ts()}, ?::jsonb, ?, ?::jsonb)"
     ),
     update_from_heartbeat={
-        (state, activity, host): _pg(
-            "UPDATE consolas SET "
-            + ("estado = consolas_estado(?), reported_state = ?, " if state else "")
-            + ("ultima_actividad = to_timestamp(?), " if activity else "")
-            + ("hostname = ?, " if host else "")
-            + _HEARTBEAT_SET
-            + " WHERE console_id = ?"
-        )
+        (state, activity, host): _update_from_heartbeat((state, activity, host))
         for state in (False, True)
         for activity in (False, True)
         for host in (False, True)
@@ -162,10 +192,20 @@ PG_SQL = ConsoleSQL(
         "$8, to_timestamp($9), to_timestamp($10), now(), 0)"
     ),
     update_registration=(
-        "UPDATE consolas SET nombre = $1, estado = consolas_estado($2), reported_state = $3, "
-        "sistema = COALESCE($4::jsonb, sistema), hostname = COALESCE($5, hostname), "
-        "ultima_actividad = COALESCE(to_timestamp($6), ultima_actividad), ultimo_error = NULL, "
-        "video_en_proceso = NULL, token_hash = $7, last_seen = to_timestamp($8), updated_at = now() "
+        "UPDATE consolas SET nombre = $1, token_hash = $7, "
+        + ", ".join(
+            _fresh(column, value, _REGISTRATION_SEEN)
+            for column, value in (
+                ("estado", "consolas_estado($2)"),
+                ("reported_state", "$3"),
+                ("sistema", "COALESCE($4::jsonb, consolas.sistema)"),
+                ("hostname", "COALESCE($5, consolas.hostname)"),
+                ("ultima_actividad", "COALESCE(to_timestamp($6), consolas.ultima_actividad)"),
+                ("ultimo_error", "NULL"),
+                ("video_en_proceso", "NULL"),
+            )
+        )
+        + f", last_seen = GREATEST(consolas.last_seen, {_REGISTRATION_SEEN}), updated_at = now() "
         "WHERE console_id = $9"
     ),
     delete_console="DELETE FROM consolas WHERE console_id = $1",
@@ -179,18 +219,14 @@ PG_SQL = ConsoleSQL(
 # array form ({a} for the unnest of its array parameters) and the PostgreSQL types of its row values.
 def _update_array_form(kind: tuple[bool, bool, bool]) -> tuple[str, tuple[str, ...]]:
     state, activity, host = kind
-    sets = (
-        ("estado = consolas_estado(u.estado_state), reported_state = u.state, " if state else "")
-        + ("ultima_actividad = to_timestamp(u.activity), " if activity else "")
-        + ("hostname = u.host, " if host else "")
-        + "sistema = COALESCE(u.sys::jsonb, sistema), ultimo_error = u.err::jsonb, video_en_proceso = u.job, "
-        "last_seen = to_timestamp(u.seen), updated_at = now(), heartbeats = heartbeats + u.n"
-    )
     # The row carries the state twice (for estado and reported_state), as update_from_heartbeat takes it.
     names = (("estado_state", "state") if state else ()) + (("activity",) if activity else ())
     names += (("host",) if host else ()) + ("sys", "err", "job", "seen", "n", "cid")
     types = (("text", "text") if state else ()) + (("float8",) if activity else ()) + (("text",) if host else ())
     types += ("text", "text", "text", "float8", "int8", "text")
+    v = {name: f"u.{name}" for name in names}
+    sets = _heartbeat_set("u.estado_state" if state else None, "u.activity" if activity else None,
+                          "u.host" if host else None, v)  # fmt: skip
     return f"UPDATE consolas SET {sets} FROM {{a}} AS u({', '.join(names)}) WHERE consolas.console_id = u.cid", types
 
 
@@ -261,6 +297,9 @@ _CONNECTION_ERRORS = (
     asyncpg.InterfaceError,
     asyncpg.CannotConnectNowError,
     asyncpg.AdminShutdownError,
+    # A session the server ends in the middle of a query can leave asyncpg's protocol in this state instead
+    # (MagicStack/asyncpg#1069); it is the same lost server, and the pool replaces the connection.
+    asyncpg.InternalClientError,
 )
 T = TypeVar("T")
 
@@ -276,6 +315,9 @@ class PgConsoleStore:
     kind = "postgresql"
     sql = PG_SQL
     shared = True
+    # Heartbeat batches of different consoles committing at once on two connections: one's statement runs
+    # while the other's COMMIT waits for its WAL flush, and PostgreSQL flushes both with one fsync when it can.
+    batches_in_flight = 2
 
     def __init__(self, dsn: str, pool_size: int = 8) -> None:
         self._dsn = dsn

@@ -78,6 +78,11 @@ class Recency:
     def __len__(self) -> int:
         return len(self._all.seen)
 
+    def walk(self, state: str | None, newest_first: bool) -> Iterator[tuple[str, float]]:
+        """(id, last seen) of every console (in ``state``), in last-seen order."""
+        order = self._all if state is None else self._by_state.get(state)
+        return iter(()) if order is None else order.walk(newest_first)
+
     def page(self, state: str | None, limit: int, offset: int, newest_first: bool) -> list[str]:
         """Ids of one page sorted by last_seen (descending when ``newest_first``), ties by id.
 

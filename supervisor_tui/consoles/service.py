@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import heapq
 import hmac
 import secrets
 import sqlite3
@@ -40,6 +41,7 @@ from supervisor_tui.consoles.errors import (
 from supervisor_tui.consoles.models import ALL_STATES, HeartbeatInput, RegistrationInput, iso
 from supervisor_tui.consoles.pg_events import NOTIFY_SQL, Change, payloads
 from supervisor_tui.consoles.recency import Recency
+from supervisor_tui.consoles.search import SearchKeys, page_by_last_seen, page_by_name
 from supervisor_tui.consoles.sqlite_store import SqliteConsoleStore
 from supervisor_tui.consoles.sweeper import Deadlines
 from supervisor_tui.consoles.writer import GroupCommitWriter, Op, Plan, WriteFailed, WriterClosed, is_damage
@@ -159,19 +161,45 @@ def _unavailable(exc: WriteFailed) -> ConsoleUnavailable:
     return ConsoleUnavailable(f"{exc}; nothing was recorded, retry later")
 
 
+def _console_of(op: Op) -> str | None:
+    """The console a heartbeat changes (the writer's key: several batches in flight never share one)."""
+    if op.kind != "heartbeat":
+        return None
+    payload: _HeartbeatOp = op.payload
+    return payload.console_id
+
+
 def _first(item: tuple[float, ConsoleEntry, bool]) -> float:
     return item[0]
 
 
 def _working_copy(
-    work: dict[str, ConsoleEntry | None], entries: dict[str, ConsoleEntry], cid: str
+    work: dict[str, ConsoleEntry | None],
+    entries: dict[str, ConsoleEntry],
+    cid: str,
+    origins: dict[str, ConsoleEntry | None] | None = None,
 ) -> ConsoleEntry | None:
-    """The batch's own copy of console ``cid`` (made on first use), or None when it is unknown or removed."""
+    """The batch's own copy of console ``cid`` (made on first use), or None when it is unknown or removed;
+    ``origins`` keeps what each copy was made from."""
     if cid in work:
         return work[cid]
     e = entries.get(cid)
     work[cid] = e2 = e.copy() if e is not None else None
+    if origins is not None:
+        origins[cid] = e
     return e2
+
+
+def _merge_newer(into: ConsoleEntry, new: ConsoleEntry, since: ConsoleEntry | None) -> None:
+    """What a console reported in ``new`` (changed from ``since``) over ``into``, when ``new`` is not older: the
+    store's rule for rows several nodes write (pg_store.py), so every node's memory ends as the row."""
+    if new.last_seen < into.last_seen:
+        return
+    into.state, into.reported_state, into.last_seen = new.state, new.reported_state, new.last_seen
+    if since is None or new.last_activity != since.last_activity:
+        into.last_activity = new.last_activity
+    if since is None or new.hostname != since.hostname:
+        into.hostname = new.hostname
 
 
 def _changes(events: list[Any], work: dict[str, ConsoleEntry | None], beats_of: dict[str, int]) -> list[Change]:
@@ -225,8 +253,11 @@ class ConsoleService:
         self._by_state: Counter[str] = Counter()
         self._deadlines = Deadlines(self.inactive_after)
         self._recency = Recency()
+        self._search = SearchKeys()
         self._timeout_retry: dict[str, float] = {}
-        self._writer = GroupCommitWriter(self.store, self._plan)
+        self._writer = GroupCommitWriter(
+            self.store, self._plan, batches_in_flight=getattr(self.store, "batches_in_flight", 1), key_of=_console_of
+        )
         # Several supervisors share the store (PostgreSQL): this one's name in the changes it tells the others.
         self._shared = self.store.shared
         self.node = secrets.token_hex(8)
@@ -258,8 +289,10 @@ class ConsoleService:
         self._entries.clear()
         self._by_state.clear()
         self._recency.clear()
+        self._search.clear()
         self._deadlines = Deadlines(self.inactive_after)
         for cid, name, state, reported, token_hash, first, last, activity, host in rows:
+            self._search.put(cid, name, host)
             e = ConsoleEntry(cid, name, state, reported, token_hash, first, last, counts.get(cid, 0), activity, host)
             self._entries[cid] = e
             self._by_state[state] += 1
@@ -355,6 +388,8 @@ class ConsoleService:
         flips: list[int] = []  # indices of their steps' results
         beats_of: dict[str, int] = {}  # heartbeats per console, for the other nodes (shared stores only)
         work: dict[str, ConsoleEntry | None] = {}
+        origins: dict[str, ConsoleEntry | None] = {}  # what each copy in work was made from
+        registered: set[str] = set()
         hb_rows: list[tuple[Any, ...]] = []
         updates: dict[str, list[Any]] = {}
         timeouts: list[tuple[Any, ...]] = []
@@ -367,7 +402,7 @@ class ConsoleService:
         removed: list[str] = []
 
         def current(cid: str) -> ConsoleEntry | None:
-            return _working_copy(work, self._entries, cid)
+            return _working_copy(work, self._entries, cid, origins)
 
         def flush() -> None:
             # Timeouts before heartbeat updates: a console that timed out and then spoke in the same batch
@@ -381,10 +416,11 @@ class ConsoleService:
             by_kind: dict[tuple[bool, bool, bool], list[tuple[Any, ...]]] = {}
             for u in updates.values():
                 state, system, host, activity, error, job, seen, count, cid, old_state, old_activity, old_host = u
-                # A shared store may have been changed by another node since: the state is always written.
+                # A shared store may have been changed by another node since: memory may be behind the row, so
+                # what the heartbeat carries is always written (the store merges it by recency).
                 state_changed = state != old_state or shared
-                activity_changed = activity is not None and activity != old_activity
-                host_changed = host is not None and host != old_host
+                activity_changed = activity is not None and (activity != old_activity or shared)
+                host_changed = host is not None and (host != old_host or shared)
                 row = (
                     ((state, state) if state_changed else ())
                     + ((activity,) if activity_changed else ())
@@ -516,7 +552,7 @@ class ConsoleService:
                     )
                     transition(reg.id, None, reg.state, now, "register")
                     e = work[reg.id] = ConsoleEntry(
-                        reg.id, reg.name, reg.state, reg.state, th, now, now, 0, reg.last_activity
+                        reg.id, reg.name, reg.state, reg.state, th, now, now, 0, reg.last_activity, reg.hostname
                     )
                     created = True
                 else:
@@ -553,6 +589,7 @@ class ConsoleService:
                 plan.history("transitions", sql.insert_transition, trans[:])
                 trans.clear()
                 registrations += 1
+                registered.add(reg.id)
                 events.append(ConsoleRegistered(console_id=reg.id, name=reg.name, state=reg.state))
                 record = {
                     "id": reg.id,
@@ -587,7 +624,7 @@ class ConsoleService:
             plan.many(NOTIFY_SQL, [(p,) for p in payloads(self.node, _changes(events, work, beats_of))])
 
         def on_commit(results: list[Any]) -> None:
-            self._apply(work)
+            self._apply(self._merged(work, origins, registered) if shared else work)
             for index in flips:
                 for cid, old_state, at in results[index]:
                     self._flipped(cid, old_state, at)
@@ -615,6 +652,29 @@ class ConsoleService:
         plan.on_commit = on_commit
         plan.on_fail = on_fail
         return plan
+
+    def _merged(
+        self, work: dict[str, ConsoleEntry | None], origins: dict[str, ConsoleEntry | None], registered: set[str]
+    ) -> dict[str, ConsoleEntry | None]:
+        """A committed batch's copies (``work``) merged into what memory holds now: another node's change may
+        have been applied while the batch was in flight, and the older copy must not be written over it."""
+        merged: dict[str, ConsoleEntry | None] = {}
+        for cid, new in work.items():
+            now = self._entries.get(cid)
+            since = origins.get(cid)
+            if now is since or new is None:
+                merged[cid] = new  # unchanged meanwhile, or removed by this batch
+            elif now is None:
+                # Removed by another node after this batch committed (or this batch registered it anew).
+                merged[cid] = new if since is None else None
+            else:
+                e = now.copy()
+                if cid in registered:
+                    e.name, e.token_hash, e.first_seen = new.name, new.token_hash, min(e.first_seen, new.first_seen)
+                e.stored_heartbeats += new.stored_heartbeats - (since.stored_heartbeats if since is not None else 0)
+                _merge_newer(e, new, since)
+                merged[cid] = e
+        return merged
 
     def _flipped(self, cid: str, old_state: str, at: float, remote: bool = False) -> None:
         """The store made console ``cid`` inactive (this node's sweep, or another's when ``remote``)."""
@@ -646,20 +706,25 @@ class ConsoleService:
                 if kind == "reg":
                     _, _, name, state, token_hash, first, last, activity, host = change
                     old = current(cid)
-                    stored = old.stored_heartbeats if old is not None else 0
-                    work[cid] = ConsoleEntry(cid, name, state, state, token_hash, first, last, stored, activity, host)
+                    new = ConsoleEntry(cid, name, state, state, token_hash, first, last, 0, activity, host)
+                    if old is None:
+                        work[cid] = new
+                    else:
+                        old.name, old.token_hash, old.first_seen = name, token_hash, min(old.first_seen, first)
+                        _merge_newer(old, new, None)
                     events.append(ConsoleRegistered(console_id=cid, name=name, state=state, remote=True))
                 elif kind == "hb":
                     _, _, state, last, activity, host, count = change
                     e = current(cid)
                     if e is None:
                         continue
-                    e.state = e.reported_state = state
-                    e.last_seen = last
-                    if activity is not None:
-                        e.last_activity = activity
-                    if host is not None:
-                        e.hostname = host
+                    if last >= e.last_seen:  # an older heartbeat committed late changes only the count
+                        e.state = e.reported_state = state
+                        e.last_seen = last
+                        if activity is not None:
+                            e.last_activity = activity
+                        if host is not None:
+                            e.hostname = host
                     e.stored_heartbeats += int(count)
                     beats += int(count)
                     beat_ids[cid] = None
@@ -729,9 +794,11 @@ class ConsoleService:
                 entries.pop(cid, None)
                 self._deadlines.discard(cid)
                 self._recency.discard(cid)
+                self._search.discard(cid)
                 retry.pop(cid, None)
                 continue
             entries[cid] = new
+            self._search.put(cid, new.name, new.hostname)
             by_state[new.state] += 1
             if new.state == "inactive":
                 self._deadlines.discard(cid)
@@ -835,6 +902,21 @@ class ConsoleService:
         e = self._entries.get(console_id)
         return None if e is None else e.state
 
+    def view_of(self, console_id: str) -> tuple[str, float, str | None] | None:
+        """This node's in-memory view of a console (state, last seen, host name), None when unknown."""
+        e = self._entries.get(console_id)
+        return None if e is None else (e.state, e.last_seen, e.hostname)
+
+    @property
+    def writes_in_flight(self) -> int:
+        """Changes planned into a batch whose COMMIT has not returned yet."""
+        return self._writer.in_flight
+
+    @property
+    def most_batches_in_flight(self) -> int:
+        """The most write batches that were committing at once (the store's batches_in_flight at most)."""
+        return self._writer.most_in_flight
+
     def deadline_of(self, console_id: str) -> float | None:
         """When the console goes inactive unless it is heard from (None when inactive or unknown)."""
         return self._deadlines.deadline(console_id)
@@ -868,10 +950,28 @@ class ConsoleService:
     ) -> tuple[list[dict[str, Any]], int]:
         """One page of console records (newest seen first by default) and the total matching.
 
-        Sorted by last seen (and not searching), the page's ids come from the in-memory order (no index on
-        last_seen: see recency.py) and only those rows are read.
+        Sorted by last seen, or searching, the page's ids come from memory (the last-seen order of recency.py,
+        the names and hosts of search.py) and only those rows are read from the store.
         """
-        if search is None and sort in ("-last_seen", "last_seen"):
+        if search:
+            matched = self._search.matches(search)
+            if state is not None:
+                entries = self._entries
+                matched = [cid for cid in matched if entries[cid].state == state]
+            if sort in ("-last_seen", "last_seen") and len(matched) * 8 < len(self._entries):
+                # A few matches: sorted among themselves (walking every console's order would cost more).
+                entries, sign = self._entries, -1.0 if sort == "-last_seen" else 1.0
+                ids = heapq.nsmallest(offset + limit, matched, key=lambda cid: (sign * entries[cid].last_seen, cid))
+                ids = ids[offset:]
+            elif sort in ("-last_seen", "last_seen"):
+                # Most consoles match: the last-seen order, walked only as far as the page.
+                walk = self._recency.walk(state, newest_first=sort == "-last_seen")
+                ids = page_by_last_seen(walk, set(matched), limit, offset)
+            else:
+                entries = self._entries
+                ids = page_by_name(matched, lambda cid: entries[cid].name, limit, offset, sort == "-name")
+            return await self.store.consoles_by_id(self.inactive_after, ids), len(matched)
+        if sort in ("-last_seen", "last_seen"):
             ids = self._recency.page(state, limit, offset, newest_first=sort == "-last_seen")
             total = len(self._entries) if state is None else self._by_state.get(state, 0)
             return await self.store.consoles_by_id(self.inactive_after, ids), total

@@ -38,6 +38,9 @@ def is_damage(exc: BaseException) -> bool:
     )
 
 
+_EVERYTHING = "\x00every console"  # the key set of a batch in flight that holds an op without a key
+
+
 class WriteFailed(Exception):
     """The batch holding this operation could not be committed; nothing of it was written."""
 
@@ -121,15 +124,32 @@ def run_steps(conn: sqlite3.Connection, steps: list[Step]) -> list[Any]:
 class GroupCommitWriter:
     """The single writer task of the consoles domain (see the module docstring)."""
 
-    def __init__(self, store: ConsoleStore, planner: Planner, max_batch: int = 5000) -> None:
+    def __init__(
+        self,
+        store: ConsoleStore,
+        planner: Planner,
+        max_batch: int = 5000,
+        batches_in_flight: int = 1,
+        key_of: Callable[[Op], str | None] = lambda op: None,
+    ) -> None:
         self._store = store
         self._planner = planner
         self._max_batch = max_batch
+        # With more than one batch in flight (a store that commits on several connections), a batch may start
+        # while others are committing, but only with ops whose key (the console they change) no other batch in
+        # flight holds, and never past an op without a key (a registration, a removal...): those wait until no
+        # batch is in flight. So one console's changes are written in order, and two transactions never wait
+        # on each other's rows.
+        self._limit = max(1, batches_in_flight)
+        self._key_of = key_of
+        self._running: dict[asyncio.Task[None], set[str]] = {}
+        self.most_in_flight = 1  # the most batches that were in flight at once
         self._queue: list[Op] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self.batches = 0
+        self.in_flight = 0  # ops planned into a batch not committed or failed yet
         self.committed_ops = 0
         self.failed_batches = 0
         self.damaged: dict[str, str] = {}  # history tables found damaged: the error
@@ -193,8 +213,10 @@ class GroupCommitWriter:
 
     async def _run(self) -> None:
         while True:
-            if not self._queue:
-                if self._closing:
+            if not self._queue or len(self._running) >= self._limit:
+                if not self._queue and self._closing:
+                    if self._running:
+                        await asyncio.gather(*self._running)
                     return
                 self._wake.clear()
                 await self._wake.wait()
@@ -202,10 +224,57 @@ class GroupCommitWriter:
             # One turn of the loop lets every request that is already readable queue its heartbeat too:
             # a bigger batch costs the same single fsync.
             await asyncio.sleep(0)
+            if self._limit == 1:
+                ops, self._queue = self._queue[: self._max_batch], self._queue[self._max_batch :]
+                await self._write(ops)
+                continue
+            ops, keys = self._take()
+            if not ops:  # every queued op waits for a batch in flight
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            task = asyncio.get_running_loop().create_task(self._write(ops))
+            self._running[task] = keys
+            self.most_in_flight = max(self.most_in_flight, len(self._running))
+            task.add_done_callback(self._finished)
+
+    def _take(self) -> tuple[list[Op], set[str]]:
+        """The ops the next batch may take while others are in flight (see __init__), and their keys."""
+        if not self._running:  # alone in flight: it takes anything
             ops, self._queue = self._queue[: self._max_batch], self._queue[self._max_batch :]
-            await self._write(ops)
+            found = {self._key_of(op) for op in ops}
+            return ops, {_EVERYTHING} if None in found else {k for k in found if k is not None}
+        busy = set().union(*self._running.values())
+        if _EVERYTHING in busy:
+            return [], set()
+        taken: list[Op] = []
+        keys: set[str] = set()
+        left: list[Op] = []
+        for i, op in enumerate(self._queue):
+            key = self._key_of(op)
+            if key is None or len(taken) >= self._max_batch:
+                left += self._queue[i:]
+                break
+            if key in busy:
+                left.append(op)
+                continue
+            taken.append(op)
+            keys.add(key)
+        self._queue = left
+        return taken, keys
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._running.pop(task, None)
+        self._wake.set()
 
     async def _write(self, ops: list[Op]) -> None:
+        self.in_flight += len(ops)
+        try:
+            await self._write_planned(ops)
+        finally:
+            self.in_flight -= len(ops)
+
+    async def _write_planned(self, ops: list[Op]) -> None:
         try:
             plan = self._planner(ops)
         except Exception as exc:  # a planning bug must not kill the writer or leave callers waiting

@@ -5,6 +5,7 @@
     desired, overrides = await state.load()          # {"web": "stopped"}, {"web": {"TOKEN": "..."}}
     await state.save_desired("web", "running")       # sqlite3.Error when the database refuses it
     await state.save_pid("web", "running", pid, created); await state.clear_pid("web")
+    await state.spawned(); await state.clear_pids()   # [("web", pid, created)]: a previous run's processes
     await state.save_overrides("web", {"TOKEN": "..."}); await state.forget("web")
     await state.save_replicas("web", 3); await state.load_replicas()   # {"web": 3}
 
@@ -82,6 +83,18 @@ class PluginStateStore:
                 "UPDATE plugin_state SET pid = NULL, pid_started = NULL, updated_at = ? WHERE key = ?",
                 (time.time(), key),
             )
+
+    async def spawned(self) -> list[tuple[str, int, float | None]]:
+        """The processes recorded as spawned and not seen to exit: (key, pid, creation time), by instance key."""
+        async with self.store.reader.execute(
+            "SELECT key, pid, pid_started FROM plugin_state WHERE pid IS NOT NULL"
+        ) as cur:
+            rows = await cur.fetchall()
+        return [(str(key), int(pid), float(started) if started else None) for key, pid, started in rows]
+
+    async def clear_pids(self) -> None:
+        """Every recorded process is gone (stopped by the orphan cleanup)."""
+        await self.store.writer.execute("UPDATE plugin_state SET pid = NULL, pid_started = NULL")
 
     async def save_overrides(self, key: str, env: Mapping[str, str]) -> None:
         """Replace ``key``'s environment overrides."""

@@ -37,6 +37,7 @@ from supervisor_tui.plugins.manifest import ManifestError
 from supervisor_tui.plugins.model import GroupNotFound
 from supervisor_tui.server import schemas
 from supervisor_tui.server.auth import bearer_from_header, token_matches
+from supervisor_tui.server.consoles_routes import include_console_api
 from supervisor_tui.server.errors import ERROR_SCHEMA, ApiError, internal_error_body, report_internal_error
 from supervisor_tui.server.gateway import PluginRoute
 
@@ -76,11 +77,8 @@ def _json_error(status: int, code: str, message: str, headers: dict[str, str] | 
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
 
 
-def create_admin_app(ctx: ApiContext, extra_openapi_paths: dict[str, Any] | None = None) -> FastAPI:
-    """The FastAPI app for everything that is not the gateway or the console ingest.
-
-    ``extra_openapi_paths`` documents the routes served outside FastAPI (the console API) in /openapi.json.
-    """
+def create_admin_app(ctx: ApiContext) -> FastAPI:
+    """The FastAPI app for everything that is not the gateway or the console ingest."""
     app = FastAPI(
         title="supervisor-tui",
         version=__version__,
@@ -609,7 +607,6 @@ def create_admin_app(ctx: ApiContext, extra_openapi_paths: dict[str, Any] | None
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
-            schema["paths"].update(extra_openapi_paths or {})
             schema.setdefault("components", {}).setdefault("securitySchemes", {})["bearer"] = {
                 "type": "http",
                 "scheme": "bearer",
@@ -618,6 +615,8 @@ def create_admin_app(ctx: ApiContext, extra_openapi_paths: dict[str, Any] | None
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+    if ctx.consoles is not None:
+        include_console_api(app, ctx.consoles, ctx.admin_token)
     return app
 
 

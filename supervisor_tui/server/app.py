@@ -1,8 +1,10 @@
 """The top-level ASGI app: dispatches by path prefix before any framework routing runs.
 
 /api/plugins/...                          -> the gateway (raw ASGI, hot path)
-/api/consolas/..., /api/consoles[/...]    -> the console API (raw ASGI, hot path)
-everything else                           -> the admin app (FastAPI), behind a request-body limit
+/api/consolas/..., console registration
+and heartbeats under /api/consoles/       -> the console ingest (raw ASGI, hot path)
+everything else (the console admin reads
+too)                                      -> the admin app (FastAPI), behind a request-body limit
 """
 
 from __future__ import annotations
@@ -12,11 +14,10 @@ from typing import Any
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from supervisor_tui.server.consoles_api import is_ingest
 from supervisor_tui.server.errors import send_error
 
 GATEWAY_PREFIX = "/api/plugins/"
-CONSOLE_PREFIXES = ("/api/consolas/", "/api/consoles/")
-CONSOLE_ROOT = "/api/consoles"
 
 
 class BodyLimit:
@@ -92,7 +93,7 @@ class RootApp:
             if path.startswith(GATEWAY_PREFIX):
                 await self.gateway(scope, receive, send)
                 return
-            if path.startswith(CONSOLE_PREFIXES) or path == CONSOLE_ROOT:
+            if is_ingest(path):
                 await self.consoles(scope, receive, send)
                 return
             await self.admin_limited(scope, receive, send)

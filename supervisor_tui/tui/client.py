@@ -13,11 +13,14 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
+
+import msgspec
+
+from supervisor_tui.consoles import wire
 
 CONSOLE_STATES = ("active", "busy", "idle", "error", "inactive")
-# The Spanish console API's words, accepted wherever a console state is read.
-_CONSOLE_STATE_ALIASES = {"activa": "active", "ocupada": "busy", "esperando": "idle", "inactiva": "inactive"}
+WireT = TypeVar("WireT", bound=msgspec.Struct)
 
 # A synthetic event topic the clients emit when the link to the supervisor drops or comes back.
 CONNECTION_TOPIC = "client.connection"
@@ -205,27 +208,22 @@ class ConsoleInfo:
         return self.id[:8]
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> ConsoleInfo:
-        system = d.get("system") or d.get("sistema") or {}
-        if not isinstance(system, Mapping):
-            system = {}
-        state = str(d.get("state") or d.get("estado") or "idle").lower()
-        state = _CONSOLE_STATE_ALIASES.get(state, state)
-        err = d.get("last_error", d.get("ultimo_error"))
-        if isinstance(err, Mapping):
+    def of(cls, s: wire.ConsoleSnapshot) -> ConsoleInfo:
+        """The console API's snapshot as the TUI shows it."""
+        err = s.last_error
+        if isinstance(err, Mapping):  # free-form: whatever the console sent; a message field when there is one
             err = err.get("message") or err.get("mensaje") or str(dict(err))
-        job = d.get("current_job", d.get("job", d.get("video_en_proceso")))
         return cls(
-            id=str(d.get("id") or d.get("console_id") or ""),
-            name=str(d.get("name") or d.get("nombre") or ""),
-            state=state,
-            host=str(d.get("host") or d.get("hostname") or system.get("hostname") or ""),
-            current_job=str(job or ""),
-            last_seen=_float(d.get("last_seen", d.get("last_heartbeat_at", d.get("last_heartbeat")))),
+            id=s.id,
+            name=s.name,
+            state=s.state.value,
+            host=s.hostname or "",
+            current_job=s.current_job or "",
+            last_seen=parse_time(s.last_seen),
             last_error=str(err or ""),
-            registered_at=_float(d.get("registered_at", d.get("first_seen", d.get("created_at")))),
-            system=system,
-            last_activity=_float(d.get("last_activity", d.get("ultima_actividad"))),
+            registered_at=parse_time(s.first_seen),
+            system=s.system or {},
+            last_activity=parse_time(s.last_activity),
         )
 
 
@@ -315,13 +313,8 @@ class HeartbeatInfo:
     job: str = ""
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> HeartbeatInfo:
-        state = str(d.get("state") or d.get("estado") or "").lower()
-        return cls(
-            ts=_float(d.get("ts", d.get("received_at", d.get("at")))) or 0.0,
-            state=_CONSOLE_STATE_ALIASES.get(state, state),
-            job=str(d.get("current_job", d.get("job", d.get("video_en_proceso"))) or ""),
-        )
+    def of(cls, r: wire.HeartbeatRecord) -> HeartbeatInfo:
+        return cls(ts=parse_time(r.received_at) or 0.0, state=r.state.value, job=r.current_job or "")
 
 
 @dataclass(frozen=True, slots=True)
@@ -334,13 +327,17 @@ class TransitionInfo:
     reason: str = ""
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> TransitionInfo:
-        return cls(
-            at=_float(d.get("at", d.get("ts"))) or 0.0,
-            from_state=str(d.get("from_state") or d.get("from") or ""),
-            to_state=str(d.get("to_state") or d.get("to") or ""),
-            reason=str(d.get("reason") or ""),
-        )
+    def of(cls, r: wire.TransitionRecord) -> TransitionInfo:
+        from_state = r.from_state.value if r.from_state is not None else ""
+        return cls(at=parse_time(r.at) or 0.0, from_state=from_state, to_state=r.to_state.value, reason=r.reason)
+
+
+def console_answer(body: Any, shape: type[WireT]) -> WireT:
+    """A console API answer (parsed JSON) as its Struct of consoles.wire; another shape is a ClientError."""
+    try:
+        return msgspec.convert(body, shape)
+    except msgspec.ValidationError as exc:
+        raise ClientError(f"the console API answered in an unexpected shape: {exc}", "bad_response") from None
 
 
 @dataclass(slots=True)

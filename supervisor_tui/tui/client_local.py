@@ -11,6 +11,7 @@ import getpass
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
+from supervisor_tui.consoles import wire
 from supervisor_tui.consoles.errors import ConsoleError, ConsoleNotFound
 from supervisor_tui.core.actions import acting_as
 from supervisor_tui.core.groups import act_on_group
@@ -206,21 +207,21 @@ class InProcessClient(SupervisorClient):
             records, total = await self._consoles.list_consoles(
                 state=state or None, search=q or None, limit=limit, offset=offset, sort=sort
             )
-        return ConsolePage([ConsoleInfo.from_dict(r) for r in records], int(total))
+        return ConsolePage([ConsoleInfo.of(s) for s in wire.snapshots(records)], int(total))
 
     async def console(self, console_id: str) -> ConsoleInfo:
         with _console_errors(console_id):
-            return ConsoleInfo.from_dict(await self._consoles.get(console_id))
+            return ConsoleInfo.of(wire.snapshot(await self._consoles.get(console_id)))
 
     async def console_heartbeats(self, console_id: str, limit: int = 120) -> list[HeartbeatInfo]:
         with _console_errors(console_id):
             rows = await self._consoles.heartbeats(console_id, limit)
-        return [HeartbeatInfo.from_dict(r) for r in reversed(rows)]
+        return [HeartbeatInfo.of(r) for r in reversed(wire.heartbeat_records(rows))]
 
     async def console_transitions(self, console_id: str, limit: int = 50) -> list[TransitionInfo]:
         with _console_errors(console_id):
             rows = await self._consoles.transitions(console_id, limit)
-        return [TransitionInfo.from_dict(r) for r in reversed(rows)]
+        return [TransitionInfo.of(r) for r in reversed(wire.transition_records(rows))]
 
     async def console_stats(self) -> dict[str, int]:
         if self.sup.consoles is None:

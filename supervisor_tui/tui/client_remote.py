@@ -17,6 +17,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
+from supervisor_tui.consoles import wire
 from supervisor_tui.core.backoff import backoff_delay
 from supervisor_tui.tui.client import (
     CONNECTION_TOPIC,
@@ -33,6 +34,7 @@ from supervisor_tui.tui.client import (
     RouteExportInfo,
     SupervisorClient,
     TransitionInfo,
+    console_answer,
     parse_time,
 )
 
@@ -194,27 +196,25 @@ class RemoteClient(SupervisorClient):
             params["q"] = q
         if state:
             params["state"] = state
-        body = await self._request("GET", "/api/consoles", params=params)
-        records = body.get("consoles", [])
-        if records:
-            first = ConsoleInfo.from_dict(records[0])
-            deadline = records[0].get("inactive_at")
-            if deadline and first.last_seen is not None:
-                at = parse_time(deadline)
-                if at is not None and at > first.last_seen:
-                    self.info.inactive_after = at - first.last_seen
-        return ConsolePage([ConsoleInfo.from_dict(r) for r in records], int(body.get("total", len(records))))
+        page = console_answer(await self._request("GET", "/api/consoles", params=params), wire.ConsolePage)
+        if page.consoles:
+            first = page.consoles[0]
+            seen, deadline = parse_time(first.last_seen), parse_time(first.inactive_at)
+            if deadline is not None and seen is not None and deadline > seen:
+                self.info.inactive_after = deadline - seen
+        return ConsolePage([ConsoleInfo.of(s) for s in page.consoles], page.total)
 
     async def console(self, console_id: str) -> ConsoleInfo:
-        return ConsoleInfo.from_dict(await self._request("GET", f"/api/consoles/{console_id}"))
+        body = await self._request("GET", f"/api/consoles/{console_id}")
+        return ConsoleInfo.of(console_answer(body, wire.ConsoleSnapshot))
 
     async def console_heartbeats(self, console_id: str, limit: int = 120) -> list[HeartbeatInfo]:
         body = await self._request("GET", f"/api/consoles/{console_id}/heartbeats", params={"limit": limit})
-        return [HeartbeatInfo.from_dict(d) for d in reversed(body.get("heartbeats", []))]
+        return [HeartbeatInfo.of(r) for r in reversed(console_answer(body, wire.ConsoleHeartbeats).heartbeats)]
 
     async def console_transitions(self, console_id: str, limit: int = 50) -> list[TransitionInfo]:
         body = await self._request("GET", f"/api/consoles/{console_id}/transitions", params={"limit": limit})
-        return [TransitionInfo.from_dict(d) for d in reversed(body.get("transitions", []))]
+        return [TransitionInfo.of(r) for r in reversed(console_answer(body, wire.ConsoleTransitions).transitions)]
 
     async def _status(self) -> dict[str, Any]:
         """``/api/v1/status``, read once for the header's figures asked for together (route export, console store,
