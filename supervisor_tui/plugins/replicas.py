@@ -151,7 +151,7 @@ class ReplicatedRunner(ProcessRunner):
             own,
             state=state,
             detail=detail,
-            upstream=own.upstream or (running[0].upstream if running else None),
+            upstream=own.upstream or next((r.upstream for r in replicas if r.upstream), None),
             restarts=sum(r.restarts for r in replicas),
             replicas=replicas,
         )
@@ -223,14 +223,13 @@ class ReplicatedRunner(ProcessRunner):
 
 
 def _replica(runner: ProcessRunner, sample: MetricsSample | None) -> ReplicaSnapshot:
-    running = runner.state == S.RUNNING
     return ReplicaSnapshot(
         index=runner.replica,
         state=runner.state,
         detail=runner.detail,
         pid=runner.pid,
         port=runner.port,
-        upstream=local_url(runner.ctx.host, runner.port) if running and runner.port else None,
+        upstream=local_url(runner.ctx.host, runner.port) if runner.ready and runner.port else None,
         started_at=runner.started_at,
         restarts=runner.restarts,
         cpu_percent=sample.cpu_percent if sample is not None else None,
