@@ -3,6 +3,9 @@
     .venv/bin/python bench/anchors.py                    # 20 children, 20 s idle window, 5 crashes, each supervisor
     .venv/bin/python bench/anchors.py --rounds 2         # the three supervisors in turn, twice
     .venv/bin/python bench/anchors.py --plugins 500      # supervisor-tui alone: 500 plugins all RUNNING, idle CPU
+    .venv/bin/python bench/anchors.py --plugins 500 --child c   # the same with a tiny C child (compiled with cc)
+    .venv/bin/python bench/anchors.py --rounds 3 --before /tmp/old   # also the supervisor-tui of another source
+                                                         # tree (e.g. `git archive main | tar -x -C /tmp/old`)
 
 Every child is the same tiny Python TCP server on its own fixed port (accept, answer one line, close). For each
 supervisor it measures:
@@ -16,11 +19,19 @@ supervisor it measures:
 4. crash -> respawn: SIGKILL one child (a different one each time) until its port accepts again from a new
    process.
 
-The anchors are used when installed, else skipped with a line saying how to get them:
-- supervisord: `supervisord` on PATH, or `--supervisord PATH` (e.g. `python3 -m venv /tmp/sv &&
-  /tmp/sv/bin/pip install supervisor`, then `--supervisord /tmp/sv/bin/supervisord`);
-- PM2: `pm2` on PATH, or `--pm2 PATH` (e.g. `npm install --prefix /tmp/pm2 pm2`, then
-  `--pm2 /tmp/pm2/node_modules/.bin/pm2`). PM2_HOME is a temporary directory, so no other PM2 is touched.
+The anchors are used when installed, else skipped with a line saying how to get them. Each is looked for as
+`--supervisord PATH` / `--pm2 PATH` when given, else on PATH, else where the install commands below put them:
+- supervisord: /tmp/anchors-venv/bin/supervisord (`python3 -m venv /tmp/anchors-venv &&
+  /tmp/anchors-venv/bin/pip install supervisor`);
+- PM2: /tmp/anchors-pm2/node_modules/.bin/pm2 (`mkdir -p /tmp/anchors-pm2 && cd /tmp/anchors-pm2 &&
+  npm install pm2`). PM2_HOME is a temporary directory, so no other PM2 is touched.
+
+`--before DIR` runs a second supervisor-tui, from the source tree DIR (on PYTHONPATH, with this interpreter and
+its packages), in the same rounds: before/after figures of a change measured side by side on the same machine.
+
+`--child` (with `--plugins`): `python` (the default: this interpreter, with its site packages), `python-minimal`
+(`python3 -S -I`: no site, no user paths) or `c` (a 20-line C server compiled with `cc`): the launch figure of
+a child that starts in about a millisecond is the supervisor's own cost.
 """
 
 from __future__ import annotations
@@ -48,6 +59,7 @@ import psutil
 
 REPO = Path(__file__).resolve().parent.parent
 SETTLE_S = 2.5
+BEFORE = "supervisor-tui (before)"  # --before's name in the table
 CHILD = """\
 import os, socket, sys
 server = socket.create_server(("127.0.0.1", int(sys.argv[1])), backlog=16)
@@ -59,6 +71,39 @@ while True:
     conn.sendall(b"up\\n")
     conn.close()
 """
+
+
+CHILD_C = r"""
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+int main(int argc, char **argv) {
+    int s = socket(AF_INET, SOCK_STREAM, 0), one = 1;
+    struct sockaddr_in a = {0};
+    a.sin_family = AF_INET; a.sin_port = htons(atoi(argv[1])); a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (bind(s, (struct sockaddr *)&a, sizeof a) || listen(s, 16)) return 1;
+    for (;;) { int c = accept(s, 0, 0); if (c >= 0) { write(c, "up\n", 3); close(c); } }
+}
+"""
+CHILD_KINDS = ("python", "python-minimal", "c")
+
+
+def child_argv(root: Path, kind: str) -> list[str]:
+    """The command of one child (its port is appended): see --child."""
+    if kind == "c":
+        binary = root / "child-c"
+        if not binary.exists():
+            (root / "child.c").write_text(CHILD_C)
+            subprocess.run(["cc", "-O2", "-o", str(binary), str(root / "child.c")], check=True)
+        return [str(binary)]
+    if kind == "python-minimal":
+        return [sys.executable, "-S", "-I", str(root / "child.py")]
+    return [sys.executable, str(root / "child.py")]
 
 
 @dataclass
@@ -191,14 +236,23 @@ class Subject:
 class SupervisorTui(Subject):
     name = "supervisor-tui"
 
+    def __init__(self, root: Path, ports: list[int], source: Path | None = None, child: str = "python") -> None:
+        super().__init__(root, ports)
+        self.source, self.child_kind = source, child
+        if source is not None:
+            self.name = BEFORE
+
     def start(self) -> None:
         plugins = self.root / "sv-tui" / "plugins"
         for i, port in enumerate(self.ports):
             folder = plugins / f"c{i:03d}"
             folder.mkdir(parents=True)
-            manifest = {"key": f"c{i:03d}", "command": [sys.executable, str(self.child), str(port)], "port": port}
+            argv = child_argv(self.root, self.child_kind)
+            manifest = {"key": f"c{i:03d}", "command": [*argv, str(port)], "port": port}
             (folder / "manifest.json").write_text(json.dumps(manifest))
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        if self.source is not None:  # --before: that tree's supervisor_tui first on the path
+            env["PYTHONPATH"] = str(self.source)
         args = [sys.executable, "-m", "supervisor_tui", "--headless", "--port", "0", "--log-format", "json"]
         args += ["--plugins-dir", str(plugins), "--data-dir", str(self.root / "sv-tui" / "data")]
         self.lines: list[tuple[float, dict[str, object]]] = []
@@ -377,10 +431,17 @@ def table(results: dict[str, Figures]) -> None:
         print(f"supervisor-tui / {name} (medians; under 1 is better): {line}, idle CPU {cpu}")
 
 
+ANCHOR_DEFAULTS = {
+    "supervisord": "/tmp/anchors-venv/bin/supervisord",
+    "pm2": "/tmp/anchors-pm2/node_modules/.bin/pm2",
+}
+
+
 def find(binary: str | None, name: str) -> str | None:
+    """``binary`` when given, else ``name`` on PATH, else where the docstring's install commands put it."""
     if binary:
         return binary if Path(binary).exists() else None
-    return shutil.which(name)
+    return shutil.which(name) or (ANCHOR_DEFAULTS[name] if Path(ANCHOR_DEFAULTS[name]).exists() else None)
 
 
 def supervisord_version(binary: str | None) -> str:
@@ -400,11 +461,11 @@ def pm2_version(binary: str | None) -> str:
         return "?"
 
 
-def spawn_directly(root: Path, ports: list[int]) -> float:
-    """Seconds to start the children with no supervisor until every port accepts (what Python itself costs)."""
+def spawn_directly(root: Path, ports: list[int], child: str = "python") -> float:
+    """Seconds to start the children with no supervisor until every port accepts (what the children cost)."""
+    argv = child_argv(root, child)
     t0 = time.perf_counter()
-    child = str(root / "child.py")
-    procs = [subprocess.Popen([sys.executable, child, str(p)], stdin=subprocess.DEVNULL) for p in ports]
+    procs = [subprocess.Popen([*argv, str(p)], stdin=subprocess.DEVNULL) for p in ports]
     try:
         return wait_ports(ports, timeout=120) - t0
     finally:
@@ -413,12 +474,12 @@ def spawn_directly(root: Path, ports: list[int]) -> float:
             proc.wait()
 
 
-def many_plugins(root: Path, count: int, idle_s: float) -> None:
+def many_plugins(root: Path, count: int, idle_s: float, child: str, source: Path | None) -> None:
     """supervisor-tui alone with ``count`` plugins: launch to all RUNNING, idle CPU and RSS of the supervisor."""
     start = free_port_block(count)
     ports = list(range(start, start + count))
-    direct = spawn_directly(root, ports)
-    subject = SupervisorTui(root, ports)
+    direct = spawn_directly(root, ports, child)
+    subject = SupervisorTui(root, ports, source, child)
     t0 = time.perf_counter()
     subject.start()
     try:
@@ -429,7 +490,9 @@ def many_plugins(root: Path, count: int, idle_s: float) -> None:
         fds = psutil.Process(subject.pid()).num_fds()
     finally:
         subject.stop()
-    print(f"supervisor-tui, {count} plugins (startsecs 1, the default):")
+    print(
+        f"supervisor-tui{' from ' + str(source) if source else ''}, {count} plugins of child {child!r} (startsecs 1):"
+    )
     print(f"  baseline: the same {count} children started directly, all ports up: {direct:.2f} s")
     print(f"  launch -> all children up: {up - t0:.2f} s ({(up - t0) / direct:.2f} x the baseline)")
     print(f"  launch -> all RUNNING: {running - t0:.2f} s (goal < 5 s)")
@@ -446,28 +509,35 @@ def main() -> int:
     ap.add_argument("--plugins", type=int, default=0, help="supervisor-tui alone with this many plugins")
     ap.add_argument("--supervisord", help="path of the supervisord binary (default: on PATH)")
     ap.add_argument("--pm2", help="path of the pm2 command (default: on PATH)")
-    ap.add_argument("--only", choices=("supervisor-tui", "supervisord", "PM2"), action="append")
+    ap.add_argument("--only", choices=("supervisor-tui", "supervisord", "PM2", BEFORE), action="append")
+    ap.add_argument("--before", type=Path, help="also run the supervisor-tui of this source tree (see above)")
+    ap.add_argument("--child", choices=CHILD_KINDS, default="python", help="with --plugins: the child (see above)")
     args = ap.parse_args()
     # Environments with PYTHONDONTWRITEBYTECODE would compile the project's modules on every supervisor start
     # (an editable install has no bytecode of its own); a deployed supervisor has it, so the bench makes it.
     compileall.compile_dir(REPO / "supervisor_tui", quiet=1)
+    if args.before is not None:
+        compileall.compile_dir(args.before / "supervisor_tui", quiet=1)
     print(f"machine: {os.cpu_count()} cores, python {sys.version.split()[0]}, load {os.getloadavg()[0]:.2f}")
     with tempfile.TemporaryDirectory(prefix="bench-anchors-") as tmp:
         if args.plugins:
             root = Path(tmp)
             write_child(root)
-            many_plugins(root, args.plugins, args.idle)
+            many_plugins(root, args.plugins, args.idle, args.child, args.before)
             return 0
         supervisord, pm2 = find(args.supervisord, "supervisord"), find(args.pm2, "pm2")
         makers: dict[str, Callable[[Path, list[int]], Subject]] = {SupervisorTui.name: SupervisorTui}
+        before = args.before
+        if before is not None:
+            makers[BEFORE] = lambda root, ports: SupervisorTui(root, ports, before)
         if supervisord:
             makers[Supervisord.name] = lambda root, ports: Supervisord(root, ports, supervisord)
         else:
-            print("supervisord: not installed, skipped (pip install supervisor, then --supervisord PATH)")
+            print("supervisord: not installed, skipped (see --help: /tmp/anchors-venv, or --supervisord PATH)")
         if pm2:
             makers[Pm2.name] = lambda root, ports: Pm2(root, ports, pm2)
         else:
-            print("PM2: not installed, skipped (npm install --prefix /tmp/pm2 pm2, then --pm2 PATH)")
+            print("PM2: not installed, skipped (see --help: /tmp/anchors-pm2, or --pm2 PATH)")
         if args.only:
             makers = {k: v for k, v in makers.items() if k in args.only}
         for name, version in (("supervisord", supervisord_version(supervisord)), ("PM2", pm2_version(pm2))):

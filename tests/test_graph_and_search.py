@@ -16,7 +16,7 @@ from supervisor_tui.core.log_search import (
     filter_matching,
     grep,
 )
-from supervisor_tui.tui.client import PluginInfo
+from supervisor_tui.plugins.model import PluginSnapshot
 from supervisor_tui.tui.view_model import parse_plugin_filter, plugin_matches
 from supervisor_tui.tui.widgets.logs_pane import logs_title, split_pattern
 
@@ -84,8 +84,8 @@ def test_a_catastrophic_pattern_is_stopped_on_a_line_and_a_search_within_its_bud
 def test_tui_filter_words() -> None:
     assert parse_plugin_filter("group:Front api") == ("front", "api")
     assert parse_plugin_filter("group: api") == (None, "group: api")
-    web = PluginInfo(key="web", group="front")
-    tools = PluginInfo(key="tools")
+    web = PluginSnapshot(key="web", group="front")
+    tools = PluginSnapshot(key="tools")
     assert plugin_matches(web, "group:front") and not plugin_matches(tools, "group:front")
     assert plugin_matches(web, "fro")  # the group is text the plain filter matches too
     assert split_pattern("source:api re:HTTP/1.1 5\\d\\d  ") == ("source:api", "HTTP/1.1 5\\d\\d  ")

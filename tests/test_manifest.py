@@ -289,6 +289,36 @@ M = "GET, POST, PUT, PATCH, DELETE, HEAD, OPTIONS"
             "must be between 0.1 and 86400 seconds, got 0",
         ),
         ({"health": {"path": "/h", "restart": 1}}, "health.restart", "must be true or false, got a number"),
+        (
+            {"liveness": "/h"},
+            "liveness",
+            "must be an object {type, path, command, interval_s, timeout_s, failures} or null, got a string",
+        ),
+        (
+            {"liveness": {"type": "tcp", "interval_s": "0s"}},
+            "liveness.interval_s",
+            "must be between 0.05 and 86400 seconds, got 0",
+        ),
+        (
+            {"liveness": {"type": "exec"}},
+            "liveness.command",
+            'is required for type "exec" (argv list, or a string run by /bin/sh -c)',
+        ),
+        ({"liveness": {"type": "tcp", "path": "/h"}}, "liveness.path", "is only for type \"http\", not 'tcp'"),
+        ({"liveness": {"type": "tcp", "failures": 0}}, "liveness.failures", "must be between 1 and 1000, got 0"),
+        ({"liveness": {"type": "tcp", "restart": "yes"}}, "liveness.restart", "must be true or false, got a string"),
+        (
+            {"liveness": {"type": "tcp", "start_timeout_s": 1}},
+            "liveness",
+            "has unknown field 'start_timeout_s' "
+            "(allowed: path, type, command, interval_s, timeout_s, failures, restart)",
+        ),
+        (
+            {"health": {"type": "tcp"}, "readiness": {"type": "tcp"}},
+            "readiness",
+            "give either health or readiness (its alias), not both",
+        ),
+        ({"readiness": {"path": 5}}, "readiness.path", "must be a string, got a number"),
         ({"restart": 1}, "restart", "must be one of on-failure, always, never, got 1"),
         ({"startsecs": 3601}, "startsecs", "must be between 0 and 3600 seconds, got 3601"),
         ({"startretries": 1.5}, "startretries", "must be an integer, got a number"),
@@ -323,9 +353,9 @@ M = "GET, POST, PUT, PATCH, DELETE, HEAD, OPTIONS"
             {"colour": "red"},
             "colour",
             "unknown field (allowed: key, name, version, description, command, env, port, replicas, "
-            "endpoints, health, ready_log_line, autostart, oneshot, restart, startsecs, startretries, backoff_max_s, "
-            "stopsignal, stopwaitsecs, depends_on, group, env_file, working_dir, user, timeout, max_body, module, "
-            "config)",
+            "endpoints, health, liveness, ready_log_line, autostart, oneshot, restart, startsecs, startretries, "
+            "backoff_max_s, stopsignal, stopwaitsecs, depends_on, group, env_file, working_dir, user, timeout, "
+            "max_body, module, config)",
         ),
     ],
 )
@@ -390,3 +420,14 @@ def test_the_schema_words_one_field_or_the_first_problem_of_an_object() -> None:
         diagnose({"path": "/h", "interval_s": 0, "failures": 0}, HealthSchema)
     assert str(health.value) == ".interval_s must be between 0.05 and 86400 seconds, got 0"
     assert diagnose({"path": "/h"}, HealthSchema)["failures"] == 3
+
+
+def test_readiness_is_healths_alias_and_liveness_its_own_probe() -> None:
+    m = parse(
+        readiness={"path": "/ready", "failures": 2},
+        liveness={"command": "test -e alive", "interval_s": "500ms", "timeout_s": 1},
+    )
+    assert m.health is not None and m.health.path == "/ready" and m.health.failures == 2
+    assert m.liveness is not None and m.liveness.type == "exec" and m.liveness.command == "test -e alive"
+    assert (m.liveness.interval_s, m.liveness.timeout_s, m.liveness.failures, m.liveness.restart) == (0.5, 1.0, 3, True)
+    assert parse().liveness is None

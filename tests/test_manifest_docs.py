@@ -9,7 +9,13 @@ from typing import Any
 import msgspec
 import pytest
 
-from supervisor_tui.plugins.manifest_schema import EndpointSchema, HealthSchema, ManifestSchema, fields_of
+from supervisor_tui.plugins.manifest_schema import (
+    EndpointSchema,
+    HealthSchema,
+    LivenessSchema,
+    ManifestSchema,
+    fields_of,
+)
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "manifest.md"
 
@@ -45,7 +51,11 @@ def documented_default(default: Any, doc_default: str | None) -> str:
     return f"`{json.dumps(default)}`"
 
 
-SCHEMAS: dict[str, type[msgspec.Struct]] = {"## Fields": ManifestSchema, "`health`:": HealthSchema}
+SCHEMAS: dict[str, type[msgspec.Struct]] = {
+    "## Fields": ManifestSchema,
+    "`health`:": HealthSchema,
+    "`liveness`:": LivenessSchema,
+}
 
 
 def drift(text: str) -> list[str]:

@@ -1,5 +1,6 @@
-"""Health probe types and readiness with real processes: tcp, exec (pass, fail, timeout), a ready line printed
-late, a liveness restart, and no probe left running once its plugin is stopped (process-compose #488)."""
+"""Health probe types, readiness and liveness with real processes: tcp, exec (pass, fail, timeout), a ready line
+printed late, a plugin live but not ready (leaves the route, not restarted), one ready but not live (restarted),
+and no probe left running once its plugin is stopped (process-compose #488)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
+import httpx
 import pytest
 from conftest import plugin_processes, spawns, wait_until
+from test_replicas import gateway_of
 
 from supervisor_tui.core.supervisor import PluginActionError, Supervisor
 
@@ -31,6 +34,17 @@ while True:
 
 def logged(supervisor: Supervisor, key: str, text: str) -> bool:
     return any(text in r.message for r in supervisor.logs.tail(key, 200))
+
+
+async def answered(client: httpx.AsyncClient, path: str, status: int) -> httpx.Response:
+    """The first answer to GET ``path`` with ``status`` (the route follows the plugin's events)."""
+
+    async def get() -> httpx.Response | None:
+        resp = await client.get(path)
+        return resp if resp.status_code == status else None
+
+    response: httpx.Response = await wait_until(get)
+    return response
 
 
 async def test_tcp_probe_gates_running_on_the_port_accepting(
@@ -152,3 +166,106 @@ async def test_an_exec_probes_output_is_bounded_and_escaped_in_its_detail(
     said = snap.health_detail.split(": ", 2)[2]
     assert "\x1b" not in said and said.startswith("\\x1b[31mred\\x1b[0m xxx")
     assert len(said) < 300  # 10 MB of output, a short detail
+
+
+async def test_a_plugin_live_but_not_ready_leaves_the_route_and_comes_back_without_a_restart(
+    supervisor: Supervisor, add_plugin: Callable[..., Any], tmp_path: Any
+) -> None:
+    unready = tmp_path / "unready"
+    folder = await add_plugin(
+        "web",
+        "http_server.py",
+        env={"HEALTH_FAIL_FILE": str(unready)},
+        endpoints=[{"method": "GET", "path": "/hello"}],
+        health={"path": "/health", "interval_s": 0.1, "failures": 2},
+        liveness={"type": "tcp", "interval_s": 0.1, "failures": 2},
+    )
+    async with gateway_of(supervisor) as client:
+        await supervisor.start("web")
+        assert (await client.get("/api/plugins/web/hello")).status_code == 200
+        unready.touch()
+        snap = await wait_until(
+            lambda: supervisor.plugin("web").detail.startswith("not ready: ") and supervisor.plugin("web")
+        )
+        assert snap.state == "RUNNING" and snap.upstream is None and snap.healthy is False
+        assert snap.detail == "not ready: probe: HTTP 500"
+        resp = await answered(client, "/api/plugins/web/hello", 503)
+        assert "not ready: probe: HTTP 500" in resp.text
+        unready.unlink()
+        snap = await wait_until(lambda: supervisor.plugin("web").upstream is not None and supervisor.plugin("web"))
+        assert snap.detail.startswith("ready again: probe: HTTP 200") and snap.healthy is True
+        resp = await answered(client, "/api/plugins/web/hello", 200)
+        assert resp.text == "hello from web"
+    snap = supervisor.plugin("web")
+    assert snap.restarts == 0 and len(spawns(folder)) == 1  # live all along: never restarted
+
+
+async def test_a_ready_plugin_that_stops_being_live_is_restarted(
+    supervisor: Supervisor, add_plugin: Callable[..., Any]
+) -> None:
+    folder = await add_plugin(
+        "stuck",
+        "http_server.py",
+        restart="never",  # a liveness restart is asked for by the probe, whatever the restart policy
+        health={"path": "/health", "interval_s": 0.1},
+        liveness={"command": "test ! -e stuck", "interval_s": 0.1, "failures": 2},
+    )
+    with supervisor.bus.subscribe(["plugin.state"]) as sub:
+        snap = await supervisor.start("stuck")
+        assert snap.state == "RUNNING" and snap.healthy is True
+        (folder / "stuck").touch()
+        await wait_until(lambda: len(spawns(folder)) == 2)
+        (folder / "stuck").unlink()
+        snap = await wait_until(lambda: supervisor.plugin("stuck").state == "RUNNING" and supervisor.plugin("stuck"))
+        details = [(e.to_state, e.reason) for e in sub.get_nowait() if getattr(e, "key", "") == "stuck"]
+    assert snap.restarts == 1 and snap.last_error == "not live: probe: command exited with code 1"
+    exited = [reason for state, reason in details if state == "EXITED"]
+    assert exited == ["restarted: not live (probe: command exited with code 1) (killed by SIGTERM)"]
+    assert logged(supervisor, "supervisor", "stuck: not live after 2 failed probes (probe: command exited with code 1)")
+
+
+async def test_a_stop_ends_the_liveness_probe_in_flight_and_no_probe_runs_after_it(
+    supervisor: Supervisor, add_plugin: Callable[..., Any]
+) -> None:
+    # env -i: as above, only the probe's own cancellation can end the sleep
+    probe = "echo l >> live.log; if [ -e slow ]; then exec env -i sleep 30; fi"
+    folder = await add_plugin(
+        "probed",
+        "sleeper.py",
+        health={"command": "echo r >> ready.log", "interval_s": 0.1},
+        liveness={"command": probe, "interval_s": 0.1, "timeout_s": 60},
+    )
+    await supervisor.start("probed")
+    (folder / "slow").touch()
+    await wait_until(lambda: any(p.name() == "sleep" for p in plugin_processes(folder)))  # a liveness probe in flight
+    assert {"health:probed", "liveness:probed"} <= {t.get_name() for t in asyncio.all_tasks() if not t.done()}
+    await supervisor.stop("probed")
+    assert plugin_processes(folder) == []
+    assert [
+        t for t in asyncio.all_tasks() if t.get_name() in ("health:probed", "liveness:probed") and not t.done()
+    ] == []
+    (folder / "slow").unlink()  # a probe that ran now would return at once and log a line
+    counts = [(folder / name).read_text().count("\n") for name in ("ready.log", "live.log")]
+    await asyncio.sleep(1.0)  # an observation window of 10 intervals: neither probe may run
+    assert [(folder / name).read_text().count("\n") for name in ("ready.log", "live.log")] == counts
+    assert supervisor.plugin("probed").state == "STOPPED"
+
+
+# Accepts on $PORT and answers one line that is not HTTP, then closes.
+NOT_HTTP = """\
+import os, socket
+server = socket.create_server(("127.0.0.1", int(os.environ["PORT"])))
+while True:
+    conn, _ = server.accept()
+    conn.sendall(b"up\\n")
+    conn.close()
+"""
+
+
+async def test_an_http_probe_on_a_port_that_does_not_speak_http_is_never_ready(
+    supervisor: Supervisor, add_plugin: Callable[..., Any]
+) -> None:
+    await add_plugin("raw", NOT_HTTP, health={"path": "/health", "start_timeout_s": 0.5}, **NO_RETRY)
+    with pytest.raises(PluginActionError, match="FATAL"):
+        await supervisor.start("raw")
+    assert "(last probe: not an HTTP answer (port " in supervisor.plugin("raw").last_error

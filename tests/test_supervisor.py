@@ -201,13 +201,13 @@ async def test_snapshot_is_json_ready(supervisor: Supervisor, make_plugin: Calla
     snap = supervisor.plugin("snap")
     assert isinstance(snap, PluginSnapshot) and snap.kind == "process"
     d = json.loads(json.dumps(snap.to_dict()))
-    assert d["endpoints"] == [{"method": "GET", "path": "/x/{id}", "description": ""}]
+    assert d["endpoints"] == [{"method": "GET", "path": "/x/{id}", "description": "", "gateway_url": ""}]
     assert d["upstream"] == f"http://127.0.0.1:{snap.port}" and d["timeout"] > 0 and d["max_body"] > 0
     expected = {
         "key", "name", "version", "description", "kind", "state", "detail", "pid", "host", "port", "upstream",
         "started_at", "restarts", "healthy", "health_detail", "last_error", "endpoints", "autostart", "desired",
         "timeout", "max_body", "last_metrics", "manifest_path", "replicas", "node", "upstreams", "group",
-        "depends_on",
+        "depends_on", "requests", "uptime",
     }  # fmt: skip
     assert set(d) == expected
     assert [set(r) for r in d["replicas"]] == [

@@ -12,8 +12,8 @@ from conftest import wait_until
 from textual.command import CommandList, CommandPalette
 from textual.widgets import Input
 
+from supervisor_tui.plugins.model import LogEntry
 from supervisor_tui.tui.app import CONSOLE_ROWS, MainScreen, SupervisorApp
-from supervisor_tui.tui.client import LogEntry
 from supervisor_tui.tui.demo import DemoClient
 from supervisor_tui.tui.screens.confirm import ConfirmScreen
 from supervisor_tui.tui.screens.console_detail import ConsoleDetailScreen

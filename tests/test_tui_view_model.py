@@ -5,7 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from supervisor_tui.tui.client import CONNECTION_TOPIC, ConsoleInfo, ConsolePage, LogEntry, PluginInfo
+from supervisor_tui.plugins.model import LogEntry, PluginSnapshot, PluginState
+from supervisor_tui.tui.client import CONNECTION_TOPIC, ConsoleInfo, ConsolePage
 from supervisor_tui.tui.view_model import ConnectionChange, ViewModel, parse_console_filter
 from supervisor_tui.tui.widgets.consoles_pane import consoles_title
 from supervisor_tui.tui.widgets.logs_pane import logs_subtitle, logs_title, parse_log_filter
@@ -14,12 +15,12 @@ from supervisor_tui.tui.widgets.plugins_pane import plugins_title
 NOW = 1_767_225_600.0
 
 
-def plugins() -> list[PluginInfo]:
+def plugins() -> list[PluginSnapshot]:
     return [
-        PluginInfo(key="echo", name="Echo", state="RUNNING", pid=10, cpu_percent=None),
-        PluginInfo(key="thumbnailer", name="Thumbnailer", state="RUNNING", pid=11),
-        PluginInfo(key="billing", name="Billing", state="FATAL"),
-        PluginInfo(key="search", name="Search", state="STOPPED"),
+        PluginSnapshot(key="echo", name="Echo", state=PluginState.RUNNING, pid=10),
+        PluginSnapshot(key="thumbnailer", name="Thumbnailer", state=PluginState.RUNNING, pid=11),
+        PluginSnapshot(key="billing", name="Billing", state=PluginState.FATAL),
+        PluginSnapshot(key="search", name="Search", state=PluginState.STOPPED),
     ]
 
 
@@ -39,25 +40,26 @@ def test_rows_follow_the_supervisors_order_and_the_filter() -> None:
 
 def test_live_metrics_survive_a_snapshot_without_them() -> None:
     view = model()
-    view.fold([{"topic": "plugin.metrics", "key": "echo", "ts": NOW, "cpu_percent": 12.5, "rss": 4096}], NOW)
+    sample = {"key": "echo", "ts": NOW, "cpu_percent": 12.5, "rss": 4096, "threads": 2, "fds": 9, "processes": 1}
+    view.fold([{"topic": "plugin.metrics", **sample}], NOW)
     assert view.plugins_by_key["echo"].cpu_percent == 12.5
     view.set_plugins(plugins())
     assert view.plugins_by_key["echo"].cpu_percent == 12.5
     assert view.plugins_by_key["echo"].rss == 4096
     assert len(view.metrics_history["echo"]) == 1
     # A new process (another pid) starts without the old one's figures.
-    view.set_plugins([PluginInfo(key="echo", state="RUNNING", pid=99)])
+    view.set_plugins([PluginSnapshot(key="echo", state=PluginState.RUNNING, pid=99)])
     assert view.plugins_by_key["echo"].cpu_percent is None
 
 
 def test_request_rates_come_from_the_difference_of_counts() -> None:
     view = model()
     view.fold_counts({"echo": 100}, 10.0, NOW)
-    assert view.plugins_by_key["echo"].requests_per_s is None  # one reading is no rate yet
+    assert view.request_rates.get("echo") is None  # one reading is no rate yet
     view.fold_counts({"echo": 150}, 12.0, NOW + 2)
-    assert view.plugins_by_key["echo"].requests_per_s == 25.0
+    assert view.request_rates["echo"] == 25.0
     view.fold_counts({"echo": 10}, 14.0, NOW + 4)  # a restarted gateway counts from 0 again
-    assert view.plugins_by_key["echo"].requests_per_s == 0.0
+    assert view.request_rates["echo"] == 0.0
     assert [rate for _, rate in view.rate_history["echo"]] == [25.0, 0.0]
     # Plugins that are not in the table yet keep their history for when they are.
     view.fold_counts({"new": 1}, 10.0, NOW)
@@ -79,8 +81,10 @@ def test_events_mark_what_to_fetch_and_record_state_changes() -> None:
 def test_log_lines_up_to_the_horizon_are_shown_once() -> None:
     view = model()
     view.add_logs([LogEntry(2.0, "echo", "stdout", "info", "b"), LogEntry(1.0, "echo", "stdout", "info", "a")])
-    view.fold([{"topic": "log", "ts": 2.0, "source": "echo", "message": "b"}], NOW)  # already in the snapshot
-    view.fold([{"topic": "log", "ts": 3.0, "source": "echo", "message": "c"}], NOW)
+    view.fold(
+        [{"topic": "log", "ts": 2.0, "source": "echo", "stream": "stdout", "level": "info", "message": "b"}], NOW
+    )  # already in the snapshot
+    view.fold([{"topic": "log", "ts": 3.0, "source": "echo", "stream": "stdout", "level": "info", "message": "c"}], NOW)
     assert [e.message for e in view.take_logs()] == ["a", "b", "c"]
     assert view.take_logs() == []
     view.add_logs([LogEntry(3.0, "echo", "stdout", "info", "c"), LogEntry(4.0, "echo", "stdout", "info", "d")])
@@ -105,7 +109,7 @@ def test_an_action_in_progress_shows_in_its_row_and_refuses_a_second_one() -> No
     assert view.begin_action("search", "stop", 101.0) == "start…"
     state = view.plugin_rows(NOW, 103.0, 0)["search"][3][0]
     assert "start… 3s" in state
-    view.set_plugin(PluginInfo(key="search", state="RUNNING", pid=12))
+    view.set_plugin(PluginSnapshot(key="search", state=PluginState.RUNNING, pid=12))
     view.end_action("search")
     assert view.plugin_rows(NOW, 104.0, 0)["search"][3][0] == "RUNNING"
     assert view.dirty_plugins

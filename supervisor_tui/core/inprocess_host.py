@@ -235,6 +235,8 @@ class InProcessHost:
         if self._dispatcher is not None:
             return
         self._loop_thread = threading.get_ident()
+        self._loop = asyncio.get_running_loop()
+        self._beat_now = asyncio.Event()  # set (from the watchdog) when there is something to watch again
         self._dispatcher = asyncio.create_task(self._dispatch(), name="inprocess-hooks")
         self._beat_task = asyncio.create_task(self._heartbeat(), name="inprocess-watchdog")
         self._watchdog = threading.Thread(target=self._watch, name="inprocess-watchdog", daemon=True)
@@ -295,7 +297,12 @@ class InProcessHost:
             if stall is not None:
                 since, key, what = stall
                 self._report_block(key, what, time.monotonic() - since)
-            await asyncio.sleep(self._beat_interval)
+            # No in-process plugin: nothing to name in a stall, so beat once a second (the watchdog wakes it when
+            # one registers) instead of 4 times per block_threshold, which was most of an idle supervisor's wake-ups.
+            interval = self._beat_interval if self.plugins() else IDLE_WATCH_INTERVAL
+            self._beat_now.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._beat_now.wait(), interval)
 
     def _watch(self) -> None:
         """Watchdog thread: when the loop has not beaten for ``block_threshold``, find plugin code on its stack."""
@@ -308,6 +315,11 @@ class InProcessHost:
                 watching = bool(self.plugins())
             except RuntimeError:  # the loop changed the registry while we read it
                 watching = True
+            if watching and interval == IDLE_WATCH_INTERVAL:  # a plugin registered: the loop beats often again first
+                interval = self._beat_interval
+                with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                    self._loop.call_soon_threadsafe(self._beat_now.set)
+                continue
             interval = self._beat_interval if watching else IDLE_WATCH_INTERVAL
             stalled_since = self._beat
             if time.monotonic() - stalled_since < threshold or self._stall is not None:

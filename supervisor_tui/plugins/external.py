@@ -94,7 +94,7 @@ class ExternalPlugin:
             version=self.version,
             description=f"external plugin (registered over {self.source})",
             kind=self.kind,
-            state=str(self.state),
+            state=self.state,
             detail=self.detail,
             pid=None,
             host=self.host,

@@ -1,4 +1,4 @@
-"""Health probes (http with httpx, tcp, exec) and the consecutive-failure rule shared by active and passive health.
+"""Health probes (http, tcp, exec) and the consecutive-failure rule shared by active and passive health.
 
 ``run_probe(check, client, target)`` runs the probe a manifest's ``health`` asks for against one plugin run
 (``ProbeTarget``: its port, folder and environment). An exec probe's process is its own process group, killed
@@ -17,8 +17,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-
-import httpx
+from urllib.parse import urlsplit
 
 from supervisor_tui.config import local_url
 from supervisor_tui.core.printable import printable
@@ -28,29 +27,62 @@ EXEC_OUTPUT_MAX = 4096  # bytes of an exec probe's output kept for its detail
 EXEC_DETAIL_MAX = 200  # characters of that output shown in the detail
 
 
-def make_client() -> httpx.AsyncClient:
-    """One client for every probe: no proxies from the environment (plugins are local), no keep-alive reuse
-    across restarts that could hit a dead process."""
-    return httpx.AsyncClient(
-        trust_env=False,
-        follow_redirects=False,
-        limits=httpx.Limits(max_keepalive_connections=0, max_connections=200),
-    )
+class ProbeClient:
+    """What the http probes share: nothing but the promise to be closed (each probe is one connection, closed
+    after the answer's status line, so no keep-alive reaches a process that was restarted meanwhile).
+
+    Probes speak HTTP/1.1 themselves (one GET, the status line read) rather than through httpx: a headless
+    supervisor without a route export or webhook alerts then never imports httpx (about 2 MiB of its resident set,
+    and a client's connection pool that probes never reused)."""
+
+    async def aclose(self) -> None:
+        """Nothing to release (the supervisor closes its probe client on shutdown)."""
 
 
-async def probe(client: httpx.AsyncClient, url: str, timeout: float) -> tuple[bool, str]:  # noqa: ASYNC109
-    """GET ``url``: healthy on a 2xx/3xx answer within ``timeout`` seconds. Returns (ok, detail)."""
+def make_client() -> ProbeClient:
+    """The client every http probe of a supervisor uses."""
+    return ProbeClient()
+
+
+STATUS_LINE_MAX = 8192  # bytes of an answer read for its status line
+
+
+async def probe(client: ProbeClient, url: str, timeout: float) -> tuple[bool, str]:  # noqa: ASYNC109
+    """GET ``url`` (``http://host:port/path``): healthy on a 2xx/3xx answer within ``timeout`` seconds.
+    Returns (ok, detail)."""
+    parts = urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     started = time.monotonic()
+    writer: asyncio.StreamWriter | None = None
     try:
-        response = await client.get(url, timeout=timeout)
-    except httpx.TimeoutException:
+        async with asyncio.timeout(timeout):
+            reader, writer = await asyncio.open_connection(host, port, limit=STATUS_LINE_MAX)
+            writer.write(
+                f"GET {target} HTTP/1.1\r\nHost: {authority}\r\nUser-Agent: supervisor-tui-probe\r\n"
+                "Connection: close\r\n\r\n".encode("latin-1")
+            )
+            await writer.drain()
+            line = await reader.readline()
+    except TimeoutError:
         return False, f"no answer within {timeout:g}s"
-    except httpx.HTTPError as exc:
+    except (OSError, ValueError) as exc:  # ValueError: a status line over STATUS_LINE_MAX
+        if isinstance(exc, ConnectionRefusedError):
+            return False, f"connection refused on port {port}"
         return False, f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    finally:
+        if writer is not None:
+            writer.close()
+    words = line.split(None, 2)
+    if len(words) < 2 or not words[0].startswith(b"HTTP/") or not words[1].isdigit():
+        what = "no answer" if not line else "not an HTTP answer"
+        return False, f"{what} (port {port})"
+    status = int(words[1])
     ms = (time.monotonic() - started) * 1000
-    if 200 <= response.status_code < 400:
-        return True, f"HTTP {response.status_code} in {ms:.0f} ms"
-    return False, f"HTTP {response.status_code}"
+    if 200 <= status < 400:
+        return True, f"HTTP {status} in {ms:.0f} ms"
+    return False, f"HTTP {status}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +95,7 @@ class ProbeTarget:
     env: Mapping[str, str]
 
 
-async def run_probe(check: HealthCheck, client: httpx.AsyncClient, target: ProbeTarget) -> tuple[bool, str]:
+async def run_probe(check: HealthCheck, client: ProbeClient, target: ProbeTarget) -> tuple[bool, str]:
     """One probe of the kind ``check.type`` says. Returns (ok, detail)."""
     if check.type == "tcp":
         return await probe_tcp(target.host, target.port, check.timeout_s)

@@ -169,7 +169,7 @@ class InProcessPlugin:
             version=str(version or "0.0.0"),
             description=str(description) or f"in-process plugin {self.module}",
             kind=self.kind,
-            state=str(self.state),
+            state=self.state,
             detail=self.detail,
             pid=None,
             host=None,

@@ -35,6 +35,7 @@ from supervisor_tui.plugins.manifest_schema import (
     RESTART_POLICIES,
     EndpointSchema,
     HealthSchema,
+    LivenessSchema,
     ManifestSchema,
     checked,
     diagnose,
@@ -44,6 +45,7 @@ from supervisor_tui.plugins.manifest_schema import (
     parse_env,
     reserved_key_problem,
 )
+from supervisor_tui.plugins.model import Endpoint  # the snapshot's (and the wire's) endpoint
 
 __all__ = [
     "ENV_NAME",
@@ -92,15 +94,6 @@ def check_key_not_reserved(path: Path | str, key: str) -> None:
 
 
 @dataclass(frozen=True, slots=True)
-class Endpoint:
-    """One route a plugin serves; ``path`` may hold ``{param}`` segments."""
-
-    method: str
-    path: str
-    description: str = ""
-
-
-@dataclass(frozen=True, slots=True)
 class HealthCheck:
     """Active health probing every ``interval_s``: ``type`` "http" (GET ``path``), "tcp" (the port accepts a
     connection) or "exec" (``command`` exits 0; a string runs with /bin/sh -c); ``failures`` in a row = unhealthy."""
@@ -130,7 +123,8 @@ class Manifest:
     port: int | None
     replicas: int  # processes started for this plugin, each on its own port, balanced by the gateway
     endpoints: tuple[Endpoint, ...]
-    health: HealthCheck | None
+    health: HealthCheck | None  # readiness: gates RUNNING and routing
+    liveness: HealthCheck | None  # while RUNNING: failures in a row restart the plugin (restart: true)
     autostart: bool
     restart: str
     startsecs: float
@@ -180,6 +174,7 @@ def parse_endpoints(value: Any) -> tuple[Endpoint, ...]:
 
 def parse_manifest(data: Any, path: Path) -> Manifest:
     """Validate one manifest's content (already decoded JSON); ``path`` is its manifest.json (for errors)."""
+    readiness = isinstance(data, dict) and "readiness" in data
     data = _presence_checked(data, path)
     try:
         return _manifest(msgspec.convert(data, ManifestSchema), path)
@@ -188,7 +183,12 @@ def parse_manifest(data: Any, path: Path) -> Manifest:
     try:
         return _manifest(ManifestSchema(**diagnose(data, ManifestSchema)), path)
     except ValueError as exc:
-        raise _field_error(path, str(exc)) from None
+        error = _field_error(path, str(exc))
+    except ManifestError as exc:
+        error = exc
+    if readiness and error.field.startswith("health"):  # named as the file names it
+        error = ManifestError(path, "readiness" + error.field.removeprefix("health"), error.problem)
+    raise error from None
 
 
 def _presence_checked(data: Any, path: Path) -> dict[str, Any]:
@@ -199,6 +199,10 @@ def _presence_checked(data: Any, path: Path) -> dict[str, Any]:
         if "key" in data:
             raise ManifestError(path, "id", "give either key or id (its alias), not both")
         data = {"key": data["id"], **{k: v for k, v in data.items() if k != "id"}}
+    if "readiness" in data:  # the readiness probe's own name; health is what it was always called
+        if "health" in data:
+            raise ManifestError(path, "readiness", "give either health or readiness (its alias), not both")
+        data = {"health" if k == "readiness" else k: v for k, v in data.items()}
     if data.get("key") is None:
         raise ManifestError(path, "key", "is required")
     try:
@@ -246,6 +250,8 @@ def _manifest(schema: ManifestSchema, path: Path) -> Manifest:
         v["restart"] = "never" if v["oneshot"] else "on-failure"
     if v["health"] is not None:
         v["health"] = _health_check(v["health"])
+    if v["liveness"] is not None:
+        v["liveness"] = _health_check(v["liveness"])
     return Manifest(
         **v,
         folder=path.parent,
@@ -254,7 +260,7 @@ def _manifest(schema: ManifestSchema, path: Path) -> Manifest:
     )
 
 
-def _health_check(h: HealthSchema) -> HealthCheck:
+def _health_check(h: HealthSchema | LivenessSchema) -> HealthCheck:
     command = h.command if h.command is not UNSET else None
     return HealthCheck(
         type=str(h.type),
@@ -263,7 +269,7 @@ def _health_check(h: HealthSchema) -> HealthCheck:
         interval_s=float(h.interval_s),  # seconds after the schema's check
         timeout_s=float(h.timeout_s),
         failures=h.failures,
-        start_timeout_s=float(h.start_timeout_s),
+        start_timeout_s=float(h.start_timeout_s) if isinstance(h, HealthSchema) else 0.0,
         restart=h.restart,
     )
 

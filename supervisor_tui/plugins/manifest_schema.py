@@ -323,9 +323,9 @@ def _check_probe_command(value: list[str] | str) -> tuple[str, ...] | str:
     return _check_command(value)
 
 
-class HealthSchema(msgspec.Struct, forbid_unknown_fields=True):
-    """Active health probing every ``interval_s`` (http GET ``path``, a tcp connect, or an exec ``command``);
-    ``failures`` in a row = unhealthy."""
+class ProbeSchema(msgspec.Struct, forbid_unknown_fields=True):
+    """What every probe has: http GET ``path``, a tcp connect, or an exec ``command``, every ``interval_s``;
+    ``failures`` in a row = failed."""
 
     path: Annotated[
         str | UnsetType, Rule("must be a string", check=_check_health_path, doc_default="required for `http`")
@@ -340,9 +340,20 @@ class HealthSchema(msgspec.Struct, forbid_unknown_fields=True):
     interval_s: Annotated[int | float | str, _seconds(0.05, 86400)] = 10.0
     timeout_s: Annotated[int | float | str, _seconds(0.05, 3600)] = 2.0
     failures: Annotated[int, _integer(1, 1000)] = 3
+
+
+class HealthSchema(ProbeSchema, forbid_unknown_fields=True):
+    """The readiness probe (``health``, alias ``readiness``): gates RUNNING and routing."""
+
     # STARTING gives up (counts as a failed start) when never healthy by then
     start_timeout_s: Annotated[int | float | str, _seconds(0.1, 86400)] = 60.0
     restart: Annotated[bool, _boolean()] = False  # restart the plugin when it turns unhealthy
+
+
+class LivenessSchema(ProbeSchema, forbid_unknown_fields=True):
+    """The liveness probe (``liveness``): runs while RUNNING; ``failures`` in a row restart the plugin."""
+
+    restart: Annotated[bool, _boolean()] = True  # false: a failed liveness is only reported (logs, last_error)
 
 
 def _check_endpoints(items: list[Any]) -> tuple[EndpointSchema, ...]:
@@ -366,28 +377,40 @@ def _check_endpoints(items: list[Any]) -> tuple[EndpointSchema, ...]:
     return tuple(out)
 
 
-def _check_health(value: Any) -> HealthSchema:
-    """The ``health`` object with durations in seconds and its type resolved (raw JSON or decoded)."""
-    if isinstance(value, HealthSchema):
-        health = HealthSchema(**checked(value, ""))
+def _check_probe(value: Any, schema: type[ProbeSchema], words: str) -> Any:
+    """A probe object with durations in seconds and its type resolved (raw JSON or decoded)."""
+    if isinstance(value, schema):
+        probe = schema(**checked(value, ""))
     elif not isinstance(value, dict):
-        raise ValueError(f"{_HEALTH_WORDS}, got {kind(value)}")
+        raise ValueError(f"{words}, got {kind(value)}")
     else:
-        health = HealthSchema(**diagnose(value, HealthSchema, ""))
-    if health.type is UNSET:  # what the fields given say; neither: http, which asks for its path
-        health.type = "exec" if health.command is not UNSET and health.path is UNSET else "http"
-    if health.type == "http" and health.path is UNSET:
+        probe = schema(**diagnose(value, schema, ""))
+    if probe.type is UNSET:  # what the fields given say; neither: http, which asks for its path
+        probe.type = "exec" if probe.command is not UNSET and probe.path is UNSET else "http"
+    if probe.type == "http" and probe.path is UNSET:
         raise ValueError('.path is required (e.g. "/health"), or a type "tcp" or "exec"')
-    if health.type == "exec" and health.command is UNSET:
+    if probe.type == "exec" and probe.command is UNSET:
         raise ValueError('.command is required for type "exec" (argv list, or a string run by /bin/sh -c)')
-    if health.type != "http" and health.path is not UNSET:
-        raise ValueError(f'.path is only for type "http", not {health.type!r}')
-    if health.type != "exec" and health.command is not UNSET:
-        raise ValueError(f'.command is only for type "exec", not {health.type!r}')
-    return health
+    if probe.type != "http" and probe.path is not UNSET:
+        raise ValueError(f'.path is only for type "http", not {probe.type!r}')
+    if probe.type != "exec" and probe.command is not UNSET:
+        raise ValueError(f'.command is only for type "exec", not {probe.type!r}')
+    return probe
 
 
 _HEALTH_WORDS = "must be an object {type, path, command, interval_s, timeout_s, failures} or null"
+
+
+def _check_health(value: Any) -> HealthSchema:
+    """The ``health`` (readiness) object."""
+    health: HealthSchema = _check_probe(value, HealthSchema, _HEALTH_WORDS)
+    return health
+
+
+def _check_liveness(value: Any) -> LivenessSchema:
+    """The ``liveness`` object."""
+    liveness: LivenessSchema = _check_probe(value, LivenessSchema, _HEALTH_WORDS)
+    return liveness
 
 
 def _check_ready_log_line(pattern: str) -> str:
@@ -427,7 +450,10 @@ class ManifestSchema(msgspec.Struct, forbid_unknown_fields=True):
         list[EndpointSchema],
         Rule("must be a list of {method, path, description}", check=_check_endpoints, raw_check=True),
     ] = []
+    # readiness: gates RUNNING and routing ("readiness" is the same field: an alias taken before decoding)
     health: Annotated[HealthSchema | None, Rule(_HEALTH_WORDS, check=_check_health, raw_check=True)] = None
+    # liveness: while RUNNING, failures in a row restart the plugin
+    liveness: Annotated[LivenessSchema | None, Rule(_HEALTH_WORDS, check=_check_liveness, raw_check=True)] = None
     # RUNNING waits for a line of the plugin's output matching this regex (with any health check)
     ready_log_line: Annotated[
         str | None, Rule("must be a string (a regular expression)", check=_check_ready_log_line)

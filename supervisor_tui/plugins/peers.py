@@ -8,10 +8,12 @@ upstream per place, round robin over those up. A key only other nodes serve is a
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
+
+from msgspec.structs import replace
 
 from supervisor_tui.plugins.external import ExternalPlugin
-from supervisor_tui.plugins.model import PluginSnapshot, PluginState
+from supervisor_tui.plugins.model import PluginSnapshot, PluginState, PluginUpstream
 
 
 @dataclass
@@ -78,8 +80,8 @@ def with_peers(snap: PluginSnapshot, peers: dict[str, Peer] | None, this_node: s
     """``snap`` with every place that serves its key in ``upstreams``: here first (if it serves it), then peers."""
     if not peers:
         return snap
-    here: tuple[tuple[str, str, bool, bool], ...] = ()
+    here: tuple[PluginUpstream, ...] = ()
     if snap.upstream and snap.node == "" and snap.kind != "inprocess":
-        here = ((this_node, snap.upstream, snap.state == str(PluginState.RUNNING), False),)
-    elsewhere = tuple((p.node, p.url, p.up, True) for p in sorted(peers.values(), key=lambda p: p.node))
+        here = (PluginUpstream(this_node, snap.upstream, snap.state == PluginState.RUNNING, False),)
+    elsewhere = tuple(PluginUpstream(p.node, p.url, p.up, True) for p in sorted(peers.values(), key=lambda p: p.node))
     return replace(snap, upstreams=here + elsewhere)

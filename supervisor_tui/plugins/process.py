@@ -1,72 +1,70 @@
 """ProcessRunner: one supervised plugin process and its state machine (supervisord's, with bounded restarts).
 
-STOPPED -> STARTING -> RUNNING once the process stayed up ``startsecs`` and (when the manifest has a health path)
+STOPPED -> STARTING -> RUNNING once the process stayed up ``startsecs`` and (with a readiness probe, ``health``)
 a probe succeeded. An exit while STARTING -> BACKOFF -> STARTING ..., FATAL after ``startretries`` failed retries.
 An exit while RUNNING -> EXITED -> STARTING again (restart policy permitting), with an exponential backoff when
 it keeps crashing that resets after ``STABLE_AFTER`` seconds of running. Stop signals the whole process group,
 waits ``stopwaitsecs`` and SIGKILLs what is left, so nothing a plugin spawned outlives it.
 
-What a plugin spawned is found by more than its process group and the environment marker (both of which a
-daemon escapes with ``setsid`` and a cleared environment): on Linux every plugin process is a child subreaper
-(``PR_SET_CHILD_SUBREAPER``), so what its children double-fork away is re-parented to the plugin, not to init,
-and stays in its tree; the supervisor process itself is one too (``become_subreaper``), so what outlives a
-plugin's main process becomes the supervisor's child. Every descendant pid seen is remembered
-(``RunnerContext.descendants``): stop and exit kill those still alive, and ``reap_adopted`` collects the ones
-that died as the supervisor's children.
-
-Where cgroups v2 are writable (``plugins.cgroups``, see plugins.cgroups), each run of a plugin also has its own
-cgroup (``RunnerContext.cgroups``), which its main process joins before exec: nothing it forks leaves it, so stop
-and exit give what is still in it the same treatment as the rest of the tree, then SIGKILL it and remove the cgroup.
+The runner is put together from its jobs: this module has the state machine (supervision loop, oneshot tasks,
+actions, snapshot); ``process_spawn`` starts a run, ``probing`` has its readiness and liveness probes,
+``process_tree`` stops what a run left behind (and the subreaper rules); ``replicas`` runs N of them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
-import errno
-import functools
-import os
-import re
-import resource
-import signal
-import subprocess
-import sys
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Collection, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
-import httpx
-import psutil
-
-from supervisor_tui.config import ENV_PREFIX, local_url
+from supervisor_tui.config import local_url
 from supervisor_tui.core.backoff import backoff_delay
 from supervisor_tui.core.events import MetricsSample
 from supervisor_tui.core.logs import LogHub
-from supervisor_tui.plugins.cgroups import CgroupTree, PluginCgroup, join_in_child
-from supervisor_tui.plugins.health import HealthTracker, ProbeTarget, run_probe
-from supervisor_tui.plugins.launch import LaunchRefused, RunAs, prepare_launch
+from supervisor_tui.plugins.cgroups import CgroupTree, PluginCgroup
+from supervisor_tui.plugins.health import HealthTracker, ProbeClient
 from supervisor_tui.plugins.manifest import Manifest, ManifestError, dependencies
-from supervisor_tui.plugins.metrics import (
-    HISTORY,
-    OWNER_ENV,
-    TreeSampler,
-    alive,
-    group_members,
-    kill_all,
-    marked_processes,
-    process_tree,
-    signal_group,
-)
+from supervisor_tui.plugins.metrics import HISTORY, TreeSampler
 from supervisor_tui.plugins.model import PluginActionError, PluginSnapshot, PluginState
 from supervisor_tui.plugins.ports import PortAllocator, PortUnavailable
+from supervisor_tui.plugins.probing import PASSIVE_FAILURES, Probing
+from supervisor_tui.plugins.process_spawn import (  # re-exported: the supervisor's names for them
+    Spawning,
+    describe_exit,
+    describe_os_error,
+    inherited_environment,
+)
+from supervisor_tui.plugins.process_tree import (  # re-exported: the supervisor's names for them
+    TreeTeardown,
+    adopted_children,
+    become_subreaper,
+    orphans_of,
+    reap_adopted,
+    stop_orphans,
+    wait_exit,
+)
+
+__all__ = [
+    "FIRST_BACKOFF",
+    "STABLE_AFTER",
+    "ProcessRunner",
+    "RunnerContext",
+    "adopted_children",
+    "become_subreaper",
+    "describe_exit",
+    "describe_os_error",
+    "inherited_environment",
+    "orphans_of",
+    "reap_adopted",
+    "stop_orphans",
+    "wait_exit",
+]
 
 STABLE_AFTER = 60.0  # seconds of RUNNING after which the crash backoff starts over
 FIRST_BACKOFF = 1.0  # seconds before the first retry (doubles each time, capped by backoff_max_s)
-PASSIVE_FAILURES = 3  # gateway failures in a row that make a plugin without a health check unhealthy
-START_TIMEOUT = 60.0  # seconds after startsecs a ready_log_line may take when there is no health.start_timeout_s
-READY_LINE_SCAN = 4096  # characters of each output line matched against ready_log_line (bounded regex work)
 
 S = PluginState
 
@@ -77,7 +75,7 @@ class RunnerContext:
 
     logs: LogHub
     ports: PortAllocator
-    http: httpx.AsyncClient
+    http: ProbeClient
     host: str
     supervisor_url: Callable[[], str]
     owner: str  # identifies this supervisor's data dir in the plugins' environment (see metrics.OWNER_ENV)
@@ -91,39 +89,7 @@ class RunnerContext:
     cgroups: CgroupTree | None = None  # None: cgroups are off or not writable here
 
 
-def inherited_environment() -> dict[str, str]:
-    """The supervisor's environment minus its own settings: ``SUPERVISOR_TUI_*`` carries tokens and passwords
-    (admin and plugin tokens, the enrollment token, database URLs), which no plugin may read. What a plugin
-    needs from the supervisor it gets on purpose (``SUPERVISOR_URL``, ``PLUGIN_KEY``, ``PORT``, its manifest's
-    ``env``)."""
-    return {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
-
-
-def describe_os_error(exc: OSError) -> str:
-    """``exc`` for an operator; running out of file descriptors names the limit to raise."""
-    if exc.errno == errno.EMFILE:
-        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-        return (
-            f"out of file descriptors: the supervisor's limit of {soft} open files is reached "
-            "(raise it: ulimit -n, or LimitNOFILE= in the systemd unit)"
-        )
-    if exc.errno == errno.ENFILE:
-        return "out of file descriptors: the system's open-file table is full (fs.file-max)"
-    return exc.strerror or str(exc)
-
-
-def describe_exit(code: int | None) -> str:
-    if code is None:
-        return "exited"
-    if code < 0:
-        try:
-            return f"killed by {signal.Signals(-code).name}"
-        except ValueError:
-            return f"killed by signal {-code}"
-    return f"exited with code {code}"
-
-
-class ProcessRunner:
+class ProcessRunner(Spawning, Probing, TreeTeardown):
     """Runs one plugin's command under supervision; every state change goes through ``ctx.on_state``."""
 
     kind = "process"
@@ -157,6 +123,8 @@ class ProcessRunner:
         self.last_error = str(error) if error else ""
         self.desired = "stopped"
         self.tracker = HealthTracker(self._failures_threshold())
+        self.readiness = HealthTracker(self._failures_threshold())
+        self.liveness = HealthTracker(self._liveness_threshold())
         self.sampler: TreeSampler | None = None
         self.last_sample: MetricsSample | None = None
         self.metrics_history: deque[MetricsSample] = deque(maxlen=HISTORY)
@@ -164,7 +132,7 @@ class ProcessRunner:
         self._cgroup: PluginCgroup | None = None  # the current run's (None without cgroups)
         self._pumps: list[asyncio.Task[None]] = []
         self._task: asyncio.Task[None] | None = None
-        self._health_task: asyncio.Task[None] | None = None
+        self._probe_tasks: list[asyncio.Task[None]] = []  # the current run's readiness and liveness loops
         self._restart_task: asyncio.Task[None] | None = None
         self._restart_reason = ""
         self._refused = False  # the last spawn was refused before anything ran (see plugins.launch)
@@ -175,27 +143,6 @@ class ProcessRunner:
         self._changed = asyncio.Event()
         self._stop_lock = asyncio.Lock()
 
-    @property
-    def _marker(self) -> str:
-        return f"{self.ctx.owner}:{self.instance}"
-
-    def _remember(self, procs: list[psutil.Process]) -> None:
-        self.ctx.descendants.update(p.pid for p in procs if p.pid != self.pid)
-
-    async def _leftovers(self, known: list[psutil.Process]) -> list[psutil.Process]:
-        """``known`` processes still alive plus every live process carrying this plugin's environment marker or
-        in the run's cgroup."""
-        found = await asyncio.to_thread(self._marked_or_in_cgroup)
-        pids = {p.pid for p in known}
-        return alive(known) + [p for p in found if p.pid not in pids]
-
-    def _marked_or_in_cgroup(self) -> list[psutil.Process]:
-        found = marked_processes(self._marker)
-        if self._cgroup is not None:
-            marked = {p.pid for p in found}
-            found += [p for p in self._cgroup.members() if p.pid not in marked]
-        return found
-
     # -- views ---------------------------------------------------------------------------------------------------
     @property
     def active(self) -> bool:
@@ -204,20 +151,21 @@ class ProcessRunner:
 
     def snapshot(self) -> PluginSnapshot:
         m = self.manifest
-        running = self.state == S.RUNNING
         return PluginSnapshot(
             key=self.key,
             name=m.name if m else self.key,
             version=m.version if m else "",
             description=m.description if m else "",
             kind=self.kind,
-            state=str(self.state),
+            state=self.state,
             detail=self.detail,
             pid=self.pid,
             host=self.ctx.host if self.port is not None else None,
             port=self.port,
-            # a oneshot task is never routed
-            upstream=local_url(self.ctx.host, self.port) if running and self.port and not (m and m.oneshot) else None,
+            # routed while ready (RUNNING, its readiness probe passing); a oneshot task is never routed
+            upstream=local_url(self.ctx.host, self.port)
+            if self.ready and self.port and not (m and m.oneshot)
+            else None,
             started_at=self.started_at,
             restarts=self.restarts,
             healthy=self.tracker.healthy,
@@ -270,10 +218,15 @@ class ProcessRunner:
         m = self.manifest
         return m.health.failures if m and m.health else PASSIVE_FAILURES
 
+    def _liveness_threshold(self) -> int:
+        m = self.manifest
+        return m.liveness.failures if m and m.liveness else PASSIVE_FAILURES
+
     def replace_manifest(self, manifest: Manifest | None, error: ManifestError | None = None) -> None:
         """Swap in a new manifest (the caller stops/restarts as needed); None + error makes it INVALID."""
         self.manifest, self.error = manifest, error
-        self.tracker.failures = self._failures_threshold()
+        self.tracker.failures = self.readiness.failures = self._failures_threshold()
+        self.liveness.failures = self._liveness_threshold()
         if manifest is None:
             self.last_error = str(error) if error else ""
             self._set(S.INVALID, str(error) if error else "manifest rejected")
@@ -307,7 +260,7 @@ class ProcessRunner:
             if task is not None and was_active:
                 task.cancel()
                 await asyncio.wait([task])
-            await self._cancel_health()  # no probe runs against a stopped plugin, not even one in flight
+            await self._cancel_probes()  # no probe runs against a stopped plugin, not even one in flight
             proc = self._proc
             if proc is not None:
                 if proc.returncode is None:
@@ -391,10 +344,9 @@ class ProcessRunner:
                     self._record_health(True, f"probe: {ready_detail}")
                 self._set(S.RUNNING, reason)
                 self.sample()  # a first look at the tree: children spawned while starting are known from now on
-                if m.health is not None:
-                    self._health_task = asyncio.create_task(self._health_loop(proc), name=f"health:{self.key}")
+                self._start_probes(proc)
                 code = await wait_exit(proc)
-                await self._cancel_health()
+                await self._cancel_probes()
                 uptime = time.monotonic() - running_since
                 why = describe_exit(code)
                 forced = self._restart_reason
@@ -405,7 +357,8 @@ class ProcessRunner:
                     self.last_error = why
                 self._set(S.EXITED, why)
                 await self._after_exit(proc)
-                if m.restart == "never" or (m.restart == "on-failure" and code == 0 and not forced):
+                # a probe's restart (liveness, health.restart) is asked for explicitly: it happens whatever the policy
+                if not forced and (m.restart == "never" or (m.restart == "on-failure" and code == 0)):
                     return
                 if uptime >= STABLE_AFTER:
                     streak = 0
@@ -483,10 +436,9 @@ class ProcessRunner:
         if ready:
             self._set(S.RUNNING, reason)
             self.sample()
-            if self.manifest is not None and self.manifest.health is not None:
-                self._health_task = asyncio.create_task(self._health_loop(proc), name=f"health:{self.key}")
+            self._start_probes(proc)
         code = await wait_exit(proc)
-        await self._cancel_health()
+        await self._cancel_probes()
         forced, self._restart_reason = self._restart_reason, ""
         await self._after_exit(proc)
         why = describe_exit(code)
@@ -496,306 +448,6 @@ class ProcessRunner:
         self._wake.clear()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), delay)
-
-    async def _spawn_shielded(self) -> asyncio.subprocess.Process | None:
-        # Shielded so that a stop arriving mid-spawn still finds the process in self._proc and kills it.
-        spawn = asyncio.ensure_future(self._spawn())
-        try:
-            return await asyncio.shield(spawn)
-        except asyncio.CancelledError:
-            with contextlib.suppress(Exception):
-                await spawn
-            raise
-
-    async def _spawn(self) -> asyncio.subprocess.Process | None:
-        m = self.manifest
-        assert m is not None and self.port is not None
-        try:
-            launch = prepare_launch(m)
-        except LaunchRefused as exc:
-            self._spawn_failed(str(exc))
-            self._refused = True
-            return None
-        env = inherited_environment()
-        env.setdefault("PYTHONUNBUFFERED", "1")  # Python plugins: lines reach the log hub as they are printed
-        run_as = launch.run_as
-        if run_as is not None:
-            env.update(run_as.environment())
-        env.update(launch.env_file)  # the manifest's env wins over the file
-        env.update(m.env)
-        env.update(self.env_overrides)
-        env["PORT"] = str(self.port)
-        env["PLUGIN_KEY"] = self.key
-        env["PLUGIN_REPLICA"] = str(self.replica)
-        env["SUPERVISOR_URL"] = self.ctx.supervisor_url()
-        env[OWNER_ENV] = self._marker
-        self._env = env
-        self._ready_line.clear()
-        argv = m.argv()
-        procs_fd = self._enter_cgroup()
-        try:
-            proc = await asyncio.create_subprocess_exec(
-                *argv,
-                cwd=launch.cwd,
-                env=env,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-                start_new_session=True,
-                preexec_fn=_in_child(procs_fd, run_as),
-            )
-        except (OSError, ValueError, subprocess.SubprocessError) as exc:
-            why = describe_os_error(exc) if isinstance(exc, OSError) else str(exc)
-            self._spawn_failed(f"cannot run {argv[0]!r} in {launch.cwd}: {why}")
-            proc = None
-        finally:
-            if procs_fd is not None:
-                os.close(procs_fd)
-        if proc is None:
-            await self._clear_cgroup()
-            return None
-        self._proc = proc
-        self.pid = proc.pid
-        self.started_at = time.time()
-        self._spawned_at = time.monotonic()  # startsecs counts from here, not after the pid is recorded
-        assert proc.stdout is not None and proc.stderr is not None
-        on_line = self._ready_line_watcher(m.ready_log_line) if m.ready_log_line else None
-        self._pumps = [
-            asyncio.create_task(
-                self.ctx.logs.pump(self.instance, name, stream, on_line), name=f"{name}:{self.instance}"
-            )
-            for name, stream in (("stdout", proc.stdout), ("stderr", proc.stderr))
-        ]
-        for pump in self._pumps:
-            pump.add_done_callback(functools.partial(self._pump_ended, proc))
-        try:
-            self.sampler = TreeSampler(self.instance, proc.pid)
-            created = psutil.Process(proc.pid).create_time()
-        except psutil.Error:
-            created = time.time()
-        except OSError as exc:  # out of descriptors: a process we cannot watch is not one we may call RUNNING
-            signal_group(proc.pid, signal.SIGKILL)
-            await wait_exit(proc)
-            await self._after_exit(proc)
-            self._spawn_failed(f"cannot watch pid {proc.pid}: {describe_os_error(exc)}")
-            return None
-        try:
-            await self.ctx.on_spawn(self, proc.pid, created)
-        except Exception as exc:
-            self.ctx.logs.warning(f"{self.instance}: cannot record pid {proc.pid}: {exc!r}", plugin=self.key)
-        return proc
-
-    def _enter_cgroup(self) -> int | None:
-        """Make this run's cgroup; the descriptor its main process joins it with, or None (then it runs without)."""
-        if self.ctx.cgroups is None:
-            return None
-        try:
-            self._cgroup = self.ctx.cgroups.plugin(self.instance)
-            return self._cgroup.open_procs()
-        except OSError as exc:
-            self.ctx.logs.warning(
-                f"{self.instance}: runs without a cgroup: {describe_os_error(exc)}",
-                event="cgroup_failed",
-                plugin=self.key,
-            )
-            self._cgroup = None
-            return None
-
-    async def _clear_cgroup(self) -> None:
-        """SIGKILL what is left in this run's cgroup and remove it."""
-        cgroup, self._cgroup = self._cgroup, None
-        if cgroup is not None and not await asyncio.to_thread(cgroup.clear):
-            self.ctx.logs.warning(
-                f"{self.instance}: cgroup {cgroup.path} still busy, left in place",
-                event="cgroup_failed",
-                plugin=self.key,
-            )
-
-    def _spawn_failed(self, reason: str) -> None:
-        self.last_error = reason
-        self.ctx.logs.error(f"{self.instance}: {reason}", event="spawn_failed", plugin=self.key)
-
-    def _pump_ended(self, proc: asyncio.subprocess.Process, task: asyncio.Task[None]) -> None:
-        """An output pump that failed leaves a pipe nobody reads (the plugin would block on it): restart it."""
-        if task.cancelled() or task.exception() is None:
-            return
-        exc = task.exception()
-        reason = describe_os_error(exc) if isinstance(exc, OSError) else repr(exc)
-        self.ctx.logs.error(
-            f"{self.instance}: output capture failed: {reason}", event="internal_error", plugin=self.key
-        )
-        if proc is self._proc and proc.returncode is None and self._restart_task is None:
-            self.last_error = f"output capture failed: {reason}"
-            self._restart_reason = f"restarted: {self.last_error}"
-            self._restart_task = asyncio.create_task(self._kill_tree(proc, graceful=True))
-
-    def _ready_line_watcher(self, pattern: str) -> Callable[[str], None]:
-        """What the output pumps call with each line: sets ``_ready_line`` at the first match (then does nothing)."""
-        regex = re.compile(pattern)
-        ready = self._ready_line
-
-        def watch(line: str) -> None:
-            if not ready.is_set() and regex.search(line, 0, READY_LINE_SCAN):
-                ready.set()
-
-        return watch
-
-    async def _wait_ready(self, proc: asyncio.subprocess.Process, startsecs: float | None = None) -> tuple[bool, str]:
-        """Readiness gating: up for ``startsecs`` (the manifest's unless given), a ``ready_log_line`` printed and,
-        with a health check, one successful probe. Not ready in time: (False, why) with the process still running
-        (the caller stops it); an exit: (False, why)."""
-        m = self.manifest
-        assert m is not None
-        ready_at = self._spawned_at + (m.startsecs if startsecs is None else startsecs)
-        health = m.health
-        need_probe = health is not None
-        need_line = m.ready_log_line is not None
-        start_timeout = health.start_timeout_s if health is not None else START_TIMEOUT
-        give_up = ready_at + start_timeout
-        exited = asyncio.ensure_future(wait_exit(proc))
-        line = asyncio.ensure_future(self._ready_line.wait())
-        interval = 0.05
-        try:
-            while True:
-                if exited.done():
-                    return False, f"{describe_exit(proc.returncode)} while starting"
-                need_line = need_line and not line.done()
-                now = time.monotonic()
-                if not need_probe and not need_line and now >= ready_at:
-                    return True, ""
-                if (need_probe or need_line) and now > give_up:
-                    waited = f"not ready within {ready_at - self._spawned_at + start_timeout:g}s"
-                    if need_line:
-                        return False, f"{waited} (no output line matched ready_log_line {m.ready_log_line!r})"
-                    return False, f"{waited.replace('ready', 'healthy')} (last probe: {self.tracker.detail})"
-                if need_probe:
-                    assert health is not None
-                    ok, detail = await run_probe(health, self.ctx.http, self._probe_target())
-                    self.tracker.detail = detail
-                    if ok:
-                        need_probe = False
-                        continue
-                    timeout = interval
-                    interval = min(interval * 1.5, 0.5)
-                elif need_line:
-                    timeout = give_up - now
-                else:
-                    timeout = ready_at - now
-                await asyncio.wait([exited, line], timeout=max(timeout, 0.0), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for waiter in (exited, line):
-                if not waiter.done():
-                    waiter.cancel()
-
-    def _probe_target(self) -> ProbeTarget:
-        m = self.manifest
-        assert self.port is not None and m is not None, "health is only probed while the plugin holds a port"
-        return ProbeTarget(self.ctx.host, self.port, m.folder, self._env)
-
-    async def _health_loop(self, proc: asyncio.subprocess.Process) -> None:
-        m = self.manifest
-        assert m is not None and m.health is not None
-        health = m.health
-        while proc.returncode is None:
-            await asyncio.sleep(health.interval_s)
-            if proc.returncode is not None or self.state != S.RUNNING:
-                return
-            ok, detail = await run_probe(health, self.ctx.http, self._probe_target())
-            if proc.returncode is None and self.state == S.RUNNING:
-                self._record_health(ok, f"probe: {detail}")
-
-    def _record_health(self, ok: bool, detail: str) -> None:
-        flip = self.tracker.record(ok, detail)
-        if flip is None:
-            return
-        if flip is False:
-            self.last_error = f"unhealthy: {detail}"
-        try:
-            self.ctx.on_health(self, flip, detail)
-        except Exception as exc:
-            self.ctx.logs.error(f"{self.instance}: health listener failed: {exc!r}", event="internal_error")
-        m = self.manifest
-        if flip is False and m is not None and m.health is not None and m.health.restart:
-            proc = self._proc
-            if proc is not None and proc.returncode is None and self._restart_task is None:
-                self._restart_reason = f"restarted: unhealthy ({detail})"
-                self._restart_task = asyncio.create_task(self._kill_tree(proc, graceful=True))
-
-    async def _cancel_health(self) -> None:
-        task, self._health_task = self._health_task, None
-        if task is not None and not task.done():
-            task.cancel()
-            await asyncio.wait([task])
-
-    async def _kill_tree(self, proc: asyncio.subprocess.Process, graceful: bool) -> None:
-        """Signal the plugin's process group (and descendants that left it), wait, then SIGKILL what is left."""
-        m = self.manifest
-        wait_s = m.stopwaitsecs if m is not None else 10.0
-        sig = m.stop_signal if (m is not None and graceful) else signal.SIGKILL
-        pgid = proc.pid
-        tree = process_tree(proc.pid)
-        if self.sampler is not None:
-            tree.extend(p for p in self.sampler.known_tree() if p.pid not in {t.pid for t in tree})
-        tree = await self._leftovers(tree)
-        self._remember(tree)
-        signal_group(pgid, sig)
-        kill_all([p for p in tree if _pgid(p) != pgid], sig)  # descendants that made their own group
-        deadline = time.monotonic() + wait_s
-        try:
-            await asyncio.wait_for(wait_exit(proc), wait_s)
-        except TimeoutError:
-            self.ctx.logs.warning(
-                f"{self.instance}: pid {proc.pid} ignored {sig.name} for {wait_s:g}s: sending SIGKILL",
-                event="sigkill",
-                plugin=self.key,
-            )
-            signal_group(pgid, signal.SIGKILL)
-            kill_all(tree)
-            await wait_exit(proc)
-        # Whatever the plugin left behind gets the rest of the wait, then SIGKILL.
-        while alive(tree) and time.monotonic() < deadline:  # noqa: ASYNC110 - polling other processes' exit
-            await asyncio.sleep(0.05)
-        signal_group(pgid, signal.SIGKILL)
-        kill_all(alive(tree))
-
-    async def _after_exit(self, proc: asyncio.subprocess.Process) -> None:
-        """After the main process ended: kill leftovers of its group, drain output, free port and pid."""
-        if proc.returncode is None:
-            return
-        tree = await self._leftovers(self.sampler.known_tree() if self.sampler is not None else [])
-        tree += [p for p in adopted_children(self.ctx.descendants) if p.pid not in {t.pid for t in tree}]
-        if tree or signal_group(proc.pid, 0):
-            signal_group(proc.pid, signal.SIGTERM)
-            kill_all(alive(tree), signal.SIGTERM)
-            deadline = time.monotonic() + min(self.manifest.stopwaitsecs if self.manifest else 1.0, 2.0)
-            while alive(tree) and time.monotonic() < deadline:  # noqa: ASYNC110 - polling other processes' exit
-                await asyncio.sleep(0.05)
-            signal_group(proc.pid, signal.SIGKILL)
-            kill_all(alive(tree))
-        await self._clear_cgroup()
-        reap_adopted(self.ctx.descendants)
-        pumps, self._pumps = self._pumps, []
-        if pumps:
-            _, pending = await asyncio.wait(pumps, timeout=2.0)
-            for task in pending:
-                task.cancel()
-            if pending:  # something unknown still holds the output pipes: close our ends, or their fds leak
-                transport = getattr(proc, "_transport", None)
-                if transport is not None:
-                    transport.close()
-        if self._restart_task is not None:
-            await asyncio.wait([self._restart_task])
-            self._restart_task = None
-        self._proc = None
-        self.pid = None
-        self.sampler = None
-        self.port = None
-        self.tracker.reset()
-        self.ctx.ports.release(self.instance)
-        try:
-            await self.ctx.on_exit(self)
-        except Exception as exc:
-            self.ctx.logs.warning(f"{self.instance}: cannot clear recorded pid: {exc!r}", plugin=self.key)
 
     def sample(self) -> MetricsSample | None:
         """One metrics sample of the process tree (None when not running)."""
@@ -811,142 +463,3 @@ class ProcessRunner:
     def history(self) -> list[MetricsSample]:
         """Samples of the last minutes (kept across restarts)."""
         return list(self.metrics_history)
-
-
-async def wait_exit(proc: asyncio.subprocess.Process) -> int:
-    """The exit code, as soon as the process has exited.
-
-    ``Process.wait()`` (Python 3.11) only returns once every pipe is closed too, which a grandchild holding
-    stdout open delays forever; a pidfd tells us when the process itself is gone, and the event loop's child
-    watcher reaps it (setting ``returncode``) right after."""
-    if proc.returncode is not None:
-        return proc.returncode
-    loop = asyncio.get_running_loop()
-    fd: int | None = None
-    with contextlib.suppress(OSError, AttributeError):
-        fd = os.pidfd_open(proc.pid)
-    if fd is not None:
-        readable = loop.create_future()
-        loop.add_reader(fd, _resolve, readable)
-        try:
-            await readable
-        finally:
-            loop.remove_reader(fd)
-            os.close(fd)
-    interval = 0.005 if fd is not None else 0.2  # no pidfd (old kernel): poll
-    while proc.returncode is None:
-        await asyncio.sleep(interval)
-        interval = min(interval * 2, 0.2)
-    return proc.returncode
-
-
-def _resolve(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
-
-
-def _pgid(p: psutil.Process) -> int | None:
-    try:
-        return os.getpgid(p.pid)
-    except (ProcessLookupError, PermissionError):
-        return None
-
-
-def orphans_of(pid: int, started: float | None) -> list[psutil.Process]:
-    """What a previous supervisor run left behind of one plugin: the process group led by ``pid`` (members
-    created no earlier than ``started``, so a recycled pid is left alone) and the descendants of ``pid``.
-    Blocking (it reads every process)."""
-    members = group_members(pid, not_before=started)
-    try:
-        root = psutil.Process(pid)
-        if started is None or abs(root.create_time() - started) < 1.0:
-            for child in root.children(recursive=True):
-                if child.pid not in {p.pid for p in members}:
-                    members.append(child)
-    except psutil.Error:
-        pass
-    return members
-
-
-async def stop_orphans(procs: list[psutil.Process], grace: float = 3.0) -> None:
-    """SIGTERM every one at once, up to ``grace`` seconds for all of them together, then SIGKILL.
-
-    All at once: ten slow-to-die orphans cost ``grace`` seconds, not ten times that. Cancelled (the supervisor
-    is asked to stop meanwhile), it SIGKILLs what is left right away instead of waiting."""
-    kill_all(procs, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    try:
-        while alive(procs) and time.monotonic() < deadline:  # noqa: ASYNC110 - polling other processes' exit
-            await asyncio.sleep(0.05)
-    finally:
-        kill_all(alive(procs), signal.SIGKILL)
-
-
-PR_SET_CHILD_SUBREAPER = 36  # linux/prctl.h
-
-
-def _load_prctl() -> Callable[..., int] | None:
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        prctl: Callable[..., int] = ctypes.CDLL(None, use_errno=True).prctl
-        return prctl
-    except (OSError, AttributeError):
-        return None
-
-
-_prctl = _load_prctl()  # looked up once, here: the child between fork and exec only calls it
-
-
-def _subreaper_in_child() -> None:
-    """preexec_fn of every plugin process: its descendants' orphans are re-parented to it, not to init."""
-    assert _prctl is not None
-    _prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
-
-
-def _set_up_child(procs_fd: int | None, run_as: RunAs | None) -> None:
-    if procs_fd is not None:
-        join_in_child(procs_fd)
-    if _prctl is not None:
-        _subreaper_in_child()
-    if run_as is not None:  # last: joining the cgroup needs root
-        run_as.become()
-
-
-def _in_child(procs_fd: int | None, run_as: RunAs | None = None) -> Callable[[], None] | None:
-    """The preexec_fn of a plugin process: join its cgroup (``procs_fd``, when it has one), become a subreaper,
-    then become ``run_as`` (the manifest's user). Done here rather than with the ``user=`` arguments of
-    subprocess, which uvloop's event loop (headless mode) does not take."""
-    if procs_fd is None and run_as is None:
-        return _subreaper_in_child if _prctl is not None else None
-    return functools.partial(_set_up_child, procs_fd, run_as)
-
-
-def become_subreaper() -> bool:
-    """Make this process the reaper of its descendants' orphans (Linux); False where that is not possible."""
-    return _prctl is not None and _prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
-
-
-def adopted_children(descendants: set[int]) -> list[psutil.Process]:
-    """Live children of this process that were seen below a plugin (orphans re-parented to the supervisor)."""
-    try:
-        children = psutil.Process().children()
-    except psutil.Error:
-        return []
-    return alive([p for p in children if p.pid in descendants])
-
-
-def reap_adopted(descendants: set[int], busy: Collection[int] = ()) -> None:
-    """Collect the exit status of adopted orphans that died, and forget pids that are gone. ``busy``: pids whose
-    status belongs to someone else (plugins' main processes, awaited by the event loop). Never blocks."""
-    for pid in list(descendants):
-        if pid in busy:
-            continue
-        try:
-            done, _ = os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:  # not our child (yet): forget it once it is gone for good
-            if not psutil.pid_exists(pid):
-                descendants.discard(pid)
-            continue
-        if done:
-            descendants.discard(pid)

@@ -16,6 +16,8 @@ import asyncio
 import dataclasses
 from collections.abc import Mapping
 
+import msgspec
+
 from supervisor_tui.config import local_url
 from supervisor_tui.core.events import MetricsSample
 from supervisor_tui.plugins.manifest import Manifest, ManifestError
@@ -139,17 +141,17 @@ class ReplicatedRunner(ProcessRunner):
         own_sample = self._own_sample if self.others else self.last_sample
         replicas = (_replica(self, own_sample), *(_replica(other, other.last_sample) for other in self.others))
         if self.count == 1:
-            return dataclasses.replace(own, replicas=replicas)
+            return msgspec.structs.replace(own, replicas=replicas)
         state = combined_state([m.state for m in self.members])
         running = [r for r in replicas if r.state == S.RUNNING]
         detail = f"{len(running)}/{len(replicas)} replicas RUNNING"
         if own.detail:
             detail += f"; replica 0: {own.detail}"
-        return dataclasses.replace(
+        return msgspec.structs.replace(
             own,
-            state=str(state),
+            state=state,
             detail=detail,
-            upstream=own.upstream or (running[0].upstream if running else None),
+            upstream=own.upstream or next((r.upstream for r in replicas if r.upstream), None),
             restarts=sum(r.restarts for r in replicas),
             replicas=replicas,
         )
@@ -221,14 +223,13 @@ class ReplicatedRunner(ProcessRunner):
 
 
 def _replica(runner: ProcessRunner, sample: MetricsSample | None) -> ReplicaSnapshot:
-    running = runner.state == S.RUNNING
     return ReplicaSnapshot(
         index=runner.replica,
-        state=str(runner.state),
+        state=runner.state,
         detail=runner.detail,
         pid=runner.pid,
         port=runner.port,
-        upstream=local_url(runner.ctx.host, runner.port) if running and runner.port else None,
+        upstream=local_url(runner.ctx.host, runner.port) if runner.ready and runner.port else None,
         started_at=runner.started_at,
         restarts=runner.restarts,
         cpu_percent=sample.cpu_percent if sample is not None else None,

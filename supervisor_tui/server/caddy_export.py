@@ -23,15 +23,16 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any
-
-import httpx
+from typing import TYPE_CHECKING, Any
 
 from supervisor_tui.config import masked_url
 from supervisor_tui.core.backoff import backoff_delay
 from supervisor_tui.core.logs import LogHub
 from supervisor_tui.server.caddy_config import caddy_server
 from supervisor_tui.server.gateway import RouteTable
+
+if TYPE_CHECKING:
+    import httpx
 
 DEBOUNCE = 0.1
 CHECK_INTERVAL = 5.0
@@ -110,6 +111,8 @@ class CaddyExport:
     async def start(self) -> None:
         if self._task is not None:
             return
+        import httpx  # only with a route export: a headless supervisor without one never loads httpx
+
         self._client = httpx.AsyncClient(base_url=self.admin_url, timeout=ADMIN_TIMEOUT, trust_env=False)
         self._wake.set()
         self._task = asyncio.get_running_loop().create_task(self._run(), name="caddy-export")
@@ -145,6 +148,8 @@ class CaddyExport:
 
     async def sync_once(self) -> None:
         """Read the server back, write it when it is not what the table says; record how it went."""
+        import httpx  # loaded by start()
+
         desired = self.desired()
         status = self._status
         status.last_attempt_at = time.time()

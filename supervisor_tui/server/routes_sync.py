@@ -45,6 +45,22 @@ class RoutedReplica(Protocol):
     def upstream(self) -> str | None: ...
 
 
+class RoutedUpstream(Protocol):
+    """One place serving a key when other fleet nodes serve it too (plugins.model.PluginUpstream)."""
+
+    @property
+    def node(self) -> str: ...
+
+    @property
+    def url(self) -> str: ...
+
+    @property
+    def up(self) -> bool: ...
+
+    @property
+    def remote(self) -> bool: ...  # another node's gateway
+
+
 class RoutedPlugin(Protocol):
     """The PluginSnapshot fields a route is made of (docs/architecture.md)."""
 
@@ -67,16 +83,16 @@ class RoutedPlugin(Protocol):
     def endpoints(self) -> Sequence[RoutedEndpoint]: ...
 
     @property
-    def timeout(self) -> float: ...
+    def timeout(self) -> float | None: ...  # None: the default
 
     @property
-    def max_body(self) -> int: ...
+    def max_body(self) -> int | None: ...  # None: the default
 
     @property
     def replicas(self) -> Sequence[RoutedReplica]: ...
 
     @property
-    def upstreams(self) -> Sequence[tuple[str, str, bool, bool]]: ...  # (node, gateway URL, up, on another node)
+    def upstreams(self) -> Sequence[RoutedUpstream]: ...
 
 
 class SupervisorView(Protocol):
@@ -110,9 +126,7 @@ def route_for(
         upstream = upstream if local else None
     # Other fleet nodes serving the key too: one upstream per place (this node's place is its replicas, if several)
     places = snapshot.upstreams
-    elsewhere = tuple(
-        Upstream(node, url, up, via_node=remote) for node, url, up, remote in places if remote or not local
-    )
+    elsewhere = tuple(Upstream(u.node, u.url, u.up, via_node=u.remote) for u in places if u.remote or not local)
     upstreams = local + elsewhere
     served_elsewhere = any(u.up and u.via_node for u in upstreams)
     available = (state == "RUNNING" and (bool(upstream) or app is not None)) or served_elsewhere

@@ -1,4 +1,7 @@
-"""Request and response bodies of the admin API (they are what /openapi.json documents)."""
+"""Request bodies of the admin API and its answers about the whole supervisor (what /openapi.json documents).
+
+The answers about plugins (snapshots, replicas, endpoints, metrics samples, log lines) are not here: they are the
+core's msgspec Structs in plugins/model.py, encoded as they are (server/admin_context.py documents them)."""
 
 from __future__ import annotations
 
@@ -10,93 +13,6 @@ from supervisor_tui.plugins.manifest import ENV_NAME, KEY_PATTERN
 from supervisor_tui.plugins.manifest_schema import MAX_REPLICAS
 
 
-class EndpointOut(BaseModel):
-    method: str
-    path: str
-    description: str = ""
-    gateway_url: str = Field(description="Where clients call this endpoint through the gateway")
-
-
-class MetricsOut(BaseModel):
-    ts: float
-    cpu_percent: float
-    rss: int
-    threads: int
-    fds: int
-    processes: int
-
-
-class ReplicaOut(BaseModel):
-    """One replica of a process plugin: its own process group on its own port."""
-
-    index: int = Field(description="PLUGIN_REPLICA in its environment, 0..N-1")
-    state: str
-    detail: str = ""
-    pid: int | None = None
-    port: int | None = None
-    upstream: str | None = Field(None, description="Its base URL while RUNNING: the gateway balances over these")
-    started_at: float | None = None
-    restarts: int = 0
-    cpu_percent: float | None = None
-    rss: int | None = None
-
-
-class UpstreamOut(BaseModel):
-    node: str
-    url: str
-    up: bool
-    remote: bool = Field(description="true: another node's gateway")
-
-
-class PluginOut(BaseModel):
-    """A plugin as the API shows it (the core's PluginSnapshot plus gateway figures)."""
-
-    key: str
-    name: str
-    version: str
-    description: str = ""
-    kind: str = Field(description="process | external | inprocess")
-    state: str
-    detail: str = ""
-    pid: int | None = None
-    host: str | None = None
-    port: int | None = None
-    upstream: str | None = None
-    started_at: float | None = None
-    uptime: float | None = None
-    restarts: int = 0
-    healthy: bool | None = None
-    health_detail: str = ""
-    last_error: str | None = None
-    autostart: bool = False
-    desired: str = "stopped"
-    endpoints: list[EndpointOut] = []
-    last_metrics: MetricsOut | None = None
-    requests: int = Field(0, description="Requests proxied through the gateway since start")
-    replicas: list[ReplicaOut] = Field(
-        [],
-        description="A process plugin's replicas (one unless scaled); the plugin's state is RUNNING while any "
-        "replica is, and its detail counts them",
-    )
-    node: str = Field("", description="The fleet node that announced it over Redis (empty: this node's own)")
-    upstreams: list[UpstreamOut] = Field(
-        default_factory=list, description="Every place serving the key when other fleet nodes serve it too"
-    )
-    group: str | None = Field(None, description="The manifest's group (started, stopped, restarted together)")
-    depends_on: list[str] = Field([], description="Keys of the plugins this one needs running first")
-
-
-class PluginEnvelope(BaseModel):
-    plugin: PluginOut
-    warning: str | None = Field(
-        None, description="Set when the action was done but a supervisor restart will not remember it (full disk)"
-    )
-
-
-class PluginList(BaseModel):
-    plugins: list[PluginOut]
-
-
 class GroupOut(BaseModel):
     name: str
     plugins: list[str] = Field(description="Keys of the group's plugins")
@@ -104,11 +20,6 @@ class GroupOut(BaseModel):
 
 class GroupList(BaseModel):
     groups: list[GroupOut]
-
-
-class GroupActionOut(BaseModel):
-    group: str
-    plugins: list[PluginOut] = Field(description="Every plugin of the group after the action")
 
 
 class GraphNodeOut(BaseModel):
@@ -217,22 +128,6 @@ class RouteOut(BaseModel):
 class RoutesOut(BaseModel):
     routes: list[RouteOut]
     export: RouteExportOut
-
-
-class LogLineOut(BaseModel):
-    ts: float
-    source: str
-    stream: str
-    level: str
-    message: str
-
-
-class LogLines(BaseModel):
-    lines: list[LogLineOut]
-
-
-class MetricsHistory(BaseModel):
-    samples: list[MetricsOut]
 
 
 class InstallIn(BaseModel):

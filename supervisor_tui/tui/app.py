@@ -213,6 +213,7 @@ class SupervisorApp(App[int]):
         try:
             plugins = await self.client.plugins()
             self.view.set_plugins(plugins)
+            self.view.set_request_rates(await self.client.request_rates())
             self.view.add_logs(await self.client.logs(None, 500))
             self.view.record_current_states(plugins, self.client.now())
             self.view.redis = await self.client.redis_status()

@@ -7,20 +7,21 @@ visible escapes, core.printable) wherever it is rendered; ``escape`` does that a
 from __future__ import annotations
 
 from supervisor_tui.core.printable import printable
-from supervisor_tui.tui.client import ConsoleInfo, PluginInfo, ReplicaInfo
+from supervisor_tui.plugins.model import WITH_PROCESS, PluginSnapshot, PluginState, ReplicaSnapshot
+from supervisor_tui.tui.client import ConsoleInfo
 
-PLUGIN_STATE_STYLES = {
-    "RUNNING": "bold #5fd75f",
-    "STARTING": "bold #ffd75f",
-    "STOPPING": "bold #ffd75f",
-    "BACKOFF": "bold #ff8700",
-    "STOPPED": "#8a8a8a",
-    "EXITED": "#d7af87",
-    "FATAL": "bold #ffffff on #d70000",
-    "INVALID": "bold #d75fd7",
-    "LOST": "bold #ff5f5f",
-    "COMPLETED": "#87d7af",  # a oneshot task that ended well: done, calmer than RUNNING
-    "FAILED": "bold #ff5f5f",  # a oneshot task that ended badly
+PLUGIN_STATE_STYLES: dict[str, str] = {
+    PluginState.RUNNING: "bold #5fd75f",
+    PluginState.STARTING: "bold #ffd75f",
+    PluginState.STOPPING: "bold #ffd75f",
+    PluginState.BACKOFF: "bold #ff8700",
+    PluginState.STOPPED: "#8a8a8a",
+    PluginState.EXITED: "#d7af87",
+    PluginState.FATAL: "bold #ffffff on #d70000",
+    PluginState.INVALID: "bold #d75fd7",
+    PluginState.LOST: "bold #ff5f5f",
+    PluginState.COMPLETED: "#87d7af",  # a oneshot task that ended well: done, calmer than RUNNING
+    PluginState.FAILED: "bold #ff5f5f",  # a oneshot task that ended badly
 }
 CONSOLE_STATE_STYLES = {
     "active": "bold #5fd75f",
@@ -135,15 +136,20 @@ SPINNER = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"
 
 
 def plugin_cells(
-    p: PluginInfo, now: float, pending: tuple[str, float] | None = None, tick: int = 0
+    p: PluginSnapshot,
+    now: float,
+    pending: tuple[str, float] | None = None,
+    tick: int = 0,
+    requests_per_s: float | None = None,
 ) -> tuple[tuple[str, str], ...]:
-    """The row of the plugins table for one plugin; ``pending`` is (verb, seconds so far) of a running action."""
+    """The row of the plugins table for one plugin; ``pending`` is (verb, seconds so far) of a running action,
+    ``requests_per_s`` the rate the view measured."""
     if pending is not None:
         verb, elapsed = pending
         state = (f"{SPINNER[tick % len(SPINNER)]}{verb} {int(elapsed)}s", "bold #ffd75f")
     else:
         state = (p.state, PLUGIN_STATE_STYLES.get(p.state, ""))
-    running = p.state in ("RUNNING", "STARTING", "STOPPING", "BACKOFF")
+    running = p.state in WITH_PROCESS
     uptime = duration(now - p.started_at) if (p.started_at and p.state == "RUNNING") else "-"
     if p.healthy is None:
         health = ("-", DIM_STYLE)
@@ -153,7 +159,7 @@ def plugin_cells(
         health = ("fail", DANGER_STYLE)
     cpu = f"{p.cpu_percent:.1f}" if (p.cpu_percent is not None and running) else "-"
     mem = size(p.rss) if (p.rss is not None and running) else "-"
-    rps = f"{p.requests_per_s:.1f}" if (p.requests_per_s is not None and running) else "-"
+    rps = f"{requests_per_s:.1f}" if (requests_per_s is not None and running) else "-"
     return (
         (p.key, "bold"),
         (p.name, ""),
@@ -172,9 +178,9 @@ def plugin_cells(
     )
 
 
-def replica_cells(p: PluginInfo, r: ReplicaInfo, now: float) -> tuple[tuple[str, str], ...]:
+def replica_cells(p: PluginSnapshot, r: ReplicaSnapshot, now: float) -> tuple[tuple[str, str], ...]:
     """The sub-row of one replica under its plugin's row: its own state, process, port and figures."""
-    running = r.state in ("RUNNING", "STARTING", "STOPPING", "BACKOFF")
+    running = r.state in WITH_PROCESS
     uptime = duration(now - r.started_at) if (r.started_at and r.state == "RUNNING") else "-"
     return (
         (f" #{r.index}", DIM_STYLE),

@@ -2,8 +2,10 @@
 
 Two implementations behave the same for the UI: ``InProcessClient`` (embedded mode, over the core Supervisor
 object) and ``RemoteClient`` (attach mode, over the admin API and ``/ws/events``); ``DemoClient`` serves a
-deterministic supervisor for snapshots, screenshots and the load benchmark. Everything crosses this boundary
-as the JSON shapes of the admin API, parsed here into small view records, so both modes render identically.
+deterministic supervisor for snapshots, screenshots and the load benchmark. Plugins cross this boundary as the
+core's own Structs (plugins/model.py: PluginSnapshot, LogEntry, MetricPoint): the in-process client hands them over
+as they are, the remote one decodes the admin API's answers into them with typed decoders, so both modes render
+identically and a field added to a Struct reaches the TUI without a parser.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any, TypeVar
 import msgspec
 
 from supervisor_tui.consoles import wire
+from supervisor_tui.plugins.model import LogEntry, MetricPoint, PluginSnapshot
 
 CONSOLE_STATES = ("active", "busy", "idle", "error", "inactive")
 WireT = TypeVar("WireT", bound=msgspec.Struct)
@@ -66,126 +69,6 @@ def _int(value: Any) -> int | None:
         return int(value)
     except (TypeError, ValueError):
         return None
-
-
-@dataclass(frozen=True, slots=True)
-class EndpointInfo:
-    """One endpoint a plugin serves, with its address behind the gateway."""
-
-    method: str
-    path: str
-    description: str = ""
-    gateway_url: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class ReplicaInfo:
-    """One replica of a process plugin (its own process on its own port)."""
-
-    index: int
-    state: str = "STOPPED"
-    detail: str = ""
-    pid: int | None = None
-    port: int | None = None
-    started_at: float | None = None
-    restarts: int = 0
-    cpu_percent: float | None = None
-    rss: int | None = None
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> ReplicaInfo:
-        return cls(
-            index=_int(d.get("index")) or 0,
-            state=str(d.get("state") or "STOPPED").upper(),
-            detail=str(d.get("detail") or ""),
-            pid=_int(d.get("pid")),
-            port=_int(d.get("port")),
-            started_at=_float(d.get("started_at")),
-            restarts=_int(d.get("restarts")) or 0,
-            cpu_percent=_float(d.get("cpu_percent")),
-            rss=_int(d.get("rss")),
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class PluginInfo:
-    """A plugin as the TUI shows it (the fields of PluginSnapshot.to_dict())."""
-
-    key: str
-    name: str = ""
-    version: str = ""
-    description: str = ""
-    kind: str = "process"
-    state: str = "STOPPED"
-    detail: str = ""
-    pid: int | None = None
-    host: str | None = None
-    port: int | None = None
-    upstream: str | None = None
-    started_at: float | None = None
-    restarts: int = 0
-    healthy: bool | None = None
-    health_detail: str = ""
-    last_error: str = ""
-    endpoints: tuple[EndpointInfo, ...] = ()
-    autostart: bool = False
-    desired: str = ""
-    cpu_percent: float | None = None
-    rss: int | None = None
-    requests_per_s: float | None = None
-    manifest_path: str = ""
-    timeout: float | None = None
-    max_body: int | None = None
-    replicas: tuple[ReplicaInfo, ...] = ()  # a process plugin's replicas (one unless scaled)
-    node: str = ""  # the fleet node that serves it ("" for this node's own)
-    group: str | None = None
-    depends_on: tuple[str, ...] = ()
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> PluginInfo:
-        metrics = d.get("last_metrics") or {}
-        endpoints = tuple(
-            EndpointInfo(
-                method=str(e.get("method", "")),
-                path=str(e.get("path", "")),
-                description=str(e.get("description") or ""),
-                gateway_url=str(e.get("gateway_url") or ""),
-            )
-            for e in (d.get("endpoints") or [])
-            if isinstance(e, Mapping)
-        )
-        healthy = d.get("healthy")
-        return cls(
-            key=str(d.get("key", "")),
-            node=str(d.get("node") or ""),
-            name=str(d.get("name") or d.get("key") or ""),
-            version=str(d.get("version") or ""),
-            description=str(d.get("description") or ""),
-            kind=str(d.get("kind") or "process"),
-            state=str(d.get("state") or "STOPPED").upper(),
-            detail=str(d.get("detail") or ""),
-            pid=_int(d.get("pid")),
-            host=d.get("host"),
-            port=_int(d.get("port")),
-            upstream=d.get("upstream"),
-            started_at=_float(d.get("started_at")),
-            restarts=_int(d.get("restarts")) or 0,
-            healthy=healthy if isinstance(healthy, bool) else None,
-            health_detail=str(d.get("health_detail") or ""),
-            last_error=str(d.get("last_error") or ""),
-            endpoints=endpoints,
-            autostart=bool(d.get("autostart", False)),
-            desired=str(d.get("desired") or ""),
-            cpu_percent=_float(metrics.get("cpu_percent")) if isinstance(metrics, Mapping) else None,
-            rss=_int(metrics.get("rss")) if isinstance(metrics, Mapping) else None,
-            requests_per_s=_float(d.get("requests_per_s")),
-            manifest_path=str(d.get("manifest_path") or ""),
-            timeout=_float(d.get("timeout")),
-            max_body=_int(d.get("max_body")),
-            replicas=tuple(ReplicaInfo.from_dict(r) for r in (d.get("replicas") or []) if isinstance(r, Mapping)),
-            group=str(d["group"]) if d.get("group") else None,
-            depends_on=tuple(str(k) for k in d.get("depends_on") or () if isinstance(k, str)),
-        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,46 +145,6 @@ class ConsolePage:
 
     consoles: list[ConsoleInfo]
     total: int
-
-
-@dataclass(frozen=True, slots=True)
-class LogEntry:
-    """One log line from any source."""
-
-    ts: float
-    source: str
-    stream: str
-    level: str
-    message: str
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> LogEntry:
-        return cls(
-            ts=_float(d.get("ts")) or 0.0,
-            source=str(d.get("source") or ""),
-            stream=str(d.get("stream") or ""),
-            level=str(d.get("level") or "info"),
-            message=str(d.get("message") or ""),
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class MetricPoint:
-    """One resource sample of a plugin (and its request rate when the gateway reports it)."""
-
-    ts: float
-    cpu_percent: float
-    rss: int
-    requests_per_s: float | None = None
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> MetricPoint:
-        return cls(
-            ts=_float(d.get("ts")) or 0.0,
-            cpu_percent=_float(d.get("cpu_percent")) or 0.0,
-            rss=_int(d.get("rss")) or 0,
-            requests_per_s=_float(d.get("requests_per_s")),
-        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -401,26 +244,26 @@ class SupervisorClient(abc.ABC):
 
     # -- plugins -------------------------------------------------------------------------------------
     @abc.abstractmethod
-    async def plugins(self) -> list[PluginInfo]:
+    async def plugins(self) -> list[PluginSnapshot]:
         """Every plugin, in the supervisor's order."""
 
     @abc.abstractmethod
-    async def plugin(self, key: str) -> PluginInfo:
+    async def plugin(self, key: str) -> PluginSnapshot:
         """One plugin with its endpoints' gateway URLs (ClientError when unknown)."""
 
     @abc.abstractmethod
-    async def start(self, key: str) -> PluginInfo:
+    async def start(self, key: str) -> PluginSnapshot:
         """Start and wait for RUNNING; ClientError with the reason otherwise."""
 
     @abc.abstractmethod
-    async def stop(self, key: str) -> PluginInfo:
+    async def stop(self, key: str) -> PluginSnapshot:
         """Stop and wait for the process to be gone."""
 
     @abc.abstractmethod
-    async def restart(self, key: str) -> PluginInfo:
+    async def restart(self, key: str) -> PluginSnapshot:
         """Stop then start, waiting for RUNNING."""
 
-    async def group_action(self, verb: str, group: str) -> list[PluginInfo]:
+    async def group_action(self, verb: str, group: str) -> list[PluginSnapshot]:
         """start/stop/restart every plugin of ``group`` and wait; ClientError naming the members that failed.
 
         This default acts on each member itself (the supervisor's clients ask it to do the group at once)."""
@@ -432,10 +275,10 @@ class SupervisorClient(abc.ABC):
         failed = [f"{k}: {r.message}" for k, r in zip(members, results, strict=True) if isinstance(r, ClientError)]
         if failed:
             raise ClientError(f"{len(failed)} of {len(members)} failed: {'; '.join(failed)}", "action_failed")
-        return [r for r in results if isinstance(r, PluginInfo)]
+        return [r for r in results if isinstance(r, PluginSnapshot)]
 
     @abc.abstractmethod
-    async def scale(self, key: str, replicas: int) -> PluginInfo:
+    async def scale(self, key: str, replicas: int) -> PluginSnapshot:
         """Run ``replicas`` replicas of a process plugin; ClientError with the reason when it cannot."""
 
     @abc.abstractmethod
@@ -444,6 +287,11 @@ class SupervisorClient(abc.ABC):
 
     async def request_counts(self) -> dict[str, int]:
         """Requests proxied to each plugin since the supervisor started (empty when unknown)."""
+        return {}
+
+    async def request_rates(self) -> dict[str, float]:
+        """Requests/s per plugin the supervisor reports itself (the demo's); empty: the app measures them from
+        ``request_counts``."""
         return {}
 
     async def route_export(self) -> RouteExportInfo:

@@ -1,7 +1,7 @@
 """The in-process client (embedded mode): the core Supervisor object and its console service, no HTTP.
 
-Values cross into the TUI as the same dicts the admin API sends (``to_dict()`` shapes), so the embedded and
-the attached UI cannot drift apart.
+Plugins cross into the TUI as the core's Structs, untouched but for the figures the admin API adds too
+(``for_views``: gateway URLs, requests, uptime), so the embedded and the attached UI cannot drift apart.
 """
 
 from __future__ import annotations
@@ -16,7 +16,15 @@ from supervisor_tui.consoles.errors import ConsoleError, ConsoleNotFound
 from supervisor_tui.core.actions import acting_as
 from supervisor_tui.core.groups import act_on_group
 from supervisor_tui.core.supervisor import Supervisor
-from supervisor_tui.plugins.model import GroupNotFound, PluginActionError, PluginNotFound
+from supervisor_tui.plugins.model import (
+    GroupNotFound,
+    LogEntry,
+    MetricPoint,
+    PluginActionError,
+    PluginNotFound,
+    PluginSnapshot,
+    for_views,
+)
 from supervisor_tui.tui.client import (
     CONSOLE_STATES,
     ClientError,
@@ -24,10 +32,7 @@ from supervisor_tui.tui.client import (
     ConsoleInfo,
     ConsolePage,
     HeartbeatInfo,
-    LogEntry,
-    MetricPoint,
     NodeInfo,
-    PluginInfo,
     RouteExportInfo,
     SupervisorClient,
     TransitionInfo,
@@ -111,24 +116,22 @@ class InProcessClient(SupervisorClient):
         return RemoteClient(url, self._admin_token, keymap=self.info.keymap) if self._admin_token else None
 
     # -- plugins -------------------------------------------------------------------------------------
-    def _plugin_dict(self, snap: Any) -> dict[str, Any]:
-        d: dict[str, Any] = snap.to_dict()
-        base = self.info.api_url.rstrip("/")
-        d["endpoints"] = [
-            {**e, "gateway_url": f"{base}/api/plugins/{snap.key}{e['path']}"} for e in d.get("endpoints", [])
-        ]
-        return d
+    def _view(self, snap: PluginSnapshot, counts: dict[str, int] | None = None) -> PluginSnapshot:
+        if counts is None:
+            counts = self._request_counts() if self._request_counts is not None else {}
+        return for_views(snap, self.info.api_url, counts.get(snap.key, 0))
 
-    async def plugins(self) -> list[PluginInfo]:
-        return [PluginInfo.from_dict(self._plugin_dict(s)) for s in self.sup.plugins()]
+    async def plugins(self) -> list[PluginSnapshot]:
+        counts = self._request_counts() if self._request_counts is not None else {}
+        return [self._view(s, counts) for s in self.sup.plugins()]
 
-    async def plugin(self, key: str) -> PluginInfo:
+    async def plugin(self, key: str) -> PluginSnapshot:
         try:
-            return PluginInfo.from_dict(self._plugin_dict(self.sup.plugin(key)))
+            return self._view(self.sup.plugin(key))
         except PluginNotFound:
             raise ClientError(f"no plugin named {key!r}", "plugin_not_found") from None
 
-    async def _act(self, verb: str, key: str) -> PluginInfo:
+    async def _act(self, verb: str, key: str) -> PluginSnapshot:
         if self.info.read_only:
             raise ClientError("read-only: actions that change state are disabled", "read_only")
         action = {"start": self.sup.start, "stop": self.sup.stop, "restart": self.sup.restart}[verb]
@@ -139,18 +142,18 @@ class InProcessClient(SupervisorClient):
             raise ClientError(f"no plugin named {key!r}", "plugin_not_found") from None
         except PluginActionError as exc:
             raise ClientError(exc.message, "action_failed") from None
-        return PluginInfo.from_dict(self._plugin_dict(snap))
+        return self._view(snap)
 
-    async def start(self, key: str) -> PluginInfo:
+    async def start(self, key: str) -> PluginSnapshot:
         return await self._act("start", key)
 
-    async def stop(self, key: str) -> PluginInfo:
+    async def stop(self, key: str) -> PluginSnapshot:
         return await self._act("stop", key)
 
-    async def restart(self, key: str) -> PluginInfo:
+    async def restart(self, key: str) -> PluginSnapshot:
         return await self._act("restart", key)
 
-    async def scale(self, key: str, replicas: int) -> PluginInfo:
+    async def scale(self, key: str, replicas: int) -> PluginSnapshot:
         if self.info.read_only:
             raise ClientError("read-only: actions that change state are disabled", "read_only")
         try:
@@ -160,9 +163,9 @@ class InProcessClient(SupervisorClient):
             raise ClientError(f"no plugin named {key!r}", "plugin_not_found") from None
         except PluginActionError as exc:
             raise ClientError(exc.message, "action_failed") from None
-        return PluginInfo.from_dict(self._plugin_dict(snap))
+        return self._view(snap)
 
-    async def group_action(self, verb: str, group: str) -> list[PluginInfo]:
+    async def group_action(self, verb: str, group: str) -> list[PluginSnapshot]:
         if self.info.read_only:
             raise ClientError("read-only: actions that change state are disabled", "read_only")
         try:
@@ -172,11 +175,11 @@ class InProcessClient(SupervisorClient):
             raise ClientError(f"no plugin is in group {group!r}", "group_not_found") from None
         if result.failures:
             raise ClientError(result.failure_message(), "action_failed")
-        return [PluginInfo.from_dict(self._plugin_dict(s)) for s in result.plugins]
+        return [self._view(s) for s in result.plugins]
 
     async def metrics(self, key: str) -> list[MetricPoint]:
         try:
-            return [MetricPoint.from_dict(s.to_dict()) for s in self.sup.metrics(key)]
+            return [MetricPoint.of(s) for s in self.sup.metrics(key)]
         except PluginNotFound:
             raise ClientError(f"no plugin named {key!r}", "plugin_not_found") from None
 
@@ -188,7 +191,7 @@ class InProcessClient(SupervisorClient):
 
     # -- logs ----------------------------------------------------------------------------------------
     async def logs(self, source: str | None = None, lines: int = 200) -> list[LogEntry]:
-        return [LogEntry.from_dict(r.to_dict()) for r in self.sup.logs.tail(source, lines)]
+        return [LogEntry.of(r) for r in self.sup.logs.tail(source, lines)]
 
     # -- consoles ------------------------------------------------------------------------------------
     @property

@@ -1,5 +1,7 @@
 """The remote client (attach mode): the admin API over HTTP and ``/ws/events`` over a websocket.
 
+Answers about plugins are decoded by msgspec straight into the core's Structs (plugins/model.py): a field the API
+adds reaches the TUI without a parser, and an answer of the wrong shape is a ClientError, not a guess.
 Every request has a deadline, so an action against a dead supervisor fails with a message instead of hanging.
 The event stream reconnects with backoff and reports the link going down and coming back as
 ``client.connection`` events, which the app shows as a banner.
@@ -12,13 +14,23 @@ import getpass
 import json
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
+import msgspec
 
 from supervisor_tui.consoles import wire
 from supervisor_tui.core.backoff import backoff_delay
+from supervisor_tui.plugins.model import (
+    GroupActionResult,
+    LogEntry,
+    LogLines,
+    MetricPoint,
+    PluginEnvelope,
+    PluginList,
+    PluginSnapshot,
+)
 from supervisor_tui.tui.client import (
     CONNECTION_TOPIC,
     CONSOLE_STATES,
@@ -27,10 +39,7 @@ from supervisor_tui.tui.client import (
     ConsoleInfo,
     ConsolePage,
     HeartbeatInfo,
-    LogEntry,
-    MetricPoint,
     NodeInfo,
-    PluginInfo,
     RouteExportInfo,
     SupervisorClient,
     TransitionInfo,
@@ -45,6 +54,32 @@ ACTION_TIMEOUT = httpx.Timeout(120.0, connect=5.0)
 RECONNECT_FIRST = 0.5  # seconds before the first reconnect attempt, doubling each time
 RECONNECT_MAX = 5.0
 EVENT_TOPICS = "plugin,log,console,fleet"
+T = TypeVar("T")
+
+
+class _MetricPoints(msgspec.Struct):
+    """``GET /api/v1/plugins/{key}/metrics`` read as chart points (the samples' other fields are skipped)."""
+
+    samples: list[MetricPoint]
+
+
+class _RequestCounts(msgspec.Struct):
+    """``GET /api/v1/plugins`` read for the requests counts only."""
+
+    class Plugin(msgspec.Struct):
+        key: str
+        requests: int = 0
+
+    plugins: list[Plugin]
+
+
+_PLUGIN = msgspec.json.Decoder(PluginSnapshot)
+_PLUGIN_LIST = msgspec.json.Decoder(PluginList)
+_PLUGIN_ENVELOPE = msgspec.json.Decoder(PluginEnvelope)
+_GROUP_ACTION = msgspec.json.Decoder(GroupActionResult)
+_METRIC_POINTS = msgspec.json.Decoder(_MetricPoints)
+_LOG_LINES = msgspec.json.Decoder(LogLines)
+_REQUEST_COUNTS = msgspec.json.Decoder(_RequestCounts)
 
 
 def normalize_url(url: str) -> str:
@@ -102,6 +137,28 @@ class RemoteClient(SupervisorClient):
 
     # -- transport -----------------------------------------------------------------------------------
     async def _request(self, method: str, path: str, deadline: httpx.Timeout = QUERY_TIMEOUT, **kw: Any) -> Any:
+        response = await self._send(method, path, deadline, **kw)
+        try:
+            return response.json()
+        except ValueError:
+            raise ClientError(f"{self.base} answered {path} with something that is not JSON", "bad_response") from None
+
+    async def _decode(
+        self,
+        decoder: msgspec.json.Decoder[T],
+        method: str,
+        path: str,
+        deadline: httpx.Timeout = QUERY_TIMEOUT,
+        **kw: Any,
+    ) -> T:
+        """The answer decoded into its Struct; ClientError naming what is wrong when it does not fit."""
+        response = await self._send(method, path, deadline, **kw)
+        try:
+            return decoder.decode(response.content)
+        except msgspec.DecodeError as exc:  # ValidationError included: JSON of another shape
+            raise ClientError(f"{self.base} answered {path} with an unexpected body: {exc}", "bad_response") from None
+
+    async def _send(self, method: str, path: str, deadline: httpx.Timeout, **kw: Any) -> httpx.Response:
         try:
             response = await self._http.request(method, path, timeout=deadline, **kw)
         except httpx.TimeoutException:
@@ -112,10 +169,7 @@ class RemoteClient(SupervisorClient):
             raise ClientError(f"{self.base} refused the admin token ({_error_message(response)})", "unauthorized")
         if response.status_code >= 400:
             raise ClientError(_error_message(response), f"http_{response.status_code}")
-        try:
-            return response.json()
-        except ValueError:
-            raise ClientError(f"{self.base} answered {path} with something that is not JSON", "bad_response") from None
+        return response
 
     async def connect(self) -> None:
         status = await self._request("GET", "/api/v1/status")
@@ -137,55 +191,49 @@ class RemoteClient(SupervisorClient):
         await self._http.aclose()
 
     # -- plugins -------------------------------------------------------------------------------------
-    async def plugins(self) -> list[PluginInfo]:
-        body = await self._request("GET", "/api/v1/plugins")
-        return [PluginInfo.from_dict(d) for d in body.get("plugins", [])]
+    async def plugins(self) -> list[PluginSnapshot]:
+        return (await self._decode(_PLUGIN_LIST, "GET", "/api/v1/plugins")).plugins
 
-    async def plugin(self, key: str) -> PluginInfo:
-        return PluginInfo.from_dict(await self._request("GET", f"/api/v1/plugins/{key}"))
+    async def plugin(self, key: str) -> PluginSnapshot:
+        return await self._decode(_PLUGIN, "GET", f"/api/v1/plugins/{key}")
 
-    async def _act(self, verb: str, key: str) -> PluginInfo:
+    async def _act(self, verb: str, key: str) -> PluginSnapshot:
         if self.info.read_only:
             raise ClientError("read-only: actions that change state are disabled", "read_only")
-        body = await self._request("POST", f"/api/v1/plugins/{key}/{verb}", ACTION_TIMEOUT, params={"wait": "true"})
-        return PluginInfo.from_dict(body.get("plugin", body))
+        path = f"/api/v1/plugins/{key}/{verb}"
+        return (await self._decode(_PLUGIN_ENVELOPE, "POST", path, ACTION_TIMEOUT, params={"wait": "true"})).plugin
 
-    async def start(self, key: str) -> PluginInfo:
+    async def start(self, key: str) -> PluginSnapshot:
         return await self._act("start", key)
 
-    async def stop(self, key: str) -> PluginInfo:
+    async def stop(self, key: str) -> PluginSnapshot:
         return await self._act("stop", key)
 
-    async def restart(self, key: str) -> PluginInfo:
+    async def restart(self, key: str) -> PluginSnapshot:
         return await self._act("restart", key)
 
-    async def scale(self, key: str, replicas: int) -> PluginInfo:
+    async def scale(self, key: str, replicas: int) -> PluginSnapshot:
         if self.info.read_only:
             raise ClientError("read-only: actions that change state are disabled", "read_only")
-        body = await self._request("POST", f"/api/v1/plugins/{key}/scale", ACTION_TIMEOUT, json={"replicas": replicas})
-        return PluginInfo.from_dict(body.get("plugin", body))
+        path = f"/api/v1/plugins/{key}/scale"
+        return (await self._decode(_PLUGIN_ENVELOPE, "POST", path, ACTION_TIMEOUT, json={"replicas": replicas})).plugin
 
-    async def group_action(self, verb: str, group: str) -> list[PluginInfo]:
+    async def group_action(self, verb: str, group: str) -> list[PluginSnapshot]:
         if self.info.read_only:
             raise ClientError("read-only: actions that change state are disabled", "read_only")
-        body = await self._request("POST", f"/api/v1/groups/{group}/{verb}", ACTION_TIMEOUT)
-        return [PluginInfo.from_dict(d) for d in body.get("plugins", [])]
+        return (await self._decode(_GROUP_ACTION, "POST", f"/api/v1/groups/{group}/{verb}", ACTION_TIMEOUT)).plugins
 
     async def metrics(self, key: str) -> list[MetricPoint]:
-        body = await self._request("GET", f"/api/v1/plugins/{key}/metrics")
-        return [MetricPoint.from_dict(s) for s in body.get("samples", [])]
+        return (await self._decode(_METRIC_POINTS, "GET", f"/api/v1/plugins/{key}/metrics")).samples
 
     async def request_counts(self) -> dict[str, int]:
-        body = await self._request("GET", "/api/v1/plugins")
-        return {str(d.get("key")): int(d.get("requests") or 0) for d in body.get("plugins", []) if "requests" in d}
+        body = await self._decode(_REQUEST_COUNTS, "GET", "/api/v1/plugins")
+        return {p.key: p.requests for p in body.plugins}
 
     # -- logs ----------------------------------------------------------------------------------------
     async def logs(self, source: str | None = None, lines: int = 200) -> list[LogEntry]:
-        if source is not None:
-            body = await self._request("GET", f"/api/v1/plugins/{source}/logs", params={"lines": lines})
-        else:
-            body = await self._request("GET", "/api/v1/logs", params={"lines": lines})
-        return [LogEntry.from_dict(d) for d in body.get("lines", [])]
+        path = f"/api/v1/plugins/{source}/logs" if source is not None else "/api/v1/logs"
+        return (await self._decode(_LOG_LINES, "GET", path, params={"lines": lines})).lines
 
     # -- consoles ------------------------------------------------------------------------------------
     async def consoles(

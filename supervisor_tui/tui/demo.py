@@ -7,23 +7,22 @@ exercised without processes; ``heartbeats()`` feeds console traffic for ``bench/
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math
 from collections.abc import AsyncIterator, Callable, Iterable
-from dataclasses import replace
 from typing import Any
 
+import msgspec
+
+from supervisor_tui.core.events import MetricsSample
+from supervisor_tui.plugins.model import Endpoint, LogEntry, MetricPoint, PluginSnapshot, PluginState, ReplicaSnapshot
 from supervisor_tui.tui.client import (
     CONSOLE_STATES,
     ClientError,
     ClientInfo,
     ConsoleInfo,
     ConsolePage,
-    EndpointInfo,
     HeartbeatInfo,
-    LogEntry,
-    MetricPoint,
-    PluginInfo,
-    ReplicaInfo,
     SupervisorClient,
     TransitionInfo,
 )
@@ -33,16 +32,28 @@ DEMO_NOW = 1_767_225_600.0
 DEMO_API = "http://127.0.0.1:4000"
 
 
-def _endpoints(key: str, *paths: tuple[str, str, str]) -> tuple[EndpointInfo, ...]:
-    return tuple(
-        EndpointInfo(method, path, desc, f"{DEMO_API}/api/plugins/{key}{path}") for method, path, desc in paths
-    )
+def _endpoints(key: str, *paths: tuple[str, str, str]) -> tuple[Endpoint, ...]:
+    return tuple(Endpoint(method, path, desc, f"{DEMO_API}/api/plugins/{key}{path}") for method, path, desc in paths)
 
 
-def _demo_plugins(now: float) -> list[PluginInfo]:
+# The request rates the demo's plugins serve (a real supervisor's are measured from its request counts).
+DEMO_RATES = {"echo": 12.5, "thumbnailer": 3.2, "weather": 0.8}
+
+
+def _plugin(
+    key: str, *, state: str, cpu_percent: float | None = None, rss: int | None = None, **fields: Any
+) -> PluginSnapshot:
+    """A demo plugin with its last metrics sample (CPU %, RSS) when it has one."""
+    metrics = None
+    if cpu_percent is not None:
+        metrics = MetricsSample(key, cpu_percent, rss or 0, threads=1, fds=0, processes=1, ts=DEMO_NOW)
+    return PluginSnapshot(key=key, state=PluginState(state), last_metrics=metrics, **fields)
+
+
+def _demo_plugins(now: float) -> list[PluginSnapshot]:
     return [
-        PluginInfo(
-            key="echo",
+        _plugin(
+            "echo",
             name="Echo",
             version="1.2.0",
             description="Answers what it is sent; the smallest useful plugin.",
@@ -61,13 +72,12 @@ def _demo_plugins(now: float) -> list[PluginInfo]:
             desired="running",
             cpu_percent=0.4,
             rss=38 * 1024**2,
-            requests_per_s=12.5,
             manifest_path="plugins/echo/manifest.json",
             timeout=30.0,
             max_body=10 * 1024**2,
         ),
-        PluginInfo(
-            key="thumbnailer",
+        _plugin(
+            "thumbnailer",
             group="media",
             name="Thumbnailer",
             version="0.9.1",
@@ -87,11 +97,10 @@ def _demo_plugins(now: float) -> list[PluginInfo]:
             desired="running",
             cpu_percent=23.7,
             rss=212 * 1024**2,
-            requests_per_s=3.2,
             manifest_path="plugins/thumbnailer/manifest.json",
         ),
-        PluginInfo(
-            key="transcoder",
+        _plugin(
+            "transcoder",
             group="media",
             depends_on=("thumbnailer",),
             name="Transcoder",
@@ -111,8 +120,8 @@ def _demo_plugins(now: float) -> list[PluginInfo]:
             rss=96 * 1024**2,
             manifest_path="plugins/transcoder/manifest.json",
         ),
-        PluginInfo(
-            key="billing",
+        _plugin(
+            "billing",
             group="shop",
             name="Billing",
             version="1.0.3",
@@ -128,8 +137,8 @@ def _demo_plugins(now: float) -> list[PluginInfo]:
             desired="running",
             manifest_path="plugins/billing/manifest.json",
         ),
-        PluginInfo(
-            key="search",
+        _plugin(
+            "search",
             group="shop",
             depends_on=("billing",),
             name="Search",
@@ -142,8 +151,8 @@ def _demo_plugins(now: float) -> list[PluginInfo]:
             desired="stopped",
             manifest_path="plugins/search/manifest.json",
         ),
-        PluginInfo(
-            key="weather",
+        _plugin(
+            "weather",
             name="Weather",
             version="3.1.4",
             description="External service registered over the API.",
@@ -158,7 +167,6 @@ def _demo_plugins(now: float) -> list[PluginInfo]:
             health_detail="heartbeat every 30s",
             endpoints=_endpoints("weather", ("GET", "/forecast", "forecast by city")),
             desired="running",
-            requests_per_s=0.8,
         ),
     ]
 
@@ -248,18 +256,18 @@ class DemoClient(SupervisorClient):
         return self._clock() if self._clock is not None else self._now
 
     # -- plugins -------------------------------------------------------------------------------------
-    async def plugins(self) -> list[PluginInfo]:
+    async def plugins(self) -> list[PluginSnapshot]:
         return list(self._plugins.values())
 
-    async def plugin(self, key: str) -> PluginInfo:
+    async def plugin(self, key: str) -> PluginSnapshot:
         try:
             return self._plugins[key]
         except KeyError:
             raise ClientError(f"no plugin named {key!r}", "plugin_not_found") from None
 
-    def _set_state(self, key: str, to_state: str, reason: str, **changes: Any) -> PluginInfo:
+    def _set_state(self, key: str, to_state: str, reason: str, **changes: Any) -> PluginSnapshot:
         before = self._plugins[key]
-        after = replace(before, state=to_state, **changes)
+        after = msgspec.structs.replace(before, state=PluginState(to_state), **changes)
         self._plugins[key] = after
         self.publish(
             [
@@ -278,7 +286,7 @@ class DemoClient(SupervisorClient):
         self._log(key, "supervisor", "info", f"{key}: {before.state} -> {to_state} ({reason})")
         return after
 
-    async def start(self, key: str) -> PluginInfo:
+    async def start(self, key: str) -> PluginSnapshot:
         plugin = await self.plugin(key)
         self.actions.append(("start", key))
         if plugin.state == "INVALID":
@@ -295,7 +303,7 @@ class DemoClient(SupervisorClient):
             key, "RUNNING", "ready", detail="ready", started_at=self.now(), port=plugin.port or 4010, healthy=True
         )
 
-    async def stop(self, key: str) -> PluginInfo:
+    async def stop(self, key: str) -> PluginSnapshot:
         plugin = await self.plugin(key)
         self.actions.append(("stop", key))
         if plugin.state in ("STOPPED", "EXITED", "FATAL", "INVALID"):
@@ -303,34 +311,36 @@ class DemoClient(SupervisorClient):
         self._set_state(key, "STOPPING", "stop requested")
         if self.action_delay:
             await asyncio.sleep(self.action_delay)
-        return self._set_state(
-            key, "STOPPED", "stopped by operator", pid=None, started_at=None, cpu_percent=None, rss=None
-        )
+        return self._set_state(key, "STOPPED", "stopped by operator", pid=None, started_at=None, last_metrics=None)
 
-    async def restart(self, key: str) -> PluginInfo:
+    async def restart(self, key: str) -> PluginSnapshot:
         await self.stop(key)
         self.actions.pop()
         result = await self.start(key)
         self.actions[-1] = ("restart", key)
         return result
 
-    async def scale(self, key: str, replicas: int) -> PluginInfo:
+    async def scale(self, key: str, replicas: int) -> PluginSnapshot:
         plugin = await self.plugin(key)
         self.actions.append(("scale", key))
         running = plugin.state == "RUNNING"
         members = tuple(
-            ReplicaInfo(
+            ReplicaSnapshot(
                 i, plugin.state, pid=(plugin.pid or 50000) + i if running else None, port=(plugin.port or 4010) + i
             )
             for i in range(replicas)
         )
         return self._set_state(key, plugin.state, f"scaled to {replicas}", replicas=members if replicas > 1 else ())
 
+    async def request_rates(self) -> dict[str, float]:
+        return dict(DEMO_RATES)
+
     async def metrics(self, key: str) -> list[MetricPoint]:
         plugin = await self.plugin(key)
         if plugin.state != "RUNNING" or plugin.cpu_percent is None:
             return []
         base_cpu = plugin.cpu_percent
+        rate = DEMO_RATES.get(key)
         base_rss = plugin.rss or 0
         now = self.now()
         out = []
@@ -341,11 +351,7 @@ class DemoClient(SupervisorClient):
                     ts=now - (150 - i) * 2,
                     cpu_percent=round(max(0.0, base_cpu * (1 + 0.4 * wave)), 2),
                     rss=int(base_rss * (1 + 0.05 * math.sin(i / 20.0))),
-                    requests_per_s=(
-                        round(max(0.0, (plugin.requests_per_s or 0) * (1 + 0.6 * wave)), 2)
-                        if plugin.requests_per_s is not None
-                        else None
-                    ),
+                    requests_per_s=(round(max(0.0, rate * (1 + 0.6 * wave)), 2) if rate is not None else None),
                 )
             )
         return out
@@ -456,7 +462,7 @@ class DemoClient(SupervisorClient):
         for i in indexes:
             cid = self._sorted_ids[i % len(self._sorted_ids)]
             c = self._consoles[cid]
-            self._consoles[cid] = replace(c, last_seen=now, state=state or c.state)
+            self._consoles[cid] = dataclasses.replace(c, last_seen=now, state=state or c.state)
             ids.append(cid)
         self.publish([{"topic": "console.heartbeats", "count": len(ids), "console_ids": ids, "ts": now}])
 

@@ -12,7 +12,8 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from supervisor_tui.core.printable import printable
-from supervisor_tui.tui.client import ClientError, PluginInfo
+from supervisor_tui.plugins.model import PluginSnapshot
+from supervisor_tui.tui.client import ClientError
 from supervisor_tui.tui.screens.confirm import ConfirmScreen
 from supervisor_tui.tui.screens.group_action import GroupActionScreen
 
@@ -91,7 +92,7 @@ class PluginActions:
             return True
         return False
 
-    def _launch(self, key: str, verb: str, call: Callable[[], Awaitable[PluginInfo]], what: str) -> None:
+    def _launch(self, key: str, verb: str, call: Callable[[], Awaitable[PluginSnapshot]], what: str) -> None:
         """Run one action on a plugin in a worker, one at a time per plugin; its row shows it going on."""
         if self._refused():
             return
@@ -103,7 +104,7 @@ class PluginActions:
         app.apply_view()
         app.run_worker(self._run_action(key, call, what), group=f"action-{key}", exit_on_error=False)
 
-    async def _run_action(self, key: str, call: Callable[[], Awaitable[PluginInfo]], what: str) -> None:
+    async def _run_action(self, key: str, call: Callable[[], Awaitable[PluginSnapshot]], what: str) -> None:
         app = self.app
         try:
             app.view.set_plugin(await call())

@@ -18,9 +18,14 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
+import msgspec
+from msgspec.structs import replace
+
+from supervisor_tui.core.events import MetricsSample
+from supervisor_tui.plugins.model import TROUBLE_STATES, LogEntry, MetricPoint, PluginSnapshot, PluginState
 from supervisor_tui.tui.cells import (
     CONSOLE_STATE_STYLES,
     DANGER_STYLE,
@@ -35,17 +40,13 @@ from supervisor_tui.tui.client import (
     CONSOLE_STATES,
     ConsoleInfo,
     ConsolePage,
-    LogEntry,
-    MetricPoint,
-    PluginInfo,
 )
 
 HISTORY_SECONDS = 300.0
 RATE_SECONDS = 2.0
 STATE_HISTORY = 100
 # States that make the header warn; the ones that keep running through a quit of the embedded TUI.
-TROUBLE_STATES = ("FATAL", "LOST", "INVALID", "BACKOFF", "FAILED")
-LIVE_STATES = ("RUNNING", "STARTING", "BACKOFF")
+LIVE_STATES = (PluginState.RUNNING, PluginState.STARTING, PluginState.BACKOFF)
 SHORT_CONSOLE_STATES = {"active": "act", "busy": "busy", "idle": "idle", "error": "err", "inactive": "inact"}
 
 # A table row as cells.py builds it: (text, style) per column of the full set.
@@ -89,7 +90,7 @@ def parse_plugin_filter(text: str) -> tuple[str | None, str]:
     return group, " ".join(words)
 
 
-def plugin_matches(p: PluginInfo, needle: str) -> bool:
+def plugin_matches(p: PluginSnapshot, needle: str) -> bool:
     """Whether the plugins filter (lower-cased) is in the plugin's key, name, state, kind or group."""
     group, needle = parse_plugin_filter(needle)
     if group is not None and p.group != group:
@@ -101,12 +102,13 @@ class ViewModel:
     """Everything the main screen shows, kept between flushes."""
 
     def __init__(self) -> None:
-        self.plugins_by_key: dict[str, PluginInfo] = {}
+        self.plugins_by_key: dict[str, PluginSnapshot] = {}
         self.plugin_order: list[str] = []
         self.state_history: dict[str, deque[StateChange]] = {}
         self.metrics_history: dict[str, deque[MetricPoint]] = {}
         self.pending_actions: dict[str, tuple[str, float]] = {}
         self.rate_history: dict[str, deque[tuple[float, float]]] = {}
+        self.request_rates: dict[str, float] = {}  # the newest requests/s of each plugin (rate_history's last)
         self._last_counts: dict[str, tuple[int, float]] = {}
         self.console_stats: dict[str, int] = {}
         self.redis = "off"  # the fleet's Redis: "off", "up" or "down"
@@ -125,31 +127,24 @@ class ViewModel:
         self._log_horizon = 0.0
 
     # -- plugins -----------------------------------------------------------------------------------------
-    def set_plugins(self, plugins: list[PluginInfo]) -> None:
+    def set_plugins(self, plugins: list[PluginSnapshot]) -> None:
         """A fresh snapshot of every plugin, keeping the live metrics a snapshot does not carry."""
         by_key = {}
         for p in plugins:
             old = self.plugins_by_key.get(p.key)
             # Live metrics come by event between snapshots; keep them when the snapshot has none.
-            if old is not None and p.cpu_percent is None and old.cpu_percent is not None and p.pid == old.pid:
-                p = replace(
-                    p,
-                    cpu_percent=old.cpu_percent,
-                    rss=old.rss,
-                    requests_per_s=p.requests_per_s if p.requests_per_s is not None else old.requests_per_s,
-                )
-            elif old is not None and p.requests_per_s is None and old.requests_per_s is not None:
-                p = replace(p, requests_per_s=old.requests_per_s)
+            if old is not None and p.last_metrics is None and old.last_metrics is not None and p.pid == old.pid:
+                p = replace(p, last_metrics=old.last_metrics)
             by_key[p.key] = p
         self.plugins_by_key = by_key
         self.plugin_order = [p.key for p in plugins]
 
-    def record_current_states(self, plugins: list[PluginInfo], now: float) -> None:
+    def record_current_states(self, plugins: list[PluginSnapshot], now: float) -> None:
         """Start each plugin's state history with the state it is in (the first snapshot)."""
         for p in plugins:
             self._history_of(p.key).append((p.started_at or now, "", p.state, p.detail or "current state"))
 
-    def set_plugin(self, p: PluginInfo) -> None:
+    def set_plugin(self, p: PluginSnapshot) -> None:
         """One plugin as an action left it."""
         self.plugins_by_key[p.key] = p
         if p.key not in self.plugin_order:
@@ -184,7 +179,7 @@ class ViewModel:
                 continue
             pending = self.pending_actions.get(key)
             progress = (pending[0], mono - pending[1]) if pending else None
-            rows[key] = plugin_cells(p, now, progress, tick)
+            rows[key] = plugin_cells(p, now, progress, tick, self.request_rates.get(key))
             if len(p.replicas) > 1:  # one sub-row per replica, keyed "key#N" (keys never contain "#")
                 for r in p.replicas:
                     rows[f"{key}#{r.index}"] = replica_cells(p, r, now)
@@ -206,7 +201,10 @@ class ViewModel:
         for ev in batch:
             topic = str(ev.get("topic", ""))
             if topic == "log":
-                entry = LogEntry.from_dict(ev)
+                try:
+                    entry = msgspec.convert(ev, LogEntry)
+                except msgspec.ValidationError:
+                    continue  # not a log line (a remote supervisor may send anything)
                 # Lines up to the horizon came with a snapshot (initial load, resync after a reconnect).
                 if entry.ts > self._log_horizon:
                     self._log_horizon = entry.ts
@@ -246,14 +244,16 @@ class ViewModel:
 
     def fold_metrics(self, ev: Mapping[str, Any]) -> None:
         """One ``plugin.metrics`` event: into the plugin's history and its row."""
-        key = str(ev.get("key"))
-        point = MetricPoint.from_dict(ev)
+        try:
+            sample = msgspec.convert(ev, MetricsSample)
+        except msgspec.ValidationError:
+            return  # not a metrics sample (a remote supervisor may send anything)
+        key = sample.key
         history = self.metrics_history.setdefault(key, deque(maxlen=int(HISTORY_SECONDS // 2) + 10))
-        history.append(point)
+        history.append(MetricPoint.of(sample))
         p = self.plugins_by_key.get(key)
         if p is not None:
-            rps = point.requests_per_s if point.requests_per_s is not None else p.requests_per_s
-            self.plugins_by_key[key] = replace(p, cpu_percent=point.cpu_percent, rss=point.rss, requests_per_s=rps)
+            self.plugins_by_key[key] = replace(p, last_metrics=sample)
 
     def fold_counts(self, counts: Mapping[str, int], mono: float, wall: float) -> None:
         """Requests/s per plugin from the gateway's cumulative counts, read at ``mono`` (wall time ``wall``)."""
@@ -266,9 +266,11 @@ class ViewModel:
             self.rate_history.setdefault(key, deque(maxlen=int(HISTORY_SECONDS // RATE_SECONDS) + 5)).append(
                 (wall, rate)
             )
-            p = self.plugins_by_key.get(key)
-            if p is not None:
-                self.plugins_by_key[key] = replace(p, requests_per_s=rate)
+            self.request_rates[key] = rate
+
+    def set_request_rates(self, rates: Mapping[str, float]) -> None:
+        """Rates the supervisor reported itself (``SupervisorClient.request_rates``), until measured ones come."""
+        self.request_rates.update(rates)
 
     # -- logs --------------------------------------------------------------------------------------------
     def add_logs(self, entries: list[LogEntry]) -> None:

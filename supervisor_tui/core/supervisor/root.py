@@ -18,8 +18,6 @@ import os
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TextIO
 
-import httpx
-
 from supervisor_tui.config import Settings, local_url
 from supervisor_tui.core.actions import install_key, operator_action
 from supervisor_tui.core.events import (
@@ -44,7 +42,7 @@ from supervisor_tui.core.supervisor.orchestration import Orchestrator
 from supervisor_tui.core.supervisor.process_tracking import ProcessTracking, owner_id
 from supervisor_tui.core.supervisor.reload import reload_plugins
 from supervisor_tui.plugins.external import ExternalPlugin, ExternalRegistrations
-from supervisor_tui.plugins.health import make_client
+from supervisor_tui.plugins.health import ProbeClient, make_client
 from supervisor_tui.plugins.inprocess import InProcessContext, InProcessPlugin
 from supervisor_tui.plugins.inprocess_settings import InProcessSection
 from supervisor_tui.plugins.manifest import discover, start_order
@@ -97,7 +95,7 @@ class Supervisor:
         )
         self.external_plugins = ExternalPlugins(self)
         self.opened = False
-        self.http: httpx.AsyncClient | None = None  # the health probes' client, while open
+        self.http: ProbeClient | None = None  # the health probes' client, while open
         # Held by reload, install and remove: one change of the set of plugins at a time.
         self.lifecycle = asyncio.Lock()
         # Given by whoever runs the HTTP server (set_api_url, attach_consoles).

@@ -18,9 +18,10 @@ from textual.screen import Screen
 from textual.widgets import Footer, Sparkline, Static
 
 from supervisor_tui.core.printable import printable
+from supervisor_tui.plugins.model import LogEntry, MetricPoint, PluginSnapshot
 from supervisor_tui.tui.app_access import SupervisorAppAccess
 from supervisor_tui.tui.cells import DANGER_STYLE, DIM_STYLE, PLUGIN_STATE_STYLES, duration, size
-from supervisor_tui.tui.client import ClientError, LogEntry, MetricPoint, PluginInfo
+from supervisor_tui.tui.client import ClientError
 from supervisor_tui.tui.widgets.log_view import source_colour
 
 if TYPE_CHECKING:
@@ -51,7 +52,7 @@ class PluginDetailScreen(SupervisorAppAccess, Screen[None]):
     def __init__(self, key: str) -> None:
         super().__init__()
         self.key = key
-        self.plugin: PluginInfo | None = None
+        self.plugin: PluginSnapshot | None = None
         self.samples: list[MetricPoint] = []
         self.log_lines: list[LogEntry] = []
 

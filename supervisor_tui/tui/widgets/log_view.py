@@ -24,7 +24,7 @@ from textual.strip import Strip
 
 from supervisor_tui.core.log_search import LogPattern, PatternTooSlow, filter_matching
 from supervisor_tui.core.printable import printable
-from supervisor_tui.tui.client import LogEntry
+from supervisor_tui.plugins.model import LogEntry
 
 # Colours for source tags, picked by a stable hash of the source name so a source keeps its colour.
 SOURCE_COLOURS = (
