@@ -69,6 +69,26 @@ class CallResult:
     index: int
 
 
+@dataclass(slots=True)
+class BatchOutcome:
+    """What the service does once a batch is committed: its consoles into memory, its answers, its events.
+
+    Apart from the Plan on purpose: the plan's on_commit holds this, and a plan reachable from it again would be a
+    reference cycle, every batch (and what it holds) then left for the garbage collector, whose passes over the
+    in-memory consoles show in the ingest's p99.
+    """
+
+    work: Work
+    origins: dict[str, ConsoleEntry | None]
+    registered: set[str]
+    events: list[Any]
+    answers: list[tuple[asyncio.Future[Any] | None, Any]]
+    flips: list[int]
+    beats: int
+    beat_ids: tuple[str, ...]
+    registrations: int
+
+
 def console_of(op: Op) -> str | None:
     """The console a heartbeat changes (the writer's key: several batches in flight never share one)."""
     if op.kind != "heartbeat":
@@ -84,8 +104,8 @@ def _fail(fut: asyncio.Future[Any] | None, exc: Exception) -> None:
 
 
 class BatchPlanner:
-    """Plans one batch: ``BatchPlanner(...).plan_ops(ops)``, then read ``plan`` (steps), ``answers``, ``events``,
-    ``work`` and the counters. See the module docstring."""
+    """Plans one batch: ``BatchPlanner(...).plan_ops(ops)``, then ``plan`` (the steps) and ``outcome()`` (answers,
+    events, work, counters; also readable here). See the module docstring."""
 
     def __init__(
         self,
@@ -127,10 +147,11 @@ class BatchPlanner:
         self._trans: list[tuple[Any, ...]] = []
 
     def plan_ops(self, ops: list[Op]) -> BatchPlanner:
+        heartbeat = self._heartbeat  # nearly every op of a batch: bound once
         for op in ops:
             kind = op.kind
             if kind == "heartbeat":
-                self._heartbeat(op.payload, op.future)
+                heartbeat(op.payload, op.future)
             elif kind == "timeout":
                 self._timeout(*op.payload)
             elif kind == "register":
@@ -146,6 +167,20 @@ class BatchPlanner:
             self.plan.many(NOTIFY_SQL, [(p,) for p in payloads(self.node, changes)])
         return self
 
+    def outcome(self) -> BatchOutcome:
+        """What the planned batch does once committed (after ``plan_ops``)."""
+        return BatchOutcome(
+            self.work,
+            self.origins,
+            self.registered,
+            self.events,
+            self.answers,
+            self.flips,
+            self.beats,
+            tuple(self.beat_ids),
+            self.registrations,
+        )
+
     def _current(self, cid: str) -> ConsoleEntry | None:
         return working_copy(self.work, self.entries, cid, self.origins)
 
@@ -154,7 +189,8 @@ class BatchPlanner:
         self.events.append(ConsoleStateChanged(console_id=cid, from_state=old, to_state=new, reason=reason, at=at))
 
     def _heartbeat(self, p: HeartbeatOp, fut: asyncio.Future[Any] | None) -> None:
-        e = self._current(p.console_id)
+        cid, work = p.console_id, self.work
+        e = work[cid] if cid in work else working_copy(work, self.entries, cid, self.origins)
         if e is None:
             _fail(fut, ConsoleNotFound(f"console {p.console_id!r} is not registered: register it first"))
             return
@@ -248,8 +284,8 @@ class BatchPlanner:
             if reg.hostname is not None:
                 e.hostname = reg.hostname
             created = False
-        self.plan.history("transitions", sql.insert_transition, self._trans[:])
-        self._trans.clear()
+        self.plan.history("transitions", sql.insert_transition, self._trans)
+        self._trans = []
         self.registrations += 1
         self.registered.add(reg.id)
         self.events.append(ConsoleRegistered(console_id=reg.id, name=reg.name, state=reg.state))
@@ -280,12 +316,12 @@ class BatchPlanner:
         """The pending rows as steps. Timeouts before heartbeat updates: a console that timed out and then spoke
         in the same batch must end in its reported state."""
         plan, sql, shared = self.plan, self.sql, self.shared
-        plan.many(sql.update_timeout, self._timeouts[:])
+        plan.many(sql.update_timeout, self._timeouts)
         if self._shared_timeouts:
             assert self.flip_inactive is not None, "a shared store flips inactivity itself"
             self.flips.append(plan.call(self.flip_inactive(self._shared_timeouts[:], self.inactive_after, self.node)))
             self._shared_timeouts.clear()
-        plan.history("heartbeats", sql.insert_heartbeat, self._hb_rows[:])
+        plan.history("heartbeats", sql.insert_heartbeat, self._hb_rows)
         by_kind: dict[tuple[bool, bool, bool], list[tuple[Any, ...]]] = {}
         for u in self._updates.values():
             state, system, host, activity, error, job, seen, count, cid, old_state, old_activity, old_host = u
@@ -303,8 +339,7 @@ class BatchPlanner:
             by_kind.setdefault((state_changed, activity_changed, host_changed), []).append(row)
         for kind, rows in by_kind.items():
             plan.many(sql.update_from_heartbeat[kind], rows)
-        plan.history("transitions", sql.insert_transition, self._trans[:])
-        self._timeouts.clear()
-        self._hb_rows.clear()
+        plan.history("transitions", sql.insert_transition, self._trans)
+        # The steps keep the lists they were given: the next rows go into new ones.
+        self._timeouts, self._hb_rows, self._trans = [], [], []
         self._updates.clear()
-        self._trans.clear()

@@ -31,6 +31,7 @@ from typing import Any
 
 from supervisor_tui.config import Settings
 from supervisor_tui.consoles.batch_plan import (
+    BatchOutcome,
     BatchPlanner,
     CallResult,
     HeartbeatAck,
@@ -256,7 +257,7 @@ class ConsoleService(ConsoleReads):
 
     # -- the writer's planner: runs in the event loop, turns a batch of ops into SQL steps ----------------
     def _plan(self, ops: list[Op]) -> Plan:
-        batch = BatchPlanner(
+        planner = BatchPlanner(
             self._sql,
             self._entries,
             self.inactive_after,
@@ -266,7 +267,7 @@ class ConsoleService(ConsoleReads):
             self.node,
             getattr(self.store, "flip_inactive", None),
         ).plan_ops(ops)
-        plan = batch.plan
+        plan, batch = planner.plan, planner.outcome()
 
         def on_commit(results: list[Any]) -> None:
             self._committed(batch, results)
@@ -282,7 +283,7 @@ class ConsoleService(ConsoleReads):
         plan.on_fail = on_fail
         return plan
 
-    def _committed(self, batch: BatchPlanner, results: list[Any]) -> None:
+    def _committed(self, batch: BatchOutcome, results: list[Any]) -> None:
         """A batch is committed: memory takes its consoles, its callers get their answers, its events go out."""
         work = batch.work
         self._apply(merged(self._entries, work, batch.origins, batch.registered) if self._shared else work)
@@ -299,7 +300,7 @@ class ConsoleService(ConsoleReads):
             self.bus.publish(event)
             self._log_event(event)
         if batch.beats:
-            self.bus.publish(ConsoleHeartbeats(count=batch.beats, console_ids=tuple(batch.beat_ids)))
+            self.bus.publish(ConsoleHeartbeats(count=batch.beats, console_ids=batch.beat_ids))
 
     def _flipped(self, cid: str, old_state: str, at: float, remote: bool = False) -> None:
         """The store made console ``cid`` inactive (this node's sweep, or another's when ``remote``)."""
