@@ -15,6 +15,7 @@ import pytest
 from conftest import HeadlessProcess, wait_until
 from fixtures.api.harness import bearer
 from fixtures.fleet.redis_server import RedisServer, free_port, needs_redis
+from test_ctl import ctl
 from test_plugin_wire import JsonServer, field_names, schema_of
 
 from supervisor_tui.config import Settings
@@ -96,6 +97,11 @@ async def test_every_status_route_and_node_field_is_documented_sent_and_decoded_
         node = nodes["nodes"][0]
         assert (node["node"], node["status"], node["this_node"]) == ("node-a", "up", True)
         assert node["plugins"] == {"RUNNING": 1}
+
+        fleet = ctl("--url", url, "--token", token, "fleet", cwd=settings.base_dir)  # the CLI reads the same Struct
+        assert fleet.returncode == 0, fleet.stderr
+        row = fleet.stdout.split("\n")[1]
+        assert row.split()[:3] == ["node-a", "*", "up"] and "s ago" in row and "1 RUNNING" in row
 
         client = RemoteClient(url, token)
         try:
