@@ -22,12 +22,14 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import msgspec
 
 from supervisor_tui import __version__
 from supervisor_tui.config import ConfigError, load_settings, local_url
 from supervisor_tui.core.graph import DependencyGraph, render_mermaid, render_text
 from supervisor_tui.core.groups import GROUP_ACTIONS
 from supervisor_tui.core.printable import printable
+from supervisor_tui.core.status import NodeList
 from supervisor_tui.plugins.manifest_schema import MAX_REPLICAS
 
 EXIT_FAILED = 1
@@ -235,17 +237,21 @@ def _table(rows: list[tuple[str, ...]]) -> None:
 
 async def _fleet(client: httpx.AsyncClient) -> int:
     body = _check(await client.get("/api/v1/fleet/nodes"), "fleet")
+    try:
+        nodes = msgspec.convert(body, NodeList).nodes
+    except msgspec.ValidationError as exc:
+        raise CtlError(f"fleet: the supervisor answered in an unexpected shape: {exc}") from None
     rows: list[tuple[str, ...]] = [("NODE", "STATUS", "LAST SEEN", "VERSION", "PLUGINS", "CONSOLES", "URL")]
     now = time.time()
-    for n in body.get("nodes", []):
+    for n in nodes:
         cells = (
-            n["node"] + (" *" if n.get("this_node") else ""),
-            n["status"],
-            f"{max(0, int(now - float(n.get('last_seen') or now)))}s ago",
-            n.get("version", ""),
-            _counts(n.get("plugins") or {}),
-            _counts(n.get("consoles") or {}),
-            n.get("advertise_url", ""),
+            n.node + (" *" if n.this_node else ""),
+            n.status,
+            f"{max(0, int(now - n.last_seen))}s ago",
+            n.version,
+            _counts(n.plugins),
+            _counts(n.consoles),
+            n.advertise_url,
         )
         rows.append(tuple(printable(str(c)) for c in cells))
     _table(rows)

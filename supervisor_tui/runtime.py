@@ -33,6 +33,7 @@ from supervisor_tui.consoles.console_store import ConsoleStore
 from supervisor_tui.consoles.open_store import open_console_store
 from supervisor_tui.consoles.service import ConsoleService
 from supervisor_tui.core.inprocess_host import InProcessHost
+from supervisor_tui.core.status import RouteExportStatus
 from supervisor_tui.core.supervisor import Supervisor
 from supervisor_tui.plugins.process import become_subreaper
 from supervisor_tui.plugins.watcher import PluginWatcher
@@ -323,11 +324,11 @@ class Runtime:
         http.push_async_callback(export.stop)
         await export.start()
 
-    def route_export_status(self) -> dict[str, object]:
-        """``/api/v1/status``'s ``route_export``: ``{"target": "none"}`` unless routes are exported."""
+    def route_export_status(self) -> RouteExportStatus:
+        """``/api/v1/status``'s ``route_export``: target "none" unless routes are exported."""
         if self.route_export is None:
-            return {"target": "none"}
-        return self.route_export.status().to_dict()
+            return RouteExportStatus()
+        return self.route_export.status()
 
     def _load_tokens(self) -> Tokens:
         """Tokens from settings, else from data/<name>.token (created 0600 on first start)."""

@@ -9,6 +9,8 @@ import json
 import os
 import resource
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -299,6 +301,48 @@ async def test_out_of_file_descriptors_nothing_is_running_unsupervised(
     assert any("file descriptors: the supervisor's limit of" in reason for reason in fatal.values()), fatal
     proc.signal(signal.SIGTERM)
     assert await proc.wait(timeout=120) == 0
+
+
+# Spawns with uvloop (the headless event loop) while only ``free`` descriptors are left, for every ``free`` from
+# none to plenty; prints what the operator is told for each failed spawn.
+SPAWN_WITH_FEW_DESCRIPTORS = """\
+import asyncio, os, resource, sys, uvloop
+from supervisor_tui.plugins.process_spawn import describe_os_error
+async def spawn(free):
+    held = []
+    try:
+        while True:
+            held.append(os.open(os.devnull, os.O_RDONLY))
+    except OSError:
+        pass
+    for _ in range(free):
+        os.close(held.pop())
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            "true", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, preexec_fn=lambda: None
+        )
+        await proc.wait()
+    except OSError as exc:
+        print(f"{free} {exc.errno}: {describe_os_error(exc)}", flush=True)
+    finally:
+        for fd in held:
+            os.close(fd)
+resource.setrlimit(resource.RLIMIT_NOFILE, (64, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+for free in range(12):
+    uvloop.run(spawn(free))
+"""
+
+
+def test_a_spawn_out_of_descriptors_says_so_however_the_event_loop_reports_it(tmp_path: Path) -> None:
+    # uvloop reports EMFILE in the parent as EMFILE, but a child that runs out re-creating its event loop as
+    # OSError(-1, "Unknown error -1"): both must name the limit to raise.
+    out = subprocess.run(
+        [sys.executable, "-c", SPAWN_WITH_FEW_DESCRIPTORS], capture_output=True, text=True, timeout=60, cwd=tmp_path
+    )
+    failures = [line for line in out.stdout.splitlines() if line]
+    errnos = {line.split(":")[0].split()[1] for line in failures}
+    assert "24" in errnos and "-1" in errnos, out.stdout + out.stderr  # both ways happened
+    assert all("out of file descriptors: the supervisor's limit of 64" in line for line in failures), failures
 
 
 def _cgroups_unusable() -> str:

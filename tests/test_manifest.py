@@ -17,7 +17,8 @@ from supervisor_tui.plugins.manifest import (
     parse_manifest,
     start_order,
 )
-from supervisor_tui.plugins.manifest_schema import HealthSchema, ManifestSchema, checked, diagnose, field_value
+from supervisor_tui.plugins.manifest_rules import checked, diagnose, field_value
+from supervisor_tui.plugins.manifest_schema import HealthSchema, ManifestSchema
 
 REPO = Path(__file__).resolve().parent.parent
 PATH = Path("/srv/plugins/demo/manifest.json")

@@ -9,12 +9,12 @@ from typing import Any
 import msgspec
 import pytest
 
+from supervisor_tui.plugins.manifest_rules import fields_of
 from supervisor_tui.plugins.manifest_schema import (
     EndpointSchema,
     HealthSchema,
     LivenessSchema,
     ManifestSchema,
-    fields_of,
 )
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "manifest.md"

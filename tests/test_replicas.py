@@ -81,12 +81,20 @@ async def test_each_replica_is_its_own_process_on_its_own_port_and_the_gateway_s
     for r in replicas:
         assert r.pid is not None and os.getpgid(r.pid) == r.pid  # its own process group
     assert snap.to_dict()["replicas"][2]["port"] == replicas[2].port
+    # Its own log source: replica N's output is under "web#N" (replica 0 keeps the key). The plugin has no
+    # readiness check, so RUNNING only means up for startsecs: wait until each replica says it listens, or a
+    # request to one still starting is refused and the gateway rightly retries it on the next one.
+    sources = {0: "web", 1: "web#1", 2: "web#2"}
+    await wait_until(
+        lambda: all(
+            any(f"replica {i} listening" in r.message for r in supervisor.logs.tail(source, 20))
+            for i, source in sources.items()
+        )
+    )
+    assert not any("replica 2" in r.message for r in supervisor.logs.tail("web", 50))
     async with gateway_of(supervisor) as client:
         seen = [(await client.get("/api/plugins/web/whoami")).json()["replica"] for _ in range(30)]
     assert Counter(seen) == {0: 10, 1: 10, 2: 10}
-    # Its own log source: replica N's output is under "web#N" (replica 0 keeps the key).
-    await wait_until(lambda: any("replica 2 listening" in r.message for r in supervisor.logs.tail("web#2", 20)))
-    assert not any("replica 2" in r.message for r in supervisor.logs.tail("web", 50))
     assert await wait_until(lambda: len(child_pids(folder)) == 3)
 
 

@@ -199,7 +199,13 @@ def test_plugin_output_and_stdin_never_reach_the_terminal(terminal: Callable[...
     t = terminal(plugin=NOISY)
     screen = t.wait_screen(lambda s: "sleepy" in s and "RUNNING" in s)
     assert "NOISY" not in screen  # the plugins pane is showing: plugin output only goes to the logs pane
-    t.keys("3", "/")
+    # A key that moves the focus takes effect once the app's queue gets to it: keys sent before that go to the
+    # widget that had the focus. So each step waits for the screen to show it was done (the field is focused
+    # before it is drawn).
+    t.keys("3")
+    t.wait_screen(lambda s: "─ Logs" in s)
+    t.keys("/")
+    t.wait_screen(lambda s: "filter logs:" in s)
     t.keys("-l", "stdin")  # the logs filter: only the line the plugin printed after reading stdin
     screen = t.wait_screen(lambda s: "NOISY-STDIN 0 bytes" in s)
     t.keys("Escape")  # alone: tmux would read escape followed at once by "1" as alt+1

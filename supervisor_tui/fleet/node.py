@@ -14,15 +14,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable
-from typing import Any
 
 from supervisor_tui.config import Settings, masked_url
 from supervisor_tui.core.events import EventsDropped, PluginStateChanged
+from supervisor_tui.core.status import FleetStatus, NodeStatus
 from supervisor_tui.core.supervisor import Supervisor
 from supervisor_tui.fleet.announcer import PluginAnnouncer
 from supervisor_tui.fleet.link import RedisLink
 from supervisor_tui.fleet.listener import RegistrationListener
-from supervisor_tui.fleet.presence import NodePresence, NodeStatus
+from supervisor_tui.fleet.presence import NodePresence
 from supervisor_tui.fleet.registrations import RegistrationStore
 
 
@@ -104,13 +104,13 @@ class FleetNode:
     async def nodes(self) -> list[NodeStatus]:
         return await self.presence.nodes()
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> FleetStatus:
         """The node's view of Redis: ``redis`` is "up" or "down", since when, and why."""
-        return {
-            "node": self.node,
-            "advertise_url": self.advertise_url,
-            "redis": "up" if self.link.up else "down",
-            "redis_url": masked_url(self.link.url),
-            "since": self.link.since,
-            "detail": self.link.detail,
-        }
+        return FleetStatus(
+            node=self.node,
+            advertise_url=self.advertise_url,
+            redis="up" if self.link.up else "down",
+            redis_url=masked_url(self.link.url),
+            since=self.link.since,
+            detail=self.link.detail,
+        )

@@ -9,32 +9,18 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import msgspec
 from redis.exceptions import RedisError
 
 from supervisor_tui import __version__
+from supervisor_tui.core.status import NodeStatus
 from supervisor_tui.core.supervisor import Supervisor
 from supervisor_tui.fleet.link import RedisLink
 from supervisor_tui.fleet.messages import ENCODER, PRESENCE_DECODER, Presence
 
 KEY_PREFIX = "fleet:node:"
 MAX_NODES = 1000  # records read per listing; a fleet is a handful of nodes
-
-
-@dataclass(frozen=True)
-class NodeStatus:
-    """One node of the fleet as this node sees it."""
-
-    presence: Presence
-    status: str  # "up" | "lost"
-    this_node: bool
-
-    def to_dict(self) -> dict[str, object]:
-        d = msgspec.structs.asdict(self.presence)
-        d.update(status=self.status, this_node=self.this_node)
-        return d
 
 
 class NodePresence:
@@ -111,7 +97,11 @@ class NodePresence:
         self.known[self.node] = self.record()
         now = time.time()
         out = [
-            NodeStatus(p, "up" if now - p.last_seen <= self.dead_after else "lost", p.node == self.node)
+            NodeStatus(
+                **msgspec.structs.asdict(p),  # a field added to Presence must be added to NodeStatus too
+                status="up" if now - p.last_seen <= self.dead_after else "lost",
+                this_node=p.node == self.node,
+            )
             for p in self.known.values()
         ]
-        return sorted(out, key=lambda n: (not n.this_node, n.presence.node))
+        return sorted(out, key=lambda n: (not n.this_node, n.node))

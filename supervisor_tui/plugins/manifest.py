@@ -25,6 +25,7 @@ from typing import Any
 import msgspec
 from msgspec import UNSET
 
+from supervisor_tui.plugins.manifest_rules import checked, diagnose, field_value, fields_of, kind
 from supervisor_tui.plugins.manifest_schema import (
     ENV_NAME,
     KEY_PATTERN,
@@ -37,11 +38,6 @@ from supervisor_tui.plugins.manifest_schema import (
     HealthSchema,
     LivenessSchema,
     ManifestSchema,
-    checked,
-    diagnose,
-    field_value,
-    fields_of,
-    kind,
     parse_env,
     reserved_key_problem,
 )

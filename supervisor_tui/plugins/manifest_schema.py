@@ -1,34 +1,35 @@
 """The declared shape of manifest.json: msgspec Structs with unknown fields forbidden, and each field's rule.
 
 - ``ManifestSchema`` (the file), ``HealthSchema`` (its ``health`` object), ``EndpointSchema`` (one of its
-  ``endpoints``): the fields a manifest may have, their types and their defaults. docs/manifest.md's field tables
-  are checked against them by a test, so the two cannot drift.
-- ``Rule``, attached to a field as ``Annotated[type, Rule(...)]``: how a wrong type is worded, and ``check`` for
-  what a type cannot say (ranges, patterns, reserved names, NUL characters). A check returns the value normalised
-  (durations in seconds, sizes in bytes, methods upper-case) or raises ValueError with the problem.
-- ``checked(obj)``: a decoded Struct's field values after their checks (the fast path: the file decoded at once).
-- ``diagnose(raw, schema)``: the first problem of a JSON object that did not decode, in file order, worded as the
-  field's rule says (msgspec's own messages, like "Expected `int`, got `str` - at `$.port`", never reach an
-  operator).
-- ``field_value(schema, name, raw)``: one field's raw JSON value, type-checked and checked.
+  ``endpoints``): the fields a manifest may have, their types, their defaults and their rules (manifest_rules.py:
+  how a rule words a wrong value, and ``checked``/``diagnose``/``field_value`` that apply them).
+  docs/manifest.md's field tables are checked against them by a test, so the two cannot drift.
+- The checks the rules call (key, command, paths, signals, dependencies, probes...): each returns the value
+  normalised or raises ValueError with the problem.
 - ``parse_env``: an environment mapping (also used for the operator's overrides); ``reserved_key_problem``.
-
-Problems are ValueError texts; one that starts with ``[i]`` or ``.sub`` names a part of the field
-(``endpoints[2].method``, ``health.path``), which ``manifest.ManifestError`` turns into the field's name.
 """
 
 from __future__ import annotations
 
 import re
 import signal
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Annotated, Any, get_args, get_type_hints
+from typing import Annotated, Any
 
 import msgspec
 from msgspec import UNSET, UnsetType
 
-from supervisor_tui.config import parse_duration, parse_size
+from supervisor_tui.config import parse_size
+from supervisor_tui.plugins.manifest_rules import (
+    Rule,
+    boolean_rule,
+    checked,
+    diagnose,
+    integer_rule,
+    kind,
+    one_of_rule,
+    seconds_rule,
+    string_rule,
+)
 
 KEY_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -50,90 +51,6 @@ RESERVED_KEYS = {
 # An in-process plugin's entry point: a module path (dotted, relative to the folder) and a class name.
 MODULE_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$")
 _PATH_SEGMENT = re.compile(r"^(\{[A-Za-z_][A-Za-z0-9_]*\}|[A-Za-z0-9._~!$&'()*+,;=:@%-]*)$")
-
-
-def kind(value: Any) -> str:
-    """How a wrong JSON value is named in a problem: "a string", "a list", "null"."""
-    if value is None:
-        return "null"
-    return {
-        bool: "a boolean",
-        int: "a number",
-        float: "a number",
-        str: "a string",
-        list: "a list",
-        dict: "an object",
-    }.get(type(value), type(value).__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class Rule:
-    """What a field accepts beyond its type, and how its problems are worded.
-
-    A wrong type reads ``expected``, then ", got " and ``got(value)`` (omitted when ``got`` is None); a wrong type
-    inside a list reads ``inner`` when given. With ``raw_check`` the check words problems inside the value itself,
-    so a wrong type inside is handed to it raw. ``missing`` words an absent required field. ``doc_default`` is the
-    default as docs/manifest.md says it, where it is not the default value itself.
-    """
-
-    expected: str
-    got: Callable[[Any], str] | None = kind
-    check: Callable[[Any], Any] | None = None
-    inner: str | None = None
-    raw_check: bool = False
-    missing: str = "is required"
-    doc_default: str | None = None
-
-    def wrong_type(self, raw: Any, inside: bool) -> str:
-        if inside and self.inner is not None:
-            return self.inner
-        return self.expected if self.got is None else f"{self.expected}, got {self.got(raw)}"
-
-
-def _string(doc_default: str | None = None) -> Rule:
-    return Rule("must be a string", doc_default=doc_default)
-
-
-def _boolean() -> Rule:
-    return Rule("must be true or false")
-
-
-def _integer(lo: int, hi: int) -> Rule:
-    def check(value: int) -> int:
-        if not lo <= value <= hi:
-            raise ValueError(f"must be between {lo} and {hi}, got {value}")
-        return value
-
-    return Rule("must be an integer", check=check)
-
-
-_DURATION_WORDS = 'must be a number of seconds or a duration like "5s"'
-
-
-def _seconds(lo: float, hi: float, doc_default: str | None = None) -> Rule:
-    def check(value: float | str) -> float:
-        try:
-            seconds = parse_duration(value)
-        except ValueError:
-            raise ValueError(f"{_DURATION_WORDS}, got {value!r}") from None
-        except OverflowError:  # an integer no float can hold
-            raise ValueError(f"must be between {lo:g} and {hi:g} seconds, got a larger number") from None
-        if not lo <= seconds <= hi:
-            raise ValueError(f"must be between {lo:g} and {hi:g} seconds, got {seconds:g}")
-        return seconds
-
-    return Rule(_DURATION_WORDS, check=check, doc_default=doc_default)
-
-
-def _one_of(choices: tuple[str, ...], doc_default: str | None = None) -> Rule:
-    words = f"must be one of {', '.join(choices)}"
-
-    def check(value: str) -> str:
-        if value not in choices:
-            raise ValueError(f"{words}, got {value!r}")
-        return value
-
-    return Rule(words, got=repr, check=check, doc_default=doc_default)
 
 
 def _check_key(key: str) -> str:
@@ -300,14 +217,14 @@ class EndpointSchema(msgspec.Struct, forbid_unknown_fields=True):
             missing="must be a string starting with '/', got None",
         ),
     ]
-    description: Annotated[str, _string()] = ""
+    description: Annotated[str, string_rule()] = ""
 
 
 class DependencySchema(msgspec.Struct, forbid_unknown_fields=True):
     """One ``depends_on`` entry written as an object: the dependency's key and what to wait for."""
 
     key: Annotated[str, Rule("must be a string", missing="is required (the dependency's key)")]
-    condition: Annotated[str, _one_of(DEPENDENCY_CONDITIONS)] = "healthy"
+    condition: Annotated[str, one_of_rule(DEPENDENCY_CONDITIONS)] = "healthy"
 
 
 _PROBE_COMMAND_WORDS = "must be a non-empty list of strings (argv) or a string (run by /bin/sh -c)"
@@ -330,30 +247,30 @@ class ProbeSchema(msgspec.Struct, forbid_unknown_fields=True):
     path: Annotated[
         str | UnsetType, Rule("must be a string", check=_check_health_path, doc_default="required for `http`")
     ] = UNSET
-    type: Annotated[str | UnsetType, _one_of(HEALTH_TYPES, doc_default='`"exec"` with a `command`, else `"http"`')] = (
-        UNSET
-    )
+    type: Annotated[
+        str | UnsetType, one_of_rule(HEALTH_TYPES, doc_default='`"exec"` with a `command`, else `"http"`')
+    ] = UNSET
     command: Annotated[
         list[str] | str | UnsetType,
         Rule(_PROBE_COMMAND_WORDS, got=None, check=_check_probe_command, doc_default="required for `exec`"),
     ] = UNSET
-    interval_s: Annotated[int | float | str, _seconds(0.05, 86400)] = 10.0
-    timeout_s: Annotated[int | float | str, _seconds(0.05, 3600)] = 2.0
-    failures: Annotated[int, _integer(1, 1000)] = 3
+    interval_s: Annotated[int | float | str, seconds_rule(0.05, 86400)] = 10.0
+    timeout_s: Annotated[int | float | str, seconds_rule(0.05, 3600)] = 2.0
+    failures: Annotated[int, integer_rule(1, 1000)] = 3
 
 
 class HealthSchema(ProbeSchema, forbid_unknown_fields=True):
     """The readiness probe (``health``, alias ``readiness``): gates RUNNING and routing."""
 
     # STARTING gives up (counts as a failed start) when never healthy by then
-    start_timeout_s: Annotated[int | float | str, _seconds(0.1, 86400)] = 60.0
-    restart: Annotated[bool, _boolean()] = False  # restart the plugin when it turns unhealthy
+    start_timeout_s: Annotated[int | float | str, seconds_rule(0.1, 86400)] = 60.0
+    restart: Annotated[bool, boolean_rule()] = False  # restart the plugin when it turns unhealthy
 
 
 class LivenessSchema(ProbeSchema, forbid_unknown_fields=True):
     """The liveness probe (``liveness``): runs while RUNNING; ``failures`` in a row restart the plugin."""
 
-    restart: Annotated[bool, _boolean()] = True  # false: a failed liveness is only reported (logs, last_error)
+    restart: Annotated[bool, boolean_rule()] = True  # false: a failed liveness is only reported (logs, last_error)
 
 
 def _check_endpoints(items: list[Any]) -> tuple[EndpointSchema, ...]:
@@ -434,9 +351,9 @@ class ManifestSchema(msgspec.Struct, forbid_unknown_fields=True):
     """
 
     key: Annotated[str, Rule(_KEY_WORDS, got=repr, check=_check_key)]
-    name: Annotated[str | UnsetType, _string(doc_default="the key")] = UNSET
-    version: Annotated[str, _string()] = "0.0.0"
-    description: Annotated[str, _string()] = ""
+    name: Annotated[str | UnsetType, string_rule(doc_default="the key")] = UNSET
+    version: Annotated[str, string_rule()] = "0.0.0"
+    description: Annotated[str, string_rule()] = ""
     command: Annotated[
         list[str] | UnsetType,
         Rule(_COMMAND_WORDS, got=None, check=_check_command, inner=_PROGRAM_FIRST, doc_default="required"),
@@ -444,8 +361,8 @@ class ManifestSchema(msgspec.Struct, forbid_unknown_fields=True):
     env: Annotated[
         dict[str, str], Rule('must be an object of NAME: "value" strings', check=parse_env, raw_check=True)
     ] = {}
-    port: Annotated[int | None, _integer(1, 65535)] = None
-    replicas: Annotated[int, _integer(1, MAX_REPLICAS)] = 1
+    port: Annotated[int | None, integer_rule(1, 65535)] = None
+    replicas: Annotated[int, integer_rule(1, MAX_REPLICAS)] = 1
     endpoints: Annotated[
         list[EndpointSchema],
         Rule("must be a list of {method, path, description}", check=_check_endpoints, raw_check=True),
@@ -458,16 +375,16 @@ class ManifestSchema(msgspec.Struct, forbid_unknown_fields=True):
     ready_log_line: Annotated[
         str | None, Rule("must be a string (a regular expression)", check=_check_ready_log_line)
     ] = None
-    autostart: Annotated[bool, _boolean()] = True
-    oneshot: Annotated[bool, _boolean()] = False  # a task run to completion: COMPLETED on exit 0, else FAILED
+    autostart: Annotated[bool, boolean_rule()] = True
+    oneshot: Annotated[bool, boolean_rule()] = False  # a task run to completion: COMPLETED on exit 0, else FAILED
     restart: Annotated[
-        str | UnsetType, _one_of(RESTART_POLICIES, doc_default='`"on-failure"` (`"never"` for a oneshot)')
+        str | UnsetType, one_of_rule(RESTART_POLICIES, doc_default='`"on-failure"` (`"never"` for a oneshot)')
     ] = UNSET
-    startsecs: Annotated[int | float | str, _seconds(0, 3600)] = 1.0
-    startretries: Annotated[int, _integer(0, 1000)] = 3
-    backoff_max_s: Annotated[int | float | str, _seconds(0, 86400)] = 30.0
+    startsecs: Annotated[int | float | str, seconds_rule(0, 3600)] = 1.0
+    startretries: Annotated[int, integer_rule(0, 1000)] = 3
+    backoff_max_s: Annotated[int | float | str, seconds_rule(0, 86400)] = 30.0
     stopsignal: Annotated[str, Rule('must be a signal name like "TERM" or "INT"', check=_check_signal)] = "TERM"
-    stopwaitsecs: Annotated[int | float | str, _seconds(0, 3600)] = 10.0
+    stopwaitsecs: Annotated[int | float | str, seconds_rule(0, 3600)] = 10.0
     depends_on: Annotated[
         list[str | DependencySchema],
         Rule("must be a list of plugin keys or {key, condition} objects", check=_check_depends_on, raw_check=True),
@@ -479,96 +396,8 @@ class ManifestSchema(msgspec.Struct, forbid_unknown_fields=True):
     working_dir: Annotated[str | None, Rule("must be a path (a string)", check=_check_relative_file)] = None
     user: Annotated[str | None, Rule(_USER_WORDS, got=repr, check=_check_user)] = None
     # gateway: upstream response timeout and largest request body (None = the gateway's defaults)
-    timeout: Annotated[int | float | str | None, _seconds(0.001, 86400, doc_default="`gateway.timeout`")] = None
+    timeout: Annotated[int | float | str | None, seconds_rule(0.001, 86400, doc_default="`gateway.timeout`")] = None
     max_body: Annotated[int | str | None, Rule(_SIZE_WORDS, check=_check_size, doc_default="`gateway.max_body`")] = None
     # in-process plugin: "file:Class" in the folder (then there is no command); config is passed to initialize()
     module: Annotated[str | UnsetType, Rule(_MODULE_WORDS, got=repr, check=_check_module, doc_default="none")] = UNSET
     config: Annotated[dict[str, Any], Rule("must be an object")] = {}
-
-
-@dataclass(frozen=True, slots=True)
-class Field:
-    """One declared field: its name, its type without the rule, its rule and its default (UNSET or NODEFAULT)."""
-
-    name: str
-    type: Any
-    rule: Rule
-    default: Any
-
-
-def fields_of(schema: type[msgspec.Struct]) -> dict[str, Field]:
-    """The declared fields of ``schema``, in declaration order."""
-    cached = _FIELDS.get(schema)
-    if cached is None:
-        hints = get_type_hints(schema, include_extras=True)
-        cached = {}
-        for info in msgspec.structs.fields(schema):
-            base, rule = get_args(hints[info.name])
-            default = info.default_factory() if info.default_factory is not msgspec.NODEFAULT else info.default
-            cached[info.name] = Field(info.name, base, rule, default)
-        _FIELDS[schema] = cached
-        _CHECKS[schema] = tuple((f.name, f.rule.check, f.default) for f in cached.values() if f.rule.check)
-    return cached
-
-
-_FIELDS: dict[type, dict[str, Field]] = {}
-_CHECKS: dict[type, tuple[tuple[str, Callable[[Any], Any], Any], ...]] = {}
-
-
-def checked(obj: msgspec.Struct, where: str = "") -> dict[str, Any]:
-    """Every field of a decoded ``obj`` after its check (defaults and nulls are valid as declared)."""
-    # A default is declared in its checked form, so a value equal to it needs no check (most fields of most files).
-    schema = type(obj)
-    if schema not in _CHECKS:
-        fields_of(schema)
-    values = msgspec.structs.asdict(obj)
-    for name, check, default in _CHECKS[schema]:
-        value = values[name]
-        if value is None or value is UNSET or value == default:
-            continue
-        try:
-            values[name] = check(value)
-        except ValueError as exc:
-            raise ValueError(_at(f"{where}.{name}", str(exc))) from None
-    return values
-
-
-def diagnose(raw: dict[str, Any], schema: type[msgspec.Struct], where: str = "") -> dict[str, Any]:
-    """``raw``'s fields checked one by one in file order: their values, or ValueError with the first problem."""
-    fields = fields_of(schema)
-    for name in raw:
-        if name not in fields:
-            raise ValueError(_at(where, f"has unknown field {name!r} (allowed: {', '.join(fields)})"))
-    values = {f.name: f.default for f in fields.values() if f.default is not msgspec.NODEFAULT}
-    for name, value in raw.items():
-        try:
-            values[name] = field_value(schema, name, value)
-        except ValueError as exc:
-            raise ValueError(_at(f"{where}.{name}", str(exc))) from None
-    for f in fields.values():
-        if f.name not in values:
-            raise ValueError(_at(f"{where}.{f.name}", f.rule.missing))
-    return values
-
-
-def field_value(schema: type[msgspec.Struct], name: str, raw: Any) -> Any:
-    """One field's raw JSON value type-checked and checked: the value, or ValueError with the problem."""
-    f = fields_of(schema)[name]
-    if raw is None and f.default is None:
-        return None
-    try:
-        value = msgspec.convert(raw, f.type)
-    except msgspec.ValidationError as exc:
-        # msgspec names a path only below the value itself; "Object ..." is about an object's fields
-        inside = " - at `$" in str(exc) or str(exc).startswith("Object ")
-        if not (inside and f.rule.raw_check and f.rule.check):
-            raise ValueError(f.rule.wrong_type(raw, inside)) from None
-        value = raw  # the check words what is wrong inside
-    return f.rule.check(value) if f.rule.check else value
-
-
-def _at(where: str, problem: str) -> str:
-    """A problem of a part of a field reads "[2].method must be ..." ("" for the field itself)."""
-    if problem.startswith(("[", ".")):  # already names a part of the part
-        return where + problem
-    return f"{where} {problem}" if where else problem

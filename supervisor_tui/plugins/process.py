@@ -297,6 +297,11 @@ class ProcessRunner(Spawning, Probing, TreeTeardown):
             self.last_error = str(exc)
             self._set(S.FATAL, str(exc))
             return False
+        except OSError as exc:  # out of descriptors: not even a socket to check a port with
+            self.port = None
+            self.last_error = f"cannot check for a free port: {describe_os_error(exc)}"
+            self._set(S.FATAL, self.last_error)
+            return False
         self._set(S.STARTING, reason)
         return True
 

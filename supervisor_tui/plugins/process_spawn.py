@@ -37,9 +37,23 @@ def inherited_environment() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
 
 
+# Descriptors a spawn needs beyond the parent's pipes: with fewer left, uvloop's child fails before exec
+# (re-creating its event loop) and the spawn raises OSError(-1, "Unknown error -1"), not EMFILE.
+SPAWN_DESCRIPTOR_MARGIN = 16
+
+
+def _descriptors_nearly_used_up() -> bool:
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        in_use = len(os.listdir("/proc/self/fd"))
+    except OSError as exc:  # not even one to list them with; or no /proc: say only what the error says
+        return exc.errno == errno.EMFILE
+    return soft != resource.RLIM_INFINITY and in_use >= soft - SPAWN_DESCRIPTOR_MARGIN
+
+
 def describe_os_error(exc: OSError) -> str:
     """``exc`` for an operator; running out of file descriptors names the limit to raise."""
-    if exc.errno == errno.EMFILE:
+    if exc.errno == errno.EMFILE or (exc.errno == -1 and _descriptors_nearly_used_up()):
         soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
         return (
             f"out of file descriptors: the supervisor's limit of {soft} open files is reached "

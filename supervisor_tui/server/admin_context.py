@@ -11,6 +11,7 @@ from fastapi import Depends, Request
 
 from supervisor_tui.config import Settings
 from supervisor_tui.consoles.service import ConsoleService
+from supervisor_tui.core.status import RouteExportStatus
 from supervisor_tui.core.supervisor import PluginNotFound, Supervisor
 from supervisor_tui.plugins.model import PluginSnapshot, for_views
 from supervisor_tui.server.auth import bearer_from_header, token_matches
@@ -40,7 +41,7 @@ class ApiContext:
     closing: Callable[[], bool] = lambda: False
     consoles: ConsoleService | None = None  # the console service, when one runs (counts on /api/v1/status)
     routes: Callable[[], list[PluginRoute]] = list  # the gateway's route table
-    route_export: Callable[[], dict[str, Any]] = lambda: {"target": "none"}  # ExportStatus.to_dict()
+    route_export: Callable[[], RouteExportStatus] = RouteExportStatus  # where routes are exported, how it goes
     fleet: FleetNode | None = None  # this node's part in the fleet, when redis.url is set
 
     def plugin_view(self, snap: PluginSnapshot) -> PluginSnapshot:

@@ -6,18 +6,29 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import msgspec
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from supervisor_tui import __version__
 from supervisor_tui.core.graph import graph_of
 from supervisor_tui.core.groups import GROUP_ACTIONS, act_on_group, groups_of
+from supervisor_tui.core.status import (
+    ConsoleStoreStatus,
+    FleetStatus,
+    NodeList,
+    RouteList,
+    RouteRow,
+    StateCounts,
+    SupervisorStatus,
+)
 from supervisor_tui.core.supervisor import PluginNotFound, Supervisor
 from supervisor_tui.plugins.model import GroupActionResult, GroupNotFound
 from supervisor_tui.server import schemas
 from supervisor_tui.server.admin_context import ApiContext, Guards, error_responses, struct_answer, struct_content
 from supervisor_tui.server.errors import ApiError
 from supervisor_tui.server.gateway import PluginRoute
+from supervisor_tui.server.struct_openapi import StructResponse
 
 
 def health_router(ctx: ApiContext) -> APIRouter:
@@ -49,54 +60,57 @@ def status_router(ctx: ApiContext, guards: Guards) -> APIRouter:
 
     @router.get(
         "/api/v1/status",
-        response_model=schemas.StatusOut,
+        response_class=StructResponse,
         dependencies=guards.admin,
         tags=["status"],
-        responses=error_responses(401),
+        responses={200: struct_content(SupervisorStatus), **error_responses(401)},
     )
-    async def status() -> dict[str, Any]:
+    async def status() -> StructResponse:
         """Counts of plugins and consoles by state, mode and API address."""
         plugins = sup.plugins()
         by_state: dict[str, int] = {}
         for p in plugins:
             by_state[p.state] = by_state.get(p.state, 0) + 1
         consoles = ctx.consoles.counts_by_state() if ctx.consoles is not None else {}
-        return {
-            "version": __version__,
-            "mode": ctx.mode,
-            "api": ctx.api_url,
-            "read_only": ctx.settings.ui.read_only,
-            "plugins": {"total": len(plugins), "by_state": by_state},
-            "consoles": {"total": sum(consoles.values()), "by_state": consoles},
-            "damaged_tables": ctx.consoles.damaged_history() if ctx.consoles is not None else {},
-            "route_export": ctx.route_export(),
-            "fleet": ctx.fleet.status() if ctx.fleet is not None else {"redis": "off"},
-            "console_store": ctx.consoles.store_status() if ctx.consoles is not None else None,
-        }
+        store = msgspec.convert(ctx.consoles.store_status(), ConsoleStoreStatus) if ctx.consoles is not None else None
+        return struct_answer(
+            SupervisorStatus(
+                version=__version__,
+                mode=ctx.mode,
+                api=ctx.api_url,
+                read_only=ctx.settings.ui.read_only,
+                plugins=StateCounts(len(plugins), by_state),
+                consoles=StateCounts(sum(consoles.values()), consoles),
+                damaged_tables=ctx.consoles.damaged_history() if ctx.consoles is not None else {},
+                route_export=ctx.route_export(),
+                fleet=ctx.fleet.status() if ctx.fleet is not None else FleetStatus(),
+                console_store=store,
+            )
+        )
 
     @router.get(
         "/api/v1/routes",
-        response_model=schemas.RoutesOut,
+        response_class=StructResponse,
         dependencies=guards.admin,
         tags=["status"],
-        responses=error_responses(401),
+        responses={200: struct_content(RouteList), **error_responses(401)},
     )
-    async def routes() -> dict[str, Any]:
+    async def routes() -> StructResponse:
         """The route table the gateway serves (and exports): one row per declared endpoint, and the export."""
-        return {"routes": route_rows(ctx.routes(), sup), "export": ctx.route_export()}
+        return struct_answer(RouteList(route_rows(ctx.routes(), sup), ctx.route_export()))
 
     @router.get(
         "/api/v1/fleet/nodes",
-        response_model=schemas.NodeList,
+        response_class=StructResponse,
         dependencies=guards.admin,
         tags=["fleet"],
-        responses=error_responses(401, 404),
+        responses={200: struct_content(NodeList), **error_responses(401, 404)},
     )
-    async def fleet_nodes() -> dict[str, Any]:
+    async def fleet_nodes() -> StructResponse:
         """Every node of the fleet seen through Redis: up or lost, when last seen, its plugin and console counts."""
         if ctx.fleet is None:
             raise ApiError(404, "fleet_off", "this supervisor is in no fleet: set redis.url")
-        return {"nodes": [n.to_dict() for n in await ctx.fleet.nodes()]}
+        return struct_answer(NodeList(await ctx.fleet.nodes()))
 
     @router.get(
         "/metrics",
@@ -164,7 +178,7 @@ def _group_route(ctx: ApiContext, action: str) -> Callable[[str], Awaitable[Resp
     return route
 
 
-def route_rows(table: list[PluginRoute], sup: Supervisor) -> list[dict[str, Any]]:
+def route_rows(table: list[PluginRoute], sup: Supervisor) -> list[RouteRow]:
     """One row per declared endpoint of each route: key, method, path, upstream, the plugin's state."""
     rows = []
     for route in table:
@@ -175,15 +189,15 @@ def route_rows(table: list[PluginRoute], sup: Supervisor) -> list[dict[str, Any]
         upstream = route.upstream_base_url or ("in-process" if route.app is not None else None)
         for method, path in route.endpoints:
             rows.append(
-                {
-                    "key": route.key,
-                    "method": method,
-                    "path": path,
-                    "gateway_path": f"/api/plugins/{route.key}{path}",
-                    "upstream": upstream,
-                    "state": state,
-                    "available": route.available,
-                    "reason": "" if route.available else route.unavailable_reason or "the plugin is not running",
-                }
+                RouteRow(
+                    key=route.key,
+                    method=method,
+                    path=path,
+                    gateway_path=f"/api/plugins/{route.key}{path}",
+                    upstream=upstream,
+                    state=state,
+                    available=route.available,
+                    reason="" if route.available else route.unavailable_reason or "the plugin is not running",
+                )
             )
     return rows

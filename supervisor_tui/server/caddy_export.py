@@ -22,12 +22,12 @@ import json
 import random
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from supervisor_tui.config import masked_url
 from supervisor_tui.core.backoff import backoff_delay
 from supervisor_tui.core.logs import LogHub
+from supervisor_tui.core.status import RouteExportStatus
 from supervisor_tui.server.caddy_config import caddy_server
 from supervisor_tui.server.gateway import RouteTable
 
@@ -45,26 +45,6 @@ MAX_ERROR_TEXT = 300
 
 class CaddyRefused(Exception):
     """Caddy's admin API answered, but not with success (the message has its status and error text)."""
-
-
-@dataclass
-class ExportStatus:
-    """Where routes are exported and how the last attempt went (times are Unix timestamps, None = never)."""
-
-    target: str
-    admin: str
-    server: str
-    listen: str
-    ok: bool | None = None  # None until the first attempt ended
-    reachable: bool | None = None
-    last_attempt_at: float | None = None
-    last_success_at: float | None = None
-    last_error: str = ""
-    writes: int = 0
-    repairs: int = 0
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 class CaddyExport:
@@ -90,7 +70,7 @@ class CaddyExport:
         self.logs = logs
         self.debounce = debounce
         self.check_interval = check_interval
-        self._status = ExportStatus("caddy", masked_url(self.admin_url), server, listen)
+        self._status = RouteExportStatus(target="caddy", admin=masked_url(self.admin_url), server=server, listen=listen)
         self._path = f"/config/apps/http/servers/{server}"
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -101,7 +81,7 @@ class CaddyExport:
         self._read_back: dict[str, Any] | None = None
         self._failures = 0
 
-    def status(self) -> ExportStatus:
+    def status(self) -> RouteExportStatus:
         return self._status
 
     def changed(self) -> None:

@@ -1,7 +1,8 @@
 """Request bodies of the admin API and its answers about the whole supervisor (what /openapi.json documents).
 
-The answers about plugins (snapshots, replicas, endpoints, metrics samples, log lines) are not here: they are the
-core's msgspec Structs in plugins/model.py, encoded as they are (server/admin_context.py documents them)."""
+The answers about plugins (snapshots, replicas, endpoints, metrics samples, log lines) and about the supervisor as a
+whole (status, route table and export, fleet nodes) are not here: they are msgspec Structs (plugins/model.py,
+core/status.py), encoded as they are (server/admin_context.py documents them)."""
 
 from __future__ import annotations
 
@@ -40,94 +41,6 @@ class GraphEdgeOut(BaseModel):
 class GraphOut(BaseModel):
     nodes: list[GraphNodeOut]
     edges: list[GraphEdgeOut]
-
-
-class Counts(BaseModel):
-    total: int
-    by_state: dict[str, int]
-
-
-class RouteExportOut(BaseModel):
-    """Where the route table is exported (routes.export) and how the last attempt went."""
-
-    target: str = Field(description="none | caddy")
-    admin: str = Field("", description="The gateway's admin API (a password in it is masked)")
-    server: str = Field("", description="The server the supervisor owns in that gateway's config")
-    listen: str = Field("", description="Where that server listens")
-    ok: bool | None = Field(None, description="Whether the last attempt succeeded (null before the first)")
-    reachable: bool | None = Field(None, description="Whether the admin API answered the last attempt")
-    last_attempt_at: float | None = None
-    last_success_at: float | None = None
-    last_error: str = ""
-    writes: int = Field(0, description="Config writes since start")
-    repairs: int = Field(0, description="Writes that restored a server changed or lost outside the supervisor")
-
-
-class FleetStatusOut(BaseModel):
-    redis: str = Field(description="off (no redis.url) | up | down")
-    node: str = ""
-    advertise_url: str = ""
-    redis_url: str = Field("", description="redis.url with its password masked")
-    since: float | None = Field(None, description="When the Redis connection last went up or down")
-    detail: str = ""
-
-
-class NodeOut(BaseModel):
-    node: str
-    status: str = Field(description="up | lost (no presence record refreshed for redis.dead_after)")
-    this_node: bool
-    advertise_url: str
-    version: str
-    started_at: float
-    last_seen: float
-    plugins: dict[str, int] = Field(description="This node's own plugins by state")
-    consoles: dict[str, int] = Field(description="Its consoles by state")
-
-
-class NodeList(BaseModel):
-    nodes: list[NodeOut]
-
-
-class ConsoleStoreOut(BaseModel):
-    kind: str = Field(description="sqlite | postgresql")
-    where: str = Field(description="The database file, or the DSN with its password masked")
-    available: bool
-    problem: str | None = Field(default=None, description="Why the store cannot be written now")
-
-
-class StatusOut(BaseModel):
-    version: str
-    mode: str = Field(description="headless | embedded")
-    api: str
-    read_only: bool
-    plugins: Counts
-    consoles: Counts
-    damaged_tables: dict[str, str] = Field(
-        default_factory=dict, description="Console history tables found damaged (no longer written): the error"
-    )
-    route_export: RouteExportOut
-    fleet: FleetStatusOut = Field(default_factory=lambda: FleetStatusOut(redis="off", redis_url="", since=None))
-    console_store: ConsoleStoreOut | None = Field(
-        default=None, description="Where consoles are kept, and whether it works"
-    )
-
-
-class RouteOut(BaseModel):
-    """One declared endpoint as the gateway (and an exported gateway) routes it."""
-
-    key: str
-    method: str
-    path: str = Field(description="The endpoint's path template, as the plugin declares it")
-    gateway_path: str = Field(description="/api/plugins/{key}{path}")
-    upstream: str | None = Field(description="Where requests go (null while the plugin has no address)")
-    state: str = Field(description="The plugin's state; requests get 503 unless it is RUNNING")
-    available: bool
-    reason: str = Field("", description="Why the route answers 503, when it does")
-
-
-class RoutesOut(BaseModel):
-    routes: list[RouteOut]
-    export: RouteExportOut
 
 
 class InstallIn(BaseModel):

@@ -3,7 +3,8 @@
 Two implementations behave the same for the UI: ``InProcessClient`` (embedded mode, over the core Supervisor
 object) and ``RemoteClient`` (attach mode, over the admin API and ``/ws/events``); ``DemoClient`` serves a
 deterministic supervisor for snapshots, screenshots and the load benchmark. Plugins cross this boundary as the
-core's own Structs (plugins/model.py: PluginSnapshot, LogEntry, MetricPoint): the in-process client hands them over
+core's own Structs (plugins/model.py: PluginSnapshot, LogEntry, MetricPoint), and so do the route export and the
+fleet's nodes (core/status.py: RouteExportStatus, NodeStatus): the in-process client hands them over
 as they are, the remote one decodes the admin API's answers into them with typed decoders, so both modes render
 identically and a field added to a Struct reaches the TUI without a parser.
 """
@@ -20,6 +21,7 @@ from typing import Any, TypeVar
 import msgspec
 
 from supervisor_tui.consoles import wire
+from supervisor_tui.core.status import NodeStatus, RouteExportStatus
 from supervisor_tui.plugins.model import LogEntry, MetricPoint, PluginSnapshot
 
 CONSOLE_STATES = ("active", "busy", "idle", "error", "inactive")
@@ -62,15 +64,6 @@ def parse_time(value: Any) -> float | None:
     return _float(value)
 
 
-def _int(value: Any) -> int | None:
-    if value is None or isinstance(value, bool):
-        return None
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return None
-
-
 @dataclass(frozen=True, slots=True)
 class ConsoleInfo:
     """A console (remote worker machine) as the TUI shows it."""
@@ -108,35 +101,6 @@ class ConsoleInfo:
             system=s.system or {},
             last_activity=parse_time(s.last_activity),
         )
-
-
-@dataclass(frozen=True, slots=True)
-class RouteExportInfo:
-    """Where the route table is exported (``/api/v1/status``'s ``route_export``) and how the last attempt went."""
-
-    target: str = "none"  # "none" | "caddy"
-    ok: bool | None = None
-    reachable: bool | None = None
-    last_error: str = ""
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> RouteExportInfo:
-        ok, reachable = d.get("ok"), d.get("reachable")
-        target = str(d.get("target") or "none")
-        return cls(
-            # The header shows it as markup: only a plain word gets there (a remote supervisor may send anything).
-            target=target if target.isascii() and target.isalpha() else "route",
-            ok=ok if isinstance(ok, bool) else None,
-            reachable=reachable if isinstance(reachable, bool) else None,
-            last_error=str(d.get("last_error") or ""),
-        )
-
-    @property
-    def problem(self) -> str:
-        """A few words for the header when the export is failing, else ""."""
-        if self.target == "none" or self.ok is not False:
-            return ""
-        return f"{self.target} unreachable" if self.reachable is False else f"{self.target} export failing"
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,33 +145,6 @@ def console_answer(body: Any, shape: type[WireT]) -> WireT:
         return msgspec.convert(body, shape)
     except msgspec.ValidationError as exc:
         raise ClientError(f"the console API answered in an unexpected shape: {exc}", "bad_response") from None
-
-
-@dataclass(slots=True)
-class NodeInfo:
-    """One node of the fleet (``GET /api/v1/fleet/nodes``)."""
-
-    node: str
-    status: str  # "up" | "lost"
-    this_node: bool
-    advertise_url: str
-    version: str
-    last_seen: float | None
-    plugins: dict[str, int]
-    consoles: dict[str, int]
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> NodeInfo:
-        return cls(
-            node=str(d.get("node") or ""),
-            status=str(d.get("status") or "lost"),
-            this_node=bool(d.get("this_node")),
-            advertise_url=str(d.get("advertise_url") or ""),
-            version=str(d.get("version") or ""),
-            last_seen=_float(d.get("last_seen")),
-            plugins={str(k): int(v) for k, v in (d.get("plugins") or {}).items()},
-            consoles={str(k): int(v) for k, v in (d.get("consoles") or {}).items()},
-        )
 
 
 @dataclass(slots=True)
@@ -294,9 +231,9 @@ class SupervisorClient(abc.ABC):
         ``request_counts``."""
         return {}
 
-    async def route_export(self) -> RouteExportInfo:
+    async def route_export(self) -> RouteExportStatus:
         """Where the route table is exported and whether the last export worked (target "none" when it is not)."""
-        return RouteExportInfo()
+        return RouteExportStatus()
 
     # -- logs ----------------------------------------------------------------------------------------
     @abc.abstractmethod
@@ -327,7 +264,7 @@ class SupervisorClient(abc.ABC):
         """How many consoles are in each state."""
 
     # -- fleet ---------------------------------------------------------------------------------------
-    async def fleet_nodes(self) -> list[NodeInfo]:
+    async def fleet_nodes(self) -> list[NodeStatus]:
         """The fleet's nodes, this one first (empty when the supervisor is in no fleet)."""
         return []
 

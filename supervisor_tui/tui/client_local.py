@@ -15,6 +15,7 @@ from supervisor_tui.consoles import wire
 from supervisor_tui.consoles.errors import ConsoleError, ConsoleNotFound
 from supervisor_tui.core.actions import acting_as
 from supervisor_tui.core.groups import act_on_group
+from supervisor_tui.core.status import NodeStatus, RouteExportStatus
 from supervisor_tui.core.supervisor import Supervisor
 from supervisor_tui.plugins.model import (
     GroupNotFound,
@@ -32,8 +33,6 @@ from supervisor_tui.tui.client import (
     ConsoleInfo,
     ConsolePage,
     HeartbeatInfo,
-    NodeInfo,
-    RouteExportInfo,
     SupervisorClient,
     TransitionInfo,
 )
@@ -73,7 +72,7 @@ class InProcessClient(SupervisorClient):
         *,
         read_only: bool | None = None,
         request_counts: Callable[[], dict[str, int]] | None = None,
-        route_export: Callable[[], dict[str, Any]] | None = None,
+        route_export: Callable[[], RouteExportStatus] | None = None,
         keymap: dict[str, str] | None = None,
         fleet: FleetNode | None = None,
         admin_token: str = "",
@@ -97,13 +96,11 @@ class InProcessClient(SupervisorClient):
         self._closed = False
 
     # -- fleet ---------------------------------------------------------------------------------------
-    async def fleet_nodes(self) -> list[NodeInfo]:
-        if self.fleet is None:
-            return []
-        return [NodeInfo.from_dict(n.to_dict()) for n in await self.fleet.nodes()]
+    async def fleet_nodes(self) -> list[NodeStatus]:
+        return await self.fleet.nodes() if self.fleet is not None else []
 
     async def redis_status(self) -> str:
-        return str(self.fleet.status()["redis"]) if self.fleet is not None else "off"
+        return self.fleet.status().redis if self.fleet is not None else "off"
 
     # -- console store -------------------------------------------------------------------------------
     async def console_store_problem(self) -> str:
@@ -186,8 +183,8 @@ class InProcessClient(SupervisorClient):
     async def request_counts(self) -> dict[str, int]:
         return dict(self._request_counts()) if self._request_counts is not None else {}
 
-    async def route_export(self) -> RouteExportInfo:
-        return RouteExportInfo.from_dict(self._route_export()) if self._route_export is not None else RouteExportInfo()
+    async def route_export(self) -> RouteExportStatus:
+        return self._route_export() if self._route_export is not None else RouteExportStatus()
 
     # -- logs ----------------------------------------------------------------------------------------
     async def logs(self, source: str | None = None, lines: int = 200) -> list[LogEntry]:

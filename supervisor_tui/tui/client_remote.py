@@ -1,6 +1,7 @@
 """The remote client (attach mode): the admin API over HTTP and ``/ws/events`` over a websocket.
 
-Answers about plugins are decoded by msgspec straight into the core's Structs (plugins/model.py): a field the API
+Answers about plugins and the supervisor as a whole are decoded by msgspec straight into the core's Structs
+(plugins/model.py, core/status.py): a field the API
 adds reaches the TUI without a parser, and an answer of the wrong shape is a ClientError, not a guess.
 Every request has a deadline, so an action against a dead supervisor fails with a message instead of hanging.
 The event stream reconnects with backoff and reports the link going down and coming back as
@@ -22,6 +23,7 @@ import msgspec
 
 from supervisor_tui.consoles import wire
 from supervisor_tui.core.backoff import backoff_delay
+from supervisor_tui.core.status import NodeList, NodeStatus, RouteExportStatus, SupervisorStatus
 from supervisor_tui.plugins.model import (
     GroupActionResult,
     LogEntry,
@@ -39,8 +41,6 @@ from supervisor_tui.tui.client import (
     ConsoleInfo,
     ConsolePage,
     HeartbeatInfo,
-    NodeInfo,
-    RouteExportInfo,
     SupervisorClient,
     TransitionInfo,
     console_answer,
@@ -80,6 +80,8 @@ _GROUP_ACTION = msgspec.json.Decoder(GroupActionResult)
 _METRIC_POINTS = msgspec.json.Decoder(_MetricPoints)
 _LOG_LINES = msgspec.json.Decoder(LogLines)
 _REQUEST_COUNTS = msgspec.json.Decoder(_RequestCounts)
+_STATUS = msgspec.json.Decoder(SupervisorStatus)
+_NODE_LIST = msgspec.json.Decoder(NodeList)
 
 
 def normalize_url(url: str) -> str:
@@ -127,7 +129,7 @@ class RemoteClient(SupervisorClient):
         )
         self._connected = True
         self._closed = False
-        self._status_body: dict[str, Any] = {}
+        self._status_body: SupervisorStatus | None = None
         self._status_at = -STATUS_REUSE_S  # monotonic time of the last /api/v1/status read
         self._ws: Any = None
 
@@ -172,12 +174,18 @@ class RemoteClient(SupervisorClient):
         return response
 
     async def connect(self) -> None:
-        status = await self._request("GET", "/api/v1/status")
-        if not isinstance(status, dict) or "plugins" not in status:
-            raise ClientError(f"{self.base} does not look like a supervisor-tui API (no /api/v1/status)", "not_api")
-        self.info.version = str(status.get("version") or "")
-        self.info.read_only = self._forced_read_only or bool(status.get("read_only"))
-        remote_mode = str(status.get("mode") or "")
+        try:
+            status = await self._decode(_STATUS, "GET", "/api/v1/status")
+        except ClientError as exc:
+            if exc.code not in ("bad_response", "http_404"):
+                raise
+            raise ClientError(
+                f"{self.base} does not look like a supervisor-tui API (no /api/v1/status)", "not_api"
+            ) from None
+        self._status_body, self._status_at = status, time.monotonic()
+        self.info.version = status.version
+        self.info.read_only = self._forced_read_only or status.read_only
+        remote_mode = status.mode
         if remote_mode and remote_mode != "headless":
             self.info.mode = f"attached to {remote_mode}"
 
@@ -264,48 +272,40 @@ class RemoteClient(SupervisorClient):
         body = await self._request("GET", f"/api/consoles/{console_id}/transitions", params={"limit": limit})
         return [TransitionInfo.of(r) for r in reversed(console_answer(body, wire.ConsoleTransitions).transitions)]
 
-    async def _status(self) -> dict[str, Any]:
+    async def _status(self) -> SupervisorStatus:
         """``/api/v1/status``, read once for the header's figures asked for together (route export, console store,
         Redis, console counts): a body younger than STATUS_REUSE_S is reused."""
-        if time.monotonic() - self._status_at >= STATUS_REUSE_S:
-            body = await self._request("GET", "/api/v1/status")
-            self._status_body = body if isinstance(body, dict) else {}
+        if self._status_body is None or time.monotonic() - self._status_at >= STATUS_REUSE_S:
+            self._status_body = await self._decode(_STATUS, "GET", "/api/v1/status")
             self._status_at = time.monotonic()
         return self._status_body
 
-    async def route_export(self) -> RouteExportInfo:
-        body = await self._status()
-        export = body.get("route_export") if isinstance(body, dict) else None
-        return RouteExportInfo.from_dict(export) if isinstance(export, dict) else RouteExportInfo()
+    async def route_export(self) -> RouteExportStatus:
+        return (await self._status()).route_export
 
     async def console_stats(self) -> dict[str, int]:
-        body = await self._status()
-        by_state = (body.get("consoles") or {}).get("by_state") or {}
         counts = dict.fromkeys(CONSOLE_STATES, 0)
-        counts.update({str(k): int(v) for k, v in by_state.items()})
+        counts.update((await self._status()).consoles.by_state)
         return counts
 
     # -- fleet ---------------------------------------------------------------------------------------
-    async def fleet_nodes(self) -> list[NodeInfo]:
+    async def fleet_nodes(self) -> list[NodeStatus]:
         try:
-            body = await self._request("GET", "/api/v1/fleet/nodes")
+            return (await self._decode(_NODE_LIST, "GET", "/api/v1/fleet/nodes")).nodes
         except ClientError as exc:
             if exc.code == "http_404":  # fleet_off: this supervisor is in no fleet
                 return []
             raise
-        return [NodeInfo.from_dict(d) for d in body.get("nodes", [])]
 
     async def redis_status(self) -> str:
-        body = await self._status()
-        return str((body.get("fleet") or {}).get("redis") or "off")
+        return (await self._status()).fleet.redis
 
     # -- console store -------------------------------------------------------------------------------
     async def console_store_problem(self) -> str:
-        body = await self._status()
-        store = body.get("console_store") or {}
-        if store.get("available", True):
+        store = (await self._status()).console_store
+        if store is None or store.available:
             return ""
-        return str(store.get("problem") or "the console store cannot be reached")
+        return store.problem or "the console store cannot be reached"
 
     def client_for(self, url: str) -> SupervisorClient:
         return RemoteClient(url, self.token, read_only=self._forced_read_only, keymap=self.info.keymap)

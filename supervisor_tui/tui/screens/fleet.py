@@ -20,8 +20,9 @@ from textual.screen import ModalScreen
 from textual.widgets import DataTable, Static
 
 from supervisor_tui.core.printable import printable
+from supervisor_tui.core.status import NodeStatus
 from supervisor_tui.tui.app_access import SupervisorAppAccess
-from supervisor_tui.tui.client import ClientError, NodeInfo
+from supervisor_tui.tui.client import ClientError
 
 REFRESH = 2.0
 COLUMNS = ("Node", "Status", "Last seen", "Version", "Plugins", "Consoles", "URL")
@@ -31,9 +32,9 @@ def _counts(by_state: dict[str, int]) -> str:
     return ", ".join(f"{n} {state}" for state, n in sorted(by_state.items()) if n) or "-"
 
 
-def node_row(node: NodeInfo, now: float) -> tuple[Text, ...]:
+def node_row(node: NodeStatus, now: float) -> tuple[Text, ...]:
     """One node as the table shows it."""
-    seen = "-" if node.last_seen is None else f"{max(0, int(now - node.last_seen))}s ago"
+    seen = f"{max(0, int(now - node.last_seen))}s ago"
     status = Text(node.status, style="#5fd75f" if node.status == "up" else "bold #ff5f5f")
     name = printable(node.node) + (" (this node)" if node.this_node else "")
     cells = (name, status, seen, node.version, _counts(node.plugins), _counts(node.consoles), node.advertise_url)
@@ -58,7 +59,7 @@ class FleetScreen(SupervisorAppAccess, ModalScreen[None]):
 
     def __init__(self) -> None:
         super().__init__()
-        self.nodes: dict[str, NodeInfo] = {}
+        self.nodes: dict[str, NodeStatus] = {}
 
     def compose(self) -> ComposeResult:
         with Vertical():
