@@ -1,7 +1,7 @@
 """Reads of consoles, heartbeats and transitions in PostgreSQL: the same English records as queries.py.
 
-Names and ids sort in byte order (COLLATE "C"), as SQLite sorts them; a search matches a name or host name
-containing the text (case-insensitive, through the trigram index) or the exact id.
+Names and ids sort in byte order (COLLATE "C"), as SQLite sorts them. Searches are answered from the
+supervisor's memory (consoles/search.py), which reads the page's rows with consoles_by_id.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from supervisor_tui.consoles.models import ENGLISH_TO_SPANISH, SPANISH_TO_ENGLIS
 from supervisor_tui.consoles.queries import (
     console_record,
     heartbeat_record,
-    like_pattern,
     stats_record,
     transition_record,
 )
@@ -41,26 +40,16 @@ async def list_consoles(
     pool: asyncpg.Pool,
     inactive_after: float,
     state: str | None = None,
-    search: str | None = None,
     limit: int = 100,
     offset: int = 0,
     sort: str = "-last_seen",
 ) -> tuple[list[dict[str, Any]], int]:
-    """One page of consoles and the total that match the filter."""
-    if search and "\x00" in search:
-        return [], 0  # PostgreSQL text holds no NUL, and no name, host or id has one
+    """One page of consoles (in a state, or all) and their total."""
     where: list[str] = []
     params: list[Any] = []
     if state is not None:
         params.append(ENGLISH_TO_SPANISH[state])
         where.append(f"estado = ${len(params)}")
-    if search:
-        params += [like_pattern(search.lower()), search]
-        a, b = len(params) - 1, len(params)
-        where.append(
-            f'(lower(nombre COLLATE "und-x-icu") LIKE ${a} '
-            f"OR lower(coalesce(hostname, '') COLLATE \"und-x-icu\") LIKE ${a} OR console_id = ${b})"
-        )
     clause = (" WHERE " + " AND ".join(where)) if where else ""
     # The total as an InitPlan (one count, by index, in the page's snapshot), not count(*) OVER (): a window
     # computes every matching row's columns before LIMIT/OFFSET keep a page of them (97 ms for 20,000 rows).

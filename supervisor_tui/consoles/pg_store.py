@@ -407,9 +407,9 @@ class PgConsoleStore:
         return result
 
     async def list_consoles(
-        self, inactive_after: float, state: str | None, search: str | None, limit: int, offset: int, sort: str
+        self, inactive_after: float, state: str | None, limit: int, offset: int, sort: str
     ) -> tuple[list[dict[str, Any]], int]:
-        return await self._read(pg_queries.list_consoles(self.pool, inactive_after, state, search, limit, offset, sort))
+        return await self._read(pg_queries.list_consoles(self.pool, inactive_after, state, limit, offset, sort))
 
     async def consoles_by_id(self, inactive_after: float, ids: list[str]) -> list[dict[str, Any]]:
         return await self._read(pg_queries.consoles_by_id(self.pool, inactive_after, ids))

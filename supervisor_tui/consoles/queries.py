@@ -69,66 +69,22 @@ def stats_record(found: dict[str, tuple[int, float | None]]) -> dict[str, Any]:
     return {"total": sum(c for c, _ in found.values()), "states": states}
 
 
-def like_pattern(text: str) -> str:
-    """A LIKE pattern (ESCAPE '\\') matching ``text`` anywhere, its own % and _ taken literally (both stores)."""
-    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return f"%{escaped}%"
-
-
-def _matches(search: str) -> tuple[str, list[Any]]:
-    """SQL for the rowids of consoles whose name or host contains ``search`` (case-insensitive) or whose id is
-    ``search``, and its parameters. From 3 characters on, the trigram index finds them (a phrase query: any
-    text, quotes doubled, but not NUL, which ends an FTS5 query); shorter searches scan the (name, hostname, id)
-    index. A rowid may come twice (callers only ask ``rowid IN (...)``)."""
-    if len(search) >= 3 and "\x00" not in search:
-        phrase = '"' + search.replace('"', '""') + '"'
-        sql = (
-            "SELECT c.rowid FROM consoles_search JOIN consoles c ON c.search_key = consoles_search.rowid "
-            "WHERE consoles_search MATCH ? UNION ALL SELECT rowid FROM consoles WHERE id = ?"
-        )
-        return sql, [phrase, search]
-    sql = (
-        "SELECT rowid FROM consoles INDEXED BY idx_consoles_search "
-        "WHERE name LIKE ? ESCAPE '\\' OR hostname LIKE ? ESCAPE '\\' OR id = ?"
-    )
-    return sql, [like_pattern(search), like_pattern(search), search]
-
-
 async def list_consoles(
     db: aiosqlite.Connection,
     inactive_after: float,
     state: str | None = None,
-    search: str | None = None,
     limit: int = 100,
     offset: int = 0,
     sort: str = "-last_seen",
 ) -> tuple[list[dict[str, Any]], int]:
-    """One page of consoles and the total that match the filter."""
+    """One page of consoles (in a state, or all) and their total. Searches are answered from memory
+    (consoles/search.py), which reads the page's rows with consoles_by_id."""
     where: list[str] = []
     params: list[Any] = []
     if state is not None:
         where.append("state = ?")
         params.append(state)
     order = SORTS[sort]
-    if search:
-        # The matching rowids, materialized once for both the total and the page.
-        matches, match_args = _matches(search)
-        cond = " AND ".join(["rowid IN matches", *where])
-        sql = (
-            f"WITH matches AS MATERIALIZED ({matches}) "
-            f"SELECT {CONSOLE_COLUMNS}, (SELECT COUNT(*) FROM consoles WHERE {cond}) FROM consoles "
-            f"WHERE {cond} ORDER BY {order} LIMIT ? OFFSET ?"
-        )
-        async with db.execute(sql, [*match_args, *params, *params, limit, offset]) as cur:
-            rows = list(await cur.fetchall())
-        if rows:
-            return [console_record(tuple(r)[:-1], inactive_after) for r in rows], int(rows[0][-1])
-        if offset == 0:
-            return [], 0
-        count_sql = f"WITH matches AS MATERIALIZED ({matches}) SELECT COUNT(*) FROM consoles WHERE {cond}"
-        async with db.execute(count_sql, [*match_args, *params]) as cur:
-            row = await cur.fetchone()
-        return [], int(row[0]) if row else 0
     clause = (" WHERE " + " AND ".join(where)) if where else ""
     async with db.execute(f"SELECT COUNT(*) FROM consoles{clause}", params) as cur:
         row = await cur.fetchone()

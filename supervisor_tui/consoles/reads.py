@@ -89,7 +89,7 @@ class ConsoleReads:
             ids = self._recency.page(state, limit, offset, newest_first=sort == "-last_seen")
             total = len(self._entries) if state is None else self._by_state.get(state, 0)
             return await self.store.consoles_by_id(self.inactive_after, ids), total
-        return await self.store.list_consoles(self.inactive_after, state, search, limit, offset, sort)
+        return await self.store.list_consoles(self.inactive_after, state, limit, offset, sort)
 
     async def get(self, console_id: str) -> dict[str, Any]:
         """One console record (ConsoleNotFound)."""

@@ -160,9 +160,9 @@ class SqliteConsoleStore:
 
     # -- reads -----------------------------------------------------------------------------------------------
     async def list_consoles(
-        self, inactive_after: float, state: str | None, search: str | None, limit: int, offset: int, sort: str
+        self, inactive_after: float, state: str | None, limit: int, offset: int, sort: str
     ) -> tuple[list[dict[str, Any]], int]:
-        return await queries.list_consoles(self.db.reader, inactive_after, state, search, limit, offset, sort)
+        return await queries.list_consoles(self.db.reader, inactive_after, state, limit, offset, sort)
 
     async def consoles_by_id(self, inactive_after: float, ids: list[str]) -> list[dict[str, Any]]:
         return await queries.consoles_by_id(self.db.reader, inactive_after, ids)
