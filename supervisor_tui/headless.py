@@ -28,7 +28,7 @@ from supervisor_tui.core.logs import stderr_line
 from supervisor_tui.core.store import StoreError, StoreUnreachable
 from supervisor_tui.core.supervisor import PluginState, Supervisor
 from supervisor_tui.runtime import Runtime, StartupError
-from supervisor_tui.server.serve import new_event_loop
+from supervisor_tui.server.listen import new_event_loop
 
 EXIT_OK = 0
 EXIT_CANNOT_START = 1

@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import importlib
 import resource
 import socket
 from dataclasses import dataclass
@@ -37,28 +36,37 @@ from supervisor_tui.core.status import RouteExportStatus
 from supervisor_tui.core.supervisor import Supervisor
 from supervisor_tui.plugins.process import become_subreaper
 from supervisor_tui.plugins.watcher import PluginWatcher
+from supervisor_tui.server.admin_lazy import LazyAdmin, import_modules
 from supervisor_tui.server.auth import load_or_create_token
 from supervisor_tui.server.limits import is_loopback_name
-from supervisor_tui.server.serve import BindError, HttpServer, bind_socket
+from supervisor_tui.server.listen import BindError, bind_socket
 
 if TYPE_CHECKING:
+    from starlette.types import ASGIApp
+
     from supervisor_tui.fleet.node import FleetNode
     from supervisor_tui.server.caddy_export import CaddyExport
     from supervisor_tui.server.gateway import Gateway
     from supervisor_tui.server.routes_sync import RouteSync
+    from supervisor_tui.server.serve import HttpServer
 
-# The HTTP surface's heavy imports (FastAPI, pydantic): with start(start_plugins=True) they are imported in a
-# worker thread while the orphans of a previous run are looked for. Plugins start meanwhile, unless so many could
-# use up the file descriptors the import needs that the supervisor itself could not start: then after it.
+# What the HTTP server needs before it serves: imported in a worker thread while the orphans of a previous run are
+# looked for (plugins start meanwhile).
 HTTP_SURFACE_MODULES = (
-    "supervisor_tui.server.admin",
+    "supervisor_tui.server.serve",  # uvicorn
     "supervisor_tui.server.app",
-    "supervisor_tui.server.caddy_export",
     "supervisor_tui.server.consoles_api",
-    "supervisor_tui.server.inprocess_api",
     "supervisor_tui.server.gateway",
-    "supervisor_tui.server.metrics",
     "supervisor_tui.server.routes_sync",
+)
+# The admin app's heavy imports (FastAPI, pydantic, opentelemetry-api, prometheus-client: about 20 MiB): loaded at
+# the first admin request other than /health and /ready (server.admin_lazy), or before the plugins start when so
+# many could use up the file descriptors the import needs that the admin API could not load any more.
+ADMIN_MODULES = (
+    "supervisor_tui.server.admin",
+    "supervisor_tui.server.inprocess_api",
+    "supervisor_tui.server.metrics",
+    "fastapi_offline",  # /docs' files: the admin app finds them at its build
 )
 
 
@@ -69,15 +77,10 @@ FDS_RESERVED = 256
 
 
 def _descriptors_to_spare(plugins: int) -> bool:
-    """Whether ``plugins`` running plugins leave the HTTP surface's import enough file descriptors; then they
-    start while it imports (the import is most of a launch on a busy machine), else after it."""
+    """Whether ``plugins`` running plugins leave enough file descriptors for the imports still to come; then they
+    start while the HTTP surface imports and the admin app loads when first asked, else both go first."""
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     return soft == resource.RLIM_INFINITY or plugins * FDS_PER_PLUGIN + FDS_RESERVED <= soft
-
-
-def _import_http_surface() -> None:
-    for name in HTTP_SURFACE_MODULES:
-        importlib.import_module(name)
 
 
 class StartupError(Exception):
@@ -102,8 +105,9 @@ class Runtime:
         self.settings = settings
         self.mode = mode
         self.sup = Supervisor(settings, echo=echo, echo_output=echo_output)
-        self.server = HttpServer()
+        self.server: HttpServer | None = None  # from _start_http on
         self.gateway: Gateway | None = None
+        self.admin: LazyAdmin | None = None  # the admin app, built at its first request
         self.route_sync: RouteSync | None = None
         self.route_export: CaddyExport | None = None
         self.consoles: ConsoleService | None = None
@@ -146,7 +150,10 @@ class Runtime:
             # and their first requests wait in the socket's backlog.
             self.sup.set_api_url(local_url(self.settings.server.host, sock.getsockname()[1]))
             await self._start_core(core, work, sock.getsockname()[1])
-            imported = asyncio.ensure_future(asyncio.to_thread(_import_http_surface))
+            modules: tuple[str, ...] = HTTP_SURFACE_MODULES
+            if not _descriptors_to_spare(len(self.sup.registry)):
+                modules += ADMIN_MODULES  # and the plugins wait for it (start_plugins)
+            imported = asyncio.ensure_future(asyncio.to_thread(import_modules, modules))
             starting = self.start_plugins(imported) if start_plugins else self.sup.clean_orphans()
             self.starting = asyncio.create_task(starting, name="start-plugins")
             work.push_async_callback(self._cancel_starting)
@@ -182,7 +189,7 @@ class Runtime:
 
     def _close_unserved(self, sock: socket.socket) -> None:
         """The API socket, when the server never took it over (the server closes it otherwise)."""
-        if self.server.bound is None:
+        if self.server is None or self.server.bound is None:
             sock.close()
 
     async def _close_inprocess_host(self) -> None:
@@ -237,15 +244,13 @@ class Runtime:
             await watcher.start()
 
     async def _start_http(self, http: contextlib.AsyncExitStack, sock: socket.socket) -> None:
-        from supervisor_tui.server.admin import ApiContext, create_admin_app
         from supervisor_tui.server.app import RootApp
         from supervisor_tui.server.consoles_api import ConsolesAPI
         from supervisor_tui.server.errors import InternalErrorShield
         from supervisor_tui.server.gateway import Gateway, RouteTable
-        from supervisor_tui.server.inprocess_api import ActionOriginMiddleware, install_inprocess_api
         from supervisor_tui.server.limits import ConnectionLimits
-        from supervisor_tui.server.metrics import MetricsEndpoint
         from supervisor_tui.server.routes_sync import RouteSync
+        from supervisor_tui.server.serve import HttpServer
 
         sup, settings = self.sup, self.settings
         assert self.tokens is not None and self.consoles is not None
@@ -259,15 +264,46 @@ class Runtime:
         )
         http.push_async_callback(route_sync.stop)
         await route_sync.start()
+        admin = self.admin = LazyAdmin(self._build_admin, ADMIN_MODULES, self._readiness)
+        consoles_api = ConsolesAPI(self.consoles, settings, self.tokens.admin)
+        root = InternalErrorShield(RootApp(admin, gateway, consoles_api, max_body=settings.server.max_body))
+        # Heartbeats skip ASGI (the same checks and answers, less loop time per request: see server.fast_http).
+        limits = ConnectionLimits.from_settings(settings, lambda line: sup.logs.warning(line, event="connection_limit"))
+        server = self.server = HttpServer()
+        http.push_async_callback(server.stop)
+        _, port = await server.start(root, sock=sock, fast=consoles_api, limits=limits)
+        self.url = local_url(settings.server.host, port)
+        sup.set_api_url(self.url)  # plugins get it as SUPERVISOR_URL
+        sup.logs.info(f"API listening on {self.url}", event="api_listening", url=self.url)
+        if settings.routes.export == "caddy":
+            await self._start_route_export(http)
+        if self.fleet is not None:
+            self.fleet.start()  # routes are served from here on: other nodes may be told about them
+        if settings.consoles.auth == "none" and not is_loopback_name(settings.server.host.lower()):
+            sup.logs.warning(
+                f"consoles.auth = none while listening on {settings.server.host}: anyone who can reach this port "
+                "can report heartbeats for any console",
+                event="insecure_consoles_auth",
+            )
+
+    def _build_admin(self) -> ASGIApp:
+        """The admin app (FastAPI) with the in-process plugins' routes and the action origin: LazyAdmin calls it
+        at the first request that needs it, once ADMIN_MODULES are imported."""
+        from supervisor_tui.server.admin import ApiContext, create_admin_app
+        from supervisor_tui.server.inprocess_api import ActionOriginMiddleware, install_inprocess_api
+        from supervisor_tui.server.metrics import MetricsEndpoint
+
+        sup, gateway = self.sup, self.gateway
+        assert self.tokens is not None and self.consoles is not None and gateway is not None
         metrics = MetricsEndpoint(sup, gateway.stats, consoles=self.consoles, fleet=self.fleet)
         ctx = ApiContext(
             sup=sup,
-            settings=settings,
+            settings=self.settings,
             consoles=self.consoles,
             admin_token=self.tokens.admin,
             plugin_token=self.tokens.plugin,
             mode=self.mode,
-            api_url="",
+            api_url=self.url,
             request_counts=lambda: gateway.stats().requests_by_plugin(),
             ready=self._readiness,
             metrics=metrics.render,
@@ -284,25 +320,7 @@ class Runtime:
             lambda line: sup.logs.warning(line, event="deprecated_name"),
         )
         admin.add_middleware(ActionOriginMiddleware)
-        consoles_api = ConsolesAPI(self.consoles, settings, self.tokens.admin)
-        root = InternalErrorShield(RootApp(admin, gateway, consoles_api, max_body=settings.server.max_body))
-        # Heartbeats skip ASGI (the same checks and answers, less loop time per request: see server.fast_http).
-        limits = ConnectionLimits.from_settings(settings, lambda line: sup.logs.warning(line, event="connection_limit"))
-        http.push_async_callback(self.server.stop)
-        _, port = await self.server.start(root, sock=sock, fast=consoles_api, limits=limits)
-        self.url = ctx.api_url = local_url(settings.server.host, port)
-        sup.set_api_url(self.url)  # plugins get it as SUPERVISOR_URL
-        sup.logs.info(f"API listening on {self.url}", event="api_listening", url=self.url)
-        if settings.routes.export == "caddy":
-            await self._start_route_export(http)
-        if self.fleet is not None:
-            self.fleet.start()  # routes are served from here on: other nodes may be told about them
-        if settings.consoles.auth == "none" and not is_loopback_name(settings.server.host.lower()):
-            sup.logs.warning(
-                f"consoles.auth = none while listening on {settings.server.host}: anyone who can reach this port "
-                "can report heartbeats for any console",
-                event="insecure_consoles_auth",
-            )
+        return admin
 
     async def _start_route_export(self, http: contextlib.AsyncExitStack) -> None:
         """Caddy in front (routes.export = caddy): its server follows the gateway's table from now on."""

@@ -1,5 +1,6 @@
 """A running headless supervisor holds none of the TUI's packages in memory, nor, with default settings, the drivers
-of features that are off (a real subprocess's sys.modules)."""
+of features that are off, nor the admin app's (FastAPI, pydantic, opentelemetry, prometheus-client) until a client
+asks the admin API something (a real subprocess's sys.modules)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,12 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-# Runs the real command line; a thread writes sys.modules to a file once the test asks for it.
+# Runs the real command line; a thread writes sys.modules to modules-N.json each time the test creates dump-N.
 DRIVER = """\
 import json, sys, threading, time
 from pathlib import Path
@@ -20,9 +24,13 @@ from supervisor_tui.cli import main
 here = Path(sys.argv[1])
 
 def dump():
-    while not (here / "dump-now").exists():
-        time.sleep(0.05)
-    (here / "modules.json").write_text(json.dumps(sorted(sys.modules)))
+    n = 0
+    while True:
+        while not (here / f"dump-{n}").exists():
+            time.sleep(0.05)
+        (here / f"modules-{n}.tmp").write_text(json.dumps(sorted(sys.modules)))
+        (here / f"modules-{n}.tmp").rename(here / f"modules-{n}.json")
+        n += 1
 
 threading.Thread(target=dump, daemon=True).start()
 sys.exit(main(sys.argv[2:]))
@@ -32,42 +40,106 @@ TUI_ONLY = ("textual", "rich", "pygments")  # click stays: uvicorn imports it fo
 # Off by default: the fleet (redis.url), a PostgreSQL console store (consoles.store), a log search (a pattern),
 # httpx (a route export to Caddy, webhook alerts; health probes speak HTTP themselves).
 WHEN_USED = ("redis", "hiredis", "asyncpg", "regex", "httpx")
+# The admin app's packages: loaded at the first admin request other than /health and /ready (server.admin_lazy).
+ADMIN_ONLY = ("fastapi", "pydantic", "pydantic_core", "opentelemetry", "prometheus_client", "fastapi_offline")
 
 
-def test_headless_imports_nothing_only_the_tui_uses(tmp_path: Path) -> None:
-    plugin = tmp_path / "plugins" / "sleeper"
+class Headless:
+    """The real command line in a subprocess, with its API URL and admin token once it is up."""
+
+    def __init__(self, root: Path, proc: subprocess.Popen[str], url: str) -> None:
+        self.root, self.proc, self.url = root, proc, url
+        self.token = (root / "data" / "admin.token").read_text().strip()
+        self.dumps = 0
+
+    def modules(self) -> set[str]:
+        """sys.modules of the supervisor now."""
+        n, self.dumps = self.dumps, self.dumps + 1
+        (self.root / f"dump-{n}").touch()
+        deadline = time.monotonic() + 30
+        while not (self.root / f"modules-{n}.json").exists():
+            assert time.monotonic() < deadline and self.proc.poll() is None
+            time.sleep(0.05)
+        return set(json.loads((self.root / f"modules-{n}.json").read_text()))
+
+    def get(self, path: str, token: bool = True) -> tuple[int, bytes]:
+        request = urllib.request.Request(self.url + path)
+        if token:
+            request.add_header("Authorization", f"Bearer {self.token}")
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return response.status, response.read()
+        except urllib.error.HTTPError as refused:
+            return refused.code, refused.read()
+
+
+@contextmanager
+def headless(root: Path) -> Iterator[Headless]:
+    """A headless supervisor with one plugin, after the API listened and the plugin ran: the whole start path."""
+    plugin = root / "plugins" / "sleeper"
     plugin.mkdir(parents=True)
     (plugin / "sleeper.py").write_text("import time\nprint('up', flush=True)\ntime.sleep(3600)\n")
     manifest = {"key": "sleeper", "command": [sys.executable, "sleeper.py"], "startsecs": 0.2}
     (plugin / "manifest.json").write_text(json.dumps(manifest))
-    (tmp_path / "driver.py").write_text(DRIVER)
-    args = [sys.executable, str(tmp_path / "driver.py"), str(tmp_path), "--headless", "--port", "0"]
-    args += ["--log-format", "json", "--plugins-dir", str(tmp_path / "plugins"), "--data-dir", str(tmp_path / "data")]
-    proc = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+    (root / "driver.py").write_text(DRIVER)
+    args = [sys.executable, str(root / "driver.py"), str(root), "--headless", "--port", "0"]
+    args += ["--log-format", "json", "--plugins-dir", str(root / "plugins"), "--data-dir", str(root / "data")]
+    proc = subprocess.Popen(args, cwd=root, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
     try:
         assert proc.stdout is not None
-        seen: set[str] = set()
-        for line in proc.stdout:  # until the API listens and the plugin runs: the whole start path ran
+        url, running = "", False
+        for line in proc.stdout:
             try:
                 record = json.loads(line)
             except ValueError:  # a line some library printed itself: not the supervisor's log
                 continue
-            if record.get("event") == "api_listening" or record.get("to") == "RUNNING":
-                seen.add(record.get("event", ""))
-            if len(seen) == 2:
+            url = record.get("url", url) if record.get("event") == "api_listening" else url
+            running = running or record.get("to") == "RUNNING"
+            if url and running:
                 break
-        (tmp_path / "dump-now").touch()
-        deadline = time.monotonic() + 30
-        while not (tmp_path / "modules.json").exists():
-            assert time.monotonic() < deadline and proc.poll() is None
-            time.sleep(0.05)
-        modules = set(json.loads((tmp_path / "modules.json").read_text()))
+        yield Headless(root, proc, url)
     finally:
         os.kill(proc.pid, signal.SIGTERM)
         assert proc.wait(30) == 0
-    assert {"supervisor_tui.server.admin", "supervisor_tui.plugins.process", "fastapi"} <= modules
+
+
+def test_headless_imports_nothing_only_the_tui_uses(tmp_path: Path) -> None:
+    with headless(tmp_path) as sup:
+        modules = sup.modules()
+    assert {"supervisor_tui.server.gateway", "supervisor_tui.plugins.process", "uvicorn"} <= modules
     loaded = sorted(m for m in modules if m.split(".")[0] in TUI_ONLY or m.startswith("supervisor_tui.tui"))
     assert loaded == []
     modules.discard("httpx._main")  # not a module: cli.py's None placeholder that keeps httpx's CLI from loading
     unused = sorted(m for m in modules if m.split(".")[0] in WHEN_USED or m.startswith("supervisor_tui.fleet"))
     assert unused == []
+
+
+def admin_modules(modules: set[str]) -> list[str]:
+    admin = ("supervisor_tui.server.admin", "supervisor_tui.server.metrics", "supervisor_tui.server.inprocess_api")
+    return sorted(m for m in modules if m.split(".")[0] in ADMIN_ONLY or m in admin)
+
+
+def test_the_admin_app_loads_at_the_first_admin_request_and_then_answers_everything(tmp_path: Path) -> None:
+    with headless(tmp_path) as sup:
+        assert admin_modules(sup.modules()) == []
+        # What load balancers poll is answered without it.
+        assert sup.get("/health", token=False) == (200, b'{"status":"ok"}')
+        assert sup.get("/ready", token=False) == (200, b'{"ready":true,"detail":""}')
+        assert admin_modules(sup.modules()) == []
+        status, body = sup.get("/api/v1/status")
+        assert status == 200
+        answer = json.loads(body)
+        assert answer["mode"] == "headless" and answer["api"] == sup.url
+        assert answer["plugins"] == {"total": 1, "by_state": {"RUNNING": 1}}
+        assert {"fastapi", "pydantic", "supervisor_tui.server.admin"} <= sup.modules()
+        assert sup.get("/api/v1/status", token=False)[0] == 401
+        status, body = sup.get("/openapi.json", token=False)
+        assert status == 200 and "/api/v1/status" in json.loads(body)["paths"]
+        assert "/ready" in json.loads(body)["paths"]
+        status, body = sup.get("/docs", token=False)
+        assert status == 200 and b"/docs/assets/swagger-ui-bundle.js" in body
+        assert sup.get("/docs/assets/swagger-ui-bundle.js", token=False)[0] == 200
+        status, body = sup.get("/metrics")
+        assert status == 200 and b'supervisor_plugin_state{plugin="sleeper",state="RUNNING"} 1.0' in body
+        assert sup.get("/ready", token=False) == (200, b'{"ready":true,"detail":""}')
+        assert json.loads(sup.get("/nowhere", token=False)[1])["error"]["code"] == "not_found"

@@ -26,6 +26,7 @@ from supervisor_tui.core.supervisor import PluginNotFound, Supervisor
 from supervisor_tui.plugins.model import GroupActionResult, GroupNotFound
 from supervisor_tui.server import schemas
 from supervisor_tui.server.admin_context import ApiContext, Guards, error_responses, struct_answer, struct_content
+from supervisor_tui.server.admin_lazy import health_answer, ready_answer
 from supervisor_tui.server.errors import ApiError
 from supervisor_tui.server.gateway import PluginRoute
 from supervisor_tui.server.struct_openapi import StructResponse
@@ -38,17 +39,14 @@ def health_router(ctx: ApiContext) -> APIRouter:
     @router.get("/health", response_model=schemas.HealthOut)
     async def health() -> dict[str, Any]:
         """Liveness: the process answers."""
-        return {"status": "ok"}
+        return health_answer()[1]
 
     @router.get("/ready", response_model=schemas.ReadyOut, responses={503: {"model": schemas.NotReadyOut}})
     async def ready() -> Response:
         """Readiness: plugins are loaded and the database is open."""
-        ok, detail = ctx.ready()
-        if ok:
-            return JSONResponse({"ready": True, "detail": ""})
-        # A 503 is an error like any other: it carries the error object too.
-        not_ready = {"ready": False, "detail": detail, "error": {"code": "not_ready", "message": detail}}
-        return JSONResponse(not_ready, status_code=503)
+        # Served by admin_lazy.LazyAdmin before this app is built; documented here, answered the same way.
+        status, content = ready_answer(ctx.ready)
+        return JSONResponse(content, status_code=status)
 
     return router
 

@@ -4,14 +4,14 @@
 /api/consolas/..., console registration
 and heartbeats under /api/consoles/       -> the console ingest (raw ASGI, hot path)
 everything else (the console admin reads
-too)                                      -> the admin app (FastAPI), behind a request-body limit
+too)                                      -> the admin app (FastAPI, built at its first request: admin_lazy),
+                                             behind a request-body limit
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from supervisor_tui.server.consoles_api import is_ingest
@@ -81,7 +81,7 @@ class _TooLarge(Exception):
 class RootApp:
     """One ASGI app for the whole HTTP surface."""
 
-    def __init__(self, admin: FastAPI, gateway: ASGIApp, consoles: ASGIApp, max_body: int) -> None:
+    def __init__(self, admin: ASGIApp, gateway: ASGIApp, consoles: ASGIApp, max_body: int) -> None:
         self.admin = admin
         self.gateway = gateway
         self.consoles = consoles

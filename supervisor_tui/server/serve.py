@@ -6,8 +6,8 @@ serves in a background task with uvicorn's signal capture off, no logging config
 httptools' parser where installed, through fast_http's protocol, which enforces ``start(..., limits=...)`` (header
 size and count, header and idle timeouts, connection cap, Host check: server.limits) on every connection;
 ``start(..., fast=routes)`` also answers those routes without ASGI.
-The event loop is the caller's: ``new_event_loop()`` gives a uvloop loop when uvloop is installed, for
-``asyncio.Runner(loop_factory=new_event_loop)``. ``await server.stop()`` shuts down gracefully within
+The event loop is the caller's (server.listen's ``new_event_loop()``, re-exported here with ``bind_socket``).
+``await server.stop()`` shuts down gracefully within
 ``shutdown_timeout`` seconds, then cancels what is left.
 """
 
@@ -24,14 +24,9 @@ import uvicorn
 
 from supervisor_tui.server.fast_http import FastRoutes, fast_protocol
 from supervisor_tui.server.limits import ConnectionLimits
+from supervisor_tui.server.listen import BindError, bind_socket, new_event_loop
 
-
-class BindError(OSError):
-    """The address could not be bound (in use, not permitted, not available)."""
-
-    def __init__(self, host: str, port: int, cause: OSError) -> None:
-        self.host, self.port = host, port
-        super().__init__(cause.errno, f"cannot listen on {host}:{port}: {cause.strerror or cause}")
+__all__ = ["BindError", "HttpServer", "bind_socket", "new_event_loop"]
 
 
 def _http_implementation() -> str:
@@ -40,39 +35,6 @@ def _http_implementation() -> str:
     except ImportError:
         return "h11"
     return "httptools"
-
-
-def new_event_loop() -> asyncio.AbstractEventLoop:
-    """A uvloop loop when uvloop is installed, else asyncio's default loop.
-
-    For ``asyncio.Runner(loop_factory=new_event_loop)`` in whatever runs the supervisor and this server.
-    """
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.new_event_loop()
-    return uvloop.new_event_loop()
-
-
-def bind_socket(host: str, port: int, backlog: int = 2048) -> socket.socket:
-    """A listening TCP socket on (host, port); port 0 picks a free port. Raises BindError."""
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    except socket.gaierror as exc:
-        raise BindError(host, port, OSError(exc.errno, exc.strerror)) from exc
-    family, kind, proto, _, address = infos[0]
-    sock = socket.socket(family, kind, proto)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        sock.bind(address)
-        sock.listen(backlog)
-        sock.setblocking(False)
-    except OSError as exc:
-        sock.close()
-        raise BindError(host, port, exc) from exc
-    return sock
 
 
 class _EmbeddedServer(uvicorn.Server):
