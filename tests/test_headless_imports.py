@@ -143,3 +143,15 @@ def test_the_admin_app_loads_at_the_first_admin_request_and_then_answers_everyth
         assert status == 200 and b'supervisor_plugin_state{plugin="sleeper",state="RUNNING"} 1.0' in body
         assert sup.get("/ready", token=False) == (200, b'{"ready":true,"detail":""}')
         assert json.loads(sup.get("/nowhere", token=False)[1])["error"]["code"] == "not_found"
+
+
+def test_the_start_path_imports_no_http_server_before_the_plugins_start() -> None:
+    """What the main thread imports before the first spawn (the command line, headless mode, the runtime): uvicorn
+    and its command line's click load in a worker thread while plugins start, FastAPI at the first admin request."""
+    code = "import json, sys, supervisor_tui.cli, supervisor_tui.headless; print(json.dumps(sorted(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60).stdout
+    modules = set(json.loads(out))
+    assert {"supervisor_tui.runtime", "supervisor_tui.core.supervisor", "supervisor_tui.server.listen"} <= modules
+    early = sorted(m for m in modules if m.split(".")[0] in ("uvicorn", "click", *ADMIN_ONLY, *TUI_ONLY))
+    assert early == []
+    assert admin_modules(modules) == [] and "supervisor_tui.server.serve" not in modules
