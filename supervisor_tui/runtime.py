@@ -1,12 +1,16 @@
 """A running supervisor and its HTTP server in one event loop: what headless mode and the embedded TUI share.
 
 Start order: the supervisor opens (data-dir lock, database, manifests), then the API socket is bound (a port in
-use ends startup with one line and exit 2, before any plugin runs), then the console service, in-process plugins and
-the plugins folder watcher start, then, in the background, the cleanup of what a previous (killed) run left
-behind followed by the plugins, while the gateway and the server start: the API answers (``/ready`` 503) during
-the cleanup. Stop order (three exit stacks, see ``Runtime.start``): first what acts on plugins and other nodes
-(the plugin starts, the folder watcher, in-process plugins' on_shutdown hooks, the fleet, which still tells the
-others its plugins go), then the HTTP surface, then the console writer is drained before the supervisor stops the
+use ends startup with one line and exit 2, before any plugin runs), then the cleanup of what a previous (killed)
+run left behind begins in the background while the console service, in-process plugins and the plugins folder
+watcher start; then, in the background, the plugins start once the cleanup is over, while the gateway and the
+server start: the API answers (``/ready`` 503) during the cleanup. The admin app (FastAPI) is built at its first
+request (server.admin_lazy), or its modules are imported before the plugins start when they could use up the file
+descriptors.
+
+Stop order (three exit stacks, see ``Runtime.start``): first what acts on plugins and other nodes (the plugin
+starts, the folder watcher, in-process plugins' on_shutdown hooks, the fleet, which still tells the others its
+plugins go), then the HTTP surface, then the console writer is drained before the supervisor stops the
 plugins and closes the database, so nothing acknowledged is lost; the in-process plugin host closes last so its
 plugins see the shutdown. A failed start unwinds what it had started the same way.
 
@@ -121,6 +125,7 @@ class Runtime:
         self.ready = False
         self.closing = False
         self.starting: asyncio.Task[None] | None = None  # the orphan cleanup, then start_plugins when asked
+        self._cleaning: asyncio.Future[None] | None = None  # the orphan cleanup, from the API socket's bind on
         self._stack: contextlib.AsyncExitStack | None = None  # what start() opened, closed by stop()
 
     async def start(self, start_plugins: bool = False) -> None:
@@ -146,6 +151,10 @@ class Runtime:
             core.push_async_callback(self.sup.close)
             sock = self._bind()
             http.callback(self._close_unserved, sock)
+            # The cleanup of what a previous run left behind (a scan of the machine's processes, in a worker
+            # thread) runs while the rest starts; start_plugins waits for it (it runs once), and closing the
+            # supervisor cancels it.
+            self._cleaning = asyncio.ensure_future(self.sup.clean_orphans())
             # Plugins may start before the server serves (see start_plugins): they get the bound port already,
             # and their first requests wait in the socket's backlog.
             self.sup.set_api_url(local_url(self.settings.server.host, sock.getsockname()[1]))
