@@ -35,6 +35,7 @@ from supervisor_tui.core.events import (
     PluginUnregistered,
     RedisLinkChanged,
     RegistrationRefused,
+    encode_event,
     plugin_failed,
 )
 from supervisor_tui.tui.client import ConnectionChange
@@ -171,3 +172,9 @@ def documented_events() -> dict[str, list[str]]:
 
 def test_the_api_docs_list_every_topic_with_exactly_its_fields() -> None:
     assert documented_events() == {t.topic: [f.encode_name for f in msgspec.structs.fields(t)] for t in EVENT_TYPES}
+
+
+def test_a_value_of_another_type_is_sent_as_its_text_not_a_broken_stream() -> None:
+    # Structs do not check types when made; json.dumps(default=str) sent such values as str(), so does msgspec.
+    line = LogLine(Path("/srv/web"), "stdout", "info", ValueError("boom"), ts=TS)  # type: ignore[arg-type]
+    assert EVENT_DECODER.decode(encode_event(line)) == LogLine("/srv/web", "stdout", "info", "boom", ts=TS)

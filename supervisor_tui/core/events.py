@@ -29,7 +29,7 @@ class Event(msgspec.Struct, frozen=True, tag_field="topic"):
 
     def to_dict(self) -> dict[str, Any]:
         """The event as plain JSON-able builtins, ``topic`` included (tuples become lists)."""
-        out: dict[str, Any] = msgspec.to_builtins(self)
+        out: dict[str, Any] = msgspec.to_builtins(self, enc_hook=str)
         return out
 
 
@@ -278,7 +278,9 @@ AnyEvent = (
 )
 EVENT_TYPES: tuple[type[Event], ...] = get_args(AnyEvent)
 EVENT_DECODER = msgspec.json.Decoder(AnyEvent)
-_encode = msgspec.json.Encoder().encode
+# Structs do not check types when made: a value of another type a publisher put in (a Path, an exception) is sent
+# as its str(), as json.dumps(default=str) did, rather than ending the stream.
+_encode = msgspec.json.Encoder(enc_hook=str).encode
 
 
 def with_topic(cls: type[EventT]) -> type[EventT]:

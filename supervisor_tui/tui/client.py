@@ -6,8 +6,8 @@ deterministic supervisor for snapshots, screenshots and the load benchmark. Plug
 core's own Structs (plugins/model.py: PluginSnapshot, LogEntry, MetricPoint), and so do the route export and the
 fleet's nodes (core/status.py: RouteExportStatus, NodeStatus) and the events (core/events.py): the in-process
 client hands them over as they are, the remote one decodes the admin API's answers and ``/ws/events`` into them
-with typed decoders, so both modes render
-identically and a field added to a Struct reaches the TUI without a parser.
+with typed decoders, so both modes render identically and a field added to a Struct reaches the TUI without a
+parser.
 """
 
 from __future__ import annotations
