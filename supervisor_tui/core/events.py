@@ -28,7 +28,7 @@ class Event(msgspec.Struct, frozen=True, tag_field="topic"):
     topic: ClassVar[str] = "event"  # each event type's own: its tag (with_topic)
 
     def to_dict(self) -> dict[str, Any]:
-        """The event as plain JSON-able builtins, ``topic`` included (tuples become lists)."""
+        """The event as a plain dict of builtins, ``topic`` included."""
         out: dict[str, Any] = msgspec.to_builtins(self, enc_hook=str)
         return out
 
