@@ -89,6 +89,8 @@ async def test_seed_004s_table_and_monitoring_queries_run_unchanged(tmp_path: Pa
                 "busy": 1,
                 "inactive": 1,
             }
+            # Once more (inactive after 0.5 s, and the reads above may take that long on a busy machine).
+            assert (await client.post("/api/consolas/render-2/heartbeat", json=beat)).status_code == 200
             row = await conn.fetchrow("SELECT * FROM consolas WHERE console_id = 'render-2'")
             assert row["estado"] == "ocupada" and row["video_en_proceso"] == "Video Historia 1 (2/5)"
             assert json.loads(row["sistema"]) == {"hostname": "mi-servidor"}
