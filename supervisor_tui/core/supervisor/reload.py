@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from supervisor_tui.core.events import EventBus, PluginFailed
+from supervisor_tui.core.events import EventBus, plugin_failed
 from supervisor_tui.core.logs import LogHub
 from supervisor_tui.core.reload_plan import OUTCOMES, Action, Change, plan_reload
 from supervisor_tui.core.supervisor.folder_plugins import FolderPluginFactory
@@ -128,4 +128,4 @@ class FolderReload:
             plugin=runner.key,
             reason=reason,
         )
-        self.bus.publish(PluginFailed(name=runner.key, phase="reload", error=reason))
+        self.bus.publish(plugin_failed(runner.key, "reload", reason))
