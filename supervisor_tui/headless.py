@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import os
 import signal
 import sqlite3
 import sys
@@ -36,12 +38,31 @@ EXIT_CANNOT_BIND = 2
 EXIT_FATAL = 3
 EXIT_STORE_UNREACHABLE = 2  # consoles.store names a PostgreSQL that cannot be reached: a setting to fix
 
+# glibc's malloc gives each thread that allocates under contention an arena of its own (up to 8 per core): an idle
+# headless supervisor had 10 for its 9 threads. Two hold the same objects in 0.9 MiB less resident memory.
+MALLOC_ARENAS = 2
+M_ARENA_MAX = -8  # glibc malloc.h
+
+
+def limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> bool:
+    """Cap glibc's malloc arenas for this process (before its threads start); the operator's own
+    MALLOC_ARENA_MAX wins. False where there is no glibc mallopt (another libc)."""
+    if "MALLOC_ARENA_MAX" in os.environ:
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(M_ARENA_MAX, arenas))
+
+
 # Something that runs next to the supervisor until cancelled (e.g. the HTTP server): given the open supervisor.
 Service = Callable[[Supervisor], Awaitable[None]]
 
 
 def run_headless(settings: Settings, exit_on_fatal: bool) -> int:
     """Entry point from the CLI: run until a stop signal; returns the process exit code."""
+    limit_malloc_arenas()
     try:
         with asyncio.Runner(loop_factory=new_event_loop) as runner:
             return runner.run(serve(settings, exit_on_fatal))

@@ -17,7 +17,7 @@ from pathlib import Path
 
 # Runs the real command line; a thread writes sys.modules to modules-N.json each time the test creates dump-N.
 DRIVER = """\
-import json, sys, threading, time
+import ctypes, json, sys, threading, time
 from pathlib import Path
 from supervisor_tui.cli import main
 
@@ -30,6 +30,12 @@ def dump():
             time.sleep(0.05)
         (here / f"modules-{n}.tmp").write_text(json.dumps(sorted(sys.modules)))
         (here / f"modules-{n}.tmp").rename(here / f"modules-{n}.json")
+        libc = ctypes.CDLL(None)  # glibc's account of its malloc arenas, as XML
+        libc.fopen.restype = ctypes.c_void_p
+        out = libc.fopen(str(here / f"malloc-{n}.tmp").encode(), b"w")
+        libc.malloc_info(0, ctypes.c_void_p(out))
+        libc.fclose(ctypes.c_void_p(out))
+        (here / f"malloc-{n}.tmp").rename(here / f"malloc-{n}.xml")
         n += 1
 
 threading.Thread(target=dump, daemon=True).start()
@@ -62,6 +68,15 @@ class Headless:
             time.sleep(0.05)
         return set(json.loads((self.root / f"modules-{n}.json").read_text()))
 
+    def malloc_arenas(self) -> int:
+        """glibc's malloc arenas in the supervisor, as of the last ``modules()``."""
+        n = self.dumps - 1
+        deadline = time.monotonic() + 30
+        while not (self.root / f"malloc-{n}.xml").exists():
+            assert time.monotonic() < deadline and self.proc.poll() is None
+            time.sleep(0.05)
+        return (self.root / f"malloc-{n}.xml").read_text().count("<heap nr=")
+
     def get(self, path: str, token: bool = True) -> tuple[int, bytes]:
         request = urllib.request.Request(self.url + path)
         if token:
@@ -84,7 +99,8 @@ def headless(root: Path) -> Iterator[Headless]:
     (root / "driver.py").write_text(DRIVER)
     args = [sys.executable, str(root / "driver.py"), str(root), "--headless", "--port", "0"]
     args += ["--log-format", "json", "--plugins-dir", str(root / "plugins"), "--data-dir", str(root / "data")]
-    proc = subprocess.Popen(args, cwd=root, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+    env = {k: v for k, v in os.environ.items() if k != "MALLOC_ARENA_MAX"}
+    proc = subprocess.Popen(args, cwd=root, env=env, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
     try:
         assert proc.stdout is not None
         url, running = "", False
@@ -155,3 +171,13 @@ def test_the_start_path_imports_no_http_server_before_the_plugins_start() -> Non
     early = sorted(m for m in modules if m.split(".")[0] in ("uvicorn", "click", *ADMIN_ONLY, *TUI_ONLY))
     assert early == []
     assert admin_modules(modules) == [] and "supervisor_tui.server.serve" not in modules
+
+
+def test_a_running_headless_supervisor_keeps_to_two_malloc_arenas(tmp_path: Path) -> None:
+    """Its threads (database, log echo, watcher, executor...) share glibc's malloc arenas instead of one each."""
+    with headless(tmp_path) as sup:
+        sup.get("/api/v1/status")  # the admin app built: its import ran in a worker thread too
+        sup.modules()
+        arenas = sup.malloc_arenas()
+        threads = len(os.listdir(f"/proc/{sup.proc.pid}/task"))
+    assert threads > 2 and 1 <= arenas <= 2
