@@ -2,9 +2,10 @@
 
 Fixtures (all function-scoped, everything under ``tmp_path``):
 
-- ``make_settings(**overrides)`` -> Settings with plugins/ and data/ in tmp_path, a private plugin port range and
-  ``server.port`` 0; ``overrides`` map "section.key" to values. The ``settings`` fixture is ``make_settings()``.
-  At teardown the plugin cgroups of a supervisor of those settings that did not exit cleanly are removed.
+- ``make_settings(**overrides)`` -> Settings with plugins/ and data/ in tmp_path, a private plugin port range (a
+  random block of 100 whose ports all bind, ``free_port_block``) and ``server.port`` 0; ``overrides`` map
+  "section.key" to values. The ``settings`` fixture is ``make_settings()``. At teardown the plugin
+  cgroups of a supervisor of those settings that did not exit cleanly are removed.
 - ``make_plugin(key, script, **manifest_fields)`` -> the plugin folder. ``script`` is a file name from
   tests/fixtures/plugins/ ("sleeper.py", "crash_at_start.py", "crash_after.py", "ignore_term.py", "grandchild.py",
   "http_server.py") or Python source (written as plugin.py). The manifest gets ``command: ["python", <script>]``,
@@ -19,7 +20,7 @@ Fixtures (all function-scoped, everything under ``tmp_path``):
   until ``resume_reading()``); every one still running is killed at teardown.
 - ``spawns(folder)`` -> pids the fixture plugin in ``folder`` recorded, one per spawn.
 - ``plugin_processes(path)`` -> live (non-zombie) processes whose working directory is under ``path``: plugins
-  run in their folder and their children inherit it, so this finds orphans.
+  run in their folder and their children inherit it, so this finds orphans (read from /proc: it is polled).
 - ``no_plugin_leftovers`` -> fails a test that leaves processes running under its tmp dir (and kills them).
 - ``shared_headless`` (session-scoped) -> one ``SharedHeadless`` supervisor for the read-only API tests: a headless
   process with one plugin, "web" (sleeper.py, not autostarted), and ``consoles.auth = "none"``; a test on it may
