@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the tests of the modules that reach into other packages' internals (server/fast_http.py and uvicorn,
-# server/gateway_upstream.py and httptools, tui/widgets/keyed_table.py and Textual) against the lowest and the
+# server/gateway_upstream.py and httptools, tui/widgets/keyed_table.py and tui/key_order.py and Textual) against the lowest and the
 # highest release that pyproject.toml's pins allow (scripts/pins.py), so a release inside a range cannot break them
 # silently. Each end has its own virtualenv, .venv-pins-low and .venv-pins-high: the project (editable) and the test
 # tools, the fenced packages forced to that end's versions; made once, then redone only when those versions or
@@ -16,7 +16,7 @@ TESTS=(
   tests/test_fast_http.py
   tests/test_gateway.py tests/test_gateway_routes_sync.py tests/test_gateway_serve.py tests/test_gateway_streaming.py
   tests/test_security_gateway.py tests/test_security_http.py
-  tests/test_tui.py tests/test_tui_snapshots.py
+  tests/test_tui.py tests/test_tui_snapshots.py tests/test_tui_key_order.py
 )
 for file in "${TESTS[@]}"; do
   [ -f "$file" ] || { echo "test_pins: $file is gone; update TESTS in scripts/test_pins.sh" >&2; exit 1; }
