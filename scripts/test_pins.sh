@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs the tests of the modules that reach into other packages' internals (server/fast_http.py and uvicorn,
-# server/gateway_upstream.py and httptools, tui/widgets/keyed_table.py and tui/key_order.py and Textual) against
-# the lowest and the highest release that pyproject.toml's pins allow (scripts/pins.py), so a release inside a
-# range cannot break them silently. Each end has its own virtualenv, .venv-pins-low and .venv-pins-high: the project (editable) and the test
+# server/gateway_upstream.py and httptools, tui/widgets/keyed_table.py and Textual) against the lowest and the
+# highest release that pyproject.toml's pins allow (scripts/pins.py), so a release inside a range cannot break them
+# silently. Each end has its own virtualenv, .venv-pins-low and .venv-pins-high: the project (editable) and the test
 # tools, the fenced packages forced to that end's versions; made once, then redone only when those versions or
 # pyproject.toml change. The two runs go side by side (the tests mostly wait on sockets and processes); their output
 # is printed after, one block per virtualenv. Any failure, and a run that collects no test (pytest's exit code 5),
@@ -11,7 +11,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 SUPERVISOR_TUI_SETUP_SYSTEM=0 source scripts/setup.sh  # .venv, whose pip asks the package index
 
-# The fenced modules' own tests, plus the TUI tests that drive KeyedTable (tables, reconcile, rendered cells).
+# The fenced modules' own tests, plus the TUI tests that drive KeyedTable (tables, reconcile, rendered cells)
+# and those of tui/key_order.py (it relies on Textual's key routing).
 TESTS=(
   tests/test_fast_http.py
   tests/test_gateway.py tests/test_gateway_routes_sync.py tests/test_gateway_serve.py tests/test_gateway_streaming.py
