@@ -39,7 +39,7 @@ def filter_value(app: SupervisorApp, pane: str) -> str:
 async def settled(pilot: Any, app: SupervisorApp) -> None:
     """Long enough for every key posted to have been handled, whichever widget it went to."""
     await pilot.pause(0.3)
-    await wait_until(lambda: not app._held_keys and not app._in_flight, 5, 0.01, pause=pilot.pause)
+    await wait_until(lambda: not app._held_keys, 5, 0.01, pause=pilot.pause)
 
 
 async def test_slash_then_text_types_the_text_into_the_filter_and_starts_nothing() -> None:

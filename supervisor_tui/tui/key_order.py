@@ -7,11 +7,12 @@ one read ("/abc" over a slow SSH link, every byte at once) are all routed before
 "abc" go to the plugins table the "/" is about to leave, where "s" starts a plugin. The same holds for every
 binding that opens a screen or moves the focus (palette, dialogs, detail screens, pane switches).
 
-So a key that arrives while an earlier one is in flight waits here, and keys go one at a time: a probe posted
-behind the key follows it up the DOM, node by node (a message bubbles to ``_parent`` after the node's handlers
-ran), to the app, where it waits one more round for what the binding queued (the focus change). A key that put up
-another screen (or took one down) also waits for that screen to have taken its focus (its mount and resume).
-Then the next key is routed, to whatever holds the focus by then. A key on its own is routed at once, as before.
+So keys go one at a time. A key is done once it has bubbled back up to the app and the app has run what its
+binding queued (one more round of the app's queue: the focus change); a key some widget kept (a field typing it)
+never comes back, so when another key arrives behind it, a probe follows it up the DOM, node by node (a message
+bubbles to ``_parent`` after the node's handlers ran), to the app. A key that put up another screen (or took one
+down) also waits for that screen to have taken its focus (its mount and resume). Then the next key is routed, to
+whatever holds the focus by then. A key on its own is routed at once, as before.
 
 A fenced hack: it relies on Textual's key routing in ``App.on_event`` (``is_forwarded``), on bubbling through
 ``_parent`` and on ``call_later`` callbacks running in queue order; scripts/test_pins.sh runs its tests
@@ -46,17 +47,30 @@ class KeyOrderApp(App[ReturnType]):
         self._held_keys: deque[events.Key] = deque()
         self._in_flight = 0  # the number of the key being handled; 0 when none is
         self._keys_routed = 0
-        self._flight_started = 0.0
+        self._flight_key: events.Key | None = None
+        self._flight_target: MessagePump | None = None  # where it was routed
+        self._flight_screen: Screen[object] | None = None  # the screen on top when it was (then: once it settled)
+        self._flight_started = 0.0  # when it was routed, or its probe sent
+        self._probing = False  # a probe follows it
+        self._awaiting_screen = False  # it put up another screen; done once that one has taken its focus
         self._hold_timer: Timer | None = None
 
     async def on_event(self, event: events.Event) -> None:
-        if not isinstance(event, events.Key) or event.is_forwarded:
-            await super().on_event(event)  # a key bubbling back up is the one in flight, on its way
+        if not isinstance(event, events.Key):
+            await super().on_event(event)
+        elif event.is_forwarded:
+            await super().on_event(event)  # a key bubbled back up: its binding, if it has one, runs here
+            if event is self._flight_key:
+                self.call_later(self._settled, self._in_flight)  # after what the binding queued
         elif self._in_flight:
             if len(self._held_keys) >= HELD_KEYS:
                 self.bell()
                 return
             self._held_keys.append(event)
+            if not self._probing:  # it may never come back: follow it
+                self._probing = True
+                self._flight_started = time.monotonic()
+                self._follow(self._flight_target, self._in_flight)
             if self._hold_timer is None:
                 self._hold_timer = self.set_timer(HOLD_SECONDS, self._hold_expired, name="held keys")
         else:
@@ -65,41 +79,50 @@ class KeyOrderApp(App[ReturnType]):
     async def _route(self, key: events.Key) -> None:
         self._keys_routed += 1
         flight = self._in_flight = self._keys_routed
+        self._flight_key, self._flight_screen = key, self.screen
+        self._flight_target = self.focused or self.screen
         self._flight_started = time.monotonic()
-        screen = self.screen
-        target: MessagePump = self.focused or screen
-        await super().on_event(key)  # priority bindings run here; otherwise the key goes to ``target``
-        if key.is_forwarded:
-            self._follow(target, flight, screen)
-        else:
-            self._follow(self, flight, screen)
+        self._probing = self._awaiting_screen = False
+        await super().on_event(key)  # priority bindings run here; otherwise the key goes to ``_flight_target``
+        if not key.is_forwarded:
+            self.call_later(self._settled, flight)  # after what the binding queued
 
-    def _follow(self, node: MessagePump | None, flight: int, screen: Screen[object]) -> None:
+    def _follow(self, node: MessagePump | None, flight: int) -> None:
         """Queue the probe behind the key at ``node`` (the app when the chain ends or breaks)."""
-        if node is None or not node.call_later(self._passed, node, flight, screen):
-            self.call_later(self._passed, self, flight, screen)
+        if node is None or not node.call_later(self._passed, node, flight):
+            self.call_later(self._passed, self, flight)
 
-    def _passed(self, node: MessagePump, flight: int, screen: Screen[object]) -> None:
+    def _passed(self, node: MessagePump, flight: int) -> None:
         """``node`` has handled the key (and handed it to its parent if it bubbles)."""
-        if node is self:
-            self.call_later(self._settled, flight, screen)  # after what the key's binding queued here
-        else:
-            self._follow(node._parent, flight, screen)
-
-    async def _settled(self, flight: int, screen: Screen[object]) -> None:
         if flight != self._in_flight:
-            return  # cut by the hold timer meanwhile
+            return
+        if node is self:
+            self.call_later(self._settled, flight)  # after what the key's binding queued here
+        else:
+            self._follow(node._parent, flight)
+
+    async def _settled(self, flight: int, screen_ready: bool = False) -> None:
+        if flight != self._in_flight or (self._awaiting_screen and not screen_ready):
+            return  # done already, or cut by the hold timer, or waiting for a screen
         current = self.screen
-        if current is not screen and current.call_later(self._follow, self, flight, current):
-            return  # another screen is up: once it has mounted and resumed, it has taken its focus
+        if current is not self._flight_screen:
+            self._flight_screen = current
+            self._awaiting_screen = current.call_later(self._screen_resumed, flight)
+            if self._awaiting_screen:
+                return  # once it has mounted and resumed, it has taken its focus
         self._in_flight = 0
+        self._flight_key = self._flight_target = None
+        self._awaiting_screen = False
         if self._held_keys:
             await self._route(self._held_keys.popleft())
+
+    def _screen_resumed(self, flight: int) -> None:
+        self.call_later(self._settled, flight, True)  # after the focus change it queued, if any
 
     async def _hold_expired(self) -> None:
         self._hold_timer = None
         if self._held_keys and (not self._in_flight or time.monotonic() - self._flight_started >= HOLD_SECONDS):
-            self._in_flight = 0  # the probe of the key in flight is lost: let the keys behind it go
+            self._in_flight = 0  # the key in flight never settled: let the keys behind it go
             await self._route(self._held_keys.popleft())
         if self._held_keys:
             self._hold_timer = self.set_timer(HOLD_SECONDS, self._hold_expired, name="held keys")
