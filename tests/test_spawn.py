@@ -28,10 +28,10 @@ Headless = Callable[..., HeadlessProcess]
 FORKS_AT_ONCE = ["/bin/sh", "-c", "setsid -f /bin/sh -c 'echo $$ > daemon.pid; exec sleep 3600'; exec sleep 3600"]
 
 
-def _forking_plugin(make_plugin: Callable[..., Path], key: str) -> Path:
+def _forking_plugin(make_plugin: Callable[..., Path], key: str, command: list[str] = FORKS_AT_ONCE) -> Path:
     folder = make_plugin(key, "sleeper.py")
     manifest = json.loads((folder / "manifest.json").read_text())
-    manifest["command"] = FORKS_AT_ONCE
+    manifest["command"] = command
     (folder / "manifest.json").write_text(json.dumps(manifest))
     return folder
 
@@ -64,6 +64,24 @@ async def test_what_a_plugin_forks_first_thing_is_in_its_cgroup_and_reaped_by_th
     assert not living([main, daemon]) and not cgroup.path.exists()
     # Killed and reaped by the supervisor, which is still running: no zombie of it is left.
     await wait_until(lambda: not psutil.pid_exists(daemon), timeout=15)
+    proc.signal(signal.SIGTERM)
+    assert await proc.wait() == 0
+
+
+@needs_cgroups
+@pytest.mark.usefixtures("cgroups_on")
+async def test_an_orphan_that_exits_while_its_plugin_runs_is_reaped(
+    headless: Headless, make_plugin: Callable[..., Path]
+) -> None:
+    # The daemon lives 2 s, long enough for a metrics sample to see it in the cgroup, then exits by itself.
+    command = [*FORKS_AT_ONCE[:2], FORKS_AT_ONCE[2].replace("exec sleep 3600'", "exec sleep 2'", 1)]
+    folder = _forking_plugin(make_plugin, "forker", command)
+    proc = headless()
+    await proc.wait_state("forker", "RUNNING")
+    daemon = await _daemon_of(folder)
+    assert psutil.Process(daemon).ppid() == proc.pid
+    # Not left a zombie of the supervisor for as long as the plugin runs.
+    await wait_until(lambda: not psutil.pid_exists(daemon), timeout=20)
     proc.signal(signal.SIGTERM)
     assert await proc.wait() == 0
 
