@@ -73,7 +73,7 @@ async def test_what_a_plugin_forks_first_thing_is_in_its_cgroup_and_reaped_by_th
 async def test_an_orphan_that_exits_while_its_plugin_runs_is_reaped(
     headless: Headless, make_plugin: Callable[..., Path]
 ) -> None:
-    # The daemon lives 2 s, long enough for a metrics sample to see it in the cgroup, then exits by itself.
+    # The daemon lives 2 s, then exits by itself; nothing but the cgroup it died in says it was the plugin's.
     command = [*FORKS_AT_ONCE[:2], FORKS_AT_ONCE[2].replace("exec sleep 3600'", "exec sleep 2'", 1)]
     folder = _forking_plugin(make_plugin, "forker", command)
     proc = headless()

@@ -40,6 +40,8 @@ SHELL = "/bin/sh"
 JOIN_CGROUP = 'echo 0 2>/dev/null >&0; exec "$@" </dev/null'
 STREAM_LIMIT = 2**16  # asyncio.subprocess's default
 POLL_S = 0.2  # without pidfds (Linux < 5.3): how often exit is looked for
+# Pids of the ChildProcesses not reaped yet: whoever reaps the supervisor's other children leaves these alone.
+unreaped: set[int] = set()
 
 
 def can_join_by_shell() -> bool:
@@ -68,6 +70,7 @@ class ChildProcess:
     def __init__(self, popen: subprocess.Popen[bytes]) -> None:
         self._popen = popen
         self.pid = popen.pid
+        unreaped.add(popen.pid)
         self.stdout: asyncio.StreamReader | None = None
         self.stderr: asyncio.StreamReader | None = None
         self._transports: list[asyncio.BaseTransport] = []
@@ -125,6 +128,7 @@ class ChildProcess:
     def _reap(self) -> None:
         if self._popen.poll() is None:  # readable pidfd but not reapable yet: cannot happen, but do not spin
             return
+        unreaped.discard(self.pid)
         if self._pidfd is not None:
             loop = asyncio.get_running_loop()
             loop.remove_reader(self._pidfd)

@@ -461,8 +461,6 @@ class ProcessRunner(Spawning, Probing, TreeTeardown):
             return None
         sample = self.sampler.sample()
         self._remember(self.sampler.known_tree())
-        if self._cgroup is not None:  # orphans re-parented to the supervisor, out of the tree: reaped when they die
-            self.ctx.descendants.update(pid for pid in self._cgroup.pids() if pid != self.pid)
         if sample is not None:
             self.last_sample = sample
             self.metrics_history.append(sample)

@@ -1,15 +1,16 @@
 """What a plugin's process leaves behind, and how it is all stopped.
 
 What a plugin spawned is found by more than its process group and the environment marker (both of which a
-daemon escapes with ``setsid`` and a cleared environment): on Linux every plugin process is a child subreaper
-(``PR_SET_CHILD_SUBREAPER``), so what its children double-fork away is re-parented to the plugin, not to init,
-and stays in its tree; the supervisor process itself is one too (``become_subreaper``), so what outlives a
-plugin's main process becomes the supervisor's child. Every descendant pid seen is remembered
+daemon escapes with ``setsid`` and a cleared environment): on Linux the supervisor process is a child subreaper
+(``PR_SET_CHILD_SUBREAPER``, ``become_subreaper``), so what outlives a plugin's main process, or what a run with a
+cgroup double-forks away, becomes the supervisor's child, not init's; a plugin process without a cgroup is one
+too (``in_child``), so what its children double-fork away stays in its tree. Every descendant pid seen is remembered
 (``RunnerContext.descendants``): stop and exit kill those still alive, and ``reap_adopted`` collects the ones
 that died as the supervisor's children.
 
 Where cgroups v2 are writable (``plugins.cgroups``, see plugins.cgroups), each run of a plugin also has its own
-cgroup (``RunnerContext.cgroups``), which its main process joins before exec: nothing it forks leaves it, so stop
+cgroup (``RunnerContext.cgroups``), which its main process joins before exec (plugins.child_process): nothing it
+forks leaves it (what dies of it as the supervisor's child is reaped, ``reap_cgroup_orphans``), so stop
 and exit give what is still in it the same treatment as the rest of the tree, then SIGKILL it and remove the cgroup.
 
 - ``TreeTeardown`` (a part of ProcessRunner): ``_kill_tree`` (stop signal to the group and what left it, wait,
@@ -21,6 +22,7 @@ and exit give what is still in it the same treatment as the rest of the tree, th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import functools
 import os
@@ -32,8 +34,8 @@ from typing import TYPE_CHECKING, cast
 
 import psutil
 
-from supervisor_tui.plugins.cgroups import PluginCgroup, join_in_child
-from supervisor_tui.plugins.child_process import ChildProcess
+from supervisor_tui.plugins.cgroups import TREE_PREFIX, PluginCgroup, join_in_child
+from supervisor_tui.plugins.child_process import ChildProcess, unreaped
 from supervisor_tui.plugins.health import HealthTracker
 from supervisor_tui.plugins.launch import RunAs
 from supervisor_tui.plugins.manifest import Manifest
@@ -272,7 +274,7 @@ def reap_adopted(descendants: set[int], busy: Collection[int] = ()) -> None:
     """Collect the exit status of adopted orphans that died, and forget pids that are gone. ``busy``: pids whose
     status belongs to someone else (plugins' main processes, awaited by the event loop). Never blocks."""
     for pid in list(descendants):
-        if pid in busy:
+        if pid in busy or pid in unreaped:
             continue
         try:
             done, _ = os.waitpid(pid, os.WNOHANG)
@@ -282,3 +284,44 @@ def reap_adopted(descendants: set[int], busy: Collection[int] = ()) -> None:
             continue
         if done:
             descendants.discard(pid)
+    reap_cgroup_orphans(busy)
+
+
+def reap_cgroup_orphans(busy: Collection[int] = ()) -> None:
+    """Collect the exit status of this process's zombie children that were in a plugin's cgroup: what a plugin
+    with a cgroup double-forked away was re-parented here (it is no subreaper) without ever being in its process
+    tree. Cheap: this process's children are listed by the kernel (``/proc/self/task/*/children``), and only those
+    that are no plugin's main process (``busy``, ChildProcess.unreaped) are looked at."""
+    for pid in _own_children():
+        if pid in busy or pid in unreaped or not _zombie_of_a_plugin_cgroup(pid):
+            continue
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+
+
+def _own_children() -> set[int]:
+    found: set[int] = set()
+    try:
+        tasks = os.listdir("/proc/self/task")
+    except OSError:
+        return found
+    for task in tasks:
+        try:
+            with open(f"/proc/self/task/{task}/children", "rb") as f:
+                found.update(int(pid) for pid in f.read().split())
+        except (OSError, ValueError):
+            continue
+    return found
+
+
+def _zombie_of_a_plugin_cgroup(pid: int) -> bool:
+    """A zombie's cgroup is still the one it died in (cgroup v2 line ``0::``)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            if f.read().rpartition(b")")[2].split()[0] != b"Z":
+                return False
+        with open(f"/proc/{pid}/cgroup", "rb") as f:
+            lines = f.read().splitlines()
+    except (OSError, IndexError):
+        return False
+    return any(line.startswith(b"0::") and f"/{TREE_PREFIX}".encode() in line for line in lines)
