@@ -8,16 +8,17 @@ from supervisor_tui.core.events import (
     LogLine,
     PluginFailed,
     PluginStateChanged,
+    plugin_failed,
 )
 
 LOADED = InProcessPluginLoaded("stats")
 FAILURES = [
-    PluginFailed("broken", "import", "no module named x"),
-    PluginFailed("broken", "configuration", "bad value"),
-    PluginFailed("stats", "hook on_plugin_state_changed", "boom"),
-    PluginFailed("stats", "call summary", "blocked the event loop for 1.2s in summary"),
-    PluginFailed("stats", "shutdown", "did not finish within 5s"),
-    PluginFailed("web", "reload", "manifest.json: bad JSON"),  # a process plugin's reload, too
+    plugin_failed("broken", "import", "no module named x"),
+    plugin_failed("broken", "configuration", "bad value"),
+    plugin_failed("stats", "hook on_plugin_state_changed", "boom"),
+    plugin_failed("stats", "call summary", "blocked the event loop for 1.2s in summary"),
+    plugin_failed("stats", "shutdown", "did not finish within 5s"),
+    plugin_failed("web", "reload", "manifest.json: bad JSON"),  # a process plugin's reload, too
 ]
 
 

@@ -14,6 +14,7 @@ from textual.widgets import Input
 
 from supervisor_tui.plugins.model import LogEntry
 from supervisor_tui.tui.app import CONSOLE_ROWS, MainScreen, SupervisorApp
+from supervisor_tui.tui.client import ConnectionChange
 from supervisor_tui.tui.demo import DemoClient
 from supervisor_tui.tui.screens.confirm import ConfirmScreen
 from supervisor_tui.tui.screens.console_detail import ConsoleDetailScreen
@@ -437,6 +438,6 @@ async def test_filters_and_messages_with_brackets_do_not_break_the_screen() -> N
             await pilot.press(pane, "slash", "left_square_bracket", "slash", "right_square_bracket")
             await until(pilot, lambda: "[/]" in screen_text(app))
             await pilot.press("escape")
-        app.ingest([{"topic": "client.connection", "connected": False, "message": "EOF [/] [b]"}])
+        app.ingest([ConnectionChange(False, "EOF [/] [b]")])
         await until(pilot, lambda: "EOF [/] [b]" in screen_text(app))
         assert app.is_running

@@ -5,9 +5,17 @@ from __future__ import annotations
 import subprocess
 import sys
 
+from supervisor_tui.core.events import (
+    ConsoleHeartbeats,
+    EventsDropped,
+    LogLine,
+    MetricsSample,
+    PluginStateChanged,
+    RedisLinkChanged,
+)
 from supervisor_tui.plugins.model import LogEntry, PluginSnapshot, PluginState
-from supervisor_tui.tui.client import CONNECTION_TOPIC, ConsoleInfo, ConsolePage
-from supervisor_tui.tui.view_model import ConnectionChange, ViewModel, parse_console_filter
+from supervisor_tui.tui.client import ConnectionChange, ConsoleInfo, ConsolePage
+from supervisor_tui.tui.view_model import ViewModel, parse_console_filter
 from supervisor_tui.tui.widgets.consoles_pane import consoles_title
 from supervisor_tui.tui.widgets.logs_pane import logs_subtitle, logs_title, parse_log_filter
 from supervisor_tui.tui.widgets.plugins_pane import plugins_title
@@ -40,8 +48,7 @@ def test_rows_follow_the_supervisors_order_and_the_filter() -> None:
 
 def test_live_metrics_survive_a_snapshot_without_them() -> None:
     view = model()
-    sample = {"key": "echo", "ts": NOW, "cpu_percent": 12.5, "rss": 4096, "threads": 2, "fds": 9, "processes": 1}
-    view.fold([{"topic": "plugin.metrics", **sample}], NOW)
+    view.fold([MetricsSample("echo", cpu_percent=12.5, rss=4096, threads=2, fds=9, processes=1, ts=NOW)], NOW)
     assert view.plugins_by_key["echo"].cpu_percent == 12.5
     view.set_plugins(plugins())
     assert view.plugins_by_key["echo"].cpu_percent == 12.5
@@ -70,21 +77,24 @@ def test_request_rates_come_from_the_difference_of_counts() -> None:
 def test_events_mark_what_to_fetch_and_record_state_changes() -> None:
     view = model()
     view.dirty_consoles = False
-    event = {"topic": "plugin.state", "key": "search", "ts": NOW, "from_state": "STOPPED", "to_state": "STARTING"}
+    event = PluginStateChanged("search", "STOPPED", "STARTING", "operator", ts=NOW)
     assert view.fold([event], NOW) == []
     assert view.dirty_plugins and not view.dirty_consoles
-    assert list(view.state_history["search"]) == [(NOW, "STOPPED", "STARTING", "")]
-    view.fold([{"topic": "console.heartbeat"}], NOW)
+    assert list(view.state_history["search"]) == [(NOW, "STOPPED", "STARTING", "operator")]
+    view.fold([ConsoleHeartbeats(1, ("c-1",))], NOW)
     assert view.dirty_consoles
+    view.fold([RedisLinkChanged(False, "connection refused")], NOW)
+    assert view.redis == "down" and "Redis down" in view.header_markup(wide=True)
+    view.dirty_plugins = view.dirty_consoles = False
+    view.fold([EventsDropped(12)], NOW)  # what the panes show may be stale: fetch both again
+    assert view.dirty_plugins and view.dirty_consoles
 
 
 def test_log_lines_up_to_the_horizon_are_shown_once() -> None:
     view = model()
     view.add_logs([LogEntry(2.0, "echo", "stdout", "info", "b"), LogEntry(1.0, "echo", "stdout", "info", "a")])
-    view.fold(
-        [{"topic": "log", "ts": 2.0, "source": "echo", "stream": "stdout", "level": "info", "message": "b"}], NOW
-    )  # already in the snapshot
-    view.fold([{"topic": "log", "ts": 3.0, "source": "echo", "stream": "stdout", "level": "info", "message": "c"}], NOW)
+    view.fold([LogLine("echo", "stdout", "info", "b", ts=2.0)], NOW)  # already in the snapshot
+    view.fold([LogLine("echo", "stdout", "info", "c", ts=3.0)], NOW)
     assert [e.message for e in view.take_logs()] == ["a", "b", "c"]
     assert view.take_logs() == []
     view.add_logs([LogEntry(3.0, "echo", "stdout", "info", "c"), LogEntry(4.0, "echo", "stdout", "info", "d")])
@@ -94,11 +104,11 @@ def test_log_lines_up_to_the_horizon_are_shown_once() -> None:
 def test_connection_events_are_answered_and_a_reconnect_refetches_everything() -> None:
     view = model()
     view.dirty_consoles = False
-    lost = view.fold([{"topic": CONNECTION_TOPIC, "connected": False, "message": "EOF"}], NOW)
+    lost = view.fold([ConnectionChange(False, "EOF")], NOW)
     assert lost == [ConnectionChange(False, "EOF")]
     assert not view.connected
     assert "disconnected" in view.header_markup(wide=True)
-    back = view.fold([{"topic": CONNECTION_TOPIC, "connected": True, "message": "reconnected"}], NOW)
+    back = view.fold([ConnectionChange(True, "reconnected")], NOW)
     assert back == [ConnectionChange(True, "reconnected")]
     assert view.connected and view.dirty_plugins and view.dirty_consoles
 

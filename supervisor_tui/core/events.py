@@ -4,6 +4,11 @@ A slow subscriber loses its oldest events; the next thing it receives is an ``Ev
 Topics are dotted names ("plugin.state", "console.heartbeats", "log"); a subscription filters by prefix.
 ``TOPIC_ALIASES`` keeps the names topics had before the dotted scheme: a subscription that asks for one receives
 those events under that old name, unless one of its filters matches the new name (then they come under the new one).
+
+Every event is a frozen msgspec Struct tagged by its ``topic``: the Struct is the wire shape. ``/ws/events`` sends
+``encode_event(event)`` (``{"topic": ..., <fields>}``), and ``EVENT_DECODER`` (a decoder of the ``AnyEvent`` union)
+turns any such message back into its Struct; a message of an unknown topic or shape is a ``msgspec.DecodeError``.
+``Event.to_dict()`` is the one conversion into plain dicts (what an in-process plugin's ``on_operator_action`` gets).
 """
 
 from __future__ import annotations
@@ -12,139 +17,124 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Iterable
-from dataclasses import asdict, dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar, get_args
+
+import msgspec
 
 
-@dataclass(frozen=True, slots=True)
-class Event:
-    """Base of every event; ``topic`` names the kind, ``ts`` is a Unix timestamp."""
+class Event(msgspec.Struct, frozen=True, tag_field="topic"):
+    """Base of every event; ``topic`` names the kind (the Struct's tag), ``ts`` is a Unix timestamp."""
 
-    topic: ClassVar[str] = "event"
+    topic: ClassVar[str] = "event"  # each event type's own: its tag (with_topic)
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["topic"] = self.topic
-        return d
+        """The event as a plain dict of builtins, ``topic`` included."""
+        out: dict[str, Any] = msgspec.to_builtins(self, enc_hook=str)
+        return out
+
+
+EventT = TypeVar("EventT", bound=Event)
 
 
 def _now() -> float:
     return time.time()
 
 
-@dataclass(frozen=True, slots=True)
-class PluginStateChanged(Event):
-    topic: ClassVar[str] = "plugin.state"
+def _ts() -> Any:
+    return msgspec.field(default_factory=_now)
+
+
+class PluginStateChanged(Event, frozen=True, tag="plugin.state"):
     key: str
     from_state: str
     to_state: str
     reason: str
     pid: int | None = None
     port: int | None = None
-    ts: float = field(default_factory=_now)
+    ts: float = _ts()
 
 
-@dataclass(frozen=True, slots=True)
-class PluginHealthChanged(Event):
-    topic: ClassVar[str] = "plugin.health"
+class PluginHealthChanged(Event, frozen=True, tag="plugin.health"):
     key: str
     healthy: bool
     detail: str
-    ts: float = field(default_factory=_now)
+    ts: float = _ts()
 
 
-@dataclass(frozen=True, slots=True)
-class PluginRegistered(Event):
+class PluginRegistered(Event, frozen=True, tag="plugin.registered"):
     """A plugin appeared: loaded from a folder, installed over the API, or registered itself (external)."""
 
-    topic: ClassVar[str] = "plugin.registered"
     key: str
     kind: str  # "process" | "external" | "inprocess"
-    ts: float = field(default_factory=_now)
+    ts: float = _ts()
 
 
-@dataclass(frozen=True, slots=True)
-class PluginUnregistered(Event):
-    topic: ClassVar[str] = "plugin.unregistered"
+class PluginUnregistered(Event, frozen=True, tag="plugin.unregistered"):
     key: str
     reason: str
-    ts: float = field(default_factory=_now)
+    ts: float = _ts()
 
 
-@dataclass(frozen=True, slots=True)
-class MetricsSample(Event):
+class MetricsSample(Event, frozen=True, tag="plugin.metrics"):
     """One psutil sample of a plugin's whole process tree."""
 
-    topic: ClassVar[str] = "plugin.metrics"
     key: str
     cpu_percent: float
     rss: int
     threads: int
     fds: int
     processes: int
-    ts: float = field(default_factory=_now)
+    ts: float = _ts()
 
 
-@dataclass(frozen=True, slots=True)
-class LogLine(Event):
-    topic: ClassVar[str] = "log"
+class LogLine(Event, frozen=True, tag="log"):
     source: str
     stream: str  # "stdout" | "stderr" | "supervisor"
     level: str
     message: str
-    ts: float = field(default_factory=_now)
+    ts: float = _ts()
 
 
-@dataclass(frozen=True, slots=True)
-class ConsoleRegistered(Event):
-    topic: ClassVar[str] = "console.registered"
+class ConsoleRegistered(Event, frozen=True, tag="console.registered"):
     console_id: str
     name: str
     state: str
-    ts: float = field(default_factory=_now)
+    ts: float = _ts()
     remote: bool = False  # made through another supervisor sharing the console store
 
 
-@dataclass(frozen=True, slots=True)
-class ConsoleStateChanged(Event):
+class ConsoleStateChanged(Event, frozen=True, tag="console.state"):
     """A console's state changed; ``at`` is when it happened (the deadline for an inactivity)."""
 
-    topic: ClassVar[str] = "console.state"
     console_id: str
     from_state: str | None
     to_state: str
     reason: str  # "heartbeat" | "timeout" | "register"
     at: float
-    ts: float = field(default_factory=_now)
+    ts: float = _ts()
     remote: bool = False  # made through another supervisor sharing the console store
 
 
-@dataclass(frozen=True, slots=True)
-class ConsoleHeartbeats(Event):
+class ConsoleHeartbeats(Event, frozen=True, tag="console.heartbeats"):
     """Heartbeats committed since the last such event (coalesced: one event per write batch)."""
 
-    topic: ClassVar[str] = "console.heartbeats"
     count: int
     console_ids: tuple[str, ...]
-    ts: float = field(default_factory=_now)
+    ts: float = _ts()
     remote: bool = False  # made through another supervisor sharing the console store
 
 
-@dataclass(frozen=True, slots=True)
-class ConsoleRemoved(Event):
-    topic: ClassVar[str] = "console.removed"
+class ConsoleRemoved(Event, frozen=True, tag="console.removed"):
     console_id: str
-    ts: float = field(default_factory=_now)
+    ts: float = _ts()
     remote: bool = False  # made through another supervisor sharing the console store
 
 
-@dataclass(frozen=True, slots=True)
-class InProcessPluginLoaded(Event):
+class InProcessPluginLoaded(Event, frozen=True, tag="plugin.loaded"):
     """An in-process plugin loaded."""
 
-    topic: ClassVar[str] = "plugin.loaded"
     name: str
-    ts: float = field(default_factory=_now)
+    ts: float = _ts()
 
 
 def failure_topic(phase: str) -> str:
@@ -161,88 +151,159 @@ def failure_topic(phase: str) -> str:
     return "plugin.load_failed"
 
 
-@dataclass(frozen=True, slots=True)
-class PluginFailed(Event):
+class PluginFailed(Event, frozen=True):
     """A plugin failed in ``phase``: an in-process plugin's loading (import, configuration, setup...), one of its
-    hooks or other calls, its shutdown, or the reload of any plugin (phase "reload"); the topic says which
-    (``failure_topic``)."""
+    hooks or other calls, its shutdown, or the reload of any plugin (phase "reload"). One subclass per topic (the
+    topic says which: ``failure_topic``); make one with ``plugin_failed(name, phase, error)``."""
 
     name: str
     phase: str
     error: str
-    ts: float = field(default_factory=_now)
+    ts: float = _ts()
 
-    @property
-    def topic(self) -> str:  # type: ignore[override]
-        return failure_topic(self.phase)
+    def __post_init__(self) -> None:
+        if failure_topic(self.phase) != self.topic:
+            raise ValueError(f"a failure in phase {self.phase!r} is a {failure_topic(self.phase)} event")
+
+
+class PluginLoadFailed(PluginFailed, frozen=True, tag="plugin.load_failed"):
+    """An in-process plugin did not load (phase import, configuration, setup...)."""
+
+
+class PluginHookFailed(PluginFailed, frozen=True, tag="plugin.hook_failed"):
+    """A hook of an in-process plugin raised, timed out or blocked the event loop (phase ``hook <name>``)."""
+
+
+class PluginCallFailed(PluginFailed, frozen=True, tag="plugin.call_failed"):
+    """Another call into a running in-process plugin blocked the event loop (phase ``call <name>``)."""
+
+
+class PluginShutdownFailed(PluginFailed, frozen=True, tag="plugin.shutdown_failed"):
+    """An in-process plugin's shutdown raised or timed out."""
+
+
+class PluginReloadFailed(PluginFailed, frozen=True, tag="plugin.reload_failed"):
+    """The reload of a plugin (process or in-process) failed; the running version is kept."""
+
+
+_FAILURES: dict[str, type[PluginFailed]] = {
+    "plugin.load_failed": PluginLoadFailed,
+    "plugin.hook_failed": PluginHookFailed,
+    "plugin.call_failed": PluginCallFailed,
+    "plugin.shutdown_failed": PluginShutdownFailed,
+    "plugin.reload_failed": PluginReloadFailed,
+}
+
+
+def plugin_failed(name: str, phase: str, error: str) -> PluginFailed:
+    """The failure event of ``name`` in ``phase``, of the type its topic says."""
+    return _FAILURES[failure_topic(phase)](name=name, phase=phase, error=error)
 
 
 # Old topic name -> the dotted topics it stands for (docs/api.md, "Events"): kept for subscribers of before.
 TOPIC_ALIASES: dict[str, tuple[str, ...]] = {
     "plugin-loaded": ("plugin.loaded",),
-    "plugin-failed": (
-        "plugin.load_failed",
-        "plugin.hook_failed",
-        "plugin.call_failed",
-        "plugin.shutdown_failed",
-        "plugin.reload_failed",
-    ),
+    "plugin-failed": tuple(_FAILURES),
 }
 
 
-@dataclass(frozen=True, slots=True)
-class OperatorAction(Event):
+class OperatorAction(Event, frozen=True, tag="operator.action"):
     """An operator acted on a plugin: what, on which key, from where (tui, api, ctl, reload) and by whom."""
 
-    topic: ClassVar[str] = "operator.action"
     action: str  # start | stop | restart | install | remove | set_config
     key: str
     origin: str
     actor: str
     ok: bool
     detail: str = ""
-    ts: float = field(default_factory=_now)
+    ts: float = _ts()
 
 
-@dataclass(frozen=True, slots=True)
-class PluginPeersChanged(Event):
+class PluginPeersChanged(Event, frozen=True, tag="plugin.peers"):
     """Another fleet node started or stopped serving a key here, or went silent, or was heard from again."""
 
-    topic: ClassVar[str] = "plugin.peers"
     key: str
     node: str
     up: bool
-    ts: float = field(default_factory=_now)
+    ts: float = _ts()
 
 
-@dataclass(frozen=True, slots=True)
-class RegistrationRefused(Event):
+class RegistrationRefused(Event, frozen=True, tag="registration.refused"):
     """A registration was not accepted (its upstream is outside the allowlist, its key is a local plugin's)."""
 
-    topic: ClassVar[str] = "registration.refused"
     key: str
     source: str  # "redis" | "http"
     reason: str
-    ts: float = field(default_factory=_now)
+    ts: float = _ts()
 
 
-@dataclass(frozen=True, slots=True)
-class RedisLinkChanged(Event):
+class RedisLinkChanged(Event, frozen=True, tag="fleet.redis"):
     """The fleet's Redis connection went down or came back."""
 
-    topic: ClassVar[str] = "fleet.redis"
     up: bool
     detail: str
-    ts: float = field(default_factory=_now)
+    ts: float = _ts()
 
 
-@dataclass(frozen=True, slots=True)
-class EventsDropped(Event):
+class EventsDropped(Event, frozen=True, tag="events.dropped"):
     """Sent to a subscriber that was too slow: this many events were dropped before this one."""
 
-    topic: ClassVar[str] = "events.dropped"
     count: int
-    ts: float = field(default_factory=_now)
+    ts: float = _ts()
+
+
+# Every event the bus carries: what /ws/events may send, and what EVENT_DECODER reads.
+AnyEvent = (
+    PluginStateChanged
+    | PluginHealthChanged
+    | PluginRegistered
+    | PluginUnregistered
+    | MetricsSample
+    | LogLine
+    | ConsoleRegistered
+    | ConsoleStateChanged
+    | ConsoleHeartbeats
+    | ConsoleRemoved
+    | InProcessPluginLoaded
+    | PluginLoadFailed
+    | PluginHookFailed
+    | PluginCallFailed
+    | PluginShutdownFailed
+    | PluginReloadFailed
+    | OperatorAction
+    | PluginPeersChanged
+    | RegistrationRefused
+    | RedisLinkChanged
+    | EventsDropped
+)
+EVENT_TYPES: tuple[type[Event], ...] = get_args(AnyEvent)
+EVENT_DECODER = msgspec.json.Decoder(AnyEvent)
+# Structs do not check types when made: a value of another type a publisher put in (a Path, an exception) is sent
+# as its str(), as json.dumps(default=str) did, rather than ending the stream.
+_encode = msgspec.json.Encoder(enc_hook=str).encode
+
+
+def with_topic(cls: type[EventT]) -> type[EventT]:
+    """Give an event type its ``topic``, a plain class attribute (read on every publish) equal to its tag."""
+    tag = cls.__struct_config__.tag
+    if not isinstance(tag, str):
+        raise TypeError(f"{cls.__name__} has no topic tag")
+    cls.topic = tag
+    return cls
+
+
+for _type in EVENT_TYPES:
+    with_topic(_type)
+
+
+def encode_event(event: Event, topic: str | None = None) -> bytes:
+    """The event's JSON, ``{"topic": ..., <fields>}``; ``topic`` names it otherwise (an old name: TOPIC_ALIASES)."""
+    data = _encode(event)
+    if topic is None or topic == event.topic:
+        return data
+    # msgspec writes the tag first: swap it for the name this subscriber asked for, the fields stay as they are.
+    head = len(_encode(event.topic)) + len(b'{"topic":')
+    return b'{"topic":' + _encode(topic) + data[head:]
 
 
 class Subscription:

@@ -32,11 +32,12 @@ from supervisor_tui.core.events import (
     ConsoleStateChanged,
     Event,
     OperatorAction,
-    PluginFailed,
     PluginHealthChanged,
     PluginRegistered,
+    PluginReloadFailed,
     PluginStateChanged,
     PluginUnregistered,
+    plugin_failed,
 )
 from supervisor_tui.plugins.inprocess import InProcessPlugin
 from supervisor_tui.plugins.manifest import KEY_PATTERN, MODULE_PATTERN
@@ -108,7 +109,7 @@ def hooks_for(event: Event) -> list[tuple[str, tuple[Any, ...]]]:
             context = {"key": event.key, "origin": event.origin, "actor": event.actor}
             calls.append(("on_operation_failed", (event.action, event.detail, context)))
         return calls
-    if isinstance(event, PluginFailed) and event.phase == "reload":
+    if isinstance(event, PluginReloadFailed):
         return [("on_operation_failed", ("reload", event.error, {"key": event.name}))]
     return []
 
@@ -185,7 +186,7 @@ class InProcessHost:
         self.sup.logs.error(
             f"in-process plugin {name}: {problem}", event="inprocess_plugin_failed", plugin=name, phase="config"
         )
-        self.sup.bus.publish(PluginFailed(name=name, phase="configuration", error=problem))
+        self.sup.bus.publish(plugin_failed(name, "configuration", problem))
 
     def plugins(self) -> list[InProcessPlugin]:
         return [p for p in self.sup.registry.values() if isinstance(p, InProcessPlugin)]

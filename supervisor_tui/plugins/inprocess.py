@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from supervisor_tui.core.events import EventBus, InProcessPluginLoaded, MetricsSample, PluginFailed
+from supervisor_tui.core.events import EventBus, InProcessPluginLoaded, MetricsSample, plugin_failed
 from supervisor_tui.core.logs import LogHub
 from supervisor_tui.plugins.inprocess_hooks import HookQueue
 from supervisor_tui.plugins.inprocess_interface import HOOKS, PluginInterface
@@ -244,7 +244,7 @@ class InProcessPlugin:
         self.ctx.logs.error(
             f"{self.key}: {phase} failed: {message}", event="inprocess_plugin_failed", plugin=self.key, phase=phase
         )
-        self.ctx.bus.publish(PluginFailed(name=self.key, phase=phase, error=message))
+        self.ctx.bus.publish(plugin_failed(self.key, phase, message))
 
     def replace_manifest(self, manifest: Manifest | None, error: ManifestError | None = None) -> None:
         """Swap in a new manifest (the caller stops and starts); the running version is kept to fall back on."""

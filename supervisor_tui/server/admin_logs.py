@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 from collections.abc import AsyncIterator, Callable
 
 import msgspec
@@ -13,7 +12,7 @@ from fastapi import APIRouter, Query, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import Response, StreamingResponse
 
 from supervisor_tui.core import log_search
-from supervisor_tui.core.events import LogLine
+from supervisor_tui.core.events import LogLine, encode_event
 from supervisor_tui.core.log_search import MAX_PATTERN, LogSearchError, compile_pattern
 from supervisor_tui.core.supervisor import Supervisor
 from supervisor_tui.plugins.model import LogEntry, LogLines
@@ -86,7 +85,7 @@ def log_router(ctx: ApiContext, guards: Guards) -> APIRouter:
 
 
 def events_router(ctx: ApiContext) -> APIRouter:
-    """``/ws/events``: JSON events as they happen."""
+    """``/ws/events``: JSON events as they happen, each the core's event Struct (core/events.py)."""
     sup = ctx.sup
     router = APIRouter()
 
@@ -107,9 +106,8 @@ def events_router(ctx: ApiContext) -> APIRouter:
                 while not receiver.done():
                     batch = await sub.get_batch(max_wait=1.0)
                     for event in batch:
-                        message = event.to_dict()
-                        message["topic"] = sub.topic_name(event)
-                        await ws.send_text(json.dumps(message, default=str))
+                        # Text frames: the event's Struct as msgspec encodes it, under the name asked for.
+                        await ws.send_text(encode_event(event, sub.topic_name(event)).decode())
             except (WebSocketDisconnect, RuntimeError, OSError):
                 pass
             finally:

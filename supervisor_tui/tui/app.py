@@ -29,6 +29,7 @@ from textual.css.query import NoMatches
 from textual.notifications import SeverityLevel
 from textual.screen import Screen
 
+from supervisor_tui.core.events import Event
 from supervisor_tui.core.printable import printable
 from supervisor_tui.tui.client import ClientError, SupervisorClient
 from supervisor_tui.tui.commands import SupervisorCommands
@@ -230,7 +231,7 @@ class SupervisorApp(App[int]):
         async for batch in self.client.events():
             self.ingest(batch)
 
-    def ingest(self, batch: list[dict[str, Any]]) -> None:
+    def ingest(self, batch: list[Event]) -> None:
         """Fold a batch of events into the view model; the next flush shows it."""
         for change in self.view.fold(batch, self.client.now()):
             self._set_connection(change)

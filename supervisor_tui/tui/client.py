@@ -4,9 +4,10 @@ Two implementations behave the same for the UI: ``InProcessClient`` (embedded mo
 object) and ``RemoteClient`` (attach mode, over the admin API and ``/ws/events``); ``DemoClient`` serves a
 deterministic supervisor for snapshots, screenshots and the load benchmark. Plugins cross this boundary as the
 core's own Structs (plugins/model.py: PluginSnapshot, LogEntry, MetricPoint), and so do the route export and the
-fleet's nodes (core/status.py: RouteExportStatus, NodeStatus): the in-process client hands them over
-as they are, the remote one decodes the admin API's answers into them with typed decoders, so both modes render
-identically and a field added to a Struct reaches the TUI without a parser.
+fleet's nodes (core/status.py: RouteExportStatus, NodeStatus) and the events (core/events.py): the in-process
+client hands them over as they are, the remote one decodes the admin API's answers and ``/ws/events`` into them
+with typed decoders, so both modes render identically and a field added to a Struct reaches the TUI without a
+parser.
 """
 
 from __future__ import annotations
@@ -21,14 +22,21 @@ from typing import Any, TypeVar
 import msgspec
 
 from supervisor_tui.consoles import wire
+from supervisor_tui.core.events import Event, with_topic
 from supervisor_tui.core.status import NodeStatus, RouteExportStatus
 from supervisor_tui.plugins.model import LogEntry, MetricPoint, PluginSnapshot
 
 CONSOLE_STATES = ("active", "busy", "idle", "error", "inactive")
 WireT = TypeVar("WireT", bound=msgspec.Struct)
 
-# A synthetic event topic the clients emit when the link to the supervisor drops or comes back.
-CONNECTION_TOPIC = "client.connection"
+
+@with_topic
+class ConnectionChange(Event, frozen=True, tag="client.connection"):
+    """The link to the supervisor went down or came back; ``message`` says why. An event of the clients' own,
+    among the supervisor's (never on the bus, never on the wire)."""
+
+    connected: bool
+    message: str = ""
 
 
 class ClientError(Exception):
@@ -283,5 +291,6 @@ class SupervisorClient(abc.ABC):
 
     # -- events --------------------------------------------------------------------------------------
     @abc.abstractmethod
-    def events(self) -> AsyncIterator[list[dict[str, Any]]]:
-        """Batches of events (Event.to_dict() shapes), as they arrive; ends when the client closes."""
+    def events(self) -> AsyncIterator[list[Event]]:
+        """Batches of events, as they arrive: the bus's own Structs (core/events.py) and ``ConnectionChange``; ends
+        when the client closes."""

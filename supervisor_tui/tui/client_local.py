@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from supervisor_tui.consoles import wire
 from supervisor_tui.consoles.errors import ConsoleError, ConsoleNotFound
 from supervisor_tui.core.actions import acting_as
+from supervisor_tui.core.events import Event
 from supervisor_tui.core.groups import act_on_group
 from supervisor_tui.core.status import NodeStatus, RouteExportStatus
 from supervisor_tui.core.supervisor import Supervisor
@@ -229,13 +230,13 @@ class InProcessClient(SupervisorClient):
         return {str(k): int(v) for k, v in self._consoles.counts_by_state().items()}
 
     # -- events --------------------------------------------------------------------------------------
-    async def events(self) -> AsyncIterator[list[dict[str, Any]]]:
+    async def events(self) -> AsyncIterator[list[Event]]:
         sub = self._subscription
         try:
             while not self._closed and not sub.closed:
                 batch = await sub.get_batch(1.0)
                 if batch:
-                    yield [e.to_dict() for e in batch]
+                    yield batch  # the bus's Structs, untouched (frozen: the view model cannot change them)
         finally:
             sub.close()
 

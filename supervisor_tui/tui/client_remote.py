@@ -4,15 +4,16 @@ Answers about plugins and the supervisor as a whole are decoded by msgspec strai
 (plugins/model.py, core/status.py): a field the API
 adds reaches the TUI without a parser, and an answer of the wrong shape is a ClientError, not a guess.
 Every request has a deadline, so an action against a dead supervisor fails with a message instead of hanging.
+``/ws/events`` messages are decoded the same way, into the core's event Structs (core/events.py, one decoder of
+the union tagged by ``topic``); one this TUI does not know (a newer supervisor's) is skipped and counted.
 The event stream reconnects with backoff and reports the link going down and coming back as
-``client.connection`` events, which the app shows as a banner.
+``ConnectionChange`` events (``client.connection``), which the app shows as a banner.
 """
 
 from __future__ import annotations
 
 import asyncio
 import getpass
-import json
 import time
 from collections.abc import AsyncIterator
 from typing import Any, TypeVar
@@ -23,6 +24,7 @@ import msgspec
 
 from supervisor_tui.consoles import wire
 from supervisor_tui.core.backoff import backoff_delay
+from supervisor_tui.core.events import EVENT_DECODER, Event
 from supervisor_tui.core.status import NodeList, NodeStatus, RouteExportStatus, SupervisorStatus
 from supervisor_tui.plugins.model import (
     GroupActionResult,
@@ -34,10 +36,10 @@ from supervisor_tui.plugins.model import (
     PluginSnapshot,
 )
 from supervisor_tui.tui.client import (
-    CONNECTION_TOPIC,
     CONSOLE_STATES,
     ClientError,
     ClientInfo,
+    ConnectionChange,
     ConsoleInfo,
     ConsolePage,
     HeartbeatInfo,
@@ -132,6 +134,7 @@ class RemoteClient(SupervisorClient):
         self._status_body: SupervisorStatus | None = None
         self._status_at = -STATUS_REUSE_S  # monotonic time of the last /api/v1/status read
         self._ws: Any = None
+        self.undecoded_events = 0  # /ws/events messages skipped: a topic or shape this TUI does not know
 
     @property
     def connected(self) -> bool:
@@ -316,7 +319,7 @@ class RemoteClient(SupervisorClient):
         scheme = "wss" if parts.scheme == "https" else "ws"
         return urlunsplit((scheme, parts.netloc, parts.path + "/ws/events", f"topics={EVENT_TOPICS}", ""))
 
-    async def events(self) -> AsyncIterator[list[dict[str, Any]]]:
+    async def events(self) -> AsyncIterator[list[Event]]:
         from websockets.asyncio.client import connect
 
         attempt = 0
@@ -334,15 +337,15 @@ class RemoteClient(SupervisorClient):
                     # Always said, even the first time: the app then fetches what the stream missed.
                     message = f"reconnected to {self.base}" if (attempt or not self._connected) else ""
                     self._connected = True
-                    yield [{"topic": CONNECTION_TOPIC, "connected": True, "message": message}]
+                    yield [ConnectionChange(True, message)]
                     attempt = 0
                     async for raw in ws:
                         try:
-                            event = json.loads(raw)
-                        except ValueError:
+                            event = EVENT_DECODER.decode(raw)
+                        except msgspec.DecodeError:  # ValidationError included: a topic or shape this TUI lacks
+                            self.undecoded_events += 1
                             continue
-                        if isinstance(event, dict):
-                            yield [event]
+                        yield [event]
                 reason = "the supervisor closed the event stream"
             except asyncio.CancelledError:
                 raise
@@ -354,6 +357,6 @@ class RemoteClient(SupervisorClient):
                 return
             if self._connected or attempt == 0:
                 self._connected = False
-                yield [{"topic": CONNECTION_TOPIC, "connected": False, "message": reason}]
+                yield [ConnectionChange(False, reason)]
             await asyncio.sleep(backoff_delay(attempt, RECONNECT_FIRST, RECONNECT_MAX))
             attempt += 1

@@ -14,7 +14,7 @@ from typing import Any
 
 import msgspec
 
-from supervisor_tui.core.events import MetricsSample
+from supervisor_tui.core.events import ConsoleHeartbeats, Event, LogLine, MetricsSample, PluginStateChanged
 from supervisor_tui.plugins.model import Endpoint, LogEntry, MetricPoint, PluginSnapshot, PluginState, ReplicaSnapshot
 from supervisor_tui.tui.client import (
     CONSOLE_STATES,
@@ -248,7 +248,7 @@ class DemoClient(SupervisorClient):
         self._consoles = {c.id: c for c in consoles_list}
         self._sorted_ids = [c.id for c in sorted(consoles_list, key=lambda c: c.name)]
         self._logs = self._demo_logs(now)
-        self._queue: asyncio.Queue[list[dict[str, Any]] | None] = asyncio.Queue()
+        self._queue: asyncio.Queue[list[Event] | None] = asyncio.Queue()
         self._closed = False
         self.actions: list[tuple[str, str]] = []  # (verb, key) in the order they were asked for
 
@@ -270,18 +270,7 @@ class DemoClient(SupervisorClient):
         after = msgspec.structs.replace(before, state=PluginState(to_state), **changes)
         self._plugins[key] = after
         self.publish(
-            [
-                {
-                    "topic": "plugin.state",
-                    "key": key,
-                    "from_state": before.state,
-                    "to_state": to_state,
-                    "reason": reason,
-                    "pid": after.pid,
-                    "port": after.port,
-                    "ts": self.now(),
-                }
-            ]
+            [PluginStateChanged(key, before.state, to_state, reason, pid=after.pid, port=after.port, ts=self.now())]
         )
         self._log(key, "supervisor", "info", f"{key}: {before.state} -> {to_state} ({reason})")
         return after
@@ -385,9 +374,7 @@ class DemoClient(SupervisorClient):
         entry = LogEntry(self.now(), source, stream, level, message)
         self._logs.append(entry)
         del self._logs[:-2000]
-        self.publish(
-            [{"topic": "log", "source": source, "stream": stream, "level": level, "message": message, "ts": entry.ts}]
-        )
+        self.publish([LogLine(source, stream, level, message, ts=entry.ts)])
 
     async def logs(self, source: str | None = None, lines: int = 200) -> list[LogEntry]:
         selected = [e for e in self._logs if source is None or e.source == source]
@@ -464,14 +451,14 @@ class DemoClient(SupervisorClient):
             c = self._consoles[cid]
             self._consoles[cid] = dataclasses.replace(c, last_seen=now, state=state or c.state)
             ids.append(cid)
-        self.publish([{"topic": "console.heartbeats", "count": len(ids), "console_ids": ids, "ts": now}])
+        self.publish([ConsoleHeartbeats(len(ids), tuple(ids), ts=now)])
 
     # -- events --------------------------------------------------------------------------------------
-    def publish(self, batch: list[dict[str, Any]]) -> None:
+    def publish(self, batch: list[Event]) -> None:
         if not self._closed:
             self._queue.put_nowait(batch)
 
-    async def events(self) -> AsyncIterator[list[dict[str, Any]]]:
+    async def events(self) -> AsyncIterator[list[Event]]:
         while True:
             batch = await self._queue.get()
             if batch is None:

@@ -11,20 +11,26 @@ panes read from it:
 - ``plugin_rows``, ``console_rows``, ``take_logs``, ``header_markup``, ``quit_message``: what the panes show.
 - ``consoles_due``, ``set_problems``: when to fetch the consoles again, and whether the header's warnings changed.
 
-Every method is plain Python over the client's view records, so the folding is tested without an app.
+Events come as the clients give them, the core's typed Structs (core/events.py): ``fold`` matches on their
+type and reads their attributes. Every method is plain Python over those and the client's view records, so the
+folding is tested without an app.
 """
 
 from __future__ import annotations
 
 from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
 
-import msgspec
 from msgspec.structs import replace
 
-from supervisor_tui.core.events import MetricsSample
+from supervisor_tui.core.events import (
+    Event,
+    EventsDropped,
+    LogLine,
+    MetricsSample,
+    PluginStateChanged,
+    RedisLinkChanged,
+)
 from supervisor_tui.plugins.model import TROUBLE_STATES, LogEntry, MetricPoint, PluginSnapshot, PluginState
 from supervisor_tui.tui.cells import (
     CONSOLE_STATE_STYLES,
@@ -36,8 +42,8 @@ from supervisor_tui.tui.cells import (
     replica_cells,
 )
 from supervisor_tui.tui.client import (
-    CONNECTION_TOPIC,
     CONSOLE_STATES,
+    ConnectionChange,
     ConsoleInfo,
     ConsolePage,
 )
@@ -53,14 +59,6 @@ SHORT_CONSOLE_STATES = {"active": "act", "busy": "busy", "idle": "idle", "error"
 Row = tuple[tuple[str, str], ...]
 # (when, from state, to state, why) of one plugin state change.
 StateChange = tuple[float, str, str, str]
-
-
-@dataclass(frozen=True, slots=True)
-class ConnectionChange:
-    """The link to the supervisor went down or came back; ``message`` says why."""
-
-    connected: bool
-    message: str
 
 
 def parse_console_filter(text: str) -> tuple[str, str]:
@@ -195,44 +193,36 @@ class ViewModel:
         return f" (pid {p.pid}, {p.state})" if p and p.pid else (f" ({p.state})" if p else "")
 
     # -- events ------------------------------------------------------------------------------------------
-    def fold(self, batch: list[dict[str, Any]], now: float) -> list[ConnectionChange]:
+    def fold(self, batch: list[Event], now: float) -> list[ConnectionChange]:
         """Fold a batch of events into the pending state; the connection changes in it, in order."""
         changes = []
         for ev in batch:
-            topic = str(ev.get("topic", ""))
-            if topic == "log":
-                try:
-                    entry = msgspec.convert(ev, LogEntry)
-                except msgspec.ValidationError:
-                    continue  # not a log line (a remote supervisor may send anything)
-                # Lines up to the horizon came with a snapshot (initial load, resync after a reconnect).
-                if entry.ts > self._log_horizon:
-                    self._log_horizon = entry.ts
-                    self._pending_logs.append(entry)
-            elif topic == "plugin.metrics":
-                self.fold_metrics(ev)
-            elif topic.startswith("plugin"):
-                self.dirty_plugins = True
-                if topic == "plugin.state":
-                    self._history_of(str(ev.get("key"))).append(
-                        (
-                            float(ev.get("ts") or now),
-                            str(ev.get("from_state") or ""),
-                            str(ev.get("to_state") or ""),
-                            str(ev.get("reason") or ""),
-                        )
-                    )
-            elif topic.startswith("console"):
-                self.dirty_consoles = True
-            elif topic == "fleet.redis":
-                self.redis = "up" if ev.get("up") else "down"
-            elif topic == CONNECTION_TOPIC:
-                change = ConnectionChange(bool(ev.get("connected")), str(ev.get("message") or ""))
-                self.set_connection(change)
-                if change.connected:
+            match ev:
+                case LogLine():
+                    # Lines up to the horizon came with a snapshot (initial load, resync after a reconnect).
+                    if ev.ts > self._log_horizon:
+                        self._log_horizon = ev.ts
+                        self._pending_logs.append(LogEntry.of(ev))
+                case MetricsSample():
+                    self.fold_metrics(ev)
+                case PluginStateChanged():
+                    self.dirty_plugins = True
+                    self._history_of(ev.key).append((ev.ts or now, ev.from_state, ev.to_state, ev.reason))
+                case ConnectionChange():
+                    self.set_connection(ev)
+                    if ev.connected:
+                        self.dirty_plugins = True
+                        self.dirty_consoles = True
+                    changes.append(ev)
+                case RedisLinkChanged():
+                    self.redis = "up" if ev.up else "down"
+                case EventsDropped():  # the stream lost events: what the panes show may be stale
                     self.dirty_plugins = True
                     self.dirty_consoles = True
-                changes.append(change)
+                case _ if ev.topic.startswith("plugin."):  # registered, health, peers, loaded, failures...
+                    self.dirty_plugins = True
+                case _ if ev.topic.startswith("console."):
+                    self.dirty_consoles = True
         return changes
 
     def set_connection(self, change: ConnectionChange) -> None:
@@ -242,12 +232,8 @@ class ViewModel:
     def _history_of(self, key: str) -> deque[StateChange]:
         return self.state_history.setdefault(key, deque(maxlen=STATE_HISTORY))
 
-    def fold_metrics(self, ev: Mapping[str, Any]) -> None:
+    def fold_metrics(self, sample: MetricsSample) -> None:
         """One ``plugin.metrics`` event: into the plugin's history and its row."""
-        try:
-            sample = msgspec.convert(ev, MetricsSample)
-        except msgspec.ValidationError:
-            return  # not a metrics sample (a remote supervisor may send anything)
         key = sample.key
         history = self.metrics_history.setdefault(key, deque(maxlen=int(HISTORY_SECONDS // 2) + 10))
         history.append(MetricPoint.of(sample))

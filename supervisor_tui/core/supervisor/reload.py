@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from supervisor_tui.core.events import PluginFailed
+from supervisor_tui.core.events import plugin_failed
 from supervisor_tui.core.reload_plan import OUTCOMES, Action, Change, plan_reload
 from supervisor_tui.core.supervisor.managed import FolderPlugin, ReloadResult, disabled_keys, folder_plugins, loaded
 from supervisor_tui.plugins.inprocess import InProcessPlugin
@@ -98,4 +98,4 @@ def _reload_failed(sup: Supervisor, runner: FolderPlugin, reason: str) -> None:
         plugin=runner.key,
         reason=reason,
     )
-    sup.bus.publish(PluginFailed(name=runner.key, phase="reload", error=reason))
+    sup.bus.publish(plugin_failed(runner.key, "reload", reason))
