@@ -13,7 +13,8 @@ filter and stats queries over all registered consoles and the server process's R
 
 With ``--rounds N`` the hello and heartbeat runs alternate N times (ratios per round, then medians): on a shared
 machine one pair of runs says little. ``--against DIR`` adds a second heartbeat server from another checkout of
-the project (e.g. ``git archive <commit> | tar -x -C DIR``), with its own database, in the same rounds.
+the project (e.g. ``git archive <commit> | tar -x -C DIR``), with its own database, in the same rounds (with
+``--pg-cluster`` also on PostgreSQL: its own database of the cluster, migrated by that checkout).
 ``--store DSN`` adds a heartbeat server of this checkout on the PostgreSQL console store at DSN (an empty
 database: the bench migrates and loads it), in the same rounds, and measures the queries on both stores.
 ``--pg-cluster`` does the same on a throwaway cluster it starts in a temp dir (initdb + pg_ctl, bench/pg_cluster.py,
@@ -265,12 +266,12 @@ def _bulk_consoles(db_path: Path, start: int, count: int) -> list[tuple[str, str
     return out
 
 
-def _bulk_consoles_pg(dsn: str, start: int, count: int) -> list[tuple[str, str]]:
-    """The same consoles as _bulk_consoles, migrated and loaded into the PostgreSQL store at ``dsn`` (COPY)."""
+def _bulk_consoles_pg(dsn: str, start: int, count: int, root: Path = ROOT) -> list[tuple[str, str]]:
+    """The same consoles as _bulk_consoles, loaded (COPY) into the PostgreSQL store at ``dsn`` migrated with the
+    schema of the checkout at ``root``."""
     import asyncpg
 
     from supervisor_tui.consoles.models import ENGLISH_TO_SPANISH
-    from supervisor_tui.consoles.pg_store import PgConsoleStore
 
     states = ("active", "busy", "idle", "error", "inactive")
     now = time.time()
@@ -298,10 +299,9 @@ def _bulk_consoles_pg(dsn: str, start: int, count: int) -> list[tuple[str, str]]
         )
         out.append((cid, tok))
 
+    _migrate(dsn, root)
+
     async def load() -> None:
-        store = PgConsoleStore(dsn)
-        await store.open()
-        await store.close()
         conn = await asyncpg.connect(dsn)
         try:
             await conn.copy_records_to_table(
@@ -335,14 +335,19 @@ def _dt(ts: float) -> object:
     return datetime.datetime.fromtimestamp(ts, datetime.UTC)
 
 
-def _migrate(db_path: Path, root: Path = ROOT) -> None:
-    """Create the database with the schema of the checkout at ``root`` (in a child: its own imports)."""
+def _migrate(where: Path | str, root: Path = ROOT) -> None:
+    """Create the SQLite database at path ``where`` or the PostgreSQL store at DSN ``where`` with the schema of the
+    checkout at ``root`` (in a child: its own imports)."""
+    if isinstance(where, Path):
+        store = f"from supervisor_tui.core.store import Store\nopen_store = lambda: Store(Path({str(where)!r}))\n"
+    else:
+        store = "from supervisor_tui.consoles.pg_store import PgConsoleStore\n"
+        store += f"open_store = lambda: PgConsoleStore({where!r})\n"
     code = (
         "import asyncio, sys\n"
-        f"sys.path.insert(0, {str(root)!r})\n"
-        "from supervisor_tui.core.store import Store\n"
-        "async def go():\n"
-        f"    store = Store(__import__('pathlib').Path({str(db_path)!r}))\n"
+        "from pathlib import Path\n"
+        f"sys.path.insert(0, {str(root)!r})\n" + store + "async def go():\n"
+        "    store = open_store()\n"
         "    await store.open()\n"
         "    await store.close()\n"
         "asyncio.run(go())\n"
@@ -396,7 +401,7 @@ class _Target:
         where = "PostgreSQL" if store else str(self.db)
         print(f"{name}: loading {a.consoles - a.http_registrations:,} consoles into {where} ...", flush=True)
         if store:
-            bulk = _bulk_consoles_pg(store, 0, a.consoles - a.http_registrations)
+            bulk = _bulk_consoles_pg(store, 0, a.consoles - a.http_registrations, root)
         else:
             bulk = _bulk_consoles(self.db, 0, a.consoles - a.http_registrations)
         env = {"BENCH_CONSOLES_STORE": store} if store else None
@@ -408,6 +413,26 @@ class _Target:
         self.script = str(work / name / "heartbeat.lua")
         _lua(self.hot, self.script)
         self.runs: list[dict[str, float]] = []
+        self.wal_bytes = 0  # WAL written while this target's runs went on (PostgreSQL)
+        self.updates = ""  # its consolas updates, and how many of them were HOT
+
+
+def _pg_value(dsn: str, sql: str) -> object:
+    import asyncpg
+
+    async def value() -> object:
+        conn = await asyncpg.connect(dsn)
+        try:
+            return await conn.fetchval(sql)
+        finally:
+            await conn.close()
+
+    return asyncio.run(value())
+
+
+def _wal_lsn(dsn: str) -> int:
+    """The cluster's current WAL position in bytes (one server runs at a time: the difference is its WAL)."""
+    return int(str(_pg_value(dsn, "SELECT pg_current_wal_lsn() - '0/0'::pg_lsn")))
 
 
 def _pg_count(dsn: str, table: str) -> int:
@@ -475,22 +500,36 @@ def _run(a: argparse.Namespace, cluster: object | None) -> int:
             targets.append(_Target("against", a.against.resolve(), work, a))
         if a.store:
             targets.append(_Target("postgresql", ROOT, work, a, store=a.store))
+        if a.against is not None and cluster is not None:  # the other checkout on its own database of the cluster
+            against_db = cluster.cluster.new_database()  # type: ignore[attr-defined]
+            targets.append(_Target("against-postgresql", a.against.resolve(), work, a, store=against_db))
         this = targets[0]
         # The baseline in the same run, driven by the same wrk script (same bodies, paths and headers).
         hello = Proc("--serve-hello")
         _wrk(hello.url, 1, a.connections, this.script)  # warm
         for t in targets:
-            # Warm up until every hot console has reported once (5 s is over 30,000 heartbeats even on a busy
-            # machine): its first heartbeat changes the state, host and activity the bulk load gave it (indices,
-            # the search index, a transition), a one-off per console.
-            _wrk(t.server.url, 5, a.connections, t.script)
+            # Warm up until every hot console has reported once: its first heartbeat changes the state, host and
+            # activity the bulk load gave it (indices, a transition, a NOTIFY in the transaction on PostgreSQL),
+            # a one-off per console. 5 s runs until 1.5 times as many 2xx as hot consoles (at most four: a
+            # busy machine may make fewer than 2,000 heartbeats/s).
+            warm = 0.0
+            for _ in range(4):
+                warm += _wrk(t.server.url, 5, a.connections, t.script)["ok"]
+                if warm >= 1.5 * len(t.hot):
+                    break
         for i in range(a.rounds):
             hello_runs.append(_wrk(hello.url, a.duration, a.connections, this.script))
             order = targets if i % 2 == 0 else targets[::-1]
             for t in order:
-                sampling = cluster.sampling() if cluster is not None and t.store else contextlib.nullcontext()
+                # The wait events are this checkout's (the cluster's sessions of both databases are sampled).
+                sampling = (
+                    cluster.sampling() if cluster is not None and t.name == "postgresql" else contextlib.nullcontext()
+                )
+                lsn = _wal_lsn(t.store) if t.store else 0
                 with sampling:  # type: ignore[attr-defined]
                     t.runs.append(_wrk(t.server.url, a.duration, a.connections, t.script))
+                if t.store:
+                    t.wal_bytes += _wal_lsn(t.store) - lsn
             if a.rounds > 1:
                 line = f"round {i + 1}: hello {hello_runs[-1]['rate']:,.0f}/s"
                 for t in targets:
@@ -515,6 +554,14 @@ def _run(a: argparse.Namespace, cluster: object | None) -> int:
         rss = this.server.rss()
         for t in targets:
             t.server.stop()
+            if t.store:
+                t.updates = str(
+                    _pg_value(
+                        t.store,
+                        "SELECT n_tup_upd || ' updates, ' || round(100.0 * n_tup_hot_upd / greatest(n_tup_upd, 1)) "
+                        "|| ' % HOT' FROM pg_stat_user_tables WHERE relname = 'consolas'",
+                    )
+                )
         conn = sqlite3.connect(this.db)
         stored = conn.execute("SELECT COUNT(*) FROM heartbeats").fetchone()[0]
         registered = conn.execute("SELECT COUNT(*) FROM consoles").fetchone()[0]
@@ -534,21 +581,25 @@ def _run(a: argparse.Namespace, cluster: object | None) -> int:
     print(
         f"wrk -t1 -c{a.connections} -d{a.duration:g}s, seed 004 heartbeat body over {len(this.hot):,} console ids{what}"
     )
-    print(f"{'':42} {'req/s (2xx)':>12} {'p50 ms':>8} {'p99 ms':>8} {'ratio':>6}")
-    print(f"{'Starlette hello, same requests':42} {h['rate']:>12,.0f} {h['p50']:>8.2f} {h['p99']:>8.2f}")
+    print(f"{'':52} {'req/s (2xx)':>12} {'p50 ms':>8} {'p99 ms':>8} {'ratio':>6}")
+    print(f"{'Starlette hello, same requests':52} {h['rate']:>12,.0f} {h['p50']:>8.2f} {h['p99']:>8.2f}")
     for t in targets:
         hb = {k: _median(t.runs, k) for k in ("rate", "p50", "p99")}
         ratios = [r["rate"] / x["rate"] for r, x in zip(t.runs, hello_runs, strict=True)]
         label = "heartbeats (WAL, synchronous=FULL)" + (", ASGI" if a.asgi_only else "")
         if t.store:
             label = "heartbeats (PostgreSQL, synchronous_commit)"
-        elif t is not this:
+        if t.name.startswith("against"):
             label += ", against"
-        print(f"{label:42} {hb['rate']:>12,.0f} {hb['p50']:>8.2f} {hb['p99']:>8.2f} {statistics.median(ratios):>6.2f}")
+        print(f"{label:52} {hb['rate']:>12,.0f} {hb['p50']:>8.2f} {hb['p99']:>8.2f} {statistics.median(ratios):>6.2f}")
     print(
         "goal: ratio >= 0.40, >= 10,000/s, p99 < 25 ms"
         + ("; PostgreSQL: >= 0.35, >= 8,000/s, p99 < 25 ms" if a.store else "")
     )
+    for t in targets:
+        if t.store:
+            beats = sum(r["ok"] for r in t.runs)
+            print(f"{t.name}: WAL {t.wal_bytes / max(beats, 1):,.0f} bytes per heartbeat; consolas: {t.updates}")
     non2xx = sum(r["non2xx"] for r in this.runs)
     print(f"non-2xx answers: {non2xx}, socket errors: {sum(r['socket_errors'] for r in this.runs)}")
     ok = sum(r["ok"] for r in this.runs)

@@ -22,7 +22,7 @@ from supervisor_tui.consoles.console_entry import ConsoleEntry
 from supervisor_tui.consoles.console_tokens import hash_console_token
 from supervisor_tui.consoles.errors import ConsoleForbidden, ConsoleNotFound, ConsoleUnauthorized
 from supervisor_tui.consoles.models import HeartbeatInput, RegistrationInput
-from supervisor_tui.consoles.pg_events import NOTIFY_SQL
+from supervisor_tui.consoles.pg_events import NOTIFY_AFTER_COMMIT, NOTIFY_SQL
 from supervisor_tui.consoles.sqlite_store import SQLITE_SQL as SQL
 from supervisor_tui.consoles.writer import Op
 from supervisor_tui.core.events import ConsoleRegistered, ConsoleRemoved, ConsoleStateChanged
@@ -194,7 +194,15 @@ def test_a_shared_store_writes_what_heartbeats_carry_flips_timeouts_itself_and_t
     assert "c2" not in batch.work  # the store decides; memory follows its answer
     # Unchanged state, activity and host are written all the same: another node may have changed the row.
     assert _sqls(batch)[1:3] == [SQL.insert_heartbeat, SQL.update_from_heartbeat[(True, True, True)]]
+    # Heartbeats that change no state are told after the COMMIT, out of the durable transaction.
     kind, sql, rows = batch.plan.steps[-1]
-    assert (kind, sql) == ("many", NOTIFY_SQL)
+    assert (kind, sql) == ("many", NOTIFY_AFTER_COMMIT)
     message = json.loads(rows[0][0])
     assert message["node"] == "n1" and message["changes"] == [["hb", "c1", "active", 200.0, 90.0, "h1", 1]]
+    # A state change is told in the transaction that commits it, with the batch's heartbeats.
+    batch = BatchPlanner(SQL, _entries(), 30.0, shared=True, node="n1", flip_inactive=flip_inactive).plan_ops(
+        [_beat("c1", 201.0, _hb("error"))]
+    )
+    kind, sql, rows = batch.plan.steps[-1]
+    assert (kind, sql) == ("many", NOTIFY_SQL)
+    assert [c[0] for c in json.loads(rows[0][0])["changes"]] == ["state", "hb"]

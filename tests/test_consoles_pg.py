@@ -18,6 +18,9 @@ import httpx
 from fixtures.consoles.harness import ADMIN_TOKEN, free_port, headless_process, served_consoles
 from fixtures.postgres import PASSWORD
 
+from supervisor_tui.consoles.pg_schema import MIGRATIONS, SCHEMA_VERSION
+from supervisor_tui.consoles.pg_store import PgConsoleStore
+
 # Seed 004's two monitoring queries, character for character.
 SEED_INACTIVE = """SELECT * 
 FROM consolas 
@@ -86,6 +89,8 @@ async def test_seed_004s_table_and_monitoring_queries_run_unchanged(tmp_path: Pa
                 "busy": 1,
                 "inactive": 1,
             }
+            # Once more (inactive after 0.5 s, and the reads above may take that long on a busy machine).
+            assert (await client.post("/api/consolas/render-2/heartbeat", json=beat)).status_code == 200
             row = await conn.fetchrow("SELECT * FROM consolas WHERE console_id = 'render-2'")
             assert row["estado"] == "ocupada" and row["video_en_proceso"] == "Video Historia 1 (2/5)"
             assert json.loads(row["sistema"]) == {"hostname": "mi-servidor"}
@@ -98,9 +103,63 @@ async def test_seed_004s_table_and_monitoring_queries_run_unchanged(tmp_path: Pa
             indexes = {r[0]: r[1] for r in await conn.fetch("SELECT indexname, indexdef FROM pg_indexes")}
             assert indexes["idx_consolas_estado"].endswith("USING btree (estado)")
             assert indexes["idx_consolas_ultima_actividad"].endswith("USING btree (ultima_actividad DESC)")
-            assert await conn.fetchval("SELECT max(version) FROM console_schema") == 1
+            assert "idx_consolas_search" not in indexes  # no read uses it (searches are answered from memory)
+            assert await conn.fetchval("SELECT max(version) FROM console_schema") == SCHEMA_VERSION
         finally:
             await conn.close()
+
+
+async def schema_of(conn: asyncpg.Connection) -> list[tuple[Any, ...]]:
+    """The public schema's columns, indexes, constraints and table options: what a migration leaves."""
+    columns = await conn.fetch(
+        "SELECT table_name, column_name, data_type, is_nullable, column_default, collation_name "
+        "FROM information_schema.columns WHERE table_schema = 'public' ORDER BY table_name, ordinal_position"
+    )
+    indexes = await conn.fetch("SELECT tablename, indexname, indexdef FROM pg_indexes WHERE schemaname = 'public' "
+                               "ORDER BY indexname")  # fmt: skip
+    constraints = await conn.fetch(
+        "SELECT conrelid::regclass::text, conname, pg_get_constraintdef(oid) FROM pg_constraint "
+        "WHERE connamespace = 'public'::regnamespace ORDER BY conname"
+    )
+    options = await conn.fetch(
+        "SELECT relname, reloptions::text FROM pg_class WHERE relnamespace = 'public'::regnamespace ORDER BY relname"
+    )
+    return [tuple(r) for r in (*columns, *indexes, *constraints, *options)]
+
+
+async def test_a_store_at_schema_1_upgrades_to_what_a_fresh_one_is_and_keeps_its_consoles(pg_cluster: Any) -> None:
+    old, fresh = pg_cluster.new_database(), pg_cluster.new_database()
+    conn = await asyncpg.connect(old)
+    try:
+        async with conn.transaction():  # as the first release left it (PgConsoleStore._migrate's steps)
+            await conn.execute("CREATE TABLE console_schema (version INTEGER NOT NULL)")
+            await conn.execute(MIGRATIONS[0])
+            await conn.execute("INSERT INTO console_schema (version) VALUES (1)")
+        await conn.execute(
+            "INSERT INTO consolas (id, console_id, nombre, estado, reported_state, hostname, last_seen) "
+            "SELECT consolas_uuid('old' || i), 'old' || i, 'Old ' || i, 'esperando', 'idle', 'legacy-' || i, now() "
+            "FROM generate_series(1, 12) AS i"
+        )
+        assert await conn.fetchval("SELECT count(*) FROM pg_indexes WHERE indexname = 'idx_consolas_search'") == 1
+    finally:
+        await conn.close()
+    for dsn in (old, fresh):
+        store = PgConsoleStore(dsn)
+        await store.open()
+        try:
+            assert await store.schema_version() == SCHEMA_VERSION
+        finally:
+            await store.close()
+    upgraded_conn, fresh_conn = await asyncpg.connect(old), await asyncpg.connect(fresh)
+    try:
+        upgraded, expected = await schema_of(upgraded_conn), await schema_of(fresh_conn)
+        assert upgraded == expected
+        assert not [row for row in expected if "idx_consolas_search" in row]
+        names = await upgraded_conn.fetch("SELECT console_id FROM consolas ORDER BY console_id")
+        assert [r[0] for r in names] == sorted(f"old{i}" for i in range(1, 13))
+    finally:
+        await upgraded_conn.close()
+        await fresh_conn.close()
 
 
 def run_cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:

@@ -1,6 +1,6 @@
-"""Search by name, host or id (GET /api/consoles?q=): the trigram index agrees with a plain substring filter, follows
-every change (host from a heartbeat, name from a re-registration, removal), survives VACUUM and the upgrade from
-schema 4, and takes any text as a search."""
+"""Search by name, host or id (GET /api/consoles?q=), answered from memory: it agrees with a plain substring filter,
+follows every change (host from a heartbeat, name from a re-registration, removal), survives VACUUM and the upgrades
+from schema 4 and from the trigram table's schema 7 (which end as a fresh database), and takes any text as a search."""
 
 from __future__ import annotations
 
@@ -88,7 +88,7 @@ async def test_search_follows_host_name_and_removal(tmp_path: Path, console_stor
             assert await found(reads, "encoder") == set()
 
 
-async def test_search_survives_vacuum_and_the_index_stays_consistent(tmp_path: Path) -> None:
+async def test_search_survives_vacuum(tmp_path: Path) -> None:
     async with served_consoles(tmp_path) as srv, httpx.AsyncClient(base_url=srv.url, headers=srv.admin) as client:
         for i in range(40):
             await register(client, f"v{i}", f"Vacuum {i}", f"host-{i}")
@@ -105,9 +105,7 @@ async def test_search_survives_vacuum_and_the_index_stays_consistent(tmp_path: P
         assert await found(client, "host-2") == {f"v{i}" for i in (2, 20, 22, 23, 25, 26, 28, 29)}
         db_path = srv.settings.db_path
     db = sqlite3.connect(db_path)
-    db.execute("INSERT INTO consoles_search (consoles_search) VALUES ('integrity-check')")  # raises if not
-    rows = db.execute("SELECT COUNT(*) FROM consoles_search").fetchone()[0]
-    assert rows == db.execute("SELECT COUNT(*) FROM consoles").fetchone()[0] == 40 - 14 + 1 - 1
+    assert db.execute("SELECT COUNT(*) FROM consoles").fetchone()[0] == 40 - 14 + 1 - 1
     db.close()
 
 
@@ -153,3 +151,44 @@ async def test_a_search_pages_in_the_order_the_store_sorts(tmp_path: Path, conso
                     r = await client.get("/api/consoles", params=params)
                     assert r.json()["total"] == len(expected)
                     assert [c["id"] for c in r.json()["consoles"]] == everyone[offset : offset + limit], (q, sort)
+
+
+def schema_of(path: Path) -> list[tuple[Any, ...]]:
+    """Every table, index and trigger with its SQL, and every table's columns: what a migration leaves."""
+    db = sqlite3.connect(path)
+    try:
+        objects = db.execute("SELECT type, name, tbl_name, sql FROM sqlite_master ORDER BY type, name").fetchall()
+        columns = [
+            (table, *column)
+            for (table,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
+            for column in db.execute(f"PRAGMA table_info('{table}')")
+        ]
+        return [*objects, *columns]
+    finally:
+        db.close()
+
+
+async def test_upgrade_from_schema_7_drops_the_trigram_table_and_ends_as_a_fresh_database(tmp_path: Path) -> None:
+    db = database_at_version(tmp_path / "old", 7)
+    now = time.time()
+    db.executemany(
+        "INSERT INTO consoles (id, name, state, reported_state, hostname, first_seen, last_seen) "
+        "VALUES (?, ?, 'idle', 'idle', ?, ?, ?)",
+        [(f"old{i}", f"Old {i}", f"legacy-{i}", now - 100, now - i) for i in range(12)],
+    )
+    assert db.execute("SELECT COUNT(*) FROM consoles_search").fetchone()[0] == 12  # the triggers kept it
+    db.commit()
+    db.close()
+    async with served_consoles(tmp_path / "old") as srv, httpx.AsyncClient(base_url=srv.url, headers=srv.admin) as c:
+        assert await srv.store.schema_version() == SCHEMA_VERSION
+        assert await found(c, "legacy-1") == {"old1", "old10", "old11"}
+        await register(c, "new1", "New 1", "legacy-99")
+        assert await found(c, "legacy-9") == {"old9", "new1"}
+        assert (await c.delete("/api/consoles/old9")).status_code == 200
+        assert await found(c, "legacy-9") == {"new1"}
+    async with served_consoles(tmp_path / "fresh"):
+        pass
+    upgraded, fresh = schema_of(tmp_path / "old" / "supervisor.db"), schema_of(tmp_path / "fresh" / "supervisor.db")
+    assert upgraded == fresh
+    names = {o[1] for o in fresh}
+    assert not names & {"consoles_search", "search_key", "idx_consoles_search_key", "consoles_search_insert"}

@@ -21,7 +21,7 @@ from supervisor_tui.consoles.console_tokens import hash_console_token, registrat
 from supervisor_tui.consoles.errors import ConsoleForbidden, ConsoleNotFound, ConsoleUnauthorized
 from supervisor_tui.consoles.fleet_merge import Work, changes_of
 from supervisor_tui.consoles.models import HeartbeatInput, RegistrationInput, iso
-from supervisor_tui.consoles.pg_events import NOTIFY_SQL, payloads
+from supervisor_tui.consoles.pg_events import NOTIFY_AFTER_COMMIT, NOTIFY_SQL, payloads
 from supervisor_tui.consoles.writer import Op, Plan
 from supervisor_tui.core.events import ConsoleRegistered, ConsoleRemoved, ConsoleStateChanged
 
@@ -164,7 +164,10 @@ class BatchPlanner:
         self._flush()
         if self.shared and (self.events or self.beats_of):
             changes = changes_of(self.events, self.work, self.beats_of)
-            self.plan.many(NOTIFY_SQL, [(p,) for p in payloads(self.node, changes)])
+            # Registrations, removals and state changes are told in their own transaction (delivered only if it
+            # commits); heartbeats alone after it (pg_events.py says why, and what that costs).
+            notify = NOTIFY_SQL if self.events else NOTIFY_AFTER_COMMIT
+            self.plan.many(notify, [(p,) for p in payloads(self.node, changes)])
         return self
 
     def outcome(self) -> BatchOutcome:

@@ -1,7 +1,16 @@
 """Console changes across the supervisors sharing one PostgreSQL store, over LISTEN/NOTIFY.
 
-Every batch a node commits carries, in the same transaction, NOTIFYs on ``CHANNEL`` describing what changed
-(PostgreSQL delivers them only if, and once, the transaction commits). Every other node applies them to its
+Every batch a node commits that registers, removes or changes the state of a console carries, in the same
+transaction, NOTIFYs on ``CHANNEL`` describing what changed (PostgreSQL delivers them only if, and once, the
+transaction commits). A batch of heartbeats that change no state (most of them) is told after its COMMIT
+instead, by ``AfterCommitNotifier`` in a transaction of its own that does not wait for its WAL flush: PostgreSQL
+holds one lock for the whole database from a NOTIFY's commit until that commit's WAL is flushed, so NOTIFYs
+inside the durable batches made their fsyncs take turns, where batches committing at once share one. What that
+costs: a node that dies between a heartbeat batch's COMMIT and its NOTIFY leaves the other nodes' memory of those
+consoles (last seen, host, activity, count) behind until their next heartbeat through any node. The database
+is right meanwhile: records are read from it, and an inactivity flip is conditional on its row
+(PgConsoleStore.flip_inactive), so a node that missed a heartbeat cannot flip a console that spoke. Every other
+node applies them to its
 in-memory view of the consoles and publishes them on its own event bus, marked ``remote``, so /ws/events, the
 TUI and in-process plugin hooks see changes made through any node. A payload is JSON under PostgreSQL's
 8,000-byte limit: ``{"node": <sender>, "changes": [...]}``, a batch split over several when needed. A change:
@@ -28,6 +37,15 @@ if TYPE_CHECKING:  # the driver loads only in a supervisor configured for Postgr
 
 CHANNEL = "supervisor_consoles"
 NOTIFY_SQL = f"SELECT pg_notify('{CHANNEL}', $1)"
+# A step whose payloads PgConsoleStore.commit hands to its AfterCommitNotifier once the rest is committed.
+NOTIFY_AFTER_COMMIT = "-- notify after commit"
+# Its own transaction, which does not wait for its WAL flush (set_config(..., true): for this transaction
+# only, the pool session keeps synchronous_commit on): nothing in it needs to survive a crash.
+_NOTIFY_ALL_SQL = (
+    "SELECT set_config('synchronous_commit', 'off', true), "
+    f"(SELECT count(pg_notify('{CHANNEL}', p)) FROM unnest($1::text[]) AS n(p))"
+)
+_CLOSE_GRACE = 2.0  # seconds a closing store gives its notifier to send what is pending
 _MAX_PAYLOAD = 7000  # bytes; PostgreSQL refuses 8000 and more
 
 Change = list[Any]
@@ -57,6 +75,54 @@ def decode(payload: str) -> tuple[str, list[Change]]:
     if not isinstance(data, dict) or not isinstance(data.get("changes"), list):
         raise ValueError("not a console change payload")
     return str(data.get("node")), list(data["changes"])
+
+
+class AfterCommitNotifier:
+    """Sends the payloads of committed heartbeat batches, in order, from one task: what piled up while a send
+    was on its way goes in the next one. A send that fails (server lost) is tried again; at most ``max_pending``
+    payloads wait, the oldest dropped beyond (the other nodes catch up at those consoles' next heartbeats)."""
+
+    def __init__(self, pool: Callable[[], asyncpg.Pool], max_pending: int = 2000) -> None:
+        self._pool = pool
+        self._max_pending = max_pending
+        self._pending: list[str] = []
+        self._task: asyncio.Task[None] | None = None
+        self.dropped = 0
+
+    def send(self, payloads: list[str]) -> None:
+        self._pending += payloads
+        if len(self._pending) > self._max_pending:
+            excess = len(self._pending) - self._max_pending
+            del self._pending[:excess]
+            self.dropped += excess
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="consoles-notifier")
+
+    async def _run(self) -> None:
+        delay = 0.05
+        while self._pending:
+            batch, self._pending = self._pending, []
+            try:
+                await self._pool().fetchval(_NOTIFY_ALL_SQL, batch)
+                delay = 0.05
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # lost server or closed pool: keep them, in order, and try again
+                self._pending[:0] = batch
+                del self._pending[: max(0, len(self._pending) - self._max_pending)]
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    async def close(self) -> None:
+        """Send what is pending (for at most _CLOSE_GRACE seconds), then stop."""
+        task, self._task = self._task, None
+        if task is None:
+            return
+        with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError, Exception):
+            await asyncio.wait_for(asyncio.shield(task), _CLOSE_GRACE)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
 
 
 class ChangeListener:

@@ -77,5 +77,12 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX idx_console_transitions_console ON console_transitions(console_id, at);
     CREATE INDEX idx_console_transitions_at ON console_transitions(at);
     """,
+    # 2: no trigram index. Searches are answered from the supervisor's memory (consoles/search.py) and no query
+    # reads idx_consolas_search, while every heartbeat that cannot stay on its page (HOT: most change
+    # ultima_actividad, which seed 004's index holds) added its row's trigrams to it. pg_trgm stays: the
+    # operator's own queries may use it, and an extension is the database's, not this table's.
+    """
+    DROP INDEX idx_consolas_search;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -1,4 +1,4 @@
-"""The reads of ConsoleService: console records, pages, history and store status (a mixin of service.py).
+"""The reads of ConsoleService: console records, pages, history and store status (an object the service holds).
 
 Sorted by last seen, or searching, a page's ids come from memory (the last-seen order of recency.py, the names
 and hosts of search.py) and only those rows are read from the store.
@@ -23,16 +23,29 @@ from supervisor_tui.consoles.writer import GroupCommitWriter, is_damage
 
 
 class ConsoleReads:
-    """Reads from the service's memory and its store; ConsoleService sets every attribute declared here."""
+    """Reads from the service's memory and its store. The service keeps ``entries``, ``by_state``, ``deadlines``,
+    ``recency`` and ``search`` up to date (changed in place, never replaced); ``writer`` knows the damaged history
+    tables."""
 
-    store: ConsoleStore
-    inactive_after: float
-    _entries: dict[str, ConsoleEntry]
-    _by_state: Counter[str]
-    _deadlines: Deadlines
-    _recency: Recency
-    _search: SearchKeys
-    _writer: GroupCommitWriter
+    def __init__(
+        self,
+        store: ConsoleStore,
+        inactive_after: float,
+        entries: dict[str, ConsoleEntry],
+        by_state: Counter[str],
+        deadlines: Deadlines,
+        recency: Recency,
+        search: SearchKeys,
+        writer: GroupCommitWriter,
+    ) -> None:
+        self.store = store
+        self.inactive_after = inactive_after
+        self._entries = entries
+        self._by_state = by_state
+        self._deadlines = deadlines
+        self._recency = recency
+        self._search = search
+        self._writer = writer
 
     def exists(self, console_id: str) -> bool:
         return console_id in self._entries

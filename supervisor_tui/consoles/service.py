@@ -26,7 +26,6 @@ import contextlib
 import secrets
 import time
 from collections import Counter
-from dataclasses import dataclass, field
 from typing import Any
 
 from supervisor_tui.config import Settings
@@ -41,7 +40,8 @@ from supervisor_tui.consoles.batch_plan import (
     console_of,
 )
 from supervisor_tui.consoles.console_entry import ConsoleEntry
-from supervisor_tui.consoles.console_log import event_log_line
+from supervisor_tui.consoles.console_log import ConsoleLog
+from supervisor_tui.consoles.console_metrics import REJECT_REASONS, ConsoleCounters, ConsoleMetrics
 from supervisor_tui.consoles.console_store import ConsoleStore
 from supervisor_tui.consoles.console_tokens import authorize_heartbeat, hash_console_token
 from supervisor_tui.consoles.errors import ConsoleUnavailable
@@ -69,38 +69,6 @@ __all__ = [
     "hash_console_token",
 ]
 
-REJECT_REASONS = (
-    "invalid_json",
-    "invalid_field",
-    "too_large",
-    "unsupported_encoding",
-    "console_not_found",
-    "unauthorized",
-    "forbidden",
-    "unavailable",
-)
-
-
-@dataclass(slots=True)
-class ConsoleMetrics:
-    """Figures for /metrics: heartbeat counters (every refusal reason listed), console counts by state, and the
-    writer's transactions."""
-
-    heartbeats_accepted: int
-    heartbeats_rejected: dict[str, int]
-    registrations: int
-    consoles_by_state: dict[str, int]
-    write_batches: int
-    write_failures: int
-    history_skipped: int = 0  # rows of a damaged history table not written
-
-
-@dataclass
-class _Counters:
-    accepted: int = 0
-    registrations: int = 0
-    rejected: Counter[str] = field(default_factory=Counter)
-
 
 def _unavailable(exc: WriteFailed) -> ConsoleUnavailable:
     return ConsoleUnavailable(f"{exc}; nothing was recorded, retry later")
@@ -110,8 +78,8 @@ def _first(item: tuple[float, ConsoleEntry, bool]) -> float:
     return item[0]
 
 
-class ConsoleService(ConsoleReads):
-    """The consoles domain: see the module docstring for the life cycle; its reads are in reads.py."""
+class ConsoleService:
+    """The consoles domain: see the module docstring for the life cycle; its reads are answered by ``reads``."""
 
     def __init__(
         self,
@@ -148,9 +116,20 @@ class ConsoleService(ConsoleReads):
         # Several supervisors share the store (PostgreSQL): this one's name in the changes it tells the others.
         self._shared = self.store.shared
         self.node = secrets.token_hex(8)
-        self._writer.on_damaged = self._report_damage
+        self.log = ConsoleLog(logs, self.inactive_after, self.store)
+        self._writer.on_damaged = self.log.damaged
         self._tasks: list[asyncio.Task[None]] = []
-        self._counters = _Counters()
+        self._counters = ConsoleCounters()
+        self.reads = ConsoleReads(
+            self.store,
+            self.inactive_after,
+            self._entries,
+            self._by_state,
+            self._deadlines,
+            self._recency,
+            self._search,
+            self._writer,
+        )
         self.started = False
 
     # -- life cycle --------------------------------------------------------------------------------------
@@ -158,7 +137,7 @@ class ConsoleService(ConsoleReads):
         """Load every console into memory, then start the writer, the inactivity sweeper and retention."""
         await self._load_view()
         if hasattr(self.store, "on_problem"):
-            self.store.on_problem = self._report_store_problem
+            self.store.on_problem = self.log.store_problem
         if self._shared:
             # Listening before the writer starts: no change another node commits from now on is missed.
             await self.store.listen(self.node, self._apply_remote, self._load_view)  # type: ignore[attr-defined]
@@ -177,7 +156,7 @@ class ConsoleService(ConsoleReads):
         self._by_state.clear()
         self._recency.clear()
         self._search.clear()
-        self._deadlines = Deadlines(self.inactive_after)
+        self._deadlines.clear()
         for cid, name, state, reported, token_hash, first, last, activity, host in rows:
             self._search.put(cid, name, host)
             e = ConsoleEntry(cid, name, state, reported, token_hash, first, last, counts.get(cid, 0), activity, host)
@@ -298,7 +277,7 @@ class ConsoleService(ConsoleReads):
             fut.set_result(results[value.index] if isinstance(value, CallResult) else value)
         for event in batch.events:
             self.bus.publish(event)
-            self._log_event(event)
+            self.log.event(event)
         if batch.beats:
             self.bus.publish(ConsoleHeartbeats(count=batch.beats, console_ids=batch.beat_ids))
 
@@ -314,7 +293,7 @@ class ConsoleService(ConsoleReads):
         )
         self.bus.publish(event)
         if not remote:
-            self._log_event(event)
+            self.log.event(event)
 
     def _apply_remote(self, changes: list[Change]) -> None:
         """Another node committed these changes (pg_events.py): update memory, publish them marked remote."""
@@ -395,7 +374,7 @@ class ConsoleService(ConsoleReads):
                 if not self._writer.accepting:
                     return
             except Exception as exc:  # retention must never stop ingest; say so and try again later
-                self._log("warning", f"console history pruning failed: {exc}", "consoles_retention_failed")
+                self.log.write("warning", f"console history pruning failed: {exc}", "consoles_retention_failed")
 
     async def prune(self, now: float | None = None, chunk: int = 5000) -> dict[str, int]:
         """Delete heartbeats older than the retention or beyond the per-console count, and old transitions.
@@ -439,7 +418,61 @@ class ConsoleService(ConsoleReads):
             if e is not None and e.stored_heartbeats > 0:
                 e.stored_heartbeats -= 1
 
-    # -- counters (the reads are in reads.py) -------------------------------------------------------------
+    # -- reads (answered by ConsoleReads, reads.py) -----------------------------------------------------
+    def exists(self, console_id: str) -> bool:
+        return self.reads.exists(console_id)
+
+    def state_of(self, console_id: str) -> str | None:
+        """The console's current state from memory (None when unknown)."""
+        return self.reads.state_of(console_id)
+
+    def view_of(self, console_id: str) -> tuple[str, float, str | None] | None:
+        """This node's in-memory view of a console (state, last seen, host name), None when unknown."""
+        return self.reads.view_of(console_id)
+
+    def deadline_of(self, console_id: str) -> float | None:
+        """When the console goes inactive unless it is heard from (None when inactive or unknown)."""
+        return self.reads.deadline_of(console_id)
+
+    def counts_by_state(self) -> dict[str, int]:
+        return self.reads.counts_by_state()
+
+    async def list_consoles(
+        self,
+        state: str | None = None,
+        search: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+        sort: str = "-last_seen",
+    ) -> tuple[list[dict[str, Any]], int]:
+        """One page of console records (newest seen first by default) and the total matching."""
+        return await self.reads.list_consoles(state, search, limit, offset, sort)
+
+    async def get(self, console_id: str) -> dict[str, Any]:
+        """One console record (ConsoleNotFound)."""
+        return await self.reads.get(console_id)
+
+    async def heartbeats(self, console_id: str, limit: int = 100) -> list[dict[str, Any]]:
+        """The console's latest heartbeats, newest first (ConsoleNotFound, ConsoleUnavailable)."""
+        return await self.reads.heartbeats(console_id, limit)
+
+    async def transitions(self, console_id: str, limit: int = 100) -> list[dict[str, Any]]:
+        """The console's latest state transitions, newest first (ConsoleNotFound, ConsoleUnavailable)."""
+        return await self.reads.transitions(console_id, limit)
+
+    def store_status(self) -> dict[str, Any]:
+        """The console store's kind, where it is (no password) and whether it can be written now."""
+        return self.reads.store_status()
+
+    def damaged_history(self) -> dict[str, str]:
+        """History tables found damaged: table -> the database's error."""
+        return self.reads.damaged_history()
+
+    async def stats(self) -> dict[str, Any]:
+        """Count and latest activity by state (the Spanish console API's statistics query)."""
+        return await self.reads.stats()
+
+    # -- counters --------------------------------------------------------------------------------------
     @property
     def writes_in_flight(self) -> int:
         """Changes planned into a batch whose COMMIT has not returned yet."""
@@ -465,38 +498,3 @@ class ConsoleService(ConsoleReads):
             write_failures=self._writer.failed_batches,
             history_skipped=self._writer.history_skipped,
         )
-
-    def _report_store_problem(self, problem: str | None) -> None:
-        """Said once when the store is lost (heartbeats answer 503 meanwhile) and once when it is back; the log
-        line reaches the TUI's log pane and every log follower."""
-        if problem is not None:
-            self._log(
-                "error",
-                f"the console store is lost ({problem}): heartbeats answer 503 until it is back",
-                "console_store_lost",
-            )
-        else:
-            self._log("info", f"the console store {self.store.where} is reachable again", "console_store_back")
-
-    def _report_damage(self, table: str, error: str) -> None:
-        self._log(
-            "error",
-            f"console history table {table} in {self.store.where} is damaged ({error}): heartbeats and "
-            f"registrations are still recorded, but no more {table} history; repair the database with the "
-            "supervisor stopped (sqlite3 .recover)",
-            "history_damaged",
-            table=table,
-        )
-
-    # -- logging -----------------------------------------------------------------------------------------
-    def _log(self, level: str, message: str, event: str, **fields: Any) -> None:
-        if self.logs is not None:
-            self.logs.write("supervisor", "supervisor", message, level, event=event, **fields)
-
-    def _log_event(self, event: Any) -> None:
-        if self.logs is None:
-            return
-        line = event_log_line(event, self.inactive_after)
-        if line is not None:
-            level, message, name = line
-            self._log(level, message, name, console=event.console_id)

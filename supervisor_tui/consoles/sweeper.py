@@ -23,6 +23,9 @@ class Deadlines:
     def discard(self, console_id: str) -> None:
         self._last_seen.pop(console_id, None)
 
+    def clear(self) -> None:
+        self._last_seen.clear()
+
     def deadline(self, console_id: str) -> float | None:
         seen = self._last_seen.get(console_id)
         return None if seen is None else seen + self.inactive_after

@@ -141,6 +141,17 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (key, node)
     );
     """,
+    # 8: no trigram search table. Searches are answered from the supervisor's memory (consoles/search.py) and
+    # nothing reads consoles_search any more, while its triggers still wrote it on every registration and host
+    # change; search_key existed only to key it.
+    """
+    DROP TRIGGER consoles_search_insert;
+    DROP TRIGGER consoles_search_update;
+    DROP TRIGGER consoles_search_delete;
+    DROP TABLE consoles_search;
+    DROP INDEX idx_consoles_search_key;
+    ALTER TABLE consoles DROP COLUMN search_key;
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -21,6 +21,7 @@ from supervisor_tui.core.printable import printable_problem
 from supervisor_tui.plugins.manifest import (
     KEY_PATTERN,
     Endpoint,
+    Manifest,
     ManifestError,
     check_key_not_reserved,
     parse_endpoints,
@@ -44,6 +45,9 @@ class ExternalPlugin:
     """
 
     kind = "external"
+    runs_elsewhere = True  # registers and leaves on its own: the supervisor neither starts nor stops it
+    manifest: Manifest | None = None  # it announced itself: no manifest
+    asgi_app = None  # reached over HTTP only
 
     def __init__(
         self,

@@ -72,6 +72,7 @@ class InProcessPlugin:
     """A Python plugin running in the supervisor's event loop (a ManagedPlugin of kind ``inprocess``)."""
 
     kind = KIND
+    runs_elsewhere = False
 
     def __init__(
         self,

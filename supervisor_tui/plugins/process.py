@@ -94,6 +94,8 @@ class ProcessRunner(Spawning, Probing, TreeTeardown):
     """Runs one plugin's command under supervision; every state change goes through ``ctx.on_state``."""
 
     kind = "process"
+    runs_elsewhere = False
+    asgi_app = None  # reached over HTTP only
 
     def __init__(
         self,

@@ -6,63 +6,72 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from supervisor_tui.core.events import PluginPeersChanged
-from supervisor_tui.plugins.external import ExternalPlugin
+from supervisor_tui.core.events import EventBus, PluginPeersChanged
+from supervisor_tui.core.supervisor.registry import PluginRegistry
+from supervisor_tui.core.supervisor.reports import PluginReports
+from supervisor_tui.plugins.external import ExternalPlugin, ExternalRegistrations
 from supervisor_tui.plugins.model import PluginActionError, PluginNotFound, PluginSnapshot, PluginState
 from supervisor_tui.plugins.peers import Peer, PeerPlugin
-
-if TYPE_CHECKING:
-    from supervisor_tui.core.supervisor.root import Supervisor
 
 EXTERNAL_SWEEP_INTERVAL = 1.0  # seconds between checks for silent external plugins
 
 
 class ExternalPlugins:
-    """Registers, keeps alive and sweeps external plugins and peers in the supervisor's registry."""
+    """Registers, keeps alive and sweeps external plugins and peers in ``registry``; ``parser`` validates their
+    messages (the upstream allowlist, the defaults)."""
 
-    def __init__(self, sup: Supervisor) -> None:
-        self.sup = sup
+    def __init__(
+        self, registry: PluginRegistry, parser: ExternalRegistrations, reports: PluginReports, bus: EventBus
+    ) -> None:
+        self.registry = registry
+        self.parser = parser
+        self.reports = reports
+        self.bus = bus
         self.peers: dict[str, dict[str, Peer]] = {}  # other fleet nodes serving a key, by key and node
 
     # -- external plugins ----------------------------------------------------------------------------------------
     def register(
         self, payload: dict[str, Any], lost_after: float | None, source: str, node: str, lost: str, base_path: str
     ) -> PluginSnapshot:
-        sup = self.sup
-        plugin = sup.external.parse(payload, lost_after=lost_after, source=source, node=node, base_path=base_path)
-        existing = sup.registry.get(plugin.key)
+        plugin = self.parser.parse(payload, lost_after=lost_after, source=source, node=node, base_path=base_path)
+        existing = self.registry.get(plugin.key)
         if existing is not None and existing.kind != ExternalPlugin.kind:
             raise PluginActionError(plugin.key, f"the key is used by a {existing.kind} plugin and cannot be taken over")
         old = existing.snapshot().state if existing is not None else str(PluginState.STOPPED)
         if existing is not None:
-            sup.unregister(plugin.key, "re-registered")
+            self.registry.drop(plugin.key, "re-registered")
         if lost:
             plugin.set_state(PluginState.LOST, lost)
-        plugin.on_health = lambda p, healthy, detail: sup.publish_health(p.key, healthy, detail)
-        sup.register(plugin)
+        plugin.on_health = self._on_health
+        self.registry.add(plugin)
         reason = lost or f"registered from {plugin.upstream}" + (f" over {source}" if source != "http" else "")
-        sup.record_state_change(plugin, old, str(plugin.state), reason)
+        self.reports.record_state_change(plugin, old, str(plugin.state), reason)
         return plugin.snapshot()
+
+    def _on_health(self, plugin: ExternalPlugin, healthy: bool, detail: str) -> None:
+        self.reports.publish_health(plugin.key, healthy, detail)
 
     def heartbeat(self, key: str) -> PluginSnapshot:
         plugin = self._external(key)
         plugin.last_heartbeat = time.time()
         if plugin.state == PluginState.LOST:
             plugin.set_state(PluginState.RUNNING, "heartbeat received")
-            self.sup.record_state_change(plugin, str(PluginState.LOST), str(PluginState.RUNNING), "heartbeat received")
+            self.reports.record_state_change(
+                plugin, str(PluginState.LOST), str(PluginState.RUNNING), "heartbeat received"
+            )
         return plugin.snapshot()
 
     def unregister(self, key: str) -> None:
         plugin = self._external(key)
         old = str(plugin.state)
         plugin.set_state(PluginState.STOPPED, "unregistered")
-        self.sup.record_state_change(plugin, old, str(PluginState.STOPPED), "unregistered")
-        self.sup.unregister(key, "unregistered")
+        self.reports.record_state_change(plugin, old, str(PluginState.STOPPED), "unregistered")
+        self.registry.drop(key, "unregistered")
 
     def _external(self, key: str) -> ExternalPlugin:
-        plugin = self.sup.get(key)
+        plugin = self.registry.require(key)
         if not isinstance(plugin, ExternalPlugin):
             raise PluginActionError(key, f"not an external plugin (kind {plugin.kind})")
         return plugin
@@ -70,15 +79,14 @@ class ExternalPlugins:
     # -- peers ---------------------------------------------------------------------------------------------------
     def add_peer(self, payload: dict[str, Any], node: str, base_path: str, lost_after: float, lost: str) -> str:
         """Node ``node`` serves ``payload``'s key: returns the key."""
-        sup = self.sup
-        parsed = sup.external.parse(payload, lost_after=lost_after, source="redis", node=node, base_path=base_path)
+        parsed = self.parser.parse(payload, lost_after=lost_after, source="redis", node=node, base_path=base_path)
         peers = self.peers.setdefault(parsed.key, {})
         peers[node] = Peer(node, parsed.upstream, lost_after, time.time(), up=not lost, detail=lost or "announced")
-        existing = sup.registry.get(parsed.key)
+        existing = self.registry.get(parsed.key)
         if existing is None:
             plugin = PeerPlugin(parsed, peers)
-            sup.register(plugin)
-            sup.record_state_change(plugin, str(PluginState.STOPPED), str(plugin.state), plugin.detail)
+            self.registry.add(plugin)
+            self.reports.record_state_change(plugin, str(PluginState.STOPPED), str(plugin.state), plugin.detail)
         else:
             self._peers_changed(parsed.key, node, not lost)
         return parsed.key
@@ -98,22 +106,22 @@ class ExternalPlugins:
             return False
         if not peers:
             del self.peers[key]
-        plugin = self.sup.registry.get(key)
+        plugin = self.registry.get(key)
         if isinstance(plugin, PeerPlugin) and not peers:
             plugin.set_state(PluginState.STOPPED, "no node serves it any more")
-            self.sup.record_state_change(plugin, str(PluginState.RUNNING), str(PluginState.STOPPED), plugin.detail)
-            self.sup.unregister(key, "unregistered by its nodes")
+            self.reports.record_state_change(plugin, str(PluginState.RUNNING), str(PluginState.STOPPED), plugin.detail)
+            self.registry.drop(key, "unregistered by its nodes")
         else:
             self._peers_changed(key, node, False)
         return True
 
     def _peers_changed(self, key: str, node: str, up: bool) -> None:
-        plugin = self.sup.registry.get(key)
+        plugin = self.registry.get(key)
         if isinstance(plugin, PeerPlugin):
             changed = plugin.follow_peers()
             if changed is not None:
-                self.sup.record_state_change(plugin, changed[0], changed[1], plugin.detail)
-        self.sup.bus.publish(PluginPeersChanged(key=key, node=node, up=up))
+                self.reports.record_state_change(plugin, changed[0], changed[1], plugin.detail)
+        self.bus.publish(PluginPeersChanged(key=key, node=node, up=up))
 
     # -- the sweep -----------------------------------------------------------------------------------------------
     def sweep(self, now: float | None = None) -> list[str]:
@@ -121,13 +129,13 @@ class ExternalPlugins:
         returns the external plugins' keys."""
         now = time.time() if now is None else now
         lost = []
-        for plugin in list(self.sup.registry.values()):
+        for plugin in list(self.registry.values()):
             if isinstance(plugin, ExternalPlugin) and plugin.state == PluginState.RUNNING and now >= plugin.deadline:
                 silent = now - plugin.last_heartbeat
                 plugin.set_state(
                     PluginState.LOST, f"no heartbeat for {silent:.0f}s (LOST after {plugin.lost_after:g}s)"
                 )
-                self.sup.record_state_change(plugin, str(PluginState.RUNNING), str(PluginState.LOST), plugin.detail)
+                self.reports.record_state_change(plugin, str(PluginState.RUNNING), str(PluginState.LOST), plugin.detail)
                 lost.append(plugin.key)
         self._sweep_peers(now)
         return lost

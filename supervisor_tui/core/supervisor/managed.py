@@ -9,7 +9,7 @@ from supervisor_tui.core.events import MetricsSample
 from supervisor_tui.core.reload_plan import Loaded
 from supervisor_tui.plugins.inprocess import InProcessPlugin
 from supervisor_tui.plugins.manifest import Manifest
-from supervisor_tui.plugins.model import PluginSnapshot, PluginState
+from supervisor_tui.plugins.model import PluginActionError, PluginSnapshot, PluginState
 from supervisor_tui.plugins.process import ProcessRunner
 
 PLUGIN_HOST = "127.0.0.1"  # plugins listen on loopback; the gateway is the way in
@@ -20,6 +20,13 @@ class ManagedPlugin(Protocol):
 
     key: str
     kind: str
+    runs_elsewhere: bool  # external plugins and peers: they register and leave, never started or stopped here
+
+    @property
+    def manifest(self) -> Manifest | None: ...  # None: invalid, from settings, or announced (no folder)
+
+    @property
+    def asgi_app(self) -> Any: ...  # an in-process plugin's ASGI app while it is RUNNING, else None
 
     def snapshot(self) -> PluginSnapshot: ...
 
@@ -45,6 +52,13 @@ def folder_plugins(registry: Mapping[str, ManagedPlugin]) -> dict[str, FolderPlu
         for k, p in registry.items()
         if isinstance(p, ProcessRunner) or (isinstance(p, InProcessPlugin) and p.folder is not None)
     }
+
+
+def process_runner(plugin: ManagedPlugin) -> ProcessRunner:
+    """``plugin`` as a local process plugin; PluginActionError for another kind."""
+    if not isinstance(plugin, ProcessRunner):
+        raise PluginActionError(plugin.key, f"not a local process plugin (kind {plugin.kind})")
+    return plugin
 
 
 def manifests(runners: Mapping[str, FolderPlugin]) -> dict[str, Manifest]:

@@ -12,18 +12,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Any
 
+from supervisor_tui.core.logs import LogHub
 from supervisor_tui.core.reload_plan import autostarts
 from supervisor_tui.core.supervisor.managed import FolderPlugin, disabled_keys, folder_plugins, loaded_before, manifests
+from supervisor_tui.core.supervisor.memory import PluginMemory
+from supervisor_tui.core.supervisor.process_tracking import ProcessTracking
+from supervisor_tui.core.supervisor.registry import PluginRegistry
 from supervisor_tui.plugins.inprocess import InProcessPlugin
-from supervisor_tui.plugins.manifest import Manifest, start_order
+from supervisor_tui.plugins.manifest import start_order
 from supervisor_tui.plugins.model import PluginActionError, PluginState
 from supervisor_tui.plugins.process import ProcessRunner
-
-if TYPE_CHECKING:
-    from supervisor_tui.core.supervisor.root import Supervisor
 
 S = PluginState
 # depends_on conditions: the dependency's states that meet each one, and those in which it cannot be met any more.
@@ -42,11 +43,28 @@ CONDITION_FAILED: dict[str, frozenset[str]] = {
 
 
 class Orchestrator:
-    """Starts plugins after their dependencies and stops them before; knows what start_all has launched."""
+    """Starts plugins after their dependencies and stops them before; knows what start_all has launched.
 
-    def __init__(self, sup: Supervisor) -> None:
-        self.sup = sup
+    ``memory`` gives the operator's desired states, ``tracking`` the orphan cleanup every start waits for,
+    ``inprocess_tables`` the ``[inprocess.*]`` sections (``enabled = false``)."""
+
+    def __init__(
+        self,
+        registry: PluginRegistry,
+        memory: PluginMemory,
+        tracking: ProcessTracking,
+        logs: LogHub,
+        inprocess_tables: Mapping[str, Any],
+    ) -> None:
+        self.registry = registry
+        self.memory = memory
+        self.tracking = tracking
+        self.logs = logs
+        self.inprocess_tables = inprocess_tables
+        self.accepting = False  # starts are taken between the supervisor's open and close
         self.closing = False  # set by cancel_starts: nothing starts any more
+        # Set by the in-process plugin host: delivers pending hooks (stop_all calls it before stopping those plugins).
+        self.flush_hooks: Callable[[], Awaitable[None]] | None = None
         self._starting: dict[str, asyncio.Task[None]] = {}
         self._state_changed = asyncio.Event()  # set (and replaced) at every state change of any plugin
         self._startup: set[str] | None = None  # what start_all starts (None until it is called)
@@ -68,7 +86,7 @@ class Orchestrator:
         """The supervisor closes: starts in flight are cancelled (and awaited), no new one begins."""
         self.closing = True
         starting = list(self._starting.values())
-        cleanup = self.sup.tracking.cleanup_in_flight()
+        cleanup = self.tracking.cleanup_in_flight()
         if cleanup is not None:
             starting.append(cleanup)  # cancelled, it SIGKILLs the orphans at once
         for task in starting:
@@ -77,18 +95,25 @@ class Orchestrator:
             await asyncio.wait(starting)
 
     # -- what should run -----------------------------------------------------------------------------------------
+    async def set_desired(self, key: str, desired: str) -> None:
+        """Remember what the operator wants of ``key`` (in memory and in the database) without acting on it."""
+        plugin = self.registry.get(key)
+        if isinstance(plugin, ProcessRunner | InProcessPlugin):
+            plugin.desired = desired
+        await self.memory.set_desired(key, desired)
+
     def should_autostart(self, runner: FolderPlugin) -> bool:
-        sup = self.sup
+        desired_states = self.memory.desired
         if runner.manifest is not None:
-            return autostarts(runner.key, runner.manifest, sup.memory.desired, disabled_keys(sup.inprocess_tables))
+            return autostarts(runner.key, runner.manifest, desired_states, disabled_keys(self.inprocess_tables))
         if not isinstance(runner, InProcessPlugin):
             return False  # INVALID
-        desired = sup.memory.desired.get(runner.key)  # an in-process plugin from settings
+        desired = desired_states.get(runner.key)  # an in-process plugin from settings
         return desired == "running" if desired else runner.autostart
 
     async def start_all(self) -> None:
         """Start every plugin that should run, dependencies first (see Supervisor.start_all)."""
-        registry = self.sup.registry
+        registry = self.registry
         runners = folder_plugins(registry)
         keys = [k for k in start_order(manifests(runners)) if self.should_autostart(runners[k])]
         keys += [
@@ -109,8 +134,8 @@ class Orchestrator:
     def _launched(self, key: str) -> bool:
         if key in self._tried:
             return True
-        plugin = self.sup.registry.get(key)
-        manifest = plugin.manifest if isinstance(plugin, ProcessRunner | InProcessPlugin) else None
+        plugin = self.registry.get(key)
+        manifest = plugin.manifest if plugin is not None else None
         if manifest is None:
             return True  # removed or invalid meanwhile: nothing to wait for
         return any(self._dependency_gave_up(dep, manifest.condition(dep)) for dep in manifest.depends_on)
@@ -118,7 +143,7 @@ class Orchestrator:
     def _dependency_gave_up(self, dep: str, condition: str) -> bool:
         """Whether a dependency will not let its dependent start (soon): its condition cannot be met any more,
         or it waits for RUNNING from a dependency that had a failed start."""
-        plugin = self.sup.registry.get(dep)
+        plugin = self.registry.get(dep)
         if plugin is None:
             return False
         state = plugin.snapshot().state
@@ -134,17 +159,17 @@ class Orchestrator:
             try:
                 await self.ensure_running(key, reason)
             except PluginActionError as exc:
-                if self.sup.registry[key].snapshot().state != PluginState.FATAL:  # FATAL was logged already
-                    self.sup.logs.error(f"{exc}", event="start_failed", plugin=key)
+                if self.registry[key].snapshot().state != PluginState.FATAL:  # FATAL was logged already
+                    self.logs.error(f"{exc}", event="start_failed", plugin=key)
 
         await asyncio.gather(*(one(k) for k in keys))
 
     async def ensure_running(self, key: str, reason: str) -> None:
         """Start ``key`` after its dependencies are RUNNING; concurrent callers share one attempt."""
-        plugin = self.sup.get(key)
+        plugin = self.registry.require(key)
         if plugin.snapshot().state == PluginState.RUNNING:
             return
-        if self.closing or not self.sup.opened:
+        if self.closing or not self.accepting:
             raise PluginActionError(key, "the supervisor is shutting down")
         task = self._starting.get(key)
         if task is None:
@@ -166,15 +191,11 @@ class Orchestrator:
             task.exception()  # retrieved here; every waiter got it through its shield
 
     async def _start_with_deps(self, key: str, reason: str) -> None:
-        plugin = self.sup.get(key)
+        plugin = self.registry.require(key)
         generation = self._stop_gen.get(key, 0)
-        manifest: Manifest | None = None
-        if isinstance(plugin, InProcessPlugin):
-            manifest = plugin.manifest
-        elif isinstance(plugin, ProcessRunner):
-            if plugin.manifest is None:
-                raise PluginActionError(key, f"cannot start an INVALID plugin: {plugin.error}")
-            manifest = plugin.manifest
+        manifest = plugin.manifest
+        if manifest is None and isinstance(plugin, ProcessRunner):
+            raise PluginActionError(key, f"cannot start an INVALID plugin: {plugin.error}")
         deps = manifest.depends_on if manifest is not None else ()
         results = await asyncio.gather(
             *(self._dependency_met(key, dep, manifest.condition(dep)) for dep in deps if manifest is not None),
@@ -186,7 +207,7 @@ class Orchestrator:
                 if isinstance(plugin, FolderPlugin) and self._stop_gen.get(key, 0) == generation:
                     plugin.refuse_start(f"not started: {message}")
                 raise PluginActionError(key, message)
-        await self.sup.tracking.clean_orphans()  # a previous run's process may still hold the port
+        await self.tracking.clean_orphans()  # a previous run's process may still hold the port
         if self._stop_gen.get(key, 0) != generation:
             raise PluginActionError(key, "stopped while waiting for its dependencies")
         await plugin.start(reason)
@@ -199,7 +220,7 @@ class Orchestrator:
     async def _dependency_met(self, key: str, dep: str, condition: str) -> None:
         """Wait until ``dep`` meets ``condition``, starting it when it is not running (a COMPLETED or FAILED task
         is not run again); PluginActionError naming the dependency when the condition cannot be met any more."""
-        plugin = self.sup.registry.get(dep)
+        plugin = self.registry.get(dep)
         if plugin is None:
             raise PluginActionError(key, f"dependency {dep!r} is not loaded")
         start: asyncio.Task[None] | None = None
@@ -237,13 +258,11 @@ class Orchestrator:
     # -- stopping ------------------------------------------------------------------------------------------------
     async def stop_all(self, reason: str) -> None:
         """Stop every plugin, dependents before their dependencies, independent ones in parallel."""
-        sup = self.sup
-        plugins = dict(sup.registry)
-        runners = {k: p for k, p in plugins.items() if isinstance(p, ProcessRunner | InProcessPlugin)}
+        plugins = dict(self.registry)
         dependents: dict[str, list[str]] = {k: [] for k in plugins}
-        for key, runner in runners.items():
-            if runner.manifest is not None:
-                for dep in runner.manifest.depends_on:
+        for key, plugin in plugins.items():
+            if plugin.manifest is not None:
+                for dep in plugin.manifest.depends_on:
                     if dep in dependents:
                         dependents[dep].append(key)
         tasks: dict[str, asyncio.Task[None]] = {}
@@ -256,13 +275,13 @@ class Orchestrator:
                 waits = [t for k, t in tasks.items() if k not in last]
             if waits:
                 await asyncio.wait(waits)
-            if key in last and sup.flush_hooks is not None:
+            if key in last and self.flush_hooks is not None:
                 with contextlib.suppress(Exception):
-                    await sup.flush_hooks()
+                    await self.flush_hooks()
             try:
                 await plugins[key].stop(reason)
             except Exception as exc:  # keep stopping the others
-                sup.logs.error(f"{key}: stop failed: {exc!r}", event="stop_failed", plugin=key)
+                self.logs.error(f"{key}: stop failed: {exc!r}", event="stop_failed", plugin=key)
 
         for key in plugins:
             tasks[key] = asyncio.create_task(stop_one(key))

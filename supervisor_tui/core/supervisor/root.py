@@ -1,10 +1,11 @@
 """The Supervisor: composition root of the core and its Python API (see docs/architecture.md).
 
-It owns the data-dir lock, the store, the event bus, the log hub, the port allocator and one plugin object per
-key in ``registry``; its jobs are done by the modules beside it: ``orchestration`` (starts and stops in
-dependency order), ``folder_plugins`` (plugin objects from manifests), ``reload`` and ``folder_actions`` (the
-plugins folder changes), ``external_plugins`` (plugins that run elsewhere), ``process_tracking`` (no process
-left behind), ``metrics_loop`` and ``memory`` (what is remembered per plugin).
+It owns the data-dir lock, the store, the event bus, the log hub, the port allocator and the ``registry`` (one
+plugin object per key); its jobs are done by the modules beside it, each built here with only what it uses (no
+back-reference to the Supervisor): ``orchestration`` (starts and stops in dependency order), ``reports`` (state
+changes and health flips), ``folder_plugins`` (plugin objects from manifests), ``reload`` and
+``folder_actions`` (the plugins folder changes), ``external_plugins`` (plugins that run elsewhere),
+``process_tracking`` (no process left behind), ``metrics_loop`` and ``memory`` (what is remembered per plugin).
 
 ``open()`` enters each part on one ``AsyncExitStack``: ``close()``, or a failure half way through ``open()``,
 closes what was opened in the reverse order.
@@ -20,41 +21,34 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from supervisor_tui.config import Settings, local_url
 from supervisor_tui.core.actions import install_key, operator_action
-from supervisor_tui.core.events import (
-    EventBus,
-    MetricsSample,
-    PluginHealthChanged,
-    PluginRegistered,
-    PluginStateChanged,
-    PluginUnregistered,
-)
+from supervisor_tui.core.events import EventBus, MetricsSample
 from supervisor_tui.core.lock import DataDirLock
-from supervisor_tui.core.logs import SUPERVISOR_SOURCE, LogHub
+from supervisor_tui.core.logs import LogHub
 from supervisor_tui.core.plugin_state import PluginStateStore
 from supervisor_tui.core.store import Store
-from supervisor_tui.core.supervisor import folder_actions
 from supervisor_tui.core.supervisor.external_plugins import ExternalPlugins
-from supervisor_tui.core.supervisor.folder_plugins import FolderPluginFactory
+from supervisor_tui.core.supervisor.folder_actions import FolderActions
+from supervisor_tui.core.supervisor.folder_plugins import FolderPluginFactory, ProcessDefaults, SupervisorUrl
 from supervisor_tui.core.supervisor.managed import PLUGIN_HOST, ManagedPlugin, ReloadResult
 from supervisor_tui.core.supervisor.memory import PluginMemory
 from supervisor_tui.core.supervisor.metrics_loop import sample_metrics
 from supervisor_tui.core.supervisor.orchestration import Orchestrator
 from supervisor_tui.core.supervisor.process_tracking import ProcessTracking, owner_id
-from supervisor_tui.core.supervisor.reload import reload_plugins
-from supervisor_tui.plugins.external import ExternalPlugin, ExternalRegistrations
+from supervisor_tui.core.supervisor.registry import PluginRegistry
+from supervisor_tui.core.supervisor.reload import FolderReload
+from supervisor_tui.core.supervisor.reports import PluginReports
+from supervisor_tui.plugins.external import ExternalRegistrations
 from supervisor_tui.plugins.health import ProbeClient, make_client
 from supervisor_tui.plugins.inprocess import InProcessContext, InProcessPlugin
 from supervisor_tui.plugins.inprocess_settings import InProcessSection
 from supervisor_tui.plugins.manifest import discover, start_order
-from supervisor_tui.plugins.model import PluginActionError, PluginNotFound, PluginSnapshot
+from supervisor_tui.plugins.model import PluginActionError, PluginSnapshot
 from supervisor_tui.plugins.peers import Peer, with_peers
 from supervisor_tui.plugins.ports import PortAllocator
 from supervisor_tui.plugins.process import ProcessRunner
 
 if TYPE_CHECKING:
     from supervisor_tui.consoles.service import ConsoleService
-
-_LEVELS = {"FATAL": "error", "FAILED": "error", "BACKOFF": "warning", "EXITED": "warning"}
 
 
 class Supervisor:
@@ -80,33 +74,76 @@ class Supervisor:
         self.lock = DataDirLock(settings.data_dir)
         start, end = settings.port_range
         self.ports = PortAllocator(start, end, PLUGIN_HOST, reserved=(settings.server.port,))
-        self.registry: dict[str, ManagedPlugin] = {}
+        self.registry = PluginRegistry(self.bus)
         self.node_name = settings.fleet.node
         # In every plugin's environment, so what a plugin spawned is found again, even after a crash of ours.
         self.owner = owner_id(settings.data_dir)
         self.tracking = ProcessTracking(self.plugin_state, self.logs, self.owner, settings.plugins.cgroups)
-        self.orchestrator = Orchestrator(self)
-        self.folder_plugins = FolderPluginFactory(self)
-        self.external = ExternalRegistrations(
-            allowlist=settings.gateway.upstream_allowlist,
-            default_interval=settings.external.heartbeat_interval,
-            default_timeout=settings.gateway.timeout,
-            default_max_body=settings.gateway.max_body,
-        )
-        self.external_plugins = ExternalPlugins(self)
-        self.opened = False
-        self.http: ProbeClient | None = None  # the health probes' client, while open
-        # Held by reload, install and remove: one change of the set of plugins at a time.
-        self.lifecycle = asyncio.Lock()
-        # Given by whoever runs the HTTP server (set_api_url, attach_consoles).
-        self._api_url: str | None = None
-        self._consoles: ConsoleService | None = None
-        self._background: set[asyncio.Task[Any]] = set()
-        self._exit_stack: contextlib.AsyncExitStack | None = None
         self.inprocess = InProcessSection.read(settings.tables)  # [inprocess] (and the deprecated [extensions])
         self.inprocess_tables, self.inprocess_settings = self.inprocess.tables, self.inprocess.settings
-        # Set by the in-process plugin host: delivers pending hooks (stop_all calls it before stopping those plugins).
-        self.flush_hooks: Callable[[], Awaitable[None]] | None = None
+        self.orchestrator = Orchestrator(self.registry, self.memory, self.tracking, self.logs, self.inprocess_tables)
+        self.reports = PluginReports(self.bus, self.logs, self.orchestrator.state_changed)
+        # Given by whoever runs the HTTP server (set_api_url, attach_consoles).
+        self.api_url = SupervisorUrl(local_url(settings.server.host, settings.server.port))
+        self._consoles: ConsoleService | None = None
+        gateway = settings.gateway
+        self.folder_plugins = FolderPluginFactory(
+            self.registry,
+            self.memory,
+            self.ports,
+            self.plugin_state,
+            self.tracking,
+            self.reports,
+            self.logs,
+            ProcessDefaults(self.owner, self.api_url.current, gateway.timeout, gateway.max_body),
+            InProcessContext(
+                supervisor=self,  # handed to in-process plugins: they use the public API
+                logs=self.logs,
+                bus=self.bus,
+                settings=self.inprocess_settings,
+                on_state=self.reports.record_state_change,
+                on_health=self.reports.publish_health,
+                default_timeout=gateway.timeout,
+                default_max_body=gateway.max_body,
+                base_dir=settings.base_dir,
+                tables=self.inprocess_tables,
+            ),
+        )
+        self.external = ExternalRegistrations(
+            allowlist=gateway.upstream_allowlist,
+            default_interval=settings.external.heartbeat_interval,
+            default_timeout=gateway.timeout,
+            default_max_body=gateway.max_body,
+        )
+        self.external_plugins = ExternalPlugins(self.registry, self.external, self.reports, self.bus)
+        # Held by reload, install and remove: one change of the set of plugins at a time.
+        self.lifecycle = asyncio.Lock()
+        self.folder_reload = FolderReload(
+            settings.plugins_dir,
+            self.registry,
+            self.memory,
+            self.folder_plugins,
+            self.ports,
+            self.logs,
+            self.bus,
+            self.inprocess_tables,
+            self.orchestrator.start_many,
+        )
+        self.folder_actions = FolderActions(
+            settings.plugins_dir,
+            self.lifecycle,
+            self.registry,
+            self.memory,
+            self.plugin_state,
+            self.folder_plugins,
+            self.ports,
+            self.orchestrator,
+            self.logs,
+        )
+        self.opened = False
+        self.http: ProbeClient | None = None  # the health probes' client, while open
+        self._background: set[asyncio.Task[Any]] = set()
+        self._exit_stack: contextlib.AsyncExitStack | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------------------------
     async def __aenter__(self) -> Supervisor:
@@ -134,7 +171,7 @@ class Supervisor:
             await self.memory.load()
             if clean_orphans:
                 await self.clean_orphans()
-            self.http = make_client()
+            self.http = self.folder_plugins.http = make_client()
             stack.push_async_callback(self._close_http)
             found = discover(self.settings.plugins_dir)
             for key, err in found.invalid.items():
@@ -142,11 +179,12 @@ class Supervisor:
             for key in start_order(found.manifests):
                 self.folder_plugins.add(key, found.manifests[key])
             stack.push_async_callback(self._cancel_background)
-            self._background.add(asyncio.create_task(sample_metrics(self), name="metrics"))
+            metrics = sample_metrics(self.registry, self.bus, self.logs, self.tracking)
+            self._background.add(asyncio.create_task(metrics, name="metrics"))
             self._background.add(asyncio.create_task(self.external_plugins.watch(), name="external-plugins"))
             stack.push_async_callback(self._stop_plugins)
             self._exit_stack = stack.pop_all()
-        self.opened = True
+        self.opened = self.orchestrator.accepting = True
         self.logs.info(
             f"supervisor started (pid {os.getpid()}): {len(found.manifests)} plugins loaded, "
             f"{len(found.invalid)} invalid, plugins from {self.settings.plugins_dir}, data in {self.settings.data_dir}",
@@ -163,7 +201,7 @@ class Supervisor:
         """Stop every plugin (reverse dependency order), then close the store and release the lock."""
         if not self.opened:
             return
-        self.opened = False
+        self.opened = self.orchestrator.accepting = False
         stack, self._exit_stack = self._exit_stack, None
         if stack is not None:
             await stack.aclose()
@@ -186,6 +224,7 @@ class Supervisor:
 
     async def _close_http(self) -> None:
         http, self.http = self.http, None
+        self.folder_plugins.http = None
         if http is not None:
             with contextlib.suppress(Exception):
                 await http.aclose()
@@ -203,57 +242,32 @@ class Supervisor:
     # -- registry (open to other kinds of plugins) ---------------------------------------------------------------
     def register(self, plugin: ManagedPlugin) -> None:
         """Add a plugin object under its key (external and in-process kinds use this)."""
-        if plugin.key in self.registry:
-            raise PluginActionError(plugin.key, "a plugin with this key already exists")
-        self.registry[plugin.key] = plugin
-        self.bus.publish(PluginRegistered(key=plugin.key, kind=plugin.kind))
+        self.registry.add(plugin)
 
     def unregister(self, key: str, reason: str) -> None:
         """Drop a plugin object (it must already be stopped)."""
-        if self.registry.pop(key, None) is not None:
-            self.bus.publish(PluginUnregistered(key=key, reason=reason))
+        self.registry.drop(key, reason)
 
-    def record_state_change(self, plugin: ManagedPlugin, old: str, new: str, reason: str) -> None:
-        """Publish a state change on the bus and in the logs (every kind reports through here)."""
-        snap = plugin.snapshot()
-        self.orchestrator.state_changed(plugin.key, new)
-        self.bus.publish(PluginStateChanged(plugin.key, old, new, reason, snap.pid, snap.port))
-        fields: dict[str, Any] = {"plugin": plugin.key, "from": old, "to": new, "reason": reason}
-        message = f"{plugin.key}: {old} -> {new}: {reason}"
-        if new in ("STARTING", "RUNNING"):
-            fields["pid"], fields["port"] = snap.pid, snap.port
-            if new == "RUNNING":
-                message += f" (pid {snap.pid}, port {snap.port})"
-        self.logs.write(
-            SUPERVISOR_SOURCE, "supervisor", message, _LEVELS.get(new, "info"), event="plugin_state", **fields
-        )
+    @property
+    def flush_hooks(self) -> Callable[[], Awaitable[None]] | None:
+        """Set by the in-process plugin host: delivers pending hooks (stop_all calls it before stopping those)."""
+        return self.orchestrator.flush_hooks
 
-    def publish_health(self, key: str, healthy: bool, detail: str) -> None:
-        """A health flip of any kind of plugin: on the bus and in the logs."""
-        self.bus.publish(PluginHealthChanged(key=key, healthy=healthy, detail=detail))
-        word = "healthy" if healthy else "UNHEALTHY"
-        self.logs.write(
-            SUPERVISOR_SOURCE,
-            "supervisor",
-            f"{key}: {word}: {detail}",
-            "info" if healthy else "warning",
-            event="plugin_health",
-            plugin=key,
-            healthy=healthy,
-            reason=detail,
-        )
+    @flush_hooks.setter
+    def flush_hooks(self, flush: Callable[[], Awaitable[None]] | None) -> None:
+        self.orchestrator.flush_hooks = flush
 
     def inprocess_context(self) -> InProcessContext:
         """What in-process plugins get from this supervisor (folders here, [inprocess.*] in core.inprocess_host)."""
-        return self.folder_plugins.inprocess_context()
+        return self.folder_plugins.inprocess
 
     def set_api_url(self, url: str) -> None:
         """The API's real URL once it listens: plugins started from now on get it as SUPERVISOR_URL."""
-        self._api_url = url
+        self.api_url.actual = url
 
     def supervisor_url(self) -> str:
         """The SUPERVISOR_URL a plugin starting now gets."""
-        return self._api_url or local_url(self.settings.server.host, self.settings.server.port)
+        return self.api_url.current()
 
     @property
     def consoles(self) -> ConsoleService | None:
@@ -267,10 +281,7 @@ class Supervisor:
     # -- desired state -------------------------------------------------------------------------------------------
     async def set_desired(self, key: str, desired: str) -> None:
         """Remember what the operator wants of ``key`` (in memory and in the database) without acting on it."""
-        plugin = self.registry.get(key)
-        if isinstance(plugin, ProcessRunner | InProcessPlugin):
-            plugin.desired = desired
-        await self.memory.set_desired(key, desired)
+        await self.orchestrator.set_desired(key, desired)
 
     def desired_state(self, key: str) -> str | None:
         """What the operator last asked of ``key`` ("running" or "stopped", persisted), or None if never asked."""
@@ -300,23 +311,13 @@ class Supervisor:
 
     def get(self, key: str) -> ManagedPlugin:
         """The plugin object of ``key``; raises PluginNotFound."""
-        plugin = self.registry.get(key)
-        if plugin is None:
-            raise PluginNotFound(key)
-        return plugin
+        return self.registry.require(key)
 
     def _controllable(self, key: str) -> ManagedPlugin:
         """A plugin the supervisor may start and stop (external ones run on their own)."""
         plugin = self.get(key)
-        if isinstance(plugin, ExternalPlugin):
+        if plugin.runs_elsewhere:
             raise PluginActionError(key, "an external plugin runs on its own: it registers and unregisters itself")
-        return plugin
-
-    def process_runner(self, key: str) -> ProcessRunner:
-        """The local process plugin of ``key``; PluginActionError for another kind."""
-        plugin = self.get(key)
-        if not isinstance(plugin, ProcessRunner):
-            raise PluginActionError(key, f"not a local process plugin (kind {plugin.kind})")
         return plugin
 
     def should_run(self, key: str) -> bool:
@@ -327,7 +328,7 @@ class Supervisor:
     def asgi_app(self, key: str) -> Any:
         """An in-process plugin's ASGI app while it is RUNNING (the gateway calls it directly), else None."""
         plugin = self.registry.get(key)
-        return plugin.asgi_app if isinstance(plugin, InProcessPlugin) else None
+        return plugin.asgi_app if plugin is not None else None
 
     def report_upstream(self, key: str, ok: bool) -> None:
         """Passive health from the gateway: N failures in a row -> unhealthy, a success -> healthy again."""
@@ -404,7 +405,7 @@ class Supervisor:
         """Run ``replicas`` processes of a process plugin (remembered across restarts, like a stop). The new ones
         start when the plugin is meant to run; scaling down stops the highest ones. PluginActionError for a
         count it cannot run (out of 1..64, a fixed port, not enough free ports); nothing changes then."""
-        return await folder_actions.scale(self, key, replicas)
+        return await self.folder_actions.scale(key, replicas)
 
     def _spawn_background(self, coro: Any, key: str) -> None:
         task = asyncio.create_task(coro)
@@ -424,14 +425,14 @@ class Supervisor:
         ``keep_on_error`` (live reload): a running plugin whose new manifest or code cannot be loaded keeps its
         running version, and the failure is reported (listed under "failed")."""
         async with self.lifecycle:
-            return await reload_plugins(self, keep_on_error)
+            return await self.folder_reload.run(keep_on_error)
 
     @operator_action("install", install_key)
     async def install(self, manifest: dict[str, Any], autostart: bool) -> PluginSnapshot:
         """Validate ``manifest``, write plugins/<key>/manifest.json, load it, start it when ``autostart``.
 
         ManifestError on bad input and PluginActionError for an existing key; nothing is written then."""
-        return await folder_actions.install(self, manifest, autostart)
+        return await self.folder_actions.install(manifest, autostart)
 
     @operator_action("remove")
     async def remove(self, key: str, purge: bool = False) -> None:
@@ -439,12 +440,12 @@ class Supervisor:
 
         Without purge the folder stays and a reload does not bring the plugin back (a supervisor restart shows it
         again, stopped). Refused while other plugins depend on it."""
-        await folder_actions.remove(self, key, purge)
+        await self.folder_actions.remove(key, purge)
 
     @operator_action("set_config")
     async def set_config(self, key: str, env: dict[str, str]) -> PluginSnapshot:
         """Set a plugin's environment overrides (persisted, merged over the manifest's env) and restart it."""
-        return await folder_actions.set_config(self, key, env)
+        return await self.folder_actions.set_config(key, env)
 
     # -- plugins that run elsewhere (external_plugins) -----------------------------------------------------------
     async def register_external(

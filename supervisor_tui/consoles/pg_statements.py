@@ -1,0 +1,177 @@
+"""The PostgreSQL console store's write statements: the same rows as SQLite's (sqlite_store.SQLITE_SQL) merged by
+recency, and a batch of the heartbeat path's steps as one statement of data-modifying CTEs (pg_store.py runs them)."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from supervisor_tui.consoles.console_store import ConsoleSQL, Step
+from supervisor_tui.consoles.pg_events import CHANNEL, NOTIFY_SQL
+
+
+def _pg(sql: str) -> str:
+    """``?`` placeholders as PostgreSQL's $1, $2, ... in order."""
+    count = 0
+
+    def number(_: re.Match[str]) -> str:
+        nonlocal count
+        count += 1
+        return f"${count}"
+
+    return re.sub(r"\?", number, sql)
+
+
+def _ts(placeholder: str = "?") -> str:
+    return f"to_timestamp({placeholder})"
+
+
+# The same rows as SQLite's statements (sqlite_store.SQLITE_SQL), value for value, but merged into the row rather
+# than written over it: several nodes write the same consoles, and a batch that took a while (a slow COMMIT, a
+# busy pool) may commit after another node's newer heartbeat or registration. What a console reports (state,
+# activity, host, system, error, job, last seen) is written only by a change at least as recent as the row's
+# last_seen; the heartbeat count always adds up; name and token (a registration's own) are the last committed.
+def _fresh(column: str, value: str, seen: str) -> str:
+    """``column = value`` when the change seen at ``seen`` is not older than the row, else the row's own."""
+    return f"{column} = CASE WHEN consolas.last_seen <= {seen} THEN {value} ELSE consolas.{column} END"
+
+
+def _heartbeat_set(state: str | None, activity: str | None, host: str | None, v: dict[str, str]) -> str:
+    seen = f"to_timestamp({v['seen']})"
+    sets = []
+    if state is not None:
+        sets += [_fresh("estado", f"consolas_estado({state})", seen), _fresh("reported_state", v["state"], seen)]
+    if activity is not None:
+        sets.append(_fresh("ultima_actividad", f"to_timestamp({activity})", seen))
+    if host is not None:
+        sets.append(_fresh("hostname", host, seen))
+    sets += [
+        _fresh("sistema", f"COALESCE({v['sys']}::jsonb, consolas.sistema)", seen),
+        _fresh("ultimo_error", f"{v['err']}::jsonb", seen),
+        _fresh("video_en_proceso", v["job"], seen),
+        f"last_seen = GREATEST(consolas.last_seen, {seen})",
+        "updated_at = now()",
+        f"heartbeats = consolas.heartbeats + {v['n']}",
+    ]
+    return ", ".join(sets)
+
+
+def _update_from_heartbeat(kind: tuple[bool, bool, bool]) -> str:
+    state, activity, host = kind
+    names = (["estado_state", "state"] if state else []) + (["activity"] if activity else [])
+    names += (["host"] if host else []) + ["sys", "err", "job", "seen", "n", "cid"]
+    v = {name: f"${i + 1}" for i, name in enumerate(names)}
+    sets = _heartbeat_set(
+        v["estado_state"] if state else None, v["activity"] if activity else None, v["host"] if host else None, v
+    )
+    return f"UPDATE consolas SET {sets} WHERE console_id = {v['cid']}"
+
+
+_REGISTRATION_SEEN = "to_timestamp($8)"
+PG_SQL = ConsoleSQL(
+    insert_heartbeat=_pg(
+        "INSERT INTO console_heartbeats (console_id, received_at, state, last_activity, last_error, current_job, "
+        f"system) VALUES (?, {_ts()}, ?, {_ts()}, ?::jsonb, ?, ?::jsonb)"
+    ),
+    update_from_heartbeat={
+        (state, activity, host): _update_from_heartbeat((state, activity, host))
+        for state in (False, True)
+        for activity in (False, True)
+        for host in (False, True)
+    },
+    update_timeout="UPDATE consolas SET estado = 'inactiva', updated_at = now() WHERE console_id = $1",
+    insert_transition=(
+        "INSERT INTO console_transitions (console_id, from_state, to_state, at, reason) "
+        "VALUES ($1, $2, $3, to_timestamp($4), $5)"
+    ),
+    insert_console=(
+        "INSERT INTO consolas (id, console_id, nombre, estado, reported_state, sistema, hostname, ultima_actividad, "
+        "ultimo_error, video_en_proceso, token_hash, created_at, last_seen, updated_at, heartbeats) "
+        "VALUES (consolas_uuid($1), $1, $2, consolas_estado($3), $4, $5::jsonb, $6, to_timestamp($7), NULL, NULL, "
+        "$8, to_timestamp($9), to_timestamp($10), now(), 0)"
+    ),
+    update_registration=(
+        "UPDATE consolas SET nombre = $1, token_hash = $7, "
+        + ", ".join(
+            _fresh(column, value, _REGISTRATION_SEEN)
+            for column, value in (
+                ("estado", "consolas_estado($2)"),
+                ("reported_state", "$3"),
+                ("sistema", "COALESCE($4::jsonb, consolas.sistema)"),
+                ("hostname", "COALESCE($5, consolas.hostname)"),
+                ("ultima_actividad", "COALESCE(to_timestamp($6), consolas.ultima_actividad)"),
+                ("ultimo_error", "NULL"),
+                ("video_en_proceso", "NULL"),
+            )
+        )
+        + f", last_seen = GREATEST(consolas.last_seen, {_REGISTRATION_SEEN}), updated_at = now() "
+        "WHERE console_id = $9"
+    ),
+    delete_console="DELETE FROM consolas WHERE console_id = $1",
+)
+
+
+# -- the heartbeat path as one statement -----------------------------------------------------------------------
+# A batch of heartbeats is an INSERT of history rows, an UPDATE per kind of console row change, transitions and
+# NOTIFYs: as executemany steps in a transaction that is a round trip each (and BEGIN, COMMIT), as one statement
+# of data-modifying CTEs over arrays (one array per column, unnest()ed) it is one. Each entry: the statement's
+# array form ({a} for the unnest of its array parameters) and the PostgreSQL types of its row values.
+def _update_array_form(kind: tuple[bool, bool, bool]) -> tuple[str, tuple[str, ...]]:
+    state, activity, host = kind
+    # The row carries the state twice (for estado and reported_state), as update_from_heartbeat takes it.
+    names = (("estado_state", "state") if state else ()) + (("activity",) if activity else ())
+    names += (("host",) if host else ()) + ("sys", "err", "job", "seen", "n", "cid")
+    types = (("text", "text") if state else ()) + (("float8",) if activity else ()) + (("text",) if host else ())
+    types += ("text", "text", "text", "float8", "int8", "text")
+    v = {name: f"u.{name}" for name in names}
+    sets = _heartbeat_set("u.estado_state" if state else None, "u.activity" if activity else None,
+                          "u.host" if host else None, v)  # fmt: skip
+    return f"UPDATE consolas SET {sets} FROM {{a}} AS u({', '.join(names)}) WHERE consolas.console_id = u.cid", types
+
+
+_ARRAY_FORMS: dict[str, tuple[str, tuple[str, ...]]] = {
+    PG_SQL.insert_heartbeat: (
+        "INSERT INTO console_heartbeats (console_id, received_at, state, last_activity, last_error, current_job, "
+        "system) SELECT c, to_timestamp(r), s, to_timestamp(a), e::jsonb, j, y::jsonb "
+        "FROM {a} AS h(c, r, s, a, e, j, y)",
+        ("text", "float8", "text", "float8", "text", "text", "text"),
+    ),
+    PG_SQL.insert_transition: (
+        "INSERT INTO console_transitions (console_id, from_state, to_state, at, reason) "
+        "SELECT c, f, t, to_timestamp(a), r FROM {a} AS x(c, f, t, a, r)",
+        ("text", "text", "text", "float8", "text"),
+    ),
+    **{sql: _update_array_form(kind) for kind, sql in PG_SQL.update_from_heartbeat.items()},
+}
+
+
+def one_statement(steps: list[Step]) -> tuple[Any, ...] | None:
+    """``steps`` as (sql, *array parameters) of one statement, or None when they are not only the heartbeat
+    path's statements, each at most once (a statement twice may touch one row twice: not in one statement)."""
+    ctes: list[str] = []
+    args: list[list[Any]] = []
+    notify: list[str] | None = None
+    seen: set[str] = set()
+    for kind, what, rows in steps:
+        sql = what[1] if kind == "history" else what
+        if kind not in ("many", "history") or sql in seen:
+            return None
+        seen.add(sql)
+        if sql == NOTIFY_SQL:
+            notify = [row[0] for row in rows]
+            continue
+        form = _ARRAY_FORMS.get(sql)
+        if form is None:
+            return None
+        template, types = form
+        arrays = ", ".join(f"${len(args) + i + 1}::{t}[]" for i, t in enumerate(types))
+        args += [list(column) for column in zip(*rows, strict=True)]
+        ctes.append(f"w{len(ctes)} AS ({template.format(a=f'unnest({arrays})')})")
+    if notify is None:
+        final = "SELECT 0"
+    else:
+        args.append(notify)
+        final = f"SELECT count(pg_notify('{CHANNEL}', p)) FROM unnest(${len(args)}::text[]) AS n(p)"
+    if not ctes:
+        return None if notify is None else (final, *args)
+    return (f"WITH {', '.join(ctes)} {final}", *args)

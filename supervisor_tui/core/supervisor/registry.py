@@ -1,0 +1,34 @@
+"""The plugin registry: one plugin object per key, of any kind; adding or dropping one is published on the bus."""
+
+from __future__ import annotations
+
+from supervisor_tui.core.events import EventBus, PluginRegistered, PluginUnregistered
+from supervisor_tui.core.supervisor.managed import ManagedPlugin
+from supervisor_tui.plugins.model import PluginActionError, PluginNotFound
+
+
+class PluginRegistry(dict[str, ManagedPlugin]):
+    """Plugin objects by key. A dict, so readers look keys up as before; changes go through ``add`` and ``drop``."""
+
+    def __init__(self, bus: EventBus) -> None:
+        super().__init__()
+        self.bus = bus
+
+    def add(self, plugin: ManagedPlugin) -> None:
+        """Add a plugin object under its key; PluginActionError when the key is taken."""
+        if plugin.key in self:
+            raise PluginActionError(plugin.key, "a plugin with this key already exists")
+        self[plugin.key] = plugin
+        self.bus.publish(PluginRegistered(key=plugin.key, kind=plugin.kind))
+
+    def drop(self, key: str, reason: str) -> None:
+        """Drop a plugin object (it must already be stopped); nothing happens for an unknown key."""
+        if self.pop(key, None) is not None:
+            self.bus.publish(PluginUnregistered(key=key, reason=reason))
+
+    def require(self, key: str) -> ManagedPlugin:
+        """The plugin object of ``key``; raises PluginNotFound."""
+        plugin = self.get(key)
+        if plugin is None:
+            raise PluginNotFound(key)
+        return plugin

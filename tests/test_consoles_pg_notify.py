@@ -1,0 +1,85 @@
+"""Heartbeats that change no state are told to the other nodes after their COMMIT, out of the durable transaction
+(pg_events.AfterCommitNotifier): they still reach every node; registrations and state changes are told in the
+transaction that commits them; payloads a lost server could not take are kept, in order and bounded, until it
+takes them."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+from conftest import wait_until
+from fixtures.consoles.harness import served_consoles
+
+from supervisor_tui.consoles.pg_events import CHANNEL, AfterCommitNotifier
+from supervisor_tui.consoles.pg_store import PgConsoleStore
+
+
+async def test_a_heartbeat_that_changes_no_state_reaches_the_other_node(tmp_path: Path, pg_cluster: Any) -> None:
+    dsn = pg_cluster.new_database()
+    async with (
+        served_consoles(tmp_path / "a", consoles__store=dsn) as a,
+        served_consoles(tmp_path / "b", consoles__store=dsn) as b,
+        httpx.AsyncClient() as client,
+    ):
+        body = {"id": "c1", "nombre": "Consola uno", "estado": "ocupada", "sistema": {"hostname": "uno"}}
+        r = await client.post(f"{a.url}/api/consolas/registrar", json=body)
+        assert r.status_code == 201
+        token = {"Authorization": f"Bearer {r.json()['token']}"}
+        await wait_until(lambda: b.service.exists("c1"), timeout=10)
+        # The same state: no transition, so the batch's NOTIFY goes after its COMMIT.
+        beat = {"estado": "ocupada", "sistema": {"hostname": "dos"}}
+        r = await client.post(f"{a.url}/api/consolas/c1/heartbeat", json=beat, headers=token)
+        assert r.status_code == 200, r.text
+
+        async def b_finds_the_new_host() -> bool:
+            r = await client.get(f"{b.url}/api/consoles", params={"q": "dos"}, headers=b.admin)
+            return [c["id"] for c in r.json()["consoles"]] == ["c1"]
+
+        # B's search is answered from its memory: only A's notification can have told it the new host.
+        await wait_until(b_finds_the_new_host, timeout=10)
+
+
+@contextlib.asynccontextmanager
+async def listening(dsn: str) -> Any:
+    got: list[str] = []
+    conn = await asyncpg.connect(dsn)
+    await conn.add_listener(CHANNEL, lambda _c, _pid, _ch, payload: got.append(payload))
+    try:
+        yield got
+    finally:
+        await conn.close()
+
+
+async def test_payloads_wait_for_a_lost_server_in_order_and_bounded(pg_cluster: Any) -> None:
+    dsn = pg_cluster.new_database()
+    database = dsn.rsplit("/", 1)[1]
+    store = PgConsoleStore(dsn)
+    await store.open()
+    notifier = AfterCommitNotifier(lambda: store.pool, max_pending=3)
+    try:
+        async with listening(dsn) as got:
+            notifier.send(["first"])
+            await wait_until(lambda: got == ["first"], timeout=10)
+            # The store's sessions go and no new one is let in (the listener's stays).
+            pg_cluster.psql(f"ALTER DATABASE {database} ALLOW_CONNECTIONS false")
+            pg_cluster.psql(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                f"WHERE datname = '{database}' AND query NOT ILIKE '%LISTEN%'"
+            )
+            notifier.send(["1", "2"])
+            await asyncio.sleep(0.5)  # tried, failed, kept
+            notifier.send(["3", "4"])
+            await asyncio.sleep(0.3)
+            assert got == ["first"]
+            pg_cluster.psql(f"ALTER DATABASE {database} ALLOW_CONNECTIONS true")
+            await wait_until(lambda: got == ["first", "2", "3", "4"], timeout=15, failure=lambda: repr(got))
+            assert notifier.dropped == 1
+    finally:
+        pg_cluster.psql(f"ALTER DATABASE {database} ALLOW_CONNECTIONS true")
+        await notifier.close()
+        await store.close()
