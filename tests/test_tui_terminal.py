@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 import psutil
 import pytest
-from conftest import make_test_settings, wait_until_sync, write_plugin
+from conftest import make_test_settings, plugin_processes, wait_until_sync, write_plugin
 
 from supervisor_tui.config import Settings
 
@@ -103,14 +103,8 @@ def gone(pid: int) -> bool:
 
 
 def plugin_pids(folder: Path) -> list[int]:
-    out = []
-    for p in psutil.process_iter(["cwd", "status"]):
-        try:
-            if p.info["cwd"] and Path(p.info["cwd"]) == folder and p.info["status"] != psutil.STATUS_ZOMBIE:
-                out.append(p.pid)
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-    return out
+    where = str(folder.resolve())
+    return [p.pid for p in plugin_processes(folder) if p.info["cwd"] == where]
 
 
 @pytest.fixture
