@@ -11,12 +11,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 SUPERVISOR_TUI_SETUP_SYSTEM=0 source scripts/setup.sh  # .venv, whose pip asks the package index
 
-# The fenced modules' own tests, plus the TUI tests that drive KeyedTable (tables, reconcile, rendered cells).
+# The fenced modules' own tests, plus the TUI tests that drive KeyedTable (tables, reconcile, rendered cells)
+# and those of tui/key_order.py (it relies on Textual's key routing).
 TESTS=(
   tests/test_fast_http.py
   tests/test_gateway.py tests/test_gateway_routes_sync.py tests/test_gateway_serve.py tests/test_gateway_streaming.py
   tests/test_security_gateway.py tests/test_security_http.py
-  tests/test_tui.py tests/test_tui_snapshots.py
+  tests/test_tui.py tests/test_tui_snapshots.py tests/test_tui_key_order.py
 )
 for file in "${TESTS[@]}"; do
   [ -f "$file" ] || { echo "test_pins: $file is gone; update TESTS in scripts/test_pins.sh" >&2; exit 1; }

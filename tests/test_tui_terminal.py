@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -112,10 +113,14 @@ def terminal(tmp_path: Path) -> Iterator[Callable[..., Terminal]]:
     started: list[Terminal] = []
 
     def start(
-        term: str = "tmux-256color", plugin: str = "sleeper.py", stdin: str = "", size: tuple[int, int] = (100, 30)
+        term: str = "tmux-256color",
+        plugin: str = "sleeper.py",
+        stdin: str = "",
+        size: tuple[int, int] = (100, 30),
+        autostart: bool = True,
     ) -> Terminal:
         settings = make_test_settings(tmp_path)
-        write_plugin(settings.plugins_dir, "sleepy", plugin, autostart=True)
+        write_plugin(settings.plugins_dir, "sleepy", plugin, autostart=autostart)
         start_port, end_port = settings.port_range
         env = {
             "TERM": term,
@@ -212,6 +217,37 @@ def test_plugin_output_and_stdin_never_reach_the_terminal(terminal: Callable[...
     t.wait_screen(lambda s: "Stop plugin sleepy?" not in s)
 
 
+def api_of(data: Path) -> httpx.Client:
+    """A client of the admin API of the supervisor whose data directory is ``data``."""
+    url = re.findall(r"API listening on (\S+)", (data / "logs" / "supervisor.log").read_text())[-1]
+    admin = {"Authorization": f"Bearer {(data / 'admin.token').read_text().strip()}"}
+    return httpx.Client(base_url=url, headers=admin, timeout=10)
+
+
+def stays_stopped(api: httpx.Client, key: str) -> None:
+    """``key`` is STOPPED, and still is a moment later (a start asked for would have shown by then)."""
+    for _ in range(10):
+        assert api.get(f"/api/v1/plugins/{key}").json()["state"] == "STOPPED"
+        time.sleep(0.1)
+
+
+@pytest.mark.parametrize("typed", ["/abc", "/s1"])
+def test_keys_in_one_write_after_slash_go_to_the_filter(
+    terminal: Callable[..., Terminal], tmp_path: Path, typed: str
+) -> None:
+    # Over a slow link every byte of "/s1" arrives in one read; "s" on the plugins table would start the plugin.
+    t = terminal(autostart=False)
+    t.wait_screen(lambda s: "sleepy" in s and "STOPPED" in s)
+    t.keys("-l", typed)  # one send-keys: the keys reach the program together
+    text = typed[1:]
+    t.wait_screen(lambda s: f"filter: {text} (0 shown)" in s and "sleepy" not in s)
+    with api_of(tmp_path / "data") as api:
+        stays_stopped(api, "sleepy")
+    assert not plugin_pids(t.plugin_folder)  # type: ignore[attr-defined]
+    t.keys("Escape")
+    t.wait_screen(lambda s: "sleepy" in s and "filter:" not in s)
+
+
 def test_plugin_output_cannot_set_the_terminal_title(terminal: Callable[..., Terminal]) -> None:
     t = terminal(plugin="hostile_output.py")  # prints OSC 0 "PWNED" (and OSC 52, a bidi override)
     t.wait_screen(lambda s: "sleepy" in s and "RUNNING" in s)
@@ -239,19 +275,30 @@ def test_sigterm_stops_plugins_and_exits(terminal: Callable[..., Terminal]) -> N
     wait_until_sync(lambda: gone(plugin), 10)
 
 
+async def api_url(proc: Any) -> str:
+    """Where the headless supervisor ``proc`` serves its API, once it does."""
+    record = await proc.wait_for(lambda r: r.get("event") == "api_listening" and bool(r.get("url")), timeout=30)
+    return str(record["url"])
+
+
+def admin_token(settings: Settings) -> str:
+    return (settings.data_dir / "admin.token").read_text().strip()
+
+
+def attach_terminal(url: str, settings: Settings, tmp_path: Path) -> Terminal:
+    """``supervisor-tui attach`` to the supervisor at ``url`` (its admin token from ``settings``) in a terminal."""
+    command = f"{COMMAND} attach {shlex.quote(url)} --token {shlex.quote(admin_token(settings))}"
+    return Terminal(command, tmp_path, {"TERM": "tmux-256color", "PYTHONPATH": str(REPO)})
+
+
 async def test_attach_in_a_terminal_controls_a_headless_supervisor(
     headless: Any, settings: Settings, make_plugin: Callable[..., Path], tmp_path: Path
 ) -> None:
     make_plugin("sleepy", "sleeper.py", autostart=True)
     proc = headless()
-    record = await proc.wait_for(lambda r: r.get("event") == "api_listening" and bool(r.get("url")), timeout=30)
+    url = await api_url(proc)
     await proc.wait_state("sleepy", "RUNNING")
-    token = (settings.data_dir / "admin.token").read_text().strip()
-    t = Terminal(
-        f"{COMMAND} attach {shlex.quote(str(record['url']))} --token {shlex.quote(token)}",
-        tmp_path,
-        {"TERM": "tmux-256color", "PYTHONPATH": str(REPO)},
-    )
+    t = attach_terminal(url, settings, tmp_path)
     try:
         t.wait_screen(lambda s: "sleepy" in s and "RUNNING" in s and "attached" in s)
         t.keys("x")
@@ -307,9 +354,7 @@ def chatty_tui(terminal: Callable[..., Terminal], tmp_path: Path) -> tuple[Termi
     t.keys("3")
     t.wait_screen(lambda s: "CHATTY" in s)
     data = tmp_path / "data"
-    url = re.findall(r"API listening on (\S+)", (data / "logs" / "supervisor.log").read_text())[-1]
-    admin = {"Authorization": f"Bearer {(data / 'admin.token').read_text().strip()}"}
-    return t, httpx.Client(base_url=url, headers=admin, timeout=10), data / "logs" / "sleepy.log"
+    return t, api_of(data), data / "logs" / "sleepy.log"
 
 
 @pytest.mark.skipif(WRITE_SYSCALL is None, reason="write(2)'s number on this machine is not known here")
@@ -359,3 +404,19 @@ def test_sigterm_ends_the_tui_while_its_terminal_is_not_reading(
     finally:
         t.thaw()
     assert not plugin_pids(folder)
+
+
+async def test_attached_keys_in_one_write_after_slash_go_to_the_filter(
+    headless: Any, settings: Settings, make_plugin: Callable[..., Path], tmp_path: Path
+) -> None:
+    make_plugin("sleepy", "sleeper.py", autostart=False)
+    url = await api_url(headless())
+    t = attach_terminal(url, settings, tmp_path)
+    try:
+        t.wait_screen(lambda s: "sleepy" in s and "STOPPED" in s and "attached" in s)
+        t.keys("-l", "/s1")  # one send-keys: the keys reach the program together
+        t.wait_screen(lambda s: "filter: s1 (0 shown)" in s and "sleepy" not in s)
+        with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {admin_token(settings)}"}) as api:
+            stays_stopped(api, "sleepy")
+    finally:
+        t.kill()

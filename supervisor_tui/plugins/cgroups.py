@@ -9,9 +9,10 @@ child subreaper only. Only membership is used, no controller is enabled, so cgro
 rule does not apply and the tree may sit below the supervisor's own cgroup.
 
 Each plugin run has ``<tree>/<plugin key>@<run>`` (``PluginCgroup``; a new name for every run, so the removal of
-the previous run's never races with the next run's start). Its main process joins it between fork and exec
-(``join_in_child`` only writes to a descriptor the parent opened), so nothing it forks leaves it, whatever session,
-process group or environment it takes. ``clear()`` SIGKILLs every member (``cgroup.kill``, else each pid of
+the previous run's never races with the next run's start). Its main process joins it before exec by writing to a
+descriptor the parent opened: ``/bin/sh`` does (plugins.child_process), or ``join_in_child`` between fork and exec
+where a ``preexec_fn`` is needed anyway; so nothing it forks leaves it, whatever session, process group or
+environment it takes. ``clear()`` SIGKILLs every member (``cgroup.kill``, else each pid of
 ``cgroup.procs``) and removes the directory once the members are gone. A supervisor that was SIGKILLed leaves its
 tree behind; the next start with the same data dir (same owner) in the same cgroup finds it (``plugin_cgroups()``).
 """

@@ -20,6 +20,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, cast
 
+from supervisor_tui.plugins.child_process import ChildProcess
 from supervisor_tui.plugins.health import HealthTracker, ProbeTarget, run_probe
 from supervisor_tui.plugins.manifest import HealthCheck, Manifest
 from supervisor_tui.plugins.model import PluginState
@@ -53,7 +54,7 @@ class Probing:
     _env: dict[str, str]
     _ready_line: asyncio.Event
     _spawned_at: float
-    _proc: asyncio.subprocess.Process | None
+    _proc: ChildProcess | None
     _probe_tasks: list[asyncio.Task[None]]
     _restart_task: asyncio.Task[None] | None
     _restart_reason: str
@@ -62,7 +63,7 @@ class Probing:
 
         def _set(self, state: PluginState, reason: str) -> None: ...
 
-        async def _kill_tree(self, proc: asyncio.subprocess.Process, graceful: bool) -> None: ...
+        async def _kill_tree(self, proc: ChildProcess, graceful: bool) -> None: ...
 
     @property
     def ready(self) -> bool:
@@ -80,7 +81,7 @@ class Probing:
 
         return watch
 
-    async def _wait_ready(self, proc: asyncio.subprocess.Process, startsecs: float | None = None) -> tuple[bool, str]:
+    async def _wait_ready(self, proc: ChildProcess, startsecs: float | None = None) -> tuple[bool, str]:
         """Readiness gating: up for ``startsecs`` (the manifest's unless given), a ``ready_log_line`` printed and,
         with a health check, one successful probe. Not ready in time: (False, why) with the process still running
         (the caller stops it); an exit: (False, why)."""
@@ -132,7 +133,7 @@ class Probing:
         assert self.port is not None and m is not None, "health is only probed while the plugin holds a port"
         return ProbeTarget(self.ctx.host, self.port, m.folder, self._env)
 
-    def _start_probes(self, proc: asyncio.subprocess.Process) -> None:
+    def _start_probes(self, proc: ChildProcess) -> None:
         """Entering RUNNING: the readiness probe goes on (a plugin that stops being ready leaves the route), the
         liveness probe begins."""
         m = self.manifest
@@ -148,7 +149,7 @@ class Probing:
                 asyncio.create_task(self._liveness_loop(proc, m.liveness), name=f"liveness:{self.instance}")
             )
 
-    async def _probes(self, proc: asyncio.subprocess.Process, check: HealthCheck) -> AsyncIterator[tuple[bool, str]]:
+    async def _probes(self, proc: ChildProcess, check: HealthCheck) -> AsyncIterator[tuple[bool, str]]:
         """One probe result every ``check.interval_s`` while ``proc`` runs and the plugin is RUNNING."""
         while proc.returncode is None:
             await asyncio.sleep(check.interval_s)
@@ -159,7 +160,7 @@ class Probing:
                 return
             yield ok, f"probe: {detail}"
 
-    async def _readiness_loop(self, proc: asyncio.subprocess.Process, check: HealthCheck) -> None:
+    async def _readiness_loop(self, proc: ChildProcess, check: HealthCheck) -> None:
         async for ok, detail in self._probes(proc, check):
             self._record_health(ok, detail)
             flip = self.readiness.record(ok, detail)
@@ -168,7 +169,7 @@ class Probing:
             elif flip is True and self.detail.startswith("not ready: "):
                 self._set(S.RUNNING, f"ready again: {detail}")
 
-    async def _liveness_loop(self, proc: asyncio.subprocess.Process, check: HealthCheck) -> None:
+    async def _liveness_loop(self, proc: ChildProcess, check: HealthCheck) -> None:
         async for ok, detail in self._probes(proc, check):
             if self.liveness.record(ok, detail) is not False:
                 continue
@@ -199,7 +200,7 @@ class Probing:
             if proc is not None:
                 self._restart(proc, f"restarted: unhealthy ({detail})")
 
-    def _restart(self, proc: asyncio.subprocess.Process, reason: str) -> None:
+    def _restart(self, proc: ChildProcess, reason: str) -> None:
         """Stop this run (the supervision loop starts the next one); ``reason`` goes into the state detail."""
         if proc.returncode is None and self._restart_task is None:
             self._restart_reason = reason

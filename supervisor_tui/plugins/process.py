@@ -25,6 +25,7 @@ from supervisor_tui.core.backoff import backoff_delay
 from supervisor_tui.core.events import MetricsSample
 from supervisor_tui.core.logs import LogHub
 from supervisor_tui.plugins.cgroups import CgroupTree, PluginCgroup
+from supervisor_tui.plugins.child_process import ChildProcess
 from supervisor_tui.plugins.health import HealthTracker, ProbeClient
 from supervisor_tui.plugins.manifest import Manifest, ManifestError, dependencies
 from supervisor_tui.plugins.metrics import HISTORY, TreeSampler
@@ -130,7 +131,7 @@ class ProcessRunner(Spawning, Probing, TreeTeardown):
         self.sampler: TreeSampler | None = None
         self.last_sample: MetricsSample | None = None
         self.metrics_history: deque[MetricsSample] = deque(maxlen=HISTORY)
-        self._proc: asyncio.subprocess.Process | None = None
+        self._proc: ChildProcess | None = None
         self._cgroup: PluginCgroup | None = None  # the current run's (None without cgroups)
         self._pumps: list[asyncio.Task[None]] = []
         self._task: asyncio.Task[None] | None = None

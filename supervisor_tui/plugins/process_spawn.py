@@ -20,6 +20,7 @@ import psutil
 
 from supervisor_tui.config import ENV_PREFIX
 from supervisor_tui.plugins.cgroups import PluginCgroup
+from supervisor_tui.plugins.child_process import ChildProcess, can_join_by_shell, start_child
 from supervisor_tui.plugins.launch import LaunchRefused, prepare_launch
 from supervisor_tui.plugins.manifest import Manifest
 from supervisor_tui.plugins.metrics import OWNER_ENV, TreeSampler, signal_group
@@ -89,7 +90,7 @@ class Spawning:
     started_at: float | None
     last_error: str
     sampler: TreeSampler | None
-    _proc: asyncio.subprocess.Process | None
+    _proc: ChildProcess | None
     _cgroup: PluginCgroup | None
     _pumps: list[asyncio.Task[None]]
     _refused: bool
@@ -106,11 +107,11 @@ class Spawning:
 
         def _ready_line_watcher(self, pattern: str) -> Callable[[str], None]: ...
 
-        async def _kill_tree(self, proc: asyncio.subprocess.Process, graceful: bool) -> None: ...
+        async def _kill_tree(self, proc: ChildProcess, graceful: bool) -> None: ...
 
-        async def _after_exit(self, proc: asyncio.subprocess.Process) -> None: ...
+        async def _after_exit(self, proc: ChildProcess) -> None: ...
 
-    async def _spawn_shielded(self) -> asyncio.subprocess.Process | None:
+    async def _spawn_shielded(self) -> ChildProcess | None:
         # Shielded so that a stop arriving mid-spawn still finds the process in self._proc and kills it.
         spawn = asyncio.ensure_future(self._spawn())
         try:
@@ -120,7 +121,7 @@ class Spawning:
                 await spawn
             raise
 
-    async def _spawn(self) -> asyncio.subprocess.Process | None:
+    async def _spawn(self) -> ChildProcess | None:
         m = self.manifest
         assert m is not None and self.port is not None
         try:
@@ -147,15 +148,12 @@ class Spawning:
         argv = m.argv()
         procs_fd = self._enter_cgroup()
         try:
-            proc = await asyncio.create_subprocess_exec(
-                *argv,
+            proc: ChildProcess | None = await start_child(
+                argv,
                 cwd=launch.cwd,
                 env=env,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-                start_new_session=True,
-                preexec_fn=in_child(procs_fd, run_as),
+                cgroup_procs=procs_fd,
+                preexec_fn=in_child(procs_fd, run_as, joined_by_shell=can_join_by_shell()),
             )
         except (OSError, ValueError, subprocess.SubprocessError) as exc:
             why = describe_os_error(exc) if isinstance(exc, OSError) else str(exc)
@@ -228,7 +226,7 @@ class Spawning:
         self.last_error = reason
         self.ctx.logs.error(f"{self.instance}: {reason}", event="spawn_failed", plugin=self.key)
 
-    def _pump_ended(self, proc: asyncio.subprocess.Process, task: asyncio.Task[None]) -> None:
+    def _pump_ended(self, proc: ChildProcess, task: asyncio.Task[None]) -> None:
         """An output pump that failed leaves a pipe nobody reads (the plugin would block on it): restart it."""
         if task.cancelled() or task.exception() is None:
             return

@@ -1,15 +1,16 @@
 """What a plugin's process leaves behind, and how it is all stopped.
 
 What a plugin spawned is found by more than its process group and the environment marker (both of which a
-daemon escapes with ``setsid`` and a cleared environment): on Linux every plugin process is a child subreaper
-(``PR_SET_CHILD_SUBREAPER``), so what its children double-fork away is re-parented to the plugin, not to init,
-and stays in its tree; the supervisor process itself is one too (``become_subreaper``), so what outlives a
-plugin's main process becomes the supervisor's child. Every descendant pid seen is remembered
+daemon escapes with ``setsid`` and a cleared environment): on Linux the supervisor process is a child subreaper
+(``PR_SET_CHILD_SUBREAPER``, ``become_subreaper``), so what outlives a plugin's main process, or what a run with a
+cgroup double-forks away, becomes the supervisor's child, not init's; a plugin process without a cgroup is one
+too (``in_child``), so what its children double-fork away stays in its tree. Every descendant pid seen is remembered
 (``RunnerContext.descendants``): stop and exit kill those still alive, and ``reap_adopted`` collects the ones
 that died as the supervisor's children.
 
 Where cgroups v2 are writable (``plugins.cgroups``, see plugins.cgroups), each run of a plugin also has its own
-cgroup (``RunnerContext.cgroups``), which its main process joins before exec: nothing it forks leaves it, so stop
+cgroup (``RunnerContext.cgroups``), which its main process joins before exec (plugins.child_process): nothing it
+forks leaves it (what dies of it as the supervisor's child is reaped, ``reap_cgroup_orphans``), so stop
 and exit give what is still in it the same treatment as the rest of the tree, then SIGKILL it and remove the cgroup.
 
 - ``TreeTeardown`` (a part of ProcessRunner): ``_kill_tree`` (stop signal to the group and what left it, wait,
@@ -33,7 +34,8 @@ from typing import TYPE_CHECKING, cast
 
 import psutil
 
-from supervisor_tui.plugins.cgroups import PluginCgroup, join_in_child
+from supervisor_tui.plugins.cgroups import TREE_PREFIX, PluginCgroup, join_in_child
+from supervisor_tui.plugins.child_process import ChildProcess, unreaped
 from supervisor_tui.plugins.health import HealthTracker
 from supervisor_tui.plugins.launch import RunAs
 from supervisor_tui.plugins.manifest import Manifest
@@ -62,7 +64,7 @@ class TreeTeardown:
     port: int | None
     sampler: TreeSampler | None
     tracker: HealthTracker
-    _proc: asyncio.subprocess.Process | None
+    _proc: ChildProcess | None
     _cgroup: PluginCgroup | None
     _pumps: list[asyncio.Task[None]]
     _restart_task: asyncio.Task[None] | None
@@ -91,7 +93,7 @@ class TreeTeardown:
         pids = {p.pid for p in known}
         return alive(known) + [p for p in found if p.pid not in pids]
 
-    async def _kill_tree(self, proc: asyncio.subprocess.Process, graceful: bool) -> None:
+    async def _kill_tree(self, proc: ChildProcess, graceful: bool) -> None:
         """Signal the plugin's process group (and descendants that left it), wait, then SIGKILL what is left."""
         m = self.manifest
         wait_s = m.stopwaitsecs if m is not None else 10.0
@@ -122,12 +124,13 @@ class TreeTeardown:
         signal_group(pgid, signal.SIGKILL)
         kill_all(alive(tree))
 
-    async def _after_exit(self, proc: asyncio.subprocess.Process) -> None:
+    async def _after_exit(self, proc: ChildProcess) -> None:
         """After the main process ended: kill leftovers of its group, drain output, free port and pid."""
         if proc.returncode is None:
             return
         tree = await self._leftovers(self.sampler.known_tree() if self.sampler is not None else [])
         tree += [p for p in adopted_children(self.ctx.descendants) if p.pid not in {t.pid for t in tree}]
+        self._remember(tree)  # what was re-parented to the supervisor (no plugin subreaper) is reaped below
         if tree or signal_group(proc.pid, 0):
             signal_group(proc.pid, signal.SIGTERM)
             kill_all(alive(tree), signal.SIGTERM)
@@ -144,9 +147,7 @@ class TreeTeardown:
             for task in pending:
                 task.cancel()
             if pending:  # something unknown still holds the output pipes: close our ends, or their fds leak
-                transport = getattr(proc, "_transport", None)
-                if transport is not None:
-                    transport.close()
+                proc.close_pipes()
         if self._restart_task is not None:
             await asyncio.wait([self._restart_task])
             self._restart_task = None
@@ -162,36 +163,10 @@ class TreeTeardown:
             self.ctx.logs.warning(f"{self.instance}: cannot clear recorded pid: {exc!r}", plugin=self.key)
 
 
-async def wait_exit(proc: asyncio.subprocess.Process) -> int:
-    """The exit code, as soon as the process has exited.
-
-    ``Process.wait()`` (Python 3.11) only returns once every pipe is closed too, which a grandchild holding
-    stdout open delays forever; a pidfd tells us when the process itself is gone, and the event loop's child
-    watcher reaps it (setting ``returncode``) right after."""
-    if proc.returncode is not None:
-        return proc.returncode
-    loop = asyncio.get_running_loop()
-    fd: int | None = None
-    with contextlib.suppress(OSError, AttributeError):
-        fd = os.pidfd_open(proc.pid)
-    if fd is not None:
-        readable = loop.create_future()
-        loop.add_reader(fd, _resolve, readable)
-        try:
-            await readable
-        finally:
-            loop.remove_reader(fd)
-            os.close(fd)
-    interval = 0.005 if fd is not None else 0.2  # no pidfd (old kernel): poll
-    while proc.returncode is None:
-        await asyncio.sleep(interval)
-        interval = min(interval * 2, 0.2)
-    return proc.returncode
-
-
-def _resolve(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
+async def wait_exit(proc: ChildProcess) -> int:
+    """The exit code, as soon as the process has exited (``Process.wait()`` of Python 3.11 only returns once every
+    pipe is closed too, which a grandchild holding stdout open delays forever; ChildProcess watches a pidfd)."""
+    return await proc.wait()
 
 
 def _pgid(p: psutil.Process) -> int | None:
@@ -262,10 +237,18 @@ def _set_up_child(procs_fd: int | None, run_as: RunAs | None) -> None:
         run_as.become()
 
 
-def in_child(procs_fd: int | None, run_as: RunAs | None = None) -> Callable[[], None] | None:
-    """The preexec_fn of a plugin process: join its cgroup (``procs_fd``, when it has one), become a subreaper,
-    then become ``run_as`` (the manifest's user). Done here rather than with the ``user=`` arguments of
-    subprocess, which uvloop's event loop (headless mode) does not take."""
+def in_child(
+    procs_fd: int | None, run_as: RunAs | None = None, joined_by_shell: bool = False
+) -> Callable[[], None] | None:
+    """The preexec_fn of a plugin process, or None when it needs none: join its cgroup (``procs_fd``, when it has
+    one), become a subreaper, then become ``run_as`` (the manifest's user). Done here rather than with the
+    ``user=`` arguments of subprocess, which must come after the cgroup join (it needs root).
+
+    None (a vfork spawn, see plugins.child_process) when the run has a cgroup that the shell joins
+    (``joined_by_shell``) and no user to become: the cgroup holds every descendant, so the plugin need not be a
+    subreaper. Without a cgroup it must: what its children double-fork away then stays in its process tree."""
+    if procs_fd is not None and run_as is None and joined_by_shell:
+        return None
     if procs_fd is None and run_as is None:
         return _subreaper_in_child if _prctl is not None else None
     return functools.partial(_set_up_child, procs_fd, run_as)
@@ -291,7 +274,7 @@ def reap_adopted(descendants: set[int], busy: Collection[int] = ()) -> None:
     """Collect the exit status of adopted orphans that died, and forget pids that are gone. ``busy``: pids whose
     status belongs to someone else (plugins' main processes, awaited by the event loop). Never blocks."""
     for pid in list(descendants):
-        if pid in busy:
+        if pid in busy or pid in unreaped:
             continue
         try:
             done, _ = os.waitpid(pid, os.WNOHANG)
@@ -301,3 +284,44 @@ def reap_adopted(descendants: set[int], busy: Collection[int] = ()) -> None:
             continue
         if done:
             descendants.discard(pid)
+    reap_cgroup_orphans(busy)
+
+
+def reap_cgroup_orphans(busy: Collection[int] = ()) -> None:
+    """Collect the exit status of this process's zombie children that were in a plugin's cgroup: what a plugin
+    with a cgroup double-forked away was re-parented here (it is no subreaper) without ever being in its process
+    tree. Cheap: this process's children are listed by the kernel (``/proc/self/task/*/children``), and only those
+    that are no plugin's main process (``busy``, ChildProcess.unreaped) are looked at."""
+    for pid in _own_children():
+        if pid in busy or pid in unreaped or not _zombie_of_a_plugin_cgroup(pid):
+            continue
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+
+
+def _own_children() -> set[int]:
+    found: set[int] = set()
+    try:
+        tasks = os.listdir("/proc/self/task")
+    except OSError:
+        return found
+    for task in tasks:
+        try:
+            with open(f"/proc/self/task/{task}/children", "rb") as f:
+                found.update(int(pid) for pid in f.read().split())
+        except (OSError, ValueError):
+            continue
+    return found
+
+
+def _zombie_of_a_plugin_cgroup(pid: int) -> bool:
+    """A zombie's cgroup is still the one it died in (cgroup v2 line ``0::``)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            if f.read().rpartition(b")")[2].split()[0] != b"Z":
+                return False
+        with open(f"/proc/{pid}/cgroup", "rb") as f:
+            lines = f.read().splitlines()
+    except (OSError, IndexError):
+        return False
+    return any(line.startswith(b"0::") and f"/{TREE_PREFIX}".encode() in line for line in lines)

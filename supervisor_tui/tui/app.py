@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from textual import on, work
-from textual.app import App
 from textual.binding import Binding
 from textual.css.query import NoMatches
 from textual.notifications import SeverityLevel
@@ -34,6 +33,7 @@ from supervisor_tui.core.printable import printable
 from supervisor_tui.tui.client import ClientError, SupervisorClient
 from supervisor_tui.tui.commands import SupervisorCommands
 from supervisor_tui.tui.driver import HangupSafeDriver
+from supervisor_tui.tui.key_order import KeyOrderApp
 from supervisor_tui.tui.keys import validate_keymap
 from supervisor_tui.tui.plugin_actions import PluginActions
 from supervisor_tui.tui.screens.confirm import ConfirmScreen
@@ -60,7 +60,7 @@ class Notice:
     severity: SeverityLevel
 
 
-class SupervisorApp(App[int]):
+class SupervisorApp(KeyOrderApp[int]):
     """The supervisor TUI over any SupervisorClient (in-process, remote or demo)."""
 
     CSS_PATH = "supervisor.tcss"

@@ -42,7 +42,7 @@ class ProcessTracking:
         self.cgroups, why = CgroupTree.open(self.owner)
         if self.cgroups is None:
             return f"{fallback} (no cgroups: {why})"
-        return f"plugin processes tracked in cgroups under {self.cgroups.path}, and as child subreapers"
+        return f"plugin processes tracked in cgroups under {self.cgroups.path}; their orphans come to the supervisor"
 
     async def close_cgroups(self) -> None:
         """Remove this run's cgroups (what is still in them is SIGKILLed); one still busy is left and logged."""
