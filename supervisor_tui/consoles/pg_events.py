@@ -9,10 +9,11 @@ inside the durable batches made their fsyncs take turns, where batches committin
 costs: a node that dies between a heartbeat batch's COMMIT and its NOTIFY leaves the other nodes' memory of those
 consoles (last seen, host, activity, count) behind until their next heartbeat through any node. The database
 is right meanwhile: records are read from it, and an inactivity flip is conditional on its row
-(PgConsoleStore.flip_inactive), so a node that missed a heartbeat cannot flip a console that spoke. Every other
-node applies them to its
-in-memory view of the consoles and publishes them on its own event bus, marked ``remote``, so /ws/events, the
-TUI and in-process plugin hooks see changes made through any node. A payload is JSON under PostgreSQL's
+(PgConsoleStore.flip_inactive), so a node that missed a heartbeat cannot flip a console that spoke.
+
+Every other node applies the NOTIFYs it receives to its in-memory view of the consoles and publishes them on its
+own event bus, marked ``remote``, so /ws/events, the TUI and in-process plugin hooks see changes made through any
+node. A payload is JSON under PostgreSQL's
 8,000-byte limit: ``{"node": <sender>, "changes": [...]}``, a batch split over several when needed. A change:
 
     ["reg", id, name, state, token_hash, first_seen, last_seen, last_activity, hostname]
@@ -109,7 +110,9 @@ class AfterCommitNotifier:
                 raise
             except Exception:  # lost server or closed pool: keep them, in order, and try again
                 self._pending[:0] = batch
-                del self._pending[: max(0, len(self._pending) - self._max_pending)]
+                excess = max(0, len(self._pending) - self._max_pending)
+                del self._pending[:excess]
+                self.dropped += excess
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
 
