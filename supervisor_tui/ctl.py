@@ -261,9 +261,8 @@ async def _fleet(client: httpx.AsyncClient) -> int:
 async def _scale(client: httpx.AsyncClient, key: str, replicas: int) -> int:
     body = _check(await client.post(f"/api/v1/plugins/{key}/scale", json={"replicas": replicas}), f"scale {key}")
     plugin = body.get("plugin", {})
-    _say(
-        f"{key}: {len(plugin.get('replicas') or [])} replicas, {plugin.get('state', '?')} ({plugin.get('detail', '')})"
-    )
+    count = len(plugin.get("replicas") or [])
+    _say(f"{key}: {count} replica{'' if count == 1 else 's'}, {plugin.get('state', '?')} ({plugin.get('detail', '')})")
     return 0
 
 
