@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
 import socket
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -51,6 +53,27 @@ async def test_spawn_environment_session_and_stdin(supervisor: Supervisor, add_p
     assert data["stdin"] == ""  # stdin is /dev/null
     assert data["sid"] and data["pgid"]  # own session and process group
     assert Path(data["cwd"]) == folder.resolve()
+
+
+async def test_an_exit_noticed_late_because_the_loop_was_busy_is_still_a_failed_start(
+    supervisor: Supervisor, add_plugin: Callable[..., Any]
+) -> None:
+    # The child exits long before startsecs (0.3 s) while the event loop is blocked past it: when the loop wakes,
+    # the exit and the startsecs timer are due together, and the start must count as failed, not as RUNNING.
+    folder = await add_plugin("crashy", "crash_at_start.py", startretries=0)
+
+    async def block_the_loop_once_it_spawned() -> None:
+        await wait_until(lambda: spawns(folder), interval=0.005)
+        time.sleep(0.8)  # noqa: ASYNC251 - blocking on purpose: the whole loop, not just this task
+
+    blocker = asyncio.create_task(block_the_loop_once_it_spawned())
+    with supervisor.bus.subscribe(["plugin.state"]) as sub:
+        with pytest.raises(PluginActionError, match="FATAL"):
+            await supervisor.start("crashy")
+        seen = states(sub.get_nowait(), "crashy")
+    await blocker
+    assert "RUNNING" not in seen and seen[-1] == "FATAL"
+    assert len(spawns(folder)) == 1
 
 
 async def test_exactly_one_plus_startretries_spawns_then_fatal(

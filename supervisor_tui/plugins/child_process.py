@@ -82,6 +82,14 @@ class ChildProcess:
     def returncode(self) -> int | None:
         return self._popen.returncode
 
+    def poll(self) -> int | None:
+        """The exit code if the process has exited by now (then it is reaped here), else None. Never blocks. For
+        a decision that must not wait for the exit to come through the event loop: a loop that was busy wakes with
+        the exit and a timer due together, and may run the timer's waiter first."""
+        if self._popen.returncode is None and self._popen.poll() is not None:
+            self._reap()
+        return self._popen.returncode
+
     async def wait(self) -> int:
         """The exit code, as soon as the process itself has exited (whoever still holds its pipes)."""
         return await asyncio.shield(self._exited)

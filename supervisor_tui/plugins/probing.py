@@ -103,6 +103,8 @@ class Probing:
                 need_line = need_line and not line.done()
                 now = time.monotonic()
                 if not need_probe and not need_line and now >= ready_at:
+                    if proc.poll() is not None:  # exited, though the exit has not come through the loop yet
+                        return False, f"{describe_exit(proc.returncode)} while starting"
                     return True, ""
                 if (need_probe or need_line) and now > give_up:
                     waited = f"not ready within {ready_at - self._spawned_at + start_timeout:g}s"
