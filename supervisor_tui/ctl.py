@@ -16,6 +16,7 @@ import asyncio
 import getpass
 import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -309,6 +310,9 @@ async def _logs(client: httpx.AsyncClient, key: str, lines: int, follow: bool) -
             _print_log(line)
         return 0
     params: dict[str, Any] = {"lines": lines, "follow": "true"}
+    # Ctrl-C ends a follower at once, as it ends tail -f: every line is flushed as it is printed and nothing else
+    # needs undoing, so the exit does not depend on how the HTTP stream unwinds under asyncio's cancellation.
+    signal.signal(signal.SIGINT, _exit_interrupted)
     async with client.stream("GET", f"/api/v1/plugins/{key}/logs", params=params, timeout=None) as resp:
         if resp.status_code >= 400:
             await resp.aread()
@@ -321,6 +325,10 @@ async def _logs(client: httpx.AsyncClient, key: str, lines: int, follow: bool) -
             pass  # the connection went away mid-stream: said below, like an orderly end
     # Following only ends when the supervisor goes away (it is stopping, or it died).
     raise CtlError(f"logs {key}: the supervisor ended the stream (it stopped or restarted)")
+
+
+def _exit_interrupted(signum: int, frame: object) -> None:
+    os._exit(130)
 
 
 def _print_log(line: dict[str, Any], with_source: bool = False) -> None:
