@@ -6,21 +6,13 @@ from __future__ import annotations
 import gc
 from pathlib import Path
 
-from fixtures.consoles.harness import console_settings
+from fixtures.consoles.harness import started_service
 
 from supervisor_tui.consoles.models import HeartbeatInput, RegistrationInput
-from supervisor_tui.consoles.service import ConsoleService
-from supervisor_tui.core.events import EventBus
-from supervisor_tui.core.store import Store
 
 
 async def test_committed_heartbeat_batches_leave_no_cyclic_garbage(tmp_path: Path) -> None:
-    settings = console_settings(tmp_path, **{"consoles.auth": "none"})
-    store = Store(settings.db_path)
-    await store.open()
-    service = ConsoleService(store, EventBus(), settings)
-    await service.start()
-    try:
+    async with started_service(tmp_path, consoles__auth="none") as service:
         await service.register(RegistrationInput("c1", "one", "active", None, "host", None))
         beat = HeartbeatInput("busy", None, "host", None, None, "job")
         await service.heartbeat("c1", beat)  # anything made once (caches, statements) is made now
@@ -33,6 +25,3 @@ async def test_committed_heartbeat_batches_leave_no_cyclic_garbage(tmp_path: Pat
         finally:
             gc.enable()
         assert leaked < 50, f"{leaked} objects of 200 committed batches were only freed by the garbage collector"
-    finally:
-        await service.stop()
-        await store.close()

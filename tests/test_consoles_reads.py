@@ -7,7 +7,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from fixtures.consoles.harness import console_settings
+from fixtures.consoles.harness import started_service
 
 from supervisor_tui.consoles.console_entry import ConsoleEntry
 from supervisor_tui.consoles.errors import ConsoleNotFound, ConsoleUnavailable
@@ -15,11 +15,8 @@ from supervisor_tui.consoles.models import RegistrationInput
 from supervisor_tui.consoles.reads import ConsoleReads
 from supervisor_tui.consoles.recency import Recency
 from supervisor_tui.consoles.search import SearchKeys
-from supervisor_tui.consoles.service import ConsoleService
 from supervisor_tui.consoles.sweeper import Deadlines
 from supervisor_tui.consoles.writer import GroupCommitWriter, Plan
-from supervisor_tui.core.events import EventBus
-from supervisor_tui.core.store import Store
 
 
 def _no_writes(ops: list[object]) -> Plan:
@@ -27,12 +24,7 @@ def _no_writes(ops: list[object]) -> Plan:
 
 
 async def test_console_reads_answer_from_the_view_they_are_given(tmp_path: Path) -> None:
-    settings = console_settings(tmp_path, **{"consoles.auth": "none"})
-    store = Store(settings.db_path)
-    await store.open()
-    service = ConsoleService(store, EventBus(), settings)
-    await service.start()
-    try:
+    async with started_service(tmp_path, consoles__auth="none") as service:
         for cid, name in (("c1", "alpha"), ("c2", "beta"), ("c3", "alpine")):
             await service.register(RegistrationInput(cid, name, "active", None, f"{name}.lan", None))
         # A view of two of the three consoles, built by hand: the reads know those and no other.
@@ -66,6 +58,3 @@ async def test_console_reads_answer_from_the_view_they_are_given(tmp_path: Path)
         assert reads.damaged_history() == {"heartbeats": "database disk image is malformed"}
         assert service.damaged_history() == {}  # another writer's damage: the service's own reads are apart
         assert reads.store_status()["kind"] == "sqlite"
-    finally:
-        await service.stop()
-        await store.close()

@@ -33,6 +33,8 @@ import json
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from supervisor_tui.core.backoff import backoff_delay
+
 if TYPE_CHECKING:  # the driver loads only in a supervisor configured for PostgreSQL
     import asyncpg
 
@@ -88,33 +90,33 @@ class AfterCommitNotifier:
         self._max_pending = max_pending
         self._pending: list[str] = []
         self._task: asyncio.Task[None] | None = None
-        self.dropped = 0
+        self.dropped = 0  # payloads dropped as the oldest beyond max_pending
 
     def send(self, payloads: list[str]) -> None:
         self._pending += payloads
-        if len(self._pending) > self._max_pending:
-            excess = len(self._pending) - self._max_pending
-            del self._pending[:excess]
-            self.dropped += excess
+        self._keep_newest()
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._run(), name="consoles-notifier")
 
+    def _keep_newest(self) -> None:
+        excess = max(0, len(self._pending) - self._max_pending)
+        del self._pending[:excess]
+        self.dropped += excess
+
     async def _run(self) -> None:
-        delay = 0.05
+        failures = 0
         while self._pending:
             batch, self._pending = self._pending, []
             try:
                 await self._pool().fetchval(_NOTIFY_ALL_SQL, batch)
-                delay = 0.05
+                failures = 0
             except asyncio.CancelledError:
                 raise
             except Exception:  # lost server or closed pool: keep them, in order, and try again
                 self._pending[:0] = batch
-                excess = max(0, len(self._pending) - self._max_pending)
-                del self._pending[:excess]
-                self.dropped += excess
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
+                self._keep_newest()
+                await asyncio.sleep(backoff_delay(failures, 0.05, 2.0))
+                failures += 1
 
     async def close(self) -> None:
         """Send what is pending (for at most _CLOSE_GRACE seconds), then stop."""
@@ -177,15 +179,15 @@ class ChangeListener:
             await self._lost.wait()
             if self._closing:
                 return
-            delay = 0.2
+            failures = 0
             while not self._closing:
                 try:
                     await self._connect()
                     break
                 except Exception as exc:  # the server is still away: say so, try again
                     self._on_problem(f"console changes from other nodes are not received: {exc}")
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, 5.0)
+                    await asyncio.sleep(backoff_delay(failures, 0.2, 5.0))
+                    failures += 1
             if self._closing:
                 return
             self._on_problem(None)

@@ -5,7 +5,8 @@
 The wait doubles from ``base`` with each attempt (0 is the first retry) and never exceeds ``cap``. Each caller
 keeps its own figures: plugin start retries and crash restarts (1 s up to the manifest's ``backoff_max_s``), the
 console agent (1 s up to 60 s or its interval), webhook deliveries (``backoff`` up to ``backoff_max``), the
-attached TUI's event stream (0.5 s up to 5 s).
+attached TUI's event stream (0.5 s up to 5 s), the PostgreSQL store's after-commit NOTIFYs (0.05 s up to 2 s) and
+its listener's reconnects (0.2 s up to 5 s).
 """
 
 from __future__ import annotations
