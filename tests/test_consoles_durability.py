@@ -104,8 +104,13 @@ async def _load_and_break(tmp_path: Path, store: str, cluster: Any) -> None:
             killed.set()
             await asyncio.gather(*tasks)
             if cluster is not None:
-                r = await client.get("/api/v1/status", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
-                assert r.json()["console_store"]["available"] is True
+                # Heartbeats come back through the pool first; the change listener's own connection follows within
+                # its reconnect backoff (up to 5 s), and only then is the store available again.
+                async def available() -> bool:
+                    r = await client.get("/api/v1/status", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+                    return r.json()["console_store"]["available"] is True
+
+                assert await wait_until(available, timeout=30)
                 proc.send_signal(signal.SIGKILL)
                 proc.wait(10)
     assert len(acked) >= 500
