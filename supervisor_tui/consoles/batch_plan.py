@@ -310,6 +310,8 @@ class BatchPlanner:
             return
         self._flush()
         self.plan.many(self.sql.delete_console, [(cid,)])
+        if self.sql.delete_heartbeats is not None:
+            self.plan.many(self.sql.delete_heartbeats, [(cid,)])
         self.work[cid] = None
         self.beat_ids.pop(cid, None)
         self.events.append(ConsoleRemoved(console_id=cid))

@@ -33,6 +33,8 @@ class ConsoleSQL:
     insert_console: str
     update_registration: str
     delete_console: str
+    # Run after delete_console, for a store whose heartbeats are not deleted with their console by a foreign key.
+    delete_heartbeats: str | None = None
 
 
 # (id, name, state, reported_state, token_hash, first_seen, last_seen, last_activity, hostname), by last_seen.
