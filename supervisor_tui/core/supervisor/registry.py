@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 from supervisor_tui.core.events import EventBus, PluginRegistered, PluginUnregistered
-from supervisor_tui.core.supervisor.managed import ManagedPlugin
+from supervisor_tui.core.supervisor.managed import FolderPlugin, ManagedPlugin
 from supervisor_tui.plugins.model import PluginActionError, PluginNotFound
 
 
 class PluginRegistry(dict[str, ManagedPlugin]):
-    """Plugin objects by key. A dict, so readers look keys up as before; changes go through ``add`` and ``drop``."""
+    """Plugin objects by key. A dict, so readers look keys up as before; changes go through ``add`` and ``drop``.
+
+    ``from_folders`` holds those that came from a folder under plugins/ (added with ``add_from_folder``): reload,
+    install and the metrics loop read them as FolderPlugins without asking any plugin which class it is."""
 
     def __init__(self, bus: EventBus) -> None:
         super().__init__()
         self.bus = bus
+        self.from_folders: dict[str, FolderPlugin] = {}
 
     def add(self, plugin: ManagedPlugin) -> None:
         """Add a plugin object under its key; PluginActionError when the key is taken."""
@@ -21,8 +25,14 @@ class PluginRegistry(dict[str, ManagedPlugin]):
         self[plugin.key] = plugin
         self.bus.publish(PluginRegistered(key=plugin.key, kind=plugin.kind))
 
+    def add_from_folder(self, plugin: FolderPlugin) -> None:
+        """Add the plugin object of a folder under plugins/ (see ``add``)."""
+        self.add(plugin)
+        self.from_folders[plugin.key] = plugin
+
     def drop(self, key: str, reason: str) -> None:
         """Drop a plugin object (it must already be stopped); nothing happens for an unknown key."""
+        self.from_folders.pop(key, None)
         if self.pop(key, None) is not None:
             self.bus.publish(PluginUnregistered(key=key, reason=reason))
 
