@@ -18,6 +18,7 @@ from inprocess_support import write_inprocess
 from supervisor_parts_support import Parts, folder_factory, open_parts
 
 from supervisor_tui.core.supervisor import Supervisor
+from supervisor_tui.core.supervisor.external_plugins import ExternalPlugins
 from supervisor_tui.core.supervisor.folder_plugins import FolderPluginFactory
 from supervisor_tui.core.supervisor.managed import loaded, rejected
 from supervisor_tui.core.supervisor.memory import PluginMemory
@@ -255,3 +256,22 @@ async def test_the_supervisor_refuses_to_scale_or_configure_a_plugin_without_a_p
             assert refusal.value.message == "not a local process plugin (kind external)"
         assert "billing" not in sup.memory.replicas and "billing" not in sup.memory.overrides
         assert sup.plugin("billing").state == PluginState.RUNNING
+
+
+async def test_external_plugins_and_peers_are_known_as_announced_and_only_they_take_heartbeats(kinds: Kinds) -> None:
+    kinds.factory.add("web", kinds.manifest("web"))
+    parser = ExternalRegistrations(("127.0.0.1",), default_interval=5.0, default_timeout=5.0, default_max_body=1)
+    external = ExternalPlugins(kinds.registry, parser, kinds.parts.reports, kinds.parts.bus)
+    external.register({"key": "billing", "host": "127.0.0.1", "port": 9}, None, "http", "", "", "")
+    external.add_peer({"key": "shared", "host": "127.0.0.1", "port": 9}, "b", "/api/plugins/shared", 5.0, "")
+    assert sorted(kinds.registry.announced) == ["billing", "shared"]
+    with pytest.raises(PluginActionError) as refusal:
+        external.heartbeat("web")
+    assert refusal.value.message == "not an external plugin (kind process)"
+    assert sorted(external.sweep(now=1e12)) == ["billing"]  # a stand-in follows its peers, not a deadline
+    assert kinds.registry["shared"].snapshot().state == PluginState.LOST  # its only peer went silent too
+    assert external.remove_peer("shared", "b")  # no node serves it any more: the stand-in goes
+    assert "shared" not in kinds.registry and sorted(kinds.registry.announced) == ["billing"]
+    external.register({"key": "solo", "host": "127.0.0.1", "port": 9}, None, "http", "", "", "")
+    external.add_peer({"key": "solo", "host": "127.0.0.1", "port": 9}, "b", "/api/plugins/solo", 5.0, "")
+    assert external.remove_peer("solo", "b") and "solo" in kinds.registry  # it registered itself: it stays

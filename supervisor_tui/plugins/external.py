@@ -53,6 +53,7 @@ class ExternalPlugin(RunsNoProcess):
     active = False
     stops_last = False
     tried_by_host = False
+    stands_for_peers = False  # PeerPlugin: a key that only other nodes serve
 
     def __init__(
         self,
@@ -152,6 +153,11 @@ class ExternalPlugin(RunsNoProcess):
         else:
             return
         self.on_health(self, self.healthy, self.health_detail)
+
+    def follow_peers(self) -> tuple[str, str] | None:
+        """It keeps the state its own heartbeats give when other nodes serving its key come or go (PeerPlugin
+        follows them)."""
+        return None
 
     def set_state(self, state: PluginState, detail: str) -> None:
         self.state, self.detail = state, detail

@@ -240,7 +240,8 @@ class Supervisor:
 
     # -- registry (open to other kinds of plugins) ---------------------------------------------------------------
     def register(self, plugin: ManagedPlugin) -> None:
-        """Add a plugin object under its key (external and in-process kinds use this)."""
+        """Add a plugin object under its key (in-process plugins from settings use this; external plugins come
+        through register_external, the keys other nodes serve through add_peer)."""
         self.registry.add(plugin)
 
     def unregister(self, key: str, reason: str) -> None:
