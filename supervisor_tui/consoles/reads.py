@@ -158,6 +158,6 @@ class ConsoleReads:
         if self._latest is None or self.store.problem is not None:
             return await self.store.stats()
         latest = self._latest.by_state(self._entries.values())
-        if getattr(self.store, "timestamps_in_microseconds", False):
+        if self.store.timestamps_in_microseconds:
             latest = {state: as_stored_in_microseconds(ts) for state, ts in latest.items()}
         return stats_record({s: (n, latest.get(s)) for s, n in self._by_state.items() if n > 0})

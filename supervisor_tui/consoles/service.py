@@ -43,7 +43,7 @@ from supervisor_tui.consoles.console_entry import ConsoleEntry
 from supervisor_tui.consoles.console_log import ConsoleLog
 from supervisor_tui.consoles.console_metrics import REJECT_REASONS, ConsoleCounters, ConsoleMetrics
 from supervisor_tui.consoles.console_store import ConsoleStore
-from supervisor_tui.consoles.console_tokens import authorize_heartbeat, hash_console_token
+from supervisor_tui.consoles.console_tokens import authorize_heartbeat
 from supervisor_tui.consoles.errors import ConsoleUnavailable
 from supervisor_tui.consoles.fleet_merge import fold_remote, merged
 from supervisor_tui.consoles.latest_activity import LatestActivity
@@ -58,10 +58,6 @@ from supervisor_tui.consoles.writer import GroupCommitWriter, Op, Plan, WriteFai
 from supervisor_tui.core.events import ConsoleHeartbeats, ConsoleStateChanged, EventBus
 from supervisor_tui.core.logs import LogHub
 from supervisor_tui.core.store import Store
-
-# Importable from here, where callers outside consoles/ have always found them.
-__all__ = ["REJECT_REASONS", "ConsoleEntry", "ConsoleMetrics", "ConsoleService", "HeartbeatAck", "Registration"]
-__all__ += ["hash_console_token"]
 
 
 def _unavailable(exc: WriteFailed) -> ConsoleUnavailable:
@@ -106,7 +102,7 @@ class ConsoleService:
         self._latest = LatestActivity()
         self._timeout_retry: dict[str, float] = {}
         self._writer = GroupCommitWriter(
-            self.store, self._plan, batches_in_flight=getattr(self.store, "batches_in_flight", 1), key_of=console_of
+            self.store, self._plan, batches_in_flight=self.store.batches_in_flight, key_of=console_of
         )
         # Several supervisors share the store (PostgreSQL): this one's name in the changes it tells the others.
         self._shared = self.store.shared
@@ -242,7 +238,7 @@ class ConsoleService:
             self.enrollment_token,
             self._shared,
             self.node,
-            getattr(self.store, "flip_inactive", None),
+            self.store.flip_inactive,
         ).plan_ops(ops)
         plan, batch = planner.plan, planner.outcome()
 
