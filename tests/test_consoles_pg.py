@@ -263,8 +263,9 @@ async def test_a_lost_server_answers_503_says_so_and_comes_back_by_itself(tmp_pa
 
 
 async def test_batches_stay_durable_when_the_database_default_is_asynchronous(pg_cluster: Any) -> None:
-    """synchronous_commit=on is the store's, not the server's: it survives the pool handing connections back (whose
-    default reset runs RESET ALL) even where the database defaults to off."""
+    """synchronous_commit=on is the store's, not the server's: on the write batches' connections, and on the pool's,
+    where it survives the pool handing connections back (whose default reset runs RESET ALL), even where the
+    database defaults to off."""
     from supervisor_tui.consoles.pg_store import PgConsoleStore
 
     dsn = pg_cluster.new_database()
@@ -277,9 +278,13 @@ async def test_batches_stay_durable_when_the_database_default_is_asynchronous(pg
         await admin.close()
     store = PgConsoleStore(dsn, pool_size=1)
     await store.open()
+
+    async def setting(conn: asyncpg.Connection) -> str:
+        return str(await conn.fetchval("SHOW synchronous_commit"))
+
     try:
         for _ in range(3):  # the one connection goes back to the pool after every use
-            await store.commit([])
+            assert await store.commit([("call", setting, None)]) == ["on"]  # a write batch's own connection
             assert await store.pool.fetchval("SHOW synchronous_commit") == "on"
     finally:
         await store.close()

@@ -8,9 +8,10 @@ is that UUID when it is one, else a UUID made from it), ``reported_state``, ``ho
 ``last_seen`` and ``heartbeats``; ``created_at`` is when the console was first seen. History is in
 ``console_heartbeats`` and ``console_transitions`` (states there in English, the API's words).
 
-Durable: every batch is one transaction on a pool connection, with synchronous_commit on for the session, and
-the writer answers only after its COMMIT returned. A lost server fails the batches (the API answers 503 with
-Retry-After, ``problem`` says why) until the pool's next connection reaches it again.
+Durable: every batch is one transaction on one of the writer's own connections (pg_write_connections.py; reads
+use the pool), with synchronous_commit on for the session, and the writer answers only after its COMMIT returned.
+A lost server fails the batches (the API answers 503 with Retry-After, ``problem`` says why) until a new
+connection reaches it again.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from supervisor_tui.consoles.pg_events import (
 )
 from supervisor_tui.consoles.pg_schema import MIGRATIONS, SCHEMA_VERSION
 from supervisor_tui.consoles.pg_statements import PG_SQL, one_statement
+from supervisor_tui.consoles.pg_write_connections import WriteConnections
 from supervisor_tui.core.store import StoreError, StoreUnreachable
 
 # Two supervisors starting at once on an empty database must not both migrate it.
@@ -66,6 +68,7 @@ _CONNECTION_ERRORS = (
     asyncpg.InternalClientError,
 )
 T = TypeVar("T")
+_COMMAND_TIMEOUT = 60.0
 
 
 def _describe_error(exc: BaseException) -> str:
@@ -89,6 +92,7 @@ class PgConsoleStore:
         self._dsn = dsn
         self._pool_size = pool_size
         self._pool: asyncpg.Pool | None = None
+        self._writes: WriteConnections | None = None
         self._problem: str | None = None
         self._problem_since: float | None = None
         self._listener: ChangeListener | None = None
@@ -141,12 +145,15 @@ class PgConsoleStore:
                 init=_init_connection,
                 reset=_keep_session,
                 timeout=connect_timeout,
-                command_timeout=60,
+                command_timeout=_COMMAND_TIMEOUT,
             )
         except Exception as exc:  # asyncpg raises OSError, its own errors or ValueError for a bad DSN
             raise StoreUnreachable(
                 f"cannot reach the console store {self.where}: {_describe_error(exc)} (consoles.store)"
             ) from None
+        self._writes = WriteConnections(
+            self._dsn, self.batches_in_flight, _init_connection, connect_timeout, _COMMAND_TIMEOUT
+        )
         try:
             await self._migrate()
         except StoreError:
@@ -178,6 +185,9 @@ class PgConsoleStore:
         if self._listener is not None:
             listener, self._listener = self._listener, None
             await listener.close()
+        if self._writes is not None:
+            writes, self._writes = self._writes, None
+            await writes.close()
         if self._pool is not None:
             pool, self._pool = self._pool, None
             try:
@@ -208,12 +218,19 @@ class PgConsoleStore:
             self._notifier.send(after)
         return results
 
+    @property
+    def writes(self) -> WriteConnections:
+        if self._writes is None:
+            raise StoreError("the console store is not open")
+        return self._writes
+
     async def _commit(self, steps: list[Step]) -> list[Any]:
         one = one_statement(steps)
         if one is not None:
             # One round trip: the statement is its own transaction, COMMITted (WAL flushed) before it answers.
             try:
-                await self.pool.fetchval(*one)
+                async with self.writes.connection() as conn:
+                    await conn.fetchval(*one)
             except _CONNECTION_ERRORS as exc:
                 self._lost(exc)
                 raise
@@ -221,7 +238,7 @@ class PgConsoleStore:
             return []
         results: list[Any] = []
         try:
-            async with self.pool.acquire() as conn, conn.transaction():
+            async with self.writes.connection() as conn, conn.transaction():
                 for kind, what, rows in steps:
                     if kind == "many":
                         await conn.executemany(what, rows)
