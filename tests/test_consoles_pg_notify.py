@@ -60,7 +60,7 @@ async def test_payloads_wait_for_a_lost_server_in_order_and_bounded(pg_cluster: 
     database = dsn.rsplit("/", 1)[1]
     store = PgConsoleStore(dsn)
     await store.open()
-    notifier = AfterCommitNotifier(lambda: store.pool, max_pending=3)
+    notifier = AfterCommitNotifier(lambda: store.pool.acquire(), max_pending=3)
     try:
         async with listening(dsn) as got:
             notifier.send(["first"])

@@ -31,6 +31,7 @@ import asyncio
 import contextlib
 import json
 from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -45,7 +46,7 @@ NOTIFY_SQL = f"SELECT pg_notify('{CHANNEL}', $1)"
 # A step whose payloads PgConsoleStore.commit hands to its AfterCommitNotifier once the rest is committed.
 NOTIFY_AFTER_COMMIT = "-- notify after commit"
 # Its own transaction, which does not wait for its WAL flush (set_config(..., true): for this transaction
-# only, the pool session keeps synchronous_commit on): nothing in it needs to survive a crash.
+# only, the session keeps synchronous_commit on): nothing in it needs to survive a crash.
 _NOTIFY_ALL_SQL = (
     "SELECT set_config('synchronous_commit', 'off', true), "
     f"(SELECT count(pg_notify('{CHANNEL}', p)) FROM unnest($1::text[]) AS n(p))"
@@ -95,8 +96,10 @@ class AfterCommitNotifier:
     was on its way goes in the next one. A send that fails (server lost) is tried again; at most ``max_pending``
     payloads wait, the oldest dropped beyond (the other nodes catch up at those consoles' next heartbeats)."""
 
-    def __init__(self, pool: Callable[[], asyncpg.Pool], max_pending: int = 2000) -> None:
-        self._pool = pool
+    def __init__(
+        self, connection: Callable[[], AbstractAsyncContextManager[asyncpg.Connection]], max_pending: int = 2000
+    ) -> None:
+        self._connection = connection  # a connection for one send (the store's own: no pool acquire per batch)
         self._max_pending = max_pending
         self._pending: list[str] = []
         self._task: asyncio.Task[None] | None = None
@@ -118,7 +121,8 @@ class AfterCommitNotifier:
         while self._pending:
             batch, self._pending = self._pending, []
             try:
-                await self._pool().fetchval(_NOTIFY_ALL_SQL, batch)
+                async with self._connection() as conn:
+                    await conn.fetchval(_NOTIFY_ALL_SQL, batch)
                 failures = 0
             except asyncio.CancelledError:
                 raise

@@ -93,11 +93,12 @@ class PgConsoleStore:
         self._pool_size = pool_size
         self._pool: asyncpg.Pool | None = None
         self._writes: WriteConnections | None = None
+        self._notifies: WriteConnections | None = None  # the notifier's, apart: it never takes a batch's
         self._problem: str | None = None
         self._problem_since: float | None = None
         self._listener: ChangeListener | None = None
         self.listener_problem: str | None = None
-        self._notifier = AfterCommitNotifier(lambda: self.pool)
+        self._notifier = AfterCommitNotifier(lambda: self._opened(self._notifies).connection())
         # Told when the store becomes unusable (the text) and usable again (None): the service logs it.
         self.on_problem: Callable[[str | None], None] = lambda problem: None
 
@@ -154,6 +155,7 @@ class PgConsoleStore:
         self._writes = WriteConnections(
             self._dsn, self.batches_in_flight, _init_connection, connect_timeout, _COMMAND_TIMEOUT
         )
+        self._notifies = WriteConnections(self._dsn, 1, _init_connection, connect_timeout, _COMMAND_TIMEOUT)
         try:
             await self._migrate()
         except StoreError:
@@ -182,6 +184,9 @@ class PgConsoleStore:
 
     async def close(self) -> None:
         await self._notifier.close()
+        if self._notifies is not None:
+            notifies, self._notifies = self._notifies, None
+            await notifies.close()
         if self._listener is not None:
             listener, self._listener = self._listener, None
             await listener.close()
@@ -218,18 +223,18 @@ class PgConsoleStore:
             self._notifier.send(after)
         return results
 
-    @property
-    def writes(self) -> WriteConnections:
-        if self._writes is None:
+    @staticmethod
+    def _opened(connections: WriteConnections | None) -> WriteConnections:
+        if connections is None:
             raise StoreError("the console store is not open")
-        return self._writes
+        return connections
 
     async def _commit(self, steps: list[Step]) -> list[Any]:
         one = one_statement(steps)
         if one is not None:
             # One round trip: the statement is its own transaction, COMMITted (WAL flushed) before it answers.
             try:
-                async with self.writes.connection() as conn:
+                async with self._opened(self._writes).connection() as conn:
                     await conn.fetchval(*one)
             except _CONNECTION_ERRORS as exc:
                 self._lost(exc)
@@ -238,7 +243,7 @@ class PgConsoleStore:
             return []
         results: list[Any] = []
         try:
-            async with self.writes.connection() as conn, conn.transaction():
+            async with self._opened(self._writes).connection() as conn, conn.transaction():
                 for kind, what, rows in steps:
                     if kind == "many":
                         await conn.executemany(what, rows)
