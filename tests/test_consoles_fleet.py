@@ -172,15 +172,13 @@ async def test_real_supervisors_stream_every_nodes_changes_and_alert_once(tmp_pa
 
 @contextlib.asynccontextmanager
 async def writes_held(node: ConsoleServer) -> AsyncIterator[None]:
-    """Every connection of ``node``'s store pool taken: its next batch is planned, then waits for a connection
-    (a batch in flight, as behind a slow COMMIT) until the block ends."""
-    pool = node.console_store.pool  # type: ignore[attr-defined]
-    held = [await pool.acquire() for _ in range(pool.get_max_size())]
-    try:
+    """Every connection of ``node``'s store for write batches taken: its next batch is planned, then waits for a
+    connection (a batch in flight, as behind a slow COMMIT) until the block ends."""
+    store = node.console_store
+    async with contextlib.AsyncExitStack() as held:
+        for _ in range(store.batches_in_flight):
+            await held.enter_async_context(store.write_connections.connection())  # type: ignore[attr-defined]
         yield
-    finally:
-        for conn in held:
-            await pool.release(conn)
 
 
 @pytest.mark.parametrize("newer", ["heartbeat", "registration"])

@@ -223,6 +223,10 @@ class PgConsoleStore:
             self._notifier.send(after)
         return results
 
+    @property
+    def write_connections(self) -> WriteConnections:
+        return self._opened(self._writes)
+
     @staticmethod
     def _opened(connections: WriteConnections | None) -> WriteConnections:
         if connections is None:
@@ -234,7 +238,7 @@ class PgConsoleStore:
         if one is not None:
             # One round trip: the statement is its own transaction, COMMITted (WAL flushed) before it answers.
             try:
-                async with self._opened(self._writes).connection() as conn:
+                async with self.write_connections.connection() as conn:
                     await conn.fetchval(*one)
             except _CONNECTION_ERRORS as exc:
                 self._lost(exc)
@@ -243,7 +247,7 @@ class PgConsoleStore:
             return []
         results: list[Any] = []
         try:
-            async with self._opened(self._writes).connection() as conn, conn.transaction():
+            async with self.write_connections.connection() as conn, conn.transaction():
                 for kind, what, rows in steps:
                     if kind == "many":
                         await conn.executemany(what, rows)

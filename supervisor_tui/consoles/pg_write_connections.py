@@ -8,6 +8,7 @@ pool would: the batches fail (503 with Retry-After) until the server is reachabl
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
@@ -15,18 +16,18 @@ import asyncpg
 
 
 class WriteConnections:
-    """Up to ``keep`` idle connections for write batches; more are opened when more batches run at once."""
+    """At most ``size`` connections, kept open between batches; a batch beyond waits for one, as on a pool."""
 
     def __init__(
         self,
         dsn: str,
-        keep: int,
+        size: int,
         init: Callable[[asyncpg.Connection], Awaitable[None]],
         connect_timeout: float,
         command_timeout: float,
     ) -> None:
         self._dsn = dsn
-        self._keep = max(1, keep)
+        self._free = asyncio.Semaphore(max(1, size))
         self._init = init
         self._connect_timeout = connect_timeout
         self._command_timeout = command_timeout
@@ -44,24 +45,25 @@ class WriteConnections:
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[asyncpg.Connection]:
-        """An open connection for one batch; it goes back to the idle list only when the batch did not fail."""
-        conn = None
-        while self._idle and conn is None:
-            conn = self._idle.pop()
-            if conn.is_closed():
-                conn = None
-        if conn is None:
-            conn = await self._connect()
-        try:
-            yield conn
-        except BaseException:
-            # Whatever the error, the session may be mid-transaction or gone: never reuse it.
-            conn.terminate()
-            raise
-        if self._closed or len(self._idle) >= self._keep or conn.is_in_transaction():
-            await _close(conn)
-        else:
-            self._idle.append(conn)
+        """An open connection for one batch; it is kept for the next only when the batch did not fail."""
+        async with self._free:
+            conn = None
+            while self._idle and conn is None:
+                conn = self._idle.pop()
+                if conn.is_closed():
+                    conn = None
+            if conn is None:
+                conn = await self._connect()
+            try:
+                yield conn
+            except BaseException:
+                # Whatever the error, the session may be mid-transaction or gone: never reuse it.
+                conn.terminate()
+                raise
+            if self._closed or conn.is_in_transaction():
+                await _close(conn)
+            else:
+                self._idle.append(conn)
 
     async def close(self) -> None:
         self._closed = True
