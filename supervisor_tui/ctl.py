@@ -20,7 +20,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import msgspec
@@ -32,10 +32,12 @@ from supervisor_tui.core.groups import GROUP_ACTIONS
 from supervisor_tui.core.printable import printable
 from supervisor_tui.core.status import NodeList
 from supervisor_tui.plugins.manifest_schema import MAX_REPLICAS
+from supervisor_tui.plugins.model import GroupActionResult, LogEntry, LogLines, PluginEnvelope, PluginList
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 TOKEN_ENV = "SUPERVISOR_TUI_AUTH_ADMIN_TOKEN"
+Answer = TypeVar("Answer")
 
 
 class CtlError(Exception):
@@ -194,35 +196,43 @@ def _check(resp: httpx.Response, what: str) -> dict[str, Any]:
     return body if isinstance(body, dict) else {}
 
 
+def _answer(resp: httpx.Response, what: str, shape: type[Answer]) -> Answer:
+    """A successful answer decoded into the admin API's own Struct for it (plugins/model.py, core/status.py)."""
+    body = _check(resp, what)
+    try:
+        return msgspec.convert(body, shape)
+    except msgspec.ValidationError as exc:
+        raise CtlError(f"{what}: the supervisor answered in an unexpected shape: {exc}") from None
+
+
 async def _status(client: httpx.AsyncClient) -> int:
-    body = _check(await client.get("/api/v1/plugins"), "status")
+    plugins = _answer(await client.get("/api/v1/plugins"), "status", PluginList).plugins
     rows: list[tuple[str, ...]] = [("KEY", "STATE", "PID", "PORT", "UPTIME", "RESTARTS", "HEALTH", "GROUP", "DETAIL")]
-    for p in body.get("plugins", []):
-        health = {True: "ok", False: "unhealthy", None: "-"}[p.get("healthy")]
+    for p in plugins:
+        health = {True: "ok", False: "unhealthy", None: "-"}[p.healthy]
         cells = (
-            p["key"],
-            p["state"],
-            str(p.get("pid") or "-"),
-            str(p.get("port") or "-"),
-            _uptime(p.get("uptime")),
-            str(p.get("restarts", 0)),
+            p.key,
+            p.state,
+            str(p.pid or "-"),
+            str(p.port or "-"),
+            _uptime(p.uptime),
+            str(p.restarts),
             health,
-            p.get("group") or "-",
-            p.get("detail", ""),
+            p.group or "-",
+            p.detail,
         )
         rows.append(tuple(printable(str(c)) for c in cells))  # escaped before the widths are measured
-        replicas = p.get("replicas") or []
-        for r in replicas if len(replicas) > 1 else []:  # one row per replica under its plugin
+        for r in p.replicas if len(p.replicas) > 1 else ():  # one row per replica under its plugin
             sub = (
-                f"{p['key']}#{r['index']}",
-                r["state"],
-                str(r.get("pid") or "-"),
-                str(r.get("port") or "-"),
+                f"{p.key}#{r.index}",
+                r.state,
+                str(r.pid or "-"),
+                str(r.port or "-"),
                 "-",
-                str(r.get("restarts", 0)),
+                str(r.restarts),
                 "-",
-                p.get("group") or "-",
-                r.get("detail", ""),
+                p.group or "-",
+                r.detail,
             )
             rows.append(tuple(printable(str(c)) for c in sub))
     _table(rows)
@@ -237,11 +247,7 @@ def _table(rows: list[tuple[str, ...]]) -> None:
 
 
 async def _fleet(client: httpx.AsyncClient) -> int:
-    body = _check(await client.get("/api/v1/fleet/nodes"), "fleet")
-    try:
-        nodes = msgspec.convert(body, NodeList).nodes
-    except msgspec.ValidationError as exc:
-        raise CtlError(f"fleet: the supervisor answered in an unexpected shape: {exc}") from None
+    nodes = _answer(await client.get("/api/v1/fleet/nodes"), "fleet", NodeList).nodes
     rows: list[tuple[str, ...]] = [("NODE", "STATUS", "LAST SEEN", "VERSION", "PLUGINS", "CONSOLES", "URL")]
     now = time.time()
     for n in nodes:
@@ -260,10 +266,10 @@ async def _fleet(client: httpx.AsyncClient) -> int:
 
 
 async def _scale(client: httpx.AsyncClient, key: str, replicas: int) -> int:
-    body = _check(await client.post(f"/api/v1/plugins/{key}/scale", json={"replicas": replicas}), f"scale {key}")
-    plugin = body.get("plugin", {})
-    count = len(plugin.get("replicas") or [])
-    _say(f"{key}: {count} replica{'' if count == 1 else 's'}, {plugin.get('state', '?')} ({plugin.get('detail', '')})")
+    resp = await client.post(f"/api/v1/plugins/{key}/scale", json={"replicas": replicas})
+    plugin = _answer(resp, f"scale {key}", PluginEnvelope).plugin
+    count = len(plugin.replicas)
+    _say(f"{key}: {count} replica{'' if count == 1 else 's'}, {plugin.state} ({plugin.detail})")
     return 0
 
 
@@ -284,8 +290,8 @@ async def _act(client: httpx.AsyncClient, action: str, keys: list[str]) -> int:
     async def one(key: str) -> tuple[str, str | None, str]:
         """(key, the state after the action or None, and a warning); a failure is "!message" as the state."""
         try:
-            body = _check(await client.post(f"/api/v1/plugins/{key}/{action}"), f"{action} {key}")
-            return key, body.get("plugin", {}).get("state", "?"), str(body.get("warning") or "")
+            done = _answer(await client.post(f"/api/v1/plugins/{key}/{action}"), f"{action} {key}", PluginEnvelope)
+            return key, done.plugin.state, done.warning or ""
         except CtlError as exc:
             return key, f"!{exc}", ""
         except httpx.TransportError as exc:
@@ -305,8 +311,8 @@ async def _act(client: httpx.AsyncClient, action: str, keys: list[str]) -> int:
 
 async def _logs(client: httpx.AsyncClient, key: str, lines: int, follow: bool) -> int:
     if not follow:
-        body = _check(await client.get(f"/api/v1/plugins/{key}/logs", params={"lines": lines}), f"logs {key}")
-        for line in body.get("lines", []):
+        resp = await client.get(f"/api/v1/plugins/{key}/logs", params={"lines": lines})
+        for line in _answer(resp, f"logs {key}", LogLines).lines:
             _print_log(line)
         return 0
     params: dict[str, Any] = {"lines": lines, "follow": "true"}
@@ -320,7 +326,7 @@ async def _logs(client: httpx.AsyncClient, key: str, lines: int, follow: bool) -
         try:
             async for raw in resp.aiter_lines():
                 if raw.strip():
-                    _print_log(json.loads(raw))
+                    _print_log(_log_line(raw, f"logs {key}"))
         except httpx.TransportError:
             pass  # the connection went away mid-stream: said below, like an orderly end
     # Following only ends when the supervisor goes away (it is stopping, or it died).
@@ -331,11 +337,22 @@ def _exit_interrupted(signum: int, frame: object) -> None:
     os._exit(130)
 
 
-def _print_log(line: dict[str, Any], with_source: bool = False) -> None:
-    ts = time.strftime("%H:%M:%S", time.localtime(line.get("ts", 0)))
-    stream = {"stdout": "out", "stderr": "err", "supervisor": "sup"}.get(line.get("stream", ""), "")
-    source = f"{line.get('source', '')} " if with_source else ""
-    _say(f"{ts} {source}{stream} {line.get('message', '')}")
+_LOG_LINE = msgspec.json.Decoder(LogEntry)
+
+
+def _log_line(raw: str, what: str) -> LogEntry:
+    """One line of a followed log stream (newline-delimited LogEntry JSON)."""
+    try:
+        return _LOG_LINE.decode(raw)
+    except msgspec.DecodeError as exc:
+        raise CtlError(f"{what}: the supervisor sent a line in an unexpected shape: {exc}") from None
+
+
+def _print_log(line: LogEntry, with_source: bool = False) -> None:
+    ts = time.strftime("%H:%M:%S", time.localtime(line.ts))
+    stream = {"stdout": "out", "stderr": "err", "supervisor": "sup"}.get(line.stream, "")
+    source = f"{line.source} " if with_source else ""
+    _say(f"{ts} {source}{stream} {line.message}")
 
 
 async def _search_logs(client: httpx.AsyncClient, key: str | None, lines: int, grep: str | None) -> int:
@@ -345,16 +362,15 @@ async def _search_logs(client: httpx.AsyncClient, key: str | None, lines: int, g
         params["grep"] = grep
     what = "logs" + (f" {key}" if key else "")
     path = f"/api/v1/plugins/{key}/logs" if key else "/api/v1/logs"
-    body = _check(await client.get(path, params=params), what)
-    for line in body.get("lines", []):
+    for line in _answer(await client.get(path, params=params), what, LogLines).lines:
         _print_log(line, with_source=key is None)
     return 0
 
 
 async def _group(client: httpx.AsyncClient, action: str, group: str) -> int:
-    body = _check(await client.post(f"/api/v1/groups/{group}/{action}"), f"{action} group {group}")
-    for p in body.get("plugins", []):
-        _say(f"{p.get('key')}: {p.get('state')}")
+    resp = await client.post(f"/api/v1/groups/{group}/{action}")
+    for p in _answer(resp, f"{action} group {group}", GroupActionResult).plugins:
+        _say(f"{p.key}: {p.state}")
     return 0
 
 
@@ -372,10 +388,7 @@ async def _install(client: httpx.AsyncClient, path: Path, start: bool) -> int:
         raise CtlError(f"install: cannot read {path}: {exc.strerror}") from None
     except json.JSONDecodeError as exc:
         raise CtlError(f"install: {path} is not valid JSON: {exc}") from None
-    body = _check(
-        await client.post("/api/v1/plugins/install", json={"manifest": manifest, "autoStart": start}),
-        f"install {path}",
-    )
-    plugin = body.get("plugin", {})
-    _say(f"{plugin.get('key')}: installed ({plugin.get('state')})")
+    resp = await client.post("/api/v1/plugins/install", json={"manifest": manifest, "autoStart": start})
+    plugin = _answer(resp, f"install {path}", PluginEnvelope).plugin
+    _say(f"{plugin.key}: installed ({plugin.state})")
     return 0

@@ -238,3 +238,40 @@ async def test_tokens_and_unreachable_supervisors(headless: Headless, settings: 
         assert "cannot reach" in r.stderr or "connection refused" in r.stderr, r.stderr
         assert "Traceback" not in r.stderr
         assert len(r.stderr.splitlines()) == (2 if action[0] == "start" else 1), r.stderr
+
+
+def test_an_answer_in_an_unexpected_shape_is_one_line_not_a_traceback(tmp_path: Path) -> None:
+    """ctl decodes each answer into the admin API's own Struct: a server that answers 200 in another shape (an
+    older or a foreign one) gets one line naming the field, and exit 1."""
+    import http.server
+    import threading
+
+    class Odd(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = (
+                b'{"plugins": [{"state": "RUNNING"}]}'  # no key
+                if self.path.startswith("/api/v1/plugins")
+                else b'{"lines": [{"ts": "noon"}]}'
+            )
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Odd)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        r = ctl("--url", url, "--token", "t", "status", cwd=tmp_path)
+        line = one_line(r.stderr)
+        assert r.returncode == 1 and "status: the supervisor answered in an unexpected shape" in line, line
+        assert "key" in line
+        r = ctl("--url", url, "--token", "t", "logs", "--grep", "x", cwd=tmp_path)
+        line = one_line(r.stderr)
+        assert r.returncode == 1 and "logs: the supervisor answered in an unexpected shape" in line, line
+    finally:
+        server.shutdown()

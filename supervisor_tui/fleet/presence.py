@@ -43,7 +43,7 @@ class NodePresence:
     def record(self) -> Presence:
         plugins: dict[str, int] = {}
         for snap in self.sup.plugins():
-            if not getattr(self.sup.registry.get(snap.key), "node", ""):  # another node's plugins are its own
+            if not snap.node:  # another node's plugins are its own
                 plugins[snap.state] = plugins.get(snap.state, 0) + 1
         return Presence(
             node=self.node,
