@@ -7,32 +7,22 @@ from __future__ import annotations
 import gc
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import make_test_settings
 from inprocess_support import write_inprocess
+from supervisor_parts_support import Parts, folder_factory, open_parts
 
-from supervisor_tui.core.events import EventBus, PluginRegistered, PluginStateChanged, PluginUnregistered
-from supervisor_tui.core.logs import LogHub
-from supervisor_tui.core.plugin_state import PluginStateStore
-from supervisor_tui.core.store import Store
-from supervisor_tui.core.supervisor import Supervisor, owner_id
+from supervisor_tui.core.events import PluginRegistered, PluginStateChanged, PluginUnregistered
+from supervisor_tui.core.supervisor import Supervisor
 from supervisor_tui.core.supervisor.external_plugins import ExternalPlugins
-from supervisor_tui.core.supervisor.folder_plugins import FolderPluginFactory, ProcessDefaults, SupervisorUrl
-from supervisor_tui.core.supervisor.memory import PluginMemory
 from supervisor_tui.core.supervisor.orchestration import Orchestrator
-from supervisor_tui.core.supervisor.process_tracking import ProcessTracking
-from supervisor_tui.core.supervisor.registry import PluginRegistry
 from supervisor_tui.core.supervisor.reports import PluginReports
 from supervisor_tui.plugins.external import ExternalRegistrations
-from supervisor_tui.plugins.inprocess import InProcessContext
-from supervisor_tui.plugins.inprocess_settings import InProcessSettings
 from supervisor_tui.plugins.manifest import discover, start_order
 from supervisor_tui.plugins.model import PluginActionError, PluginNotFound
-from supervisor_tui.plugins.ports import PortAllocator
 
 QUIET = """
 from supervisor_tui.plugins.inprocess import PluginInterface
@@ -43,35 +33,10 @@ class Plugin(PluginInterface):
 """
 
 
-@dataclass
-class Parts:
-    bus: EventBus
-    logs: LogHub
-    plugin_state: PluginStateStore
-    memory: PluginMemory
-    tracking: ProcessTracking
-    registry: PluginRegistry
-    heard: list[tuple[str, str]]  # what PluginReports told its on_state, in order
-    reports: PluginReports
-
-
 @pytest.fixture
 async def parts(tmp_path: Path) -> AsyncIterator[Parts]:
-    bus = EventBus()
-    logs = LogHub(bus, tmp_path / "logs")
-    store = Store(tmp_path / "supervisor.db")
-    await store.open()
-    plugin_state = PluginStateStore(store)
-    memory = PluginMemory(plugin_state, logs)
-    await memory.load()
-    tracking = ProcessTracking(plugin_state, logs, owner_id(tmp_path), use_cgroups=False)
-    heard: list[tuple[str, str]] = []
-    reports = PluginReports(bus, logs, lambda key, new: heard.append((key, new)))
-    try:
-        yield Parts(bus, logs, plugin_state, memory, tracking, PluginRegistry(bus), heard, reports)
-    finally:
-        await store.close()
-        logs.close()
+    async with open_parts(tmp_path) as opened:
+        yield opened
 
 
 def registration(key: str, **fields: Any) -> dict[str, Any]:
@@ -108,29 +73,9 @@ async def test_the_orchestrator_starts_dependencies_first_and_stops_them_last_wi
     write_inprocess(plugins_dir, "app", QUIET, autostart=False, depends_on=["db"])
     found = discover(plugins_dir)
     assert not found.invalid
-    orchestrator = Orchestrator(parts.registry, parts.memory, parts.tracking, parts.logs, {})
+    orchestrator = Orchestrator(parts.registry, parts.memory, parts.tracking, parts.logs)
     reports = PluginReports(parts.bus, parts.logs, orchestrator.state_changed)
-    factory = FolderPluginFactory(
-        parts.registry,
-        parts.memory,
-        PortAllocator(26000, 26099, "127.0.0.1"),
-        parts.plugin_state,
-        parts.tracking,
-        reports,
-        parts.logs,
-        ProcessDefaults(owner_id(tmp_path), SupervisorUrl("http://127.0.0.1:1").current, 5.0, 1024),
-        InProcessContext(
-            supervisor=None,  # handed to the plugins' initialize(): these two never look at it
-            logs=parts.logs,
-            bus=parts.bus,
-            settings=InProcessSettings(),
-            on_state=reports.record_state_change,
-            on_health=reports.publish_health,
-            default_timeout=5.0,
-            default_max_body=1024,
-            base_dir=tmp_path,
-        ),
-    )
+    factory = folder_factory(parts, tmp_path, reports)
     for key in start_order(found.manifests):
         factory.add(key, found.manifests[key])
     with pytest.raises(PluginActionError, match="shutting down"):

@@ -16,7 +16,6 @@ from collections.abc import Callable, Iterable
 from typing import Any
 from urllib.parse import urlsplit
 
-from supervisor_tui.core.events import MetricsSample
 from supervisor_tui.core.printable import printable_problem
 from supervisor_tui.plugins.manifest import (
     KEY_PATTERN,
@@ -27,6 +26,7 @@ from supervisor_tui.plugins.manifest import (
     parse_endpoints,
 )
 from supervisor_tui.plugins.model import PluginSnapshot, PluginState
+from supervisor_tui.plugins.no_process import RunsNoProcess
 
 SOURCE = "registration"  # what ManifestError names instead of a file
 
@@ -38,7 +38,7 @@ class UpstreamNotAllowed(PermissionError):
 PASSIVE_FAILURES = 3  # gateway failures in a row that mark an external plugin unhealthy
 
 
-class ExternalPlugin:
+class ExternalPlugin(RunsNoProcess):
     """One self-registered plugin (a ManagedPlugin of kind "external"): RUNNING while heartbeats come, else LOST.
 
     The supervisor neither starts nor stops its process; ``start``/``stop`` only exist for the common protocol.
@@ -47,7 +47,13 @@ class ExternalPlugin:
     kind = "external"
     runs_elsewhere = True  # registers and leaves on its own: the supervisor neither starts nor stops it
     manifest: Manifest | None = None  # it announced itself: no manifest
+    error: ManifestError | None = None  # nor one that was rejected
     asgi_app = None  # reached over HTTP only
+    autostart = False  # nothing to start here
+    active = False
+    stops_last = False
+    tried_by_host = False
+    stands_for_peers = False  # PeerPlugin: a key that only other nodes serve
 
     def __init__(
         self,
@@ -77,6 +83,7 @@ class ExternalPlugin:
         self.registered_at = self.last_heartbeat = time.time()
         self.state = PluginState.RUNNING
         self.detail = "registered"
+        self.desired = "running"  # it runs on its own
         self.healthy: bool | None = None
         self.health_detail = ""
         self._failures = 0
@@ -110,8 +117,8 @@ class ExternalPlugin:
             health_detail=self.health_detail,
             last_error="",
             endpoints=self.endpoints,
-            autostart=False,
-            desired="running",
+            autostart=self.autostart,
+            desired=self.desired,
             timeout=self.timeout,
             max_body=self.max_body,
             last_metrics=None,
@@ -124,6 +131,9 @@ class ExternalPlugin:
 
     async def stop(self, reason: str = "") -> None:
         return None
+
+    def refuse_start(self, reason: str) -> None:
+        """Nothing to refuse: it was never started here."""
 
     async def wait_for(self, states: set[PluginState] | None = None, timeout: float | None = None) -> PluginState:  # noqa: ASYNC109
         async def wait() -> None:
@@ -144,8 +154,10 @@ class ExternalPlugin:
             return
         self.on_health(self, self.healthy, self.health_detail)
 
-    def history(self) -> list[MetricsSample]:
-        return []
+    def follow_peers(self) -> tuple[str, str] | None:
+        """It keeps the state its own heartbeats give when other nodes serving its key come or go (PeerPlugin
+        follows them)."""
+        return None
 
     def set_state(self, state: PluginState, detail: str) -> None:
         self.state, self.detail = state, detail

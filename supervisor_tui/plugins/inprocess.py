@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from supervisor_tui.core.events import EventBus, InProcessPluginLoaded, MetricsSample, plugin_failed
+from supervisor_tui.core.events import EventBus, InProcessPluginLoaded, plugin_failed
 from supervisor_tui.core.logs import LogHub
 from supervisor_tui.plugins.inprocess_hooks import HookQueue
 from supervisor_tui.plugins.inprocess_interface import HOOKS, PluginInterface
@@ -45,6 +45,7 @@ from supervisor_tui.plugins.inprocess_loading import (
 from supervisor_tui.plugins.inprocess_settings import InProcessSettings
 from supervisor_tui.plugins.manifest import Endpoint, Manifest, ManifestError, dependencies
 from supervisor_tui.plugins.model import PluginActionError, PluginSnapshot, PluginState
+from supervisor_tui.plugins.no_process import RunsNoProcess
 
 __all__ = ["HOOKS", "KIND", "InProcessContext", "InProcessPlugin", "PluginInterface", "endpoints_of"]
 
@@ -68,7 +69,7 @@ class InProcessContext:
     tables: Mapping[str, Any] = field(default_factory=dict)  # [inprocess.<name>] sections
 
 
-class InProcessPlugin:
+class InProcessPlugin(RunsNoProcess):
     """A Python plugin running in the supervisor's event loop (a ManagedPlugin of kind ``inprocess``)."""
 
     kind = KIND
@@ -139,6 +140,16 @@ class InProcessPlugin:
                 return False
             return self.manifest.autostart
         return self.enabled
+
+    @property
+    def stops_last(self) -> bool:
+        """One from settings stops after every other plugin, once the hooks about them reached it."""
+        return self.folder is None
+
+    @property
+    def tried_by_host(self) -> bool:
+        """The in-process plugin host loaded it already, or failed to: start_all does not try it again."""
+        return self.counters["loads"] + self.counters["load_failures"] > 0
 
     # -- views ---------------------------------------------------------------------------------------------
     @property
@@ -215,12 +226,6 @@ class InProcessPlugin:
         """The gateway saw the plugin's app fail (or answer again)."""
         if not ok:
             self.last_error = detail or "its routes raised an error"
-
-    def history(self) -> list[MetricsSample]:
-        return []
-
-    def sample(self) -> MetricsSample | None:
-        return None  # it shares the supervisor's process: no tree of its own to sample
 
     def source_changed(self) -> bool:
         """True when the Python files of a folder plugin differ from the imported version."""

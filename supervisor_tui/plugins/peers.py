@@ -35,6 +35,8 @@ class Peer:
 class PeerPlugin(ExternalPlugin):
     """A key no plugin here serves, only other nodes: its snapshot shows the peers, its state follows them."""
 
+    stands_for_peers = True  # dropped when no node serves its key any more
+
     def __init__(self, first: ExternalPlugin, peers: dict[str, Peer]) -> None:
         super().__init__(
             first.key,

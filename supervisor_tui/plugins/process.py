@@ -6,9 +6,10 @@ An exit while RUNNING -> EXITED -> STARTING again (restart policy permitting), w
 it keeps crashing that resets after ``STABLE_AFTER`` seconds of running. Stop signals the whole process group,
 waits ``stopwaitsecs`` and SIGKILLs what is left, so nothing a plugin spawned outlives it.
 
-The runner is put together from its jobs: this module has the state machine (supervision loop, oneshot tasks,
-actions, snapshot); ``process_spawn`` starts a run, ``probing`` has its readiness and liveness probes,
-``process_tree`` stops what a run left behind (and the subreaper rules); ``replicas`` runs N of them.
+The runner is put together from its jobs: this module has the state machine (supervision loop, actions, snapshot,
+what the supervisor asks of it); ``process_spawn`` starts a run, ``probing`` has its readiness and liveness probes,
+``process_task`` runs oneshot tasks, ``process_tree`` stops what a run left behind (and the subreaper rules);
+``replicas`` runs N of them.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from supervisor_tui.plugins.process_spawn import (  # re-exported: the superviso
     describe_os_error,
     inherited_environment,
 )
+from supervisor_tui.plugins.process_task import FIRST_BACKOFF, TaskRuns
 from supervisor_tui.plugins.process_tree import (  # re-exported: the supervisor's names for them
     TreeTeardown,
     adopted_children,
@@ -65,7 +67,6 @@ __all__ = [
 ]
 
 STABLE_AFTER = 60.0  # seconds of RUNNING after which the crash backoff starts over
-FIRST_BACKOFF = 1.0  # seconds before the first retry (doubles each time, capped by backoff_max_s)
 
 S = PluginState
 
@@ -90,12 +91,14 @@ class RunnerContext:
     cgroups: CgroupTree | None = None  # None: cgroups are off or not writable here
 
 
-class ProcessRunner(Spawning, Probing, TreeTeardown):
+class ProcessRunner(Spawning, Probing, TreeTeardown, TaskRuns):
     """Runs one plugin's command under supervision; every state change goes through ``ctx.on_state``."""
 
     kind = "process"
     runs_elsewhere = False
     asgi_app = None  # reached over HTTP only
+    stops_last = False  # stopped in dependency order (only in-process plugins from settings wait for the others)
+    tried_by_host = False  # the in-process plugin host loads no process
 
     def __init__(
         self,
@@ -175,7 +178,7 @@ class ProcessRunner(Spawning, Probing, TreeTeardown):
             health_detail=self.tracker.detail,
             last_error=self.last_error,
             endpoints=m.endpoints if m else (),
-            autostart=m.autostart if m else False,
+            autostart=self.autostart,
             desired=self.desired,
             timeout=(m.timeout if m and m.timeout is not None else self.ctx.default_timeout),
             max_body=(m.max_body if m and m.max_body is not None else self.ctx.default_max_body),
@@ -288,6 +291,43 @@ class ProcessRunner(Spawning, Probing, TreeTeardown):
             return
         self._record_health(ok, detail or ("gateway: upstream answered" if ok else "gateway: upstream failed"))
 
+    # -- what the supervisor asks (core.supervisor.managed.ManagedPlugin) ----------------------------------------
+    @property
+    def autostart(self) -> bool:
+        return self.manifest is not None and self.manifest.autostart
+
+    @property
+    def is_task(self) -> bool:
+        """A oneshot: it runs to its end, and COMPLETED is a successful start."""
+        return self.manifest is not None and self.manifest.oneshot
+
+    @property
+    def replica_count(self) -> int | None:
+        return None  # one process, and it cannot run more (ReplicatedRunner can)
+
+    def check_scale(self, count: int) -> None:
+        raise PluginActionError(self.key, "this plugin cannot run replicas")
+
+    async def scale(self, count: int, reason: str = "scaled by operator") -> None:
+        self.check_scale(count)
+
+    def check_env_overrides(self) -> None:
+        """Its environment is the supervisor's to set: nothing to refuse."""
+
+    def set_env_overrides(self, env: Mapping[str, str]) -> None:
+        """Merged over the manifest's ``env`` from the next start on."""
+        self.env_overrides = dict(env)
+
+    async def prepare(self, manifest: Manifest) -> None:
+        """Nothing to load ahead of a reload: the new manifest's command runs at the next start."""
+
+    def source_changed(self) -> bool:
+        return False  # its program's files are not watched: a changed manifest is what reloads it
+
+    def pids(self) -> set[int]:
+        """Its main process (whose exit status belongs to the event loop), while it runs."""
+        return {self.pid} if self.pid else set()
+
     # -- supervision loop ----------------------------------------------------------------------------------------
     def _prepare(self, reason: str) -> bool:
         """Take a port and enter STARTING; a fixed port that is taken makes the plugin FATAL."""
@@ -391,66 +431,6 @@ class ProcessRunner(Spawning, Probing, TreeTeardown):
             await self._kill_tree(self._proc, graceful=False)
             await self._after_exit(self._proc)
         self._set(S.FATAL, f"internal error: {exc!r}")
-
-    async def _run_task(self, reason: str) -> None:
-        """A oneshot: RUNNING once spawned (and ready, when gated), then COMPLETED on exit 0 and FAILED otherwise.
-
-        Run again only as ``restart`` says: "on-failure" retries a failure (``startretries`` times, with backoff),
-        "always" also runs it again a second after it completed; a liveness restart is a retry too."""
-        try:
-            await self._task_runs(reason)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # the supervisor must never fall over because of one plugin
-            await self._internal_error(exc)
-
-    async def _task_runs(self, reason: str) -> None:
-        m = self.manifest
-        assert m is not None
-        failed = 0
-        while True:
-            code, why = await self._run_once(reason)
-            if code == 0:
-                self._set(S.COMPLETED, why)
-                if m.restart != "always":
-                    return
-                await self._backoff(min(FIRST_BACKOFF, m.backoff_max_s))
-                reason = "run again (restart: always)"
-            else:
-                self.last_error = why
-                failed += 1
-                forced = why.startswith("restarted:")
-                if (m.restart == "never" and not forced) or failed > m.startretries:
-                    self._set(S.FAILED, why if failed == 1 else f"{why}; gave up after {failed} attempts")
-                    return
-                delay = backoff_delay(failed - 1, FIRST_BACKOFF, m.backoff_max_s)
-                self._set(S.BACKOFF, f"{why}; retry {failed}/{m.startretries} in {delay:g}s")
-                await self._backoff(delay)
-                reason = f"retry {failed}/{m.startretries}"
-            self.restarts += 1
-            if not self._prepare(reason):
-                return
-
-    async def _run_once(self, reason: str) -> tuple[int | None, str]:
-        """One run of a oneshot to its end: (exit code, what happened); code None when it did not run."""
-        proc = await self._spawn_shielded()
-        if proc is None:
-            return None, self.last_error
-        ready, why = await self._wait_ready(proc, startsecs=0.0)
-        if not ready and proc.returncode is None:  # not ready in time
-            await self._kill_tree(proc, graceful=True)
-            await self._after_exit(proc)
-            return proc.returncode, why
-        if ready:
-            self._set(S.RUNNING, reason)
-            self.sample()
-            self._start_probes(proc)
-        code = await wait_exit(proc)
-        await self._cancel_probes()
-        forced, self._restart_reason = self._restart_reason, ""
-        await self._after_exit(proc)
-        why = describe_exit(code)
-        return code, f"{forced} ({why})" if forced else why
 
     async def _backoff(self, delay: float) -> None:
         self._wake.clear()

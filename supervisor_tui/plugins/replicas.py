@@ -86,7 +86,11 @@ class ReplicatedRunner(ProcessRunner):
         self.count = count
         return added
 
-    def check_count(self, count: int) -> None:
+    @property
+    def replica_count(self) -> int | None:
+        return self.count
+
+    def check_scale(self, count: int) -> None:
         """PluginActionError when this plugin cannot run ``count`` replicas (bounds, fixed port, free ports)."""
         if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_REPLICAS:
             raise PluginActionError(self.key, f"replicas must be an integer from 1 to {MAX_REPLICAS}, got {count!r}")
@@ -105,7 +109,7 @@ class ReplicatedRunner(ProcessRunner):
     async def scale(self, count: int, reason: str = "scaled by operator") -> None:
         """Run ``count`` replicas: new ones start when the plugin is meant to run; the highest ones stop (their
         whole process groups) when there are too many. Raises PluginActionError for a count it cannot run."""
-        self.check_count(count)
+        self.check_scale(count)
         if count > self.count:
             added = self._grow(count)
             self._report_change(added[0].replica, "STOPPED", "STOPPED", f"added ({reason})")
@@ -194,7 +198,6 @@ class ReplicatedRunner(ProcessRunner):
         for member in self.members:
             ProcessRunner.report_upstream(member, ok, detail)
 
-    @property
     def pids(self) -> set[int]:
         """The main processes of every replica (their exit status belongs to the event loop)."""
         return {m.pid for m in self.members if m.pid}

@@ -45,7 +45,7 @@ class ExternalPlugins:
         if lost:
             plugin.set_state(PluginState.LOST, lost)
         plugin.on_health = self._on_health
-        self.registry.add(plugin)
+        self.registry.add_announced(plugin)
         reason = lost or f"registered from {plugin.upstream}" + (f" over {source}" if source != "http" else "")
         self.reports.record_state_change(plugin, old, str(plugin.state), reason)
         return plugin.snapshot()
@@ -72,9 +72,10 @@ class ExternalPlugins:
 
     def _external(self, key: str) -> ExternalPlugin:
         plugin = self.registry.require(key)
-        if not isinstance(plugin, ExternalPlugin):
+        external = self.registry.announced.get(key)
+        if external is None:
             raise PluginActionError(key, f"not an external plugin (kind {plugin.kind})")
-        return plugin
+        return external
 
     # -- peers ---------------------------------------------------------------------------------------------------
     def add_peer(self, payload: dict[str, Any], node: str, base_path: str, lost_after: float, lost: str) -> str:
@@ -85,7 +86,7 @@ class ExternalPlugins:
         existing = self.registry.get(parsed.key)
         if existing is None:
             plugin = PeerPlugin(parsed, peers)
-            self.registry.add(plugin)
+            self.registry.add_announced(plugin)
             self.reports.record_state_change(plugin, str(PluginState.STOPPED), str(plugin.state), plugin.detail)
         else:
             self._peers_changed(parsed.key, node, not lost)
@@ -106,8 +107,8 @@ class ExternalPlugins:
             return False
         if not peers:
             del self.peers[key]
-        plugin = self.registry.get(key)
-        if isinstance(plugin, PeerPlugin) and not peers:
+        plugin = self.registry.announced.get(key)
+        if plugin is not None and plugin.stands_for_peers and not peers:
             plugin.set_state(PluginState.STOPPED, "no node serves it any more")
             self.reports.record_state_change(plugin, str(PluginState.RUNNING), str(PluginState.STOPPED), plugin.detail)
             self.registry.drop(key, "unregistered by its nodes")
@@ -116,8 +117,8 @@ class ExternalPlugins:
         return True
 
     def _peers_changed(self, key: str, node: str, up: bool) -> None:
-        plugin = self.registry.get(key)
-        if isinstance(plugin, PeerPlugin):
+        plugin = self.registry.announced.get(key)
+        if plugin is not None:
             changed = plugin.follow_peers()
             if changed is not None:
                 self.reports.record_state_change(plugin, changed[0], changed[1], plugin.detail)
@@ -129,8 +130,8 @@ class ExternalPlugins:
         returns the external plugins' keys."""
         now = time.time() if now is None else now
         lost = []
-        for plugin in list(self.registry.values()):
-            if isinstance(plugin, ExternalPlugin) and plugin.state == PluginState.RUNNING and now >= plugin.deadline:
+        for plugin in list(self.registry.announced.values()):
+            if plugin.state == PluginState.RUNNING and now >= plugin.deadline:
                 silent = now - plugin.last_heartbeat
                 plugin.set_state(
                     PluginState.LOST, f"no heartbeat for {silent:.0f}s (LOST after {plugin.lost_after:g}s)"

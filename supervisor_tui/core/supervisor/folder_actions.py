@@ -14,16 +14,13 @@ from typing import Any
 from supervisor_tui.core.logs import LogHub
 from supervisor_tui.core.plugin_state import PluginStateStore
 from supervisor_tui.core.supervisor.folder_plugins import FolderPluginFactory
-from supervisor_tui.core.supervisor.managed import folder_plugins, manifests, process_runner
+from supervisor_tui.core.supervisor.managed import manifests
 from supervisor_tui.core.supervisor.memory import PluginMemory
 from supervisor_tui.core.supervisor.orchestration import Orchestrator
 from supervisor_tui.core.supervisor.registry import PluginRegistry
-from supervisor_tui.plugins.inprocess import InProcessPlugin
 from supervisor_tui.plugins.manifest import MANIFEST_FILE, ManifestError, check_graph, parse_env, parse_manifest
 from supervisor_tui.plugins.model import PluginActionError, PluginSnapshot, PluginState
 from supervisor_tui.plugins.ports import PortAllocator
-from supervisor_tui.plugins.process import ProcessRunner
-from supervisor_tui.plugins.replicas import ReplicatedRunner
 
 
 class FolderActions:
@@ -67,7 +64,7 @@ class FolderActions:
             folder = self.plugins_dir / key
             if folder.exists():
                 raise PluginActionError(key, f"folder {folder} already exists (remove it or use another key)")
-            runners = folder_plugins(self.registry)
+            runners = dict(self.registry.from_folders)
             graph = {**manifests(runners), key: parsed}
             others = set(self.registry) - set(runners)
             problems = check_graph(graph, others)
@@ -99,19 +96,18 @@ class FolderActions:
             plugin = self.registry.require(key)
             dependents = sorted(
                 k
-                for k, r in folder_plugins(self.registry).items()
+                for k, r in self.registry.from_folders.items()
                 if r.manifest is not None and key in r.manifest.depends_on and k != key
             )
             if dependents:
                 raise PluginActionError(key, f"{', '.join(dependents)} depend on it: remove those first")
             self.orchestrator.stop_requested(key)
             await plugin.stop("removed by operator")
-            folder: Path | None = None
-            if isinstance(plugin, ProcessRunner | InProcessPlugin):
-                if plugin.manifest is not None:
-                    folder = plugin.manifest.folder
-                elif plugin.error is not None and plugin.error.path:
-                    folder = Path(plugin.error.path).parent
+            folder: Path | None = None  # where it came from (an external plugin or one from settings: none)
+            if plugin.manifest is not None:
+                folder = plugin.manifest.folder
+            elif plugin.error is not None and plugin.error.path:
+                folder = Path(plugin.error.path).parent
             self.ports.declare_fixed(key, None)
             self.registry.drop(key, "removed by operator")
             if purge:
@@ -132,7 +128,8 @@ class FolderActions:
 
     async def set_config(self, key: str, env: dict[str, str]) -> PluginSnapshot:
         """See Supervisor.set_config."""
-        runner = process_runner(self.registry.require(key))
+        runner = self.registry.require(key)
+        runner.check_env_overrides()  # refused by a plugin that runs no process here
         path = runner.manifest.path if runner.manifest else (runner.error.path if runner.error else "")
         try:
             parsed = parse_env(env)
@@ -142,7 +139,7 @@ class FolderActions:
             raise PluginActionError(key, f"cannot configure an INVALID plugin: {runner.error}")
         await self.plugin_state.save_overrides(key, parsed)
         self.memory.overrides[key] = parsed
-        runner.env_overrides = dict(parsed)
+        runner.set_env_overrides(parsed)
         self.logs.info(
             f"{key}: environment overrides set ({', '.join(sorted(parsed)) or 'none'})",
             event="plugin_config",
@@ -156,11 +153,9 @@ class FolderActions:
 
     async def scale(self, key: str, replicas: int) -> PluginSnapshot:
         """See Supervisor.scale."""
-        runner = process_runner(self.registry.require(key))
-        if not isinstance(runner, ReplicatedRunner):
-            raise PluginActionError(key, "this plugin cannot run replicas")
-        runner.check_count(replicas)
-        before = runner.count
+        runner = self.registry.require(key)
+        runner.check_scale(replicas)  # refused by a plugin that runs no replicas, or not that many
+        before = runner.replica_count
         try:
             await self.plugin_state.save_replicas(key, replicas, runner.desired)
         except sqlite3.Error as exc:

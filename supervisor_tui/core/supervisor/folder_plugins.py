@@ -87,7 +87,7 @@ class FolderPluginFactory:
         if manifest is not None:
             runner.desired = self.memory.desired.get(key) or ("running" if manifest.autostart else "stopped")
             self.ports.declare_fixed(key, manifest.port)
-        self.registry.add(runner)
+        self.registry.add_from_folder(runner)
         return runner
 
     def replica_count(self, key: str, manifest: Manifest | None) -> int | None:

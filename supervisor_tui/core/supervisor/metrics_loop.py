@@ -4,24 +4,19 @@ adopted children that exited reaped on the way."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
 
 from supervisor_tui.core.events import EventBus
 from supervisor_tui.core.logs import LogHub
-from supervisor_tui.core.supervisor.managed import ManagedPlugin, folder_plugins
 from supervisor_tui.core.supervisor.process_tracking import ProcessTracking
+from supervisor_tui.core.supervisor.registry import PluginRegistry
 from supervisor_tui.plugins.metrics import sample_interval
-from supervisor_tui.plugins.process import ProcessRunner
-from supervisor_tui.plugins.replicas import ReplicatedRunner
 
 
-async def sample_metrics(
-    registry: Mapping[str, ManagedPlugin], bus: EventBus, logs: LogHub, tracking: ProcessTracking
-) -> None:
+async def sample_metrics(registry: PluginRegistry, bus: EventBus, logs: LogHub, tracking: ProcessTracking) -> None:
     """Sample the folder plugins of ``registry`` onto ``bus`` until cancelled."""
     while True:
-        await asyncio.sleep(sample_interval(len(folder_plugins(registry))))
-        for runner in list(folder_plugins(registry).values()):
+        await asyncio.sleep(sample_interval(len(registry.from_folders)))
+        for runner in list(registry.from_folders.values()):
             try:
                 sample = runner.sample()
             except Exception as exc:  # psutil surprises must not stop sampling
@@ -30,9 +25,6 @@ async def sample_metrics(
             if sample is not None:
                 bus.publish(sample)
         busy: set[int] = set()
-        for r in folder_plugins(registry).values():
-            if isinstance(r, ReplicatedRunner):
-                busy |= r.pids
-            elif isinstance(r, ProcessRunner) and r.pid:
-                busy.add(r.pid)
+        for r in registry.from_folders.values():
+            busy |= r.pids()
         tracking.reap(busy)

@@ -12,19 +12,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from supervisor_tui.core.logs import LogHub
-from supervisor_tui.core.reload_plan import autostarts
-from supervisor_tui.core.supervisor.managed import FolderPlugin, disabled_keys, folder_plugins, loaded_before, manifests
+from supervisor_tui.core.supervisor.managed import ManagedPlugin, manifests, rejected
 from supervisor_tui.core.supervisor.memory import PluginMemory
 from supervisor_tui.core.supervisor.process_tracking import ProcessTracking
 from supervisor_tui.core.supervisor.registry import PluginRegistry
-from supervisor_tui.plugins.inprocess import InProcessPlugin
 from supervisor_tui.plugins.manifest import start_order
 from supervisor_tui.plugins.model import PluginActionError, PluginState
-from supervisor_tui.plugins.process import ProcessRunner
 
 S = PluginState
 # depends_on conditions: the dependency's states that meet each one, and those in which it cannot be met any more.
@@ -45,22 +42,13 @@ CONDITION_FAILED: dict[str, frozenset[str]] = {
 class Orchestrator:
     """Starts plugins after their dependencies and stops them before; knows what start_all has launched.
 
-    ``memory`` gives the operator's desired states, ``tracking`` the orphan cleanup every start waits for,
-    ``inprocess_tables`` the ``[inprocess.*]`` sections (``enabled = false``)."""
+    ``memory`` gives the operator's desired states, ``tracking`` the orphan cleanup every start waits for."""
 
-    def __init__(
-        self,
-        registry: PluginRegistry,
-        memory: PluginMemory,
-        tracking: ProcessTracking,
-        logs: LogHub,
-        inprocess_tables: Mapping[str, Any],
-    ) -> None:
+    def __init__(self, registry: PluginRegistry, memory: PluginMemory, tracking: ProcessTracking, logs: LogHub) -> None:
         self.registry = registry
         self.memory = memory
         self.tracking = tracking
         self.logs = logs
-        self.inprocess_tables = inprocess_tables
         self.accepting = False  # starts are taken between the supervisor's open and close
         self.closing = False  # set by cancel_starts: nothing starts any more
         # Set by the in-process plugin host: delivers pending hooks (stop_all calls it before stopping those plugins).
@@ -98,31 +86,27 @@ class Orchestrator:
     async def set_desired(self, key: str, desired: str) -> None:
         """Remember what the operator wants of ``key`` (in memory and in the database) without acting on it."""
         plugin = self.registry.get(key)
-        if isinstance(plugin, ProcessRunner | InProcessPlugin):
+        if plugin is not None:
             plugin.desired = desired
         await self.memory.set_desired(key, desired)
 
-    def should_autostart(self, runner: FolderPlugin) -> bool:
-        desired_states = self.memory.desired
-        if runner.manifest is not None:
-            return autostarts(runner.key, runner.manifest, desired_states, disabled_keys(self.inprocess_tables))
-        if not isinstance(runner, InProcessPlugin):
-            return False  # INVALID
-        desired = desired_states.get(runner.key)  # an in-process plugin from settings
-        return desired == "running" if desired else runner.autostart
+    def should_autostart(self, plugin: ManagedPlugin) -> bool:
+        """The operator's last start or stop first, else the plugin's own ``autostart`` (for a folder plugin the
+        rule of reload_plan.autostarts); never a plugin that runs elsewhere or whose manifest was rejected."""
+        if plugin.runs_elsewhere or rejected(plugin):
+            return False
+        desired = self.memory.desired.get(plugin.key)
+        return desired == "running" if desired else plugin.autostart
 
     async def start_all(self) -> None:
         """Start every plugin that should run, dependencies first (see Supervisor.start_all)."""
         registry = self.registry
-        runners = folder_plugins(registry)
+        runners = dict(registry.from_folders)
         keys = [k for k in start_order(manifests(runners)) if self.should_autostart(runners[k])]
-        keys += [
-            k
-            for k, p in registry.items()
-            if isinstance(p, InProcessPlugin) and k not in runners and self.should_autostart(p)
-        ]
+        # Then those from no folder (in-process plugins from settings); externals never autostart.
+        keys += [k for k, p in registry.items() if k not in runners and self.should_autostart(p)]
         # In-process plugins the host loaded (or failed to load) already are not tried again.
-        keys = [k for k in keys if not loaded_before(registry[k])]
+        keys = [k for k in keys if not registry[k].tried_by_host]
         self._startup = set(keys)
         await self.start_many(keys, "autostart")
 
@@ -194,7 +178,7 @@ class Orchestrator:
         plugin = self.registry.require(key)
         generation = self._stop_gen.get(key, 0)
         manifest = plugin.manifest
-        if manifest is None and isinstance(plugin, ProcessRunner):
+        if rejected(plugin):
             raise PluginActionError(key, f"cannot start an INVALID plugin: {plugin.error}")
         deps = manifest.depends_on if manifest is not None else ()
         results = await asyncio.gather(
@@ -204,7 +188,7 @@ class Orchestrator:
         for result in results:
             if isinstance(result, BaseException):
                 message = result.message if isinstance(result, PluginActionError) else repr(result)
-                if isinstance(plugin, FolderPlugin) and self._stop_gen.get(key, 0) == generation:
+                if self._stop_gen.get(key, 0) == generation:
                     plugin.refuse_start(f"not started: {message}")
                 raise PluginActionError(key, message)
         await self.tracking.clean_orphans()  # a previous run's process may still hold the port
@@ -212,7 +196,7 @@ class Orchestrator:
             raise PluginActionError(key, "stopped while waiting for its dependencies")
         await plugin.start(reason)
         state = await plugin.wait_for()
-        task = isinstance(plugin, ProcessRunner) and plugin.manifest is not None and plugin.manifest.oneshot
+        task = plugin.is_task
         if state != PluginState.RUNNING and not (task and state == PluginState.COMPLETED):
             snap = plugin.snapshot()
             raise PluginActionError(key, f"{'ended' if task else 'did not start'}: {state}: {snap.detail}")
@@ -267,7 +251,7 @@ class Orchestrator:
                         dependents[dep].append(key)
         tasks: dict[str, asyncio.Task[None]] = {}
         # In-process plugins from settings ([inprocess.*]) stop last, once the hooks about everything else reached them.
-        last = {k for k, p in plugins.items() if isinstance(p, InProcessPlugin) and p.folder is None}
+        last = {k for k, p in plugins.items() if p.stops_last}
 
         async def stop_one(key: str) -> None:
             waits = [tasks[d] for d in dependents[key] if d in tasks]

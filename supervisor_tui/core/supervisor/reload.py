@@ -11,14 +11,12 @@ from supervisor_tui.core.events import EventBus, plugin_failed
 from supervisor_tui.core.logs import LogHub
 from supervisor_tui.core.reload_plan import OUTCOMES, Action, Change, plan_reload
 from supervisor_tui.core.supervisor.folder_plugins import FolderPluginFactory
-from supervisor_tui.core.supervisor.managed import FolderPlugin, ReloadResult, disabled_keys, folder_plugins, loaded
+from supervisor_tui.core.supervisor.managed import FolderPlugin, ReloadResult, disabled_keys, loaded
 from supervisor_tui.core.supervisor.memory import PluginMemory
 from supervisor_tui.core.supervisor.registry import PluginRegistry
-from supervisor_tui.plugins.inprocess import InProcessPlugin
 from supervisor_tui.plugins.manifest import discover
 from supervisor_tui.plugins.model import PluginActionError
 from supervisor_tui.plugins.ports import PortAllocator
-from supervisor_tui.plugins.replicas import ReplicatedRunner
 
 StartMany = Callable[[Iterable[str], str], Awaitable[None]]  # Orchestrator.start_many
 
@@ -52,7 +50,7 @@ class FolderReload:
     async def run(self, keep_on_error: bool) -> ReloadResult:
         """Plan and apply a reload (the caller holds the supervisor's lifecycle lock)."""
         found = discover(self.plugins_dir, skip=self.memory.removed)
-        current = folder_plugins(self.registry)
+        current = dict(self.registry.from_folders)
         plan = plan_reload(
             [loaded(runner) for runner in current.values()],
             found,
@@ -92,7 +90,7 @@ class FolderReload:
         if action is Action.KEEP_RUNNING:
             self._reload_failed(runner, str(change.error))
             return change.outcome
-        if change.prepare and isinstance(runner, InProcessPlugin) and change.manifest is not None:
+        if change.prepare and change.manifest is not None:
             try:  # import the new version while the old one runs: a broken one never replaces it
                 await runner.prepare(change.manifest)
             except PluginActionError as exc:
@@ -113,7 +111,7 @@ class FolderReload:
             runner.replace_manifest(change.manifest)
             self.ports.declare_fixed(key, change.manifest.port)
             count = self.factory.replica_count(key, change.manifest) or change.manifest.replicas
-            if isinstance(runner, ReplicatedRunner) and runner.count != count:
+            if runner.replica_count not in (None, count):  # None: it runs no replicas
                 try:
                     await runner.scale(count, "replicas changed in the manifest")
                 except PluginActionError as exc:

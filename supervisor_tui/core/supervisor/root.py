@@ -29,7 +29,7 @@ from supervisor_tui.core.store import Store
 from supervisor_tui.core.supervisor.external_plugins import ExternalPlugins
 from supervisor_tui.core.supervisor.folder_actions import FolderActions
 from supervisor_tui.core.supervisor.folder_plugins import FolderPluginFactory, ProcessDefaults, SupervisorUrl
-from supervisor_tui.core.supervisor.managed import PLUGIN_HOST, ManagedPlugin, ReloadResult
+from supervisor_tui.core.supervisor.managed import PLUGIN_HOST, ManagedPlugin, ReloadResult, rejected
 from supervisor_tui.core.supervisor.memory import PluginMemory
 from supervisor_tui.core.supervisor.metrics_loop import sample_metrics
 from supervisor_tui.core.supervisor.orchestration import Orchestrator
@@ -39,13 +39,12 @@ from supervisor_tui.core.supervisor.reload import FolderReload
 from supervisor_tui.core.supervisor.reports import PluginReports
 from supervisor_tui.plugins.external import ExternalRegistrations
 from supervisor_tui.plugins.health import ProbeClient, make_client
-from supervisor_tui.plugins.inprocess import InProcessContext, InProcessPlugin
+from supervisor_tui.plugins.inprocess import InProcessContext
 from supervisor_tui.plugins.inprocess_settings import InProcessSection
 from supervisor_tui.plugins.manifest import discover, start_order
 from supervisor_tui.plugins.model import PluginActionError, PluginSnapshot
 from supervisor_tui.plugins.peers import Peer, with_peers
 from supervisor_tui.plugins.ports import PortAllocator
-from supervisor_tui.plugins.process import ProcessRunner
 
 if TYPE_CHECKING:
     from supervisor_tui.consoles.service import ConsoleService
@@ -81,7 +80,7 @@ class Supervisor:
         self.tracking = ProcessTracking(self.plugin_state, self.logs, self.owner, settings.plugins.cgroups)
         self.inprocess = InProcessSection.read(settings.tables)  # [inprocess] (and the deprecated [extensions])
         self.inprocess_tables, self.inprocess_settings = self.inprocess.tables, self.inprocess.settings
-        self.orchestrator = Orchestrator(self.registry, self.memory, self.tracking, self.logs, self.inprocess_tables)
+        self.orchestrator = Orchestrator(self.registry, self.memory, self.tracking, self.logs)
         self.reports = PluginReports(self.bus, self.logs, self.orchestrator.state_changed)
         # Given by whoever runs the HTTP server (set_api_url, attach_consoles).
         self.api_url = SupervisorUrl(local_url(settings.server.host, settings.server.port))
@@ -241,7 +240,8 @@ class Supervisor:
 
     # -- registry (open to other kinds of plugins) ---------------------------------------------------------------
     def register(self, plugin: ManagedPlugin) -> None:
-        """Add a plugin object under its key (external and in-process kinds use this)."""
+        """Add a plugin object under its key (in-process plugins from settings use this; external plugins come
+        through register_external, the keys other nodes serve through add_peer)."""
         self.registry.add(plugin)
 
     def unregister(self, key: str, reason: str) -> None:
@@ -323,7 +323,7 @@ class Supervisor:
     def should_run(self, key: str) -> bool:
         """Whether a plugin is meant to run now (autostart, or last started by the operator)."""
         plugin = self.registry.get(key)
-        return isinstance(plugin, ProcessRunner | InProcessPlugin) and self.orchestrator.should_autostart(plugin)
+        return plugin is not None and self.orchestrator.should_autostart(plugin)
 
     def asgi_app(self, key: str) -> Any:
         """An in-process plugin's ASGI app while it is RUNNING (the gateway calls it directly), else None."""
@@ -360,7 +360,7 @@ class Supervisor:
     async def start(self, key: str, wait: bool = True) -> PluginSnapshot:
         """Start a plugin (its dependencies first). ``wait``: until RUNNING, else PluginActionError."""
         plugin = self._controllable(key)
-        if isinstance(plugin, ProcessRunner) and plugin.manifest is None:
+        if rejected(plugin):
             raise PluginActionError(key, f"cannot start an INVALID plugin: {plugin.error}")
         await self.set_desired(key, "running")
         if wait:
@@ -385,7 +385,7 @@ class Supervisor:
     async def restart(self, key: str, wait: bool = True) -> PluginSnapshot:
         """Stop then start a plugin."""
         plugin = self._controllable(key)
-        if isinstance(plugin, ProcessRunner) and plugin.manifest is None:
+        if rejected(plugin):
             raise PluginActionError(key, f"cannot restart an INVALID plugin: {plugin.error}")
         await self.set_desired(key, "running")
 
