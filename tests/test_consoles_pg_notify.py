@@ -15,7 +15,7 @@ import httpx
 from conftest import wait_until
 from fixtures.consoles.harness import served_consoles
 
-from supervisor_tui.consoles.pg_events import CHANNEL, AfterCommitNotifier
+from supervisor_tui.consoles.pg_events import CHANNEL, NOTIFY_SQL, AfterCommitNotifier, decode, payloads
 from supervisor_tui.consoles.pg_store import PgConsoleStore
 
 
@@ -83,3 +83,27 @@ async def test_payloads_wait_for_a_lost_server_in_order_and_bounded(pg_cluster: 
         pg_cluster.psql(f"ALTER DATABASE {database} ALLOW_CONNECTIONS true")
         await notifier.close()
         await store.close()
+
+
+async def test_a_batch_of_changes_is_split_into_payloads_postgresql_takes_and_each_node_reads_back(
+    pg_cluster: Any,
+) -> None:
+    # Names of two-byte characters: a payload's limit is in bytes (PostgreSQL refuses 8,000), not characters.
+    changes: list[Any] = [
+        ["reg", f"c{i}", "Consolé ñ" * 20, "busy", "h" * 64, 1.5, 2.25 + i, None, "hôte"] for i in range(60)
+    ]
+    changes += [["hb", f"c{i}", "busy", 3.0 + i, None, "hôte", 2] for i in range(60)]
+    sent = payloads("node-a", changes)
+    assert len(sent) > 1 and all(len(p.encode()) <= 7000 for p in sent)
+    dsn = pg_cluster.new_database()
+    async with listening(dsn) as got:
+        conn = await asyncpg.connect(dsn)
+        try:
+            for payload in sent:
+                await conn.execute(NOTIFY_SQL, payload)
+        finally:
+            await conn.close()
+        await wait_until(lambda: len(got) == len(sent), timeout=10)
+    received = [decode(p) for p in got]
+    assert {node for node, _ in received} == {"node-a"}
+    assert [change for _, part in received for change in part] == changes

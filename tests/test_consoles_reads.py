@@ -11,6 +11,7 @@ from fixtures.consoles.harness import started_service
 
 from supervisor_tui.consoles.console_entry import ConsoleEntry
 from supervisor_tui.consoles.errors import ConsoleNotFound, ConsoleUnavailable
+from supervisor_tui.consoles.latest_activity import LatestActivity
 from supervisor_tui.consoles.models import RegistrationInput
 from supervisor_tui.consoles.reads import ConsoleReads
 from supervisor_tui.consoles.recency import Recency
@@ -30,15 +31,18 @@ async def test_console_reads_answer_from_the_view_they_are_given(tmp_path: Path)
         # A view of two of the three consoles, built by hand: the reads know those and no other.
         entries: dict[str, ConsoleEntry] = {}
         by_state: Counter[str] = Counter()
-        deadlines, recency, search = Deadlines(60.0), Recency(), SearchKeys()
+        deadlines, recency, search, latest = Deadlines(60.0), Recency(), SearchKeys(), LatestActivity()
         for i, (cid, name) in enumerate((("c1", "alpha"), ("c3", "alpine"))):
-            entries[cid] = ConsoleEntry(cid, name, "idle", "active", None, 100.0 + i, 100.0 + i, hostname=f"{name}.lan")
+            entries[cid] = ConsoleEntry(
+                cid, name, "idle", "active", None, 100.0 + i, 100.0 + i, last_activity=50.0 + i, hostname=f"{name}.lan"
+            )
+            latest.changed(None, entries[cid])
             by_state["idle"] += 1
             deadlines.touch(cid, 100.0 + i)
             recency.touch(cid, 100.0 + i, "idle")
             search.put(cid, name, f"{name}.lan")
         writer = GroupCommitWriter(service.store, _no_writes)
-        reads = ConsoleReads(service.store, 60.0, entries, by_state, deadlines, recency, search, writer)
+        reads = ConsoleReads(service.store, 60.0, entries, by_state, deadlines, recency, search, writer, latest)
 
         assert reads.exists("c1") and not reads.exists("c2") and service.exists("c2")
         assert reads.view_of("c3") == ("idle", 101.0, "alpine.lan") and reads.state_of("c2") is None
@@ -58,3 +62,10 @@ async def test_console_reads_answer_from_the_view_they_are_given(tmp_path: Path)
         assert reads.damaged_history() == {"heartbeats": "database disk image is malformed"}
         assert service.damaged_history() == {}  # another writer's damage: the service's own reads are apart
         assert reads.store_status()["kind"] == "sqlite"
+        # The statistics too are the view's (the store holds three active consoles without activity).
+        stats = await reads.stats()
+        assert stats["total"] == 2
+        assert [(s["state"], s["count"], s["last_activity"]) for s in stats["states"] if s["count"]] == [
+            ("idle", 2, "1970-01-01T00:00:51.000Z")
+        ]
+        assert (await service.stats())["states"][0] == {"state": "active", "count": 3, "last_activity": None}

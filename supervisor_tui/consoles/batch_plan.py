@@ -11,12 +11,11 @@ registration, a removal or a maintenance step, so each of those sees the rows qu
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from supervisor_tui.consoles.console_entry import ConsoleEntry, working_copy
-from supervisor_tui.consoles.console_store import ConsoleSQL
+from supervisor_tui.consoles.console_store import ConsoleSQL, FlipInactive
 from supervisor_tui.consoles.console_tokens import hash_console_token, registration_token
 from supervisor_tui.consoles.errors import ConsoleForbidden, ConsoleNotFound, ConsoleUnauthorized
 from supervisor_tui.consoles.fleet_merge import Work, changes_of
@@ -26,7 +25,6 @@ from supervisor_tui.consoles.writer import Op, Plan
 from supervisor_tui.core.events import ConsoleRegistered, ConsoleRemoved, ConsoleStateChanged
 
 # A shared store's conditional inactivity flip: (console id, deadline) pairs -> a "call" step.
-FlipInactive = Callable[[list[tuple[str, float]], float, str], Callable[[Any], Any]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -310,6 +308,8 @@ class BatchPlanner:
             return
         self._flush()
         self.plan.many(self.sql.delete_console, [(cid,)])
+        if self.sql.delete_heartbeats is not None:
+            self.plan.many(self.sql.delete_heartbeats, [(cid,)])
         self.work[cid] = None
         self.beat_ids.pop(cid, None)
         self.events.append(ConsoleRemoved(console_id=cid))

@@ -33,10 +33,16 @@ class ConsoleSQL:
     insert_console: str
     update_registration: str
     delete_console: str
+    # Run after delete_console, for a store whose heartbeats are not deleted with their console by a foreign key.
+    delete_heartbeats: str | None = None
 
 
 # (id, name, state, reported_state, token_hash, first_seen, last_seen, last_activity, hostname), by last_seen.
 ConsoleRow = tuple[str, str, str, str, str | None, float, float, float | None, str | None]
+
+
+# (console id, deadline) pairs due, inactive_after, this node's name -> a batch step flipping the still-silent ones.
+FlipInactive = Callable[[list[tuple[str, float]], float, str], Callable[[Any], Any]]
 
 
 class ConsoleStore(Protocol):
@@ -47,6 +53,14 @@ class ConsoleStore(Protocol):
     # Several supervisors may write it at once: inactivity is flipped by a conditional update (flip_inactive),
     # heartbeats always write the state, and changes go to the other nodes (see pg_events.py).
     shared: bool
+    # Write batches that may commit at once on separate connections (1: one after the other).
+    batches_in_flight: int
+    # Its timestamps keep microseconds (PostgreSQL's timestamptz): memory's answers are rounded as it rounds them.
+    timestamps_in_microseconds: bool
+
+    @property
+    def flip_inactive(self) -> FlipInactive | None:
+        """A shared store's fleet-wide inactivity flip as a batch step; None when one node owns its consoles."""
 
     @property
     def where(self) -> str:

@@ -250,11 +250,23 @@ def _system(system: dict[str, Any] | None, field: str) -> tuple[str | None, str 
         return None, None
     host = system.get("hostname")
     hostname = _check_text(str(host)[:MAX_HOST], MAX_HOST, f"{field}.hostname") if host is not None else None
-    return _json_encoder.encode(system).decode(), hostname
+    return _without_nul(_json_encoder.encode(system).decode(), field), hostname
 
 
-def _error_json(value: str | dict[str, Any] | None) -> str | None:
-    return None if value is None else _json_encoder.encode(value).decode()
+def _error_json(value: str | dict[str, Any] | None, field: str) -> str | None:
+    return None if value is None else _without_nul(_json_encoder.encode(value).decode(), field)
+
+
+# U+0000 as the JSON encoder writes it: a backslash that is not itself escaped, then u0000.
+_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
+
+
+def _without_nul(text: str, field: str) -> str:
+    """``text`` (JSON) unless it holds U+0000: PostgreSQL's jsonb cannot store it, and the store would refuse the
+    whole write batch it is in (every console in it answered 503). Refused on both stores, so they answer alike."""
+    if "u0000" in text and _NUL.search(text):
+        raise InvalidField(field, f"`{field}` may not hold the NUL character (U+0000)")
+    return text
 
 
 def _decode(kind: type, body: bytes) -> Any:
@@ -316,7 +328,7 @@ def decode_heartbeat(body: bytes, spanish: bool) -> HeartbeatInput:
             system_json,
             host,
             parse_timestamp(es.ultimaActividad, "ultimaActividad"),
-            _error_json(es.ultimoError),
+            _error_json(es.ultimoError, "ultimoError"),
             _check_text(es.videoEnProceso, MAX_JOB, "videoEnProceso"),
         )
     en: HeartbeatEN = _decode(HeartbeatEN, body)
@@ -326,7 +338,7 @@ def decode_heartbeat(body: bytes, spanish: bool) -> HeartbeatInput:
         system_json,
         host,
         parse_timestamp(en.last_activity, "last_activity"),
-        _error_json(en.last_error),
+        _error_json(en.last_error, "last_error"),
         _check_text(en.current_job, MAX_JOB, "current_job"),
     )
 

@@ -33,6 +33,8 @@ import json
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+import msgspec
+
 from supervisor_tui.core.backoff import backoff_delay
 
 if TYPE_CHECKING:  # the driver loads only in a supervisor configured for PostgreSQL
@@ -54,21 +56,29 @@ _MAX_PAYLOAD = 7000  # bytes; PostgreSQL refuses 8000 and more
 Change = list[Any]
 
 
+_encode = msgspec.json.Encoder().encode
+
+
+def _head(node: str) -> str:
+    """How every payload ``node`` sends begins (its listener skips them by it, without decoding them)."""
+    return f'{{"node": {json.dumps(node)}, "changes": ['
+
+
 def payloads(node: str, changes: list[Change]) -> list[str]:
-    """``changes`` as NOTIFY payloads of at most _MAX_PAYLOAD bytes each."""
+    """``changes`` as NOTIFY payloads of at most _MAX_PAYLOAD bytes (UTF-8) each."""
     out: list[str] = []
-    head = f'{{"node": {json.dumps(node)}, "changes": ['
-    part: list[str] = []
+    head = _head(node).encode()
+    part: list[bytes] = []
     size = len(head) + 2
     for change in changes:
-        text = json.dumps(change, separators=(",", ":"))
+        text = _encode(change)  # one call per change (json.dumps was a tenth of the batch planning)
         if part and size + len(text) + 1 > _MAX_PAYLOAD:
-            out.append(head + ",".join(part) + "]}")
+            out.append((head + b",".join(part) + b"]}").decode())
             part, size = [], len(head) + 2
         part.append(text)
         size += len(text) + 1
     if part:
-        out.append(head + ",".join(part) + "]}")
+        out.append((head + b",".join(part) + b"]}").decode())
     return out
 
 
@@ -144,6 +154,7 @@ class ChangeListener:
     ) -> None:
         self._dsn = dsn
         self._node = node
+        self._own = _head(node)
         self._on_changes = on_changes
         self._on_reconnect = on_reconnect
         self._on_problem = on_problem
@@ -166,6 +177,8 @@ class ChangeListener:
         self._lost.clear()
 
     def _notified(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
+        if payload.startswith(self._own):  # this node's own changes, every batch's: not decoded for nothing
+            return
         try:
             node, changes = decode(payload)
         except ValueError:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
+import msgspec
+
 from supervisor_tui.consoles.console_store import ConsoleSQL, Step
 from supervisor_tui.consoles.pg_events import CHANNEL, NOTIFY_SQL
 
@@ -69,9 +71,13 @@ def _update_from_heartbeat(kind: tuple[bool, bool, bool]) -> str:
 
 _REGISTRATION_SEEN = "to_timestamp($8)"
 PG_SQL = ConsoleSQL(
-    insert_heartbeat=_pg(
+    # Only for a console that is there (no foreign key: schema version 3), its row locked until COMMIT as the
+    # key's check locked it, so a removal committing meanwhile cannot leave the row behind (a removal deletes
+    # the console's heartbeats after its row: delete_heartbeats).
+    insert_heartbeat=(
         "INSERT INTO console_heartbeats (console_id, received_at, state, last_activity, last_error, current_job, "
-        f"system) VALUES (?, {_ts()}, ?, {_ts()}, ?::jsonb, ?, ?::jsonb)"
+        "system) SELECT $1, to_timestamp($2), $3, to_timestamp($4), $5::jsonb, $6, $7::jsonb "
+        "WHERE EXISTS (SELECT 1 FROM consolas WHERE console_id = $1 FOR KEY SHARE)"
     ),
     update_from_heartbeat={
         (state, activity, host): _update_from_heartbeat((state, activity, host))
@@ -80,9 +86,11 @@ PG_SQL = ConsoleSQL(
         for host in (False, True)
     },
     update_timeout="UPDATE consolas SET estado = 'inactiva', updated_at = now() WHERE console_id = $1",
+    # After the console's own statement in the transaction (its update or insert, which locked the row or found
+    # it removed by another node): a console removed meanwhile gets no transition, and its batch does not fail.
     insert_transition=(
         "INSERT INTO console_transitions (console_id, from_state, to_state, at, reason) "
-        "VALUES ($1, $2, $3, to_timestamp($4), $5)"
+        "SELECT $1, $2, $3, to_timestamp($4), $5 WHERE EXISTS (SELECT 1 FROM consolas WHERE console_id = $1)"
     ),
     insert_console=(
         "INSERT INTO consolas (id, console_id, nombre, estado, reported_state, sistema, hostname, ultima_actividad, "
@@ -108,33 +116,43 @@ PG_SQL = ConsoleSQL(
         "WHERE console_id = $9"
     ),
     delete_console="DELETE FROM consolas WHERE console_id = $1",
+    # A statement of its own after delete_console, which waited for any batch holding the console's row: its
+    # snapshot, taken then, sees the heartbeats such a batch committed.
+    delete_heartbeats="DELETE FROM console_heartbeats WHERE console_id = $1",
 )
 
 
 # -- the heartbeat path as one statement -----------------------------------------------------------------------
 # A batch of heartbeats is an INSERT of history rows, an UPDATE per kind of console row change, transitions and
 # NOTIFYs: as executemany steps in a transaction that is a round trip each (and BEGIN, COMMIT), as one statement
-# of data-modifying CTEs over arrays (one array per column, unnest()ed) it is one. Each entry: the statement's
-# array form ({a} for the unnest of its array parameters) and the PostgreSQL types of its row values.
+# of data-modifying CTEs it is one. Each step's rows are one parameter, a JSON array of rows (msgspec encodes it
+# in one call; the system and error objects go in as they are, not as strings to parse again), which the
+# statement reads with jsonb_array_elements: an array parameter per column cost the supervisor's event loop
+# about four times as much per batch (asyncpg checks every element of an array). Each entry: the statement's
+# form ({a} for the rows as a subquery) and the PostgreSQL types of its row values.
 def _update_array_form(kind: tuple[bool, bool, bool]) -> tuple[str, tuple[str, ...]]:
     state, activity, host = kind
     # The row carries the state twice (for estado and reported_state), as update_from_heartbeat takes it.
     names = (("estado_state", "state") if state else ()) + (("activity",) if activity else ())
     names += (("host",) if host else ()) + ("sys", "err", "job", "seen", "n", "cid")
     types = (("text", "text") if state else ()) + (("float8",) if activity else ()) + (("text",) if host else ())
-    types += ("text", "text", "text", "float8", "int8", "text")
+    types += ("jsonb", "jsonb", "text", "float8", "int8", "text")
     v = {name: f"u.{name}" for name in names}
     sets = _heartbeat_set("u.estado_state" if state else None, "u.activity" if activity else None,
                           "u.host" if host else None, v)  # fmt: skip
-    return f"UPDATE consolas SET {sets} FROM {{a}} AS u({', '.join(names)}) WHERE consolas.console_id = u.cid", types
+    return (
+        f"UPDATE consolas SET {sets} FROM {{a}} AS u({', '.join(names)}) WHERE consolas.console_id = u.cid "
+        "RETURNING consolas.console_id",
+        types,
+    )
 
 
 _ARRAY_FORMS: dict[str, tuple[str, tuple[str, ...]]] = {
     PG_SQL.insert_heartbeat: (
         "INSERT INTO console_heartbeats (console_id, received_at, state, last_activity, last_error, current_job, "
-        "system) SELECT c, to_timestamp(r), s, to_timestamp(a), e::jsonb, j, y::jsonb "
+        "system) SELECT c, to_timestamp(r), s, to_timestamp(a), e, j, y "
         "FROM {a} AS h(c, r, s, a, e, j, y)",
-        ("text", "float8", "text", "float8", "text", "text", "text"),
+        ("text", "float8", "text", "float8", "jsonb", "text", "jsonb"),
     ),
     PG_SQL.insert_transition: (
         "INSERT INTO console_transitions (console_id, from_state, to_state, at, reason) "
@@ -145,13 +163,47 @@ _ARRAY_FORMS: dict[str, tuple[str, tuple[str, ...]]] = {
 }
 
 
+_UPDATES = frozenset(PG_SQL.update_from_heartbeat.values())
+# Written only for the consoles the statement's updates found (one_statement adds the WHERE on this column):
+# their rows stay locked until COMMIT, so a removal through another node either committed before (the update
+# found no row: nothing is written for it, and the batch does not fail) or waits, then deletes them too.
+_GUARDED = {PG_SQL.insert_heartbeat: "h.c", PG_SQL.insert_transition: "x.c"}
+
+
+_json = msgspec.json.Encoder()
+
+
+def _value(i: int, pg_type: str) -> str:
+    """Element ``i`` of a row ``r`` of the JSON document as a value of ``pg_type`` (JSON null: SQL NULL)."""
+    if pg_type == "jsonb":
+        return f"NULLIF(r->{i}, 'null')"
+    return f"r->>{i}" if pg_type == "text" else f"(r->>{i})::{pg_type}"
+
+
+def _document(rows: list[tuple[Any, ...]], types: tuple[str, ...]) -> str:
+    """``rows`` as one JSON array of arrays; the JSON texts of jsonb values go in as JSON, not as strings."""
+    objects = [i for i, t in enumerate(types) if t == "jsonb"]
+    if not objects:
+        return _json.encode(rows).decode()
+    out: list[list[Any]] = []
+    for row in rows:
+        values = list(row)
+        for i in objects:
+            if values[i] is not None:
+                values[i] = msgspec.Raw(values[i])
+        out.append(values)
+    return _json.encode(out).decode()
+
+
 def one_statement(steps: list[Step]) -> tuple[Any, ...] | None:
-    """``steps`` as (sql, *array parameters) of one statement, or None when they are not only the heartbeat
+    """``steps`` as (sql, *parameters) of one statement, or None when they are not only the heartbeat
     path's statements, each at most once (a statement twice may touch one row twice: not in one statement)."""
     ctes: list[str] = []
-    args: list[list[Any]] = []
+    args: list[Any] = []
     notify: list[str] | None = None
     seen: set[str] = set()
+    guarded: list[str] = []  # history rows, after the updates (a CTE reads only those before it)
+    updated: list[str] = []  # the updates' CTEs
     for kind, what, rows in steps:
         sql = what[1] if kind == "history" else what
         if kind not in ("many", "history") or sql in seen:
@@ -164,9 +216,19 @@ def one_statement(steps: list[Step]) -> tuple[Any, ...] | None:
         if form is None:
             return None
         template, types = form
-        arrays = ", ".join(f"${len(args) + i + 1}::{t}[]" for i, t in enumerate(types))
-        args += [list(column) for column in zip(*rows, strict=True)]
-        ctes.append(f"w{len(ctes)} AS ({template.format(a=f'unnest({arrays})')})")
+        args.append(_document(rows, types))
+        values = ", ".join(_value(i, t) for i, t in enumerate(types))
+        cte = template.format(a=f"(SELECT {values} FROM jsonb_array_elements(${len(args)}::jsonb) AS d(r))")
+        if sql in _GUARDED:
+            guarded.append(f"{cte} WHERE {_GUARDED[sql]} IN ({{found}})")
+            continue
+        if sql in _UPDATES:
+            updated.append(f"w{len(ctes)}")
+        ctes.append(f"w{len(ctes)} AS ({cte})")
+    if guarded and not updated:
+        return None
+    found = " UNION ALL ".join(f"SELECT console_id FROM {name}" for name in updated)
+    ctes += [f"w{len(ctes) + i} AS ({cte.format(found=found)})" for i, cte in enumerate(guarded)]
     if notify is None:
         final = "SELECT 0"
     else:

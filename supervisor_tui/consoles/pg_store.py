@@ -82,6 +82,8 @@ class PgConsoleStore:
     # Heartbeat batches of different consoles committing at once on two connections: one's statement runs
     # while the other's COMMIT waits for its WAL flush, and PostgreSQL flushes both with one fsync when it can.
     batches_in_flight = 2
+    # timestamptz keeps microseconds: what memory answers for a stored timestamp is rounded as the column rounds it.
+    timestamps_in_microseconds = True
 
     def __init__(self, dsn: str, pool_size: int = 8) -> None:
         self._dsn = dsn

@@ -15,7 +15,9 @@ from typing import Any
 from supervisor_tui.consoles.console_entry import ConsoleEntry
 from supervisor_tui.consoles.console_store import ConsoleStore
 from supervisor_tui.consoles.errors import ConsoleNotFound, ConsoleUnavailable
+from supervisor_tui.consoles.latest_activity import LatestActivity, as_stored_in_microseconds
 from supervisor_tui.consoles.models import ALL_STATES
+from supervisor_tui.consoles.queries import stats_record
 from supervisor_tui.consoles.recency import Recency
 from supervisor_tui.consoles.search import SearchKeys, page_by_last_seen, page_by_name
 from supervisor_tui.consoles.sweeper import Deadlines
@@ -24,8 +26,8 @@ from supervisor_tui.consoles.writer import GroupCommitWriter, is_damage
 
 class ConsoleReads:
     """Reads from the service's memory and its store. The service keeps ``entries``, ``by_state``, ``deadlines``,
-    ``recency`` and ``search`` up to date (changed in place, never replaced); ``writer`` knows the damaged history
-    tables."""
+    ``recency``, ``search`` and ``latest`` up to date (changed in place, never replaced); ``writer`` knows the damaged
+    history tables. Without ``latest`` the statistics are the store's query."""
 
     def __init__(
         self,
@@ -37,6 +39,7 @@ class ConsoleReads:
         recency: Recency,
         search: SearchKeys,
         writer: GroupCommitWriter,
+        latest: LatestActivity | None = None,
     ) -> None:
         self.store = store
         self.inactive_after = inactive_after
@@ -46,6 +49,7 @@ class ConsoleReads:
         self._recency = recency
         self._search = search
         self._writer = writer
+        self._latest = latest
 
     def exists(self, console_id: str) -> bool:
         return console_id in self._entries
@@ -145,5 +149,15 @@ class ConsoleReads:
         return dict(self._writer.damaged)
 
     async def stats(self) -> dict[str, Any]:
-        """Count and latest activity by state (the Spanish console API's statistics query)."""
-        return await self.store.stats()
+        """Count and latest activity by state (the Spanish console API's statistics query).
+
+        From memory while it holds what the store holds (the store is reachable and, when shared, its change
+        feed is connected: ``problem`` is None), the same answer as the store's query without reading every row;
+        else the store's query (which answers ConsoleUnavailable when the store cannot be read).
+        """
+        if self._latest is None or self.store.problem is not None:
+            return await self.store.stats()
+        latest = self._latest.by_state(self._entries.values())
+        if self.store.timestamps_in_microseconds:
+            latest = {state: as_stored_in_microseconds(ts) for state, ts in latest.items()}
+        return stats_record({s: (n, latest.get(s)) for s, n in self._by_state.items() if n > 0})

@@ -43,9 +43,10 @@ from supervisor_tui.consoles.console_entry import ConsoleEntry
 from supervisor_tui.consoles.console_log import ConsoleLog
 from supervisor_tui.consoles.console_metrics import REJECT_REASONS, ConsoleCounters, ConsoleMetrics
 from supervisor_tui.consoles.console_store import ConsoleStore
-from supervisor_tui.consoles.console_tokens import authorize_heartbeat, hash_console_token
+from supervisor_tui.consoles.console_tokens import authorize_heartbeat
 from supervisor_tui.consoles.errors import ConsoleUnavailable
 from supervisor_tui.consoles.fleet_merge import fold_remote, merged
+from supervisor_tui.consoles.latest_activity import LatestActivity
 from supervisor_tui.consoles.models import HeartbeatInput, RegistrationInput
 from supervisor_tui.consoles.pg_events import Change
 from supervisor_tui.consoles.reads import ConsoleReads
@@ -57,17 +58,6 @@ from supervisor_tui.consoles.writer import GroupCommitWriter, Op, Plan, WriteFai
 from supervisor_tui.core.events import ConsoleHeartbeats, ConsoleStateChanged, EventBus
 from supervisor_tui.core.logs import LogHub
 from supervisor_tui.core.store import Store
-
-# Importable from here, where callers outside consoles/ have always found them.
-__all__ = [
-    "REJECT_REASONS",
-    "ConsoleEntry",
-    "ConsoleMetrics",
-    "ConsoleService",
-    "HeartbeatAck",
-    "Registration",
-    "hash_console_token",
-]
 
 
 def _unavailable(exc: WriteFailed) -> ConsoleUnavailable:
@@ -109,9 +99,10 @@ class ConsoleService:
         self._deadlines = Deadlines(self.inactive_after)
         self._recency = Recency()
         self._search = SearchKeys()
+        self._latest = LatestActivity()
         self._timeout_retry: dict[str, float] = {}
         self._writer = GroupCommitWriter(
-            self.store, self._plan, batches_in_flight=getattr(self.store, "batches_in_flight", 1), key_of=console_of
+            self.store, self._plan, batches_in_flight=self.store.batches_in_flight, key_of=console_of
         )
         # Several supervisors share the store (PostgreSQL): this one's name in the changes it tells the others.
         self._shared = self.store.shared
@@ -129,6 +120,7 @@ class ConsoleService:
             self._recency,
             self._search,
             self._writer,
+            self._latest,
         )
         self.started = False
 
@@ -157,10 +149,12 @@ class ConsoleService:
         self._recency.clear()
         self._search.clear()
         self._deadlines.clear()
+        self._latest.clear()
         for cid, name, state, reported, token_hash, first, last, activity, host in rows:
             self._search.put(cid, name, host)
             e = ConsoleEntry(cid, name, state, reported, token_hash, first, last, counts.get(cid, 0), activity, host)
             self._entries[cid] = e
+            self._latest.changed(None, e)
             self._by_state[state] += 1
             self._recency.touch(cid, last, state)
             if state != "inactive":
@@ -244,7 +238,7 @@ class ConsoleService:
             self.enrollment_token,
             self._shared,
             self.node,
-            getattr(self.store, "flip_inactive", None),
+            self.store.flip_inactive,
         ).plan_ops(ops)
         plan, batch = planner.plan, planner.outcome()
 
@@ -310,9 +304,10 @@ class ConsoleService:
     def _apply(self, work: dict[str, ConsoleEntry | None]) -> None:
         """Make committed changes visible: entries, counts by state, deadlines (in last-seen order)."""
         seen: list[tuple[float, ConsoleEntry, bool]] = []  # (last_seen, console, last_seen changed)
-        entries, by_state, retry = self._entries, self._by_state, self._timeout_retry
+        entries, by_state, retry, latest = self._entries, self._by_state, self._timeout_retry, self._latest
         for cid, new in work.items():
             old = entries.get(cid)
+            latest.changed(old, new)
             if old is not None:
                 by_state[old.state] -= 1
             if new is None:

@@ -101,6 +101,9 @@ class SqliteConsoleStore:
     kind = "sqlite"
     sql = SQLITE_SQL
     shared = False  # one supervisor owns the file
+    batches_in_flight = 1  # one connection writes
+    timestamps_in_microseconds = False  # REAL seconds, as memory holds them
+    flip_inactive = None  # the one node's sweep flips its consoles in memory and writes the result
 
     def __init__(self, store: Store) -> None:
         self.db = store

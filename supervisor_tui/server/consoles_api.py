@@ -24,9 +24,10 @@ from typing import Any
 import msgspec
 
 from supervisor_tui.config import Settings
+from supervisor_tui.consoles.batch_plan import HeartbeatAck
 from supervisor_tui.consoles.errors import ConsoleError, ConsoleNotFound
 from supervisor_tui.consoles.models import HeartbeatInput, decode_heartbeat, decode_registration, iso
-from supervisor_tui.consoles.service import ConsoleService, HeartbeatAck
+from supervisor_tui.consoles.service import ConsoleService
 from supervisor_tui.consoles.wire import HeartbeatAnswer, Registered, RegisteredConsole
 from supervisor_tui.server.consoles_http import (
     RETRY_SOON,
