@@ -57,10 +57,14 @@ for end in "${ends[@]}"; do prepare "$end"; done
 logs=$(mktemp -d)
 trap 'rm -rf "$logs"' EXIT
 declare -A pids
+slot=0
 for end in "${ends[@]}"; do
-  # No cache provider: the two runs would write the same .pytest_cache.
-  ".venv-pins-$end/bin/pytest" -q -p no:cacheprovider "${TESTS[@]}" "$@" >"$logs/$end" 2>&1 &
+  # No cache provider: the two runs would write the same .pytest_cache. Each run picks its test ports from a slice
+  # of its own (tests/fixtures/ports.py), so the two never hand out the same one.
+  SUPERVISOR_TUI_TEST_PORT_SLOT="$slot/${#ends[@]}" \
+    ".venv-pins-$end/bin/pytest" -q -p no:cacheprovider "${TESTS[@]}" "$@" >"$logs/$end" 2>&1 &
   pids[$end]=$!
+  slot=$((slot + 1))
 done
 failed=()
 for end in "${ends[@]}"; do

@@ -3,7 +3,7 @@
 Fixtures (all function-scoped, everything under ``tmp_path``):
 
 - ``make_settings(**overrides)`` -> Settings with plugins/ and data/ in tmp_path, a private plugin port range (a
-  random block of 100 whose ports all bind, ``free_port_block``) and ``server.port`` 0; ``overrides`` map
+  block of 100 whose ports all bind, ``free_port_block``) and ``server.port`` 0; ``overrides`` map
   "section.key" to values. The ``settings`` fixture is ``make_settings()``. At teardown the plugin
   cgroups of a supervisor of those settings that did not exit cleanly are removed.
 - ``make_plugin(key, script, **manifest_fields)`` -> the plugin folder. ``script`` is a file name from
@@ -26,6 +26,8 @@ Fixtures (all function-scoped, everything under ``tmp_path``):
 - ``shared_headless`` (session-scoped) -> one ``SharedHeadless`` supervisor for the read-only API tests: a headless
   process with one plugin, "web" (sleeper.py, not autostarted), and ``consoles.auth = "none"``; a test on it may
   add a console but must leave plugins as they are. ``fixtures.api.harness.shared_api`` gives it an ``Api``.
+- ``free_port()`` and ``free_port_block(size)`` (tests/fixtures/ports.py): loopback ports no other pytest process of
+  the run hands out (the suite runs on several xdist workers).
 - ``wait_until(predicate, timeout)`` -> the one polling helper: polls a condition (sync or async) with a deadline;
   ``pause=pilot.pause`` under Pilot. ``wait_until_sync`` is the same for tests without an event loop.
 """
@@ -37,7 +39,6 @@ import contextlib
 import inspect
 import json
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -51,28 +52,16 @@ from typing import Any
 import httpx
 import psutil
 import pytest
+from fixtures.ports import free_port_block
 
 from supervisor_tui.config import Settings, load_settings
 from supervisor_tui.core.supervisor import Supervisor, owner_id
 from supervisor_tui.plugins.cgroups import CgroupTree
-from supervisor_tui.plugins.ports import can_bind
 
 FIXTURE_PLUGINS = Path(__file__).parent / "fixtures" / "plugins"
 REPO = Path(__file__).resolve().parent.parent
 
 FAST = {"startsecs": 0.3, "backoff_max_s": 0.2, "stopwaitsecs": 3}
-
-
-def free_port_block(size: int = 100) -> int:
-    """The first port of a random block of ``size`` ports in 20000-28999 that all bind right now: a block some
-    other program holds (another run's plugins, a bench's leftovers on a shared machine) would make every plugin of
-    the test FATAL with "no free port in the range"."""
-    starts = list(range(20000, 29000, size))
-    random.shuffle(starts)
-    for start in starts:
-        if all(can_bind("127.0.0.1", port) for port in range(start, start + size)):
-            return start
-    raise RuntimeError(f"no block of {size} free ports in 20000-28999 on 127.0.0.1")
 
 
 def make_test_settings(root: Path, **overrides: Any) -> Settings:

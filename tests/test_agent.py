@@ -17,7 +17,8 @@ from typing import Any
 import httpx
 import pytest
 from conftest import wait_until_sync
-from fixtures.consoles.harness import ADMIN_TOKEN, free_port, server_process
+from fixtures.consoles.harness import ADMIN_TOKEN, server_process
+from fixtures.ports import free_port
 
 from supervisor_tui.agent.client import Agent, State
 

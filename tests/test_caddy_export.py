@@ -20,7 +20,8 @@ from typing import Any
 import httpx
 import pytest
 from conftest import REPO, HeadlessProcess, wait_until
-from fixtures.caddy.harness import CaddyProcess, free_port
+from fixtures.caddy.harness import CaddyProcess
+from fixtures.ports import free_port
 
 from supervisor_tui.config import Settings
 

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 from conftest import wait_until
-from fixtures.caddy.harness import CaddyProcess, free_port
+from fixtures.caddy.harness import CaddyProcess
+from fixtures.ports import free_port
 
 from supervisor_tui.core.events import EventBus
 from supervisor_tui.core.logs import LogHub

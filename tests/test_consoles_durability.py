@@ -16,7 +16,8 @@ from typing import Any
 import asyncpg
 import httpx
 from conftest import wait_until
-from fixtures.consoles.harness import ADMIN_TOKEN, free_port, headless_process
+from fixtures.consoles.harness import ADMIN_TOKEN, headless_process
+from fixtures.ports import free_port
 
 CONSOLES = 20
 WORKERS = 48

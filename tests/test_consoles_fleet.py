@@ -15,7 +15,8 @@ import httpx
 import pytest
 import websockets
 from conftest import wait_until
-from fixtures.consoles.harness import ADMIN_TOKEN, ConsoleServer, free_port, headless_process, served_consoles
+from fixtures.consoles.harness import ADMIN_TOKEN, ConsoleServer, headless_process, served_consoles
+from fixtures.ports import free_port
 from test_webhook_alerts import Receiver
 
 from supervisor_tui.core.events import ConsoleHeartbeats, ConsoleRegistered, ConsoleRemoved, ConsoleStateChanged

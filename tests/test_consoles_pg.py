@@ -15,7 +15,8 @@ from typing import Any
 
 import asyncpg
 import httpx
-from fixtures.consoles.harness import ADMIN_TOKEN, free_port, headless_process, served_consoles
+from fixtures.consoles.harness import ADMIN_TOKEN, headless_process, served_consoles
+from fixtures.ports import free_port
 from fixtures.postgres import PASSWORD
 
 from supervisor_tui.consoles.pg_schema import MIGRATIONS, SCHEMA_VERSION

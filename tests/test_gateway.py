@@ -14,6 +14,7 @@ import httpx
 import pytest
 from conftest import REPO, wait_until
 from fixtures.gateway.harness import fixture_process, served_gateway
+from fixtures.ports import free_port
 
 from supervisor_tui.server.gateway import PluginRoute, RouteTable
 from supervisor_tui.server.serve import BindError, HttpServer
@@ -38,9 +39,7 @@ def upstream() -> Iterator[str]:
 
 def refused_url() -> str:
     """A URL nothing listens on: bind a port, then free it."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"http://127.0.0.1:{s.getsockname()[1]}"
+    return f"http://127.0.0.1:{free_port()}"
 
 
 def error_code(resp: httpx.Response) -> str:

@@ -7,12 +7,12 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 from collections import Counter
 from collections.abc import Iterator
 
 import httpx
 from fixtures.gateway.harness import fixture_process, served_gateway
+from fixtures.ports import free_port
 
 from supervisor_tui.server.gateway import PluginRoute, RouteTable, Upstream
 
@@ -21,9 +21,7 @@ ENDPOINTS = (("GET", "/whoami"), ("OPTIONS", "/whoami"), ("POST", "/whoami"))
 
 def refused_url() -> str:
     """A URL nothing listens on: bind a port, then free it."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"http://127.0.0.1:{s.getsockname()[1]}"
+    return f"http://127.0.0.1:{free_port()}"
 
 
 @contextlib.contextmanager

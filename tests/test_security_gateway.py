@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import json
 import os
-import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -23,6 +22,7 @@ from dataclasses import dataclass, field
 import pytest
 from conftest import REPO, wait_until, wait_until_sync
 from fixtures.gateway.harness import fixture_process, serve, served_gateway
+from fixtures.ports import free_port
 
 from supervisor_tui.plugins.manifest import load_manifest
 from supervisor_tui.server.gateway import Gateway, PluginRoute, RouteTable
@@ -90,9 +90,7 @@ def seen_headers(answer: Answer) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def echo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """plugins/echo as a real process on a free port (its request log goes to a file); yields its URL."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     log = tmp_path_factory.mktemp("echo") / "stdout.log"
     with log.open("w") as out:
         proc = subprocess.Popen(

@@ -14,7 +14,8 @@ import msgspec
 import pytest
 from conftest import HeadlessProcess, wait_until
 from fixtures.api.harness import bearer
-from fixtures.fleet.redis_server import RedisServer, free_port, needs_redis
+from fixtures.fleet.redis_server import RedisServer, needs_redis
+from fixtures.ports import free_port
 from test_ctl import ctl
 from test_plugin_wire import JsonServer, field_names, schema_of
 

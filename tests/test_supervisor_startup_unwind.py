@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from conftest import plugin_processes, spawns, write_plugin
+from fixtures.ports import free_port
 
 from supervisor_tui.config import Settings
 from supervisor_tui.core.lock import DataDirLock
@@ -22,12 +23,6 @@ from supervisor_tui.core.supervisor import Supervisor
 from supervisor_tui.runtime import Runtime, StartupError
 
 pytestmark = pytest.mark.usefixtures("no_plugin_leftovers")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _assert_all_closed(
@@ -55,8 +50,8 @@ async def _tasks_settle(before: set[asyncio.Task[object]]) -> None:
 async def test_an_unreachable_console_store_closes_the_supervisor_and_the_api_socket(
     make_settings: Callable[..., Settings],
 ) -> None:
-    port = _free_port()
-    dsn = f"postgresql://consoles:secret@127.0.0.1:{_free_port()}/consoles"
+    port = free_port()
+    dsn = f"postgresql://consoles:secret@127.0.0.1:{free_port()}/consoles"
     settings = make_settings(**{"server.port": port, "consoles.store": dsn})
 
     folder = write_plugin(settings.plugins_dir, "web", "sleeper.py")

@@ -12,6 +12,7 @@ import psutil
 import pytest
 from conftest import open_supervisor, wait_until
 from fixtures.plugins.hostile_output import END, HOSTILE, SHOWN
+from fixtures.ports import free_port
 from test_tui import cell, open_palette, palette_search, screen_text, select_plugin, table, until
 
 from supervisor_tui.config import Settings
@@ -286,21 +287,13 @@ async def test_plugin_output_and_stored_names_are_shown_escaped(
             await service.stop()
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 async def test_attached_tui_shows_a_banner_when_the_supervisor_goes_and_reconnects(
     headless: Any, settings: Settings, make_plugin: Callable[..., Path]
 ) -> None:
     import signal
 
     make_plugin("sleepy", "sleeper.py", autostart=True)
-    port = _free_port()
+    port = free_port()
     first = headless("--port", str(port))
     await first.wait_state("sleepy", "RUNNING")
     token = (settings.data_dir / "admin.token").read_text().strip()

@@ -4,7 +4,6 @@ and recoveries with a Slack-compatible text field, configured from a real superv
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -13,6 +12,7 @@ import pytest
 from aiohttp import web
 from conftest import FIXTURE_PLUGINS, make_test_settings, wait_until, write_plugin
 from fixtures.api.harness import Api, bearer, running_api
+from fixtures.ports import free_port
 
 from supervisor_tui.config import FIELDS, load_settings
 
@@ -41,12 +41,6 @@ class Receiver:
     async def stop(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture
