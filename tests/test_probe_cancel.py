@@ -5,12 +5,14 @@ under load in test_probes' liveness stop test: the plugin was still running 14 m
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import close_within
+from conftest import close_within, plugin_processes, wait_until
 
 from supervisor_tui.core.supervisor import Supervisor
 from supervisor_tui.plugins.cancellation import cancel_until_done
@@ -22,10 +24,21 @@ def bounded_readers() -> list[asyncio.Task[object]]:
     return [t for t in asyncio.all_tasks() if getattr(t.get_coro(), "__qualname__", "") == "_read_bounded"]
 
 
+def pipes() -> set[str]:
+    """The pipes this process holds open."""
+    found = set()
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            if (target := os.readlink(f"/proc/self/fd/{fd}")).startswith("pipe:"):
+                found.add(target)
+    return found
+
+
 async def test_an_exec_probe_cancelled_while_it_ends_its_output_reader_ends_cancelled(tmp_path: Path) -> None:
     # The command exits 0 at once, leaving a child that holds its output open: the reader is still running when
     # the probe, in its cleanup, cancels it and waits for it. That is when the stop's cancel is sent (seen at the
     # first loop iteration where the reader is being cancelled and not done: the probe is between the two).
+    before = pipes()
     probe = asyncio.create_task(probe_exec("sleep 30 & exit 0", tmp_path, {"PATH": "/usr/bin:/bin"}, 10.0))
     while not probe.done():
         readers = bounded_readers()
@@ -38,6 +51,8 @@ async def test_an_exec_probe_cancelled_while_it_ends_its_output_reader_ends_canc
     done, _ = await asyncio.wait([probe], timeout=10)
     assert done, "the cancelled probe did not end"
     assert probe.cancelled(), f"the cancellation was swallowed: the probe returned {probe.result()}"
+    # the probe killed its command's group: once that is gone, its output pipe ends and its transport closes it
+    await wait_until(lambda: not plugin_processes(tmp_path) and pipes() <= before)
 
 
 async def test_cancel_until_done_ends_a_task_that_swallows_its_first_cancellation() -> None:
