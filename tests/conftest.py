@@ -13,7 +13,8 @@ Fixtures (all function-scoped, everything under ``tmp_path``):
   then ``manifest_fields`` on top (``env`` is merged). The module-level ``write_plugin(plugins_dir, key, script,
   **fields)`` does the same for any folder.
 - ``supervisor`` -> an open ``Supervisor`` on ``settings`` (closed after the test); ``open_supervisor(settings)``
-  is the async context manager behind it.
+  is the async context manager behind it; its close is bounded (``close_within``, ``CLOSE_TIMEOUT``): a close that
+  hangs fails the test, naming the plugins not stopped and the tasks still running, instead of hanging the run.
 - ``headless`` -> a factory: ``headless(*extra_args, settings=None)`` starts ``python -m supervisor_tui --headless
   --log-format json`` on the settings' dirs and returns a ``HeadlessProcess`` (JSON lines parsed as they come;
   ``wait_for(predicate)``, ``signal(sig)``, ``wait(timeout)``; ``pause_reading()`` leaves its stdout pipe unread
@@ -93,6 +94,10 @@ def write_plugin(plugins_dir: Path, key: str, script: str, **fields: Any) -> Pat
     env = {"SPAWN_LOG": str(folder / "spawns.log")}
     env.update(fields.pop("env", {}))
     manifest: dict[str, Any] = {"key": key, "command": ["python", script_path], **FAST, "env": env}
+    if script == "crash_at_start.py":
+        # Its exit is a failed start only when it comes within startsecs, and on a loaded machine Python's own
+        # startup can take longer than FAST's 0.3 s: the plugin would count as RUNNING, then as crashed.
+        manifest["startsecs"] = 10
     manifest.update(fields)
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
     return folder
@@ -193,15 +198,47 @@ def wait_until_sync(
     return value
 
 
+# Seconds a supervisor's close may take in a fixture's teardown. pytest-timeout (method "signal", the default on
+# POSIX) arms one SIGALRM for setup, call and teardown together and fails the test when it fires; teardown then runs
+# with no timer at all, so a close that hangs (a stop that never returns) would leave the run stuck forever.
+CLOSE_TIMEOUT = 60.0
+
+
+async def close_within(sup: Supervisor, timeout: float = CLOSE_TIMEOUT) -> None:  # noqa: ASYNC109
+    """``sup.close()``, or a test failure naming the plugins still up and the tasks still running after ``timeout``
+    (the no_plugin_leftovers fixture then kills what the plugins left)."""
+    closing = asyncio.create_task(sup.close(), name="supervisor.close")
+    done, _ = await asyncio.wait([closing], timeout=timeout)
+    if done:
+        return closing.result()
+    # what is stuck, seen before the close is cancelled
+    up = [f"{p.key} {p.state} pid {p.pid}" for p in sup.plugins() if p.state not in ("STOPPED", "INVALID")]
+    current = asyncio.current_task()
+    tasks = [
+        f"{t.get_name()} at {frames[-1].f_code.co_qualname}:{frames[-1].f_lineno}"
+        if (frames := t.get_stack(limit=1))
+        else t.get_name()
+        for t in asyncio.all_tasks()
+        if t is not current
+    ]
+    closing.cancel()
+    await asyncio.wait([closing], timeout=5.0)
+    pytest.fail(
+        f"supervisor.close() did not return within {timeout:g}s; plugins not stopped: {up or 'none'}; "
+        f"tasks still running: {sorted(tasks)}",
+        pytrace=False,
+    )
+
+
 @contextlib.asynccontextmanager
 async def open_supervisor(settings: Settings) -> AsyncIterator[Supervisor]:
-    """An open Supervisor that is always closed (plugins stopped) afterwards."""
+    """An open Supervisor that is always closed (plugins stopped) afterwards, within ``CLOSE_TIMEOUT``."""
     sup = Supervisor(settings)
     await sup.open()
     try:
         yield sup
     finally:
-        await sup.close()
+        await close_within(sup)
 
 
 def cgroup_tree(settings: Settings) -> CgroupTree | None:

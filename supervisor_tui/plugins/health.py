@@ -110,7 +110,8 @@ async def probe_tcp(host: str, port: int, timeout: float) -> tuple[bool, str]:  
     """Healthy when ``host:port`` accepts a connection within ``timeout`` seconds (closed at once)."""
     started = time.monotonic()
     try:
-        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+        async with asyncio.timeout(timeout):  # not wait_for: Python 3.11's can swallow a cancellation
+            _, writer = await asyncio.open_connection(host, port)
     except TimeoutError:
         return False, f"no connection within {timeout:g}s"
     except OSError as exc:
@@ -152,18 +153,22 @@ async def probe_exec(
     output = bytearray()
     reader = asyncio.ensure_future(_read_bounded(proc.stdout, output))
     try:
-        code = await asyncio.wait_for(_exited(proc), timeout)
+        # not wait_for: Python 3.11's returns the result when a cancellation arrives as the command exits
+        async with asyncio.timeout(timeout):
+            code = await _exited(proc)
     except TimeoutError:
         return False, f"command still running after {timeout:g}s (killed)"
     finally:
         _kill_group(proc.pid)  # the command and anything it left running
-        reader.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await reader
         if proc.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
-            await _exited(proc)
+            await _exited(proc)  # SIGKILLed: the event loop's child watcher reports it at once
+        reader.cancel()
+        # Waited for with asyncio.wait, which never raises the reader's own CancelledError: suppressing that one
+        # around ``await reader`` also swallowed a cancellation of this probe arriving meanwhile (a stop), and the
+        # probe loop went on probing, with the stop waiting for it forever.
+        await asyncio.wait([reader])
     # the command's words reach operators' terminals and the logs: control characters as visible escapes
     text = printable(" ".join(output.decode("utf-8", errors="replace").split())[:EXEC_DETAIL_MAX])
     ms = (time.monotonic() - started) * 1000

@@ -20,6 +20,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, cast
 
+from supervisor_tui.plugins.cancellation import cancel_until_done
 from supervisor_tui.plugins.child_process import ChildProcess
 from supervisor_tui.plugins.health import HealthTracker, ProbeTarget, run_probe
 from supervisor_tui.plugins.manifest import HealthCheck, Manifest
@@ -158,7 +159,7 @@ class Probing:
             if proc.returncode is not None or self.state != S.RUNNING:
                 return
             ok, detail = await run_probe(check, self.ctx.http, self._probe_target())
-            if proc.returncode is not None or self.state != S.RUNNING:
+            if proc.returncode is not None or self.state != S.RUNNING or _cancel_requested():
                 return
             yield ok, f"probe: {detail}"
 
@@ -211,7 +212,17 @@ class Probing:
     async def _cancel_probes(self) -> None:
         """No probe outlives its run: each loop is cancelled (an exec probe in flight is killed with it)."""
         tasks, self._probe_tasks = self._probe_tasks, []
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.wait(tasks)
+        await cancel_until_done(tasks, self._swallowed_cancel)
+
+    def _swallowed_cancel(self, task: asyncio.Task[None]) -> None:
+        self.ctx.logs.warning(
+            f"{self.instance}: {task.get_name()} went on after a cancel: cancelled again",
+            event="internal_error",
+            plugin=self.key,
+        )
+
+
+def _cancel_requested() -> bool:
+    """This task was asked to stop, even if the cancellation itself was swallowed on the way (see cancellation)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0

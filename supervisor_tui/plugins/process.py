@@ -25,6 +25,7 @@ from supervisor_tui.config import local_url
 from supervisor_tui.core.backoff import backoff_delay
 from supervisor_tui.core.events import MetricsSample
 from supervisor_tui.core.logs import LogHub
+from supervisor_tui.plugins.cancellation import cancel_until_done
 from supervisor_tui.plugins.cgroups import CgroupTree, PluginCgroup
 from supervisor_tui.plugins.child_process import ChildProcess
 from supervisor_tui.plugins.health import HealthTracker, ProbeClient
@@ -264,8 +265,7 @@ class ProcessRunner(Spawning, Probing, TreeTeardown, TaskRuns):
             task, self._task = self._task, None
             was_active = task is not None and not task.done()
             if task is not None and was_active:
-                task.cancel()
-                await asyncio.wait([task])
+                await cancel_until_done([task], self._swallowed_cancel)
             await self._cancel_probes()  # no probe runs against a stopped plugin, not even one in flight
             proc = self._proc
             if proc is not None:
@@ -435,7 +435,8 @@ class ProcessRunner(Spawning, Probing, TreeTeardown, TaskRuns):
     async def _backoff(self, delay: float) -> None:
         self._wake.clear()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), delay)
+            async with asyncio.timeout(delay):  # not wait_for: Python 3.11's swallows a stop racing with a wake
+                await self._wake.wait()
 
     def sample(self) -> MetricsSample | None:
         """One metrics sample of the process tree (None when not running)."""

@@ -108,7 +108,8 @@ class TreeTeardown:
         kill_all([p for p in tree if _pgid(p) != pgid], sig)  # descendants that made their own group
         deadline = time.monotonic() + wait_s
         try:
-            await asyncio.wait_for(wait_exit(proc), wait_s)
+            async with asyncio.timeout(wait_s):  # not wait_for: Python 3.11's can swallow a cancellation
+                await wait_exit(proc)
         except TimeoutError:
             self.ctx.logs.warning(
                 f"{self.instance}: pid {proc.pid} ignored {sig.name} for {wait_s:g}s: sending SIGKILL",
