@@ -48,6 +48,9 @@ async def test_register_on_a_beat_on_b_and_every_node_reads_the_same(tmp_path: P
             await wait_until(lambda: b.service.exists("c1"), timeout=10)
             r = await client.post(f"{b.url}/api/consolas/c1/heartbeat", json={"estado": "ocupada"}, headers=token)
             assert r.status_code == 200, r.text
+            # C plans its heartbeat from its memory: sent before B's change reached it, it would record the same
+            # idle -> busy again (docs/consoles.md, "Concurrent changes"). Heartbeats seconds apart never race so.
+            await wait_until(lambda: c.service.state_of("c1") == "busy", timeout=10)
             r = await client.post(f"{c.url}/api/consolas/c1/heartbeat", json={"estado": "ocupada"}, headers=token)
             assert r.status_code == 200, r.text
             bad = {"Authorization": "Bearer not-its-token"}
