@@ -37,6 +37,16 @@ async def stored_heartbeats(store: str, data: Path) -> tuple[set[str], dict[str,
         return stored, rows, counted
     conn = await asyncpg.connect(store)
     try:
+        # A statement the killed supervisor had sent runs on in its server session and may still commit (it was
+        # never acknowledged, so either outcome is right): the snapshot is taken once those sessions have ended.
+        async def sessions_ended() -> bool:
+            others = await conn.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND pid <> pg_backend_pid() AND backend_type = 'client backend'"
+            )
+            return bool(others == 0)
+
+        await wait_until(sessions_ended, timeout=30, failure="the killed supervisor's sessions never ended")
         async with conn.transaction(isolation="repeatable_read"):
             stored = {r[0] for r in await conn.fetch("SELECT current_job FROM console_heartbeats")}
             found = await conn.fetch("SELECT console_id, COUNT(*) FROM console_heartbeats GROUP BY console_id")
