@@ -15,12 +15,14 @@ from typing import Any
 
 import asyncpg
 import httpx
+from conftest import wait_until
 from fixtures.consoles.harness import ADMIN_TOKEN, headless_process, served_consoles
 from fixtures.ports import free_port
 from fixtures.postgres import PASSWORD
 
 from supervisor_tui.consoles.pg_schema import MIGRATIONS, SCHEMA_VERSION
 from supervisor_tui.consoles.pg_store import PgConsoleStore
+from supervisor_tui.consoles.service import RETRIES_WHILE_LOST
 
 # Seed 004's two monitoring queries, character for character.
 SEED_INACTIVE = """SELECT * 
@@ -289,3 +291,39 @@ async def test_batches_stay_durable_when_the_database_default_is_asynchronous(pg
             assert await store.pool.fetchval("SHOW synchronous_commit") == "on"
     finally:
         await store.close()
+
+
+async def test_while_the_server_is_lost_a_sweep_retries_a_few_timeouts_and_all_once_it_is_back(
+    tmp_path: Path, pg_cluster: Any
+) -> None:
+    """Timeouts that could not be written wait for the store: each sweep tries only a few while it has a problem
+    (re-planning every one each sweep kept a supervisor with many silent consoles busy), every one once it is back."""
+    dsn = pg_cluster.new_database()
+    ids = [f"t{i}" for i in range(60)]
+    async with served_consoles(
+        tmp_path, sweep_interval=3600, consoles__store=dsn, consoles__auth="none", consoles__inactive_after="1"
+    ) as srv:
+        service = srv.service
+        async with httpx.AsyncClient(base_url=srv.url) as client:
+            for cid in ids:
+                r = await client.post("/api/consolas/registrar", json={"id": cid, "nombre": cid})
+                assert r.status_code == 201
+        later = time.time() + 60
+
+        async def sweep_and_fail() -> int:
+            """Sweep, and wait for the batch that writes its timeouts to fail."""
+            before = service.metrics().write_failures
+            queued = service.sweep(later)
+            await wait_until(lambda: service.metrics().write_failures > before)
+            return queued
+
+        pg_cluster.stop()
+        try:
+            assert await sweep_and_fail() == len(ids)  # every one due, and tried once
+            assert service.store.problem is not None
+            for _ in range(3):
+                assert 0 < await sweep_and_fail() <= RETRIES_WHILE_LOST
+        finally:
+            pg_cluster.start()
+        await wait_until(lambda: service.sweep(later) >= 0 and all(service.state_of(c) == "inactive" for c in ids))
+        assert service.sweep(later) == 0  # nothing left waiting
