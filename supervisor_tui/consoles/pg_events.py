@@ -13,8 +13,8 @@ is right meanwhile: records are read from it, and an inactivity flip is conditio
 
 Every other node applies the NOTIFYs it receives to its in-memory view of the consoles and publishes them on its
 own event bus, marked ``remote``, so /ws/events, the TUI and in-process plugin hooks see changes made through any
-node. A payload is JSON under PostgreSQL's
-8,000-byte limit: ``{"node": <sender>, "changes": [...]}``, a batch split over several when needed. A change:
+node. A payload is JSON under PostgreSQL's 8,000-byte limit: ``{"node": <sender>, "changes": [...]}``, a batch
+split over several when needed. A change:
 
     ["reg", id, name, state, token_hash, first_seen, last_seen, last_activity, hostname]
     ["hb", id, state, last_seen, last_activity, hostname, heartbeats]       (one per console per batch)

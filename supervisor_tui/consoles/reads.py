@@ -27,7 +27,7 @@ from supervisor_tui.consoles.writer import GroupCommitWriter, is_damage
 class ConsoleReads:
     """Reads from the service's memory and its store. The service keeps ``entries``, ``by_state``, ``deadlines``,
     ``recency``, ``search`` and ``latest`` up to date (changed in place, never replaced); ``writer`` knows the damaged
-    history tables. Without ``latest`` the statistics are the store's query."""
+    history tables."""
 
     def __init__(
         self,
@@ -39,7 +39,7 @@ class ConsoleReads:
         recency: Recency,
         search: SearchKeys,
         writer: GroupCommitWriter,
-        latest: LatestActivity | None = None,
+        latest: LatestActivity,
     ) -> None:
         self.store = store
         self.inactive_after = inactive_after
@@ -155,7 +155,7 @@ class ConsoleReads:
         feed is connected: ``problem`` is None), the same answer as the store's query without reading every row;
         else the store's query (which answers ConsoleUnavailable when the store cannot be read).
         """
-        if self._latest is None or self.store.problem is not None:
+        if self.store.problem is not None:
             return await self.store.stats()
         latest = self._latest.by_state(self._entries.values())
         if self.store.timestamps_in_microseconds:

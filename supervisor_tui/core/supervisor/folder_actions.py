@@ -64,7 +64,7 @@ class FolderActions:
             folder = self.plugins_dir / key
             if folder.exists():
                 raise PluginActionError(key, f"folder {folder} already exists (remove it or use another key)")
-            runners = dict(self.registry.from_folders)
+            runners = self.registry.from_folders
             graph = {**manifests(runners), key: parsed}
             others = set(self.registry) - set(runners)
             problems = check_graph(graph, others)

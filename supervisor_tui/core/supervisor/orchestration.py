@@ -101,7 +101,7 @@ class Orchestrator:
     async def start_all(self) -> None:
         """Start every plugin that should run, dependencies first (see Supervisor.start_all)."""
         registry = self.registry
-        runners = dict(registry.from_folders)
+        runners = registry.from_folders
         keys = [k for k in start_order(manifests(runners)) if self.should_autostart(runners[k])]
         # Then those from no folder (in-process plugins from settings); externals never autostart.
         keys += [k for k, p in registry.items() if k not in runners and self.should_autostart(p)]
