@@ -54,3 +54,35 @@ async def test_batches_in_flight_keep_each_consoles_heartbeats_in_order(tmp_path
             previous[cid] = new
         assert service.most_batches_in_flight == 2  # the test did write with two batches in flight
         assert {cid: service.state_of(cid) for cid in ids} == {cid: last.get(cid, "idle") for cid in ids}
+
+
+async def test_a_burst_with_nothing_in_flight_is_written_in_two_batches_and_a_few_heartbeats_in_one(
+    tmp_path: Path, pg_cluster: Any
+) -> None:
+    # Clients answered together come back together: the writer gives the second connection its share at once
+    # instead of writing everything in one batch while the other connection waits.
+    dsn = pg_cluster.new_database()
+    async with served_consoles(tmp_path, consoles__store=dsn, consoles__auth="none") as srv:
+        service = srv.service
+        ids = [f"b{i}" for i in range(32)]
+        for cid in ids:
+            await service.register(RegistrationInput(cid, cid, "idle", None, None, None))
+
+        async def burst(consoles: list[str]) -> int:
+            before = service.metrics().write_batches
+            # Queued in one turn of the loop, with no batch in flight: the writer sees all of them at once.
+            await asyncio.gather(
+                *[service.submit_heartbeat(c, HeartbeatInput("busy", None, None, None, None, None)) for c in consoles]
+            )
+            return service.metrics().write_batches - before
+
+        assert service.writes_in_flight == 0
+        assert await burst(ids) == 2
+        assert service.most_batches_in_flight == 2
+        assert await burst(ids[:3]) == 1
+        conn = await asyncpg.connect(dsn)
+        try:
+            counts = dict(await conn.fetch("SELECT console_id, heartbeats FROM consolas"))
+        finally:
+            await conn.close()
+        assert counts == {cid: 2 if cid in ids[:3] else 1 for cid in ids}
