@@ -487,7 +487,7 @@ def _run(a: argparse.Namespace, cluster: object | None) -> int:
     if a.asgi_only:
         os.environ["BENCH_ASGI_ONLY"] = "1"  # read by the server processes this script starts
     if not os.path.exists(WRK):
-        raise SystemExit("bench: wrk is not installed")
+        raise SystemExit("bench: wrk is not installed (Debian: apt-get install wrk)")
     if a.against is not None and not (a.against / "bench" / "heartbeats.py").exists():
         raise SystemExit(f"bench: {a.against} has no bench/heartbeats.py")
     work = Path(tempfile.mkdtemp(prefix="bench-heartbeats-"))
