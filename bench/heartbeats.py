@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import hashlib
 import json
 import os
@@ -100,6 +101,8 @@ async def _serve_consoles(data_dir: str, port_file: str) -> None:
     else:
         service = ConsoleService(store, bus, settings, LogHub(bus, None))
     await service.start()
+    gc.collect()  # as headless.serve does once started
+    gc.freeze()
     server = HttpServer()
     api = ConsolesAPI(service, settings, ADMIN)
     # As the runtime serves it: heartbeats without ASGI where fast_http can (--asgi-only: through ASGI).
