@@ -196,7 +196,7 @@ def test_a_shared_store_writes_what_heartbeats_carry_flips_timeouts_itself_and_t
     # Unchanged state, activity and host are written all the same: another node may have changed the row.
     assert _sqls(batch)[1:3] == [PG_SQL.insert_heartbeat, PG_SQL.update_from_heartbeat[(True, True, True)]]
     # The store records and tells the state changes its updates make (it answers them after the calls' results).
-    assert batch.plan.steps[3] == ("many", PG_SQL.heartbeat_transitions, [("n1",)])
+    assert batch.plan.steps[3] == ("many", PG_SQL.state_transitions, [("n1",)])
     assert batch.outcome().store_transitions
     # The heartbeats are told after the COMMIT, out of the durable transaction (pg_store.py sends them in it when
     # the statement found a state change, ahead of that change).
@@ -209,6 +209,6 @@ def test_a_shared_store_writes_what_heartbeats_carry_flips_timeouts_itself_and_t
         [_beat("c1", 201.0, _hb("error"))]
     )
     assert not batch.events
-    assert _sqls(batch)[-2:] == [PG_SQL.heartbeat_transitions, NOTIFY_AFTER_COMMIT]
+    assert _sqls(batch)[-2:] == [PG_SQL.state_transitions, NOTIFY_AFTER_COMMIT]
     assert PG_SQL.insert_transition not in _sqls(batch)
     assert [c[0] for c in json.loads(batch.plan.steps[-1][2][0][0])["changes"]] == ["hb"]

@@ -100,8 +100,10 @@ PG_SQL = ConsoleSQL(
         "VALUES (consolas_uuid($1), $1, $2, consolas_estado($3), $4, $5::jsonb, $6, to_timestamp($7), NULL, NULL, "
         "$8, to_timestamp($9), to_timestamp($10), now(), 0)"
     ),
+    # Records the state change it made (reason register, with the estado it found under the row's lock, as a
+    # heartbeat's update does) and returns it as pg_events' "state" change (no row when none): pg_store.run_steps.
     update_registration=(
-        "UPDATE consolas SET nombre = $1, token_hash = $7, estado_anterior = consolas.estado, "
+        "WITH u AS (UPDATE consolas SET nombre = $1, token_hash = $7, estado_anterior = consolas.estado, "
         + ", ".join(
             _fresh(column, value, _REGISTRATION_SEEN)
             for column, value in (
@@ -115,13 +117,18 @@ PG_SQL = ConsoleSQL(
             )
         )
         + f", last_seen = GREATEST(consolas.last_seen, {_REGISTRATION_SEEN}), updated_at = now() "
-        "WHERE console_id = $9"
+        "WHERE console_id = $9 RETURNING console_id, estado_anterior, estado), "
+        "m(c, f, t) AS (SELECT console_id, consolas_state(estado_anterior), consolas_state(estado) FROM u "
+        "WHERE estado_anterior <> estado), "
+        "mt AS (INSERT INTO console_transitions (console_id, from_state, to_state, at, reason) "
+        f"SELECT c, f, t, {_REGISTRATION_SEEN}, 'register' FROM m) "
+        "SELECT json_build_array('state', c, f, t, 'register', $8::float8)::text FROM m"
     ),
     delete_console="DELETE FROM consolas WHERE console_id = $1",
     # A statement of its own after delete_console, which waited for any batch holding the console's row: its
     # snapshot, taken then, sees the heartbeats such a batch committed.
     delete_heartbeats="DELETE FROM console_heartbeats WHERE console_id = $1",
-    heartbeat_transitions="-- heartbeat transitions",
+    state_transitions="-- state transitions",
 )
 
 
@@ -227,7 +234,7 @@ def one_statement(steps: list[Step], after: list[str] | None = None, tell: bool 
     path's statements, each at most once (a statement twice may touch one row twice: not in one statement).
 
     Its one row: how many NOTIFYs it sent, the state changes its heartbeat updates made (a JSON list of pg_events'
-    "state" changes, NULL for none) when ``steps`` has the heartbeat_transitions step, and whether it sent
+    "state" changes, NULL for none) when ``steps`` has the state_transitions step, and whether it sent
     ``after`` (the payloads meant for after COMMIT). When there are such changes it tells them to the other nodes
     (unless not ``tell``), after ``after``: the other nodes take the consoles' new state from those."""
     ctes: list[str] = []
@@ -245,7 +252,7 @@ def one_statement(steps: list[Step], after: list[str] | None = None, tell: bool 
         if sql == NOTIFY_SQL:
             notify = [row[0] for row in rows]
             continue
-        if sql == PG_SQL.heartbeat_transitions:
+        if sql == PG_SQL.state_transitions:
             node = rows[0][0]
             continue
         form = _ARRAY_FORMS.get(sql)

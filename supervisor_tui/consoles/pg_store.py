@@ -77,7 +77,7 @@ def _describe_error(exc: BaseException) -> str:
     return text.splitlines()[0]
 
 
-# A flush's heartbeat rows and updates (their steps' second item), run with its heartbeat_transitions step.
+# A flush's heartbeat rows and updates (their steps' second item), run with its state_transitions step.
 _HEARTBEAT_STEPS = frozenset([*PG_SQL.update_from_heartbeat.values(), ("heartbeats", PG_SQL.insert_heartbeat)])
 
 
@@ -88,21 +88,22 @@ def _state_changes(text: str | None) -> list[Change]:
 
 async def run_steps(conn: asyncpg.Connection, steps: list[Step], after: list[str]) -> tuple[list[Any], bool]:
     """A batch's steps in ``conn``'s transaction (a batch that is not one statement): commit's results, and
-    whether ``after`` was sent. The heartbeat rows and updates before a heartbeat_transitions step run as one
-    statement that returns the state changes they made; those are told last, after the batch's own NOTIFYs
-    (and after ``after`` then), as one_statement tells them."""
+    whether ``after`` was sent. The heartbeat rows and updates before a state_transitions step run as one
+    statement that returns the state changes they made, as a re-registration does; those are told last, after
+    the batch's own NOTIFYs (and after ``after`` then), as one_statement tells them."""
     results: list[Any] = []
     changes: list[Change] = []
     node = ""
-    group: list[Step] = []  # a flush's heartbeat rows and updates, waiting for its heartbeat_transitions step
+    group: list[Step] = []  # a flush's heartbeat rows and updates, waiting for its state_transitions step
     for step in steps:
         kind, what, rows = step
-        if what == PG_SQL.heartbeat_transitions:
+        if what == PG_SQL.state_transitions:
             node = rows[0][0]
-            one = one_statement([*group, step], tell=False)
-            assert one is not None, "a flush's heartbeat steps are one statement"
-            changes += _state_changes((await conn.fetchrow(*one))[1])
-            group = []
+            if group:
+                one = one_statement([*group, step], tell=False)
+                assert one is not None, "a flush's heartbeat steps are one statement"
+                changes += _state_changes((await conn.fetchrow(*one))[1])
+                group = []
             continue
         if what in _HEARTBEAT_STEPS:
             group.append(step)
@@ -110,7 +111,12 @@ async def run_steps(conn: asyncpg.Connection, steps: list[Step], after: list[str
         for k, w, r in group:
             await conn.executemany(w[1] if k == "history" else w, r)
         group = []
-        if kind == "many":
+        if what == PG_SQL.update_registration:
+            for row in rows:
+                change = await conn.fetchval(what, *row)
+                if change is not None:
+                    changes.append(json.loads(change))
+        elif kind == "many":
             await conn.executemany(what, rows)
         elif kind == "history":
             await conn.executemany(what[1], rows)
@@ -118,7 +124,7 @@ async def run_steps(conn: asyncpg.Connection, steps: list[Step], after: list[str
             results.append(await what(conn))
     for k, w, r in group:
         await conn.executemany(w[1] if k == "history" else w, r)
-    if any(step[1] == PG_SQL.heartbeat_transitions for step in steps):
+    if any(step[1] == PG_SQL.state_transitions for step in steps):
         results.append(changes)
     if not changes:
         return results, False
@@ -287,7 +293,7 @@ class PgConsoleStore:
     async def _commit(self, steps: list[Step], after: list[str]) -> tuple[list[Any], bool]:
         """The results (commit's), and whether ``after`` was sent in the transaction: it is when the batch changed
         a console's state, ahead of that change, so that the other nodes know the console's new state from it."""
-        marked = any(step[1] == PG_SQL.heartbeat_transitions for step in steps)
+        marked = any(step[1] == PG_SQL.state_transitions for step in steps)
         one = one_statement(steps, after)
         if one is not None:
             # One round trip: the statement is its own transaction, COMMITted (WAL flushed) before it answers.

@@ -281,8 +281,8 @@ class ConsoleService:
             self.bus.publish(ConsoleHeartbeats(count=batch.beats, console_ids=batch.beat_ids))
 
     def _store_transitions(self, changes: list[Change]) -> None:
-        """A shared store's heartbeat transitions (pg_events' "state" changes) as the batch's UPDATE made them to
-        the rows: published once for the fleet, by this node; memory then holds each console's state as the row."""
+        """A shared store's state transitions (pg_events' "state" changes) as the batch's updates made them to the
+        rows: published once for the fleet, by this node; memory then holds each console's state as the row."""
         for _, cid, old_state, new_state, reason, at in changes:
             e = self._entries.get(cid)
             if e is not None and e.state != new_state and e.last_seen <= at:
