@@ -123,56 +123,68 @@ async def test_three_nodes_sweeping_flip_a_silent_console_once(tmp_path: Path, p
         assert len({cid for cid, v in seen.items()}) == 30
 
 
-async def test_real_supervisors_stream_every_nodes_changes_and_alert_once(tmp_path: Path, pg_cluster: Any) -> None:
-    """Three `supervisor-tui --headless` on one store, each with webhook-alerts to one real local receiver: a
-    console registered through node 0 falls silent; every node's /ws/events shows its registration and its
-    inactivity, and the receiver gets one alert for the fleet, not one per node."""
+@contextlib.asynccontextmanager
+async def alerting_fleet(
+    tmp_path: Path, dsn: str, n: int, consoles: str, topics: str
+) -> AsyncIterator[tuple[Receiver, list[int], list[Any]]]:
+    """``n`` real `supervisor-tui --headless` on the store at ``dsn`` with ``consoles`` (TOML lines of [consoles]),
+    each with webhook-alerts to one real local receiver: (the receiver, their ports, a /ws/events stream of
+    ``topics`` from each)."""
     receiver = Receiver(free_port())
     await receiver.start()
-    dsn = pg_cluster.new_database()
     config = tmp_path / "supervisor.toml"
     config.write_text(
-        '[consoles]\ninactive_after = "2s"\nauth = "none"\n'
+        f"[consoles]\n{consoles}"
         "[inprocess.webhook-alerts]\n"
         'module = "supervisor_tui.inprocess_plugins.webhook_alerts:WebhookAlerts"\n'
         f'config = {{ urls = ["http://127.0.0.1:{receiver.port}/hook"] }}\n'
     )
-    ports = [free_port() for _ in range(3)]
+    ports = [free_port() for _ in range(n)]
     try:
         with contextlib.ExitStack() as stack:
             for i, port in enumerate(ports):
                 stack.enter_context(headless_process(tmp_path / f"n{i}", port, dsn, ("--config", str(config))))
             streams = [
                 await websockets.connect(
-                    f"ws://127.0.0.1:{port}/ws/events?topics=console",
+                    f"ws://127.0.0.1:{port}/ws/events?topics={topics}",
                     additional_headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
                 )
                 for port in ports
             ]
             try:
-                async with httpx.AsyncClient() as client:
-                    r = await client.post(
-                        f"http://127.0.0.1:{ports[0]}/api/consolas/registrar", json={"id": "q1", "nombre": "quiet"}
-                    )
-                    assert r.status_code == 201
-                for node, ws in enumerate(streams):
-                    seen: list[dict[str, Any]] = []
-                    while not any(e.get("to_state") == "inactive" for e in seen):
-                        seen.append(json.loads(await asyncio.wait_for(ws.recv(), 30)))
-                    registered = [e for e in seen if e["topic"] == "console.registered"]
-                    assert [(e["console_id"], e["remote"]) for e in registered] == [("q1", node != 0)]
-                    flips = [e for e in seen if e.get("reason") == "timeout"]
-                    assert [(e["console_id"], e["to_state"]) for e in flips] == [("q1", "inactive")]
-                await wait_until(lambda: len(receiver.messages) >= 1, timeout=30)
-                await asyncio.sleep(3)  # time for other nodes' (wrong) alerts to arrive too
-                alerts = [m for m in receiver.messages if m.get("event") == "console.inactive"]
-                assert len(alerts) == 1, receiver.messages
-                assert len(receiver.messages) == 1
+                yield receiver, ports, streams
             finally:
                 for ws in streams:
                     await ws.close()
     finally:
         await receiver.stop()
+
+
+async def test_real_supervisors_stream_every_nodes_changes_and_alert_once(tmp_path: Path, pg_cluster: Any) -> None:
+    """Three `supervisor-tui --headless` on one store, each with webhook-alerts to one real local receiver: a
+    console registered through node 0 falls silent; every node's /ws/events shows its registration and its
+    inactivity, and the receiver gets one alert for the fleet, not one per node."""
+    dsn = pg_cluster.new_database()
+    consoles = 'inactive_after = "2s"\nauth = "none"\n'
+    async with alerting_fleet(tmp_path, dsn, 3, consoles, "console") as (receiver, ports, streams):
+        async with httpx.AsyncClient() as client:
+            r = await client.post(
+                f"http://127.0.0.1:{ports[0]}/api/consolas/registrar", json={"id": "q1", "nombre": "quiet"}
+            )
+            assert r.status_code == 201
+        for node, ws in enumerate(streams):
+            seen: list[dict[str, Any]] = []
+            while not any(e.get("to_state") == "inactive" for e in seen):
+                seen.append(json.loads(await asyncio.wait_for(ws.recv(), 30)))
+            registered = [e for e in seen if e["topic"] == "console.registered"]
+            assert [(e["console_id"], e["remote"]) for e in registered] == [("q1", node != 0)]
+            flips = [e for e in seen if e.get("reason") == "timeout"]
+            assert [(e["console_id"], e["to_state"]) for e in flips] == [("q1", "inactive")]
+        await wait_until(lambda: len(receiver.messages) >= 1, timeout=30)
+        await asyncio.sleep(3)  # time for other nodes' (wrong) alerts to arrive too
+        alerts = [m for m in receiver.messages if m.get("event") == "console.inactive"]
+        assert len(alerts) == 1, receiver.messages
+        assert len(receiver.messages) == 1
 
 
 @contextlib.asynccontextmanager
@@ -320,3 +332,50 @@ async def test_one_state_change_through_two_nodes_at_once_is_one_transition_for_
             assert [(e.from_state, e.to_state, e.reason) for e in events] == expected
             own += [(e.from_state, e.to_state, e.reason) for e in events if not e.remote]
         assert sorted(own, key=repr) == sorted(expected, key=repr)
+
+
+async def test_real_supervisors_alert_once_for_a_change_sent_through_both_at_once(
+    tmp_path: Path, pg_cluster: Any
+) -> None:
+    """Two `supervisor-tui --headless` on one store, each with webhook-alerts to one real local receiver: a
+    console's error (then its recovery) is posted through both nodes at the same instant, round after round.
+    The receiver gets one alert per error for the fleet, and each node's /ws/events one state change per change."""
+    dsn = pg_cluster.new_database()
+    async with alerting_fleet(tmp_path, dsn, 2, 'auth = "none"\n', "console.state") as (receiver, ports, streams):
+        urls = [f"http://127.0.0.1:{port}" for port in ports]
+        async with httpx.AsyncClient() as client:
+            r = await client.post(f"{urls[0]}/api/consolas/registrar", json={"id": "w1", "nombre": "w"})
+            assert r.status_code == 201
+
+            async def both_know_it() -> bool:  # a heartbeat of the state it has: no change
+                answers = [await client.post(f"{u}/api/consolas/w1/heartbeat", json={"estado": "esperando"})
+                           for u in urls]  # fmt: skip
+                return all(a.status_code == 200 for a in answers)
+
+            await wait_until(both_know_it, timeout=10)
+            expected: list[tuple[str, str]] = []
+            state = "idle"
+            for new in ["error", "active"] * 4:
+                beat = {"estado": ENGLISH_TO_SPANISH[new]}
+                answers = await asyncio.gather(
+                    *(client.post(f"{u}/api/consolas/w1/heartbeat", json=beat) for u in urls)
+                )
+                assert [a.status_code for a in answers] == [200, 200], [a.text for a in answers]
+                expected.append((state, new))
+                state = new
+        for ws in streams:
+            seen: list[dict[str, Any]] = []
+            while len(seen) < len(expected) + 1:  # the registration's, then the heartbeats'
+                seen.append(json.loads(await asyncio.wait_for(ws.recv(), 30)))
+            with contextlib.suppress(asyncio.TimeoutError):  # a (wrong) second copy of a change
+                seen.append(json.loads(await asyncio.wait_for(ws.recv(), 1.0)))
+            assert [(e["from_state"], e["to_state"]) for e in seen[1:]] == expected
+
+        # One alert per error. (A recovery is sent by the node that sent the console's alert, when the recovery
+        # is recorded through it: not counted here.)
+        def errors() -> list[dict[str, Any]]:
+            return [m for m in receiver.messages if m["event"] == "console.error"]
+
+        await wait_until(lambda: len(errors()) >= 4, timeout=30)
+        await asyncio.sleep(1)  # time for other (wrong) alerts to arrive too
+        assert len(errors()) == 4, receiver.messages
