@@ -5,7 +5,8 @@ several supervisors.
 ``estado`` holds the Spanish API's words (activa, ocupada, esperando, error, inactiva). The product's own columns are
 added beside them: ``console_id`` (the id consoles register with: any id the API accepts, not only UUIDs; ``id``
 is that UUID when it is one, else a UUID made from it), ``reported_state``, ``hostname``, ``token_hash``,
-``last_seen`` and ``heartbeats``; ``created_at`` is when the console was first seen. History is in
+``last_seen``, ``heartbeats`` and ``estado_anterior`` (the estado the row's last update found: how a batch knows
+the state changes it made, pg_statements.py); ``created_at`` is when the console was first seen. History is in
 ``console_heartbeats`` and ``console_transitions`` (states there in English, the API's words).
 
 Durable: every batch is one transaction on one of the writer's own connections (pg_write_connections.py; reads
