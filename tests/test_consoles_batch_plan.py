@@ -22,7 +22,8 @@ from supervisor_tui.consoles.console_entry import ConsoleEntry
 from supervisor_tui.consoles.console_tokens import hash_console_token
 from supervisor_tui.consoles.errors import ConsoleForbidden, ConsoleNotFound, ConsoleUnauthorized
 from supervisor_tui.consoles.models import HeartbeatInput, RegistrationInput
-from supervisor_tui.consoles.pg_events import NOTIFY_AFTER_COMMIT, NOTIFY_SQL
+from supervisor_tui.consoles.pg_events import NOTIFY_AFTER_COMMIT
+from supervisor_tui.consoles.pg_statements import PG_SQL
 from supervisor_tui.consoles.sqlite_store import SQLITE_SQL as SQL
 from supervisor_tui.consoles.writer import Op
 from supervisor_tui.core.events import ConsoleRegistered, ConsoleRemoved, ConsoleStateChanged
@@ -188,21 +189,26 @@ def test_a_shared_store_writes_what_heartbeats_carry_flips_timeouts_itself_and_t
         return lambda conn: []
 
     ops = [Op("timeout", ("c2", 80.0)), _beat("c1", 200.0, _hb("active", host="h1", activity=90.0))]
-    batch = BatchPlanner(SQL, _entries(), 30.0, shared=True, node="n1", flip_inactive=flip_inactive).plan_ops(ops)
+    batch = BatchPlanner(PG_SQL, _entries(), 30.0, shared=True, node="n1", flip_inactive=flip_inactive).plan_ops(ops)
 
     assert flips == [([("c2", 80.0)], 30.0, "n1")] and batch.flips == [0]
     assert "c2" not in batch.work  # the store decides; memory follows its answer
     # Unchanged state, activity and host are written all the same: another node may have changed the row.
-    assert _sqls(batch)[1:3] == [SQL.insert_heartbeat, SQL.update_from_heartbeat[(True, True, True)]]
-    # Heartbeats that change no state are told after the COMMIT, out of the durable transaction.
+    assert _sqls(batch)[1:3] == [PG_SQL.insert_heartbeat, PG_SQL.update_from_heartbeat[(True, True, True)]]
+    # The store records and tells the state changes its updates make (it answers them after the calls' results).
+    assert batch.plan.steps[3] == ("many", PG_SQL.state_transitions, [("n1",)])
+    assert batch.outcome().store_transitions
+    # The heartbeats are told after the COMMIT, out of the durable transaction (pg_store.py sends them in it when
+    # the statement found a state change, ahead of that change).
     kind, sql, rows = batch.plan.steps[-1]
     assert (kind, sql) == ("many", NOTIFY_AFTER_COMMIT)
     message = json.loads(rows[0][0])
     assert message["node"] == "n1" and message["changes"] == [["hb", "c1", "active", 200.0, 90.0, "h1", 1]]
-    # A state change is told in the transaction that commits it, with the batch's heartbeats.
-    batch = BatchPlanner(SQL, _entries(), 30.0, shared=True, node="n1", flip_inactive=flip_inactive).plan_ops(
+    # A state change is not planned from memory (another node may have made it already): the store decides it.
+    batch = BatchPlanner(PG_SQL, _entries(), 30.0, shared=True, node="n1", flip_inactive=flip_inactive).plan_ops(
         [_beat("c1", 201.0, _hb("error"))]
     )
-    kind, sql, rows = batch.plan.steps[-1]
-    assert (kind, sql) == ("many", NOTIFY_SQL)
-    assert [c[0] for c in json.loads(rows[0][0])["changes"]] == ["state", "hb"]
+    assert not batch.events
+    assert _sqls(batch)[-2:] == [PG_SQL.state_transitions, NOTIFY_AFTER_COMMIT]
+    assert PG_SQL.insert_transition not in _sqls(batch)
+    assert [c[0] for c in json.loads(batch.plan.steps[-1][2][0][0])["changes"]] == ["hb"]

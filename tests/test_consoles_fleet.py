@@ -19,6 +19,7 @@ from fixtures.consoles.harness import ADMIN_TOKEN, ConsoleServer, headless_proce
 from fixtures.ports import free_port
 from test_webhook_alerts import Receiver
 
+from supervisor_tui.consoles.models import ENGLISH_TO_SPANISH, HeartbeatInput
 from supervisor_tui.core.events import ConsoleHeartbeats, ConsoleRegistered, ConsoleRemoved, ConsoleStateChanged
 
 
@@ -48,8 +49,8 @@ async def test_register_on_a_beat_on_b_and_every_node_reads_the_same(tmp_path: P
             await wait_until(lambda: b.service.exists("c1"), timeout=10)
             r = await client.post(f"{b.url}/api/consolas/c1/heartbeat", json={"estado": "ocupada"}, headers=token)
             assert r.status_code == 200, r.text
-            # C plans its heartbeat from its memory: sent before B's change reached it, it would record the same
-            # idle -> busy again (docs/consoles.md, "Concurrent changes"). Heartbeats seconds apart never race so.
+            # C hears of B's change; its own busy heartbeat then changes nothing (sent before, it would not either:
+            # the table decides, docs/consoles.md, "Concurrent changes").
             await wait_until(lambda: c.service.state_of("c1") == "busy", timeout=10)
             r = await client.post(f"{c.url}/api/consolas/c1/heartbeat", json={"estado": "ocupada"}, headers=token)
             assert r.status_code == 200, r.text
@@ -122,56 +123,68 @@ async def test_three_nodes_sweeping_flip_a_silent_console_once(tmp_path: Path, p
         assert len({cid for cid, v in seen.items()}) == 30
 
 
-async def test_real_supervisors_stream_every_nodes_changes_and_alert_once(tmp_path: Path, pg_cluster: Any) -> None:
-    """Three `supervisor-tui --headless` on one store, each with webhook-alerts to one real local receiver: a
-    console registered through node 0 falls silent; every node's /ws/events shows its registration and its
-    inactivity, and the receiver gets one alert for the fleet, not one per node."""
+@contextlib.asynccontextmanager
+async def alerting_fleet(
+    tmp_path: Path, dsn: str, n: int, consoles: str, topics: str
+) -> AsyncIterator[tuple[Receiver, list[int], list[Any]]]:
+    """``n`` real `supervisor-tui --headless` on the store at ``dsn`` with ``consoles`` (TOML lines of [consoles]),
+    each with webhook-alerts to one real local receiver: (the receiver, their ports, a /ws/events stream of
+    ``topics`` from each)."""
     receiver = Receiver(free_port())
     await receiver.start()
-    dsn = pg_cluster.new_database()
     config = tmp_path / "supervisor.toml"
     config.write_text(
-        '[consoles]\ninactive_after = "2s"\nauth = "none"\n'
+        f"[consoles]\n{consoles}"
         "[inprocess.webhook-alerts]\n"
         'module = "supervisor_tui.inprocess_plugins.webhook_alerts:WebhookAlerts"\n'
         f'config = {{ urls = ["http://127.0.0.1:{receiver.port}/hook"] }}\n'
     )
-    ports = [free_port() for _ in range(3)]
+    ports = [free_port() for _ in range(n)]
     try:
         with contextlib.ExitStack() as stack:
             for i, port in enumerate(ports):
                 stack.enter_context(headless_process(tmp_path / f"n{i}", port, dsn, ("--config", str(config))))
             streams = [
                 await websockets.connect(
-                    f"ws://127.0.0.1:{port}/ws/events?topics=console",
+                    f"ws://127.0.0.1:{port}/ws/events?topics={topics}",
                     additional_headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
                 )
                 for port in ports
             ]
             try:
-                async with httpx.AsyncClient() as client:
-                    r = await client.post(
-                        f"http://127.0.0.1:{ports[0]}/api/consolas/registrar", json={"id": "q1", "nombre": "quiet"}
-                    )
-                    assert r.status_code == 201
-                for node, ws in enumerate(streams):
-                    seen: list[dict[str, Any]] = []
-                    while not any(e.get("to_state") == "inactive" for e in seen):
-                        seen.append(json.loads(await asyncio.wait_for(ws.recv(), 30)))
-                    registered = [e for e in seen if e["topic"] == "console.registered"]
-                    assert [(e["console_id"], e["remote"]) for e in registered] == [("q1", node != 0)]
-                    flips = [e for e in seen if e.get("reason") == "timeout"]
-                    assert [(e["console_id"], e["to_state"]) for e in flips] == [("q1", "inactive")]
-                await wait_until(lambda: len(receiver.messages) >= 1, timeout=30)
-                await asyncio.sleep(3)  # time for other nodes' (wrong) alerts to arrive too
-                alerts = [m for m in receiver.messages if m.get("event") == "console.inactive"]
-                assert len(alerts) == 1, receiver.messages
-                assert len(receiver.messages) == 1
+                yield receiver, ports, streams
             finally:
                 for ws in streams:
                     await ws.close()
     finally:
         await receiver.stop()
+
+
+async def test_real_supervisors_stream_every_nodes_changes_and_alert_once(tmp_path: Path, pg_cluster: Any) -> None:
+    """Three `supervisor-tui --headless` on one store, each with webhook-alerts to one real local receiver: a
+    console registered through node 0 falls silent; every node's /ws/events shows its registration and its
+    inactivity, and the receiver gets one alert for the fleet, not one per node."""
+    dsn = pg_cluster.new_database()
+    consoles = 'inactive_after = "2s"\nauth = "none"\n'
+    async with alerting_fleet(tmp_path, dsn, 3, consoles, "console") as (receiver, ports, streams):
+        async with httpx.AsyncClient() as client:
+            r = await client.post(
+                f"http://127.0.0.1:{ports[0]}/api/consolas/registrar", json={"id": "q1", "nombre": "quiet"}
+            )
+            assert r.status_code == 201
+        for node, ws in enumerate(streams):
+            seen: list[dict[str, Any]] = []
+            while not any(e.get("to_state") == "inactive" for e in seen):
+                seen.append(json.loads(await asyncio.wait_for(ws.recv(), 30)))
+            registered = [e for e in seen if e["topic"] == "console.registered"]
+            assert [(e["console_id"], e["remote"]) for e in registered] == [("q1", node != 0)]
+            flips = [e for e in seen if e.get("reason") == "timeout"]
+            assert [(e["console_id"], e["to_state"]) for e in flips] == [("q1", "inactive")]
+        await wait_until(lambda: len(receiver.messages) >= 1, timeout=30)
+        await asyncio.sleep(3)  # time for other nodes' (wrong) alerts to arrive too
+        alerts = [m for m in receiver.messages if m.get("event") == "console.inactive"]
+        assert len(alerts) == 1, receiver.messages
+        assert len(receiver.messages) == 1
 
 
 @contextlib.asynccontextmanager
@@ -243,3 +256,126 @@ async def test_a_batch_in_flight_does_not_write_its_stale_copy_over_another_node
             assert (record["state"], record["hostname"], record["heartbeats"]) == (state, host, beats)
             if newer == "registration":
                 assert record["name"] == "dos"
+
+
+async def test_one_state_change_through_two_nodes_at_once_is_one_transition_for_the_fleet(
+    tmp_path: Path, pg_cluster: Any
+) -> None:
+    """Round after round, one console's state-changing heartbeat (or re-registration) goes through two of three
+    nodes at the same instant, each node planning it from a memory that has not heard of the other's yet (queued
+    on both in one turn of the loop, or posted to both at once). The change is one transition in the table, and
+    one state change on every node's bus, a node's own on exactly one node (the webhook alerts go out once); every
+    node's memory and reads end as the table."""
+    dsn = pg_cluster.new_database()
+    async with fleet(tmp_path, dsn, consoles__auth="none") as nodes, httpx.AsyncClient() as client:
+        subs = [node.bus.subscribe(["console.state"]) for node in nodes]
+        r = await client.post(f"{nodes[0].url}/api/consolas/registrar", json={"id": "r1", "nombre": "race"})
+        assert r.status_code == 201
+        await wait_until(lambda: all(node.service.exists("r1") for node in nodes), timeout=10)
+        expected: list[tuple[str | None, str, str]] = [(None, "idle", "register")]
+        state = "idle"
+        rounds = [(new, "heartbeat") for new in ["busy", "error", "active", "idle"] * 6]
+        rounds += [(new, "register") for new in ["busy", "error", "active", "idle"]]
+        for i, (new, reason) in enumerate(rounds):
+            pair = (nodes[i % 3], nodes[(i + 1) % 3])
+            if reason == "register":
+                body = {"id": "r1", "nombre": f"race {i}", "estado": ENGLISH_TO_SPANISH[new]}
+                answers = await asyncio.gather(
+                    *(client.post(f"{n.url}/api/consolas/registrar", json=body) for n in pair)
+                )
+                assert [a.status_code for a in answers] == [200, 200], [a.text for a in answers]
+            elif i % 2 == 0:  # both queued before either node's writer runs
+                futures = [n.service.submit_heartbeat("r1", HeartbeatInput(new, None, None, None, None, None))
+                           for n in pair]  # fmt: skip
+                acks = await asyncio.gather(*futures)
+                assert [ack.state for ack in acks] == [new, new]
+            else:
+                beat = {"estado": ENGLISH_TO_SPANISH[new]}
+                answers = await asyncio.gather(
+                    *(client.post(f"{n.url}/api/consolas/r1/heartbeat", json=beat) for n in pair)
+                )
+                assert [a.status_code for a in answers] == [200, 200], [a.text for a in answers]
+            expected.append((state, new, reason))
+            state = new
+            await wait_until(lambda state=state: all(n.service.state_of("r1") == state for n in nodes), timeout=10)
+        beats = sum(1 for _, reason in rounds if reason == "heartbeat") * 2
+        conn = await asyncpg.connect(dsn)
+        try:
+            recorded = await conn.fetch(
+                "SELECT from_state, to_state, reason FROM console_transitions WHERE console_id = 'r1' ORDER BY id"
+            )
+            row = await conn.fetchrow(
+                "SELECT estado, hostname, heartbeats, extract(epoch FROM last_seen)::float8 AS seen "
+                "FROM consolas WHERE console_id = 'r1'"
+            )
+        finally:
+            await conn.close()
+        assert [tuple(t) for t in recorded] == expected
+        assert row["estado"] == ENGLISH_TO_SPANISH[state] and row["heartbeats"] == beats
+        for node in nodes:
+
+            def as_table(node: ConsoleServer = node) -> bool:  # last seen: the table's, to its microsecond
+                view = node.service.view_of("r1")
+                return view is not None and (view[0], view[2]) == (state, None) and abs(view[1] - row["seen"]) < 2e-6
+
+            await wait_until(as_table, timeout=10, failure=lambda node=node: f"{node.service.view_of('r1')} {row}")
+            record = (await client.get(f"{node.url}/api/consoles/r1", headers=node.admin)).json()
+            assert (record["state"], record["heartbeats"]) == (state, beats)
+            got = (await client.get(f"{node.url}/api/consoles/r1/transitions", headers=node.admin)).json()
+            assert [(t["from"], t["to"], t["reason"]) for t in got["transitions"]] == expected[::-1]
+        # Every node's bus: each change once; published as its own by one node, the one whose batch recorded it.
+        await asyncio.sleep(0.2)  # time for a (wrong) second copy of the last change to arrive
+        own: list[tuple[str | None, str, str]] = []
+        for sub in subs:
+            events = [e for e in sub.get_nowait() if isinstance(e, ConsoleStateChanged)]
+            sub.close()
+            assert [(e.from_state, e.to_state, e.reason) for e in events] == expected
+            own += [(e.from_state, e.to_state, e.reason) for e in events if not e.remote]
+        assert sorted(own, key=repr) == sorted(expected, key=repr)
+
+
+async def test_real_supervisors_alert_once_for_a_change_sent_through_both_at_once(
+    tmp_path: Path, pg_cluster: Any
+) -> None:
+    """Two `supervisor-tui --headless` on one store, each with webhook-alerts to one real local receiver: a
+    console's error (then its recovery) is posted through both nodes at the same instant, round after round.
+    The receiver gets one alert per error for the fleet, and each node's /ws/events one state change per change."""
+    dsn = pg_cluster.new_database()
+    async with alerting_fleet(tmp_path, dsn, 2, 'auth = "none"\n', "console.state") as (receiver, ports, streams):
+        urls = [f"http://127.0.0.1:{port}" for port in ports]
+        async with httpx.AsyncClient() as client:
+            r = await client.post(f"{urls[0]}/api/consolas/registrar", json={"id": "w1", "nombre": "w"})
+            assert r.status_code == 201
+
+            async def both_know_it() -> bool:  # a heartbeat of the state it has: no change
+                answers = [await client.post(f"{u}/api/consolas/w1/heartbeat", json={"estado": "esperando"})
+                           for u in urls]  # fmt: skip
+                return all(a.status_code == 200 for a in answers)
+
+            await wait_until(both_know_it, timeout=10)
+            expected: list[tuple[str, str]] = []
+            state = "idle"
+            for new in ["error", "active"] * 4:
+                beat = {"estado": ENGLISH_TO_SPANISH[new]}
+                answers = await asyncio.gather(
+                    *(client.post(f"{u}/api/consolas/w1/heartbeat", json=beat) for u in urls)
+                )
+                assert [a.status_code for a in answers] == [200, 200], [a.text for a in answers]
+                expected.append((state, new))
+                state = new
+        for ws in streams:
+            seen: list[dict[str, Any]] = []
+            while len(seen) < len(expected) + 1:  # the registration's, then the heartbeats'
+                seen.append(json.loads(await asyncio.wait_for(ws.recv(), 30)))
+            with contextlib.suppress(asyncio.TimeoutError):  # a (wrong) second copy of a change
+                seen.append(json.loads(await asyncio.wait_for(ws.recv(), 1.0)))
+            assert [(e["from_state"], e["to_state"]) for e in seen[1:]] == expected
+
+        # One alert per error. (A recovery is sent by the node that sent the console's alert, when the recovery
+        # is recorded through it: not counted here.)
+        def errors() -> list[dict[str, Any]]:
+            return [m for m in receiver.messages if m["event"] == "console.error"]
+
+        await wait_until(lambda: len(errors()) >= 4, timeout=30)
+        await asyncio.sleep(1)  # time for other (wrong) alerts to arrive too
+        assert len(errors()) == 4, receiver.messages

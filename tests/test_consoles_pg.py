@@ -160,6 +160,16 @@ async def test_a_store_at_schema_1_upgrades_to_what_a_fresh_one_is_and_keeps_its
         assert not [row for row in expected if "idx_consolas_search" in row]
         # Version 3: no foreign key from heartbeats (their statement writes them only for consoles it found).
         assert not [row for row in expected if "console_heartbeats_console_id_fkey" in row]
+        # Version 4: estado_anterior (the estado the row's last update found), empty in the rows from before it,
+        # and consolas_state, consolas_estado the other way.
+        assert ("consolas", "estado_anterior", "character varying", "YES", None, None) in expected
+        assert await upgraded_conn.fetchval("SELECT count(*) FROM consolas WHERE estado_anterior IS NULL") == 12
+        for conn in (upgraded_conn, fresh_conn):
+            states = await conn.fetchval(
+                "SELECT array_agg(consolas_state(consolas_estado(s)) ORDER BY s) FROM unnest($1::text[]) AS s",
+                ["active", "busy", "error", "idle", "inactive"],
+            )
+            assert states == ["active", "busy", "error", "idle", "inactive"]
         names = await upgraded_conn.fetch("SELECT console_id FROM consolas ORDER BY console_id")
         assert [r[0] for r in names] == sorted(f"old{i}" for i in range(1, 13))
     finally:

@@ -20,6 +20,7 @@ from supervisor_tui.consoles.console_entry import ConsoleEntry
 from supervisor_tui.consoles.models import HeartbeatInput, RegistrationInput
 from supervisor_tui.consoles.pg_events import NOTIFY_AFTER_COMMIT
 from supervisor_tui.consoles.pg_statements import PG_SQL, one_statement
+from supervisor_tui.consoles.pg_store import run_steps
 from supervisor_tui.consoles.writer import Op
 
 
@@ -45,8 +46,7 @@ async def _run_batch(conn: asyncpg.Connection, batch: tuple[Any, ...]) -> None:
     if kind == "one":
         await conn.fetchval(*what)
         return
-    for step_kind, sql, rows in what:
-        await conn.executemany(sql[1] if step_kind == "history" else sql, rows)
+    await run_steps(conn, what, [])  # in the caller's transaction
 
 
 async def _remove(conn: asyncpg.Connection, cid: str) -> None:

@@ -12,11 +12,14 @@ from typing import Any
 
 import asyncpg
 import httpx
+import pytest
 from conftest import wait_until
 from fixtures.consoles.harness import served_consoles
 
+from supervisor_tui.consoles.models import HeartbeatInput, RegistrationInput
 from supervisor_tui.consoles.pg_events import CHANNEL, NOTIFY_SQL, AfterCommitNotifier, decode, payloads
 from supervisor_tui.consoles.pg_store import PgConsoleStore
+from supervisor_tui.core.events import ConsoleStateChanged
 
 
 async def test_a_heartbeat_that_changes_no_state_reaches_the_other_node(tmp_path: Path, pg_cluster: Any) -> None:
@@ -107,3 +110,45 @@ async def test_a_batch_of_changes_is_split_into_payloads_postgresql_takes_and_ea
     received = [decode(p) for p in got]
     assert {node for node, _ in received} == {"node-a"}
     assert [change for _, part in received for change in part] == changes
+
+
+@pytest.mark.parametrize("path", ["one statement", "with a registration"])
+async def test_the_state_changes_a_batch_makes_are_told_in_payloads_postgresql_takes(
+    tmp_path: Path, pg_cluster: Any, path: str
+) -> None:
+    """150 consoles with the longest ids change state at once: the batch statement tells the changes it made in
+    payloads of at most 7,000 bytes, each once, with the batch's heartbeats; the same when a registration makes
+    the batch a transaction of several statements."""
+    dsn = pg_cluster.new_database()
+    ids = [f"{i:03d}-" + "x" * 124 for i in range(150)]
+    async with served_consoles(tmp_path, consoles__store=dsn, consoles__auth="none") as srv:
+        for cid in [*ids, "other"]:
+            await srv.service.register(RegistrationInput(cid, cid, "idle", None, None, None))
+        sub = srv.bus.subscribe(["console.state"])
+        async with listening(dsn) as got:
+            futures: list[Any] = []
+            if path == "with a registration":  # queued first, so the batch that takes it takes heartbeats too
+                rename = RegistrationInput("other", "renamed", "idle", None, None, None)
+                futures.append(asyncio.ensure_future(srv.service.register(rename)))
+                await asyncio.sleep(0)  # one turn of the loop: it is queued, and the writer has not taken it
+            futures += [srv.service.submit_heartbeat(cid, HeartbeatInput("busy", None, None, None, None, None))
+                        for cid in ids]  # fmt: skip
+            await asyncio.gather(*futures)
+
+            def told(kind: str) -> list[Any]:
+                return [c for p in got for c in decode(p)[1] if c[0] == kind]
+
+            await wait_until(lambda: len(told("state")) >= len(ids) and len(told("hb")) >= len(ids), timeout=10)
+        assert all(len(p.encode()) <= 7000 for p in got) and len(got) > 5
+        assert sorted(c[1] for c in told("state")) == ids
+        assert {(c[2], c[3], c[4]) for c in told("state")} == {("idle", "busy", "heartbeat")}
+        assert sorted(c[1] for c in told("hb")) == ids
+        events = sub.get_nowait()
+        assert sorted(e.console_id for e in events if isinstance(e, ConsoleStateChanged)) == ids
+        assert all(srv.service.state_of(cid) == "busy" for cid in ids)
+        conn = await asyncpg.connect(dsn)
+        try:
+            rows = await conn.fetch("SELECT console_id FROM console_transitions WHERE reason = 'heartbeat'")
+        finally:
+            await conn.close()
+        assert sorted(r[0] for r in rows) == ids

@@ -85,6 +85,7 @@ class BatchOutcome:
     beats: int
     beat_ids: tuple[str, ...]
     registrations: int
+    store_transitions: bool  # the commit's last result is the state transitions the store decided (pg_events')
 
 
 def console_of(op: Op) -> str | None:
@@ -136,6 +137,7 @@ class BatchPlanner:
         self.beats = 0
         self.beat_ids: dict[str, None] = {}
         self.registrations = 0
+        self.store_transitions = False  # the commit's last result: the state transitions the store decided
         self.beats_of: dict[str, int] = {}  # heartbeats per console, for the other nodes (shared stores only)
         # Rows waiting for the next flush.
         self._timeouts: list[tuple[Any, ...]] = []
@@ -180,6 +182,7 @@ class BatchPlanner:
             self.beats,
             tuple(self.beat_ids),
             self.registrations,
+            self.store_transitions,
         )
 
     def _current(self, cid: str) -> ConsoleEntry | None:
@@ -225,7 +228,7 @@ class BatchPlanner:
                 u[3] = hb.last_activity
             u[4], u[5], u[6] = hb.last_error_json, hb.current_job, at
             u[7] += 1
-        if e.state != hb.state:
+        if e.state != hb.state and not self.shared:  # a shared store decides it (state_transitions)
             self._transition(e.id, e.state, hb.state, at, "heartbeat")
         e.state = e.reported_state = hb.state
         e.last_seen = at
@@ -277,7 +280,9 @@ class BatchPlanner:
         else:
             update = (reg.name, reg.state, reg.state, reg.system_json, reg.hostname, reg.last_activity, th, now, reg.id)
             self.plan.many(sql.update_registration, [update])
-            if e.state != reg.state:
+            if self.shared:  # the row may have changed since memory heard: the store decides
+                self._store_transitions()
+            elif e.state != reg.state:
                 self._transition(reg.id, e.state, reg.state, now, "register")
             e.name, e.state, e.reported_state, e.token_hash, e.last_seen = reg.name, reg.state, reg.state, th, now
             if reg.last_activity is not None:
@@ -315,6 +320,12 @@ class BatchPlanner:
         self.events.append(ConsoleRemoved(console_id=cid))
         self.answers.append((fut, True))
 
+    def _store_transitions(self) -> None:
+        """The store records the state changes the steps before this one made (a shared store's)."""
+        assert self.sql.state_transitions is not None, "a shared store decides the state transitions"
+        self.plan.many(self.sql.state_transitions, [(self.node,)])
+        self.store_transitions = True
+
     def _flush(self) -> None:
         """The pending rows as steps. Timeouts before heartbeat updates: a console that timed out and then spoke
         in the same batch must end in its reported state."""
@@ -342,6 +353,10 @@ class BatchPlanner:
             by_kind.setdefault((state_changed, activity_changed, host_changed), []).append(row)
         for kind, rows in by_kind.items():
             plan.many(sql.update_from_heartbeat[kind], rows)
+        if shared and by_kind:
+            # Another node may have changed these consoles since memory heard: the state changes are the ones the
+            # updates made to the rows, which the store records, tells the other nodes and returns.
+            self._store_transitions()
         plan.history("transitions", sql.insert_transition, self._trans)
         # The steps keep the lists they were given: the next rows go into new ones.
         self._timeouts, self._hb_rows, self._trans = [], [], []

@@ -35,6 +35,10 @@ class ConsoleSQL:
     delete_console: str
     # Run after delete_console, for a store whose heartbeats are not deleted with their console by a foreign key.
     delete_heartbeats: str | None = None
+    # A shared store's: a step (rows: [(this node's name,)]) after a flush's heartbeat updates or a re-registration,
+    # which has the store record and tell the state changes those made to the rows, as the database decided them
+    # (other nodes change the rows too); commit's results then end with one more, the list of them (pg_store.py).
+    state_transitions: str | None = None
 
 
 # (id, name, state, reported_state, token_hash, first_seen, last_seen, last_activity, hostname), by last_seen.
@@ -74,7 +78,8 @@ class ConsoleStore(Protocol):
         """Every console (ConsoleRow) and its stored heartbeat count; damaged history is reported, not fatal."""
 
     async def commit(self, steps: list[Step]) -> list[Any]:
-        """Run ``steps`` in one durable transaction; returns the results of its "call" steps."""
+        """Run ``steps`` in one durable transaction; returns the results of its "call" steps (and, after them,
+        the state transitions the store decided when ``steps`` has a ``sql.state_transitions`` step)."""
 
     async def close(self) -> None: ...
 

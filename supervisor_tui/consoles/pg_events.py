@@ -2,8 +2,10 @@
 
 Every batch a node commits that registers, removes or changes the state of a console carries, in the same
 transaction, NOTIFYs on ``CHANNEL`` describing what changed (PostgreSQL delivers them only if, and once, the
-transaction commits). A batch of heartbeats that change no state (most of them) is told after its COMMIT
-instead, by ``AfterCommitNotifier`` in a transaction of its own that does not wait for its WAL flush: PostgreSQL
+transaction commits). A heartbeat's state change is the one its UPDATE made to the row, told by the batch's
+statement itself (pg_statements.one_statement), after the batch's heartbeats. A batch of heartbeats that change
+no state (most of them) is told after its COMMIT instead, by ``AfterCommitNotifier`` in a transaction of its own
+that does not wait for its WAL flush: PostgreSQL
 holds one lock for the whole database from a NOTIFY's commit until that commit's WAL is flushed, so NOTIFYs
 inside the durable batches made their fsyncs take turns, where batches committing at once share one. What that
 costs: a node that dies between a heartbeat batch's COMMIT and its NOTIFY leaves the other nodes' memory of those
@@ -52,7 +54,7 @@ _NOTIFY_ALL_SQL = (
     f"(SELECT count(pg_notify('{CHANNEL}', p)) FROM unnest($1::text[]) AS n(p))"
 )
 _CLOSE_GRACE = 2.0  # seconds a closing store gives its notifier to send what is pending
-_MAX_PAYLOAD = 7000  # bytes; PostgreSQL refuses 8000 and more
+MAX_PAYLOAD = 7000  # bytes; PostgreSQL refuses 8000 and more
 
 Change = list[Any]
 
@@ -60,20 +62,20 @@ Change = list[Any]
 _encode = msgspec.json.Encoder().encode
 
 
-def _head(node: str) -> str:
+def payload_head(node: str) -> str:
     """How every payload ``node`` sends begins (its listener skips them by it, without decoding them)."""
     return f'{{"node": {json.dumps(node)}, "changes": ['
 
 
 def payloads(node: str, changes: list[Change]) -> list[str]:
-    """``changes`` as NOTIFY payloads of at most _MAX_PAYLOAD bytes (UTF-8) each."""
+    """``changes`` as NOTIFY payloads of at most MAX_PAYLOAD bytes (UTF-8) each."""
     out: list[str] = []
-    head = _head(node).encode()
+    head = payload_head(node).encode()
     part: list[bytes] = []
     size = len(head) + 2
     for change in changes:
         text = _encode(change)  # one call per change (json.dumps was a tenth of the batch planning)
-        if part and size + len(text) + 1 > _MAX_PAYLOAD:
+        if part and size + len(text) + 1 > MAX_PAYLOAD:
             out.append((head + b",".join(part) + b"]}").decode())
             part, size = [], len(head) + 2
         part.append(text)
@@ -158,7 +160,7 @@ class ChangeListener:
     ) -> None:
         self._dsn = dsn
         self._node = node
-        self._own = _head(node)
+        self._own = payload_head(node)
         self._on_changes = on_changes
         self._on_reconnect = on_reconnect
         self._on_problem = on_problem

@@ -91,5 +91,17 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE console_heartbeats DROP CONSTRAINT console_heartbeats_console_id_fkey;
     """,
+    # 4: estado_anterior, the estado the row's last update found (equal to estado when that update did not change
+    # it). A heartbeat's UPDATE sets it under the row's lock, from the row as committed by any node, so its
+    # RETURNING tells the state change the database made: a heartbeat batch records that transition, not one
+    # planned from a node's memory, which another node's change of the console may not have reached yet
+    # (pg_statements.py). consolas_state is consolas_estado the other way, for the transitions' English words.
+    """
+    ALTER TABLE consolas ADD COLUMN estado_anterior VARCHAR(50);
+    CREATE FUNCTION consolas_state(estado TEXT) RETURNS TEXT LANGUAGE sql IMMUTABLE STRICT AS $$
+      SELECT CASE estado WHEN 'activa' THEN 'active' WHEN 'ocupada' THEN 'busy' WHEN 'esperando' THEN 'idle'
+        WHEN 'error' THEN 'error' WHEN 'inactiva' THEN 'inactive' END
+    $$;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)

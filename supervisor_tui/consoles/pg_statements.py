@@ -9,7 +9,7 @@ from typing import Any
 import msgspec
 
 from supervisor_tui.consoles.console_store import ConsoleSQL, Step
-from supervisor_tui.consoles.pg_events import CHANNEL, NOTIFY_SQL
+from supervisor_tui.consoles.pg_events import CHANNEL, MAX_PAYLOAD, NOTIFY_SQL, payload_head
 
 
 def _pg(sql: str) -> str:
@@ -40,7 +40,9 @@ def _fresh(column: str, value: str, seen: str) -> str:
 
 def _heartbeat_set(state: str | None, activity: str | None, host: str | None, v: dict[str, str]) -> str:
     seen = f"to_timestamp({v['seen']})"
-    sets = []
+    # The estado this update found (the latest committed: READ COMMITTED reads the row again after waiting for
+    # another node's update of it), so its RETURNING tells the state change the database made (schema version 4).
+    sets = ["estado_anterior = consolas.estado"]
     if state is not None:
         sets += [_fresh("estado", f"consolas_estado({state})", seen), _fresh("reported_state", v["state"], seen)]
     if activity is not None:
@@ -98,8 +100,10 @@ PG_SQL = ConsoleSQL(
         "VALUES (consolas_uuid($1), $1, $2, consolas_estado($3), $4, $5::jsonb, $6, to_timestamp($7), NULL, NULL, "
         "$8, to_timestamp($9), to_timestamp($10), now(), 0)"
     ),
+    # Records the state change it made (reason register, with the estado it found under the row's lock, as a
+    # heartbeat's update does) and returns it as pg_events' "state" change (no row when none): pg_store.run_steps.
     update_registration=(
-        "UPDATE consolas SET nombre = $1, token_hash = $7, "
+        "WITH u AS (UPDATE consolas SET nombre = $1, token_hash = $7, estado_anterior = consolas.estado, "
         + ", ".join(
             _fresh(column, value, _REGISTRATION_SEEN)
             for column, value in (
@@ -113,12 +117,18 @@ PG_SQL = ConsoleSQL(
             )
         )
         + f", last_seen = GREATEST(consolas.last_seen, {_REGISTRATION_SEEN}), updated_at = now() "
-        "WHERE console_id = $9"
+        "WHERE console_id = $9 RETURNING console_id, estado_anterior, estado), "
+        "m(c, f, t) AS (SELECT console_id, consolas_state(estado_anterior), consolas_state(estado) FROM u "
+        "WHERE estado_anterior <> estado), "
+        "mt AS (INSERT INTO console_transitions (console_id, from_state, to_state, at, reason) "
+        f"SELECT c, f, t, {_REGISTRATION_SEEN}, 'register' FROM m) "
+        "SELECT json_build_array('state', c, f, t, 'register', $8::float8)::text FROM m"
     ),
     delete_console="DELETE FROM consolas WHERE console_id = $1",
     # A statement of its own after delete_console, which waited for any batch holding the console's row: its
     # snapshot, taken then, sees the heartbeats such a batch committed.
     delete_heartbeats="DELETE FROM console_heartbeats WHERE console_id = $1",
+    state_transitions="-- state transitions",
 )
 
 
@@ -142,7 +152,7 @@ def _update_array_form(kind: tuple[bool, bool, bool]) -> tuple[str, tuple[str, .
                           "u.host" if host else None, v)  # fmt: skip
     return (
         f"UPDATE consolas SET {sets} FROM {{a}} AS u({', '.join(names)}) WHERE consolas.console_id = u.cid "
-        "RETURNING consolas.console_id",
+        "RETURNING consolas.console_id, consolas.estado_anterior, consolas.estado, u.seen",
         types,
     )
 
@@ -195,12 +205,42 @@ def _document(rows: list[tuple[Any, ...]], types: tuple[str, ...]) -> str:
     return _json.encode(out).decode()
 
 
-def one_statement(steps: list[Step]) -> tuple[Any, ...] | None:
+def _moved(updated: list[str]) -> list[str]:
+    """CTEs of the state changes the statement's updates made (m), recorded as transitions (reason heartbeat, at
+    the batch's latest heartbeat of the console, states in English), and as pg_events' "state" changes (mx: the
+    change's JSON text, and where it starts in the text of them all, its comma counted)."""
+    moved = " UNION ALL ".join(
+        f"SELECT console_id, consolas_state(estado_anterior), consolas_state(estado), seen FROM {name} "
+        "WHERE estado_anterior <> estado"
+        for name in updated
+    )
+    return [
+        f"m(c, f, t, a) AS ({moved})",
+        "mt AS (INSERT INTO console_transitions (console_id, from_state, to_state, at, reason) "
+        "SELECT c, f, t, to_timestamp(a), 'heartbeat' FROM m)",
+        "mx AS (SELECT x, sum(octet_length(x) + 1) OVER (ORDER BY i) - octet_length(x) - 1 AS start "
+        "FROM (SELECT json_build_array('state', c, f, t, 'heartbeat', a)::text, row_number() OVER () FROM m) "
+        "AS s(x, i))",
+    ]
+
+
+# A "state" change's JSON text is at most this long (a console id is 128 ASCII characters at most): the changes
+# that start within the first MAX_PAYLOAD - head - 2 - _LONGEST_CHANGE bytes of a payload's list fit in it.
+_LONGEST_CHANGE = 400
+
+
+def one_statement(steps: list[Step], after: list[str] | None = None, tell: bool = True) -> tuple[Any, ...] | None:
     """``steps`` as (sql, *parameters) of one statement, or None when they are not only the heartbeat
-    path's statements, each at most once (a statement twice may touch one row twice: not in one statement)."""
+    path's statements, each at most once (a statement twice may touch one row twice: not in one statement).
+
+    Its one row: how many NOTIFYs it sent, the state changes its heartbeat updates made (a JSON list of pg_events'
+    "state" changes, NULL for none) when ``steps`` has the state_transitions step, and whether it sent
+    ``after`` (the payloads meant for after COMMIT). When there are such changes it tells them to the other nodes
+    (unless not ``tell``), after ``after``: the other nodes take the consoles' new state from those."""
     ctes: list[str] = []
     args: list[Any] = []
     notify: list[str] | None = None
+    node: str | None = None
     seen: set[str] = set()
     guarded: list[str] = []  # history rows, after the updates (a CTE reads only those before it)
     updated: list[str] = []  # the updates' CTEs
@@ -211,6 +251,9 @@ def one_statement(steps: list[Step]) -> tuple[Any, ...] | None:
         seen.add(sql)
         if sql == NOTIFY_SQL:
             notify = [row[0] for row in rows]
+            continue
+        if sql == PG_SQL.state_transitions:
+            node = rows[0][0]
             continue
         form = _ARRAY_FORMS.get(sql)
         if form is None:
@@ -229,11 +272,29 @@ def one_statement(steps: list[Step]) -> tuple[Any, ...] | None:
         return None
     found = " UNION ALL ".join(f"SELECT console_id FROM {name}" for name in updated)
     ctes += [f"w{len(ctes) + i} AS ({cte.format(found=found)})" for i, cte in enumerate(guarded)]
-    if notify is None:
-        final = "SELECT 0"
-    else:
+    moved = node is not None and bool(updated)
+    told: list[str] = []  # the NOTIFY payloads' queries, in the order they are sent
+    if notify is not None:
         args.append(notify)
-        final = f"SELECT count(pg_notify('{CHANNEL}', p)) FROM unnest(${len(args)}::text[]) AS n(p)"
+        told.append(f"SELECT p FROM unnest(${len(args)}::text[]) AS n(p)")
+    sent = "false"
+    if moved:
+        assert node is not None
+        ctes += _moved(updated)
+        if tell:
+            if after:
+                args.append(after)
+                told.append(f"SELECT p FROM unnest(${len(args)}::text[]) AS n(p) WHERE EXISTS (SELECT 1 FROM m)")
+                sent = "EXISTS (SELECT 1 FROM m)"
+            head = payload_head(node)
+            args.append(head)
+            limit = MAX_PAYLOAD - len(head.encode()) - 2 - _LONGEST_CHANGE
+            told.append(
+                f"SELECT ${len(args)} || string_agg(x, ',' ORDER BY start) || ']}}' FROM mx GROUP BY start / {limit}"
+            )
+    notified = f"(SELECT count(pg_notify('{CHANNEL}', p)) FROM ({' UNION ALL '.join(told)}) AS q(p))" if told else "0"
+    changes = "(SELECT '[' || string_agg(x, ',' ORDER BY start) || ']' FROM mx)" if moved else "NULL"
+    final = f"SELECT {notified}, {changes}, {sent}"
     if not ctes:
         return None if notify is None else (final, *args)
     return (f"WITH {', '.join(ctes)} {final}", *args)

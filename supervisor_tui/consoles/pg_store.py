@@ -5,7 +5,8 @@ several supervisors.
 ``estado`` holds the Spanish API's words (activa, ocupada, esperando, error, inactiva). The product's own columns are
 added beside them: ``console_id`` (the id consoles register with: any id the API accepts, not only UUIDs; ``id``
 is that UUID when it is one, else a UUID made from it), ``reported_state``, ``hostname``, ``token_hash``,
-``last_seen`` and ``heartbeats``; ``created_at`` is when the console was first seen. History is in
+``last_seen``, ``heartbeats`` and ``estado_anterior`` (the estado the row's last update found: how a batch knows
+the state changes it made, pg_statements.py); ``created_at`` is when the console was first seen. History is in
 ``console_heartbeats`` and ``console_transitions`` (states there in English, the API's words).
 
 Durable: every batch is one transaction on one of the writer's own connections (pg_write_connections.py; reads
@@ -16,6 +17,7 @@ connection reaches it again.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
@@ -74,6 +76,62 @@ _COMMAND_TIMEOUT = 60.0
 def _describe_error(exc: BaseException) -> str:
     text = str(exc).strip() or type(exc).__name__
     return text.splitlines()[0]
+
+
+# A flush's heartbeat rows and updates (their steps' second item), run with its state_transitions step.
+_HEARTBEAT_STEPS = frozenset([*PG_SQL.update_from_heartbeat.values(), ("heartbeats", PG_SQL.insert_heartbeat)])
+
+
+def _state_changes(text: str | None) -> list[Change]:
+    """A statement's JSON list of "state" changes as a list (None: no change)."""
+    return [] if text is None else list(json.loads(text))
+
+
+async def run_steps(conn: asyncpg.Connection, steps: list[Step], after: list[str]) -> tuple[list[Any], bool]:
+    """A batch's steps in ``conn``'s transaction (a batch that is not one statement): commit's results, and
+    whether ``after`` was sent. The heartbeat rows and updates before a state_transitions step run as one
+    statement that returns the state changes they made, as a re-registration does; those are told last, after
+    the batch's own NOTIFYs (and after ``after`` then), as one_statement tells them."""
+    results: list[Any] = []
+    changes: list[Change] = []
+    node = ""
+    group: list[Step] = []  # a flush's heartbeat rows and updates, waiting for its state_transitions step
+    for step in steps:
+        kind, what, rows = step
+        if what == PG_SQL.state_transitions:
+            node = rows[0][0]
+            if group:
+                one = one_statement([*group, step], tell=False)
+                assert one is not None, "a flush's heartbeat steps are one statement"
+                changes += _state_changes((await conn.fetchrow(*one))[1])
+                group = []
+            continue
+        if what in _HEARTBEAT_STEPS:
+            group.append(step)
+            continue
+        for k, w, r in group:
+            await conn.executemany(w[1] if k == "history" else w, r)
+        group = []
+        if what == PG_SQL.update_registration:
+            for row in rows:
+                change = await conn.fetchval(what, *row)
+                if change is not None:
+                    changes.append(json.loads(change))
+        elif kind == "many":
+            await conn.executemany(what, rows)
+        elif kind == "history":
+            await conn.executemany(what[1], rows)
+        else:
+            results.append(await what(conn))
+    for k, w, r in group:
+        await conn.executemany(w[1] if k == "history" else w, r)
+    if any(step[1] == PG_SQL.state_transitions for step in steps):
+        results.append(changes)
+    if not changes:
+        return results, False
+    told = [*after, *payloads(node, changes)]
+    await conn.executemany(NOTIFY_SQL, [(p,) for p in told])
+    return results, bool(after)
 
 
 class PgConsoleStore:
@@ -218,8 +276,8 @@ class PgConsoleStore:
         after = [row[0] for kind, what, rows in steps if what == NOTIFY_AFTER_COMMIT for row in rows]
         if after:
             steps = [step for step in steps if step[1] != NOTIFY_AFTER_COMMIT]
-        results = await self._commit(steps) if steps else []
-        if after:
+        results, sent = await self._commit(steps, after) if steps else ([], False)
+        if after and not sent:
             self._notifier.send(after)
         return results
 
@@ -233,33 +291,29 @@ class PgConsoleStore:
             raise StoreError("the console store is not open")
         return connections
 
-    async def _commit(self, steps: list[Step]) -> list[Any]:
-        one = one_statement(steps)
+    async def _commit(self, steps: list[Step], after: list[str]) -> tuple[list[Any], bool]:
+        """The results (commit's), and whether ``after`` was sent in the transaction: it is when the batch changed
+        a console's state, ahead of that change, so that the other nodes know the console's new state from it."""
+        marked = any(step[1] == PG_SQL.state_transitions for step in steps)
+        one = one_statement(steps, after)
         if one is not None:
             # One round trip: the statement is its own transaction, COMMITted (WAL flushed) before it answers.
             try:
                 async with self.write_connections.connection() as conn:
-                    await conn.fetchval(*one)
+                    row = await conn.fetchrow(*one)
             except _CONNECTION_ERRORS as exc:
                 self._lost(exc)
                 raise
             self._reached()
-            return []
-        results: list[Any] = []
+            return ([_state_changes(row[1])] if marked else []), bool(row[2])
         try:
             async with self.write_connections.connection() as conn, conn.transaction():
-                for kind, what, rows in steps:
-                    if kind == "many":
-                        await conn.executemany(what, rows)
-                    elif kind == "history":
-                        await conn.executemany(what[1], rows)
-                    else:
-                        results.append(await what(conn))
+                results, sent = await run_steps(conn, steps, after)
         except _CONNECTION_ERRORS as exc:
             self._lost(exc)
             raise
         self._reached()
-        return results
+        return results, sent
 
     def _lost(self, exc: BaseException) -> None:
         was = self.problem
@@ -320,7 +374,7 @@ class PgConsoleStore:
                 "  JOIN unnest($1::text[], $2::float8[]) AS d(console_id, deadline) ON c.console_id = d.console_id "
                 "  WHERE c.estado <> 'inactiva' AND c.last_seen <= to_timestamp(d.deadline - $3 + 0.000001) "
                 "  FOR UPDATE OF c SKIP LOCKED) "
-                "UPDATE consolas c SET estado = 'inactiva', updated_at = now() FROM due "
+                "UPDATE consolas c SET estado_anterior = due.estado, estado = 'inactiva', updated_at = now() FROM due "
                 "WHERE c.console_id = due.console_id RETURNING c.console_id, due.estado, due.deadline",
                 [cid for cid, _ in due],
                 [deadline for _, deadline in due],

@@ -275,8 +275,23 @@ class ConsoleService:
         for event in batch.events:
             self.bus.publish(event)
             self.log.event(event)
+        if batch.store_transitions:
+            self._store_transitions(results[-1])
         if batch.beats:
             self.bus.publish(ConsoleHeartbeats(count=batch.beats, console_ids=batch.beat_ids))
+
+    def _store_transitions(self, changes: list[Change]) -> None:
+        """A shared store's state transitions (pg_events' "state" changes) as the batch's updates made them to the
+        rows: published once for the fleet, by this node; memory then holds each console's state as the row."""
+        for _, cid, old_state, new_state, reason, at in changes:
+            e = self._entries.get(cid)
+            if e is not None and e.state != new_state and e.last_seen <= at:
+                new = e.copy()
+                new.state = new.reported_state = new_state
+                self._apply({cid: new})
+            event = ConsoleStateChanged(console_id=cid, from_state=old_state, to_state=new_state, reason=reason, at=at)
+            self.bus.publish(event)
+            self.log.event(event)
 
     def _flipped(self, cid: str, old_state: str, at: float, remote: bool = False) -> None:
         """The store made console ``cid`` inactive (this node's sweep, or another's when ``remote``)."""
