@@ -371,11 +371,12 @@ async def test_real_supervisors_alert_once_for_a_change_sent_through_both_at_onc
                 seen.append(json.loads(await asyncio.wait_for(ws.recv(), 1.0)))
             assert [(e["from_state"], e["to_state"]) for e in seen[1:]] == expected
 
-        # One alert per error. (A recovery is sent by the node that sent the console's alert, when the recovery
-        # is recorded through it: not counted here.)
-        def errors() -> list[dict[str, Any]]:
-            return [m for m in receiver.messages if m["event"] == "console.error"]
+        # One alert per error and one recovery per recovery, whichever node recorded each (the node that
+        # records a recovery sends it, even when the other node sent the alert).
+        def sent(event: str) -> list[dict[str, Any]]:
+            return [m for m in receiver.messages if m["event"] == event]
 
-        await wait_until(lambda: len(errors()) >= 4, timeout=30)
+        await wait_until(lambda: len(sent("console.error")) >= 4 and len(sent("console.recovered")) >= 4, timeout=30)
         await asyncio.sleep(1)  # time for other (wrong) alerts to arrive too
-        assert len(errors()) == 4, receiver.messages
+        assert len(sent("console.error")) == 4, receiver.messages
+        assert len(sent("console.recovered")) == 4, receiver.messages

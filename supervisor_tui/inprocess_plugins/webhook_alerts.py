@@ -125,7 +125,9 @@ class WebhookAlerts(PluginInterface):
                 reason,
                 f":red_circle: console *{console_id}* is {to_state} ({reason})",
             )
-        elif ident in self.alerting:
+        elif ident in self.alerting or from_state in CONSOLE_ALERT_STATES:
+            # The console leaves an alert state through this node: recovered, whichever node sent the alert (a
+            # fleet's nodes each record and alert their own changes) and whether or not this one has run since.
             self.alerting.discard(ident)
             self._alert(
                 "recovered",
