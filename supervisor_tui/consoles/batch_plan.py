@@ -281,7 +281,7 @@ class BatchPlanner:
             update = (reg.name, reg.state, reg.state, reg.system_json, reg.hostname, reg.last_activity, th, now, reg.id)
             self.plan.many(sql.update_registration, [update])
             if self.shared:  # the row may have changed since memory heard: the store decides
-                self._store_transitions()
+                self._store_decides_transitions()
             elif e.state != reg.state:
                 self._transition(reg.id, e.state, reg.state, now, "register")
             e.name, e.state, e.reported_state, e.token_hash, e.last_seen = reg.name, reg.state, reg.state, th, now
@@ -320,7 +320,7 @@ class BatchPlanner:
         self.events.append(ConsoleRemoved(console_id=cid))
         self.answers.append((fut, True))
 
-    def _store_transitions(self) -> None:
+    def _store_decides_transitions(self) -> None:
         """The store records the state changes the steps before this one made (a shared store's)."""
         assert self.sql.state_transitions is not None, "a shared store decides the state transitions"
         self.plan.many(self.sql.state_transitions, [(self.node,)])
@@ -356,7 +356,7 @@ class BatchPlanner:
         if shared and by_kind:
             # Another node may have changed these consoles since memory heard: the state changes are the ones the
             # updates made to the rows, which the store records, tells the other nodes and returns.
-            self._store_transitions()
+            self._store_decides_transitions()
         plan.history("transitions", sql.insert_transition, self._trans)
         # The steps keep the lists they were given: the next rows go into new ones.
         self._timeouts, self._hb_rows, self._trans = [], [], []

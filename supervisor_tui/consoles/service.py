@@ -276,11 +276,11 @@ class ConsoleService:
             self.bus.publish(event)
             self.log.event(event)
         if batch.store_transitions:
-            self._store_transitions(results[-1])
+            self._publish_store_transitions(results[-1])
         if batch.beats:
             self.bus.publish(ConsoleHeartbeats(count=batch.beats, console_ids=batch.beat_ids))
 
-    def _store_transitions(self, changes: list[Change]) -> None:
+    def _publish_store_transitions(self, changes: list[Change]) -> None:
         """A shared store's state transitions (pg_events' "state" changes) as the batch's updates made them to the
         rows: published once for the fleet, by this node; memory then holds each console's state as the row."""
         for _, cid, old_state, new_state, reason, at in changes:
