@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import msgspec
+import msgspec.structs
 
 
-@dataclass(slots=True)
-class ConsoleEntry:
-    """What the ingest path needs to know about a console, kept in memory."""
+class ConsoleEntry(msgspec.Struct, gc=False):
+    """What the ingest path needs to know about a console, kept in memory.
+
+    Not tracked by the garbage collector (its fields are strings and numbers: no cycle can pass through it).
+    Every heartbeat puts a new copy of its console's entry in memory and frees the old one, so tracked entries
+    would pile up in the young generation without raising its allocation count (one object made, one freed),
+    and the collection that finally came would walk all of them: 15-26 ms pauses with 10,000 consoles sending.
+    """
 
     id: str
     name: str
@@ -21,18 +27,7 @@ class ConsoleEntry:
     hostname: str | None = None
 
     def copy(self) -> ConsoleEntry:
-        return ConsoleEntry(
-            self.id,
-            self.name,
-            self.state,
-            self.reported_state,
-            self.token_hash,
-            self.first_seen,
-            self.last_seen,
-            self.stored_heartbeats,
-            self.last_activity,
-            self.hostname,
-        )
+        return msgspec.structs.replace(self)
 
 
 def working_copy(
