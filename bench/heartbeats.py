@@ -18,8 +18,9 @@ the project (e.g. ``git archive <commit> | tar -x -C DIR``), with its own databa
 ``--store DSN`` adds a heartbeat server of this checkout on the PostgreSQL console store at DSN (an empty
 database: the bench migrates and loads it), in the same rounds, and measures the queries on both stores.
 ``--pg-cluster`` does the same on a throwaway cluster it starts in a temp dir (initdb + pg_ctl, bench/pg_cluster.py,
-with the settings docs/consoles.md advises; ``--pg-setting KEY=VALUE`` overrides one) and reports what the server
-did meanwhile: checkpoints and autovacuums from its log, wait events sampled from pg_stat_activity.
+with the settings docs/consoles.md advises; ``--pg-setting KEY=VALUE`` overrides one; its WAL files made ready for
+reuse first, as on a server in service: BenchCluster.recycle_wal) and reports what the server did meanwhile:
+checkpoints and autovacuums from its log, wait events sampled from pg_stat_activity.
 """
 
 from __future__ import annotations
@@ -507,6 +508,9 @@ def _run(a: argparse.Namespace, cluster: object | None) -> int:
             against_db = cluster.cluster.new_database()  # type: ignore[attr-defined]
             targets.append(_Target("against-postgresql", a.against.resolve(), work, a, store=against_db))
         this = targets[0]
+        if cluster is not None:
+            ready = cluster.recycle_wal()  # type: ignore[attr-defined]
+            print(f"PostgreSQL: {ready} WAL files ready for reuse, as on a server past its first checkpoints")
         # The baseline in the same run, driven by the same wrk script (same bodies, paths and headers).
         hello = Proc("--serve-hello")
         _wrk(hello.url, 1, a.connections, this.script)  # warm
