@@ -436,7 +436,7 @@ def _pg_value(dsn: str, sql: str) -> object:
 
 def _wal_lsn(dsn: str) -> int:
     """The cluster's current WAL position in bytes (one server runs at a time: the difference is its WAL)."""
-    return int(str(_pg_value(dsn, "SELECT pg_current_wal_lsn() - '0/0'::pg_lsn")))
+    return int(str(_pg_value(dsn, "SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint")))
 
 
 def _pg_count(dsn: str, table: str) -> int:
