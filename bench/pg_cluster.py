@@ -85,10 +85,8 @@ class BenchCluster:
         )
         self.cluster.psql("CHECKPOINT")
         current = self.cluster.psql("SELECT pg_walfile_name(pg_current_wal_lsn())").strip()
-        files = [
-            f.name for f in (Path(self.cluster.data) / "pg_wal").iterdir() if re.fullmatch(r"[0-9A-F]{24}", f.name)
-        ]
-        return sum(1 for name in files if name > current)
+        wal = (Path(self.cluster.data) / "pg_wal").iterdir()
+        return sum(1 for f in wal if re.fullmatch(r"[0-9A-F]{24}", f.name) and f.name > current)
 
     def settings_line(self) -> str:
         rows = self.cluster.psql(

@@ -1,5 +1,6 @@
-"""A committed write batch is freed as soon as it is answered: no reference cycle leaves its planner, rows and
-futures to the garbage collector (whose passes over every console in memory once tripled the ingest's p99)."""
+"""The ingest leaves the garbage collector little to do: a committed write batch is freed as soon as it is
+answered (no reference cycle leaves its planner, rows and futures to the collector, whose passes over every console
+in memory once tripled the ingest's p99), and the console entries heartbeats replace are not tracked by it."""
 
 from __future__ import annotations
 
