@@ -1,7 +1,7 @@
 """Heartbeats that change no state are told to the other nodes after their COMMIT, out of the durable transaction
 (pg_events.AfterCommitNotifier): they still reach every node; registrations and state changes are told in the
-transaction that commits them; payloads a lost server could not take are kept, in order and bounded, until it
-takes them."""
+transaction that commits them; the batches committed within a short linger share one send; payloads a lost server
+could not take are kept, in order and bounded, until it takes them."""
 
 from __future__ import annotations
 
@@ -84,6 +84,35 @@ async def test_payloads_wait_for_a_lost_server_in_order_and_bounded(pg_cluster: 
             assert notifier.dropped == 1
     finally:
         pg_cluster.psql(f"ALTER DATABASE {database} ALLOW_CONNECTIONS true")
+        await notifier.close()
+        await store.close()
+
+
+async def test_the_payloads_of_batches_committed_within_the_linger_go_in_one_send(pg_cluster: Any) -> None:
+    dsn = pg_cluster.new_database()
+    store = PgConsoleStore(dsn)
+    await store.open()
+    sends = 0
+
+    def connection() -> Any:
+        nonlocal sends
+        sends += 1
+        return store.pool.acquire()
+
+    notifier = AfterCommitNotifier(connection, linger=0.3)
+    try:
+        async with listening(dsn) as got:
+            # Three batches committing a few milliseconds apart, as under load: without the linger the first
+            # is sent at once and the others in a second transaction.
+            for payload in ("1", "2", "3"):
+                notifier.send([payload])
+                await asyncio.sleep(0.02)
+            await wait_until(lambda: got == ["1", "2", "3"], timeout=10, failure=lambda: repr(got))
+            assert sends == 1
+            notifier.send(["4"])  # after the last send: a send of its own, after its own linger
+            await wait_until(lambda: got == ["1", "2", "3", "4"], timeout=10, failure=lambda: repr(got))
+            assert sends == 2
+    finally:
         await notifier.close()
         await store.close()
 

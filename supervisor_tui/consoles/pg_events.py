@@ -55,6 +55,10 @@ _NOTIFY_ALL_SQL = (
 )
 _CLOSE_GRACE = 2.0  # seconds a closing store gives its notifier to send what is pending
 MAX_PAYLOAD = 7000  # bytes; PostgreSQL refuses 8000 and more
+# Seconds an after-commit send waits to take the payloads of the batches committing meanwhile: one NOTIFY
+# transaction for many batches (each was one, its commit and round trip 5-10 % of the heartbeat rate), and the
+# other nodes learn of a heartbeat that changed no state that much later.
+NOTIFY_LINGER = 0.01
 
 Change = list[Any]
 
@@ -94,15 +98,20 @@ def decode(payload: str) -> tuple[str, list[Change]]:
 
 
 class AfterCommitNotifier:
-    """Sends the payloads of committed heartbeat batches, in order, from one task: what piled up while a send
-    was on its way goes in the next one. A send that fails (server lost) is tried again; at most ``max_pending``
-    payloads wait, the oldest dropped beyond (the other nodes catch up at those consoles' next heartbeats)."""
+    """Sends the payloads of committed heartbeat batches, in order, from one task: a send waits ``linger``
+    seconds, then takes everything that piled up meanwhile (and while the last send was on its way). A send that
+    fails (server lost) is tried again; at most ``max_pending`` payloads wait, the oldest dropped beyond (the
+    other nodes catch up at those consoles' next heartbeats)."""
 
     def __init__(
-        self, connection: Callable[[], AbstractAsyncContextManager[asyncpg.Connection]], max_pending: int = 2000
+        self,
+        connection: Callable[[], AbstractAsyncContextManager[asyncpg.Connection]],
+        max_pending: int = 2000,
+        linger: float = NOTIFY_LINGER,
     ) -> None:
         self._connection = connection  # a connection for one send (the store's own: no pool acquire per batch)
         self._max_pending = max_pending
+        self._linger = linger
         self._pending: list[str] = []
         self._task: asyncio.Task[None] | None = None
         self.dropped = 0  # payloads dropped as the oldest beyond max_pending
@@ -121,6 +130,8 @@ class AfterCommitNotifier:
     async def _run(self) -> None:
         failures = 0
         while self._pending:
+            if self._linger:
+                await asyncio.sleep(self._linger)
             batch, self._pending = self._pending, []
             try:
                 async with self._connection() as conn:
