@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -231,7 +232,7 @@ async def test_a_lost_server_answers_503_says_so_and_comes_back_by_itself(tmp_pa
     port = free_port()
     admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
     beat = {"estado": "ocupada"}
-    with headless_process(tmp_path / "data", port, dsn):
+    with headless_process(tmp_path / "data", port, dsn) as proc:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
             r = await client.post("/api/consolas/registrar", json={"id": "c1", "nombre": "uno"})
             token = {"Authorization": f"Bearer {r.json()['token']}"}
@@ -273,6 +274,12 @@ async def test_a_lost_server_answers_503_says_so_and_comes_back_by_itself(tmp_pa
             back = [m for m in said if "is reachable again" in m]
             assert len(lost) == 1 and len(back) == 1, said
             assert PASSWORD not in r.text
+        # Nor did its output say more: no traceback of the driver's pool retrying to reconnect meanwhile.
+        proc.send_signal(signal.SIGTERM)
+        assert proc.stdout is not None
+        output = proc.stdout.read().decode(errors="replace")
+        assert proc.wait(30) == 0
+        assert "Traceback" not in output and "connection floor" not in output, output
 
 
 async def test_batches_stay_durable_when_the_database_default_is_asynchronous(pg_cluster: Any) -> None:

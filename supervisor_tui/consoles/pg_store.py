@@ -18,6 +18,7 @@ connection reaches it again.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
@@ -41,6 +42,19 @@ from supervisor_tui.consoles.pg_schema import MIGRATIONS, SCHEMA_VERSION
 from supervisor_tui.consoles.pg_statements import PG_SQL, one_statement
 from supervisor_tui.consoles.pg_write_connections import WriteConnections
 from supervisor_tui.core.store import StoreError, StoreUnreachable
+
+
+class _FloorRetries(logging.Filter):
+    """asyncpg's pool logs a warning with a traceback each time it fails to reconnect its floor (min_size) while the
+    server is away: a dozen lines in the supervisor's output at every retry (1 s, then up to 60 s apart) for as long
+    as the server is down. The store says it once (ConsoleService: lost, then reachable again); asyncpg's other
+    warnings pass."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Failed to restore the pool connection floor")
+
+
+logging.getLogger("asyncpg.pool").addFilter(_FloorRetries())
 
 # Two supervisors starting at once on an empty database must not both migrate it.
 _MIGRATION_LOCK = 0x5375_7054_7569  # pg_advisory_xact_lock key: "SupTui"
