@@ -47,7 +47,7 @@ from supervisor_tui.core.store import StoreError, StoreUnreachable
 class _FloorRetries(logging.Filter):
     """asyncpg's pool logs a warning with a traceback each time it fails to reconnect its floor (min_size) while the
     server is away: a dozen lines in the supervisor's output at every retry (1 s, then up to 60 s apart) for as long
-    as the server is down. The store says it once (ConsoleService: lost, then reachable again); asyncpg's other
+    as the server is down. The supervisor says it once (console_log: lost, then reachable again); asyncpg's other
     warnings pass."""
 
     def filter(self, record: logging.LogRecord) -> bool:
