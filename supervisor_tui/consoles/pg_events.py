@@ -5,10 +5,11 @@ transaction, NOTIFYs on ``CHANNEL`` describing what changed (PostgreSQL delivers
 transaction commits). A heartbeat's state change is the one its UPDATE made to the row, told by the batch's
 statement itself (pg_statements.one_statement), after the batch's heartbeats. A batch of heartbeats that change
 no state (most of them) is told after its COMMIT instead, by ``AfterCommitNotifier`` in a transaction of its own
-that does not wait for its WAL flush: PostgreSQL
+that does not wait for its WAL flush (one for the batches committed within NOTIFY_LINGER): PostgreSQL
 holds one lock for the whole database from a NOTIFY's commit until that commit's WAL is flushed, so NOTIFYs
 inside the durable batches made their fsyncs take turns, where batches committing at once share one. What that
-costs: a node that dies between a heartbeat batch's COMMIT and its NOTIFY leaves the other nodes' memory of those
+costs: the other nodes learn of those heartbeats up to NOTIFY_LINGER later, and a node that dies between a
+heartbeat batch's COMMIT and its NOTIFY leaves the other nodes' memory of those
 consoles (last seen, host, activity, count) behind until their next heartbeat through any node. The database
 is right meanwhile: records are read from it, and an inactivity flip is conditional on its row
 (PgConsoleStore.flip_inactive), so a node that missed a heartbeat cannot flip a console that spoke.
