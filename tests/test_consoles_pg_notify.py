@@ -102,8 +102,8 @@ async def test_the_payloads_of_batches_committed_within_the_linger_go_in_one_sen
     notifier = AfterCommitNotifier(connection, linger=0.3)
     try:
         async with listening(dsn) as got:
-            # Three batches committing a few milliseconds apart, as under load: without the linger the first
-            # is sent at once and the others in a second transaction.
+            # Three batches committing a few milliseconds apart, as under load: without the linger each is sent
+            # at once, in a transaction of its own (3 sends).
             for payload in ("1", "2", "3"):
                 notifier.send([payload])
                 await asyncio.sleep(0.02)
