@@ -57,8 +57,8 @@ _NOTIFY_ALL_SQL = (
 _CLOSE_GRACE = 2.0  # seconds a closing store gives its notifier to send what is pending
 MAX_PAYLOAD = 7000  # bytes; PostgreSQL refuses 8000 and more
 # Seconds an after-commit send waits to take the payloads of the batches committing meanwhile: one NOTIFY
-# transaction for many batches (each was one, its commit and round trip 5-10 % of the heartbeat rate), and the
-# other nodes learn of a heartbeat that changed no state that much later.
+# transaction (a commit and a round trip) for many batches where each had its own, and the other nodes learn of
+# a heartbeat that changed no state that much later.
 NOTIFY_LINGER = 0.01
 
 Change = list[Any]
