@@ -128,7 +128,11 @@ async def schema_of(conn: asyncpg.Connection) -> list[tuple[Any, ...]]:
     options = await conn.fetch(
         "SELECT relname, reloptions::text FROM pg_class WHERE relnamespace = 'public'::regnamespace ORDER BY relname"
     )
-    return [tuple(r) for r in (*columns, *indexes, *constraints, *options)]
+    functions = await conn.fetch(
+        "SELECT proname, proisstrict, provolatile, prosrc FROM pg_proc WHERE pronamespace = 'public'::regnamespace "
+        "AND proname LIKE 'consolas%' ORDER BY proname"
+    )
+    return [tuple(r) for r in (*columns, *indexes, *constraints, *options, *functions)]
 
 
 async def test_a_store_at_schema_1_upgrades_to_what_a_fresh_one_is_and_keeps_its_consoles(pg_cluster: Any) -> None:
@@ -171,6 +175,17 @@ async def test_a_store_at_schema_1_upgrades_to_what_a_fresh_one_is_and_keeps_its
                 ["active", "busy", "error", "idle", "inactive"],
             )
             assert states == ["active", "busy", "error", "idle", "inactive"]
+        # Version 5: the three functions inlined into the statements that call them (a SQL function that is not
+        # inlined runs its body as a query of its own per call): the plan shows their CASE, not a call.
+        for conn in (upgraded_conn, fresh_conn):
+            for function in ("consolas_estado", "consolas_state", "consolas_uuid"):
+                plan = await conn.fetchval(
+                    f"EXPLAIN (VERBOSE, FORMAT JSON) SELECT {function}(s) FROM (VALUES ('busy'), (NULL)) AS v(s)"
+                )
+                output = " ".join(json.loads(plan)[0]["Plan"]["Output"])
+                assert "CASE" in output and function not in output, output
+            nulls = await conn.fetchrow("SELECT consolas_estado(NULL), consolas_state(NULL), consolas_uuid(NULL)")
+            assert tuple(nulls) == (None, None, None)  # as they gave when they were STRICT
         names = await upgraded_conn.fetch("SELECT console_id FROM consolas ORDER BY console_id")
         assert [r[0] for r in names] == sorted(f"old{i}" for i in range(1, 13))
     finally:
