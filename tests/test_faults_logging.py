@@ -34,8 +34,13 @@ pytestmark = pytest.mark.usefixtures("no_plugin_leftovers")
 Headless = Callable[..., HeadlessProcess]
 
 FLOOD_LINES = 40_000  # ~3 MB: far more than a pipe and the echo queue hold
+# It floods once the test has stopped reading (the file "go" in its folder): started before the API listens, a
+# flood that was all echoed and read before the test paused would leave nothing to fill the pipe with.
 FLOOD = f"""\
-import time
+import os, time
+go = os.path.join(os.path.dirname(os.path.abspath(__file__)), "go")
+while not os.path.exists(go):
+    time.sleep(0.01)
 for i in range({FLOOD_LINES}):
     print(f"FLOOD {{i:06d}} " + "x" * 60)
 print("FLOOD done", flush=True)
@@ -55,10 +60,11 @@ def pipe_is_full(proc: HeadlessProcess) -> bool:
 
 async def stalled_headless(headless: Headless, make_plugin: Callable[..., Path]) -> tuple[HeadlessProcess, str]:
     """A headless supervisor with a flooding plugin whose stdout pipe is full and unread; and its API URL."""
-    make_plugin("flood", FLOOD)
+    folder = make_plugin("flood", FLOOD)
     proc = headless()
     listening = await proc.wait_for(lambda r: r.get("event") == "api_listening")
     proc.pause_reading()
+    (folder / "go").touch()
     await wait_until(lambda: pipe_is_full(proc), timeout=60)
     return proc, str(listening["url"])
 
