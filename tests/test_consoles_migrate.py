@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +16,7 @@ from fixtures.consoles.harness import served_consoles
 from fixtures.postgres import PASSWORD
 
 from supervisor_tui.consoles.migrate import migrate
+from supervisor_tui.core.lock import DataDirLock
 
 READS = ("/api/consoles?limit=1000&sort=name", "/api/consoles/stats")
 
@@ -78,6 +80,68 @@ async def test_migrate_copies_everything_resumes_and_runs_twice(tmp_path: Path, 
             "/api/consolas/m3/heartbeat", json={"estado": "activa"}, headers={"Authorization": "Bearer no"}
         )
         assert r.status_code == 403
+
+
+async def beat(srv: Any, client: httpx.AsyncClient, cid: str, token: str, estado: str) -> None:
+    headers = {"Authorization": f"Bearer {token}"}
+    r = await client.post(f"/api/consolas/{cid}/heartbeat", json={"estado": estado}, headers=headers)
+    assert r.status_code == 200, r.text
+
+
+async def test_migrate_again_brings_consoles_changed_since_up_to_date(tmp_path: Path, pg_cluster: Any) -> None:
+    """A console that spoke through the SQLite store after a migration is brought up to date by the next run (its
+    row, history and transitions agree); one that spoke through PostgreSQL since is kept as it is there."""
+    data = tmp_path / "data"
+    tokens, _ = await sqlite_store_with_history(data)
+    dsn = pg_cluster.new_database()
+    env = {**os.environ, "SUPERVISOR_TUI_CONSOLES_STORE": "sqlite"}
+    cmd = [sys.executable, "-m", "supervisor_tui", "consoles", "migrate", "--to", dsn, "--data-dir", str(data)]
+    first = await asyncio.to_thread(subprocess.run, cmd, capture_output=True, text=True, timeout=120, env=env)
+    assert first.returncode == 0, first.stderr
+    # m5 then speaks through PostgreSQL (newer there), m3 through SQLite, later still, and so does m5 before.
+    async with served_consoles(data, consoles__register_rate=0) as srv, httpx.AsyncClient(base_url=srv.url) as c:
+        await beat(srv, c, "m5", tokens["m5"], "activa")
+    async with served_consoles(tmp_path / "pg", consoles__store=dsn) as srv, httpx.AsyncClient(base_url=srv.url) as c:
+        await beat(srv, c, "m5", tokens["m5"], "ocupada")
+        kept = (await c.get("/api/consoles/m5", headers=srv.admin)).json()
+    async with served_consoles(data, consoles__register_rate=0) as srv, httpx.AsyncClient(base_url=srv.url) as c:
+        await beat(srv, c, "m3", tokens["m3"], "activa")
+        m3 = {what: (await c.get(f"/api/consoles/m3{what}", headers=srv.admin)).json()
+              for what in ("", "/heartbeats", "/transitions")}  # fmt: skip
+    again = await asyncio.to_thread(subprocess.run, cmd, capture_output=True, text=True, timeout=120, env=env)
+    assert again.returncode == 0, again.stderr
+    # m3 only: m5's SQLite row is older than PostgreSQL's; the history of both is appended.
+    assert "1 consoles, 2 heartbeats, 2 transitions copied by this run" in again.stdout, again.stdout
+    async with served_consoles(tmp_path / "pg", consoles__store=dsn) as srv, httpx.AsyncClient(base_url=srv.url) as c:
+        got = {what: (await c.get(f"/api/consoles/m3{what}", headers=srv.admin)).json()
+               for what in ("", "/heartbeats", "/transitions")}  # fmt: skip
+        assert got == m3
+        assert got[""]["state"] == "active"
+        assert (await c.get("/api/consoles/m5", headers=srv.admin)).json() == kept
+    # The row itself, as seed 004's queries read it: m3's estado, the same as its last transition.
+    row = pg_cluster.psql("SELECT estado FROM consolas WHERE console_id = 'm3'", dsn.rsplit("/", 1)[1])
+    assert row.strip() == "activa"
+
+
+def test_migrate_refuses_while_a_supervisor_runs_on_the_data_dir(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    (data).mkdir()
+    sqlite3.connect(data / "supervisor.db").close()
+    lock = DataDirLock(data)
+    lock.acquire()  # what a running supervisor holds
+    try:
+        cmd = [sys.executable, "-m", "supervisor_tui", "consoles", "migrate", "--data-dir", str(data),
+               "--to", f"postgresql://u:{PASSWORD}@127.0.0.1:1/db"]  # fmt: skip
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    finally:
+        lock.release()
+    assert done.returncode == 2 and len(done.stderr.splitlines()) == 1, done.stderr
+    assert f"pid {os.getpid()}" in done.stderr and "already running" in done.stderr
+    assert PASSWORD not in done.stderr and done.stdout == ""
+    # Once it is stopped, the next thing in the way is the DSN given with --to (not the setting).
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and len(done.stderr.splitlines()) == 1, done.stderr
+    assert "cannot reach the console store" in done.stderr and done.stderr.rstrip().endswith("(--to)")
 
 
 def test_migrate_refuses_bad_input_in_one_line(tmp_path: Path) -> None:

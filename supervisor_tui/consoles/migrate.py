@@ -3,8 +3,12 @@
 Copies consoles (with their token hashes), heartbeats and transitions in chunks, each chunk in one PostgreSQL
 transaction together with how far it got (``console_migration``: per source database and table, the last
 SQLite rowid copied). Interrupted, it goes on from there when run again; run again after it finished, it copies
-nothing twice. Consoles already in PostgreSQL (registered there meanwhile) are kept as they are. Run it with
-the supervisor stopped (its SQLite database must not change meanwhile).
+nothing twice. History and transitions are appended, so they go on from the last row copied; consoles are
+rows that change, so every run goes over all of them and writes a console only where the SQLite row is newer
+(a later ``last_seen``) than PostgreSQL's: a console that spoke through a SQLite supervisor after an earlier run
+is brought up to date, one that spoke through PostgreSQL's supervisors since is kept as it is, and so is one
+registered there meanwhile. Removals are not copied. It takes the data dir's lock, so it refuses to run while a
+supervisor runs on that data dir (its SQLite database must not change meanwhile).
 
     supervisor-tui consoles migrate --to postgresql://user:pw@host/db [--data-dir DIR] [--config FILE]
 """
@@ -21,6 +25,7 @@ from typing import Any
 
 from supervisor_tui.config import ConfigError, load_settings, masked_url
 from supervisor_tui.consoles.models import ENGLISH_TO_SPANISH
+from supervisor_tui.core.lock import DataDirLock, LockError
 from supervisor_tui.core.store import StoreError
 
 EXIT_USAGE = 2
@@ -34,6 +39,13 @@ CREATE TABLE IF NOT EXISTS console_migration (
   PRIMARY KEY (source, table_name)
 )
 """
+_PROGRESS_AT = (
+    "INSERT INTO console_migration (source, table_name, last_rowid) VALUES ($1, $2, $3) "
+    "ON CONFLICT (source, table_name) DO UPDATE SET last_rowid = excluded.last_rowid"
+)
+_FORGET = "DELETE FROM console_migration WHERE source = $1 AND table_name = $2"
+# now() is the transaction's start: the consoles of a chunk that its own transaction inserted or updated.
+_WRITTEN_NOW = "SELECT count(*) FROM consolas WHERE console_id = ANY($1::text[]) AND updated_at = now()"
 # SQLite reads: rowid order, after the last one copied. Times stay Unix seconds until PostgreSQL's to_timestamp.
 _READS = {
     "consoles": (
@@ -53,7 +65,13 @@ _WRITES = {
         "INSERT INTO consolas (id, console_id, nombre, estado, reported_state, sistema, hostname, ultima_actividad, "
         "ultimo_error, video_en_proceso, token_hash, created_at, last_seen, updated_at, heartbeats) "
         "VALUES (consolas_uuid($1), $1, $2, $3, $4, $5::jsonb, $6, to_timestamp($7), $8::jsonb, $9, $10, "
-        "to_timestamp($11), to_timestamp($12), now(), $13) ON CONFLICT (console_id) DO NOTHING"
+        "to_timestamp($11), to_timestamp($12), now(), $13) ON CONFLICT (console_id) DO UPDATE SET "
+        "nombre = excluded.nombre, estado_anterior = consolas.estado, estado = excluded.estado, "
+        "reported_state = excluded.reported_state, sistema = excluded.sistema, hostname = excluded.hostname, "
+        "ultima_actividad = excluded.ultima_actividad, ultimo_error = excluded.ultimo_error, "
+        "video_en_proceso = excluded.video_en_proceso, token_hash = excluded.token_hash, "
+        "last_seen = excluded.last_seen, updated_at = now(), heartbeats = excluded.heartbeats "
+        "WHERE consolas.last_seen < excluded.last_seen"
     ),
     # History of a console that is not there (removed meanwhile) is skipped, not an error.
     "heartbeats": (
@@ -96,7 +114,7 @@ async def migrate(
     from supervisor_tui.consoles.pg_store import PgConsoleStore
 
     target = PgConsoleStore(dsn)
-    await target.open()  # migrates PostgreSQL's schema; StoreUnreachable names the DSN masked
+    await target.open(setting="--to")  # migrates PostgreSQL's schema; StoreUnreachable names the DSN masked
     await target.close()
     source = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
     copied = {table: 0 for table in _READS}
@@ -113,17 +131,17 @@ async def migrate(
                     )
                     rows = source.execute(read, (last or 0, chunk)).fetchall()
                     if not rows:
+                        if table == "consoles":  # the next run goes over every console again
+                            await conn.execute(_FORGET, key, table)
                         break
                     async with conn.transaction():
                         await conn.executemany(_WRITES[table], [_ROWS[table](r) for r in rows])
-                        await conn.execute(
-                            "INSERT INTO console_migration (source, table_name, last_rowid) VALUES ($1, $2, $3) "
-                            "ON CONFLICT (source, table_name) DO UPDATE SET last_rowid = excluded.last_rowid",
-                            key,
-                            table,
-                            int(rows[-1][0]),
-                        )
-                    copied[table] += len(rows)
+                        if table == "consoles":  # written (inserted or brought up to date) by this transaction
+                            n = await conn.fetchval(_WRITTEN_NOW, [r[1] for r in rows])
+                        else:
+                            n = len(rows)
+                        await conn.execute(_PROGRESS_AT, key, table, int(rows[-1][0]))
+                    copied[table] += n
                     report(f"{table}: {copied[table]:,} copied")
                     chunks += 1
                     if stop_after_chunks is not None and chunks >= stop_after_chunks:
@@ -161,11 +179,15 @@ def main(args: argparse.Namespace) -> int:
     if not settings.db_path.exists():
         sys.stderr.write(f"supervisor-tui: no SQLite console store at {settings.db_path}: nothing to migrate\n")
         return EXIT_USAGE
+    lock = DataDirLock(settings.data_dir)
     try:
+        lock.acquire()  # no supervisor writes the SQLite database while it is copied
         copied = asyncio.run(migrate(settings.db_path, dsn, report=lambda line: print(line, flush=True)))
-    except StoreError as exc:
+    except (LockError, StoreError) as exc:
         sys.stderr.write(f"supervisor-tui: {exc}\n")
         return EXIT_USAGE
+    finally:
+        lock.release()
     total = ", ".join(f"{n:,} {table}" for table, n in copied.items())
     print(f"migrated {settings.db_path} to {masked_url(dsn)}: {total} copied by this run")
     return 0

@@ -208,8 +208,9 @@ class PgConsoleStore:
             raise StoreError("the console store is not open")
         return self._pool
 
-    async def open(self, connect_timeout: float = 10.0) -> None:
-        """Connect and migrate; StoreError (one line, password masked) when the server cannot be used."""
+    async def open(self, connect_timeout: float = 10.0, setting: str = "consoles.store") -> None:
+        """Connect and migrate; StoreError (one line, password masked, naming ``setting``, where the DSN came
+        from) when the server cannot be used."""
         try:
             self._pool = await asyncpg.create_pool(
                 self._dsn,
@@ -222,7 +223,7 @@ class PgConsoleStore:
             )
         except Exception as exc:  # asyncpg raises OSError, its own errors or ValueError for a bad DSN
             raise StoreUnreachable(
-                f"cannot reach the console store {self.where}: {_describe_error(exc)} (consoles.store)"
+                f"cannot reach the console store {self.where}: {_describe_error(exc)} ({setting})"
             ) from None
         self._writes = WriteConnections(
             self._dsn, self.batches_in_flight, _init_connection, connect_timeout, _COMMAND_TIMEOUT
