@@ -228,6 +228,10 @@ class Runtime:
             sup.logs.info(f"{name} token created in {path} (mode 0600)", event="token_created")
         console_store = self.console_store = await open_console_store(settings, sup.store)
         core.push_async_callback(console_store.close)
+        shared = " (a store several supervisors can share)" if console_store.shared else ""
+        sup.logs.info(
+            f"consoles kept in {console_store.where}{shared}", event="console_store", store=console_store.where
+        )
         consoles = self.consoles = ConsoleService(console_store, sup.bus, settings, sup.logs)
         core.push_async_callback(consoles.stop)  # drained before the database closes: nothing acknowledged is lost
         await consoles.start()

@@ -289,6 +289,9 @@ async def test_a_lost_server_answers_503_says_so_and_comes_back_by_itself(tmp_pa
             back = [m for m in said if "is reachable again" in m]
             assert len(lost) == 1 and len(back) == 1, said
             assert PASSWORD not in r.text
+            # At startup it said where the consoles are kept (the DSN masked).
+            masked = dsn.replace(PASSWORD, "***")
+            assert f"consoles kept in {masked} (a store several supervisors can share)" in said, said
         # Nor did its output say more: no traceback of the driver's pool retrying to reconnect meanwhile.
         proc.send_signal(signal.SIGTERM)
         assert proc.stdout is not None
