@@ -12,10 +12,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import asyncpg
 import httpx
+import pytest
 from conftest import wait_until
 from fixtures.consoles.harness import ADMIN_TOKEN, headless_process, served_consoles
 from fixtures.ports import free_port
@@ -54,45 +56,76 @@ def iso_ago(seconds: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(time.time() - seconds))
 
 
-async def test_seed_004s_table_and_monitoring_queries_run_unchanged(tmp_path: Path, pg_cluster: Any) -> None:
+async def test_seed_004s_table_and_monitoring_queries_run_unchanged(
+    tmp_path: Path, pg_cluster: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Seed 004's query for the consoles that sent no heartbeat in 10 minutes lists those, whatever they report as
+    their last activity, and not the inactive ones; its statistics count by estado."""
+    from supervisor_tui.consoles import service as service_module
+
     dsn = pg_cluster.new_database()
     uuid = "550e8400-e29b-41d4-a716-446655440000"
+    beat = {"estado": "ocupada", "sistema": {"hostname": "mi-servidor"}, "ultimaActividad": iso_ago(1200)}
+    beat["videoEnProceso"] = "Video Historia 1 (2/5)"
+    # Heard from 20 minutes ago, then silent (the supervisor's clock set back for its registration only).
+    clock = service_module.time
+    monkeypatch.setattr(service_module, "time", SimpleNamespace(time=lambda: clock.time() - 1200))
     async with (
-        served_consoles(tmp_path, consoles__store=dsn, consoles__auth="none", consoles__inactive_after="0.5") as srv,
+        served_consoles(tmp_path, consoles__store=dsn, consoles__auth="none", consoles__inactive_after="1h") as srv,
         httpx.AsyncClient(base_url=srv.url) as client,
     ):
-        # Quiet for 20 minutes (by its own last activity), busy now, and one that will go inactive.
-        for cid, estado, ago in ((uuid, "esperando", 1200), ("render-2", "ocupada", 5), ("gone", "activa", 3000)):
-            body = {"id": cid, "nombre": f"Consola {cid}", "estado": estado, "ultimaActividad": iso_ago(ago)}
+        body = {"id": uuid, "nombre": f"Consola {uuid}", "estado": "esperando", "ultimaActividad": iso_ago(0)}
+        assert (await client.post("/api/consolas/registrar", json=body)).status_code == 201
+    monkeypatch.setattr(service_module, "time", clock)
+    conn = await asyncpg.connect(dsn)
+    try:
+        async with (
+            served_consoles(tmp_path, consoles__store=dsn, consoles__auth="none", consoles__inactive_after="1h") as srv,
+            httpx.AsyncClient(base_url=srv.url) as client,
+        ):
+            # Busy and talking now, reporting its last activity 20 minutes ago (the seed's example reports an old
+            # one too): the store's inactivity (1 h here) flips neither, and the seed's query finds the quiet one.
+            body = {
+                "id": "render-2",
+                "nombre": "Consola render-2",
+                "estado": "ocupada",
+                "ultimaActividad": iso_ago(1200),
+            }
             assert (await client.post("/api/consolas/registrar", json=body)).status_code == 201
-        beat = {"estado": "ocupada", "sistema": {"hostname": "mi-servidor"}, "ultimaActividad": iso_ago(5)}
-        beat["videoEnProceso"] = "Video Historia 1 (2/5)"
-        conn = await asyncpg.connect(dsn)
-        try:
-            # "gone" falls silent and goes inactive; the others keep talking.
+            assert (await client.post("/api/consolas/render-2/heartbeat", json=beat)).status_code == 200
+            inactive = await conn.fetch(SEED_INACTIVE)
+            assert [(r["id"], r["nombre"], r["estado"]) for r in inactive] == [
+                (__import__("uuid").UUID(uuid), f"Consola {uuid}", "esperando")
+            ]
+        async with (
+            served_consoles(
+                tmp_path, consoles__store=dsn, consoles__auth="none", consoles__inactive_after="0.5"
+            ) as srv,
+            httpx.AsyncClient(base_url=srv.url) as client,
+        ):
+            # With the store's inactivity at 0.5 s, "gone" falls silent and goes inactive (the quiet one at once);
+            # render-2 keeps talking. The seed's query leaves the inactive ones out.
+            body = {"id": "gone", "nombre": "Consola gone", "estado": "activa"}
+            assert (await client.post("/api/consolas/registrar", json=body)).status_code == 201
+
             async def only_gone_inactive() -> bool:
-                for cid in (uuid, "render-2"):
-                    b = beat if cid == "render-2" else {"estado": "esperando", "ultimaActividad": iso_ago(1200)}
-                    assert (await client.post(f"/api/consolas/{cid}/heartbeat", json=b)).status_code == 200
+                assert (await client.post("/api/consolas/render-2/heartbeat", json=beat)).status_code == 200
                 return srv.service.state_of("gone") == "inactive"
 
             deadline = time.monotonic() + 15
             while not await only_gone_inactive():
                 assert time.monotonic() < deadline
-            inactive = await conn.fetch(SEED_INACTIVE)
-            assert [(r["id"], r["nombre"], r["estado"]) for r in inactive] == [
-                (__import__("uuid").UUID(uuid), f"Consola {uuid}", "esperando")
-            ]
+            assert await conn.fetch(SEED_INACTIVE) == []
             stats = {r["estado"]: (r["total"], r["ultima_actividad_max"]) for r in await conn.fetch(SEED_STATS)}
-            assert {k: v[0] for k, v in stats.items()} == {"esperando": 1, "ocupada": 1, "inactiva": 1}
+            assert {k: v[0] for k, v in stats.items()} == {"ocupada": 1, "inactiva": 2}
+            # ultima_actividad is when the console was last heard from, not what it reports.
             assert time.time() - stats["ocupada"][1].timestamp() < 60
-            # The API's statistics are the same query's answer.
+            assert time.time() - stats["inactiva"][1].timestamp() < 60  # "gone", registered just now
+            # The API's statistics count the same; their last activity is what the consoles report (as on SQLite).
             api = (await client.get("/api/consoles/stats", headers=srv.admin)).json()
-            assert {s["state"]: s["count"] for s in api["states"] if s["count"]} == {
-                "idle": 1,
-                "busy": 1,
-                "inactive": 1,
-            }
+            assert {s["state"]: s["count"] for s in api["states"] if s["count"]} == {"busy": 1, "inactive": 2}
+            busy = next(s for s in api["states"] if s["state"] == "busy")
+            assert busy["last_activity"] == beat["ultimaActividad"]
             # Once more (inactive after 0.5 s, and the reads above may take that long on a busy machine).
             assert (await client.post("/api/consolas/render-2/heartbeat", json=beat)).status_code == 200
             row = await conn.fetchrow("SELECT * FROM consolas WHERE console_id = 'render-2'")
@@ -109,8 +142,8 @@ async def test_seed_004s_table_and_monitoring_queries_run_unchanged(tmp_path: Pa
             assert indexes["idx_consolas_ultima_actividad"].endswith("USING btree (ultima_actividad DESC)")
             assert "idx_consolas_search" not in indexes  # no read uses it (searches are answered from memory)
             assert await conn.fetchval("SELECT max(version) FROM console_schema") == SCHEMA_VERSION
-        finally:
-            await conn.close()
+    finally:
+        await conn.close()
 
 
 async def schema_of(conn: asyncpg.Connection) -> list[tuple[Any, ...]]:
@@ -144,8 +177,9 @@ async def test_a_store_at_schema_1_upgrades_to_what_a_fresh_one_is_and_keeps_its
             await conn.execute(MIGRATIONS[0])
             await conn.execute("INSERT INTO console_schema (version) VALUES (1)")
         await conn.execute(
-            "INSERT INTO consolas (id, console_id, nombre, estado, reported_state, hostname, last_seen) "
-            "SELECT consolas_uuid('old' || i), 'old' || i, 'Old ' || i, 'esperando', 'idle', 'legacy-' || i, now() "
+            "INSERT INTO consolas (id, console_id, nombre, estado, reported_state, hostname, last_seen, "
+            "ultima_actividad) SELECT consolas_uuid('old' || i), 'old' || i, 'Old ' || i, 'esperando', 'idle', "
+            "'legacy-' || i, now(), CASE WHEN i > 6 THEN now() - interval '1 day' END "
             "FROM generate_series(1, 12) AS i"
         )
         assert await conn.fetchval("SELECT count(*) FROM pg_indexes WHERE indexname = 'idx_consolas_search'") == 1
@@ -186,6 +220,14 @@ async def test_a_store_at_schema_1_upgrades_to_what_a_fresh_one_is_and_keeps_its
                 assert "CASE" in output and function not in output, output
             nulls = await conn.fetchrow("SELECT consolas_estado(NULL), consolas_state(NULL), consolas_uuid(NULL)")
             assert tuple(nulls) == (None, None, None)  # as they gave when they were STRICT
+        # Version 6: what the consoles reported as their last activity moved to reported_activity, and
+        # ultima_actividad is when they were last heard from.
+        moved = await upgraded_conn.fetch(
+            "SELECT count(*) FILTER (WHERE reported_activity = last_seen - interval '1 day'), "
+            "count(*) FILTER (WHERE reported_activity IS NULL), count(*) FILTER (WHERE ultima_actividad = last_seen) "
+            "FROM consolas"
+        )
+        assert tuple(moved[0]) == (6, 6, 12)
         names = await upgraded_conn.fetch("SELECT console_id FROM consolas ORDER BY console_id")
         assert [r[0] for r in names] == sorted(f"old{i}" for i in range(1, 13))
     finally:

@@ -62,13 +62,14 @@ _READS = {
 }
 _WRITES = {
     "consoles": (
-        "INSERT INTO consolas (id, console_id, nombre, estado, reported_state, sistema, hostname, ultima_actividad, "
-        "ultimo_error, video_en_proceso, token_hash, created_at, last_seen, updated_at, heartbeats) "
+        "INSERT INTO consolas (id, console_id, nombre, estado, reported_state, sistema, hostname, reported_activity, "
+        "ultimo_error, video_en_proceso, token_hash, created_at, last_seen, ultima_actividad, updated_at, heartbeats) "
         "VALUES (consolas_uuid($1), $1, $2, $3, $4, $5::jsonb, $6, to_timestamp($7), $8::jsonb, $9, $10, "
-        "to_timestamp($11), to_timestamp($12), now(), $13) ON CONFLICT (console_id) DO UPDATE SET "
+        "to_timestamp($11), to_timestamp($12), to_timestamp($12), now(), $13) ON CONFLICT (console_id) DO UPDATE SET "
         "nombre = excluded.nombre, estado_anterior = consolas.estado, estado = excluded.estado, "
         "reported_state = excluded.reported_state, sistema = excluded.sistema, hostname = excluded.hostname, "
-        "ultima_actividad = excluded.ultima_actividad, ultimo_error = excluded.ultimo_error, "
+        "reported_activity = excluded.reported_activity, ultima_actividad = excluded.ultima_actividad, "
+        "ultimo_error = excluded.ultimo_error, "
         "video_en_proceso = excluded.video_en_proceso, token_hash = excluded.token_hash, "
         "last_seen = excluded.last_seen, updated_at = now(), heartbeats = excluded.heartbeats "
         "WHERE consolas.last_seen < excluded.last_seen"

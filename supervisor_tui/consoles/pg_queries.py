@@ -26,7 +26,7 @@ SORTS: dict[str, str] = {
 }
 CONSOLE_COLUMNS = (
     "console_id, nombre, estado, reported_state, sistema::text, hostname, "
-    "extract(epoch FROM ultima_actividad)::float8, ultimo_error::text, video_en_proceso, "
+    "extract(epoch FROM reported_activity)::float8, ultimo_error::text, video_en_proceso, "
     "extract(epoch FROM created_at)::float8, extract(epoch FROM last_seen)::float8, heartbeats"
 )
 
@@ -104,9 +104,10 @@ async def transitions(pool: asyncpg.Pool, console_id: str, limit: int) -> list[d
 
 
 async def stats(pool: asyncpg.Pool) -> dict[str, Any]:
-    """Seed 004's statistics query (count and latest activity by estado), every state listed."""
+    """Seed 004's statistics query (count and latest activity by estado), every state listed; the activity is what
+    the consoles report (the API's last_activity, as on SQLite)."""
     rows = await pool.fetch(
-        "SELECT estado, COUNT(*) as total, extract(epoch FROM MAX(ultima_actividad))::float8 "
-        "as ultima_actividad_max FROM consolas GROUP BY estado"
+        "SELECT estado, COUNT(*) as total, extract(epoch FROM MAX(reported_activity))::float8 "
+        "as reported_activity_max FROM consolas GROUP BY estado"
     )
     return stats_record({SPANISH_TO_ENGLISH[r[0]]: (int(r[1]), r[2]) for r in rows})

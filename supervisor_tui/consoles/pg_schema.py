@@ -112,5 +112,14 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER FUNCTION consolas_state(TEXT) CALLED ON NULL INPUT;
     ALTER FUNCTION consolas_uuid(TEXT) CALLED ON NULL INPUT;
     """,
+    # 6: ultima_actividad is when the console was last heard from (its last heartbeat or registration, as
+    # last_seen), and what the console reports as its last activity moves to reported_activity (the API's
+    # last_activity). Seed 004's query for the consoles that sent no heartbeat in 10 minutes reads
+    # ultima_actividad: with what consoles report there, it listed a console that kept sending heartbeats while
+    # idle (the agent reports its last change of state) and never one that reports no activity (NULL).
+    """
+    ALTER TABLE consolas ADD COLUMN reported_activity TIMESTAMP WITH TIME ZONE;
+    UPDATE consolas SET reported_activity = ultima_actividad, ultima_actividad = last_seen;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)

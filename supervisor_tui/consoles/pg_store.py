@@ -278,7 +278,7 @@ class PgConsoleStore:
             rows = await conn.fetch(
                 "SELECT console_id, nombre, estado, reported_state, token_hash, "
                 "extract(epoch FROM created_at)::float8, extract(epoch FROM last_seen)::float8, "
-                "extract(epoch FROM ultima_actividad)::float8, hostname "
+                "extract(epoch FROM reported_activity)::float8, hostname "
                 "FROM consolas ORDER BY last_seen"
             )
             counts = await conn.fetch("SELECT console_id, count(*) FROM console_heartbeats GROUP BY console_id")
