@@ -82,10 +82,16 @@ async def test_migrate_copies_everything_resumes_and_runs_twice(tmp_path: Path, 
         assert r.status_code == 403
 
 
-async def beat(srv: Any, client: httpx.AsyncClient, cid: str, token: str, estado: str) -> None:
+async def beat(client: httpx.AsyncClient, cid: str, token: str, estado: str) -> None:
     headers = {"Authorization": f"Bearer {token}"}
     r = await client.post(f"/api/consolas/{cid}/heartbeat", json={"estado": estado}, headers=headers)
     assert r.status_code == 200, r.text
+
+
+async def console_reads(client: httpx.AsyncClient, admin: dict[str, str], cid: str) -> dict[str, Any]:
+    """A console, its heartbeats and its transitions, as the API reads them."""
+    return {what: (await client.get(f"/api/consoles/{cid}{what}", headers=admin)).json()
+            for what in ("", "/heartbeats", "/transitions")}  # fmt: skip
 
 
 async def test_migrate_again_brings_consoles_changed_since_up_to_date(tmp_path: Path, pg_cluster: Any) -> None:
@@ -98,23 +104,21 @@ async def test_migrate_again_brings_consoles_changed_since_up_to_date(tmp_path: 
     cmd = [sys.executable, "-m", "supervisor_tui", "consoles", "migrate", "--to", dsn, "--data-dir", str(data)]
     first = await asyncio.to_thread(subprocess.run, cmd, capture_output=True, text=True, timeout=120, env=env)
     assert first.returncode == 0, first.stderr
-    # m5 then speaks through PostgreSQL (newer there), m3 through SQLite, later still, and so does m5 before.
+    # Then m5 speaks through SQLite and after that through PostgreSQL (newer there); m3 speaks through SQLite last.
     async with served_consoles(data, consoles__register_rate=0) as srv, httpx.AsyncClient(base_url=srv.url) as c:
-        await beat(srv, c, "m5", tokens["m5"], "activa")
+        await beat(c, "m5", tokens["m5"], "activa")
     async with served_consoles(tmp_path / "pg", consoles__store=dsn) as srv, httpx.AsyncClient(base_url=srv.url) as c:
-        await beat(srv, c, "m5", tokens["m5"], "ocupada")
+        await beat(c, "m5", tokens["m5"], "ocupada")
         kept = (await c.get("/api/consoles/m5", headers=srv.admin)).json()
     async with served_consoles(data, consoles__register_rate=0) as srv, httpx.AsyncClient(base_url=srv.url) as c:
-        await beat(srv, c, "m3", tokens["m3"], "activa")
-        m3 = {what: (await c.get(f"/api/consoles/m3{what}", headers=srv.admin)).json()
-              for what in ("", "/heartbeats", "/transitions")}  # fmt: skip
+        await beat(c, "m3", tokens["m3"], "activa")
+        m3 = await console_reads(c, srv.admin, "m3")
     again = await asyncio.to_thread(subprocess.run, cmd, capture_output=True, text=True, timeout=120, env=env)
     assert again.returncode == 0, again.stderr
     # m3 only: m5's SQLite row is older than PostgreSQL's; the history of both is appended.
     assert "1 consoles, 2 heartbeats, 2 transitions copied by this run" in again.stdout, again.stdout
     async with served_consoles(tmp_path / "pg", consoles__store=dsn) as srv, httpx.AsyncClient(base_url=srv.url) as c:
-        got = {what: (await c.get(f"/api/consoles/m3{what}", headers=srv.admin)).json()
-               for what in ("", "/heartbeats", "/transitions")}  # fmt: skip
+        got = await console_reads(c, srv.admin, "m3")
         assert got == m3
         assert got[""]["state"] == "active"
         assert (await c.get("/api/consoles/m5", headers=srv.admin)).json() == kept
@@ -125,7 +129,7 @@ async def test_migrate_again_brings_consoles_changed_since_up_to_date(tmp_path: 
 
 def test_migrate_refuses_while_a_supervisor_runs_on_the_data_dir(tmp_path: Path) -> None:
     data = tmp_path / "data"
-    (data).mkdir()
+    data.mkdir()
     sqlite3.connect(data / "supervisor.db").close()
     lock = DataDirLock(data)
     lock.acquire()  # what a running supervisor holds

@@ -46,6 +46,9 @@ _PROGRESS_AT = (
 _FORGET = "DELETE FROM console_migration WHERE source = $1 AND table_name = $2"
 # now() is the transaction's start: the consoles of a chunk that its own transaction inserted or updated.
 _WRITTEN_NOW = "SELECT count(*) FROM consolas WHERE console_id = ANY($1::text[]) AND updated_at = now()"
+# Console rows change in place (their rowid stays): every run goes over all of them, and counts the ones it wrote.
+# History and transitions are appended: a run goes on from the last row copied.
+_CHANGING = "consoles"
 # SQLite reads: rowid order, after the last one copied. Times stay Unix seconds until PostgreSQL's to_timestamp.
 _READS = {
     "consoles": (
@@ -60,19 +63,20 @@ _READS = {
         "SELECT id, console_id, from_state, to_state, at, reason FROM transitions WHERE id > ? ORDER BY id LIMIT ?"
     ),
 }
+# What a console's newer SQLite row brings to PostgreSQL's.
+_COPIED_COLUMNS = (
+    "nombre", "estado", "reported_state", "sistema", "hostname", "reported_activity", "ultima_actividad",
+    "ultimo_error", "video_en_proceso", "token_hash", "last_seen", "heartbeats",
+)  # fmt: skip
 _WRITES = {
     "consoles": (
         "INSERT INTO consolas (id, console_id, nombre, estado, reported_state, sistema, hostname, reported_activity, "
         "ultimo_error, video_en_proceso, token_hash, created_at, last_seen, ultima_actividad, updated_at, heartbeats) "
         "VALUES (consolas_uuid($1), $1, $2, $3, $4, $5::jsonb, $6, to_timestamp($7), $8::jsonb, $9, $10, "
         "to_timestamp($11), to_timestamp($12), to_timestamp($12), now(), $13) ON CONFLICT (console_id) DO UPDATE SET "
-        "nombre = excluded.nombre, estado_anterior = consolas.estado, estado = excluded.estado, "
-        "reported_state = excluded.reported_state, sistema = excluded.sistema, hostname = excluded.hostname, "
-        "reported_activity = excluded.reported_activity, ultima_actividad = excluded.ultima_actividad, "
-        "ultimo_error = excluded.ultimo_error, "
-        "video_en_proceso = excluded.video_en_proceso, token_hash = excluded.token_hash, "
-        "last_seen = excluded.last_seen, updated_at = now(), heartbeats = excluded.heartbeats "
-        "WHERE consolas.last_seen < excluded.last_seen"
+        "estado_anterior = consolas.estado, updated_at = now(), "
+        + ", ".join(f"{column} = excluded.{column}" for column in _COPIED_COLUMNS)
+        + " WHERE consolas.last_seen < excluded.last_seen"
     ),
     # History of a console that is not there (removed meanwhile) is skipped, not an error.
     "heartbeats": (
@@ -132,17 +136,16 @@ async def migrate(
                     )
                     rows = source.execute(read, (last or 0, chunk)).fetchall()
                     if not rows:
-                        if table == "consoles":  # the next run goes over every console again
+                        if table == _CHANGING:
                             await conn.execute(_FORGET, key, table)
                         break
                     async with conn.transaction():
                         await conn.executemany(_WRITES[table], [_ROWS[table](r) for r in rows])
-                        if table == "consoles":  # written (inserted or brought up to date) by this transaction
-                            n = await conn.fetchval(_WRITTEN_NOW, [r[1] for r in rows])
-                        else:
-                            n = len(rows)
+                        rows_written = len(rows)
+                        if table == _CHANGING:  # inserted or brought up to date by this transaction
+                            rows_written = await conn.fetchval(_WRITTEN_NOW, [r[1] for r in rows])
                         await conn.execute(_PROGRESS_AT, key, table, int(rows[-1][0]))
-                    copied[table] += n
+                    copied[table] += rows_written
                     report(f"{table}: {copied[table]:,} copied")
                     chunks += 1
                     if stop_after_chunks is not None and chunks >= stop_after_chunks:
